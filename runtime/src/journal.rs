@@ -1,0 +1,173 @@
+//! Journal entries: the append-only record of every input and everything it
+//! caused, for debugging (`sojourn inspect`), the simulator's timeline and
+//! replay.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids::NodeId;
+use crate::io::Input;
+
+/// One journal row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The snapshot `seq` of the step that wrote it.
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: JournalEvent,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JournalEvent {
+    InputReceived { input: Input },
+    /// An input that no longer applies (a stale timer, a duplicate result).
+    InputIgnored { reason: String },
+    /// An input kept for later because the execution is paused.
+    InputDeferred { input_kind: String },
+    NodeEntered { node: NodeId, node_type: String },
+    BranchTaken { node: NodeId, branch: String, to: NodeId },
+    VariablesAssigned { node: NodeId, vars: Map<String, Value> },
+    ActionDispatched {
+        node: NodeId,
+        action: String,
+        attempt: u32,
+        idempotency_key: String,
+        inputs: Value,
+    },
+    ActionSucceeded { node: NodeId, attempt: u32 },
+    ActionFailed {
+        node: NodeId,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+    },
+    RetryScheduled { node: NodeId, try_number: u32, at: DateTime<Utc> },
+    QuietHoursDeferred { node: NodeId, until: DateTime<Utc> },
+    DelayStarted { node: NodeId, until: DateTime<Utc> },
+    DelayElapsed { node: NodeId },
+    WaitingForEvent {
+        node: NodeId,
+        event: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<DateTime<Utc>>,
+    },
+    EventMatched { node: NodeId, event: String },
+    EventTimedOut { node: NodeId, event: String },
+    ExitCriteriaMet { event: String },
+    Paused { reason: String },
+    Resumed,
+    Retried { node: NodeId },
+    Completed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<String>,
+    },
+    Failed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<NodeId>,
+        error: String,
+    },
+    Cancelled {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl fmt::Display for JournalEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ts = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+        match self {
+            JournalEvent::InputReceived { input } => match input {
+                Input::Event(e) => write!(f, "input: event {:?}", e.name),
+                Input::TimerFired { timer } => write!(f, "input: timer {timer} fired"),
+                Input::ActionResult { node, attempt, .. } => {
+                    write!(f, "input: result of {node} attempt {attempt}")
+                }
+                other => write!(f, "input: {}", other.kind()),
+            },
+            JournalEvent::InputIgnored { reason } => write!(f, "ignored: {reason}"),
+            JournalEvent::InputDeferred { input_kind } => {
+                write!(f, "deferred {input_kind} until resumed")
+            }
+            JournalEvent::NodeEntered { node, node_type } => write!(f, "enter {node} ({node_type})"),
+            JournalEvent::BranchTaken { node, branch, to } => {
+                write!(f, "{node} → {to} via {branch:?}")
+            }
+            JournalEvent::VariablesAssigned { node, vars } => {
+                write!(f, "{node} set {}", Value::Object(vars.clone()))
+            }
+            JournalEvent::ActionDispatched {
+                node,
+                action,
+                attempt,
+                idempotency_key,
+                inputs,
+            } => write!(
+                f,
+                "send {action} from {node} (attempt {attempt}, key {idempotency_key}): {inputs}"
+            ),
+            JournalEvent::ActionSucceeded { node, attempt } => {
+                write!(f, "{node} attempt {attempt} succeeded")
+            }
+            JournalEvent::ActionFailed {
+                node,
+                attempt,
+                error,
+                retryable,
+            } => write!(
+                f,
+                "{node} attempt {attempt} failed{}: {error}",
+                if *retryable { "" } else { " (not retryable)" }
+            ),
+            JournalEvent::RetryScheduled { node, try_number, at } => {
+                write!(f, "{node} try {try_number} at {}", ts(at))
+            }
+            JournalEvent::QuietHoursDeferred { node, until } => {
+                write!(f, "{node} held for quiet hours until {}", ts(until))
+            }
+            JournalEvent::DelayStarted { node, until } => {
+                write!(f, "{node} sleeps until {}", ts(until))
+            }
+            JournalEvent::DelayElapsed { node } => write!(f, "{node} woke up"),
+            JournalEvent::WaitingForEvent { node, event, key, until } => {
+                write!(f, "{node} waits for {event:?}")?;
+                if let Some(key) = key {
+                    write!(f, " with key {key:?}")?;
+                }
+                if let Some(until) = until {
+                    write!(f, " until {}", ts(until))?;
+                }
+                Ok(())
+            }
+            JournalEvent::EventMatched { node, event } => write!(f, "{node} received {event:?}"),
+            JournalEvent::EventTimedOut { node, event } => {
+                write!(f, "{node} timed out waiting for {event:?}")
+            }
+            JournalEvent::ExitCriteriaMet { event } => {
+                write!(f, "exit criteria met by event {event:?}")
+            }
+            JournalEvent::Paused { reason } => write!(f, "paused: {reason}"),
+            JournalEvent::Resumed => f.write_str("resumed"),
+            JournalEvent::Retried { node } => write!(f, "operator retried {node}"),
+            JournalEvent::Completed { outcome } => match outcome {
+                Some(o) => write!(f, "completed: {o}"),
+                None => f.write_str("completed"),
+            },
+            JournalEvent::Failed { node, error } => match node {
+                Some(n) => write!(f, "failed at {n}: {error}"),
+                None => write!(f, "failed: {error}"),
+            },
+            JournalEvent::Cancelled { reason } => match reason {
+                Some(r) => write!(f, "cancelled: {r}"),
+                None => f.write_str("cancelled"),
+            },
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! `action`: send something through a registry action (`http.request`,
+//! `email.send`, …) with templated inputs, a retry policy and a timeout.
+//!
+//! The node dispatches an [`Effect::Dispatch`](crate::Effect) and waits for
+//! its result. A retryable failure is tried again after an exponential
+//! backoff with a cap and deterministic jitter; when tries run out the
+//! `failure` branch is taken, or, if the node has none, the execution is
+//! **paused for an operator** (never silently failed). Messaging actions
+//! reached inside the journey's quiet hours wait until the window ends.
+
+use chrono::Duration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::compile::{CompiledNode, Compiler};
+use crate::hash::stable_hash;
+use crate::ids::NodeId;
+use crate::interpreter::{Flow, Machine};
+use crate::io::{ActionOutcome, Dispatch, Effect};
+use crate::journal::JournalEvent;
+use crate::registry::HTTP_METHODS;
+use crate::snapshot::{Pause, Status, Wait};
+use crate::template::Templated;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    /// The registry action type, e.g. `"email.send"`.
+    pub action: String,
+    /// The action's inputs. Strings with `{{ … }}` are templates; an object
+    /// `{"$expr": "…"}` is a CEL expression.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub inputs: Map<String, Value>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// How long one try may take, e.g. `"10s"`. Defaults to the action's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Whether to hold this action during quiet hours. Defaults to true for
+    /// messages to people (email, SMS, push, chat), false otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respect_quiet_hours: Option<bool>,
+}
+
+/// How failed tries are retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included (1 = no retry).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// The wait before the second try.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff: String,
+    /// The longest wait between tries.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: String,
+    /// Each wait is this many times the one before.
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_initial_backoff() -> String {
+    "1s".into()
+}
+fn default_max_backoff() -> String {
+    "5m".into()
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: default_max_attempts(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            multiplier: default_multiplier(),
+        }
+    }
+}
+
+/// The validated form of an action node.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub(crate) action: String,
+    inputs: Templated,
+    pub(crate) max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    multiplier: f64,
+    timeout_ms: u64,
+    pub(crate) respect_quiet_hours: bool,
+}
+
+pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>) -> Compiled {
+    let spec = c.registry.get(&config.action).cloned();
+    if spec.is_none() {
+        let known: Vec<&str> = c.registry.names().collect();
+        c.error(
+            node,
+            "config.action",
+            format!(
+                "unknown action type {:?} (known: {})",
+                config.action,
+                known.join(", ")
+            ),
+        );
+    }
+    if let Some(spec) = &spec {
+        for required in &spec.required {
+            if !config.inputs.contains_key(required) {
+                c.error(
+                    node,
+                    format!("config.inputs.{required}"),
+                    format!("{} needs input {required:?}", spec.name),
+                );
+            }
+        }
+        for group in &spec.one_of {
+            if !group.iter().any(|k| config.inputs.contains_key(k)) {
+                c.error(
+                    node,
+                    "config.inputs",
+                    format!("{} needs one of {}", spec.name, group.join(", ")),
+                );
+            }
+        }
+        if spec.name == "http.request"
+            && let Some(Value::String(method)) = config.inputs.get("method")
+            && !crate::template::is_template(method)
+            && !HTTP_METHODS.contains(&method.to_ascii_uppercase().as_str())
+        {
+            c.error(
+                node,
+                "config.inputs.method",
+                format!("{method:?} is not an HTTP method ({})", HTTP_METHODS.join(", ")),
+            );
+        }
+    }
+    let inputs = c.templated(node, "config.inputs", &Value::Object(config.inputs.clone()));
+
+    let retry = &config.retry;
+    if !(1..=100).contains(&retry.max_attempts) {
+        c.error(node, "config.retry.max_attempts", "must be between 1 and 100");
+    }
+    if !(retry.multiplier.is_finite() && (1.0..=10.0).contains(&retry.multiplier)) {
+        c.error(node, "config.retry.multiplier", "must be between 1 and 10");
+    }
+    let initial = c.duration(node, "config.retry.initial_backoff", &retry.initial_backoff);
+    let max = c.duration(node, "config.retry.max_backoff", &retry.max_backoff);
+    if let (Some(i), Some(m)) = (initial, max)
+        && i > m
+    {
+        c.error(
+            node,
+            "config.retry.max_backoff",
+            "must not be shorter than initial_backoff",
+        );
+    }
+    let timeout_ms = match &config.timeout {
+        Some(t) => match c.duration(node, "config.timeout", t) {
+            Some(d) if d <= Duration::zero() => {
+                c.error(node, "config.timeout", "must be longer than zero");
+                0
+            }
+            Some(d) if d > Duration::hours(1) => {
+                c.error(node, "config.timeout", "must be at most 1h");
+                0
+            }
+            Some(d) => d.num_milliseconds().unsigned_abs(),
+            None => 0,
+        },
+        None => spec.as_ref().map_or(30_000, |s| s.default_timeout_ms),
+    };
+    let messaging = spec.as_ref().is_some_and(|s| s.channel.is_messaging());
+    Compiled {
+        action: config.action.clone(),
+        inputs,
+        max_attempts: retry.max_attempts.max(1),
+        initial_backoff: initial.unwrap_or(Duration::seconds(1)),
+        max_backoff: max.unwrap_or(Duration::minutes(5)),
+        multiplier: retry.multiplier,
+        timeout_ms,
+        respect_quiet_hours: config.respect_quiet_hours.unwrap_or(messaging),
+    }
+}
+
+/// Entering the node starts a fresh series of tries.
+pub(crate) fn enter<'w>(
+    m: &mut Machine<'w>,
+    node: &'w CompiledNode,
+    c: &'w Compiled,
+) -> Result<Flow<'w>, String> {
+    attempt_or_hold(m, node, c, 1)
+}
+
+/// Sends try `try_number` now, or holds it until quiet hours end.
+pub(crate) fn attempt_or_hold<'w>(
+    m: &mut Machine<'w>,
+    node: &'w CompiledNode,
+    c: &'w Compiled,
+    try_number: u32,
+) -> Result<Flow<'w>, String> {
+    if c.respect_quiet_hours
+        && let Some(window) = m.wf.settings.quiet_hours
+        && let Some(until) = window.end_if_inside(m.now, m.snap.timezone)
+    {
+        let timer = m.timer_id(&node.id, "quiet");
+        m.schedule_timer(timer.clone(), until);
+        m.journal(JournalEvent::QuietHoursDeferred {
+            node: node.id.clone(),
+            until,
+        });
+        m.snap.wait = Some(Wait::QuietHours {
+            node: node.id.clone(),
+            try_number,
+            timer,
+            until,
+        });
+        m.snap.status = Status::Waiting;
+        return Ok(Flow::Suspend);
+    }
+    dispatch(m, node, c, try_number)
+}
+
+fn dispatch<'w>(
+    m: &mut Machine<'w>,
+    node: &'w CompiledNode,
+    c: &'w Compiled,
+    try_number: u32,
+) -> Result<Flow<'w>, String> {
+    let inputs = c.inputs.render(&m.wf.templates, &m.snap.scope(m.now))?;
+    let counter = m.snap.attempts.entry(node.id.clone()).or_insert(0);
+    *counter += 1;
+    let attempt = *counter;
+    let idempotency_key = format!("{}/{}/{}", m.snap.execution_id, node.id, attempt);
+    m.journal(JournalEvent::ActionDispatched {
+        node: node.id.clone(),
+        action: c.action.clone(),
+        attempt,
+        idempotency_key: idempotency_key.clone(),
+        inputs: inputs.clone(),
+    });
+    m.effect(Effect::Dispatch(Dispatch {
+        node: node.id.clone(),
+        action: c.action.clone(),
+        attempt,
+        idempotency_key,
+        inputs,
+        timeout_ms: c.timeout_ms,
+    }));
+    m.snap.wait = Some(Wait::Action {
+        node: node.id.clone(),
+        attempt,
+        try_number,
+    });
+    m.snap.status = Status::Running;
+    Ok(Flow::Suspend)
+}
+
+/// The result of the try the execution is waiting for.
+pub(crate) fn on_result<'w>(
+    m: &mut Machine<'w>,
+    node: &'w CompiledNode,
+    c: &'w Compiled,
+    attempt: u32,
+    try_number: u32,
+    outcome: ActionOutcome,
+) -> Result<Flow<'w>, String> {
+    m.snap.wait = None;
+    match outcome {
+        ActionOutcome::Success { output } => {
+            m.journal(JournalEvent::ActionSucceeded {
+                node: node.id.clone(),
+                attempt,
+            });
+            m.snap
+                .nodes
+                .insert(node.id.clone(), json!({ "output": output, "attempt": attempt }));
+            Ok(Flow::Next(Some("success")))
+        }
+        ActionOutcome::Failure { error, retryable } => {
+            m.journal(JournalEvent::ActionFailed {
+                node: node.id.clone(),
+                attempt,
+                error: error.clone(),
+                retryable,
+            });
+            if retryable && try_number < c.max_attempts {
+                let at = m.now + backoff(c, &m.snap.execution_id.to_string(), &node.id, attempt, try_number);
+                let timer = m.timer_id(&node.id, "retry");
+                m.schedule_timer(timer.clone(), at);
+                m.journal(JournalEvent::RetryScheduled {
+                    node: node.id.clone(),
+                    try_number: try_number + 1,
+                    at,
+                });
+                m.snap.wait = Some(Wait::RetryBackoff {
+                    node: node.id.clone(),
+                    try_number: try_number + 1,
+                    timer,
+                    until: at,
+                });
+                m.snap.status = Status::Waiting;
+                return Ok(Flow::Suspend);
+            }
+            m.snap
+                .nodes
+                .insert(node.id.clone(), json!({ "error": error, "attempt": attempt }));
+            if node.has_branch("failure") {
+                return Ok(Flow::Next(Some("failure")));
+            }
+            let reason = format!("action {} at node {} failed: {error}", c.action, node.id);
+            m.snap.pause = Some(Pause::ActionFailed {
+                node: node.id.clone(),
+                error,
+            });
+            m.snap.status = Status::Paused;
+            m.journal(JournalEvent::Paused {
+                reason: reason.clone(),
+            });
+            m.effect(Effect::Pause { reason });
+            Ok(Flow::Suspend)
+        }
+    }
+}
+
+/// The wait before try `try_number + 1`, after try `try_number` failed:
+/// `initial * multiplier^(try_number-1)`, capped at `max`, with "equal
+/// jitter" (half fixed, half derived from the execution, node and attempt,
+/// so a replay computes the same instant).
+pub(crate) fn backoff(c: &Compiled, execution: &str, node: &NodeId, attempt: u32, try_number: u32) -> Duration {
+    let initial = c.initial_backoff.num_milliseconds().max(0) as f64;
+    let cap = c.max_backoff.num_milliseconds().max(0) as f64;
+    let exp = i32::try_from(try_number.saturating_sub(1)).unwrap_or(i32::MAX);
+    let base = (initial * c.multiplier.powi(exp)).min(cap).max(0.0) as i64;
+    let half = base / 2;
+    let jitter = if half > 0 {
+        let h = stable_hash(&[execution.as_bytes(), node.as_str().as_bytes(), &attempt.to_le_bytes()]);
+        (h % (half as u64 + 1)) as i64
+    } else {
+        0
+    };
+    Duration::milliseconds(base - half + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::nodes::testing::{Harness, compile, errors_of, linear, utc};
+    use crate::{Input, Status};
+
+    fn email(retry: Value) -> Value {
+        json!({"id": "mail", "type": "action", "config": {
+            "action": "email.send",
+            "inputs": {"to": "{{ input.email }}", "subject": "Hi {{ input.name }}", "text": "Welcome"},
+            "retry": retry,
+        }})
+    }
+
+    #[test]
+    fn dispatches_rendered_inputs_with_a_stable_key() {
+        let wf = compile(&linear(json!({"type": "start"}), vec![email(json!({}))]));
+        let mut h = Harness::start(&wf, json!({"email": "ada@example.com", "name": "Ada"}));
+        let d = h.last_dispatch();
+        assert_eq!(d.idempotency_key, "exe_test/mail/1");
+        assert_eq!(d.inputs["to"], "ada@example.com");
+        assert_eq!(d.inputs["subject"], "Hi Ada");
+        assert_eq!(d.timeout_ms, 30_000);
+        assert_eq!(h.snapshot.status, Status::Running);
+        h.succeed("mail", 1, json!({"message_id": "m1"}));
+        assert_eq!(h.snapshot.status, Status::Completed);
+        assert_eq!(h.snapshot.nodes[&NodeId::from("mail")]["output"]["message_id"], "m1");
+    }
+
+    #[test]
+    fn retries_with_capped_deterministic_backoff_then_pauses_for_an_operator() {
+        let wf = compile(&linear(
+            json!({"type": "start"}),
+            vec![email(json!({"max_attempts": 3, "initial_backoff": "10s", "max_backoff": "15s"}))],
+        ));
+        let mut h = Harness::start(&wf, json!({"email": "a@b.c", "name": "A"}));
+        h.fail("mail", 1, true);
+        let first = h.snapshot.wait.clone().expect("waits for retry");
+        let Wait::RetryBackoff { until, try_number: 2, .. } = first else {
+            panic!("expected a retry wait, got {first:?}")
+        };
+        let wait = until - h.now;
+        assert!(wait >= Duration::seconds(5) && wait <= Duration::seconds(10), "{wait}");
+        h.fire_due_timer();
+        assert_eq!(h.last_dispatch().idempotency_key, "exe_test/mail/2");
+        h.fail("mail", 2, true);
+        let Some(Wait::RetryBackoff { until, .. }) = h.snapshot.wait.clone() else {
+            panic!("expected a second retry")
+        };
+        // 10s * 2 = 20s, capped at 15s, with equal jitter: 7.5s ..= 15s.
+        let wait = until - h.now;
+        assert!(wait >= Duration::milliseconds(7_500) && wait <= Duration::seconds(15), "{wait}");
+        h.fire_due_timer();
+        h.fail("mail", 3, true);
+        assert_eq!(h.snapshot.status, Status::Paused);
+        assert!(matches!(h.snapshot.pause, Some(Pause::ActionFailed { .. })));
+        assert!(h.effects.iter().any(|e| matches!(e, Effect::Pause { .. })));
+
+        // Resume is refused; retry starts a new series with a new key.
+        assert!(h.try_step(Input::Resume).is_err());
+        h.step(Input::Retry);
+        assert_eq!(h.snapshot.status, Status::Running);
+        assert_eq!(h.last_dispatch().idempotency_key, "exe_test/mail/4");
+        h.succeed("mail", 4, json!({}));
+        assert_eq!(h.snapshot.status, Status::Completed);
+    }
+
+    #[test]
+    fn backoff_is_the_same_on_replay() {
+        let wf = compile(&linear(json!({"type": "start"}), vec![email(json!({}))]));
+        let a = Harness::start(&wf, json!({"email": "a", "name": "b"}));
+        let crate::compile::CompiledKind::Action(c) = &wf.node_by_id("mail").expect("node").kind else {
+            panic!("not an action")
+        };
+        let node = NodeId::from("mail");
+        let x = backoff(c, "exe_1", &node, 1, 1);
+        assert_eq!(x, backoff(c, "exe_1", &node, 1, 1));
+        assert!(x >= Duration::milliseconds(500) && x <= Duration::seconds(1));
+        drop(a);
+    }
+
+    #[test]
+    fn non_retryable_failure_takes_the_failure_branch() {
+        let doc = json!({
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "call", "type": "action", "config": {"action": "http.request", "inputs": {"url": "http://x/"}}},
+                {"id": "ok", "type": "exit", "config": {"outcome": "ok"}},
+                {"id": "ko", "type": "exit", "config": {"outcome": "ko"}},
+            ],
+            "edges": [
+                {"from": "start", "to": "call"},
+                {"from": "call", "to": "ok", "branch": "success"},
+                {"from": "call", "to": "ko", "branch": "failure"},
+            ]
+        });
+        let wf = compile(&doc);
+        let mut h = Harness::start(&wf, json!({}));
+        h.fail("call", 1, false);
+        assert_eq!(h.snapshot.status, Status::Completed);
+        assert_eq!(h.snapshot.outcome.as_deref(), Some("ko"));
+        assert!(h.snapshot.nodes[&NodeId::from("call")]["error"].is_string());
+    }
+
+    #[test]
+    fn stale_and_duplicate_results_are_ignored() {
+        let wf = compile(&linear(json!({"type": "start"}), vec![email(json!({}))]));
+        let mut h = Harness::start(&wf, json!({"email": "a", "name": "b"}));
+        h.step(Input::ActionResult {
+            node: NodeId::from("mail"),
+            attempt: 7,
+            outcome: ActionOutcome::Success { output: json!({}) },
+        });
+        assert_eq!(h.snapshot.status, Status::Running);
+        h.succeed("mail", 1, json!({}));
+        let before = h.snapshot.clone();
+        h.succeed("mail", 1, json!({}));
+        assert_eq!(h.snapshot.status, before.status);
+        assert_eq!(h.snapshot.outcome, before.outcome);
+    }
+
+    #[test]
+    fn quiet_hours_hold_messages_but_not_http_calls() {
+        let doc = json!({
+            "settings": {"timezone": "Europe/Paris", "quiet_hours": {"start": "21:00", "end": "08:00"}},
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "hook", "type": "action", "config": {"action": "http.request", "inputs": {"url": "http://x/"}}},
+                {"id": "mail", "type": "action", "config": {"action": "sms.send", "inputs": {"to": "+33600000000", "body": "hi"}}},
+                {"id": "end", "type": "exit"},
+            ],
+            "edges": [
+                {"from": "start", "to": "hook"},
+                {"from": "hook", "to": "mail", "branch": "success"},
+                {"from": "mail", "to": "end", "branch": "success"},
+            ]
+        });
+        let wf = compile(&doc);
+        // 23:00 in Paris (CEST).
+        let mut h = Harness::start_at(&wf, json!({}), utc("2026-06-01T21:00:00Z"));
+        assert_eq!(h.last_dispatch().node.as_str(), "hook");
+        h.succeed("hook", 1, json!({}));
+        let Some(Wait::QuietHours { until, .. }) = h.snapshot.wait.clone() else {
+            panic!("expected quiet hours, got {:?}", h.snapshot.wait)
+        };
+        assert_eq!(until, utc("2026-06-02T06:00:00Z"));
+        h.fire_due_timer();
+        assert_eq!(h.last_dispatch().node.as_str(), "mail");
+        assert_eq!(h.now, utc("2026-06-02T06:00:00Z"));
+    }
+
+    #[test]
+    fn validation_names_bad_fields() {
+        let wf = linear(
+            json!({"type": "start"}),
+            vec![
+                json!({"id": "a", "type": "action", "config": {"action": "fax.send"}}),
+                json!({"id": "b", "type": "action", "config": {"action": "email.send", "inputs": {"to": "x"},
+                    "retry": {"max_attempts": 0, "initial_backoff": "1h", "max_backoff": "1m", "multiplier": 0.5},
+                    "timeout": "forever"}}),
+                json!({"id": "c", "type": "action", "config": {"action": "http.request",
+                    "inputs": {"url": "{{ input.url }}", "method": "FETCH", "body": {"$expr": "inptu.x"}}}}),
+            ],
+        );
+        assert_eq!(
+            errors_of(&wf),
+            [
+                "a:config.action",
+                "b:config.inputs.subject",
+                "b:config.inputs",
+                "b:config.retry.max_attempts",
+                "b:config.retry.multiplier",
+                "b:config.retry.max_backoff",
+                "b:config.timeout",
+                "c:config.inputs.method",
+                "c:config.inputs.body.$expr",
+            ]
+        );
+    }
+}

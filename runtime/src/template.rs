@@ -1,0 +1,317 @@
+//! Templates: Jinja syntax through `minijinja`, with strict undefined
+//! variables.
+//!
+//! minijinja was chosen because it is the maintained Rust implementation of
+//! the template language most marketers already know (Jinja/Liquid-style
+//! `{{ input.first_name }}`), has no runtime dependencies, can list a
+//! template's free variables (so validation catches a misspelt root) and can
+//! be made strict, so that a missing variable fails the node instead of
+//! sending "Hello ," to a customer.
+//!
+//! Action inputs are JSON values in which:
+//! - a string containing `{{` or `{%` is a template and renders to a string;
+//! - an object `{"$expr": "<cel>"}` is a CEL expression and evaluates to any
+//!   JSON value (to pass numbers, lists or whole objects through);
+//! - everything else is a literal.
+
+use std::sync::Arc;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use serde_json::{Map, Value};
+
+use crate::expr::{Expr, ROOTS, Scope};
+
+/// The compiled templates of one workflow.
+#[derive(Debug)]
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    pub fn new() -> Templates {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Escaping is the author's choice (`|e`), not a side effect of a
+        // field happening to be called `html`.
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        // Bound the work one render can do: a template is user input.
+        env.set_recursion_limit(64);
+        Templates { env }
+    }
+
+    /// Compiles `source` under `name` and checks its free variables.
+    pub fn add(&mut self, name: &str, source: &str) -> Result<(), String> {
+        self.env
+            .add_template_owned(name.to_owned(), source.to_owned())
+            .map_err(|e| format!("invalid template {source:?}: {}", describe(&e)))?;
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| format!("invalid template {source:?}: {}", describe(&e)))?;
+        let globals: Vec<String> = self.env.globals().map(|(k, _)| k.to_owned()).collect();
+        let mut unknown: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !ROOTS.contains(&v.as_str()) && !globals.contains(v))
+            .collect();
+        unknown.sort();
+        if let Some(first) = unknown.first() {
+            self.env.remove_template(name);
+            return Err(format!(
+                "template {source:?} refers to unknown variable {first:?} (known: {})",
+                ROOTS.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Renders the template registered under `name`.
+    pub fn render(&self, name: &str, context: &minijinja::Value) -> Result<String, String> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| format!("template {name:?}: {}", describe(&e)))?;
+        template
+            .render(context)
+            .map_err(|e| format!("template {:?}: {}", template.source(), describe(&e)))
+    }
+}
+
+/// A minijinja error without its multi-line debug report.
+fn describe(e: &minijinja::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(detail) = e.detail()
+        && !text.contains(detail)
+    {
+        text = format!("{text}: {detail}");
+    }
+    text
+}
+
+/// True when a string is a template rather than a literal.
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
+/// A JSON value whose leaves may be templates or expressions.
+#[derive(Debug, Clone)]
+pub enum Templated {
+    Literal(Value),
+    /// The name of a template in [`Templates`].
+    Template(Arc<str>),
+    Expr(Expr),
+    Array(Vec<Templated>),
+    Object(Vec<(String, Templated)>),
+}
+
+impl Templated {
+    /// Compiles every template and expression in `value`. Errors carry the
+    /// path below `field` (`config.inputs.body`).
+    pub fn compile(
+        value: &Value,
+        field: &str,
+        name_prefix: &str,
+        templates: &mut Templates,
+        errors: &mut Vec<(String, String)>,
+    ) -> Templated {
+        match value {
+            Value::String(s) if is_template(s) => {
+                let name = format!("{name_prefix}/{field}");
+                match templates.add(&name, s) {
+                    Ok(()) => Templated::Template(name.into()),
+                    Err(e) => {
+                        errors.push((field.to_owned(), e));
+                        Templated::Literal(Value::Null)
+                    }
+                }
+            }
+            Value::Object(map) if map.len() == 1 && map.contains_key("$expr") => {
+                match map.get("$expr").and_then(Value::as_str).map(Expr::compile) {
+                    Some(Ok(e)) => Templated::Expr(e),
+                    Some(Err(e)) => {
+                        errors.push((format!("{field}.$expr"), e));
+                        Templated::Literal(Value::Null)
+                    }
+                    None => {
+                        errors.push((format!("{field}.$expr"), "must be a string".into()));
+                        Templated::Literal(Value::Null)
+                    }
+                }
+            }
+            Value::Array(items) => Templated::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        Templated::compile(v, &format!("{field}[{i}]"), name_prefix, templates, errors)
+                    })
+                    .collect(),
+            ),
+            Value::Object(map) => Templated::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            Templated::compile(
+                                v,
+                                &format!("{field}.{k}"),
+                                name_prefix,
+                                templates,
+                                errors,
+                            ),
+                        )
+                    })
+                    .collect(),
+            ),
+            other => Templated::Literal(other.clone()),
+        }
+    }
+
+    /// True when rendering needs no context (no template or expression).
+    pub fn is_literal(&self) -> bool {
+        match self {
+            Templated::Literal(_) => true,
+            Templated::Template(_) | Templated::Expr(_) => false,
+            Templated::Array(items) => items.iter().all(Templated::is_literal),
+            Templated::Object(fields) => fields.iter().all(|(_, v)| v.is_literal()),
+        }
+    }
+
+    /// The literal value, if this is one.
+    pub fn as_literal(&self) -> Option<&Value> {
+        match self {
+            Templated::Literal(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Renders to plain JSON.
+    pub fn render(&self, templates: &Templates, scope: &Scope<'_>) -> Result<Value, String> {
+        let mut ctx = RenderContext { scope, jinja: None, cel: None };
+        self.render_with(templates, &mut ctx)
+    }
+
+    fn render_with(&self, templates: &Templates, ctx: &mut RenderContext<'_, '_>) -> Result<Value, String> {
+        Ok(match self {
+            Templated::Literal(v) => v.clone(),
+            Templated::Template(name) => {
+                let jinja = ctx
+                    .jinja
+                    .get_or_insert_with(|| minijinja::Value::from(minijinja::value::Serde(ctx.scope)));
+                Value::String(templates.render(name, jinja)?)
+            }
+            Templated::Expr(e) => {
+                if ctx.cel.is_none() {
+                    ctx.cel = Some(ctx.scope.cel_context()?);
+                }
+                match &ctx.cel {
+                    Some(cel) => e.eval_in(cel)?,
+                    None => Value::Null,
+                }
+            }
+            Templated::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|v| v.render_with(templates, ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Templated::Object(fields) => {
+                let mut map = Map::with_capacity(fields.len());
+                for (k, v) in fields {
+                    map.insert(k.clone(), v.render_with(templates, ctx)?);
+                }
+                Value::Object(map)
+            }
+        })
+    }
+}
+
+/// Contexts built at most once per render, and only if needed.
+struct RenderContext<'s, 'a> {
+    scope: &'s Scope<'a>,
+    jinja: Option<minijinja::Value>,
+    cel: Option<cel::Context<'static, 'static>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+
+    use super::*;
+    use crate::expr::ExecutionInfo;
+    use crate::ids::ExecutionId;
+
+    fn render(value: Value, input: Value) -> Result<Value, String> {
+        let mut templates = Templates::new();
+        let mut errors = Vec::new();
+        let t = Templated::compile(&value, "inputs", "n", &mut templates, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let vars = Map::new();
+        let nodes = BTreeMap::new();
+        let id = ExecutionId::new("exe_9");
+        let scope = Scope {
+            input: &input,
+            vars: &vars,
+            subject: None,
+            event: None,
+            nodes: &nodes,
+            execution: ExecutionInfo { id: &id, started_at: None },
+            now: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        t.render(&templates, &scope)
+    }
+
+    #[test]
+    fn renders_templates_expressions_and_literals() {
+        let out = render(
+            json!({
+                "subject": "Hi {{ input.name }}",
+                "count": 3,
+                "items": {"$expr": "input.cart"},
+                "nested": ["{{ execution.id }}", true],
+            }),
+            json!({"name": "Ada", "cart": [{"sku": "a"}]}),
+        )
+        .expect("renders");
+        assert_eq!(
+            out,
+            json!({
+                "subject": "Hi Ada",
+                "count": 3,
+                "items": [{"sku": "a"}],
+                "nested": ["exe_9", true],
+            })
+        );
+    }
+
+    #[test]
+    fn undefined_variables_fail_instead_of_rendering_empty() {
+        let err = render(json!("Hello {{ input.first_name }}"), json!({})).expect_err("strict");
+        assert!(err.contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn compile_reports_syntax_and_unknown_roots_with_their_path() {
+        let mut templates = Templates::new();
+        let mut errors = Vec::new();
+        Templated::compile(
+            &json!({"a": "{{ input.x ", "b": ["ok", "{{ user.name }}"], "c": {"$expr": "1 +"}}),
+            "config.inputs",
+            "n",
+            &mut templates,
+            &mut errors,
+        );
+        let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["config.inputs.a", "config.inputs.b[1]", "config.inputs.c.$expr"]);
+        assert!(errors[1].1.contains("unknown variable \"user\""), "{errors:?}");
+    }
+}
