@@ -15,7 +15,11 @@ use sojourn_runtime::simulate::{Limits, Script, new_simulated_execution, simulat
 use sojourn_runtime::{CompiledWorkflow, Registry, Workflow};
 
 #[derive(Debug, Parser)]
-#[command(name = "sojourn", version, about = "A durable, actor-based execution runtime for long-running journeys")]
+#[command(
+    name = "sojourn",
+    version,
+    about = "A durable, actor-based execution runtime for long-running journeys"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,29 +38,7 @@ enum Command {
         json: bool,
     },
     /// Run a workflow on a virtual clock and print its timeline.
-    Simulate {
-        /// The workflow JSON file.
-        file: PathBuf,
-        /// The execution's input (a JSON object); defaults to `{}`.
-        #[arg(long)]
-        input: Option<PathBuf>,
-        /// Events and action outcomes: `{"events": [...], "actions": {...}}`.
-        #[arg(long)]
-        events: Option<PathBuf>,
-        /// When the virtual clock starts (RFC 3339); defaults to now.
-        #[arg(long)]
-        start: Option<DateTime<Utc>>,
-        /// The execution's subject key (defaults to the workflow's
-        /// `settings.subject` expression).
-        #[arg(long)]
-        subject: Option<String>,
-        /// The execution's IANA time zone (defaults to the workflow's).
-        #[arg(long)]
-        timezone: Option<String>,
-        /// Print the whole simulation as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Simulate(SimulateArgs),
 }
 
 /// A failure with the exit code it deserves.
@@ -86,23 +68,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Schema => schema(),
         Command::Validate { file, json } => validate(&file, json),
-        Command::Simulate {
-            file,
-            input,
-            events,
-            start,
-            subject,
-            timezone,
-            json,
-        } => run_simulation(SimulateArgs {
-            file,
-            input,
-            events,
-            start,
-            subject,
-            timezone,
-            json,
-        }),
+        Command::Simulate(args) => run_simulation(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,7 +85,10 @@ fn main() -> ExitCode {
 
 fn schema() -> Result<(), Failure> {
     let schema = sojourn_runtime::schema::workflow_schema();
-    println!("{}", serde_json::to_string_pretty(&schema).context("printing the schema")?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&schema).context("printing the schema")?
+    );
     Ok(())
 }
 
@@ -155,7 +124,10 @@ fn validate(path: &Path, json: bool) -> Result<(), Failure> {
         },
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&errors).context("printing errors")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&errors).context("printing errors")?
+        );
     } else if errors.is_empty() {
         println!("{}: ok", path.display());
     } else {
@@ -174,14 +146,28 @@ fn validate(path: &Path, json: bool) -> Result<(), Failure> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 struct SimulateArgs {
+    /// The workflow JSON file.
     file: PathBuf,
+    /// The execution's input (a JSON object); defaults to `{}`.
+    #[arg(long)]
     input: Option<PathBuf>,
+    /// Events and action outcomes: `{"events": [...], "actions": {...}}`.
+    #[arg(long)]
     events: Option<PathBuf>,
+    /// When the virtual clock starts (RFC 3339); defaults to now.
+    #[arg(long)]
     start: Option<DateTime<Utc>>,
+    /// The execution's subject key (defaults to the workflow's
+    /// `settings.subject` expression).
+    #[arg(long)]
     subject: Option<String>,
+    /// The execution's IANA time zone (defaults to the workflow's).
+    #[arg(long)]
     timezone: Option<String>,
+    /// Print the whole simulation as JSON.
+    #[arg(long)]
     json: bool,
 }
 
@@ -198,8 +184,9 @@ fn run_simulation(args: SimulateArgs) -> Result<(), Failure> {
         None => Script::default(),
     };
     let start = args.start.unwrap_or_else(Utc::now);
-    let snapshot = new_simulated_execution(&wf, input, args.subject, args.timezone.as_deref(), start)
-        .map_err(|e| Failure::Invalid(e.to_string()))?;
+    let snapshot =
+        new_simulated_execution(&wf, input, args.subject, args.timezone.as_deref(), start)
+            .map_err(|e| Failure::Invalid(e.to_string()))?;
     let sim = simulate(&wf, snapshot, &script, Limits::default()).map_err(|e| {
         Failure::Invalid(match &args.events {
             Some(path) => format!("{}: {e}", path.display()),
@@ -207,7 +194,10 @@ fn run_simulation(args: SimulateArgs) -> Result<(), Failure> {
         })
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&sim).context("printing the simulation")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&sim).context("printing the simulation")?
+        );
     } else {
         print!("{}", sim.render_text());
     }

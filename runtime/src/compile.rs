@@ -33,17 +33,28 @@ pub(crate) struct Compiler<'r> {
 }
 
 impl Compiler<'_> {
-    pub(crate) fn error(&mut self, node: &NodeId, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ValidationError::at_node(node, field, message));
+    pub(crate) fn error(
+        &mut self,
+        node: &NodeId,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.errors
+            .push(ValidationError::at_node(node, field, message));
     }
 
     /// How many errors this node has so far.
     pub(crate) fn errors_at(&self, node: &NodeId) -> usize {
-        self.errors.iter().filter(|e| e.node.as_ref() == Some(node)).count()
+        self.errors
+            .iter()
+            .filter(|e| e.node.as_ref() == Some(node))
+            .count()
     }
 
     pub(crate) fn expr(&mut self, node: &NodeId, field: &str, source: &str) -> Option<Expr> {
-        Expr::compile(source).map_err(|e| self.error(node, field, e)).ok()
+        Expr::compile(source)
+            .map_err(|e| self.error(node, field, e))
+            .ok()
     }
 
     pub(crate) fn duration(&mut self, node: &NodeId, field: &str, text: &str) -> Option<Duration> {
@@ -61,7 +72,13 @@ impl Compiler<'_> {
     /// Compiles a templated JSON value; templates are named after the node.
     pub(crate) fn templated(&mut self, node: &NodeId, field: &str, value: &Value) -> Templated {
         let mut errors = Vec::new();
-        let t = Templated::compile(value, field, node.as_str(), &mut self.templates, &mut errors);
+        let t = Templated::compile(
+            value,
+            field,
+            node.as_str(),
+            &mut self.templates,
+            &mut errors,
+        );
         for (field, message) in errors {
             self.error(node, field, message);
         }
@@ -98,7 +115,9 @@ impl CompiledKind {
     fn branches(&self) -> Branches {
         let labels = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         match self {
-            CompiledKind::Start | CompiledKind::Delay(_) | CompiledKind::Function(_) => Branches::Single,
+            CompiledKind::Start | CompiledKind::Delay(_) | CompiledKind::Function(_) => {
+                Branches::Single
+            }
             CompiledKind::Action(_) => Branches::Labeled {
                 required: labels(&["success"]),
                 optional: labels(&["failure"]),
@@ -186,7 +205,10 @@ pub struct CompiledWorkflow {
 
 impl CompiledWorkflow {
     /// Validates and compiles. Every problem is returned, not just the first.
-    pub fn compile(workflow: &Workflow, registry: &Registry) -> Result<CompiledWorkflow, Vec<ValidationError>> {
+    pub fn compile(
+        workflow: &Workflow,
+        registry: &Registry,
+    ) -> Result<CompiledWorkflow, Vec<ValidationError>> {
         let mut c = Compiler {
             registry,
             templates: Templates::new(),
@@ -205,13 +227,21 @@ impl CompiledWorkflow {
                 ));
             }
             if index.contains_key(&node.id) {
-                c.errors.push(ValidationError::node(i, Some(&node.id), "id", "duplicate node id"));
+                c.errors.push(ValidationError::node(
+                    i,
+                    Some(&node.id),
+                    "id",
+                    "duplicate node id",
+                ));
             } else {
                 index.insert(node.id.clone(), i);
             }
         }
         if workflow.nodes.is_empty() {
-            c.errors.push(ValidationError::document("nodes", "a workflow needs at least a start node"));
+            c.errors.push(ValidationError::document(
+                "nodes",
+                "a workflow needs at least a start node",
+            ));
         }
 
         // Configs.
@@ -225,15 +255,27 @@ impl CompiledWorkflow {
                         nodes::start::compile(cfg, id, &mut c);
                         CompiledKind::Start
                     }
-                    NodeKind::Action(cfg) => CompiledKind::Action(nodes::action::compile(cfg, id, &mut c)),
-                    NodeKind::Delay(cfg) => CompiledKind::Delay(nodes::delay::compile(cfg, id, &mut c)),
+                    NodeKind::Action(cfg) => {
+                        CompiledKind::Action(nodes::action::compile(cfg, id, &mut c))
+                    }
+                    NodeKind::Delay(cfg) => {
+                        CompiledKind::Delay(nodes::delay::compile(cfg, id, &mut c))
+                    }
                     NodeKind::WaitForEvent(cfg) => {
                         CompiledKind::WaitForEvent(nodes::wait_for_event::compile(cfg, id, &mut c))
                     }
-                    NodeKind::Condition(cfg) => CompiledKind::Condition(nodes::condition::compile(cfg, id, &mut c)),
-                    NodeKind::Split(cfg) => CompiledKind::Split(nodes::split::compile(cfg, id, &mut c)),
-                    NodeKind::Function(cfg) => CompiledKind::Function(nodes::function::compile(cfg, id, &mut c)),
-                    NodeKind::Exit(cfg) => CompiledKind::Exit(nodes::exit::compile(cfg, id, &mut c)),
+                    NodeKind::Condition(cfg) => {
+                        CompiledKind::Condition(nodes::condition::compile(cfg, id, &mut c))
+                    }
+                    NodeKind::Split(cfg) => {
+                        CompiledKind::Split(nodes::split::compile(cfg, id, &mut c))
+                    }
+                    NodeKind::Function(cfg) => {
+                        CompiledKind::Function(nodes::function::compile(cfg, id, &mut c))
+                    }
+                    NodeKind::Exit(cfg) => {
+                        CompiledKind::Exit(nodes::exit::compile(cfg, id, &mut c))
+                    }
                 };
                 CompiledNode {
                     id: id.clone(),
@@ -255,10 +297,17 @@ impl CompiledWorkflow {
             .collect();
         if starts.len() > 1 {
             for &i in &starts[1..] {
-                c.error(&compiled[i].id, "type", "a workflow has exactly one start node; this is another");
+                c.error(
+                    &compiled[i].id,
+                    "type",
+                    "a workflow has exactly one start node; this is another",
+                );
             }
         } else if starts.is_empty() && !workflow.nodes.is_empty() {
-            c.errors.push(ValidationError::document("nodes", "no node of type \"start\""));
+            c.errors.push(ValidationError::document(
+                "nodes",
+                "no node of type \"start\"",
+            ));
         }
 
         // Edges.
@@ -266,14 +315,28 @@ impl CompiledWorkflow {
             let from = index.get(&edge.from).copied();
             let to = index.get(&edge.to).copied();
             if from.is_none() {
-                c.errors.push(ValidationError::at_edge(e, "from", format!("no node {:?}", edge.from.as_str())));
+                c.errors.push(ValidationError::at_edge(
+                    e,
+                    "from",
+                    format!("no node {:?}", edge.from.as_str()),
+                ));
             }
             if to.is_none() {
-                c.errors.push(ValidationError::at_edge(e, "to", format!("no node {:?}", edge.to.as_str())));
+                c.errors.push(ValidationError::at_edge(
+                    e,
+                    "to",
+                    format!("no node {:?}", edge.to.as_str()),
+                ));
             }
-            let (Some(from), Some(to)) = (from, to) else { continue };
+            let (Some(from), Some(to)) = (from, to) else {
+                continue;
+            };
             if matches!(compiled[to].kind, CompiledKind::Start) {
-                c.errors.push(ValidationError::at_edge(e, "to", "no edge may lead into the start node"));
+                c.errors.push(ValidationError::at_edge(
+                    e,
+                    "to",
+                    "no edge may lead into the start node",
+                ));
                 continue;
             }
             let branch = edge.branch.as_deref();
@@ -291,14 +354,20 @@ impl CompiledWorkflow {
                         _ => Err(format!(
                             "a {} node's branch must be one of {}{}",
                             compiled[from].type_name,
-                            labels.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", "),
-                            b.map(|b| format!(" (got {b:?})")).unwrap_or_else(|| " (got none)".into())
+                            labels
+                                .iter()
+                                .map(|l| format!("{l:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            b.map(|b| format!(" (got {b:?})"))
+                                .unwrap_or_else(|| " (got none)".into())
                         )),
                     }
                 }
             };
             if let Err(message) = allowed {
-                c.errors.push(ValidationError::at_edge(e, "branch", message));
+                c.errors
+                    .push(ValidationError::at_edge(e, "branch", message));
                 continue;
             }
             if compiled[from].next(branch).is_some() {
@@ -320,7 +389,11 @@ impl CompiledWorkflow {
         for node in &compiled {
             match node.kind.branches() {
                 Branches::Single if node.next(None).is_none() => {
-                    c.error(&node.id, "edges", "has no outgoing edge (end a path with an exit node)");
+                    c.error(
+                        &node.id,
+                        "edges",
+                        "has no outgoing edge (end a path with an exit node)",
+                    );
                 }
                 Branches::Labeled { required, .. } => {
                     for b in required.iter().filter(|b| !node.has_branch(b)) {
@@ -449,7 +522,10 @@ impl CompiledWorkflow {
                     subject: None,
                     event: None,
                     nodes: &nodes,
-                    execution: ExecutionInfo { id: &id, started_at: None },
+                    execution: ExecutionInfo {
+                        id: &id,
+                        started_at: None,
+                    },
                     now,
                 };
                 match expr.eval(&scope) {
@@ -466,7 +542,12 @@ impl CompiledWorkflow {
                             ),
                         });
                     }
-                    Err(message) => return Err(Error::InvalidStart { field: "input", message }),
+                    Err(message) => {
+                        return Err(Error::InvalidStart {
+                            field: "input",
+                            message,
+                        });
+                    }
                 }
             }
             (None, None) => None,
@@ -506,7 +587,11 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
     let mut exit_criteria = Vec::new();
     for (i, ec) in s.exit_criteria.iter().enumerate() {
         if ec.event.trim().is_empty() {
-            doc_error(c, format!("settings.exit_criteria[{i}].event"), "must not be empty".into());
+            doc_error(
+                c,
+                format!("settings.exit_criteria[{i}].event"),
+                "must not be empty".into(),
+            );
         }
         let condition = ec.condition.as_deref().and_then(|src| {
             Expr::compile(src)
@@ -516,7 +601,10 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
         exit_criteria.push(CompiledExit {
             event: ec.event.clone(),
             condition,
-            outcome: ec.outcome.clone().unwrap_or_else(|| format!("exited:{}", ec.event)),
+            outcome: ec
+                .outcome
+                .clone()
+                .unwrap_or_else(|| format!("exited:{}", ec.event)),
         });
     }
     let quiet_hours = s.quiet_hours.as_ref().and_then(|q| {
@@ -528,7 +616,11 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
             .ok();
         match (start, end) {
             (Some(start), Some(end)) if start == end => {
-                doc_error(c, "settings.quiet_hours.end".into(), "must differ from start".into());
+                doc_error(
+                    c,
+                    "settings.quiet_hours.end".into(),
+                    "must differ from start".into(),
+                );
                 None
             }
             (Some(start), Some(end)) => Some(DailyWindow { start, end }),
@@ -536,7 +628,11 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
         }
     });
     if s.max_entries_per_subject == Some(0) {
-        doc_error(c, "settings.max_entries_per_subject".into(), "must be at least 1".into());
+        doc_error(
+            c,
+            "settings.max_entries_per_subject".into(),
+            "must be at least 1".into(),
+        );
     }
     CompiledSettings {
         timezone,
@@ -551,7 +647,12 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
 /// a loop an execution could run without ever waiting. Returns one cycle
 /// (as node indices) per strongly connected component that has one.
 fn instant_cycles(nodes: &[CompiledNode]) -> Vec<Vec<usize>> {
-    let waits = |i: usize| matches!(nodes[i].kind, CompiledKind::Delay(_) | CompiledKind::WaitForEvent(_));
+    let waits = |i: usize| {
+        matches!(
+            nodes[i].kind,
+            CompiledKind::Delay(_) | CompiledKind::WaitForEvent(_)
+        )
+    };
     // Iterative DFS with colours; on a back edge, read the cycle off the stack.
     let n = nodes.len();
     let mut colour = vec![0u8; n]; // 0 new, 1 on stack, 2 done
@@ -658,7 +759,12 @@ mod tests {
         let errors = errors_of(&looped(json!({"id": "step", "type": "function",
             "config": {"assign": [{"var": "n", "expression": "1"}]}})));
         assert_eq!(errors, ["check:edges"]);
-        assert!(errors_of(&looped(json!({"id": "step", "type": "delay", "config": {"duration": "1d"}}))).is_empty());
+        assert!(
+            errors_of(&looped(
+                json!({"id": "step", "type": "delay", "config": {"duration": "1d"}})
+            ))
+            .is_empty()
+        );
     }
 
     #[test]
@@ -702,11 +808,27 @@ mod tests {
         let errors = Workflow::from_json(text).expect_err("bad document");
         let described: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(described.len(), 4, "{described:#?}");
-        assert!(described[0].starts_with("node \"x\": type: unknown node type \"teleport\""), "{}", described[0]);
-        assert!(described[1].starts_with("node \"y\": config.duration: invalid type"), "{}", described[1]);
-        assert!(described[2].contains("node \"z\": config"), "{}", described[2]);
+        assert!(
+            described[0].starts_with("node \"x\": type: unknown node type \"teleport\""),
+            "{}",
+            described[0]
+        );
+        assert!(
+            described[1].starts_with("node \"y\": config.duration: invalid type"),
+            "{}",
+            described[1]
+        );
+        assert!(
+            described[2].contains("node \"z\": config"),
+            "{}",
+            described[2]
+        );
         assert!(described[2].contains("expresion"), "{}", described[2]);
-        assert!(described[3].starts_with("nodes[4]: missing field `id`"), "{}", described[3]);
+        assert!(
+            described[3].starts_with("nodes[4]: missing field `id`"),
+            "{}",
+            described[3]
+        );
         assert!(Workflow::from_json("{").is_err());
         assert!(Workflow::from_json(r#"{"nodes": [], "edgez": []}"#).is_err());
     }
@@ -721,20 +843,53 @@ mod tests {
         let wf = crate::nodes::testing::compile(&doc);
         let now = Utc::now();
         let s = wf
-            .new_execution(ExecutionId::new("e"), json!({"user_id": 42}), None, None, now)
+            .new_execution(
+                ExecutionId::new("e"),
+                json!({"user_id": 42}),
+                None,
+                None,
+                now,
+            )
             .expect("starts");
         assert_eq!(s.subject.as_deref(), Some("42"));
         assert_eq!(s.timezone, chrono_tz::Asia::Tokyo);
         let s = wf
-            .new_execution(ExecutionId::new("e"), json!({"user_id": "u"}), Some("given".into()), Some("UTC"), now)
+            .new_execution(
+                ExecutionId::new("e"),
+                json!({"user_id": "u"}),
+                Some("given".into()),
+                Some("UTC"),
+                now,
+            )
             .expect("starts");
         assert_eq!((s.subject.as_deref(), s.timezone), (Some("given"), Tz::UTC));
         let field = |r: Result<Snapshot, Error>| match r {
             Err(Error::InvalidStart { field, .. }) => field,
             other => panic!("expected InvalidStart, got {other:?}"),
         };
-        assert_eq!(field(wf.new_execution(ExecutionId::new("e"), json!([1]), None, None, now)), "input");
-        assert_eq!(field(wf.new_execution(ExecutionId::new("e"), json!({}), None, Some("Mars/Base"), now)), "timezone");
-        assert_eq!(field(wf.new_execution(ExecutionId::new("e"), json!({"user_id": [1]}), None, None, now)), "subject");
+        assert_eq!(
+            field(wf.new_execution(ExecutionId::new("e"), json!([1]), None, None, now)),
+            "input"
+        );
+        assert_eq!(
+            field(wf.new_execution(
+                ExecutionId::new("e"),
+                json!({}),
+                None,
+                Some("Mars/Base"),
+                now
+            )),
+            "timezone"
+        );
+        assert_eq!(
+            field(wf.new_execution(
+                ExecutionId::new("e"),
+                json!({"user_id": [1]}),
+                None,
+                None,
+                now
+            )),
+            "subject"
+        );
     }
 }

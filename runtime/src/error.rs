@@ -52,7 +52,11 @@ impl ValidationError {
         }
     }
 
-    pub(crate) fn at_node(id: &NodeId, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn at_node(
+        id: &NodeId,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         ValidationError {
             node: Some(id.clone()),
             edge: None,
@@ -108,5 +112,8 @@ pub enum Error {
     #[error("the snapshot names node {0:?}, which this workflow version does not have")]
     UnknownNode(NodeId),
     #[error("invalid start: {field}: {message}")]
-    InvalidStart { field: &'static str, message: String },
+    InvalidStart {
+        field: &'static str,
+        message: String,
+    },
 }

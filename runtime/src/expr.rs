@@ -19,7 +19,15 @@ use serde_json::{Map, Value};
 use crate::ids::{ExecutionId, NodeId};
 
 /// The names an expression or a template can refer to.
-pub const ROOTS: [&str; 7] = ["input", "vars", "subject", "event", "nodes", "execution", "now"];
+pub const ROOTS: [&str; 7] = [
+    "input",
+    "vars",
+    "subject",
+    "event",
+    "nodes",
+    "execution",
+    "now",
+];
 
 static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
 
@@ -148,7 +156,11 @@ fn free_variables(expr: &IdedExpr, bound: &mut Vec<String>, out: &mut BTreeSet<S
         }
     }
 
-    fn entry(e: &cel::common::ast::IdedEntryExpr, bound: &mut Vec<String>, out: &mut BTreeSet<String>) {
+    fn entry(
+        e: &cel::common::ast::IdedEntryExpr,
+        bound: &mut Vec<String>,
+        out: &mut BTreeSet<String>,
+    ) {
         match &e.expr {
             EntryExpr::StructField(field) => free_variables(&field.value, bound, out),
             EntryExpr::MapEntry(m) => {
@@ -191,7 +203,10 @@ impl Scope<'_> {
         let mut ctx = cel::Context::with_env(ENV.clone());
         ctx.add_variable_from_value("input", to_cel(self.input));
         ctx.add_variable_from_value("vars", map_to_cel(self.vars));
-        ctx.add_variable_from_value("subject", self.subject.map_or(cel::Value::Null, cel::Value::from));
+        ctx.add_variable_from_value(
+            "subject",
+            self.subject.map_or(cel::Value::Null, cel::Value::from),
+        );
         ctx.add_variable_from_value("event", self.event.map_or(cel::Value::Null, to_cel));
         let nodes: HashMap<String, cel::Value> = self
             .nodes
@@ -200,12 +215,15 @@ impl Scope<'_> {
             .collect();
         ctx.add_variable_from_value("nodes", nodes);
         let mut execution = HashMap::with_capacity(2);
-        execution.insert("id".to_owned(), cel::Value::from(self.execution.id.as_str()));
+        execution.insert(
+            "id".to_owned(),
+            cel::Value::from(self.execution.id.as_str()),
+        );
         execution.insert(
             "started_at".to_owned(),
-            self.execution
-                .started_at
-                .map_or(cel::Value::Null, |t| cel::Value::Timestamp(t.fixed_offset())),
+            self.execution.started_at.map_or(cel::Value::Null, |t| {
+                cel::Value::Timestamp(t.fixed_offset())
+            }),
         );
         ctx.add_variable_from_value("execution", execution);
         ctx.add_variable_from_value("now", cel::Value::Timestamp(self.now.fixed_offset()));
@@ -237,7 +255,6 @@ fn map_to_cel(map: &Map<String, Value>) -> cel::Value {
     cel::Value::from(m)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,7 +273,10 @@ mod tests {
             subject: Some("user-1"),
             event: None,
             nodes: &nodes,
-            execution: ExecutionInfo { id: &id, started_at: None },
+            execution: ExecutionInfo {
+                id: &id,
+                started_at: None,
+            },
             now: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
                 .expect("ts")
                 .with_timezone(&Utc),
@@ -268,18 +288,29 @@ mod tests {
     fn evaluates_over_the_roots() {
         let e = Expr::compile("input.total > 100 && vars.tier == 'gold'").expect("compiles");
         assert_eq!(
-            with_scope(json!({"total": 150}), json!({"tier": "gold"}), |s| e.eval_bool(s)),
+            with_scope(json!({"total": 150}), json!({"tier": "gold"}), |s| e
+                .eval_bool(s)),
             Ok(true)
         );
         let e = Expr::compile("input.items.map(i, i.price * 2)").expect("compiles");
         assert_eq!(
-            with_scope(json!({"items": [{"price": 1}, {"price": 3}]}), json!({}), |s| e.eval(s)),
+            with_scope(
+                json!({"items": [{"price": 1}, {"price": 3}]}),
+                json!({}),
+                |s| e.eval(s)
+            ),
             Ok(json!([2, 6]))
         );
         let e = Expr::compile("subject + ':' + execution.id").expect("compiles");
-        assert_eq!(with_scope(json!({}), json!({}), |s| e.eval(s)), Ok(json!("user-1:exe_1")));
+        assert_eq!(
+            with_scope(json!({}), json!({}), |s| e.eval(s)),
+            Ok(json!("user-1:exe_1"))
+        );
         let e = Expr::compile("now > timestamp('2025-01-01T00:00:00Z')").expect("compiles");
-        assert_eq!(with_scope(json!({}), json!({}), |s| e.eval_bool(s)), Ok(true));
+        assert_eq!(
+            with_scope(json!({}), json!({}), |s| e.eval_bool(s)),
+            Ok(true)
+        );
     }
 
     #[test]

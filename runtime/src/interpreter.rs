@@ -45,7 +45,12 @@ pub(crate) struct Machine<'w> {
 
 impl CompiledWorkflow {
     /// Applies one input. On `Err` nothing changed: keep the old snapshot.
-    pub fn step(&self, snapshot: &Snapshot, input: Input, now: DateTime<Utc>) -> Result<Transition, Error> {
+    pub fn step(
+        &self,
+        snapshot: &Snapshot,
+        input: Input,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, Error> {
         let snap = snapshot.clone().upgrade()?;
         check(&snap, &input)?;
         let mut m = Machine {
@@ -58,7 +63,9 @@ impl CompiledWorkflow {
         };
         m.snap.seq += 1;
         m.snap.updated_at = now;
-        m.journal(JournalEvent::InputReceived { input: input.clone() });
+        m.journal(JournalEvent::InputReceived {
+            input: input.clone(),
+        });
         m.apply(input);
         Ok(Transition {
             snapshot: m.snap,
@@ -75,16 +82,20 @@ fn check(snap: &Snapshot, input: &Input) -> Result<(), Error> {
     match input {
         Input::Start if status != Status::Pending => Err(Error::AlreadyStarted),
         Input::Start => Ok(()),
-        Input::Cancel { .. } if status.is_terminal() => Err(Error::Finished { status: status.as_str() }),
+        Input::Cancel { .. } if status.is_terminal() => Err(Error::Finished {
+            status: status.as_str(),
+        }),
         Input::Cancel { .. } => Ok(()),
         _ if status == Status::Pending => Err(Error::NotStarted),
-        Input::Pause { .. } | Input::Resume if status.is_terminal() => {
-            Err(Error::Finished { status: status.as_str() })
-        }
+        Input::Pause { .. } | Input::Resume if status.is_terminal() => Err(Error::Finished {
+            status: status.as_str(),
+        }),
         Input::Pause { .. } if snap.pause.is_some() => Err(Error::AlreadyPaused),
         Input::Resume => match &snap.pause {
             None => Err(Error::NotPaused),
-            Some(Pause::ActionFailed { node, .. }) => Err(Error::PausedOnFailure { node: node.clone() }),
+            Some(Pause::ActionFailed { node, .. }) => {
+                Err(Error::PausedOnFailure { node: node.clone() })
+            }
             Some(Pause::Operator { .. }) => Ok(()),
         },
         Input::Retry => match (&snap.pause, status, &snap.error) {
@@ -127,10 +138,14 @@ impl<'w> Machine<'w> {
                 self.run(self.wf.start);
             }
             Input::Pause { reason } => {
-                let text = reason.clone().unwrap_or_else(|| "paused by an operator".into());
+                let text = reason
+                    .clone()
+                    .unwrap_or_else(|| "paused by an operator".into());
                 self.snap.pause = Some(Pause::Operator { reason });
                 self.snap.status = Status::Paused;
-                self.journal(JournalEvent::Paused { reason: text.clone() });
+                self.journal(JournalEvent::Paused {
+                    reason: text.clone(),
+                });
                 self.effect(Effect::Pause { reason: text });
             }
             Input::Resume => {
@@ -143,7 +158,9 @@ impl<'w> Machine<'w> {
                 let deferred = std::mem::take(&mut self.snap.deferred);
                 let mut rest = deferred.into_iter();
                 for input in rest.by_ref() {
-                    self.journal(JournalEvent::InputReceived { input: input.clone() });
+                    self.journal(JournalEvent::InputReceived {
+                        input: input.clone(),
+                    });
                     self.apply(input);
                     if self.snap.status == Status::Paused || self.snap.status.is_terminal() {
                         break;
@@ -154,14 +171,20 @@ impl<'w> Machine<'w> {
                 }
             }
             Input::Cancel { reason } => {
-                self.journal(JournalEvent::Cancelled { reason: reason.clone() });
+                self.journal(JournalEvent::Cancelled {
+                    reason: reason.clone(),
+                });
                 self.finish(Status::Cancelled);
                 self.effect(Effect::Cancel { reason });
             }
             Input::Retry => self.retry(),
             Input::Event(event) => self.on_event(event),
             Input::TimerFired { timer } => self.on_timer(timer),
-            Input::ActionResult { node, attempt, outcome } => {
+            Input::ActionResult {
+                node,
+                attempt,
+                outcome,
+            } => {
                 if self.snap.status.is_terminal() {
                     return self.ignore("the execution has finished");
                 }
@@ -172,8 +195,15 @@ impl<'w> Machine<'w> {
                 }) {
                     return;
                 }
-                let Some(Wait::Action { node: waiting, attempt: want, try_number }) = &self.snap.wait else {
-                    return self.ignore(format!("no action is in flight (result for {node} attempt {attempt})"));
+                let Some(Wait::Action {
+                    node: waiting,
+                    attempt: want,
+                    try_number,
+                }) = &self.snap.wait
+                else {
+                    return self.ignore(format!(
+                        "no action is in flight (result for {node} attempt {attempt})"
+                    ));
                 };
                 if *waiting != node || *want != attempt {
                     return self.ignore(format!(
@@ -181,11 +211,17 @@ impl<'w> Machine<'w> {
                     ));
                 }
                 let try_number = *try_number;
-                let Some((idx, compiled)) = self.node(&node) else { return };
-                let CompiledKind::Action(c) = &compiled.kind else {
-                    return self.fail(Some(node), "the snapshot waits for an action at a node that is not one".into());
+                let Some((idx, compiled)) = self.node(&node) else {
+                    return;
                 };
-                let flow = nodes::action::on_result(self, compiled, c, attempt, try_number, outcome);
+                let CompiledKind::Action(c) = &compiled.kind else {
+                    return self.fail(
+                        Some(node),
+                        "the snapshot waits for an action at a node that is not one".into(),
+                    );
+                };
+                let flow =
+                    nodes::action::on_result(self, compiled, c, attempt, try_number, outcome);
                 self.resume_flow(idx, flow);
             }
         }
@@ -205,7 +241,9 @@ impl<'w> Machine<'w> {
     }
 
     fn ignore(&mut self, reason: impl Into<String>) {
-        self.journal(JournalEvent::InputIgnored { reason: reason.into() });
+        self.journal(JournalEvent::InputIgnored {
+            reason: reason.into(),
+        });
     }
 
     /// Looks up a node the snapshot names; a node this version lacks fails
@@ -224,7 +262,9 @@ impl<'w> Machine<'w> {
         if self.snap.status.is_terminal() {
             return self.ignore(format!("timer {timer} fired after the execution finished"));
         }
-        if self.deferred_while_paused(|| Input::TimerFired { timer: timer.clone() }) {
+        if self.deferred_while_paused(|| Input::TimerFired {
+            timer: timer.clone(),
+        }) {
             return;
         }
         let Some(wait) = self.snap.wait.clone() else {
@@ -233,24 +273,35 @@ impl<'w> Machine<'w> {
         if wait.timer() != Some(&timer) {
             return self.ignore(format!("stale timer {timer}"));
         }
-        let Some((idx, node)) = self.node(wait.node()) else { return };
+        let Some((idx, node)) = self.node(wait.node()) else {
+            return;
+        };
         let flow = match (&wait, &node.kind) {
             (Wait::Delay { .. }, CompiledKind::Delay(_)) => Ok(nodes::delay::on_timer(self, node)),
             (Wait::Event { .. }, CompiledKind::WaitForEvent(c)) => {
                 Ok(nodes::wait_for_event::on_timeout(self, node, c))
             }
-            (Wait::RetryBackoff { try_number, .. } | Wait::QuietHours { try_number, .. }, CompiledKind::Action(c)) => {
+            (
+                Wait::RetryBackoff { try_number, .. } | Wait::QuietHours { try_number, .. },
+                CompiledKind::Action(c),
+            ) => {
                 self.snap.wait = None;
                 nodes::action::attempt_or_hold(self, node, c, *try_number)
             }
-            _ => Err(format!("the snapshot's wait does not fit node {} ({})", node.id, node.type_name)),
+            _ => Err(format!(
+                "the snapshot's wait does not fit node {} ({})",
+                node.id, node.type_name
+            )),
         };
         self.resume_flow(idx, flow);
     }
 
     fn on_event(&mut self, event: EventInput) {
         if self.snap.status.is_terminal() {
-            return self.ignore(format!("event {:?} arrived after the execution finished", event.name));
+            return self.ignore(format!(
+                "event {:?} arrived after the execution finished",
+                event.name
+            ));
         }
         if self.exit_criteria_met(&event) {
             return;
@@ -262,13 +313,21 @@ impl<'w> Machine<'w> {
             return self.ignore(format!("event {:?}: nothing waits for it", event.name));
         };
         let node = node.clone();
-        let Some((idx, compiled)) = self.node(&node) else { return };
+        let Some((idx, compiled)) = self.node(&node) else {
+            return;
+        };
         let CompiledKind::WaitForEvent(c) = &compiled.kind else {
-            return self.fail(Some(node), "the snapshot waits for an event at a node that is not a wait_for_event".into());
+            return self.fail(
+                Some(node),
+                "the snapshot waits for an event at a node that is not a wait_for_event".into(),
+            );
         };
         match nodes::wait_for_event::on_event(self, compiled, c, &event) {
             Ok(Some(flow)) => self.resume_flow(idx, Ok(flow)),
-            Ok(None) => self.ignore(format!("event {:?} does not match what {node} waits for", event.name)),
+            Ok(None) => self.ignore(format!(
+                "event {:?} does not match what {node} waits for",
+                event.name
+            )),
             Err(e) => self.fail(Some(node), e),
         }
     }
@@ -281,9 +340,16 @@ impl<'w> Machine<'w> {
         {
             return false;
         }
-        let value = serde_json::json!({ "name": event.name, "key": event.key, "payload": event.payload });
+        let value =
+            serde_json::json!({ "name": event.name, "key": event.key, "payload": event.payload });
         let mut met = None;
-        for criterion in self.wf.settings.exit_criteria.iter().filter(|c| c.event == event.name) {
+        for criterion in self
+            .wf
+            .settings
+            .exit_criteria
+            .iter()
+            .filter(|c| c.event == event.name)
+        {
             let holds = match &criterion.condition {
                 None => Ok(true),
                 Some(cond) => {
@@ -302,19 +368,30 @@ impl<'w> Machine<'w> {
             }
         }
         let Some(outcome) = met else { return false };
-        self.journal(JournalEvent::ExitCriteriaMet { event: event.name.clone() });
+        self.journal(JournalEvent::ExitCriteriaMet {
+            event: event.name.clone(),
+        });
         self.snap.pause = None;
         self.snap.outcome = Some(outcome.clone());
-        self.journal(JournalEvent::Completed { outcome: Some(outcome.clone()) });
+        self.journal(JournalEvent::Completed {
+            outcome: Some(outcome.clone()),
+        });
         self.finish(Status::Completed);
-        self.effect(Effect::Complete { outcome: Some(outcome) });
+        self.effect(Effect::Complete {
+            outcome: Some(outcome),
+        });
         true
     }
 
     fn retry(&mut self) {
         let node = match (&self.snap.pause, &self.snap.error) {
             (Some(Pause::ActionFailed { node, .. }), _) => node.clone(),
-            (_, Some(ExecutionError { node: Some(node), .. })) => node.clone(),
+            (
+                _,
+                Some(ExecutionError {
+                    node: Some(node), ..
+                }),
+            ) => node.clone(),
             _ => return,
         };
         let was_finished = self.snap.status.is_terminal();
@@ -372,9 +449,13 @@ impl<'w> Machine<'w> {
                 CompiledKind::Function(c) => nodes::function::enter(self, node, c),
                 CompiledKind::Exit(outcome) => {
                     self.snap.outcome = outcome.clone();
-                    self.journal(JournalEvent::Completed { outcome: outcome.clone() });
+                    self.journal(JournalEvent::Completed {
+                        outcome: outcome.clone(),
+                    });
                     self.finish(Status::Completed);
-                    self.effect(Effect::Complete { outcome: outcome.clone() });
+                    self.effect(Effect::Complete {
+                        outcome: outcome.clone(),
+                    });
                     Ok(Flow::Suspend)
                 }
             };
@@ -426,7 +507,9 @@ impl<'w> Machine<'w> {
     fn finish(&mut self, status: Status) {
         if let Some(wait) = self.snap.wait.take() {
             if let Some(timer) = wait.timer() {
-                self.effect(Effect::CancelTimer { timer: timer.clone() });
+                self.effect(Effect::CancelTimer {
+                    timer: timer.clone(),
+                });
             }
             if let Wait::Event { subscription, .. } = wait {
                 self.effect(Effect::Unsubscribe { subscription });
@@ -443,7 +526,9 @@ impl<'w> Machine<'w> {
     }
 
     fn subscribe_exit_criteria(&mut self) {
-        let Some(subject) = self.snap.subject.clone() else { return };
+        let Some(subject) = self.snap.subject.clone() else {
+            return;
+        };
         let mut seen: Vec<&str> = Vec::new();
         for criterion in &self.wf.settings.exit_criteria {
             if seen.contains(&criterion.event.as_str()) {
@@ -514,9 +599,14 @@ mod tests {
     fn inputs_while_paused_are_deferred_and_replayed_on_resume() {
         let wf = compile(&journey());
         let mut h = Harness::start(&wf, json!({}));
-        h.step(Input::Pause { reason: Some("investigating".into()) });
+        h.step(Input::Pause {
+            reason: Some("investigating".into()),
+        });
         assert_eq!(h.snapshot.status, Status::Paused);
-        assert_eq!(h.try_step(Input::Pause { reason: None }), Err(Error::AlreadyPaused));
+        assert_eq!(
+            h.try_step(Input::Pause { reason: None }),
+            Err(Error::AlreadyPaused)
+        );
         h.succeed("hello", 1, json!({}));
         assert_eq!(h.snapshot.deferred.len(), 1);
         assert_eq!(h.snapshot.status, Status::Paused);
@@ -537,17 +627,34 @@ mod tests {
         let wf = compile(&journey());
         let mut h = Harness::start_with_subject(&wf, json!({}), "u1");
         h.succeed("hello", 1, json!({}));
-        let timer = h.snapshot.wait.as_ref().and_then(|w| w.timer().cloned()).expect("delay timer");
+        let timer = h
+            .snapshot
+            .wait
+            .as_ref()
+            .and_then(|w| w.timer().cloned())
+            .expect("delay timer");
         h.effects.clear();
-        h.step(Input::Cancel { reason: Some("user asked".into()) });
+        h.step(Input::Cancel {
+            reason: Some("user asked".into()),
+        });
         assert_eq!(h.snapshot.status, Status::Cancelled);
-        assert!(h.effects.iter().any(|e| matches!(e, Effect::CancelTimer { .. })));
+        assert!(
+            h.effects
+                .iter()
+                .any(|e| matches!(e, Effect::CancelTimer { .. }))
+        );
         assert!(h.effects.iter().any(|e| matches!(e, Effect::Unsubscribe { subscription } if subscription.as_str() == "exit:unsubscribed")));
-        assert!(matches!(h.try_step(Input::Cancel { reason: None }), Err(Error::Finished { .. })));
+        assert!(matches!(
+            h.try_step(Input::Cancel { reason: None }),
+            Err(Error::Finished { .. })
+        ));
         h.step(Input::TimerFired { timer });
         assert_eq!(h.snapshot.status, Status::Cancelled);
         assert_eq!(h.snapshot.wait, None);
-        assert!(matches!(h.journal.last().map(|j| &j.event), Some(JournalEvent::InputIgnored { .. })));
+        assert!(matches!(
+            h.journal.last().map(|j| &j.event),
+            Some(JournalEvent::InputIgnored { .. })
+        ));
     }
 
     #[test]
@@ -564,7 +671,11 @@ mod tests {
         h.event("unsubscribed", Some("u1"), json!({}));
         assert_eq!(h.snapshot.status, Status::Completed);
         assert_eq!(h.snapshot.outcome.as_deref(), Some("exited:unsubscribed"));
-        assert!(h.effects.iter().any(|e| matches!(e, Effect::CancelTimer { .. })));
+        assert!(
+            h.effects
+                .iter()
+                .any(|e| matches!(e, Effect::CancelTimer { .. }))
+        );
     }
 
     #[test]
@@ -585,11 +696,17 @@ mod tests {
         let wf = compile(&doc);
         let mut h = Harness::start(&wf, json!({}));
         assert_eq!(h.snapshot.status, Status::Failed);
-        assert!(h.effects.iter().any(|e| matches!(e, Effect::Fail { node: Some(n), .. } if n.as_str() == "check")));
+        assert!(
+            h.effects
+                .iter()
+                .any(|e| matches!(e, Effect::Fail { node: Some(n), .. } if n.as_str() == "check"))
+        );
         // Same data, same failure; but retry is accepted and re-runs the node.
         h.step(Input::Retry);
         assert_eq!(h.snapshot.status, Status::Failed);
-        assert!(h.journal.iter().any(|j| matches!(&j.event, JournalEvent::Retried { node } if node.as_str() == "check")));
+        assert!(h.journal.iter().any(
+            |j| matches!(&j.event, JournalEvent::Retried { node } if node.as_str() == "check")
+        ));
     }
 
     #[test]
@@ -601,14 +718,31 @@ mod tests {
         let kinds: Vec<String> = h
             .journal
             .iter()
-            .map(|e| serde_json::to_value(&e.event).expect("json")["type"].as_str().unwrap_or("").to_owned())
+            .map(|e| {
+                serde_json::to_value(&e.event).expect("json")["type"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
             .collect();
         assert_eq!(
             kinds,
             [
-                "input_received", "node_entered", "branch_taken", "node_entered", "action_dispatched",
-                "input_received", "action_succeeded", "branch_taken", "node_entered", "delay_started",
-                "input_received", "delay_elapsed", "branch_taken", "node_entered", "completed",
+                "input_received",
+                "node_entered",
+                "branch_taken",
+                "node_entered",
+                "action_dispatched",
+                "input_received",
+                "action_succeeded",
+                "branch_taken",
+                "node_entered",
+                "delay_started",
+                "input_received",
+                "delay_elapsed",
+                "branch_taken",
+                "node_entered",
+                "completed",
             ]
         );
         let seqs: Vec<u64> = h.journal.iter().map(|e| e.seq).collect();
@@ -621,6 +755,9 @@ mod tests {
         let wf = compile(&journey());
         let mut h = Harness::start(&wf, json!({}));
         h.snapshot.format = 99;
-        assert!(matches!(h.try_step(Input::Resume), Err(Error::SnapshotFormat { found: 99, .. })));
+        assert!(matches!(
+            h.try_step(Input::Resume),
+            Err(Error::SnapshotFormat { found: 99, .. })
+        ));
     }
 }

@@ -22,7 +22,9 @@ pub enum Input {
         outcome: ActionOutcome,
     },
     /// A durable timer came due.
-    TimerFired { timer: TimerId },
+    TimerFired {
+        timer: TimerId,
+    },
     /// An event for this execution (by subscription, by exit criteria, or sent
     /// to it directly).
     Event(EventInput),
@@ -107,8 +109,13 @@ pub struct Dispatch {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Effect {
     Dispatch(Dispatch),
-    ScheduleTimer { timer: TimerId, at: DateTime<Utc> },
-    CancelTimer { timer: TimerId },
+    ScheduleTimer {
+        timer: TimerId,
+        at: DateTime<Utc>,
+    },
+    CancelTimer {
+        timer: TimerId,
+    },
     /// Deliver events with this name (and correlation key, if any).
     Subscribe {
         subscription: SubscriptionId,
@@ -116,7 +123,9 @@ pub enum Effect {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
     },
-    Unsubscribe { subscription: SubscriptionId },
+    Unsubscribe {
+        subscription: SubscriptionId,
+    },
     Complete {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         outcome: Option<String>,
@@ -126,7 +135,9 @@ pub enum Effect {
         node: Option<NodeId>,
         error: String,
     },
-    Pause { reason: String },
+    Pause {
+        reason: String,
+    },
     Cancel {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
@@ -146,7 +157,11 @@ impl Transition {
     pub fn can_passivate(&self) -> bool {
         matches!(
             self.snapshot.status,
-            Status::Waiting | Status::Paused | Status::Completed | Status::Failed | Status::Cancelled
+            Status::Waiting
+                | Status::Paused
+                | Status::Completed
+                | Status::Failed
+                | Status::Cancelled
         )
     }
 }

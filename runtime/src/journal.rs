@@ -25,14 +25,30 @@ pub struct JournalEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JournalEvent {
-    InputReceived { input: Input },
+    InputReceived {
+        input: Input,
+    },
     /// An input that no longer applies (a stale timer, a duplicate result).
-    InputIgnored { reason: String },
+    InputIgnored {
+        reason: String,
+    },
     /// An input kept for later because the execution is paused.
-    InputDeferred { input_kind: String },
-    NodeEntered { node: NodeId, node_type: String },
-    BranchTaken { node: NodeId, branch: String, to: NodeId },
-    VariablesAssigned { node: NodeId, vars: Map<String, Value> },
+    InputDeferred {
+        input_kind: String,
+    },
+    NodeEntered {
+        node: NodeId,
+        node_type: String,
+    },
+    BranchTaken {
+        node: NodeId,
+        branch: String,
+        to: NodeId,
+    },
+    VariablesAssigned {
+        node: NodeId,
+        vars: Map<String, Value>,
+    },
     ActionDispatched {
         node: NodeId,
         action: String,
@@ -40,17 +56,32 @@ pub enum JournalEvent {
         idempotency_key: String,
         inputs: Value,
     },
-    ActionSucceeded { node: NodeId, attempt: u32 },
+    ActionSucceeded {
+        node: NodeId,
+        attempt: u32,
+    },
     ActionFailed {
         node: NodeId,
         attempt: u32,
         error: String,
         retryable: bool,
     },
-    RetryScheduled { node: NodeId, try_number: u32, at: DateTime<Utc> },
-    QuietHoursDeferred { node: NodeId, until: DateTime<Utc> },
-    DelayStarted { node: NodeId, until: DateTime<Utc> },
-    DelayElapsed { node: NodeId },
+    RetryScheduled {
+        node: NodeId,
+        try_number: u32,
+        at: DateTime<Utc>,
+    },
+    QuietHoursDeferred {
+        node: NodeId,
+        until: DateTime<Utc>,
+    },
+    DelayStarted {
+        node: NodeId,
+        until: DateTime<Utc>,
+    },
+    DelayElapsed {
+        node: NodeId,
+    },
     WaitingForEvent {
         node: NodeId,
         event: String,
@@ -59,12 +90,24 @@ pub enum JournalEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         until: Option<DateTime<Utc>>,
     },
-    EventMatched { node: NodeId, event: String },
-    EventTimedOut { node: NodeId, event: String },
-    ExitCriteriaMet { event: String },
-    Paused { reason: String },
+    EventMatched {
+        node: NodeId,
+        event: String,
+    },
+    EventTimedOut {
+        node: NodeId,
+        event: String,
+    },
+    ExitCriteriaMet {
+        event: String,
+    },
+    Paused {
+        reason: String,
+    },
     Resumed,
-    Retried { node: NodeId },
+    Retried {
+        node: NodeId,
+    },
     Completed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         outcome: Option<String>,
@@ -96,7 +139,9 @@ impl fmt::Display for JournalEvent {
             JournalEvent::InputDeferred { input_kind } => {
                 write!(f, "deferred {input_kind} until resumed")
             }
-            JournalEvent::NodeEntered { node, node_type } => write!(f, "enter {node} ({node_type})"),
+            JournalEvent::NodeEntered { node, node_type } => {
+                write!(f, "enter {node} ({node_type})")
+            }
             JournalEvent::BranchTaken { node, branch, to } => {
                 write!(f, "{node} → {to} via {branch:?}")
             }
@@ -126,7 +171,11 @@ impl fmt::Display for JournalEvent {
                 "{node} attempt {attempt} failed{}: {error}",
                 if *retryable { "" } else { " (not retryable)" }
             ),
-            JournalEvent::RetryScheduled { node, try_number, at } => {
+            JournalEvent::RetryScheduled {
+                node,
+                try_number,
+                at,
+            } => {
                 write!(f, "{node} try {try_number} at {}", ts(at))
             }
             JournalEvent::QuietHoursDeferred { node, until } => {
@@ -136,7 +185,12 @@ impl fmt::Display for JournalEvent {
                 write!(f, "{node} sleeps until {}", ts(until))
             }
             JournalEvent::DelayElapsed { node } => write!(f, "{node} woke up"),
-            JournalEvent::WaitingForEvent { node, event, key, until } => {
+            JournalEvent::WaitingForEvent {
+                node,
+                event,
+                key,
+                until,
+            } => {
                 write!(f, "{node} waits for {event:?}")?;
                 if let Some(key) = key {
                     write!(f, " with key {key:?}")?;

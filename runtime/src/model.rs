@@ -170,7 +170,10 @@ struct RawNode {
 
 impl Serialize for Node {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let config = self.kind.config_value().map_err(serde::ser::Error::custom)?;
+        let config = self
+            .kind
+            .config_value()
+            .map_err(serde::ser::Error::custom)?;
         RawNode {
             id: self.id.clone(),
             type_name: self.kind.type_name().to_owned(),
@@ -230,9 +233,17 @@ impl JsonSchema for Node {
                 generator.subschema_for::<WaitForEventConfig>(),
                 true,
             ),
-            variant("condition", generator.subschema_for::<ConditionConfig>(), true),
+            variant(
+                "condition",
+                generator.subschema_for::<ConditionConfig>(),
+                true,
+            ),
             variant("split", generator.subschema_for::<SplitConfig>(), true),
-            variant("function", generator.subschema_for::<FunctionConfig>(), true),
+            variant(
+                "function",
+                generator.subschema_for::<FunctionConfig>(),
+                true,
+            ),
             variant("exit", generator.subschema_for::<ExitConfig>(), false),
         ];
         json_schema!({
@@ -343,10 +354,7 @@ impl Workflow {
             Some(Value::Array(raw)) => {
                 let mut nodes = Vec::with_capacity(raw.len());
                 for (i, raw_node) in raw.into_iter().enumerate() {
-                    let id = raw_node
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(NodeId::from);
+                    let id = raw_node.get("id").and_then(Value::as_str).map(NodeId::from);
                     match serde_path_to_error::deserialize::<_, RawNode>(raw_node) {
                         Ok(raw) => match NodeKind::from_parts(&raw.type_name, raw.config) {
                             Ok(kind) => nodes.push(Node {
@@ -357,12 +365,7 @@ impl Workflow {
                             }),
                             Err(message) => {
                                 let (field, message) = split_field(&message);
-                                errors.push(ValidationError::node(
-                                    i,
-                                    id.as_ref(),
-                                    field,
-                                    message,
-                                ));
+                                errors.push(ValidationError::node(i, id.as_ref(), field, message));
                             }
                         },
                         Err(e) => {

@@ -23,7 +23,10 @@ pub enum Channel {
 impl Channel {
     /// Messages to a person: these wait out quiet hours by default.
     pub fn is_messaging(self) -> bool {
-        matches!(self, Channel::Email | Channel::Sms | Channel::Push | Channel::Chat)
+        matches!(
+            self,
+            Channel::Email | Channel::Sms | Channel::Push | Channel::Chat
+        )
     }
 }
 
@@ -94,7 +97,9 @@ pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "H
 impl Registry {
     /// The built-in channels.
     pub fn builtin() -> Registry {
-        let mut r = Registry { actions: BTreeMap::new() };
+        let mut r = Registry {
+            actions: BTreeMap::new(),
+        };
         for spec in [
             ActionSpec::builtin(
                 "http.request",

@@ -8,7 +8,10 @@ use crate::model::Workflow;
 pub fn workflow_schema() -> Value {
     let mut schema = schemars::schema_for!(Workflow).to_value();
     if let Some(obj) = schema.as_object_mut() {
-        obj.insert("$id".into(), Value::String("https://sojourn.dev/schema/workflow.json".into()));
+        obj.insert(
+            "$id".into(),
+            Value::String("https://sojourn.dev/schema/workflow.json".into()),
+        );
         obj.insert("title".into(), Value::String("Sojourn workflow".into()));
     }
     schema
@@ -23,10 +26,22 @@ mod tests {
         let schema = workflow_schema();
         let text = schema.to_string();
         for t in crate::model::NODE_TYPES {
-            assert!(text.contains(&format!("\"const\":\"{t}\"")), "node type {t} missing from schema");
+            assert!(
+                text.contains(&format!("\"const\":\"{t}\"")),
+                "node type {t} missing from schema"
+            );
         }
-        for def in ["ActionConfig", "DelayConfig", "RetryPolicy", "Settings", "Edge"] {
-            assert!(schema["$defs"].get(def).is_some(), "{def} missing from $defs");
+        for def in [
+            "ActionConfig",
+            "DelayConfig",
+            "RetryPolicy",
+            "Settings",
+            "Edge",
+        ] {
+            assert!(
+                schema["$defs"].get(def).is_some(),
+                "{def} missing from $defs"
+            );
         }
     }
 }

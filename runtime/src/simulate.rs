@@ -52,14 +52,19 @@ impl Script {
     /// Parses a script: an object `{events, actions}` or just an array of
     /// events.
     pub fn from_json(text: &str) -> Result<Script, String> {
-        let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let value = match value {
             Value::Array(events) => json!({ "events": events }),
             other => other,
         };
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            format!("{}: {}", if path == "." { "script" } else { &path }, e.inner())
+            format!(
+                "{}: {}",
+                if path == "." { "script" } else { &path },
+                e.inner()
+            )
         })
     }
 }
@@ -121,7 +126,9 @@ pub fn simulate(
     for (i, e) in script.events.iter().enumerate() {
         let at = match (&e.after, e.at) {
             (Some(after), None) => {
-                started_at + crate::time::parse_duration(after).map_err(|err| format!("events[{i}].after: {err}"))?
+                started_at
+                    + crate::time::parse_duration(after)
+                        .map_err(|err| format!("events[{i}].after: {err}"))?
             }
             (None, Some(at)) => at,
             _ => return Err(format!("events[{i}]: set exactly one of after, at")),
@@ -142,8 +149,13 @@ pub fn simulate(
         );
     }
     for node in script.actions.keys() {
-        if wf.node_by_id(node.as_str()).is_none_or(|n| n.type_name() != "action") {
-            return Err(format!("actions.{node}: no action node {node:?} in this workflow"));
+        if wf
+            .node_by_id(node.as_str())
+            .is_none_or(|n| n.type_name() != "action")
+        {
+            return Err(format!(
+                "actions.{node}: no action node {node:?} in this workflow"
+            ));
         }
     }
 
@@ -159,9 +171,15 @@ pub fn simulate(
     let mut steps = 0usize;
     let stop = loop {
         let Some(Reverse((at, id))) = queue.pop() else {
-            break if snap.status.is_terminal() { Stop::Finished } else { Stop::WaitingForever };
+            break if snap.status.is_terminal() {
+                Stop::Finished
+            } else {
+                Stop::WaitingForever
+            };
         };
-        let Some(input) = inputs.remove(&id) else { continue };
+        let Some(input) = inputs.remove(&id) else {
+            continue;
+        };
         if let Input::TimerFired { timer } = &input
             && !live_timers.remove(timer)
         {
@@ -194,7 +212,14 @@ pub fn simulate(
                 }
                 Effect::ScheduleTimer { timer, at } => {
                     live_timers.insert(timer.clone());
-                    push(&mut queue, &mut inputs, *at, Input::TimerFired { timer: timer.clone() });
+                    push(
+                        &mut queue,
+                        &mut inputs,
+                        *at,
+                        Input::TimerFired {
+                            timer: timer.clone(),
+                        },
+                    );
                 }
                 Effect::CancelTimer { timer } => {
                     live_timers.remove(timer);
@@ -228,7 +253,13 @@ pub fn new_simulated_execution(
     timezone: Option<&str>,
     start: DateTime<Utc>,
 ) -> Result<Snapshot, crate::Error> {
-    wf.new_execution(ExecutionId::new("exe_simulated"), input, subject, timezone, start)
+    wf.new_execution(
+        ExecutionId::new("exe_simulated"),
+        input,
+        subject,
+        timezone,
+        start,
+    )
 }
 
 impl Simulation {

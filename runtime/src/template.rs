@@ -149,7 +149,13 @@ impl Templated {
                     .iter()
                     .enumerate()
                     .map(|(i, v)| {
-                        Templated::compile(v, &format!("{field}[{i}]"), name_prefix, templates, errors)
+                        Templated::compile(
+                            v,
+                            &format!("{field}[{i}]"),
+                            name_prefix,
+                            templates,
+                            errors,
+                        )
                     })
                     .collect(),
             ),
@@ -193,17 +199,25 @@ impl Templated {
 
     /// Renders to plain JSON.
     pub fn render(&self, templates: &Templates, scope: &Scope<'_>) -> Result<Value, String> {
-        let mut ctx = RenderContext { scope, jinja: None, cel: None };
+        let mut ctx = RenderContext {
+            scope,
+            jinja: None,
+            cel: None,
+        };
         self.render_with(templates, &mut ctx)
     }
 
-    fn render_with(&self, templates: &Templates, ctx: &mut RenderContext<'_, '_>) -> Result<Value, String> {
+    fn render_with(
+        &self,
+        templates: &Templates,
+        ctx: &mut RenderContext<'_, '_>,
+    ) -> Result<Value, String> {
         Ok(match self {
             Templated::Literal(v) => v.clone(),
             Templated::Template(name) => {
-                let jinja = ctx
-                    .jinja
-                    .get_or_insert_with(|| minijinja::Value::from(minijinja::value::Serde(ctx.scope)));
+                let jinja = ctx.jinja.get_or_insert_with(|| {
+                    minijinja::Value::from(minijinja::value::Serde(ctx.scope))
+                });
                 Value::String(templates.render(name, jinja)?)
             }
             Templated::Expr(e) => {
@@ -264,7 +278,10 @@ mod tests {
             subject: None,
             event: None,
             nodes: &nodes,
-            execution: ExecutionInfo { id: &id, started_at: None },
+            execution: ExecutionInfo {
+                id: &id,
+                started_at: None,
+            },
             now: DateTime::<Utc>::UNIX_EPOCH,
         };
         t.render(&templates, &scope)
@@ -311,7 +328,17 @@ mod tests {
             &mut errors,
         );
         let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(fields, ["config.inputs.a", "config.inputs.b[1]", "config.inputs.c.$expr"]);
-        assert!(errors[1].1.contains("unknown variable \"user\""), "{errors:?}");
+        assert_eq!(
+            fields,
+            [
+                "config.inputs.a",
+                "config.inputs.b[1]",
+                "config.inputs.c.$expr"
+            ]
+        );
+        assert!(
+            errors[1].1.contains("unknown variable \"user\""),
+            "{errors:?}"
+        );
     }
 }

@@ -116,7 +116,11 @@ pub fn format_duration(d: Duration) -> String {
     let mut secs = d.num_seconds();
     if secs == 0 {
         let ms = d.num_milliseconds();
-        return if ms == 0 { "0s".into() } else { format!("{ms}ms") };
+        return if ms == 0 {
+            "0s".into()
+        } else {
+            format!("{ms}ms")
+        };
     }
     let sign = if secs < 0 { "-" } else { "" };
     secs = secs.abs();
@@ -140,7 +144,9 @@ mod tests {
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).expect("test timestamp").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s)
+            .expect("test timestamp")
+            .with_timezone(&Utc)
     }
 
     fn t(s: &str) -> NaiveTime {
@@ -177,13 +183,22 @@ mod tests {
     fn next_local_time_is_today_or_tomorrow() {
         // 2026-06-01 12:00 UTC is 08:00 EDT: 09:00 is later the same day.
         let now = utc("2026-06-01T12:00:00Z");
-        assert_eq!(next_local_time(now, t("09:00"), NY), utc("2026-06-01T13:00:00Z"));
+        assert_eq!(
+            next_local_time(now, t("09:00"), NY),
+            utc("2026-06-01T13:00:00Z")
+        );
         // At 10:00 EDT, 09:00 is tomorrow.
         let now = utc("2026-06-01T14:00:00Z");
-        assert_eq!(next_local_time(now, t("09:00"), NY), utc("2026-06-02T13:00:00Z"));
+        assert_eq!(
+            next_local_time(now, t("09:00"), NY),
+            utc("2026-06-02T13:00:00Z")
+        );
         // Exactly at 09:00: strictly after, so tomorrow.
         let now = utc("2026-06-01T13:00:00Z");
-        assert_eq!(next_local_time(now, t("09:00"), NY), utc("2026-06-02T13:00:00Z"));
+        assert_eq!(
+            next_local_time(now, t("09:00"), NY),
+            utc("2026-06-02T13:00:00Z")
+        );
     }
 
     #[test]
@@ -191,7 +206,10 @@ mod tests {
         // 2026-03-08: New York goes from EST (-5) to EDT (-4) at 02:00.
         // 09:00 on the 7th is 14:00 UTC, on the 8th it is 13:00 UTC.
         let now = utc("2026-03-07T15:00:00Z");
-        assert_eq!(next_local_time(now, t("09:00"), NY), utc("2026-03-08T13:00:00Z"));
+        assert_eq!(
+            next_local_time(now, t("09:00"), NY),
+            utc("2026-03-08T13:00:00Z")
+        );
     }
 
     #[test]
@@ -201,7 +219,10 @@ mod tests {
         let now = utc("2026-03-08T05:00:00Z"); // 00:00 EST
         let fired = next_local_time(now, t("02:30"), NY);
         assert_eq!(fired, utc("2026-03-08T07:30:00Z"));
-        assert_eq!(fired.with_timezone(&NY).format("%H:%M").to_string(), "03:30");
+        assert_eq!(
+            fired.with_timezone(&NY).format("%H:%M").to_string(),
+            "03:30"
+        );
     }
 
     #[test]
@@ -209,16 +230,25 @@ mod tests {
         // 2026-11-01: 01:30 happens twice in New York, first in EDT (05:30 UTC)
         // then in EST (06:30 UTC). We pick the first.
         let now = utc("2026-11-01T04:00:00Z"); // 00:00 EDT
-        assert_eq!(next_local_time(now, t("01:30"), NY), utc("2026-11-01T05:30:00Z"));
+        assert_eq!(
+            next_local_time(now, t("01:30"), NY),
+            utc("2026-11-01T05:30:00Z")
+        );
         // Once the first has passed, the next one is the following day, not
         // the second occurrence an hour later.
         let now = utc("2026-11-01T05:45:00Z");
-        assert_eq!(next_local_time(now, t("01:30"), NY), utc("2026-11-02T06:30:00Z"));
+        assert_eq!(
+            next_local_time(now, t("01:30"), NY),
+            utc("2026-11-02T06:30:00Z")
+        );
     }
 
     #[test]
     fn quiet_hours_windows_wrap_midnight() {
-        let w = DailyWindow { start: t("21:00"), end: t("08:00") };
+        let w = DailyWindow {
+            start: t("21:00"),
+            end: t("08:00"),
+        };
         let paris = chrono_tz::Europe::Paris;
         // 23:00 Paris (CEST, +2) on 2026-06-01 → ends 08:00 on the 2nd.
         assert_eq!(
@@ -233,12 +263,18 @@ mod tests {
         // 12:00 local → not inside.
         assert_eq!(w.end_if_inside(utc("2026-06-02T10:00:00Z"), paris), None);
         // A window that does not wrap.
-        let lunch = DailyWindow { start: t("12:00"), end: t("13:00") };
+        let lunch = DailyWindow {
+            start: t("12:00"),
+            end: t("13:00"),
+        };
         assert_eq!(
             lunch.end_if_inside(utc("2026-06-02T10:30:00Z"), paris),
             Some(utc("2026-06-02T11:00:00Z"))
         );
-        assert_eq!(lunch.end_if_inside(utc("2026-06-02T11:00:00Z"), paris), None);
+        assert_eq!(
+            lunch.end_if_inside(utc("2026-06-02T11:00:00Z"), paris),
+            None
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sojourn_runtime::simulate::{Limits, Script, Simulation, Stop, new_simulated_execution, simulate};
+use sojourn_runtime::simulate::{
+    Limits, Script, Simulation, Stop, new_simulated_execution, simulate,
+};
 use sojourn_runtime::{CompiledWorkflow, Effect, Registry, Status, Workflow};
 
 fn examples_dir() -> PathBuf {
@@ -21,7 +23,9 @@ fn run(name: &str, events: Option<&str>, start: &str) -> (CompiledWorkflow, Simu
     let workflow = Workflow::from_json(&read(&format!("{name}.json"))).expect("parses");
     let wf = CompiledWorkflow::compile(&workflow, &Registry::builtin()).expect("validates");
     let input: Value = serde_json::from_str(&read(&format!("{name}.input.json"))).expect("input");
-    let script = events.map_or_else(Script::default, |f| Script::from_json(&read(f)).expect("script"));
+    let script = events.map_or_else(Script::default, |f| {
+        Script::from_json(&read(f)).expect("script")
+    });
     let start: DateTime<Utc> = start.parse().expect("start");
     let snapshot = new_simulated_execution(&wf, input, None, None, start).expect("starts");
     let sim = simulate(&wf, snapshot, &script, Limits::default()).expect("simulates");
@@ -35,7 +39,10 @@ fn check_timeline(name: &str, sim: &Simulation) {
         std::fs::write(&path, &text).expect("write timeline");
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(text, expected, "timeline of {name} changed (UPDATE_EXAMPLES=1 rewrites it)");
+    assert_eq!(
+        text, expected,
+        "timeline of {name} changed (UPDATE_EXAMPLES=1 rewrites it)"
+    );
 }
 
 #[test]
@@ -60,7 +67,10 @@ fn welcome_series_holds_the_sms_for_quiet_hours_and_nudges_at_nine() {
         .find(|e| matches!(&e.event, sojourn_runtime::JournalEvent::ActionDispatched { action, .. } if action == "sms.send"))
         .map(|e| e.at)
         .expect("sms sent");
-    assert_eq!(sms_at, "2026-11-24T13:00:00Z".parse::<DateTime<Utc>>().expect("ts"));
+    assert_eq!(
+        sms_at,
+        "2026-11-24T13:00:00Z".parse::<DateTime<Utc>>().expect("ts")
+    );
 }
 
 #[test]
@@ -69,8 +79,14 @@ fn welcome_series_ends_at_once_on_unsubscribe_while_asleep() {
     let wf = CompiledWorkflow::compile(&workflow, &Registry::builtin()).expect("validates");
     let input: Value = serde_json::from_str(&read("welcome-series.input.json")).expect("input");
     let script = Script::from_json(r#"[{"after": "3h", "name": "unsubscribed"}]"#).expect("script");
-    let snapshot = new_simulated_execution(&wf, input, None, None, "2026-11-23T01:30:00Z".parse().expect("ts"))
-        .expect("starts");
+    let snapshot = new_simulated_execution(
+        &wf,
+        input,
+        None,
+        None,
+        "2026-11-23T01:30:00Z".parse().expect("ts"),
+    )
+    .expect("starts");
     let sim = simulate(&wf, snapshot, &script, Limits::default()).expect("simulates");
     assert_eq!(sim.snapshot.status, Status::Completed);
     assert_eq!(sim.snapshot.outcome.as_deref(), Some("unsubscribed"));
@@ -79,14 +95,26 @@ fn welcome_series_ends_at_once_on_unsubscribe_while_asleep() {
 
 #[test]
 fn abandoned_cart_ignores_other_carts_reminds_and_recovers() {
-    let (_, sim) = run("abandoned-cart", Some("abandoned-cart.events.json"), "2026-11-20T17:00:00Z");
+    let (_, sim) = run(
+        "abandoned-cart",
+        Some("abandoned-cart.events.json"),
+        "2026-11-20T17:00:00Z",
+    );
     check_timeline("abandoned-cart", &sim);
     assert_eq!(sim.snapshot.outcome.as_deref(), Some("recovered"));
     assert_eq!(sim.snapshot.vars["code"], "CART15-cart-991");
-    let keys: Vec<&str> = sim.dispatches.iter().map(|d| d.idempotency_key.as_str()).collect();
+    let keys: Vec<&str> = sim
+        .dispatches
+        .iter()
+        .map(|d| d.idempotency_key.as_str())
+        .collect();
     assert_eq!(
         keys,
-        ["exe_simulated/reminder/1", "exe_simulated/notify_crm/1", "exe_simulated/notify_crm/2"]
+        [
+            "exe_simulated/reminder/1",
+            "exe_simulated/notify_crm/1",
+            "exe_simulated/notify_crm/2"
+        ]
     );
     assert_eq!(sim.dispatches[1].inputs["body"]["total"], 110.08);
 }
@@ -103,7 +131,10 @@ fn abandoned_cart_without_an_order_is_lost_after_the_second_wait() {
 fn ab_test_assigns_a_variant_deterministically_and_reports_it() {
     let (wf, sim) = run("ab-test", None, "2026-11-23T09:00:00Z");
     check_timeline("ab-test", &sim);
-    let variant = sim.snapshot.vars["variant"].as_str().expect("variant").to_owned();
+    let variant = sim.snapshot.vars["variant"]
+        .as_str()
+        .expect("variant")
+        .to_owned();
     let report = sim.dispatches.last().expect("report");
     assert_eq!(report.action, "http.request");
     assert_eq!(report.inputs["body"]["variant"], variant.as_str());
@@ -120,8 +151,11 @@ fn ab_test_assigns_a_variant_deterministically_and_reports_it() {
                 sim.started_at,
             )
             .expect("starts");
-        let t = wf.step(&snap, sojourn_runtime::Input::Start, sim.started_at).expect("steps");
-        let Some(Effect::Dispatch(d)) = t.effects.iter().find(|e| matches!(e, Effect::Dispatch(_))) else {
+        let t = wf
+            .step(&snap, sojourn_runtime::Input::Start, sim.started_at)
+            .expect("steps");
+        let Some(Effect::Dispatch(d)) = t.effects.iter().find(|e| matches!(e, Effect::Dispatch(_)))
+        else {
             panic!("no dispatch")
         };
         if d.node.as_str() == "email_a" {

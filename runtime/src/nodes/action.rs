@@ -139,7 +139,10 @@ pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>
             c.error(
                 node,
                 "config.inputs.method",
-                format!("{method:?} is not an HTTP method ({})", HTTP_METHODS.join(", ")),
+                format!(
+                    "{method:?} is not an HTTP method ({})",
+                    HTTP_METHODS.join(", ")
+                ),
             );
         }
     }
@@ -147,7 +150,11 @@ pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>
 
     let retry = &config.retry;
     if !(1..=100).contains(&retry.max_attempts) {
-        c.error(node, "config.retry.max_attempts", "must be between 1 and 100");
+        c.error(
+            node,
+            "config.retry.max_attempts",
+            "must be between 1 and 100",
+        );
     }
     if !(retry.multiplier.is_finite() && (1.0..=10.0).contains(&retry.multiplier)) {
         c.error(node, "config.retry.multiplier", "must be between 1 and 10");
@@ -280,9 +287,10 @@ pub(crate) fn on_result<'w>(
                 node: node.id.clone(),
                 attempt,
             });
-            m.snap
-                .nodes
-                .insert(node.id.clone(), json!({ "output": output, "attempt": attempt }));
+            m.snap.nodes.insert(
+                node.id.clone(),
+                json!({ "output": output, "attempt": attempt }),
+            );
             Ok(Flow::Next(Some("success")))
         }
         ActionOutcome::Failure { error, retryable } => {
@@ -293,7 +301,14 @@ pub(crate) fn on_result<'w>(
                 retryable,
             });
             if retryable && try_number < c.max_attempts {
-                let at = m.now + backoff(c, &m.snap.execution_id.to_string(), &node.id, attempt, try_number);
+                let at = m.now
+                    + backoff(
+                        c,
+                        m.snap.execution_id.as_str(),
+                        &node.id,
+                        attempt,
+                        try_number,
+                    );
                 let timer = m.timer_id(&node.id, "retry");
                 m.schedule_timer(timer.clone(), at);
                 m.journal(JournalEvent::RetryScheduled {
@@ -310,9 +325,10 @@ pub(crate) fn on_result<'w>(
                 m.snap.status = Status::Waiting;
                 return Ok(Flow::Suspend);
             }
-            m.snap
-                .nodes
-                .insert(node.id.clone(), json!({ "error": error, "attempt": attempt }));
+            m.snap.nodes.insert(
+                node.id.clone(),
+                json!({ "error": error, "attempt": attempt }),
+            );
             if node.has_branch("failure") {
                 return Ok(Flow::Next(Some("failure")));
             }
@@ -335,14 +351,24 @@ pub(crate) fn on_result<'w>(
 /// `initial * multiplier^(try_number-1)`, capped at `max`, with "equal
 /// jitter" (half fixed, half derived from the execution, node and attempt,
 /// so a replay computes the same instant).
-pub(crate) fn backoff(c: &Compiled, execution: &str, node: &NodeId, attempt: u32, try_number: u32) -> Duration {
+pub(crate) fn backoff(
+    c: &Compiled,
+    execution: &str,
+    node: &NodeId,
+    attempt: u32,
+    try_number: u32,
+) -> Duration {
     let initial = c.initial_backoff.num_milliseconds().max(0) as f64;
     let cap = c.max_backoff.num_milliseconds().max(0) as f64;
     let exp = i32::try_from(try_number.saturating_sub(1)).unwrap_or(i32::MAX);
     let base = (initial * c.multiplier.powi(exp)).min(cap).max(0.0) as i64;
     let half = base / 2;
     let jitter = if half > 0 {
-        let h = stable_hash(&[execution.as_bytes(), node.as_str().as_bytes(), &attempt.to_le_bytes()]);
+        let h = stable_hash(&[
+            execution.as_bytes(),
+            node.as_str().as_bytes(),
+            &attempt.to_le_bytes(),
+        ]);
         (h % (half as u64 + 1)) as i64
     } else {
         0
@@ -378,23 +404,36 @@ mod tests {
         assert_eq!(h.snapshot.status, Status::Running);
         h.succeed("mail", 1, json!({"message_id": "m1"}));
         assert_eq!(h.snapshot.status, Status::Completed);
-        assert_eq!(h.snapshot.nodes[&NodeId::from("mail")]["output"]["message_id"], "m1");
+        assert_eq!(
+            h.snapshot.nodes[&NodeId::from("mail")]["output"]["message_id"],
+            "m1"
+        );
     }
 
     #[test]
     fn retries_with_capped_deterministic_backoff_then_pauses_for_an_operator() {
         let wf = compile(&linear(
             json!({"type": "start"}),
-            vec![email(json!({"max_attempts": 3, "initial_backoff": "10s", "max_backoff": "15s"}))],
+            vec![email(
+                json!({"max_attempts": 3, "initial_backoff": "10s", "max_backoff": "15s"}),
+            )],
         ));
         let mut h = Harness::start(&wf, json!({"email": "a@b.c", "name": "A"}));
         h.fail("mail", 1, true);
         let first = h.snapshot.wait.clone().expect("waits for retry");
-        let Wait::RetryBackoff { until, try_number: 2, .. } = first else {
+        let Wait::RetryBackoff {
+            until,
+            try_number: 2,
+            ..
+        } = first
+        else {
             panic!("expected a retry wait, got {first:?}")
         };
         let wait = until - h.now;
-        assert!(wait >= Duration::seconds(5) && wait <= Duration::seconds(10), "{wait}");
+        assert!(
+            wait >= Duration::seconds(5) && wait <= Duration::seconds(10),
+            "{wait}"
+        );
         h.fire_due_timer();
         assert_eq!(h.last_dispatch().idempotency_key, "exe_test/mail/2");
         h.fail("mail", 2, true);
@@ -403,7 +442,10 @@ mod tests {
         };
         // 10s * 2 = 20s, capped at 15s, with equal jitter: 7.5s ..= 15s.
         let wait = until - h.now;
-        assert!(wait >= Duration::milliseconds(7_500) && wait <= Duration::seconds(15), "{wait}");
+        assert!(
+            wait >= Duration::milliseconds(7_500) && wait <= Duration::seconds(15),
+            "{wait}"
+        );
         h.fire_due_timer();
         h.fail("mail", 3, true);
         assert_eq!(h.snapshot.status, Status::Paused);
@@ -423,7 +465,8 @@ mod tests {
     fn backoff_is_the_same_on_replay() {
         let wf = compile(&linear(json!({"type": "start"}), vec![email(json!({}))]));
         let a = Harness::start(&wf, json!({"email": "a", "name": "b"}));
-        let crate::compile::CompiledKind::Action(c) = &wf.node_by_id("mail").expect("node").kind else {
+        let crate::compile::CompiledKind::Action(c) = &wf.node_by_id("mail").expect("node").kind
+        else {
             panic!("not an action")
         };
         let node = NodeId::from("mail");

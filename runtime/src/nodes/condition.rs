@@ -15,7 +15,11 @@ pub struct ConditionConfig {
     pub expression: String,
 }
 
-pub(crate) fn compile(config: &ConditionConfig, node: &NodeId, c: &mut Compiler<'_>) -> Option<Expr> {
+pub(crate) fn compile(
+    config: &ConditionConfig,
+    node: &NodeId,
+    c: &mut Compiler<'_>,
+) -> Option<Expr> {
     c.expr(node, "config.expression", &config.expression)
 }
 

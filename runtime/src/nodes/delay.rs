@@ -167,7 +167,10 @@ mod tests {
 
     #[test]
     fn sleeps_for_a_duration_then_continues() {
-        let wf = compile(&linear(json!({"type": "start"}), vec![delay(json!({"duration": "2d 3h"}))]));
+        let wf = compile(&linear(
+            json!({"type": "start"}),
+            vec![delay(json!({"duration": "2d 3h"}))],
+        ));
         let mut h = Harness::start_at(&wf, json!({}), utc("2026-01-01T00:00:00Z"));
         assert_eq!(h.snapshot.status, Status::Waiting);
         assert_eq!(h.pending_timers(), [utc("2026-01-03T03:00:00Z")]);
@@ -185,14 +188,23 @@ mod tests {
             ),
             utc("2026-02-01T09:00:00Z")
         );
-        let wf = compile(&linear(json!({"type": "start"}), vec![delay(json!({"until": "2020-01-01T00:00:00Z"}))]));
+        let wf = compile(&linear(
+            json!({"type": "start"}),
+            vec![delay(json!({"until": "2020-01-01T00:00:00Z"}))],
+        ));
         let h = Harness::start_at(&wf, json!({}), utc("2026-01-01T00:00:00Z"));
         assert_eq!(h.snapshot.status, Status::Completed);
         // A bad rendered timestamp fails the execution at the node.
-        let wf = compile(&linear(json!({"type": "start"}), vec![delay(json!({"until": "{{ input.at }}"}))]));
+        let wf = compile(&linear(
+            json!({"type": "start"}),
+            vec![delay(json!({"until": "{{ input.at }}"}))],
+        ));
         let h = Harness::start_at(&wf, json!({"at": "tomorrow"}), utc("2026-01-01T00:00:00Z"));
         assert_eq!(h.snapshot.status, Status::Failed);
-        assert_eq!(h.snapshot.error.as_ref().and_then(|e| e.node.clone()), Some(NodeId::from("wait")));
+        assert_eq!(
+            h.snapshot.error.as_ref().and_then(|e| e.node.clone()),
+            Some(NodeId::from("wait"))
+        );
     }
 
     #[test]
@@ -216,7 +228,11 @@ mod tests {
         );
         // Without a zone: the execution's, here the UTC default.
         assert_eq!(
-            sleeps_until(json!({"time_of_day": "09:00"}), json!({}), "2026-03-08T10:00:00Z"),
+            sleeps_until(
+                json!({"time_of_day": "09:00"}),
+                json!({}),
+                "2026-03-08T10:00:00Z"
+            ),
             utc("2026-03-09T09:00:00Z")
         );
     }

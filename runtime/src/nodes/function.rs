@@ -26,7 +26,11 @@ pub struct Assignment {
     pub expression: String,
 }
 
-pub(crate) fn compile(config: &FunctionConfig, node: &NodeId, c: &mut Compiler<'_>) -> Vec<(String, Option<Expr>)> {
+pub(crate) fn compile(
+    config: &FunctionConfig,
+    node: &NodeId,
+    c: &mut Compiler<'_>,
+) -> Vec<(String, Option<Expr>)> {
     if config.assign.is_empty() {
         c.error(node, "config.assign", "must assign at least one variable");
     }
@@ -40,7 +44,9 @@ pub(crate) fn compile(config: &FunctionConfig, node: &NodeId, c: &mut Compiler<'
                 .chars()
                 .next()
                 .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
-                && a.var.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                && a.var
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
                 && a.var.len() <= 64;
             if !ok {
                 c.error(
@@ -49,7 +55,11 @@ pub(crate) fn compile(config: &FunctionConfig, node: &NodeId, c: &mut Compiler<'
                     format!("{:?} is not a variable name (letters, digits, _)", a.var),
                 );
             }
-            let expr = c.expr(node, &format!("config.assign[{i}].expression"), &a.expression);
+            let expr = c.expr(
+                node,
+                &format!("config.assign[{i}].expression"),
+                &a.expression,
+            );
             (a.var.clone(), expr)
         })
         .collect()
@@ -86,10 +96,12 @@ mod tests {
     fn assigns_in_order_and_later_assignments_see_earlier_ones() {
         let wf = compile(&linear(
             json!({"type": "start"}),
-            vec![json!({"id": "calc", "type": "function", "config": {"assign": [
-                {"var": "subtotal", "expression": "input.a + input.b"},
-                {"var": "vip", "expression": "vars.subtotal > 100"},
-            ]}})],
+            vec![
+                json!({"id": "calc", "type": "function", "config": {"assign": [
+                    {"var": "subtotal", "expression": "input.a + input.b"},
+                    {"var": "vip", "expression": "vars.subtotal > 100"},
+                ]}}),
+            ],
         ));
         let h = Harness::start(&wf, json!({"a": 80, "b": 40}));
         assert_eq!(h.snapshot.status, crate::Status::Completed);
@@ -117,7 +129,11 @@ mod tests {
         );
         assert_eq!(
             errors_of(&wf),
-            ["f:config.assign[0].var", "f:config.assign[1].expression", "g:config.assign"]
+            [
+                "f:config.assign[0].var",
+                "f:config.assign[1].expression",
+                "g:config.assign"
+            ]
         );
     }
 }

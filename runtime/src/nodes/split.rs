@@ -92,7 +92,11 @@ pub(crate) fn compile(config: &SplitConfig, node: &NodeId, c: &mut Compiler<'_>)
             } else {
                 check_branch(c, format!("config.rules[{i}].branch"), &rule.branch);
             }
-            let expr = c.expr(node, &format!("config.rules[{i}].expression"), &rule.expression);
+            let expr = c.expr(
+                node,
+                &format!("config.rules[{i}].expression"),
+                &rule.expression,
+            );
             rules.push((rule.branch.clone(), expr));
         }
         return Compiled::Rules(rules);
@@ -103,9 +107,17 @@ pub(crate) fn compile(config: &SplitConfig, node: &NodeId, c: &mut Compiler<'_>)
         check_branch(c, format!("config.variants[{i}].branch"), &v.branch);
         let bp = v.percent * 100.0;
         if !(v.percent.is_finite() && v.percent > 0.0 && v.percent <= 100.0) {
-            c.error(node, format!("config.variants[{i}].percent"), "must be more than 0 and at most 100");
+            c.error(
+                node,
+                format!("config.variants[{i}].percent"),
+                "must be more than 0 and at most 100",
+            );
         } else if (bp - bp.round()).abs() > 1e-6 {
-            c.error(node, format!("config.variants[{i}].percent"), "at most two decimals");
+            c.error(
+                node,
+                format!("config.variants[{i}].percent"),
+                "at most two decimals",
+            );
         } else {
             cumulative += bp.round() as u64;
         }
@@ -115,7 +127,10 @@ pub(crate) fn compile(config: &SplitConfig, node: &NodeId, c: &mut Compiler<'_>)
         c.error(
             node,
             "config.variants",
-            format!("percentages add up to {}, not 100", cumulative as f64 / 100.0),
+            format!(
+                "percentages add up to {}, not 100",
+                cumulative as f64 / 100.0
+            ),
         );
     }
     Compiled::Random(variants)
@@ -199,13 +214,19 @@ mod tests {
         let wf = compile(&doc);
         for (spend, outcome) in [(5000, "whale"), (50, "regular"), (1, "default")] {
             let h = Harness::start(&wf, json!({"spend": spend}));
-            assert_eq!(h.snapshot.outcome.as_deref(), Some(outcome), "spend {spend}");
+            assert_eq!(
+                h.snapshot.outcome.as_deref(),
+                Some(outcome),
+                "spend {spend}"
+            );
         }
     }
 
     #[test]
     fn random_split_is_deterministic_and_close_to_its_percentages() {
-        let wf = compile(&ab(json!([{"branch": "a", "percent": 30}, {"branch": "b", "percent": 70}])));
+        let wf = compile(&ab(
+            json!([{"branch": "a", "percent": 30}, {"branch": "b", "percent": 70}]),
+        ));
         let mut a = 0;
         for i in 0..4000 {
             let id = format!("exe_{i}");
@@ -223,12 +244,19 @@ mod tests {
     #[test]
     fn validation_checks_percentages_and_branches() {
         assert_eq!(
-            errors_of(&ab(json!([{"branch": "a", "percent": 30}, {"branch": "b", "percent": 60}]))),
+            errors_of(&ab(
+                json!([{"branch": "a", "percent": 30}, {"branch": "b", "percent": 60}])
+            )),
             ["ab:config.variants"]
         );
         assert_eq!(
-            errors_of(&ab(json!([{"branch": "a", "percent": 30.555}, {"branch": "b", "percent": 69.445}]))),
-            ["ab:config.variants[0].percent", "ab:config.variants[1].percent"]
+            errors_of(&ab(
+                json!([{"branch": "a", "percent": 30.555}, {"branch": "b", "percent": 69.445}])
+            )),
+            [
+                "ab:config.variants[0].percent",
+                "ab:config.variants[1].percent"
+            ]
         );
         let wf = linear(
             json!({"type": "start"}),
@@ -240,10 +268,17 @@ mod tests {
         );
         assert_eq!(
             errors_of(&wf),
-            ["s:config.rules[0].branch", "s:config.rules[2].branch", "s:config.rules[2].expression"]
+            [
+                "s:config.rules[0].branch",
+                "s:config.rules[2].branch",
+                "s:config.rules[2].expression"
+            ]
         );
         assert_eq!(
-            errors_of(&linear(json!({"type": "start"}), vec![json!({"id": "s", "type": "split", "config": {}})])),
+            errors_of(&linear(
+                json!({"type": "start"}),
+                vec![json!({"id": "s", "type": "split", "config": {}})]
+            )),
             ["s:config", "end:"]
         );
     }

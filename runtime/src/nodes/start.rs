@@ -49,7 +49,11 @@ pub(crate) fn compile(config: &StartConfig, node: &NodeId, c: &mut Compiler<'_>)
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"/_-.".contains(&b));
                 if !ok {
-                    c.error(node, field("path"), format!("{path:?} is not a valid path (letters, digits, / _ - .)"));
+                    c.error(
+                        node,
+                        field("path"),
+                        format!("{path:?} is not a valid path (letters, digits, / _ - .)"),
+                    );
                 }
             }
             Trigger::Api { path: None } => {}

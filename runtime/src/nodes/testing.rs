@@ -11,7 +11,9 @@ use crate::{
 };
 
 pub(crate) fn utc(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).expect("test timestamp").with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(s)
+        .expect("test timestamp")
+        .with_timezone(&Utc)
 }
 
 /// `start` (with the given node JSON, id forced to "start") → each middle
@@ -85,7 +87,13 @@ pub(crate) fn errors_of(doc: &Value) -> Vec<String> {
     };
     errors
         .iter()
-        .map(|e| format!("{}:{}", e.node.as_ref().map(NodeId::as_str).unwrap_or(""), e.field))
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e.node.as_ref().map(NodeId::as_str).unwrap_or(""),
+                e.field
+            )
+        })
         .collect()
 }
 
@@ -101,14 +109,31 @@ pub(crate) struct Harness<'w> {
 }
 
 impl<'w> Harness<'w> {
-    pub(crate) fn new(wf: &'w CompiledWorkflow, id: &str, input: Value, subject: Option<&str>) -> Self {
+    pub(crate) fn new(
+        wf: &'w CompiledWorkflow,
+        id: &str,
+        input: Value,
+        subject: Option<&str>,
+    ) -> Self {
         let now = utc("2026-01-01T12:00:00Z");
         Self::new_at(wf, id, input, subject, now)
     }
 
-    fn new_at(wf: &'w CompiledWorkflow, id: &str, input: Value, subject: Option<&str>, now: DateTime<Utc>) -> Self {
+    fn new_at(
+        wf: &'w CompiledWorkflow,
+        id: &str,
+        input: Value,
+        subject: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Self {
         let snapshot = wf
-            .new_execution(ExecutionId::new(id), input, subject.map(Into::into), None, now)
+            .new_execution(
+                ExecutionId::new(id),
+                input,
+                subject.map(Into::into),
+                None,
+                now,
+            )
             .expect("valid start");
         Harness {
             wf,
@@ -138,7 +163,11 @@ impl<'w> Harness<'w> {
         h
     }
 
-    pub(crate) fn start_with_subject(wf: &'w CompiledWorkflow, input: Value, subject: &str) -> Self {
+    pub(crate) fn start_with_subject(
+        wf: &'w CompiledWorkflow,
+        input: Value,
+        subject: &str,
+    ) -> Self {
         let mut h = Self::new(wf, "exe_test", input, Some(subject));
         h.step(Input::Start);
         h

@@ -46,7 +46,11 @@ pub(crate) struct Compiled {
     key: Option<Templated>,
 }
 
-pub(crate) fn compile(config: &WaitForEventConfig, node: &NodeId, c: &mut Compiler<'_>) -> Compiled {
+pub(crate) fn compile(
+    config: &WaitForEventConfig,
+    node: &NodeId,
+    c: &mut Compiler<'_>,
+) -> Compiled {
     if config.event.trim().is_empty() {
         c.error(node, "config.event", "must not be empty");
     }
@@ -128,7 +132,13 @@ pub(crate) fn on_event<'w>(
     c: &'w Compiled,
     event: &EventInput,
 ) -> Result<Option<Flow<'w>>, String> {
-    let Some(Wait::Event { key, subscription, timer, .. }) = &m.snap.wait else {
+    let Some(Wait::Event {
+        key,
+        subscription,
+        timer,
+        ..
+    }) = &m.snap.wait
+    else {
         return Ok(None);
     };
     if event.name != c.event {
@@ -162,7 +172,11 @@ pub(crate) fn on_event<'w>(
     Ok(Some(Flow::Next(Some("event"))))
 }
 
-pub(crate) fn on_timeout<'w>(m: &mut Machine<'w>, node: &'w CompiledNode, c: &'w Compiled) -> Flow<'w> {
+pub(crate) fn on_timeout<'w>(
+    m: &mut Machine<'w>,
+    node: &'w CompiledNode,
+    c: &'w Compiled,
+) -> Flow<'w> {
     if let Some(Wait::Event { subscription, .. }) = m.snap.wait.take() {
         m.effect(Effect::Unsubscribe { subscription });
     }
@@ -213,15 +227,41 @@ mod tests {
         assert!(h.effects.iter().any(|e| matches!(e, Effect::Subscribe { event, key: Some(k), .. } if event == "order_completed" && k == "user-1")));
         // Wrong name, wrong key, failed condition: still waiting.
         h.step(event("page_viewed", Some("user-1"), json!({})));
-        h.step(event("order_completed", Some("user-2"), json!({"total": 50})));
-        h.step(event("order_completed", Some("user-1"), json!({"total": 5})));
+        h.step(event(
+            "order_completed",
+            Some("user-2"),
+            json!({"total": 50}),
+        ));
+        h.step(event(
+            "order_completed",
+            Some("user-1"),
+            json!({"total": 5}),
+        ));
         assert_eq!(h.snapshot.status, Status::Waiting);
         h.effects.clear();
-        h.step(event("order_completed", Some("user-1"), json!({"total": 50})));
+        h.step(event(
+            "order_completed",
+            Some("user-1"),
+            json!({"total": 50}),
+        ));
         assert_eq!(h.snapshot.outcome.as_deref(), Some("bought"));
-        assert_eq!(h.snapshot.event.as_ref().map(|e| e["payload"]["total"].clone()), Some(json!(50)));
-        assert!(h.effects.iter().any(|e| matches!(e, Effect::Unsubscribe { .. })));
-        assert!(h.effects.iter().any(|e| matches!(e, Effect::CancelTimer { .. })));
+        assert_eq!(
+            h.snapshot
+                .event
+                .as_ref()
+                .map(|e| e["payload"]["total"].clone()),
+            Some(json!(50))
+        );
+        assert!(
+            h.effects
+                .iter()
+                .any(|e| matches!(e, Effect::Unsubscribe { .. }))
+        );
+        assert!(
+            h.effects
+                .iter()
+                .any(|e| matches!(e, Effect::CancelTimer { .. }))
+        );
     }
 
     #[test]
@@ -230,7 +270,11 @@ mod tests {
         let mut h = Harness::start_with_subject(&wf, json!({}), "user-1");
         h.fire_due_timer();
         assert_eq!(h.snapshot.outcome.as_deref(), Some("gave_up"));
-        h.step(event("order_completed", Some("user-1"), json!({"total": 50})));
+        h.step(event(
+            "order_completed",
+            Some("user-1"),
+            json!({"total": 50}),
+        ));
         assert_eq!(h.snapshot.outcome.as_deref(), Some("gave_up"));
     }
 
@@ -243,7 +287,15 @@ mod tests {
         doc["nodes"][1]["config"] = json!({"event": "order_completed"});
         assert_eq!(errors_of(&doc), [":edges[2].branch", "gave_up:"]);
         let mut doc = cart();
-        doc["nodes"][1]["config"] = json!({"event": " ", "timeout": "-", "condition": "event.payload. >"});
-        assert_eq!(errors_of(&doc), ["wait:config.event", "wait:config.condition", "wait:config.timeout"]);
+        doc["nodes"][1]["config"] =
+            json!({"event": " ", "timeout": "-", "condition": "event.payload. >"});
+        assert_eq!(
+            errors_of(&doc),
+            [
+                "wait:config.event",
+                "wait:config.condition",
+                "wait:config.timeout"
+            ]
+        );
     }
 }
