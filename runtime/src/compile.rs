@@ -433,7 +433,7 @@ impl CompiledWorkflow {
                 &compiled[cycle[0]].id,
                 "edges",
                 format!(
-                    "cycle {} → {} passes through no delay or wait_for_event node",
+                    "cycle {} → {} passes through no delay (of a positive duration or a time of day) or wait_for_event node",
                     path.join(" → "),
                     path[0]
                 ),
@@ -647,11 +647,14 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
 /// a loop an execution could run without ever waiting. Returns one cycle
 /// (as node indices) per strongly connected component that has one.
 fn instant_cycles(nodes: &[CompiledNode]) -> Vec<Vec<usize>> {
-    let waits = |i: usize| {
-        matches!(
-            nodes[i].kind,
-            CompiledKind::Delay(_) | CompiledKind::WaitForEvent(_)
-        )
+    // Only waits that always take time break a loop: a `0s` delay or an
+    // `until` timestamp (already past on the second lap) do not.
+    let waits = |i: usize| match &nodes[i].kind {
+        CompiledKind::Delay(nodes::delay::Compiled::For(d)) => *d > Duration::zero(),
+        CompiledKind::Delay(nodes::delay::Compiled::TimeOfDay { .. }) => true,
+        CompiledKind::Delay(nodes::delay::Compiled::Until(_)) => false,
+        CompiledKind::WaitForEvent(_) => true,
+        _ => false,
     };
     // Iterative DFS with colours; on a back edge, read the cycle off the stack.
     let n = nodes.len();
@@ -765,6 +768,16 @@ mod tests {
             ))
             .is_empty()
         );
+        // Waits that take no time do not break a loop.
+        for config in [
+            json!({"duration": "0s"}),
+            json!({"until": "2020-01-01T00:00:00Z"}),
+        ] {
+            let errors = errors_of(&looped(
+                json!({"id": "step", "type": "delay", "config": config}),
+            ));
+            assert_eq!(errors, ["check:edges"]);
+        }
     }
 
     #[test]

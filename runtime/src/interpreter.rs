@@ -395,6 +395,11 @@ impl<'w> Machine<'w> {
             _ => return,
         };
         let was_finished = self.snap.status.is_terminal();
+        // Inputs deferred before the failure belong to waits that no longer
+        // exist: record and drop them rather than replay them out of order.
+        for input in std::mem::take(&mut self.snap.deferred) {
+            self.ignore(format!("deferred {} dropped by the retry", input.kind()));
+        }
         self.snap.pause = None;
         self.snap.error = None;
         self.snap.finished_at = None;
@@ -555,6 +560,7 @@ fn exit_subscriptions(wf: &CompiledWorkflow) -> Vec<SubscriptionId> {
         .iter()
         .map(|c| exit_subscription(&c.event))
         .collect();
+    ids.sort();
     ids.dedup();
     ids
 }

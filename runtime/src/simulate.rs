@@ -126,9 +126,11 @@ pub fn simulate(
     for (i, e) in script.events.iter().enumerate() {
         let at = match (&e.after, e.at) {
             (Some(after), None) => {
+                let d = crate::time::parse_duration(after)
+                    .map_err(|err| format!("events[{i}].after: {err}"))?;
                 started_at
-                    + crate::time::parse_duration(after)
-                        .map_err(|err| format!("events[{i}].after: {err}"))?
+                    .checked_add_signed(d)
+                    .ok_or_else(|| format!("events[{i}].after: too far in the future"))?
             }
             (None, Some(at)) => at,
             _ => return Err(format!("events[{i}]: set exactly one of after, at")),

@@ -25,6 +25,9 @@ use crate::expr::{Expr, ROOTS, Scope};
 #[derive(Debug)]
 pub struct Templates {
     env: Environment<'static>,
+    /// Templates are named by a counter: names built from field paths could
+    /// collide (`{"a.b": …}` and `{"a": {"b": …}}`).
+    count: usize,
 }
 
 impl Default for Templates {
@@ -42,7 +45,7 @@ impl Templates {
         env.set_auto_escape_callback(|_| AutoEscape::None);
         // Bound the work one render can do: a template is user input.
         env.set_recursion_limit(64);
-        Templates { env }
+        Templates { env, count: 0 }
     }
 
     /// Compiles `source` under `name` and checks its free variables.
@@ -122,7 +125,8 @@ impl Templated {
     ) -> Templated {
         match value {
             Value::String(s) if is_template(s) => {
-                let name = format!("{name_prefix}/{field}");
+                templates.count += 1;
+                let name = format!("{name_prefix}#{}", templates.count);
                 match templates.add(&name, s) {
                     Ok(()) => Templated::Template(name.into()),
                     Err(e) => {
@@ -308,6 +312,16 @@ mod tests {
                 "nested": ["exe_9", true],
             })
         );
+    }
+
+    #[test]
+    fn keys_that_look_like_paths_do_not_collide() {
+        let out = render(
+            json!({"a": {"b": "{{ input.x }}"}, "a.b": "{{ input.y }}"}),
+            json!({"x": "ex", "y": "why"}),
+        )
+        .expect("renders");
+        assert_eq!(out, json!({"a": {"b": "ex"}, "a.b": "why"}));
     }
 
     #[test]

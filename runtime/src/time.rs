@@ -23,7 +23,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     let std = humantime::parse_duration(text).map_err(|e| format!("{e} in {text:?}"))?;
-    Duration::from_std(std).map_err(|_| format!("duration {text:?} is too long"))
+    let d = Duration::from_std(std).map_err(|_| format!("duration {text:?} is too long"))?;
+    if d > max_duration() {
+        return Err(format!(
+            "duration {text:?} is longer than the maximum of 10 years"
+        ));
+    }
+    Ok(d)
+}
+
+/// The longest duration a workflow may ask for (delays, timeouts, backoffs).
+pub fn max_duration() -> Duration {
+    Duration::days(3653)
 }
 
 /// Parses `"HH:MM"` or `"HH:MM:SS"` (24-hour clock).
@@ -44,7 +55,14 @@ pub fn parse_timezone(text: &str) -> Result<Tz, String> {
 pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
     let fields = text.split_whitespace().count();
     let full = match fields {
-        5 => format!("0 {text}"),
+        5 => {
+            let parts: Vec<&str> = text.split_whitespace().collect();
+            let weekday = classic_weekdays(parts[4])?;
+            format!(
+                "0 {} {} {} {} {weekday}",
+                parts[0], parts[1], parts[2], parts[3]
+            )
+        }
         6 | 7 => text.to_owned(),
         n => {
             return Err(format!(
@@ -54,6 +72,50 @@ pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
     };
     full.parse::<cron::Schedule>()
         .map_err(|e| format!("{text:?} is not a valid cron expression: {e}"))
+}
+
+/// Rewrites a classic crontab weekday field (0 or 7 = Sunday … 6 =
+/// Saturday) with day names, which the `cron` crate reads unambiguously (its
+/// own numbers start at 1 = Sunday).
+fn classic_weekdays(field: &str) -> Result<String, String> {
+    const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
+    let name = |s: &str| -> Result<Option<&'static str>, String> {
+        if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+            let n: usize = s.parse().map_err(|_| format!("bad weekday {s:?}"))?;
+            return NAMES
+                .get(n)
+                .copied()
+                .map(Some)
+                .ok_or_else(|| format!("weekday {n} is out of range (0-7)"));
+        }
+        Ok(None)
+    };
+    let mut out = Vec::new();
+    for part in field.split(',') {
+        let (base, step) = match part.split_once('/') {
+            Some((b, s)) => (b, Some(s)),
+            None => (part, None),
+        };
+        let base = match base.split_once('-') {
+            Some((a, b)) => {
+                let (na, nb) = (name(a)?, name(b)?);
+                match (na, nb) {
+                    // `5-7` ends on Sunday: Friday to Saturday, and Sunday.
+                    (Some(x), Some("SUN")) if b == "7" && x != "SUN" && step.is_none() => {
+                        out.push("SUN".to_owned());
+                        format!("{x}-SAT")
+                    }
+                    _ => format!("{}-{}", na.unwrap_or(a), nb.unwrap_or(b)),
+                }
+            }
+            None => name(base)?.map_or_else(|| base.to_owned(), str::to_owned),
+        };
+        out.push(match step {
+            Some(s) => format!("{base}/{s}"),
+            None => base,
+        });
+    }
+    Ok(out.join(","))
 }
 
 /// The instant at which the wall clock in `tz` reads `time` on `date`, with
@@ -107,7 +169,26 @@ impl DailyWindow {
         } else {
             local >= self.start || local < self.end
         };
-        inside.then(|| next_local_time(now, self.end, tz))
+        if !inside {
+            return None;
+        }
+        // The earliest end still ahead. On the autumn change the end time
+        // happens twice; if `now` is in the repeated hour, the second
+        // occurrence is the one ahead (not tomorrow's).
+        let today = now.with_timezone(&tz).date_naive();
+        let mut best: Option<DateTime<Utc>> = None;
+        for date in [today, today.succ_opt().unwrap_or(today)] {
+            let naive = NaiveDateTime::new(date, self.end);
+            let candidates = match tz.from_local_datetime(&naive) {
+                LocalResult::Single(t) => vec![t.with_timezone(&Utc)],
+                LocalResult::Ambiguous(a, b) => vec![a.with_timezone(&Utc), b.with_timezone(&Utc)],
+                LocalResult::None => vec![local_instant(date, self.end, tz)],
+            };
+            for c in candidates.into_iter().filter(|c| *c > now) {
+                best = Some(best.map_or(c, |b| b.min(c)));
+            }
+        }
+        Some(best.unwrap_or_else(|| next_local_time(now, self.end, tz)))
     }
 }
 
@@ -163,6 +244,8 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("100000000y").is_err());
+        assert!(parse_duration("3650d").is_ok());
     }
 
     #[test]
@@ -177,6 +260,25 @@ mod tests {
         assert!(parse_cron("*/5 * * * * *").is_ok());
         assert!(parse_cron("0 9 * *").is_err());
         assert!(parse_cron("0 25 * * *").is_err());
+        // Classic weekday numbers: 0 and 7 are Sunday, 1-5 Monday to Friday.
+        let next = |expr: &str, after: &str| {
+            parse_cron(expr)
+                .expect("cron")
+                .after(&utc(after))
+                .next()
+                .expect("next")
+                .format("%a %H:%M")
+                .to_string()
+        };
+        let sunday_noon = "2026-11-22T12:00:00Z";
+        assert_eq!(next("0 9 * * 1-5", sunday_noon), "Mon 09:00");
+        assert_eq!(next("0 13 * * 0", sunday_noon), "Sun 13:00");
+        assert_eq!(next("0 13 * * 7", sunday_noon), "Sun 13:00");
+        assert_eq!(next("0 9 * * 6", sunday_noon), "Sat 09:00");
+        assert_eq!(next("0 9 * * 5-7", sunday_noon), "Fri 09:00");
+        assert_eq!(next("0 13 * * 5-7", sunday_noon), "Sun 13:00");
+        assert_eq!(next("0 9 * * MON", sunday_noon), "Mon 09:00");
+        assert!(parse_cron("0 9 * * 8").is_err());
     }
 
     #[test]
@@ -274,6 +376,17 @@ mod tests {
         assert_eq!(
             lunch.end_if_inside(utc("2026-06-02T11:00:00Z"), paris),
             None
+        );
+        // Autumn change in New York: 01:15 EST is the second pass through
+        // the repeated hour; a window ending 01:30 ends 15 minutes later, not
+        // a day later.
+        let late = DailyWindow {
+            start: t("22:00"),
+            end: t("01:30"),
+        };
+        assert_eq!(
+            late.end_if_inside(utc("2026-11-01T06:15:00Z"), NY),
+            Some(utc("2026-11-01T06:30:00Z"))
         );
     }
 

@@ -301,14 +301,17 @@ pub(crate) fn on_result<'w>(
                 retryable,
             });
             if retryable && try_number < c.max_attempts {
-                let at = m.now
-                    + backoff(
-                        c,
-                        m.snap.execution_id.as_str(),
-                        &node.id,
-                        attempt,
-                        try_number,
-                    );
+                let wait = backoff(
+                    c,
+                    m.snap.execution_id.as_str(),
+                    &node.id,
+                    attempt,
+                    try_number,
+                );
+                let at = m
+                    .now
+                    .checked_add_signed(wait)
+                    .ok_or("the retry falls beyond the last representable instant")?;
                 let timer = m.timer_id(&node.id, "retry");
                 m.schedule_timer(timer.clone(), at);
                 m.journal(JournalEvent::RetryScheduled {

@@ -104,7 +104,10 @@ pub(crate) fn enter<'w>(
     c: &'w Compiled,
 ) -> Result<Flow<'w>, String> {
     let until = match c {
-        Compiled::For(d) => m.now + *d,
+        Compiled::For(d) => m
+            .now
+            .checked_add_signed(*d)
+            .ok_or("the delay ends beyond the last representable instant")?,
         Compiled::Until(t) => {
             let rendered = t.render(&m.wf.templates, &m.snap.scope(m.now))?;
             let text = rendered.as_str().unwrap_or_default();

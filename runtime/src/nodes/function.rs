@@ -70,15 +70,19 @@ pub(crate) fn enter<'w>(
     node: &'w CompiledNode,
     assignments: &'w [(String, Option<Expr>)],
 ) -> Result<Flow<'w>, String> {
+    // Evaluate into a copy: a failing assignment leaves `vars` untouched,
+    // so a retry starts from the same values.
+    let mut vars = m.snap.vars.clone();
     let mut assigned = Map::new();
     for (var, expr) in assignments {
         let expr = expr.as_ref().ok_or("an assignment did not compile")?;
-        let value = expr
-            .eval(&m.snap.scope(m.now))
-            .map_err(|e| format!("vars.{var}: {e}"))?;
-        m.snap.vars.insert(var.clone(), value.clone());
+        let mut scope = m.snap.scope(m.now);
+        scope.vars = &vars;
+        let value = expr.eval(&scope).map_err(|e| format!("vars.{var}: {e}"))?;
+        vars.insert(var.clone(), value.clone());
         assigned.insert(var.clone(), value);
     }
+    m.snap.vars = vars;
     m.journal(JournalEvent::VariablesAssigned {
         node: node.id.clone(),
         vars: assigned,
@@ -113,6 +117,24 @@ mod tests {
         let err = h.snapshot.error.clone().expect("error");
         assert_eq!(err.node.as_ref().map(|n| n.as_str()), Some("calc"));
         assert!(err.message.contains("vars.subtotal"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_failing_assignment_leaves_vars_untouched_for_the_retry() {
+        let wf = compile(&linear(
+            json!({"type": "start"}),
+            vec![
+                json!({"id": "calc", "type": "function", "config": {"assign": [
+                    {"var": "n", "expression": "size(vars) + 1"},
+                    {"var": "x", "expression": "input.missing.y"},
+                ]}}),
+            ],
+        ));
+        let mut h = Harness::start(&wf, json!({}));
+        assert_eq!(h.snapshot.status, crate::Status::Failed);
+        assert!(h.snapshot.vars.is_empty());
+        h.step(crate::Input::Retry);
+        assert!(h.snapshot.vars.is_empty());
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub(crate) fn enter<'w>(
         },
         None => m.snap.subject.clone(),
     };
-    let subscription = SubscriptionId::new(format!("{}:{}", node.id, m.snap.seq));
+    let subscription = SubscriptionId::new(format!("wait:{}:{}", node.id, m.snap.seq));
     m.effect(Effect::Subscribe {
         subscription: subscription.clone(),
         event: c.event.clone(),
@@ -100,7 +100,10 @@ pub(crate) fn enter<'w>(
     let (timer, until) = match c.timeout {
         Some(d) => {
             let timer = m.timer_id(&node.id, "timeout");
-            let until = m.now + d;
+            let until = m
+                .now
+                .checked_add_signed(d)
+                .ok_or("the timeout ends beyond the last representable instant")?;
             m.schedule_timer(timer.clone(), until);
             (Some(timer), Some(until))
         }
@@ -144,17 +147,21 @@ pub(crate) fn on_event<'w>(
     if event.name != c.event {
         return Ok(None);
     }
-    // An event sent to the execution directly carries no key and matches.
-    if let (Some(want), Some(got)) = (key, &event.key)
-        && want != got
-    {
-        return Ok(None);
+    // An event sent to the execution directly carries no key and matches;
+    // a keyed event matches only the key the node waits with (a node with
+    // no key listens to direct delivery only, never to everyone's events).
+    match (key, &event.key) {
+        (Some(want), Some(got)) if want != got => return Ok(None),
+        (None, Some(_)) => return Ok(None),
+        _ => {}
     }
     let value = json!({ "name": event.name, "key": event.key, "payload": event.payload });
     if let Some(cond) = &c.condition {
         let mut scope = m.snap.scope(m.now);
         scope.event = Some(&value);
-        if !cond.eval_bool(&scope)? {
+        // An event the condition cannot be evaluated on (a missing field)
+        // does not match; it must not fail an execution that waits.
+        if !cond.eval_bool(&scope).unwrap_or(false) {
             return Ok(None);
         }
     }
@@ -262,6 +269,25 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Effect::CancelTimer { .. }))
         );
+    }
+
+    #[test]
+    fn without_a_key_only_direct_events_match_and_bad_payloads_do_not_fail() {
+        let wf = compile(&cart());
+        // No subject, no key: someone else's keyed event must not match.
+        let mut h = Harness::start(&wf, json!({}));
+        h.step(event(
+            "order_completed",
+            Some("user-9"),
+            json!({"total": 50}),
+        ));
+        assert_eq!(h.snapshot.status, Status::Waiting);
+        // A payload the condition cannot evaluate is a non-match.
+        h.step(event("order_completed", None, json!({})));
+        assert_eq!(h.snapshot.status, Status::Waiting);
+        // Delivered directly (no key): matches.
+        h.step(event("order_completed", None, json!({"total": 50})));
+        assert_eq!(h.snapshot.outcome.as_deref(), Some("bought"));
     }
 
     #[test]

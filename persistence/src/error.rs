@@ -1,0 +1,33 @@
+//! The storage error type.
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored JSON value does not read back as its type.
+    #[error("corrupt {what}: {source}")]
+    Corrupt {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    /// A name that must be unique is taken (`field` names which).
+    #[error("{field} {value:?} already exists")]
+    Conflict { field: &'static str, value: String },
+    /// The row to change does not exist.
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    /// The caller broke the API's contract (a bug above this crate).
+    #[error("invalid request to the store: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
+        move |source| Error::Corrupt { what, source }
+    }
+}

@@ -1,0 +1,747 @@
+//! The PostgreSQL store (production). Group commit writes a whole batch of
+//! transitions with a handful of `UNNEST` statements in one transaction.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sojourn_runtime::{ExecutionId, Input, TimerId, Workflow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::Result;
+use crate::error::Error;
+use crate::rows::{Rows, rounds};
+use crate::store::{Store, epoch, from_json};
+use crate::types::{
+    Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow, NewExecution,
+    NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// PostgreSQL behind a connection pool.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects (`postgres://user@host:port/db`), optionally inside a schema
+    /// (tests use one schema each), and applies pending migrations.
+    pub async fn connect(url: &str, schema: Option<&str>, max_connections: u32) -> Result<PgStore> {
+        let mut options = PgConnectOptions::from_str(url)?;
+        if let Some(schema) = schema {
+            options = options.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations (idempotent).
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The pool, for readiness checks.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn workflow_row(r: &PgRow) -> Result<WorkflowRecord> {
+    Ok(WorkflowRecord {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        key: r.try_get("key")?,
+        name: r.try_get("name")?,
+        draft: r.try_get::<Json<Value>, _>("draft")?.0,
+        latest_version: r.try_get("latest_version")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        archived_at: r.try_get("archived_at")?,
+    })
+}
+
+fn version_row(r: &PgRow) -> Result<WorkflowVersion> {
+    Ok(WorkflowVersion {
+        workflow_id: r.try_get("workflow_id")?,
+        version: r.try_get("version")?,
+        definition: from_json(
+            "workflow definition",
+            r.try_get::<Json<Value>, _>("definition")?.0,
+        )?,
+        published_at: r.try_get("published_at")?,
+    })
+}
+
+fn execution_row(r: &PgRow) -> Result<ExecutionRecord> {
+    let snapshot: sojourn_runtime::Snapshot =
+        from_json("snapshot", r.try_get::<Json<Value>, _>("snapshot")?.0)?;
+    Ok(ExecutionRecord {
+        id: ExecutionId::new(r.try_get::<String, _>("id")?),
+        namespace: r.try_get("namespace")?,
+        workflow_id: r.try_get("workflow_id")?,
+        version: r.try_get("version")?,
+        status: snapshot.status,
+        subject: r.try_get("subject")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        lease_epoch: epoch(r.try_get("lease_epoch")?),
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        snapshot,
+    })
+}
+
+const EXECUTION_COLUMNS: &str = "id, namespace, workflow_id, version, subject, idempotency_key, snapshot, lease_epoch, created_at, updated_at";
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store for PgStore {
+    async fn create_workflow(&self, new: NewWorkflow) -> Result<WorkflowRecord> {
+        let row = sqlx::query(
+            "INSERT INTO workflows (id, namespace, key, name, draft, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             RETURNING id, namespace, key, name, draft, latest_version, created_at, updated_at, archived_at",
+        )
+        .bind(&new.id)
+        .bind(&new.namespace)
+        .bind(&new.key)
+        .bind(&new.name)
+        .bind(Json(&new.draft))
+        .bind(new.now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict { field: "key", value: new.key.clone() }
+            } else {
+                e.into()
+            }
+        })?;
+        workflow_row(&row)
+    }
+
+    async fn get_workflow(
+        &self,
+        namespace: &str,
+        id_or_key: &str,
+    ) -> Result<Option<WorkflowRecord>> {
+        let row = sqlx::query(
+            "SELECT id, namespace, key, name, draft, latest_version, created_at, updated_at, archived_at
+             FROM workflows WHERE namespace = $1 AND (id = $2 OR key = $2)
+             ORDER BY (id = $2) DESC LIMIT 1",
+        )
+        .bind(namespace)
+        .bind(id_or_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(workflow_row).transpose()
+    }
+
+    async fn publish(
+        &self,
+        workflow_id: &str,
+        definition: &Workflow,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowVersion> {
+        let mut tx = self.pool.begin().await?;
+        let version: Option<i32> = sqlx::query_scalar(
+            "UPDATE workflows SET latest_version = COALESCE(latest_version, 0) + 1, updated_at = $2
+             WHERE id = $1 RETURNING latest_version",
+        )
+        .bind(workflow_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(version) = version else {
+            return Err(Error::NotFound {
+                what: "workflow",
+                id: workflow_id.to_owned(),
+            });
+        };
+        let row = sqlx::query(
+            "INSERT INTO workflow_versions (workflow_id, version, definition, published_at)
+             VALUES ($1, $2, $3, $4) RETURNING workflow_id, version, definition, published_at",
+        )
+        .bind(workflow_id)
+        .bind(version)
+        .bind(Json(definition))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let v = version_row(&row)?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    async fn get_version(
+        &self,
+        workflow_id: &str,
+        version: Option<i32>,
+    ) -> Result<Option<WorkflowVersion>> {
+        let row = sqlx::query(
+            "SELECT workflow_id, version, definition, published_at FROM workflow_versions
+             WHERE workflow_id = $1 AND ($2::int IS NULL OR version = $2)
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(workflow_id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(version_row).transpose()
+    }
+
+    async fn create_execution(&self, new: NewExecution) -> Result<Created> {
+        let s = &new.snapshot;
+        let inserted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
+                                     current_node, snapshot, snapshot_seq, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10, $10)
+             ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(s.execution_id.as_str())
+        .bind(&new.namespace)
+        .bind(&new.workflow_id)
+        .bind(new.version)
+        .bind(s.status.as_str())
+        .bind(&s.subject)
+        .bind(&new.idempotency_key)
+        .bind(Json(s))
+        .bind(i64::try_from(s.seq).unwrap_or(i64::MAX))
+        .bind(s.created_at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict { field: "id", value: s.execution_id.to_string() }
+            } else {
+                e.into()
+            }
+        })?;
+        if let Some(id) = inserted {
+            return Ok(Created::New(ExecutionId::new(id)));
+        }
+        let existing: String = sqlx::query_scalar(
+            "SELECT id FROM executions WHERE workflow_id = $1 AND idempotency_key = $2",
+        )
+        .bind(&new.workflow_id)
+        .bind(&new.idempotency_key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Created::Existing(ExecutionId::new(existing)))
+    }
+
+    async fn load_execution(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>> {
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(execution_row).transpose()
+    }
+
+    async fn activate(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>> {
+        let sql = format!(
+            "UPDATE executions SET lease_epoch = lease_epoch + 1 WHERE id = $1 RETURNING {EXECUTION_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(execution_row).transpose()
+    }
+
+    async fn commit(&self, batch: &[Commit<'_>]) -> Result<Vec<CommitResult>> {
+        let mut results = vec![CommitResult::Fenced; batch.len()];
+        if batch.is_empty() {
+            return Ok(results);
+        }
+        let rows = batch
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Rows::of(c).map(|r| (i, r)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut tx = self.pool.begin().await?;
+        for round in rounds(rows) {
+            let winners = update_executions(&mut tx, &round).await?;
+            let won: Vec<&Rows> = round
+                .iter()
+                .filter(|(_, r)| winners.contains(&r.execution.id))
+                .map(|(_, r)| r)
+                .collect();
+            for (i, r) in &round {
+                if winners.contains(&r.execution.id) {
+                    results[*i] = CommitResult::Committed;
+                }
+            }
+            if !won.is_empty() {
+                write_dependents(&mut tx, &won).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn journal(&self, id: &ExecutionId, after: i64, limit: u32) -> Result<Vec<JournalRow>> {
+        let rows = sqlx::query(
+            "SELECT id, entry FROM journal WHERE execution_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(id.as_str())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JournalRow {
+                    id: r.try_get("id")?,
+                    entry: from_json("journal entry", r.try_get::<Json<Value>, _>("entry")?.0)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn node_executions(&self, id: &ExecutionId) -> Result<Vec<NodeExecutionRow>> {
+        let rows = sqlx::query(
+            "SELECT node_id, attempt, action, status, input, output, error, started_at, finished_at
+             FROM node_executions WHERE execution_id = $1 ORDER BY started_at, node_id, attempt",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeExecutionRow {
+                    node_id: r.try_get("node_id")?,
+                    attempt: r.try_get("attempt")?,
+                    action: r.try_get("action")?,
+                    status: r.try_get("status")?,
+                    input: r.try_get::<Json<Value>, _>("input")?.0,
+                    output: r.try_get::<Option<Json<Value>>, _>("output")?.map(|j| j.0),
+                    error: r.try_get("error")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_due_timers(
+        &self,
+        owner: &str,
+        due_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>> {
+        let rows = sqlx::query(
+            "UPDATE timers t SET claimed_by = $1, claimed_until = $4
+             FROM (SELECT execution_id, timer_id FROM timers
+                   WHERE due_at <= $2 AND (claimed_until IS NULL OR claimed_until < $3)
+                   ORDER BY due_at LIMIT $5 FOR UPDATE SKIP LOCKED) due
+             WHERE t.execution_id = due.execution_id AND t.timer_id = due.timer_id
+             RETURNING t.execution_id, t.timer_id, t.due_at",
+        )
+        .bind(owner)
+        .bind(due_before)
+        .bind(now)
+        .bind(claim_until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut timers = rows
+            .iter()
+            .map(|r| {
+                Ok(DueTimer {
+                    execution_id: ExecutionId::new(r.try_get::<String, _>("execution_id")?),
+                    timer_id: TimerId::new(r.try_get::<String, _>("timer_id")?),
+                    due_at: r.try_get("due_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        timers.sort_by_key(|t| t.due_at);
+        Ok(timers)
+    }
+
+    async fn pending_timers(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM timers")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn subscribers(
+        &self,
+        namespace: &str,
+        event: &str,
+        key: &str,
+    ) -> Result<Vec<ExecutionId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT execution_id FROM subscriptions WHERE namespace = $1 AND event = $2 AND key = $3
+             ORDER BY execution_id",
+        )
+        .bind(namespace)
+        .bind(event)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(ExecutionId::new).collect())
+    }
+
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>> {
+        let rows = sqlx::query(
+            "UPDATE outbox o SET claimed_by = $1, claimed_until = $3, deliveries = o.deliveries + 1
+             FROM (SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < $2
+                   ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) c
+             WHERE o.id = c.id
+             RETURNING o.id, o.execution_id, o.payload, o.deliveries",
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(claim_until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut messages = rows
+            .iter()
+            .map(|r| {
+                Ok(OutboxMessage {
+                    id: r.try_get("id")?,
+                    execution_id: ExecutionId::new(r.try_get::<String, _>("execution_id")?),
+                    dispatch: from_json(
+                        "outbox payload",
+                        r.try_get::<Json<Value>, _>("payload")?.0,
+                    )?,
+                    deliveries: r.try_get("deliveries")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        messages.sort_by_key(|m| m.id);
+        Ok(messages)
+    }
+
+    async fn ack_outbox(&self, ids: &[i64]) -> Result<()> {
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn enqueue_input(
+        &self,
+        id: &ExecutionId,
+        input: &Input,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO inbox (execution_id, input, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(id.as_str())
+        .bind(Json(input))
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn pending_inputs(&self, id: &ExecutionId) -> Result<Vec<InboxItem>> {
+        let rows = sqlx::query("SELECT id, input FROM inbox WHERE execution_id = $1 ORDER BY id")
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InboxItem {
+                    id: r.try_get("id")?,
+                    input: from_json("inbox input", r.try_get::<Json<Value>, _>("input")?.0)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The fenced snapshot update of one round; returns the ids that won.
+async fn update_executions(
+    tx: &mut Transaction<'_, Postgres>,
+    round: &[(usize, Rows)],
+) -> Result<Vec<String>> {
+    let n = round.len();
+    let (
+        mut ids,
+        mut epochs,
+        mut statuses,
+        mut nodes,
+        mut snaps,
+        mut seqs,
+        mut updated,
+        mut finished,
+    ) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (_, r) in round {
+        let e = &r.execution;
+        ids.push(e.id.as_str());
+        epochs.push(e.epoch);
+        statuses.push(e.status);
+        nodes.push(e.current_node.as_deref());
+        snaps.push(&e.snapshot);
+        seqs.push(e.seq);
+        updated.push(e.updated_at);
+        finished.push(e.finished_at);
+    }
+    let winners: Vec<String> = sqlx::query_scalar(
+        "UPDATE executions e SET status = v.status, current_node = v.node, snapshot = v.snap,
+                snapshot_seq = v.seq, updated_at = v.updated, finished_at = v.finished
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
+                     $7::timestamptz[], $8::timestamptz[])
+              AS v(id, epoch, status, node, snap, seq, updated, finished)
+         WHERE e.id = v.id AND e.lease_epoch = v.epoch AND e.snapshot_seq < v.seq
+         RETURNING e.id",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .bind(&statuses)
+    .bind(&nodes)
+    .bind(&snaps)
+    .bind(&seqs)
+    .bind(&updated)
+    .bind(&finished)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(winners)
+}
+
+/// Journal, node executions, outbox, timers, subscriptions and inbox rows
+/// of the transitions that passed the fence.
+async fn write_dependents(tx: &mut Transaction<'_, Postgres>, won: &[&Rows]) -> Result<()> {
+    // Journal.
+    let (mut ex, mut seq, mut at, mut kind, mut entry) = (vec![], vec![], vec![], vec![], vec![]);
+    for r in won {
+        for j in &r.journal {
+            ex.push(r.execution.id.as_str());
+            seq.push(j.seq);
+            at.push(j.at);
+            kind.push(j.kind.as_str());
+            entry.push(&j.entry);
+        }
+    }
+    if !ex.is_empty() {
+        sqlx::query(
+            "INSERT INTO journal (execution_id, seq, at, kind, entry)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::jsonb[])",
+        )
+        .bind(&ex)
+        .bind(&seq)
+        .bind(&at)
+        .bind(&kind)
+        .bind(&entry)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    // Node executions started, and the outbox rows that send them.
+    let (mut ex, mut node, mut attempt, mut action, mut input, mut started) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut key, mut payload) = (vec![], vec![]);
+    for r in won {
+        for (s, o) in r.node_starts.iter().zip(&r.outbox) {
+            ex.push(r.execution.id.as_str());
+            node.push(s.node_id.as_str());
+            attempt.push(s.attempt);
+            action.push(s.action.as_str());
+            input.push(&s.input);
+            started.push(r.now);
+            key.push(o.idempotency_key.as_str());
+            payload.push(&o.payload);
+        }
+    }
+    if !ex.is_empty() {
+        sqlx::query(
+            "INSERT INTO node_executions (execution_id, node_id, attempt, action, status, input, started_at)
+             SELECT e, n, a, act, 'dispatched', i, s
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::timestamptz[])
+                  AS v(e, n, a, act, i, s)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ex)
+        .bind(&node)
+        .bind(&attempt)
+        .bind(&action)
+        .bind(&input)
+        .bind(&started)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO outbox (execution_id, node_id, attempt, idempotency_key, action, payload, created_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::jsonb[],
+                                  $7::timestamptz[])
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(&ex)
+        .bind(&node)
+        .bind(&attempt)
+        .bind(&key)
+        .bind(&action)
+        .bind(&payload)
+        .bind(&started)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    // Node executions finished.
+    let (mut ex, mut node, mut attempt, mut status, mut output, mut error, mut at) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for r in won {
+        for res in &r.node_results {
+            ex.push(r.execution.id.as_str());
+            node.push(res.node_id.as_str());
+            attempt.push(res.attempt);
+            status.push(res.status);
+            output.push(res.output.as_ref());
+            error.push(res.error.as_deref());
+            at.push(r.now);
+        }
+    }
+    if !ex.is_empty() {
+        sqlx::query(
+            "UPDATE node_executions n SET status = v.status, output = v.output, error = v.error, finished_at = v.at
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::text[], $7::timestamptz[])
+                  AS v(e, n, a, status, output, error, at)
+             WHERE n.execution_id = v.e AND n.node_id = v.n AND n.attempt = v.a AND n.finished_at IS NULL",
+        )
+        .bind(&ex)
+        .bind(&node)
+        .bind(&attempt)
+        .bind(&status)
+        .bind(&output)
+        .bind(&error)
+        .bind(&at)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    // Timers and subscriptions dropped (a finished execution drops all).
+    let (mut ex, mut timer) = (vec![], vec![]);
+    let (mut sub_ex, mut sub) = (vec![], vec![]);
+    let mut finished = vec![];
+    for r in won {
+        if r.finished {
+            finished.push(r.execution.id.as_str());
+        }
+        for t in &r.timers_dropped {
+            ex.push(r.execution.id.as_str());
+            timer.push(t.as_str());
+        }
+        for s in &r.unsubscribe {
+            sub_ex.push(r.execution.id.as_str());
+            sub.push(s.as_str());
+        }
+    }
+    if !ex.is_empty() {
+        sqlx::query(
+            "DELETE FROM timers t USING UNNEST($1::text[], $2::text[]) AS v(e, t)
+             WHERE t.execution_id = v.e AND t.timer_id = v.t",
+        )
+        .bind(&ex)
+        .bind(&timer)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !sub_ex.is_empty() {
+        sqlx::query(
+            "DELETE FROM subscriptions s USING UNNEST($1::text[], $2::text[]) AS v(e, s)
+             WHERE s.execution_id = v.e AND s.subscription_id = v.s",
+        )
+        .bind(&sub_ex)
+        .bind(&sub)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    // Timers and subscriptions set.
+    let (mut ex, mut timer, mut due) = (vec![], vec![], vec![]);
+    let (mut sub_ex, mut sub, mut event, mut key) = (vec![], vec![], vec![], vec![]);
+    for r in won {
+        for (t, at) in &r.timers_set {
+            ex.push(r.execution.id.as_str());
+            timer.push(t.as_str());
+            due.push(*at);
+        }
+        for s in &r.subscribe {
+            sub_ex.push(r.execution.id.as_str());
+            sub.push(s.subscription_id.as_str());
+            event.push(s.event.as_str());
+            key.push(s.key.as_deref());
+        }
+    }
+    if !ex.is_empty() {
+        sqlx::query(
+            "INSERT INTO timers (execution_id, timer_id, due_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[])
+             ON CONFLICT (execution_id, timer_id) DO UPDATE
+                SET due_at = EXCLUDED.due_at, claimed_by = NULL, claimed_until = NULL",
+        )
+        .bind(&ex)
+        .bind(&timer)
+        .bind(&due)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !sub_ex.is_empty() {
+        sqlx::query(
+            "INSERT INTO subscriptions (execution_id, subscription_id, namespace, event, key)
+             SELECT v.e, v.s, x.namespace, v.ev, v.k
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS v(e, s, ev, k)
+             JOIN executions x ON x.id = v.e
+             ON CONFLICT (execution_id, subscription_id) DO NOTHING",
+        )
+        .bind(&sub_ex)
+        .bind(&sub)
+        .bind(&event)
+        .bind(&key)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !finished.is_empty() {
+        sqlx::query("DELETE FROM timers WHERE execution_id = ANY($1)")
+            .bind(&finished)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM subscriptions WHERE execution_id = ANY($1)")
+            .bind(&finished)
+            .execute(&mut **tx)
+            .await?;
+    }
+
+    let consumed: Vec<i64> = won.iter().filter_map(|r| r.consumed_input).collect();
+    if !consumed.is_empty() {
+        sqlx::query("DELETE FROM inbox WHERE id = ANY($1)")
+            .bind(&consumed)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,641 @@
+//! The SQLite store: one file, the embedded default of `sojourn dev`.
+//! Instants are stored as INTEGER milliseconds; JSON as TEXT. SQLite has a
+//! single writer, so a batch is simply written row by row inside one
+//! transaction; `BEGIN IMMEDIATE` semantics come from the pool's one writer.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+use sojourn_runtime::{ExecutionId, Input, TimerId, Workflow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::Result;
+use crate::error::Error;
+use crate::rows::{Rows, rounds};
+use crate::store::{Store, epoch};
+use crate::types::{
+    Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow, NewExecution,
+    NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// SQLite in one file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> Result<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(v)
+        .single()
+        .ok_or_else(|| Error::Invalid(format!("timestamp {v} out of range")))
+}
+
+fn opt_ms(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
+    v.map(from_ms).transpose()
+}
+
+fn text<T: serde::Serialize>(what: &'static str, v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(Error::corrupt(what))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(Error::corrupt(what))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        Self::with_options(options).await
+    }
+
+    /// Opens a database from a `sqlite:` URL.
+    pub async fn connect(url: &str) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        Self::with_options(options).await
+    }
+
+    async fn with_options(options: SqliteConnectOptions) -> Result<SqliteStore> {
+        // One connection: SQLite has one writer anyway, and a single
+        // connection keeps transactions from tripping over each other.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn workflow_row(r: &SqliteRow) -> Result<WorkflowRecord> {
+    Ok(WorkflowRecord {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        key: r.try_get("key")?,
+        name: r.try_get("name")?,
+        draft: parse("workflow draft", r.try_get::<&str, _>("draft")?)?,
+        latest_version: r.try_get("latest_version")?,
+        created_at: from_ms(r.try_get("created_at")?)?,
+        updated_at: from_ms(r.try_get("updated_at")?)?,
+        archived_at: opt_ms(r.try_get("archived_at")?)?,
+    })
+}
+
+fn version_row(r: &SqliteRow) -> Result<WorkflowVersion> {
+    Ok(WorkflowVersion {
+        workflow_id: r.try_get("workflow_id")?,
+        version: r.try_get("version")?,
+        definition: parse("workflow definition", r.try_get::<&str, _>("definition")?)?,
+        published_at: from_ms(r.try_get("published_at")?)?,
+    })
+}
+
+fn execution_row(r: &SqliteRow) -> Result<ExecutionRecord> {
+    let snapshot: sojourn_runtime::Snapshot = parse("snapshot", r.try_get::<&str, _>("snapshot")?)?;
+    Ok(ExecutionRecord {
+        id: ExecutionId::new(r.try_get::<String, _>("id")?),
+        namespace: r.try_get("namespace")?,
+        workflow_id: r.try_get("workflow_id")?,
+        version: r.try_get("version")?,
+        status: snapshot.status,
+        subject: r.try_get("subject")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        lease_epoch: epoch(r.try_get("lease_epoch")?),
+        created_at: from_ms(r.try_get("created_at")?)?,
+        updated_at: from_ms(r.try_get("updated_at")?)?,
+        snapshot,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+const EXECUTION_COLUMNS: &str = "id, namespace, workflow_id, version, subject, idempotency_key, snapshot, lease_epoch, created_at, updated_at";
+
+impl Store for SqliteStore {
+    async fn create_workflow(&self, new: NewWorkflow) -> Result<WorkflowRecord> {
+        let row = sqlx::query(
+            "INSERT INTO workflows (id, namespace, key, name, draft, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+             RETURNING id, namespace, key, name, draft, latest_version, created_at, updated_at, archived_at",
+        )
+        .bind(&new.id)
+        .bind(&new.namespace)
+        .bind(&new.key)
+        .bind(&new.name)
+        .bind(text("workflow draft", &new.draft)?)
+        .bind(ms(new.now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict { field: "key", value: new.key.clone() }
+            } else {
+                e.into()
+            }
+        })?;
+        workflow_row(&row)
+    }
+
+    async fn get_workflow(
+        &self,
+        namespace: &str,
+        id_or_key: &str,
+    ) -> Result<Option<WorkflowRecord>> {
+        let row = sqlx::query(
+            "SELECT id, namespace, key, name, draft, latest_version, created_at, updated_at, archived_at
+             FROM workflows WHERE namespace = ?1 AND (id = ?2 OR key = ?2)
+             ORDER BY (id = ?2) DESC LIMIT 1",
+        )
+        .bind(namespace)
+        .bind(id_or_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(workflow_row).transpose()
+    }
+
+    async fn publish(
+        &self,
+        workflow_id: &str,
+        definition: &Workflow,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowVersion> {
+        let mut tx = self.pool.begin().await?;
+        let version: Option<i32> = sqlx::query_scalar(
+            "UPDATE workflows SET latest_version = COALESCE(latest_version, 0) + 1, updated_at = ?2
+             WHERE id = ?1 RETURNING latest_version",
+        )
+        .bind(workflow_id)
+        .bind(ms(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(version) = version else {
+            return Err(Error::NotFound {
+                what: "workflow",
+                id: workflow_id.to_owned(),
+            });
+        };
+        let row = sqlx::query(
+            "INSERT INTO workflow_versions (workflow_id, version, definition, published_at)
+             VALUES (?1, ?2, ?3, ?4) RETURNING workflow_id, version, definition, published_at",
+        )
+        .bind(workflow_id)
+        .bind(version)
+        .bind(text("workflow definition", definition)?)
+        .bind(ms(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        let v = version_row(&row)?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    async fn get_version(
+        &self,
+        workflow_id: &str,
+        version: Option<i32>,
+    ) -> Result<Option<WorkflowVersion>> {
+        let row = sqlx::query(
+            "SELECT workflow_id, version, definition, published_at FROM workflow_versions
+             WHERE workflow_id = ?1 AND (?2 IS NULL OR version = ?2)
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(workflow_id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(version_row).transpose()
+    }
+
+    async fn create_execution(&self, new: NewExecution) -> Result<Created> {
+        let s = &new.snapshot;
+        let inserted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
+                                     current_node, snapshot, snapshot_seq, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, ?10, ?10)
+             ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(s.execution_id.as_str())
+        .bind(&new.namespace)
+        .bind(&new.workflow_id)
+        .bind(new.version)
+        .bind(s.status.as_str())
+        .bind(&s.subject)
+        .bind(&new.idempotency_key)
+        .bind(text("snapshot", s)?)
+        .bind(i64::try_from(s.seq).unwrap_or(i64::MAX))
+        .bind(ms(s.created_at))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict { field: "id", value: s.execution_id.to_string() }
+            } else {
+                e.into()
+            }
+        })?;
+        if let Some(id) = inserted {
+            return Ok(Created::New(ExecutionId::new(id)));
+        }
+        let existing: String = sqlx::query_scalar(
+            "SELECT id FROM executions WHERE workflow_id = ?1 AND idempotency_key = ?2",
+        )
+        .bind(&new.workflow_id)
+        .bind(&new.idempotency_key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Created::Existing(ExecutionId::new(existing)))
+    }
+
+    async fn load_execution(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>> {
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(execution_row).transpose()
+    }
+
+    async fn activate(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>> {
+        let sql = format!(
+            "UPDATE executions SET lease_epoch = lease_epoch + 1 WHERE id = ?1 RETURNING {EXECUTION_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(execution_row).transpose()
+    }
+
+    async fn commit(&self, batch: &[Commit<'_>]) -> Result<Vec<CommitResult>> {
+        let mut results = vec![CommitResult::Fenced; batch.len()];
+        if batch.is_empty() {
+            return Ok(results);
+        }
+        let rows = batch
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Rows::of(c).map(|r| (i, r)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut tx = self.pool.begin().await?;
+        for round in rounds(rows) {
+            for (i, r) in &round {
+                if write_one(&mut tx, r).await? {
+                    results[*i] = CommitResult::Committed;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn journal(&self, id: &ExecutionId, after: i64, limit: u32) -> Result<Vec<JournalRow>> {
+        let rows = sqlx::query("SELECT id, entry FROM journal WHERE execution_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
+            .bind(id.as_str())
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JournalRow {
+                    id: r.try_get("id")?,
+                    entry: parse("journal entry", r.try_get::<&str, _>("entry")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn node_executions(&self, id: &ExecutionId) -> Result<Vec<NodeExecutionRow>> {
+        let rows = sqlx::query(
+            "SELECT node_id, attempt, action, status, input, output, error, started_at, finished_at
+             FROM node_executions WHERE execution_id = ?1 ORDER BY started_at, node_id, attempt",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeExecutionRow {
+                    node_id: r.try_get("node_id")?,
+                    attempt: r.try_get("attempt")?,
+                    action: r.try_get("action")?,
+                    status: r.try_get("status")?,
+                    input: parse("node input", r.try_get::<&str, _>("input")?)?,
+                    output: r
+                        .try_get::<Option<&str>, _>("output")?
+                        .map(|s| parse::<Value>("node output", s))
+                        .transpose()?,
+                    error: r.try_get("error")?,
+                    started_at: from_ms(r.try_get("started_at")?)?,
+                    finished_at: opt_ms(r.try_get("finished_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_due_timers(
+        &self,
+        owner: &str,
+        due_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>> {
+        let rows = sqlx::query(
+            "UPDATE timers SET claimed_by = ?1, claimed_until = ?4
+             WHERE rowid IN (SELECT rowid FROM timers
+                             WHERE due_at <= ?2 AND (claimed_until IS NULL OR claimed_until < ?3)
+                             ORDER BY due_at LIMIT ?5)
+             RETURNING execution_id, timer_id, due_at",
+        )
+        .bind(owner)
+        .bind(ms(due_before))
+        .bind(ms(now))
+        .bind(ms(claim_until))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut timers = rows
+            .iter()
+            .map(|r| {
+                Ok(DueTimer {
+                    execution_id: ExecutionId::new(r.try_get::<String, _>("execution_id")?),
+                    timer_id: TimerId::new(r.try_get::<String, _>("timer_id")?),
+                    due_at: from_ms(r.try_get("due_at")?)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        timers.sort_by_key(|t| t.due_at);
+        Ok(timers)
+    }
+
+    async fn pending_timers(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM timers")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn subscribers(
+        &self,
+        namespace: &str,
+        event: &str,
+        key: &str,
+    ) -> Result<Vec<ExecutionId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT execution_id FROM subscriptions WHERE namespace = ?1 AND event = ?2 AND key = ?3
+             ORDER BY execution_id",
+        )
+        .bind(namespace)
+        .bind(event)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(ExecutionId::new).collect())
+    }
+
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>> {
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_by = ?1, claimed_until = ?3, deliveries = deliveries + 1
+             WHERE id IN (SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < ?2
+                          ORDER BY id LIMIT ?4)
+             RETURNING id, execution_id, payload, deliveries",
+        )
+        .bind(owner)
+        .bind(ms(now))
+        .bind(ms(claim_until))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut messages = rows
+            .iter()
+            .map(|r| {
+                Ok(OutboxMessage {
+                    id: r.try_get("id")?,
+                    execution_id: ExecutionId::new(r.try_get::<String, _>("execution_id")?),
+                    dispatch: parse("outbox payload", r.try_get::<&str, _>("payload")?)?,
+                    deliveries: r.try_get("deliveries")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        messages.sort_by_key(|m| m.id);
+        Ok(messages)
+    }
+
+    async fn ack_outbox(&self, ids: &[i64]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("DELETE FROM outbox WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enqueue_input(
+        &self,
+        id: &ExecutionId,
+        input: &Input,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO inbox (execution_id, input, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+        )
+        .bind(id.as_str())
+        .bind(text("inbox input", input)?)
+        .bind(ms(now))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn pending_inputs(&self, id: &ExecutionId) -> Result<Vec<InboxItem>> {
+        let rows = sqlx::query("SELECT id, input FROM inbox WHERE execution_id = ?1 ORDER BY id")
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InboxItem {
+                    id: r.try_get("id")?,
+                    input: parse("inbox input", r.try_get::<&str, _>("input")?)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Writes one transition if it passes the fence; returns whether it did.
+async fn write_one(tx: &mut Transaction<'_, Sqlite>, r: &Rows) -> Result<bool> {
+    let e = &r.execution;
+    let id = e.id.as_str();
+    let updated = sqlx::query(
+        "UPDATE executions SET status = ?3, current_node = ?4, snapshot = ?5, snapshot_seq = ?6,
+                updated_at = ?7, finished_at = ?8
+         WHERE id = ?1 AND lease_epoch = ?2 AND snapshot_seq < ?6",
+    )
+    .bind(id)
+    .bind(e.epoch)
+    .bind(e.status)
+    .bind(&e.current_node)
+    .bind(text("snapshot", &e.snapshot)?)
+    .bind(e.seq)
+    .bind(ms(e.updated_at))
+    .bind(e.finished_at.map(ms))
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Ok(false);
+    }
+    for j in &r.journal {
+        sqlx::query(
+            "INSERT INTO journal (execution_id, seq, at, kind, entry) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(id)
+        .bind(j.seq)
+        .bind(ms(j.at))
+        .bind(&j.kind)
+        .bind(text("journal entry", &j.entry)?)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (s, o) in r.node_starts.iter().zip(&r.outbox) {
+        sqlx::query(
+            "INSERT INTO node_executions (execution_id, node_id, attempt, action, status, input, started_at)
+             VALUES (?1, ?2, ?3, ?4, 'dispatched', ?5, ?6) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(&s.node_id)
+        .bind(s.attempt)
+        .bind(&s.action)
+        .bind(text("node input", &s.input)?)
+        .bind(ms(r.now))
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO outbox (execution_id, node_id, attempt, idempotency_key, action, payload, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(id)
+        .bind(&o.node_id)
+        .bind(o.attempt)
+        .bind(&o.idempotency_key)
+        .bind(&o.action)
+        .bind(text("dispatch", &o.payload)?)
+        .bind(ms(r.now))
+        .execute(&mut **tx)
+        .await?;
+    }
+    for res in &r.node_results {
+        sqlx::query(
+            "UPDATE node_executions SET status = ?4, output = ?5, error = ?6, finished_at = ?7
+             WHERE execution_id = ?1 AND node_id = ?2 AND attempt = ?3 AND finished_at IS NULL",
+        )
+        .bind(id)
+        .bind(&res.node_id)
+        .bind(res.attempt)
+        .bind(res.status)
+        .bind(
+            res.output
+                .as_ref()
+                .map(|o| text("node output", o))
+                .transpose()?,
+        )
+        .bind(&res.error)
+        .bind(ms(r.now))
+        .execute(&mut **tx)
+        .await?;
+    }
+    for t in &r.timers_dropped {
+        sqlx::query("DELETE FROM timers WHERE execution_id = ?1 AND timer_id = ?2")
+            .bind(id)
+            .bind(t)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for s in &r.unsubscribe {
+        sqlx::query("DELETE FROM subscriptions WHERE execution_id = ?1 AND subscription_id = ?2")
+            .bind(id)
+            .bind(s)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for (t, at) in &r.timers_set {
+        sqlx::query(
+            "INSERT INTO timers (execution_id, timer_id, due_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (execution_id, timer_id) DO UPDATE
+                SET due_at = excluded.due_at, claimed_by = NULL, claimed_until = NULL",
+        )
+        .bind(id)
+        .bind(t)
+        .bind(ms(*at))
+        .execute(&mut **tx)
+        .await?;
+    }
+    for s in &r.subscribe {
+        sqlx::query(
+            "INSERT INTO subscriptions (execution_id, subscription_id, namespace, event, key)
+             SELECT ?1, ?2, namespace, ?3, ?4 FROM executions WHERE id = ?1
+             ON CONFLICT (execution_id, subscription_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(&s.subscription_id)
+        .bind(&s.event)
+        .bind(&s.key)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if r.finished {
+        sqlx::query("DELETE FROM timers WHERE execution_id = ?1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM subscriptions WHERE execution_id = ?1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some(input) = r.consumed_input {
+        sqlx::query("DELETE FROM inbox WHERE id = ?1")
+            .bind(input)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(true)
+}

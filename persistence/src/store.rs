@@ -1,0 +1,161 @@
+//! The `Store` interface: everything the layers above ask of the database.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sojourn_runtime::{ExecutionId, Input, Workflow};
+
+use crate::Result;
+use crate::types::{
+    Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow, LeaseEpoch,
+    NewExecution, NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+};
+
+/// One store: PostgreSQL or SQLite, the same behaviour (the conformance
+/// suite holds both to it).
+pub trait Store: Send + Sync + 'static {
+    // ---- workflows -------------------------------------------------------
+
+    /// Creates a workflow; a taken `(namespace, key)` is a
+    /// [`crate::Error::Conflict`] on `key`.
+    fn create_workflow(
+        &self,
+        new: NewWorkflow,
+    ) -> impl Future<Output = Result<WorkflowRecord>> + Send;
+
+    /// A workflow by id or by key, within a namespace.
+    fn get_workflow(
+        &self,
+        namespace: &str,
+        id_or_key: &str,
+    ) -> impl Future<Output = Result<Option<WorkflowRecord>>> + Send;
+
+    /// Publishes `definition` as the next version (1, 2, …), atomically.
+    fn publish(
+        &self,
+        workflow_id: &str,
+        definition: &Workflow,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<WorkflowVersion>> + Send;
+
+    /// A published version (`None`: the latest).
+    fn get_version(
+        &self,
+        workflow_id: &str,
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<Option<WorkflowVersion>>> + Send;
+
+    // ---- executions ------------------------------------------------------
+
+    /// Creates an execution, or returns the one created before with the same
+    /// idempotency key.
+    fn create_execution(&self, new: NewExecution) -> impl Future<Output = Result<Created>> + Send;
+
+    fn load_execution(
+        &self,
+        id: &ExecutionId,
+    ) -> impl Future<Output = Result<Option<ExecutionRecord>>> + Send;
+
+    /// Bumps the execution's lease epoch (after the lease was taken in the
+    /// cluster layer) and returns it with the execution. `None`: no such
+    /// execution.
+    fn activate(
+        &self,
+        id: &ExecutionId,
+    ) -> impl Future<Output = Result<Option<ExecutionRecord>>> + Send;
+
+    /// Commits a batch of transitions in one database transaction. Each is
+    /// fenced by its epoch; a fenced one writes nothing and is reported as
+    /// [`CommitResult::Fenced`] without failing the others. Results are in
+    /// the batch's order.
+    fn commit(
+        &self,
+        batch: &[Commit<'_>],
+    ) -> impl Future<Output = Result<Vec<CommitResult>>> + Send;
+
+    /// Journal entries after position `after` (0 for the start), oldest
+    /// first.
+    fn journal(
+        &self,
+        id: &ExecutionId,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<JournalRow>>> + Send;
+
+    /// Every action attempt of an execution, in order.
+    fn node_executions(
+        &self,
+        id: &ExecutionId,
+    ) -> impl Future<Output = Result<Vec<NodeExecutionRow>>> + Send;
+
+    // ---- timers ----------------------------------------------------------
+
+    /// Claims up to `limit` timers due before `due_before` that nobody holds
+    /// (or whose claim expired before `now`), for `owner` until
+    /// `claim_until`, earliest first. Several nodes may call this at once:
+    /// each timer goes to one of them.
+    fn claim_due_timers(
+        &self,
+        owner: &str,
+        due_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DueTimer>>> + Send;
+
+    /// How many timers exist (for metrics and tests).
+    fn pending_timers(&self) -> impl Future<Output = Result<i64>> + Send;
+
+    // ---- events ----------------------------------------------------------
+
+    /// Executions subscribed to `event` with this correlation key.
+    fn subscribers(
+        &self,
+        namespace: &str,
+        event: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<ExecutionId>>> + Send;
+
+    // ---- outbox ----------------------------------------------------------
+
+    /// Claims up to `limit` outbox messages nobody holds (or whose claim
+    /// expired before `now`), oldest first.
+    fn claim_outbox(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<OutboxMessage>>> + Send;
+
+    /// Removes delivered messages.
+    fn ack_outbox(&self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
+
+    // ---- inbox -----------------------------------------------------------
+
+    /// Records an input for an execution, to be applied on its next
+    /// activation (durable delivery).
+    fn enqueue_input(
+        &self,
+        id: &ExecutionId,
+        input: &Input,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// The execution's waiting inputs, oldest first.
+    fn pending_inputs(
+        &self,
+        id: &ExecutionId,
+    ) -> impl Future<Output = Result<Vec<InboxItem>>> + Send;
+}
+
+/// Parses a stored JSON column.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(crate::Error::corrupt(what))
+}
+
+/// The lease epoch as stored.
+pub(crate) fn epoch(v: i64) -> LeaseEpoch {
+    LeaseEpoch(v)
+}
