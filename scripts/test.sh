@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command (README, and what .ci/run calls): builds once and runs
-# every test of the workspace. Later issues add the service checks here
-# (PostgreSQL, Redis, Kafka: answer, or install and start them).
+# The test command (README, and what .ci/run calls). Makes sure the services
+# the tests use answer (PostgreSQL on 127.0.0.1:5432 with trust auth),
+# installing and starting them from Debian's packages when they do not, then
+# builds once and runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,4 +11,40 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+pg_up() {
+    command -v pg_isready >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -p 5432 -q
+}
+
+ensure_postgres() {
+    if [ -n "${SOJOURN_TEST_DATABASE_URL:-}" ] || pg_up; then
+        return
+    fi
+    echo "PostgreSQL does not answer on 127.0.0.1:5432: starting it" >&2
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+        # A fresh Debian cluster asks for passwords over TCP; the tests, like
+        # the developer machines, use trust auth on the loopback.
+        for hba in /etc/postgresql/*/main/pg_hba.conf; do
+            if ! grep -q "sojourn-tests" "$hba"; then
+                as_root sed -i '1i host all all 127.0.0.1/32 trust # sojourn-tests\nhost all all ::1/128 trust # sojourn-tests' "$hba"
+            fi
+        done
+    fi
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 30); do
+        if pg_up; then return; fi
+        sleep 1
+    done
+    echo "PostgreSQL did not start" >&2
+    exit 1
+}
+
+ensure_postgres
 cargo test --workspace --locked "$@"
