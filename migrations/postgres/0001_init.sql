@@ -62,7 +62,8 @@ CREATE TABLE node_executions (
     node_id         TEXT NOT NULL,
     attempt         INTEGER NOT NULL,
     action          TEXT NOT NULL,
-    status          TEXT NOT NULL,               -- dispatched | succeeded | failed
+    status          TEXT NOT NULL,               -- dispatched | sending | succeeded | failed
+    sends           INTEGER NOT NULL DEFAULT 0,  -- how many times a worker began sending it
     input           JSONB NOT NULL,
     output          JSONB,
     error           TEXT,

@@ -61,6 +61,7 @@ CREATE TABLE node_executions (
     attempt      INTEGER NOT NULL,
     action       TEXT NOT NULL,
     status       TEXT NOT NULL,
+    sends        INTEGER NOT NULL DEFAULT 0,
     input        TEXT NOT NULL,
     output       TEXT,
     error        TEXT,

@@ -5,18 +5,18 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sojourn_runtime::{ExecutionId, Input, TimerId, Workflow};
+use sojourn_runtime::{ActionOutcome, ExecutionId, Input, TimerId, Workflow};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::Result;
 use crate::error::Error;
-use crate::rows::{Rows, rounds};
+use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
 use crate::store::{Store, epoch, from_json};
 use crate::types::{
-    Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow, NewExecution,
-    NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+    AttemptBegin, Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow,
+    NewExecution, NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -42,6 +42,55 @@ impl PgStore {
         let store = PgStore { pool };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Creates `schema` (if needed) and connects inside it: how tests and
+    /// benchmarks get a database of their own on a shared server.
+    pub async fn connect_creating_schema(
+        url: &str,
+        schema: &str,
+        max_connections: u32,
+    ) -> Result<PgStore> {
+        if !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || schema.is_empty()
+        {
+            return Err(Error::Invalid(format!(
+                "schema name {schema:?}: letters, digits and _ only"
+            )));
+        }
+        let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}"
+        )))
+        .execute(&admin)
+        .await?;
+        admin.close().await;
+        Self::connect(url, Some(schema), max_connections).await
+    }
+
+    /// Drops a schema made by [`PgStore::connect_creating_schema`] and closes
+    /// this store's pool.
+    pub async fn drop_schema(&self, schema: &str) -> Result<()> {
+        if !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || schema.is_empty()
+        {
+            return Err(Error::Invalid(format!(
+                "schema name {schema:?}: letters, digits and _ only"
+            )));
+        }
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut *conn)
+        .await?;
+        drop(conn);
+        self.pool.close().await;
+        Ok(())
     }
 
     /// Applies pending migrations (idempotent).
@@ -203,6 +252,7 @@ impl Store for PgStore {
 
     async fn create_execution(&self, new: NewExecution) -> Result<Created> {
         let s = &new.snapshot;
+        let mut tx = self.pool.begin().await?;
         let inserted: Option<String> = sqlx::query_scalar(
             "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
                                      current_node, snapshot, snapshot_seq, created_at, updated_at)
@@ -220,7 +270,7 @@ impl Store for PgStore {
         .bind(Json(s))
         .bind(i64::try_from(s.seq).unwrap_or(i64::MAX))
         .bind(s.created_at)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -230,8 +280,20 @@ impl Store for PgStore {
             }
         })?;
         if let Some(id) = inserted {
+            if new.start {
+                sqlx::query(
+                    "INSERT INTO inbox (execution_id, input, created_at) VALUES ($1, $2, $3)",
+                )
+                .bind(&id)
+                .bind(Json(&Input::Start))
+                .bind(s.created_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
             return Ok(Created::New(ExecutionId::new(id)));
         }
+        tx.rollback().await?;
         let existing: String = sqlx::query_scalar(
             "SELECT id FROM executions WHERE workflow_id = $1 AND idempotency_key = $2",
         )
@@ -314,7 +376,7 @@ impl Store for PgStore {
 
     async fn node_executions(&self, id: &ExecutionId) -> Result<Vec<NodeExecutionRow>> {
         let rows = sqlx::query(
-            "SELECT node_id, attempt, action, status, input, output, error, started_at, finished_at
+            "SELECT node_id, attempt, action, status, sends, input, output, error, started_at, finished_at
              FROM node_executions WHERE execution_id = $1 ORDER BY started_at, node_id, attempt",
         )
         .bind(id.as_str())
@@ -327,6 +389,7 @@ impl Store for PgStore {
                     attempt: r.try_get("attempt")?,
                     action: r.try_get("action")?,
                     status: r.try_get("status")?,
+                    sends: r.try_get("sends")?,
                     input: r.try_get::<Json<Value>, _>("input")?.0,
                     output: r.try_get::<Option<Json<Value>>, _>("output")?.map(|j| j.0),
                     error: r.try_get("error")?,
@@ -372,6 +435,24 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>>>()?;
         timers.sort_by_key(|t| t.due_at);
         Ok(timers)
+    }
+
+    async fn release_claims(&self, owner: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE timers SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn pending_timers(&self) -> Result<i64> {
@@ -442,6 +523,91 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn begin_attempt(
+        &self,
+        id: &ExecutionId,
+        node: &str,
+        attempt: u32,
+    ) -> Result<AttemptBegin> {
+        let row = sqlx::query(
+            "UPDATE node_executions
+             SET sends = sends + CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END,
+                 status = CASE WHEN finished_at IS NULL THEN 'sending' ELSE status END
+             WHERE execution_id = $1 AND node_id = $2 AND attempt = $3
+             RETURNING sends, finished_at IS NOT NULL AS done",
+        )
+        .bind(id.as_str())
+        .bind(node)
+        .bind(attempt_i32(attempt)?)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => AttemptBegin::Unknown,
+            Some(r) if r.try_get::<bool, _>("done")? => AttemptBegin::AlreadyDone,
+            Some(r) => AttemptBegin::Send {
+                sends: r.try_get("sends")?,
+            },
+        })
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: &ExecutionId,
+        node: &str,
+        attempt: u32,
+        outcome: &ActionOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        let (status, output, error) = outcome_columns(outcome);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE node_executions SET status = $4, output = $5, error = $6, finished_at = $7
+             WHERE execution_id = $1 AND node_id = $2 AND attempt = $3 AND finished_at IS NULL",
+        )
+        .bind(id.as_str())
+        .bind(node)
+        .bind(attempt_i32(attempt)?)
+        .bind(status)
+        .bind(output.map(Json))
+        .bind(error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let input = Input::ActionResult {
+            node: node.into(),
+            attempt,
+            outcome: outcome.clone(),
+        };
+        let inbox: i64 = sqlx::query_scalar(
+            "INSERT INTO inbox (execution_id, input, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(id.as_str())
+        .bind(Json(&input))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(inbox)
+    }
+
+    async fn discard_input(&self, inbox_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM inbox WHERE id = $1")
+            .bind(inbox_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn executions_with_inputs(&self, limit: u32) -> Result<Vec<ExecutionId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT execution_id FROM inbox GROUP BY execution_id ORDER BY min(id) LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(ExecutionId::new).collect())
     }
 
     async fn enqueue_input(

@@ -134,10 +134,7 @@ impl Rows {
                     },
             } = &entry.event
             {
-                let (status, output, error) = match outcome {
-                    ActionOutcome::Success { output } => ("succeeded", Some(output.clone()), None),
-                    ActionOutcome::Failure { error, .. } => ("failed", None, Some(error.clone())),
-                };
+                let (status, output, error) = outcome_columns(outcome);
                 rows.node_results.push(NodeResult {
                     node_id: node.to_string(),
                     attempt: attempt_i32(*attempt)?,
@@ -198,7 +195,17 @@ impl Rows {
     }
 }
 
-fn attempt_i32(attempt: u32) -> Result<i32> {
+/// `(status, output, error)` columns of an attempt's outcome.
+pub(crate) fn outcome_columns(
+    outcome: &ActionOutcome,
+) -> (&'static str, Option<Value>, Option<String>) {
+    match outcome {
+        ActionOutcome::Success { output } => ("succeeded", Some(output.clone()), None),
+        ActionOutcome::Failure { error, .. } => ("failed", None, Some(error.clone())),
+    }
+}
+
+pub(crate) fn attempt_i32(attempt: u32) -> Result<i32> {
     i32::try_from(attempt).map_err(|_| Error::Invalid(format!("attempt {attempt} overflows")))
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
-use sojourn_runtime::{ExecutionId, Input, TimerId, Workflow};
+use sojourn_runtime::{ActionOutcome, ExecutionId, Input, TimerId, Workflow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -18,11 +18,11 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::Result;
 use crate::error::Error;
-use crate::rows::{Rows, rounds};
+use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
 use crate::store::{Store, epoch};
 use crate::types::{
-    Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow, NewExecution,
-    NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+    AttemptBegin, Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow,
+    NewExecution, NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -237,6 +237,7 @@ impl Store for SqliteStore {
 
     async fn create_execution(&self, new: NewExecution) -> Result<Created> {
         let s = &new.snapshot;
+        let mut tx = self.pool.begin().await?;
         let inserted: Option<String> = sqlx::query_scalar(
             "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
                                      current_node, snapshot, snapshot_seq, created_at, updated_at)
@@ -254,7 +255,7 @@ impl Store for SqliteStore {
         .bind(text("snapshot", s)?)
         .bind(i64::try_from(s.seq).unwrap_or(i64::MAX))
         .bind(ms(s.created_at))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -264,8 +265,20 @@ impl Store for SqliteStore {
             }
         })?;
         if let Some(id) = inserted {
+            if new.start {
+                sqlx::query(
+                    "INSERT INTO inbox (execution_id, input, created_at) VALUES (?1, ?2, ?3)",
+                )
+                .bind(&id)
+                .bind(text("inbox input", &Input::Start)?)
+                .bind(ms(s.created_at))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
             return Ok(Created::New(ExecutionId::new(id)));
         }
+        tx.rollback().await?;
         let existing: String = sqlx::query_scalar(
             "SELECT id FROM executions WHERE workflow_id = ?1 AND idempotency_key = ?2",
         )
@@ -337,7 +350,7 @@ impl Store for SqliteStore {
 
     async fn node_executions(&self, id: &ExecutionId) -> Result<Vec<NodeExecutionRow>> {
         let rows = sqlx::query(
-            "SELECT node_id, attempt, action, status, input, output, error, started_at, finished_at
+            "SELECT node_id, attempt, action, status, sends, input, output, error, started_at, finished_at
              FROM node_executions WHERE execution_id = ?1 ORDER BY started_at, node_id, attempt",
         )
         .bind(id.as_str())
@@ -350,6 +363,7 @@ impl Store for SqliteStore {
                     attempt: r.try_get("attempt")?,
                     action: r.try_get("action")?,
                     status: r.try_get("status")?,
+                    sends: r.try_get("sends")?,
                     input: parse("node input", r.try_get::<&str, _>("input")?)?,
                     output: r
                         .try_get::<Option<&str>, _>("output")?
@@ -397,6 +411,24 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>>>()?;
         timers.sort_by_key(|t| t.due_at);
         Ok(timers)
+    }
+
+    async fn release_claims(&self, owner: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE timers SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?1",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?1",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn pending_timers(&self) -> Result<i64> {
@@ -467,6 +499,91 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn begin_attempt(
+        &self,
+        id: &ExecutionId,
+        node: &str,
+        attempt: u32,
+    ) -> Result<AttemptBegin> {
+        let row = sqlx::query(
+            "UPDATE node_executions
+             SET sends = sends + CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END,
+                 status = CASE WHEN finished_at IS NULL THEN 'sending' ELSE status END
+             WHERE execution_id = ?1 AND node_id = ?2 AND attempt = ?3
+             RETURNING sends, finished_at IS NOT NULL AS done",
+        )
+        .bind(id.as_str())
+        .bind(node)
+        .bind(attempt_i32(attempt)?)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => AttemptBegin::Unknown,
+            Some(r) if r.try_get::<bool, _>("done")? => AttemptBegin::AlreadyDone,
+            Some(r) => AttemptBegin::Send {
+                sends: r.try_get("sends")?,
+            },
+        })
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: &ExecutionId,
+        node: &str,
+        attempt: u32,
+        outcome: &ActionOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        let (status, output, error) = outcome_columns(outcome);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE node_executions SET status = ?4, output = ?5, error = ?6, finished_at = ?7
+             WHERE execution_id = ?1 AND node_id = ?2 AND attempt = ?3 AND finished_at IS NULL",
+        )
+        .bind(id.as_str())
+        .bind(node)
+        .bind(attempt_i32(attempt)?)
+        .bind(status)
+        .bind(output.map(|o| text("node output", &o)).transpose()?)
+        .bind(error)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        let input = Input::ActionResult {
+            node: node.into(),
+            attempt,
+            outcome: outcome.clone(),
+        };
+        let inbox: i64 = sqlx::query_scalar(
+            "INSERT INTO inbox (execution_id, input, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+        )
+        .bind(id.as_str())
+        .bind(text("inbox input", &input)?)
+        .bind(ms(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(inbox)
+    }
+
+    async fn discard_input(&self, inbox_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM inbox WHERE id = ?1")
+            .bind(inbox_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn executions_with_inputs(&self, limit: u32) -> Result<Vec<ExecutionId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT execution_id FROM inbox GROUP BY execution_id ORDER BY min(id) LIMIT ?1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(ExecutionId::new).collect())
     }
 
     async fn enqueue_input(

@@ -4,12 +4,13 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sojourn_runtime::{ExecutionId, Input, Workflow};
+use sojourn_runtime::{ActionOutcome, ExecutionId, Input, Workflow};
 
 use crate::Result;
 use crate::types::{
-    Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow, LeaseEpoch,
-    NewExecution, NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+    AttemptBegin, Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow,
+    LeaseEpoch, NewExecution, NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord,
+    WorkflowVersion,
 };
 
 /// One store: PostgreSQL or SQLite, the same behaviour (the conformance
@@ -104,6 +105,11 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<DueTimer>>> + Send;
 
+    /// Drops every claim (timers and outbox) held by `owner`: a node that
+    /// restarts under the same id, or shuts down, hands its work back at once
+    /// instead of after the claims expire.
+    fn release_claims(&self, owner: &str) -> impl Future<Output = Result<()>> + Send;
+
     /// How many timers exist (for metrics and tests).
     fn pending_timers(&self) -> impl Future<Output = Result<i64>> + Send;
 
@@ -132,6 +138,27 @@ pub trait Store: Send + Sync + 'static {
     /// Removes delivered messages.
     fn ack_outbox(&self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
 
+    // ---- action attempts --------------------------------------------------
+
+    /// Records that a worker is about to send an attempt (before it sends).
+    fn begin_attempt(
+        &self,
+        id: &ExecutionId,
+        node: &str,
+        attempt: u32,
+    ) -> impl Future<Output = Result<AttemptBegin>> + Send;
+
+    /// Records an attempt's result and queues it for the execution, in one
+    /// transaction. Returns the inbox row.
+    fn finish_attempt(
+        &self,
+        id: &ExecutionId,
+        node: &str,
+        attempt: u32,
+        outcome: &ActionOutcome,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
     // ---- inbox -----------------------------------------------------------
 
     /// Records an input for an execution, to be applied on its next
@@ -148,6 +175,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &ExecutionId,
     ) -> impl Future<Output = Result<Vec<InboxItem>>> + Send;
+
+    /// Removes an inbox row whose input the execution refused.
+    fn discard_input(&self, inbox_id: i64) -> impl Future<Output = Result<()>> + Send;
+
+    /// Executions that have inputs waiting (recovery after a restart).
+    fn executions_with_inputs(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ExecutionId>>> + Send;
 }
 
 /// Parses a stored JSON column.

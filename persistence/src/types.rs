@@ -56,6 +56,9 @@ pub struct NewExecution {
     /// execution, never a second one.
     pub idempotency_key: Option<String>,
     pub snapshot: Snapshot,
+    /// Also record [`Input::Start`] in the execution's inbox, in the same
+    /// transaction, so a crash right after creation cannot strand it.
+    pub start: bool,
 }
 
 /// What [`crate::Store::create_execution`] did.
@@ -127,8 +130,12 @@ pub struct NodeExecutionRow {
     pub node_id: String,
     pub attempt: i32,
     pub action: String,
-    /// `dispatched`, `succeeded` or `failed`.
+    /// `dispatched`, `sending`, `succeeded` or `failed`.
     pub status: String,
+    /// How many times a worker began sending this attempt; more than one
+    /// means a send may have been repeated (a crash between a send and the
+    /// record of its result).
+    pub sends: i32,
     pub input: Value,
     pub output: Option<Value>,
     pub error: Option<String>,
@@ -152,6 +159,17 @@ pub struct OutboxMessage {
     pub dispatch: Dispatch,
     /// How many times it has been handed out (1 on the first claim).
     pub deliveries: i32,
+}
+
+/// What a worker may do with an outbox message ([`crate::Store::begin_attempt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptBegin {
+    /// Send it; `sends` counts this one (1 on the first).
+    Send { sends: i32 },
+    /// Its result is already recorded: drop the redelivery.
+    AlreadyDone,
+    /// No such attempt (its transition never committed): drop it.
+    Unknown,
 }
 
 /// An input waiting in an execution's inbox.

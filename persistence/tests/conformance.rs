@@ -129,6 +129,8 @@ conformance!(
     subscriptions_follow_waits_and_vanish_when_finished,
     outbox_claims_expire_and_count_deliveries,
     the_inbox_is_consumed_by_the_commit_that_applies_it,
+    attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_dropped,
+    a_created_execution_can_carry_its_start_in_the_inbox,
 );
 
 // ---- helpers ------------------------------------------------------------------
@@ -224,6 +226,7 @@ async fn start<S: Store>(store: &S, f: &Fixture, subject: Option<&str>, key: Opt
             version: f.version,
             idempotency_key: key.map(Into::into),
             snapshot: snap,
+            start: false,
         })
         .await
         .expect("create execution");
@@ -391,6 +394,7 @@ async fn executions_are_idempotent_per_key<S: Store>(store: &S) {
             version: f.version,
             idempotency_key: Some("order-42".into()),
             snapshot: snap,
+            start: false,
         })
         .await
         .expect("create");
@@ -906,4 +910,127 @@ async fn the_inbox_is_consumed_by_the_commit_that_applies_it<S: Store>(store: &S
     let left = store.pending_inputs(&e.id).await.expect("pending");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].input, Input::Resume);
+}
+
+async fn attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_dropped<
+    S: Store,
+>(
+    store: &S,
+) {
+    use sojourn_persistence::AttemptBegin;
+    let f = fixture(store).await;
+    let mut e = start(store, &f, None, None).await;
+    step(store, &f, &mut e, Input::Start, t0()).await;
+    assert_eq!(
+        store.begin_attempt(&e.id, "first", 1).await.expect("begin"),
+        AttemptBegin::Send { sends: 1 }
+    );
+    // A crash after the send: the redelivery sends again, and it is counted.
+    assert_eq!(
+        store.begin_attempt(&e.id, "first", 1).await.expect("begin"),
+        AttemptBegin::Send { sends: 2 }
+    );
+    assert_eq!(
+        store.begin_attempt(&e.id, "first", 9).await.expect("begin"),
+        AttemptBegin::Unknown
+    );
+    let outcome = ActionOutcome::Success {
+        output: json!({"status": 200}),
+    };
+    let inbox = store
+        .finish_attempt(&e.id, "first", 1, &outcome, t0())
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.begin_attempt(&e.id, "first", 1).await.expect("begin"),
+        AttemptBegin::AlreadyDone
+    );
+    let nodes = store.node_executions(&e.id).await.expect("nodes");
+    assert_eq!((nodes[0].status.as_str(), nodes[0].sends), ("succeeded", 2));
+    assert_eq!(
+        store.executions_with_inputs(10).await.expect("inputs"),
+        [e.id.clone()]
+    );
+    let pending = store.pending_inputs(&e.id).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, inbox);
+    assert!(matches!(
+        &pending[0].input,
+        Input::ActionResult { attempt: 1, .. }
+    ));
+    // Applying it consumes it; the node row keeps what the worker saw.
+    let t =
+        f.wf.step(&e.snap, pending[0].input.clone(), t0())
+            .expect("step");
+    store
+        .commit(&[Commit {
+            execution_id: &e.id,
+            epoch: e.epoch,
+            transition: &t,
+            fired_timer: None,
+            consumed_input: Some(inbox),
+        }])
+        .await
+        .expect("commit");
+    assert!(
+        store
+            .executions_with_inputs(10)
+            .await
+            .expect("inputs")
+            .is_empty()
+    );
+    assert_eq!(
+        store.node_executions(&e.id).await.expect("nodes")[0].output,
+        Some(json!({"status": 200}))
+    );
+}
+
+async fn a_created_execution_can_carry_its_start_in_the_inbox<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let snap =
+        f.wf.new_execution(ids::new_execution_id(), json!({}), None, None, t0())
+            .expect("new");
+    let created = store
+        .create_execution(NewExecution {
+            namespace: "default".into(),
+            workflow_id: f.workflow_id.clone(),
+            version: f.version,
+            idempotency_key: Some("k".into()),
+            snapshot: snap.clone(),
+            start: true,
+        })
+        .await
+        .expect("create");
+    let pending = store.pending_inputs(created.id()).await.expect("pending");
+    assert_eq!(
+        pending.iter().map(|i| i.input.clone()).collect::<Vec<_>>(),
+        [Input::Start]
+    );
+    // The same key again creates nothing, and queues no second start.
+    let mut again = snap;
+    again.execution_id = ids::new_execution_id();
+    let second = store
+        .create_execution(NewExecution {
+            namespace: "default".into(),
+            workflow_id: f.workflow_id.clone(),
+            version: f.version,
+            idempotency_key: Some("k".into()),
+            snapshot: again,
+            start: true,
+        })
+        .await
+        .expect("create");
+    assert_eq!(second, Created::Existing(created.id().clone()));
+    assert_eq!(
+        store.executions_with_inputs(10).await.expect("inputs"),
+        [created.id().clone()]
+    );
+    assert_eq!(
+        store
+            .pending_inputs(created.id())
+            .await
+            .expect("pending")
+            .len(),
+        1
+    );
 }

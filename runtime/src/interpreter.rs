@@ -751,6 +751,12 @@ mod tests {
                 "completed",
             ]
         );
+        // Every entry survives a trip through JSON (the journal table).
+        for entry in &h.journal {
+            let back: JournalEntry =
+                serde_json::from_value(serde_json::to_value(entry).expect("ser")).expect("de");
+            assert_eq!(&back, entry);
+        }
         let seqs: Vec<u64> = h.journal.iter().map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(h.snapshot.seq, 3);

@@ -66,10 +66,11 @@ pub enum JournalEvent {
         error: String,
         retryable: bool,
     },
+    /// (`due`, not `at`: the entry's own `at` is flattened beside it.)
     RetryScheduled {
         node: NodeId,
         try_number: u32,
-        at: DateTime<Utc>,
+        due: DateTime<Utc>,
     },
     QuietHoursDeferred {
         node: NodeId,
@@ -174,9 +175,9 @@ impl fmt::Display for JournalEvent {
             JournalEvent::RetryScheduled {
                 node,
                 try_number,
-                at,
+                due,
             } => {
-                write!(f, "{node} try {try_number} at {}", ts(at))
+                write!(f, "{node} try {try_number} at {}", ts(due))
             }
             JournalEvent::QuietHoursDeferred { node, until } => {
                 write!(f, "{node} held for quiet hours until {}", ts(until))

@@ -206,6 +206,12 @@ impl<'w> Driver<'w> {
                         _ => {}
                     }
                 }
+                for entry in &t.journal {
+                    let back: sojourn_runtime::JournalEntry =
+                        serde_json::from_value(serde_json::to_value(entry).expect("ser"))
+                            .expect("journal entry round-trips");
+                    assert_eq!(&back, entry);
+                }
                 self.snap = t.snapshot.clone();
                 self.check();
                 self.transitions.push(t);

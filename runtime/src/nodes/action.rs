@@ -317,7 +317,7 @@ pub(crate) fn on_result<'w>(
                 m.journal(JournalEvent::RetryScheduled {
                     node: node.id.clone(),
                     try_number: try_number + 1,
-                    at,
+                    due: at,
                 });
                 m.snap.wait = Some(Wait::RetryBackoff {
                     node: node.id.clone(),

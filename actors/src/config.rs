@@ -1,0 +1,58 @@
+//! Tunables of the engine, with defaults that need no configuration.
+
+use std::time::Duration;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id (claims of timers and outbox rows carry it).
+    pub node_id: String,
+    /// The namespace executions are created in until the API brings tenants.
+    pub namespace: String,
+    /// Most transitions written in one database transaction.
+    pub max_commit_batch: usize,
+    /// Timers due within this window are claimed ahead of time.
+    pub timer_lookahead: Duration,
+    /// How long a claimed timer stays ours before another node may take it.
+    pub timer_claim_ttl: Duration,
+    /// How often the timer service looks for due timers when not woken.
+    pub timer_poll: Duration,
+    /// Timers claimed per query.
+    pub timer_batch: u32,
+    /// At most this many timers fire per second (catch-up after downtime is
+    /// spread out instead of flooding the node).
+    pub timer_fire_rate: u32,
+    /// How long a claimed outbox message stays ours.
+    pub outbox_claim_ttl: Duration,
+    /// How often the outbox relay looks for work when not woken.
+    pub outbox_poll: Duration,
+    /// Actions being sent at once.
+    pub max_in_flight_actions: usize,
+    /// An active actor that has received nothing for this long passivates.
+    pub idle_timeout: Duration,
+    /// Restarts of a panicking execution before it is marked failed.
+    pub max_restarts: u32,
+    /// How often executions with waiting inputs are looked for (recovery).
+    pub recovery_poll: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: "node-1".into(),
+            namespace: "default".into(),
+            max_commit_batch: 256,
+            timer_lookahead: Duration::from_secs(2),
+            timer_claim_ttl: Duration::from_secs(30),
+            timer_poll: Duration::from_millis(500),
+            timer_batch: 2_000,
+            timer_fire_rate: 10_000,
+            outbox_claim_ttl: Duration::from_secs(60),
+            outbox_poll: Duration::from_millis(500),
+            max_in_flight_actions: 256,
+            idle_timeout: Duration::from_secs(300),
+            max_restarts: 5,
+            recovery_poll: Duration::from_secs(5),
+        }
+    }
+}

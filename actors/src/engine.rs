@@ -1,0 +1,379 @@
+//! The engine: wires the store, the committer, the supervisor, the timer
+//! service and the outbox relay, and offers what a node does — deploy a
+//! workflow, start executions, deliver events, drain and stop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::Utc;
+use ractor::{Actor, ActorRef};
+use serde_json::Value;
+use sojourn_persistence::{
+    Commit, Created, ExecutionRecord, NewExecution, NewWorkflow, Store, ids,
+};
+use sojourn_runtime::{
+    CompiledWorkflow, EventInput, ExecutionError, ExecutionId, Input, JournalEntry, JournalEvent,
+    Registry, Status, Transition, Workflow,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::committer::Committer;
+use crate::config::Config;
+use crate::execution::Delivery;
+use crate::stats::Stats;
+use crate::supervisor::{Supervisor, SupervisorMsg};
+use crate::timers::TimerWake;
+use crate::workflows::WorkflowCache;
+
+/// What every actor of the node shares.
+pub(crate) struct Context<S: Store> {
+    pub(crate) store: Arc<S>,
+    pub(crate) committer: Committer,
+    pub(crate) workflows: WorkflowCache,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) timer_wake: Arc<TimerWake>,
+    pub(crate) outbox_wake: Arc<Notify>,
+    pub(crate) config: Config,
+}
+
+/// A request to start an execution.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    /// The workflow's id or key.
+    pub workflow: String,
+    /// A version; the latest when `None`.
+    pub version: Option<i32>,
+    pub input: Value,
+    pub subject: Option<String>,
+    pub timezone: Option<String>,
+    /// The same key returns the same execution.
+    pub idempotency_key: Option<String>,
+}
+
+/// A running node.
+pub struct Engine<S: Store> {
+    ctx: Arc<Context<S>>,
+    supervisor: ActorRef<SupervisorMsg>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<S: Store> std::fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("node", &self.ctx.config.node_id)
+            .finish()
+    }
+}
+
+impl<S: Store> Engine<S> {
+    /// Starts the node's services. Work left by an earlier run (due timers,
+    /// unsent actions, undelivered inputs) is picked up at once.
+    pub async fn start(store: S, config: Config) -> Result<Engine<S>, Error> {
+        // Claims under this node's name belong to an earlier run of it.
+        store.release_claims(&config.node_id).await?;
+        let store = Arc::new(store);
+        let stats = Arc::new(Stats::default());
+        let (committer, commit_task) =
+            Committer::spawn(store.clone(), stats.clone(), config.max_commit_batch);
+        let ctx = Arc::new(Context {
+            store: store.clone(),
+            committer,
+            workflows: WorkflowCache::default(),
+            stats: stats.clone(),
+            timer_wake: Arc::new(TimerWake::new(&config)),
+            outbox_wake: Arc::new(Notify::new()),
+            config: config.clone(),
+        });
+        let (supervisor, _) = Actor::spawn(None, Supervisor { ctx: ctx.clone() }, ())
+            .await
+            .map_err(|e| Error::Actor(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let timers = tokio::spawn(crate::timers::run(
+            store.clone(),
+            config.clone(),
+            ctx.timer_wake.clone(),
+            supervisor.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
+        let outbox = tokio::spawn(crate::outbox::run(
+            store.clone(),
+            config.clone(),
+            ctx.outbox_wake.clone(),
+            supervisor.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
+        let recovery = tokio::spawn(recover(
+            store.clone(),
+            supervisor.clone(),
+            config.clone(),
+            stop.clone(),
+        ));
+        info!(node = %config.node_id, "engine started");
+        Ok(Engine {
+            ctx,
+            supervisor,
+            stop,
+            tasks: vec![timers, outbox, recovery, commit_task],
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.ctx.store
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Stats {
+        &self.ctx.stats
+    }
+
+    /// Creates the workflow (by its `key`) if it does not exist and publishes
+    /// the document as its next version. Returns `(workflow id, version)`.
+    pub async fn deploy(&self, workflow: &Workflow) -> Result<(String, i32), Error> {
+        CompiledWorkflow::compile(workflow, &Registry::builtin()).map_err(|errors| {
+            Error::Validation(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let key = workflow
+            .key
+            .clone()
+            .ok_or_else(|| Error::Validation("key: a deployed workflow needs a key".into()))?;
+        let store = &self.ctx.store;
+        let ns = &self.ctx.config.namespace;
+        let now = Utc::now();
+        let record = match store.get_workflow(ns, &key).await? {
+            Some(r) => r,
+            None => {
+                let draft =
+                    serde_json::to_value(workflow).map_err(|e| Error::Validation(e.to_string()))?;
+                match store
+                    .create_workflow(NewWorkflow {
+                        id: ids::new_workflow_id(),
+                        namespace: ns.clone(),
+                        key: key.clone(),
+                        name: workflow.name.clone(),
+                        draft,
+                        now,
+                    })
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(sojourn_persistence::Error::Conflict { .. }) => store
+                        .get_workflow(ns, &key)
+                        .await?
+                        .ok_or_else(|| Error::WorkflowNotFound(key.clone()))?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let v = store.publish(&record.id, workflow, now).await?;
+        Ok((record.id, v.version))
+    }
+
+    /// Creates an execution and starts it. The start is recorded with the
+    /// execution (in its inbox), so it happens even if this node dies now.
+    pub async fn start_execution(&self, req: StartRequest) -> Result<Created, Error> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(Error::ShuttingDown);
+        }
+        let store = &self.ctx.store;
+        let ns = &self.ctx.config.namespace;
+        let record = store
+            .get_workflow(ns, &req.workflow)
+            .await?
+            .ok_or_else(|| Error::WorkflowNotFound(req.workflow.clone()))?;
+        let version = match req.version.or(record.latest_version) {
+            Some(v) => v,
+            None => {
+                return Err(Error::WorkflowNotFound(format!(
+                    "{} has no published version",
+                    req.workflow
+                )));
+            }
+        };
+        let wf = self
+            .ctx
+            .workflows
+            .get(&**store, &record.id, version)
+            .await?;
+        let snapshot = wf.new_execution(
+            ids::new_execution_id(),
+            req.input,
+            req.subject,
+            req.timezone.as_deref(),
+            Utc::now(),
+        )?;
+        let created = store
+            .create_execution(NewExecution {
+                namespace: ns.clone(),
+                workflow_id: record.id,
+                version,
+                idempotency_key: req.idempotency_key,
+                snapshot,
+                start: true,
+            })
+            .await?;
+        if let Created::New(id) = &created {
+            let _ = self.supervisor.cast(SupervisorMsg::Activate(id.clone()));
+        }
+        Ok(created)
+    }
+
+    /// Delivers an event to every execution subscribed to it with this key
+    /// (waiting nodes and exit criteria), sleeping ones included: each gets
+    /// it durably in its inbox and is activated. Returns how many.
+    pub async fn send_event(&self, name: &str, key: &str, payload: Value) -> Result<usize, Error> {
+        let store = &self.ctx.store;
+        let ids = store
+            .subscribers(&self.ctx.config.namespace, name, key)
+            .await?;
+        let input = Input::Event(EventInput {
+            name: name.into(),
+            key: Some(key.into()),
+            payload,
+        });
+        for id in &ids {
+            let inbox = store.enqueue_input(id, &input, Utc::now()).await?;
+            let _ = self.supervisor.cast(SupervisorMsg::Deliver(
+                id.clone(),
+                Delivery {
+                    input: input.clone(),
+                    fired_timer: None,
+                    inbox_id: Some(inbox),
+                },
+            ));
+        }
+        Ok(ids.len())
+    }
+
+    /// Sends an input (pause, resume, cancel, retry, a direct event) to one
+    /// execution, durably.
+    pub async fn send_input(&self, id: &ExecutionId, input: Input) -> Result<(), Error> {
+        let inbox = self.ctx.store.enqueue_input(id, &input, Utc::now()).await?;
+        let _ = self.supervisor.cast(SupervisorMsg::Deliver(
+            id.clone(),
+            Delivery {
+                input,
+                fired_timer: None,
+                inbox_id: Some(inbox),
+            },
+        ));
+        Ok(())
+    }
+
+    pub async fn execution(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>, Error> {
+        Ok(self.ctx.store.load_execution(id).await?)
+    }
+
+    /// How many execution actors are live on this node.
+    pub async fn active_actors(&self) -> usize {
+        ractor::call!(self.supervisor, SupervisorMsg::Count).unwrap_or(0)
+    }
+
+    /// Graceful shutdown: stop taking work, let in-flight transitions
+    /// commit, passivate every actor, stop the services.
+    pub async fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.ctx.timer_wake.hint(Utc::now());
+        self.ctx.outbox_wake.notify_one();
+        if let Err(e) = ractor::call!(self.supervisor, SupervisorMsg::Drain) {
+            warn!(error = %e, "draining the supervisor failed");
+        }
+        self.supervisor.stop(None);
+        for task in self.tasks.into_iter().rev().skip(1) {
+            let _ = task.await;
+        }
+        // Hand back timers and actions claimed but not done.
+        if let Err(e) = self
+            .ctx
+            .store
+            .release_claims(&self.ctx.config.node_id)
+            .await
+        {
+            warn!(error = %e, "releasing claims failed; they will expire");
+        }
+        info!("engine stopped");
+    }
+}
+
+/// Periodically activates executions whose inbox holds inputs (after a
+/// crash, or inputs that raced a passivation).
+async fn recover<S: Store>(
+    store: Arc<S>,
+    supervisor: ActorRef<SupervisorMsg>,
+    config: Config,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        match store.executions_with_inputs(10_000).await {
+            Ok(ids) => {
+                for id in ids {
+                    let _ = supervisor.cast(SupervisorMsg::Activate(id));
+                }
+            }
+            Err(e) => warn!(error = %e, "looking for executions with inputs failed"),
+        }
+        tokio::time::sleep(config.recovery_poll).await;
+    }
+}
+
+/// Marks an execution failed outside the interpreter (its actor kept
+/// panicking): a fenced commit of a transition that records why.
+pub(crate) async fn mark_failed<S: Store>(
+    ctx: &Context<S>,
+    id: &ExecutionId,
+    message: &str,
+) -> Result<(), Error> {
+    let Some(record) = ctx.store.activate(id).await? else {
+        return Ok(());
+    };
+    let now = Utc::now();
+    let mut snapshot = record.snapshot;
+    if snapshot.status.is_terminal() {
+        return Ok(());
+    }
+    snapshot.seq += 1;
+    snapshot.status = Status::Failed;
+    snapshot.error = Some(ExecutionError {
+        node: snapshot.current.clone(),
+        message: message.to_owned(),
+    });
+    snapshot.wait = None;
+    snapshot.updated_at = now;
+    snapshot.finished_at = Some(now);
+    let journal = vec![JournalEntry {
+        seq: snapshot.seq,
+        at: now,
+        event: JournalEvent::Failed {
+            node: snapshot.current.clone(),
+            error: message.to_owned(),
+        },
+    }];
+    let transition = Transition {
+        snapshot,
+        journal,
+        effects: Vec::new(),
+    };
+    ctx.store
+        .commit(&[Commit {
+            execution_id: id,
+            epoch: record.lease_epoch,
+            transition: &transition,
+            fired_timer: None,
+            consumed_input: None,
+        }])
+        .await?;
+    Stats::add(&ctx.stats.failed, 1);
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The actor layer's error type.
+
+/// What went wrong while running executions.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] sojourn_persistence::Error),
+    #[error("workflow {0:?} not found")]
+    WorkflowNotFound(String),
+    #[error("workflow {workflow:?} version {version} is invalid: {message}")]
+    InvalidWorkflow {
+        workflow: String,
+        version: i32,
+        message: String,
+    },
+    #[error("invalid workflow: {0}")]
+    Validation(String),
+    #[error(transparent)]
+    Start(#[from] sojourn_runtime::Error),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("actor system: {0}")]
+    Actor(String),
+}

@@ -1,0 +1,230 @@
+//! The execution actor: one per active execution.
+//!
+//! Its loop: an input arrives → `step` (pure) → commit the transition
+//! (group commit, fenced by the lease epoch) → only then act on the effects
+//! (wake the outbox relay for dispatches, the timer service for timers).
+//! It never awaits a provider. When it waits with nothing in flight (a
+//! delay, an event, a pause, the end) it asks the supervisor to passivate
+//! it; a fenced write stops it at once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sojourn_persistence::{CommitResult, LeaseEpoch, Store};
+use sojourn_runtime::{CompiledWorkflow, Effect, ExecutionId, Input, Snapshot, Status, TimerId};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::engine::Context;
+use crate::stats::Stats;
+use crate::supervisor::SupervisorMsg;
+
+/// An input on its way to an execution, with where it came from (so the
+/// commit that applies it can consume its durable row).
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) input: Input,
+    pub(crate) fired_timer: Option<TimerId>,
+    pub(crate) inbox_id: Option<i64>,
+}
+
+/// The execution actor's messages.
+#[derive(Debug)]
+pub(crate) enum ExecutionMsg {
+    Deliver(Delivery),
+    /// Read the inbox (inputs recorded while the message may have been lost).
+    DrainInbox,
+    /// No input since `seq`: passivate if still so.
+    IdleCheck(u64),
+    /// Passivate now (sent by the supervisor, after any earlier input).
+    Stop,
+}
+
+pub(crate) struct ExecutionActor<S: Store> {
+    pub(crate) ctx: Arc<Context<S>>,
+}
+
+pub(crate) struct ExecutionState {
+    id: ExecutionId,
+    snapshot: Snapshot,
+    epoch: LeaseEpoch,
+    wf: Arc<CompiledWorkflow>,
+    applied_inbox: HashSet<i64>,
+    supervisor: ActorRef<SupervisorMsg>,
+    span: tracing::Span,
+    /// Set once the actor asked to passivate; further idle requests are moot.
+    asked_to_passivate: bool,
+}
+
+impl<S: Store> Actor for ExecutionActor<S> {
+    type Msg = ExecutionMsg;
+    type State = ExecutionState;
+    type Arguments = (ExecutionId, ActorRef<SupervisorMsg>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (id, supervisor): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let span = info_span!("execution", execution.id = %id);
+        let ctx = &self.ctx;
+        let record = async { ctx.store.activate(&id).await }
+            .instrument(span.clone())
+            .await?
+            .ok_or_else(|| format!("execution {id} does not exist"))?;
+        let wf = ctx
+            .workflows
+            .get(&*ctx.store, &record.workflow_id, record.version)
+            .await?;
+        Stats::add(&ctx.stats.activations, 1);
+        // Whatever was recorded for it while it slept.
+        let _ = myself.cast(ExecutionMsg::DrainInbox);
+        Ok(ExecutionState {
+            id,
+            snapshot: record.snapshot,
+            epoch: record.lease_epoch,
+            wf,
+            applied_inbox: HashSet::new(),
+            supervisor,
+            span,
+            asked_to_passivate: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = state.span.clone();
+        async {
+            match message {
+                ExecutionMsg::Deliver(d) => {
+                    if !self.apply(&myself, state, d).await? {
+                        return Ok(());
+                    }
+                }
+                ExecutionMsg::DrainInbox => {
+                    for item in self.ctx.store.pending_inputs(&state.id).await? {
+                        let d = Delivery {
+                            input: item.input,
+                            fired_timer: None,
+                            inbox_id: Some(item.id),
+                        };
+                        if !self.apply(&myself, state, d).await? {
+                            return Ok(());
+                        }
+                    }
+                }
+                ExecutionMsg::IdleCheck(seq) => {
+                    if seq == state.snapshot.seq && !state.asked_to_passivate {
+                        debug!("idle: passivating");
+                        state.asked_to_passivate = true;
+                        let _ = state.supervisor.cast(SupervisorMsg::Idle(state.id.clone()));
+                    }
+                    return Ok(());
+                }
+                ExecutionMsg::Stop => {
+                    Stats::add(&self.ctx.stats.passivations, 1);
+                    myself.stop(None);
+                    return Ok(());
+                }
+            }
+            self.after_input(&myself, state);
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl<S: Store> ExecutionActor<S> {
+    /// Steps, commits and acts. `Ok(false)`: the actor lost its lease and
+    /// is stopping.
+    async fn apply(
+        &self,
+        myself: &ActorRef<ExecutionMsg>,
+        state: &mut ExecutionState,
+        d: Delivery,
+    ) -> Result<bool, ActorProcessingErr> {
+        if let Some(inbox) = d.inbox_id
+            && !state.applied_inbox.insert(inbox)
+        {
+            return Ok(true);
+        }
+        let now = Utc::now();
+        let kind = d.input.kind();
+        let transition = match state.wf.step(&state.snapshot, d.input, now) {
+            Ok(t) => t,
+            Err(e) => {
+                // Refused (e.g. a duplicate start): nothing changes; a
+                // durable copy is discarded so it is not retried forever.
+                debug!(input = kind, error = %e, "input refused");
+                if let Some(inbox) = d.inbox_id {
+                    self.ctx.store.discard_input(inbox).await?;
+                }
+                return Ok(true);
+            }
+        };
+        let (transition, result) = self
+            .ctx
+            .committer
+            .commit(
+                state.id.clone(),
+                state.epoch,
+                transition,
+                d.fired_timer,
+                d.inbox_id,
+            )
+            .await;
+        match (transition, result) {
+            (Some(t), Ok(CommitResult::Committed)) => {
+                let mut wake_outbox = false;
+                for effect in &t.effects {
+                    match effect {
+                        Effect::Dispatch(_) => wake_outbox = true,
+                        Effect::ScheduleTimer { at, .. } => self.ctx.timer_wake.hint(*at),
+                        Effect::Complete { .. } | Effect::Cancel { .. } => {
+                            Stats::add(&self.ctx.stats.completed, 1)
+                        }
+                        Effect::Fail { .. } => Stats::add(&self.ctx.stats.failed, 1),
+                        _ => {}
+                    }
+                }
+                if wake_outbox {
+                    self.ctx.outbox_wake.notify_one();
+                }
+                state.snapshot = t.snapshot;
+                state.asked_to_passivate = false;
+                Ok(true)
+            }
+            (_, Ok(CommitResult::Fenced)) => {
+                warn!("lease lost (fenced write): stopping at once");
+                myself.stop(Some("fenced".into()));
+                Ok(false)
+            }
+            (None, Ok(CommitResult::Committed)) => {
+                Err("the committer lost a committed transition".into())
+            }
+            (_, Err(e)) => Err(format!("commit failed: {e}").into()),
+        }
+    }
+
+    /// After an input: passivate if nothing is in flight, else arm the idle
+    /// timeout.
+    fn after_input(&self, myself: &ActorRef<ExecutionMsg>, state: &mut ExecutionState) {
+        let s = state.snapshot.status;
+        let quiet = matches!(s, Status::Waiting | Status::Paused) || s.is_terminal();
+        if quiet && !state.asked_to_passivate {
+            state.asked_to_passivate = true;
+            let _ = state.supervisor.cast(SupervisorMsg::Idle(state.id.clone()));
+        } else if !quiet {
+            let seq = state.snapshot.seq;
+            let idle: Duration = self.ctx.config.idle_timeout;
+            myself.send_after(idle, move || ExecutionMsg::IdleCheck(seq));
+        }
+    }
+}

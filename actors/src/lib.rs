@@ -1,0 +1,40 @@
+//! # sojourn-actors
+//!
+//! The live half of Sojourn: one supervised ractor actor per *active*
+//! execution, and the services around them.
+//!
+//! - [`Engine`]: wires everything and is what the binary (and tests) use:
+//!   deploy a workflow, start executions, send events, shut down.
+//! - `execution`: the execution actor. Its loop: receive an input →
+//!   [`sojourn_runtime::CompiledWorkflow::step`] → commit the transition →
+//!   only then act on its effects. It never awaits a provider.
+//! - `supervisor`: spawns, routes to, passivates and restarts execution
+//!   actors; a panicking execution is restarted from its last snapshot with
+//!   backoff and, if it keeps panicking, marked failed.
+//! - `committer`: group commit — transitions of many executions share one
+//!   database transaction, each fenced by its own lease epoch.
+//! - `timers`: claims durable timers a little ahead of their due time and
+//!   fires them, with bounded, rate-limited catch-up.
+//! - `outbox`: hands committed actions to workers (`providers`), which
+//!   record each attempt before sending and its result after.
+//!
+//! Every input reaches an execution durably: timers are rows, action
+//! results and events go through the execution's inbox, so a message lost
+//! with a stopping actor is found again on its next activation.
+
+mod committer;
+mod config;
+mod engine;
+mod error;
+mod execution;
+mod outbox;
+pub mod providers;
+mod stats;
+mod supervisor;
+mod timers;
+mod workflows;
+
+pub use config::Config;
+pub use engine::{Engine, StartRequest};
+pub use error::Error;
+pub use stats::{Stats, StatsSnapshot};

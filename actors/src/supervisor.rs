@@ -1,0 +1,302 @@
+//! The supervisor: the one place that knows which executions have a live
+//! actor on this node. Every input goes through it, so it can spawn an
+//! actor on demand (rehydrating it from its snapshot), buffer inputs while
+//! an actor passivates, and restart one that panicked.
+//!
+//! Passivation is a handshake: the actor says it is idle, the supervisor
+//! marks it stopping and sends `Stop` *after* any input it already
+//! forwarded (mailboxes are FIFO), buffers what arrives meanwhile, and
+//! respawns the execution if anything was buffered once the actor is gone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorRuntime, RpcReplyPort,
+    SupervisionEvent,
+};
+use sojourn_persistence::Store;
+use sojourn_runtime::ExecutionId;
+use tracing::{error, warn};
+
+use crate::engine::Context;
+use crate::execution::{Delivery, ExecutionActor, ExecutionMsg};
+use crate::stats::Stats;
+
+#[derive(Debug)]
+pub(crate) enum SupervisorMsg {
+    /// An input for an execution.
+    Deliver(ExecutionId, Delivery),
+    /// Make sure the execution is active (it has inbox rows).
+    Activate(ExecutionId),
+    /// The actor has nothing in flight and may passivate.
+    Idle(ExecutionId),
+    /// An actor failed to start (its store was unreachable, or it is gone).
+    StartFailed(ExecutionId, ActorId, String),
+    /// How many actors are live.
+    Count(RpcReplyPort<usize>),
+    /// Passivate everything; reply when no actor is left.
+    Drain(RpcReplyPort<()>),
+}
+
+enum Entry {
+    Active(ActorRef<ExecutionMsg>),
+    /// Passivating; inputs wait here until it is gone.
+    Stopping(Vec<Delivery>),
+}
+
+pub(crate) struct Supervisor<S: Store> {
+    pub(crate) ctx: Arc<Context<S>>,
+}
+
+pub(crate) struct SupervisorState {
+    entries: HashMap<ExecutionId, Entry>,
+    by_actor: HashMap<ActorId, ExecutionId>,
+    /// Panics per execution, for backoff and giving up.
+    panics: HashMap<ExecutionId, u32>,
+    draining: Vec<RpcReplyPort<()>>,
+}
+
+impl<S: Store> Supervisor<S> {
+    fn spawn(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        id: &ExecutionId,
+    ) -> Option<ActorRef<ExecutionMsg>> {
+        let actor = ExecutionActor {
+            ctx: self.ctx.clone(),
+        };
+        match ActorRuntime::spawn_linked_instant(
+            None,
+            actor,
+            (id.clone(), myself.clone()),
+            myself.get_cell(),
+        ) {
+            Ok((actor, started)) => {
+                let actor_id = actor.get_id();
+                state.by_actor.insert(actor_id, id.clone());
+                state
+                    .entries
+                    .insert(id.clone(), Entry::Active(actor.clone()));
+                // A failed start produces no supervision event: watch it.
+                let sup = myself.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let failed = match started.await {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(e) = failed {
+                        let _ = sup.cast(SupervisorMsg::StartFailed(id, actor_id, e));
+                    }
+                });
+                Some(actor)
+            }
+            Err(e) => {
+                error!(execution.id = %id, error = %e, "cannot spawn an execution actor");
+                None
+            }
+        }
+    }
+
+    fn deliver(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        id: ExecutionId,
+        d: Option<Delivery>,
+    ) {
+        match state.entries.get_mut(&id) {
+            Some(Entry::Active(actor)) => {
+                if let Some(d) = d {
+                    let _ = actor.cast(ExecutionMsg::Deliver(d));
+                }
+            }
+            Some(Entry::Stopping(buffer)) => {
+                // Even without an input (an activation request), make sure it
+                // comes back: an empty delivery list would let it stop.
+                buffer.push(d.unwrap_or(Delivery {
+                    input: sojourn_runtime::Input::Resume,
+                    fired_timer: None,
+                    inbox_id: Some(-1),
+                }));
+            }
+            None => {
+                if let Some(actor) = self.spawn(myself, state, &id)
+                    && let Some(d) = d
+                {
+                    let _ = actor.cast(ExecutionMsg::Deliver(d));
+                }
+            }
+        }
+    }
+
+    fn forget(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        actor: &ActorId,
+    ) {
+        let Some(id) = state.by_actor.remove(actor) else {
+            return;
+        };
+        match state.entries.remove(&id) {
+            Some(Entry::Stopping(buffer)) if !buffer.is_empty() && state.draining.is_empty() => {
+                // Inputs arrived while it passivated: bring it back.
+                if let Some(actor) = self.spawn(myself, state, &id) {
+                    for d in buffer.into_iter().filter(|d| d.inbox_id != Some(-1)) {
+                        let _ = actor.cast(ExecutionMsg::Deliver(d));
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.check_drained(state);
+    }
+
+    fn check_drained(&self, state: &mut SupervisorState) {
+        if state.entries.is_empty() {
+            for reply in state.draining.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+impl<S: Store> Actor for Supervisor<S> {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SupervisorState {
+            entries: HashMap::new(),
+            by_actor: HashMap::new(),
+            panics: HashMap::new(),
+            draining: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Deliver(id, d) => {
+                if state.draining.is_empty() {
+                    self.deliver(&myself, state, id, Some(d));
+                }
+                // While draining, inputs stay durable (inbox rows, timer
+                // rows, outbox) and are picked up by the next node start.
+            }
+            SupervisorMsg::Activate(id) => {
+                if state.draining.is_empty() {
+                    match state.entries.get(&id) {
+                        Some(Entry::Active(actor)) => {
+                            let _ = actor.cast(ExecutionMsg::DrainInbox);
+                        }
+                        _ => self.deliver(&myself, state, id, None),
+                    }
+                }
+            }
+            SupervisorMsg::Idle(id) => {
+                if let Some(entry) = state.entries.get_mut(&id)
+                    && let Entry::Active(actor) = entry
+                {
+                    let _ = actor.cast(ExecutionMsg::Stop);
+                    *entry = Entry::Stopping(Vec::new());
+                }
+            }
+            SupervisorMsg::StartFailed(id, actor, e) => {
+                warn!(execution.id = %id, error = %e, "execution actor failed to start");
+                state.by_actor.remove(&actor);
+                if matches!(state.entries.get(&id), Some(Entry::Active(a)) if a.get_id() == actor) {
+                    state.entries.remove(&id);
+                }
+                self.check_drained(state);
+            }
+            SupervisorMsg::Count(reply) => {
+                let _ = reply.send(state.entries.len());
+            }
+            SupervisorMsg::Drain(reply) => {
+                state.draining.push(reply);
+                for entry in state.entries.values_mut() {
+                    if let Entry::Active(actor) = entry {
+                        let _ = actor.cast(ExecutionMsg::Stop);
+                        *entry = Entry::Stopping(Vec::new());
+                    }
+                }
+                self.check_drained(state);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A supervisor that stopped when a child stops (ractor's default)
+        // would take every execution down with one passivation.
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                self.forget(&myself, state, &cell.get_id())
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                self.on_panic(&myself, state, &cell, err.to_string()).await
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> Supervisor<S> {
+    /// A panicking execution restarts from its last committed snapshot with
+    /// exponential backoff; one that keeps panicking is marked failed.
+    async fn on_panic(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        cell: &ActorCell,
+        err: String,
+    ) {
+        let Some(id) = state.by_actor.remove(&cell.get_id()) else {
+            return;
+        };
+        state.entries.remove(&id);
+        let count = state.panics.entry(id.clone()).or_insert(0);
+        *count += 1;
+        let count = *count;
+        if count > self.ctx.config.max_restarts {
+            error!(execution.id = %id, panics = count, error = %err, "execution keeps failing: marking it failed");
+            state.panics.remove(&id);
+            if let Err(e) = crate::engine::mark_failed(
+                &self.ctx,
+                &id,
+                &format!("the execution actor kept failing: {err}"),
+            )
+            .await
+            {
+                error!(execution.id = %id, error = %e, "could not mark the execution failed");
+            }
+        } else {
+            Stats::add(&self.ctx.stats.restarts, 1);
+            let backoff = Duration::from_millis(100 * (1 << count.min(6)));
+            warn!(execution.id = %id, panics = count, error = %err, ?backoff, "execution actor failed: restarting from its snapshot");
+            myself.send_after(backoff, move || SupervisorMsg::Activate(id));
+        }
+        self.check_drained(state);
+    }
+}

@@ -1,0 +1,140 @@
+//! The timer service: durable timers are rows; this service claims the ones
+//! due soon (a little ahead of time, `FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL), holds them in memory until due and fires them into the
+//! supervisor. After downtime the backlog fires in due order at a bounded
+//! rate. A claim that is never fired (this node died) expires and another
+//! node takes the timer: timers outlive any process.
+//!
+//! The shape is mini-redis's purge task: sleep until the next deadline or a
+//! wake-up, whichever comes first.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::ActorRef;
+use sojourn_persistence::Store;
+use sojourn_runtime::{ExecutionId, Input, TimerId};
+use tokio::sync::Notify;
+use tracing::warn;
+
+use crate::config::Config;
+use crate::execution::Delivery;
+use crate::stats::Stats;
+use crate::supervisor::SupervisorMsg;
+
+/// Wakes the timer service when a timer is set that falls due soon.
+#[derive(Debug)]
+pub(crate) struct TimerWake {
+    notify: Notify,
+    lookahead: chrono::Duration,
+}
+
+impl TimerWake {
+    pub(crate) fn new(config: &Config) -> TimerWake {
+        TimerWake {
+            notify: Notify::new(),
+            lookahead: chrono::Duration::from_std(config.timer_lookahead)
+                .unwrap_or(chrono::Duration::seconds(2)),
+        }
+    }
+
+    /// A timer was committed for `at`.
+    pub(crate) fn hint(&self, at: DateTime<Utc>) {
+        if at - Utc::now() <= self.lookahead {
+            self.notify.notify_one();
+        }
+    }
+}
+
+pub(crate) async fn run<S: Store>(
+    store: Arc<S>,
+    config: Config,
+    wake: Arc<TimerWake>,
+    supervisor: ActorRef<SupervisorMsg>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+) {
+    let to_chrono =
+        |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(1));
+    let lookahead = to_chrono(config.timer_lookahead);
+    let claim_ttl = to_chrono(config.timer_claim_ttl);
+    let mut held: BinaryHeap<Reverse<(DateTime<Utc>, ExecutionId, TimerId)>> = BinaryHeap::new();
+    // Fire budget: at most `rate` per second, refilled continuously.
+    let rate = f64::from(config.timer_fire_rate.max(1));
+    let mut budget = rate;
+    let mut last_refill = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Utc::now();
+        // Claim more only when the held backlog is small: a node back from a
+        // day of downtime takes the backlog a batch at a time.
+        if held.len() < config.timer_batch as usize {
+            match store
+                .claim_due_timers(
+                    &config.node_id,
+                    now + lookahead,
+                    now,
+                    now + claim_ttl,
+                    config.timer_batch,
+                )
+                .await
+            {
+                Ok(timers) => {
+                    for t in timers {
+                        held.push(Reverse((t.due_at, t.execution_id, t.timer_id)));
+                    }
+                }
+                Err(e) => warn!(error = %e, "claiming timers failed; retrying"),
+            }
+        }
+        let elapsed = last_refill.elapsed().as_secs_f64();
+        last_refill = std::time::Instant::now();
+        budget = (budget + elapsed * rate).min(rate);
+        let now = Utc::now();
+        while budget >= 1.0 {
+            let Some(Reverse((due, _, _))) = held.peek() else {
+                break;
+            };
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, execution, timer))) = held.pop() else {
+                break;
+            };
+            budget -= 1.0;
+            stats.record_lateness((now - due).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            Stats::add(&stats.timers_fired, 1);
+            let delivery = Delivery {
+                input: Input::TimerFired {
+                    timer: timer.clone(),
+                },
+                fired_timer: Some(timer),
+                inbox_id: None,
+            };
+            let _ = supervisor.cast(SupervisorMsg::Deliver(execution, delivery));
+        }
+        // Sleep until the next held timer, the next poll, or a wake-up.
+        let poll = config.timer_poll;
+        let until_next = held
+            .peek()
+            .map(|Reverse((due, _, _))| (*due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(poll)
+            .min(poll);
+        let until_next = if budget < 1.0 {
+            until_next.max(Duration::from_secs_f64(1.0 / rate))
+        } else {
+            until_next
+        };
+        if !until_next.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(until_next) => {}
+                _ = wake.notify.notified() => {}
+            }
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}

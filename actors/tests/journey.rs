@@ -1,0 +1,308 @@
+//! End-to-end on one node, against both stores: a journey with action →
+//! delay → condition → action runs to the end through real actors, a real
+//! HTTP sink and a real database; it passivates while it sleeps and
+//! survives a restart of the engine in the middle.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::json;
+use sojourn_actors::{Config, Engine, StartRequest};
+use sojourn_persistence::{PgStore, SqliteStore, Store};
+use sojourn_runtime::{ExecutionId, Status, Workflow};
+
+/// A local HTTP sink that records every request's idempotency key and path.
+#[derive(Clone, Default)]
+struct Sink {
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    /// Answer 503 to the first N requests.
+    fail_first: Arc<Mutex<u32>>,
+}
+
+async fn record(
+    State(sink): State<Sink>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> (StatusCode, String) {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    sink.seen
+        .lock()
+        .expect("lock")
+        .push((uri.path().to_owned(), key));
+    let mut fail = sink.fail_first.lock().expect("lock");
+    if *fail > 0 {
+        *fail -= 1;
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy".into());
+    }
+    (StatusCode::OK, json!({"ok": true}).to_string())
+}
+
+async fn sink() -> (Sink, String) {
+    let sink = Sink::default();
+    let app = Router::new()
+        .route("/{*path}", post(record))
+        .with_state(sink.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (sink, format!("http://{addr}"))
+}
+
+fn journey(base: &str) -> Workflow {
+    Workflow::from_value(json!({
+        "key": "reference",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "first", "type": "action", "config": {"action": "http.request",
+                "inputs": {"url": format!("{base}/first"), "body": {"$expr": "input"}},
+                "retry": {"max_attempts": 3, "initial_backoff": "100ms", "max_backoff": "200ms"}}},
+            {"id": "nap", "type": "delay", "config": {"duration": "1s"}},
+            {"id": "check", "type": "condition", "config": {"expression": "nodes.first.output.status == 200"}},
+            {"id": "second", "type": "action", "config": {"action": "http.request",
+                "inputs": {"url": format!("{base}/second")}}},
+            {"id": "done", "type": "exit", "config": {"outcome": "done"}},
+            {"id": "odd", "type": "exit", "config": {"outcome": "odd"}},
+        ],
+        "edges": [
+            {"from": "start", "to": "first"},
+            {"from": "first", "to": "nap", "branch": "success"},
+            {"from": "nap", "to": "check"},
+            {"from": "check", "to": "second", "branch": "true"},
+            {"from": "check", "to": "odd", "branch": "false"},
+            {"from": "second", "to": "done", "branch": "success"},
+        ]
+    }))
+    .expect("workflow")
+}
+
+fn config() -> Config {
+    Config {
+        timer_poll: Duration::from_millis(100),
+        outbox_poll: Duration::from_millis(100),
+        recovery_poll: Duration::from_millis(500),
+        ..Config::default()
+    }
+}
+
+async fn wait_for<S: Store>(
+    engine: &Engine<S>,
+    id: &ExecutionId,
+    status: Status,
+) -> sojourn_persistence::ExecutionRecord {
+    for _ in 0..300 {
+        if let Some(rec) = engine.execution(id).await.expect("load")
+            && rec.status == status
+        {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rec = engine.execution(id).await.expect("load");
+    panic!("execution {id} did not reach {status}: {rec:#?}");
+}
+
+async fn wait_for_node<S: Store>(
+    engine: &Engine<S>,
+    id: &ExecutionId,
+    node: &str,
+) -> sojourn_persistence::ExecutionRecord {
+    for _ in 0..300 {
+        if let Some(rec) = engine.execution(id).await.expect("load")
+            && rec.snapshot.current.as_ref().map(|n| n.as_str()) == Some(node)
+        {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("execution {id} never reached node {node}");
+}
+
+async fn runs_to_the_end_and_passivates<S: Store + Clone>(store: S) {
+    let (sink, base) = sink().await;
+    *sink.fail_first.lock().expect("lock") = 1;
+    let engine = Engine::start(store.clone(), config())
+        .await
+        .expect("engine");
+    let (wf_id, version) = engine.deploy(&journey(&base)).await.expect("deploy");
+    assert_eq!(version, 1);
+    let created = engine
+        .start_execution(StartRequest {
+            workflow: "reference".into(),
+            input: json!({"user": "ada"}),
+            idempotency_key: Some("signup-1".into()),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("start");
+    let id = created.id().clone();
+    // The same idempotency key gives the same execution.
+    let again = engine
+        .start_execution(StartRequest {
+            workflow: wf_id,
+            idempotency_key: Some("signup-1".into()),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("start");
+    assert_eq!(again.id(), &id);
+
+    // Asleep on the delay: no actor holds it.
+    let rec = wait_for_node(&engine, &id, "nap").await;
+    assert_eq!(rec.status, Status::Waiting);
+    for _ in 0..100 {
+        if engine.active_actors().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        engine.active_actors().await,
+        0,
+        "a sleeping execution holds no actor"
+    );
+
+    let rec = wait_for(&engine, &id, Status::Completed).await;
+    assert_eq!(rec.snapshot.outcome.as_deref(), Some("done"));
+    let seen = sink.seen.lock().expect("lock").clone();
+    let expected = [
+        ("/first".to_owned(), format!("{id}/first/1")),
+        ("/first".to_owned(), format!("{id}/first/2")),
+        ("/second".to_owned(), format!("{id}/second/1")),
+    ];
+    assert_eq!(seen, expected, "each attempt carries its own stable key");
+
+    // The journal shows every step.
+    let journal = engine.store().journal(&id, 0, 1000).await.expect("journal");
+    let entered: Vec<String> = journal
+        .iter()
+        .filter_map(|j| match &j.entry.event {
+            sojourn_runtime::JournalEvent::NodeEntered { node, .. } => Some(node.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        entered,
+        ["start", "first", "nap", "check", "second", "done"]
+    );
+    let nodes = engine.store().node_executions(&id).await.expect("nodes");
+    let summary: Vec<(&str, i32, &str, i32)> = nodes
+        .iter()
+        .map(|n| (n.node_id.as_str(), n.attempt, n.status.as_str(), n.sends))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("first", 1, "failed", 1),
+            ("first", 2, "succeeded", 1),
+            ("second", 1, "succeeded", 1)
+        ]
+    );
+    let stats = engine.stats().snapshot();
+    assert!(
+        stats.transactions >= 1 && stats.transitions >= 6,
+        "{stats:?}"
+    );
+    engine.shutdown().await;
+}
+
+async fn survives_a_restart_in_the_middle<S: Store + Clone>(store: S) {
+    let (sink, base) = sink().await;
+    let mut wf = journey(&base);
+    // A longer nap, so the engine stops while the execution sleeps.
+    if let Some(node) = wf.nodes.iter_mut().find(|n| n.id.as_str() == "nap") {
+        node.kind = sojourn_runtime::NodeKind::Delay(sojourn_runtime::nodes::DelayConfig {
+            duration: Some("2s".into()),
+            ..Default::default()
+        });
+    }
+    let engine = Engine::start(store.clone(), config())
+        .await
+        .expect("engine");
+    engine.deploy(&wf).await.expect("deploy");
+    let id = engine
+        .start_execution(StartRequest {
+            workflow: "reference".into(),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("start")
+        .id()
+        .clone();
+    wait_for_node(&engine, &id, "nap").await;
+    engine.shutdown().await;
+    assert_eq!(sink.seen.lock().expect("lock").len(), 1);
+
+    // A new engine on the same database carries on from the snapshot.
+    let engine = Engine::start(store, config()).await.expect("engine");
+    let rec = wait_for(&engine, &id, Status::Completed).await;
+    assert_eq!(rec.snapshot.outcome.as_deref(), Some("done"));
+    let keys: Vec<String> = sink
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, k)| k.clone())
+        .collect();
+    assert_eq!(keys, [format!("{id}/first/1"), format!("{id}/second/1")]);
+    engine.shutdown().await;
+}
+
+// ---- stores -------------------------------------------------------------------
+
+async fn pg_store() -> (PgStore, String) {
+    let url = std::env::var("SOJOURN_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let schema = format!("sojourn_test_{}", uuid::Uuid::now_v7().simple());
+    let store = PgStore::connect_creating_schema(&url, &schema, 8)
+        .await
+        .expect("connect");
+    (store, schema)
+}
+
+async fn sqlite_store() -> (SqliteStore, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "sojourn-actors-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    (SqliteStore::open(&path).await.expect("open"), path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_journey_runs_to_the_end_and_passivates() {
+    let (store, schema) = pg_store().await;
+    runs_to_the_end_and_passivates(store.clone()).await;
+    store.drop_schema(&schema).await.expect("drop schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_journey_runs_to_the_end_and_passivates() {
+    let (store, path) = sqlite_store().await;
+    runs_to_the_end_and_passivates(store).await;
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_journey_survives_a_restart() {
+    let (store, schema) = pg_store().await;
+    survives_a_restart_in_the_middle(store.clone()).await;
+    store.drop_schema(&schema).await.expect("drop schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_journey_survives_a_restart() {
+    let (store, path) = sqlite_store().await;
+    survives_a_restart_in_the_middle(store).await;
+    let _ = std::fs::remove_file(path);
+}
