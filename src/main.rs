@@ -1,6 +1,6 @@
-//! `sojourn`: the binary. Offline commands for now — `schema`, `validate`,
-//! `simulate` — on top of the runtime crate; the server commands (`dev`,
-//! `serve`, …) arrive with the durable core.
+//! `sojourn`: the binary. Node commands (`dev`, `serve`, `migrate`, `run`,
+//! `bench`) wire the persistence and actor crates; offline commands
+//! (`schema`, `validate`, `simulate`) use the runtime alone.
 //!
 //! Exit codes (the interface contract): 0 success, 1 runtime failure,
 //! 2 bad usage or invalid input.
@@ -13,6 +13,9 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use sojourn_runtime::simulate::{Limits, Script, new_simulated_execution, simulate};
 use sojourn_runtime::{CompiledWorkflow, Registry, Workflow};
+
+mod bench;
+mod node;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +30,53 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node on the embedded SQLite store (no other service needed).
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where the embedded store lives.
+        #[arg(long, default_value = "./sojourn-data")]
+        data: PathBuf,
+    },
+    /// Run a cluster node on PostgreSQL.
+    Serve {
+        #[arg(long, env = "SOJOURN_LISTEN")]
+        listen: Option<String>,
+        /// A TOML file: database_url, node_id, listen, redis_url, kafka_brokers.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        store: node::StoreArgs,
+    },
+    /// Load a workflow, start executions of it, and run a node until they
+    /// have all finished (prints the journal of a single execution).
+    Run {
+        /// The workflow JSON file (it needs a `key`).
+        file: PathBuf,
+        /// The input (a JSON object); defaults to `{}`.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// How many executions to start.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Idempotency key prefix: execution i gets `KEY-i`, so running the
+        /// same command again resumes instead of starting new ones.
+        #[arg(long)]
+        key: Option<String>,
+        /// The subject of the executions.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Give up (exit 1) after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[command(flatten)]
+        store: node::StoreArgs,
+    },
+    /// Benchmark the reference journey on an in-process node.
+    Bench(bench::BenchArgs),
     /// Print the JSON Schema of a workflow document.
     Schema,
     /// Check a workflow document; print every problem, one a line.
@@ -43,7 +93,7 @@ enum Command {
 
 /// A failure with the exit code it deserves.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// Bad usage or invalid input: exit 2.
     Invalid(String),
     /// Anything else: exit 1.
@@ -66,6 +116,19 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Dev { listen, data } => block_on(dev(listen, data)),
+        Command::Serve { listen, config } => block_on(serve(listen, config)),
+        Command::Migrate { store } => block_on(migrate(store)),
+        Command::Run {
+            file,
+            input,
+            count,
+            key,
+            subject,
+            timeout,
+            store,
+        } => block_on(run(file, input, count, key, subject, timeout, store)),
+        Command::Bench(args) => block_on(bench::run(args)),
         Command::Schema => schema(),
         Command::Validate { file, json } => validate(&file, json),
         Command::Simulate(args) => run_simulation(args),
@@ -80,6 +143,127 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = Result<(), Failure>>>(f: F) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(f)
+}
+
+async fn dev(listen: String, data: PathBuf) -> Result<(), Failure> {
+    node::check_listen(&listen)?;
+    let path = node::open_sqlite_path(&data)?;
+    let store = sojourn_persistence::SqliteStore::open(&path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    eprintln!("embedded store: {}", path.display());
+    let config = sojourn_actors::Config {
+        node_id: "dev".into(),
+        ..sojourn_actors::Config::default()
+    };
+    node::serve_node(store, config, &listen).await
+}
+
+async fn serve(listen: Option<String>, config: Option<PathBuf>) -> Result<(), Failure> {
+    let file = node::FileConfig::load(config.as_deref())?;
+    let listen = listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    node::check_listen(&listen)?;
+    let url = std::env::var("SOJOURN_DATABASE_URL")
+        .ok()
+        .or(file.database_url)
+        .ok_or_else(|| {
+            Failure::Invalid(
+                "SOJOURN_DATABASE_URL (or database_url in --config) is required".into(),
+            )
+        })?;
+    let node_id = std::env::var("SOJOURN_NODE_ID")
+        .ok()
+        .or(file.node_id)
+        .unwrap_or_else(node::default_node_id);
+    for (name, value) in [
+        ("redis_url", &file.redis_url),
+        ("kafka_brokers", &file.kafka_brokers),
+    ] {
+        if value.is_some() {
+            eprintln!("note: {name} is set but not used yet: this node runs alone on PostgreSQL");
+        }
+    }
+    let store = sojourn_persistence::PgStore::connect(&url, None, 16)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let config = sojourn_actors::Config {
+        node_id,
+        ..sojourn_actors::Config::default()
+    };
+    node::serve_node(store, config, &listen).await
+}
+
+async fn migrate(args: node::StoreArgs) -> Result<(), Failure> {
+    match node::open_store(&args).await? {
+        node::AnyStore::Pg(_) => eprintln!("PostgreSQL: migrations applied"),
+        node::AnyStore::Sqlite(_) => eprintln!(
+            "{}: migrations applied",
+            args.data.join("sojourn.db").display()
+        ),
+    }
+    Ok(())
+}
+
+async fn run(
+    file: PathBuf,
+    input: Option<PathBuf>,
+    count: usize,
+    key: Option<String>,
+    subject: Option<String>,
+    timeout: Option<u64>,
+    store: node::StoreArgs,
+) -> Result<(), Failure> {
+    let text = read(&file)?;
+    let workflow = Workflow::from_json(&text).map_err(|errors| {
+        Failure::Invalid(
+            errors
+                .iter()
+                .map(|e| format!("{}: {e}", file.display()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    let input = match &input {
+        Some(path) => serde_json::from_str(&read(path)?)
+            .map_err(|e| Failure::Invalid(format!("{}: not valid JSON: {e}", path.display())))?,
+        None => serde_json::json!({}),
+    };
+    if count == 0 {
+        return Err(Failure::Invalid("--count must be at least 1".into()));
+    }
+    let plan = node::RunPlan {
+        workflow,
+        input,
+        count,
+        key,
+        subject,
+        timeout: timeout.map(std::time::Duration::from_secs),
+    };
+    let config = sojourn_actors::Config {
+        node_id: "dev".into(),
+        ..sojourn_actors::Config::default()
+    };
+    let all_completed = match node::open_store(&store).await? {
+        node::AnyStore::Pg(s) => node::run_executions(s, config, plan).await?,
+        node::AnyStore::Sqlite(s) => node::run_executions(s, config, plan).await?,
+    };
+    if all_completed {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "not every execution completed"
+        )))
     }
 }
 

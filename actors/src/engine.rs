@@ -177,6 +177,12 @@ impl<S: Store> Engine<S> {
                 }
             }
         };
+        // Deploying the same document again publishes nothing new.
+        if let Some(latest) = store.get_version(&record.id, None).await?
+            && latest.definition == *workflow
+        {
+            return Ok((record.id, latest.version));
+        }
         let v = store.publish(&record.id, workflow, now).await?;
         Ok((record.id, v.version))
     }

@@ -1,0 +1,315 @@
+//! `sojourn bench`: the reference journey (`http.request` to a local sink →
+//! delay 1 s → condition → `http.request` → exit) on a node run in-process,
+//! with figures: executions/s started and completed, latency per journey
+//! excluding its delay, timer lateness, transactions per journey, peak RSS.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::post;
+use serde_json::json;
+use sojourn_actors::{Config, Engine, StartRequest};
+use sojourn_persistence::{PgStore, SqliteStore, Store};
+use sojourn_runtime::{ExecutionId, Workflow};
+
+use crate::Failure;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Journeys to run in the throughput phase.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) executions: usize,
+    /// Concurrent starters in the throughput phase.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) concurrency: usize,
+    /// Journeys run one at a time first, for unloaded latency.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) unloaded: usize,
+    /// PostgreSQL URL: the bench runs in a schema of its own, dropped after.
+    /// Without it, a SQLite file in a temporary directory.
+    #[arg(long, env = "SOJOURN_DATABASE_URL")]
+    pub(crate) database_url: Option<String>,
+}
+
+fn reference(base: &str) -> Result<Workflow, Failure> {
+    Workflow::from_value(json!({
+        "key": "bench-reference",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "first", "type": "action", "config": {"action": "http.request",
+                "inputs": {"url": format!("{base}/first"), "body": {"$expr": "input"}}}},
+            {"id": "nap", "type": "delay", "config": {"duration": "1s"}},
+            {"id": "check", "type": "condition", "config": {"expression": "nodes.first.output.status == 200"}},
+            {"id": "second", "type": "action", "config": {"action": "http.request", "inputs": {"url": format!("{base}/second")}}},
+            {"id": "done", "type": "exit"},
+            {"id": "odd", "type": "exit"},
+        ],
+        "edges": [
+            {"from": "start", "to": "first"},
+            {"from": "first", "to": "nap", "branch": "success"},
+            {"from": "nap", "to": "check"},
+            {"from": "check", "to": "second", "branch": "true"},
+            {"from": "check", "to": "odd", "branch": "false"},
+            {"from": "second", "to": "done", "branch": "success"},
+        ]
+    }))
+    .map_err(|e| Failure::Runtime(anyhow::anyhow!("reference workflow: {e:?}")))
+}
+
+pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let app = Router::new().route(
+        "/{*path}",
+        post(move || {
+            let c = counter.clone();
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                "{\"ok\":true}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the sink")?;
+    let base = format!("http://{}", listener.local_addr().context("sink address")?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let workflow = reference(&base)?;
+    match &args.database_url {
+        Some(url) => {
+            let schema = format!("sojourn_bench_{}", std::process::id());
+            let store = PgStore::connect_creating_schema(url, &schema, 16)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let result = bench(store.clone(), &workflow, &args, &hits, "PostgreSQL").await;
+            let _ = store.drop_schema(&schema).await;
+            result
+        }
+        None => {
+            let dir = std::env::temp_dir().join(format!("sojourn-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).context("temp dir")?;
+            let store = SqliteStore::open(&dir.join("bench.db"))
+                .await
+                .context("opening SQLite")?;
+            let result = bench(store, &workflow, &args, &hits, "SQLite").await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn wait_completed<S: Store>(
+    engine: &Engine<S>,
+    target: u64,
+    limit: Duration,
+) -> Result<(), Failure> {
+    let start = Instant::now();
+    while engine.stats().snapshot().completed < target {
+        if start.elapsed() > limit {
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "only {} of {target} journeys completed within {limit:?}",
+                engine.stats().snapshot().completed
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Latency per journey excluding its 1 s delay, in ms, from the stored
+/// snapshots' own timestamps.
+async fn latencies<S: Store>(engine: &Engine<S>, ids: &[ExecutionId]) -> Result<Vec<f64>, Failure> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(rec) = engine.execution(id).await.context("reading an execution")?
+            && let Some(finished) = rec.snapshot.finished_at
+        {
+            let ms = (finished - rec.snapshot.created_at)
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1000.0
+                - 1000.0;
+            out.push(ms);
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+async fn bench<S: Store + Clone>(
+    store: S,
+    workflow: &Workflow,
+    args: &BenchArgs,
+    hits: &AtomicU64,
+    backend: &str,
+) -> Result<(), Failure> {
+    let config = Config {
+        node_id: format!("bench-{}", std::process::id()),
+        timer_poll: Duration::from_millis(100),
+        outbox_poll: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let engine = Arc::new(
+        Engine::start(store, config)
+            .await
+            .context("starting the engine")?,
+    );
+    engine
+        .deploy(workflow)
+        .await
+        .context("deploying the reference journey")?;
+    let request = |i: usize| StartRequest {
+        workflow: "bench-reference".into(),
+        input: json!({"n": i}),
+        ..StartRequest::default()
+    };
+    let idle_rss = peak_rss_mib();
+    println!("sojourn bench — reference journey on {backend}, one node in-process");
+
+    // Unloaded: one journey at a time.
+    let mut unloaded_ids = Vec::new();
+    for i in 0..args.unloaded {
+        let before = engine.stats().snapshot().completed;
+        let id = engine
+            .start_execution(request(i))
+            .await
+            .context("start")?
+            .id()
+            .clone();
+        wait_completed(&engine, before + 1, Duration::from_secs(30)).await?;
+        unloaded_ids.push(id);
+    }
+    let unloaded = latencies(&engine, &unloaded_ids).await?;
+    if !unloaded.is_empty() {
+        println!(
+            "unloaded latency (excl. the 1 s delay), {} journeys: p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms",
+            unloaded.len(),
+            percentile(&unloaded, 0.50),
+            percentile(&unloaded, 0.95),
+            percentile(&unloaded, 0.99)
+        );
+    }
+
+    // Throughput: N journeys started by `concurrency` starters.
+    let before = engine.stats().snapshot();
+    let base_completed = before.completed;
+    let started_at = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut starters = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (engine, next) = (engine.clone(), next.clone());
+        let n = args.executions as u64;
+        starters.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let req = StartRequest {
+                    workflow: "bench-reference".into(),
+                    input: json!({"n": i}),
+                    ..StartRequest::default()
+                };
+                match engine.start_execution(req).await {
+                    Ok(c) => ids.push(c.id().clone()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(ids)
+        }));
+    }
+    let mut ids = Vec::with_capacity(args.executions);
+    for s in starters {
+        ids.extend(
+            s.await
+                .map_err(|e| Failure::Runtime(e.into()))?
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?,
+        );
+    }
+    let start_secs = started_at.elapsed().as_secs_f64();
+    wait_completed(
+        &engine,
+        base_completed + args.executions as u64,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let total_secs = started_at.elapsed().as_secs_f64();
+    let after = engine.stats().snapshot();
+    let loaded = latencies(&engine, &ids).await?;
+    let mut lateness = engine.stats().lateness_samples();
+    lateness.sort_by(f64::total_cmp);
+    let n = args.executions as f64;
+    println!(
+        "throughput, {} journeys, {} concurrent starters:",
+        args.executions, args.concurrency
+    );
+    println!(
+        "  started   {:.0} executions/s ({start_secs:.2} s to start all)",
+        n / start_secs
+    );
+    println!(
+        "  completed {:.0} journeys/s (first start to last completion {total_secs:.2} s, incl. the 1 s delay)",
+        n / total_secs
+    );
+    println!(
+        "  latency excl. delay: p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms",
+        percentile(&loaded, 0.50),
+        percentile(&loaded, 0.95),
+        percentile(&loaded, 0.99)
+    );
+    println!(
+        "  timer lateness (fired − due), {} timers: p50 {:.1} ms  p99 {:.1} ms",
+        lateness.len(),
+        percentile(&lateness, 0.50),
+        percentile(&lateness, 0.99)
+    );
+    println!(
+        "  transactions per journey {:.2} (group commits {} for {} transitions; {:.1} transitions per transaction)",
+        (after.transactions - before.transactions) as f64 / n,
+        after.transactions - before.transactions,
+        after.transitions - before.transitions,
+        (after.transitions - before.transitions) as f64
+            / (after.transactions - before.transactions).max(1) as f64
+    );
+    println!(
+        "  sink received {} requests; repeated sends {}",
+        hits.load(Ordering::Relaxed),
+        after.actions_repeated
+    );
+    println!(
+        "  peak RSS {:.1} MiB (at start {:.1} MiB)",
+        peak_rss_mib(),
+        idle_rss
+    );
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.shutdown().await,
+        Err(_) => eprintln!("engine still shared; not shutting down cleanly"),
+    }
+    Ok(())
+}
