@@ -58,6 +58,8 @@ pub struct Engine<S: Store> {
     ctx: Arc<Context<S>>,
     supervisor: ActorRef<SupervisorMsg>,
     stop: Arc<AtomicBool>,
+    /// Wakes the background loops when `stop` is set.
+    stopped: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -108,17 +110,20 @@ impl<S: Store> Engine<S> {
             stats.clone(),
             stop.clone(),
         ));
+        let stopped = Arc::new(Notify::new());
         let recovery = tokio::spawn(recover(
             store.clone(),
             supervisor.clone(),
             config.clone(),
             stop.clone(),
+            stopped.clone(),
         ));
         info!(node = %config.node_id, "engine started");
         Ok(Engine {
             ctx,
             supervisor,
             stop,
+            stopped,
             tasks: vec![timers, outbox, recovery, commit_task],
         })
     }
@@ -291,6 +296,7 @@ impl<S: Store> Engine<S> {
     /// commit, passivate every actor, stop the services.
     pub async fn shutdown(self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.stopped.notify_one();
         self.ctx.timer_wake.hint(Utc::now());
         self.ctx.outbox_wake.notify_one();
         if let Err(e) = ractor::call!(self.supervisor, SupervisorMsg::Drain) {
@@ -320,6 +326,7 @@ async fn recover<S: Store>(
     supervisor: ActorRef<SupervisorMsg>,
     config: Config,
     stop: Arc<AtomicBool>,
+    stopped: Arc<Notify>,
 ) {
     while !stop.load(Ordering::Relaxed) {
         match store.executions_with_inputs(10_000).await {
@@ -330,7 +337,10 @@ async fn recover<S: Store>(
             }
             Err(e) => warn!(error = %e, "looking for executions with inputs failed"),
         }
-        tokio::time::sleep(config.recovery_poll).await;
+        tokio::select! {
+            _ = tokio::time::sleep(config.recovery_poll) => {}
+            _ = stopped.notified() => {}
+        }
     }
 }
 
