@@ -9,7 +9,7 @@ use chrono::Utc;
 use ractor::{Actor, ActorRef};
 use serde_json::Value;
 use sojourn_persistence::{
-    Commit, Created, ExecutionRecord, NewExecution, NewWorkflow, Store, ids,
+    Commit, Created, ExecutionRecord, LeaseEpoch, NewExecution, NewWorkflow, Store, ids,
 };
 use sojourn_runtime::{
     CompiledWorkflow, EventInput, ExecutionError, ExecutionId, Input, JournalEntry, JournalEvent,
@@ -22,7 +22,8 @@ use tracing::{info, warn};
 use crate::Error;
 use crate::committer::Committer;
 use crate::config::Config;
-use crate::execution::Delivery;
+use crate::execution::{Delivery, Preloaded};
+use crate::starter::Starter;
 use crate::stats::Stats;
 use crate::supervisor::{Supervisor, SupervisorMsg};
 use crate::timers::TimerWake;
@@ -32,6 +33,7 @@ use crate::workflows::WorkflowCache;
 pub(crate) struct Context<S: Store> {
     pub(crate) store: Arc<S>,
     pub(crate) committer: Committer,
+    pub(crate) starter: Starter,
     pub(crate) workflows: WorkflowCache,
     pub(crate) stats: Arc<Stats>,
     pub(crate) timer_wake: Arc<TimerWake>,
@@ -60,7 +62,11 @@ pub struct Engine<S: Store> {
     stop: Arc<AtomicBool>,
     /// Wakes the background loops when `stop` is set.
     stopped: Arc<Notify>,
+    /// Background loops that stop when `stop` is set.
     tasks: Vec<JoinHandle<()>>,
+    /// Tasks that end when the last handle to their channel drops (with the
+    /// engine): the starter and the committer.
+    _channel_tasks: Vec<JoinHandle<()>>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -81,9 +87,11 @@ impl<S: Store> Engine<S> {
         let stats = Arc::new(Stats::default());
         let (committer, commit_task) =
             Committer::spawn(store.clone(), stats.clone(), config.max_commit_batch);
+        let (starter, start_task) = Starter::spawn(store.clone(), config.max_commit_batch);
         let ctx = Arc::new(Context {
             store: store.clone(),
             committer,
+            starter,
             workflows: WorkflowCache::default(),
             stats: stats.clone(),
             timer_wake: Arc::new(TimerWake::new(&config)),
@@ -124,7 +132,8 @@ impl<S: Store> Engine<S> {
             supervisor,
             stop,
             stopped,
-            tasks: vec![timers, outbox, recovery, commit_task],
+            tasks: vec![timers, outbox, recovery],
+            _channel_tasks: vec![start_task, commit_task],
         })
     }
 
@@ -189,34 +198,29 @@ impl<S: Store> Engine<S> {
             return Ok((record.id, latest.version));
         }
         let v = store.publish(&record.id, workflow, now).await?;
+        self.ctx.workflows.forget_keys();
         Ok((record.id, v.version))
     }
 
-    /// Creates an execution and starts it. The start is recorded with the
-    /// execution (in its inbox), so it happens even if this node dies now.
+    /// Creates an execution and starts it. Until its first transition
+    /// commits it stays `pending` in the store, which is how any node's
+    /// recovery starts it if this node dies first.
     pub async fn start_execution(&self, req: StartRequest) -> Result<Created, Error> {
         if self.stop.load(Ordering::Relaxed) {
             return Err(Error::ShuttingDown);
         }
         let store = &self.ctx.store;
         let ns = &self.ctx.config.namespace;
-        let record = store
-            .get_workflow(ns, &req.workflow)
-            .await?
-            .ok_or_else(|| Error::WorkflowNotFound(req.workflow.clone()))?;
-        let version = match req.version.or(record.latest_version) {
-            Some(v) => v,
-            None => {
-                return Err(Error::WorkflowNotFound(format!(
-                    "{} has no published version",
-                    req.workflow
-                )));
-            }
-        };
+        let (workflow_id, latest) = self
+            .ctx
+            .workflows
+            .resolve(&**store, ns, &req.workflow)
+            .await?;
+        let version = req.version.unwrap_or(latest);
         let wf = self
             .ctx
             .workflows
-            .get(&**store, &record.id, version)
+            .get(&**store, &workflow_id, version)
             .await?;
         let snapshot = wf.new_execution(
             ids::new_execution_id(),
@@ -225,18 +229,28 @@ impl<S: Store> Engine<S> {
             req.timezone.as_deref(),
             Utc::now(),
         )?;
-        let created = store
-            .create_execution(NewExecution {
+        let preloaded = snapshot.clone();
+        let created = self
+            .ctx
+            .starter
+            .create(NewExecution {
                 namespace: ns.clone(),
-                workflow_id: record.id,
+                workflow_id,
                 version,
                 idempotency_key: req.idempotency_key,
                 snapshot,
-                start: true,
             })
-            .await?;
+            .await
+            .map_err(Error::Actor)?;
         if let Created::New(id) = &created {
-            let _ = self.supervisor.cast(SupervisorMsg::Activate(id.clone()));
+            let _ = self.supervisor.cast(SupervisorMsg::Adopt(
+                id.clone(),
+                Box::new(Preloaded {
+                    snapshot: preloaded,
+                    epoch: LeaseEpoch(1),
+                    wf,
+                }),
+            ));
         }
         Ok(created)
     }
@@ -303,7 +317,7 @@ impl<S: Store> Engine<S> {
             warn!(error = %e, "draining the supervisor failed");
         }
         self.supervisor.stop(None);
-        for task in self.tasks.into_iter().rev().skip(1) {
+        for task in self.tasks {
             let _ = task.await;
         }
         // Hand back timers and actions claimed but not done.
@@ -336,6 +350,17 @@ async fn recover<S: Store>(
                 }
             }
             Err(e) => warn!(error = %e, "looking for executions with inputs failed"),
+        }
+        // Created but never started (their creator died before the start
+        // committed). Young ones are left to their creator.
+        let before = Utc::now() - chrono::Duration::seconds(5);
+        match store.pending_executions(before, 10_000).await {
+            Ok(ids) => {
+                for id in ids {
+                    let _ = supervisor.cast(SupervisorMsg::Activate(id));
+                }
+            }
+            Err(e) => warn!(error = %e, "looking for pending executions failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(config.recovery_poll) => {}

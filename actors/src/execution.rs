@@ -30,6 +30,15 @@ pub(crate) struct Delivery {
     pub(crate) inbox_id: Option<i64>,
 }
 
+/// What the creator of a new execution already knows, so its actor starts
+/// without reading it back.
+#[derive(Debug)]
+pub(crate) struct Preloaded {
+    pub(crate) snapshot: Snapshot,
+    pub(crate) epoch: LeaseEpoch,
+    pub(crate) wf: Arc<CompiledWorkflow>,
+}
+
 /// The execution actor's messages.
 #[derive(Debug)]
 pub(crate) enum ExecutionMsg {
@@ -61,15 +70,34 @@ pub(crate) struct ExecutionState {
 impl<S: Store> Actor for ExecutionActor<S> {
     type Msg = ExecutionMsg;
     type State = ExecutionState;
-    type Arguments = (ExecutionId, ActorRef<SupervisorMsg>);
+    type Arguments = (ExecutionId, ActorRef<SupervisorMsg>, Option<Preloaded>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (id, supervisor): Self::Arguments,
+        (id, supervisor, preloaded): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let span = info_span!("execution", execution.id = %id);
         let ctx = &self.ctx;
+        Stats::add(&ctx.stats.activations, 1);
+        if let Some(p) = preloaded {
+            // A new execution: its creator holds epoch 1; start it.
+            let _ = myself.cast(ExecutionMsg::Deliver(Delivery {
+                input: Input::Start,
+                fired_timer: None,
+                inbox_id: None,
+            }));
+            return Ok(ExecutionState {
+                id,
+                snapshot: p.snapshot,
+                epoch: p.epoch,
+                wf: p.wf,
+                applied_inbox: HashSet::new(),
+                supervisor,
+                span,
+                asked_to_passivate: false,
+            });
+        }
         let record = async { ctx.store.activate(&id).await }
             .instrument(span.clone())
             .await?
@@ -78,7 +106,14 @@ impl<S: Store> Actor for ExecutionActor<S> {
             .workflows
             .get(&*ctx.store, &record.workflow_id, record.version)
             .await?;
-        Stats::add(&ctx.stats.activations, 1);
+        // Created but never started (its creator died): start it now.
+        if record.snapshot.status == Status::Pending {
+            let _ = myself.cast(ExecutionMsg::Deliver(Delivery {
+                input: Input::Start,
+                fired_timer: None,
+                inbox_id: None,
+            }));
+        }
         // Whatever was recorded for it while it slept.
         let _ = myself.cast(ExecutionMsg::DrainInbox);
         Ok(ExecutionState {

@@ -29,6 +29,7 @@ mod error;
 mod execution;
 mod outbox;
 pub mod providers;
+mod starter;
 mod stats;
 mod supervisor;
 mod timers;

@@ -21,7 +21,7 @@ use sojourn_runtime::ExecutionId;
 use tracing::{error, warn};
 
 use crate::engine::Context;
-use crate::execution::{Delivery, ExecutionActor, ExecutionMsg};
+use crate::execution::{Delivery, ExecutionActor, ExecutionMsg, Preloaded};
 use crate::stats::Stats;
 
 #[derive(Debug)]
@@ -30,6 +30,9 @@ pub(crate) enum SupervisorMsg {
     Deliver(ExecutionId, Delivery),
     /// Make sure the execution is active (it has inbox rows).
     Activate(ExecutionId),
+    /// A new execution this node just created: start its actor from what
+    /// the creator knows.
+    Adopt(ExecutionId, Box<Preloaded>),
     /// The actor has nothing in flight and may passivate.
     Idle(ExecutionId),
     /// An actor failed to start (its store was unreachable, or it is gone).
@@ -65,13 +68,23 @@ impl<S: Store> Supervisor<S> {
         state: &mut SupervisorState,
         id: &ExecutionId,
     ) -> Option<ActorRef<ExecutionMsg>> {
+        self.spawn_with(myself, state, id, None)
+    }
+
+    fn spawn_with(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        id: &ExecutionId,
+        preloaded: Option<Preloaded>,
+    ) -> Option<ActorRef<ExecutionMsg>> {
         let actor = ExecutionActor {
             ctx: self.ctx.clone(),
         };
         match ActorRuntime::spawn_linked_instant(
             None,
             actor,
-            (id.clone(), myself.clone()),
+            (id.clone(), myself.clone(), preloaded),
             myself.get_cell(),
         ) {
             Ok((actor, started)) => {
@@ -205,6 +218,16 @@ impl<S: Store> Actor for Supervisor<S> {
                             let _ = actor.cast(ExecutionMsg::DrainInbox);
                         }
                         _ => self.deliver(&myself, state, id, None),
+                    }
+                }
+            }
+            SupervisorMsg::Adopt(id, preloaded) => {
+                if state.draining.is_empty() {
+                    if state.entries.contains_key(&id) {
+                        // Already active somehow: let it read the store.
+                        self.deliver(&myself, state, id, None);
+                    } else {
+                        self.spawn_with(&myself, state, &id, Some(*preloaded));
                     }
                 }
             }

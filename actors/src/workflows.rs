@@ -3,18 +3,62 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use sojourn_persistence::Store;
 use sojourn_runtime::{CompiledWorkflow, Registry};
 
 use crate::Error;
 
+/// How long a key → (id, latest version) lookup is trusted. Deploys through
+/// this node forget it at once; other nodes' deploys show within this.
+const KEY_TTL: Duration = Duration::from_secs(1);
+
+/// `(namespace, id or key)`.
+type NamespacedKey = (String, String);
+/// `(workflow id, latest version, when it was looked up)`.
+type Resolved = (String, i32, Instant);
+
 #[derive(Debug, Default)]
 pub(crate) struct WorkflowCache {
     compiled: RwLock<HashMap<(String, i32), Arc<CompiledWorkflow>>>,
+    keys: RwLock<HashMap<NamespacedKey, Resolved>>,
 }
 
 impl WorkflowCache {
+    /// The workflow id and latest version for an id or key.
+    pub(crate) async fn resolve<S: Store>(
+        &self,
+        store: &S,
+        namespace: &str,
+        id_or_key: &str,
+    ) -> Result<(String, i32), Error> {
+        let k = (namespace.to_owned(), id_or_key.to_owned());
+        if let Some((id, v, at)) = self.keys.read().ok().and_then(|m| m.get(&k).cloned())
+            && at.elapsed() < KEY_TTL
+        {
+            return Ok((id, v));
+        }
+        let record = store
+            .get_workflow(namespace, id_or_key)
+            .await?
+            .ok_or_else(|| Error::WorkflowNotFound(id_or_key.to_owned()))?;
+        let version = record.latest_version.ok_or_else(|| {
+            Error::WorkflowNotFound(format!("{id_or_key} has no published version"))
+        })?;
+        if let Ok(mut m) = self.keys.write() {
+            m.insert(k, (record.id.clone(), version, Instant::now()));
+        }
+        Ok((record.id, version))
+    }
+
+    /// Forgets cached lookups after a deploy.
+    pub(crate) fn forget_keys(&self) {
+        if let Ok(mut m) = self.keys.write() {
+            m.clear();
+        }
+    }
+
     pub(crate) async fn get<S: Store>(
         &self,
         store: &S,

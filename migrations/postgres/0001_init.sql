@@ -44,6 +44,8 @@ CREATE UNIQUE INDEX executions_idempotency ON executions (workflow_id, idempoten
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX executions_by_workflow ON executions (namespace, workflow_id, status, created_at);
 CREATE INDEX executions_by_subject ON executions (workflow_id, subject) WHERE subject IS NOT NULL;
+-- Executions created but not started yet (recovery after a crash).
+CREATE INDEX executions_pending ON executions (created_at) WHERE status = 'pending';
 
 -- Append-only record of every input and transition.
 CREATE TABLE journal (

@@ -44,6 +44,7 @@ CREATE UNIQUE INDEX executions_idempotency ON executions (workflow_id, idempoten
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX executions_by_workflow ON executions (namespace, workflow_id, status, created_at);
 CREATE INDEX executions_by_subject ON executions (workflow_id, subject) WHERE subject IS NOT NULL;
+CREATE INDEX executions_pending ON executions (created_at) WHERE status = 'pending';
 
 CREATE TABLE journal (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,

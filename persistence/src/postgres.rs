@@ -250,58 +250,101 @@ impl Store for PgStore {
         row.as_ref().map(version_row).transpose()
     }
 
-    async fn create_execution(&self, new: NewExecution) -> Result<Created> {
-        let s = &new.snapshot;
+    async fn create_executions(&self, batch: Vec<NewExecution>) -> Result<Vec<Created>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = batch.len();
+        let (mut ids, mut ns, mut wf, mut ver, mut subj, mut keys, mut snaps, mut created) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for e in &batch {
+            let s = &e.snapshot;
+            ids.push(s.execution_id.as_str());
+            ns.push(e.namespace.as_str());
+            wf.push(e.workflow_id.as_str());
+            ver.push(e.version);
+            subj.push(s.subject.as_deref());
+            keys.push(e.idempotency_key.as_deref());
+            snaps.push(serde_json::to_value(s).map_err(Error::corrupt("snapshot"))?);
+            created.push(s.created_at);
+        }
         let mut tx = self.pool.begin().await?;
-        let inserted: Option<String> = sqlx::query_scalar(
+        let inserted: Vec<String> = sqlx::query_scalar(
             "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
-                                     current_node, snapshot, snapshot_seq, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10, $10)
+                                     snapshot, snapshot_seq, lease_epoch, created_at, updated_at)
+             SELECT v.id, v.ns, v.wf, v.ver, 'pending', v.subj, v.key, v.snap, 0, 1, v.created, v.created
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[],
+                         $8::timestamptz[]) AS v(id, ns, wf, ver, subj, key, snap, created)
              ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )
-        .bind(s.execution_id.as_str())
-        .bind(&new.namespace)
-        .bind(&new.workflow_id)
-        .bind(new.version)
-        .bind(s.status.as_str())
-        .bind(&s.subject)
-        .bind(&new.idempotency_key)
-        .bind(Json(s))
-        .bind(i64::try_from(s.seq).unwrap_or(i64::MAX))
-        .bind(s.created_at)
-        .fetch_optional(&mut *tx)
+        .bind(&ids)
+        .bind(&ns)
+        .bind(&wf)
+        .bind(&ver)
+        .bind(&subj)
+        .bind(&keys)
+        .bind(&snaps)
+        .bind(&created)
+        .fetch_all(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
-                Error::Conflict { field: "id", value: s.execution_id.to_string() }
+                Error::Conflict { field: "id", value: "an execution id of this batch".into() }
             } else {
                 e.into()
             }
         })?;
-        if let Some(id) = inserted {
-            if new.start {
-                sqlx::query(
-                    "INSERT INTO inbox (execution_id, input, created_at) VALUES ($1, $2, $3)",
-                )
-                .bind(&id)
-                .bind(Json(&Input::Start))
-                .bind(s.created_at)
-                .execute(&mut *tx)
-                .await?;
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        let mut out = Vec::with_capacity(n);
+        for e in &batch {
+            let id = e.snapshot.execution_id.as_str();
+            if inserted.contains(id) {
+                out.push(Created::New(e.snapshot.execution_id.clone()));
+                continue;
             }
-            tx.commit().await?;
-            return Ok(Created::New(ExecutionId::new(id)));
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM executions WHERE workflow_id = $1 AND idempotency_key = $2",
+            )
+            .bind(&e.workflow_id)
+            .bind(&e.idempotency_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match existing {
+                Some(existing) => out.push(Created::Existing(ExecutionId::new(existing))),
+                None => {
+                    return Err(Error::Conflict {
+                        field: "id",
+                        value: id.to_owned(),
+                    });
+                }
+            }
         }
-        tx.rollback().await?;
-        let existing: String = sqlx::query_scalar(
-            "SELECT id FROM executions WHERE workflow_id = $1 AND idempotency_key = $2",
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn pending_executions(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ExecutionId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM executions WHERE status = 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2",
         )
-        .bind(&new.workflow_id)
-        .bind(&new.idempotency_key)
-        .fetch_one(&self.pool)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
         .await?;
-        Ok(Created::Existing(ExecutionId::new(existing)))
+        Ok(ids.into_iter().map(ExecutionId::new).collect())
     }
 
     async fn load_execution(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>> {

@@ -235,58 +235,65 @@ impl Store for SqliteStore {
         row.as_ref().map(version_row).transpose()
     }
 
-    async fn create_execution(&self, new: NewExecution) -> Result<Created> {
-        let s = &new.snapshot;
+    async fn create_executions(&self, batch: Vec<NewExecution>) -> Result<Vec<Created>> {
         let mut tx = self.pool.begin().await?;
-        let inserted: Option<String> = sqlx::query_scalar(
-            "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
-                                     current_node, snapshot, snapshot_seq, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, ?10, ?10)
-             ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
-        )
-        .bind(s.execution_id.as_str())
-        .bind(&new.namespace)
-        .bind(&new.workflow_id)
-        .bind(new.version)
-        .bind(s.status.as_str())
-        .bind(&s.subject)
-        .bind(&new.idempotency_key)
-        .bind(text("snapshot", s)?)
-        .bind(i64::try_from(s.seq).unwrap_or(i64::MAX))
-        .bind(ms(s.created_at))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                Error::Conflict { field: "id", value: s.execution_id.to_string() }
-            } else {
-                e.into()
+        let mut out = Vec::with_capacity(batch.len());
+        for new in &batch {
+            let s = &new.snapshot;
+            let inserted: Option<String> = sqlx::query_scalar(
+                "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
+                                         current_node, snapshot, snapshot_seq, lease_epoch, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, NULL, ?7, 0, 1, ?8, ?8)
+                 ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                 RETURNING id",
+            )
+            .bind(s.execution_id.as_str())
+            .bind(&new.namespace)
+            .bind(&new.workflow_id)
+            .bind(new.version)
+            .bind(&s.subject)
+            .bind(&new.idempotency_key)
+            .bind(text("snapshot", s)?)
+            .bind(ms(s.created_at))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::Conflict { field: "id", value: s.execution_id.to_string() }
+                } else {
+                    e.into()
+                }
+            })?;
+            if let Some(id) = inserted {
+                out.push(Created::New(ExecutionId::new(id)));
+                continue;
             }
-        })?;
-        if let Some(id) = inserted {
-            if new.start {
-                sqlx::query(
-                    "INSERT INTO inbox (execution_id, input, created_at) VALUES (?1, ?2, ?3)",
-                )
-                .bind(&id)
-                .bind(text("inbox input", &Input::Start)?)
-                .bind(ms(s.created_at))
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            return Ok(Created::New(ExecutionId::new(id)));
+            let existing: String = sqlx::query_scalar(
+                "SELECT id FROM executions WHERE workflow_id = ?1 AND idempotency_key = ?2",
+            )
+            .bind(&new.workflow_id)
+            .bind(&new.idempotency_key)
+            .fetch_one(&mut *tx)
+            .await?;
+            out.push(Created::Existing(ExecutionId::new(existing)));
         }
-        tx.rollback().await?;
-        let existing: String = sqlx::query_scalar(
-            "SELECT id FROM executions WHERE workflow_id = ?1 AND idempotency_key = ?2",
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn pending_executions(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ExecutionId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM executions WHERE status = 'pending' AND created_at < ?1 ORDER BY created_at LIMIT ?2",
         )
-        .bind(&new.workflow_id)
-        .bind(&new.idempotency_key)
-        .fetch_one(&self.pool)
+        .bind(ms(before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
         .await?;
-        Ok(Created::Existing(ExecutionId::new(existing)))
+        Ok(ids.into_iter().map(ExecutionId::new).collect())
     }
 
     async fn load_execution(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>> {

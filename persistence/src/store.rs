@@ -50,8 +50,32 @@ pub trait Store: Send + Sync + 'static {
     // ---- executions ------------------------------------------------------
 
     /// Creates an execution, or returns the one created before with the same
-    /// idempotency key.
-    fn create_execution(&self, new: NewExecution) -> impl Future<Output = Result<Created>> + Send;
+    /// idempotency key. A new execution starts at lease epoch 1: its
+    /// creator holds the first activation and may start it without
+    /// [`Store::activate`]. Until its first transition commits it stays
+    /// `pending`, which is how recovery finds it after a crash.
+    fn create_execution(&self, new: NewExecution) -> impl Future<Output = Result<Created>> + Send {
+        async move {
+            let mut created = self.create_executions(vec![new]).await?;
+            created
+                .pop()
+                .ok_or_else(|| crate::Error::Invalid("create_executions returned nothing".into()))
+        }
+    }
+
+    /// [`Store::create_execution`] for many, in one transaction; results in
+    /// order.
+    fn create_executions(
+        &self,
+        batch: Vec<NewExecution>,
+    ) -> impl Future<Output = Result<Vec<Created>>> + Send;
+
+    /// Executions still `pending` that were created before `before`.
+    fn pending_executions(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ExecutionId>>> + Send;
 
     fn load_execution(
         &self,

@@ -56,9 +56,6 @@ pub struct NewExecution {
     /// execution, never a second one.
     pub idempotency_key: Option<String>,
     pub snapshot: Snapshot,
-    /// Also record [`Input::Start`] in the execution's inbox, in the same
-    /// transaction, so a crash right after creation cannot strand it.
-    pub start: bool,
 }
 
 /// What [`crate::Store::create_execution`] did.

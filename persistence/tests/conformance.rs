@@ -130,7 +130,7 @@ conformance!(
     outbox_claims_expire_and_count_deliveries,
     the_inbox_is_consumed_by_the_commit_that_applies_it,
     attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_dropped,
-    a_created_execution_can_carry_its_start_in_the_inbox,
+    pending_executions_are_found_for_recovery_and_batches_create_idempotently,
 );
 
 // ---- helpers ------------------------------------------------------------------
@@ -226,7 +226,6 @@ async fn start<S: Store>(store: &S, f: &Fixture, subject: Option<&str>, key: Opt
             version: f.version,
             idempotency_key: key.map(Into::into),
             snapshot: snap,
-            start: false,
         })
         .await
         .expect("create execution");
@@ -394,7 +393,6 @@ async fn executions_are_idempotent_per_key<S: Store>(store: &S) {
             version: f.version,
             idempotency_key: Some("order-42".into()),
             snapshot: snap,
-            start: false,
         })
         .await
         .expect("create");
@@ -407,7 +405,8 @@ async fn executions_are_idempotent_per_key<S: Store>(store: &S) {
     assert_eq!(rec.status, Status::Pending);
     assert_eq!(rec.subject.as_deref(), Some("u1"));
     assert_eq!(rec.idempotency_key.as_deref(), Some("order-42"));
-    assert_eq!(rec.lease_epoch, LeaseEpoch(1));
+    // Created at epoch 1 (its creator's), activated once more by `start`.
+    assert_eq!(rec.lease_epoch, LeaseEpoch(2));
     assert!(
         store
             .load_execution(&ExecutionId::new("exe_nope"))
@@ -985,52 +984,70 @@ async fn attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_
     );
 }
 
-async fn a_created_execution_can_carry_its_start_in_the_inbox<S: Store>(store: &S) {
+async fn pending_executions_are_found_for_recovery_and_batches_create_idempotently<S: Store>(
+    store: &S,
+) {
     let f = fixture(store).await;
-    let snap =
-        f.wf.new_execution(ids::new_execution_id(), json!({}), None, None, t0())
-            .expect("new");
-    let created = store
-        .create_execution(NewExecution {
-            namespace: "default".into(),
-            workflow_id: f.workflow_id.clone(),
-            version: f.version,
-            idempotency_key: Some("k".into()),
-            snapshot: snap.clone(),
-            start: true,
-        })
-        .await
-        .expect("create");
-    let pending = store.pending_inputs(created.id()).await.expect("pending");
+    let new = |key: Option<&str>| NewExecution {
+        namespace: "default".into(),
+        workflow_id: f.workflow_id.clone(),
+        version: f.version,
+        idempotency_key: key.map(Into::into),
+        snapshot: f
+            .wf
+            .new_execution(ids::new_execution_id(), json!({}), None, None, t0())
+            .expect("new"),
+    };
+    let batch = vec![new(Some("a")), new(None), new(Some("a")), new(Some("b"))];
+    let first_id = batch[0].snapshot.execution_id.clone();
+    let created = store.create_executions(batch).await.expect("create");
+    assert_eq!(created.len(), 4);
+    assert_eq!(created[0], Created::New(first_id.clone()));
+    assert!(matches!(created[1], Created::New(_)));
     assert_eq!(
-        pending.iter().map(|i| i.input.clone()).collect::<Vec<_>>(),
-        [Input::Start]
+        created[2],
+        Created::Existing(first_id.clone()),
+        "a key repeated within one batch"
     );
-    // The same key again creates nothing, and queues no second start.
-    let mut again = snap;
-    again.execution_id = ids::new_execution_id();
-    let second = store
-        .create_execution(NewExecution {
-            namespace: "default".into(),
-            workflow_id: f.workflow_id.clone(),
-            version: f.version,
-            idempotency_key: Some("k".into()),
-            snapshot: again,
-            start: true,
-        })
+    assert!(matches!(created[3], Created::New(_)));
+    let rec = store
+        .load_execution(&first_id)
         .await
-        .expect("create");
-    assert_eq!(second, Created::Existing(created.id().clone()));
+        .expect("load")
+        .expect("exists");
     assert_eq!(
-        store.executions_with_inputs(10).await.expect("inputs"),
-        [created.id().clone()]
+        (rec.status, rec.lease_epoch),
+        (Status::Pending, LeaseEpoch(1))
     );
-    assert_eq!(
+    // Not started yet: recovery finds them, oldest first, once old enough.
+    assert!(
         store
-            .pending_inputs(created.id())
+            .pending_executions(t0(), 10)
             .await
             .expect("pending")
-            .len(),
-        1
+            .is_empty()
     );
+    let pending = store
+        .pending_executions(t0() + Duration::seconds(1), 10)
+        .await
+        .expect("pending");
+    assert_eq!(pending.len(), 3);
+    // Started: no longer pending.
+    let mut e = Exec {
+        id: first_id.clone(),
+        snap: rec.snapshot,
+        epoch: rec.lease_epoch,
+    };
+    let (_, r) = step(store, &f, &mut e, Input::Start, t0()).await;
+    assert_eq!(
+        r,
+        CommitResult::Committed,
+        "the creator's epoch commits without an activation"
+    );
+    let pending = store
+        .pending_executions(t0() + Duration::seconds(1), 10)
+        .await
+        .expect("pending");
+    assert_eq!(pending.len(), 2);
+    assert!(!pending.contains(&first_id));
 }
