@@ -28,6 +28,13 @@ pub(crate) struct BenchArgs {
     /// Journeys run one at a time first, for unloaded latency.
     #[arg(long, default_value_t = 50)]
     pub(crate) unloaded: usize,
+    /// Then put this many executions to sleep on one delay, measure the
+    /// node's memory while they sleep, and the lateness of their timers.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) sleepers: usize,
+    /// The sleepers' delay, in seconds (longer than it takes to start them).
+    #[arg(long, default_value_t = 60)]
+    pub(crate) sleep: u64,
     /// PostgreSQL URL: the bench runs in a schema of its own, dropped after.
     /// Without it, a SQLite file in a temporary directory.
     #[arg(long, env = "SOJOURN_DATABASE_URL")]
@@ -109,6 +116,105 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
+}
+
+fn sleeper(seconds: u64) -> Result<Workflow, Failure> {
+    Workflow::from_value(json!({
+        "key": "bench-sleeper",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "nap", "type": "delay", "config": {"duration": format!("{seconds}s")}},
+            {"id": "done", "type": "exit"},
+        ],
+        "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "done"}]
+    }))
+    .map_err(|e| Failure::Runtime(anyhow::anyhow!("sleeper workflow: {e:?}")))
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// N executions asleep at once: memory while they sleep, timer lateness
+/// when they wake.
+async fn sleepers<S: Store>(
+    engine: &Arc<Engine<S>>,
+    n: usize,
+    seconds: u64,
+) -> Result<(), Failure> {
+    engine
+        .deploy(&sleeper(seconds)?)
+        .await
+        .context("deploying the sleeper")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_rss = rss_mib();
+    let before = engine.stats().snapshot();
+    let lateness_before = engine.stats().lateness_samples().len();
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut starters = Vec::new();
+    for _ in 0..64 {
+        let (engine, next) = (engine.clone(), next.clone());
+        starters.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n as u64 {
+                    break;
+                }
+                let req = StartRequest {
+                    workflow: "bench-sleeper".into(),
+                    input: json!({"n": i}),
+                    ..StartRequest::default()
+                };
+                if let Err(e) = engine.start_execution(req).await {
+                    return Err(e.to_string());
+                }
+            }
+            Ok(())
+        }));
+    }
+    for s in starters {
+        s.await
+            .map_err(|e| Failure::Runtime(e.into()))?
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
+    }
+    let start_secs = started.elapsed().as_secs_f64();
+    while engine.active_actors().await > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asleep_rss = rss_mib();
+    println!(
+        "sleepers: {n} executions on a {seconds} s delay, started in {start_secs:.1} s ({:.0}/s)",
+        n as f64 / start_secs
+    );
+    println!(
+        "  RSS with all {n} asleep (0 actors live): {asleep_rss:.1} MiB, {:+.1} MiB over the {before_rss:.1} MiB before",
+        asleep_rss - before_rss
+    );
+    wait_completed(
+        engine,
+        before.completed + n as u64,
+        Duration::from_secs(seconds + 600),
+    )
+    .await?;
+    let mut lateness: Vec<f64> = engine.stats().lateness_samples().split_off(lateness_before);
+    lateness.sort_by(f64::total_cmp);
+    println!(
+        "  {} timers due within {start_secs:.0} s: lateness p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        lateness.len(),
+        percentile(&lateness, 0.50),
+        percentile(&lateness, 0.99),
+        lateness.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
 }
 
 fn peak_rss_mib() -> f64 {
@@ -307,6 +413,9 @@ async fn bench<S: Store + Clone>(
         peak_rss_mib(),
         idle_rss
     );
+    if args.sleepers > 0 {
+        sleepers(&engine, args.sleepers, args.sleep).await?;
+    }
     match Arc::try_unwrap(engine) {
         Ok(engine) => engine.shutdown().await,
         Err(_) => eprintln!("engine still shared; not shutting down cleanly"),

@@ -251,7 +251,7 @@ async fn run(
         timeout: timeout.map(std::time::Duration::from_secs),
     };
     let config = sojourn_actors::Config {
-        node_id: "dev".into(),
+        node_id: "run".into(),
         ..sojourn_actors::Config::default()
     };
     let all_completed = match node::open_store(&store).await? {
