@@ -1,17 +1,19 @@
-//! The outbox relay: hands committed actions to workers. A worker records
-//! the attempt before it sends (a redelivery of an attempt that already has
-//! its result is dropped), sends, records the result and queues it for the
-//! execution in one transaction, then acknowledges the outbox row. Only a
-//! crash between the send and that record repeats a send, with the same key.
+//! The outbox relay: hands committed actions to workers. For each batch of
+//! claimed messages it records the attempts *before* sending (one
+//! statement; a redelivery of an attempt that already has its result is
+//! dropped), sends them concurrently, and a finisher records the results,
+//! queues each for its execution and deletes the outbox rows — one
+//! transaction per batch of results. Only a crash between a send and that
+//! record repeats a send, with the same idempotency key.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
 use ractor::ActorRef;
-use sojourn_persistence::{AttemptBegin, OutboxMessage, Store};
-use sojourn_runtime::Input;
-use tokio::sync::{Notify, Semaphore};
+use sojourn_persistence::{AttemptBegin, AttemptRef, FinishedAttempt, OutboxMessage, Store};
+use sojourn_runtime::{ActionOutcome, Input};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{Instrument, info_span, warn};
 
 use crate::config::Config;
@@ -19,6 +21,13 @@ use crate::execution::Delivery;
 use crate::providers::{self, HttpProvider};
 use crate::stats::Stats;
 use crate::supervisor::SupervisorMsg;
+
+/// A sent attempt on its way to the finisher; holds its in-flight slot.
+struct Sent {
+    message: OutboxMessage,
+    outcome: ActionOutcome,
+    _slot: OwnedSemaphorePermit,
+}
 
 pub(crate) async fn run<S: Store>(
     store: Arc<S>,
@@ -30,10 +39,17 @@ pub(crate) async fn run<S: Store>(
 ) {
     let http = HttpProvider::new();
     let slots = Arc::new(Semaphore::new(config.max_in_flight_actions));
+    let (done_tx, done_rx) = mpsc::channel::<Sent>(config.max_in_flight_actions * 2);
+    let finisher = tokio::spawn(finish(
+        store.clone(),
+        done_rx,
+        supervisor.clone(),
+        config.max_commit_batch,
+    ));
     let ttl = chrono::Duration::from_std(config.outbox_claim_ttl)
         .unwrap_or(chrono::Duration::seconds(60));
     while !stop.load(Ordering::Relaxed) {
-        let free = slots.available_permits().min(256) as u32;
+        let free = slots.available_permits().min(512) as u32;
         let mut claimed = 0;
         if free > 0 {
             let now = Utc::now();
@@ -43,26 +59,10 @@ pub(crate) async fn run<S: Store>(
             {
                 Ok(messages) => {
                     claimed = messages.len();
-                    for m in messages {
-                        let Ok(permit) = slots.clone().acquire_owned().await else {
-                            return;
-                        };
-                        let (store, http, sup, stats) = (
-                            store.clone(),
-                            http.clone(),
-                            supervisor.clone(),
-                            stats.clone(),
-                        );
-                        let span = info_span!("action", execution.id = %m.execution_id, node = %m.dispatch.node, attempt = m.dispatch.attempt);
-                        tokio::spawn(
-                            async move {
-                                if let Err(e) = work(&*store, &http, &sup, &stats, m).await {
-                                    warn!(error = %e, "action worker failed; the outbox will redeliver");
-                                }
-                                drop(permit);
-                            }
-                            .instrument(span),
-                        );
+                    if let Err(e) =
+                        dispatch(&*store, &http, &slots, &done_tx, &stats, messages).await
+                    {
+                        warn!(error = %e, "recording attempts failed; the outbox will redeliver");
                     }
                 }
                 Err(e) => warn!(error = %e, "claiming the outbox failed; retrying"),
@@ -75,51 +75,119 @@ pub(crate) async fn run<S: Store>(
             }
         }
     }
+    drop(done_tx);
+    let _ = finisher.await;
 }
 
-async fn work<S: Store>(
+/// Records a batch of attempts, then sends the ones to send.
+async fn dispatch<S: Store>(
     store: &S,
     http: &HttpProvider,
-    supervisor: &ActorRef<SupervisorMsg>,
-    stats: &Stats,
-    m: OutboxMessage,
+    slots: &Arc<Semaphore>,
+    done: &mpsc::Sender<Sent>,
+    stats: &Arc<Stats>,
+    messages: Vec<OutboxMessage>,
 ) -> Result<(), sojourn_persistence::Error> {
-    let d = &m.dispatch;
-    match store
-        .begin_attempt(&m.execution_id, d.node.as_str(), d.attempt)
-        .await?
-    {
-        AttemptBegin::AlreadyDone | AttemptBegin::Unknown => {
-            store.ack_outbox(&[m.id]).await?;
-            return Ok(());
-        }
-        AttemptBegin::Send { sends } => {
-            if sends > 1 {
-                Stats::add(&stats.actions_repeated, 1);
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<AttemptRef<'_>> = messages
+        .iter()
+        .map(|m| AttemptRef {
+            execution_id: &m.execution_id,
+            node: m.dispatch.node.as_str(),
+            attempt: m.dispatch.attempt,
+        })
+        .collect();
+    let begins = store.begin_attempts(&refs).await?;
+    drop(refs);
+    let mut drop_ids = Vec::new();
+    for (m, begin) in messages.into_iter().zip(begins) {
+        match begin {
+            AttemptBegin::AlreadyDone | AttemptBegin::Unknown => drop_ids.push(m.id),
+            AttemptBegin::Send { sends } => {
+                if sends > 1 {
+                    Stats::add(&stats.actions_repeated, 1);
+                }
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (http, done, stats) = (http.clone(), done.clone(), stats.clone());
+                let span = info_span!("action", execution.id = %m.execution_id, node = %m.dispatch.node, attempt = m.dispatch.attempt);
+                tokio::spawn(
+                    async move {
+                        let outcome = providers::send(&http, &m.dispatch).await;
+                        Stats::add(&stats.actions_sent, 1);
+                        let _ = done
+                            .send(Sent {
+                                message: m,
+                                outcome,
+                                _slot: slot,
+                            })
+                            .await;
+                    }
+                    .instrument(span),
+                );
             }
         }
     }
-    let outcome = providers::send(http, d).await;
-    Stats::add(&stats.actions_sent, 1);
-    let inbox = store
-        .finish_attempt(
-            &m.execution_id,
-            d.node.as_str(),
-            d.attempt,
-            &outcome,
-            Utc::now(),
-        )
-        .await?;
-    let delivery = Delivery {
-        input: Input::ActionResult {
-            node: d.node.clone(),
-            attempt: d.attempt,
-            outcome,
-        },
-        fired_timer: None,
-        inbox_id: Some(inbox),
-    };
-    let _ = supervisor.cast(SupervisorMsg::Deliver(m.execution_id.clone(), delivery));
-    store.ack_outbox(&[m.id]).await?;
+    if !drop_ids.is_empty() {
+        store.ack_outbox(&drop_ids).await?;
+    }
     Ok(())
+}
+
+/// Records results in batches and hands each to its execution.
+async fn finish<S: Store>(
+    store: Arc<S>,
+    mut rx: mpsc::Receiver<Sent>,
+    supervisor: ActorRef<SupervisorMsg>,
+    max_batch: usize,
+) {
+    let mut batch: Vec<Sent> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        let done: Vec<FinishedAttempt<'_>> = batch
+            .iter()
+            .map(|s| FinishedAttempt {
+                execution_id: &s.message.execution_id,
+                node: s.message.dispatch.node.as_str(),
+                attempt: s.message.dispatch.attempt,
+                outcome: &s.outcome,
+                outbox_id: s.message.id,
+            })
+            .collect();
+        let result = store.finish_attempts(&done, Utc::now()).await;
+        drop(done);
+        match result {
+            Ok(inbox_ids) => {
+                for (s, inbox) in batch.drain(..).zip(inbox_ids) {
+                    let d = &s.message.dispatch;
+                    let delivery = Delivery {
+                        input: Input::ActionResult {
+                            node: d.node.clone(),
+                            attempt: d.attempt,
+                            outcome: s.outcome,
+                        },
+                        fired_timer: None,
+                        inbox_id: Some(inbox),
+                    };
+                    let _ =
+                        supervisor.cast(SupervisorMsg::Deliver(s.message.execution_id, delivery));
+                }
+            }
+            Err(e) => {
+                // The outbox rows stay: their claims expire and they are
+                // delivered again (counted as re-sends).
+                warn!(error = %e, results = batch.len(), "recording action results failed");
+                batch.clear();
+            }
+        }
+    }
 }

@@ -15,8 +15,9 @@ use crate::error::Error;
 use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
 use crate::store::{Store, epoch, from_json};
 use crate::types::{
-    AttemptBegin, Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow,
-    NewExecution, NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+    AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, ExecutionRecord,
+    FinishedAttempt, InboxItem, JournalRow, NewExecution, NewWorkflow, NodeExecutionRow,
+    OutboxMessage, WorkflowRecord, WorkflowVersion,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -633,6 +634,159 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         Ok(inbox)
+    }
+
+    async fn begin_attempts(&self, attempts: &[AttemptRef<'_>]) -> Result<Vec<AttemptBegin>> {
+        if attempts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ex: Vec<&str> = attempts.iter().map(|a| a.execution_id.as_str()).collect();
+        let node: Vec<&str> = attempts.iter().map(|a| a.node).collect();
+        let att = attempts
+            .iter()
+            .map(|a| attempt_i32(a.attempt))
+            .collect::<Result<Vec<i32>>>()?;
+        let rows = sqlx::query(
+            "UPDATE node_executions n
+             SET sends = n.sends + CASE WHEN n.finished_at IS NULL THEN 1 ELSE 0 END,
+                 status = CASE WHEN n.finished_at IS NULL THEN 'sending' ELSE n.status END
+             FROM UNNEST($1::text[], $2::text[], $3::int[]) AS v(e, node, a)
+             WHERE n.execution_id = v.e AND n.node_id = v.node AND n.attempt = v.a
+             RETURNING n.execution_id, n.node_id, n.attempt, n.sends, n.finished_at IS NOT NULL AS done",
+        )
+        .bind(&ex)
+        .bind(&node)
+        .bind(&att)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let key: (String, String, i32) = (
+                r.try_get("execution_id")?,
+                r.try_get("node_id")?,
+                r.try_get("attempt")?,
+            );
+            let begin = if r.try_get::<bool, _>("done")? {
+                AttemptBegin::AlreadyDone
+            } else {
+                AttemptBegin::Send {
+                    sends: r.try_get("sends")?,
+                }
+            };
+            found.insert(key, begin);
+        }
+        Ok(attempts
+            .iter()
+            .zip(&att)
+            .map(|(a, n)| {
+                found
+                    .get(&(a.execution_id.to_string(), a.node.to_owned(), *n))
+                    .copied()
+                    .unwrap_or(AttemptBegin::Unknown)
+            })
+            .collect())
+    }
+
+    async fn finish_attempts(
+        &self,
+        done: &[FinishedAttempt<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (
+            mut ex,
+            mut node,
+            mut att,
+            mut status,
+            mut output,
+            mut error,
+            mut inputs,
+            mut at,
+            mut outbox,
+        ) = (
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+        );
+        for d in done {
+            let (s, o, e) = outcome_columns(d.outcome);
+            ex.push(d.execution_id.as_str());
+            node.push(d.node);
+            att.push(attempt_i32(d.attempt)?);
+            status.push(s);
+            output.push(o);
+            error.push(e);
+            let input = Input::ActionResult {
+                node: d.node.into(),
+                attempt: d.attempt,
+                outcome: d.outcome.clone(),
+            };
+            inputs.push(serde_json::to_value(&input).map_err(Error::corrupt("inbox input"))?);
+            at.push(now);
+            outbox.push(d.outbox_id);
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE node_executions n SET status = v.status, output = v.output, error = v.error, finished_at = $7
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::text[])
+                  AS v(e, node, a, status, output, error)
+             WHERE n.execution_id = v.e AND n.node_id = v.node AND n.attempt = v.a AND n.finished_at IS NULL",
+        )
+        .bind(&ex)
+        .bind(&node)
+        .bind(&att)
+        .bind(&status)
+        .bind(&output)
+        .bind(&error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // One row per attempt, matched back by (execution, node, attempt).
+        let rows = sqlx::query(
+            "INSERT INTO inbox (execution_id, input, created_at)
+             SELECT * FROM UNNEST($1::text[], $2::jsonb[], $3::timestamptz[])
+             RETURNING id, execution_id, input->>'node' AS node, (input->>'attempt')::int AS attempt",
+        )
+        .bind(&ex)
+        .bind(&inputs)
+        .bind(&at)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&outbox)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut ids = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let key: (String, String, i32) = (
+                r.try_get("execution_id")?,
+                r.try_get("node")?,
+                r.try_get("attempt")?,
+            );
+            ids.insert(key, r.try_get::<i64, _>("id")?);
+        }
+        done.iter()
+            .zip(&att)
+            .map(|(d, n)| {
+                ids.get(&(d.execution_id.to_string(), d.node.to_owned(), *n))
+                    .copied()
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "no inbox row for {}/{}/{}",
+                            d.execution_id, d.node, n
+                        ))
+                    })
+            })
+            .collect()
     }
 
     async fn discard_input(&self, inbox_id: i64) -> Result<()> {

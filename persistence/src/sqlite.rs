@@ -21,8 +21,9 @@ use crate::error::Error;
 use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
 use crate::store::{Store, epoch};
 use crate::types::{
-    AttemptBegin, Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow,
-    NewExecution, NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+    AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, ExecutionRecord,
+    FinishedAttempt, InboxItem, JournalRow, NewExecution, NewWorkflow, NodeExecutionRow,
+    OutboxMessage, WorkflowRecord, WorkflowVersion,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -573,6 +574,62 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(inbox)
+    }
+
+    async fn begin_attempts(&self, attempts: &[AttemptRef<'_>]) -> Result<Vec<AttemptBegin>> {
+        let mut out = Vec::with_capacity(attempts.len());
+        for a in attempts {
+            out.push(
+                self.begin_attempt(a.execution_id, a.node, a.attempt)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn finish_attempts(
+        &self,
+        done: &[FinishedAttempt<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let mut ids = Vec::with_capacity(done.len());
+        for d in done {
+            let (status, output, error) = outcome_columns(d.outcome);
+            sqlx::query(
+                "UPDATE node_executions SET status = ?4, output = ?5, error = ?6, finished_at = ?7
+                 WHERE execution_id = ?1 AND node_id = ?2 AND attempt = ?3 AND finished_at IS NULL",
+            )
+            .bind(d.execution_id.as_str())
+            .bind(d.node)
+            .bind(attempt_i32(d.attempt)?)
+            .bind(status)
+            .bind(output.map(|o| text("node output", &o)).transpose()?)
+            .bind(error)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+            let input = Input::ActionResult {
+                node: d.node.into(),
+                attempt: d.attempt,
+                outcome: d.outcome.clone(),
+            };
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO inbox (execution_id, input, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+            )
+            .bind(d.execution_id.as_str())
+            .bind(text("inbox input", &input)?)
+            .bind(ms(now))
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM outbox WHERE id = ?1")
+                .bind(d.outbox_id)
+                .execute(&mut *tx)
+                .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
     }
 
     async fn discard_input(&self, inbox_id: i64) -> Result<()> {

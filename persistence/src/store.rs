@@ -8,9 +8,9 @@ use sojourn_runtime::{ActionOutcome, ExecutionId, Input, Workflow};
 
 use crate::Result;
 use crate::types::{
-    AttemptBegin, Commit, CommitResult, Created, DueTimer, ExecutionRecord, InboxItem, JournalRow,
-    LeaseEpoch, NewExecution, NewWorkflow, NodeExecutionRow, OutboxMessage, WorkflowRecord,
-    WorkflowVersion,
+    AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, ExecutionRecord,
+    FinishedAttempt, InboxItem, JournalRow, LeaseEpoch, NewExecution, NewWorkflow,
+    NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
 };
 
 /// One store: PostgreSQL or SQLite, the same behaviour (the conformance
@@ -182,6 +182,22 @@ pub trait Store: Send + Sync + 'static {
         outcome: &ActionOutcome,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// [`Store::begin_attempt`] for a batch, in one statement; results in
+    /// order.
+    fn begin_attempts(
+        &self,
+        attempts: &[AttemptRef<'_>],
+    ) -> impl Future<Output = Result<Vec<AttemptBegin>>> + Send;
+
+    /// Records the results of a batch of attempts, queues each for its
+    /// execution and deletes their outbox rows, in one transaction. Returns
+    /// the inbox rows, in order.
+    fn finish_attempts(
+        &self,
+        done: &[FinishedAttempt<'_>],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
 
     // ---- inbox -----------------------------------------------------------
 

@@ -169,6 +169,24 @@ pub enum AttemptBegin {
     Unknown,
 }
 
+/// One attempt of one action node.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptRef<'a> {
+    pub execution_id: &'a ExecutionId,
+    pub node: &'a str,
+    pub attempt: u32,
+}
+
+/// An attempt whose result is known, with the outbox row that carried it.
+#[derive(Debug, Clone, Copy)]
+pub struct FinishedAttempt<'a> {
+    pub execution_id: &'a ExecutionId,
+    pub node: &'a str,
+    pub attempt: u32,
+    pub outcome: &'a sojourn_runtime::ActionOutcome,
+    pub outbox_id: i64,
+}
+
 /// An input waiting in an execution's inbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxItem {

@@ -131,6 +131,7 @@ conformance!(
     the_inbox_is_consumed_by_the_commit_that_applies_it,
     attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_dropped,
     pending_executions_are_found_for_recovery_and_batches_create_idempotently,
+    attempts_begin_and_finish_in_batches,
 );
 
 // ---- helpers ------------------------------------------------------------------
@@ -1050,4 +1051,91 @@ async fn pending_executions_are_found_for_recovery_and_batches_create_idempotent
         .expect("pending");
     assert_eq!(pending.len(), 2);
     assert!(!pending.contains(&first_id));
+}
+
+async fn attempts_begin_and_finish_in_batches<S: Store>(store: &S) {
+    use sojourn_persistence::{AttemptBegin, AttemptRef, FinishedAttempt};
+    let f = fixture(store).await;
+    let mut execs = Vec::new();
+    for _ in 0..5 {
+        let mut e = start(store, &f, None, None).await;
+        step(store, &f, &mut e, Input::Start, t0()).await;
+        execs.push(e);
+    }
+    let msgs = store
+        .claim_outbox("w", t0(), t0() + Duration::seconds(30), 10)
+        .await
+        .expect("claim");
+    assert_eq!(msgs.len(), 5);
+    // One finished before: its redelivery is dropped.
+    let done_early = ActionOutcome::Success {
+        output: json!({"status": 200}),
+    };
+    store
+        .finish_attempt(&execs[0].id, "first", 1, &done_early, t0())
+        .await
+        .expect("finish");
+    let mut refs: Vec<AttemptRef<'_>> = msgs
+        .iter()
+        .map(|m| AttemptRef {
+            execution_id: &m.execution_id,
+            node: m.dispatch.node.as_str(),
+            attempt: m.dispatch.attempt,
+        })
+        .collect();
+    refs.push(AttemptRef {
+        execution_id: &execs[1].id,
+        node: "first",
+        attempt: 7,
+    });
+    let begins = store.begin_attempts(&refs).await.expect("begin");
+    for (r, b) in refs.iter().zip(&begins) {
+        let expected = if r.attempt == 7 {
+            AttemptBegin::Unknown
+        } else if r.execution_id == &execs[0].id {
+            AttemptBegin::AlreadyDone
+        } else {
+            AttemptBegin::Send { sends: 1 }
+        };
+        assert_eq!(*b, expected, "{}", r.execution_id);
+    }
+    let outcome = ActionOutcome::Failure {
+        error: "HTTP 503".into(),
+        retryable: true,
+    };
+    let done: Vec<FinishedAttempt<'_>> = msgs
+        .iter()
+        .filter(|m| m.execution_id != execs[0].id)
+        .map(|m| FinishedAttempt {
+            execution_id: &m.execution_id,
+            node: m.dispatch.node.as_str(),
+            attempt: m.dispatch.attempt,
+            outcome: &outcome,
+            outbox_id: m.id,
+        })
+        .collect();
+    let inbox = store.finish_attempts(&done, t0()).await.expect("finish");
+    assert_eq!(inbox.len(), 4);
+    for (d, id) in done.iter().zip(&inbox) {
+        let pending = store.pending_inputs(d.execution_id).await.expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].id, *id, "inbox ids come back in order");
+        let rows = store.node_executions(d.execution_id).await.expect("nodes");
+        assert_eq!(
+            (rows[0].status.as_str(), rows[0].error.as_deref()),
+            ("failed", Some("HTTP 503"))
+        );
+    }
+    // Their outbox rows are gone; the early one's is still there until acked.
+    let left = store
+        .claim_outbox(
+            "w2",
+            t0() + Duration::seconds(60),
+            t0() + Duration::seconds(90),
+            10,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].execution_id, execs[0].id);
 }
