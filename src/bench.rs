@@ -149,6 +149,7 @@ async fn sleepers<S: Store>(
     engine: &Arc<Engine<S>>,
     n: usize,
     seconds: u64,
+    concurrency: usize,
 ) -> Result<(), Failure> {
     engine
         .deploy(&sleeper(seconds)?)
@@ -161,7 +162,7 @@ async fn sleepers<S: Store>(
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut starters = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..concurrency.max(1) {
         let (engine, next) = (engine.clone(), next.clone());
         starters.push(tokio::spawn(async move {
             loop {
@@ -414,7 +415,7 @@ async fn bench<S: Store + Clone>(
         idle_rss
     );
     if args.sleepers > 0 {
-        sleepers(&engine, args.sleepers, args.sleep).await?;
+        sleepers(&engine, args.sleepers, args.sleep, args.concurrency).await?;
     }
     match Arc::try_unwrap(engine) {
         Ok(engine) => engine.shutdown().await,

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::Error;
+use crate::activator::Activator;
 use crate::committer::Committer;
 use crate::config::Config;
 use crate::execution::{Delivery, Preloaded};
@@ -34,6 +35,7 @@ pub(crate) struct Context<S: Store> {
     pub(crate) store: Arc<S>,
     pub(crate) committer: Committer,
     pub(crate) starter: Starter,
+    pub(crate) activator: Activator,
     pub(crate) workflows: WorkflowCache,
     pub(crate) stats: Arc<Stats>,
     pub(crate) timer_wake: Arc<TimerWake>,
@@ -88,10 +90,12 @@ impl<S: Store> Engine<S> {
         let (committer, commit_task) =
             Committer::spawn(store.clone(), stats.clone(), config.max_commit_batch);
         let (starter, start_task) = Starter::spawn(store.clone(), config.max_commit_batch);
+        let (activator, activate_task) = Activator::spawn(store.clone(), config.max_commit_batch);
         let ctx = Arc::new(Context {
             store: store.clone(),
             committer,
             starter,
+            activator,
             workflows: WorkflowCache::default(),
             stats: stats.clone(),
             timer_wake: Arc::new(TimerWake::new(&config)),
@@ -133,7 +137,7 @@ impl<S: Store> Engine<S> {
             stop,
             stopped,
             tasks: vec![timers, outbox, recovery],
-            _channel_tasks: vec![start_task, commit_task],
+            _channel_tasks: vec![start_task, activate_task, commit_task],
         })
     }
 

@@ -98,7 +98,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                 asked_to_passivate: false,
             });
         }
-        let record = async { ctx.store.activate(&id).await }
+        let (record, inbox) = async { ctx.activator.activate(id.clone()).await }
             .instrument(span.clone())
             .await?
             .ok_or_else(|| format!("execution {id} does not exist"))?;
@@ -115,7 +115,13 @@ impl<S: Store> Actor for ExecutionActor<S> {
             }));
         }
         // Whatever was recorded for it while it slept.
-        let _ = myself.cast(ExecutionMsg::DrainInbox);
+        for item in inbox {
+            let _ = myself.cast(ExecutionMsg::Deliver(Delivery {
+                input: item.input,
+                fired_timer: None,
+                inbox_id: Some(item.id),
+            }));
+        }
         Ok(ExecutionState {
             id,
             snapshot: record.snapshot,

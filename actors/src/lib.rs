@@ -22,6 +22,7 @@
 //! results and events go through the execution's inbox, so a message lost
 //! with a stopping actor is found again on its next activation.
 
+mod activator;
 mod committer;
 mod config;
 mod engine;

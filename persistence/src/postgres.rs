@@ -368,6 +368,48 @@ impl Store for PgStore {
         row.as_ref().map(execution_row).transpose()
     }
 
+    async fn activate_many(
+        &self,
+        ids: &[ExecutionId],
+    ) -> Result<Vec<(ExecutionRecord, Vec<InboxItem>)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = ids.iter().map(ExecutionId::as_str).collect();
+        let sql = format!(
+            "UPDATE executions SET lease_epoch = lease_epoch + 1 WHERE id = ANY($1) RETURNING {EXECUTION_COLUMNS}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&keys)
+            .fetch_all(&self.pool)
+            .await?;
+        let records = rows.iter().map(execution_row).collect::<Result<Vec<_>>>()?;
+        let inbox = sqlx::query(
+            "SELECT id, execution_id, input FROM inbox WHERE execution_id = ANY($1) ORDER BY id",
+        )
+        .bind(&keys)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_exec: std::collections::HashMap<String, Vec<InboxItem>> =
+            std::collections::HashMap::new();
+        for r in &inbox {
+            by_exec
+                .entry(r.try_get("execution_id")?)
+                .or_default()
+                .push(InboxItem {
+                    id: r.try_get("id")?,
+                    input: from_json("inbox input", r.try_get::<Json<Value>, _>("input")?.0)?,
+                });
+        }
+        Ok(records
+            .into_iter()
+            .map(|rec| {
+                let items = by_exec.remove(rec.id.as_str()).unwrap_or_default();
+                (rec, items)
+            })
+            .collect())
+    }
+
     async fn commit(&self, batch: &[Commit<'_>]) -> Result<Vec<CommitResult>> {
         let mut results = vec![CommitResult::Fenced; batch.len()];
         if batch.is_empty() {

@@ -317,6 +317,20 @@ impl Store for SqliteStore {
         row.as_ref().map(execution_row).transpose()
     }
 
+    async fn activate_many(
+        &self,
+        ids: &[ExecutionId],
+    ) -> Result<Vec<(ExecutionRecord, Vec<InboxItem>)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(rec) = self.activate(id).await? {
+                let items = self.pending_inputs(id).await?;
+                out.push((rec, items));
+            }
+        }
+        Ok(out)
+    }
+
     async fn commit(&self, batch: &[Commit<'_>]) -> Result<Vec<CommitResult>> {
         let mut results = vec![CommitResult::Fenced; batch.len()];
         if batch.is_empty() {

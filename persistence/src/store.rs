@@ -90,6 +90,14 @@ pub trait Store: Send + Sync + 'static {
         id: &ExecutionId,
     ) -> impl Future<Output = Result<Option<ExecutionRecord>>> + Send;
 
+    /// [`Store::activate`] for many at once (one statement), with their
+    /// waiting inbox inputs: what a node needs to rehydrate a batch of
+    /// executions whose timers came due. Missing ids are left out.
+    fn activate_many(
+        &self,
+        ids: &[ExecutionId],
+    ) -> impl Future<Output = Result<Vec<(ExecutionRecord, Vec<InboxItem>)>>> + Send;
+
     /// Commits a batch of transitions in one database transaction. Each is
     /// fenced by its epoch; a fenced one writes nothing and is reported as
     /// [`CommitResult::Fenced`] without failing the others. Results are in
