@@ -17,6 +17,12 @@ use sojourn_runtime::{CompiledWorkflow, Registry, Workflow};
 mod bench;
 mod node;
 
+/// mimalloc rather than glibc's malloc: under load a third of the node's CPU
+/// went to glibc's allocator and its arena locks (perf, `sojourn bench`), and
+/// glibc keeps freed memory that a burst of activations used.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sojourn",

@@ -912,15 +912,15 @@ async fn update_executions(
         epochs.push(e.epoch);
         statuses.push(e.status);
         nodes.push(e.current_node.as_deref());
-        snaps.push(&e.snapshot);
+        snaps.push(e.snapshot.as_str());
         seqs.push(e.seq);
         updated.push(e.updated_at);
         finished.push(e.finished_at);
     }
     let winners: Vec<String> = sqlx::query_scalar(
-        "UPDATE executions e SET status = v.status, current_node = v.node, snapshot = v.snap,
+        "UPDATE executions e SET status = v.status, current_node = v.node, snapshot = v.snap::jsonb,
                 snapshot_seq = v.seq, updated_at = v.updated, finished_at = v.finished
-         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
                      $7::timestamptz[], $8::timestamptz[])
               AS v(id, epoch, status, node, snap, seq, updated, finished)
          WHERE e.id = v.id AND e.lease_epoch = v.epoch AND e.snapshot_seq < v.seq
@@ -949,14 +949,15 @@ async fn write_dependents(tx: &mut Transaction<'_, Postgres>, won: &[&Rows]) -> 
             ex.push(r.execution.id.as_str());
             seq.push(j.seq);
             at.push(j.at);
-            kind.push(j.kind.as_str());
-            entry.push(&j.entry);
+            kind.push(j.kind);
+            entry.push(j.entry.as_str());
         }
     }
     if !ex.is_empty() {
         sqlx::query(
             "INSERT INTO journal (execution_id, seq, at, kind, entry)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::jsonb[])",
+             SELECT e, s, a, k, v::jsonb
+             FROM UNNEST($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[]) AS x(e, s, a, k, v)",
         )
         .bind(&ex)
         .bind(&seq)
@@ -977,17 +978,17 @@ async fn write_dependents(tx: &mut Transaction<'_, Postgres>, won: &[&Rows]) -> 
             node.push(s.node_id.as_str());
             attempt.push(s.attempt);
             action.push(s.action.as_str());
-            input.push(&s.input);
+            input.push(s.input.as_str());
             started.push(r.now);
             key.push(o.idempotency_key.as_str());
-            payload.push(&o.payload);
+            payload.push(o.payload.as_str());
         }
     }
     if !ex.is_empty() {
         sqlx::query(
             "INSERT INTO node_executions (execution_id, node_id, attempt, action, status, input, started_at)
-             SELECT e, n, a, act, 'dispatched', i, s
-             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::timestamptz[])
+             SELECT e, n, a, act, 'dispatched', i::jsonb, s
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
                   AS v(e, n, a, act, i, s)
              ON CONFLICT DO NOTHING",
         )
@@ -1001,8 +1002,9 @@ async fn write_dependents(tx: &mut Transaction<'_, Postgres>, won: &[&Rows]) -> 
         .await?;
         sqlx::query(
             "INSERT INTO outbox (execution_id, node_id, attempt, idempotency_key, action, payload, created_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::jsonb[],
-                                  $7::timestamptz[])
+             SELECT e, n, a, k, act, p::jsonb, c
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+                         $7::timestamptz[]) AS v(e, n, a, k, act, p, c)
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(&ex)

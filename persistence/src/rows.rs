@@ -15,7 +15,8 @@ pub(crate) struct ExecutionUpdate {
     pub(crate) epoch: i64,
     pub(crate) status: &'static str,
     pub(crate) current_node: Option<String>,
-    pub(crate) snapshot: Value,
+    /// The snapshot as JSON text (serialized once, straight from the type).
+    pub(crate) snapshot: String,
     pub(crate) seq: i64,
     pub(crate) updated_at: DateTime<Utc>,
     pub(crate) finished_at: Option<DateTime<Utc>>,
@@ -24,15 +25,15 @@ pub(crate) struct ExecutionUpdate {
 pub(crate) struct JournalInsert {
     pub(crate) seq: i64,
     pub(crate) at: DateTime<Utc>,
-    pub(crate) kind: String,
-    pub(crate) entry: Value,
+    pub(crate) kind: &'static str,
+    pub(crate) entry: String,
 }
 
 pub(crate) struct NodeStart {
     pub(crate) node_id: String,
     pub(crate) attempt: i32,
     pub(crate) action: String,
-    pub(crate) input: Value,
+    pub(crate) input: String,
 }
 
 pub(crate) struct NodeResult {
@@ -48,7 +49,7 @@ pub(crate) struct OutboxInsert {
     pub(crate) attempt: i32,
     pub(crate) idempotency_key: String,
     pub(crate) action: String,
-    pub(crate) payload: Value,
+    pub(crate) payload: String,
 }
 
 pub(crate) struct SubscriptionInsert {
@@ -76,8 +77,8 @@ pub(crate) struct Rows {
     pub(crate) finished: bool,
 }
 
-fn json<T: serde::Serialize>(what: &'static str, v: &T) -> Result<Value> {
-    serde_json::to_value(v).map_err(Error::corrupt(what))
+fn json<T: serde::Serialize>(what: &'static str, v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(Error::corrupt(what))
 }
 
 impl Rows {
@@ -120,11 +121,7 @@ impl Rows {
         };
         for entry in &t.journal {
             let value = json("journal entry", entry)?;
-            let kind = value
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_owned();
+            let kind = entry.event.kind();
             if let JournalEvent::InputReceived {
                 input:
                     Input::ActionResult {
@@ -157,7 +154,7 @@ impl Rows {
                         node_id: d.node.to_string(),
                         attempt: attempt_i32(d.attempt)?,
                         action: d.action.clone(),
-                        input: d.inputs.clone(),
+                        input: json("node input", &d.inputs)?,
                     });
                     rows.outbox.push(OutboxInsert {
                         node_id: d.node.to_string(),

@@ -709,7 +709,7 @@ async fn write_one(tx: &mut Transaction<'_, Sqlite>, r: &Rows) -> Result<bool> {
     .bind(e.epoch)
     .bind(e.status)
     .bind(&e.current_node)
-    .bind(text("snapshot", &e.snapshot)?)
+    .bind(e.snapshot.as_str())
     .bind(e.seq)
     .bind(ms(e.updated_at))
     .bind(e.finished_at.map(ms))
@@ -725,8 +725,8 @@ async fn write_one(tx: &mut Transaction<'_, Sqlite>, r: &Rows) -> Result<bool> {
         .bind(id)
         .bind(j.seq)
         .bind(ms(j.at))
-        .bind(&j.kind)
-        .bind(text("journal entry", &j.entry)?)
+        .bind(j.kind)
+        .bind(j.entry.as_str())
         .execute(&mut **tx)
         .await?;
     }
@@ -739,7 +739,7 @@ async fn write_one(tx: &mut Transaction<'_, Sqlite>, r: &Rows) -> Result<bool> {
         .bind(&s.node_id)
         .bind(s.attempt)
         .bind(&s.action)
-        .bind(text("node input", &s.input)?)
+        .bind(s.input.as_str())
         .bind(ms(r.now))
         .execute(&mut **tx)
         .await?;
@@ -752,7 +752,7 @@ async fn write_one(tx: &mut Transaction<'_, Sqlite>, r: &Rows) -> Result<bool> {
         .bind(o.attempt)
         .bind(&o.idempotency_key)
         .bind(&o.action)
-        .bind(text("dispatch", &o.payload)?)
+        .bind(o.payload.as_str())
         .bind(ms(r.now))
         .execute(&mut **tx)
         .await?;

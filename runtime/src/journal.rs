@@ -124,6 +124,38 @@ pub enum JournalEvent {
     },
 }
 
+impl JournalEvent {
+    /// The `type` tag this event serializes with (the journal's `kind`
+    /// column), without serializing it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JournalEvent::InputReceived { .. } => "input_received",
+            JournalEvent::InputIgnored { .. } => "input_ignored",
+            JournalEvent::InputDeferred { .. } => "input_deferred",
+            JournalEvent::NodeEntered { .. } => "node_entered",
+            JournalEvent::BranchTaken { .. } => "branch_taken",
+            JournalEvent::VariablesAssigned { .. } => "variables_assigned",
+            JournalEvent::ActionDispatched { .. } => "action_dispatched",
+            JournalEvent::ActionSucceeded { .. } => "action_succeeded",
+            JournalEvent::ActionFailed { .. } => "action_failed",
+            JournalEvent::RetryScheduled { .. } => "retry_scheduled",
+            JournalEvent::QuietHoursDeferred { .. } => "quiet_hours_deferred",
+            JournalEvent::DelayStarted { .. } => "delay_started",
+            JournalEvent::DelayElapsed { .. } => "delay_elapsed",
+            JournalEvent::WaitingForEvent { .. } => "waiting_for_event",
+            JournalEvent::EventMatched { .. } => "event_matched",
+            JournalEvent::EventTimedOut { .. } => "event_timed_out",
+            JournalEvent::ExitCriteriaMet { .. } => "exit_criteria_met",
+            JournalEvent::Paused { .. } => "paused",
+            JournalEvent::Resumed => "resumed",
+            JournalEvent::Retried { .. } => "retried",
+            JournalEvent::Completed { .. } => "completed",
+            JournalEvent::Failed { .. } => "failed",
+            JournalEvent::Cancelled { .. } => "cancelled",
+        }
+    }
+}
+
 impl fmt::Display for JournalEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ts = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();

@@ -211,6 +211,14 @@ impl<'w> Driver<'w> {
                         serde_json::from_value(serde_json::to_value(entry).expect("ser"))
                             .expect("journal entry round-trips");
                     assert_eq!(&back, entry);
+                    let tag = serde_json::to_value(&entry.event).expect("ser")["type"]
+                        .as_str()
+                        .map(str::to_owned);
+                    assert_eq!(
+                        tag.as_deref(),
+                        Some(entry.event.kind()),
+                        "kind() matches the serde tag"
+                    );
                 }
                 self.snap = t.snapshot.clone();
                 self.check();
