@@ -160,7 +160,7 @@ async fn finish<S: Store>(
                 node: s.message.dispatch.node.as_str(),
                 attempt: s.message.dispatch.attempt,
                 outcome: &s.outcome,
-                outbox_id: s.message.id,
+                outbox_id: Some(s.message.id),
             })
             .collect();
         let result = store.finish_attempts(&done, Utc::now()).await;

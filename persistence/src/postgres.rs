@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sojourn_runtime::{ActionOutcome, ExecutionId, Input, TimerId, Workflow};
+use sojourn_runtime::{ExecutionId, Input, TimerId, Workflow};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
@@ -609,73 +609,6 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    async fn begin_attempt(
-        &self,
-        id: &ExecutionId,
-        node: &str,
-        attempt: u32,
-    ) -> Result<AttemptBegin> {
-        let row = sqlx::query(
-            "UPDATE node_executions
-             SET sends = sends + CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END,
-                 status = CASE WHEN finished_at IS NULL THEN 'sending' ELSE status END
-             WHERE execution_id = $1 AND node_id = $2 AND attempt = $3
-             RETURNING sends, finished_at IS NOT NULL AS done",
-        )
-        .bind(id.as_str())
-        .bind(node)
-        .bind(attempt_i32(attempt)?)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            None => AttemptBegin::Unknown,
-            Some(r) if r.try_get::<bool, _>("done")? => AttemptBegin::AlreadyDone,
-            Some(r) => AttemptBegin::Send {
-                sends: r.try_get("sends")?,
-            },
-        })
-    }
-
-    async fn finish_attempt(
-        &self,
-        id: &ExecutionId,
-        node: &str,
-        attempt: u32,
-        outcome: &ActionOutcome,
-        now: DateTime<Utc>,
-    ) -> Result<i64> {
-        let (status, output, error) = outcome_columns(outcome);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE node_executions SET status = $4, output = $5, error = $6, finished_at = $7
-             WHERE execution_id = $1 AND node_id = $2 AND attempt = $3 AND finished_at IS NULL",
-        )
-        .bind(id.as_str())
-        .bind(node)
-        .bind(attempt_i32(attempt)?)
-        .bind(status)
-        .bind(output.map(Json))
-        .bind(error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let input = Input::ActionResult {
-            node: node.into(),
-            attempt,
-            outcome: outcome.clone(),
-        };
-        let inbox: i64 = sqlx::query_scalar(
-            "INSERT INTO inbox (execution_id, input, created_at) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(id.as_str())
-        .bind(Json(&input))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(inbox)
     }
 
     async fn begin_attempts(&self, attempts: &[AttemptRef<'_>]) -> Result<Vec<AttemptBegin>> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
-use sojourn_runtime::{ActionOutcome, ExecutionId, Input, TimerId, Workflow};
+use sojourn_runtime::{ExecutionId, Input, TimerId, Workflow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -523,81 +523,31 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn begin_attempt(
-        &self,
-        id: &ExecutionId,
-        node: &str,
-        attempt: u32,
-    ) -> Result<AttemptBegin> {
-        let row = sqlx::query(
-            "UPDATE node_executions
-             SET sends = sends + CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END,
-                 status = CASE WHEN finished_at IS NULL THEN 'sending' ELSE status END
-             WHERE execution_id = ?1 AND node_id = ?2 AND attempt = ?3
-             RETURNING sends, finished_at IS NOT NULL AS done",
-        )
-        .bind(id.as_str())
-        .bind(node)
-        .bind(attempt_i32(attempt)?)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            None => AttemptBegin::Unknown,
-            Some(r) if r.try_get::<bool, _>("done")? => AttemptBegin::AlreadyDone,
-            Some(r) => AttemptBegin::Send {
-                sends: r.try_get("sends")?,
-            },
-        })
-    }
-
-    async fn finish_attempt(
-        &self,
-        id: &ExecutionId,
-        node: &str,
-        attempt: u32,
-        outcome: &ActionOutcome,
-        now: DateTime<Utc>,
-    ) -> Result<i64> {
-        let (status, output, error) = outcome_columns(outcome);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE node_executions SET status = ?4, output = ?5, error = ?6, finished_at = ?7
-             WHERE execution_id = ?1 AND node_id = ?2 AND attempt = ?3 AND finished_at IS NULL",
-        )
-        .bind(id.as_str())
-        .bind(node)
-        .bind(attempt_i32(attempt)?)
-        .bind(status)
-        .bind(output.map(|o| text("node output", &o)).transpose()?)
-        .bind(error)
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        let input = Input::ActionResult {
-            node: node.into(),
-            attempt,
-            outcome: outcome.clone(),
-        };
-        let inbox: i64 = sqlx::query_scalar(
-            "INSERT INTO inbox (execution_id, input, created_at) VALUES (?1, ?2, ?3) RETURNING id",
-        )
-        .bind(id.as_str())
-        .bind(text("inbox input", &input)?)
-        .bind(ms(now))
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(inbox)
-    }
-
     async fn begin_attempts(&self, attempts: &[AttemptRef<'_>]) -> Result<Vec<AttemptBegin>> {
+        let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(attempts.len());
         for a in attempts {
-            out.push(
-                self.begin_attempt(a.execution_id, a.node, a.attempt)
-                    .await?,
-            );
+            let row = sqlx::query(
+                "UPDATE node_executions
+                 SET sends = sends + CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END,
+                     status = CASE WHEN finished_at IS NULL THEN 'sending' ELSE status END
+                 WHERE execution_id = ?1 AND node_id = ?2 AND attempt = ?3
+                 RETURNING sends, finished_at IS NOT NULL AS done",
+            )
+            .bind(a.execution_id.as_str())
+            .bind(a.node)
+            .bind(attempt_i32(a.attempt)?)
+            .fetch_optional(&mut *tx)
+            .await?;
+            out.push(match row {
+                None => AttemptBegin::Unknown,
+                Some(r) if r.try_get::<bool, _>("done")? => AttemptBegin::AlreadyDone,
+                Some(r) => AttemptBegin::Send {
+                    sends: r.try_get("sends")?,
+                },
+            });
         }
+        tx.commit().await?;
         Ok(out)
     }
 

@@ -178,7 +178,18 @@ pub trait Store: Send + Sync + 'static {
         id: &ExecutionId,
         node: &str,
         attempt: u32,
-    ) -> impl Future<Output = Result<AttemptBegin>> + Send;
+    ) -> impl Future<Output = Result<AttemptBegin>> + Send {
+        async move {
+            let begins = self
+                .begin_attempts(&[AttemptRef {
+                    execution_id: id,
+                    node,
+                    attempt,
+                }])
+                .await?;
+            Ok(begins.into_iter().next().unwrap_or(AttemptBegin::Unknown))
+        }
+    }
 
     /// Records an attempt's result and queues it for the execution, in one
     /// transaction. Returns the inbox row.
@@ -189,7 +200,21 @@ pub trait Store: Send + Sync + 'static {
         attempt: u32,
         outcome: &ActionOutcome,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<i64>> + Send;
+    ) -> impl Future<Output = Result<i64>> + Send {
+        async move {
+            let done = [FinishedAttempt {
+                execution_id: id,
+                node,
+                attempt,
+                outcome,
+                outbox_id: None,
+            }];
+            let ids = self.finish_attempts(&done, now).await?;
+            ids.into_iter()
+                .next()
+                .ok_or_else(|| crate::Error::Invalid("finish_attempts returned nothing".into()))
+        }
+    }
 
     /// [`Store::begin_attempt`] for a batch, in one statement; results in
     /// order.

@@ -184,7 +184,8 @@ pub struct FinishedAttempt<'a> {
     pub node: &'a str,
     pub attempt: u32,
     pub outcome: &'a sojourn_runtime::ActionOutcome,
-    pub outbox_id: i64,
+    /// The outbox row to delete with it, if it came from one.
+    pub outbox_id: Option<i64>,
 }
 
 /// An input waiting in an execution's inbox.

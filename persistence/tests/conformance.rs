@@ -1111,7 +1111,7 @@ async fn attempts_begin_and_finish_in_batches<S: Store>(store: &S) {
             node: m.dispatch.node.as_str(),
             attempt: m.dispatch.attempt,
             outcome: &outcome,
-            outbox_id: m.id,
+            outbox_id: Some(m.id),
         })
         .collect();
     let inbox = store.finish_attempts(&done, t0()).await.expect("finish");
