@@ -1,0 +1,256 @@
+//! Supervision: an execution whose transitions cannot be committed (here, a
+//! store that refuses them) fails its actor; the supervisor restarts it from
+//! its last committed snapshot with backoff and, when it keeps failing,
+//! marks it failed with the reason recorded — while the rest of the node
+//! carries on.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sojourn_actors::{Config, Engine, StartRequest};
+use sojourn_persistence::{
+    AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, Error, ExecutionRecord,
+    FinishedAttempt, InboxItem, JournalRow, NewExecution, NewWorkflow, NodeExecutionRow,
+    OutboxMessage, SqliteStore, Store, WorkflowRecord, WorkflowVersion,
+};
+use sojourn_runtime::{ExecutionId, Input, Status, Workflow};
+
+/// A real SQLite store that refuses to commit any batch holding a live
+/// transition of an execution whose input says `"poison": true`.
+#[derive(Clone)]
+struct Flaky(SqliteStore);
+
+fn poisoned(c: &Commit<'_>) -> bool {
+    c.transition.snapshot.input.get("poison") == Some(&json!(true))
+        && c.transition.snapshot.status != Status::Failed
+}
+
+impl Store for Flaky {
+    async fn commit(&self, batch: &[Commit<'_>]) -> Result<Vec<CommitResult>, Error> {
+        if batch.iter().any(poisoned) {
+            return Err(Error::Invalid("injected failure: the disk said no".into()));
+        }
+        self.0.commit(batch).await
+    }
+    async fn create_workflow(&self, new: NewWorkflow) -> Result<WorkflowRecord, Error> {
+        self.0.create_workflow(new).await
+    }
+    async fn get_workflow(&self, ns: &str, id: &str) -> Result<Option<WorkflowRecord>, Error> {
+        self.0.get_workflow(ns, id).await
+    }
+    async fn publish(
+        &self,
+        id: &str,
+        wf: &Workflow,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowVersion, Error> {
+        self.0.publish(id, wf, now).await
+    }
+    async fn get_version(
+        &self,
+        id: &str,
+        v: Option<i32>,
+    ) -> Result<Option<WorkflowVersion>, Error> {
+        self.0.get_version(id, v).await
+    }
+    async fn create_executions(&self, batch: Vec<NewExecution>) -> Result<Vec<Created>, Error> {
+        self.0.create_executions(batch).await
+    }
+    async fn pending_executions(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ExecutionId>, Error> {
+        self.0.pending_executions(before, limit).await
+    }
+    async fn load_execution(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>, Error> {
+        self.0.load_execution(id).await
+    }
+    async fn activate(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>, Error> {
+        self.0.activate(id).await
+    }
+    async fn activate_many(
+        &self,
+        ids: &[ExecutionId],
+    ) -> Result<Vec<(ExecutionRecord, Vec<InboxItem>)>, Error> {
+        self.0.activate_many(ids).await
+    }
+    async fn journal(
+        &self,
+        id: &ExecutionId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<JournalRow>, Error> {
+        self.0.journal(id, after, limit).await
+    }
+    async fn node_executions(&self, id: &ExecutionId) -> Result<Vec<NodeExecutionRow>, Error> {
+        self.0.node_executions(id).await
+    }
+    async fn claim_due_timers(
+        &self,
+        owner: &str,
+        due_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>, Error> {
+        self.0
+            .claim_due_timers(owner, due_before, now, claim_until, limit)
+            .await
+    }
+    async fn release_claims(&self, owner: &str) -> Result<(), Error> {
+        self.0.release_claims(owner).await
+    }
+    async fn pending_timers(&self) -> Result<i64, Error> {
+        self.0.pending_timers().await
+    }
+    async fn subscribers(
+        &self,
+        ns: &str,
+        event: &str,
+        key: &str,
+    ) -> Result<Vec<ExecutionId>, Error> {
+        self.0.subscribers(ns, event, key).await
+    }
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, Error> {
+        self.0.claim_outbox(owner, now, claim_until, limit).await
+    }
+    async fn ack_outbox(&self, ids: &[i64]) -> Result<(), Error> {
+        self.0.ack_outbox(ids).await
+    }
+    async fn begin_attempts(
+        &self,
+        attempts: &[AttemptRef<'_>],
+    ) -> Result<Vec<AttemptBegin>, Error> {
+        self.0.begin_attempts(attempts).await
+    }
+    async fn finish_attempts(
+        &self,
+        done: &[FinishedAttempt<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>, Error> {
+        self.0.finish_attempts(done, now).await
+    }
+    async fn enqueue_input(
+        &self,
+        id: &ExecutionId,
+        input: &Input,
+        now: DateTime<Utc>,
+    ) -> Result<i64, Error> {
+        self.0.enqueue_input(id, input, now).await
+    }
+    async fn pending_inputs(&self, id: &ExecutionId) -> Result<Vec<InboxItem>, Error> {
+        self.0.pending_inputs(id).await
+    }
+    async fn discard_input(&self, inbox_id: i64) -> Result<(), Error> {
+        self.0.discard_input(inbox_id).await
+    }
+    async fn executions_with_inputs(&self, limit: u32) -> Result<Vec<ExecutionId>, Error> {
+        self.0.executions_with_inputs(limit).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_execution_is_restarted_then_marked_failed_and_the_rest_carries_on() {
+    let path = std::env::temp_dir().join(format!(
+        "sojourn-supervision-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let store = Flaky(SqliteStore::open(&path).await.expect("open"));
+    let config = Config {
+        timer_poll: Duration::from_millis(100),
+        max_restarts: 3,
+        ..Config::default()
+    };
+    let engine = Engine::start(store.clone(), config).await.expect("engine");
+    let workflow = Workflow::from_value(json!({
+        "key": "nap",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "nap", "type": "delay", "config": {"duration": "1s"}},
+            {"id": "end", "type": "exit"},
+        ],
+        "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "end"}]
+    }))
+    .expect("workflow");
+    engine.deploy(&workflow).await.expect("deploy");
+    let start = |input| StartRequest {
+        workflow: "nap".into(),
+        input,
+        ..StartRequest::default()
+    };
+    let poison = engine
+        .start_execution(start(json!({"poison": true})))
+        .await
+        .expect("start")
+        .id()
+        .clone();
+    // Give the poisoned one a head start so healthy ones rarely share its batch.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut healthy = Vec::new();
+    for i in 0..5 {
+        healthy.push(
+            engine
+                .start_execution(start(json!({"n": i})))
+                .await
+                .expect("start")
+                .id()
+                .clone(),
+        );
+    }
+
+    let mut failed = None;
+    for _ in 0..200 {
+        let rec = engine
+            .execution(&poison)
+            .await
+            .expect("load")
+            .expect("exists");
+        if rec.status == Status::Failed {
+            failed = Some(rec);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = failed.expect("the poisoned execution is eventually marked failed");
+    let error = failed.snapshot.error.expect("error recorded");
+    assert!(error.message.contains("kept failing"), "{}", error.message);
+    assert!(
+        error.message.contains("the disk said no"),
+        "{}",
+        error.message
+    );
+    let stats = engine.stats().snapshot();
+    assert!(
+        stats.restarts >= 3,
+        "restarted with backoff before giving up: {stats:?}"
+    );
+
+    // The healthy ones, restarted from their snapshots if they shared a
+    // failing batch, all finish.
+    for id in &healthy {
+        let mut done = false;
+        for _ in 0..100 {
+            if engine
+                .execution(id)
+                .await
+                .expect("load")
+                .is_some_and(|r| r.status == Status::Completed)
+            {
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(done, "healthy execution {id} did not complete");
+    }
+    engine.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
