@@ -9,7 +9,8 @@ use chrono::Utc;
 use ractor::{Actor, ActorRef};
 use serde_json::Value;
 use sojourn_persistence::{
-    Commit, Created, ExecutionRecord, LeaseEpoch, NewExecution, NewWorkflow, Store, ids,
+    Commit, CommitResult, Created, ExecutionRecord, LeaseEpoch, NewExecution, NewWorkflow, Store,
+    ids,
 };
 use sojourn_runtime::{
     CompiledWorkflow, EventInput, ExecutionError, ExecutionId, Input, JournalEntry, JournalEvent,
@@ -410,7 +411,8 @@ pub(crate) async fn mark_failed<S: Store>(
         journal,
         effects: Vec::new(),
     };
-    ctx.store
+    let results = ctx
+        .store
         .commit(&[Commit {
             execution_id: id,
             epoch: record.lease_epoch,
@@ -419,6 +421,10 @@ pub(crate) async fn mark_failed<S: Store>(
             consumed_input: None,
         }])
         .await?;
-    Stats::add(&ctx.stats.failed, 1);
+    if results.first() == Some(&CommitResult::Committed) {
+        Stats::add(&ctx.stats.failed, 1);
+    } else {
+        warn!(execution.id = %id, "marking the execution failed was fenced: another activation owns it");
+    }
     Ok(())
 }

@@ -164,7 +164,9 @@ impl<S: Store> Actor for ExecutionActor<S> {
                     if seq == state.snapshot.seq && !state.asked_to_passivate {
                         debug!("idle: passivating");
                         state.asked_to_passivate = true;
-                        let _ = state.supervisor.cast(SupervisorMsg::Idle(state.id.clone()));
+                        let _ = state
+                            .supervisor
+                            .cast(SupervisorMsg::Idle(state.id.clone(), myself.get_id()));
                     }
                     return Ok(());
                 }
@@ -196,6 +198,18 @@ impl<S: Store> ExecutionActor<S> {
         {
             return Ok(true);
         }
+        // An input that reaches a not-yet-started execution (it overtook the
+        // start in the mailbox) is applied after the start, not refused.
+        if state.snapshot.status == Status::Pending && !matches!(d.input, Input::Start) {
+            let start = Delivery {
+                input: Input::Start,
+                fired_timer: None,
+                inbox_id: None,
+            };
+            if !Box::pin(self.apply(myself, state, start)).await? {
+                return Ok(false);
+            }
+        }
         let now = Utc::now();
         let kind = d.input.kind();
         let transition = match state.wf.step(&state.snapshot, d.input, now) {
@@ -205,7 +219,7 @@ impl<S: Store> ExecutionActor<S> {
                 // durable copy is discarded so it is not retried forever.
                 debug!(input = kind, error = %e, "input refused");
                 if let Some(inbox) = d.inbox_id {
-                    self.ctx.store.discard_input(inbox).await?;
+                    self.ctx.store.discard_input(inbox, state.epoch).await?;
                 }
                 return Ok(true);
             }
@@ -261,7 +275,9 @@ impl<S: Store> ExecutionActor<S> {
         let quiet = matches!(s, Status::Waiting | Status::Paused) || s.is_terminal();
         if quiet && !state.asked_to_passivate {
             state.asked_to_passivate = true;
-            let _ = state.supervisor.cast(SupervisorMsg::Idle(state.id.clone()));
+            let _ = state
+                .supervisor
+                .cast(SupervisorMsg::Idle(state.id.clone(), myself.get_id()));
         } else if !quiet {
             let seq = state.snapshot.seq;
             let idle: Duration = self.ctx.config.idle_timeout;

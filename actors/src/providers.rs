@@ -104,13 +104,81 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// Sends a dispatch with the provider for its action.
+/// Sends a dispatch with the provider for its action. The outcome is made
+/// storable: PostgreSQL's `jsonb` refuses `\u0000`, and one unstorable
+/// result must not sink the batch of results recorded with it.
 pub(crate) async fn send(http: &HttpProvider, d: &Dispatch) -> ActionOutcome {
+    storable(send_raw(http, d).await)
+}
+
+fn storable(outcome: ActionOutcome) -> ActionOutcome {
+    match outcome {
+        ActionOutcome::Success { mut output } => {
+            strip_nul(&mut output);
+            ActionOutcome::Success { output }
+        }
+        ActionOutcome::Failure { error, retryable } => ActionOutcome::Failure {
+            error: error.replace('\0', "\u{fffd}"),
+            retryable,
+        },
+    }
+}
+
+/// Replaces NUL characters in every string and key with U+FFFD.
+fn strip_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
+        Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                let old = std::mem::take(map);
+                for (k, mut v) in old {
+                    strip_nul(&mut v);
+                    map.insert(k.replace('\0', "\u{fffd}"), v);
+                }
+            } else {
+                map.values_mut().for_each(strip_nul);
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn send_raw(http: &HttpProvider, d: &Dispatch) -> ActionOutcome {
     match d.action.as_str() {
         "http.request" => http.send(d).await,
         other => ActionOutcome::Failure {
             error: format!("no provider is configured for {other} on this node"),
             retryable: false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_lose_their_nul_characters() {
+        let out = storable(ActionOutcome::Success {
+            output: json!({"body": "a\u{0}b", "k\u{0}": ["\u{0}"]}),
+        });
+        assert_eq!(
+            out,
+            ActionOutcome::Success {
+                output: json!({"body": "a\u{fffd}b", "k\u{fffd}": ["\u{fffd}"]})
+            }
+        );
+        let out = storable(ActionOutcome::Failure {
+            error: "x\u{0}".into(),
+            retryable: true,
+        });
+        assert_eq!(
+            out,
+            ActionOutcome::Failure {
+                error: "x\u{fffd}".into(),
+                retryable: true
+            }
+        );
     }
 }

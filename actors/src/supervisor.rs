@@ -34,7 +34,9 @@ pub(crate) enum SupervisorMsg {
     /// the creator knows.
     Adopt(ExecutionId, Box<Preloaded>),
     /// The actor has nothing in flight and may passivate.
-    Idle(ExecutionId),
+    /// (The actor's id: an idle report from an actor that has since been
+    /// replaced must not stop its successor.)
+    Idle(ExecutionId, ActorId),
     /// An actor failed to start (its store was unreachable, or it is gone).
     StartFailed(ExecutionId, ActorId, String),
     /// How many actors are live.
@@ -46,7 +48,15 @@ pub(crate) enum SupervisorMsg {
 enum Entry {
     Active(ActorRef<ExecutionMsg>),
     /// Passivating; inputs wait here until it is gone.
-    Stopping(Vec<Delivery>),
+    Stopping {
+        actor: ActorId,
+        /// Inputs without a durable row (timer firings) to hand to the
+        /// successor.
+        buffer: Vec<Delivery>,
+        /// Something arrived that the successor will read from the store
+        /// (inbox rows): bring it back even if `buffer` is empty.
+        wake: bool,
+    },
 }
 
 pub(crate) struct Supervisor<S: Store> {
@@ -128,22 +138,35 @@ impl<S: Store> Supervisor<S> {
                     let _ = actor.cast(ExecutionMsg::Deliver(d));
                 }
             }
-            Some(Entry::Stopping(buffer)) => {
-                // Even without an input (an activation request), make sure it
-                // comes back: an empty delivery list would let it stop.
-                buffer.push(d.unwrap_or(Delivery {
-                    input: sojourn_runtime::Input::Resume,
-                    fired_timer: None,
-                    inbox_id: Some(-1),
-                }));
-            }
+            Some(Entry::Stopping { buffer, wake, .. }) => match d {
+                Some(d) if d.inbox_id.is_none() => buffer.push(d),
+                _ => *wake = true,
+            },
             None => {
+                // A new actor reads its inbox in order in `pre_start`; only
+                // inputs without a durable row are handed to it.
                 if let Some(actor) = self.spawn(myself, state, &id)
                     && let Some(d) = d
+                    && d.inbox_id.is_none()
                 {
                     let _ = actor.cast(ExecutionMsg::Deliver(d));
                 }
             }
+        }
+    }
+
+    /// Removes the entry of `id` if it belongs to `actor` (and not to a
+    /// successor); returns it.
+    fn take_entry(state: &mut SupervisorState, id: &ExecutionId, actor: &ActorId) -> Option<Entry> {
+        let owned = match state.entries.get(id) {
+            Some(Entry::Active(a)) => a.get_id() == *actor,
+            Some(Entry::Stopping { actor: a, .. }) => a == actor,
+            None => false,
+        };
+        if owned {
+            state.entries.remove(id)
+        } else {
+            None
         }
     }
 
@@ -156,16 +179,18 @@ impl<S: Store> Supervisor<S> {
         let Some(id) = state.by_actor.remove(actor) else {
             return;
         };
-        match state.entries.remove(&id) {
-            Some(Entry::Stopping(buffer)) if !buffer.is_empty() && state.draining.is_empty() => {
-                // Inputs arrived while it passivated: bring it back.
-                if let Some(actor) = self.spawn(myself, state, &id) {
-                    for d in buffer.into_iter().filter(|d| d.inbox_id != Some(-1)) {
-                        let _ = actor.cast(ExecutionMsg::Deliver(d));
-                    }
+        // A clean stop: whatever failures it had are behind it.
+        state.panics.remove(&id);
+        if let Some(Entry::Stopping { buffer, wake, .. }) = Self::take_entry(state, &id, actor)
+            && (wake || !buffer.is_empty())
+            && state.draining.is_empty()
+        {
+            // Inputs arrived while it passivated: bring it back.
+            if let Some(actor) = self.spawn(myself, state, &id) {
+                for d in buffer {
+                    let _ = actor.cast(ExecutionMsg::Deliver(d));
                 }
             }
-            _ => {}
         }
         self.check_drained(state);
     }
@@ -231,20 +256,26 @@ impl<S: Store> Actor for Supervisor<S> {
                     }
                 }
             }
-            SupervisorMsg::Idle(id) => {
+            SupervisorMsg::Idle(id, from) => {
                 if let Some(entry) = state.entries.get_mut(&id)
                     && let Entry::Active(actor) = entry
+                    && actor.get_id() == from
                 {
                     let _ = actor.cast(ExecutionMsg::Stop);
-                    *entry = Entry::Stopping(Vec::new());
+                    *entry = Entry::Stopping {
+                        actor: from,
+                        buffer: Vec::new(),
+                        wake: false,
+                    };
                 }
             }
             SupervisorMsg::StartFailed(id, actor, e) => {
                 warn!(execution.id = %id, error = %e, "execution actor failed to start");
                 state.by_actor.remove(&actor);
-                if matches!(state.entries.get(&id), Some(Entry::Active(a)) if a.get_id() == actor) {
-                    state.entries.remove(&id);
-                }
+                // Whatever state it was in. Its inputs are durable (inbox,
+                // timer claims, the pending scan) and bring it back later;
+                // respawning at once would spin while the store is down.
+                Self::take_entry(state, &id, &actor);
                 self.check_drained(state);
             }
             SupervisorMsg::Count(reply) => {
@@ -255,7 +286,12 @@ impl<S: Store> Actor for Supervisor<S> {
                 for entry in state.entries.values_mut() {
                     if let Entry::Active(actor) = entry {
                         let _ = actor.cast(ExecutionMsg::Stop);
-                        *entry = Entry::Stopping(Vec::new());
+                        let id = actor.get_id();
+                        *entry = Entry::Stopping {
+                            actor: id,
+                            buffer: Vec::new(),
+                            wake: false,
+                        };
                     }
                 }
                 self.check_drained(state);
@@ -298,7 +334,7 @@ impl<S: Store> Supervisor<S> {
         let Some(id) = state.by_actor.remove(&cell.get_id()) else {
             return;
         };
-        state.entries.remove(&id);
+        Self::take_entry(state, &id, &cell.get_id());
         let count = state.panics.entry(id.clone()).or_insert(0);
         *count += 1;
         let count = *count;

@@ -149,8 +149,12 @@ impl Store for Flaky {
     async fn pending_inputs(&self, id: &ExecutionId) -> Result<Vec<InboxItem>, Error> {
         self.0.pending_inputs(id).await
     }
-    async fn discard_input(&self, inbox_id: i64) -> Result<(), Error> {
-        self.0.discard_input(inbox_id).await
+    async fn discard_input(
+        &self,
+        inbox_id: i64,
+        epoch: sojourn_persistence::LeaseEpoch,
+    ) -> Result<bool, Error> {
+        self.0.discard_input(inbox_id, epoch).await
     }
     async fn executions_with_inputs(&self, limit: u32) -> Result<Vec<ExecutionId>, Error> {
         self.0.executions_with_inputs(limit).await

@@ -22,8 +22,8 @@ use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
 use crate::store::{Store, epoch};
 use crate::types::{
     AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, ExecutionRecord,
-    FinishedAttempt, InboxItem, JournalRow, NewExecution, NewWorkflow, NodeExecutionRow,
-    OutboxMessage, WorkflowRecord, WorkflowVersion,
+    FinishedAttempt, InboxItem, JournalRow, LeaseEpoch, NewExecution, NewWorkflow,
+    NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -596,12 +596,16 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 
-    async fn discard_input(&self, inbox_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM inbox WHERE id = ?1")
-            .bind(inbox_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    async fn discard_input(&self, inbox_id: i64, epoch: LeaseEpoch) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM inbox WHERE id = ?1 AND EXISTS (
+                 SELECT 1 FROM executions e WHERE e.id = inbox.execution_id AND e.lease_epoch = ?2)",
+        )
+        .bind(inbox_id)
+        .bind(epoch.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn executions_with_inputs(&self, limit: u32) -> Result<Vec<ExecutionId>> {

@@ -249,8 +249,14 @@ pub trait Store: Send + Sync + 'static {
         id: &ExecutionId,
     ) -> impl Future<Output = Result<Vec<InboxItem>>> + Send;
 
-    /// Removes an inbox row whose input the execution refused.
-    fn discard_input(&self, inbox_id: i64) -> impl Future<Output = Result<()>> + Send;
+    /// Removes an inbox row whose input the execution refused — only while
+    /// `epoch` still holds the execution (a stale actor must not delete an
+    /// input its successor needs). Returns whether it was removed.
+    fn discard_input(
+        &self,
+        inbox_id: i64,
+        epoch: LeaseEpoch,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Executions that have inputs waiting (recovery after a restart).
     fn executions_with_inputs(
