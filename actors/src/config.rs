@@ -22,7 +22,12 @@ pub struct Config {
     /// At most this many timers fire per second (catch-up after downtime is
     /// spread out instead of flooding the node).
     pub timer_fire_rate: u32,
-    /// How long a claimed outbox message stays ours.
+    /// How long a claimed outbox message stays ours. It must outlast the
+    /// longest action timeout (1 h, the validation limit): a claim that
+    /// expired while its send was still in flight would let the same attempt
+    /// be sent a second time concurrently. A node that restarts under the
+    /// same id releases its claims at once; reclaiming a dead node's claims
+    /// early is the cluster's job (membership).
     pub outbox_claim_ttl: Duration,
     /// How often the outbox relay looks for work when not woken.
     pub outbox_poll: Duration,
@@ -47,7 +52,7 @@ impl Default for Config {
             timer_poll: Duration::from_millis(500),
             timer_batch: 2_000,
             timer_fire_rate: 10_000,
-            outbox_claim_ttl: Duration::from_secs(60),
+            outbox_claim_ttl: Duration::from_secs(3_600 + 60),
             outbox_poll: Duration::from_millis(500),
             max_in_flight_actions: 256,
             idle_timeout: Duration::from_secs(300),

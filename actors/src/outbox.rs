@@ -163,7 +163,18 @@ async fn finish<S: Store>(
                 outbox_id: Some(s.message.id),
             })
             .collect();
-        let result = store.finish_attempts(&done, Utc::now()).await;
+        // Results are worth retrying: giving up means re-sending every action
+        // of the batch once its claim expires.
+        let mut result = store.finish_attempts(&done, Utc::now()).await;
+        let mut backoff = std::time::Duration::from_millis(100);
+        for _ in 0..6 {
+            if result.is_ok() {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            result = store.finish_attempts(&done, Utc::now()).await;
+        }
         drop(done);
         match result {
             Ok(inbox_ids) => {

@@ -912,10 +912,26 @@ async fn the_inbox_is_consumed_by_the_commit_that_applies_it<S: Store>(store: &S
     assert_eq!(left[0].input, Input::Resume);
     // A refused input is discarded only by the epoch that holds the execution.
     let stale = LeaseEpoch(e.epoch.0 - 1);
-    assert!(!store.discard_input(left[0].id, stale).await.expect("discard"));
+    assert!(
+        !store
+            .discard_input(left[0].id, stale)
+            .await
+            .expect("discard")
+    );
     assert_eq!(store.pending_inputs(&e.id).await.expect("pending").len(), 1);
-    assert!(store.discard_input(left[0].id, e.epoch).await.expect("discard"));
-    assert!(store.pending_inputs(&e.id).await.expect("pending").is_empty());
+    assert!(
+        store
+            .discard_input(left[0].id, e.epoch)
+            .await
+            .expect("discard")
+    );
+    assert!(
+        store
+            .pending_inputs(&e.id)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
 }
 
 async fn attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_dropped<
