@@ -131,16 +131,28 @@ fn sleeper(seconds: u64) -> Result<Workflow, Failure> {
     .map_err(|e| Failure::Runtime(anyhow::anyhow!("sleeper workflow: {e:?}")))
 }
 
-fn rss_mib() -> f64 {
+/// A `/proc/self/status` figure (`VmRSS`, `VmHWM`) in MiB.
+fn proc_status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| {
+                    l.strip_prefix(field)
+                        .is_some_and(|rest| rest.starts_with(':'))
+                })
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn rss_mib() -> f64 {
+    proc_status_mib("VmRSS")
+}
+
+fn peak_rss_mib() -> f64 {
+    proc_status_mib("VmHWM")
 }
 
 /// N executions asleep at once: memory while they sleep, timer lateness
@@ -216,18 +228,6 @@ async fn sleepers<S: Store>(
         lateness.last().copied().unwrap_or(f64::NAN)
     );
     Ok(())
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 async fn wait_completed<S: Store>(

@@ -12,10 +12,7 @@ use sojourn_persistence::{
     Commit, CommitResult, Created, ExecutionRecord, LeaseEpoch, NewExecution, NewWorkflow, Store,
     ids,
 };
-use sojourn_runtime::{
-    CompiledWorkflow, EventInput, ExecutionError, ExecutionId, Input, JournalEntry, JournalEvent,
-    Registry, Status, Transition, Workflow,
-};
+use sojourn_runtime::{CompiledWorkflow, EventInput, ExecutionId, Input, Registry, Workflow};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -89,9 +86,10 @@ impl<S: Store> Engine<S> {
         let store = Arc::new(store);
         let stats = Arc::new(Stats::default());
         let (committer, commit_task) =
-            Committer::spawn(store.clone(), stats.clone(), config.max_commit_batch);
-        let (starter, start_task) = Starter::spawn(store.clone(), config.max_commit_batch);
-        let (activator, activate_task) = Activator::spawn(store.clone(), config.max_commit_batch);
+            crate::committer::spawn(store.clone(), stats.clone(), config.max_commit_batch);
+        let (starter, start_task) = crate::starter::spawn(store.clone(), config.max_commit_batch);
+        let (activator, activate_task) =
+            crate::activator::spawn(store.clone(), config.max_commit_batch);
         let ctx = Arc::new(Context {
             store: store.clone(),
             committer,
@@ -238,7 +236,7 @@ impl<S: Store> Engine<S> {
         let created = self
             .ctx
             .starter
-            .create(NewExecution {
+            .call(NewExecution {
                 namespace: ns.clone(),
                 workflow_id,
                 version,
@@ -374,8 +372,8 @@ async fn recover<S: Store>(
     }
 }
 
-/// Marks an execution failed outside the interpreter (its actor kept
-/// panicking): a fenced commit of a transition that records why.
+/// Marks an execution failed (its actor kept failing): a fenced commit of
+/// the runtime's `fail_from_outside` transition.
 pub(crate) async fn mark_failed<S: Store>(
     ctx: &Context<S>,
     id: &ExecutionId,
@@ -384,33 +382,14 @@ pub(crate) async fn mark_failed<S: Store>(
     let Some(record) = ctx.store.activate(id).await? else {
         return Ok(());
     };
-    let now = Utc::now();
-    let mut snapshot = record.snapshot;
-    if snapshot.status.is_terminal() {
+    if record.snapshot.status.is_terminal() {
         return Ok(());
     }
-    snapshot.seq += 1;
-    snapshot.status = Status::Failed;
-    snapshot.error = Some(ExecutionError {
-        node: snapshot.current.clone(),
-        message: message.to_owned(),
-    });
-    snapshot.wait = None;
-    snapshot.updated_at = now;
-    snapshot.finished_at = Some(now);
-    let journal = vec![JournalEntry {
-        seq: snapshot.seq,
-        at: now,
-        event: JournalEvent::Failed {
-            node: snapshot.current.clone(),
-            error: message.to_owned(),
-        },
-    }];
-    let transition = Transition {
-        snapshot,
-        journal,
-        effects: Vec::new(),
-    };
+    let wf = ctx
+        .workflows
+        .get(&*ctx.store, &record.workflow_id, record.version)
+        .await?;
+    let transition = wf.fail_from_outside(&record.snapshot, message, Utc::now())?;
     let results = ctx
         .store
         .commit(&[Commit {

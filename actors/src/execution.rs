@@ -98,7 +98,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                 asked_to_passivate: false,
             });
         }
-        let (record, inbox) = async { ctx.activator.activate(id.clone()).await }
+        let (record, inbox) = async { ctx.activator.call(id.clone()).await }
             .instrument(span.clone())
             .await?
             .ok_or_else(|| format!("execution {id} does not exist"))?;
@@ -224,19 +224,15 @@ impl<S: Store> ExecutionActor<S> {
                 return Ok(true);
             }
         };
-        let (transition, result) = self
-            .ctx
-            .committer
-            .commit(
-                state.id.clone(),
-                state.epoch,
-                transition,
-                d.fired_timer,
-                d.inbox_id,
-            )
-            .await;
-        match (transition, result) {
-            (Some(t), Ok(CommitResult::Committed)) => {
+        let request = crate::committer::Request {
+            execution_id: state.id.clone(),
+            epoch: state.epoch,
+            transition,
+            fired_timer: d.fired_timer,
+            consumed_input: d.inbox_id,
+        };
+        match self.ctx.committer.call(request).await {
+            Ok((t, CommitResult::Committed)) => {
                 let mut wake_outbox = false;
                 for effect in &t.effects {
                     match effect {
@@ -256,15 +252,12 @@ impl<S: Store> ExecutionActor<S> {
                 state.asked_to_passivate = false;
                 Ok(true)
             }
-            (_, Ok(CommitResult::Fenced)) => {
+            Ok((_, CommitResult::Fenced)) => {
                 warn!("lease lost (fenced write): stopping at once");
                 myself.stop(Some("fenced".into()));
                 Ok(false)
             }
-            (None, Ok(CommitResult::Committed)) => {
-                Err("the committer lost a committed transition".into())
-            }
-            (_, Err(e)) => Err(format!("commit failed: {e}").into()),
+            Err(e) => Err(format!("commit failed: {e}").into()),
         }
     }
 

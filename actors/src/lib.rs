@@ -23,6 +23,7 @@
 //! with a stopping actor is found again on its next activation.
 
 mod activator;
+mod batch;
 mod committer;
 mod config;
 mod engine;

@@ -13,7 +13,7 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::Result;
 use crate::error::Error;
 use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
-use crate::store::{Store, epoch, from_json};
+use crate::store::{Store, from_json};
 use crate::types::{
     AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, ExecutionRecord,
     FinishedAttempt, InboxItem, JournalRow, LeaseEpoch, NewExecution, NewWorkflow,
@@ -143,7 +143,7 @@ fn execution_row(r: &PgRow) -> Result<ExecutionRecord> {
         status: snapshot.status,
         subject: r.try_get("subject")?,
         idempotency_key: r.try_get("idempotency_key")?,
-        lease_epoch: epoch(r.try_get("lease_epoch")?),
+        lease_epoch: LeaseEpoch(r.try_get("lease_epoch")?),
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         snapshot,

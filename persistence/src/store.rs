@@ -269,8 +269,3 @@ pub trait Store: Send + Sync + 'static {
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, v: Value) -> Result<T> {
     serde_json::from_value(v).map_err(crate::Error::corrupt(what))
 }
-
-/// The lease epoch as stored.
-pub(crate) fn epoch(v: i64) -> LeaseEpoch {
-    LeaseEpoch(v)
-}

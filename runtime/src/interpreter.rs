@@ -75,6 +75,42 @@ impl CompiledWorkflow {
     }
 }
 
+impl CompiledWorkflow {
+    /// Fails an execution from outside the graph — its actor kept crashing
+    /// and the supervisor gave up. Like any failure it drops the execution's
+    /// wait, timers and subscriptions, and can be retried from its node.
+    pub fn fail_from_outside(
+        &self,
+        snapshot: &Snapshot,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, Error> {
+        let snap = snapshot.clone().upgrade()?;
+        if snap.status.is_terminal() {
+            return Err(Error::Finished {
+                status: snap.status.as_str(),
+            });
+        }
+        let mut m = Machine {
+            wf: self,
+            snap,
+            now,
+            journal: Vec::with_capacity(1),
+            effects: Vec::with_capacity(2),
+            entered: 0,
+        };
+        m.snap.seq += 1;
+        m.snap.updated_at = now;
+        let node = m.snap.current.clone();
+        m.fail(node, reason.to_owned());
+        Ok(Transition {
+            snapshot: m.snap,
+            journal: m.journal,
+            effects: m.effects,
+        })
+    }
+}
+
 /// Refuses inputs that make no sense for the execution's status, before
 /// anything changes.
 fn check(snap: &Snapshot, input: &Input) -> Result<(), Error> {
@@ -760,6 +796,35 @@ mod tests {
         let seqs: Vec<u64> = h.journal.iter().map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(h.snapshot.seq, 3);
+    }
+
+    #[test]
+    fn failing_from_outside_drops_the_wait_and_can_be_retried() {
+        let wf = compile(&journey());
+        let mut h = Harness::start_with_subject(&wf, json!({}), "u1");
+        h.succeed("hello", 1, json!({}));
+        let t = wf
+            .fail_from_outside(&h.snapshot, "the actor kept failing", h.now)
+            .expect("fails");
+        assert_eq!(t.snapshot.status, Status::Failed);
+        assert_eq!(t.snapshot.seq, h.snapshot.seq + 1);
+        assert!(
+            t.effects
+                .iter()
+                .any(|e| matches!(e, Effect::CancelTimer { .. }))
+        );
+        assert!(
+            t.effects
+                .iter()
+                .any(|e| matches!(e, Effect::Fail { node: Some(n), .. } if n.as_str() == "nap"))
+        );
+        assert!(matches!(
+            wf.fail_from_outside(&t.snapshot, "again", h.now),
+            Err(Error::Finished { .. })
+        ));
+        h.snapshot = t.snapshot;
+        h.step(Input::Retry);
+        assert_eq!(h.snapshot.status, Status::Waiting);
     }
 
     #[test]
