@@ -286,6 +286,7 @@ async fn bench<S: Store + Clone>(
             .await
             .context("starting the engine")?,
     );
+    engine.stats().keep_lateness_samples();
     engine
         .deploy(workflow)
         .await
@@ -306,8 +307,7 @@ async fn bench<S: Store + Clone>(
             .start_execution(request(i))
             .await
             .context("start")?
-            .id()
-            .clone();
+            .id;
         wait_completed(&engine, before + 1, Duration::from_secs(30)).await?;
         unloaded_ids.push(id);
     }
@@ -344,7 +344,7 @@ async fn bench<S: Store + Clone>(
                     ..StartRequest::default()
                 };
                 match engine.start_execution(req).await {
-                    Ok(c) => ids.push(c.id().clone()),
+                    Ok(c) => ids.push(c.id),
                     Err(e) => return Err(e.to_string()),
                 }
             }

@@ -15,6 +15,7 @@ use sojourn_runtime::simulate::{Limits, Script, new_simulated_execution, simulat
 use sojourn_runtime::{CompiledWorkflow, Registry, Workflow};
 
 mod bench;
+mod client;
 mod node;
 
 /// mimalloc rather than glibc's malloc: under load a third of the node's CPU
@@ -83,6 +84,86 @@ enum Command {
     },
     /// Benchmark the reference journey on an in-process node.
     Bench(bench::BenchArgs),
+    /// Create or update a workflow from a file and publish it (client).
+    Apply {
+        /// The workflow JSON file (it needs a `key`).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Save the draft without publishing it.
+        #[arg(long)]
+        no_publish: bool,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Start an execution of a workflow (client).
+    Start {
+        /// The workflow's key or id.
+        workflow: String,
+        /// The input: a JSON file, or - for standard input.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long)]
+        subject: Option<String>,
+        /// A published version (default: the latest).
+        #[arg(long)]
+        version: Option<i32>,
+        /// The same key returns the same execution instead of a second one.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// List executions (client).
+    Executions {
+        #[command(subcommand)]
+        command: ExecutionsCommand,
+    },
+    /// Show an execution: status, node, variables, lease holder, journal
+    /// (client).
+    Inspect {
+        execution: String,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Send events (client).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Pause an execution (client).
+    Pause {
+        execution: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Resume a paused execution (client).
+    Resume {
+        execution: String,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Cancel an execution (client).
+    Cancel {
+        execution: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Retry a paused or failed execution from the node that failed (client).
+    Retry {
+        execution: String,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Manage API keys, directly in the database (works before any key
+    /// exists).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print the JSON Schema of a workflow document.
     Schema,
     /// Check a workflow document; print every problem, one a line.
@@ -95,6 +176,67 @@ enum Command {
     },
     /// Run a workflow on a virtual clock and print its timeline.
     Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ExecutionsCommand {
+    /// List executions, newest first.
+    #[command(alias = "list")]
+    Ls {
+        /// A workflow key or id.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// pending, running, waiting, paused, completed, failed, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// The correlation key (subject).
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The cursor printed after the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Send an event to every execution waiting for it with this key.
+    Send {
+        /// The event's name.
+        name: String,
+        /// The correlation key (e.g. a user id).
+        #[arg(long)]
+        key: String,
+        /// The payload: JSON text, or @FILE.
+        #[arg(long)]
+        payload: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create an API key and print its secret (shown once).
+    Create {
+        /// The namespace (tenant) the key belongs to.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Comma-separated: read, write, admin.
+        #[arg(long, default_value = "write")]
+        scopes: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the key as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: node::StoreArgs,
+    },
 }
 
 /// A failure with the exit code it deserves.
@@ -135,6 +277,103 @@ fn main() -> ExitCode {
             store,
         } => block_on(run(file, input, count, key, subject, timeout, store)),
         Command::Bench(args) => block_on(bench::run(args)),
+        Command::Apply {
+            file,
+            no_publish,
+            conn,
+        } => with_client(conn, |c| async move {
+            client::apply(&c, &file, !no_publish).await
+        }),
+        Command::Start {
+            workflow,
+            input,
+            subject,
+            version,
+            idempotency_key,
+            conn,
+        } => with_client(conn, |c| async move {
+            client::start(
+                &c,
+                client::StartArgs {
+                    workflow,
+                    input,
+                    subject,
+                    version,
+                    idempotency_key,
+                },
+            )
+            .await
+        }),
+        Command::Executions {
+            command:
+                ExecutionsCommand::Ls {
+                    workflow,
+                    status,
+                    subject,
+                    limit,
+                    cursor,
+                    conn,
+                },
+        } => with_client(conn, |c| async move {
+            client::list_executions(
+                &c,
+                client::ListArgs {
+                    workflow,
+                    status,
+                    subject,
+                    limit,
+                    cursor,
+                },
+            )
+            .await
+        }),
+        Command::Inspect { execution, conn } => {
+            with_client(
+                conn,
+                |c| async move { client::inspect(&c, &execution).await },
+            )
+        }
+        Command::Events {
+            command:
+                EventsCommand::Send {
+                    name,
+                    key,
+                    payload,
+                    conn,
+                },
+        } => with_client(conn, |c| async move {
+            client::send_event(&c, &name, &key, payload.as_deref()).await
+        }),
+        Command::Pause {
+            execution,
+            reason,
+            conn,
+        } => with_client(conn, |c| async move {
+            client::control(&c, "pause", &execution, reason).await
+        }),
+        Command::Resume { execution, conn } => with_client(conn, |c| async move {
+            client::control(&c, "resume", &execution, None).await
+        }),
+        Command::Cancel {
+            execution,
+            reason,
+            conn,
+        } => with_client(conn, |c| async move {
+            client::control(&c, "cancel", &execution, reason).await
+        }),
+        Command::Retry { execution, conn } => with_client(conn, |c| async move {
+            client::control(&c, "retry", &execution, None).await
+        }),
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    namespace,
+                    scopes,
+                    name,
+                    json,
+                    store,
+                },
+        } => block_on(create_key(namespace, scopes, name, json, store)),
         Command::Schema => schema(),
         Command::Validate { file, json } => validate(&file, json),
         Command::Simulate(args) => run_simulation(args),
@@ -150,6 +389,58 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn with_client<F, Fut>(conn: client::Conn, f: F) -> Result<(), Failure>
+where
+    F: FnOnce(client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failure>>,
+{
+    let c = client::Client::new(conn)?;
+    block_on(f(c))
+}
+
+async fn create_key(
+    namespace: String,
+    scopes: String,
+    name: Option<String>,
+    json: bool,
+    store: node::StoreArgs,
+) -> Result<(), Failure> {
+    let scopes: Vec<String> = scopes
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if namespace.is_empty() {
+        return Err(Failure::Invalid("--namespace must not be empty".into()));
+    }
+    let made = match node::open_store(&store).await? {
+        node::AnyStore::Pg(s) => sojourn_api::create_key(&s, &namespace, name, &scopes).await,
+        node::AnyStore::Sqlite(s) => sojourn_api::create_key(&s, &namespace, name, &scopes).await,
+    };
+    let key = made.map_err(|e| {
+        if e.status.is_client_error() {
+            Failure::Invalid(format!("--{}", e.message))
+        } else {
+            Failure::Runtime(anyhow::anyhow!(e.message))
+        }
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&key).context("printing")?
+        );
+    } else {
+        println!("{}", key.secret.as_deref().unwrap_or(""));
+        eprintln!(
+            "key {} in namespace {} with scopes {} (the secret above is shown once)",
+            key.id,
+            key.namespace,
+            key.scopes.join(",")
+        );
+    }
+    Ok(())
 }
 
 fn block_on<F: std::future::Future<Output = Result<(), Failure>>>(f: F) -> Result<(), Failure> {
@@ -171,7 +462,7 @@ async fn dev(listen: String, data: PathBuf) -> Result<(), Failure> {
         node_id: "dev".into(),
         ..sojourn_actors::Config::default()
     };
-    node::serve_node(store, config, &listen).await
+    node::serve_node(store, config, &listen, sojourn_api::AuthMode::Optional).await
 }
 
 async fn serve(listen: Option<String>, config: Option<PathBuf>) -> Result<(), Failure> {
@@ -207,7 +498,7 @@ async fn serve(listen: Option<String>, config: Option<PathBuf>) -> Result<(), Fa
         node_id,
         ..sojourn_actors::Config::default()
     };
-    node::serve_node(store, config, &listen).await
+    node::serve_node(store, config, &listen, sojourn_api::AuthMode::Required).await
 }
 
 async fn migrate(args: node::StoreArgs) -> Result<(), Failure> {

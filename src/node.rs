@@ -7,12 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use serde::Deserialize;
 use sojourn_actors::{Config, Engine, StartRequest};
+use sojourn_api::{AppState, AuthMode};
 use sojourn_persistence::{PgStore, SqliteStore, Store};
 use sojourn_runtime::{ExecutionId, Status, Workflow};
 use tracing::info;
@@ -67,12 +64,13 @@ pub(crate) fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Serves `/healthz` and `/readyz` and runs the engine until SIGINT or
-/// SIGTERM, then shuts down gracefully.
-pub(crate) async fn serve_node<S: Store + Clone>(
+/// Serves the HTTP API and runs the engine until SIGINT or SIGTERM, then
+/// shuts down gracefully: stop taking requests, passivate every actor.
+pub(crate) async fn serve_node<S: Store>(
     store: S,
     config: Config,
     listen: &str,
+    auth: AuthMode,
 ) -> Result<(), Failure> {
     let addr: SocketAddr = listen.parse().map_err(|_| {
         Failure::Invalid(format!(
@@ -82,32 +80,27 @@ pub(crate) async fn serve_node<S: Store + Clone>(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot listen on {addr}: {e}")))?;
-    let engine = Engine::start(store.clone(), config)
-        .await
-        .context("starting the engine")?;
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready::<S>))
-        .with_state(store);
-    info!(%addr, "listening (the HTTP API arrives with its own issue; /healthz and /readyz answer now)");
+    let engine = std::sync::Arc::new(
+        Engine::start(store, config)
+            .await
+            .context("starting the engine")?,
+    );
+    let api = sojourn_api::build(AppState::new(engine.clone(), auth));
+    info!(%addr, routes = api.routes.len(), "listening");
     eprintln!("sojourn node on http://{addr} — Ctrl-C to stop");
+    if auth == AuthMode::Optional {
+        eprintln!("dev mode: requests without an API key act as an admin of namespace \"default\"");
+    }
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(listener, api.router)
             .with_graceful_shutdown(shutdown_signal())
             .await
     });
     shutdown_signal().await;
     eprintln!("stopping: passivating executions…");
     engine.shutdown().await;
-    server.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     Ok(())
-}
-
-async fn ready<S: Store>(State(store): State<S>) -> (StatusCode, &'static str) {
-    match store.pending_timers().await {
-        Ok(_) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
-    }
 }
 
 pub(crate) async fn shutdown_signal() {
@@ -173,6 +166,7 @@ async fn run_inner<S: Store>(engine: &Engine<S>, plan: RunPlan) -> Result<bool, 
                 input: plan.input.clone(),
                 subject: plan.subject.clone(),
                 timezone: None,
+                namespace: None,
                 idempotency_key: plan.key.as_ref().map(|k| format!("{k}-{i}")),
             })
             .await
@@ -180,7 +174,7 @@ async fn run_inner<S: Store>(engine: &Engine<S>, plan: RunPlan) -> Result<bool, 
                 sojourn_actors::Error::Start(e) => Failure::Invalid(e.to_string()),
                 other => Failure::Runtime(other.into()),
             })?;
-        ids.push(created.id().clone());
+        ids.push(created.id);
     }
     if plan.count == 1 {
         eprintln!("execution {}", ids[0]);

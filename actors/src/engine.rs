@@ -44,6 +44,8 @@ pub(crate) struct Context<S: Store> {
 /// A request to start an execution.
 #[derive(Debug, Clone, Default)]
 pub struct StartRequest {
+    /// The tenant; the engine's configured namespace when `None`.
+    pub namespace: Option<String>,
     /// The workflow's id or key.
     pub workflow: String,
     /// A version; the latest when `None`.
@@ -55,6 +57,15 @@ pub struct StartRequest {
     pub idempotency_key: Option<String>,
 }
 
+/// An execution that [`Engine::start_execution`] created, or found under
+/// its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub id: ExecutionId,
+    /// `false`: the idempotency key was used before; this is that execution.
+    pub new: bool,
+}
+
 /// A running node.
 pub struct Engine<S: Store> {
     ctx: Arc<Context<S>>,
@@ -62,8 +73,8 @@ pub struct Engine<S: Store> {
     stop: Arc<AtomicBool>,
     /// Wakes the background loops when `stop` is set.
     stopped: Arc<Notify>,
-    /// Background loops that stop when `stop` is set.
-    tasks: Vec<JoinHandle<()>>,
+    /// Background loops that stop when `stop` is set (taken by shutdown).
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Tasks that end when the last handle to their channel drops (with the
     /// engine): the starter and the committer.
     _channel_tasks: Vec<JoinHandle<()>>,
@@ -135,7 +146,7 @@ impl<S: Store> Engine<S> {
             supervisor,
             stop,
             stopped,
-            tasks: vec![timers, outbox, recovery],
+            tasks: std::sync::Mutex::new(vec![timers, outbox, recovery]),
             _channel_tasks: vec![start_task, activate_task, commit_task],
         })
     }
@@ -208,12 +219,12 @@ impl<S: Store> Engine<S> {
     /// Creates an execution and starts it. Until its first transition
     /// commits it stays `pending` in the store, which is how any node's
     /// recovery starts it if this node dies first.
-    pub async fn start_execution(&self, req: StartRequest) -> Result<Created, Error> {
+    pub async fn start_execution(&self, req: StartRequest) -> Result<Started, Error> {
         if self.stop.load(Ordering::Relaxed) {
             return Err(Error::ShuttingDown);
         }
         let store = &self.ctx.store;
-        let ns = &self.ctx.config.namespace;
+        let ns = req.namespace.as_ref().unwrap_or(&self.ctx.config.namespace);
         let (workflow_id, latest) = self
             .ctx
             .workflows
@@ -233,39 +244,51 @@ impl<S: Store> Engine<S> {
             Utc::now(),
         )?;
         let preloaded = snapshot.clone();
+        let workflow_id: std::sync::Arc<str> = workflow_id.into();
         let created = self
             .ctx
             .starter
             .call(NewExecution {
                 namespace: ns.clone(),
-                workflow_id,
+                workflow_id: workflow_id.to_string(),
                 version,
                 idempotency_key: req.idempotency_key,
+                max_entries: wf.max_entries_per_subject(),
                 snapshot,
             })
             .await
             .map_err(Error::Actor)?;
-        if let Created::New(id) = &created {
-            let _ = self.supervisor.cast(SupervisorMsg::Adopt(
-                id.clone(),
-                Box::new(Preloaded {
-                    snapshot: preloaded,
-                    epoch: LeaseEpoch(1),
-                    wf,
-                }),
-            ));
+        match created {
+            Created::New(id) => {
+                self.ctx.stats.started_by_workflow.inc(&workflow_id);
+                let _ = self.supervisor.cast(SupervisorMsg::Adopt(
+                    id.clone(),
+                    Box::new(Preloaded {
+                        snapshot: preloaded,
+                        epoch: LeaseEpoch(1),
+                        wf,
+                        workflow_id,
+                    }),
+                ));
+                Ok(Started { id, new: true })
+            }
+            Created::Existing(id) => Ok(Started { id, new: false }),
+            Created::LimitReached { limit } => Err(Error::LimitReached { limit }),
         }
-        Ok(created)
     }
 
     /// Delivers an event to every execution subscribed to it with this key
     /// (waiting nodes and exit criteria), sleeping ones included: each gets
     /// it durably in its inbox and is activated. Returns how many.
-    pub async fn send_event(&self, name: &str, key: &str, payload: Value) -> Result<usize, Error> {
+    pub async fn send_event(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        payload: Value,
+    ) -> Result<usize, Error> {
         let store = &self.ctx.store;
-        let ids = store
-            .subscribers(&self.ctx.config.namespace, name, key)
-            .await?;
+        let ids = store.subscribers(namespace, name, key).await?;
         let input = Input::Event(EventInput {
             name: name.into(),
             key: Some(key.into()),
@@ -304,6 +327,56 @@ impl<S: Store> Engine<S> {
         Ok(self.ctx.store.load_execution(id).await?)
     }
 
+    /// The node holding the execution's live actor, if this node does.
+    /// (With one node that is the whole answer; the cluster layer asks the
+    /// lease in Redis.)
+    pub async fn lease_holder(&self, id: &ExecutionId) -> Option<&str> {
+        let active =
+            ractor::call!(self.supervisor, SupervisorMsg::IsActive, id.clone()).unwrap_or(false);
+        active.then_some(self.ctx.config.node_id.as_str())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.ctx.config.node_id
+    }
+
+    /// Publishes `workflow` as the next version of a stored workflow, after
+    /// validating it. Starts by key see the new version at once on this
+    /// node.
+    pub async fn publish(
+        &self,
+        workflow_id: &str,
+        workflow: &Workflow,
+    ) -> Result<sojourn_persistence::WorkflowVersion, Error> {
+        CompiledWorkflow::compile(workflow, &Registry::builtin()).map_err(|errors| {
+            Error::Validation(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let v = self
+            .ctx
+            .store
+            .publish(workflow_id, workflow, Utc::now())
+            .await?;
+        self.ctx.workflows.forget_keys();
+        Ok(v)
+    }
+
+    /// Forgets cached workflow lookups (after an archive through this node).
+    pub fn forget_workflow_keys(&self) {
+        self.ctx.workflows.forget_keys();
+    }
+
+    /// Whether the engine is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
     /// How many execution actors are live on this node.
     pub async fn active_actors(&self) -> usize {
         ractor::call!(self.supervisor, SupervisorMsg::Count).unwrap_or(0)
@@ -311,7 +384,7 @@ impl<S: Store> Engine<S> {
 
     /// Graceful shutdown: stop taking work, let in-flight transitions
     /// commit, passivate every actor, stop the services.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.stopped.notify_one();
         self.ctx.timer_wake.hint(Utc::now());
@@ -320,7 +393,12 @@ impl<S: Store> Engine<S> {
             warn!(error = %e, "draining the supervisor failed");
         }
         self.supervisor.stop(None);
-        for task in self.tasks {
+        let tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for task in tasks {
             let _ = task.await;
         }
         // Hand back timers and actions claimed but not done.
@@ -402,6 +480,7 @@ pub(crate) async fn mark_failed<S: Store>(
         .await?;
     if results.first() == Some(&CommitResult::Committed) {
         Stats::add(&ctx.stats.failed, 1);
+        ctx.stats.failed_by_workflow.inc(&record.workflow_id);
     } else {
         warn!(execution.id = %id, "marking the execution failed was fenced: another activation owns it");
     }

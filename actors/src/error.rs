@@ -7,6 +7,8 @@ pub enum Error {
     Store(#[from] sojourn_persistence::Error),
     #[error("workflow {0:?} not found")]
     WorkflowNotFound(String),
+    #[error("workflow {0:?} is archived")]
+    WorkflowArchived(String),
     #[error("workflow {workflow:?} version {version} is invalid: {message}")]
     InvalidWorkflow {
         workflow: String,
@@ -17,6 +19,10 @@ pub enum Error {
     Validation(String),
     #[error(transparent)]
     Start(#[from] sojourn_runtime::Error),
+    #[error(
+        "subject: this subject already has the workflow's maximum of {limit} entries (max_entries_per_subject)"
+    )]
+    LimitReached { limit: u32 },
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("actor system: {0}")]

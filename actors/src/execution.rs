@@ -37,6 +37,7 @@ pub(crate) struct Preloaded {
     pub(crate) snapshot: Snapshot,
     pub(crate) epoch: LeaseEpoch,
     pub(crate) wf: Arc<CompiledWorkflow>,
+    pub(crate) workflow_id: Arc<str>,
 }
 
 /// The execution actor's messages.
@@ -60,6 +61,8 @@ pub(crate) struct ExecutionState {
     snapshot: Snapshot,
     epoch: LeaseEpoch,
     wf: Arc<CompiledWorkflow>,
+    /// For metrics by workflow.
+    workflow_id: Arc<str>,
     applied_inbox: HashSet<i64>,
     supervisor: ActorRef<SupervisorMsg>,
     span: tracing::Span,
@@ -92,6 +95,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                 snapshot: p.snapshot,
                 epoch: p.epoch,
                 wf: p.wf,
+                workflow_id: p.workflow_id,
                 applied_inbox: HashSet::new(),
                 supervisor,
                 span,
@@ -127,6 +131,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
             snapshot: record.snapshot,
             epoch: record.lease_epoch,
             wf,
+            workflow_id: record.workflow_id.into(),
             applied_inbox: HashSet::new(),
             supervisor,
             span,
@@ -210,6 +215,7 @@ impl<S: Store> ExecutionActor<S> {
                 return Ok(false);
             }
         }
+        let received = std::time::Instant::now();
         let now = Utc::now();
         let kind = d.input.kind();
         let transition = match state.wf.step(&state.snapshot, d.input, now) {
@@ -233,15 +239,27 @@ impl<S: Store> ExecutionActor<S> {
         };
         match self.ctx.committer.call(request).await {
             Ok((t, CommitResult::Committed)) => {
+                let stats = &self.ctx.stats;
+                stats
+                    .transition_seconds
+                    .observe(received.elapsed().as_secs_f64());
                 let mut wake_outbox = false;
                 for effect in &t.effects {
                     match effect {
                         Effect::Dispatch(_) => wake_outbox = true,
                         Effect::ScheduleTimer { at, .. } => self.ctx.timer_wake.hint(*at),
-                        Effect::Complete { .. } | Effect::Cancel { .. } => {
-                            Stats::add(&self.ctx.stats.completed, 1)
+                        Effect::Complete { .. } => {
+                            Stats::add(&stats.completed, 1);
+                            stats.completed_by_workflow.inc(&state.workflow_id);
                         }
-                        Effect::Fail { .. } => Stats::add(&self.ctx.stats.failed, 1),
+                        Effect::Cancel { .. } => {
+                            Stats::add(&stats.completed, 1);
+                            stats.cancelled_by_workflow.inc(&state.workflow_id);
+                        }
+                        Effect::Fail { .. } => {
+                            Stats::add(&stats.failed, 1);
+                            stats.failed_by_workflow.inc(&state.workflow_id);
+                        }
                         _ => {}
                     }
                 }

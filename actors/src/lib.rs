@@ -29,6 +29,7 @@ mod config;
 mod engine;
 mod error;
 mod execution;
+pub mod metrics;
 mod outbox;
 pub mod providers;
 mod starter;
@@ -38,6 +39,6 @@ mod timers;
 mod workflows;
 
 pub use config::Config;
-pub use engine::{Engine, StartRequest};
+pub use engine::{Engine, StartRequest, Started};
 pub use error::Error;
 pub use stats::{Stats, StatsSnapshot};

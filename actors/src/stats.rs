@@ -1,10 +1,12 @@
 //! Counters the engine keeps for metrics and the benchmark.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::metrics::{Exposition, Histogram, LATENCY_BUCKETS, LabeledCounter};
 
 /// Live counters; cheap to update from any task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     pub transactions: AtomicU64,
     pub transitions: AtomicU64,
@@ -17,8 +19,46 @@ pub struct Stats {
     pub actions_repeated: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
+    /// Executions started, completed, failed and cancelled, by workflow id.
+    pub started_by_workflow: LabeledCounter,
+    pub completed_by_workflow: LabeledCounter,
+    pub failed_by_workflow: LabeledCounter,
+    pub cancelled_by_workflow: LabeledCounter,
+    /// From an input reaching its actor to its transition committed.
+    pub transition_seconds: Histogram,
+    /// Fired minus due.
+    pub timer_lateness_seconds: Histogram,
+    /// Keep every lateness sample (the benchmark's exact percentiles);
+    /// off in a node, where the histogram is enough.
+    keep_samples: AtomicBool,
     /// Timer lateness samples (fired minus due), in milliseconds; bounded.
     lateness_ms: Mutex<Vec<f64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            transactions: AtomicU64::default(),
+            transitions: AtomicU64::default(),
+            fenced: AtomicU64::default(),
+            activations: AtomicU64::default(),
+            passivations: AtomicU64::default(),
+            restarts: AtomicU64::default(),
+            timers_fired: AtomicU64::default(),
+            actions_sent: AtomicU64::default(),
+            actions_repeated: AtomicU64::default(),
+            completed: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            started_by_workflow: LabeledCounter::default(),
+            completed_by_workflow: LabeledCounter::default(),
+            failed_by_workflow: LabeledCounter::default(),
+            cancelled_by_workflow: LabeledCounter::default(),
+            transition_seconds: Histogram::new(LATENCY_BUCKETS),
+            timer_lateness_seconds: Histogram::new(LATENCY_BUCKETS),
+            keep_samples: AtomicBool::new(false),
+            lateness_ms: Mutex::default(),
+        }
+    }
 }
 
 const MAX_SAMPLES: usize = 1_000_000;
@@ -28,7 +68,17 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Keep every timer lateness sample from now on (for
+    /// [`Stats::lateness_samples`]).
+    pub fn keep_lateness_samples(&self) {
+        self.keep_samples.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_lateness(&self, ms: f64) {
+        self.timer_lateness_seconds.observe(ms / 1000.0);
+        if !self.keep_samples.load(Ordering::Relaxed) {
+            return;
+        }
         if let Ok(mut v) = self.lateness_ms.lock()
             && v.len() < MAX_SAMPLES
         {
@@ -42,6 +92,90 @@ impl Stats {
             .lock()
             .map(|v| v.clone())
             .unwrap_or_default()
+    }
+
+    /// Writes the engine's series in Prometheus text format.
+    pub fn encode(&self, e: &mut Exposition) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        e.labeled_counter(
+            "sojourn_executions_started_total",
+            "Executions started, by workflow id.",
+            "workflow",
+            &self.started_by_workflow,
+        );
+        e.labeled_counter(
+            "sojourn_executions_completed_total",
+            "Executions completed, by workflow id.",
+            "workflow",
+            &self.completed_by_workflow,
+        );
+        e.labeled_counter(
+            "sojourn_executions_failed_total",
+            "Executions failed, by workflow id.",
+            "workflow",
+            &self.failed_by_workflow,
+        );
+        e.labeled_counter(
+            "sojourn_executions_cancelled_total",
+            "Executions cancelled, by workflow id.",
+            "workflow",
+            &self.cancelled_by_workflow,
+        );
+        e.counter(
+            "sojourn_rehydrations_total",
+            "Execution actors activated (new or rehydrated from a snapshot).",
+            get(&self.activations),
+        );
+        e.counter(
+            "sojourn_passivations_total",
+            "Execution actors passivated.",
+            get(&self.passivations),
+        );
+        e.counter(
+            "sojourn_actor_restarts_total",
+            "Execution actors restarted after a panic or a failed commit.",
+            get(&self.restarts),
+        );
+        e.counter(
+            "sojourn_transitions_total",
+            "Transitions committed.",
+            get(&self.transitions),
+        );
+        e.counter(
+            "sojourn_commit_transactions_total",
+            "Group-commit transactions.",
+            get(&self.transactions),
+        );
+        e.counter(
+            "sojourn_fenced_writes_total",
+            "Transitions refused because another activation holds the execution.",
+            get(&self.fenced),
+        );
+        e.counter(
+            "sojourn_timers_fired_total",
+            "Durable timers fired.",
+            get(&self.timers_fired),
+        );
+        e.counter(
+            "sojourn_actions_sent_total",
+            "Action attempts sent to providers.",
+            get(&self.actions_sent),
+        );
+        e.counter(
+            "sojourn_actions_repeated_total",
+            "Action attempts sent again after a crash between send and record.",
+            get(&self.actions_repeated),
+        );
+        e.histogram(
+            "sojourn_transition_latency_seconds",
+            "From an input reaching its execution actor to its transition committed.",
+            &self.transition_seconds,
+        );
+        e.histogram(
+            "sojourn_timer_lateness_seconds",
+            "How late durable timers fired (fired minus due).",
+            &self.timer_lateness_seconds,
+        );
     }
 
     /// A copy of the counters.

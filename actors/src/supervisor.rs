@@ -41,6 +41,8 @@ pub(crate) enum SupervisorMsg {
     StartFailed(ExecutionId, ActorId, String),
     /// How many actors are live.
     Count(RpcReplyPort<usize>),
+    /// Whether the execution has a live actor here.
+    IsActive(ExecutionId, RpcReplyPort<bool>),
     /// Passivate everything; reply when no actor is left.
     Drain(RpcReplyPort<()>),
 }
@@ -280,6 +282,10 @@ impl<S: Store> Actor for Supervisor<S> {
             }
             SupervisorMsg::Count(reply) => {
                 let _ = reply.send(state.entries.len());
+            }
+            SupervisorMsg::IsActive(id, reply) => {
+                let active = matches!(state.entries.get(&id), Some(Entry::Active(_)));
+                let _ = reply.send(active);
             }
             SupervisorMsg::Drain(reply) => {
                 state.draining.push(reply);

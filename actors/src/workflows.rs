@@ -43,6 +43,9 @@ impl WorkflowCache {
             .get_workflow(namespace, id_or_key)
             .await?
             .ok_or_else(|| Error::WorkflowNotFound(id_or_key.to_owned()))?;
+        if record.archived_at.is_some() {
+            return Err(Error::WorkflowArchived(id_or_key.to_owned()));
+        }
         let version = record.latest_version.ok_or_else(|| {
             Error::WorkflowNotFound(format!("{id_or_key} has no published version"))
         })?;

@@ -146,7 +146,7 @@ async fn runs_to_the_end_and_passivates<S: Store + Clone>(store: S) {
         })
         .await
         .expect("start");
-    let id = created.id().clone();
+    let id = created.id;
     // The same idempotency key gives the same execution.
     let again = engine
         .start_execution(StartRequest {
@@ -156,7 +156,7 @@ async fn runs_to_the_end_and_passivates<S: Store + Clone>(store: S) {
         })
         .await
         .expect("start");
-    assert_eq!(again.id(), &id);
+    assert_eq!(again.id, id);
 
     // Asleep on the delay: no actor holds it.
     let rec = wait_for_node(&engine, &id, "nap").await;
@@ -238,8 +238,7 @@ async fn survives_a_restart_in_the_middle<S: Store + Clone>(store: S) {
         })
         .await
         .expect("start")
-        .id()
-        .clone();
+        .id;
     wait_for_node(&engine, &id, "nap").await;
     engine.shutdown().await;
     assert_eq!(sink.seen.lock().expect("lock").len(), 1);

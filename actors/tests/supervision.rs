@@ -194,8 +194,7 @@ async fn a_failing_execution_is_restarted_then_marked_failed_and_the_rest_carrie
         .start_execution(start(json!({"poison": true})))
         .await
         .expect("start")
-        .id()
-        .clone();
+        .id;
     // Give the poisoned one a head start so healthy ones rarely share its batch.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut healthy = Vec::new();
@@ -205,8 +204,7 @@ async fn a_failing_execution_is_restarted_then_marked_failed_and_the_rest_carrie
                 .start_execution(start(json!({"n": i})))
                 .await
                 .expect("start")
-                .id()
-                .clone(),
+                .id,
         );
     }
 

@@ -31,3 +31,15 @@ impl Error {
         move |source| Error::Corrupt { what, source }
     }
 }
+
+/// Whether `e` is a unique violation of a constraint that mentions `word`:
+/// PostgreSQL names the constraint (`api_keys_hash_unique`), SQLite the
+/// columns (`UNIQUE constraint failed: api_keys.hash`).
+pub(crate) fn unique_violation_on(e: &sqlx::Error, word: &str) -> bool {
+    match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            d.constraint().is_some_and(|c| c.contains(word)) || d.message().contains(word)
+        }
+        _ => false,
+    }
+}

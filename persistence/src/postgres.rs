@@ -11,13 +11,14 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::Result;
-use crate::error::Error;
+use crate::error::{Error, unique_violation_on};
 use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
 use crate::store::{Store, from_json};
 use crate::types::{
-    AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, ExecutionRecord,
-    FinishedAttempt, InboxItem, JournalRow, LeaseEpoch, NewExecution, NewWorkflow,
-    NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+    ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer,
+    ExecutionQuery, ExecutionRecord, ExecutionSummary, FinishedAttempt, InboxItem, JournalRow,
+    LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow, OutboxMessage,
+    TriggerRecord, VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowVersion,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -156,6 +157,190 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+const WORKFLOW_COLUMNS: &str =
+    "id, namespace, key, name, draft, latest_version, created_at, updated_at, archived_at";
+
+fn summary_row(r: &PgRow) -> Result<ExecutionSummary> {
+    Ok(ExecutionSummary {
+        id: ExecutionId::new(r.try_get::<String, _>("id")?),
+        workflow_id: r.try_get("workflow_id")?,
+        version: r.try_get("version")?,
+        status: from_json(
+            "execution status",
+            Value::String(r.try_get::<String, _>("status")?),
+        )?,
+        subject: r.try_get("subject")?,
+        current_node: r.try_get("current_node")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}
+
+const API_KEY_COLUMNS: &str = "id, namespace, name, scopes, created_at, revoked_at";
+
+fn api_key_row(r: &PgRow) -> Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        name: r.try_get("name")?,
+        scopes: r.try_get("scopes")?,
+        created_at: r.try_get("created_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+const TRIGGER_COLUMNS: &str =
+    "id, namespace, workflow_id, kind, path, config, state, created_at, updated_at";
+
+fn trigger_row(r: &PgRow) -> Result<TriggerRecord> {
+    Ok(TriggerRecord {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        workflow_id: r.try_get("workflow_id")?,
+        kind: r.try_get("kind")?,
+        path: r.try_get("path")?,
+        config: r.try_get::<Json<Value>, _>("config")?.0,
+        state: r.try_get("state")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// A unique violation on a trigger: its path (when `path` is known, or
+/// named by the constraint) or its id.
+fn trigger_conflict(e: sqlx::Error, id: &str, path: Option<&str>) -> Error {
+    if unique_violation_on(&e, "path") {
+        Error::Conflict {
+            field: "path",
+            value: path.unwrap_or(id).to_owned(),
+        }
+    } else if is_unique_violation(&e) {
+        Error::Conflict {
+            field: "id",
+            value: id.to_owned(),
+        }
+    } else {
+        e.into()
+    }
+}
+
+/// The advisory lock guarding the entries of one subject in one workflow
+/// (FNV-1a, 64 bits: stable across processes and releases).
+fn subject_lock_key(workflow_id: &str, subject: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in workflow_id
+        .bytes()
+        .chain(std::iter::once(0x1f))
+        .chain(subject.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    i64::from_ne_bytes(h.to_ne_bytes())
+}
+
+/// The subject limit of an execution to create, if it has one.
+fn subject_limit(e: &NewExecution) -> Option<(u32, &str)> {
+    Some((e.max_entries?, e.snapshot.subject.as_deref()?))
+}
+
+/// Decides, before inserting, which executions of a batch with subject
+/// limits are not created: `Some(Existing)` for an idempotency key used
+/// before, `Some(LimitReached)` for a subject that has its maximum (stored
+/// plus admitted earlier in the batch). `None`: insert it. Locks every
+/// limited `(workflow, subject)` in key order first, so two transactions
+/// racing for the last entry are serialised (no deadlock: same order).
+async fn admit_limited(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[NewExecution],
+) -> Result<Vec<Option<Created>>> {
+    use std::collections::{HashMap, HashSet};
+    let mut pairs: Vec<(&str, &str)> = batch
+        .iter()
+        .filter_map(|e| subject_limit(e).map(|(_, s)| (e.workflow_id.as_str(), s)))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut locks: Vec<i64> = pairs.iter().map(|(w, s)| subject_lock_key(w, s)).collect();
+    locks.sort_unstable();
+    locks.dedup();
+    // Taken one after the other in array order (a plain function scan).
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::bigint[]) AS k")
+        .bind(&locks)
+        .execute(&mut **tx)
+        .await?;
+
+    let (wf, subj): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+    let rows = sqlx::query(
+        "SELECT v.wf, v.subj,
+                (SELECT count(*) FROM executions x WHERE x.workflow_id = v.wf AND x.subject = v.subj) AS n
+         FROM UNNEST($1::text[], $2::text[]) AS v(wf, subj)",
+    )
+    .bind(&wf)
+    .bind(&subj)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut counts: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        counts.insert((r.try_get("wf")?, r.try_get("subj")?), r.try_get("n")?);
+    }
+
+    let (kwf, kkey): (Vec<&str>, Vec<&str>) = batch
+        .iter()
+        .filter_map(|e| Some((e.workflow_id.as_str(), e.idempotency_key.as_deref()?)))
+        .unzip();
+    let rows = sqlx::query(
+        "SELECT x.workflow_id, x.idempotency_key, x.id
+         FROM executions x JOIN UNNEST($1::text[], $2::text[]) AS v(wf, key)
+              ON x.workflow_id = v.wf AND x.idempotency_key = v.key",
+    )
+    .bind(&kwf)
+    .bind(&kkey)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut existing: HashMap<(String, String), String> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        existing.insert(
+            (r.try_get("workflow_id")?, r.try_get("idempotency_key")?),
+            r.try_get("id")?,
+        );
+    }
+
+    let mut taken: HashSet<(&str, &str)> = HashSet::new();
+    let mut decided = Vec::with_capacity(batch.len());
+    for e in batch {
+        let wf = e.workflow_id.as_str();
+        if let Some(key) = e.idempotency_key.as_deref() {
+            if let Some(id) = existing.get(&(wf.to_owned(), key.to_owned())) {
+                decided.push(Some(Created::Existing(ExecutionId::new(id.clone()))));
+                continue;
+            }
+            if taken.contains(&(wf, key)) {
+                // The first of this batch with the key: found after the insert.
+                decided.push(None);
+                continue;
+            }
+        }
+        // Every admitted execution of a limited subject counts, limited or not.
+        let subject = e.snapshot.subject.as_deref();
+        if let Some(count) = subject.and_then(|s| counts.get_mut(&(wf.to_owned(), s.to_owned()))) {
+            if let Some(limit) = e.max_entries
+                && *count >= i64::from(limit)
+            {
+                decided.push(Some(Created::LimitReached { limit }));
+                continue;
+            }
+            *count += 1;
+        }
+        if let Some(key) = e.idempotency_key.as_deref() {
+            taken.insert((wf, key));
+        }
+        decided.push(None);
+    }
+    Ok(decided)
+}
+
 impl Store for PgStore {
     async fn create_workflow(&self, new: NewWorkflow) -> Result<WorkflowRecord> {
         let row = sqlx::query(
@@ -251,11 +436,338 @@ impl Store for PgStore {
         row.as_ref().map(version_row).transpose()
     }
 
+    async fn list_workflows(&self, query: &WorkflowQuery) -> Result<Vec<WorkflowRecord>> {
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows
+             WHERE namespace = $1 AND ($2 OR archived_at IS NULL) AND ($3::text IS NULL OR id < $3)
+             ORDER BY id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&query.namespace)
+            .bind(query.include_archived)
+            .bind(&query.before_id)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(workflow_row).collect()
+    }
+
+    async fn update_draft(
+        &self,
+        namespace: &str,
+        workflow_id: &str,
+        draft: &Value,
+        name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowRecord> {
+        let sql = format!(
+            "UPDATE workflows SET draft = $3, name = COALESCE($4, name), updated_at = $5
+             WHERE namespace = $1 AND id = $2 AND archived_at IS NULL
+             RETURNING {WORKFLOW_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(workflow_id)
+            .bind(Json(draft))
+            .bind(name)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = row {
+            return workflow_row(&row);
+        }
+        let archived: Option<bool> = sqlx::query_scalar(
+            "SELECT archived_at IS NOT NULL FROM workflows WHERE namespace = $1 AND id = $2",
+        )
+        .bind(namespace)
+        .bind(workflow_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Err(match archived {
+            Some(_) => Error::Invalid(format!("workflow {workflow_id} is archived")),
+            None => Error::NotFound {
+                what: "workflow",
+                id: workflow_id.to_owned(),
+            },
+        })
+    }
+
+    async fn archive_workflow(
+        &self,
+        namespace: &str,
+        workflow_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowRecord> {
+        let sql = format!(
+            "UPDATE workflows SET archived_at = COALESCE(archived_at, $3),
+                    updated_at = CASE WHEN archived_at IS NULL THEN $3 ELSE updated_at END
+             WHERE namespace = $1 AND id = $2
+             RETURNING {WORKFLOW_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(workflow_id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => workflow_row(&row),
+            None => Err(Error::NotFound {
+                what: "workflow",
+                id: workflow_id.to_owned(),
+            }),
+        }
+    }
+
+    async fn list_versions(&self, workflow_id: &str) -> Result<Vec<VersionSummary>> {
+        let rows = sqlx::query(
+            "SELECT version, published_at FROM workflow_versions WHERE workflow_id = $1 ORDER BY version",
+        )
+        .bind(workflow_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VersionSummary {
+                    version: r.try_get("version")?,
+                    published_at: r.try_get("published_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionSummary>> {
+        // Only the filters asked for, so the planner sees which indexes fit.
+        let mut sql = sqlx::QueryBuilder::<Postgres>::new(
+            "SELECT id, workflow_id, version, status, subject, current_node, created_at, updated_at,
+                    finished_at
+             FROM executions WHERE namespace = ",
+        );
+        sql.push_bind(query.namespace.clone());
+        if let Some(wf) = &query.workflow_id {
+            sql.push(" AND workflow_id = ").push_bind(wf.clone());
+        }
+        if let Some(status) = query.status {
+            sql.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(subject) = &query.subject {
+            sql.push(" AND subject = ").push_bind(subject.clone());
+        }
+        if let Some(after) = query.created_after {
+            sql.push(" AND created_at >= ").push_bind(after);
+        }
+        if let Some(before) = query.created_before {
+            sql.push(" AND created_at < ").push_bind(before);
+        }
+        if let Some(before) = &query.before_id {
+            sql.push(" AND id < ").push_bind(before.clone());
+        }
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter().map(summary_row).collect()
+    }
+
+    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKeyRecord> {
+        let sql = format!(
+            "INSERT INTO api_keys (id, namespace, name, hash, scopes, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {API_KEY_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&key.id)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(&key.hash)
+            .bind(&key.scopes)
+            .bind(key.now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| {
+                if unique_violation_on(&e, "hash") {
+                    Error::Conflict {
+                        field: "hash",
+                        value: key.hash.clone(),
+                    }
+                } else if is_unique_violation(&e) {
+                    Error::Conflict {
+                        field: "id",
+                        value: key.id.clone(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+        api_key_row(&row)
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
+        let sql = format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = $1 AND revoked_at IS NULL"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(api_key_row).transpose()
+    }
+
+    async fn list_api_keys(&self, namespace: &str) -> Result<Vec<ApiKeyRecord>> {
+        let sql = format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE namespace = $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(api_key_row).collect()
+    }
+
+    async fn revoke_api_key(
+        &self,
+        namespace: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKeyRecord> {
+        let sql = format!(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $3)
+             WHERE namespace = $1 AND id = $2 RETURNING {API_KEY_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => api_key_row(&row),
+            None => Err(Error::NotFound {
+                what: "api key",
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    async fn create_trigger(&self, trigger: NewTrigger) -> Result<TriggerRecord> {
+        // Only for a workflow of the same namespace.
+        let sql = format!(
+            "INSERT INTO triggers (id, namespace, workflow_id, kind, path, config, state, created_at, updated_at)
+             SELECT $1, $2, w.id, $4, $5, $6, 'init', $7, $7 FROM workflows w
+             WHERE w.namespace = $2 AND w.id = $3
+             RETURNING {TRIGGER_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&trigger.id)
+            .bind(&trigger.namespace)
+            .bind(&trigger.workflow_id)
+            .bind(&trigger.kind)
+            .bind(&trigger.path)
+            .bind(Json(&trigger.config))
+            .bind(trigger.now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| trigger_conflict(e, &trigger.id, trigger.path.as_deref()))?;
+        match row {
+            Some(row) => trigger_row(&row),
+            None => Err(Error::NotFound {
+                what: "workflow",
+                id: trigger.workflow_id,
+            }),
+        }
+    }
+
+    async fn get_trigger(&self, namespace: &str, id: &str) -> Result<Option<TriggerRecord>> {
+        let sql =
+            format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE namespace = $1 AND id = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(trigger_row).transpose()
+    }
+
+    async fn list_triggers(
+        &self,
+        namespace: &str,
+        workflow_id: Option<&str>,
+    ) -> Result<Vec<TriggerRecord>> {
+        let sql = format!(
+            "SELECT {TRIGGER_COLUMNS} FROM triggers
+             WHERE namespace = $1 AND ($2::text IS NULL OR workflow_id = $2) AND state <> 'destroyed'
+             ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(workflow_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(trigger_row).collect()
+    }
+
+    async fn set_trigger_state(
+        &self,
+        namespace: &str,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TriggerRecord>> {
+        let sql = format!(
+            "UPDATE triggers SET state = $4, updated_at = $5
+             WHERE namespace = $1 AND id = $2 AND state = ANY($3)
+             RETURNING {TRIGGER_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(id)
+            .bind(from)
+            .bind(to)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            // Back from `destroyed` onto a path another trigger took since.
+            Err(e) if unique_violation_on(&e, "path") => {
+                let path = self.get_trigger(namespace, id).await?.and_then(|t| t.path);
+                return Err(trigger_conflict(e, id, path.as_deref()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(row) = row {
+            return trigger_row(&row).map(Some);
+        }
+        match self.get_trigger(namespace, id).await? {
+            None => Ok(None),
+            Some(t) => Err(Error::Invalid(format!("trigger {id} is {}", t.state))),
+        }
+    }
+
+    async fn api_trigger(&self, namespace: &str, path: &str) -> Result<Option<TriggerRecord>> {
+        let sql = format!(
+            "SELECT {TRIGGER_COLUMNS} FROM triggers
+             WHERE namespace = $1 AND path = $2 AND kind = 'api' AND state <> 'destroyed'"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(trigger_row).transpose()
+    }
+
     async fn create_executions(&self, batch: Vec<NewExecution>) -> Result<Vec<Created>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let n = batch.len();
+        let mut tx = self.pool.begin().await?;
+        // Only a batch with subject limits pays for locks and counts.
+        let decided = if batch.iter().any(|e| subject_limit(e).is_some()) {
+            admit_limited(&mut tx, &batch).await?
+        } else {
+            vec![None; n]
+        };
         let (mut ids, mut ns, mut wf, mut ver, mut subj, mut keys, mut snaps, mut created) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -266,7 +778,7 @@ impl Store for PgStore {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        for e in &batch {
+        for (e, _) in batch.iter().zip(&decided).filter(|(_, d)| d.is_none()) {
             let s = &e.snapshot;
             ids.push(s.execution_id.as_str());
             ns.push(e.namespace.as_str());
@@ -277,36 +789,43 @@ impl Store for PgStore {
             snaps.push(serde_json::to_value(s).map_err(Error::corrupt("snapshot"))?);
             created.push(s.created_at);
         }
-        let mut tx = self.pool.begin().await?;
-        let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
-                                     snapshot, snapshot_seq, lease_epoch, created_at, updated_at)
-             SELECT v.id, v.ns, v.wf, v.ver, 'pending', v.subj, v.key, v.snap, 0, 1, v.created, v.created
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[],
-                         $8::timestamptz[]) AS v(id, ns, wf, ver, subj, key, snap, created)
-             ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
-        )
-        .bind(&ids)
-        .bind(&ns)
-        .bind(&wf)
-        .bind(&ver)
-        .bind(&subj)
-        .bind(&keys)
-        .bind(&snaps)
-        .bind(&created)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                Error::Conflict { field: "id", value: "an execution id of this batch".into() }
-            } else {
-                e.into()
-            }
-        })?;
+        let inserted: Vec<String> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
+                                         snapshot, snapshot_seq, lease_epoch, created_at, updated_at)
+                 SELECT v.id, v.ns, v.wf, v.ver, 'pending', v.subj, v.key, v.snap, 0, 1, v.created, v.created
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[],
+                             $8::timestamptz[]) AS v(id, ns, wf, ver, subj, key, snap, created)
+                 ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&ids)
+            .bind(&ns)
+            .bind(&wf)
+            .bind(&ver)
+            .bind(&subj)
+            .bind(&keys)
+            .bind(&snaps)
+            .bind(&created)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::Conflict { field: "id", value: "an execution id of this batch".into() }
+                } else {
+                    e.into()
+                }
+            })?
+        };
         let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
         let mut out = Vec::with_capacity(n);
-        for e in &batch {
+        for (e, decided) in batch.iter().zip(decided) {
+            if let Some(decided) = decided {
+                out.push(decided);
+                continue;
+            }
             let id = e.snapshot.execution_id.as_str();
             if inserted.contains(id) {
                 out.push(Created::New(e.snapshot.execution_id.clone()));

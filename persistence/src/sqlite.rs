@@ -17,13 +17,14 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::Result;
-use crate::error::Error;
+use crate::error::{Error, unique_violation_on};
 use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
-use crate::store::Store;
+use crate::store::{Store, from_json};
 use crate::types::{
-    AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, ExecutionRecord,
-    FinishedAttempt, InboxItem, JournalRow, LeaseEpoch, NewExecution, NewWorkflow,
-    NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+    ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer,
+    ExecutionQuery, ExecutionRecord, ExecutionSummary, FinishedAttempt, InboxItem, JournalRow,
+    LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow, OutboxMessage,
+    TriggerRecord, VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowVersion,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -139,6 +140,57 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+const WORKFLOW_COLUMNS: &str =
+    "id, namespace, key, name, draft, latest_version, created_at, updated_at, archived_at";
+
+const API_KEY_COLUMNS: &str = "id, namespace, name, scopes, created_at, revoked_at";
+
+fn api_key_row(r: &SqliteRow) -> Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        name: r.try_get("name")?,
+        scopes: parse("api key scopes", r.try_get::<&str, _>("scopes")?)?,
+        created_at: from_ms(r.try_get("created_at")?)?,
+        revoked_at: opt_ms(r.try_get("revoked_at")?)?,
+    })
+}
+
+const TRIGGER_COLUMNS: &str =
+    "id, namespace, workflow_id, kind, path, config, state, created_at, updated_at";
+
+fn trigger_row(r: &SqliteRow) -> Result<TriggerRecord> {
+    Ok(TriggerRecord {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        workflow_id: r.try_get("workflow_id")?,
+        kind: r.try_get("kind")?,
+        path: r.try_get("path")?,
+        config: parse("trigger config", r.try_get::<&str, _>("config")?)?,
+        state: r.try_get("state")?,
+        created_at: from_ms(r.try_get("created_at")?)?,
+        updated_at: from_ms(r.try_get("updated_at")?)?,
+    })
+}
+
+/// A unique violation on a trigger: its path (when `path` is known, or
+/// named by the constraint) or its id.
+fn trigger_conflict(e: sqlx::Error, id: &str, path: Option<&str>) -> Error {
+    if unique_violation_on(&e, "path") {
+        Error::Conflict {
+            field: "path",
+            value: path.unwrap_or(id).to_owned(),
+        }
+    } else if is_unique_violation(&e) {
+        Error::Conflict {
+            field: "id",
+            value: id.to_owned(),
+        }
+    } else {
+        e.into()
+    }
+}
+
 const EXECUTION_COLUMNS: &str = "id, namespace, workflow_id, version, subject, idempotency_key, snapshot, lease_epoch, created_at, updated_at";
 
 impl Store for SqliteStore {
@@ -236,11 +288,374 @@ impl Store for SqliteStore {
         row.as_ref().map(version_row).transpose()
     }
 
+    async fn list_workflows(&self, query: &WorkflowQuery) -> Result<Vec<WorkflowRecord>> {
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows
+             WHERE namespace = ?1 AND (?2 OR archived_at IS NULL) AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&query.namespace)
+            .bind(query.include_archived)
+            .bind(&query.before_id)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(workflow_row).collect()
+    }
+
+    async fn update_draft(
+        &self,
+        namespace: &str,
+        workflow_id: &str,
+        draft: &Value,
+        name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowRecord> {
+        let sql = format!(
+            "UPDATE workflows SET draft = ?3, name = COALESCE(?4, name), updated_at = ?5
+             WHERE namespace = ?1 AND id = ?2 AND archived_at IS NULL
+             RETURNING {WORKFLOW_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(workflow_id)
+            .bind(text("workflow draft", draft)?)
+            .bind(name)
+            .bind(ms(now))
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = row {
+            return workflow_row(&row);
+        }
+        let archived: Option<bool> = sqlx::query_scalar(
+            "SELECT archived_at IS NOT NULL FROM workflows WHERE namespace = ?1 AND id = ?2",
+        )
+        .bind(namespace)
+        .bind(workflow_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Err(match archived {
+            Some(_) => Error::Invalid(format!("workflow {workflow_id} is archived")),
+            None => Error::NotFound {
+                what: "workflow",
+                id: workflow_id.to_owned(),
+            },
+        })
+    }
+
+    async fn archive_workflow(
+        &self,
+        namespace: &str,
+        workflow_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowRecord> {
+        let sql = format!(
+            "UPDATE workflows SET archived_at = COALESCE(archived_at, ?3),
+                    updated_at = CASE WHEN archived_at IS NULL THEN ?3 ELSE updated_at END
+             WHERE namespace = ?1 AND id = ?2
+             RETURNING {WORKFLOW_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(workflow_id)
+            .bind(ms(now))
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => workflow_row(&row),
+            None => Err(Error::NotFound {
+                what: "workflow",
+                id: workflow_id.to_owned(),
+            }),
+        }
+    }
+
+    async fn list_versions(&self, workflow_id: &str) -> Result<Vec<VersionSummary>> {
+        let rows = sqlx::query(
+            "SELECT version, published_at FROM workflow_versions WHERE workflow_id = ?1 ORDER BY version",
+        )
+        .bind(workflow_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VersionSummary {
+                    version: r.try_get("version")?,
+                    published_at: from_ms(r.try_get("published_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionSummary>> {
+        let mut sql = sqlx::QueryBuilder::<Sqlite>::new(
+            "SELECT id, workflow_id, version, status, subject, current_node, created_at, updated_at,
+                    finished_at
+             FROM executions WHERE namespace = ",
+        );
+        sql.push_bind(query.namespace.clone());
+        if let Some(wf) = &query.workflow_id {
+            sql.push(" AND workflow_id = ").push_bind(wf.clone());
+        }
+        if let Some(status) = query.status {
+            sql.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(subject) = &query.subject {
+            sql.push(" AND subject = ").push_bind(subject.clone());
+        }
+        if let Some(after) = query.created_after {
+            sql.push(" AND created_at >= ").push_bind(ms(after));
+        }
+        if let Some(before) = query.created_before {
+            sql.push(" AND created_at < ").push_bind(ms(before));
+        }
+        if let Some(before) = &query.before_id {
+            sql.push(" AND id < ").push_bind(before.clone());
+        }
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ExecutionSummary {
+                    id: ExecutionId::new(r.try_get::<String, _>("id")?),
+                    workflow_id: r.try_get("workflow_id")?,
+                    version: r.try_get("version")?,
+                    status: from_json(
+                        "execution status",
+                        Value::String(r.try_get::<String, _>("status")?),
+                    )?,
+                    subject: r.try_get("subject")?,
+                    current_node: r.try_get("current_node")?,
+                    created_at: from_ms(r.try_get("created_at")?)?,
+                    updated_at: from_ms(r.try_get("updated_at")?)?,
+                    finished_at: opt_ms(r.try_get("finished_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKeyRecord> {
+        let sql = format!(
+            "INSERT INTO api_keys (id, namespace, name, hash, scopes, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {API_KEY_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&key.id)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(&key.hash)
+            .bind(text("api key scopes", &key.scopes)?)
+            .bind(ms(key.now))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| {
+                if unique_violation_on(&e, "hash") {
+                    Error::Conflict {
+                        field: "hash",
+                        value: key.hash.clone(),
+                    }
+                } else if is_unique_violation(&e) {
+                    Error::Conflict {
+                        field: "id",
+                        value: key.id.clone(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+        api_key_row(&row)
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
+        let sql = format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(api_key_row).transpose()
+    }
+
+    async fn list_api_keys(&self, namespace: &str) -> Result<Vec<ApiKeyRecord>> {
+        let sql = format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE namespace = ?1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(api_key_row).collect()
+    }
+
+    async fn revoke_api_key(
+        &self,
+        namespace: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKeyRecord> {
+        let sql = format!(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?3)
+             WHERE namespace = ?1 AND id = ?2 RETURNING {API_KEY_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(id)
+            .bind(ms(now))
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => api_key_row(&row),
+            None => Err(Error::NotFound {
+                what: "api key",
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    async fn create_trigger(&self, trigger: NewTrigger) -> Result<TriggerRecord> {
+        // Only for a workflow of the same namespace.
+        let sql = format!(
+            "INSERT INTO triggers (id, namespace, workflow_id, kind, path, config, state, created_at, updated_at)
+             SELECT ?1, ?2, w.id, ?4, ?5, ?6, 'init', ?7, ?7 FROM workflows w
+             WHERE w.namespace = ?2 AND w.id = ?3
+             RETURNING {TRIGGER_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&trigger.id)
+            .bind(&trigger.namespace)
+            .bind(&trigger.workflow_id)
+            .bind(&trigger.kind)
+            .bind(&trigger.path)
+            .bind(text("trigger config", &trigger.config)?)
+            .bind(ms(trigger.now))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| trigger_conflict(e, &trigger.id, trigger.path.as_deref()))?;
+        match row {
+            Some(row) => trigger_row(&row),
+            None => Err(Error::NotFound {
+                what: "workflow",
+                id: trigger.workflow_id,
+            }),
+        }
+    }
+
+    async fn get_trigger(&self, namespace: &str, id: &str) -> Result<Option<TriggerRecord>> {
+        let sql =
+            format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE namespace = ?1 AND id = ?2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(trigger_row).transpose()
+    }
+
+    async fn list_triggers(
+        &self,
+        namespace: &str,
+        workflow_id: Option<&str>,
+    ) -> Result<Vec<TriggerRecord>> {
+        let sql = format!(
+            "SELECT {TRIGGER_COLUMNS} FROM triggers
+             WHERE namespace = ?1 AND (?2 IS NULL OR workflow_id = ?2) AND state <> 'destroyed'
+             ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(workflow_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(trigger_row).collect()
+    }
+
+    async fn set_trigger_state(
+        &self,
+        namespace: &str,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TriggerRecord>> {
+        let sql = format!(
+            "UPDATE triggers SET state = ?4, updated_at = ?5
+             WHERE namespace = ?1 AND id = ?2 AND state IN (SELECT value FROM json_each(?3))
+             RETURNING {TRIGGER_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(id)
+            .bind(text("trigger states", &from)?)
+            .bind(to)
+            .bind(ms(now))
+            .fetch_optional(&self.pool)
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            // Back from `destroyed` onto a path another trigger took since.
+            Err(e) if unique_violation_on(&e, "path") => {
+                let path = self.get_trigger(namespace, id).await?.and_then(|t| t.path);
+                return Err(trigger_conflict(e, id, path.as_deref()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(row) = row {
+            return trigger_row(&row).map(Some);
+        }
+        match self.get_trigger(namespace, id).await? {
+            None => Ok(None),
+            Some(t) => Err(Error::Invalid(format!("trigger {id} is {}", t.state))),
+        }
+    }
+
+    async fn api_trigger(&self, namespace: &str, path: &str) -> Result<Option<TriggerRecord>> {
+        let sql = format!(
+            "SELECT {TRIGGER_COLUMNS} FROM triggers
+             WHERE namespace = ?1 AND path = ?2 AND kind = 'api' AND state <> 'destroyed'"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(trigger_row).transpose()
+    }
+
     async fn create_executions(&self, batch: Vec<NewExecution>) -> Result<Vec<Created>> {
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
         for new in &batch {
             let s = &new.snapshot;
+            // One connection: counting inside the transaction is enough.
+            if let (Some(limit), Some(subject)) = (new.max_entries, s.subject.as_deref()) {
+                if new.idempotency_key.is_some() {
+                    let existing: Option<String> = sqlx::query_scalar(
+                        "SELECT id FROM executions WHERE workflow_id = ?1 AND idempotency_key = ?2",
+                    )
+                    .bind(&new.workflow_id)
+                    .bind(&new.idempotency_key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(existing) = existing {
+                        out.push(Created::Existing(ExecutionId::new(existing)));
+                        continue;
+                    }
+                }
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM executions WHERE workflow_id = ?1 AND subject = ?2",
+                )
+                .bind(&new.workflow_id)
+                .bind(subject)
+                .fetch_one(&mut *tx)
+                .await?;
+                if count >= i64::from(limit) {
+                    out.push(Created::LimitReached { limit });
+                    continue;
+                }
+            }
             let inserted: Option<String> = sqlx::query_scalar(
                 "INSERT INTO executions (id, namespace, workflow_id, version, status, subject, idempotency_key,
                                          current_node, snapshot, snapshot_seq, lease_epoch, created_at, updated_at)

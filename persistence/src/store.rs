@@ -8,9 +8,10 @@ use sojourn_runtime::{ActionOutcome, ExecutionId, Input, Workflow};
 
 use crate::Result;
 use crate::types::{
-    AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, ExecutionRecord,
-    FinishedAttempt, InboxItem, JournalRow, LeaseEpoch, NewExecution, NewWorkflow,
-    NodeExecutionRow, OutboxMessage, WorkflowRecord, WorkflowVersion,
+    ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer,
+    ExecutionQuery, ExecutionRecord, ExecutionSummary, FinishedAttempt, InboxItem, JournalRow,
+    LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow, OutboxMessage,
+    TriggerRecord, VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowVersion,
 };
 
 /// One store: PostgreSQL or SQLite, the same behaviour (the conformance
@@ -47,7 +48,48 @@ pub trait Store: Send + Sync + 'static {
         version: Option<i32>,
     ) -> impl Future<Output = Result<Option<WorkflowVersion>>> + Send;
 
+    /// Workflows of a namespace, newest first (see [`WorkflowQuery`]).
+    fn list_workflows(
+        &self,
+        query: &WorkflowQuery,
+    ) -> impl Future<Output = Result<Vec<WorkflowRecord>>> + Send;
+
+    /// Replaces the draft (and the name, when given) of a workflow that is
+    /// not archived. [`crate::Error::NotFound`] if there is no such workflow
+    /// in the namespace, [`crate::Error::Invalid`] if it is archived.
+    fn update_draft(
+        &self,
+        namespace: &str,
+        workflow_id: &str,
+        draft: &Value,
+        name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<WorkflowRecord>> + Send;
+
+    /// Archives a workflow (idempotent: archiving twice keeps the first
+    /// time). Its versions and executions stay. [`crate::Error::NotFound`]
+    /// if there is no such workflow in the namespace.
+    fn archive_workflow(
+        &self,
+        namespace: &str,
+        workflow_id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<WorkflowRecord>> + Send;
+
+    /// Every published version of a workflow, oldest first.
+    fn list_versions(
+        &self,
+        workflow_id: &str,
+    ) -> impl Future<Output = Result<Vec<VersionSummary>>> + Send;
+
     // ---- executions ------------------------------------------------------
+
+    /// Executions of a namespace, newest first, filtered (see
+    /// [`ExecutionQuery`]).
+    fn list_executions(
+        &self,
+        query: &ExecutionQuery,
+    ) -> impl Future<Output = Result<Vec<ExecutionSummary>>> + Send;
 
     /// Creates an execution, or returns the one created before with the same
     /// idempotency key. A new execution starts at lease epoch 1: its
@@ -144,6 +186,76 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many timers exist (for metrics and tests).
     fn pending_timers(&self) -> impl Future<Output = Result<i64>> + Send;
+
+    // ---- API keys --------------------------------------------------------
+
+    /// Stores a new API key. [`crate::Error::Conflict`] on `id` or `hash`.
+    fn create_api_key(&self, key: NewApiKey) -> impl Future<Output = Result<ApiKeyRecord>> + Send;
+
+    /// The key whose secret hashes to `hash`, unless revoked.
+    fn api_key_by_hash(
+        &self,
+        hash: &str,
+    ) -> impl Future<Output = Result<Option<ApiKeyRecord>>> + Send;
+
+    /// The keys of a namespace (revoked ones included), oldest first.
+    fn list_api_keys(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<ApiKeyRecord>>> + Send;
+
+    /// Revokes a key; [`crate::Error::NotFound`] if the namespace has no such
+    /// key. Revoking twice keeps the first time.
+    fn revoke_api_key(
+        &self,
+        namespace: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<ApiKeyRecord>> + Send;
+
+    // ---- trigger instances -----------------------------------------------
+
+    /// Creates a trigger instance in state `init`. [`crate::Error::Conflict`]
+    /// on `path` when another trigger of the namespace that is not destroyed
+    /// has the same path.
+    fn create_trigger(
+        &self,
+        trigger: NewTrigger,
+    ) -> impl Future<Output = Result<TriggerRecord>> + Send;
+
+    fn get_trigger(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<TriggerRecord>>> + Send;
+
+    /// Triggers of a namespace (of one workflow, when given), oldest first;
+    /// destroyed ones are left out.
+    fn list_triggers(
+        &self,
+        namespace: &str,
+        workflow_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<TriggerRecord>>> + Send;
+
+    /// Moves a trigger to state `to` if its state is one of `from`, in one
+    /// statement (so two concurrent moves cannot both pass the check).
+    /// `Ok(None)`: no such trigger in the namespace; `Err(Invalid)` with the
+    /// current state named when the state is not among `from`.
+    fn set_trigger_state(
+        &self,
+        namespace: &str,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<TriggerRecord>>> + Send;
+
+    /// The `api` trigger (not destroyed) answering `path` in a namespace.
+    fn api_trigger(
+        &self,
+        namespace: &str,
+        path: &str,
+    ) -> impl Future<Output = Result<Option<TriggerRecord>>> + Send;
 
     // ---- events ----------------------------------------------------------
 
@@ -257,6 +369,11 @@ pub trait Store: Send + Sync + 'static {
         inbox_id: i64,
         epoch: LeaseEpoch,
     ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Whether the database answers (readiness): one indexed lookup.
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send {
+        async move { self.get_workflow("", "").await.map(|_| ()) }
+    }
 
     /// Executions that have inputs waiting (recovery after a restart).
     fn executions_with_inputs(

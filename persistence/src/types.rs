@@ -55,6 +55,11 @@ pub struct NewExecution {
     /// The caller's `Idempotency-Key`: the same key returns the same
     /// execution, never a second one.
     pub idempotency_key: Option<String>,
+    /// The workflow's maximum entries per subject: when the snapshot has a
+    /// subject and this many executions of the workflow already exist for
+    /// it, the execution is not created ([`Created::LimitReached`]). An
+    /// idempotency key used before still returns its execution.
+    pub max_entries: Option<u32>,
     pub snapshot: Snapshot,
 }
 
@@ -65,12 +70,17 @@ pub enum Created {
     New(ExecutionId),
     /// The idempotency key was used before: this is that execution.
     Existing(ExecutionId),
+    /// The subject already has the workflow's maximum number of entries;
+    /// nothing was written.
+    LimitReached { limit: u32 },
 }
 
 impl Created {
-    pub fn id(&self) -> &ExecutionId {
+    /// The execution, unless none was created.
+    pub fn id(&self) -> Option<&ExecutionId> {
         match self {
-            Created::New(id) | Created::Existing(id) => id,
+            Created::New(id) | Created::Existing(id) => Some(id),
+            Created::LimitReached { .. } => None,
         }
     }
 }
@@ -193,4 +203,117 @@ pub struct FinishedAttempt<'a> {
 pub struct InboxItem {
     pub id: i64,
     pub input: Input,
+}
+
+// ---- listing --------------------------------------------------------------
+
+/// Which workflows to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct WorkflowQuery {
+    pub namespace: String,
+    /// Archived workflows are left out unless asked for.
+    pub include_archived: bool,
+    /// Cursor: only workflows whose id sorts before this one (ids are time
+    /// ordered, so "older than").
+    pub before_id: Option<String>,
+    pub limit: u32,
+}
+
+/// A published version without its document (for listings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionSummary {
+    pub version: i32,
+    pub published_at: DateTime<Utc>,
+}
+
+/// Which executions to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionQuery {
+    pub namespace: String,
+    pub workflow_id: Option<String>,
+    pub status: Option<Status>,
+    /// The correlation key (the execution's subject).
+    pub subject: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created strictly before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Cursor: only executions whose id sorts before this one.
+    pub before_id: Option<String>,
+    pub limit: u32,
+}
+
+/// An execution in a listing (no snapshot).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExecutionSummary {
+    pub id: ExecutionId,
+    pub workflow_id: String,
+    pub version: i32,
+    pub status: Status,
+    pub subject: Option<String>,
+    pub current_node: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+// ---- API keys -------------------------------------------------------------
+
+/// An API key to store. Only the hash of its secret is kept.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    /// `key_…`, public (shown in listings; not the secret).
+    pub id: String,
+    pub namespace: String,
+    pub name: Option<String>,
+    /// Lowercase hex SHA-256 of the secret.
+    pub hash: String,
+    /// `read`, `write`, `admin`.
+    pub scopes: Vec<String>,
+    pub now: DateTime<Utc>,
+}
+
+/// A stored API key (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub namespace: String,
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+// ---- trigger instances ----------------------------------------------------
+
+/// A trigger instance to create (state `init`).
+#[derive(Debug, Clone)]
+pub struct NewTrigger {
+    /// `trg_…`
+    pub id: String,
+    pub namespace: String,
+    pub workflow_id: String,
+    /// `api`, `schedule` or `event`.
+    pub kind: String,
+    /// For `api` triggers: the path under `/trigger/`, unique in the
+    /// namespace among triggers not destroyed ([`crate::Error::Conflict`] on
+    /// `path`).
+    pub path: Option<String>,
+    pub config: Value,
+    pub now: DateTime<Utc>,
+}
+
+/// A stored trigger instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TriggerRecord {
+    pub id: String,
+    pub namespace: String,
+    pub workflow_id: String,
+    pub kind: String,
+    pub path: Option<String>,
+    pub config: Value,
+    /// `init`, `active`, `paused`, `stopped`, `destroyed`.
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }

@@ -6,8 +6,8 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use sojourn_persistence::{
-    Commit, CommitResult, Created, Error, LeaseEpoch, NewExecution, NewWorkflow, PgStore,
-    SqliteStore, Store, ids,
+    Commit, CommitResult, Created, Error, ExecutionQuery, LeaseEpoch, NewApiKey, NewExecution,
+    NewTrigger, NewWorkflow, PgStore, SqliteStore, Store, WorkflowQuery, ids,
 };
 use sojourn_runtime::{
     ActionOutcome, CompiledWorkflow, Effect, EventInput, ExecutionId, Input, Registry, Snapshot,
@@ -132,6 +132,14 @@ conformance!(
     attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_dropped,
     pending_executions_are_found_for_recovery_and_batches_create_idempotently,
     attempts_begin_and_finish_in_batches,
+    workflows_are_listed_newest_first_edited_and_archived,
+    versions_are_listed_oldest_first,
+    executions_are_listed_newest_first_by_filter_and_cursor,
+    api_keys_are_found_by_hash_until_revoked,
+    trigger_paths_are_unique_among_live_triggers_of_a_namespace,
+    trigger_states_move_only_from_the_states_allowed,
+    max_entries_limit_the_executions_of_a_subject,
+    max_entries_hold_when_creators_race_for_the_last_entry,
 );
 
 // ---- helpers ------------------------------------------------------------------
@@ -179,12 +187,17 @@ struct Fixture {
 }
 
 async fn fixture<S: Store>(store: &S) -> Fixture {
+    fixture_keyed(store, "reference").await
+}
+
+/// The reference workflow, published under another key.
+async fn fixture_keyed<S: Store>(store: &S, key: &str) -> Fixture {
     let workflow = reference_workflow();
     let rec = store
         .create_workflow(NewWorkflow {
             id: ids::new_workflow_id(),
             namespace: "default".into(),
-            key: "reference".into(),
+            key: key.into(),
             name: None,
             draft: serde_json::to_value(&workflow).expect("json"),
             now: t0(),
@@ -210,6 +223,17 @@ struct Exec {
 }
 
 async fn start<S: Store>(store: &S, f: &Fixture, subject: Option<&str>, key: Option<&str>) -> Exec {
+    start_at(store, f, subject, key, t0()).await
+}
+
+/// [`start`], created at `at`.
+async fn start_at<S: Store>(
+    store: &S,
+    f: &Fixture,
+    subject: Option<&str>,
+    key: Option<&str>,
+    at: DateTime<Utc>,
+) -> Exec {
     let id = ids::new_execution_id();
     let snap =
         f.wf.new_execution(
@@ -217,7 +241,7 @@ async fn start<S: Store>(store: &S, f: &Fixture, subject: Option<&str>, key: Opt
             json!({"n": 1}),
             subject.map(Into::into),
             None,
-            t0(),
+            at,
         )
         .expect("new execution");
     let created = store
@@ -226,12 +250,13 @@ async fn start<S: Store>(store: &S, f: &Fixture, subject: Option<&str>, key: Opt
             workflow_id: f.workflow_id.clone(),
             version: f.version,
             idempotency_key: key.map(Into::into),
+            max_entries: None,
             snapshot: snap,
         })
         .await
         .expect("create execution");
     let rec = store
-        .activate(created.id())
+        .activate(created.id().expect("created"))
         .await
         .expect("activate")
         .expect("exists");
@@ -393,6 +418,7 @@ async fn executions_are_idempotent_per_key<S: Store>(store: &S) {
             workflow_id: f.workflow_id.clone(),
             version: f.version,
             idempotency_key: Some("order-42".into()),
+            max_entries: None,
             snapshot: snap,
         })
         .await
@@ -1016,6 +1042,7 @@ async fn pending_executions_are_found_for_recovery_and_batches_create_idempotent
         workflow_id: f.workflow_id.clone(),
         version: f.version,
         idempotency_key: key.map(Into::into),
+        max_entries: None,
         snapshot: f
             .wf
             .new_execution(ids::new_execution_id(), json!({}), None, None, t0())
@@ -1160,4 +1187,1069 @@ async fn attempts_begin_and_finish_in_batches<S: Store>(store: &S) {
         .expect("claim");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].execution_id, execs[0].id);
+}
+
+// ---- listing, API keys, triggers, entry limits --------------------------------
+
+/// Polls every future until all are done (many creators at once, without a
+/// `futures` dependency).
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("polled to the end"))
+        .collect()
+}
+
+async fn new_workflow<S: Store>(
+    store: &S,
+    namespace: &str,
+    key: &str,
+) -> sojourn_persistence::WorkflowRecord {
+    store
+        .create_workflow(NewWorkflow {
+            id: ids::new_workflow_id(),
+            namespace: namespace.into(),
+            key: key.into(),
+            name: Some(format!("{key} name")),
+            draft: json!({"key": key}),
+            now: t0(),
+        })
+        .await
+        .expect("create workflow")
+}
+
+fn workflows_page(
+    namespace: &str,
+    archived: bool,
+    before: Option<&str>,
+    limit: u32,
+) -> WorkflowQuery {
+    WorkflowQuery {
+        namespace: namespace.into(),
+        include_archived: archived,
+        before_id: before.map(Into::into),
+        limit,
+    }
+}
+
+fn ids_of(list: &[sojourn_persistence::WorkflowRecord]) -> Vec<&str> {
+    list.iter().map(|w| w.id.as_str()).collect()
+}
+
+async fn workflows_are_listed_newest_first_edited_and_archived<S: Store>(store: &S) {
+    let a = new_workflow(store, "default", "a").await;
+    let b = new_workflow(store, "default", "b").await;
+    let c = new_workflow(store, "default", "c").await;
+    let other = new_workflow(store, "acme", "a").await;
+
+    let all = store
+        .list_workflows(&workflows_page("default", false, None, 10))
+        .await
+        .expect("list");
+    assert_eq!(ids_of(&all), [c.id.as_str(), b.id.as_str(), a.id.as_str()]);
+    assert_eq!(all[2], a, "listed as stored");
+    let page = store
+        .list_workflows(&workflows_page("default", false, None, 2))
+        .await
+        .expect("list");
+    assert_eq!(ids_of(&page), [c.id.as_str(), b.id.as_str()]);
+    let rest = store
+        .list_workflows(&workflows_page("default", false, Some(&b.id), 2))
+        .await
+        .expect("list");
+    assert_eq!(ids_of(&rest), [a.id.as_str()]);
+    let acme = store
+        .list_workflows(&workflows_page("acme", false, None, 10))
+        .await
+        .expect("list");
+    assert_eq!(ids_of(&acme), [other.id.as_str()]);
+
+    // Editing the draft (and the name, when given).
+    let t1 = t0() + Duration::minutes(1);
+    let edited = store
+        .update_draft("default", &a.id, &json!({"v": 2}), Some("A"), t1)
+        .await
+        .expect("update");
+    assert_eq!(
+        (
+            edited.draft.clone(),
+            edited.name.as_deref(),
+            edited.updated_at,
+            edited.created_at
+        ),
+        (json!({"v": 2}), Some("A"), t1, t0())
+    );
+    let kept = store
+        .update_draft("default", &a.id, &json!({"v": 3}), None, t1)
+        .await
+        .expect("update");
+    assert_eq!(
+        (kept.draft, kept.name.as_deref()),
+        (json!({"v": 3}), Some("A"))
+    );
+    let read = store
+        .get_workflow("default", &a.id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(read.draft, json!({"v": 3}));
+    let elsewhere = store
+        .update_draft("acme", &a.id, &json!({}), None, t1)
+        .await;
+    assert!(
+        matches!(&elsewhere, Err(Error::NotFound { what: "workflow", id }) if *id == a.id),
+        "{elsewhere:?}"
+    );
+    assert_eq!(
+        store
+            .get_workflow("default", &a.id)
+            .await
+            .expect("get")
+            .expect("found")
+            .draft,
+        json!({"v": 3}),
+        "another namespace's edit changed nothing"
+    );
+
+    // Archiving: idempotent, keeps the first time.
+    let archived = store
+        .archive_workflow("default", &b.id, t1)
+        .await
+        .expect("archive");
+    assert_eq!((archived.archived_at, archived.updated_at), (Some(t1), t1));
+    let again = store
+        .archive_workflow("default", &b.id, t1 + Duration::hours(1))
+        .await
+        .expect("archive again");
+    assert_eq!((again.archived_at, again.updated_at), (Some(t1), t1));
+    let refused = store
+        .update_draft("default", &b.id, &json!({"v": 9}), None, t1)
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::Invalid(m)) if m.contains("archived")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store
+            .get_workflow("default", &b.id)
+            .await
+            .expect("get")
+            .expect("found")
+            .draft,
+        json!({"key": "b"})
+    );
+    assert!(matches!(
+        store.archive_workflow("acme", &a.id, t1).await,
+        Err(Error::NotFound {
+            what: "workflow",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.archive_workflow("default", "wf_missing", t1).await,
+        Err(Error::NotFound {
+            what: "workflow",
+            ..
+        })
+    ));
+    assert!(
+        store
+            .get_workflow("default", &a.id)
+            .await
+            .expect("get")
+            .expect("found")
+            .archived_at
+            .is_none()
+    );
+    let live = store
+        .list_workflows(&workflows_page("default", false, None, 10))
+        .await
+        .expect("list");
+    assert_eq!(ids_of(&live), [c.id.as_str(), a.id.as_str()]);
+    let with_archived = store
+        .list_workflows(&workflows_page("default", true, None, 10))
+        .await
+        .expect("list");
+    assert_eq!(
+        ids_of(&with_archived),
+        [c.id.as_str(), b.id.as_str(), a.id.as_str()]
+    );
+    let past_archived = store
+        .list_workflows(&workflows_page("default", false, Some(&c.id), 1))
+        .await
+        .expect("list");
+    assert_eq!(
+        ids_of(&past_archived),
+        [a.id.as_str()],
+        "the cursor skips archived ones too"
+    );
+}
+
+async fn versions_are_listed_oldest_first<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let empty = new_workflow(store, "default", "empty").await;
+    for h in [1, 2] {
+        store
+            .publish(
+                &f.workflow_id,
+                &reference_workflow(),
+                t0() + Duration::hours(h),
+            )
+            .await
+            .expect("publish");
+    }
+    let versions = store.list_versions(&f.workflow_id).await.expect("list");
+    let got: Vec<(i32, DateTime<Utc>)> = versions
+        .iter()
+        .map(|v| (v.version, v.published_at))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, t0()),
+            (2, t0() + Duration::hours(1)),
+            (3, t0() + Duration::hours(2))
+        ]
+    );
+    assert!(
+        store
+            .list_versions(&empty.id)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_versions("wf_missing")
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+fn executions_query(namespace: &str) -> ExecutionQuery {
+    ExecutionQuery {
+        namespace: namespace.into(),
+        limit: 100,
+        ..ExecutionQuery::default()
+    }
+}
+
+async fn listed<S: Store>(store: &S, query: ExecutionQuery) -> Vec<ExecutionId> {
+    store
+        .list_executions(&query)
+        .await
+        .expect("list executions")
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+async fn executions_are_listed_newest_first_by_filter_and_cursor<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let g = fixture_keyed(store, "second").await;
+    let h = Duration::hours(1);
+    // e1 pending; e2 running; e3 cancelled; e4 another workflow, pending.
+    let e1 = start_at(store, &f, Some("u1"), None, t0()).await;
+    let mut e2 = start_at(store, &f, Some("u2"), None, t0() + h).await;
+    step(store, &f, &mut e2, Input::Start, t0() + h).await;
+    let mut e3 = start_at(store, &f, Some("u1"), None, t0() + h * 2).await;
+    step(store, &f, &mut e3, Input::Start, t0() + h * 2).await;
+    let (_, r) = step(
+        store,
+        &f,
+        &mut e3,
+        Input::Cancel { reason: None },
+        t0() + h * 2,
+    )
+    .await;
+    assert_eq!(r, CommitResult::Committed);
+    let e4 = start_at(store, &g, Some("u1"), None, t0() + h * 3).await;
+    // The same workflow, another namespace.
+    let foreign = ids::new_execution_id();
+    store
+        .create_execution(NewExecution {
+            namespace: "acme".into(),
+            workflow_id: f.workflow_id.clone(),
+            version: f.version,
+            idempotency_key: None,
+            max_entries: None,
+            snapshot: f
+                .wf
+                .new_execution(foreign.clone(), json!({}), Some("u1".into()), None, t0())
+                .expect("new"),
+        })
+        .await
+        .expect("create");
+    let (i1, i2, i3, i4) = (e1.id.clone(), e2.id.clone(), e3.id.clone(), e4.id.clone());
+
+    let all = store
+        .list_executions(&executions_query("default"))
+        .await
+        .expect("list");
+    let got: Vec<&ExecutionId> = all.iter().map(|e| &e.id).collect();
+    assert_eq!(got, [&i4, &i3, &i2, &i1], "newest first, one namespace");
+    let running = &all[2];
+    assert_eq!(
+        (
+            running.workflow_id.as_str(),
+            running.version,
+            running.status,
+            running.subject.as_deref(),
+            running.current_node.as_deref(),
+            running.created_at,
+            running.finished_at
+        ),
+        (
+            f.workflow_id.as_str(),
+            f.version,
+            Status::Running,
+            Some("u2"),
+            Some("first"),
+            t0() + h,
+            None
+        )
+    );
+    assert_eq!(running.updated_at, t0() + h);
+    let cancelled = &all[1];
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert_eq!(cancelled.finished_at, Some(t0() + h * 2));
+    assert_eq!(
+        (all[3].status, all[3].current_node.as_deref()),
+        (Status::Pending, None)
+    );
+
+    let q = || executions_query("default");
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                workflow_id: Some(f.workflow_id.clone()),
+                ..q()
+            }
+        )
+        .await,
+        [i3.clone(), i2.clone(), i1.clone()]
+    );
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                workflow_id: Some(g.workflow_id.clone()),
+                ..q()
+            }
+        )
+        .await,
+        std::slice::from_ref(&i4)
+    );
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                status: Some(Status::Pending),
+                ..q()
+            }
+        )
+        .await,
+        [i4.clone(), i1.clone()]
+    );
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                status: Some(Status::Cancelled),
+                ..q()
+            }
+        )
+        .await,
+        std::slice::from_ref(&i3)
+    );
+    assert!(
+        listed(
+            store,
+            ExecutionQuery {
+                status: Some(Status::Completed),
+                ..q()
+            }
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                subject: Some("u1".into()),
+                ..q()
+            }
+        )
+        .await,
+        [i4.clone(), i3.clone(), i1.clone()]
+    );
+    assert!(
+        listed(
+            store,
+            ExecutionQuery {
+                subject: Some("u9".into()),
+                ..q()
+            }
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                created_after: Some(t0() + h),
+                ..q()
+            }
+        )
+        .await,
+        [i4.clone(), i3.clone(), i2.clone()],
+        "created_after includes its instant"
+    );
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                created_before: Some(t0() + h * 2),
+                ..q()
+            }
+        )
+        .await,
+        [i2.clone(), i1.clone()],
+        "created_before excludes its instant"
+    );
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                created_after: Some(t0() + h),
+                created_before: Some(t0() + h * 3),
+                ..q()
+            }
+        )
+        .await,
+        [i3.clone(), i2.clone()]
+    );
+    // Pages.
+    assert_eq!(
+        listed(store, ExecutionQuery { limit: 2, ..q() }).await,
+        [i4.clone(), i3.clone()]
+    );
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                limit: 2,
+                before_id: Some(i3.to_string()),
+                ..q()
+            }
+        )
+        .await,
+        [i2.clone(), i1.clone()]
+    );
+    assert!(
+        listed(
+            store,
+            ExecutionQuery {
+                limit: 2,
+                before_id: Some(i1.to_string()),
+                ..q()
+            }
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        listed(
+            store,
+            ExecutionQuery {
+                subject: Some("u1".into()),
+                before_id: Some(i4.to_string()),
+                limit: 1,
+                ..q()
+            }
+        )
+        .await,
+        std::slice::from_ref(&i3),
+        "filters and cursor together"
+    );
+    assert_eq!(listed(store, executions_query("acme")).await, [foreign]);
+    assert!(listed(store, executions_query("nobody")).await.is_empty());
+}
+
+fn api_key(id: &str, namespace: &str, hash: &str, scopes: &[&str], at: DateTime<Utc>) -> NewApiKey {
+    NewApiKey {
+        id: id.into(),
+        namespace: namespace.into(),
+        name: Some(format!("{id} name")),
+        hash: hash.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        now: at,
+    }
+}
+
+async fn api_keys_are_found_by_hash_until_revoked<S: Store>(store: &S) {
+    let t1 = t0() + Duration::minutes(1);
+    let k1 = store
+        .create_api_key(api_key("key_1", "default", "h1", &["read", "write"], t0()))
+        .await
+        .expect("create");
+    assert_eq!(
+        (
+            k1.id.as_str(),
+            k1.namespace.as_str(),
+            k1.name.as_deref(),
+            k1.created_at,
+            k1.revoked_at
+        ),
+        ("key_1", "default", Some("key_1 name"), t0(), None)
+    );
+    assert_eq!(k1.scopes, ["read", "write"]);
+    let k2 = store
+        .create_api_key(NewApiKey {
+            name: None,
+            ..api_key("key_2", "default", "h2", &["admin"], t1)
+        })
+        .await
+        .expect("create");
+    let k3 = store
+        .create_api_key(api_key("key_3", "acme", "h3", &[], t0()))
+        .await
+        .expect("create");
+    assert!(k3.scopes.is_empty());
+
+    assert_eq!(
+        store.api_key_by_hash("h1").await.expect("by hash"),
+        Some(k1.clone())
+    );
+    assert_eq!(
+        store.api_key_by_hash("h3").await.expect("by hash"),
+        Some(k3.clone())
+    );
+    assert_eq!(store.api_key_by_hash("nope").await.expect("by hash"), None);
+    assert_eq!(
+        store.list_api_keys("default").await.expect("list"),
+        [k1.clone(), k2.clone()]
+    );
+    assert_eq!(
+        store.list_api_keys("acme").await.expect("list"),
+        std::slice::from_ref(&k3)
+    );
+
+    let dup_hash = store
+        .create_api_key(api_key("key_4", "acme", "h1", &["read"], t1))
+        .await;
+    assert!(
+        matches!(&dup_hash, Err(Error::Conflict { field: "hash", .. })),
+        "{dup_hash:?}"
+    );
+    let dup_id = store
+        .create_api_key(api_key("key_1", "default", "h9", &["read"], t1))
+        .await;
+    assert!(
+        matches!(&dup_id, Err(Error::Conflict { field: "id", .. })),
+        "{dup_id:?}"
+    );
+    assert_eq!(store.api_key_by_hash("h9").await.expect("by hash"), None);
+
+    // Revoking: only within the key's namespace, idempotent.
+    let wrong = store.revoke_api_key("acme", "key_1", t1).await;
+    assert!(
+        matches!(&wrong, Err(Error::NotFound { what: "api key", id }) if id == "key_1"),
+        "{wrong:?}"
+    );
+    assert!(
+        store
+            .api_key_by_hash("h1")
+            .await
+            .expect("by hash")
+            .is_some()
+    );
+    let revoked = store
+        .revoke_api_key("default", "key_1", t1)
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.revoked_at, Some(t1));
+    let again = store
+        .revoke_api_key("default", "key_1", t1 + Duration::hours(1))
+        .await
+        .expect("revoke again");
+    assert_eq!(again.revoked_at, Some(t1), "the first revocation stands");
+    assert_eq!(store.api_key_by_hash("h1").await.expect("by hash"), None);
+    assert_eq!(
+        store.api_key_by_hash("h2").await.expect("by hash"),
+        Some(k2.clone())
+    );
+    let keys = store.list_api_keys("default").await.expect("list");
+    assert_eq!(keys.len(), 2, "revoked keys stay listed");
+    assert_eq!(keys[0].revoked_at, Some(t1));
+    assert!(matches!(
+        store.revoke_api_key("default", "key_missing", t1).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+fn trigger(
+    namespace: &str,
+    workflow_id: &str,
+    kind: &str,
+    path: Option<&str>,
+    at: DateTime<Utc>,
+) -> NewTrigger {
+    NewTrigger {
+        id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
+        namespace: namespace.into(),
+        workflow_id: workflow_id.into(),
+        kind: kind.into(),
+        path: path.map(Into::into),
+        config: json!({"kind": kind, "n": 1}),
+        now: at,
+    }
+}
+
+const ANY_LIVE: [&str; 4] = ["init", "active", "paused", "stopped"];
+
+async fn trigger_paths_are_unique_among_live_triggers_of_a_namespace<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let acme = new_workflow(store, "acme", "hooks").await;
+    let t1 = store
+        .create_trigger(trigger(
+            "default",
+            &f.workflow_id,
+            "api",
+            Some("signup"),
+            t0(),
+        ))
+        .await
+        .expect("create");
+    assert_eq!(
+        (
+            t1.state.as_str(),
+            t1.kind.as_str(),
+            t1.path.as_deref(),
+            t1.created_at,
+            t1.updated_at
+        ),
+        ("init", "api", Some("signup"), t0(), t0())
+    );
+    assert_eq!(t1.config, json!({"kind": "api", "n": 1}));
+    let dup = store
+        .create_trigger(trigger(
+            "default",
+            &f.workflow_id,
+            "api",
+            Some("signup"),
+            t0(),
+        ))
+        .await;
+    assert!(
+        matches!(&dup, Err(Error::Conflict { field: "path", value }) if value == "signup"),
+        "{dup:?}"
+    );
+    let elsewhere = store
+        .create_trigger(trigger("acme", &acme.id, "api", Some("signup"), t0()))
+        .await
+        .expect("the same path in another namespace");
+    // Triggers without a path never conflict.
+    let s1 = store
+        .create_trigger(trigger("default", &f.workflow_id, "schedule", None, t0()))
+        .await
+        .expect("create");
+    let s2 = store
+        .create_trigger(trigger("default", &f.workflow_id, "event", None, t0()))
+        .await
+        .expect("create");
+    let mut same_id = trigger("default", &f.workflow_id, "api", Some("other"), t0());
+    same_id.id = t1.id.clone();
+    assert!(matches!(
+        store.create_trigger(same_id).await,
+        Err(Error::Conflict { field: "id", .. })
+    ));
+    let foreign_workflow = store
+        .create_trigger(trigger("default", &acme.id, "api", Some("x"), t0()))
+        .await;
+    assert!(
+        matches!(
+            &foreign_workflow,
+            Err(Error::NotFound {
+                what: "workflow",
+                ..
+            })
+        ),
+        "{foreign_workflow:?}"
+    );
+
+    assert_eq!(
+        store.api_trigger("default", "signup").await.expect("api"),
+        Some(t1.clone())
+    );
+    assert_eq!(
+        store.api_trigger("acme", "signup").await.expect("api"),
+        Some(elsewhere.clone())
+    );
+    assert_eq!(
+        store.api_trigger("default", "nope").await.expect("api"),
+        None
+    );
+    assert_eq!(
+        store.get_trigger("default", &t1.id).await.expect("get"),
+        Some(t1.clone())
+    );
+    assert_eq!(store.get_trigger("acme", &t1.id).await.expect("get"), None);
+    let ids = |list: Vec<sojourn_persistence::TriggerRecord>| -> Vec<String> {
+        list.into_iter().map(|t| t.id).collect()
+    };
+    assert_eq!(
+        ids(store.list_triggers("default", None).await.expect("list")),
+        [t1.id.clone(), s1.id.clone(), s2.id.clone()]
+    );
+    assert!(
+        store
+            .list_triggers("default", Some(&acme.id))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        ids(store
+            .list_triggers("acme", Some(&acme.id))
+            .await
+            .expect("list")),
+        std::slice::from_ref(&elsewhere.id)
+    );
+
+    // Destroyed: out of listings and path lookups, its path free again.
+    let t2 = t0() + Duration::minutes(5);
+    let gone = store
+        .set_trigger_state("default", &t1.id, &ANY_LIVE, "destroyed", t2)
+        .await
+        .expect("destroy")
+        .expect("found");
+    assert_eq!((gone.state.as_str(), gone.updated_at), ("destroyed", t2));
+    assert_eq!(
+        ids(store
+            .list_triggers("default", Some(&f.workflow_id))
+            .await
+            .expect("list")),
+        [s1.id.clone(), s2.id.clone()]
+    );
+    assert_eq!(
+        store.api_trigger("default", "signup").await.expect("api"),
+        None
+    );
+    assert_eq!(
+        store
+            .get_trigger("default", &t1.id)
+            .await
+            .expect("get")
+            .map(|t| t.state),
+        Some("destroyed".to_owned()),
+        "a destroyed trigger can still be read"
+    );
+    let successor = store
+        .create_trigger(trigger(
+            "default",
+            &f.workflow_id,
+            "api",
+            Some("signup"),
+            t2,
+        ))
+        .await
+        .expect("the path is free once the first is destroyed");
+    assert_eq!(
+        store.api_trigger("default", "signup").await.expect("api"),
+        Some(successor.clone())
+    );
+    // Bringing the destroyed one back would give the path two owners.
+    let back = store
+        .set_trigger_state("default", &t1.id, &["destroyed"], "init", t2)
+        .await;
+    assert!(
+        matches!(&back, Err(Error::Conflict { field: "path", value }) if value == "signup"),
+        "{back:?}"
+    );
+}
+
+async fn trigger_states_move_only_from_the_states_allowed<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let t = store
+        .create_trigger(trigger("default", &f.workflow_id, "schedule", None, t0()))
+        .await
+        .expect("create");
+    let t1 = t0() + Duration::minutes(1);
+    let active = store
+        .set_trigger_state("default", &t.id, &["init", "paused"], "active", t1)
+        .await
+        .expect("activate")
+        .expect("found");
+    assert_eq!(
+        (active.state.as_str(), active.updated_at, active.created_at),
+        ("active", t1, t0())
+    );
+    let refused = store
+        .set_trigger_state("default", &t.id, &["init", "paused"], "active", t1)
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::Invalid(m)) if m.contains(&t.id) && m.ends_with("is active")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store
+            .set_trigger_state("acme", &t.id, &["active"], "paused", t1)
+            .await
+            .expect("other namespace"),
+        None
+    );
+    assert_eq!(
+        store
+            .set_trigger_state("default", "trg_missing", &["active"], "paused", t1)
+            .await
+            .expect("missing"),
+        None
+    );
+    let paused = store
+        .set_trigger_state("default", &t.id, &["active"], "paused", t1)
+        .await
+        .expect("pause")
+        .expect("found");
+    assert_eq!(paused.state, "paused");
+    let from_nothing = store
+        .set_trigger_state("default", &t.id, &[], "active", t1)
+        .await;
+    assert!(
+        matches!(&from_nothing, Err(Error::Invalid(m)) if m.ends_with("is paused")),
+        "{from_nothing:?}"
+    );
+    // Two moves at once from the same state: one wins, one is told.
+    let (a, b) = tokio::join!(
+        store.set_trigger_state("default", &t.id, &["paused"], "active", t1),
+        store.set_trigger_state("default", &t.id, &["paused"], "stopped", t1),
+    );
+    let won: Vec<String> = [&a, &b]
+        .iter()
+        .filter_map(|r| {
+            r.as_ref()
+                .ok()
+                .and_then(|t| t.as_ref())
+                .map(|t| t.state.clone())
+        })
+        .collect();
+    assert_eq!(won.len(), 1, "{a:?} {b:?}");
+    let lost = if a.is_ok() { &b } else { &a };
+    assert!(
+        matches!(lost, Err(Error::Invalid(m)) if m.ends_with(&format!("is {}", won[0]))),
+        "{lost:?}"
+    );
+    assert_eq!(
+        store
+            .get_trigger("default", &t.id)
+            .await
+            .expect("get")
+            .map(|t| t.state),
+        Some(won[0].clone())
+    );
+}
+
+fn limited(
+    f: &Fixture,
+    subject: Option<&str>,
+    key: Option<&str>,
+    max_entries: Option<u32>,
+) -> NewExecution {
+    NewExecution {
+        namespace: "default".into(),
+        workflow_id: f.workflow_id.clone(),
+        version: f.version,
+        idempotency_key: key.map(Into::into),
+        max_entries,
+        snapshot: f
+            .wf
+            .new_execution(
+                ids::new_execution_id(),
+                json!({}),
+                subject.map(Into::into),
+                None,
+                t0(),
+            )
+            .expect("new"),
+    }
+}
+
+async fn entries<S: Store>(store: &S, f: &Fixture, subject: &str) -> usize {
+    store
+        .list_executions(&ExecutionQuery {
+            workflow_id: Some(f.workflow_id.clone()),
+            subject: Some(subject.into()),
+            ..executions_query("default")
+        })
+        .await
+        .expect("list")
+        .len()
+}
+
+async fn max_entries_limit_the_executions_of_a_subject<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let g = fixture_keyed(store, "second").await;
+    let first = limited(&f, Some("u1"), Some("k1"), Some(2));
+    let first_id = first.snapshot.execution_id.clone();
+    assert_eq!(
+        store.create_execution(first).await.expect("create"),
+        Created::New(first_id.clone())
+    );
+    assert!(matches!(
+        store
+            .create_execution(limited(&f, Some("u1"), None, Some(2)))
+            .await
+            .expect("create"),
+        Created::New(_)
+    ));
+    let refused = limited(&f, Some("u1"), Some("k2"), Some(2));
+    let refused_id = refused.snapshot.execution_id.clone();
+    assert_eq!(
+        store.create_execution(refused).await.expect("create"),
+        Created::LimitReached { limit: 2 }
+    );
+    assert!(
+        store
+            .load_execution(&refused_id)
+            .await
+            .expect("load")
+            .is_none(),
+        "nothing written"
+    );
+    assert_eq!(entries(store, &f, "u1").await, 2);
+    // A key used before still answers with its execution.
+    assert_eq!(
+        store
+            .create_execution(limited(&f, Some("u1"), Some("k1"), Some(2)))
+            .await
+            .expect("create"),
+        Created::Existing(first_id.clone())
+    );
+    // The refused one did not use its key up.
+    assert!(matches!(
+        store
+            .create_execution(limited(&f, Some("u1"), Some("k2"), Some(3)))
+            .await
+            .expect("create"),
+        Created::New(_)
+    ));
+    assert_eq!(entries(store, &f, "u1").await, 3);
+    // Other subjects, other workflows, no subject: not limited by u1's count.
+    for e in [
+        limited(&f, Some("u2"), None, Some(1)),
+        limited(&g, Some("u1"), None, Some(1)),
+        limited(&f, None, None, Some(1)),
+        limited(&f, None, None, Some(1)),
+    ] {
+        assert!(matches!(
+            store.create_execution(e).await.expect("create"),
+            Created::New(_)
+        ));
+    }
+    assert_eq!(
+        store
+            .create_execution(limited(&g, Some("u1"), None, Some(1)))
+            .await
+            .expect("create"),
+        Created::LimitReached { limit: 1 }
+    );
+
+    // Within one batch: earlier admissions count, results keep their order.
+    let batch = vec![
+        limited(&f, Some("u3"), None, Some(2)),
+        limited(&f, Some("u3"), None, Some(2)),
+        limited(&f, Some("u3"), None, Some(2)),
+        limited(&f, Some("u3"), None, None),
+        limited(&f, Some("u3"), Some("k3"), Some(3)),
+        limited(&f, Some("u4"), Some("k4"), Some(1)),
+        limited(&f, Some("u4"), Some("k4"), Some(1)),
+        limited(&f, Some("u1"), Some("k1"), Some(1)),
+        limited(&f, None, None, None),
+    ];
+    let ids: Vec<ExecutionId> = batch
+        .iter()
+        .map(|e| e.snapshot.execution_id.clone())
+        .collect();
+    let created = store.create_executions(batch).await.expect("create batch");
+    assert_eq!(
+        created,
+        [
+            Created::New(ids[0].clone()),
+            Created::New(ids[1].clone()),
+            Created::LimitReached { limit: 2 },
+            Created::New(ids[3].clone()),
+            Created::LimitReached { limit: 3 },
+            Created::New(ids[5].clone()),
+            Created::Existing(ids[5].clone()),
+            Created::Existing(first_id.clone()),
+            Created::New(ids[8].clone()),
+        ]
+    );
+    assert_eq!(entries(store, &f, "u3").await, 3);
+    assert_eq!(entries(store, &f, "u4").await, 1);
+    assert!(store.load_execution(&ids[2]).await.expect("load").is_none());
+    assert!(store.load_execution(&ids[4]).await.expect("load").is_none());
+    assert!(store.load_execution(&ids[6]).await.expect("load").is_none());
+}
+
+async fn max_entries_hold_when_creators_race_for_the_last_entry<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    for round in 0..3 {
+        let subject = format!("racer-{round}");
+        let creators: Vec<_> = (0..20)
+            .map(|_| store.create_execution(limited(&f, Some(&subject), None, Some(3))))
+            .collect();
+        let results = join_all(creators).await;
+        let new = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Created::New(_))))
+            .count();
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Created::LimitReached { limit: 3 })))
+            .count();
+        assert_eq!((new, refused), (3, 17), "{results:?}");
+        assert_eq!(entries(store, &f, &subject).await, 3);
+    }
+    // Batches racing each other, over overlapping subjects in opposite
+    // orders (locks are taken in one order: no deadlock).
+    let batches: Vec<_> = (0..6)
+        .map(|i| {
+            let order = if i % 2 == 0 { ["x", "y"] } else { ["y", "x"] };
+            store.create_executions(
+                order
+                    .iter()
+                    .map(|s| limited(&f, Some(s), None, Some(2)))
+                    .collect(),
+            )
+        })
+        .collect();
+    for r in join_all(batches).await {
+        r.expect("no deadlock");
+    }
+    assert_eq!(entries(store, &f, "x").await, 2);
+    assert_eq!(entries(store, &f, "y").await, 2);
 }

@@ -112,8 +112,10 @@ impl CompiledWorkflow {
 }
 
 /// Refuses inputs that make no sense for the execution's status, before
-/// anything changes.
-fn check(snap: &Snapshot, input: &Input) -> Result<(), Error> {
+/// anything changes. [`CompiledWorkflow::step`] applies the same check; the
+/// API calls it first so an operator's mistake (pausing a finished
+/// execution) is answered at once instead of being queued and refused later.
+pub fn check(snap: &Snapshot, input: &Input) -> Result<(), Error> {
     let status = snap.status;
     match input {
         Input::Start if status != Status::Pending => Err(Error::AlreadyStarted),

@@ -39,7 +39,7 @@ pub mod time;
 pub use compile::{CompiledWorkflow, validate};
 pub use error::{Error, ValidationError};
 pub use ids::{ExecutionId, NodeId, SubscriptionId, TimerId};
-pub use interpreter::MAX_NODES_PER_STEP;
+pub use interpreter::{MAX_NODES_PER_STEP, check as check_input};
 pub use io::{ActionOutcome, Dispatch, Effect, EventInput, Input, Transition};
 pub use journal::{JournalEntry, JournalEvent};
 pub use model::{Edge, ExitCriterion, Node, NodeKind, QuietHours, Settings, Workflow};

@@ -1,0 +1,270 @@
+//! Routes and their OpenAPI document, built by the same calls: a route
+//! cannot be served without being documented, nor documented without being
+//! served.
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{MethodFilter, on};
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{Map, Value, json};
+use sojourn_persistence::Store;
+
+use crate::auth::{Scope, require};
+use crate::error::ErrorBody;
+use crate::state::AppState;
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema_of<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+fn inline_schema_of<T: JsonSchema>(_: &mut SchemaGenerator) -> Schema {
+    SchemaSettings::openapi3()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<T>()
+}
+
+/// One operation's documentation.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    summary: &'static str,
+    tag: &'static str,
+    scope: Option<Scope>,
+    body: Option<SchemaFn>,
+    query: Option<SchemaFn>,
+    response: Option<(u16, SchemaFn)>,
+    /// Extra documented statuses besides the default error.
+    description: Option<&'static str>,
+}
+
+impl Spec {
+    pub(crate) fn new(tag: &'static str, summary: &'static str) -> Spec {
+        Spec {
+            summary,
+            tag,
+            scope: None,
+            body: None,
+            query: None,
+            response: None,
+            description: None,
+        }
+    }
+
+    pub(crate) fn scope(mut self, scope: Scope) -> Spec {
+        self.scope = Some(scope);
+        self
+    }
+
+    pub(crate) fn body<T: JsonSchema>(mut self) -> Spec {
+        self.body = Some(schema_of::<T>);
+        self
+    }
+
+    pub(crate) fn query<T: JsonSchema>(mut self) -> Spec {
+        self.query = Some(inline_schema_of::<T>);
+        self
+    }
+
+    pub(crate) fn returns<T: JsonSchema>(mut self, status: u16) -> Spec {
+        self.response = Some((status, schema_of::<T>));
+        self
+    }
+
+    pub(crate) fn describe(mut self, text: &'static str) -> Spec {
+        self.description = Some(text);
+        self
+    }
+}
+
+/// The router under construction, with its document.
+pub(crate) struct Routes<S: Store> {
+    state: AppState<S>,
+    router: Router<AppState<S>>,
+    generator: SchemaGenerator,
+    paths: Map<String, Value>,
+    /// `(method, path)` of every route, in order (for tests and listings).
+    pub(crate) table: Vec<(Method, &'static str)>,
+}
+
+impl<S: Store> Routes<S> {
+    pub(crate) fn new(state: AppState<S>) -> Routes<S> {
+        Routes {
+            state,
+            router: Router::new(),
+            generator: SchemaSettings::openapi3().into_generator(),
+            paths: Map::new(),
+            table: Vec::new(),
+        }
+    }
+
+    /// Adds a route: served by `handler`, documented by `spec`, guarded by
+    /// the spec's scope (none: public).
+    pub(crate) fn add<H, T>(&mut self, method: Method, path: &'static str, spec: Spec, handler: H)
+    where
+        H: Handler<T, AppState<S>>,
+        T: 'static,
+    {
+        let filter = match method {
+            Method::GET => MethodFilter::GET,
+            Method::POST => MethodFilter::POST,
+            Method::PUT => MethodFilter::PUT,
+            Method::DELETE => MethodFilter::DELETE,
+            Method::PATCH => MethodFilter::PATCH,
+            _ => MethodFilter::GET,
+        };
+        let mut route = on(filter, handler);
+        if let Some(scope) = spec.scope {
+            route = route.route_layer(from_fn_with_state(
+                (self.state.clone(), scope),
+                require::<S>,
+            ));
+        }
+        self.router = std::mem::take(&mut self.router).route(path, route);
+        let op = self.operation(path, &spec);
+        let item = self
+            .paths
+            .entry(path.to_owned())
+            .or_insert_with(|| json!({}));
+        if let Some(obj) = item.as_object_mut() {
+            obj.insert(method.as_str().to_ascii_lowercase(), op);
+        }
+        self.table.push((method, path));
+    }
+
+    fn operation(&mut self, path: &str, spec: &Spec) -> Value {
+        let mut params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| {
+                json!({
+                    "name": name.trim_start_matches('*'),
+                    "in": "path",
+                    "required": true,
+                    "schema": {"type": "string"}
+                })
+            })
+            .collect();
+        if let Some(q) = spec.query {
+            let schema = q(&mut self.generator).to_value();
+            let required: Vec<&str> = schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (name, prop) in props {
+                    let mut prop = prop.clone();
+                    let description = prop
+                        .as_object_mut()
+                        .and_then(|o| o.remove("description"))
+                        .unwrap_or(Value::Null);
+                    let mut p = json!({
+                        "name": name,
+                        "in": "query",
+                        "required": required.contains(&name.as_str()),
+                        "schema": prop,
+                    });
+                    if !description.is_null() {
+                        p["description"] = description;
+                    }
+                    params.push(p);
+                }
+            }
+        }
+        let mut op = json!({
+            "summary": spec.summary,
+            "tags": [spec.tag],
+            "operationId": operation_id(path, spec.summary),
+            "parameters": params,
+        });
+        if let Some(d) = spec.description {
+            op["description"] = json!(d);
+        }
+        if let Some(body) = spec.body {
+            op["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": body(&mut self.generator).to_value()}}
+            });
+        }
+        let error = self.generator.subschema_for::<ErrorBody>().to_value();
+        let mut responses = Map::new();
+        match spec.response {
+            Some((status, schema)) => {
+                responses.insert(
+                    status.to_string(),
+                    json!({
+                        "description": "success",
+                        "content": {"application/json": {"schema": schema(&mut self.generator).to_value()}}
+                    }),
+                );
+            }
+            None => {
+                responses.insert("200".into(), json!({"description": "success"}));
+            }
+        }
+        responses.insert(
+            "default".into(),
+            json!({
+                "description": "an error: {\"error\": {\"code\", \"message\", \"field\"}}",
+                "content": {"application/json": {"schema": error}}
+            }),
+        );
+        op["responses"] = Value::Object(responses);
+        match spec.scope {
+            Some(scope) => {
+                op["security"] = json!([{"apiKey": []}]);
+                op["x-required-scope"] = json!(scope.as_str());
+            }
+            None => op["security"] = json!([]),
+        }
+        op
+    }
+
+    /// The router (without state) and the OpenAPI document.
+    pub(crate) fn finish(mut self) -> (Router<AppState<S>>, Value) {
+        let schemas = self.generator.take_definitions(true);
+        let doc = json!({
+            "openapi": "3.0.3",
+            "info": {
+                "title": "Sojourn API",
+                "version": env!("CARGO_PKG_VERSION"),
+                "description": "Durable, actor-based execution of long-running journeys."
+            },
+            "paths": Value::Object(self.paths),
+            "components": {
+                "schemas": Value::Object(schemas),
+                "securitySchemes": {
+                    "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (`sojourn keys create`)."}
+                }
+            }
+        });
+        (self.router, doc)
+    }
+}
+
+fn operation_id(path: &str, summary: &str) -> String {
+    let _ = path;
+    summary
+        .split_whitespace()
+        .enumerate()
+        .map(|(i, w)| {
+            let w: String = w.chars().filter(char::is_ascii_alphanumeric).collect();
+            if i == 0 {
+                w.to_ascii_lowercase()
+            } else {
+                let mut c = w.chars();
+                match c.next() {
+                    Some(f) => {
+                        f.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase()
+                    }
+                    None => String::new(),
+                }
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,123 @@
+//! Extractors that answer mistakes in our error format (axum's own answer
+//! in plain text): JSON bodies with the offending field named, query
+//! strings, and the caller's idempotency key.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The most a request body may hold.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A JSON body. An empty body reads as `{}` where the type allows it.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        parse_json(&bytes).map(Body)
+    }
+}
+
+pub(crate) fn body_rejection(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body: larger than the limit of {MAX_BODY_BYTES} bytes"),
+        )
+    } else {
+        ApiError::invalid("body", e.body_text())
+    }
+}
+
+/// Parses a JSON body, naming the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                Err(ApiError::invalid(
+                    "body",
+                    format!("not valid JSON: {inner}"),
+                ))
+            } else if path == "." {
+                Err(ApiError::invalid("body", inner))
+            } else {
+                Err(ApiError::invalid(&path, inner))
+            }
+        }
+    }
+}
+
+/// Query parameters.
+#[derive(Debug)]
+pub struct Q<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize::<_, T>(de)
+            .map(Q)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    "query".to_owned()
+                } else {
+                    path
+                };
+                ApiError::invalid(&field, e.into_inner())
+            })
+    }
+}
+
+/// The `Idempotency-Key` header, if any.
+#[derive(Debug)]
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(v) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?;
+        if v.is_empty() || v.len() > 255 {
+            return Err(ApiError::invalid(
+                "Idempotency-Key",
+                "must be 1 to 255 characters",
+            ));
+        }
+        Ok(IdempotencyKey(Some(v.to_owned())))
+    }
+}
+
+/// A path segment parsed as a number, named in the error.
+pub fn parse_path_number<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::invalid(field, format!("{text:?} is not a number")))
+}

@@ -1,0 +1,398 @@
+//! # sojourn-api
+//!
+//! The HTTP API (axum): workflows, executions, events, trigger instances,
+//! API keys, health, Prometheus metrics and a generated OpenAPI document.
+//!
+//! - One error format everywhere: `{"error": {"code", "message", "field"}}`
+//!   ([`error::ApiError`]); every client mistake is a 4xx naming the field.
+//! - Every route is added through one builder (`docs::Routes`) that serves
+//!   it, guards it with its scope and documents it, so `/openapi.json`
+//!   matches the real routes by construction.
+//! - Auth: API keys (stored hashed) with scopes `read` ⊂ `write` ⊂
+//!   `admin`, each in one namespace; a key never sees another namespace.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use sojourn_persistence::Store;
+
+pub mod auth;
+mod docs;
+pub mod error;
+pub mod extract;
+mod routes;
+mod state;
+
+pub use auth::{AuthMode, Caller, Scope};
+pub use error::ApiError;
+pub use routes::keys::{KeyOut, create_key};
+pub use state::AppState;
+
+use crate::auth::Scope::{Admin, Read, Write};
+use crate::docs::{Routes, Spec};
+use crate::routes::{events, executions, keys, system, triggers, workflows};
+
+/// The built API: its router, its OpenAPI document and its route table.
+#[derive(Debug)]
+pub struct Api {
+    pub router: Router,
+    pub openapi: Value,
+    /// `(method, path)` of every route, as registered.
+    pub routes: Vec<(Method, String)>,
+}
+
+/// Builds the API over a running engine.
+pub fn build<S: Store>(state: AppState<S>) -> Api {
+    let doc: Arc<OnceLock<Value>> = Arc::default();
+    let mut r = Routes::new(state.clone());
+    use Method as M;
+
+    // ---- system ------------------------------------------------------------
+    r.add(
+        M::GET,
+        "/healthz",
+        Spec::new("system", "Liveness").returns::<system::Health>(200),
+        system::healthz::<S>,
+    );
+    r.add(
+        M::GET,
+        "/readyz",
+        Spec::new(
+            "system",
+            "Readiness (database reachable, not shutting down)",
+        )
+        .returns::<system::Health>(200),
+        system::readyz::<S>,
+    );
+    r.add(
+        M::GET,
+        "/metrics",
+        Spec::new("system", "Prometheus metrics")
+            .scope(Read)
+            .describe("Text exposition format 0.0.4."),
+        system::metrics::<S>,
+    );
+    let served = doc.clone();
+    r.add(
+        M::GET,
+        "/openapi.json",
+        Spec::new("system", "This OpenAPI document").scope(Read),
+        move || {
+            let served = served.clone();
+            async move { axum::Json(served.get().cloned().unwrap_or(Value::Null)) }
+        },
+    );
+
+    // ---- workflows ---------------------------------------------------------
+    r.add(
+        M::POST,
+        "/v1/workflows",
+        Spec::new("workflows", "Create a workflow")
+            .scope(Write)
+            .body::<workflows::CreateWorkflow>()
+            .returns::<workflows::WorkflowOut>(201),
+        workflows::create::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/workflows",
+        Spec::new("workflows", "List workflows")
+            .scope(Read)
+            .query::<workflows::ListWorkflows>()
+            .returns::<routes::Page<workflows::WorkflowOut>>(200),
+        workflows::list::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/workflows/{workflow}",
+        Spec::new("workflows", "Get a workflow by key or id")
+            .scope(Read)
+            .returns::<workflows::WorkflowOut>(200),
+        workflows::get::<S>,
+    );
+    r.add(
+        M::PUT,
+        "/v1/workflows/{workflow}",
+        Spec::new("workflows", "Update a workflow's draft")
+            .scope(Write)
+            .body::<workflows::UpdateWorkflow>()
+            .returns::<workflows::WorkflowOut>(200),
+        workflows::update::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/workflows/{workflow}/validate",
+        Spec::new("workflows", "Validate the draft or a given document")
+            .scope(Read)
+            .body::<workflows::ValidateRequest>()
+            .returns::<workflows::ValidationOut>(200)
+            .describe("Returns every validation problem, each naming its node and field."),
+        workflows::validate::<S>,
+    );
+    r.add(M::POST, "/v1/workflows/{workflow}/publish", Spec::new("workflows", "Publish the draft as a new immutable version").scope(Write).returns::<workflows::VersionOut>(201).describe("201 with a new version; 200 with the latest when the draft equals it; 422 with every problem when the draft is invalid."), workflows::publish::<S>);
+    r.add(
+        M::GET,
+        "/v1/workflows/{workflow}/versions",
+        Spec::new("workflows", "List published versions")
+            .scope(Read)
+            .returns::<Vec<workflows::VersionItem>>(200),
+        workflows::versions::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/workflows/{workflow}/versions/{version}",
+        Spec::new("workflows", "Get a published version")
+            .scope(Read)
+            .returns::<workflows::VersionOut>(200),
+        workflows::version::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/workflows/{workflow}/archive",
+        Spec::new("workflows", "Archive a workflow")
+            .scope(Write)
+            .returns::<workflows::WorkflowOut>(200)
+            .describe("An archived workflow starts no new executions; running ones carry on."),
+        workflows::archive::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/workflows/{workflow}/triggers",
+        Spec::new("triggers", "Create a trigger instance")
+            .scope(Write)
+            .body::<triggers::CreateTrigger>()
+            .returns::<triggers::TriggerOut>(201),
+        triggers::create::<S>,
+    );
+
+    // ---- executions --------------------------------------------------------
+    r.add(M::POST, "/v1/executions", Spec::new("executions", "Start an execution").scope(Write).body::<executions::StartExecution>().returns::<executions::Started>(201).describe("Honours the Idempotency-Key header: the same key returns the same execution (200) instead of starting another. 409 when the subject has the workflow's maximum entries."), executions::start::<S>);
+    r.add(
+        M::GET,
+        "/v1/executions",
+        Spec::new("executions", "List executions")
+            .scope(Read)
+            .query::<executions::ListExecutions>()
+            .returns::<routes::Page<executions::ExecutionItem>>(200),
+        executions::list::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/executions/{execution}",
+        Spec::new("executions", "Get an execution")
+            .scope(Read)
+            .returns::<executions::ExecutionOut>(200),
+        executions::get::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/executions/{execution}/journal",
+        Spec::new("executions", "Read an execution's journal")
+            .scope(Read)
+            .query::<executions::JournalQuery>()
+            .returns::<executions::JournalPage>(200),
+        executions::journal::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/executions/{execution}/nodes",
+        Spec::new("executions", "List an execution's node executions")
+            .scope(Read)
+            .returns::<Vec<executions::NodeExecutionOut>>(200),
+        executions::nodes::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/executions/{execution}/events",
+        Spec::new("executions", "Send an event to one execution")
+            .scope(Write)
+            .body::<executions::DirectEvent>()
+            .returns::<executions::Accepted>(202),
+        executions::event::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/executions/{execution}/pause",
+        Spec::new("executions", "Pause an execution")
+            .scope(Write)
+            .body::<executions::Reason>()
+            .returns::<executions::Accepted>(202),
+        executions::pause::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/executions/{execution}/resume",
+        Spec::new("executions", "Resume a paused execution")
+            .scope(Write)
+            .returns::<executions::Accepted>(202),
+        executions::resume::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/executions/{execution}/cancel",
+        Spec::new("executions", "Cancel an execution")
+            .scope(Write)
+            .body::<executions::Reason>()
+            .returns::<executions::Accepted>(202),
+        executions::cancel::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/executions/{execution}/retry",
+        Spec::new(
+            "executions",
+            "Retry a paused or failed execution from the node that failed",
+        )
+        .scope(Write)
+        .returns::<executions::Accepted>(202),
+        executions::retry::<S>,
+    );
+
+    // ---- events ------------------------------------------------------------
+    r.add(M::POST, "/v1/events", Spec::new("events", "Send an event by name and correlation key").scope(Write).body::<events::SendEvent>().returns::<events::EventDelivered>(202).describe("Delivered to every execution waiting for it with that key and to journeys' exit criteria, sleeping executions included."), events::send::<S>);
+
+    // ---- triggers ----------------------------------------------------------
+    r.add(
+        M::GET,
+        "/v1/triggers",
+        Spec::new("triggers", "List trigger instances")
+            .scope(Read)
+            .query::<triggers::ListTriggers>()
+            .returns::<Vec<triggers::TriggerOut>>(200),
+        triggers::list::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/triggers/{trigger}",
+        Spec::new("triggers", "Get a trigger instance")
+            .scope(Read)
+            .returns::<triggers::TriggerOut>(200),
+        triggers::get::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/triggers/{trigger}/activate",
+        Spec::new("triggers", "Activate a trigger (init to active)")
+            .scope(Write)
+            .returns::<triggers::TriggerOut>(200),
+        triggers::activate::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/triggers/{trigger}/pause",
+        Spec::new("triggers", "Pause a trigger (active to paused)")
+            .scope(Write)
+            .returns::<triggers::TriggerOut>(200),
+        triggers::pause::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/triggers/{trigger}/resume",
+        Spec::new("triggers", "Resume a trigger (paused to active)")
+            .scope(Write)
+            .returns::<triggers::TriggerOut>(200),
+        triggers::resume::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/triggers/{trigger}/stop",
+        Spec::new("triggers", "Stop a trigger")
+            .scope(Write)
+            .returns::<triggers::TriggerOut>(200),
+        triggers::stop::<S>,
+    );
+    r.add(
+        M::DELETE,
+        "/v1/triggers/{trigger}",
+        Spec::new("triggers", "Destroy a stopped trigger")
+            .scope(Write)
+            .returns::<triggers::TriggerOut>(200),
+        triggers::destroy::<S>,
+    );
+    r.add(M::POST, "/trigger/{*path}", Spec::new("triggers", "Fire an api trigger").scope(Write).returns::<executions::Started>(201).describe("Starts the trigger's workflow with the request body (a JSON object) as input. Honours Idempotency-Key."), triggers::fire::<S>);
+
+    // ---- keys --------------------------------------------------------------
+    r.add(
+        M::POST,
+        "/v1/keys",
+        Spec::new("keys", "Create an API key")
+            .scope(Admin)
+            .body::<keys::CreateKey>()
+            .returns::<keys::KeyOut>(201),
+        keys::create::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/keys",
+        Spec::new("keys", "List API keys")
+            .scope(Admin)
+            .returns::<Vec<keys::KeyOut>>(200),
+        keys::list::<S>,
+    );
+    r.add(
+        M::DELETE,
+        "/v1/keys/{key}",
+        Spec::new("keys", "Revoke an API key")
+            .scope(Admin)
+            .returns::<keys::KeyOut>(200),
+        keys::revoke::<S>,
+    );
+
+    let table = r.table.clone();
+    let (router, openapi) = r.finish();
+    let _ = doc.set(openapi.clone());
+    let router = router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(from_fn_with_state(state.clone(), observe::<S>))
+        .with_state(state);
+    Api {
+        router,
+        openapi,
+        routes: table.into_iter().map(|(m, p)| (m, p.to_owned())).collect(),
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route {} {} (see /openapi.json)",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Records each request's latency by method, matched route and status.
+async fn observe<S: Store>(State(app): State<AppState<S>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    app.http_seconds.observe(
+        &[method.as_str(), &route, response.status().as_str()],
+        started.elapsed().as_secs_f64(),
+    );
+    response.into_response()
+}

@@ -1,0 +1,95 @@
+//! Health, readiness, metrics and the OpenAPI document.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::Serialize;
+use sojourn_actors::metrics::Exposition;
+use sojourn_persistence::Store;
+
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Health {
+    /// `ok`, `ready`, or what is wrong.
+    pub status: String,
+    pub node: String,
+    /// Per dependency: `ok` or the error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub(crate) async fn healthz<S: Store>(State(app): State<AppState<S>>) -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+        node: app.engine.node_id().to_owned(),
+        checks: Vec::new(),
+    })
+}
+
+pub(crate) async fn readyz<S: Store>(State(app): State<AppState<S>>) -> Response {
+    let db = app.engine.store().ping().await;
+    let stopping = app.engine.is_stopping();
+    let ok = db.is_ok() && !stopping;
+    let mut checks = vec![Check {
+        name: "database".into(),
+        ok: db.is_ok(),
+        error: db.err().map(|e| e.to_string()),
+    }];
+    if stopping {
+        checks.push(Check {
+            name: "engine".into(),
+            ok: false,
+            error: Some("shutting down".into()),
+        });
+    }
+    let body = Health {
+        status: if ok { "ready" } else { "not ready" }.into(),
+        node: app.engine.node_id().to_owned(),
+        checks,
+    };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+pub(crate) async fn metrics<S: Store>(State(app): State<AppState<S>>) -> Response {
+    let mut e = Exposition::default();
+    app.engine.stats().encode(&mut e);
+    e.gauge(
+        "sojourn_active_actors",
+        "Execution actors live on this node.",
+        app.engine.active_actors().await as f64,
+    );
+    if let Ok(n) = app.engine.store().pending_timers().await {
+        e.gauge(
+            "sojourn_timers_pending",
+            "Durable timers waiting to fire (all nodes).",
+            n as f64,
+        );
+    }
+    e.labeled_histogram(
+        "sojourn_http_request_duration_seconds",
+        "HTTP request latency by method, route and status.",
+        &["method", "route", "status"],
+        &app.http_seconds,
+    );
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        e.finish(),
+    )
+        .into_response()
+}

@@ -1,0 +1,441 @@
+//! Workflows: drafts, validation, immutable published versions, archive.
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sojourn_persistence::{NewWorkflow, Store, VersionSummary, WorkflowQuery, WorkflowRecord, ids};
+use sojourn_runtime::{CompiledWorkflow, Registry, ValidationError, Workflow};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Q, parse_path_number};
+use crate::routes::{Page, limit_of, valid_key};
+use crate::state::AppState;
+
+/// A workflow to create.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkflow {
+    /// Unique in the namespace; letters, digits, `-`, `_`, `.`.
+    pub key: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The workflow document (nodes and edges): the draft.
+    pub definition: Value,
+    /// Publish the draft as version 1 at once (it must be valid).
+    #[serde(default)]
+    pub publish: bool,
+}
+
+/// A new draft.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWorkflow {
+    pub definition: Value,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Publish the new draft at once (it must be valid).
+    #[serde(default)]
+    pub publish: bool,
+}
+
+/// A workflow and its draft.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WorkflowOut {
+    pub id: String,
+    pub key: String,
+    pub name: Option<String>,
+    pub namespace: String,
+    pub draft: Value,
+    /// The highest published version, if any.
+    pub latest_version: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub archived_at: Option<DateTime<Utc>>,
+    /// The version a `publish: true` request published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<VersionOut>,
+}
+
+impl From<WorkflowRecord> for WorkflowOut {
+    fn from(r: WorkflowRecord) -> Self {
+        WorkflowOut {
+            id: r.id,
+            key: r.key,
+            name: r.name,
+            namespace: r.namespace,
+            draft: r.draft,
+            latest_version: r.latest_version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            archived_at: r.archived_at,
+            published: None,
+        }
+    }
+}
+
+/// A published version.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VersionOut {
+    pub workflow_id: String,
+    pub version: i32,
+    pub published_at: DateTime<Utc>,
+    /// `false`: the draft equals the latest version, which is returned
+    /// instead of publishing a copy.
+    pub new: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub definition: Option<Value>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VersionItem {
+    pub version: i32,
+    pub published_at: DateTime<Utc>,
+}
+
+impl From<VersionSummary> for VersionItem {
+    fn from(v: VersionSummary) -> Self {
+        VersionItem {
+            version: v.version,
+            published_at: v.published_at,
+        }
+    }
+}
+
+/// The result of validating a document.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ValidationOut {
+    pub valid: bool,
+    /// Every problem, each naming its node and field.
+    pub errors: Vec<Problem>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Problem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl From<ValidationError> for Problem {
+    fn from(e: ValidationError) -> Self {
+        Problem {
+            node: e.node.map(|n| n.to_string()),
+            edge: e.edge,
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+/// A document to validate instead of the stored draft.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateRequest {
+    #[serde(default)]
+    pub definition: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListWorkflows {
+    /// Include archived workflows.
+    #[serde(default)]
+    pub include_archived: bool,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// 1 to 500 (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Every problem with a document, or the workflow it describes.
+pub(crate) fn check_definition(definition: &Value) -> Result<Workflow, Vec<ValidationError>> {
+    let wf = Workflow::from_value(definition.clone())?;
+    CompiledWorkflow::compile(&wf, &Registry::builtin())?;
+    Ok(wf)
+}
+
+fn invalid_workflow(errors: Vec<ValidationError>) -> ApiError {
+    let first = errors
+        .first()
+        .map(|e| {
+            let field = match &e.node {
+                Some(n) if e.field.is_empty() => format!("definition.nodes[{n}]"),
+                Some(n) => format!("definition.nodes[{n}].{}", e.field),
+                None if e.field.is_empty() => "definition".to_owned(),
+                None => format!("definition.{}", e.field),
+            };
+            (field, e.message.clone())
+        })
+        .unwrap_or_else(|| ("definition".into(), "invalid".into()));
+    let count = errors.len();
+    let problems: Vec<Problem> = errors.into_iter().map(Problem::from).collect();
+    ApiError {
+        field: Some(first.0.clone()),
+        details: serde_json::to_value(problems).ok(),
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_workflow",
+            format!(
+                "{}: {} ({count} problem(s) in all; see details)",
+                first.0, first.1
+            ),
+        )
+    }
+}
+
+fn check_document(field: &str, v: &Value) -> ApiResult<()> {
+    if !v.is_object() {
+        return Err(ApiError::invalid(
+            field,
+            "must be a JSON object (a workflow document)",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn find<S: Store>(
+    app: &AppState<S>,
+    caller: &Caller,
+    id_or_key: &str,
+) -> ApiResult<WorkflowRecord> {
+    app.engine
+        .store()
+        .get_workflow(&caller.namespace, id_or_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workflow", id_or_key))
+}
+
+/// Publishes a document as the workflow's next version, unless it equals
+/// the latest one.
+async fn publish_document<S: Store>(
+    app: &AppState<S>,
+    record: &WorkflowRecord,
+    definition: &Value,
+) -> ApiResult<(VersionOut, bool)> {
+    if record.archived_at.is_some() {
+        return Err(ApiError::conflict(
+            Some("workflow"),
+            format!(
+                "workflow: {:?} is archived; it cannot be published",
+                record.key
+            ),
+        ));
+    }
+    let mut wf = check_definition(definition).map_err(invalid_workflow)?;
+    // The stored version carries the workflow's key.
+    wf.key = Some(record.key.clone());
+    let store = app.engine.store();
+    if let Some(latest) = store.get_version(&record.id, None).await?
+        && latest.definition == wf
+    {
+        return Ok((
+            VersionOut {
+                workflow_id: record.id.clone(),
+                version: latest.version,
+                published_at: latest.published_at,
+                new: false,
+                definition: None,
+            },
+            false,
+        ));
+    }
+    let v = app.engine.publish(&record.id, &wf).await?;
+    Ok((
+        VersionOut {
+            workflow_id: v.workflow_id,
+            version: v.version,
+            published_at: v.published_at,
+            new: true,
+            definition: None,
+        },
+        true,
+    ))
+}
+
+pub(crate) async fn create<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<CreateWorkflow>,
+) -> ApiResult<Response> {
+    valid_key("key", &req.key)?;
+    check_document("definition", &req.definition)?;
+    if req.publish {
+        // Refuse an invalid document before anything is written.
+        check_definition(&req.definition).map_err(invalid_workflow)?;
+    }
+    let record = app
+        .engine
+        .store()
+        .create_workflow(NewWorkflow {
+            id: ids::new_workflow_id(),
+            namespace: caller.namespace.clone(),
+            key: req.key,
+            name: req.name,
+            draft: req.definition,
+            now: Utc::now(),
+        })
+        .await?;
+    let mut out = WorkflowOut::from(record.clone());
+    if req.publish {
+        let (v, _) = publish_document(&app, &record, &record.draft).await?;
+        out.latest_version = Some(v.version);
+        out.published = Some(v);
+    }
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+pub(crate) async fn list<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Q(q): Q<ListWorkflows>,
+) -> ApiResult<axum::Json<Page<WorkflowOut>>> {
+    let limit = limit_of(q.limit)?;
+    let rows = app
+        .engine
+        .store()
+        .list_workflows(&WorkflowQuery {
+            namespace: caller.namespace.clone(),
+            include_archived: q.include_archived,
+            before_id: q.cursor,
+            limit: limit + 1,
+        })
+        .await?;
+    Ok(axum::Json(Page::of(
+        rows,
+        limit,
+        |r| r.id.clone(),
+        WorkflowOut::from,
+    )))
+}
+
+pub(crate) async fn get<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<WorkflowOut>> {
+    Ok(axum::Json(find(&app, &caller, &id).await?.into()))
+}
+
+pub(crate) async fn update<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateWorkflow>,
+) -> ApiResult<axum::Json<WorkflowOut>> {
+    check_document("definition", &req.definition)?;
+    if req.publish {
+        check_definition(&req.definition).map_err(invalid_workflow)?;
+    }
+    let record = find(&app, &caller, &id).await?;
+    let record = app
+        .engine
+        .store()
+        .update_draft(
+            &caller.namespace,
+            &record.id,
+            &req.definition,
+            req.name.as_deref(),
+            Utc::now(),
+        )
+        .await?;
+    let mut out = WorkflowOut::from(record.clone());
+    if req.publish {
+        let (v, _) = publish_document(&app, &record, &record.draft).await?;
+        out.latest_version = Some(v.version);
+        out.published = Some(v);
+    }
+    Ok(axum::Json(out))
+}
+
+pub(crate) async fn validate<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(req): Body<ValidateRequest>,
+) -> ApiResult<axum::Json<ValidationOut>> {
+    let record = find(&app, &caller, &id).await?;
+    let doc = req.definition.unwrap_or(record.draft);
+    let errors = match check_definition(&doc) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors,
+    };
+    Ok(axum::Json(ValidationOut {
+        valid: errors.is_empty(),
+        errors: errors.into_iter().map(Problem::from).collect(),
+    }))
+}
+
+pub(crate) async fn publish<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let record = find(&app, &caller, &id).await?;
+    let (v, new) = publish_document(&app, &record, &record.draft).await?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(v)).into_response())
+}
+
+pub(crate) async fn versions<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Vec<VersionItem>>> {
+    let record = find(&app, &caller, &id).await?;
+    let list = app.engine.store().list_versions(&record.id).await?;
+    Ok(axum::Json(
+        list.into_iter().map(VersionItem::from).collect(),
+    ))
+}
+
+pub(crate) async fn version<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, version)): Path<(String, String)>,
+) -> ApiResult<axum::Json<VersionOut>> {
+    let n: i32 = parse_path_number("version", &version)?;
+    let record = find(&app, &caller, &id).await?;
+    let v = app
+        .engine
+        .store()
+        .get_version(&record.id, Some(n))
+        .await?
+        .ok_or_else(|| ApiError::not_found("version", &version))?;
+    Ok(axum::Json(VersionOut {
+        workflow_id: v.workflow_id,
+        version: v.version,
+        published_at: v.published_at,
+        new: false,
+        definition: serde_json::to_value(&v.definition).ok(),
+    }))
+}
+
+pub(crate) async fn archive<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<WorkflowOut>> {
+    let record = find(&app, &caller, &id).await?;
+    let record = app
+        .engine
+        .store()
+        .archive_workflow(&caller.namespace, &record.id, Utc::now())
+        .await?;
+    app.engine.forget_workflow_keys();
+    Ok(axum::Json(record.into()))
+}

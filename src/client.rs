@@ -1,0 +1,453 @@
+//! The client commands: `apply`, `start`, `executions ls`, `inspect`,
+//! `events send`, `pause|resume|cancel|retry`. They talk to a node's HTTP
+//! API at `SOJOURN_URL` with `SOJOURN_API_KEY`; human-readable output by
+//! default, `--json` for scripts. An answer of 4xx exits 2 (the request was
+//! wrong), anything else that fails exits 1.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::Failure;
+
+/// Where the server is and who we are.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Conn {
+    /// The node's address.
+    #[arg(long, env = "SOJOURN_URL", default_value = "http://127.0.0.1:8080")]
+    pub(crate) url: String,
+    /// An API key (not needed against `sojourn dev`).
+    #[arg(long, env = "SOJOURN_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) struct Client {
+    http: reqwest::Client,
+    conn: Conn,
+}
+
+impl Client {
+    pub(crate) fn new(conn: Conn) -> Result<Client, Failure> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client { http, conn })
+    }
+
+    /// Sends a request; a non-2xx answer becomes a failure quoting the
+    /// server's error. `Ok(None)` for a 404 when `allow_404`.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        allow_404: bool,
+    ) -> Result<Option<(StatusCode, Value)>, Failure> {
+        let url = format!("{}{}", self.conn.url.trim_end_matches('/'), path);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(key) = &self.conn.api_key {
+            req = req.bearer_auth(key);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            Failure::Runtime(anyhow::anyhow!(
+                "cannot reach {} ({e}); is a node running? (sojourn dev, or set SOJOURN_URL)",
+                self.conn.url
+            ))
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the answer")?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status == StatusCode::NOT_FOUND && allow_404 {
+            return Ok(None);
+        }
+        if status.is_success() {
+            return Ok(Some((status, value)));
+        }
+        let message = value
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string());
+        let details = value
+            .pointer("/error/details")
+            .and_then(Value::as_array)
+            .map(|d| {
+                d.iter()
+                    .map(|p| format!("\n  {}", problem_line(p)))
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        let text = format!("{method} {path}: {status}: {message}{details}");
+        if status.is_client_error() {
+            Err(Failure::Invalid(text))
+        } else {
+            Err(Failure::Runtime(anyhow::anyhow!(text)))
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, Failure> {
+        Ok(self
+            .call(Method::GET, path, None, &[], false)
+            .await?
+            .map(|(_, v)| v)
+            .unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), Failure> {
+        self.call(Method::POST, path, Some(body), &[], false)
+            .await?
+            .ok_or_else(|| Failure::Invalid(format!("{path}: not found")))
+    }
+
+    fn print_json(&self, v: &Value) -> Result<bool, Failure> {
+        if self.conn.json {
+            println!("{}", serde_json::to_string_pretty(v).context("printing")?);
+        }
+        Ok(self.conn.json)
+    }
+}
+
+fn problem_line(p: &Value) -> String {
+    let node = p.get("node").and_then(Value::as_str);
+    let field = p.get("field").and_then(Value::as_str).unwrap_or("");
+    let message = p.get("message").and_then(Value::as_str).unwrap_or("");
+    match node {
+        Some(n) => format!("node {n}: {field}: {message}"),
+        None => format!("{field}: {message}"),
+    }
+}
+
+fn seg(s: &str) -> String {
+    // Ids and keys are path-safe by validation; encode anything else.
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Reads a JSON file (`-`: standard input).
+pub(crate) fn read_json(path: &Path) -> Result<Value, Failure> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| Failure::Invalid(format!("standard input: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::Invalid(format!("{}: {e}", path.display())))?
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| Failure::Invalid(format!("{}: not valid JSON: {e}", path.display())))
+}
+
+/// `sojourn apply -f FILE`: creates the workflow (by its `key`) or updates
+/// its draft, and publishes it unless it equals the latest version.
+pub(crate) async fn apply(c: &Client, file: &Path, publish: bool) -> Result<(), Failure> {
+    let definition = read_json(file)?;
+    let key = definition
+        .get("key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            Failure::Invalid(format!("{}: key: the workflow needs a key", file.display()))
+        })?
+        .to_owned();
+    let name = definition.get("name").cloned().unwrap_or(Value::Null);
+    let existing = c
+        .call(
+            Method::GET,
+            &format!("/v1/workflows/{}", seg(&key)),
+            None,
+            &[],
+            true,
+        )
+        .await?;
+    let (status, out) = match existing {
+        None => {
+            c.post(
+                "/v1/workflows",
+                &json!({"key": key, "name": name, "definition": definition, "publish": publish}),
+            )
+            .await?
+        }
+        Some(_) => c
+            .call(
+                Method::PUT,
+                &format!("/v1/workflows/{}", seg(&key)),
+                Some(&json!({"definition": definition, "name": name, "publish": publish})),
+                &[],
+                false,
+            )
+            .await?
+            .ok_or_else(|| Failure::Invalid(format!("workflow {key} vanished")))?,
+    };
+    if c.print_json(&out)? {
+        return Ok(());
+    }
+    let id = out.get("id").and_then(Value::as_str).unwrap_or("?");
+    let verb = if status == StatusCode::CREATED {
+        "created"
+    } else {
+        "updated"
+    };
+    match out.get("published") {
+        Some(p) => {
+            let v = p.get("version").and_then(Value::as_i64).unwrap_or(0);
+            let new = p.get("new").and_then(Value::as_bool).unwrap_or(false);
+            let what = if new { "published" } else { "unchanged at" };
+            println!("workflow {key} ({id}) {verb}; {what} version {v}");
+        }
+        None => println!("workflow {key} ({id}) {verb}; draft saved, not published"),
+    }
+    Ok(())
+}
+
+pub(crate) struct StartArgs {
+    pub(crate) workflow: String,
+    pub(crate) input: Option<PathBuf>,
+    pub(crate) subject: Option<String>,
+    pub(crate) version: Option<i32>,
+    pub(crate) idempotency_key: Option<String>,
+}
+
+pub(crate) async fn start(c: &Client, a: StartArgs) -> Result<(), Failure> {
+    let input = match &a.input {
+        Some(p) => read_json(p)?,
+        None => json!({}),
+    };
+    let mut body = json!({"workflow": a.workflow, "input": input});
+    if let Some(s) = a.subject {
+        body["subject"] = json!(s);
+    }
+    if let Some(v) = a.version {
+        body["version"] = json!(v);
+    }
+    let headers: Vec<(&str, &str)> = a
+        .idempotency_key
+        .as_deref()
+        .map(|k| vec![("Idempotency-Key", k)])
+        .unwrap_or_default();
+    let (_, out) = c
+        .call(Method::POST, "/v1/executions", Some(&body), &headers, false)
+        .await?
+        .ok_or_else(|| Failure::Invalid("not found".into()))?;
+    if c.print_json(&out)? {
+        return Ok(());
+    }
+    let id = out.get("id").and_then(Value::as_str).unwrap_or("?");
+    if out.get("new").and_then(Value::as_bool) == Some(false) {
+        println!("{id} (already started under this idempotency key)");
+    } else {
+        println!("{id}");
+    }
+    Ok(())
+}
+
+pub(crate) struct ListArgs {
+    pub(crate) workflow: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) limit: Option<u32>,
+    pub(crate) cursor: Option<String>,
+}
+
+pub(crate) async fn list_executions(c: &Client, a: ListArgs) -> Result<(), Failure> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in [
+        ("workflow", a.workflow),
+        ("status", a.status),
+        ("subject", a.subject),
+        ("limit", a.limit.map(|l| l.to_string())),
+        ("cursor", a.cursor),
+    ] {
+        if let Some(v) = v {
+            q.append_pair(k, &v);
+        }
+    }
+    let out = c.get(&format!("/v1/executions?{}", q.finish())).await?;
+    if c.print_json(&out)? {
+        return Ok(());
+    }
+    let items = out
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|e| {
+            [
+                "id",
+                "status",
+                "current_node",
+                "subject",
+                "workflow_id",
+                "version",
+                "created_at",
+            ]
+            .iter()
+            .map(|k| cell(e.get(*k)))
+            .collect()
+        })
+        .collect();
+    print_table(
+        &[
+            "ID", "STATUS", "NODE", "SUBJECT", "WORKFLOW", "VERSION", "CREATED",
+        ],
+        &rows,
+    );
+    if let Some(next) = out.get("next_cursor").and_then(Value::as_str) {
+        println!("(more: --cursor {next})");
+    }
+    Ok(())
+}
+
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// `sojourn inspect EXECUTION`: state, variables, lease holder and the
+/// journal as a timeline.
+pub(crate) async fn inspect(c: &Client, id: &str) -> Result<(), Failure> {
+    let exe = c.get(&format!("/v1/executions/{}", seg(id))).await?;
+    let mut journal: Vec<Value> = Vec::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        let path = match cursor {
+            Some(p) => format!("/v1/executions/{}/journal?limit=500&cursor={p}", seg(id)),
+            None => format!("/v1/executions/{}/journal?limit=500", seg(id)),
+        };
+        let page = c.get(&path).await?;
+        if let Some(items) = page.get("items").and_then(Value::as_array) {
+            journal.extend(items.iter().cloned());
+        }
+        match page.get("next_cursor").and_then(Value::as_i64) {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    if c.conn.json {
+        let mut out = exe.clone();
+        out["journal"] = Value::Array(journal);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("printing")?
+        );
+        return Ok(());
+    }
+    println!("execution  {}", cell(exe.get("id")));
+    println!(
+        "workflow   {} (version {})",
+        cell(exe.get("workflow_id")),
+        cell(exe.get("version"))
+    );
+    println!("status     {}", cell(exe.get("status")));
+    println!("node       {}", cell(exe.get("current_node")));
+    println!("subject    {}", cell(exe.get("subject")));
+    println!(
+        "lease      {}",
+        match exe.get("lease_holder").and_then(Value::as_str) {
+            Some(h) => format!("held by {h} (epoch {})", cell(exe.get("lease_epoch"))),
+            None => format!("passivated (epoch {})", cell(exe.get("lease_epoch"))),
+        }
+    );
+    for (label, key) in [("waiting", "wait"), ("paused", "pause"), ("error", "error")] {
+        if let Some(v) = exe.get(key).filter(|v| !v.is_null()) {
+            println!("{label:<10} {v}");
+        }
+    }
+    println!("input      {}", cell(exe.get("input")));
+    println!("vars       {}", cell(exe.get("vars")));
+    println!("journal");
+    for e in &journal {
+        let at = e.get("at").and_then(Value::as_str).unwrap_or("");
+        let at = chrono::DateTime::parse_from_rfc3339(at)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_else(|_| at.to_owned());
+        println!("  {at}  {}", cell(e.get("text")));
+    }
+    Ok(())
+}
+
+pub(crate) async fn send_event(
+    c: &Client,
+    name: &str,
+    key: &str,
+    payload: Option<&str>,
+) -> Result<(), Failure> {
+    let payload = match payload {
+        None => Value::Null,
+        Some(p) if p.starts_with('@') => read_json(Path::new(&p[1..]))?,
+        Some(p) => serde_json::from_str(p)
+            .map_err(|e| Failure::Invalid(format!("--payload: not valid JSON: {e}")))?,
+    };
+    let (_, out) = c
+        .post(
+            "/v1/events",
+            &json!({"name": name, "key": key, "payload": payload}),
+        )
+        .await?;
+    if c.print_json(&out)? {
+        return Ok(());
+    }
+    println!(
+        "event {name} for {key}: delivered to {} execution(s)",
+        cell(out.get("delivered"))
+    );
+    Ok(())
+}
+
+/// `pause`, `resume`, `cancel`, `retry`.
+pub(crate) async fn control(
+    c: &Client,
+    action: &str,
+    id: &str,
+    reason: Option<String>,
+) -> Result<(), Failure> {
+    let body = match reason {
+        Some(r) => json!({"reason": r}),
+        None => json!({}),
+    };
+    let (_, out) = c
+        .post(&format!("/v1/executions/{}/{action}", seg(id)), &body)
+        .await?;
+    if c.print_json(&out)? {
+        return Ok(());
+    }
+    println!("{id}: {action} accepted");
+    Ok(())
+}
