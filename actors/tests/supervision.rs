@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_persistence::{
+    ApiKeyRecord, ExecutionQuery, ExecutionSummary, NewApiKey, NewTrigger, TriggerRecord,
+    VersionSummary, WorkflowQuery,
     AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, Error, ExecutionRecord,
     FinishedAttempt, InboxItem, JournalRow, NewExecution, NewWorkflow, NodeExecutionRow,
     OutboxMessage, SqliteStore, Store, WorkflowRecord, WorkflowVersion,
@@ -35,6 +37,76 @@ impl Store for Flaky {
     }
     async fn create_workflow(&self, new: NewWorkflow) -> Result<WorkflowRecord, Error> {
         self.0.create_workflow(new).await
+    }
+    async fn list_workflows(&self, q: &WorkflowQuery) -> Result<Vec<WorkflowRecord>, Error> {
+        self.0.list_workflows(q).await
+    }
+    async fn update_draft(
+        &self,
+        ns: &str,
+        id: &str,
+        draft: &serde_json::Value,
+        name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowRecord, Error> {
+        self.0.update_draft(ns, id, draft, name, now).await
+    }
+    async fn archive_workflow(
+        &self,
+        ns: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowRecord, Error> {
+        self.0.archive_workflow(ns, id, now).await
+    }
+    async fn list_versions(&self, id: &str) -> Result<Vec<VersionSummary>, Error> {
+        self.0.list_versions(id).await
+    }
+    async fn list_executions(&self, q: &ExecutionQuery) -> Result<Vec<ExecutionSummary>, Error> {
+        self.0.list_executions(q).await
+    }
+    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, Error> {
+        self.0.create_api_key(key).await
+    }
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, Error> {
+        self.0.api_key_by_hash(hash).await
+    }
+    async fn list_api_keys(&self, ns: &str) -> Result<Vec<ApiKeyRecord>, Error> {
+        self.0.list_api_keys(ns).await
+    }
+    async fn revoke_api_key(
+        &self,
+        ns: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKeyRecord, Error> {
+        self.0.revoke_api_key(ns, id, now).await
+    }
+    async fn create_trigger(&self, t: NewTrigger) -> Result<TriggerRecord, Error> {
+        self.0.create_trigger(t).await
+    }
+    async fn get_trigger(&self, ns: &str, id: &str) -> Result<Option<TriggerRecord>, Error> {
+        self.0.get_trigger(ns, id).await
+    }
+    async fn list_triggers(
+        &self,
+        ns: &str,
+        workflow: Option<&str>,
+    ) -> Result<Vec<TriggerRecord>, Error> {
+        self.0.list_triggers(ns, workflow).await
+    }
+    async fn set_trigger_state(
+        &self,
+        ns: &str,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TriggerRecord>, Error> {
+        self.0.set_trigger_state(ns, id, from, to, now).await
+    }
+    async fn api_trigger(&self, ns: &str, path: &str) -> Result<Option<TriggerRecord>, Error> {
+        self.0.api_trigger(ns, path).await
     }
     async fn get_workflow(&self, ns: &str, id: &str) -> Result<Option<WorkflowRecord>, Error> {
         self.0.get_workflow(ns, id).await
