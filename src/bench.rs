@@ -39,6 +39,12 @@ pub(crate) struct BenchArgs {
     /// Without it, a SQLite file in a temporary directory.
     #[arg(long, env = "SOJOURN_DATABASE_URL")]
     pub(crate) database_url: Option<String>,
+    /// Instead: start executions over HTTP against a running node
+    /// (`SOJOURN_URL`) and print starts/s and latency.
+    #[arg(long)]
+    pub(crate) http: bool,
+    #[command(flatten)]
+    pub(crate) http_args: crate::http_bench::HttpBenchArgs,
 }
 
 fn reference(base: &str) -> Result<Workflow, Failure> {
@@ -67,6 +73,9 @@ fn reference(base: &str) -> Result<Workflow, Failure> {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if args.http {
+        return crate::http_bench::run(args.http_args, args.concurrency).await;
+    }
     let hits = Arc::new(AtomicU64::new(0));
     let counter = hits.clone();
     let app = Router::new().route(

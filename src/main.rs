@@ -16,6 +16,7 @@ use sojourn_runtime::{CompiledWorkflow, Registry, Workflow};
 
 mod bench;
 mod client;
+mod http_bench;
 mod node;
 
 /// mimalloc rather than glibc's malloc: under load a third of the node's CPU

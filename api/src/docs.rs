@@ -126,9 +126,10 @@ impl<S: Store> Routes<S> {
         }
         self.router = std::mem::take(&mut self.router).route(path, route);
         let op = self.operation(path, &spec);
+        // OpenAPI templates have no wildcards: `{*path}` is `{path}`.
         let item = self
             .paths
-            .entry(path.to_owned())
+            .entry(path.replace("{*", "{"))
             .or_insert_with(|| json!({}));
         if let Some(obj) = item.as_object_mut() {
             obj.insert(method.as_str().to_ascii_lowercase(), op);

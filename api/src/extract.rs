@@ -3,7 +3,7 @@
 //! strings, and the caller's idempotency key.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -31,11 +31,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
 pub(crate) fn body_rejection(e: BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("body: larger than the limit of {MAX_BODY_BYTES} bytes"),
-        )
+        ApiError {
+            field: Some("body".into()),
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("body: larger than the limit of {MAX_BODY_BYTES} bytes"),
+            )
+        }
     } else {
         ApiError::invalid("body", e.body_text())
     }
@@ -49,8 +52,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         bytes
     };
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize::<_, T>(de) {
-        Ok(v) => Ok(v),
+    match serde_path_to_error::deserialize::<_, T>(&mut *de) {
+        // Nothing but whitespace may follow the value.
+        Ok(v) => de
+            .end()
+            .map(|()| v)
+            .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}"))),
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -66,6 +73,40 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
         }
     }
+}
+
+/// Path parameters. A bad one (text that is not UTF-8 once
+/// percent-decoded) is a 400 in our format naming the parameter, instead of
+/// axum's plain-text answer.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(path_rejection)
+    }
+}
+
+fn path_rejection(e: PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    if e.status().is_server_error() {
+        return ApiError::internal(e.body_text());
+    }
+    let field = match &e {
+        PathRejection::FailedToDeserializePathParams(d) => match d.kind() {
+            ErrorKind::InvalidUtf8InPathParam { key }
+            | ErrorKind::ParseErrorAtKey { key, .. }
+            | ErrorKind::DeserializeError { key, .. } => key.clone(),
+            _ => "path".to_owned(),
+        },
+        _ => "path".to_owned(),
+    };
+    ApiError::invalid(&field, e.body_text())
 }
 
 /// Query parameters.

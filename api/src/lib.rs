@@ -315,7 +315,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
             .returns::<triggers::TriggerOut>(200),
         triggers::destroy::<S>,
     );
-    r.add(M::POST, "/trigger/{*path}", Spec::new("triggers", "Fire an api trigger").scope(Write).returns::<executions::Started>(201).describe("Starts the trigger's workflow with the request body (a JSON object) as input. Honours Idempotency-Key."), triggers::fire::<S>);
+    r.add(M::POST, "/trigger/{*path}", Spec::new("triggers", "Fire an api trigger").scope(Write).body::<serde_json::Map<String, Value>>().returns::<executions::Started>(201).describe("Starts the trigger's workflow with the request body (a JSON object) as input. Honours Idempotency-Key."), triggers::fire::<S>);
 
     // ---- keys --------------------------------------------------------------
     r.add(

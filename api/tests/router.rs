@@ -1,2 +1,2585 @@
-#[test]
-fn placeholder() {}
+//! The HTTP API through its router, without a socket: every route's success
+//! and error paths, namespaces, idempotency under concurrency, malformed
+//! bodies on every write route, and the OpenAPI document against the real
+//! route table. SQLite (a fresh file each) and PostgreSQL (a fresh schema
+//! each, on `SOJOURN_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sojourn_actors::{Config, Engine};
+use sojourn_api::{Api, AppState, AuthMode};
+use sojourn_persistence::{PgStore, SqliteStore, Store};
+use tower::ServiceExt;
+
+// ---- fixtures ---------------------------------------------------------------
+
+fn database_url() -> String {
+    std::env::var("SOJOURN_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+const PG_PREFIX: &str = "sojourn_apitest_";
+
+fn config() -> Config {
+    Config {
+        timer_poll: Duration::from_millis(100),
+        outbox_poll: Duration::from_millis(50),
+        recovery_poll: Duration::from_millis(300),
+        ..Config::default()
+    }
+}
+
+/// An app over a running engine, with the database it lives in.
+struct App<S: Store> {
+    api: Api,
+    engine: Arc<Engine<S>>,
+    place: String,
+}
+
+async fn app_over<S: Store>(store: S, place: String) -> App<S> {
+    let engine = Arc::new(Engine::start(store, config()).await.expect("engine starts"));
+    let api = sojourn_api::build(AppState::new(engine.clone(), AuthMode::Required));
+    App { api, engine, place }
+}
+
+/// An app on a fresh SQLite file in the temp dir.
+async fn sqlite_app() -> App<SqliteStore> {
+    let path = std::env::temp_dir().join(format!(
+        "sojourn-api-test-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let store = SqliteStore::open(&path).await.expect("open sqlite");
+    app_over(store, path.display().to_string()).await
+}
+
+/// An app on a fresh PostgreSQL schema. Schemas of this suite older than
+/// ten minutes (left by a run that panicked) are dropped first.
+async fn pg_app(max_connections: u32) -> App<PgStore> {
+    let schema = format!("{PG_PREFIX}{}", uuid::Uuid::now_v7().simple());
+    let store = PgStore::connect_creating_schema(&database_url(), &schema, max_connections)
+        .await
+        .expect("PostgreSQL answers at SOJOURN_TEST_DATABASE_URL");
+    drop_stale_schemas(&store).await;
+    app_over(store, schema).await
+}
+
+async fn drop_stale_schemas(store: &PgStore) {
+    let stale: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, 'sojourn_apitest_')",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("list schemas");
+    let now = uuid::Uuid::now_v7();
+    let now_ms = now.get_timestamp().map(|t| t.to_unix()).unwrap_or((0, 0)).0;
+    for s in stale {
+        let Ok(id) = uuid::Uuid::parse_str(&s[PG_PREFIX.len()..]) else {
+            continue;
+        };
+        let Some((secs, _)) = id.get_timestamp().map(|t| t.to_unix()) else {
+            continue;
+        };
+        if now_ms.saturating_sub(secs) > 600 {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {s} CASCADE"
+            )))
+            .execute(store.pool())
+            .await;
+        }
+    }
+}
+
+impl App<SqliteStore> {
+    async fn finish(self) {
+        self.engine.shutdown().await;
+        self.engine.store().pool().close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.place));
+        }
+    }
+}
+
+impl App<PgStore> {
+    async fn finish(self) {
+        self.engine.shutdown().await;
+        let pool = self.engine.store().pool();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            self.place
+        )))
+        .execute(pool)
+        .await
+        .expect("drop schema");
+        pool.close().await;
+    }
+}
+
+/// An answer.
+#[derive(Debug)]
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    bytes: Bytes,
+    json: Value,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    fn str(&self, pointer: &str) -> String {
+        self.json
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{pointer} is a string in {:#}", self.json))
+            .to_owned()
+    }
+
+    /// Asserts the status, then returns the body.
+    #[track_caller]
+    fn ok(&self, status: StatusCode) -> &Value {
+        assert_eq!(self.status, status, "answer: {}", self.text());
+        &self.json
+    }
+}
+
+/// Asserts our error format: `{"error": {"code", "message", "field"?,
+/// "details"?}}` and nothing else.
+#[track_caller]
+fn assert_error_format(r: &Resp) {
+    let obj = r
+        .json
+        .as_object()
+        .unwrap_or_else(|| panic!("error body is an object: {}", r.text()));
+    assert_eq!(obj.len(), 1, "only \"error\": {}", r.text());
+    let e = obj
+        .get("error")
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| panic!("\"error\" is an object: {}", r.text()));
+    for k in e.keys() {
+        assert!(
+            ["code", "message", "field", "details"].contains(&k.as_str()),
+            "unexpected member {k} in {}",
+            r.text()
+        );
+    }
+    assert!(
+        e.get("code")
+            .and_then(Value::as_str)
+            .is_some_and(|c| !c.is_empty()),
+        "code: {}",
+        r.text()
+    );
+    assert!(
+        e.get("message")
+            .and_then(Value::as_str)
+            .is_some_and(|c| !c.is_empty()),
+        "message: {}",
+        r.text()
+    );
+    if let Some(f) = e.get("field") {
+        assert!(f.is_string(), "field is a string: {}", r.text());
+    }
+    assert_eq!(
+        r.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "errors are JSON: {}",
+        r.text()
+    );
+}
+
+/// Asserts an error answer: status, code and (when given) the field, which
+/// the message must name.
+#[track_caller]
+fn assert_error(r: &Resp, status: StatusCode, code: &str, field: Option<&str>) {
+    assert_eq!(r.status, status, "answer: {}", r.text());
+    assert_error_format(r);
+    assert_eq!(r.str("/error/code"), code, "answer: {}", r.text());
+    let message = r.str("/error/message");
+    match field {
+        Some(f) => {
+            assert_eq!(
+                r.json.pointer("/error/field").and_then(Value::as_str),
+                Some(f),
+                "field: {}",
+                r.text()
+            );
+            assert!(message.contains(f), "the message names {f}: {}", r.text());
+        }
+        None => {}
+    }
+}
+
+impl<S: Store> App<S> {
+    async fn send(&self, req: Request<Body>) -> Resp {
+        let res = self
+            .api
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("the router answers");
+        into_resp(res).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let body = match body {
+            Some(v) => Body::from(v.to_string()),
+            None => Body::empty(),
+        };
+        self.send(request(method, uri, key, &[], body)).await
+    }
+
+    async fn get(&self, uri: &str, key: &str) -> Resp {
+        self.call(Method::GET, uri, Some(key), None).await
+    }
+
+    async fn post(&self, uri: &str, key: &str, body: Value) -> Resp {
+        self.call(Method::POST, uri, Some(key), Some(body)).await
+    }
+
+    async fn post_empty(&self, uri: &str, key: &str) -> Resp {
+        self.call(Method::POST, uri, Some(key), None).await
+    }
+
+    /// A key's secret.
+    async fn key(&self, namespace: &str, scopes: &[&str]) -> String {
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        sojourn_api::create_key(self.engine.store(), namespace, Some("test".into()), &scopes)
+            .await
+            .expect("create key")
+            .secret
+            .expect("a new key has its secret")
+    }
+
+    /// Creates and publishes a workflow; returns its id.
+    async fn workflow(&self, key: &str, wf_key: &str, definition: Value) -> String {
+        let r = self
+            .post(
+                "/v1/workflows",
+                key,
+                json!({"key": wf_key, "definition": definition, "publish": true}),
+            )
+            .await;
+        r.ok(StatusCode::CREATED);
+        r.str("/id")
+    }
+
+    /// Starts an execution; returns its id.
+    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
+        let r = self
+            .post(
+                "/v1/executions",
+                key,
+                json!({"workflow": workflow, "input": input}),
+            )
+            .await;
+        r.ok(StatusCode::CREATED);
+        assert_eq!(r.json["new"], json!(true));
+        r.str("/id")
+    }
+
+    /// Polls an execution until `pred` holds; returns it.
+    async fn wait_until(
+        &self,
+        key: &str,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..500 {
+            let r = self.get(&format!("/v1/executions/{id}"), key).await;
+            r.ok(StatusCode::OK);
+            if pred(&r.json) {
+                return r.json;
+            }
+            last = r.json;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("execution {id} never got {what}: {last:#}");
+    }
+
+    async fn wait_status(&self, key: &str, id: &str, status: &str) -> Value {
+        self.wait_until(key, id, status, |e| e["status"] == json!(status))
+            .await
+    }
+
+    /// Every item of a listing, following `next_cursor` with pages of `limit`.
+    async fn all_pages(&self, key: &str, uri: &str, limit: u32) -> Vec<Value> {
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..1000 {
+            let page_uri = match &cursor {
+                Some(c) => format!("{uri}{sep}limit={limit}&cursor={c}"),
+                None => format!("{uri}{sep}limit={limit}"),
+            };
+            let r = self.get(&page_uri, key).await;
+            r.ok(StatusCode::OK);
+            let page = r.json["items"].as_array().expect("items").clone();
+            assert!(page.len() <= limit as usize, "a page holds at most limit");
+            items.extend(page);
+            match r.json.get("next_cursor") {
+                Some(Value::String(c)) => cursor = Some(c.clone()),
+                Some(Value::Number(n)) => cursor = Some(n.to_string()),
+                None => return items,
+                Some(other) => panic!("next_cursor: {other}"),
+            }
+        }
+        panic!("pagination never ended");
+    }
+}
+
+fn request(
+    method: Method,
+    uri: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Request<Body> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(k) = key {
+        b = b.header(AUTHORIZATION, format!("Bearer {k}"));
+    }
+    for (h, v) in headers {
+        b = b.header(*h, *v);
+    }
+    b.body(body).expect("request")
+}
+
+async fn into_resp(res: axum::response::Response) -> Resp {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .expect("read the body")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Resp {
+        status,
+        headers,
+        bytes,
+        json,
+    }
+}
+
+fn ids(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+// ---- workflow documents -----------------------------------------------------
+
+/// Waits for `go` keyed on the subject (`input.user_id`), then exits.
+fn waiter() -> Value {
+    json!({
+        "settings": {"subject": "input.user_id"},
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "wait", "type": "wait_for_event", "config": {"event": "go"}},
+            {"id": "done", "type": "exit", "config": {"outcome": "went"}}
+        ],
+        "edges": [
+            {"from": "start", "to": "wait"},
+            {"from": "wait", "to": "done", "branch": "event"}
+        ]
+    })
+}
+
+/// Runs straight to its end.
+fn quick(outcome: &str) -> Value {
+    json!({
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "done", "type": "exit", "config": {"outcome": outcome}}
+        ],
+        "edges": [{"from": "start", "to": "done"}]
+    })
+}
+
+/// One HTTP action to a closed port, no retry and no failure branch: the
+/// execution pauses on the failed action.
+fn failing() -> Value {
+    json!({
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "call", "type": "action", "config": {
+                "action": "http.request",
+                "inputs": {"url": "http://127.0.0.1:9/nothing-listens-here"},
+                "retry": {"max_attempts": 1},
+                "timeout": "2s"
+            }},
+            {"id": "done", "type": "exit"}
+        ],
+        "edges": [
+            {"from": "start", "to": "call"},
+            {"from": "call", "to": "done", "branch": "success"}
+        ]
+    })
+}
+
+/// Parses, but has several problems: an unknown action, a bad expression,
+/// an edge to a node that does not exist, an unreachable node.
+fn broken() -> Value {
+    json!({
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "act", "type": "action", "config": {"action": "pigeon.send", "inputs": {}}},
+            {"id": "cond", "type": "condition", "config": {"expression": "input.x +* 2"}},
+            {"id": "end", "type": "exit"},
+            {"id": "island", "type": "exit"}
+        ],
+        "edges": [
+            {"from": "start", "to": "act"},
+            {"from": "act", "to": "cond", "branch": "success"},
+            {"from": "cond", "to": "end", "branch": "true"},
+            {"from": "cond", "to": "ghost", "branch": "false"}
+        ]
+    })
+}
+
+// ---- 1. every endpoint ------------------------------------------------------
+
+async fn workflows<S: Store>(app: &App<S>) {
+    let k = app.key("wf", &["admin"]).await;
+
+    // Create without publishing: a draft only.
+    let r = app
+        .post(
+            "/v1/workflows",
+            &k,
+            json!({"key": "w1", "name": "First", "definition": waiter()}),
+        )
+        .await;
+    let w1 = r.ok(StatusCode::CREATED).clone();
+    assert_eq!(w1["key"], json!("w1"));
+    assert_eq!(w1["name"], json!("First"));
+    assert_eq!(w1["namespace"], json!("wf"));
+    assert_eq!(w1["draft"], waiter());
+    assert_eq!(w1["latest_version"], Value::Null);
+    assert_eq!(w1["archived_at"], Value::Null);
+    assert!(w1.get("published").is_none(), "{w1}");
+    let w1_id = w1["id"].as_str().expect("id").to_owned();
+    assert!(w1_id.starts_with("wf_"), "{w1_id}");
+
+    // A draft alone starts nothing.
+    let r = app
+        .post("/v1/executions", &k, json!({"workflow": "w1"}))
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", Some("workflow"));
+
+    // Duplicate key.
+    let r = app
+        .post(
+            "/v1/workflows",
+            &k,
+            json!({"key": "w1", "definition": quick("x")}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("key"));
+    // Invalid keys.
+    for bad in ["bad key", "a/b", "", "é"] {
+        let r = app
+            .post(
+                "/v1/workflows",
+                &k,
+                json!({"key": bad, "definition": quick("x")}),
+            )
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("key"));
+    }
+    let r = app
+        .post("/v1/workflows", &k, json!({"key": "w9", "definition": [1]}))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("definition"),
+    );
+    let r = app
+        .post("/v1/workflows", &k, json!({"definition": quick("x")}))
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", None);
+    assert!(r.str("/error/message").contains("key"), "{}", r.text());
+
+    // Create and publish at once.
+    let r = app
+        .post(
+            "/v1/workflows",
+            &k,
+            json!({"key": "w2", "definition": quick("two"), "publish": true}),
+        )
+        .await;
+    let w2 = r.ok(StatusCode::CREATED).clone();
+    assert_eq!(w2["latest_version"], json!(1));
+    assert_eq!(w2["published"]["version"], json!(1));
+    assert_eq!(w2["published"]["new"], json!(true));
+    assert_eq!(w2["published"]["workflow_id"], w2["id"]);
+    let w2_id = w2["id"].as_str().expect("id").to_owned();
+
+    // Create and publish an invalid document: refused, nothing written.
+    let r = app
+        .post(
+            "/v1/workflows",
+            &k,
+            json!({"key": "w3", "definition": broken(), "publish": true}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_workflow",
+        None,
+    );
+    assert!(
+        r.str("/error/field").starts_with("definition"),
+        "{}",
+        r.text()
+    );
+    let r = app.get("/v1/workflows/w3", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    assert!(r.str("/error/message").contains("w3"), "{}", r.text());
+
+    // Listing with cursor pagination, newest first.
+    for i in 4..=8 {
+        let r = app
+            .post(
+                "/v1/workflows",
+                &k,
+                json!({"key": format!("w{i}"), "definition": quick("x")}),
+            )
+            .await;
+        r.ok(StatusCode::CREATED);
+    }
+    let full = app.get("/v1/workflows?limit=500", &k).await;
+    let full = full.ok(StatusCode::OK)["items"]
+        .as_array()
+        .expect("items")
+        .clone();
+    let keys: Vec<&str> = full
+        .iter()
+        .map(|w| w["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(keys, ["w8", "w7", "w6", "w5", "w4", "w2", "w1"]);
+    let r = app.get("/v1/workflows?limit=2", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert!(r.json["next_cursor"].is_string(), "{}", r.text());
+    let paged = app.all_pages(&k, "/v1/workflows", 2).await;
+    assert_eq!(ids(&paged), ids(&full), "pages cover the listing once");
+    let last = app.get("/v1/workflows?limit=7", &k).await;
+    assert!(
+        last.ok(StatusCode::OK).get("next_cursor").is_none(),
+        "no cursor on the last page: {}",
+        last.text()
+    );
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "include_archived=maybe",
+        "bogus=1",
+    ] {
+        let r = app.get(&format!("/v1/workflows?{bad}"), &k).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        assert_error_format(&r);
+        let field = r.str("/error/field");
+        assert!(
+            r.str("/error/message").starts_with(&format!("{field}:")),
+            "{}",
+            r.text()
+        );
+    }
+    let r = app.get("/v1/workflows?limit=0", &k).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("limit"),
+    );
+
+    // Get by key and by id.
+    let by_key = app.get("/v1/workflows/w1", &k).await;
+    let by_id = app.get(&format!("/v1/workflows/{w1_id}"), &k).await;
+    assert_eq!(by_key.ok(StatusCode::OK), by_id.ok(StatusCode::OK));
+    assert_eq!(by_key.json["id"], json!(w1_id));
+
+    // Update the draft: any document may be a draft.
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/workflows/w1",
+            Some(&k),
+            Some(json!({"definition": broken(), "name": "Broken"})),
+        )
+        .await;
+    let updated = r.ok(StatusCode::OK);
+    assert_eq!(updated["draft"], broken());
+    assert_eq!(updated["name"], json!("Broken"));
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/workflows/nope",
+            Some(&k),
+            Some(json!({"definition": quick("x")})),
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/workflows/w1",
+            Some(&k),
+            Some(json!({"definition": "text"})),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("definition"),
+    );
+
+    // Validate reports every problem.
+    let r = app.post("/v1/workflows/w1/validate", &k, json!({})).await;
+    let v = r.ok(StatusCode::OK).clone();
+    assert_eq!(v["valid"], json!(false));
+    let errors = v["errors"].as_array().expect("errors").clone();
+    let text = serde_json::to_string(&errors).expect("json");
+    for must in ["pigeon.send", "ghost", "island", "cond"] {
+        assert!(text.contains(must), "a problem names {must}: {text:#}");
+    }
+    let found: BTreeSet<(String, String)> = errors
+        .iter()
+        .map(|e| {
+            let at = match (&e["node"], &e["edge"]) {
+                (Value::String(n), _) => n.clone(),
+                (_, Value::Number(i)) => format!("edge {i}"),
+                _ => String::new(),
+            };
+            (at, e["field"].as_str().unwrap_or("?").to_owned())
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        ("act", "config.action"),
+        ("cond", "config.expression"),
+        ("edge 3", "edges[3].to"),
+        ("cond", "edges"),
+        ("island", ""),
+    ]
+    .into_iter()
+    .map(|(a, f)| (a.to_owned(), f.to_owned()))
+    .collect();
+    assert_eq!(found, expected, "every problem: {text}");
+    assert_eq!(errors.len(), 5, "{text}");
+    for e in &errors {
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+        assert!(e["field"].is_string(), "{e}");
+    }
+    let r = app
+        .post(
+            "/v1/workflows/w1/validate",
+            &k,
+            json!({"definition": waiter()}),
+        )
+        .await;
+    assert_eq!(r.ok(StatusCode::OK), &json!({"valid": true, "errors": []}));
+    let r = app.post_empty("/v1/workflows/nope/validate", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Publishing an invalid draft: 422 with every problem.
+    let r = app.post_empty("/v1/workflows/w1/publish", &k).await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_workflow",
+        Some("definition.nodes[act].config.action"),
+    );
+    assert_eq!(
+        r.json["error"]["details"],
+        Value::Array(errors.clone()),
+        "the same problems as validate: {}",
+        r.text()
+    );
+    assert!(
+        r.str("/error/message").contains("5 problem"),
+        "{}",
+        r.text()
+    );
+    let r = app.get("/v1/workflows/w1/versions", &k).await;
+    assert_eq!(r.ok(StatusCode::OK), &json!([]));
+
+    // Publish a valid draft, then the same draft again.
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/workflows/w1",
+            Some(&k),
+            Some(json!({"definition": waiter()})),
+        )
+        .await;
+    r.ok(StatusCode::OK);
+    let r = app.post_empty("/v1/workflows/w1/publish", &k).await;
+    let p1 = r.ok(StatusCode::CREATED).clone();
+    assert_eq!(p1["version"], json!(1));
+    assert_eq!(p1["new"], json!(true));
+    assert_eq!(p1["workflow_id"], json!(w1_id));
+    let r = app.post_empty("/v1/workflows/w1/publish", &k).await;
+    let again = r.ok(StatusCode::OK);
+    assert_eq!(again["version"], json!(1));
+    assert_eq!(again["new"], json!(false));
+    assert_eq!(again["published_at"], p1["published_at"]);
+
+    // A changed draft published with the update.
+    let mut changed = waiter();
+    changed["nodes"][2]["config"]["outcome"] = json!("gone");
+    let r = app
+        .call(
+            Method::PUT,
+            &format!("/v1/workflows/{w1_id}"),
+            Some(&k),
+            Some(json!({"definition": changed, "publish": true})),
+        )
+        .await;
+    let u = r.ok(StatusCode::OK);
+    assert_eq!(u["latest_version"], json!(2));
+    assert_eq!(u["published"]["version"], json!(2));
+    assert_eq!(u["published"]["new"], json!(true));
+
+    // Versions.
+    let r = app.get("/v1/workflows/w1/versions", &k).await;
+    let versions = r.ok(StatusCode::OK).as_array().expect("array").clone();
+    let numbers: Vec<&Value> = versions.iter().map(|v| &v["version"]).collect();
+    assert_eq!(numbers, [&json!(1), &json!(2)]);
+    let r = app.get("/v1/workflows/w1/versions/1", &k).await;
+    let v1 = r.ok(StatusCode::OK);
+    assert_eq!(v1["version"], json!(1));
+    assert_eq!(v1["workflow_id"], json!(w1_id));
+    assert_eq!(
+        v1["definition"]["nodes"][2]["config"]["outcome"],
+        json!("went")
+    );
+    assert_eq!(v1["definition"]["key"], json!("w1"));
+    let r = app.get("/v1/workflows/w1/versions/2", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["definition"]["nodes"][2]["config"]["outcome"],
+        json!("gone")
+    );
+    let r = app.get("/v1/workflows/w1/versions/abc", &k).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("version"),
+    );
+    assert!(r.str("/error/message").contains("abc"), "{}", r.text());
+    let r = app.get("/v1/workflows/w1/versions/99", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let r = app.get("/v1/workflows/nope/versions", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Archive: hidden from listings by default, starts nothing.
+    let r = app.post_empty("/v1/workflows/w2/archive", &k).await;
+    assert!(
+        r.ok(StatusCode::OK)["archived_at"].is_string(),
+        "{}",
+        r.text()
+    );
+    let r = app.get("/v1/workflows?limit=500", &k).await;
+    let listed: Vec<String> = ids(r.ok(StatusCode::OK)["items"].as_array().expect("items"));
+    assert!(!listed.contains(&w2_id), "archived is hidden");
+    let r = app
+        .get("/v1/workflows?limit=500&include_archived=true", &k)
+        .await;
+    let listed: Vec<String> = ids(r.ok(StatusCode::OK)["items"].as_array().expect("items"));
+    assert!(listed.contains(&w2_id), "include_archived shows it");
+    assert_eq!(listed.len(), 7);
+    let r = app
+        .post("/v1/executions", &k, json!({"workflow": "w2"}))
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("workflow"));
+    let r = app
+        .post("/v1/executions", &k, json!({"workflow": w2_id}))
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("workflow"));
+    let r = app.post_empty("/v1/workflows/w2/publish", &k).await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("workflow"));
+    let r = app.post_empty("/v1/workflows/nope/archive", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+}
+
+#[tokio::test]
+async fn workflows_on_sqlite() {
+    let app = sqlite_app().await;
+    workflows(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn workflows_on_postgres() {
+    let app = pg_app(4).await;
+    workflows(&app).await;
+    app.finish().await;
+}
+
+async fn executions<S: Store>(app: &App<S>) {
+    let k = app.key("ex", &["write"]).await;
+    let wait_id = app.workflow(&k, "wait", waiter()).await;
+    let quick_id = app.workflow(&k, "quick", quick("fast")).await;
+
+    // Start, and start again under one idempotency key.
+    let first = app.start(&k, "wait", json!({"user_id": "u1"})).await;
+    assert!(first.starts_with("exe_"), "{first}");
+    let idem = |key: &'static str, body: Value| {
+        request(
+            Method::POST,
+            "/v1/executions",
+            Some(&k),
+            &[("Idempotency-Key", key)],
+            Body::from(body.to_string()),
+        )
+    };
+    let body = json!({"workflow": "wait", "input": {"user_id": "u2"}});
+    let r = app.send(idem("signup-u2", body.clone())).await;
+    let created = r.ok(StatusCode::CREATED).clone();
+    assert_eq!(created["new"], json!(true));
+    let r = app.send(idem("signup-u2", body.clone())).await;
+    let same = r.ok(StatusCode::OK);
+    assert_eq!(same["new"], json!(false));
+    assert_eq!(same["id"], created["id"]);
+    let u2 = created["id"].as_str().expect("id").to_owned();
+
+    // Start errors.
+    let r = app
+        .post("/v1/executions", &k, json!({"workflow": "nope"}))
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", Some("workflow"));
+    assert!(r.str("/error/message").contains("nope"), "{}", r.text());
+    for input in [json!([1]), json!("x"), json!(3)] {
+        let r = app
+            .post(
+                "/v1/executions",
+                &k,
+                json!({"workflow": "wait", "input": input}),
+            )
+            .await;
+        assert_error(
+            &r,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some("input"),
+        );
+    }
+    let r = app
+        .post(
+            "/v1/executions",
+            &k,
+            json!({"workflow": "wait", "version": 99}),
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", Some("version"));
+    let r = app
+        .post(
+            "/v1/executions",
+            &k,
+            json!({"workflow": "wait", "version": 0}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("version"),
+    );
+    let r = app
+        .post("/v1/executions", &k, json!({"workflow": ""}))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("workflow"),
+    );
+    let r = app
+        .post(
+            "/v1/executions",
+            &k,
+            json!({"workflow": "wait", "timezone": "Mars/Olympus"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_error_format(&r);
+    assert!(r.str("/error/message").contains("timezone"), "{}", r.text());
+    let r = app
+        .send(request(
+            Method::POST,
+            "/v1/executions",
+            Some(&k),
+            &[("Idempotency-Key", "")],
+            Body::from(json!({"workflow": "wait"}).to_string()),
+        ))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("Idempotency-Key"),
+    );
+
+    // Get: it waits at its event node.
+    let e = app.wait_status(&k, &first, "waiting").await;
+    assert_eq!(e["id"], json!(first));
+    assert_eq!(e["workflow_id"], json!(wait_id));
+    assert_eq!(e["version"], json!(1));
+    assert_eq!(e["current_node"], json!("wait"));
+    assert_eq!(e["subject"], json!("u1"));
+    assert_eq!(e["input"], json!({"user_id": "u1"}));
+    assert!(e["vars"].is_object(), "{e}");
+    let obj = e.as_object().expect("object");
+    assert!(obj.contains_key("lease_holder"), "{e}");
+    assert!(
+        e["lease_holder"].is_null() || e["lease_holder"] == json!("node-1"),
+        "{e}"
+    );
+    assert_eq!(e["timezone"], json!("UTC"));
+    assert!(e["wait"].is_object(), "{e}");
+    let r = app.get("/v1/executions/exe_nope", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    assert!(r.str("/error/message").contains("exe_nope"), "{}", r.text());
+    let u2_exec = app.wait_status(&k, &u2, "waiting").await;
+    assert_eq!(u2_exec["idempotency_key"], json!("signup-u2"));
+
+    // Listing with filters and cursor pagination.
+    let mut quicks = Vec::new();
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        quicks.push(app.start(&k, "quick", json!({"n": i})).await);
+    }
+    for q in &quicks {
+        app.wait_status(&k, q, "completed").await;
+    }
+    let all = app.all_pages(&k, "/v1/executions", 500).await;
+    assert_eq!(all.len(), 5, "{all:#?}");
+    let paged = app.all_pages(&k, "/v1/executions", 2).await;
+    assert_eq!(ids(&paged), ids(&all), "pages cover the listing once");
+    let mut sorted = ids(&all);
+    sorted.sort();
+    sorted.reverse();
+    assert_eq!(ids(&all), sorted, "newest first");
+
+    let by_wf = app
+        .all_pages(&k, "/v1/executions?workflow=quick", 500)
+        .await;
+    let mut want = quicks.clone();
+    want.reverse();
+    assert_eq!(ids(&by_wf), want);
+    let by_wf_id = app
+        .all_pages(&k, &format!("/v1/executions?workflow={quick_id}"), 2)
+        .await;
+    assert_eq!(ids(&by_wf_id), want);
+    let waiting = app
+        .all_pages(&k, "/v1/executions?status=waiting", 500)
+        .await;
+    assert_eq!(waiting.len(), 2, "{waiting:#?}");
+    assert!(waiting.iter().all(|e| e["status"] == json!("waiting")));
+    let completed = app
+        .all_pages(&k, "/v1/executions?status=completed&workflow=quick", 500)
+        .await;
+    assert_eq!(completed.len(), 3);
+    let u1 = app.all_pages(&k, "/v1/executions?subject=u1", 500).await;
+    assert_eq!(ids(&u1), [first.clone()]);
+    let none = app
+        .all_pages(&k, "/v1/executions?subject=u1&status=completed", 500)
+        .await;
+    assert!(none.is_empty());
+    let second_quick = by_wf
+        .iter()
+        .find(|e| e["id"] == json!(quicks[1]))
+        .expect("listed");
+    let after = second_quick["created_at"].as_str().expect("created_at");
+    assert!(after.ends_with('Z'), "{after}");
+    let recent = app
+        .all_pages(&k, &format!("/v1/executions?created_after={after}"), 500)
+        .await;
+    assert_eq!(ids(&recent), [quicks[2].clone(), quicks[1].clone()]);
+    let r = app
+        .get("/v1/executions?created_after=2999-01-01T00:00:00Z", &k)
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["items"], json!([]));
+    let r = app.get("/v1/executions?status=bogus", &k).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("status"),
+    );
+    let r = app.get("/v1/executions?workflow=nope", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", Some("workflow"));
+    let r = app.get("/v1/executions?created_after=yesterday", &k).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("created_after"),
+    );
+
+    // Journal, in pages.
+    let r = app
+        .get(&format!("/v1/executions/{first}/journal?limit=500"), &k)
+        .await;
+    let journal = r.ok(StatusCode::OK).clone();
+    assert!(journal.get("next_cursor").is_none(), "{journal}");
+    let entries = journal["items"].as_array().expect("items").clone();
+    assert!(entries.len() >= 3, "{journal:#}");
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert!(kinds.contains(&"node_entered"), "{kinds:?}");
+    let mut paged = Vec::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        let uri = match cursor {
+            Some(c) => format!("/v1/executions/{first}/journal?limit=1&cursor={c}"),
+            None => format!("/v1/executions/{first}/journal?limit=1"),
+        };
+        let r = app.get(&uri, &k).await;
+        let page = r.ok(StatusCode::OK).clone();
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 1);
+        paged.extend(items.iter().cloned());
+        match page.get("next_cursor") {
+            Some(c) => cursor = Some(c.as_i64().expect("a position")),
+            None => break,
+        }
+        assert!(paged.len() <= entries.len(), "pagination ends");
+    }
+    assert_eq!(paged, entries, "pages cover the journal once, in order");
+    let positions: Vec<i64> = entries
+        .iter()
+        .map(|e| e["position"].as_i64().expect("position"))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    let r = app
+        .get(&format!("/v1/executions/{first}/journal?cursor=x"), &k)
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("cursor"),
+    );
+    let r = app.get("/v1/executions/exe_nope/journal", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Nodes: none for a journey without actions.
+    let r = app.get(&format!("/v1/executions/{first}/nodes"), &k).await;
+    assert_eq!(r.ok(StatusCode::OK), &json!([]));
+    let r = app.get("/v1/executions/exe_nope/nodes", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // A direct event moves it on.
+    let r = app
+        .post(
+            &format!("/v1/executions/{first}/events"),
+            &k,
+            json!({"name": ""}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("name"));
+    let r = app
+        .post(
+            &format!("/v1/executions/{first}/events"),
+            &k,
+            json!({"name": "go", "payload": {"why": "test"}}),
+        )
+        .await;
+    assert_eq!(
+        r.ok(StatusCode::ACCEPTED),
+        &json!({"id": first, "accepted": true, "input": "event"})
+    );
+    let done = app.wait_status(&k, &first, "completed").await;
+    assert_eq!(done["outcome"], json!("went"));
+    let r = app
+        .post("/v1/executions/exe_nope/events", &k, json!({"name": "go"}))
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Pause, pause again, resume, cancel.
+    let r = app
+        .post(
+            &format!("/v1/executions/{u2}/pause"),
+            &k,
+            json!({"reason": "look"}),
+        )
+        .await;
+    assert_eq!(r.ok(StatusCode::ACCEPTED)["input"], json!("pause"));
+    let paused = app.wait_status(&k, &u2, "paused").await;
+    assert!(paused["pause"].is_object(), "{paused}");
+    let r = app
+        .post_empty(&format!("/v1/executions/{u2}/pause"), &k)
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", None);
+    let r = app
+        .post_empty(&format!("/v1/executions/{u2}/retry"), &k)
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", None);
+    let r = app
+        .post_empty(&format!("/v1/executions/{u2}/resume"), &k)
+        .await;
+    assert_eq!(r.ok(StatusCode::ACCEPTED)["input"], json!("resume"));
+    app.wait_status(&k, &u2, "waiting").await;
+    let r = app
+        .post_empty(&format!("/v1/executions/{u2}/resume"), &k)
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", None);
+    let r = app
+        .post_empty(&format!("/v1/executions/{u2}/retry"), &k)
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", None);
+    let r = app
+        .post(
+            &format!("/v1/executions/{u2}/cancel"),
+            &k,
+            json!({"reason": "done"}),
+        )
+        .await;
+    assert_eq!(r.ok(StatusCode::ACCEPTED)["input"], json!("cancel"));
+    app.wait_status(&k, &u2, "cancelled").await;
+    for op in ["cancel", "pause", "resume", "retry"] {
+        let r = app
+            .post_empty(&format!("/v1/executions/{u2}/{op}"), &k)
+            .await;
+        assert_error(&r, StatusCode::CONFLICT, "conflict", None);
+        let r = app
+            .post_empty(&format!("/v1/executions/exe_nope/{op}"), &k)
+            .await;
+        assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    }
+    let r = app
+        .post(
+            &format!("/v1/executions/{u2}/cancel"),
+            &k,
+            json!({"reason": 5}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("reason"),
+    );
+
+    // A failed action: its node execution is listed, and retry is accepted.
+    app.workflow(&k, "failing", failing()).await;
+    let f = app.start(&k, "failing", json!({})).await;
+    let paused = app
+        .wait_until(&k, &f, "paused on its failed action", |e| {
+            e["status"] == json!("paused") && e["pause"].is_object()
+        })
+        .await;
+    assert_eq!(paused["current_node"], json!("call"));
+    let r = app.get(&format!("/v1/executions/{f}/nodes"), &k).await;
+    let nodes = r.ok(StatusCode::OK).as_array().expect("array").clone();
+    assert_eq!(nodes.len(), 1, "{nodes:#?}");
+    assert_eq!(nodes[0]["node_id"], json!("call"));
+    assert_eq!(nodes[0]["action"], json!("http.request"));
+    assert_eq!(nodes[0]["attempt"], json!(1));
+    assert_eq!(nodes[0]["status"], json!("failed"));
+    let r = app
+        .post_empty(&format!("/v1/executions/{f}/resume"), &k)
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", None);
+    let r = app
+        .post_empty(&format!("/v1/executions/{f}/retry"), &k)
+        .await;
+    assert_eq!(r.ok(StatusCode::ACCEPTED)["input"], json!("retry"));
+    for _ in 0..250 {
+        let r = app.get(&format!("/v1/executions/{f}/nodes"), &k).await;
+        if r.ok(StatusCode::OK).as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = app.get(&format!("/v1/executions/{f}/nodes"), &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK).as_array().map(Vec::len),
+        Some(2),
+        "the retry sent a second attempt: {}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn executions_on_sqlite() {
+    let app = sqlite_app().await;
+    executions(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn executions_on_postgres() {
+    let app = pg_app(4).await;
+    executions(&app).await;
+    app.finish().await;
+}
+
+async fn events<S: Store>(app: &App<S>) {
+    let k = app.key("ev", &["write"]).await;
+    app.workflow(&k, "wait", waiter()).await;
+    let a = app.start(&k, "wait", json!({"user_id": "ada"})).await;
+    let b = app.start(&k, "wait", json!({"user_id": "bob"})).await;
+    app.wait_status(&k, &a, "waiting").await;
+    app.wait_status(&k, &b, "waiting").await;
+
+    let r = app
+        .post("/v1/events", &k, json!({"name": "other", "key": "ada"}))
+        .await;
+    assert_eq!(r.ok(StatusCode::ACCEPTED), &json!({"delivered": 0}));
+    let r = app
+        .post(
+            "/v1/events",
+            &k,
+            json!({"name": "go", "key": "ada", "payload": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(r.ok(StatusCode::ACCEPTED), &json!({"delivered": 1}));
+    let done = app.wait_status(&k, &a, "completed").await;
+    assert_eq!(done["outcome"], json!("went"));
+    let r = app.get(&format!("/v1/executions/{b}"), &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["status"],
+        json!("waiting"),
+        "only ada's moved"
+    );
+    let r = app
+        .post("/v1/events", &k, json!({"name": "go", "key": "ada"}))
+        .await;
+    assert_eq!(
+        r.ok(StatusCode::ACCEPTED),
+        &json!({"delivered": 0}),
+        "ada is done"
+    );
+
+    let r = app
+        .post("/v1/events", &k, json!({"name": "", "key": "ada"}))
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("name"));
+    let r = app
+        .post("/v1/events", &k, json!({"name": "go", "key": ""}))
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("key"));
+    let r = app.post("/v1/events", &k, json!({"name": "go"})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", None);
+    assert!(r.str("/error/message").contains("key"), "{}", r.text());
+    let r = app
+        .post("/v1/events", &k, json!({"name": "go", "key": 7}))
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("key"));
+}
+
+#[tokio::test]
+async fn events_on_sqlite() {
+    let app = sqlite_app().await;
+    events(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn events_on_postgres() {
+    let app = pg_app(4).await;
+    events(&app).await;
+    app.finish().await;
+}
+
+async fn triggers<S: Store>(app: &App<S>) {
+    let k = app.key("tr", &["write"]).await;
+    let wf = app.workflow(&k, "quick", quick("fired")).await;
+
+    // Creation and its refusals.
+    let r = app
+        .post(
+            "/v1/workflows/quick/triggers",
+            &k,
+            json!({"kind": "api", "path": "hooks/quick"}),
+        )
+        .await;
+    let t = r.ok(StatusCode::CREATED).clone();
+    assert_eq!(t["state"], json!("init"));
+    assert_eq!(t["kind"], json!("api"));
+    assert_eq!(t["path"], json!("hooks/quick"));
+    assert_eq!(t["workflow_id"], json!(wf));
+    assert_eq!(t["config"], json!({}));
+    let id = t["id"].as_str().expect("id").to_owned();
+    let refusals = [
+        (json!({"kind": "api"}), "path"),
+        (json!({"kind": "api", "path": "/lead"}), "path"),
+        (json!({"kind": "api", "path": "sp ace"}), "path"),
+        (
+            json!({"kind": "api", "path": "x", "config": {"version": 0}}),
+            "config.version",
+        ),
+        (json!({"kind": "api", "path": "x", "config": []}), "config"),
+        (
+            json!({"kind": "schedule", "config": {"cron": "every tuesday"}}),
+            "config.cron",
+        ),
+        (
+            json!({"kind": "schedule", "config": {"cron": "61 * * * *"}}),
+            "config.cron",
+        ),
+        (
+            json!({"kind": "schedule", "config": {"cron": "0 9 * * *", "timezone": "Mars/Base"}}),
+            "config.timezone",
+        ),
+        (
+            json!({"kind": "schedule", "config": {"cron": "0 9 * * *", "input": 3}}),
+            "config.input",
+        ),
+        (
+            json!({"kind": "schedule", "config": {"cron": "0 9 * * *"}, "path": "x"}),
+            "path",
+        ),
+        (
+            json!({"kind": "schedule", "config": {"cron": 5}}),
+            "config.cron",
+        ),
+        (
+            json!({"kind": "event", "config": {"event": ""}}),
+            "config.event",
+        ),
+        (json!({"kind": "teleport"}), "kind"),
+    ];
+    for (body, field) in refusals {
+        let r = app
+            .post("/v1/workflows/quick/triggers", &k, body.clone())
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some(field));
+    }
+    let r = app
+        .post(
+            "/v1/workflows/quick/triggers",
+            &k,
+            json!({"kind": "api", "path": "hooks/quick"}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("path"));
+    let r = app
+        .post(
+            "/v1/workflows/nope/triggers",
+            &k,
+            json!({"kind": "api", "path": "z"}),
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let r = app
+        .post(
+            "/v1/workflows/quick/triggers",
+            &k,
+            json!({"kind": "schedule", "config": {"cron": "0 9 * * 1-5", "timezone": "Europe/Paris"}}),
+        )
+        .await;
+    let sched = r.ok(StatusCode::CREATED).clone();
+    assert_eq!(sched["kind"], json!("schedule"));
+    assert_eq!(sched["path"], Value::Null);
+    let r = app
+        .post(
+            "/v1/workflows/quick/triggers",
+            &k,
+            json!({"kind": "event", "config": {"event": "signed_up"}}),
+        )
+        .await;
+    r.ok(StatusCode::CREATED);
+
+    let r = app.get("/v1/triggers", &k).await;
+    assert_eq!(r.ok(StatusCode::OK).as_array().map(Vec::len), Some(3));
+    let r = app.get("/v1/triggers?workflow=quick", &k).await;
+    assert_eq!(r.ok(StatusCode::OK).as_array().map(Vec::len), Some(3));
+    let r = app.get("/v1/triggers?workflow=nope", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let r = app.get(&format!("/v1/triggers/{id}"), &k).await;
+    assert_eq!(r.ok(StatusCode::OK)["id"], json!(id));
+    let r = app.get("/v1/triggers/trg_nope", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Firing: only while active.
+    let fire = |body: Value| {
+        request(
+            Method::POST,
+            "/trigger/hooks/quick",
+            Some(&k),
+            &[],
+            Body::from(body.to_string()),
+        )
+    };
+    let r = app.send(fire(json!({"a": 1}))).await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("state"));
+    assert!(r.str("/error/message").contains("init"), "{}", r.text());
+
+    let mv = |op: &str| format!("/v1/triggers/{id}/{op}");
+    let refused = |r: &Resp, current: &str| {
+        assert_error(r, StatusCode::CONFLICT, "conflict", Some("state"));
+        assert!(
+            r.str("/error/message").contains(current),
+            "names the current state {current}: {}",
+            r.text()
+        );
+    };
+    refused(&app.post_empty(&mv("pause"), &k).await, "init");
+    refused(&app.post_empty(&mv("resume"), &k).await, "init");
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/triggers/{id}"),
+            Some(&k),
+            None,
+        )
+        .await;
+    refused(&r, "init");
+
+    let r = app.post_empty(&mv("activate"), &k).await;
+    assert_eq!(r.ok(StatusCode::OK)["state"], json!("active"));
+    refused(&app.post_empty(&mv("activate"), &k).await, "active");
+    refused(&app.post_empty(&mv("resume"), &k).await, "active");
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/triggers/{id}"),
+            Some(&k),
+            None,
+        )
+        .await;
+    refused(&r, "active");
+
+    let r = app.send(fire(json!({"a": 1}))).await;
+    let started = r.ok(StatusCode::CREATED).clone();
+    assert_eq!(started["new"], json!(true));
+    let exec = started["id"].as_str().expect("id").to_owned();
+    let e = app.wait_status(&k, &exec, "completed").await;
+    assert_eq!(e["workflow_id"], json!(wf));
+    assert_eq!(e["input"], json!({"a": 1}));
+    assert_eq!(e["outcome"], json!("fired"));
+    let r = app
+        .send(request(
+            Method::POST,
+            "/trigger/hooks/quick",
+            Some(&k),
+            &[],
+            Body::empty(),
+        ))
+        .await;
+    r.ok(StatusCode::CREATED);
+    let r = app.send(fire(json!([1]))).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("body"));
+    let r = app
+        .send(request(
+            Method::POST,
+            "/trigger/hooks/nope",
+            Some(&k),
+            &[],
+            Body::from("{}"),
+        ))
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    assert!(
+        r.str("/error/message").contains("hooks/nope"),
+        "{}",
+        r.text()
+    );
+
+    let r = app.post_empty(&mv("pause"), &k).await;
+    assert_eq!(r.ok(StatusCode::OK)["state"], json!("paused"));
+    refused(&app.post_empty(&mv("pause"), &k).await, "paused");
+    refused(&app.post_empty(&mv("activate"), &k).await, "paused");
+    let r = app.send(fire(json!({"a": 2}))).await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("state"));
+    assert!(r.str("/error/message").contains("paused"), "{}", r.text());
+
+    let r = app.post_empty(&mv("resume"), &k).await;
+    assert_eq!(r.ok(StatusCode::OK)["state"], json!("active"));
+    let r = app.send(fire(json!({"a": 3}))).await;
+    r.ok(StatusCode::CREATED);
+
+    let r = app.post_empty(&mv("stop"), &k).await;
+    assert_eq!(r.ok(StatusCode::OK)["state"], json!("stopped"));
+    refused(&app.post_empty(&mv("stop"), &k).await, "stopped");
+    refused(&app.post_empty(&mv("resume"), &k).await, "stopped");
+    refused(&app.post_empty(&mv("activate"), &k).await, "stopped");
+    let r = app.send(fire(json!({"a": 4}))).await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("state"));
+
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/triggers/{id}"),
+            Some(&k),
+            None,
+        )
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["state"], json!("destroyed"));
+    let r = app.send(fire(json!({"a": 5}))).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let r = app.get("/v1/triggers", &k).await;
+    let live = ids(r.ok(StatusCode::OK).as_array().expect("array"));
+    assert!(!live.contains(&id), "destroyed triggers are not listed");
+    assert_eq!(live.len(), 2);
+    for op in ["activate", "pause", "resume", "stop"] {
+        let r = app
+            .post_empty(&format!("/v1/triggers/trg_nope/{op}"), &k)
+            .await;
+        assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    }
+    let r = app
+        .call(Method::DELETE, "/v1/triggers/trg_nope", Some(&k), None)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Its path is free again once destroyed.
+    let r = app
+        .post(
+            "/v1/workflows/quick/triggers",
+            &k,
+            json!({"kind": "api", "path": "hooks/quick"}),
+        )
+        .await;
+    r.ok(StatusCode::CREATED);
+
+    // Three fires started three executions of the workflow.
+    let r = app.get("/v1/executions?workflow=quick", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn triggers_on_sqlite() {
+    let app = sqlite_app().await;
+    triggers(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn triggers_on_postgres() {
+    let app = pg_app(4).await;
+    triggers(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn keys_scopes_health_and_metrics() {
+    let app = sqlite_app().await;
+    let admin = app.key("k", &["admin"]).await;
+    assert!(admin.starts_with("sjk_"), "{admin}");
+
+    // Health needs no key.
+    for path in ["/healthz", "/readyz"] {
+        let r = app.call(Method::GET, path, None, None).await;
+        let h = r.ok(StatusCode::OK);
+        assert_eq!(h["node"], json!("node-1"));
+    }
+    let r = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.json["status"], json!("ready"));
+
+    // No key, a wrong key, a malformed header.
+    for uri in ["/v1/workflows", "/metrics", "/openapi.json", "/v1/keys"] {
+        let r = app.call(Method::GET, uri, None, None).await;
+        assert_error(
+            &r,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some("Authorization"),
+        );
+        let r = app.call(Method::GET, uri, Some("sjk_wrong"), None).await;
+        assert_error(
+            &r,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some("Authorization"),
+        );
+    }
+    let r = app
+        .send(request(
+            Method::GET,
+            "/v1/workflows",
+            None,
+            &[("authorization", &format!("Basic {admin}"))],
+            Body::empty(),
+        ))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        Some("Authorization"),
+    );
+    let r = app
+        .send(request(
+            Method::GET,
+            "/v1/workflows",
+            None,
+            &[("x-api-key", &admin)],
+            Body::empty(),
+        ))
+        .await;
+    r.ok(StatusCode::OK);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/workflows",
+            None,
+            Some(json!({"key": "x", "definition": quick("x")})),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        Some("Authorization"),
+    );
+
+    // The admin creates keys through the API.
+    let r = app
+        .post(
+            "/v1/keys",
+            &admin,
+            json!({"name": "writer", "scopes": ["write"]}),
+        )
+        .await;
+    let writer = r.ok(StatusCode::CREATED).clone();
+    assert_eq!(writer["namespace"], json!("k"));
+    assert_eq!(writer["scopes"], json!(["write"]));
+    assert_eq!(writer["revoked_at"], Value::Null);
+    let write = writer["secret"].as_str().expect("secret").to_owned();
+    assert!(write.starts_with("sjk_"));
+    let r = app
+        .post(
+            "/v1/keys",
+            &admin,
+            json!({"name": "reader", "scopes": ["read", "read"]}),
+        )
+        .await;
+    let reader = r.ok(StatusCode::CREATED).clone();
+    assert_eq!(reader["scopes"], json!(["read"]));
+    let read = reader["secret"].as_str().expect("secret").to_owned();
+    let r = app
+        .post("/v1/keys", &admin, json!({"scopes": ["root"]}))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("scopes[0]"),
+    );
+    let r = app.post("/v1/keys", &admin, json!({"scopes": []})).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("scopes"),
+    );
+    let r = app
+        .post("/v1/keys", &admin, json!({"scopes": "admin"}))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("scopes"),
+    );
+
+    let r = app.get("/v1/keys", &admin).await;
+    let listed = r.ok(StatusCode::OK).as_array().expect("array").clone();
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed.iter().all(|k| k.get("secret").is_none()),
+        "secrets are shown once"
+    );
+    let listed_ids = ids(&listed);
+    assert!(listed_ids.contains(&writer["id"].as_str().expect("id").to_owned()));
+
+    // Scopes.
+    for (key, uri) in [(&write, "/v1/keys"), (&read, "/v1/keys")] {
+        let r = app.get(uri, key).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "forbidden", None);
+        assert!(r.str("/error/message").contains("admin"), "{}", r.text());
+    }
+    let r = app
+        .post("/v1/keys", &write, json!({"scopes": ["read"]}))
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", None);
+    let r = app
+        .post(
+            "/v1/workflows",
+            &read,
+            json!({"key": "r", "definition": quick("x")}),
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", None);
+    assert!(r.str("/error/message").contains("write"), "{}", r.text());
+    let r = app.get("/v1/workflows", &read).await;
+    assert_eq!(r.ok(StatusCode::OK)["items"], json!([]));
+    let wf = app.workflow(&write, "quick", quick("x")).await;
+    let r = app
+        .post("/v1/executions", &read, json!({"workflow": "quick"}))
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", None);
+
+    // Metrics: a key is needed, the started execution is counted.
+    app.start(&write, "quick", json!({})).await;
+    let r = app.get("/metrics", &read).await;
+    r.ok(StatusCode::OK);
+    assert!(
+        r.headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain")),
+        "{:?}",
+        r.headers
+    );
+    let text = r.text();
+    assert!(
+        text.contains(&format!(
+            "sojourn_executions_started_total{{workflow=\"{wf}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE sojourn_executions_started_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sojourn_http_request_duration_seconds"),
+        "{text}"
+    );
+
+    // Revocation: the key was used (and cached); it stops at once.
+    let r = app.get("/v1/workflows", &write).await;
+    r.ok(StatusCode::OK);
+    let writer_id = writer["id"].as_str().expect("id").to_owned();
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/keys/{writer_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let revoked = r.ok(StatusCode::OK);
+    assert_eq!(revoked["id"], json!(writer_id));
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    let r = app.get("/v1/workflows", &write).await;
+    assert_error(
+        &r,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        Some("Authorization"),
+    );
+    let r = app.get("/v1/keys", &admin).await;
+    let listed = r.ok(StatusCode::OK).as_array().expect("array").clone();
+    let entry = listed
+        .iter()
+        .find(|k| k["id"] == json!(writer_id))
+        .expect("revoked keys are listed");
+    assert!(entry["revoked_at"].is_string());
+    let r = app
+        .call(Method::DELETE, "/v1/keys/key_nope", Some(&admin), None)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    // The reader is untouched.
+    app.get("/v1/workflows", &read).await.ok(StatusCode::OK);
+
+    // Path parameters that are not UTF-8 once percent-decoded.
+    for (method, uri, field) in [
+        (Method::GET, "/v1/workflows/%FF", "workflow"),
+        (Method::GET, "/v1/workflows/quick/versions/%FF", "version"),
+        (Method::GET, "/v1/executions/%C3%28/journal", "execution"),
+        (Method::GET, "/v1/triggers/%FF", "trigger"),
+        (Method::DELETE, "/v1/keys/%FF", "key"),
+        (Method::POST, "/trigger/ok/%FF", "path"),
+    ] {
+        let r = app.call(method, uri, Some(&admin), None).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some(field));
+    }
+
+    // Unknown routes and methods answer in our format too.
+    let r = app.get("/v1/nothing", &admin).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    assert!(
+        r.str("/error/message").starts_with("no route"),
+        "{}",
+        r.text()
+    );
+    let r = app
+        .call(Method::PATCH, "/v1/workflows", Some(&admin), None)
+        .await;
+    assert_error(
+        &r,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+    );
+
+    app.finish().await;
+}
+
+// ---- 2. max entries per subject ---------------------------------------------
+
+async fn max_entries<S: Store>(app: &App<S>) {
+    let k = app.key("me", &["write"]).await;
+    let mut doc = waiter();
+    doc["settings"]["max_entries_per_subject"] = json!(1);
+    app.workflow(&k, "once", doc).await;
+    let first = app.start(&k, "once", json!({"user_id": "u1"})).await;
+    let r = app
+        .post(
+            "/v1/executions",
+            &k,
+            json!({"workflow": "once", "input": {"user_id": "u1"}}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("subject"));
+    let r = app
+        .post(
+            "/v1/executions",
+            &k,
+            json!({"workflow": "once", "input": {"user_id": "u9"}, "subject": "u1"}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("subject"));
+    app.start(&k, "once", json!({"user_id": "u2"})).await;
+    // Still refused after the first one finished: "ever".
+    app.wait_status(&k, &first, "waiting").await;
+    app.post(&format!("/v1/executions/{first}/cancel"), &k, json!({}))
+        .await
+        .ok(StatusCode::ACCEPTED);
+    app.wait_status(&k, &first, "cancelled").await;
+    let r = app
+        .post(
+            "/v1/executions",
+            &k,
+            json!({"workflow": "once", "input": {"user_id": "u1"}}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("subject"));
+    let r = app.get("/v1/executions?subject=u1", &k).await;
+    assert_eq!(
+        ids(r.ok(StatusCode::OK)["items"].as_array().expect("items")),
+        [first]
+    );
+    let r = app.get("/v1/executions", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn max_entries_per_subject_on_sqlite() {
+    let app = sqlite_app().await;
+    max_entries(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn max_entries_per_subject_on_postgres() {
+    let app = pg_app(4).await;
+    max_entries(&app).await;
+    app.finish().await;
+}
+
+// ---- 3. idempotency under concurrency ---------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_many_concurrent_starts_on_postgres() {
+    let app = pg_app(8).await;
+    let k = app.key("idem", &["write"]).await;
+    app.workflow(&k, "wait", waiter()).await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let router = app.api.router.clone();
+        let req = request(
+            Method::POST,
+            "/v1/executions",
+            Some(&k),
+            &[("Idempotency-Key", "checkout-42")],
+            Body::from(
+                json!({"workflow": "wait", "input": {"user_id": format!("u{i}")}}).to_string(),
+            ),
+        );
+        tasks.push(tokio::spawn(async move {
+            let res = router.oneshot(req).await.expect("the router answers");
+            into_resp(res).await
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task"));
+    }
+    let created: Vec<&Resp> = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(created.len(), 1, "exactly one 201");
+    assert_eq!(created[0].json["new"], json!(true));
+    let id = created[0].json["id"].clone();
+    for r in &answers {
+        if r.status != StatusCode::CREATED {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert_eq!(r.json["new"], json!(false));
+        }
+        assert_eq!(r.json["id"], id, "every answer names the same execution");
+    }
+    let r = app.get("/v1/executions?limit=500", &k).await;
+    let items = r.ok(StatusCode::OK)["items"]
+        .as_array()
+        .expect("items")
+        .clone();
+    assert_eq!(items.len(), 1, "one execution exists: {items:#?}");
+    assert_eq!(items[0]["id"], id);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM executions")
+        .fetch_one(app.engine.store().pool())
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
+
+    // Concurrent first entries of one subject into a journey that allows
+    // one: exactly one gets in.
+    let mut doc = waiter();
+    doc["settings"]["max_entries_per_subject"] = json!(1);
+    app.workflow(&k, "once", doc).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let router = app.api.router.clone();
+        let key = format!("entry-{i}");
+        let req = request(
+            Method::POST,
+            "/v1/executions",
+            Some(&k),
+            &[("Idempotency-Key", &key)],
+            Body::from(json!({"workflow": "once", "input": {"user_id": "solo"}}).to_string()),
+        );
+        tasks.push(tokio::spawn(async move {
+            let res = router.oneshot(req).await.expect("the router answers");
+            into_resp(res).await
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        let r = t.await.expect("task");
+        if r.status == StatusCode::CREATED {
+            created += 1;
+        } else {
+            assert_error(&r, StatusCode::CONFLICT, "conflict", Some("subject"));
+        }
+    }
+    assert_eq!(created, 1, "one entry for the subject");
+    let r = app.get("/v1/executions?subject=solo", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
+        Some(1)
+    );
+    app.finish().await;
+}
+
+// ---- 4. namespaces ----------------------------------------------------------
+
+#[tokio::test]
+async fn namespaces_are_isolated_on_postgres() {
+    let app = pg_app(4).await;
+    let a = app.key("a", &["admin"]).await;
+    let b = app.key("b", &["admin"]).await;
+    let wf = app.workflow(&a, "wait", waiter()).await;
+    let exec = app.start(&a, "wait", json!({"user_id": "ada"})).await;
+    app.wait_status(&a, &exec, "waiting").await;
+    let r = app
+        .post(
+            "/v1/workflows/wait/triggers",
+            &a,
+            json!({"kind": "api", "path": "hook"}),
+        )
+        .await;
+    let trigger = r.ok(StatusCode::CREATED)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.post_empty(&format!("/v1/triggers/{trigger}/activate"), &a)
+        .await
+        .ok(StatusCode::OK);
+    let r = app.get("/v1/keys", &a).await;
+    let a_key_id = r.ok(StatusCode::OK)[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // b sees none of it: 404, never 403.
+    let reads = [
+        "/v1/workflows/wait".to_owned(),
+        format!("/v1/workflows/{wf}"),
+        format!("/v1/workflows/{wf}/versions"),
+        format!("/v1/workflows/{wf}/versions/1"),
+        format!("/v1/executions/{exec}"),
+        format!("/v1/executions/{exec}/journal"),
+        format!("/v1/executions/{exec}/nodes"),
+        format!("/v1/triggers/{trigger}"),
+        format!("/v1/triggers?workflow={wf}"),
+        format!("/v1/executions?workflow={wf}"),
+    ];
+    for uri in &reads {
+        let r = app.get(uri, &b).await;
+        assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+        assert!(!r.str("/error/message").starts_with("no route"), "{uri}");
+    }
+    let writes: Vec<(Method, String, Option<Value>)> = vec![
+        (
+            Method::PUT,
+            format!("/v1/workflows/{wf}"),
+            Some(json!({"definition": quick("b")})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/workflows/{wf}/validate"),
+            Some(json!({})),
+        ),
+        (Method::POST, format!("/v1/workflows/{wf}/publish"), None),
+        (Method::POST, format!("/v1/workflows/{wf}/archive"), None),
+        (
+            Method::POST,
+            format!("/v1/workflows/{wf}/triggers"),
+            Some(json!({"kind": "api", "path": "b"})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/executions/{exec}/events"),
+            Some(json!({"name": "go"})),
+        ),
+        (Method::POST, format!("/v1/executions/{exec}/pause"), None),
+        (Method::POST, format!("/v1/executions/{exec}/resume"), None),
+        (Method::POST, format!("/v1/executions/{exec}/cancel"), None),
+        (Method::POST, format!("/v1/executions/{exec}/retry"), None),
+        (Method::POST, format!("/v1/triggers/{trigger}/pause"), None),
+        (Method::POST, format!("/v1/triggers/{trigger}/stop"), None),
+        (Method::DELETE, format!("/v1/triggers/{trigger}"), None),
+        (Method::DELETE, format!("/v1/keys/{a_key_id}"), None),
+        (Method::POST, "/trigger/hook".to_owned(), Some(json!({}))),
+    ];
+    for (method, uri, body) in writes {
+        let r = app.call(method.clone(), &uri, Some(&b), body).await;
+        assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+        assert!(
+            !r.str("/error/message").starts_with("no route"),
+            "{method} {uri}"
+        );
+    }
+    for w in ["wait", wf.as_str()] {
+        let r = app.post("/v1/executions", &b, json!({"workflow": w})).await;
+        assert_error(&r, StatusCode::NOT_FOUND, "not_found", Some("workflow"));
+    }
+    // Listings show only b's own.
+    let b_wf = app.workflow(&b, "wait", waiter()).await;
+    assert_ne!(
+        b_wf, wf,
+        "the same key in another namespace is another workflow"
+    );
+    let r = app.get("/v1/workflows?include_archived=true", &b).await;
+    assert_eq!(
+        ids(r.ok(StatusCode::OK)["items"].as_array().expect("items")),
+        [b_wf.clone()]
+    );
+    let r = app.get("/v1/executions", &b).await;
+    assert_eq!(r.ok(StatusCode::OK)["items"], json!([]));
+    let r = app.get("/v1/triggers", &b).await;
+    assert_eq!(r.ok(StatusCode::OK), &json!([]));
+    let r = app.get("/v1/keys", &b).await;
+    let b_keys = r.ok(StatusCode::OK).as_array().expect("array").clone();
+    assert_eq!(b_keys.len(), 1);
+    assert_eq!(b_keys[0]["namespace"], json!("b"));
+
+    // One idempotency key in two namespaces: two executions.
+    let idem = |key: &str| {
+        request(
+            Method::POST,
+            "/v1/executions",
+            Some(key),
+            &[("Idempotency-Key", "shared")],
+            Body::from(json!({"workflow": "wait", "input": {"user_id": "zed"}}).to_string()),
+        )
+    };
+    let in_a = app.send(idem(&a)).await;
+    let in_a = in_a.ok(StatusCode::CREATED)["id"].clone();
+    let in_b = app.send(idem(&b)).await;
+    assert_eq!(in_b.ok(StatusCode::CREATED)["new"], json!(true));
+    assert_ne!(in_b.json["id"], in_a, "b never gets a's execution");
+    let again = app.send(idem(&b)).await;
+    assert_eq!(again.ok(StatusCode::OK)["id"], in_b.json["id"]);
+
+    // An event in b does not reach a's waiting execution, even with b's own
+    // execution waiting on the same key.
+    let journal = format!("/v1/executions/{exec}/journal?limit=500");
+    let a_journal = app.get(&journal, &a).await.ok(StatusCode::OK).clone();
+    let b_exec = app.start(&b, "wait", json!({"user_id": "ada"})).await;
+    app.wait_status(&b, &b_exec, "waiting").await;
+    let r = app
+        .post("/v1/events", &b, json!({"name": "go", "key": "ada"}))
+        .await;
+    assert_eq!(r.ok(StatusCode::ACCEPTED), &json!({"delivered": 1}));
+    app.wait_status(&b, &b_exec, "completed").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = app.get(&format!("/v1/executions/{exec}"), &a).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["status"],
+        json!("waiting"),
+        "a's execution still waits"
+    );
+    let r = app.get(&journal, &a).await;
+    assert_eq!(r.ok(StatusCode::OK), &a_journal, "a's journal is untouched");
+
+    // a's things are intact, and a's event reaches it.
+    let r = app.get(&format!("/v1/triggers/{trigger}"), &a).await;
+    assert_eq!(r.ok(StatusCode::OK)["state"], json!("active"));
+    let r = app.get("/v1/workflows/wait", &a).await;
+    assert_eq!(r.ok(StatusCode::OK)["archived_at"], Value::Null);
+    assert_eq!(r.json["latest_version"], json!(1));
+    assert_eq!(r.json["draft"], waiter());
+    let r = app.get("/v1/keys", &a).await;
+    assert_eq!(r.ok(StatusCode::OK)[0]["revoked_at"], Value::Null);
+    let r = app
+        .post("/v1/events", &a, json!({"name": "go", "key": "ada"}))
+        .await;
+    assert_eq!(r.ok(StatusCode::ACCEPTED), &json!({"delivered": 1}));
+    app.wait_status(&a, &exec, "completed").await;
+    app.finish().await;
+}
+
+// ---- 5. malformed bodies on every write route -------------------------------
+
+/// Everything a namespace holds, through the list endpoints.
+async fn everything<S: Store>(app: &App<S>, key: &str, exec: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for uri in [
+        "/v1/workflows?include_archived=true&limit=500",
+        "/v1/executions?limit=500",
+        "/v1/triggers",
+        "/v1/keys",
+        "/v1/workflows/wait/versions",
+    ] {
+        let r = app.get(uri, key).await;
+        out.insert(uri.to_owned(), r.ok(StatusCode::OK).clone());
+    }
+    let r = app.get(&format!("/v1/executions/{exec}"), key).await;
+    let mut e = r.ok(StatusCode::OK).clone();
+    // Whether an actor is live right now is not state.
+    e["lease_holder"] = Value::Null;
+    out.insert("execution".into(), e);
+    let r = app
+        .get(&format!("/v1/executions/{exec}/journal?limit=500"), key)
+        .await;
+    out.insert("journal".into(), r.ok(StatusCode::OK).clone());
+    Value::Object(out)
+}
+
+/// A body whose every typed property has the wrong type, from the request
+/// schema in the OpenAPI document.
+fn wrong_types(doc: &Value, schema: &Value) -> (Value, Vec<String>) {
+    let schema = resolve(doc, schema);
+    let mut body = serde_json::Map::new();
+    let mut fields = Vec::new();
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, prop) in props {
+            let prop = resolve(doc, prop);
+            let types: Vec<&str> = match prop.get("type") {
+                Some(Value::String(t)) => vec![t.as_str()],
+                Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+                _ if prop.get("enum").is_some() => vec!["string"],
+                _ => vec![],
+            };
+            let wrong = if types.is_empty() {
+                continue;
+            } else if types.contains(&"string") {
+                json!({"not": "a string"})
+            } else if types.contains(&"boolean") {
+                json!("yes")
+            } else if types.contains(&"integer") || types.contains(&"number") {
+                json!("one")
+            } else if types.contains(&"array") {
+                json!("not an array")
+            } else {
+                json!(12)
+            };
+            body.insert(name.clone(), wrong);
+            fields.push(name.clone());
+        }
+    }
+    (Value::Object(body), fields)
+}
+
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let pointer = r.trim_start_matches('#');
+            doc.pointer(pointer).unwrap_or(schema)
+        }
+        None => schema,
+    }
+}
+
+fn fill(path: &str, params: &BTreeMap<&str, String>) -> String {
+    path.split('/')
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => params
+                    .get(name.trim_start_matches('*'))
+                    .cloned()
+                    .unwrap_or_else(|| "garbage".to_owned()),
+                None => seg.to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_refused_and_write_nothing() {
+    let app = sqlite_app().await;
+    let k = app.key("fz", &["admin"]).await;
+    let wf = app.workflow(&k, "wait", waiter()).await;
+    let exec = app.start(&k, "wait", json!({"user_id": "ada"})).await;
+    app.wait_status(&k, &exec, "waiting").await;
+    let r = app
+        .post(
+            "/v1/workflows/wait/triggers",
+            &k,
+            json!({"kind": "api", "path": "hook"}),
+        )
+        .await;
+    let trigger = r.ok(StatusCode::CREATED)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.post_empty(&format!("/v1/triggers/{trigger}/activate"), &k)
+        .await
+        .ok(StatusCode::OK);
+    let before = everything(&app, &k, &exec).await;
+
+    let real: BTreeMap<&str, String> = [
+        ("workflow", wf.clone()),
+        ("execution", exec.clone()),
+        ("trigger", trigger.clone()),
+        ("path", "hook".to_owned()),
+        ("version", "1".to_owned()),
+        ("key", "key_garbage".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    let garbage: BTreeMap<&str, String> = BTreeMap::new();
+    let not_utf8: BTreeMap<&str, String> = real.keys().map(|k| (*k, "%FF".to_owned())).collect();
+
+    let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let malformed: Vec<(&str, Vec<u8>)> = vec![
+        ("not JSON", b"this is not JSON".to_vec()),
+        (
+            "truncated",
+            br#"{"key": "x", "definition": {"nodes": [{"id": "#.to_vec(),
+        ),
+        ("array", b"[1, 2, 3]".to_vec()),
+        ("number", b"42".to_vec()),
+        ("string", br#""text""#.to_vec()),
+        ("null", b"null".to_vec()),
+        ("nested arrays", nested.clone().into_bytes()),
+        (
+            "nested in a field",
+            format!(r#"{{"definition": {nested}, "input": {nested}, "payload": {nested}}}"#)
+                .into_bytes(),
+        ),
+        (
+            "invalid UTF-8",
+            b"{\"name\": \"\xff\xfe\xfd\", \"key\": \"\xc3\x28\"}".to_vec(),
+        ),
+        ("invalid UTF-8 bare", b"\xff\xfe{}".to_vec()),
+        ("trailing garbage", b"{} {}".to_vec()),
+    ];
+    let big = format!(r#"{{"name": "{}"}}"#, "a".repeat(2 * 1024 * 1024)).into_bytes();
+
+    let doc = app.api.openapi.clone();
+    let mut checked = 0;
+    for (method, path) in &app.api.routes {
+        if *method != Method::POST && *method != Method::PUT {
+            continue;
+        }
+        let doc_path = path.replace("{*", "{");
+        let op = &doc["paths"][&doc_path][method.as_str().to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {path} is documented");
+        let schema = op.pointer("/requestBody/content/application~1json/schema");
+        let takes_body = schema.is_some();
+        // Routes that read no body are tried on ids that do not exist (on
+        // real ones they would do their work); the others on both.
+        let targets: Vec<String> = if takes_body {
+            vec![fill(path, &real), fill(path, &garbage)]
+        } else {
+            vec![fill(path, &garbage)]
+        };
+        let mut bodies: Vec<(String, Vec<u8>, Option<Vec<String>>)> = malformed
+            .iter()
+            .map(|(name, b)| ((*name).to_owned(), b.clone(), None))
+            .collect();
+        // A free-form object (a trigger's input) takes any member of any
+        // type: only the malformed bodies apply.
+        let free_form = schema.is_some_and(|s| resolve(&doc, s).get("properties").is_none());
+        if let Some(schema) = schema.filter(|_| !free_form) {
+            let (wrong, fields) = wrong_types(&doc, schema);
+            // (A validate body's only field, the document, takes any JSON.)
+            assert!(
+                !fields.is_empty() || path.ends_with("/validate"),
+                "{method} {path}: a body has typed fields"
+            );
+            for f in &fields {
+                let mut one = serde_json::Map::new();
+                one.insert(f.clone(), wrong[f].clone());
+                bodies.push((
+                    format!("wrong type of {f}"),
+                    Value::Object(one).to_string().into_bytes(),
+                    Some(vec![f.clone()]),
+                ));
+            }
+            if !fields.is_empty() {
+                bodies.push((
+                    "wrong types".into(),
+                    wrong.to_string().into_bytes(),
+                    Some(fields),
+                ));
+            }
+            bodies.push((
+                "unknown field".into(),
+                br#"{"zz_unknown_field": 1}"#.to_vec(),
+                Some(vec!["zz_unknown_field".to_owned()]),
+            ));
+        }
+        // Path parameters that are not UTF-8 once decoded.
+        let params: Vec<&str> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .map(|p| p.trim_start_matches('*'))
+            .collect();
+        if !params.is_empty() {
+            let uri = fill(path, &not_utf8);
+            for body in [&b"{}"[..], &b"not JSON"[..]] {
+                let r = app
+                    .send(request(
+                        method.clone(),
+                        &uri,
+                        Some(&k),
+                        &[],
+                        Body::from(body),
+                    ))
+                    .await;
+                let what = format!("{method} {uri}: {}", r.text());
+                assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}");
+                assert_error_format(&r);
+                let field = r.str("/error/field");
+                assert!(params.contains(&field.as_str()), "{what}");
+                assert!(
+                    r.str("/error/message").starts_with(&format!("{field}:")),
+                    "{what}"
+                );
+            }
+        }
+        for uri in &targets {
+            for (name, body, fields) in &bodies {
+                let r = app
+                    .send(request(
+                        method.clone(),
+                        uri,
+                        Some(&k),
+                        &[],
+                        Body::from(body.clone()),
+                    ))
+                    .await;
+                let what = format!("{method} {uri} with {name}: {}", r.text());
+                assert!(r.status.is_client_error(), "{what}");
+                assert_error_format(&r);
+                if takes_body {
+                    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}");
+                    assert_eq!(r.str("/error/code"), "invalid_request", "{what}");
+                    let field = r.str("/error/field");
+                    let message = r.str("/error/message");
+                    assert!(message.starts_with(&format!("{field}:")), "{what}");
+                    if let Some(fields) = fields {
+                        assert!(
+                            fields.iter().any(|f| message.contains(f.as_str())),
+                            "the message names one of {fields:?}: {what}"
+                        );
+                    }
+                }
+                checked += 1;
+            }
+            let r = app
+                .send(request(
+                    method.clone(),
+                    uri,
+                    Some(&k),
+                    &[],
+                    Body::from(big.clone()),
+                ))
+                .await;
+            let what = format!("{method} {uri} with 2 MiB: {}", r.text());
+            assert!(r.status.is_client_error(), "{what}");
+            assert_error_format(&r);
+            if takes_body {
+                assert_error(
+                    &r,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    Some("body"),
+                );
+            }
+        }
+    }
+    assert!(checked > 300, "{checked} requests");
+
+    let after = everything(&app, &k, &exec).await;
+    assert_eq!(before, after, "nothing was written");
+    app.finish().await;
+}
+
+// ---- 6. the OpenAPI document ------------------------------------------------
+
+fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "$ref" {
+                    if let Some(s) = v.as_str() {
+                        out.push(s);
+                    }
+                } else {
+                    refs(v, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn openapi_matches_the_routes() {
+    let app = sqlite_app().await;
+    let k = app.key("doc", &["admin"]).await;
+    let r = app.get("/openapi.json", &k).await;
+    assert_eq!(r.ok(StatusCode::OK), &app.api.openapi, "served as built");
+    let doc = &app.api.openapi;
+    assert_eq!(doc["openapi"], json!("3.0.3"));
+    let paths = doc["paths"].as_object().expect("paths");
+
+    // Every route is documented with its method.
+    let routed: BTreeSet<(String, String)> = app
+        .api
+        .routes
+        .iter()
+        .map(|(m, p)| (m.as_str().to_ascii_lowercase(), p.replace("{*", "{")))
+        .collect();
+    assert_eq!(routed.len(), app.api.routes.len(), "no route twice");
+    for (m, p) in &routed {
+        let op = &doc["paths"][p][m];
+        assert!(op.is_object(), "{m} {p} is documented");
+        assert!(op["responses"]["default"].is_object(), "{m} {p}");
+        assert!(op["operationId"].is_string(), "{m} {p}");
+    }
+
+    // Every documented operation is routed, and its path parameters are
+    // declared.
+    let mut documented = BTreeSet::new();
+    let mut operation_ids = BTreeSet::new();
+    for (path, item) in paths {
+        let template: BTreeSet<&str> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .collect();
+        for (method, op) in item.as_object().expect("path item") {
+            documented.insert((method.clone(), path.clone()));
+            assert!(
+                operation_ids.insert(op["operationId"].as_str().expect("id").to_owned()),
+                "operationIds are unique: {method} {path}"
+            );
+            let declared: BTreeSet<&str> = op["parameters"]
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .filter(|p| p["in"] == json!("path"))
+                .map(|p| p["name"].as_str().expect("name"))
+                .collect();
+            assert_eq!(declared, template, "{method} {path}: path parameters");
+            let uri = path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "dummy" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            let m = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("method");
+            let body = (m == Method::POST || m == Method::PUT).then(|| json!({}));
+            let r = app.call(m, &uri, Some(&k), body).await;
+            let what = format!("{method} {uri}: {}", r.text());
+            assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{what}");
+            assert!(!r.status.is_server_error(), "{what}");
+            if r.status == StatusCode::NOT_FOUND {
+                assert_error_format(&r);
+                assert!(!r.str("/error/message").starts_with("no route"), "{what}");
+            }
+        }
+    }
+    assert_eq!(documented, routed, "documented = routed");
+
+    // Every $ref resolves to a schema in components/schemas.
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let mut all = Vec::new();
+    refs(doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("{r} points into components/schemas"));
+        assert!(schemas.contains_key(name), "{r} resolves");
+    }
+
+    // The document describes our error format.
+    let error = resolve(
+        doc,
+        &doc["paths"]["/v1/workflows"]["post"]["responses"]["default"]["content"]["application/json"]
+            ["schema"],
+    );
+    assert!(error["properties"]["error"].is_object(), "{error}");
+    let r = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_error(
+        &r,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        Some("Authorization"),
+    );
+    app.finish().await;
+}

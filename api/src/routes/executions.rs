@@ -2,7 +2,7 @@
 //! executions, direct events, and operator controls.
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ use sojourn_runtime::{EventInput, ExecutionId, Input, Status, check_input};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, IdempotencyKey, Q};
+use crate::extract::{Body, IdempotencyKey, Path, Q};
 use crate::routes::{Page, limit_of};
 use crate::state::AppState;
 

@@ -1,7 +1,7 @@
 //! API keys of the caller's namespace (admin scope).
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -11,7 +11,7 @@ use sojourn_persistence::{ApiKeyRecord, NewApiKey, Store};
 
 use crate::auth::{Caller, generate_key_id, generate_secret, parse_scopes};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Body;
+use crate::extract::{Body, Path};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -6,7 +6,7 @@
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -17,7 +17,7 @@ use sojourn_persistence::{NewTrigger, Store, TriggerRecord};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, IdempotencyKey, Q, parse_json};
+use crate::extract::{Body, IdempotencyKey, Path, Q, parse_json};
 use crate::routes::executions::{StartExecution, start_in};
 use crate::routes::valid_name;
 use crate::state::AppState;

@@ -1,7 +1,7 @@
 //! Workflows: drafts, validation, immutable published versions, archive.
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -13,7 +13,7 @@ use sojourn_runtime::{CompiledWorkflow, Registry, ValidationError, Workflow};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Q, parse_path_number};
+use crate::extract::{Body, Path, Q, parse_path_number};
 use crate::routes::{Page, limit_of, valid_key};
 use crate::state::AppState;
 

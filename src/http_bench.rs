@@ -1,0 +1,191 @@
+//! `sojourn bench --http`: starts executions over HTTP against a running
+//! node (`SOJOURN_URL`, `SOJOURN_API_KEY`) and prints figures.
+//!
+//! - closed loop (default): `--concurrency` clients start executions back
+//!   to back for `--duration` seconds: the most starts per second;
+//! - open loop (`--rate N`): one start every 1/N s whatever the answers do,
+//!   latency measured from when each request was due (no coordinated
+//!   omission): the latency at a given load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::Failure;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct HttpBenchArgs {
+    /// The node's address.
+    #[arg(long, env = "SOJOURN_URL", default_value = "http://127.0.0.1:8080")]
+    pub(crate) url: String,
+    #[arg(long, env = "SOJOURN_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) duration: u64,
+    /// Open loop at this many starts per second (else closed loop).
+    #[arg(long)]
+    pub(crate) rate: Option<u32>,
+}
+
+const WORKFLOW: &str = "bench-http-start";
+
+fn workflow() -> Value {
+    json!({
+        "key": WORKFLOW,
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "score", "type": "function", "config": {"assign": [{"var": "n", "expression": "input.n * 2"}]}},
+            {"id": "done", "type": "exit"}
+        ],
+        "edges": [
+            {"from": "start", "to": "score"},
+            {"from": "score", "to": "done"}
+        ]
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+struct Target {
+    http: reqwest::Client,
+    url: String,
+    key: Option<String>,
+}
+
+impl Target {
+    async fn start(&self, n: u64) -> Result<(), String> {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .json(&json!({"workflow": WORKFLOW, "input": {"n": n}}));
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let _ = resp.bytes().await;
+        if status.as_u16() == 201 {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    }
+}
+
+pub(crate) async fn run(args: HttpBenchArgs, concurrency: usize) -> Result<(), Failure> {
+    let base = args.url.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency.max(64))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("HTTP client")?;
+    // Deploy the benchmark's workflow.
+    let mut apply = http.post(format!("{base}/v1/workflows")).json(&json!({
+        "key": WORKFLOW, "definition": workflow(), "publish": true
+    }));
+    if let Some(k) = &args.api_key {
+        apply = apply.bearer_auth(k);
+    }
+    let resp = apply
+        .send()
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot reach {base}: {e}")))?;
+    let status = resp.status().as_u16();
+    if status != 201 && status != 409 {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "deploying {WORKFLOW}: HTTP {status}: {text}"
+        )));
+    }
+    let target = Arc::new(Target {
+        http,
+        url: format!("{base}/v1/executions"),
+        key: args.api_key.clone(),
+    });
+    // Warm up connections.
+    for i in 0..concurrency.min(64) as u64 {
+        let _ = target.start(i).await;
+    }
+    let duration = Duration::from_secs(args.duration.max(1));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    match args.rate {
+        None => {
+            for w in 0..concurrency.max(1) {
+                let t = target.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut errors = Vec::new();
+                    let mut n = (w as u64) << 32;
+                    while started.elapsed() < duration {
+                        let t0 = Instant::now();
+                        match t.start(n).await {
+                            Ok(()) => lat.push(t0.elapsed().as_secs_f64() * 1e3),
+                            Err(e) => errors.push(e),
+                        }
+                        n += 1;
+                    }
+                    (lat, errors)
+                }));
+            }
+        }
+        Some(rate) => {
+            let rate = rate.max(1);
+            let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+            let total = (f64::from(rate) * duration.as_secs_f64()) as u64;
+            for i in 0..total {
+                let due = started + interval.mul_f64(i as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let t = target.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = t.start(i).await;
+                    let ms = due.elapsed().as_secs_f64() * 1e3;
+                    match r {
+                        Ok(()) => (vec![ms], Vec::new()),
+                        Err(e) => (Vec::new(), vec![e]),
+                    }
+                }));
+            }
+        }
+    }
+    let mut lat = Vec::new();
+    let mut errors = Vec::new();
+    for t in tasks {
+        let (l, e) = t.await.context("joining a load task")?;
+        lat.extend(l);
+        errors.extend(e);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let mode = match args.rate {
+        Some(r) => format!("open loop at {r}/s"),
+        None => format!("closed loop, {concurrency} concurrent"),
+    };
+    println!("HTTP starts against {base} ({mode}, {:.1} s):", elapsed);
+    println!(
+        "  {} started, {} errors: {:.0} starts/s",
+        lat.len(),
+        errors.len(),
+        lat.len() as f64 / elapsed
+    );
+    println!(
+        "  latency p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.90),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    if let Some(e) = errors.first() {
+        println!("  first error: {e}");
+    }
+    Ok(())
+}
