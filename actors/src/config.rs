@@ -7,7 +7,8 @@ use std::time::Duration;
 pub struct Config {
     /// This node's id (claims of timers and outbox rows carry it).
     pub node_id: String,
-    /// The namespace executions are created in until the API brings tenants.
+    /// The namespace of executions started without one (`run`, `bench`,
+    /// dev-mode callers without a key).
     pub namespace: String,
     /// Most transitions written in one database transaction.
     pub max_commit_batch: usize,

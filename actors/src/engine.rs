@@ -164,15 +164,7 @@ impl<S: Store> Engine<S> {
     /// Creates the workflow (by its `key`) if it does not exist and publishes
     /// the document as its next version. Returns `(workflow id, version)`.
     pub async fn deploy(&self, workflow: &Workflow) -> Result<(String, i32), Error> {
-        CompiledWorkflow::compile(workflow, &Registry::builtin()).map_err(|errors| {
-            Error::Validation(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
+        check(workflow)?;
         let key = workflow
             .key
             .clone()
@@ -349,15 +341,7 @@ impl<S: Store> Engine<S> {
         workflow_id: &str,
         workflow: &Workflow,
     ) -> Result<sojourn_persistence::WorkflowVersion, Error> {
-        CompiledWorkflow::compile(workflow, &Registry::builtin()).map_err(|errors| {
-            Error::Validation(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
+        check(workflow)?;
         let v = self
             .ctx
             .store
@@ -412,6 +396,21 @@ impl<S: Store> Engine<S> {
         }
         info!("engine stopped");
     }
+}
+
+/// Validates a document against the built-in registry.
+fn check(workflow: &Workflow) -> Result<(), Error> {
+    CompiledWorkflow::compile(workflow, &Registry::builtin())
+        .map(drop)
+        .map_err(|errors| {
+            Error::Validation(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
 }
 
 /// Periodically activates executions whose inbox holds inputs (after a

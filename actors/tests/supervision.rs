@@ -10,11 +10,10 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_persistence::{
-    ApiKeyRecord, ExecutionQuery, ExecutionSummary, NewApiKey, NewTrigger, TriggerRecord,
-    VersionSummary, WorkflowQuery,
-    AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, Error, ExecutionRecord,
-    FinishedAttempt, InboxItem, JournalRow, NewExecution, NewWorkflow, NodeExecutionRow,
-    OutboxMessage, SqliteStore, Store, WorkflowRecord, WorkflowVersion,
+    ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, Error,
+    ExecutionQuery, ExecutionRecord, ExecutionSummary, FinishedAttempt, InboxItem, JournalRow,
+    NewApiKey, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow, OutboxMessage, SqliteStore,
+    Store, TriggerRecord, VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowVersion,
 };
 use sojourn_runtime::{ExecutionId, Input, Status, Workflow};
 

@@ -78,16 +78,21 @@ async fn drop_stale_schemas(store: &PgStore) {
     .fetch_all(store.pool())
     .await
     .expect("list schemas");
-    let now = uuid::Uuid::now_v7();
-    let now_ms = now.get_timestamp().map(|t| t.to_unix()).unwrap_or((0, 0)).0;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     for s in stale {
-        let Ok(id) = uuid::Uuid::parse_str(&s[PG_PREFIX.len()..]) else {
+        // The schema's name carries a UUIDv7: its creation time.
+        let Some(created) = s
+            .strip_prefix(PG_PREFIX)
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            .and_then(|id| id.get_timestamp())
+            .map(|t| t.to_unix().0)
+        else {
             continue;
         };
-        let Some((secs, _)) = id.get_timestamp().map(|t| t.to_unix()) else {
-            continue;
-        };
-        if now_ms.saturating_sub(secs) > 600 {
+        if now.saturating_sub(created) > 600 {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP SCHEMA IF EXISTS {s} CASCADE"
             )))
@@ -205,17 +210,14 @@ fn assert_error(r: &Resp, status: StatusCode, code: &str, field: Option<&str>) {
     assert_error_format(r);
     assert_eq!(r.str("/error/code"), code, "answer: {}", r.text());
     let message = r.str("/error/message");
-    match field {
-        Some(f) => {
-            assert_eq!(
-                r.json.pointer("/error/field").and_then(Value::as_str),
-                Some(f),
-                "field: {}",
-                r.text()
-            );
-            assert!(message.contains(f), "the message names {f}: {}", r.text());
-        }
-        None => {}
+    if let Some(f) = field {
+        assert_eq!(
+            r.json.pointer("/error/field").and_then(Value::as_str),
+            Some(f),
+            "field: {}",
+            r.text()
+        );
+        assert!(message.contains(f), "the message names {f}: {}", r.text());
     }
 }
 
@@ -832,6 +834,37 @@ async fn workflows<S: Store>(app: &App<S>) {
     assert_error(&r, StatusCode::CONFLICT, "conflict", Some("workflow"));
     let r = app.post_empty("/v1/workflows/nope/archive", &k).await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    // Publishing an update of an archived workflow is refused, and the
+    // draft stays as it was.
+    let before = app
+        .get("/v1/workflows/w2", &k)
+        .await
+        .ok(StatusCode::OK)
+        .clone();
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/workflows/w2",
+            Some(&k),
+            Some(json!({"definition": quick("changed"), "publish": true})),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("workflow"));
+    let after = app.get("/v1/workflows/w2", &k).await;
+    assert_eq!(after.ok(StatusCode::OK), &before, "nothing was written");
+    let r = app.get("/v1/workflows/w2/versions", &k).await;
+    assert_eq!(r.ok(StatusCode::OK).as_array().map(Vec::len), Some(1));
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/workflows/w2",
+            Some(&k),
+            Some(json!({"definition": quick("changed")})),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("workflow"));
+    let after = app.get("/v1/workflows/w2", &k).await;
+    assert_eq!(after.ok(StatusCode::OK), &before, "nothing was written");
 }
 
 #[tokio::test]
@@ -1013,7 +1046,7 @@ async fn executions<S: Store>(app: &App<S>) {
         .await;
     assert_eq!(completed.len(), 3);
     let u1 = app.all_pages(&k, "/v1/executions?subject=u1", 500).await;
-    assert_eq!(ids(&u1), [first.clone()]);
+    assert_eq!(ids(&u1), [first.as_str()]);
     let none = app
         .all_pages(&k, "/v1/executions?subject=u1&status=completed", 500)
         .await;
@@ -1195,6 +1228,24 @@ async fn executions<S: Store>(app: &App<S>) {
         "invalid_request",
         Some("reason"),
     );
+
+    // The first journey of the examples: its function node's variables.
+    let doc: Value =
+        serde_json::from_str(include_str!("../../examples/first-journey.json")).expect("example");
+    let input: Value =
+        serde_json::from_str(include_str!("../../examples/first-journey.input.json"))
+            .expect("example input");
+    app.workflow(&k, "first-journey", doc).await;
+    let fj = app.start(&k, "first-journey", input.clone()).await;
+    let e = app
+        .wait_until(&k, &fj, "asleep at nap", |e| {
+            e["current_node"] == json!("nap")
+        })
+        .await;
+    assert_eq!(e["status"], json!("waiting"));
+    assert_eq!(e["vars"], json!({"score": 70}));
+    assert_eq!(e["subject"], input["user_id"]);
+    assert_eq!(e["wait"]["kind"], json!("delay"), "{e}");
 
     // A failed action: its node execution is listed, and retry is accepted.
     app.workflow(&k, "failing", failing()).await;
@@ -1561,6 +1612,50 @@ async fn triggers<S: Store>(app: &App<S>) {
         .await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
 
+    // Idempotent fires, and a pinned version.
+    let r = app
+        .post(
+            "/v1/workflows/quick/triggers",
+            &k,
+            json!({"kind": "api", "path": "pinned", "config": {"version": 1}}),
+        )
+        .await;
+    let pinned = r.ok(StatusCode::CREATED)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.post_empty(&format!("/v1/triggers/{pinned}/activate"), &k)
+        .await
+        .ok(StatusCode::OK);
+    app.call(
+        Method::PUT,
+        "/v1/workflows/quick",
+        Some(&k),
+        Some(json!({"definition": quick("second"), "publish": true})),
+    )
+    .await
+    .ok(StatusCode::OK);
+    let fire_once = || {
+        request(
+            Method::POST,
+            "/trigger/pinned",
+            Some(&k),
+            &[("Idempotency-Key", "once")],
+            Body::from("{}"),
+        )
+    };
+    let r = app.send(fire_once()).await;
+    let pinned_exec = r.ok(StatusCode::CREATED)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let r = app.send(fire_once()).await;
+    assert_eq!(r.ok(StatusCode::OK)["id"], json!(pinned_exec));
+    assert_eq!(r.json["new"], json!(false));
+    let e = app.wait_status(&k, &pinned_exec, "completed").await;
+    assert_eq!(e["version"], json!(1), "the trigger's pinned version");
+    assert_eq!(e["outcome"], json!("fired"));
+
     // Its path is free again once destroyed.
     let r = app
         .post(
@@ -1571,11 +1666,11 @@ async fn triggers<S: Store>(app: &App<S>) {
         .await;
     r.ok(StatusCode::CREATED);
 
-    // Three fires started three executions of the workflow.
+    // Four fires started four executions of the workflow.
     let r = app.get("/v1/executions?workflow=quick", &k).await;
     assert_eq!(
         r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
-        Some(3)
+        Some(4)
     );
 }
 
@@ -1847,6 +1942,19 @@ async fn keys_scopes_health_and_metrics() {
         None,
     );
 
+    // A node shutting down is not ready and starts nothing.
+    app.engine.shutdown().await;
+    let r = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.json["status"], json!("not ready"));
+    app.call(Method::GET, "/healthz", None, None)
+        .await
+        .ok(StatusCode::OK);
+    let r = app
+        .post("/v1/executions", &admin, json!({"workflow": "quick"}))
+        .await;
+    assert_error(&r, StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
+
     app.finish().await;
 }
 
@@ -1875,6 +1983,22 @@ async fn max_entries<S: Store>(app: &App<S>) {
         .await;
     assert_error(&r, StatusCode::CONFLICT, "conflict", Some("subject"));
     app.start(&k, "once", json!({"user_id": "u2"})).await;
+    // A retried request (same Idempotency-Key) is answered with its
+    // execution, not refused by the limit it filled itself.
+    let idem = || {
+        request(
+            Method::POST,
+            "/v1/executions",
+            Some(&k),
+            &[("Idempotency-Key", "u3-signup")],
+            Body::from(json!({"workflow": "once", "input": {"user_id": "u3"}}).to_string()),
+        )
+    };
+    let r = app.send(idem()).await;
+    let u3 = r.ok(StatusCode::CREATED)["id"].clone();
+    let r = app.send(idem()).await;
+    assert_eq!(r.ok(StatusCode::OK)["id"], u3, "{}", r.text());
+    assert_eq!(r.json["new"], json!(false));
     // Still refused after the first one finished: "ever".
     app.wait_status(&k, &first, "waiting").await;
     app.post(&format!("/v1/executions/{first}/cancel"), &k, json!({}))
@@ -1897,7 +2021,7 @@ async fn max_entries<S: Store>(app: &App<S>) {
     let r = app.get("/v1/executions", &k).await;
     assert_eq!(
         r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
-        Some(2)
+        Some(3)
     );
 }
 
@@ -2111,7 +2235,7 @@ async fn namespaces_are_isolated_on_postgres() {
     let r = app.get("/v1/workflows?include_archived=true", &b).await;
     assert_eq!(
         ids(r.ok(StatusCode::OK)["items"].as_array().expect("items")),
-        [b_wf.clone()]
+        [b_wf.as_str()]
     );
     let r = app.get("/v1/executions", &b).await;
     assert_eq!(r.ok(StatusCode::OK)["items"], json!([]));
@@ -2121,6 +2245,22 @@ async fn namespaces_are_isolated_on_postgres() {
     let b_keys = r.ok(StatusCode::OK).as_array().expect("array").clone();
     assert_eq!(b_keys.len(), 1);
     assert_eq!(b_keys[0]["namespace"], json!("b"));
+    // A key is made in its creator's namespace; naming another is refused.
+    let r = app
+        .post(
+            "/v1/keys",
+            &b,
+            json!({"scopes": ["admin"], "namespace": "a"}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", None);
+    assert!(
+        r.str("/error/message").contains("namespace"),
+        "{}",
+        r.text()
+    );
+    let r = app.get("/v1/keys", &a).await;
+    assert_eq!(r.ok(StatusCode::OK).as_array().map(Vec::len), Some(1));
 
     // One idempotency key in two namespaces: two executions.
     let idem = |key: &str| {

@@ -338,6 +338,15 @@ pub(crate) async fn update<S: Store>(
         check_definition(&req.definition).map_err(invalid_workflow)?;
     }
     let record = find(&app, &caller, &id).await?;
+    if record.archived_at.is_some() {
+        return Err(ApiError::conflict(
+            Some("workflow"),
+            format!(
+                "workflow: {:?} is archived; its draft cannot change",
+                record.key
+            ),
+        ));
+    }
     let record = app
         .engine
         .store()
