@@ -1,0 +1,598 @@
+//! # sojourn-cluster
+//!
+//! What several nodes share beside the database: who is alive (membership
+//! with heartbeats), which node holds each active execution (leases), and
+//! the secret nodes use to talk to each other.
+//!
+//! Two implementations behind one [`Cluster`]:
+//! - **Redis** (`sojourn serve` with `SOJOURN_REDIS_URL`): a lease is a key
+//!   `sojourn:lease:<execution>` holding the node id, taken with `SET NX PX`
+//!   (inside a script that takes a whole batch in one round trip), renewed
+//!   in batches while the actor lives, released on passivation with a
+//!   compare-and-delete. Membership is a key per node with a TTL, refreshed
+//!   by heartbeats.
+//! - **Local** (`sojourn dev`, or a single `serve` without Redis): in-process
+//!   maps; one node, so every lease is its own.
+//!
+//! Redis gives liveness and speed, not safety: the database's lease epoch
+//! fences every write (DESIGN invariant 1), so a lease lost to a Redis
+//! restart or `FLUSHALL` can delay work but never double it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use sojourn_runtime::ExecutionId;
+use tracing::warn;
+
+/// What went wrong in the cluster layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis is unreachable or refused.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis answered something unexpected: {0}")]
+    Protocol(String),
+    #[error("no randomness: {0}")]
+    Random(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A live node, as it describes itself in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    /// Where other nodes reach its internal endpoint (`http://host:port`).
+    pub address: String,
+    /// Execution actors live on it.
+    pub actors: u64,
+    /// Milliseconds since the Unix epoch.
+    pub last_seen_ms: u64,
+    pub started_ms: u64,
+    /// It is passivating its actors and takes no new ones.
+    pub draining: bool,
+}
+
+/// The outcome of asking for one lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// This node holds it now.
+    Mine,
+    /// Another node does.
+    HeldBy(String),
+}
+
+/// The cluster: Redis, or in-process for one node.
+#[derive(Debug)]
+pub struct Cluster {
+    node_id: String,
+    lease_ttl: Duration,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Local(Local),
+    Redis(RedisBackend),
+}
+
+#[derive(Debug, Default)]
+struct Local {
+    nodes: Mutex<HashMap<String, (NodeInfo, u64)>>,
+    drains: Mutex<Vec<String>>,
+    secret: Mutex<Option<String>>,
+}
+
+struct RedisBackend {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    acquire: redis::Script,
+    renew: redis::Script,
+    release: redis::Script,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend").finish_non_exhaustive()
+    }
+}
+
+const PREFIX: &str = "sojourn:";
+/// Leases asked for or renewed in one script call.
+const CHUNK: usize = 1_000;
+
+/// Takes each lease that is free (or already ours); answers the holder of
+/// each. A key that vanished (a Redis restart) is simply free.
+const ACQUIRE: &str = r"
+local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('SET', k, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = ARGV[1]
+  else
+    local cur = redis.call('GET', k)
+    if cur == ARGV[1] then
+      redis.call('PEXPIRE', k, ARGV[2])
+      out[i] = cur
+    elseif not cur then
+      redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+      out[i] = ARGV[1]
+    else
+      out[i] = cur
+    end
+  end
+end
+return out
+";
+
+/// Extends the leases still ours; takes back one that vanished (nobody
+/// took it: the database epoch still fences us if somebody did in
+/// between); answers the indexes of those another node holds now.
+const RENEW: &str = r"
+local lost = {}
+for i, k in ipairs(KEYS) do
+  local cur = redis.call('GET', k)
+  if cur == ARGV[1] then
+    redis.call('PEXPIRE', k, ARGV[2])
+  elseif not cur then
+    redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+";
+
+/// Deletes the leases that are still ours.
+const RELEASE: &str = r"
+local n = 0
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then
+    redis.call('DEL', k)
+    n = n + 1
+  end
+end
+return n
+";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn lease_key(id: &ExecutionId) -> String {
+    format!("{PREFIX}lease:{id}")
+}
+
+fn node_key(id: &str) -> String {
+    format!("{PREFIX}node:{id}")
+}
+
+fn ttl_ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+impl Cluster {
+    /// One node, in-process.
+    pub fn local(node_id: impl Into<String>, lease_ttl: Duration) -> Cluster {
+        Cluster {
+            node_id: node_id.into(),
+            lease_ttl,
+            backend: Backend::Local(Local::default()),
+        }
+    }
+
+    /// Redis at `url`. Connects lazily: a node starts while Redis is down
+    /// and keeps trying (each operation fails until it answers).
+    pub fn redis(url: &str, node_id: impl Into<String>, lease_ttl: Duration) -> Result<Cluster> {
+        let client = redis::Client::open(url)?;
+        Ok(Cluster {
+            node_id: node_id.into(),
+            lease_ttl,
+            backend: Backend::Redis(RedisBackend {
+                client,
+                conn: tokio::sync::Mutex::new(None),
+                acquire: redis::Script::new(ACQUIRE),
+                renew: redis::Script::new(RENEW),
+                release: redis::Script::new(RELEASE),
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// Whether this is a real, shared cluster (Redis).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// Whether Redis answers (always, in-process).
+    pub async fn ping(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Local(_) => Ok(()),
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                let _: String = redis::cmd("PING").query_async(&mut c).await?;
+                Ok(())
+            }
+        }
+    }
+
+    // ---- leases -------------------------------------------------------------
+
+    /// Takes the leases of `ids` where they are free; one answer per id, in
+    /// order.
+    pub async fn acquire(&self, ids: &[ExecutionId]) -> Result<Vec<Lease>> {
+        match &self.backend {
+            Backend::Local(_) => Ok(vec![Lease::Mine; ids.len()]),
+            Backend::Redis(r) => {
+                let mut out = Vec::with_capacity(ids.len());
+                let mut c = r.conn().await?;
+                for chunk in ids.chunks(CHUNK) {
+                    let mut inv = r.acquire.prepare_invoke();
+                    for id in chunk {
+                        inv.key(lease_key(id));
+                    }
+                    inv.arg(&self.node_id).arg(ttl_ms(self.lease_ttl));
+                    let holders: Vec<String> = inv.invoke_async(&mut c).await?;
+                    if holders.len() != chunk.len() {
+                        return Err(Error::Protocol(format!(
+                            "acquire answered {} holders for {} leases",
+                            holders.len(),
+                            chunk.len()
+                        )));
+                    }
+                    out.extend(holders.into_iter().map(|h| {
+                        if h == self.node_id {
+                            Lease::Mine
+                        } else {
+                            Lease::HeldBy(h)
+                        }
+                    }));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Extends the leases of `ids`; returns those another node holds now
+    /// (lost: their actors must stop at once).
+    pub async fn renew(&self, ids: &[ExecutionId]) -> Result<Vec<ExecutionId>> {
+        match &self.backend {
+            Backend::Local(_) => Ok(Vec::new()),
+            Backend::Redis(r) => {
+                let mut lost = Vec::new();
+                let mut c = r.conn().await?;
+                for chunk in ids.chunks(CHUNK) {
+                    let mut inv = r.renew.prepare_invoke();
+                    for id in chunk {
+                        inv.key(lease_key(id));
+                    }
+                    inv.arg(&self.node_id).arg(ttl_ms(self.lease_ttl));
+                    let idx: Vec<usize> = inv.invoke_async(&mut c).await?;
+                    for i in idx {
+                        if let Some(id) = i.checked_sub(1).and_then(|i| chunk.get(i)) {
+                            lost.push(id.clone());
+                        }
+                    }
+                }
+                Ok(lost)
+            }
+        }
+    }
+
+    /// Gives back the leases of `ids` that are still ours.
+    pub async fn release(&self, ids: &[ExecutionId]) -> Result<()> {
+        match &self.backend {
+            Backend::Local(_) => Ok(()),
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                for chunk in ids.chunks(CHUNK) {
+                    let mut inv = r.release.prepare_invoke();
+                    for id in chunk {
+                        inv.key(lease_key(id));
+                    }
+                    inv.arg(&self.node_id);
+                    let _: i64 = inv.invoke_async(&mut c).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The node holding an execution's lease, if any.
+    pub async fn holder(&self, id: &ExecutionId) -> Result<Option<String>> {
+        match &self.backend {
+            Backend::Local(_) => Ok(None),
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                Ok(redis::cmd("GET")
+                    .arg(lease_key(id))
+                    .query_async(&mut c)
+                    .await?)
+            }
+        }
+    }
+
+    // ---- membership ---------------------------------------------------------
+
+    /// Registers or refreshes this node; it counts as dead `ttl` after its
+    /// last heartbeat.
+    pub async fn heartbeat(&self, info: &NodeInfo, ttl: Duration) -> Result<()> {
+        match &self.backend {
+            Backend::Local(l) => {
+                if let Ok(mut m) = l.nodes.lock() {
+                    m.insert(info.id.clone(), (info.clone(), now_ms() + ttl_ms(ttl)));
+                }
+                Ok(())
+            }
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                let json =
+                    serde_json::to_string(info).map_err(|e| Error::Protocol(e.to_string()))?;
+                let _: () = redis::pipe()
+                    .cmd("SET")
+                    .arg(node_key(&info.id))
+                    .arg(json)
+                    .arg("PX")
+                    .arg(ttl_ms(ttl))
+                    .ignore()
+                    .cmd("SADD")
+                    .arg(format!("{PREFIX}nodes"))
+                    .arg(&info.id)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes this node at once (a clean stop), instead of after its TTL.
+    pub async fn leave(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Local(l) => {
+                if let Ok(mut m) = l.nodes.lock() {
+                    m.remove(&self.node_id);
+                }
+                Ok(())
+            }
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                let _: () = redis::pipe()
+                    .cmd("DEL")
+                    .arg(node_key(&self.node_id))
+                    .ignore()
+                    .cmd("SREM")
+                    .arg(format!("{PREFIX}nodes"))
+                    .arg(&self.node_id)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The live nodes, and the ids of nodes whose heartbeat expired (each
+    /// reported dead once, to the one caller that removes it).
+    pub async fn members(&self) -> Result<(Vec<NodeInfo>, Vec<String>)> {
+        match &self.backend {
+            Backend::Local(l) => {
+                let now = now_ms();
+                let mut live = Vec::new();
+                let mut dead = Vec::new();
+                if let Ok(mut m) = l.nodes.lock() {
+                    m.retain(|id, (info, until)| {
+                        if *until >= now {
+                            live.push(info.clone());
+                            true
+                        } else {
+                            dead.push(id.clone());
+                            false
+                        }
+                    });
+                }
+                live.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok((live, dead))
+            }
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                let ids: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(format!("{PREFIX}nodes"))
+                    .query_async(&mut c)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                let keys: Vec<String> = ids.iter().map(|i| node_key(i)).collect();
+                let values: Vec<Option<String>> =
+                    redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+                let mut live = Vec::new();
+                let mut dead = Vec::new();
+                for (id, v) in ids.into_iter().zip(values) {
+                    match v.and_then(|v| serde_json::from_str::<NodeInfo>(&v).ok()) {
+                        Some(info) => live.push(info),
+                        None => {
+                            // Only the caller whose SREM removed it reports it.
+                            let removed: i64 = redis::cmd("SREM")
+                                .arg(format!("{PREFIX}nodes"))
+                                .arg(&id)
+                                .query_async(&mut c)
+                                .await?;
+                            if removed == 1 {
+                                dead.push(id);
+                            }
+                        }
+                    }
+                }
+                live.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok((live, dead))
+            }
+        }
+    }
+
+    /// Asks a node to drain (passivate its actors and take no new ones).
+    pub async fn request_drain(&self, node: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Local(l) => {
+                if let Ok(mut d) = l.drains.lock() {
+                    d.push(node.to_owned());
+                }
+                Ok(())
+            }
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                let _: () = redis::cmd("SET")
+                    .arg(format!("{PREFIX}drain:{node}"))
+                    .arg(now_ms())
+                    .arg("PX")
+                    .arg(3_600_000u64)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether this node was asked to drain.
+    pub async fn drain_requested(&self) -> Result<bool> {
+        match &self.backend {
+            Backend::Local(l) => Ok(l
+                .drains
+                .lock()
+                .map(|d| d.iter().any(|n| *n == self.node_id))
+                .unwrap_or(false)),
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                let v: Option<String> = redis::cmd("GET")
+                    .arg(format!("{PREFIX}drain:{}", self.node_id))
+                    .query_async(&mut c)
+                    .await?;
+                Ok(v.is_some())
+            }
+        }
+    }
+
+    /// Clears a drain request for this node (a restarted node takes work
+    /// again).
+    pub async fn clear_drain(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Local(l) => {
+                if let Ok(mut d) = l.drains.lock() {
+                    d.retain(|n| *n != self.node_id);
+                }
+                Ok(())
+            }
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                let _: () = redis::cmd("DEL")
+                    .arg(format!("{PREFIX}drain:{}", self.node_id))
+                    .query_async(&mut c)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The secret nodes present to each other's internal endpoint: made by
+    /// the first node that asks, shared through Redis.
+    pub async fn secret(&self) -> Result<String> {
+        let mut bytes = [0u8; 24];
+        getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+        let fresh = hex::encode(bytes);
+        match &self.backend {
+            Backend::Local(l) => {
+                let mut s = l
+                    .secret
+                    .lock()
+                    .map_err(|_| Error::Protocol("poisoned".into()))?;
+                Ok(s.get_or_insert(fresh).clone())
+            }
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                let key = format!("{PREFIX}cluster-secret");
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&fresh)
+                    .arg("NX")
+                    .query_async(&mut c)
+                    .await?;
+                let v: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
+                v.ok_or_else(|| Error::Protocol("the cluster secret vanished".into()))
+            }
+        }
+    }
+}
+
+impl RedisBackend {
+    /// The shared connection, made on first use (and again after a failed
+    /// first attempt); it reconnects by itself afterwards.
+    async fn conn(&self) -> Result<ConnectionManager> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        match ConnectionManager::new_with_config(self.client.clone(), config).await {
+            Ok(c) => {
+                *guard = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                warn!(error = %e, "redis unreachable");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_leases_are_always_ours_and_members_expire() {
+        let c = Cluster::local("n1", Duration::from_secs(5));
+        let ids = vec![ExecutionId::new("exe_a".to_owned())];
+        assert_eq!(c.acquire(&ids).await.expect("acquire"), vec![Lease::Mine]);
+        assert!(c.renew(&ids).await.expect("renew").is_empty());
+        let info = NodeInfo {
+            id: "n1".into(),
+            address: "http://127.0.0.1:1".into(),
+            actors: 3,
+            last_seen_ms: now_ms(),
+            started_ms: now_ms(),
+            draining: false,
+        };
+        c.heartbeat(&info, Duration::from_millis(50))
+            .await
+            .expect("beat");
+        let (live, dead) = c.members().await.expect("members");
+        assert_eq!((live.len(), dead.len()), (1, 0));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let (live, dead) = c.members().await.expect("members");
+        assert_eq!((live.len(), dead), (0, vec!["n1".to_owned()]));
+        assert!(!c.drain_requested().await.expect("drain"));
+        c.request_drain("n1").await.expect("drain");
+        assert!(c.drain_requested().await.expect("drain"));
+        assert_eq!(
+            c.secret().await.expect("secret"),
+            c.secret().await.expect("secret")
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The Redis cluster backend against a real Redis: a private `redis-server`
+//! on a free port, so the test may flush and restart it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sojourn_cluster::{Cluster, Lease, NodeInfo};
+use sojourn_runtime::ExecutionId;
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) {
+        let ok = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli")
+            .success();
+        assert!(ok, "redis-cli {args:?}");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn ids(n: usize) -> Vec<ExecutionId> {
+    (0..n)
+        .map(|i| ExecutionId::new(format!("exe_{i}")))
+        .collect()
+}
+
+fn info(id: &str) -> NodeInfo {
+    NodeInfo {
+        id: id.into(),
+        address: format!("http://{id}"),
+        actors: 0,
+        last_seen_ms: 0,
+        started_ms: 0,
+        draining: false,
+    }
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_renewed_released_and_survive_a_flush_by_fencing() {
+    let redis = Redis::start(free_port());
+    let ttl = Duration::from_millis(400);
+    let a = Cluster::redis(&redis.url(), "a", ttl).expect("a");
+    let b = Cluster::redis(&redis.url(), "b", ttl).expect("b");
+    let all = ids(2_500); // more than one script chunk
+    let got = a.acquire(&all).await.expect("acquire");
+    assert!(got.iter().all(|l| *l == Lease::Mine));
+    // Taken: b is told who holds them; asking again keeps them a's.
+    let got = b.acquire(&all[..3]).await.expect("acquire");
+    assert_eq!(got, vec![Lease::HeldBy("a".into()); 3]);
+    assert_eq!(
+        a.acquire(&all[..1]).await.expect("again"),
+        vec![Lease::Mine]
+    );
+    assert_eq!(b.holder(&all[0]).await.expect("holder"), Some("a".into()));
+    // b renewing a's leases learns they are lost to it.
+    assert_eq!(b.renew(&all[..2]).await.expect("renew"), all[..2].to_vec());
+    // Renewed by a, they outlive their first TTL.
+    for _ in 0..4 {
+        tokio::time::sleep(ttl / 3).await;
+        assert!(a.renew(&all).await.expect("renew").is_empty());
+    }
+    assert_eq!(
+        b.acquire(&all[..1]).await.expect("acquire"),
+        vec![Lease::HeldBy("a".into())]
+    );
+    // Released by b: nothing (not b's); by a: free for b.
+    b.release(&all[..1]).await.expect("release");
+    assert_eq!(b.holder(&all[0]).await.expect("holder"), Some("a".into()));
+    a.release(&all[..1]).await.expect("release");
+    assert_eq!(
+        b.acquire(&all[..1]).await.expect("acquire"),
+        vec![Lease::Mine]
+    );
+    // Not renewed, a's leases expire and b takes them.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(
+        b.acquire(&all[1..3]).await.expect("acquire"),
+        vec![Lease::Mine; 2]
+    );
+    // After a FLUSHALL, a renews what nobody took (fencing in the database
+    // guards the gap) and learns which ones b holds.
+    redis.cli(&["FLUSHALL"]);
+    assert_eq!(
+        b.acquire(&all[5..6]).await.expect("acquire"),
+        vec![Lease::Mine]
+    );
+    let lost = a.renew(&all[4..8]).await.expect("renew");
+    assert_eq!(lost, vec![all[5].clone()]);
+    assert_eq!(a.holder(&all[4]).await.expect("holder"), Some("a".into()));
+}
+
+#[tokio::test]
+async fn members_expire_once_and_redis_restarts_are_survived() {
+    let port = free_port();
+    let redis = Redis::start(port);
+    let a = Cluster::redis(&redis.url(), "a", Duration::from_secs(5)).expect("a");
+    let b = Cluster::redis(&redis.url(), "b", Duration::from_secs(5)).expect("b");
+    a.heartbeat(&info("a"), Duration::from_secs(10))
+        .await
+        .expect("beat");
+    b.heartbeat(&info("b"), Duration::from_millis(200))
+        .await
+        .expect("beat");
+    let (live, dead) = a.members().await.expect("members");
+    assert_eq!(
+        live.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    assert!(dead.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (first, second) = tokio::join!(a.members(), b.members());
+    let (live, dead_a) = first.expect("members");
+    let (_, dead_b) = second.expect("members");
+    assert_eq!(
+        live.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        vec!["a"]
+    );
+    // Exactly one caller is told that b died.
+    assert_eq!(dead_a.len() + dead_b.len(), 1);
+    // Drain requests reach their node.
+    assert!(!b.drain_requested().await.expect("drain"));
+    a.request_drain("b").await.expect("drain");
+    assert!(b.drain_requested().await.expect("drain"));
+    b.clear_drain().await.expect("clear");
+    assert!(!b.drain_requested().await.expect("drain"));
+    assert_eq!(a.secret().await.expect("s"), b.secret().await.expect("s"));
+    // Redis goes away: operations fail fast; it comes back empty: they work.
+    drop(redis);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    assert!(a.ping().await.is_err());
+    assert!(a.acquire(&ids(1)).await.is_err());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let _redis = Redis::start(port);
+    let mut ok = false;
+    for _ in 0..50 {
+        if a.acquire(&ids(1)).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the cluster reconnects after a Redis restart");
+}
