@@ -223,11 +223,17 @@ impl<S: Store> Engine<S> {
             .resolve(&**store, ns, &req.workflow)
             .await?;
         let version = req.version.unwrap_or(latest);
-        let wf = self
+        let wf = match self
             .ctx
             .workflows
             .get(&**store, &workflow_id, version)
-            .await?;
+            .await
+        {
+            Err(Error::WorkflowNotFound(_)) if req.version.is_some() => {
+                return Err(Error::VersionNotFound { version });
+            }
+            other => other?,
+        };
         let snapshot = wf.new_execution(
             ids::new_execution_id(),
             req.input,
@@ -249,7 +255,8 @@ impl<S: Store> Engine<S> {
                 snapshot,
             })
             .await
-            .map_err(Error::Actor)?;
+            .map_err(Error::Actor)?
+            .map_err(Error::Rejected)?;
         match created {
             Created::New(id) => {
                 self.ctx.stats.started_by_workflow.inc(&workflow_id);

@@ -23,6 +23,12 @@ pub enum Error {
         "subject: this subject already has the workflow's maximum of {limit} entries (max_entries_per_subject)"
     )]
     LimitReached { limit: u32 },
+    /// The database refused this execution's data (a NUL character, a
+    /// subject too long to index).
+    #[error("the database refused this execution's data: {0}")]
+    Rejected(String),
+    #[error("the workflow has no version {version}")]
+    VersionNotFound { version: i32 },
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("actor system: {0}")]

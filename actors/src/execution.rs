@@ -102,6 +102,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                 asked_to_passivate: false,
             });
         }
+        Stats::add(&ctx.stats.rehydrations, 1);
         let (record, inbox) = async { ctx.activator.call(id.clone()).await }
             .instrument(span.clone())
             .await?

@@ -117,11 +117,19 @@ impl LabeledCounter {
 }
 
 /// Histograms keyed by a set of label values (e.g. HTTP method, route and
-/// status).
+/// status), found by a hash of the values (no allocation once a series
+/// exists).
 #[derive(Debug)]
 pub struct LabeledHistogram {
     bounds: &'static [f64],
-    series: RwLock<HashMap<Vec<String>, Histogram>>,
+    series: RwLock<HashMap<u64, (Vec<String>, Histogram)>>,
+}
+
+fn hash_labels(labels: &[&str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    labels.hash(&mut h);
+    h.finish()
 }
 
 impl LabeledHistogram {
@@ -133,36 +141,38 @@ impl LabeledHistogram {
     }
 
     pub fn observe(&self, labels: &[&str], seconds: f64) {
+        let key = hash_labels(labels);
         if let Ok(m) = self.series.read()
-            && let Some(h) = m
-                .iter()
-                .find(|(k, _)| k.iter().map(String::as_str).eq(labels.iter().copied()))
-                .map(|(_, h)| h)
+            && let Some((_, h)) = m.get(&key)
         {
             h.observe(seconds);
             return;
         }
         if let Ok(mut m) = self.series.write() {
-            m.entry(labels.iter().map(|s| (*s).to_owned()).collect())
-                .or_insert_with(|| Histogram::new(self.bounds))
+            m.entry(key)
+                .or_insert_with(|| {
+                    (
+                        labels.iter().map(|s| (*s).to_owned()).collect(),
+                        Histogram::new(self.bounds),
+                    )
+                })
+                .1
                 .observe(seconds);
         }
     }
 
     fn encode(&self, out: &mut String, name: &str, label_names: &[&str]) {
         let Ok(m) = self.series.read() else { return };
-        let mut keys: Vec<&Vec<String>> = m.keys().collect();
-        keys.sort();
-        for k in keys {
+        let mut rows: Vec<&(Vec<String>, Histogram)> = m.values().collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        for (values, h) in rows {
             let labels = label_names
                 .iter()
-                .zip(k)
+                .zip(values)
                 .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
                 .collect::<Vec<_>>()
                 .join(",");
-            if let Some(h) = m.get(k) {
-                h.encode(out, name, &labels);
-            }
+            h.encode(out, name, &labels);
         }
     }
 }

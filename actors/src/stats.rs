@@ -12,6 +12,8 @@ pub struct Stats {
     pub transitions: AtomicU64,
     pub fenced: AtomicU64,
     pub activations: AtomicU64,
+    /// Activations that loaded a snapshot (not new executions).
+    pub rehydrations: AtomicU64,
     pub passivations: AtomicU64,
     pub restarts: AtomicU64,
     pub timers_fired: AtomicU64,
@@ -42,6 +44,7 @@ impl Default for Stats {
             transitions: AtomicU64::default(),
             fenced: AtomicU64::default(),
             activations: AtomicU64::default(),
+            rehydrations: AtomicU64::default(),
             passivations: AtomicU64::default(),
             restarts: AtomicU64::default(),
             timers_fired: AtomicU64::default(),
@@ -122,9 +125,14 @@ impl Stats {
             &self.cancelled_by_workflow,
         );
         e.counter(
-            "sojourn_rehydrations_total",
-            "Execution actors activated (new or rehydrated from a snapshot).",
+            "sojourn_activations_total",
+            "Execution actors started (new executions and rehydrations).",
             get(&self.activations),
+        );
+        e.counter(
+            "sojourn_rehydrations_total",
+            "Execution actors rehydrated from a stored snapshot.",
+            get(&self.rehydrations),
         );
         e.counter(
             "sojourn_passivations_total",

@@ -125,7 +125,7 @@ impl Store for Flaky {
     ) -> Result<Option<WorkflowVersion>, Error> {
         self.0.get_version(id, v).await
     }
-    async fn create_executions(&self, batch: Vec<NewExecution>) -> Result<Vec<Created>, Error> {
+    async fn create_executions(&self, batch: &[NewExecution]) -> Result<Vec<Created>, Error> {
         self.0.create_executions(batch).await
     }
     async fn pending_executions(

@@ -119,6 +119,8 @@ pub fn parse_scopes(names: &[String]) -> Result<Vec<String>, ApiError> {
 /// key stops working within [`KEY_CACHE_TTL`].
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 
+const MAX_CACHED_KEYS: usize = 10_000;
+
 #[derive(Debug, Default)]
 pub(crate) struct KeyCache {
     entries: Mutex<HashMap<String, (Option<Caller>, Instant)>>,
@@ -133,8 +135,13 @@ impl KeyCache {
 
     fn put(&self, hash: String, caller: Option<Caller>) {
         if let Ok(mut m) = self.entries.lock() {
-            if m.len() > 10_000 {
-                m.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+            if m.len() >= MAX_CACHED_KEYS {
+                // Bounded: expired entries go, then unknown keys (a flood of
+                // made-up ones), then everything.
+                m.retain(|_, (c, at)| c.is_some() && at.elapsed() < KEY_CACHE_TTL);
+                if m.len() >= MAX_CACHED_KEYS {
+                    m.clear();
+                }
             }
             m.insert(hash, (caller, Instant::now()));
         }

@@ -116,6 +116,9 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
+            e @ StoreError::Database(_) if e.is_data_error() => {
+                ApiError::invalid("body", format!("the database refused a value: {e}"))
+            }
             StoreError::Database(e) => {
                 error!(error = %e, "database error");
                 ApiError::unavailable("the database is unavailable or failed; retry")
@@ -153,6 +156,15 @@ impl From<EngineError> for ApiError {
                 ApiError::invalid(field, message)
             }
             EngineError::Start(e) => ApiError::conflict(None, e.to_string()),
+            EngineError::VersionNotFound { version } => ApiError {
+                field: Some("version".into()),
+                ..ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("version: the workflow has no published version {version}"),
+                )
+            },
+            EngineError::Rejected(m) => ApiError::invalid("input", m),
             e @ EngineError::LimitReached { .. } => {
                 ApiError::conflict(Some("subject"), e.to_string())
             }

@@ -44,8 +44,39 @@ pub(crate) fn body_rejection(e: BytesRejection) -> ApiError {
     }
 }
 
+/// Whether JSON text holds an escaped NUL character (`\u0000` after an
+/// even number of backslashes), which PostgreSQL cannot store.
+fn has_escaped_nul(bytes: &[u8]) -> bool {
+    let mut backslashes = 0usize;
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if *b == b'u' && backslashes % 2 == 1 && bytes.get(i + 1..i + 5) == Some(b"0000") {
+            return true;
+        }
+        backslashes = 0;
+    }
+    false
+}
+
+/// Refuses a percent-encoded NUL (`%00`) in a path or query.
+pub(crate) fn refuse_nul(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.contains("%00") {
+        return Err(ApiError::invalid(field, "contains a NUL character (%00)"));
+    }
+    Ok(())
+}
+
 /// Parses a JSON body, naming the field at fault.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if has_escaped_nul(bytes) {
+        return Err(ApiError::invalid(
+            "body",
+            "contains a NUL character (\\u0000), which cannot be stored",
+        ));
+    }
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -85,6 +116,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        refuse_nul("path", parts.uri.path())?;
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(v)| Path(v))
@@ -118,6 +150,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or("");
+        refuse_nul("query", query)?;
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize::<_, T>(de)
             .map(Q)
@@ -161,4 +194,19 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 pub fn parse_path_number<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, ApiError> {
     text.parse()
         .map_err(|_| ApiError::invalid(field, format!("{text:?} is not a number")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_nuls_are_found_and_escaped_backslashes_are_not() {
+        assert!(has_escaped_nul(br#"{"a": "x\u0000y"}"#));
+        assert!(has_escaped_nul(br#"{"a": "\\\u0000"}"#));
+        assert!(!has_escaped_nul(br#"{"a": "\\u0000"}"#));
+        assert!(!has_escaped_nul(br#"{"a": "\u0001"}"#));
+        let e = parse_json::<serde_json::Value>(br#"{"name": "a\u0000"}"#).expect_err("nul");
+        assert_eq!(e.field.as_deref(), Some("body"));
+    }
 }

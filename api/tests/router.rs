@@ -2039,6 +2039,80 @@ async fn max_entries_per_subject_on_postgres() {
     app.finish().await;
 }
 
+/// A start whose data PostgreSQL refuses (a subject too long to index,
+/// computed from the input) fails alone with a 400, while starts sharing its
+/// batch succeed; NUL characters are refused before they reach the
+/// database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_the_database_refuses_fails_only_its_own_start_on_postgres() {
+    let app = pg_app(8).await;
+    let k = app.key("bad-data", &["write"]).await;
+    app.workflow(&k, "wait", waiter()).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let router = app.api.router.clone();
+        // Incompressible, so too long for a B-tree index entry.
+        let user = if i == 7 {
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            (0..10_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect::<String>()
+        } else {
+            format!("u{i}")
+        };
+        let req = request(
+            Method::POST,
+            "/v1/executions",
+            Some(&k),
+            &[],
+            Body::from(json!({"workflow": "wait", "input": {"user_id": user}}).to_string()),
+        );
+        tasks.push(tokio::spawn(async move {
+            let res = router.oneshot(req).await.expect("answer");
+            (i, into_resp(res).await)
+        }));
+    }
+    for t in tasks {
+        let (i, r) = t.await.expect("join");
+        if i == 7 {
+            assert_error(
+                &r,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                Some("input"),
+            );
+        } else {
+            r.ok(StatusCode::CREATED);
+        }
+    }
+    let listed = app.all_pages(&k, "/v1/executions", 100).await;
+    assert_eq!(listed.len(), 39);
+    let r = app
+        .post(
+            "/v1/executions",
+            &k,
+            json!({"workflow": "wait", "input": {"user_id": "a\u{0}b"}}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("body"));
+    let r = app.get("/v1/workflows/%00", &k).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("path"));
+    let r = app.get("/v1/executions?subject=%00", &k).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("query"),
+    );
+    assert_eq!(app.all_pages(&k, "/v1/executions", 100).await.len(), 39);
+    app.finish().await;
+}
+
 // ---- 3. idempotency under concurrency ---------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

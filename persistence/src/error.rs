@@ -27,6 +27,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The database refused the data itself (SQLSTATE classes 22, data
+    /// exception, and 54, program limit: a NUL byte, a value too long to
+    /// index): the caller's input is at fault, retrying will not help.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("54")),
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
         move |source| Error::Corrupt { what, source }
     }

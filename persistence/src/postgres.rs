@@ -756,7 +756,7 @@ impl Store for PgStore {
         row.as_ref().map(trigger_row).transpose()
     }
 
-    async fn create_executions(&self, batch: Vec<NewExecution>) -> Result<Vec<Created>> {
+    async fn create_executions(&self, batch: &[NewExecution]) -> Result<Vec<Created>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -764,7 +764,7 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         // Only a batch with subject limits pays for locks and counts.
         let decided = if batch.iter().any(|e| subject_limit(e).is_some()) {
-            admit_limited(&mut tx, &batch).await?
+            admit_limited(&mut tx, batch).await?
         } else {
             vec![None; n]
         };

@@ -624,10 +624,10 @@ impl Store for SqliteStore {
         row.as_ref().map(trigger_row).transpose()
     }
 
-    async fn create_executions(&self, batch: Vec<NewExecution>) -> Result<Vec<Created>> {
+    async fn create_executions(&self, batch: &[NewExecution]) -> Result<Vec<Created>> {
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
-        for new in &batch {
+        for new in batch {
             let s = &new.snapshot;
             // One connection: counting inside the transaction is enough.
             if let (Some(limit), Some(subject)) = (new.max_entries, s.subject.as_deref()) {

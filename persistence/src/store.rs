@@ -98,7 +98,7 @@ pub trait Store: Send + Sync + 'static {
     /// `pending`, which is how recovery finds it after a crash.
     fn create_execution(&self, new: NewExecution) -> impl Future<Output = Result<Created>> + Send {
         async move {
-            let mut created = self.create_executions(vec![new]).await?;
+            let mut created = self.create_executions(std::slice::from_ref(&new)).await?;
             created
                 .pop()
                 .ok_or_else(|| crate::Error::Invalid("create_executions returned nothing".into()))
@@ -109,7 +109,7 @@ pub trait Store: Send + Sync + 'static {
     /// order.
     fn create_executions(
         &self,
-        batch: Vec<NewExecution>,
+        batch: &[NewExecution],
     ) -> impl Future<Output = Result<Vec<Created>>> + Send;
 
     /// Executions still `pending` that were created before `before`.

@@ -1050,7 +1050,7 @@ async fn pending_executions_are_found_for_recovery_and_batches_create_idempotent
     };
     let batch = vec![new(Some("a")), new(None), new(Some("a")), new(Some("b"))];
     let first_id = batch[0].snapshot.execution_id.clone();
-    let created = store.create_executions(batch).await.expect("create");
+    let created = store.create_executions(&batch).await.expect("create");
     assert_eq!(created.len(), 4);
     assert_eq!(created[0], Created::New(first_id.clone()));
     assert!(matches!(created[1], Created::New(_)));
@@ -2193,7 +2193,7 @@ async fn max_entries_limit_the_executions_of_a_subject<S: Store>(store: &S) {
         .iter()
         .map(|e| e.snapshot.execution_id.clone())
         .collect();
-    let created = store.create_executions(batch).await.expect("create batch");
+    let created = store.create_executions(&batch).await.expect("create batch");
     assert_eq!(
         created,
         [
@@ -2236,17 +2236,16 @@ async fn max_entries_hold_when_creators_race_for_the_last_entry<S: Store>(store:
     }
     // Batches racing each other, over overlapping subjects in opposite
     // orders (locks are taken in one order: no deadlock).
-    let batches: Vec<_> = (0..6)
+    let inputs: Vec<Vec<NewExecution>> = (0..6)
         .map(|i| {
             let order = if i % 2 == 0 { ["x", "y"] } else { ["y", "x"] };
-            store.create_executions(
-                order
-                    .iter()
-                    .map(|s| limited(&f, Some(s), None, Some(2)))
-                    .collect(),
-            )
+            order
+                .iter()
+                .map(|s| limited(&f, Some(s), None, Some(2)))
+                .collect()
         })
         .collect();
+    let batches: Vec<_> = inputs.iter().map(|b| store.create_executions(b)).collect();
     for r in join_all(batches).await {
         r.expect("no deadlock");
     }

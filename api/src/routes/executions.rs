@@ -232,6 +232,9 @@ pub(crate) async fn start<S: Store>(
     start_in(&app, &caller, req, key).await
 }
 
+/// The longest subject (correlation key) accepted.
+const MAX_SUBJECT_BYTES: usize = 512;
+
 pub(crate) async fn start_in<S: Store>(
     app: &AppState<S>,
     caller: &Caller,
@@ -251,6 +254,14 @@ pub(crate) async fn start_in<S: Store>(
     {
         return Err(ApiError::invalid("version", "must be 1 or more"));
     }
+    if let Some(s) = &req.subject
+        && (s.is_empty() || s.len() > MAX_SUBJECT_BYTES)
+    {
+        return Err(ApiError::invalid(
+            "subject",
+            format!("must be 1 to {MAX_SUBJECT_BYTES} bytes"),
+        ));
+    }
     let started = app
         .engine
         .start_execution(StartRequest {
@@ -262,18 +273,7 @@ pub(crate) async fn start_in<S: Store>(
             timezone: req.timezone,
             idempotency_key,
         })
-        .await
-        .map_err(|e| match e {
-            sojourn_actors::Error::WorkflowNotFound(w) if req.version.is_some() => ApiError {
-                field: Some("version".into()),
-                ..ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("version: {w} not found"),
-                )
-            },
-            other => other.into(),
-        })?;
+        .await?;
     let status = if started.new {
         StatusCode::CREATED
     } else {
@@ -348,9 +348,15 @@ pub(crate) async fn list<S: Store>(
         Some(w) => Some(
             crate::routes::workflows::find(&app, &caller, &w)
                 .await
-                .map_err(|_| ApiError {
-                    field: Some("workflow".into()),
-                    ..ApiError::not_found("workflow", &w)
+                .map_err(|e| {
+                    if e.status == StatusCode::NOT_FOUND {
+                        ApiError {
+                            field: Some("workflow".into()),
+                            ..e
+                        }
+                    } else {
+                        e
+                    }
                 })?
                 .id,
         ),

@@ -44,7 +44,10 @@ pub(crate) async fn readyz<S: Store>(State(app): State<AppState<S>>) -> Response
     let mut checks = vec![Check {
         name: "database".into(),
         ok: db.is_ok(),
-        error: db.err().map(|e| e.to_string()),
+        error: db.err().map(|e| {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            "unreachable".to_owned()
+        }),
     }];
     if stopping {
         checks.push(Check {

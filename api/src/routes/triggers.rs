@@ -188,6 +188,22 @@ pub(crate) async fn create<S: Store>(
     let config = req.config.unwrap_or_else(|| Value::Object(Map::new()));
     validate(req.kind, &req.path, &config)?;
     let wf = crate::routes::workflows::find(&app, &caller, &workflow).await?;
+    if req.kind == TriggerKind::Api {
+        let c: ApiConfig = parse_config(&config)?;
+        if let Some(v) = c.version
+            && app
+                .engine
+                .store()
+                .get_version(&wf.id, Some(v))
+                .await?
+                .is_none()
+        {
+            return Err(ApiError::invalid(
+                "config.version",
+                format!("the workflow has no published version {v}"),
+            ));
+        }
+    }
     let record = app
         .engine
         .store()
