@@ -76,7 +76,7 @@ pub struct Cluster {
 #[derive(Debug)]
 enum Backend {
     Local(Local),
-    Redis(RedisBackend),
+    Redis(Box<RedisBackend>),
 }
 
 #[derive(Debug, Default)]
@@ -193,13 +193,13 @@ impl Cluster {
         Ok(Cluster {
             node_id: node_id.into(),
             lease_ttl,
-            backend: Backend::Redis(RedisBackend {
+            backend: Backend::Redis(Box::new(RedisBackend {
                 client,
                 conn: tokio::sync::Mutex::new(None),
                 acquire: redis::Script::new(ACQUIRE),
                 renew: redis::Script::new(RENEW),
                 release: redis::Script::new(RELEASE),
-            }),
+            })),
         })
     }
 
@@ -471,7 +471,7 @@ impl Cluster {
             Backend::Local(l) => Ok(l
                 .drains
                 .lock()
-                .map(|d| d.iter().any(|n| *n == self.node_id))
+                .map(|d| d.contains(&self.node_id))
                 .unwrap_or(false)),
             Backend::Redis(r) => {
                 let mut c = r.conn().await?;
