@@ -451,3 +451,51 @@ pub(crate) async fn control(
     println!("{id}: {action} accepted");
     Ok(())
 }
+
+/// `sojourn cluster status`.
+pub(crate) async fn cluster_status(c: &Client) -> Result<(), Failure> {
+    let out = c.get("/cluster").await?;
+    if c.print_json(&out)? {
+        return Ok(());
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let nodes = out
+        .get("nodes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let seen = n.get("last_seen_ms").and_then(Value::as_i64).unwrap_or(0);
+            vec![
+                cell(n.get("id")),
+                cell(n.get("address")),
+                cell(n.get("actors")),
+                format!("{:.1}s ago", (now - seen).max(0) as f64 / 1000.0),
+                if n.get("draining").and_then(Value::as_bool) == Some(true) {
+                    "draining".into()
+                } else {
+                    "active".into()
+                },
+            ]
+        })
+        .collect();
+    print_table(&["NODE", "ADDRESS", "ACTORS", "LAST SEEN", "STATE"], &rows);
+    if out.get("shared").and_then(Value::as_bool) == Some(false) {
+        println!("(one node, in-process leases: no Redis configured)");
+    }
+    Ok(())
+}
+
+/// `sojourn cluster drain NODE`.
+pub(crate) async fn cluster_drain(c: &Client, node: &str) -> Result<(), Failure> {
+    let (_, out) = c
+        .post(&format!("/cluster/nodes/{}/drain", seg(node)), &json!({}))
+        .await?;
+    if c.print_json(&out)? {
+        return Ok(());
+    }
+    println!("{node}: drain requested (it passivates its executions; the others take over)");
+    Ok(())
+}

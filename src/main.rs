@@ -159,6 +159,11 @@ enum Command {
         #[command(flatten)]
         conn: client::Conn,
     },
+    /// The cluster: live nodes, drain a node (client).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Manage API keys, directly in the database (works before any key
     /// exists).
     Keys {
@@ -215,6 +220,21 @@ enum EventsCommand {
         /// The payload: JSON text, or @FILE.
         #[arg(long)]
         payload: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The live nodes, the actors each holds, and when each was last seen.
+    Status {
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Ask a node to passivate its executions and release their leases.
+    Drain {
+        node: String,
         #[command(flatten)]
         conn: client::Conn,
     },
@@ -365,6 +385,15 @@ fn main() -> ExitCode {
         Command::Retry { execution, conn } => with_client(conn, |c| async move {
             client::control(&c, "retry", &execution, None).await
         }),
+        Command::Cluster {
+            command: ClusterCommand::Status { conn },
+        } => with_client(conn, |c| async move { client::cluster_status(&c).await }),
+        Command::Cluster {
+            command: ClusterCommand::Drain { node, conn },
+        } => with_client(
+            conn,
+            |c| async move { client::cluster_drain(&c, &node).await },
+        ),
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -463,7 +492,18 @@ async fn dev(listen: String, data: PathBuf) -> Result<(), Failure> {
         node_id: "dev".into(),
         ..sojourn_actors::Config::default()
     };
-    node::serve_node(store, config, &listen, sojourn_api::AuthMode::Optional).await
+    let config = sojourn_actors::Config {
+        advertise: format!("http://{listen}"),
+        ..config
+    };
+    node::serve_node(
+        store,
+        config,
+        None,
+        &listen,
+        sojourn_api::AuthMode::Optional,
+    )
+    .await
 }
 
 async fn serve(listen: Option<String>, config: Option<PathBuf>) -> Result<(), Failure> {
@@ -484,22 +524,49 @@ async fn serve(listen: Option<String>, config: Option<PathBuf>) -> Result<(), Fa
         .ok()
         .or(file.node_id)
         .unwrap_or_else(node::default_node_id);
-    for (name, value) in [
-        ("redis_url", &file.redis_url),
-        ("kafka_brokers", &file.kafka_brokers),
-    ] {
-        if value.is_some() {
-            eprintln!("note: {name} is set but not used yet: this node runs alone on PostgreSQL");
-        }
+    if file.kafka_brokers.is_some() || std::env::var_os("SOJOURN_KAFKA_BROKERS").is_some() {
+        eprintln!("note: kafka_brokers is set but not used yet");
     }
+    let advertise = std::env::var("SOJOURN_ADVERTISE_URL")
+        .ok()
+        .or(file.advertise_url)
+        .unwrap_or_else(|| format!("http://{listen}"));
+    if advertise.contains("0.0.0.0") || advertise.contains("[::]") {
+        eprintln!(
+            "note: other nodes reach this one at {advertise}; set SOJOURN_ADVERTISE_URL to an address they can use"
+        );
+    }
+    let lease_ttl = std::time::Duration::from_millis(file.lease_ttl_ms.unwrap_or(5_000).max(500));
+    let redis_url = std::env::var("SOJOURN_REDIS_URL").ok().or(file.redis_url);
+    let cluster = match &redis_url {
+        Some(u) => Some(
+            sojourn_actors::Cluster::redis(u, node_id.clone(), lease_ttl)
+                .map_err(|e| Failure::Invalid(format!("SOJOURN_REDIS_URL {u:?}: {e}")))?,
+        ),
+        None => {
+            eprintln!(
+                "note: no SOJOURN_REDIS_URL: this node runs alone (in-process leases); run only one"
+            );
+            None
+        }
+    };
     let store = sojourn_persistence::PgStore::connect(&url, None, 16)
         .await
         .context("connecting to PostgreSQL")?;
     let config = sojourn_actors::Config {
         node_id,
+        advertise,
+        lease_ttl,
         ..sojourn_actors::Config::default()
     };
-    node::serve_node(store, config, &listen, sojourn_api::AuthMode::Required).await
+    node::serve_node(
+        store,
+        config,
+        cluster,
+        &listen,
+        sojourn_api::AuthMode::Required,
+    )
+    .await
 }
 
 async fn migrate(args: node::StoreArgs) -> Result<(), Failure> {

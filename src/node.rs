@@ -38,6 +38,10 @@ pub(crate) struct FileConfig {
     pub(crate) listen: Option<String>,
     pub(crate) redis_url: Option<String>,
     pub(crate) kafka_brokers: Option<String>,
+    /// Where other nodes reach this one (default `http://<listen>`).
+    pub(crate) advertise_url: Option<String>,
+    /// Execution lease TTL in milliseconds (default 5000).
+    pub(crate) lease_ttl_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -69,6 +73,7 @@ pub(crate) fn default_node_id() -> String {
 pub(crate) async fn serve_node<S: Store>(
     store: S,
     config: Config,
+    cluster: Option<sojourn_actors::Cluster>,
     listen: &str,
     auth: AuthMode,
 ) -> Result<(), Failure> {
@@ -81,9 +86,11 @@ pub(crate) async fn serve_node<S: Store>(
         .await
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot listen on {addr}: {e}")))?;
     let engine = std::sync::Arc::new(
-        Engine::start(store, config)
-            .await
-            .context("starting the engine")?,
+        match cluster {
+            Some(c) => Engine::start_in_cluster(store, config, c).await,
+            None => Engine::start(store, config).await,
+        }
+        .context("starting the engine")?,
     );
     let api = sojourn_api::build(AppState::new(engine.clone(), auth));
     info!(%addr, routes = api.routes.len(), "listening");

@@ -40,6 +40,15 @@ pub struct Config {
     pub max_restarts: u32,
     /// How often executions with waiting inputs are looked for (recovery).
     pub recovery_poll: Duration,
+    /// How long an execution lease lasts without renewal (renewed every
+    /// third of it). A dead node's executions resume elsewhere within
+    /// about this long.
+    pub lease_ttl: Duration,
+    /// How often the node's heartbeat is written (it counts as dead
+    /// `lease_ttl` after the last one).
+    pub heartbeat_interval: Duration,
+    /// Where other nodes reach this node's internal endpoint.
+    pub advertise: String,
 }
 
 impl Default for Config {
@@ -59,6 +68,9 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             max_restarts: 5,
             recovery_poll: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(1),
+            advertise: "http://127.0.0.1:8080".into(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::Utc;
 use ractor::{Actor, ActorRef};
 use serde_json::Value;
+use sojourn_cluster::{Cluster, NodeInfo};
 use sojourn_persistence::{
     Commit, CommitResult, Created, ExecutionRecord, LeaseEpoch, NewExecution, NewWorkflow, Store,
     ids,
@@ -22,6 +23,7 @@ use crate::activator::Activator;
 use crate::committer::Committer;
 use crate::config::Config;
 use crate::execution::{Delivery, Preloaded};
+use crate::router::{Forwarded, Router};
 use crate::starter::Starter;
 use crate::stats::Stats;
 use crate::supervisor::{Supervisor, SupervisorMsg};
@@ -31,6 +33,8 @@ use crate::workflows::WorkflowCache;
 /// What every actor of the node shares.
 pub(crate) struct Context<S: Store> {
     pub(crate) store: Arc<S>,
+    pub(crate) router: Arc<Router<S>>,
+    pub(crate) leaser: crate::batch::Batcher<ExecutionId, bool>,
     pub(crate) committer: Committer,
     pub(crate) starter: Starter,
     pub(crate) activator: Activator,
@@ -73,6 +77,8 @@ pub struct Engine<S: Store> {
     stop: Arc<AtomicBool>,
     /// Wakes the background loops when `stop` is set.
     stopped: Arc<Notify>,
+    /// Draining: passivating and taking no new executions.
+    draining: Arc<AtomicBool>,
     /// Background loops that stop when `stop` is set (taken by shutdown).
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Tasks that end when the last handle to their channel drops (with the
@@ -89,13 +95,40 @@ impl<S: Store> std::fmt::Debug for Engine<S> {
 }
 
 impl<S: Store> Engine<S> {
-    /// Starts the node's services. Work left by an earlier run (due timers,
-    /// unsent actions, undelivered inputs) is picked up at once.
+    /// Starts a node alone (in-process leases): `sojourn dev`, `run`,
+    /// `bench`, or a single `serve` without Redis. Work left by an earlier
+    /// run (due timers, unsent actions, undelivered inputs) is picked up at
+    /// once.
     pub async fn start(store: S, config: Config) -> Result<Engine<S>, Error> {
+        let cluster = Cluster::local(config.node_id.clone(), config.lease_ttl);
+        Self::start_in_cluster(store, config, cluster).await
+    }
+
+    /// Starts a node of a cluster: leases and membership in `cluster`.
+    pub async fn start_in_cluster(
+        store: S,
+        config: Config,
+        cluster: Cluster,
+    ) -> Result<Engine<S>, Error> {
         // Claims under this node's name belong to an earlier run of it.
         store.release_claims(&config.node_id).await?;
         let store = Arc::new(store);
         let stats = Arc::new(Stats::default());
+        let cluster = Arc::new(cluster);
+        let (router, releases) = Router::new(store.clone(), cluster.clone(), stats.clone());
+        let router = Arc::new(router);
+        let release_task = tokio::spawn(crate::router::run_releaser(cluster.clone(), releases));
+        let (leaser, lease_task) = {
+            let router = router.clone();
+            crate::batch::Batcher::spawn(
+                "leaser",
+                config.max_commit_batch,
+                move |ids: Vec<ExecutionId>| {
+                    let router = router.clone();
+                    async move { Ok(router.acquire_new(&ids).await) }
+                },
+            )
+        };
         let (committer, commit_task) =
             crate::committer::spawn(store.clone(), stats.clone(), config.max_commit_batch);
         let (starter, start_task) = crate::starter::spawn(store.clone(), config.max_commit_batch);
@@ -103,6 +136,8 @@ impl<S: Store> Engine<S> {
             crate::activator::spawn(store.clone(), config.max_commit_batch);
         let ctx = Arc::new(Context {
             store: store.clone(),
+            router: router.clone(),
+            leaser,
             committer,
             starter,
             activator,
@@ -115,12 +150,13 @@ impl<S: Store> Engine<S> {
         let (supervisor, _) = Actor::spawn(None, Supervisor { ctx: ctx.clone() }, ())
             .await
             .map_err(|e| Error::Actor(e.to_string()))?;
+        router.set_supervisor(supervisor.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let timers = tokio::spawn(crate::timers::run(
             store.clone(),
             config.clone(),
             ctx.timer_wake.clone(),
-            supervisor.clone(),
+            router.clone(),
             stats.clone(),
             stop.clone(),
         ));
@@ -128,26 +164,68 @@ impl<S: Store> Engine<S> {
             store.clone(),
             config.clone(),
             ctx.outbox_wake.clone(),
-            supervisor.clone(),
+            router.clone(),
             stats.clone(),
             stop.clone(),
         ));
         let stopped = Arc::new(Notify::new());
         let recovery = tokio::spawn(recover(
             store.clone(),
-            supervisor.clone(),
+            router.clone(),
             config.clone(),
             stop.clone(),
             stopped.clone(),
         ));
-        info!(node = %config.node_id, "engine started");
+        let drain = Arc::new(Notify::new());
+        let draining = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(crate::membership::heartbeat(
+            router.clone(),
+            crate::membership::Beat {
+                address: config.advertise.clone(),
+                interval: config.heartbeat_interval,
+                started_ms: Utc::now().timestamp_millis().max(0) as u64,
+                drain: drain.clone(),
+                draining: draining.clone(),
+            },
+            stop.clone(),
+            stopped.clone(),
+        ));
+        let renewal = tokio::spawn(crate::membership::renew_leases(
+            router.clone(),
+            stats.clone(),
+            stop.clone(),
+            stopped.clone(),
+        ));
+        // An operator's drain request (seen by the heartbeat) drains here.
+        let drainer = {
+            let (drain, draining, router, supervisor) = (
+                drain.clone(),
+                draining.clone(),
+                router.clone(),
+                supervisor.clone(),
+            );
+            tokio::spawn(async move {
+                drain.notified().await;
+                draining.store(true, Ordering::Relaxed);
+                drain_node(&router, &supervisor).await;
+            })
+        };
+        info!(node = %config.node_id, shared = cluster.is_shared(), "engine started");
         Ok(Engine {
             ctx,
             supervisor,
             stop,
             stopped,
-            tasks: std::sync::Mutex::new(vec![timers, outbox, recovery]),
-            _channel_tasks: vec![start_task, activate_task, commit_task],
+            draining,
+            tasks: std::sync::Mutex::new(vec![timers, outbox, recovery, heartbeat, renewal]),
+            _channel_tasks: vec![
+                start_task,
+                activate_task,
+                commit_task,
+                release_task,
+                lease_task,
+                drainer,
+            ],
         })
     }
 
@@ -241,6 +319,11 @@ impl<S: Store> Engine<S> {
             req.timezone.as_deref(),
             Utc::now(),
         )?;
+        // Lease first (then the row, at epoch 1): nobody else can activate
+        // it meanwhile. Without the lease (Redis down, draining) it is still
+        // created, and started by whichever node recovers it.
+        let id = snapshot.execution_id.clone();
+        let leased = self.ctx.leaser.call(id.clone()).await.unwrap_or(false);
         let preloaded = snapshot.clone();
         let workflow_id: std::sync::Arc<str> = workflow_id.into();
         let created = self
@@ -257,18 +340,24 @@ impl<S: Store> Engine<S> {
             .await
             .map_err(Error::Actor)?
             .map_err(Error::Rejected)?;
+        if !matches!(created, Created::New(_)) && leased {
+            // The lease of an id that was not used.
+            self.ctx.router.released(&id);
+        }
         match created {
             Created::New(id) => {
                 self.ctx.stats.started_by_workflow.inc(&workflow_id);
-                let _ = self.supervisor.cast(SupervisorMsg::Adopt(
-                    id.clone(),
-                    Box::new(Preloaded {
-                        snapshot: preloaded,
-                        epoch: LeaseEpoch(1),
-                        wf,
-                        workflow_id,
-                    }),
-                ));
+                if leased {
+                    let _ = self.supervisor.cast(SupervisorMsg::Adopt(
+                        id.clone(),
+                        Box::new(Preloaded {
+                            snapshot: preloaded,
+                            epoch: LeaseEpoch(1),
+                            wf,
+                            workflow_id,
+                        }),
+                    ));
+                }
                 Ok(Started { id, new: true })
             }
             Created::Existing(id) => Ok(Started { id, new: false }),
@@ -293,17 +382,19 @@ impl<S: Store> Engine<S> {
             key: Some(key.into()),
             payload,
         });
+        let mut items = Vec::with_capacity(ids.len());
         for id in &ids {
             let inbox = store.enqueue_input(id, &input, Utc::now()).await?;
-            let _ = self.supervisor.cast(SupervisorMsg::Deliver(
+            items.push((
                 id.clone(),
-                Delivery {
+                Some(Delivery {
                     input: input.clone(),
                     fired_timer: None,
                     inbox_id: Some(inbox),
-                },
+                }),
             ));
         }
+        self.ctx.router.route(items, false).await;
         Ok(ids.len())
     }
 
@@ -311,28 +402,90 @@ impl<S: Store> Engine<S> {
     /// execution, durably.
     pub async fn send_input(&self, id: &ExecutionId, input: Input) -> Result<(), Error> {
         let inbox = self.ctx.store.enqueue_input(id, &input, Utc::now()).await?;
-        let _ = self.supervisor.cast(SupervisorMsg::Deliver(
+        let item = (
             id.clone(),
-            Delivery {
+            Some(Delivery {
                 input,
                 fired_timer: None,
                 inbox_id: Some(inbox),
-            },
-        ));
+            }),
+        );
+        self.ctx.router.route(vec![item], false).await;
         Ok(())
+    }
+
+    /// Inputs another node forwarded to this one (it holds their leases, or
+    /// takes them now).
+    pub async fn accept_forwarded(&self, items: Vec<Forwarded>) {
+        self.ctx.router.accept(items).await;
+    }
+
+    /// The secret nodes present to each other's internal endpoint.
+    pub async fn cluster_secret(&self) -> Result<String, Error> {
+        self.ctx
+            .router
+            .secret()
+            .await
+            .map(str::to_owned)
+            .map_err(|e| Error::Cluster(e.to_string()))
+    }
+
+    /// The live nodes of the cluster.
+    pub async fn members(&self) -> Result<Vec<NodeInfo>, Error> {
+        let (live, _) = self
+            .ctx
+            .router
+            .cluster
+            .members()
+            .await
+            .map_err(|e| Error::Cluster(e.to_string()))?;
+        Ok(live)
+    }
+
+    /// Asks a node (this one or another) to drain.
+    pub async fn request_drain(&self, node: &str) -> Result<(), Error> {
+        self.ctx
+            .router
+            .cluster
+            .request_drain(node)
+            .await
+            .map_err(|e| Error::Cluster(e.to_string()))
+    }
+
+    /// Whether the cluster store (Redis) answers.
+    pub async fn cluster_ready(&self) -> Result<(), Error> {
+        self.ctx
+            .router
+            .cluster
+            .ping()
+            .await
+            .map_err(|e| Error::Cluster(e.to_string()))
+    }
+
+    /// Whether the node shares a cluster (Redis) with others.
+    pub fn is_clustered(&self) -> bool {
+        self.ctx.router.cluster.is_shared()
+    }
+
+    /// Whether this node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     pub async fn execution(&self, id: &ExecutionId) -> Result<Option<ExecutionRecord>, Error> {
         Ok(self.ctx.store.load_execution(id).await?)
     }
 
-    /// The node holding the execution's live actor, if this node does.
-    /// (With one node that is the whole answer; the cluster layer asks the
-    /// lease in Redis.)
-    pub async fn lease_holder(&self, id: &ExecutionId) -> Option<&str> {
+    /// The node holding the execution's live actor, if any (the lease in
+    /// Redis; alone, whether this node has it active).
+    pub async fn lease_holder(&self, id: &ExecutionId) -> Option<String> {
+        let cluster = &self.ctx.router.cluster;
+        if cluster.is_shared() {
+            return cluster.holder(id).await.ok().flatten();
+        }
         let active =
             ractor::call!(self.supervisor, SupervisorMsg::IsActive, id.clone()).unwrap_or(false);
-        active.then_some(self.ctx.config.node_id.as_str())
+        active.then(|| self.ctx.config.node_id.clone())
     }
 
     /// This node's id.
@@ -377,7 +530,8 @@ impl<S: Store> Engine<S> {
     /// commit, passivate every actor, stop the services.
     pub async fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.stopped.notify_one();
+        self.ctx.router.closed.store(true, Ordering::Relaxed);
+        self.stopped.notify_waiters();
         self.ctx.timer_wake.hint(Utc::now());
         self.ctx.outbox_wake.notify_one();
         if let Err(e) = ractor::call!(self.supervisor, SupervisorMsg::Drain) {
@@ -392,6 +546,13 @@ impl<S: Store> Engine<S> {
         for task in tasks {
             let _ = task.await;
         }
+        // Give the leases back, and leave the cluster at once.
+        let left = self.ctx.router.held.clear();
+        self.ctx.router.flush_releases().await;
+        if !left.is_empty() {
+            let _ = self.ctx.router.cluster.release(&left).await;
+        }
+        let _ = self.ctx.router.cluster.leave().await;
         // Hand back timers and actions claimed but not done.
         if let Err(e) = self
             .ctx
@@ -403,6 +564,18 @@ impl<S: Store> Engine<S> {
         }
         info!("engine stopped");
     }
+}
+
+/// Drains the node: takes no new leases, passivates every actor (their
+/// leases are released as they stop); the node keeps serving its API and
+/// forwards inputs to the nodes that hold their executions.
+async fn drain_node<S: Store>(router: &Router<S>, supervisor: &ActorRef<SupervisorMsg>) {
+    router.closed.store(true, Ordering::Relaxed);
+    if let Err(e) = ractor::call!(supervisor, SupervisorMsg::Drain) {
+        warn!(error = %e, "draining the supervisor failed");
+    }
+    router.flush_releases().await;
+    info!("drained: every execution passivated, leases released");
 }
 
 /// Validates a document against the built-in registry.
@@ -424,7 +597,7 @@ fn check(workflow: &Workflow) -> Result<(), Error> {
 /// crash, or inputs that raced a passivation).
 async fn recover<S: Store>(
     store: Arc<S>,
-    supervisor: ActorRef<SupervisorMsg>,
+    router: Arc<Router<S>>,
     config: Config,
     stop: Arc<AtomicBool>,
     stopped: Arc<Notify>,
@@ -432,9 +605,8 @@ async fn recover<S: Store>(
     while !stop.load(Ordering::Relaxed) {
         match store.executions_with_inputs(10_000).await {
             Ok(ids) => {
-                for id in ids {
-                    let _ = supervisor.cast(SupervisorMsg::Activate(id));
-                }
+                let items = ids.into_iter().map(|id| (id, None)).collect();
+                router.route(items, false).await;
             }
             Err(e) => warn!(error = %e, "looking for executions with inputs failed"),
         }
@@ -443,9 +615,8 @@ async fn recover<S: Store>(
         let before = Utc::now() - chrono::Duration::seconds(5);
         match store.pending_executions(before, 10_000).await {
             Ok(ids) => {
-                for id in ids {
-                    let _ = supervisor.cast(SupervisorMsg::Activate(id));
-                }
+                let items = ids.into_iter().map(|id| (id, None)).collect();
+                router.route(items, false).await;
             }
             Err(e) => warn!(error = %e, "looking for pending executions failed"),
         }

@@ -31,6 +31,8 @@ pub enum Error {
     VersionNotFound { version: i32 },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("actor system: {0}")]
     Actor(String),
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
-use ractor::ActorRef;
 use sojourn_persistence::{AttemptBegin, AttemptRef, FinishedAttempt, OutboxMessage, Store};
 use sojourn_runtime::{ActionOutcome, Input};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -19,8 +18,8 @@ use tracing::{Instrument, info_span, warn};
 use crate::config::Config;
 use crate::execution::Delivery;
 use crate::providers::{self, HttpProvider};
+use crate::router::Router;
 use crate::stats::Stats;
-use crate::supervisor::SupervisorMsg;
 
 /// A sent attempt on its way to the finisher; holds its in-flight slot.
 struct Sent {
@@ -33,7 +32,7 @@ pub(crate) async fn run<S: Store>(
     store: Arc<S>,
     config: Config,
     wake: Arc<Notify>,
-    supervisor: ActorRef<SupervisorMsg>,
+    router: Arc<Router<S>>,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 ) {
@@ -43,7 +42,7 @@ pub(crate) async fn run<S: Store>(
     let finisher = tokio::spawn(finish(
         store.clone(),
         done_rx,
-        supervisor.clone(),
+        router.clone(),
         config.max_commit_batch,
     ));
     let ttl = chrono::Duration::from_std(config.outbox_claim_ttl)
@@ -141,7 +140,7 @@ async fn dispatch<S: Store>(
 async fn finish<S: Store>(
     store: Arc<S>,
     mut rx: mpsc::Receiver<Sent>,
-    supervisor: ActorRef<SupervisorMsg>,
+    router: Arc<Router<S>>,
     max_batch: usize,
 ) {
     let mut batch: Vec<Sent> = Vec::with_capacity(max_batch);
@@ -178,6 +177,7 @@ async fn finish<S: Store>(
         drop(done);
         match result {
             Ok(inbox_ids) => {
+                let mut items = Vec::with_capacity(batch.len());
                 for (s, inbox) in batch.drain(..).zip(inbox_ids) {
                     let d = &s.message.dispatch;
                     let delivery = Delivery {
@@ -189,9 +189,9 @@ async fn finish<S: Store>(
                         fired_timer: None,
                         inbox_id: Some(inbox),
                     };
-                    let _ =
-                        supervisor.cast(SupervisorMsg::Deliver(s.message.execution_id, delivery));
+                    items.push((s.message.execution_id, Some(delivery)));
                 }
+                router.route(items, false).await;
             }
             Err(e) => {
                 // The outbox rows stay: their claims expire and they are

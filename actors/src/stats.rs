@@ -21,6 +21,12 @@ pub struct Stats {
     pub actions_repeated: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
+    /// Leases taken for executions that were not this node's.
+    pub leases_taken: AtomicU64,
+    /// Leases lost to another node (their actors stopped).
+    pub leases_lost: AtomicU64,
+    /// Inputs forwarded to the node holding their execution.
+    pub forwarded: AtomicU64,
     /// Executions started, completed, failed and cancelled, by workflow id.
     pub started_by_workflow: LabeledCounter,
     pub completed_by_workflow: LabeledCounter,
@@ -52,6 +58,9 @@ impl Default for Stats {
             actions_repeated: AtomicU64::default(),
             completed: AtomicU64::default(),
             failed: AtomicU64::default(),
+            leases_taken: AtomicU64::default(),
+            leases_lost: AtomicU64::default(),
+            forwarded: AtomicU64::default(),
             started_by_workflow: LabeledCounter::default(),
             completed_by_workflow: LabeledCounter::default(),
             failed_by_workflow: LabeledCounter::default(),
@@ -173,6 +182,21 @@ impl Stats {
             "sojourn_actions_repeated_total",
             "Action attempts sent again after a crash between send and record.",
             get(&self.actions_repeated),
+        );
+        e.counter(
+            "sojourn_leases_taken_total",
+            "Execution leases taken to rehydrate an execution here.",
+            get(&self.leases_taken),
+        );
+        e.counter(
+            "sojourn_leases_lost_total",
+            "Execution leases lost to another node (their actors stopped at once).",
+            get(&self.leases_lost),
+        );
+        e.counter(
+            "sojourn_inputs_forwarded_total",
+            "Inputs forwarded to the node holding their execution.",
+            get(&self.forwarded),
         );
         e.histogram(
             "sojourn_transition_latency_seconds",

@@ -45,6 +45,9 @@ pub(crate) enum SupervisorMsg {
     IsActive(ExecutionId, RpcReplyPort<bool>),
     /// Passivate everything; reply when no actor is left.
     Drain(RpcReplyPort<()>),
+    /// Another node holds these executions now: stop their actors at once
+    /// (no passivation: their writes would be fenced anyway).
+    LeaseLost(Vec<ExecutionId>),
 }
 
 enum Entry {
@@ -144,6 +147,11 @@ impl<S: Store> Supervisor<S> {
                 Some(d) if d.inbox_id.is_none() => buffer.push(d),
                 _ => *wake = true,
             },
+            None if !self.ctx.router.held.contains(&id) => {
+                // Not ours (the lease was released or lost meanwhile): the
+                // router takes it again, or forwards it to the holder.
+                self.bounce(vec![(id, d)]);
+            }
             None => {
                 // A new actor reads its inbox in order in `pre_start`; only
                 // inputs without a durable row are handed to it.
@@ -183,18 +191,46 @@ impl<S: Store> Supervisor<S> {
         };
         // A clean stop: whatever failures it had are behind it.
         state.panics.remove(&id);
-        if let Some(Entry::Stopping { buffer, wake, .. }) = Self::take_entry(state, &id, actor)
-            && (wake || !buffer.is_empty())
-            && state.draining.is_empty()
-        {
-            // Inputs arrived while it passivated: bring it back.
-            if let Some(actor) = self.spawn(myself, state, &id) {
-                for d in buffer {
-                    let _ = actor.cast(ExecutionMsg::Deliver(d));
+        match Self::take_entry(state, &id, actor) {
+            Some(Entry::Stopping { buffer, wake, .. })
+                if (wake || !buffer.is_empty()) && state.draining.is_empty() =>
+            {
+                // Inputs arrived while it passivated: bring it back (if the
+                // lease is still ours; else the router takes them on).
+                if !self.ctx.router.held.contains(&id) {
+                    let mut items: Vec<crate::router::Item> =
+                        buffer.into_iter().map(|d| (id.clone(), Some(d))).collect();
+                    if wake {
+                        items.push((id.clone(), None));
+                    }
+                    self.bounce(items);
+                } else if let Some(actor) = self.spawn(myself, state, &id) {
+                    for d in buffer {
+                        let _ = actor.cast(ExecutionMsg::Deliver(d));
+                    }
+                } else {
+                    self.ctx.router.released(&id);
                 }
             }
+            Some(Entry::Stopping { buffer, .. }) => {
+                self.ctx.router.released(&id);
+                // Draining: inputs without a durable row (timer firings)
+                // go back to the timer table via the router.
+                if !buffer.is_empty() {
+                    self.bounce(buffer.into_iter().map(|d| (id.clone(), Some(d))).collect());
+                }
+            }
+            Some(Entry::Active(_)) => self.ctx.router.released(&id),
+            None => {}
         }
         self.check_drained(state);
+    }
+
+    /// Hands items back to the router (from a task: the router may wait on
+    /// Redis or another node).
+    fn bounce(&self, items: Vec<crate::router::Item>) {
+        let router = self.ctx.router.clone();
+        tokio::spawn(async move { router.route(items, false).await });
     }
 
     fn check_drained(&self, state: &mut SupervisorState) {
@@ -277,8 +313,20 @@ impl<S: Store> Actor for Supervisor<S> {
                 // Whatever state it was in. Its inputs are durable (inbox,
                 // timer claims, the pending scan) and bring it back later;
                 // respawning at once would spin while the store is down.
-                Self::take_entry(state, &id, &actor);
+                if Self::take_entry(state, &id, &actor).is_some() {
+                    self.ctx.router.released(&id);
+                }
                 self.check_drained(state);
+            }
+            SupervisorMsg::LeaseLost(ids) => {
+                for id in ids {
+                    match state.entries.get(&id) {
+                        Some(Entry::Active(actor)) => actor.stop(Some("lease lost".into())),
+                        // Already stopping; its buffered inputs go back to
+                        // the router (the lease is no longer held).
+                        Some(Entry::Stopping { .. }) | None => {}
+                    }
+                }
             }
             SupervisorMsg::Count(reply) => {
                 let _ = reply.send(state.entries.len());
@@ -356,6 +404,7 @@ impl<S: Store> Supervisor<S> {
             {
                 error!(execution.id = %id, error = %e, "could not mark the execution failed");
             }
+            self.ctx.router.released(&id);
         } else {
             Stats::add(&self.ctx.stats.restarts, 1);
             let backoff = Duration::from_millis(100 * (1 << count.min(6)));

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::ActorRef;
 use sojourn_persistence::Store;
 use sojourn_runtime::{ExecutionId, Input, TimerId};
 use tokio::sync::Notify;
@@ -23,8 +22,8 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::execution::Delivery;
+use crate::router::Router;
 use crate::stats::Stats;
-use crate::supervisor::SupervisorMsg;
 
 /// Wakes the timer service when a timer is set that falls due soon.
 #[derive(Debug)]
@@ -54,7 +53,7 @@ pub(crate) async fn run<S: Store>(
     store: Arc<S>,
     config: Config,
     wake: Arc<TimerWake>,
-    supervisor: ActorRef<SupervisorMsg>,
+    router: Arc<Router<S>>,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 ) {
@@ -71,7 +70,8 @@ pub(crate) async fn run<S: Store>(
         let now = Utc::now();
         // Claim more only when the held backlog is small: a node back from a
         // day of downtime takes the backlog a batch at a time.
-        if held.len() < config.timer_batch as usize {
+        // A draining node claims nothing new.
+        if held.len() < config.timer_batch as usize && !router.closed.load(Ordering::Relaxed) {
             match store
                 .claim_due_timers(
                     &config.node_id,
@@ -94,6 +94,7 @@ pub(crate) async fn run<S: Store>(
         last_refill = std::time::Instant::now();
         budget = (budget + elapsed * rate).min(rate);
         let now = Utc::now();
+        let mut due_now = Vec::new();
         while budget >= 1.0 {
             let Some(Reverse((due, _, _))) = held.peek() else {
                 break;
@@ -114,8 +115,9 @@ pub(crate) async fn run<S: Store>(
                 fired_timer: Some(timer),
                 inbox_id: None,
             };
-            let _ = supervisor.cast(SupervisorMsg::Deliver(execution, delivery));
+            due_now.push((execution, Some(delivery)));
         }
+        router.route(due_now, false).await;
         // Sleep until the next held timer, the next poll, or a wake-up.
         let poll = config.timer_poll;
         let until_next = held

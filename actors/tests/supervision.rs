@@ -104,6 +104,14 @@ impl Store for Flaky {
     ) -> Result<Option<TriggerRecord>, Error> {
         self.0.set_trigger_state(ns, id, from, to, now).await
     }
+    async fn defer_timers(
+        &self,
+        owner: &str,
+        timers: &[(ExecutionId, sojourn_runtime::TimerId)],
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.0.defer_timers(owner, timers, at).await
+    }
     async fn api_trigger(&self, ns: &str, path: &str) -> Result<Option<TriggerRecord>, Error> {
         self.0.api_trigger(ns, path).await
     }

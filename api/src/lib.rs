@@ -36,7 +36,7 @@ pub use state::AppState;
 
 use crate::auth::Scope::{Admin, Read, Write};
 use crate::docs::{Routes, Spec};
-use crate::routes::{events, executions, keys, system, triggers, workflows};
+use crate::routes::{cluster, events, executions, keys, system, triggers, workflows};
 
 /// The built API: its router, its OpenAPI document and its route table.
 #[derive(Debug)]
@@ -316,6 +316,25 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         triggers::destroy::<S>,
     );
     r.add(M::POST, "/trigger/{*path}", Spec::new("triggers", "Fire an api trigger").scope(Write).body::<serde_json::Map<String, Value>>().returns::<executions::Started>(201).describe("Starts the trigger's workflow with the request body (a JSON object) as input. Honours Idempotency-Key."), triggers::fire::<S>);
+
+    // ---- cluster -----------------------------------------------------------
+    r.add(
+        M::GET,
+        "/cluster",
+        Spec::new("cluster", "List the live nodes")
+            .scope(Read)
+            .returns::<cluster::ClusterOut>(200),
+        cluster::status::<S>,
+    );
+    r.add(M::POST, "/cluster/nodes/{node}/drain", Spec::new("cluster", "Drain a node").scope(Admin).returns::<cluster::DrainOut>(202).describe("The node passivates its executions, releases their leases and takes no new ones; the other nodes take over."), cluster::drain::<S>);
+    r.add(
+        M::POST,
+        sojourn_actors::DELIVER_PATH,
+        Spec::new("cluster", "Internal: inputs forwarded by another node")
+            .body::<Vec<serde_json::Value>>()
+            .describe("Only for nodes of the cluster: needs the x-sojourn-cluster-secret header."),
+        cluster::deliver::<S>,
+    );
 
     // ---- keys --------------------------------------------------------------
     r.add(

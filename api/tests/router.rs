@@ -2509,6 +2509,7 @@ async fn malformed_bodies_are_refused_and_write_nothing() {
         ("path", "hook".to_owned()),
         ("version", "1".to_owned()),
         ("key", "key_garbage".to_owned()),
+        ("node", "node_garbage".to_owned()),
     ]
     .into_iter()
     .collect();

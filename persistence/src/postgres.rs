@@ -1042,6 +1042,32 @@ impl Store for PgStore {
         Ok(timers)
     }
 
+    async fn defer_timers(
+        &self,
+        owner: &str,
+        timers: &[(ExecutionId, TimerId)],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        if timers.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = timers.iter().map(|(e, _)| e.as_str()).collect();
+        let tids: Vec<&str> = timers.iter().map(|(_, t)| t.as_str()).collect();
+        sqlx::query(
+            "UPDATE timers t SET claimed_until = $2
+             FROM UNNEST($3::text[], $4::text[]) AS v(execution_id, timer_id)
+             WHERE t.execution_id = v.execution_id AND t.timer_id = v.timer_id
+               AND t.claimed_by = $1",
+        )
+        .bind(owner)
+        .bind(at)
+        .bind(&ids)
+        .bind(&tids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn release_claims(&self, owner: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(

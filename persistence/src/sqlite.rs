@@ -850,6 +850,32 @@ impl Store for SqliteStore {
         Ok(timers)
     }
 
+    async fn defer_timers(
+        &self,
+        owner: &str,
+        timers: &[(ExecutionId, TimerId)],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        if timers.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (e, t) in timers {
+            sqlx::query(
+                "UPDATE timers SET claimed_until = ?2
+                 WHERE execution_id = ?3 AND timer_id = ?4 AND claimed_by = ?1",
+            )
+            .bind(owner)
+            .bind(ms(at))
+            .bind(e.as_str())
+            .bind(t.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn release_claims(&self, owner: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(

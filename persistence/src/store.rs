@@ -4,7 +4,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sojourn_runtime::{ActionOutcome, ExecutionId, Input, Workflow};
+use sojourn_runtime::{ActionOutcome, ExecutionId, Input, TimerId, Workflow};
 
 use crate::Result;
 use crate::types::{
@@ -183,6 +183,17 @@ pub trait Store: Send + Sync + 'static {
     /// restarts under the same id, or shuts down, hands its work back at once
     /// instead of after the claims expire.
     fn release_claims(&self, owner: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Hands claimed timers back: they may be claimed again (by any node)
+    /// from `at`. For a firing that could not reach its execution's actor
+    /// (its lease holder is unreachable), so it fires again shortly instead
+    /// of when its claim would have expired. Only `owner`'s claims change.
+    fn defer_timers(
+        &self,
+        owner: &str,
+        timers: &[(ExecutionId, TimerId)],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// How many timers exist (for metrics and tests).
     fn pending_timers(&self) -> impl Future<Output = Result<i64>> + Send;

@@ -11,7 +11,7 @@ use sojourn_persistence::{
 };
 use sojourn_runtime::{
     ActionOutcome, CompiledWorkflow, Effect, EventInput, ExecutionId, Input, Registry, Snapshot,
-    Status, Transition, Workflow,
+    Status, TimerId, Transition, Workflow,
 };
 
 // ---- fixtures ---------------------------------------------------------------
@@ -760,6 +760,42 @@ async fn timers_are_claimed_once_and_reclaimed_after_expiry<S: Store>(store: &S)
         .await
         .expect("claim");
     assert_eq!(again.len(), 10);
+    // A timer handed back by its holder (its execution's node was
+    // unreachable) is claimable again from the given time; another node's
+    // deferral changes nothing.
+    let back: Vec<(ExecutionId, TimerId)> = again[..3]
+        .iter()
+        .map(|t| (t.execution_id.clone(), t.timer_id.clone()))
+        .collect();
+    let soon = lease + Duration::seconds(5);
+    store
+        .defer_timers("node-a", &back, t0())
+        .await
+        .expect("defer by a non-holder");
+    store
+        .defer_timers("node-c", &back, soon)
+        .await
+        .expect("defer");
+    let early = store
+        .claim_due_timers("node-d", horizon, lease + Duration::seconds(2), soon, 100)
+        .await
+        .expect("claim");
+    assert!(early.is_empty(), "{early:?}");
+    let later = store
+        .claim_due_timers(
+            "node-d",
+            horizon,
+            soon + Duration::seconds(1),
+            soon + Duration::seconds(60),
+            100,
+        )
+        .await
+        .expect("claim");
+    let mut got: Vec<&ExecutionId> = later.iter().map(|t| &t.execution_id).collect();
+    got.sort();
+    let mut want: Vec<&ExecutionId> = back.iter().map(|(e, _)| e).collect();
+    want.sort();
+    assert_eq!(got, want);
 }
 
 async fn subscriptions_follow_waits_and_vanish_when_finished<S: Store>(store: &S) {

@@ -312,7 +312,7 @@ pub(crate) async fn get<S: Store>(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<ExecutionOut>> {
     let r = find(&app, &caller, &id).await?;
-    let holder = app.engine.lease_holder(&r.id).await.map(str::to_owned);
+    let holder = app.engine.lease_holder(&r.id).await;
     let s = r.snapshot;
     Ok(axum::Json(ExecutionOut {
         id: r.id.to_string(),

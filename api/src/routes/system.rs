@@ -49,6 +49,27 @@ pub(crate) async fn readyz<S: Store>(State(app): State<AppState<S>>) -> Response
             "unreachable".to_owned()
         }),
     }];
+    let redis = app.engine.cluster_ready().await;
+    let redis_ok = redis.is_ok();
+    if app.engine.is_clustered() {
+        checks.push(Check {
+            name: "redis".into(),
+            ok: redis_ok,
+            error: redis.err().map(|e| {
+                tracing::warn!(error = %e, "readiness: redis does not answer");
+                "unreachable".to_owned()
+            }),
+        });
+    }
+    let draining = app.engine.is_draining();
+    if draining {
+        checks.push(Check {
+            name: "engine".into(),
+            ok: false,
+            error: Some("draining".into()),
+        });
+    }
+    let ok = ok && redis_ok && !draining;
     if stopping {
         checks.push(Check {
             name: "engine".into(),

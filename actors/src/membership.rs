@@ -1,0 +1,157 @@
+//! The node's life in the cluster, in two loops:
+//!
+//! - **heartbeat** (every `heartbeat_interval`): registers the node with its
+//!   address and actor count; learns the other nodes' addresses (for
+//!   forwarding); when a node's heartbeat has expired, hands its claimed
+//!   timers and outbox messages back at once so the survivors fire and send
+//!   them (instead of waiting for the claims to expire); and starts a drain
+//!   when an operator asked for one (`sojourn cluster drain NODE`).
+//! - **lease renewal** (every third of the lease TTL): extends the leases
+//!   of the live actors in batches. A lease another node holds now (Redis
+//!   lost it, or this node was paused past its TTL) stops its actor at
+//!   once; if renewals fail for a whole TTL (Redis unreachable), every
+//!   local actor stops, since another node may take their executions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sojourn_cluster::NodeInfo;
+use sojourn_persistence::Store;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::router::Router;
+use crate::stats::Stats;
+use crate::supervisor::SupervisorMsg;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the heartbeat loop needs beside the router.
+pub(crate) struct Beat {
+    pub(crate) address: String,
+    pub(crate) interval: Duration,
+    pub(crate) started_ms: u64,
+    /// Set when an operator's drain request arrives; the engine drains.
+    pub(crate) drain: Arc<Notify>,
+    pub(crate) draining: Arc<AtomicBool>,
+}
+
+pub(crate) async fn heartbeat<S: Store>(
+    router: Arc<Router<S>>,
+    beat: Beat,
+    stop: Arc<AtomicBool>,
+    stopped: Arc<Notify>,
+) {
+    let cluster = router.cluster.clone();
+    // A restarted node takes work again.
+    let _ = cluster.clear_drain().await;
+    let mut backoff = beat.interval;
+    while !stop.load(Ordering::Relaxed) {
+        let info = NodeInfo {
+            id: cluster.node_id().to_owned(),
+            address: beat.address.clone(),
+            actors: router.held.len() as u64,
+            last_seen_ms: now_ms(),
+            started_ms: beat.started_ms,
+            draining: beat.draining.load(Ordering::Relaxed),
+        };
+        let ttl = cluster.lease_ttl();
+        let result = async {
+            cluster.heartbeat(&info, ttl).await?;
+            let (live, dead) = cluster.members().await?;
+            router.set_addresses(live.into_iter().map(|n| (n.id, n.address)));
+            for node in dead {
+                warn!(node = %node, "node's heartbeat expired: handing its timers and actions to the others");
+                if let Err(e) = router.store.release_claims(&node).await {
+                    warn!(node = %node, error = %e, "releasing a dead node's claims failed; they expire");
+                }
+            }
+            if !beat.draining.load(Ordering::Relaxed) && cluster.drain_requested().await? {
+                info!("drain requested: passivating every execution");
+                beat.drain.notify_one();
+            }
+            Ok::<(), sojourn_cluster::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => backoff = beat.interval,
+            Err(e) => {
+                warn!(error = %e, "cluster heartbeat failed; retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped.notified() => {}
+        }
+    }
+}
+
+pub(crate) async fn renew_leases<S: Store>(
+    router: Arc<Router<S>>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    stopped: Arc<Notify>,
+) {
+    let cluster = router.cluster.clone();
+    let ttl = cluster.lease_ttl();
+    let every = ttl / 3;
+    let mut last_ok = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.notified() => {}
+        }
+        let ids = router.held.snapshot();
+        if ids.is_empty() {
+            last_ok = Instant::now();
+            continue;
+        }
+        match cluster.renew(&ids).await {
+            Ok(lost) => {
+                last_ok = Instant::now();
+                if !lost.is_empty() {
+                    warn!(
+                        leases = lost.len(),
+                        "leases taken by another node: stopping their actors"
+                    );
+                    lost_all(&router, &stats, lost);
+                }
+            }
+            Err(e) => {
+                // Stop before the TTL runs out: by then another node may
+                // take these executions.
+                if last_ok.elapsed() + every >= ttl {
+                    warn!(error = %e, actors = ids.len(), "cannot renew leases for a whole TTL: stopping every actor");
+                    let all = router.held.clear();
+                    lost_all(&router, &stats, all);
+                } else {
+                    warn!(error = %e, "renewing leases failed; retrying");
+                }
+            }
+        }
+    }
+}
+
+fn lost_all<S: Store>(router: &Router<S>, stats: &Stats, ids: Vec<sojourn_runtime::ExecutionId>) {
+    Stats::add(&stats.leases_lost, ids.len() as u64);
+    for id in &ids {
+        router.held.remove(id);
+    }
+    router.lease_lost(ids);
+}
+
+impl<S: Store> Router<S> {
+    /// Stops the actors of executions whose leases this node lost.
+    pub(crate) fn lease_lost(&self, ids: Vec<sojourn_runtime::ExecutionId>) {
+        if let Some(sup) = self.supervisor_ref() {
+            let _ = sup.cast(SupervisorMsg::LeaseLost(ids));
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The router: every input for an execution goes through it to reach the
+//! one live actor of that execution, cluster-wide.
+//!
+//! - This node holds the execution's lease: the input goes to the local
+//!   supervisor at once (no round trip).
+//! - Nobody does: this node takes the lease (Redis, a batch of executions
+//!   per round trip), then the supervisor rehydrates the actor (which bumps
+//!   the lease epoch in the database: lease first, then epoch).
+//! - Another node does: the input is forwarded to it over its internal
+//!   endpoint. A forward that fails falls back to durable delivery: inbox
+//!   inputs are rows already and wait for the next activation; a timer
+//!   firing is handed back (its claim shortened) and fires again shortly.
+//!
+//! Leases this node holds are kept in [`Held`]; the supervisor spawns an
+//! actor only for an execution in it, and removes it when the actor is gone
+//! (the lease is then released in the background).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use sojourn_cluster::{Cluster, Lease};
+use sojourn_persistence::Store;
+use sojourn_runtime::{ExecutionId, Input, TimerId};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::execution::Delivery;
+use crate::stats::Stats;
+use crate::supervisor::SupervisorMsg;
+
+/// The header carrying the cluster secret on internal requests.
+pub const SECRET_HEADER: &str = "x-sojourn-cluster-secret";
+
+/// The internal route a node forwards inputs to.
+pub const DELIVER_PATH: &str = "/internal/v1/deliver";
+
+/// An input forwarded to the node holding its execution (`input: None`:
+/// read the inbox).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub execution_id: ExecutionId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Input>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_timer: Option<TimerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_id: Option<i64>,
+}
+
+/// One item to route: an input, or `None` to activate the execution (its
+/// inbox holds inputs, or it was never started).
+pub(crate) type Item = (ExecutionId, Option<Delivery>);
+
+/// The executions whose leases this node holds.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    ids: Mutex<HashSet<ExecutionId>>,
+}
+
+impl Held {
+    pub(crate) fn contains(&self, id: &ExecutionId) -> bool {
+        self.ids.lock().map(|s| s.contains(id)).unwrap_or(false)
+    }
+
+    pub(crate) fn insert(&self, id: ExecutionId) {
+        if let Ok(mut s) = self.ids.lock() {
+            s.insert(id);
+        }
+    }
+
+    pub(crate) fn remove(&self, id: &ExecutionId) -> bool {
+        self.ids.lock().map(|mut s| s.remove(id)).unwrap_or(false)
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<ExecutionId> {
+        self.ids
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ids.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub(crate) fn clear(&self) -> Vec<ExecutionId> {
+        self.ids
+            .lock()
+            .map(|mut s| s.drain().collect())
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) struct Router<S: Store> {
+    pub(crate) store: Arc<S>,
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) held: Arc<Held>,
+    supervisor: OnceLock<ActorRef<SupervisorMsg>>,
+    http: reqwest::Client,
+    secret: tokio::sync::OnceCell<String>,
+    /// Node id → internal address, from membership.
+    addresses: RwLock<HashMap<String, String>>,
+    releases: mpsc::UnboundedSender<Release>,
+    /// Draining or stopping: take no new leases.
+    pub(crate) closed: AtomicBool,
+    stats: Arc<Stats>,
+    /// How long a timer handed back waits before it is claimed again.
+    retry_timer_after: Duration,
+}
+
+impl<S: Store> std::fmt::Debug for Router<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("node", &self.cluster.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Router<S> {
+    /// The router and the receiver of leases to release (drained by
+    /// [`run_releaser`]).
+    pub(crate) fn new(
+        store: Arc<S>,
+        cluster: Arc<Cluster>,
+        stats: Arc<Stats>,
+    ) -> (Router<S>, mpsc::UnboundedReceiver<Release>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap_or_default();
+        (
+            Router {
+                store,
+                cluster,
+                held: Arc::new(Held::default()),
+                supervisor: OnceLock::new(),
+                http,
+                secret: tokio::sync::OnceCell::new(),
+                addresses: RwLock::default(),
+                releases: tx,
+                closed: AtomicBool::new(false),
+                stats,
+                retry_timer_after: Duration::from_millis(500),
+            },
+            rx,
+        )
+    }
+
+    pub(crate) fn set_supervisor(&self, supervisor: ActorRef<SupervisorMsg>) {
+        let _ = self.supervisor.set(supervisor);
+    }
+
+    pub(crate) fn supervisor_ref(&self) -> Option<&ActorRef<SupervisorMsg>> {
+        self.supervisor.get()
+    }
+
+    /// The cluster secret (made or read once).
+    pub(crate) async fn secret(&self) -> Result<&str, sojourn_cluster::Error> {
+        self.secret
+            .get_or_try_init(|| self.cluster.secret())
+            .await
+            .map(String::as_str)
+    }
+
+    pub(crate) fn set_addresses(&self, nodes: impl IntoIterator<Item = (String, String)>) {
+        if let Ok(mut m) = self.addresses.write() {
+            m.clear();
+            m.extend(nodes);
+        }
+    }
+
+    /// The lease of `id` is gone from this node (its actor stopped):
+    /// release it in the background.
+    pub(crate) fn released(&self, id: &ExecutionId) {
+        if self.held.remove(id) {
+            let _ = self.releases.send(Release::Lease(id.clone()));
+        }
+    }
+
+    /// Waits until every lease released so far is given back.
+    pub(crate) async fn flush_releases(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.releases.send(Release::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+    }
+
+    /// Hands items to the local supervisor (the lease is held).
+    fn local(&self, items: Vec<Item>) {
+        let Some(sup) = self.supervisor_ref() else {
+            return;
+        };
+        for (id, d) in items {
+            let _ = match d {
+                Some(d) => sup.cast(SupervisorMsg::Deliver(id, d)),
+                None => sup.cast(SupervisorMsg::Activate(id)),
+            };
+        }
+    }
+
+    /// Takes leases for new executions before they are created; returns
+    /// which ones this node got.
+    pub(crate) async fn acquire_new(&self, ids: &[ExecutionId]) -> Vec<bool> {
+        if self.closed.load(Ordering::Relaxed) {
+            return vec![false; ids.len()];
+        }
+        match self.cluster.acquire(ids).await {
+            Ok(leases) => ids
+                .iter()
+                .zip(leases)
+                .map(|(id, l)| {
+                    let mine = l == Lease::Mine;
+                    if mine {
+                        self.held.insert(id.clone());
+                    }
+                    mine
+                })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot take leases for new executions; they start when the cluster answers");
+                vec![false; ids.len()]
+            }
+        }
+    }
+
+    /// Routes a batch of items; `forwarded` items came from another node
+    /// and are not forwarded again.
+    pub(crate) async fn route(&self, items: Vec<Item>, forwarded: bool) {
+        if items.is_empty() {
+            return;
+        }
+        let (local, rest): (Vec<Item>, Vec<Item>) = items
+            .into_iter()
+            .partition(|(id, _)| self.held.contains(id));
+        self.local(local);
+        if rest.is_empty() {
+            return;
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            // Draining: leave them to the nodes that take work.
+            self.forward_or_fall_back(rest, forwarded).await;
+            return;
+        }
+        let ids: Vec<ExecutionId> = rest.iter().map(|(id, _)| id.clone()).collect();
+        let leases = match self.cluster.acquire(&ids).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, items = rest.len(), "cannot take leases: inputs wait durably");
+                self.fall_back(rest).await;
+                return;
+            }
+        };
+        let mut mine = Vec::new();
+        let mut elsewhere: HashMap<String, Vec<Item>> = HashMap::new();
+        for ((id, d), lease) in rest.into_iter().zip(leases) {
+            match lease {
+                Lease::Mine => {
+                    self.held.insert(id.clone());
+                    Stats::add(&self.stats.leases_taken, 1);
+                    mine.push((id, d));
+                }
+                Lease::HeldBy(node) => elsewhere.entry(node).or_default().push((id, d)),
+            }
+        }
+        self.local(mine);
+        for (node, items) in elsewhere {
+            if forwarded {
+                // It bounced: the holder thinks it does not hold it. Keep it
+                // durable; the holder's lease is renewed or expires soon.
+                self.fall_back(items).await;
+            } else {
+                self.forward(&node, items).await;
+            }
+        }
+    }
+
+    async fn forward_or_fall_back(&self, items: Vec<Item>, forwarded: bool) {
+        if forwarded {
+            self.fall_back(items).await;
+            return;
+        }
+        let ids: Vec<ExecutionId> = items.iter().map(|(id, _)| id.clone()).collect();
+        let holders = futures_holders(&self.cluster, &ids).await;
+        let mut by_node: HashMap<String, Vec<Item>> = HashMap::new();
+        let mut none = Vec::new();
+        for (item, holder) in items.into_iter().zip(holders) {
+            match holder {
+                Some(h) if h != self.cluster.node_id() => by_node.entry(h).or_default().push(item),
+                _ => none.push(item),
+            }
+        }
+        self.fall_back(none).await;
+        for (node, items) in by_node {
+            self.forward(&node, items).await;
+        }
+    }
+
+    /// Sends items to the node holding them; on failure, durable delivery.
+    async fn forward(&self, node: &str, items: Vec<Item>) {
+        let address = self
+            .addresses
+            .read()
+            .ok()
+            .and_then(|m| m.get(node).cloned());
+        let Some(address) = address else {
+            debug!(node, "no address for the lease holder: inputs wait durably");
+            self.fall_back(items).await;
+            return;
+        };
+        let secret = match self.secret().await {
+            Ok(s) => s.to_owned(),
+            Err(e) => {
+                warn!(error = %e, "no cluster secret: inputs wait durably");
+                self.fall_back(items).await;
+                return;
+            }
+        };
+        let body: Vec<Forwarded> = items
+            .iter()
+            .map(|(id, d)| Forwarded {
+                execution_id: id.clone(),
+                input: d.as_ref().map(|d| d.input.clone()),
+                fired_timer: d.as_ref().and_then(|d| d.fired_timer.clone()),
+                inbox_id: d.as_ref().and_then(|d| d.inbox_id),
+            })
+            .collect();
+        let sent = self
+            .http
+            .post(format!("{}{DELIVER_PATH}", address.trim_end_matches('/')))
+            .header(SECRET_HEADER, secret)
+            .json(&body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                Stats::add(&self.stats.forwarded, items.len() as u64);
+            }
+            Ok(r) => {
+                warn!(node, status = %r.status(), "forwarding inputs refused: they wait durably");
+                self.fall_back(items).await;
+            }
+            Err(e) => {
+                warn!(node, error = %e, "forwarding inputs failed: they wait durably");
+                self.fall_back(items).await;
+            }
+        }
+    }
+
+    /// Durable delivery: inbox inputs and activations are rows already; a
+    /// timer firing goes back to the timer table, to be claimed again soon.
+    async fn fall_back(&self, items: Vec<Item>) {
+        let timers: Vec<(ExecutionId, TimerId)> = items
+            .into_iter()
+            .filter_map(|(id, d)| d.and_then(|d| d.fired_timer).map(|t| (id, t)))
+            .collect();
+        if timers.is_empty() {
+            return;
+        }
+        let at = Utc::now()
+            + chrono::Duration::from_std(self.retry_timer_after)
+                .unwrap_or(chrono::Duration::seconds(1));
+        if let Err(e) = self
+            .store
+            .defer_timers(self.cluster.node_id(), &timers, at)
+            .await
+        {
+            warn!(error = %e, "handing timers back failed; their claims expire");
+        }
+    }
+
+    /// Accepts inputs another node forwarded here.
+    pub(crate) async fn accept(&self, items: Vec<Forwarded>) {
+        let items: Vec<Item> = items
+            .into_iter()
+            .map(|f| {
+                let d = f.input.map(|input| Delivery {
+                    input,
+                    fired_timer: f.fired_timer,
+                    inbox_id: f.inbox_id,
+                });
+                (f.execution_id, d)
+            })
+            .collect();
+        self.route(items, true).await;
+    }
+}
+
+async fn futures_holders(cluster: &Cluster, ids: &[ExecutionId]) -> Vec<Option<String>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(cluster.holder(id).await.ok().flatten());
+    }
+    out
+}
+
+/// What the releaser is asked.
+#[derive(Debug)]
+pub(crate) enum Release {
+    Lease(ExecutionId),
+    /// Answer once everything before this is released.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Releases leases in batches as their actors stop.
+pub(crate) async fn run_releaser(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Release>) {
+    let mut batch = Vec::new();
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Release::Lease(id) => batch.push(id),
+                Release::Flush(tx) => flushes.push(tx),
+            }
+            if batch.len() < 1_000 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty()
+            && let Err(e) = cluster.release(&batch).await
+        {
+            debug!(error = %e, leases = batch.len(), "releasing leases failed; they expire");
+        }
+        batch.clear();
+        for tx in flushes.drain(..) {
+            let _ = tx.send(());
+        }
+    }
+}
