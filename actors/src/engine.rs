@@ -117,6 +117,7 @@ impl<S: Store> Engine<S> {
         let cluster = Arc::new(cluster);
         let (router, releases) = Router::new(store.clone(), cluster.clone(), stats.clone());
         let router = Arc::new(router);
+        router.set_self();
         let release_task = tokio::spawn(crate::router::run_releaser(cluster.clone(), releases));
         let (leaser, lease_task) = {
             let router = router.clone();

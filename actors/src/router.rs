@@ -33,6 +33,11 @@ use crate::execution::Delivery;
 use crate::stats::Stats;
 use crate::supervisor::SupervisorMsg;
 
+/// How many times inputs that could not reach their execution are routed
+/// again (a quarter of the lease TTL apart) before the recovery scan is left
+/// to find them.
+const MAX_REROUTES: u32 = 8;
+
 /// The header carrying the cluster secret on internal requests.
 pub const SECRET_HEADER: &str = "x-sojourn-cluster-secret";
 
@@ -111,6 +116,8 @@ pub(crate) struct Router<S: Store> {
     stats: Arc<Stats>,
     /// How long a timer handed back waits before it is claimed again.
     retry_timer_after: Duration,
+    /// This router, for the delayed retries of [`Router::fall_back`].
+    me: OnceLock<std::sync::Weak<Router<S>>>,
 }
 
 impl<S: Store> std::fmt::Debug for Router<S> {
@@ -148,9 +155,15 @@ impl<S: Store> Router<S> {
                 closed: AtomicBool::new(false),
                 stats,
                 retry_timer_after: Duration::from_millis(500),
+                me: OnceLock::new(),
             },
             rx,
         )
+    }
+
+    /// Lets the router schedule its own retries.
+    pub(crate) fn set_self(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
     }
 
     pub(crate) fn set_supervisor(&self, supervisor: ActorRef<SupervisorMsg>) {
@@ -233,57 +246,69 @@ impl<S: Store> Router<S> {
     /// Routes a batch of items; `forwarded` items came from another node
     /// and are not forwarded again.
     pub(crate) async fn route(&self, items: Vec<Item>, forwarded: bool) {
-        if items.is_empty() {
-            return;
-        }
-        let (local, rest): (Vec<Item>, Vec<Item>) = items
-            .into_iter()
-            .partition(|(id, _)| self.held.contains(id));
-        self.local(local);
-        if rest.is_empty() {
-            return;
-        }
-        if self.closed.load(Ordering::Relaxed) {
-            // Draining: leave them to the nodes that take work.
-            self.forward_or_fall_back(rest, forwarded).await;
-            return;
-        }
-        let ids: Vec<ExecutionId> = rest.iter().map(|(id, _)| id.clone()).collect();
-        let leases = match self.cluster.acquire(&ids).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, items = rest.len(), "cannot take leases: inputs wait durably");
-                self.fall_back(rest).await;
-                return;
-            }
-        };
-        let mut mine = Vec::new();
-        let mut elsewhere: HashMap<String, Vec<Item>> = HashMap::new();
-        for ((id, d), lease) in rest.into_iter().zip(leases) {
-            match lease {
-                Lease::Mine => {
-                    self.held.insert(id.clone());
-                    Stats::add(&self.stats.leases_taken, 1);
-                    mine.push((id, d));
-                }
-                Lease::HeldBy(node) => elsewhere.entry(node).or_default().push((id, d)),
-            }
-        }
-        self.local(mine);
-        for (node, items) in elsewhere {
-            if forwarded {
-                // It bounced: the holder thinks it does not hold it. Keep it
-                // durable; the holder's lease is renewed or expires soon.
-                self.fall_back(items).await;
-            } else {
-                self.forward(&node, items).await;
-            }
-        }
+        self.route_try(items, forwarded, 0).await;
     }
 
-    async fn forward_or_fall_back(&self, items: Vec<Item>, forwarded: bool) {
+    /// Boxed (and `Send`), so a delayed retry can call it again.
+    fn route_try(
+        &self,
+        items: Vec<Item>,
+        forwarded: bool,
+        attempt: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if items.is_empty() {
+                return;
+            }
+            let (local, rest): (Vec<Item>, Vec<Item>) = items
+                .into_iter()
+                .partition(|(id, _)| self.held.contains(id));
+            self.local(local);
+            if rest.is_empty() {
+                return;
+            }
+            if self.closed.load(Ordering::Relaxed) {
+                // Draining: leave them to the nodes that take work.
+                self.forward_or_fall_back(rest, forwarded, attempt).await;
+                return;
+            }
+            let ids: Vec<ExecutionId> = rest.iter().map(|(id, _)| id.clone()).collect();
+            let leases = match self.cluster.acquire(&ids).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, items = rest.len(), "cannot take leases: inputs wait durably");
+                    self.fall_back(rest, attempt).await;
+                    return;
+                }
+            };
+            let mut mine = Vec::new();
+            let mut elsewhere: HashMap<String, Vec<Item>> = HashMap::new();
+            for ((id, d), lease) in rest.into_iter().zip(leases) {
+                match lease {
+                    Lease::Mine => {
+                        self.held.insert(id.clone());
+                        Stats::add(&self.stats.leases_taken, 1);
+                        mine.push((id, d));
+                    }
+                    Lease::HeldBy(node) => elsewhere.entry(node).or_default().push((id, d)),
+                }
+            }
+            self.local(mine);
+            for (node, items) in elsewhere {
+                if forwarded {
+                    // It bounced: the holder thinks it does not hold it. Keep it
+                    // durable; the holder's lease is renewed or expires soon.
+                    self.fall_back(items, attempt).await;
+                } else {
+                    self.forward(&node, items, attempt).await;
+                }
+            }
+        })
+    }
+
+    async fn forward_or_fall_back(&self, items: Vec<Item>, forwarded: bool, attempt: u32) {
         if forwarded {
-            self.fall_back(items).await;
+            self.fall_back(items, attempt).await;
             return;
         }
         let ids: Vec<ExecutionId> = items.iter().map(|(id, _)| id.clone()).collect();
@@ -296,14 +321,14 @@ impl<S: Store> Router<S> {
                 _ => none.push(item),
             }
         }
-        self.fall_back(none).await;
+        self.fall_back(none, attempt).await;
         for (node, items) in by_node {
-            self.forward(&node, items).await;
+            self.forward(&node, items, attempt).await;
         }
     }
 
     /// Sends items to the node holding them; on failure, durable delivery.
-    async fn forward(&self, node: &str, items: Vec<Item>) {
+    async fn forward(&self, node: &str, items: Vec<Item>, attempt: u32) {
         let address = self
             .addresses
             .read()
@@ -311,14 +336,14 @@ impl<S: Store> Router<S> {
             .and_then(|m| m.get(node).cloned());
         let Some(address) = address else {
             debug!(node, "no address for the lease holder: inputs wait durably");
-            self.fall_back(items).await;
+            self.fall_back(items, attempt).await;
             return;
         };
         let secret = match self.secret().await {
             Ok(s) => s.to_owned(),
             Err(e) => {
                 warn!(error = %e, "no cluster secret: inputs wait durably");
-                self.fall_back(items).await;
+                self.fall_back(items, attempt).await;
                 return;
             }
         };
@@ -344,22 +369,40 @@ impl<S: Store> Router<S> {
             }
             Ok(r) => {
                 warn!(node, status = %r.status(), "forwarding inputs refused: they wait durably");
-                self.fall_back(items).await;
+                self.fall_back(items, attempt).await;
             }
             Err(e) => {
                 warn!(node, error = %e, "forwarding inputs failed: they wait durably");
-                self.fall_back(items).await;
+                self.fall_back(items, attempt).await;
             }
         }
     }
 
-    /// Durable delivery: inbox inputs and activations are rows already; a
-    /// timer firing goes back to the timer table, to be claimed again soon.
-    async fn fall_back(&self, items: Vec<Item>) {
-        let timers: Vec<(ExecutionId, TimerId)> = items
-            .into_iter()
-            .filter_map(|(id, d)| d.and_then(|d| d.fired_timer).map(|t| (id, t)))
-            .collect();
+    /// Durable delivery: a timer firing goes back to the timer table, to be
+    /// claimed again soon; inbox inputs and activations are rows already,
+    /// and are routed again a little later (the holder's lease may be about
+    /// to expire: it died) — a few times, then the recovery scan has them.
+    async fn fall_back(&self, items: Vec<Item>, attempt: u32) {
+        let mut timers: Vec<(ExecutionId, TimerId)> = Vec::new();
+        let mut later: Vec<Item> = Vec::new();
+        for (id, d) in items {
+            match d.and_then(|d| d.fired_timer) {
+                Some(t) => timers.push((id, t)),
+                None => later.push((id, None)),
+            }
+        }
+        if !later.is_empty()
+            && attempt < MAX_REROUTES
+            && let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade)
+        {
+            let wait = self.cluster.lease_ttl() / 4;
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if !me.closed.load(Ordering::Relaxed) {
+                    me.route_try(later, false, attempt + 1).await;
+                }
+            });
+        }
         if timers.is_empty() {
             return;
         }
