@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README, and what .ci/run calls). Makes sure the services
-# the tests use answer (PostgreSQL on 127.0.0.1:5432 with trust auth),
-# installing and starting them from Debian's packages when they do not, then
-# builds once and runs every test of the workspace.
+# the tests use answer (PostgreSQL on 127.0.0.1:5432 with trust auth, Redis
+# on 127.0.0.1:6379, and the redis-server binary the cluster tests start
+# privately), installing and starting them from Debian's packages when they
+# do not, then builds once and runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,5 +47,31 @@ ensure_postgres() {
     exit 1
 }
 
+redis_up() {
+    command -v redis-cli >/dev/null 2>&1 && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG
+}
+
+ensure_redis() {
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        echo "redis-server not found: installing it" >&2
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
+    fi
+    if redis_up; then
+        return
+    fi
+    echo "Redis does not answer on 127.0.0.1:6379: starting it" >&2
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+        --appendonly no --dir /var/lib/redis --logfile /var/log/redis/sojourn-tests.log
+    for _ in $(seq 1 30); do
+        if redis_up; then return; fi
+        sleep 0.2
+    done
+    echo "Redis did not start" >&2
+    exit 1
+}
+
 ensure_postgres
+ensure_redis
 cargo test --workspace --locked "$@"

@@ -17,7 +17,8 @@ use crate::Failure;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct HttpBenchArgs {
-    /// The node's address.
+    /// The node's address; several, comma-separated, spread the load over
+    /// the nodes of a cluster.
     #[arg(long, env = "SOJOURN_URL", default_value = "http://127.0.0.1:8080")]
     pub(crate) url: String,
     #[arg(long, env = "SOJOURN_API_KEY", hide_env_values = true)]
@@ -57,15 +58,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 struct Target {
     http: reqwest::Client,
-    url: String,
+    /// `/v1/executions` of each node.
+    urls: Vec<String>,
     key: Option<String>,
 }
 
 impl Target {
     async fn start(&self, n: u64) -> Result<(), String> {
+        let url = &self.urls[(n % self.urls.len() as u64) as usize];
         let mut req = self
             .http
-            .post(&self.url)
+            .post(url)
             .json(&json!({"workflow": WORKFLOW, "input": {"n": n}}));
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
@@ -82,7 +85,16 @@ impl Target {
 }
 
 pub(crate) async fn run(args: HttpBenchArgs, concurrency: usize) -> Result<(), Failure> {
-    let base = args.url.trim_end_matches('/').to_owned();
+    let bases: Vec<String> = args
+        .url
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let base = bases
+        .first()
+        .cloned()
+        .ok_or_else(|| Failure::Invalid("--url: give at least one address".into()))?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency.max(64))
         .timeout(Duration::from_secs(30))
@@ -108,7 +120,7 @@ pub(crate) async fn run(args: HttpBenchArgs, concurrency: usize) -> Result<(), F
     }
     let target = Arc::new(Target {
         http,
-        url: format!("{base}/v1/executions"),
+        urls: bases.iter().map(|b| format!("{b}/v1/executions")).collect(),
         key: args.api_key.clone(),
     });
     // Warm up connections.
@@ -125,14 +137,14 @@ pub(crate) async fn run(args: HttpBenchArgs, concurrency: usize) -> Result<(), F
                 tasks.push(tokio::spawn(async move {
                     let mut lat = Vec::new();
                     let mut errors = Vec::new();
-                    let mut n = (w as u64) << 32;
+                    let mut n = w as u64;
                     while started.elapsed() < duration {
                         let t0 = Instant::now();
                         match t.start(n).await {
                             Ok(()) => lat.push(t0.elapsed().as_secs_f64() * 1e3),
                             Err(e) => errors.push(e),
                         }
-                        n += 1;
+                        n += concurrency.max(1) as u64;
                     }
                     (lat, errors)
                 }));
@@ -170,7 +182,11 @@ pub(crate) async fn run(args: HttpBenchArgs, concurrency: usize) -> Result<(), F
         Some(r) => format!("open loop at {r}/s"),
         None => format!("closed loop, {concurrency} concurrent"),
     };
-    println!("HTTP starts against {base} ({mode}, {:.1} s):", elapsed);
+    println!(
+        "HTTP starts against {} ({mode}, {:.1} s):",
+        bases.join(", "),
+        elapsed
+    );
     println!(
         "  {} started, {} errors: {:.0} starts/s",
         lat.len(),

@@ -365,6 +365,22 @@ impl Cluster {
         r.json::<Value>().await.map_err(|e| e.to_string())
     }
 
+    /// Runs a client command against node 0; its standard output.
+    fn cli(&self, args: &[&str]) -> String {
+        let o = Command::new(env!("CARGO_BIN_EXE_sojourn"))
+            .args(args)
+            .env("SOJOURN_URL", &self.urls[0])
+            .env("SOJOURN_API_KEY", &self.key)
+            .output()
+            .expect("run sojourn");
+        assert!(
+            o.status.success(),
+            "sojourn {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     async fn apply(&self, workflow: Value) {
         let (status, body) = self
             .post(
@@ -781,6 +797,10 @@ async fn rolling_restart_and_drain_under_load_lose_nothing() {
         Some(3),
         "{status}"
     );
+    let table = c.cli(&["cluster", "status"]);
+    for id in ["n0", "n1", "n2"] {
+        assert!(table.contains(id), "{table}");
+    }
     let loader = load(&c, N, 80);
     for i in 0..c.len() {
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -791,12 +811,9 @@ async fn rolling_restart_and_drain_under_load_lose_nothing() {
         c.with_node(i, Node::start);
         c.wait_ready(i).await;
     }
-    // Drain n2 through the API: it passivates and holds nothing.
-    let (code, body) = c
-        .post(0, "/cluster/nodes/n2/drain", json!({}), &[])
-        .await
-        .expect("drain");
-    assert_eq!(code, 202, "{body}");
+    // Drain n2 with the CLI: it passivates and holds nothing.
+    let out = c.cli(&["cluster", "drain", "n2"]);
+    assert!(out.contains("drain requested"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = c.get(0, "/cluster").await.expect("cluster");
