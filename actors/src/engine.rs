@@ -79,6 +79,9 @@ pub struct Engine<S: Store> {
     stopped: Arc<Notify>,
     /// Draining: passivating and taking no new executions.
     draining: Arc<AtomicBool>,
+    /// The heartbeat loop, stopped last.
+    beat: std::sync::Mutex<Option<JoinHandle<()>>>,
+    beat_stop: Arc<AtomicBool>,
     /// Background loops that stop when `stop` is set (taken by shutdown).
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Tasks that end when the last handle to their channel drops (with the
@@ -179,6 +182,10 @@ impl<S: Store> Engine<S> {
         ));
         let drain = Arc::new(Notify::new());
         let draining = Arc::new(AtomicBool::new(false));
+        // The heartbeat outlives the other loops at shutdown: a node that
+        // still finishes its sends must not look dead (the others would send
+        // them again).
+        let beat_stop = Arc::new(AtomicBool::new(false));
         let heartbeat = tokio::spawn(crate::membership::heartbeat(
             router.clone(),
             crate::membership::Beat {
@@ -188,7 +195,7 @@ impl<S: Store> Engine<S> {
                 drain: drain.clone(),
                 draining: draining.clone(),
             },
-            stop.clone(),
+            beat_stop.clone(),
             stopped.clone(),
         ));
         let renewal = tokio::spawn(crate::membership::renew_leases(
@@ -218,7 +225,9 @@ impl<S: Store> Engine<S> {
             stop,
             stopped,
             draining,
-            tasks: std::sync::Mutex::new(vec![timers, outbox, recovery, heartbeat, renewal]),
+            tasks: std::sync::Mutex::new(vec![timers, outbox, recovery, renewal]),
+            beat: std::sync::Mutex::new(Some(heartbeat)),
+            beat_stop,
             _channel_tasks: vec![
                 start_task,
                 activate_task,
@@ -325,6 +334,11 @@ impl<S: Store> Engine<S> {
         // created, and started by whichever node recovers it.
         let id = snapshot.execution_id.clone();
         let leased = self.ctx.leaser.call(id.clone()).await.unwrap_or(false);
+        // Whatever happens below but a new execution, the lease goes back.
+        let mut lease_guard = LeaseGuard {
+            router: &self.ctx.router,
+            id: leased.then(|| id.clone()),
+        };
         let preloaded = snapshot.clone();
         let workflow_id: std::sync::Arc<str> = workflow_id.into();
         let created = self
@@ -341,12 +355,16 @@ impl<S: Store> Engine<S> {
             .await
             .map_err(Error::Actor)?
             .map_err(Error::Rejected)?;
-        if !matches!(created, Created::New(_)) && leased {
-            // The lease of an id that was not used.
-            self.ctx.router.released(&id);
-        }
         match created {
+            Created::New(id) if !leased => {
+                // No lease here (draining, or Redis away): a node that takes
+                // work starts it (the router finds one, or retries).
+                self.ctx.stats.started_by_workflow.inc(&workflow_id);
+                self.ctx.router.route(vec![(id.clone(), None)]).await;
+                Ok(Started { id, new: true })
+            }
             Created::New(id) => {
+                lease_guard.id = None;
                 self.ctx.stats.started_by_workflow.inc(&workflow_id);
                 if leased {
                     let _ = self.supervisor.cast(SupervisorMsg::Adopt(
@@ -395,7 +413,7 @@ impl<S: Store> Engine<S> {
                 }),
             ));
         }
-        self.ctx.router.route(items, false).await;
+        self.ctx.router.route(items).await;
         Ok(ids.len())
     }
 
@@ -411,7 +429,7 @@ impl<S: Store> Engine<S> {
                 inbox_id: Some(inbox),
             }),
         );
-        self.ctx.router.route(vec![item], false).await;
+        self.ctx.router.route(vec![item]).await;
         Ok(())
     }
 
@@ -421,13 +439,13 @@ impl<S: Store> Engine<S> {
         self.ctx.router.accept(items).await;
     }
 
-    /// The secret nodes present to each other's internal endpoint.
-    pub async fn cluster_secret(&self) -> Result<String, Error> {
+    /// The secret nodes present to each other's internal endpoint (cached
+    /// a few seconds; `fresh` reads it again).
+    pub async fn cluster_secret(&self, fresh: bool) -> Result<String, Error> {
         self.ctx
             .router
-            .secret()
+            .secret(fresh)
             .await
-            .map(str::to_owned)
             .map_err(|e| Error::Cluster(e.to_string()))
     }
 
@@ -548,10 +566,13 @@ impl<S: Store> Engine<S> {
             let _ = task.await;
         }
         // Give the leases back, and leave the cluster at once.
-        let left = self.ctx.router.held.clear();
+        self.ctx.router.release_all(self.ctx.router.held.clear());
         self.ctx.router.flush_releases().await;
-        if !left.is_empty() {
-            let _ = self.ctx.router.cluster.release(&left).await;
+        self.beat_stop.store(true, Ordering::Relaxed);
+        self.stopped.notify_waiters();
+        let beat = self.beat.lock().ok().and_then(|mut b| b.take());
+        if let Some(beat) = beat {
+            let _ = beat.await;
         }
         let _ = self.ctx.router.cluster.leave().await;
         // Hand back timers and actions claimed but not done.
@@ -567,6 +588,21 @@ impl<S: Store> Engine<S> {
     }
 }
 
+/// Releases the lease taken for a new execution unless the execution was
+/// created (an idempotent repeat, a limit, an error).
+struct LeaseGuard<'a, S: Store> {
+    router: &'a Router<S>,
+    id: Option<ExecutionId>,
+}
+
+impl<S: Store> Drop for LeaseGuard<'_, S> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.router.released(&id);
+        }
+    }
+}
+
 /// Drains the node: takes no new leases, passivates every actor (their
 /// leases are released as they stop); the node keeps serving its API and
 /// forwards inputs to the nodes that hold their executions.
@@ -575,6 +611,8 @@ async fn drain_node<S: Store>(router: &Router<S>, supervisor: &ActorRef<Supervis
     if let Err(e) = ractor::call!(supervisor, SupervisorMsg::Drain) {
         warn!(error = %e, "draining the supervisor failed");
     }
+    // Leases taken as the drain began, with no actor: give them back.
+    router.release_all(router.held.clear());
     router.flush_releases().await;
     info!("drained: every execution passivated, leases released");
 }
@@ -604,10 +642,20 @@ async fn recover<S: Store>(
     stopped: Arc<Notify>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        match store.executions_with_inputs(10_000).await {
+        if router.closed.load(Ordering::Relaxed) {
+            // Draining: the other nodes recover.
+            tokio::select! {
+                _ = tokio::time::sleep(config.recovery_poll) => {}
+                _ = stopped.notified() => {}
+            }
+            continue;
+        }
+        // Inputs a few seconds old: younger ones are on their way.
+        let older_than = Utc::now() - chrono::Duration::seconds(3);
+        match store.executions_with_inputs(older_than, 10_000).await {
             Ok(ids) => {
                 let items = ids.into_iter().map(|id| (id, None)).collect();
-                router.route(items, false).await;
+                router.route(items).await;
             }
             Err(e) => warn!(error = %e, "looking for executions with inputs failed"),
         }
@@ -617,7 +665,7 @@ async fn recover<S: Store>(
         match store.pending_executions(before, 10_000).await {
             Ok(ids) => {
                 let items = ids.into_iter().map(|id| (id, None)).collect();
-                router.route(items, false).await;
+                router.route(items).await;
             }
             Err(e) => warn!(error = %e, "looking for pending executions failed"),
         }

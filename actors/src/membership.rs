@@ -51,7 +51,13 @@ pub(crate) async fn heartbeat<S: Store>(
     let cluster = router.cluster.clone();
     // A restarted node takes work again.
     let _ = cluster.clear_drain().await;
-    let mut backoff = beat.interval;
+    // Beat often enough that one late beat does not get a live node declared
+    // dead (the others would re-send its actions in flight).
+    let ttl = cluster.lease_ttl();
+    let interval = beat.interval.min(ttl / 4);
+    let mut backoff = interval;
+    let mut last_sweep = Instant::now();
+    let mut suspects = std::collections::HashSet::new();
     while !stop.load(Ordering::Relaxed) {
         let info = NodeInfo {
             id: cluster.node_id().to_owned(),
@@ -61,13 +67,40 @@ pub(crate) async fn heartbeat<S: Store>(
             started_ms: beat.started_ms,
             draining: beat.draining.load(Ordering::Relaxed),
         };
-        let ttl = cluster.lease_ttl();
         let result = async {
             cluster.heartbeat(&info, ttl).await?;
-            let (live, dead) = cluster.members().await?;
-            router.set_addresses(live.into_iter().map(|n| (n.id, n.address)));
+            let (live, mut dead) = cluster.members().await?;
+            // Claims of nodes that are not alive (also those Redis forgot in
+            // a flush or restart), every few seconds.
+            if last_sweep.elapsed() >= ttl * 2 {
+                last_sweep = Instant::now();
+                match router.store.claim_owners().await {
+                    Ok(owners) => {
+                        // Absent from two sweeps in a row (a live node that
+                        // Redis forgot re-registers within a heartbeat).
+                        let absent: std::collections::HashSet<String> = owners
+                            .into_iter()
+                            .filter(|o| o != cluster.node_id() && !live.iter().any(|n| &n.id == o))
+                            .collect();
+                        dead.extend(absent.intersection(&suspects).cloned());
+                        suspects = absent;
+                    }
+                    Err(e) => warn!(error = %e, "listing claim owners failed"),
+                }
+                dead.sort();
+                dead.dedup();
+            }
+            router.set_peers(live.into_iter().map(|n| {
+                (
+                    n.id,
+                    crate::router::Peer {
+                        address: n.address,
+                        draining: n.draining,
+                    },
+                )
+            }));
             for node in dead {
-                warn!(node = %node, "node's heartbeat expired: handing its timers and actions to the others");
+                warn!(node = %node, "node is not alive: handing its timers and actions to the others");
                 if let Err(e) = router.store.release_claims(&node).await {
                     warn!(node = %node, error = %e, "releasing a dead node's claims failed; they expire");
                 }
@@ -80,10 +113,10 @@ pub(crate) async fn heartbeat<S: Store>(
         }
         .await;
         match result {
-            Ok(()) => backoff = beat.interval,
+            Ok(()) => backoff = interval,
             Err(e) => {
                 warn!(error = %e, "cluster heartbeat failed; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(ttl / 2).max(interval);
             }
         }
         tokio::select! {
@@ -108,12 +141,12 @@ pub(crate) async fn renew_leases<S: Store>(
             _ = tokio::time::sleep(every) => {}
             _ = stopped.notified() => {}
         }
-        let ids = router.held.snapshot();
-        if ids.is_empty() {
+        let leases = router.held.snapshot();
+        if leases.is_empty() {
             last_ok = Instant::now();
             continue;
         }
-        match cluster.renew(&ids).await {
+        match cluster.renew(&leases).await {
             Ok(lost) => {
                 last_ok = Instant::now();
                 if !lost.is_empty() {
@@ -128,8 +161,8 @@ pub(crate) async fn renew_leases<S: Store>(
                 // Stop before the TTL runs out: by then another node may
                 // take these executions.
                 if last_ok.elapsed() + every >= ttl {
-                    warn!(error = %e, actors = ids.len(), "cannot renew leases for a whole TTL: stopping every actor");
-                    let all = router.held.clear();
+                    warn!(error = %e, actors = leases.len(), "cannot renew leases for a whole TTL: stopping every actor");
+                    let all = router.held.clear().into_iter().map(|(id, _)| id).collect();
                     lost_all(&router, &stats, all);
                 } else {
                     warn!(error = %e, "renewing leases failed; retrying");

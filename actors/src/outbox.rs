@@ -191,7 +191,7 @@ async fn finish<S: Store>(
                     };
                     items.push((s.message.execution_id, Some(delivery)));
                 }
-                router.route(items, false).await;
+                router.route(items).await;
             }
             Err(e) => {
                 // The outbox rows stay: their claims expire and they are

@@ -15,7 +15,7 @@
 //! actor only for an execution in it, and removes it when the actor is gone
 //! (the lease is then released in the background).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
-use sojourn_cluster::{Cluster, Lease};
+use sojourn_cluster::{Cluster, Lease, Token};
 use sojourn_persistence::Store;
 use sojourn_runtime::{ExecutionId, Input, TimerId};
 use tokio::sync::mpsc;
@@ -55,37 +55,40 @@ pub struct Forwarded {
     pub fired_timer: Option<TimerId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbox_id: Option<i64>,
+    /// The node that forwarded it (it holds the timer's claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// One item to route: an input, or `None` to activate the execution (its
 /// inbox holds inputs, or it was never started).
 pub(crate) type Item = (ExecutionId, Option<Delivery>);
 
-/// The executions whose leases this node holds.
+/// The executions whose leases this node holds, with their tokens.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
-    ids: Mutex<HashSet<ExecutionId>>,
+    ids: Mutex<HashMap<ExecutionId, Token>>,
 }
 
 impl Held {
     pub(crate) fn contains(&self, id: &ExecutionId) -> bool {
-        self.ids.lock().map(|s| s.contains(id)).unwrap_or(false)
+        self.ids.lock().map(|s| s.contains_key(id)).unwrap_or(false)
     }
 
-    pub(crate) fn insert(&self, id: ExecutionId) {
+    pub(crate) fn insert(&self, id: ExecutionId, token: Token) {
         if let Ok(mut s) = self.ids.lock() {
-            s.insert(id);
+            s.insert(id, token);
         }
     }
 
-    pub(crate) fn remove(&self, id: &ExecutionId) -> bool {
-        self.ids.lock().map(|mut s| s.remove(id)).unwrap_or(false)
+    pub(crate) fn remove(&self, id: &ExecutionId) -> Option<Token> {
+        self.ids.lock().ok().and_then(|mut s| s.remove(id))
     }
 
-    pub(crate) fn snapshot(&self) -> Vec<ExecutionId> {
+    pub(crate) fn snapshot(&self) -> Vec<(ExecutionId, Token)> {
         self.ids
             .lock()
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| s.iter().map(|(i, t)| (i.clone(), t.clone())).collect())
             .unwrap_or_default()
     }
 
@@ -93,7 +96,7 @@ impl Held {
         self.ids.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    pub(crate) fn clear(&self) -> Vec<ExecutionId> {
+    pub(crate) fn clear(&self) -> Vec<(ExecutionId, Token)> {
         self.ids
             .lock()
             .map(|mut s| s.drain().collect())
@@ -101,15 +104,26 @@ impl Held {
     }
 }
 
+/// A peer, from membership.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) address: String,
+    pub(crate) draining: bool,
+}
+
+/// How long the cluster secret is trusted before it is read again (a
+/// Redis flush makes a new one).
+const SECRET_TTL: Duration = Duration::from_secs(5);
+
 pub(crate) struct Router<S: Store> {
     pub(crate) store: Arc<S>,
     pub(crate) cluster: Arc<Cluster>,
     pub(crate) held: Arc<Held>,
     supervisor: OnceLock<ActorRef<SupervisorMsg>>,
     http: reqwest::Client,
-    secret: tokio::sync::OnceCell<String>,
-    /// Node id → internal address, from membership.
-    addresses: RwLock<HashMap<String, String>>,
+    secret: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
+    /// Node id → peer, from membership.
+    peers: RwLock<HashMap<String, Peer>>,
     releases: mpsc::UnboundedSender<Release>,
     /// Draining or stopping: take no new leases.
     pub(crate) closed: AtomicBool,
@@ -149,8 +163,8 @@ impl<S: Store> Router<S> {
                 held: Arc::new(Held::default()),
                 supervisor: OnceLock::new(),
                 http,
-                secret: tokio::sync::OnceCell::new(),
-                addresses: RwLock::default(),
+                secret: tokio::sync::Mutex::new(None),
+                peers: RwLock::default(),
                 releases: tx,
                 closed: AtomicBool::new(false),
                 stats,
@@ -174,26 +188,49 @@ impl<S: Store> Router<S> {
         self.supervisor.get()
     }
 
-    /// The cluster secret (made or read once).
-    pub(crate) async fn secret(&self) -> Result<&str, sojourn_cluster::Error> {
-        self.secret
-            .get_or_try_init(|| self.cluster.secret())
-            .await
-            .map(String::as_str)
+    /// The cluster secret, read again every few seconds (or at once with
+    /// `fresh`: a peer refused the one we had).
+    pub(crate) async fn secret(&self, fresh: bool) -> Result<String, sojourn_cluster::Error> {
+        let mut cached = self.secret.lock().await;
+        if !fresh
+            && let Some((s, at)) = cached.as_ref()
+            && at.elapsed() < SECRET_TTL
+        {
+            return Ok(s.clone());
+        }
+        let s = self.cluster.secret().await?;
+        *cached = Some((s.clone(), std::time::Instant::now()));
+        Ok(s)
     }
 
-    pub(crate) fn set_addresses(&self, nodes: impl IntoIterator<Item = (String, String)>) {
-        if let Ok(mut m) = self.addresses.write() {
+    pub(crate) fn set_peers(&self, nodes: impl IntoIterator<Item = (String, Peer)>) {
+        if let Ok(mut m) = self.peers.write() {
             m.clear();
             m.extend(nodes);
         }
     }
 
+    /// A live node that takes work, other than this one.
+    fn some_peer(&self) -> Option<String> {
+        let m = self.peers.read().ok()?;
+        m.iter()
+            .filter(|(id, p)| !p.draining && id.as_str() != self.cluster.node_id())
+            .map(|(id, _)| id.clone())
+            .min()
+    }
+
     /// The lease of `id` is gone from this node (its actor stopped):
     /// release it in the background.
     pub(crate) fn released(&self, id: &ExecutionId) {
-        if self.held.remove(id) {
-            let _ = self.releases.send(Release::Lease(id.clone()));
+        if let Some(token) = self.held.remove(id) {
+            let _ = self.releases.send(Release::Lease(id.clone(), token));
+        }
+    }
+
+    /// Releases leases already taken out of `held`.
+    pub(crate) fn release_all(&self, leases: Vec<(ExecutionId, Token)>) {
+        for (id, token) in leases {
+            let _ = self.releases.send(Release::Lease(id, token));
         }
     }
 
@@ -228,12 +265,12 @@ impl<S: Store> Router<S> {
             Ok(leases) => ids
                 .iter()
                 .zip(leases)
-                .map(|(id, l)| {
-                    let mine = l == Lease::Mine;
-                    if mine {
-                        self.held.insert(id.clone());
+                .map(|(id, l)| match l {
+                    Lease::Mine(token) => {
+                        self.held.insert(id.clone(), token);
+                        true
                     }
-                    mine
+                    Lease::HeldBy(_) => false,
                 })
                 .collect(),
             Err(e) => {
@@ -243,17 +280,18 @@ impl<S: Store> Router<S> {
         }
     }
 
-    /// Routes a batch of items; `forwarded` items came from another node
-    /// and are not forwarded again.
-    pub(crate) async fn route(&self, items: Vec<Item>, forwarded: bool) {
-        self.route_try(items, forwarded, 0).await;
+    /// Routes a batch of items.
+    pub(crate) async fn route(&self, items: Vec<Item>) {
+        self.route_try(items, None, 0).await;
     }
 
     /// Boxed (and `Send`), so a delayed retry can call it again.
+    /// `from`: the node that forwarded these items (they are not forwarded
+    /// again, and their timers' claims are that node's).
     fn route_try(
         &self,
         items: Vec<Item>,
-        forwarded: bool,
+        from: Option<String>,
         attempt: u32,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
@@ -269,7 +307,7 @@ impl<S: Store> Router<S> {
             }
             if self.closed.load(Ordering::Relaxed) {
                 // Draining: leave them to the nodes that take work.
-                self.forward_or_fall_back(rest, forwarded, attempt).await;
+                self.forward_or_fall_back(rest, from, attempt).await;
                 return;
             }
             let ids: Vec<ExecutionId> = rest.iter().map(|(id, _)| id.clone()).collect();
@@ -277,7 +315,8 @@ impl<S: Store> Router<S> {
                 Ok(l) => l,
                 Err(e) => {
                     warn!(error = %e, items = rest.len(), "cannot take leases: inputs wait durably");
-                    self.fall_back(rest, attempt).await;
+                    // Redis is away: no quick retry.
+                    self.fall_back(rest, from.as_deref(), MAX_REROUTES).await;
                     return;
                 }
             };
@@ -285,8 +324,8 @@ impl<S: Store> Router<S> {
             let mut elsewhere: HashMap<String, Vec<Item>> = HashMap::new();
             for ((id, d), lease) in rest.into_iter().zip(leases) {
                 match lease {
-                    Lease::Mine => {
-                        self.held.insert(id.clone());
+                    Lease::Mine(token) => {
+                        self.held.insert(id.clone(), token);
                         Stats::add(&self.stats.leases_taken, 1);
                         mine.push((id, d));
                     }
@@ -295,20 +334,21 @@ impl<S: Store> Router<S> {
             }
             self.local(mine);
             for (node, items) in elsewhere {
-                if forwarded {
-                    // It bounced: the holder thinks it does not hold it. Keep it
-                    // durable; the holder's lease is renewed or expires soon.
-                    self.fall_back(items, attempt).await;
+                if from.is_some() || node == self.cluster.node_id() {
+                    // It bounced (the holder thinks it does not hold it), or
+                    // the holder is this node's previous process: keep it
+                    // durable; that lease is renewed or expires soon.
+                    self.fall_back(items, from.as_deref(), attempt).await;
                 } else {
-                    self.forward(&node, items, attempt).await;
+                    self.forward_later(node, items, attempt);
                 }
             }
         })
     }
 
-    async fn forward_or_fall_back(&self, items: Vec<Item>, forwarded: bool, attempt: u32) {
-        if forwarded {
-            self.fall_back(items, attempt).await;
+    async fn forward_or_fall_back(&self, items: Vec<Item>, from: Option<String>, attempt: u32) {
+        if from.is_some() {
+            self.fall_back(items, from.as_deref(), attempt).await;
             return;
         }
         let ids: Vec<ExecutionId> = items.iter().map(|(id, _)| id.clone()).collect();
@@ -321,29 +361,45 @@ impl<S: Store> Router<S> {
                 _ => none.push(item),
             }
         }
-        self.fall_back(none, attempt).await;
+        // Nobody holds these: a node that takes work does (this one is
+        // draining).
+        match self.some_peer() {
+            Some(peer) if !none.is_empty() => by_node.entry(peer).or_default().extend(none),
+            _ => self.fall_back(none, None, attempt).await,
+        }
         for (node, items) in by_node {
-            self.forward(&node, items, attempt).await;
+            self.forward_later(node, items, attempt);
+        }
+    }
+
+    /// Forwards in the background: a slow or paused peer must not hold up
+    /// the timer service or the outbox.
+    fn forward_later(&self, node: String, items: Vec<Item>, attempt: u32) {
+        match self.me.get().and_then(std::sync::Weak::upgrade) {
+            Some(me) => {
+                tokio::spawn(async move { me.forward(&node, items, attempt).await });
+            }
+            None => debug!("router gone: inputs wait durably"),
         }
     }
 
     /// Sends items to the node holding them; on failure, durable delivery.
     async fn forward(&self, node: &str, items: Vec<Item>, attempt: u32) {
         let address = self
-            .addresses
+            .peers
             .read()
             .ok()
-            .and_then(|m| m.get(node).cloned());
+            .and_then(|m| m.get(node).map(|p| p.address.clone()));
         let Some(address) = address else {
             debug!(node, "no address for the lease holder: inputs wait durably");
-            self.fall_back(items, attempt).await;
+            self.fall_back(items, None, attempt).await;
             return;
         };
-        let secret = match self.secret().await {
-            Ok(s) => s.to_owned(),
+        let secret = match self.secret(false).await {
+            Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "no cluster secret: inputs wait durably");
-                self.fall_back(items, attempt).await;
+                self.fall_back(items, None, attempt).await;
                 return;
             }
         };
@@ -354,6 +410,7 @@ impl<S: Store> Router<S> {
                 input: d.as_ref().map(|d| d.input.clone()),
                 fired_timer: d.as_ref().and_then(|d| d.fired_timer.clone()),
                 inbox_id: d.as_ref().and_then(|d| d.inbox_id),
+                from: Some(self.cluster.node_id().to_owned()),
             })
             .collect();
         let sent = self
@@ -368,12 +425,16 @@ impl<S: Store> Router<S> {
                 Stats::add(&self.stats.forwarded, items.len() as u64);
             }
             Ok(r) => {
+                if r.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    // The secret changed (Redis was flushed): read it again.
+                    let _ = self.secret(true).await;
+                }
                 warn!(node, status = %r.status(), "forwarding inputs refused: they wait durably");
-                self.fall_back(items, attempt).await;
+                self.fall_back(items, None, attempt).await;
             }
             Err(e) => {
                 warn!(node, error = %e, "forwarding inputs failed: they wait durably");
-                self.fall_back(items, attempt).await;
+                self.fall_back(items, None, attempt).await;
             }
         }
     }
@@ -382,7 +443,7 @@ impl<S: Store> Router<S> {
     /// claimed again soon; inbox inputs and activations are rows already,
     /// and are routed again a little later (the holder's lease may be about
     /// to expire: it died) — a few times, then the recovery scan has them.
-    async fn fall_back(&self, items: Vec<Item>, attempt: u32) {
+    async fn fall_back(&self, items: Vec<Item>, owner: Option<&str>, attempt: u32) {
         let mut timers: Vec<(ExecutionId, TimerId)> = Vec::new();
         let mut later: Vec<Item> = Vec::new();
         for (id, d) in items {
@@ -399,27 +460,33 @@ impl<S: Store> Router<S> {
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
                 if !me.closed.load(Ordering::Relaxed) {
-                    me.route_try(later, false, attempt + 1).await;
+                    me.route_try(later, None, attempt + 1).await;
                 }
             });
         }
         if timers.is_empty() {
             return;
         }
-        let at = Utc::now()
-            + chrono::Duration::from_std(self.retry_timer_after)
-                .unwrap_or(chrono::Duration::seconds(1));
-        if let Err(e) = self
-            .store
-            .defer_timers(self.cluster.node_id(), &timers, at)
-            .await
-        {
+        // Redis away (attempt at the limit): hand them back for longer.
+        let wait = if attempt >= MAX_REROUTES {
+            self.cluster.lease_ttl()
+        } else {
+            self.retry_timer_after
+        };
+        let at =
+            Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(1));
+        let owner = owner.unwrap_or(self.cluster.node_id());
+        if let Err(e) = self.store.defer_timers(owner, &timers, at).await {
             warn!(error = %e, "handing timers back failed; their claims expire");
         }
     }
 
     /// Accepts inputs another node forwarded here.
     pub(crate) async fn accept(&self, items: Vec<Forwarded>) {
+        let from = items
+            .iter()
+            .find_map(|f| f.from.clone())
+            .unwrap_or_else(|| "unknown".to_owned());
         let items: Vec<Item> = items
             .into_iter()
             .map(|f| {
@@ -431,7 +498,7 @@ impl<S: Store> Router<S> {
                 (f.execution_id, d)
             })
             .collect();
-        self.route(items, true).await;
+        self.route_try(items, Some(from), 0).await;
     }
 }
 
@@ -446,7 +513,7 @@ async fn futures_holders(cluster: &Cluster, ids: &[ExecutionId]) -> Vec<Option<S
 /// What the releaser is asked.
 #[derive(Debug)]
 pub(crate) enum Release {
-    Lease(ExecutionId),
+    Lease(ExecutionId, Token),
     /// Answer once everything before this is released.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -459,7 +526,7 @@ pub(crate) async fn run_releaser(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedR
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Release::Lease(id) => batch.push(id),
+                Release::Lease(id, token) => batch.push((id, token)),
                 Release::Flush(tx) => flushes.push(tx),
             }
             if batch.len() < 1_000 {

@@ -230,7 +230,7 @@ impl<S: Store> Supervisor<S> {
     /// Redis or another node).
     fn bounce(&self, items: Vec<crate::router::Item>) {
         let router = self.ctx.router.clone();
-        tokio::spawn(async move { router.route(items, false).await });
+        tokio::spawn(async move { router.route(items).await });
     }
 
     fn check_drained(&self, state: &mut SupervisorState) {
@@ -270,9 +270,11 @@ impl<S: Store> Actor for Supervisor<S> {
             SupervisorMsg::Deliver(id, d) => {
                 if state.draining.is_empty() {
                     self.deliver(&myself, state, id, Some(d));
+                } else {
+                    // Draining: the router hands it to a node that takes
+                    // work (or back to its durable row).
+                    self.bounce(vec![(id, Some(d))]);
                 }
-                // While draining, inputs stay durable (inbox rows, timer
-                // rows, outbox) and are picked up by the next node start.
             }
             SupervisorMsg::Activate(id) => {
                 if state.draining.is_empty() {
@@ -320,8 +322,21 @@ impl<S: Store> Actor for Supervisor<S> {
             }
             SupervisorMsg::LeaseLost(ids) => {
                 for id in ids {
-                    match state.entries.get(&id) {
-                        Some(Entry::Active(actor)) => actor.stop(Some("lease lost".into())),
+                    match state.entries.get_mut(&id) {
+                        Some(entry @ Entry::Active(_)) => {
+                            // Stopping, so inputs arriving meanwhile wait in
+                            // the entry and go back to the router (or to a
+                            // new actor if this node takes the lease again).
+                            if let Entry::Active(actor) = entry {
+                                actor.stop(Some("lease lost".into()));
+                                let actor = actor.get_id();
+                                *entry = Entry::Stopping {
+                                    actor,
+                                    buffer: Vec::new(),
+                                    wake: true,
+                                };
+                            }
+                        }
                         // Already stopping; its buffered inputs go back to
                         // the router (the lease is no longer held).
                         Some(Entry::Stopping { .. }) | None => {}

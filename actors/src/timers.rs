@@ -117,7 +117,7 @@ pub(crate) async fn run<S: Store>(
             };
             due_now.push((execution, Some(delivery)));
         }
-        router.route(due_now, false).await;
+        router.route(due_now).await;
         // Sleep until the next held timer, the next poll, or a wake-up.
         let poll = config.timer_poll;
         let until_next = held

@@ -104,6 +104,9 @@ impl Store for Flaky {
     ) -> Result<Option<TriggerRecord>, Error> {
         self.0.set_trigger_state(ns, id, from, to, now).await
     }
+    async fn claim_owners(&self) -> Result<Vec<String>, Error> {
+        self.0.claim_owners().await
+    }
     async fn defer_timers(
         &self,
         owner: &str,
@@ -235,8 +238,12 @@ impl Store for Flaky {
     ) -> Result<bool, Error> {
         self.0.discard_input(inbox_id, epoch).await
     }
-    async fn executions_with_inputs(&self, limit: u32) -> Result<Vec<ExecutionId>, Error> {
-        self.0.executions_with_inputs(limit).await
+    async fn executions_with_inputs(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ExecutionId>, Error> {
+        self.0.executions_with_inputs(older_than, limit).await
     }
 }
 

@@ -59,16 +59,25 @@ pub struct NodeInfo {
 /// The outcome of asking for one lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lease {
-    /// This node holds it now.
-    Mine,
-    /// Another node does.
+    /// This node holds it now, under this token (renew and release with it).
+    Mine(Token),
+    /// Another node does (its id).
     HeldBy(String),
 }
+
+/// The value a lease holds while this process owns it: the node id, this
+/// process's nonce and a counter — unique per acquisition, so a release
+/// that lost a race with a later acquisition by the same node deletes
+/// nothing, and a restarted node does not inherit its predecessor's leases.
+pub type Token = String;
 
 /// The cluster: Redis, or in-process for one node.
 #[derive(Debug)]
 pub struct Cluster {
     node_id: String,
+    /// `node#nonce:` — the prefix of this process's lease tokens.
+    prefix: String,
+    counter: std::sync::atomic::AtomicU64,
     lease_ttl: Duration,
     backend: Backend,
 }
@@ -104,40 +113,37 @@ const PREFIX: &str = "sojourn:";
 /// Leases asked for or renewed in one script call.
 const CHUNK: usize = 1_000;
 
-/// Takes each lease that is free (or already ours); answers the holder of
-/// each. A key that vanished (a Redis restart) is simply free.
+/// Takes each lease that is free or already this process's (a new token
+/// each time); answers the value each key holds afterwards. A key that
+/// vanished (a Redis restart) is simply free.
+/// KEYS: leases; ARGV[i]: the new token for KEYS[i]; then the process
+/// prefix, then the TTL in milliseconds.
 const ACQUIRE: &str = r"
+local n = #KEYS
+local prefix = ARGV[n + 1]
+local ttl = ARGV[n + 2]
 local out = {}
 for i, k in ipairs(KEYS) do
-  if redis.call('SET', k, ARGV[1], 'NX', 'PX', ARGV[2]) then
-    out[i] = ARGV[1]
+  local cur = redis.call('GET', k)
+  if (not cur) or string.sub(cur, 1, #prefix) == prefix then
+    redis.call('SET', k, ARGV[i], 'PX', ttl)
+    out[i] = ARGV[i]
   else
-    local cur = redis.call('GET', k)
-    if cur == ARGV[1] then
-      redis.call('PEXPIRE', k, ARGV[2])
-      out[i] = cur
-    elseif not cur then
-      redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
-      out[i] = ARGV[1]
-    else
-      out[i] = cur
-    end
+    out[i] = cur
   end
 end
 return out
 ";
 
-/// Extends the leases still ours; takes back one that vanished (nobody
-/// took it: the database epoch still fences us if somebody did in
-/// between); answers the indexes of those another node holds now.
+/// Extends the leases still holding their token; answers the indexes of
+/// the others (taken by another node, or vanished with a Redis flush or
+/// restart): lost.
 const RENEW: &str = r"
+local n = #KEYS
 local lost = {}
 for i, k in ipairs(KEYS) do
-  local cur = redis.call('GET', k)
-  if cur == ARGV[1] then
-    redis.call('PEXPIRE', k, ARGV[2])
-  elseif not cur then
-    redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+  if redis.call('GET', k) == ARGV[i] then
+    redis.call('PEXPIRE', k, ARGV[n + 1])
   else
     table.insert(lost, i)
   end
@@ -145,17 +151,22 @@ end
 return lost
 ";
 
-/// Deletes the leases that are still ours.
+/// Deletes the leases that still hold their token.
 const RELEASE: &str = r"
 local n = 0
 for i, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then
+  if redis.call('GET', k) == ARGV[i] then
     redis.call('DEL', k)
     n = n + 1
   end
 end
 return n
 ";
+
+/// The node id in a lease value (`node#nonce:counter`).
+fn node_of(value: &str) -> &str {
+    value.split('#').next().unwrap_or(value)
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -179,8 +190,11 @@ fn ttl_ms(d: Duration) -> u64 {
 impl Cluster {
     /// One node, in-process.
     pub fn local(node_id: impl Into<String>, lease_ttl: Duration) -> Cluster {
+        let node_id = node_id.into();
         Cluster {
-            node_id: node_id.into(),
+            prefix: format!("{node_id}#local:"),
+            node_id,
+            counter: Default::default(),
             lease_ttl,
             backend: Backend::Local(Local::default()),
         }
@@ -190,8 +204,13 @@ impl Cluster {
     /// and keeps trying (each operation fails until it answers).
     pub fn redis(url: &str, node_id: impl Into<String>, lease_ttl: Duration) -> Result<Cluster> {
         let client = redis::Client::open(url)?;
+        let node_id = node_id.into();
+        let mut nonce = [0u8; 6];
+        getrandom::fill(&mut nonce).map_err(|e| Error::Random(e.to_string()))?;
         Ok(Cluster {
-            node_id: node_id.into(),
+            prefix: format!("{node_id}#{}:", hex::encode(nonce)),
+            node_id,
+            counter: Default::default(),
             lease_ttl,
             backend: Backend::Redis(Box::new(RedisBackend {
                 client,
@@ -230,33 +249,44 @@ impl Cluster {
 
     // ---- leases -------------------------------------------------------------
 
-    /// Takes the leases of `ids` where they are free; one answer per id, in
-    /// order.
+    fn token(&self) -> Token {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{n}", self.prefix)
+    }
+
+    /// Takes the leases of `ids` where they are free (or this process's
+    /// already); one answer per id, in order.
     pub async fn acquire(&self, ids: &[ExecutionId]) -> Result<Vec<Lease>> {
         match &self.backend {
-            Backend::Local(_) => Ok(vec![Lease::Mine; ids.len()]),
+            Backend::Local(_) => Ok(ids.iter().map(|_| Lease::Mine(self.token())).collect()),
             Backend::Redis(r) => {
                 let mut out = Vec::with_capacity(ids.len());
                 let mut c = r.conn().await?;
                 for chunk in ids.chunks(CHUNK) {
+                    let tokens: Vec<Token> = chunk.iter().map(|_| self.token()).collect();
                     let mut inv = r.acquire.prepare_invoke();
                     for id in chunk {
                         inv.key(lease_key(id));
                     }
-                    inv.arg(&self.node_id).arg(ttl_ms(self.lease_ttl));
-                    let holders: Vec<String> = inv.invoke_async(&mut c).await?;
-                    if holders.len() != chunk.len() {
+                    for t in &tokens {
+                        inv.arg(t);
+                    }
+                    inv.arg(&self.prefix).arg(ttl_ms(self.lease_ttl));
+                    let values: Vec<String> = inv.invoke_async(&mut c).await?;
+                    if values.len() != chunk.len() {
                         return Err(Error::Protocol(format!(
-                            "acquire answered {} holders for {} leases",
-                            holders.len(),
+                            "acquire answered {} values for {} leases",
+                            values.len(),
                             chunk.len()
                         )));
                     }
-                    out.extend(holders.into_iter().map(|h| {
-                        if h == self.node_id {
-                            Lease::Mine
+                    out.extend(tokens.into_iter().zip(values).map(|(t, v)| {
+                        if v == t {
+                            Lease::Mine(t)
                         } else {
-                            Lease::HeldBy(h)
+                            Lease::HeldBy(node_of(&v).to_owned())
                         }
                     }));
                 }
@@ -265,23 +295,27 @@ impl Cluster {
         }
     }
 
-    /// Extends the leases of `ids`; returns those another node holds now
-    /// (lost: their actors must stop at once).
-    pub async fn renew(&self, ids: &[ExecutionId]) -> Result<Vec<ExecutionId>> {
+    /// Extends the leases held under these tokens; returns those lost
+    /// (another node holds them now, or they vanished): their actors must
+    /// stop at once.
+    pub async fn renew(&self, leases: &[(ExecutionId, Token)]) -> Result<Vec<ExecutionId>> {
         match &self.backend {
             Backend::Local(_) => Ok(Vec::new()),
             Backend::Redis(r) => {
                 let mut lost = Vec::new();
                 let mut c = r.conn().await?;
-                for chunk in ids.chunks(CHUNK) {
+                for chunk in leases.chunks(CHUNK) {
                     let mut inv = r.renew.prepare_invoke();
-                    for id in chunk {
+                    for (id, _) in chunk {
                         inv.key(lease_key(id));
                     }
-                    inv.arg(&self.node_id).arg(ttl_ms(self.lease_ttl));
+                    for (_, t) in chunk {
+                        inv.arg(t);
+                    }
+                    inv.arg(ttl_ms(self.lease_ttl));
                     let idx: Vec<usize> = inv.invoke_async(&mut c).await?;
                     for i in idx {
-                        if let Some(id) = i.checked_sub(1).and_then(|i| chunk.get(i)) {
+                        if let Some((id, _)) = i.checked_sub(1).and_then(|i| chunk.get(i)) {
                             lost.push(id.clone());
                         }
                     }
@@ -291,18 +325,20 @@ impl Cluster {
         }
     }
 
-    /// Gives back the leases of `ids` that are still ours.
-    pub async fn release(&self, ids: &[ExecutionId]) -> Result<()> {
+    /// Gives back the leases still held under these tokens.
+    pub async fn release(&self, leases: &[(ExecutionId, Token)]) -> Result<()> {
         match &self.backend {
             Backend::Local(_) => Ok(()),
             Backend::Redis(r) => {
                 let mut c = r.conn().await?;
-                for chunk in ids.chunks(CHUNK) {
+                for chunk in leases.chunks(CHUNK) {
                     let mut inv = r.release.prepare_invoke();
-                    for id in chunk {
+                    for (id, _) in chunk {
                         inv.key(lease_key(id));
                     }
-                    inv.arg(&self.node_id);
+                    for (_, t) in chunk {
+                        inv.arg(t);
+                    }
                     let _: i64 = inv.invoke_async(&mut c).await?;
                 }
                 Ok(())
@@ -316,10 +352,11 @@ impl Cluster {
             Backend::Local(_) => Ok(None),
             Backend::Redis(r) => {
                 let mut c = r.conn().await?;
-                Ok(redis::cmd("GET")
+                let v: Option<String> = redis::cmd("GET")
                     .arg(lease_key(id))
                     .query_async(&mut c)
-                    .await?)
+                    .await?;
+                Ok(v.map(|v| node_of(&v).to_owned()))
             }
         }
     }
@@ -569,8 +606,13 @@ mod tests {
     async fn local_leases_are_always_ours_and_members_expire() {
         let c = Cluster::local("n1", Duration::from_secs(5));
         let ids = vec![ExecutionId::new("exe_a".to_owned())];
-        assert_eq!(c.acquire(&ids).await.expect("acquire"), vec![Lease::Mine]);
-        assert!(c.renew(&ids).await.expect("renew").is_empty());
+        let got = c.acquire(&ids).await.expect("acquire");
+        let Some(Lease::Mine(token)) = got.first().cloned() else {
+            panic!("{got:?}");
+        };
+        assert!(token.starts_with("n1#"));
+        let held = vec![(ids[0].clone(), token)];
+        assert!(c.renew(&held).await.expect("renew").is_empty());
         let info = NodeInfo {
             id: "n1".into(),
             address: "http://127.0.0.1:1".into(),

@@ -85,58 +85,77 @@ fn info(id: &str) -> NodeInfo {
     }
 }
 
+fn mine(leases: &[Lease]) -> Vec<String> {
+    leases
+        .iter()
+        .map(|l| match l {
+            Lease::Mine(t) => t.clone(),
+            Lease::HeldBy(n) => panic!("held by {n}"),
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn leases_are_exclusive_renewed_released_and_survive_a_flush_by_fencing() {
+async fn leases_are_exclusive_renewed_released_and_lost_to_a_flush() {
     let redis = Redis::start(free_port());
     let ttl = Duration::from_millis(400);
     let a = Cluster::redis(&redis.url(), "a", ttl).expect("a");
     let b = Cluster::redis(&redis.url(), "b", ttl).expect("b");
     let all = ids(2_500); // more than one script chunk
-    let got = a.acquire(&all).await.expect("acquire");
-    assert!(got.iter().all(|l| *l == Lease::Mine));
-    // Taken: b is told who holds them; asking again keeps them a's.
+    let tokens = mine(&a.acquire(&all).await.expect("acquire"));
+    let held: Vec<(ExecutionId, String)> = all.iter().cloned().zip(tokens).collect();
+    // Taken: b is told who holds them.
     let got = b.acquire(&all[..3]).await.expect("acquire");
     assert_eq!(got, vec![Lease::HeldBy("a".into()); 3]);
-    assert_eq!(
-        a.acquire(&all[..1]).await.expect("again"),
-        vec![Lease::Mine]
-    );
     assert_eq!(b.holder(&all[0]).await.expect("holder"), Some("a".into()));
-    // b renewing a's leases learns they are lost to it.
-    assert_eq!(b.renew(&all[..2]).await.expect("renew"), all[..2].to_vec());
+    // b renewing with a's tokens learns nothing it may keep: wrong tokens.
+    let fake: Vec<(ExecutionId, String)> = all[..2]
+        .iter()
+        .map(|i| (i.clone(), "b#x:0".to_owned()))
+        .collect();
+    assert_eq!(b.renew(&fake).await.expect("renew"), all[..2].to_vec());
     // Renewed by a, they outlive their first TTL.
     for _ in 0..4 {
         tokio::time::sleep(ttl / 3).await;
-        assert!(a.renew(&all).await.expect("renew").is_empty());
+        assert!(a.renew(&held).await.expect("renew").is_empty());
     }
     assert_eq!(
         b.acquire(&all[..1]).await.expect("acquire"),
         vec![Lease::HeldBy("a".into())]
     );
-    // Released by b: nothing (not b's); by a: free for b.
-    b.release(&all[..1]).await.expect("release");
+    // a takes one again (a new token): a release under the old token is a
+    // no-op, so a late release cannot drop the new lease.
+    let again = mine(&a.acquire(&all[..1]).await.expect("again"));
+    assert_ne!(again[0], held[0].1);
+    a.release(&held[..1]).await.expect("stale release");
     assert_eq!(b.holder(&all[0]).await.expect("holder"), Some("a".into()));
-    a.release(&all[..1]).await.expect("release");
+    a.release(&[(all[0].clone(), again[0].clone())])
+        .await
+        .expect("release");
+    assert!(matches!(
+        b.acquire(&all[..1]).await.expect("acquire")[0],
+        Lease::Mine(_)
+    ));
+    // A restarted a (same id, new process) does not inherit its leases.
+    let a2 = Cluster::redis(&redis.url(), "a", ttl).expect("a2");
     assert_eq!(
-        b.acquire(&all[..1]).await.expect("acquire"),
-        vec![Lease::Mine]
+        a2.acquire(&all[1..2]).await.expect("acquire"),
+        vec![Lease::HeldBy("a".into())]
     );
     // Not renewed, a's leases expire and b takes them.
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     assert_eq!(
-        b.acquire(&all[1..3]).await.expect("acquire"),
-        vec![Lease::Mine; 2]
+        mine(&b.acquire(&all[1..3]).await.expect("acquire")).len(),
+        2
     );
-    // After a FLUSHALL, a renews what nobody took (fencing in the database
-    // guards the gap) and learns which ones b holds.
+    // After a FLUSHALL every lease is lost: renewal says so.
+    let b_held: Vec<(ExecutionId, String)> = all[5..7]
+        .iter()
+        .cloned()
+        .zip(mine(&b.acquire(&all[5..7]).await.expect("acquire")))
+        .collect();
     redis.cli(&["FLUSHALL"]);
-    assert_eq!(
-        b.acquire(&all[5..6]).await.expect("acquire"),
-        vec![Lease::Mine]
-    );
-    let lost = a.renew(&all[4..8]).await.expect("renew");
-    assert_eq!(lost, vec![all[5].clone()]);
-    assert_eq!(a.holder(&all[4]).await.expect("holder"), Some("a".into()));
+    assert_eq!(b.renew(&b_held).await.expect("renew"), all[5..7].to_vec());
 }
 
 #[tokio::test]

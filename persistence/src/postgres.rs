@@ -1086,6 +1086,15 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn claim_owners(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT claimed_by FROM timers WHERE claimed_by IS NOT NULL
+             UNION SELECT claimed_by FROM outbox WHERE claimed_by IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn pending_timers(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM timers")
             .fetch_one(&self.pool)
@@ -1321,10 +1330,16 @@ impl Store for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn executions_with_inputs(&self, limit: u32) -> Result<Vec<ExecutionId>> {
+    async fn executions_with_inputs(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ExecutionId>> {
         let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT execution_id FROM inbox GROUP BY execution_id ORDER BY min(id) LIMIT $1",
+            "SELECT execution_id FROM inbox WHERE created_at < $1
+             GROUP BY execution_id ORDER BY min(id) LIMIT $2",
         )
+        .bind(older_than)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

@@ -195,6 +195,10 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// The nodes that hold claims (timers or outbox messages): the cluster
+    /// hands back those of nodes that are not alive.
+    fn claim_owners(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// How many timers exist (for metrics and tests).
     fn pending_timers(&self) -> impl Future<Output = Result<i64>> + Send;
 
@@ -386,9 +390,11 @@ pub trait Store: Send + Sync + 'static {
         async move { self.get_workflow("", "").await.map(|_| ()) }
     }
 
-    /// Executions that have inputs waiting (recovery after a restart).
+    /// Executions that have inputs waiting since before `older_than`
+    /// (recovery after a restart, or of an input that could not be routed).
     fn executions_with_inputs(
         &self,
+        older_than: DateTime<Utc>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<ExecutionId>>> + Send;
 }

@@ -1032,8 +1032,19 @@ async fn attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_
     let nodes = store.node_executions(&e.id).await.expect("nodes");
     assert_eq!((nodes[0].status.as_str(), nodes[0].sends), ("succeeded", 2));
     assert_eq!(
-        store.executions_with_inputs(10).await.expect("inputs"),
+        store
+            .executions_with_inputs(t0() + Duration::seconds(1), 10)
+            .await
+            .expect("inputs"),
         [e.id.clone()]
+    );
+    // Inputs younger than the horizon are left to their delivery.
+    assert!(
+        store
+            .executions_with_inputs(t0() - Duration::seconds(1), 10)
+            .await
+            .expect("inputs")
+            .is_empty()
     );
     let pending = store.pending_inputs(&e.id).await.expect("pending");
     assert_eq!(pending.len(), 1);
@@ -1058,7 +1069,7 @@ async fn attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_
         .expect("commit");
     assert!(
         store
-            .executions_with_inputs(10)
+            .executions_with_inputs(t0() + Duration::seconds(1), 10)
             .await
             .expect("inputs")
             .is_empty()

@@ -102,16 +102,25 @@ pub(crate) async fn deliver<S: Store>(
     headers: HeaderMap,
     Body(items): Body<Vec<Forwarded>>,
 ) -> ApiResult<StatusCode> {
-    let secret = app
-        .engine
-        .cluster_secret()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("the cluster does not answer: {e}")))?;
     let given = headers
         .get(SECRET_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+    let mut ok = false;
+    // The cached secret first; on a mismatch, the current one (it changes
+    // when Redis is flushed).
+    for fresh in [false, true] {
+        let secret = app
+            .engine
+            .cluster_secret(fresh)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the cluster does not answer: {e}")))?;
+        if constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+            ok = true;
+            break;
+        }
+    }
+    if !ok {
         return Err(ApiError {
             field: Some(SECRET_HEADER.into()),
             ..ApiError::new(
