@@ -320,6 +320,21 @@ impl<S: Store> Router<S> {
                     return;
                 }
             };
+            // Closed while the leases were taken (a drain began): give them
+            // back and hand the items on.
+            if self.closed.load(Ordering::Relaxed) {
+                let taken: Vec<(ExecutionId, Token)> = ids
+                    .iter()
+                    .zip(&leases)
+                    .filter_map(|(id, l)| match l {
+                        Lease::Mine(t) => Some((id.clone(), t.clone())),
+                        Lease::HeldBy(_) => None,
+                    })
+                    .collect();
+                self.release_all(taken);
+                self.forward_or_fall_back(rest, from, attempt).await;
+                return;
+            }
             let mut mine = Vec::new();
             let mut elsewhere: HashMap<String, Vec<Item>> = HashMap::new();
             for ((id, d), lease) in rest.into_iter().zip(leases) {

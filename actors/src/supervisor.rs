@@ -147,9 +147,9 @@ impl<S: Store> Supervisor<S> {
                 Some(d) if d.inbox_id.is_none() => buffer.push(d),
                 _ => *wake = true,
             },
-            None if !self.ctx.router.held.contains(&id) => {
-                // Not ours (the lease was released or lost meanwhile): the
-                // router takes it again, or forwards it to the holder.
+            None if !self.ours(&id) => {
+                // Not ours (the lease was released or lost meanwhile, or this
+                // node drains): the router takes it again, or forwards it.
                 self.bounce(vec![(id, d)]);
             }
             None => {
@@ -197,7 +197,7 @@ impl<S: Store> Supervisor<S> {
             {
                 // Inputs arrived while it passivated: bring it back (if the
                 // lease is still ours; else the router takes them on).
-                if !self.ctx.router.held.contains(&id) {
+                if !self.ours(&id) {
                     let mut items: Vec<crate::router::Item> =
                         buffer.into_iter().map(|d| (id.clone(), Some(d))).collect();
                     if wake {
@@ -224,6 +224,20 @@ impl<S: Store> Supervisor<S> {
             None => {}
         }
         self.check_drained(state);
+    }
+
+    /// Whether this node may run an actor for `id`: it holds the lease and
+    /// is not draining. A lease held while draining is given back.
+    fn ours(&self, id: &ExecutionId) -> bool {
+        let router = &self.ctx.router;
+        if !router.held.contains(id) {
+            return false;
+        }
+        if router.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            router.released(id);
+            return false;
+        }
+        true
     }
 
     /// Hands items back to the router (from a task: the router may wait on
@@ -287,13 +301,14 @@ impl<S: Store> Actor for Supervisor<S> {
                 }
             }
             SupervisorMsg::Adopt(id, preloaded) => {
-                if state.draining.is_empty() {
-                    if state.entries.contains_key(&id) {
-                        // Already active somehow: let it read the store.
-                        self.deliver(&myself, state, id, None);
-                    } else {
-                        self.spawn_with(&myself, state, &id, Some(*preloaded));
-                    }
+                if !state.draining.is_empty() || !self.ours(&id) {
+                    // Draining: a node that takes work starts it.
+                    self.bounce(vec![(id, None)]);
+                } else if state.entries.contains_key(&id) {
+                    // Already active somehow: let it read the store.
+                    self.deliver(&myself, state, id, None);
+                } else {
+                    self.spawn_with(&myself, state, &id, Some(*preloaded));
                 }
             }
             SupervisorMsg::Idle(id, from) => {
