@@ -286,13 +286,10 @@ impl<S: Store> Engine<S> {
             }
         };
         // Deploying the same document again publishes nothing new.
-        if let Some(latest) = store.get_version(&record.id, None).await?
-            && latest.definition == *workflow
-        {
-            return Ok((record.id, latest.version));
+        let (v, new) = store.publish_if_changed(&record.id, workflow, now).await?;
+        if new {
+            self.ctx.workflows.forget_keys();
         }
-        let v = store.publish(&record.id, workflow, now).await?;
-        self.ctx.workflows.forget_keys();
         Ok((record.id, v.version))
     }
 
@@ -514,20 +511,24 @@ impl<S: Store> Engine<S> {
 
     /// Publishes `workflow` as the next version of a stored workflow, after
     /// validating it. Starts by key see the new version at once on this
-    /// node.
+    /// node. Returns the version and whether it is new: a document equal to the
+    /// latest version publishes nothing (atomically, so concurrent publishes
+    /// of one document make one version).
     pub async fn publish(
         &self,
         workflow_id: &str,
         workflow: &Workflow,
-    ) -> Result<sojourn_persistence::WorkflowVersion, Error> {
+    ) -> Result<(sojourn_persistence::WorkflowVersion, bool), Error> {
         check(workflow)?;
-        let v = self
+        let (v, new) = self
             .ctx
             .store
-            .publish(workflow_id, workflow, Utc::now())
+            .publish_if_changed(workflow_id, workflow, Utc::now())
             .await?;
-        self.ctx.workflows.forget_keys();
-        Ok(v)
+        if new {
+            self.ctx.workflows.forget_keys();
+        }
+        Ok((v, new))
     }
 
     /// Forgets cached workflow lookups (after an archive through this node).

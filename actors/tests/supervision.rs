@@ -129,6 +129,14 @@ impl Store for Flaky {
     ) -> Result<WorkflowVersion, Error> {
         self.0.publish(id, wf, now).await
     }
+    async fn publish_if_changed(
+        &self,
+        id: &str,
+        wf: &Workflow,
+        now: DateTime<Utc>,
+    ) -> Result<(WorkflowVersion, bool), Error> {
+        self.0.publish_if_changed(id, wf, now).await
+    }
     async fn get_version(
         &self,
         id: &str,

@@ -390,33 +390,56 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<WorkflowVersion> {
         let mut tx = self.pool.begin().await?;
-        let version: Option<i32> = sqlx::query_scalar(
-            "UPDATE workflows SET latest_version = COALESCE(latest_version, 0) + 1, updated_at = $2
-             WHERE id = $1 RETURNING latest_version",
+        let v = next_version(&mut tx, workflow_id, definition, now).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    async fn publish_if_changed(
+        &self,
+        workflow_id: &str,
+        definition: &Workflow,
+        now: DateTime<Utc>,
+    ) -> Result<(WorkflowVersion, bool)> {
+        let mut tx = self.pool.begin().await?;
+        // The workflow row is the lock: concurrent publishes of one
+        // workflow take turns, so a document is published once.
+        let row = sqlx::query(
+            "SELECT latest_version, archived_at IS NOT NULL AS archived FROM workflows
+             WHERE id = $1 FOR UPDATE",
         )
         .bind(workflow_id)
-        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(version) = version else {
+        let Some(row) = row else {
             return Err(Error::NotFound {
                 what: "workflow",
                 id: workflow_id.to_owned(),
             });
         };
-        let row = sqlx::query(
-            "INSERT INTO workflow_versions (workflow_id, version, definition, published_at)
-             VALUES ($1, $2, $3, $4) RETURNING workflow_id, version, definition, published_at",
-        )
-        .bind(workflow_id)
-        .bind(version)
-        .bind(Json(definition))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let v = version_row(&row)?;
+        if row.try_get::<bool, _>("archived")? {
+            return Err(Error::Invalid(format!(
+                "workflow {workflow_id} is archived: it cannot be published"
+            )));
+        }
+        if let Some(latest) = row.try_get::<Option<i32>, _>("latest_version")? {
+            let row = sqlx::query(
+                "SELECT workflow_id, version, definition, published_at FROM workflow_versions
+                 WHERE workflow_id = $1 AND version = $2",
+            )
+            .bind(workflow_id)
+            .bind(latest)
+            .fetch_one(&mut *tx)
+            .await?;
+            let v = version_row(&row)?;
+            if v.definition == *definition {
+                tx.commit().await?;
+                return Ok((v, false));
+            }
+        }
+        let v = next_version(&mut tx, workflow_id, definition, now).await?;
         tx.commit().await?;
-        Ok(v)
+        Ok((v, true))
     }
 
     async fn get_version(
@@ -1648,4 +1671,38 @@ async fn write_dependents(tx: &mut Transaction<'_, Postgres>, won: &[&Rows]) -> 
             .await?;
     }
     Ok(())
+}
+
+/// Publishes `definition` as the workflow's next version, in `tx`.
+async fn next_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    workflow_id: &str,
+    definition: &Workflow,
+    now: DateTime<Utc>,
+) -> Result<WorkflowVersion> {
+    let version: Option<i32> = sqlx::query_scalar(
+        "UPDATE workflows SET latest_version = COALESCE(latest_version, 0) + 1, updated_at = $2
+         WHERE id = $1 RETURNING latest_version",
+    )
+    .bind(workflow_id)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(version) = version else {
+        return Err(Error::NotFound {
+            what: "workflow",
+            id: workflow_id.to_owned(),
+        });
+    };
+    let row = sqlx::query(
+        "INSERT INTO workflow_versions (workflow_id, version, definition, published_at)
+         VALUES ($1, $2, $3, $4) RETURNING workflow_id, version, definition, published_at",
+    )
+    .bind(workflow_id)
+    .bind(version)
+    .bind(Json(definition))
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    version_row(&row)
 }

@@ -41,6 +41,17 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<WorkflowVersion>> + Send;
 
+    /// Publishes `definition` unless it equals the latest version, which is
+    /// then returned with `false`; one transaction holding the workflow row,
+    /// so concurrent publishes of one document make one version. An archived
+    /// workflow is [`crate::Error::Invalid`].
+    fn publish_if_changed(
+        &self,
+        workflow_id: &str,
+        definition: &Workflow,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(WorkflowVersion, bool)>> + Send;
+
     /// A published version (`None`: the latest).
     fn get_version(
         &self,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use sojourn_persistence::{
     Commit, CommitResult, Created, Error, ExecutionQuery, LeaseEpoch, NewApiKey, NewExecution,
-    NewTrigger, NewWorkflow, PgStore, SqliteStore, Store, WorkflowQuery, ids,
+    NewTrigger, NewWorkflow, PgStore, SqliteStore, Store, WorkflowQuery, WorkflowVersion, ids,
 };
 use sojourn_runtime::{
     ActionOutcome, CompiledWorkflow, Effect, EventInput, ExecutionId, Input, Registry, Snapshot,
@@ -140,6 +140,7 @@ conformance!(
     trigger_states_move_only_from_the_states_allowed,
     max_entries_limit_the_executions_of_a_subject,
     max_entries_hold_when_creators_race_for_the_last_entry,
+    an_unchanged_document_is_published_once,
 );
 
 // ---- helpers ------------------------------------------------------------------
@@ -2298,4 +2299,53 @@ async fn max_entries_hold_when_creators_race_for_the_last_entry<S: Store>(store:
     }
     assert_eq!(entries(store, &f, "x").await, 2);
     assert_eq!(entries(store, &f, "y").await, 2);
+}
+
+async fn an_unchanged_document_is_published_once<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let same = reference_workflow();
+    let (v, new) = store
+        .publish_if_changed(&f.workflow_id, &same, t0())
+        .await
+        .expect("publish");
+    assert_eq!(
+        (v.version, new),
+        (1, false),
+        "equal to the latest: nothing new"
+    );
+    let mut changed = reference_workflow();
+    changed.name = Some("changed".into());
+    // Publishes racing with one new document make one version.
+    let racers: Vec<_> = (0..8)
+        .map(|_| store.publish_if_changed(&f.workflow_id, &changed, t0()))
+        .collect();
+    let results: Vec<(WorkflowVersion, bool)> = join_all(racers)
+        .await
+        .into_iter()
+        .map(|r| r.expect("publish"))
+        .collect();
+    assert_eq!(results.iter().filter(|(_, new)| *new).count(), 1);
+    assert!(results.iter().all(|(v, _)| v.version == 2));
+    assert_eq!(
+        store
+            .get_version(&f.workflow_id, None)
+            .await
+            .expect("latest")
+            .map(|v| v.version),
+        Some(2)
+    );
+    assert!(matches!(
+        store.publish_if_changed("wf_missing", &changed, t0()).await,
+        Err(Error::NotFound { .. })
+    ));
+    store
+        .archive_workflow("default", &f.workflow_id, t0())
+        .await
+        .expect("archive");
+    let mut third = reference_workflow();
+    third.name = Some("third".into());
+    assert!(matches!(
+        store.publish_if_changed(&f.workflow_id, &third, t0()).await,
+        Err(Error::Invalid(_))
+    ));
 }

@@ -235,31 +235,26 @@ async fn publish_document<S: Store>(
     let mut wf = check_definition(definition).map_err(invalid_workflow)?;
     // The stored version carries the workflow's key.
     wf.key = Some(record.key.clone());
-    let store = app.engine.store();
-    if let Some(latest) = store.get_version(&record.id, None).await?
-        && latest.definition == wf
-    {
-        return Ok((
-            VersionOut {
-                workflow_id: record.id.clone(),
-                version: latest.version,
-                published_at: latest.published_at,
-                new: false,
-                definition: None,
-            },
-            false,
-        ));
-    }
-    let v = app.engine.publish(&record.id, &wf).await?;
+    let (v, new) = app
+        .engine
+        .publish(&record.id, &wf)
+        .await
+        .map_err(|e| match e {
+            // Archived meanwhile.
+            sojourn_actors::Error::Store(sojourn_persistence::Error::Invalid(m)) => {
+                ApiError::conflict(Some("workflow"), format!("workflow: {m}"))
+            }
+            other => other.into(),
+        })?;
     Ok((
         VersionOut {
             workflow_id: v.workflow_id,
             version: v.version,
             published_at: v.published_at,
-            new: true,
+            new,
             definition: None,
         },
-        true,
+        new,
     ))
 }
 
