@@ -1,10 +1,12 @@
 //! What every handler shares.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sojourn_actors::Engine;
 use sojourn_actors::metrics::{LATENCY_BUCKETS, LabeledHistogram};
-use sojourn_persistence::Store;
+use sojourn_persistence::{Store, TriggerRecord};
 
 use crate::auth::{AuthMode, KeyCache};
 
@@ -21,6 +23,52 @@ pub struct Inner<S: Store> {
     pub(crate) keys: KeyCache,
     /// Request latency by method, route and status.
     pub(crate) http_seconds: LabeledHistogram,
+    /// `api` triggers by path, for `POST /trigger/{path}`.
+    pub(crate) triggers: TriggerCache,
+}
+
+/// How long a trigger lookup is trusted. Moves through this node forget it
+/// at once; other nodes' moves show within this.
+const TRIGGER_TTL: Duration = Duration::from_secs(1);
+
+/// `(namespace, path)` → the trigger (or none) and when it was read.
+type TriggerEntry = (Option<Arc<TriggerRecord>>, Instant);
+
+/// Active-trigger lookups, cached briefly: a fire costs no query.
+#[derive(Debug, Default)]
+pub(crate) struct TriggerCache {
+    entries: Mutex<HashMap<(String, String), TriggerEntry>>,
+}
+
+impl TriggerCache {
+    pub(crate) async fn get<S: Store>(
+        &self,
+        store: &S,
+        namespace: &str,
+        path: &str,
+    ) -> Result<Option<Arc<TriggerRecord>>, sojourn_persistence::Error> {
+        let key = (namespace.to_owned(), path.to_owned());
+        if let Ok(m) = self.entries.lock()
+            && let Some((t, at)) = m.get(&key)
+            && at.elapsed() < TRIGGER_TTL
+        {
+            return Ok(t.clone());
+        }
+        let t = store.api_trigger(namespace, path).await?.map(Arc::new);
+        if let Ok(mut m) = self.entries.lock() {
+            if m.len() >= 10_000 {
+                m.clear();
+            }
+            m.insert(key, (t.clone(), Instant::now()));
+        }
+        Ok(t)
+    }
+
+    pub(crate) fn forget(&self) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.clear();
+        }
+    }
 }
 
 impl<S: Store> AppState<S> {
@@ -32,6 +80,7 @@ impl<S: Store> AppState<S> {
                 default_namespace: "default".into(),
                 keys: KeyCache::default(),
                 http_seconds: LabeledHistogram::new(LATENCY_BUCKETS),
+                triggers: TriggerCache::default(),
             }),
         }
     }

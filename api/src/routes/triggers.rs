@@ -217,6 +217,7 @@ pub(crate) async fn create<S: Store>(
             now: Utc::now(),
         })
         .await?;
+    app.triggers.forget();
     Ok((StatusCode::CREATED, axum::Json(TriggerOut::from(record))).into_response())
 }
 
@@ -280,6 +281,7 @@ async fn move_to<S: Store>(
             other => other.into(),
         })?
         .ok_or_else(|| ApiError::not_found("trigger", id))?;
+    app.triggers.forget();
     Ok(axum::Json(moved.into()))
 }
 
@@ -340,9 +342,8 @@ pub(crate) async fn fire<S: Store>(
         ));
     }
     let t = app
-        .engine
-        .store()
-        .api_trigger(&caller.namespace, &path)
+        .triggers
+        .get(app.engine.store(), &caller.namespace, &path)
         .await?
         .ok_or_else(|| ApiError::not_found("trigger path", &path))?;
     if t.state != "active" {
@@ -354,12 +355,12 @@ pub(crate) async fn fire<S: Store>(
             ),
         ));
     }
-    let config: ApiConfig = serde_json::from_value(t.config).unwrap_or_default();
+    let config: ApiConfig = serde_json::from_value(t.config.clone()).unwrap_or_default();
     start_in(
         &app,
         &caller,
         StartExecution {
-            workflow: t.workflow_id,
+            workflow: t.workflow_id.clone(),
             version: config.version,
             input: Some(input),
             subject: None,
