@@ -203,5 +203,59 @@ pub(crate) async fn run(args: HttpBenchArgs, concurrency: usize) -> Result<(), F
     if let Some(e) = errors.first() {
         println!("  first error: {e}");
     }
+    report_completion(&target, &bases).await;
     Ok(())
+}
+
+/// Waits (up to 60 s) until the nodes' metrics count as many executions of
+/// the benchmark's workflow completed as started, and says so.
+async fn report_completion(target: &Target, bases: &[String]) {
+    let Ok(id) = workflow_id(target, &bases[0]).await else {
+        println!("  (cannot read the workflow: completion not checked)");
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut started = 0.0;
+        let mut completed = 0.0;
+        for base in bases {
+            let mut req = target.http.get(format!("{base}/metrics"));
+            if let Some(k) = &target.key {
+                req = req.bearer_auth(k);
+            }
+            let Ok(text) = async { req.send().await?.error_for_status()?.text().await }.await
+            else {
+                println!("  (cannot read {base}/metrics: completion not checked)");
+                return;
+            };
+            started += series(&text, "sojourn_executions_started_total", &id);
+            completed += series(&text, "sojourn_executions_completed_total", &id);
+        }
+        if completed >= started {
+            println!("  all {started:.0} started executions completed");
+            return;
+        }
+        if Instant::now() > deadline {
+            println!("  {completed:.0} of {started:.0} started executions completed after 60 s");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn workflow_id(target: &Target, base: &str) -> Result<String, reqwest::Error> {
+    let mut req = target.http.get(format!("{base}/v1/workflows/{WORKFLOW}"));
+    if let Some(k) = &target.key {
+        req = req.bearer_auth(k);
+    }
+    let v: Value = req.send().await?.error_for_status()?.json().await?;
+    Ok(v.get("id").and_then(Value::as_str).unwrap_or_default().to_owned())
+}
+
+/// The value of a counter's series for one workflow.
+fn series(text: &str, name: &str, workflow: &str) -> f64 {
+    let prefix = format!("{name}{{workflow=\"{workflow}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
