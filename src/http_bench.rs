@@ -249,7 +249,10 @@ async fn workflow_id(target: &Target, base: &str) -> Result<String, reqwest::Err
         req = req.bearer_auth(k);
     }
     let v: Value = req.send().await?.error_for_status()?.json().await?;
-    Ok(v.get("id").and_then(Value::as_str).unwrap_or_default().to_owned())
+    Ok(v.get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned())
 }
 
 /// The value of a counter's series for one workflow.
