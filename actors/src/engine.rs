@@ -439,43 +439,23 @@ impl<S: Store> Engine<S> {
     /// The secret nodes present to each other's internal endpoint (cached
     /// a few seconds; `fresh` reads it again).
     pub async fn cluster_secret(&self, fresh: bool) -> Result<String, Error> {
-        self.ctx
-            .router
-            .secret(fresh)
-            .await
-            .map_err(|e| Error::Cluster(e.to_string()))
+        Ok(self.ctx.router.secret(fresh).await?)
     }
 
     /// The live nodes of the cluster.
     pub async fn members(&self) -> Result<Vec<NodeInfo>, Error> {
-        let (live, _) = self
-            .ctx
-            .router
-            .cluster
-            .members()
-            .await
-            .map_err(|e| Error::Cluster(e.to_string()))?;
+        let (live, _) = self.ctx.router.cluster.members().await?;
         Ok(live)
     }
 
     /// Asks a node (this one or another) to drain.
     pub async fn request_drain(&self, node: &str) -> Result<(), Error> {
-        self.ctx
-            .router
-            .cluster
-            .request_drain(node)
-            .await
-            .map_err(|e| Error::Cluster(e.to_string()))
+        Ok(self.ctx.router.cluster.request_drain(node).await?)
     }
 
     /// Whether the cluster store (Redis) answers.
     pub async fn cluster_ready(&self) -> Result<(), Error> {
-        self.ctx
-            .router
-            .cluster
-            .ping()
-            .await
-            .map_err(|e| Error::Cluster(e.to_string()))
+        Ok(self.ctx.router.cluster.ping().await?)
     }
 
     /// Whether the node shares a cluster (Redis) with others.

@@ -32,7 +32,7 @@ pub enum Error {
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("cluster: {0}")]
-    Cluster(String),
+    Cluster(#[from] sojourn_cluster::Error),
     #[error("actor system: {0}")]
     Actor(String),
 }

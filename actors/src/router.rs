@@ -367,7 +367,13 @@ impl<S: Store> Router<S> {
             return;
         }
         let ids: Vec<ExecutionId> = items.iter().map(|(id, _)| id.clone()).collect();
-        let holders = futures_holders(&self.cluster, &ids).await;
+        let holders = match self.cluster.holders(&ids).await {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(error = %e, "looking up lease holders failed");
+                vec![None; ids.len()]
+            }
+        };
         let mut by_node: HashMap<String, Vec<Item>> = HashMap::new();
         let mut none = Vec::new();
         for (item, holder) in items.into_iter().zip(holders) {
@@ -515,14 +521,6 @@ impl<S: Store> Router<S> {
             .collect();
         self.route_try(items, Some(from), 0).await;
     }
-}
-
-async fn futures_holders(cluster: &Cluster, ids: &[ExecutionId]) -> Vec<Option<String>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        out.push(cluster.holder(id).await.ok().flatten());
-    }
-    out
 }
 
 /// What the releaser is asked.

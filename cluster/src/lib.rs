@@ -361,6 +361,24 @@ impl Cluster {
         }
     }
 
+    /// The holders of many executions' leases, in one round trip.
+    pub async fn holders(&self, ids: &[ExecutionId]) -> Result<Vec<Option<String>>> {
+        match &self.backend {
+            Backend::Local(_) => Ok(vec![None; ids.len()]),
+            Backend::Redis(_) if ids.is_empty() => Ok(Vec::new()),
+            Backend::Redis(r) => {
+                let mut c = r.conn().await?;
+                let keys: Vec<String> = ids.iter().map(lease_key).collect();
+                let values: Vec<Option<String>> =
+                    redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+                Ok(values
+                    .into_iter()
+                    .map(|v| v.map(|v| node_of(&v).to_owned()))
+                    .collect())
+            }
+        }
+    }
+
     // ---- membership ---------------------------------------------------------
 
     /// Registers or refreshes this node; it counts as dead `ttl` after its

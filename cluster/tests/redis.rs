@@ -108,6 +108,13 @@ async fn leases_are_exclusive_renewed_released_and_lost_to_a_flush() {
     let got = b.acquire(&all[..3]).await.expect("acquire");
     assert_eq!(got, vec![Lease::HeldBy("a".into()); 3]);
     assert_eq!(b.holder(&all[0]).await.expect("holder"), Some("a".into()));
+    let free = ExecutionId::new("exe_free".to_owned());
+    assert_eq!(
+        b.holders(&[all[0].clone(), free, all[1].clone()])
+            .await
+            .expect("holders"),
+        vec![Some("a".into()), None, Some("a".into())]
+    );
     // b renewing with a's tokens learns nothing it may keep: wrong tokens.
     let fake: Vec<(ExecutionId, String)> = all[..2]
         .iter()

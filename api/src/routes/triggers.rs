@@ -140,7 +140,9 @@ fn check_input_object(field: &str, v: &Option<Value>) -> ApiResult<()> {
     }
 }
 
-fn validate(kind: TriggerKind, path: &Option<String>, config: &Value) -> ApiResult<()> {
+/// Checks a trigger's path and config; returns an api trigger's pinned
+/// version.
+fn validate(kind: TriggerKind, path: &Option<String>, config: &Value) -> ApiResult<Option<i32>> {
     if !config.is_object() {
         return Err(ApiError::invalid("config", "must be a JSON object"));
     }
@@ -154,6 +156,7 @@ fn validate(kind: TriggerKind, path: &Option<String>, config: &Value) -> ApiResu
             if c.version.is_some_and(|v| v < 1) {
                 return Err(ApiError::invalid("config.version", "must be 1 or more"));
             }
+            return Ok(c.version);
         }
         TriggerKind::Schedule | TriggerKind::Event if path.is_some() => {
             return Err(ApiError::invalid("path", "only api triggers have a path"));
@@ -176,7 +179,7 @@ fn validate(kind: TriggerKind, path: &Option<String>, config: &Value) -> ApiResu
             check_input_object("config.input", &c.input)?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 pub(crate) async fn create<S: Store>(
@@ -186,23 +189,20 @@ pub(crate) async fn create<S: Store>(
     Body(req): Body<CreateTrigger>,
 ) -> ApiResult<Response> {
     let config = req.config.unwrap_or_else(|| Value::Object(Map::new()));
-    validate(req.kind, &req.path, &config)?;
+    let pinned = validate(req.kind, &req.path, &config)?;
     let wf = crate::routes::workflows::find(&app, &caller, &workflow).await?;
-    if req.kind == TriggerKind::Api {
-        let c: ApiConfig = parse_config(&config)?;
-        if let Some(v) = c.version
-            && app
-                .engine
-                .store()
-                .get_version(&wf.id, Some(v))
-                .await?
-                .is_none()
-        {
-            return Err(ApiError::invalid(
-                "config.version",
-                format!("the workflow has no published version {v}"),
-            ));
-        }
+    if let Some(v) = pinned
+        && app
+            .engine
+            .store()
+            .get_version(&wf.id, Some(v))
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::invalid(
+            "config.version",
+            format!("the workflow has no published version {v}"),
+        ));
     }
     let record = app
         .engine
