@@ -288,6 +288,7 @@ async fn bench<S: Store + Clone>(
         node_id: format!("bench-{}", std::process::id()),
         timer_poll: Duration::from_millis(100),
         outbox_poll: Duration::from_millis(100),
+        egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
         ..Config::default()
     };
     let engine = Arc::new(

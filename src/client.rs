@@ -52,7 +52,13 @@ impl Client {
     ) -> Result<Option<(StatusCode, Value)>, Failure> {
         let url = format!("{}{}", self.conn.url.trim_end_matches('/'), path);
         let mut req = self.http.request(method.clone(), &url);
-        if let Some(key) = &self.conn.api_key {
+        // An empty key (`SOJOURN_API_KEY=`) counts as no key.
+        if let Some(key) = self
+            .conn
+            .api_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+        {
             req = req.bearer_auth(key);
         }
         for (k, v) in headers {

@@ -18,6 +18,7 @@ mod bench;
 mod client;
 mod http_bench;
 mod node;
+mod settings;
 
 /// mimalloc rather than glibc's malloc: under load a third of the node's CPU
 /// went to glibc's allocator and its arena locks (perf, `sojourn bench`), and
@@ -40,19 +41,37 @@ struct Cli {
 enum Command {
     /// Run a node on the embedded SQLite store (no other service needed).
     Dev {
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
+        /// Where the API listens (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
         /// Where the embedded store lives.
         #[arg(long, default_value = "./sojourn-data")]
         data: PathBuf,
+        /// A TOML settings file (see `sojourn config`).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run a cluster node on PostgreSQL.
     Serve {
-        #[arg(long, env = "SOJOURN_LISTEN")]
+        /// Where the API listens (beats SOJOURN_LISTEN and the file).
+        #[arg(long)]
         listen: Option<String>,
-        /// A TOML file: database_url, node_id, listen, redis_url, kafka_brokers.
+        /// A TOML settings file (see `sojourn config`).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Print the effective settings of `serve` (or `dev`), each with where
+    /// it came from; secrets redacted.
+    Config {
+        /// A TOML settings file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The settings of `sojourn dev` instead.
+        #[arg(long)]
+        dev: bool,
+        /// As `sojourn serve --listen`.
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -285,8 +304,17 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dev { listen, data } => block_on(dev(listen, data)),
+        Command::Dev {
+            listen,
+            data,
+            config,
+        } => block_on(dev(listen, data, config)),
         Command::Serve { listen, config } => block_on(serve(listen, config)),
+        Command::Config {
+            config,
+            dev,
+            listen,
+        } => print_settings(config, dev, listen),
         Command::Migrate { store } => block_on(migrate(store)),
         Command::Run {
             file,
@@ -481,67 +509,71 @@ fn block_on<F: std::future::Future<Output = Result<(), Failure>>>(f: F) -> Resul
     runtime.block_on(f)
 }
 
-async fn dev(listen: String, data: PathBuf) -> Result<(), Failure> {
-    node::check_listen(&listen)?;
+fn print_settings(file: Option<PathBuf>, dev: bool, listen: Option<String>) -> Result<(), Failure> {
+    let mode = if dev {
+        settings::Mode::Dev
+    } else {
+        settings::Mode::Serve
+    };
+    let loaded = settings::load(mode, file.as_deref(), &settings::Flags { listen })?;
+    print!("{}", loaded.render()?);
+    Ok(())
+}
+
+async fn dev(listen: Option<String>, data: PathBuf, file: Option<PathBuf>) -> Result<(), Failure> {
+    let loaded = settings::load(
+        settings::Mode::Dev,
+        file.as_deref(),
+        &settings::Flags { listen },
+    )?;
+    let s = loaded.settings;
     let path = node::open_sqlite_path(&data)?;
     let store = sojourn_persistence::SqliteStore::open(&path)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
     eprintln!("embedded store: {}", path.display());
-    let config = sojourn_actors::Config {
-        node_id: "dev".into(),
-        ..sojourn_actors::Config::default()
-    };
-    let config = sojourn_actors::Config {
-        advertise: format!("http://{listen}"),
-        ..config
-    };
+    let config = s.engine_config("dev".into(), format!("http://{}", s.listen));
     node::serve_node(
         store,
         config,
         None,
-        &listen,
+        &s.listen,
         sojourn_api::AuthMode::Optional,
     )
     .await
 }
 
-async fn serve(listen: Option<String>, config: Option<PathBuf>) -> Result<(), Failure> {
-    let file = node::FileConfig::load(config.as_deref())?;
-    let listen = listen
-        .or(file.listen)
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
-    node::check_listen(&listen)?;
-    let url = std::env::var("SOJOURN_DATABASE_URL")
-        .ok()
-        .or(file.database_url)
-        .ok_or_else(|| {
-            Failure::Invalid(
-                "SOJOURN_DATABASE_URL (or database_url in --config) is required".into(),
-            )
-        })?;
-    let node_id = std::env::var("SOJOURN_NODE_ID")
-        .ok()
-        .or(file.node_id)
-        .unwrap_or_else(node::default_node_id);
-    if file.kafka_brokers.is_some() || std::env::var_os("SOJOURN_KAFKA_BROKERS").is_some() {
-        eprintln!("note: kafka_brokers is set but not used yet");
+async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Failure> {
+    let loaded = settings::load(
+        settings::Mode::Serve,
+        file.as_deref(),
+        &settings::Flags { listen },
+    )?;
+    let s = loaded.settings;
+    let url = s.database_url.clone().ok_or_else(|| {
+        Failure::Invalid("SOJOURN_DATABASE_URL (or database_url in --config) is required".into())
+    })?;
+    let node_id = s.node_id.clone().unwrap_or_else(node::default_node_id);
+    if !s.kafka.brokers.is_empty() {
+        eprintln!(
+            "note: kafka.brokers is set ({}) but nothing uses Kafka yet",
+            s.kafka.brokers.join(",")
+        );
     }
-    let advertise = std::env::var("SOJOURN_ADVERTISE_URL")
-        .ok()
-        .or(file.advertise_url)
-        .unwrap_or_else(|| format!("http://{listen}"));
+    let advertise = s
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", s.listen));
     if advertise.contains("0.0.0.0") || advertise.contains("[::]") {
         eprintln!(
             "note: other nodes reach this one at {advertise}; set SOJOURN_ADVERTISE_URL to an address they can use"
         );
     }
-    let lease_ttl = std::time::Duration::from_millis(file.lease_ttl_ms.unwrap_or(5_000).max(500));
-    let redis_url = std::env::var("SOJOURN_REDIS_URL").ok().or(file.redis_url);
-    let cluster = match &redis_url {
+    let config = s.engine_config(node_id.clone(), advertise);
+    let cluster = match &s.redis_url {
         Some(u) => Some(
-            sojourn_actors::Cluster::redis(u, node_id.clone(), lease_ttl)
-                .map_err(|e| Failure::Invalid(format!("SOJOURN_REDIS_URL {u:?}: {e}")))?,
+            sojourn_actors::Cluster::redis(u.expose(), node_id, config.lease_ttl)
+                .map_err(|e| Failure::Invalid(format!("setting \"redis_url\" ({u}): {e}")))?,
         ),
         None => {
             eprintln!(
@@ -550,20 +582,14 @@ async fn serve(listen: Option<String>, config: Option<PathBuf>) -> Result<(), Fa
             None
         }
     };
-    let store = sojourn_persistence::PgStore::connect(&url, None, 16)
+    let store = sojourn_persistence::PgStore::connect(url.expose(), None, s.database_pool_size)
         .await
-        .context("connecting to PostgreSQL")?;
-    let config = sojourn_actors::Config {
-        node_id,
-        advertise,
-        lease_ttl,
-        ..sojourn_actors::Config::default()
-    };
+        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
     node::serve_node(
         store,
         config,
         cluster,
-        &listen,
+        &s.listen,
         sojourn_api::AuthMode::Required,
     )
     .await
@@ -615,8 +641,11 @@ async fn run(
         subject,
         timeout: timeout.map(std::time::Duration::from_secs),
     };
+    // A local tool run by the operator on their own workflow: loopback
+    // destinations are allowed, as in `sojourn dev`.
     let config = sojourn_actors::Config {
         node_id: "run".into(),
+        egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
         ..sojourn_actors::Config::default()
     };
     let all_completed = match node::open_store(&store).await? {

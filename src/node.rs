@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::Deserialize;
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_api::{AppState, AuthMode};
 use sojourn_persistence::{PgStore, SqliteStore, Store};
@@ -26,33 +25,6 @@ pub(crate) struct StoreArgs {
     /// The embedded store's directory.
     #[arg(long, default_value = "./sojourn-data")]
     pub(crate) data: PathBuf,
-}
-
-/// `sojourn serve`'s configuration file (TOML). A flag beats the
-/// environment, which beats the file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileConfig {
-    pub(crate) database_url: Option<String>,
-    pub(crate) node_id: Option<String>,
-    pub(crate) listen: Option<String>,
-    pub(crate) redis_url: Option<String>,
-    pub(crate) kafka_brokers: Option<String>,
-    /// Where other nodes reach this one (default `http://<listen>`).
-    pub(crate) advertise_url: Option<String>,
-    /// Execution lease TTL in milliseconds (default 5000).
-    pub(crate) lease_ttl_ms: Option<u64>,
-}
-
-impl FileConfig {
-    pub(crate) fn load(path: Option<&Path>) -> Result<FileConfig, Failure> {
-        let Some(path) = path else {
-            return Ok(FileConfig::default());
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::Invalid(format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| Failure::Invalid(format!("{}: {e}", path.display())))
-    }
 }
 
 pub(crate) fn open_sqlite_path(data: &Path) -> Result<PathBuf, Failure> {
@@ -287,13 +259,4 @@ pub(crate) async fn open_store(args: &StoreArgs) -> Result<AnyStore, Failure> {
             ))
         }
     }
-}
-
-pub(crate) fn check_listen(listen: &str) -> Result<(), Failure> {
-    if listen.parse::<SocketAddr>().is_err() {
-        return Err(Failure::Invalid(format!(
-            "listen address {listen:?}: expected HOST:PORT, e.g. 127.0.0.1:8080"
-        )));
-    }
-    Ok(())
 }

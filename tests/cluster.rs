@@ -277,7 +277,7 @@ impl Cluster {
             std::fs::write(
                 &config,
                 format!(
-                    "database_url = {url:?}\nredis_url = {redis_url:?}\nnode_id = {id:?}\nlisten = \"127.0.0.1:{port}\"\nlease_ttl_ms = {LEASE_TTL_MS}\n"
+                    "database_url = {url:?}\nredis_url = {redis_url:?}\nnode_id = {id:?}\nlisten = \"127.0.0.1:{port}\"\nlease_ttl_ms = {LEASE_TTL_MS}\n[http]\nallow = [\"127.0.0.0/8\"]\n"
                 ),
             )
             .expect("config");

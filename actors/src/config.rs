@@ -1,6 +1,39 @@
 //! Tunables of the engine, with defaults that need no configuration.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::egress::EgressPolicy;
+
+/// Named secrets that actions reference (`{{ secrets.NAME }}`), resolved by
+/// the worker at send time. Never printed: `Debug` shows the names only.
+#[derive(Clone, Default)]
+pub struct Secrets(Arc<BTreeMap<String, SecretString>>);
+
+impl Secrets {
+    pub fn new(map: BTreeMap<String, SecretString>) -> Secrets {
+        Secrets(Arc::new(map))
+    }
+
+    /// The value of a secret, for the worker that sends with it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|s| s.expose_secret())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.names()).finish()
+    }
+}
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -49,6 +82,13 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Where other nodes reach this node's internal endpoint.
     pub advertise: String,
+    /// Where `http.request` actions may go (the SSRF guard).
+    pub egress: EgressPolicy,
+    /// Most bytes of a response body an action reads; the rest is dropped
+    /// and the output says `truncated: true`.
+    pub max_response_bytes: usize,
+    /// Secrets actions may reference.
+    pub secrets: Secrets,
 }
 
 impl Default for Config {
@@ -71,6 +111,9 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(1),
             advertise: "http://127.0.0.1:8080".into(),
+            egress: EgressPolicy::strict(),
+            max_response_bytes: 1 << 20,
+            secrets: Secrets::default(),
         }
     }
 }

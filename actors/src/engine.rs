@@ -350,7 +350,7 @@ impl<S: Store> Engine<S> {
                 snapshot,
             })
             .await
-            .map_err(Error::Actor)?
+            .map_err(Error::Unavailable)?
             .map_err(Error::Rejected)?;
         match created {
             Created::New(id) if !leased => {

@@ -35,4 +35,8 @@ pub enum Error {
     Cluster(#[from] sojourn_cluster::Error),
     #[error("actor system: {0}")]
     Actor(String),
+    /// The store did not answer or failed (not because of the request's
+    /// data): retrying later may succeed.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }

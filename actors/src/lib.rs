@@ -26,6 +26,7 @@ mod activator;
 mod batch;
 mod committer;
 mod config;
+pub mod egress;
 mod engine;
 mod error;
 mod execution;
@@ -40,7 +41,7 @@ mod supervisor;
 mod timers;
 mod workflows;
 
-pub use config::Config;
+pub use config::{Config, Secrets};
 pub use engine::{Engine, StartRequest, Started};
 pub use error::Error;
 pub use router::{DELIVER_PATH, Forwarded, SECRET_HEADER};

@@ -17,7 +17,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::config::Config;
 use crate::execution::Delivery;
-use crate::providers::{self, HttpProvider};
+use crate::providers::{self, Providers};
 use crate::router::Router;
 use crate::stats::Stats;
 
@@ -36,7 +36,7 @@ pub(crate) async fn run<S: Store>(
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 ) {
-    let http = HttpProvider::new();
+    let http = Providers::new(&config);
     let slots = Arc::new(Semaphore::new(config.max_in_flight_actions));
     let (done_tx, done_rx) = mpsc::channel::<Sent>(config.max_in_flight_actions * 2);
     let finisher = tokio::spawn(finish(
@@ -81,7 +81,7 @@ pub(crate) async fn run<S: Store>(
 /// Records a batch of attempts, then sends the ones to send.
 async fn dispatch<S: Store>(
     store: &S,
-    http: &HttpProvider,
+    http: &Providers,
     slots: &Arc<Semaphore>,
     done: &mpsc::Sender<Sent>,
     stats: &Arc<Stats>,

@@ -2,10 +2,15 @@
 //! other channels arrive with their own issue and, until then, fail without
 //! retry so the execution pauses for an operator instead of pretending.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sojourn_runtime::secrets;
 use sojourn_runtime::{ActionOutcome, Dispatch};
+
+use crate::config::{Config, Secrets};
+use crate::egress::{EgressPolicy, GuardedResolver, refusal_in};
 
 /// Sends `http.request` actions with reqwest.
 ///
@@ -13,34 +18,49 @@ use sojourn_runtime::{ActionOutcome, Dispatch};
 /// strings), `body` (any JSON; sent as JSON). The attempt's idempotency key
 /// goes in the `Idempotency-Key` header, the same on every redelivery.
 /// 2xx is success (output: `status`, `body`); 408, 429, 5xx, timeouts and
-/// connection errors are retryable failures; other statuses are not.
+/// connection errors are retryable failures; other statuses are not. A
+/// destination the [`EgressPolicy`] refuses fails without retry, with
+/// nothing sent. At most `max_response_bytes` of a body are read; past
+/// that the output's `body` is the text read so far and `truncated` is true.
 #[derive(Debug, Clone)]
 pub struct HttpProvider {
     client: reqwest::Client,
-}
-
-impl Default for HttpProvider {
-    fn default() -> Self {
-        Self::new()
-    }
+    policy: Arc<EgressPolicy>,
+    max_response_bytes: usize,
 }
 
 impl HttpProvider {
-    pub fn new() -> HttpProvider {
+    pub fn new(policy: EgressPolicy, max_response_bytes: usize) -> HttpProvider {
+        let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
+            .redirect(policy.redirect_policy())
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        HttpProvider { client }
+        HttpProvider {
+            client,
+            policy,
+            max_response_bytes,
+        }
     }
 
-    pub async fn send(&self, d: &Dispatch) -> ActionOutcome {
+    pub async fn send(&self, d: &Dispatch, inputs: &Value) -> ActionOutcome {
         let failure = |error: String, retryable: bool| ActionOutcome::Failure { error, retryable };
-        let Some(url) = d.inputs.get("url").and_then(Value::as_str) else {
+        let Some(url) = inputs.get("url").and_then(Value::as_str) else {
             return failure("inputs.url: missing or not a string".into(), false);
         };
-        let method = d
-            .inputs
+        let url = match reqwest::Url::parse(url) {
+            Ok(url) => url,
+            Err(e) => return failure(format!("inputs.url: {e}"), false),
+        };
+        if let Err(refusal) = self.policy.check_url(&url) {
+            return failure(format!("inputs.url: {refusal}"), false);
+        }
+        let method = inputs
             .get("method")
             .and_then(Value::as_str)
             .unwrap_or("POST")
@@ -56,25 +76,34 @@ impl HttpProvider {
             .request(method, url)
             .timeout(Duration::from_millis(d.timeout_ms.max(1)))
             .header("Idempotency-Key", &d.idempotency_key);
-        if let Some(headers) = d.inputs.get("headers").and_then(Value::as_object) {
+        if let Some(headers) = inputs.get("headers").and_then(Value::as_object) {
             for (k, v) in headers {
                 if let Some(v) = v.as_str() {
                     request = request.header(k.as_str(), v);
                 }
             }
         }
-        if let Some(body) = d.inputs.get("body") {
+        if let Some(body) = inputs.get("body") {
             request = request.json(body);
         }
         match request.send().await {
             Ok(response) => {
                 let status = response.status();
-                let text = response.text().await.unwrap_or_default();
-                let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+                let (text, truncated) = match read_capped(response, self.max_response_bytes).await {
+                    Ok(read) => read,
+                    Err(e) => return failure(format!("reading the response: {e}"), true),
+                };
+                let body = if truncated {
+                    Value::String(text)
+                } else {
+                    serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text))
+                };
                 if status.is_success() {
-                    ActionOutcome::Success {
-                        output: json!({ "status": status.as_u16(), "body": body }),
+                    let mut output = json!({ "status": status.as_u16(), "body": body });
+                    if truncated {
+                        output["truncated"] = Value::Bool(true);
                     }
+                    ActionOutcome::Success { output }
                 } else {
                     let retryable = status.is_server_error()
                         || status.as_u16() == 429
@@ -90,11 +119,38 @@ impl HttpProvider {
                 }
             }
             Err(e) => {
+                if let Some(refusal) = refusal_in(&e) {
+                    return failure(refusal.to_string(), false);
+                }
                 let retryable = e.is_timeout() || e.is_connect() || e.is_request();
                 failure(format!("{e}"), retryable)
             }
         }
     }
+}
+
+/// Reads at most `cap` bytes of a body (as text, lossily); `true` when
+/// there was more, which is left unread.
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<(String, bool), reqwest::Error> {
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut truncated = false;
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            truncated = true;
+            break;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    Ok((text, truncated))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -104,11 +160,55 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// Sends a dispatch with the provider for its action. The outcome is made
-/// storable: PostgreSQL's `jsonb` refuses `\u0000`, and one unstorable
-/// result must not sink the batch of results recorded with it.
-pub(crate) async fn send(http: &HttpProvider, d: &Dispatch) -> ActionOutcome {
-    storable(send_raw(http, d).await)
+/// The providers of a node, with what they share: the secrets actions may
+/// reference.
+#[derive(Debug, Clone)]
+pub struct Providers {
+    http: HttpProvider,
+    secrets: Secrets,
+}
+
+impl Providers {
+    pub fn new(config: &Config) -> Providers {
+        Providers {
+            http: HttpProvider::new(config.egress.clone(), config.max_response_bytes),
+            secrets: config.secrets.clone(),
+        }
+    }
+}
+
+/// Sends a dispatch with the provider for its action: its secret references
+/// are resolved here, at send time, and the values are scrubbed from what
+/// the provider answered. The outcome is made storable: PostgreSQL's
+/// `jsonb` refuses `\u0000`, and one unstorable result must not sink the
+/// batch of results recorded with it.
+pub(crate) async fn send(providers: &Providers, d: &Dispatch) -> ActionOutcome {
+    let mut used = Vec::new();
+    let inputs = match secrets::resolve(&d.inputs, &|name| providers.secrets.get(name), &mut used) {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            return ActionOutcome::Failure {
+                error: format!("inputs: {e}"),
+                retryable: false,
+            };
+        }
+    };
+    let outcome = send_raw(providers, d, &inputs).await;
+    drop(inputs);
+    let outcome = match outcome {
+        ActionOutcome::Success { mut output } => {
+            secrets::scrub(&mut output, &used);
+            ActionOutcome::Success { output }
+        }
+        ActionOutcome::Failure {
+            mut error,
+            retryable,
+        } => {
+            secrets::scrub_str(&mut error, &used);
+            ActionOutcome::Failure { error, retryable }
+        }
+    };
+    storable(outcome)
 }
 
 fn storable(outcome: ActionOutcome) -> ActionOutcome {
@@ -144,9 +244,9 @@ fn strip_nul(v: &mut Value) {
     }
 }
 
-async fn send_raw(http: &HttpProvider, d: &Dispatch) -> ActionOutcome {
+async fn send_raw(providers: &Providers, d: &Dispatch, inputs: &Value) -> ActionOutcome {
     match d.action.as_str() {
-        "http.request" => http.send(d).await,
+        "http.request" => providers.http.send(d, inputs).await,
         other => ActionOutcome::Failure {
             error: format!("no provider is configured for {other} on this node"),
             retryable: false,

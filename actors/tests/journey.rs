@@ -92,6 +92,7 @@ fn config() -> Config {
         timer_poll: Duration::from_millis(100),
         outbox_poll: Duration::from_millis(100),
         recovery_poll: Duration::from_millis(500),
+        egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
         ..Config::default()
     }
 }

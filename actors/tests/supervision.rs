@@ -265,6 +265,7 @@ async fn a_failing_execution_is_restarted_then_marked_failed_and_the_rest_carrie
     let config = Config {
         timer_poll: Duration::from_millis(100),
         max_restarts: 3,
+        egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
         ..Config::default()
     };
     let engine = Engine::start(store.clone(), config).await.expect("engine");

@@ -102,7 +102,16 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 here is transient (the database, Redis, a node
+            // shutting down): say when to come back.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
@@ -167,6 +176,10 @@ impl From<EngineError> for ApiError {
             EngineError::Rejected(m) => ApiError::invalid("input", m),
             e @ EngineError::LimitReached { .. } => {
                 ApiError::conflict(Some("subject"), e.to_string())
+            }
+            EngineError::Unavailable(e) => {
+                error!(error = %e, "store unavailable");
+                ApiError::unavailable("the database is unavailable or failed; retry")
             }
             EngineError::ShuttingDown => {
                 ApiError::unavailable("the node is shutting down; retry on another")

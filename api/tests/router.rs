@@ -33,6 +33,7 @@ fn config() -> Config {
         timer_poll: Duration::from_millis(100),
         outbox_poll: Duration::from_millis(50),
         recovery_poll: Duration::from_millis(300),
+        egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
         ..Config::default()
     }
 }
@@ -2795,6 +2796,151 @@ async fn openapi_matches_the_routes() {
         StatusCode::UNAUTHORIZED,
         "unauthorized",
         Some("Authorization"),
+    );
+    app.finish().await;
+}
+
+// ---- outages and corrupt rows ------------------------------------------------
+
+/// A TCP proxy in front of PostgreSQL; cutting it is a database outage
+/// (every connection dropped, new ones refused).
+struct Proxy {
+    addr: std::net::SocketAddr,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let conns = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().expect("lock").push(conn);
+            }
+        });
+        tasks.lock().expect("lock").push(accept);
+        Proxy { addr, tasks }
+    }
+
+    fn cut(&self) {
+        for task in self.tasks.lock().expect("lock").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_503_with_retry_after_on_postgres() {
+    use std::str::FromStr;
+    let url = database_url();
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url).expect("database URL");
+    let target = format!("{}:{}", options.get_host(), options.get_port());
+    assert!(
+        url.contains(&target),
+        "SOJOURN_TEST_DATABASE_URL must name host:port explicitly for this test: {url}"
+    );
+    let proxy = Proxy::start(target.clone()).await;
+    let proxied = url.replacen(&target, &proxy.addr.to_string(), 1);
+    let schema = format!("{PG_PREFIX}{}", uuid::Uuid::now_v7().simple());
+    let store = PgStore::connect_creating_schema(&proxied, &schema, 4)
+        .await
+        .expect("PostgreSQL through the proxy");
+    let app = app_over(store, schema.clone()).await;
+    let k = app.key("outage", &["write"]).await;
+    app.workflow(&k, "quick", quick("done")).await;
+    app.start(&k, "quick", json!({})).await;
+
+    proxy.cut();
+    let started = std::time::Instant::now();
+    for (method, uri, body) in [
+        (
+            Method::POST,
+            "/v1/executions",
+            Some(json!({"workflow": "quick", "input": {}})),
+        ),
+        (Method::GET, "/v1/workflows", None),
+    ] {
+        let r = app.call(method.clone(), uri, Some(&k), body).await;
+        assert_error(&r, StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
+        assert_eq!(
+            r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1"),
+            "{method} {uri}: {}",
+            r.text()
+        );
+        assert!(
+            !r.text().contains(&proxy.addr.to_string()),
+            "no connection detail leaks: {}",
+            r.text()
+        );
+    }
+    // Fast enough that a client's retry is worth it (bounded by the pool's
+    // acquire timeout, not the default 30 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+
+    // No graceful shutdown: it would wait out the outage. The test's
+    // runtime ends the engine's tasks when the test returns.
+    drop(app);
+    let direct = PgStore::connect(&url, None, 1).await.expect("connect");
+    direct.drop_schema(&schema).await.expect("drop schema");
+}
+
+#[tokio::test]
+async fn a_trigger_whose_stored_config_does_not_parse_never_fires_on_postgres() {
+    let app = pg_app(4).await;
+    let k = app.key("corrupt", &["write"]).await;
+    app.workflow(&k, "quick", quick("fired")).await;
+    let r = app
+        .post(
+            "/v1/workflows/quick/triggers",
+            &k,
+            json!({"kind": "api", "path": "hooks/corrupt"}),
+        )
+        .await;
+    let id = r.ok(StatusCode::CREATED)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.post_empty(&format!("/v1/triggers/{id}/activate"), &k)
+        .await
+        .ok(StatusCode::OK);
+    sqlx::query("UPDATE triggers SET config = '{\"version\": \"latest\"}'::jsonb WHERE id = $1")
+        .bind(&id)
+        .execute(app.engine.store().pool())
+        .await
+        .expect("corrupt the row");
+    let r = app
+        .send(request(
+            Method::POST,
+            "/trigger/hooks/corrupt",
+            Some(&k),
+            &[],
+            Body::from("{}"),
+        ))
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "invalid_trigger", Some("config"));
+    let r = app.get("/v1/executions", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        r.text()
     );
     app.finish().await;
 }

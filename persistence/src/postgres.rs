@@ -29,6 +29,9 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+/// How long a statement waits for a connection before it fails.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl PgStore {
     /// Connects (`postgres://user@host:port/db`), optionally inside a schema
     /// (tests use one schema each), and applies pending migrations.
@@ -37,8 +40,12 @@ impl PgStore {
         if let Some(schema) = schema {
             options = options.options([("search_path", schema)]);
         }
+        // A database that does not answer fails a request within a few
+        // seconds (a 503 the client may retry) instead of holding it for
+        // sqlx's default 30 s.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
         let store = PgStore { pool };

@@ -154,7 +154,10 @@ impl Rows {
                         node_id: d.node.to_string(),
                         attempt: attempt_i32(d.attempt)?,
                         action: d.action.clone(),
-                        input: json("node input", &d.inputs)?,
+                        input: json(
+                            "node input",
+                            &sojourn_runtime::secrets::redact_for_storage(&d.inputs),
+                        )?,
                     });
                     rows.outbox.push(OutboxInsert {
                         node_id: d.node.to_string(),

@@ -31,6 +31,7 @@ pub mod model;
 pub mod nodes;
 pub mod registry;
 pub mod schema;
+pub mod secrets;
 pub mod simulate;
 pub mod snapshot;
 pub mod template;

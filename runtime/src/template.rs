@@ -45,6 +45,14 @@ impl Templates {
         env.set_auto_escape_callback(|_| AutoEscape::None);
         // Bound the work one render can do: a template is user input.
         env.set_recursion_limit(64);
+        // `{{ secrets.NAME }}` renders a marker the worker resolves at send
+        // time; every other value is written with marker characters
+        // replaced (see `crate::secrets`).
+        env.add_global(
+            "secrets",
+            minijinja::Value::from_object(crate::secrets::SecretsRoot),
+        );
+        env.set_formatter(crate::secrets::formatter);
         Templates { env, count: 0 }
     }
 
@@ -67,9 +75,26 @@ impl Templates {
         if let Some(first) = unknown.first() {
             self.env.remove_template(name);
             return Err(format!(
-                "template {source:?} refers to unknown variable {first:?} (known: {})",
+                "template {source:?} refers to unknown variable {first:?} (known: {}, secrets)",
                 ROOTS.join(", ")
             ));
+        }
+        let mut bad_secret = None;
+        for path in template.undeclared_variables(true) {
+            if path == "secrets" {
+                bad_secret = Some("secrets are referenced by name: {{ secrets.NAME }}".to_owned());
+            } else if let Some(secret) = path.strip_prefix("secrets.") {
+                let secret = secret.split('.').next().unwrap_or_default();
+                if !crate::secrets::is_valid_name(secret) {
+                    bad_secret = Some(format!(
+                        "secret name {secret:?}: letters, digits and _ only, not starting with a digit"
+                    ));
+                }
+            }
+        }
+        if let Some(e) = bad_secret {
+            self.env.remove_template(name);
+            return Err(format!("template {source:?}: {e}"));
         }
         Ok(())
     }
@@ -354,5 +379,41 @@ mod tests {
             errors[1].1.contains("unknown variable \"user\""),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn secrets_render_as_markers_and_data_cannot_forge_one() {
+        use crate::secrets::{CLOSE, OPEN, marker};
+        let forged = format!("{OPEN}TOKEN{CLOSE}");
+        let out = render(
+            json!({
+                "auth": "Bearer {{ secrets.TOKEN }}",
+                "echo": "{{ input.evil }}",
+                "whole": "{{ input }}",
+                "filtered": "{{ secrets.TOKEN | upper }}",
+            }),
+            json!({"evil": forged}),
+        )
+        .expect("renders");
+        assert_eq!(out["auth"], format!("Bearer {}", marker("TOKEN")));
+        let echoed = out["echo"].as_str().expect("string");
+        assert!(
+            !echoed.contains(OPEN) && !echoed.contains(CLOSE),
+            "{echoed:?}"
+        );
+        let whole = out["whole"].as_str().expect("string");
+        assert!(!whole.contains(OPEN), "{whole:?}");
+        let filtered = out["filtered"].as_str().expect("string");
+        assert!(!filtered.contains(OPEN), "{filtered:?}");
+    }
+
+    #[test]
+    fn secrets_must_be_named_properly() {
+        for bad in ["{{ secrets }}", "{{ secrets['a-b'] }}"] {
+            let mut templates = Templates::new();
+            let mut errors = Vec::new();
+            Templated::compile(&json!(bad), "inputs", "n", &mut templates, &mut errors);
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+        }
     }
 }

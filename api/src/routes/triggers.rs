@@ -355,7 +355,22 @@ pub(crate) async fn fire<S: Store>(
             ),
         ));
     }
-    let config: ApiConfig = serde_json::from_value(t.config.clone()).unwrap_or_default();
+    // A stored configuration that does not read back is refused, never
+    // replaced by a default (which would fire the latest version).
+    let config: ApiConfig = serde_json::from_value(t.config.clone()).map_err(|e| {
+        tracing::error!(trigger = %t.id, error = %e, "stored trigger configuration is invalid");
+        ApiError {
+            field: Some("config".into()),
+            ..ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "invalid_trigger",
+                format!(
+                    "config: trigger {}'s stored configuration is invalid ({e}); destroy it and create it again",
+                    t.id
+                ),
+            )
+        }
+    })?;
     start_in(
         &app,
         &caller,

@@ -252,7 +252,7 @@ fn dispatch<'w>(
         action: c.action.clone(),
         attempt,
         idempotency_key: idempotency_key.clone(),
-        inputs: inputs.clone(),
+        inputs: crate::secrets::redact_for_storage(&inputs).into_owned(),
     });
     m.effect(Effect::Dispatch(Dispatch {
         node: node.id.clone(),

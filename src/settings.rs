@@ -1,0 +1,650 @@
+//! The node's settings: one typed struct, loaded by figment from (weakest
+//! first) the built-in defaults, a TOML file (`--config`), `SOJOURN_*`
+//! environment variables and command-line flags. An unknown key or a bad
+//! value stops the node at start with the key and where it came from.
+//!
+//! Environment names: a top-level key in upper case behind `SOJOURN_`
+//! (`SOJOURN_DATABASE_URL`, `SOJOURN_LEASE_TTL_MS`); a key of a section
+//! joined by a double underscore (`SOJOURN_ENGINE__TIMER_BATCH`,
+//! `SOJOURN_HTTP__ALLOW`); `SOJOURN_KAFKA_BROKERS` for `kafka.brokers`;
+//! `SOJOURN_SECRET_<NAME>` for `secrets.<NAME>` (the name keeps its case).
+//! The client's variables (`SOJOURN_URL`, `SOJOURN_API_KEY`), the log
+//! filter (`SOJOURN_LOG`) and the tests' (`SOJOURN_TEST_*`) are not
+//! settings of the node.
+//!
+//! Secrets (`secrets.*`, credentials in URLs) are [`Secret`]s: they print
+//! as `[redacted]` in `Debug`, in `sojourn config` and in logs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Failure;
+
+/// Which command the settings are for: their defaults differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `sojourn dev`: loopback destinations are allowed by default, so a
+    /// local quick start can call a local sink.
+    Dev,
+    /// `sojourn serve`: every internal destination is refused by default.
+    Serve,
+}
+
+/// Every setting of a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Settings {
+    /// Where the HTTP API listens.
+    pub(crate) listen: String,
+    /// PostgreSQL (`serve`); may hold a password.
+    pub(crate) database_url: Option<SecretUrl>,
+    /// Connections in the PostgreSQL pool.
+    pub(crate) database_pool_size: u32,
+    /// Redis for leases and membership (`serve`); without it the node runs
+    /// alone. May hold a password.
+    pub(crate) redis_url: Option<SecretUrl>,
+    /// This node's id in the cluster (default `<hostname>-<pid>`).
+    pub(crate) node_id: Option<String>,
+    /// Where other nodes reach this one (default `http://<listen>`).
+    pub(crate) advertise_url: Option<String>,
+    /// How long an execution lease lasts without renewal.
+    pub(crate) lease_ttl_ms: u64,
+    pub(crate) kafka: KafkaSettings,
+    pub(crate) engine: EngineSettings,
+    pub(crate) http: HttpSettings,
+    pub(crate) tracing: TracingSettings,
+    /// Named secrets that workflows reference as `{{ secrets.NAME }}`.
+    pub(crate) secrets: BTreeMap<String, Secret>,
+}
+
+/// The Kafka brokers (used by the Kafka issue's triggers and workers).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct KafkaSettings {
+    /// `host:port` of each bootstrap broker (a list, or one comma-separated
+    /// string).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub(crate) brokers: Vec<String>,
+}
+
+/// The engine's tunables (see `sojourn_actors::Config` for each one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EngineSettings {
+    pub(crate) max_commit_batch: usize,
+    pub(crate) timer_lookahead_ms: u64,
+    pub(crate) timer_claim_ttl_ms: u64,
+    pub(crate) timer_poll_ms: u64,
+    pub(crate) timer_batch: u32,
+    pub(crate) timer_fire_rate: u32,
+    pub(crate) outbox_claim_ttl_ms: u64,
+    pub(crate) outbox_poll_ms: u64,
+    pub(crate) max_in_flight_actions: usize,
+    pub(crate) idle_timeout_ms: u64,
+    pub(crate) max_restarts: u32,
+    pub(crate) recovery_poll_ms: u64,
+    pub(crate) heartbeat_interval_ms: u64,
+}
+
+/// What `http.request` actions may reach and read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HttpSettings {
+    /// Internal destinations allowed anyway: networks (`10.0.0.0/8`),
+    /// addresses or host names (a list, or one comma-separated string).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub(crate) allow: Vec<String>,
+    /// Most bytes of a response body read.
+    pub(crate) max_response_bytes: usize,
+}
+
+/// Trace export.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TracingSettings {
+    /// An OTLP/HTTP endpoint (`http://collector:4318`): spans are exported
+    /// there. Off when unset.
+    pub(crate) otlp_endpoint: Option<String>,
+    /// The service name spans carry.
+    pub(crate) service_name: Option<String>,
+}
+
+impl Settings {
+    fn defaults(mode: Mode) -> Settings {
+        let engine = sojourn_actors::Config::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Settings {
+            listen: "127.0.0.1:8080".into(),
+            database_url: None,
+            database_pool_size: 16,
+            redis_url: None,
+            node_id: None,
+            advertise_url: None,
+            lease_ttl_ms: ms(engine.lease_ttl),
+            kafka: KafkaSettings::default(),
+            engine: EngineSettings {
+                max_commit_batch: engine.max_commit_batch,
+                timer_lookahead_ms: ms(engine.timer_lookahead),
+                timer_claim_ttl_ms: ms(engine.timer_claim_ttl),
+                timer_poll_ms: ms(engine.timer_poll),
+                timer_batch: engine.timer_batch,
+                timer_fire_rate: engine.timer_fire_rate,
+                outbox_claim_ttl_ms: ms(engine.outbox_claim_ttl),
+                outbox_poll_ms: ms(engine.outbox_poll),
+                max_in_flight_actions: engine.max_in_flight_actions,
+                idle_timeout_ms: ms(engine.idle_timeout),
+                max_restarts: engine.max_restarts,
+                recovery_poll_ms: ms(engine.recovery_poll),
+                heartbeat_interval_ms: ms(engine.heartbeat_interval),
+            },
+            http: HttpSettings {
+                allow: match mode {
+                    Mode::Dev => {
+                        sojourn_actors::egress::EgressPolicy::allowing_loopback().entries()
+                    }
+                    Mode::Serve => Vec::new(),
+                },
+                max_response_bytes: engine.max_response_bytes,
+            },
+            tracing: TracingSettings::default(),
+            secrets: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::defaults(Mode::Serve)
+    }
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Settings::default().engine
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Settings::default().http
+    }
+}
+
+/// Flags given on the command line (they beat everything else).
+#[derive(Debug, Default)]
+pub(crate) struct Flags {
+    pub(crate) listen: Option<String>,
+}
+
+/// The loaded settings, and the figment they came from (to say where each
+/// value came from).
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) settings: Settings,
+    figment: Figment,
+}
+
+/// Loads the settings for `mode`: defaults, then `file`, then the
+/// environment, then `flags`.
+pub(crate) fn load(mode: Mode, file: Option<&Path>, flags: &Flags) -> Result<Loaded, Failure> {
+    let mut figment = Figment::from(Named {
+        name: "default",
+        inner: Serialized::defaults(Settings::defaults(mode)),
+    });
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(Failure::Invalid(format!(
+                "--config {}: no such file",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(environment());
+    let mut flag_dict = Dict::new();
+    if let Some(listen) = &flags.listen {
+        flag_dict.insert("listen".into(), Value::from(listen.clone()));
+    }
+    figment = figment.merge(FlagProvider(flag_dict));
+    let settings: Settings = figment.extract().map_err(|e| describe(&figment, e))?;
+    check(&settings)?;
+    Ok(Loaded { settings, figment })
+}
+
+/// The environment, as settings (see the module docs for the names).
+fn environment() -> Env {
+    // `lowercase(false)` last: figment resets it with every filter or map,
+    // and secret names keep their case.
+    Env::prefixed("SOJOURN_")
+        .filter(|k| {
+            let k = k.as_str().to_ascii_uppercase();
+            !(k == "URL" || k == "API_KEY" || k == "LOG" || k.starts_with("TEST_"))
+        })
+        .map(|k| env_key(k.as_str()).into())
+        .lowercase(false)
+}
+
+/// `ENGINE__TIMER_BATCH` → `engine.timer_batch`; `SECRET_Crm` →
+/// `secrets.Crm`; `KAFKA_BROKERS` → `kafka.brokers`.
+fn env_key(var: &str) -> String {
+    if let Some(name) = var
+        .strip_prefix("SECRET_")
+        .or_else(|| var.strip_prefix("secret_"))
+    {
+        return format!("secrets.{name}");
+    }
+    let lower = var.to_ascii_lowercase();
+    if lower == "kafka_brokers" {
+        return "kafka.brokers".into();
+    }
+    lower.replace("__", ".")
+}
+
+/// The environment variable that sets `key` (the inverse of [`env_key`]).
+fn env_var(key: &str) -> String {
+    if let Some(name) = key.strip_prefix("secrets.") {
+        return format!("SOJOURN_SECRET_{name}");
+    }
+    if key == "kafka.brokers" {
+        return "SOJOURN_KAFKA_BROKERS".into();
+    }
+    format!("SOJOURN_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// Where a value came from, for people.
+fn source_of(metadata: &Metadata, key: &str) -> String {
+    if metadata.name.contains("environment") {
+        format!("environment {}", env_var(key))
+    } else if let Some(source) = &metadata.source {
+        format!("file {source}")
+    } else {
+        metadata.name.to_string()
+    }
+}
+
+/// A figment error as one line per problem, each naming the key and where
+/// it came from.
+fn describe(figment: &Figment, e: figment::Error) -> Failure {
+    let lines: Vec<String> = e
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| source_of(m, &key))
+                .or_else(|| figment.find_metadata(&key).map(|m| source_of(m, &key)))
+                .unwrap_or_else(|| "settings".into());
+            let what = match &e.kind {
+                figment::error::Kind::UnknownField(field, _) => {
+                    // The error's path ends with the field already.
+                    let full = if key.is_empty() {
+                        field.clone()
+                    } else if key == *field || key.ends_with(&format!(".{field}")) {
+                        key.clone()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    let from = match &e.metadata {
+                        Some(m) if m.name.contains("environment") => {
+                            format!("environment {}", env_var(&full))
+                        }
+                        _ => from.clone(),
+                    };
+                    return format!("setting {full:?} ({from}): unknown setting");
+                }
+                kind => kind.to_string(),
+            };
+            format!("setting {key:?} ({from}): {what}")
+        })
+        .collect();
+    Failure::Invalid(lines.join("\n"))
+}
+
+/// Checks what types alone cannot.
+fn check(s: &Settings) -> Result<(), Failure> {
+    let bad = |key: &str, what: String| Err(Failure::Invalid(format!("setting {key:?}: {what}")));
+    if s.listen.parse::<std::net::SocketAddr>().is_err() {
+        return bad(
+            "listen",
+            format!("{:?} is not an address like 127.0.0.1:8080", s.listen),
+        );
+    }
+    if let Err(e) = sojourn_actors::egress::EgressPolicy::parse(&s.http.allow) {
+        return bad("http.allow", e);
+    }
+    if s.http.max_response_bytes == 0 {
+        return bad("http.max_response_bytes", "must be at least 1".into());
+    }
+    if s.lease_ttl_ms < 500 {
+        return bad("lease_ttl_ms", "must be at least 500".into());
+    }
+    if s.database_pool_size == 0 {
+        return bad("database_pool_size", "must be at least 1".into());
+    }
+    let e = &s.engine;
+    for (key, value) in [
+        ("engine.max_commit_batch", e.max_commit_batch as u64),
+        ("engine.timer_batch", u64::from(e.timer_batch)),
+        ("engine.timer_fire_rate", u64::from(e.timer_fire_rate)),
+        (
+            "engine.max_in_flight_actions",
+            e.max_in_flight_actions as u64,
+        ),
+        ("engine.timer_poll_ms", e.timer_poll_ms),
+        ("engine.outbox_poll_ms", e.outbox_poll_ms),
+        ("engine.recovery_poll_ms", e.recovery_poll_ms),
+        ("engine.heartbeat_interval_ms", e.heartbeat_interval_ms),
+        ("engine.timer_claim_ttl_ms", e.timer_claim_ttl_ms),
+        ("engine.outbox_claim_ttl_ms", e.outbox_claim_ttl_ms),
+        ("engine.idle_timeout_ms", e.idle_timeout_ms),
+    ] {
+        if value == 0 {
+            return bad(key, "must be at least 1".into());
+        }
+    }
+    for name in s.secrets.keys() {
+        if !sojourn_runtime::secrets::is_valid_name(name) {
+            return bad(
+                &format!("secrets.{name}"),
+                "a secret's name is letters, digits and _, not starting with a digit".into(),
+            );
+        }
+    }
+    for broker in &s.kafka.brokers {
+        if broker
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return bad("kafka.brokers", format!("{broker:?} is not host:port"));
+        }
+    }
+    if let Some(url) = &s.database_url
+        && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))
+    {
+        return bad("database_url", format!("{url} is not a postgres:// URL"));
+    }
+    if let Some(url) = &s.redis_url
+        && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
+    {
+        return bad("redis_url", format!("{url} is not a redis:// URL"));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// The engine's configuration these settings make (the node id and
+    /// the advertised URL are the caller's).
+    pub(crate) fn engine_config(
+        &self,
+        node_id: String,
+        advertise: String,
+    ) -> sojourn_actors::Config {
+        let d = Duration::from_millis;
+        let e = &self.engine;
+        let secrets = self
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        sojourn_actors::Config {
+            node_id,
+            advertise,
+            max_commit_batch: e.max_commit_batch,
+            timer_lookahead: d(e.timer_lookahead_ms),
+            timer_claim_ttl: d(e.timer_claim_ttl_ms),
+            timer_poll: d(e.timer_poll_ms),
+            timer_batch: e.timer_batch,
+            timer_fire_rate: e.timer_fire_rate,
+            outbox_claim_ttl: d(e.outbox_claim_ttl_ms),
+            outbox_poll: d(e.outbox_poll_ms),
+            max_in_flight_actions: e.max_in_flight_actions,
+            idle_timeout: d(e.idle_timeout_ms),
+            max_restarts: e.max_restarts,
+            recovery_poll: d(e.recovery_poll_ms),
+            lease_ttl: d(self.lease_ttl_ms),
+            heartbeat_interval: d(e.heartbeat_interval_ms),
+            egress: sojourn_actors::egress::EgressPolicy::parse(&self.http.allow)
+                .unwrap_or_default(),
+            max_response_bytes: self.http.max_response_bytes,
+            secrets: sojourn_actors::Secrets::new(secrets),
+            ..sojourn_actors::Config::default()
+        }
+    }
+}
+
+impl Loaded {
+    /// The effective settings, one `key = value` a line (TOML values),
+    /// each with where it came from; secrets redacted.
+    pub(crate) fn render(&self) -> Result<String, Failure> {
+        let value = Value::serialize(&self.settings)
+            .map_err(|e| Failure::Invalid(format!("printing the settings: {e}")))?;
+        let mut lines = Vec::new();
+        flatten("", &value, &mut lines);
+        let width = lines
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 3)
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        for (key, value) in lines {
+            let source = self
+                .figment
+                .find_metadata(&key)
+                .map(|m| source_of(m, &key))
+                .unwrap_or_else(|| "default".into());
+            let line = format!("{key} = {value}");
+            out.push_str(&format!("{line:<width$}  # {source}\n"));
+        }
+        Ok(out)
+    }
+}
+
+fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Dict(_, dict) => {
+            for (k, v) in dict {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        leaf => out.push((prefix.to_owned(), toml_value(leaf))),
+    }
+}
+
+fn toml_value(v: &Value) -> String {
+    match v {
+        Value::String(_, s) => format!("{s:?}"),
+        Value::Char(_, c) => format!("{:?}", c.to_string()),
+        Value::Bool(_, b) => b.to_string(),
+        Value::Num(_, n) => n
+            .to_u128()
+            .map(|n| n.to_string())
+            .or_else(|| n.to_i128().map(|n| n.to_string()))
+            .or_else(|| n.to_f64().map(|n| n.to_string()))
+            .unwrap_or_default(),
+        Value::Empty(..) => "# unset".into(),
+        Value::Array(_, items) => format!(
+            "[{}]",
+            items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Dict(..) => "{}".into(),
+    }
+}
+
+/// A provider under a name of ours (the defaults).
+struct Named<P> {
+    name: &'static str,
+    inner: P,
+}
+
+impl<P: Provider> Provider for Named<P> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
+}
+
+/// The command-line flags as a provider.
+struct FlagProvider(Dict);
+
+impl Provider for FlagProvider {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("command-line flag")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut map = Map::new();
+        map.insert(Profile::Default, self.0.clone());
+        Ok(map)
+    }
+}
+
+/// A secret value: never printed (`[redacted]` in `Debug`, `Display` and
+/// when serialized for `sojourn config`).
+#[derive(Clone)]
+pub(crate) struct Secret(SecretString);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(Secret(SecretString::from(text)))
+    }
+}
+
+/// A URL that may carry credentials: shown with its password (and a
+/// username that looks like a token) replaced, never whole.
+#[derive(Clone)]
+pub(crate) struct SecretUrl(SecretString);
+
+impl SecretUrl {
+    /// The whole URL, for the client that connects with it.
+    pub(crate) fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(self.expose()))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}", self = self.to_string())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.contains("://***@") || text.contains(":***@") || text == "[redacted]" {
+            return Err(serde::de::Error::custom(
+                "a redacted URL (copied from `sojourn config`?) cannot be used",
+            ));
+        }
+        Ok(SecretUrl(SecretString::from(text)))
+    }
+}
+
+/// A URL with its password replaced by `***`; an unparsable one is hidden
+/// whole, since it may hold a password where a parser cannot find it.
+pub(crate) fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "[redacted]".into(),
+    }
+}
+
+/// A list, or one string of comma-separated items.
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(items) => items,
+        ListOrCsv::Csv(s) => s
+            .split(',')
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_names_map_both_ways() {
+        for (var, key) in [
+            ("DATABASE_URL", "database_url"),
+            ("ENGINE__TIMER_BATCH", "engine.timer_batch"),
+            ("KAFKA_BROKERS", "kafka.brokers"),
+            ("SECRET_CRM_token", "secrets.CRM_token"),
+            ("HTTP__ALLOW", "http.allow"),
+        ] {
+            assert_eq!(env_key(var), key);
+            assert_eq!(env_var(key), format!("SOJOURN_{var}"));
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db/sojourn"),
+            "postgres://app:***@db/sojourn"
+        );
+        assert_eq!(redact_url("not a url hunter2"), "[redacted]");
+        let url = SecretUrl(SecretString::from("redis://u:hunter2@h:1"));
+        assert!(!format!("{url} {url:?}").contains("hunter2"));
+        let secret = Secret(SecretString::from("hunter2"));
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,248 @@
+//! # sojourn-testkit
+//!
+//! The harness the test files share, so that each test says what it checks
+//! and not how to stand up a server (development only; never a dependency
+//! of a shipped crate):
+//! - [`Sink`]: a local HTTP server that records every request and answers
+//!   as told (success, failures first, a large body, a redirect, an echo of
+//!   the request's headers), on any loopback address.
+//! - [`pg_store`] / [`sqlite_store`]: a fresh store per test (a new
+//!   PostgreSQL schema, a new SQLite file), with [`Fresh::cleanup`].
+//! - [`wait_for`]: polls an engine until an execution reaches a status.
+//! - [`free_port`], [`temp_dir`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sojourn_actors::Engine;
+use sojourn_persistence::{ExecutionRecord, PgStore, SqliteStore, Store};
+use sojourn_runtime::{ExecutionId, Status};
+
+/// One request a [`Sink`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    /// A header's value, or "".
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// How a [`Sink`] answers.
+#[derive(Debug, Clone, Default)]
+pub enum Reply {
+    /// 200 with `{"ok": true}`.
+    #[default]
+    Ok,
+    /// 200 with a body of this many bytes of `x`.
+    Large(usize),
+    /// 302 to this URL.
+    Redirect(String),
+    /// 200 with the request's headers as a JSON object.
+    EchoHeaders,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    seen: Vec<Seen>,
+    fail_first: u32,
+    reply: Reply,
+}
+
+/// A local HTTP server that records every request.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    inner: Arc<Mutex<Inner>>,
+    addr: SocketAddr,
+}
+
+impl Sink {
+    /// A sink on 127.0.0.1.
+    pub async fn start() -> Sink {
+        Sink::start_on([127, 0, 0, 1].into()).await
+    }
+
+    /// A sink on this address (any of 127.0.0.0/8 works on Linux).
+    pub async fn start_on(ip: IpAddr) -> Sink {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .await
+            .expect("bind the sink");
+        let addr = listener.local_addr().expect("sink address");
+        let app = Router::new().fallback(record).with_state(inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Sink { inner, addr }
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Answer 503 to the next `n` requests.
+    pub fn fail_first(&self, n: u32) {
+        self.lock().fail_first = n;
+    }
+
+    pub fn reply(&self, reply: Reply) {
+        self.lock().reply = reply;
+    }
+
+    /// Every request so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.lock().seen.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().seen.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn record(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+    inner.seen.push(Seen {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        headers: headers.clone(),
+        body,
+    });
+    if inner.fail_first > 0 {
+        inner.fail_first -= 1;
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+    }
+    match &inner.reply {
+        Reply::Ok => (StatusCode::OK, json!({"ok": true}).to_string()).into_response(),
+        Reply::Large(n) => (StatusCode::OK, "x".repeat(*n)).into_response(),
+        Reply::Redirect(to) => {
+            (StatusCode::FOUND, [(header::LOCATION, to.clone())], "").into_response()
+        }
+        Reply::EchoHeaders => {
+            let map: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Value::String(v.to_str().unwrap_or("").to_owned()),
+                    )
+                })
+                .collect();
+            (StatusCode::OK, Value::Object(map).to_string()).into_response()
+        }
+    }
+}
+
+/// A store made for one test, and how to throw it away.
+#[derive(Debug)]
+pub enum Fresh {
+    Pg { schema: String },
+    Sqlite { path: PathBuf },
+}
+
+impl Fresh {
+    /// Drops the schema or deletes the file.
+    pub async fn cleanup(self, pg: Option<&PgStore>) {
+        match self {
+            Fresh::Pg { schema } => {
+                if let Some(store) = pg {
+                    let _ = store.drop_schema(&schema).await;
+                }
+            }
+            Fresh::Sqlite { path } => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+        }
+    }
+}
+
+/// The PostgreSQL the tests use (`SOJOURN_TEST_DATABASE_URL`, or the local
+/// one with trust auth).
+pub fn database_url() -> String {
+    std::env::var("SOJOURN_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A PostgreSQL store in a schema of its own.
+pub async fn pg_store() -> (PgStore, Fresh) {
+    let schema = format!("sojourn_test_{}", uuid::Uuid::now_v7().simple());
+    let store = PgStore::connect_creating_schema(&database_url(), &schema, 8)
+        .await
+        .expect("connect to PostgreSQL");
+    (store, Fresh::Pg { schema })
+}
+
+/// A SQLite store in a file of its own.
+pub async fn sqlite_store() -> (SqliteStore, Fresh) {
+    let path =
+        std::env::temp_dir().join(format!("sojourn-test-{}.db", uuid::Uuid::now_v7().simple()));
+    let store = SqliteStore::open(&path).await.expect("open SQLite");
+    (store, Fresh::Sqlite { path })
+}
+
+/// Polls until the execution has `status` (15 s at most).
+pub async fn wait_for<S: Store>(
+    engine: &Engine<S>,
+    id: &ExecutionId,
+    status: Status,
+) -> ExecutionRecord {
+    for _ in 0..300 {
+        if let Some(rec) = engine.execution(id).await.expect("load")
+            && rec.status == status
+        {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rec = engine.execution(id).await.expect("load");
+    panic!("execution {id} did not reach {status}: {rec:#?}");
+}
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// An empty directory of the test's own.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("sojourn-{name}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
