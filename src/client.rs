@@ -495,9 +495,13 @@ pub(crate) async fn cluster_status(c: &Client) -> Result<(), Failure> {
 }
 
 /// `sojourn cluster drain NODE`.
-pub(crate) async fn cluster_drain(c: &Client, node: &str) -> Result<(), Failure> {
+pub(crate) async fn cluster_drain(c: &Client, node: &str, force: bool) -> Result<(), Failure> {
+    let force = if force { "?force=true" } else { "" };
     let (_, out) = c
-        .post(&format!("/cluster/nodes/{}/drain", seg(node)), &json!({}))
+        .post(
+            &format!("/cluster/nodes/{}/drain{force}", seg(node)),
+            &json!({}),
+        )
         .await?;
     if c.print_json(&out)? {
         return Ok(());

@@ -254,6 +254,9 @@ enum ClusterCommand {
     /// Ask a node to passivate its executions and release their leases.
     Drain {
         node: String,
+        /// Drain it even if it is the last node that takes work.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         conn: client::Conn,
     },
@@ -417,11 +420,10 @@ fn main() -> ExitCode {
             command: ClusterCommand::Status { conn },
         } => with_client(conn, |c| async move { client::cluster_status(&c).await }),
         Command::Cluster {
-            command: ClusterCommand::Drain { node, conn },
-        } => with_client(
-            conn,
-            |c| async move { client::cluster_drain(&c, &node).await },
-        ),
+            command: ClusterCommand::Drain { node, force, conn },
+        } => with_client(conn, |c| async move {
+            client::cluster_drain(&c, &node, force).await
+        }),
         Command::Keys {
             command:
                 KeysCommand::Create {

@@ -12,7 +12,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 use sojourn_persistence::Store;
 
-use crate::auth::{Scope, require};
+use crate::auth::{AuthMode, Scope, require};
 use crate::error::ErrorBody;
 use crate::state::AppState;
 
@@ -38,7 +38,13 @@ pub(crate) struct Spec {
     body: Option<SchemaFn>,
     query: Option<SchemaFn>,
     response: Option<(u16, SchemaFn)>,
-    /// Extra documented statuses besides the default error.
+    /// Other answers than the success and the error format: `(status,
+    /// description, schema)`.
+    also: Vec<(u16, &'static str, SchemaFn)>,
+    /// Path parameters whose schema is not a plain string.
+    params: Vec<(&'static str, fn() -> Value)>,
+    /// Guarded by the cluster secret instead of an API key.
+    cluster_only: bool,
     description: Option<&'static str>,
 }
 
@@ -51,8 +57,30 @@ impl Spec {
             body: None,
             query: None,
             response: None,
+            also: Vec::new(),
+            params: Vec::new(),
+            cluster_only: false,
             description: None,
         }
+    }
+
+    /// Another answer the route gives (besides its success and the error
+    /// format), with its own body.
+    pub(crate) fn also<T: JsonSchema>(mut self, status: u16, description: &'static str) -> Spec {
+        self.also.push((status, description, schema_of::<T>));
+        self
+    }
+
+    /// A path parameter's schema when it is not any string.
+    pub(crate) fn param(mut self, name: &'static str, schema: fn() -> Value) -> Spec {
+        self.params.push((name, schema));
+        self
+    }
+
+    /// Only nodes of the cluster call it (with the cluster secret).
+    pub(crate) fn cluster_only(mut self) -> Spec {
+        self.cluster_only = true;
+        self
     }
 
     pub(crate) fn scope(mut self, scope: Scope) -> Spec {
@@ -87,6 +115,9 @@ pub(crate) struct Routes<S: Store> {
     router: Router<AppState<S>>,
     generator: SchemaGenerator,
     paths: Map<String, Value>,
+    /// Whether requests need a key (`serve`) or may come without one
+    /// (`dev`): the document says which.
+    auth: AuthMode,
     /// `(method, path)` of every route, in order (for tests and listings).
     pub(crate) table: Vec<(Method, &'static str)>,
 }
@@ -94,11 +125,12 @@ pub(crate) struct Routes<S: Store> {
 impl<S: Store> Routes<S> {
     pub(crate) fn new(state: AppState<S>) -> Routes<S> {
         Routes {
-            state,
+            auth: state.auth,
             router: Router::new(),
             generator: SchemaSettings::openapi3().into_generator(),
             paths: Map::new(),
             table: Vec::new(),
+            state,
         }
     }
 
@@ -142,11 +174,17 @@ impl<S: Store> Routes<S> {
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
             .map(|name| {
+                let name = name.trim_start_matches('*');
+                let schema = spec
+                    .params
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or_else(|| json!({"type": "string", "minLength": 1}), |(_, s)| s());
                 json!({
-                    "name": name.trim_start_matches('*'),
+                    "name": name,
                     "in": "path",
                     "required": true,
-                    "schema": {"type": "string"}
+                    "schema": schema
                 })
             })
             .collect();
@@ -208,6 +246,15 @@ impl<S: Store> Routes<S> {
                 responses.insert("200".into(), json!({"description": "success"}));
             }
         }
+        for (status, description, schema) in &spec.also {
+            responses.insert(
+                status.to_string(),
+                json!({
+                    "description": description,
+                    "content": {"application/json": {"schema": schema(&mut self.generator).to_value()}}
+                }),
+            );
+        }
         responses.insert(
             "default".into(),
             json!({
@@ -218,9 +265,15 @@ impl<S: Store> Routes<S> {
         op["responses"] = Value::Object(responses);
         match spec.scope {
             Some(scope) => {
-                op["security"] = json!([{"apiKey": []}]);
+                op["security"] = match self.auth {
+                    AuthMode::Required => json!([{"apiKey": []}]),
+                    // Dev mode: without a key a request acts as an admin
+                    // of the default namespace; a key, if sent, is checked.
+                    AuthMode::Optional => json!([{}, {"apiKey": []}]),
+                };
                 op["x-required-scope"] = json!(scope.as_str());
             }
+            None if spec.cluster_only => op["security"] = json!([{"clusterSecret": []}]),
             None => op["security"] = json!([]),
         }
         op
@@ -228,7 +281,12 @@ impl<S: Store> Routes<S> {
 
     /// The router (without state) and the OpenAPI document.
     pub(crate) fn finish(mut self) -> (Router<AppState<S>>, Value) {
-        let schemas = self.generator.take_definitions(true);
+        let mut schemas = Value::Object(self.generator.take_definitions(true));
+        let mut paths = Value::Object(self.paths);
+        if let Value::Object(named) = &mut schemas {
+            named.values_mut().for_each(|s| no_boolean_schemas(s, true));
+        }
+        no_boolean_schemas(&mut paths, false);
         let doc = json!({
             "openapi": "3.0.3",
             "info": {
@@ -236,15 +294,55 @@ impl<S: Store> Routes<S> {
                 "version": env!("CARGO_PKG_VERSION"),
                 "description": "Durable, actor-based execution of long-running journeys."
             },
-            "paths": Value::Object(self.paths),
+            "paths": paths,
             "components": {
-                "schemas": Value::Object(schemas),
+                "schemas": schemas,
                 "securitySchemes": {
-                    "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (`sojourn keys create`)."}
+                    "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (`sojourn keys create`)."},
+                    "clusterSecret": {"type": "apiKey", "in": "header", "name": sojourn_actors::SECRET_HEADER, "description": "The cluster's shared secret (nodes only)."}
                 }
             }
         });
         (self.router, doc)
+    }
+}
+
+/// OpenAPI 3.0 has no boolean schemas (`true`, `false`), which schemars
+/// writes for "anything" (`serde_json::Value`) and "nothing": they become
+/// `{}` and `{"not": {}}`. `at_schema`: whether `v` itself is a schema.
+fn no_boolean_schemas(v: &mut Value, at_schema: bool) {
+    match v {
+        Value::Bool(b) if at_schema => {
+            *v = if *b { json!({}) } else { json!({"not": {}}) };
+        }
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                let child_is_schema = match k.as_str() {
+                    // Members whose value is one schema.
+                    "items" | "not" | "schema" | "additionalItems" | "contains"
+                    | "propertyNames" => true,
+                    // Members whose value is a map or list of schemas.
+                    "properties" | "patternProperties" | "allOf" | "anyOf" | "oneOf" => {
+                        match child {
+                            Value::Object(m) => {
+                                m.values_mut().for_each(|s| no_boolean_schemas(s, true));
+                            }
+                            Value::Array(a) => {
+                                a.iter_mut().for_each(|s| no_boolean_schemas(s, true));
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    // `additionalProperties: true/false` is valid 3.0.
+                    "additionalProperties" => child.is_object(),
+                    _ => false,
+                };
+                no_boolean_schemas(child, child_is_schema);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| no_boolean_schemas(i, false)),
+        _ => {}
     }
 }
 

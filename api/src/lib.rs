@@ -67,7 +67,8 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
             "system",
             "Readiness (database reachable, not shutting down)",
         )
-        .returns::<system::Health>(200),
+        .returns::<system::Health>(200)
+        .also::<system::Health>(503, "not ready: which check failed"),
         system::readyz::<S>,
     );
     r.add(
@@ -149,6 +150,9 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/workflows/{workflow}/versions/{version}",
         Spec::new("workflows", "Get a published version")
             .scope(Read)
+            .param("version", || {
+                serde_json::json!({"type": "integer", "format": "int32", "minimum": -2147483648i64, "maximum": 2147483647})
+            })
             .returns::<workflows::VersionOut>(200),
         workflows::version::<S>,
     );
@@ -326,11 +330,12 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
             .returns::<cluster::ClusterOut>(200),
         cluster::status::<S>,
     );
-    r.add(M::POST, "/cluster/nodes/{node}/drain", Spec::new("cluster", "Drain a node").scope(Admin).returns::<cluster::DrainOut>(202).describe("The node passivates its executions, releases their leases and takes no new ones; the other nodes take over."), cluster::drain::<S>);
+    r.add(M::POST, "/cluster/nodes/{node}/drain", Spec::new("cluster", "Drain a node").scope(Admin).query::<cluster::DrainQuery>().returns::<cluster::DrainOut>(202).describe("The node passivates its executions, releases their leases and takes no new ones; the other nodes take over. Draining the last node that takes work is refused (409) unless `force=true`: it would leave nothing to run the executions."), cluster::drain::<S>);
     r.add(
         M::POST,
         sojourn_actors::DELIVER_PATH,
         Spec::new("cluster", "Internal: inputs forwarded by another node")
+            .cluster_only()
             .body::<Vec<serde_json::Value>>()
             .describe("Only for nodes of the cluster: needs the x-sojourn-cluster-secret header."),
         cluster::deliver::<S>,

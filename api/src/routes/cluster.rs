@@ -5,12 +5,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sojourn_actors::{Forwarded, SECRET_HEADER};
 use sojourn_persistence::Store;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Path};
+use crate::extract::{Body, Path, Q};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -33,6 +33,16 @@ pub struct ClusterOut {
     /// Whether the nodes share Redis (false: one node, in-process leases).
     pub shared: bool,
     pub nodes: Vec<NodeOut>,
+}
+
+/// `POST /cluster/nodes/{node}/drain` options.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainQuery {
+    /// Drain even the last node that takes work (nothing will run the
+    /// executions until a node starts).
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -69,6 +79,7 @@ pub(crate) async fn status<S: Store>(
 pub(crate) async fn drain<S: Store>(
     State(app): State<AppState<S>>,
     Path(node): Path<String>,
+    Q(query): Q<DrainQuery>,
 ) -> ApiResult<Response> {
     let nodes = app
         .engine
@@ -79,6 +90,21 @@ pub(crate) async fn drain<S: Store>(
         return Err(ApiError {
             field: Some("node".into()),
             ..ApiError::not_found("node", &node)
+        });
+    }
+    // The last node that takes work would leave every execution with no
+    // node to run it: only on purpose.
+    let others_take_work = nodes.iter().any(|n| n.id != node && !n.draining);
+    let target_takes_work = nodes.iter().any(|n| n.id == node && !n.draining);
+    if target_takes_work && !others_take_work && !query.force {
+        return Err(ApiError {
+            field: Some("node".into()),
+            ..ApiError::conflict(
+                Some("node"),
+                format!(
+                    "node: {node:?} is the last node that takes work; draining it stops all executions until another node starts (add force=true to drain it anyway)"
+                ),
+            )
         });
     }
     app.engine

@@ -16,8 +16,7 @@ pub struct Health {
     /// `ok`, `ready`, or what is wrong.
     pub status: String,
     pub node: String,
-    /// Per dependency: `ok` or the error.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Per dependency: `ok` or the error (empty for liveness).
     pub checks: Vec<Check>,
 }
 
