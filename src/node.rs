@@ -10,7 +10,8 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_api::{AppState, AuthMode};
-use sojourn_persistence::{PgStore, SqliteStore, Store};
+use sojourn_persistence::prelude::*;
+use sojourn_persistence::{PgStore, SqliteStore};
 use sojourn_runtime::{ExecutionId, Status, Workflow};
 use tracing::info;
 

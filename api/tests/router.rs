@@ -16,7 +16,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sojourn_actors::{Config, Engine};
 use sojourn_api::{Api, AppState, AuthMode};
-use sojourn_persistence::{PgStore, SqliteStore, Store};
+use sojourn_persistence::prelude::*;
+use sojourn_persistence::{PgStore, SqliteStore};
 use tower::ServiceExt;
 
 // ---- fixtures ---------------------------------------------------------------

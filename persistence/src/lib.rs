@@ -17,18 +17,38 @@
 //! and fences.
 
 mod error;
+mod executions;
 pub mod ids;
+mod keys;
+mod outbox;
 mod postgres;
 mod rows;
 mod sqlite;
 mod store;
+mod timers;
+mod triggers;
 mod types;
+mod workflows;
 
 pub use error::Error;
+pub use executions::ExecutionStore;
+pub use keys::KeyStore;
+pub use outbox::OutboxStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::Store;
+pub use timers::TimerStore;
+pub use triggers::TriggerStore;
 pub use types::*;
+pub use workflows::WorkflowStore;
 
 /// A `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every store trait, for code that calls a concrete store
+/// (`use sojourn_persistence::prelude::*;`).
+pub mod prelude {
+    pub use crate::{
+        ExecutionStore, KeyStore, OutboxStore, Store, TimerStore, TriggerStore, WorkflowStore,
+    };
+}

@@ -13,13 +13,14 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::Result;
 use crate::error::{Error, unique_violation_on};
 use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
-use crate::store::{Store, from_json};
+use crate::store::from_json;
 use crate::types::{
     ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer,
     ExecutionQuery, ExecutionRecord, ExecutionSummary, FinishedAttempt, InboxItem, JournalRow,
     LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow, OutboxMessage,
     TriggerRecord, VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowVersion,
 };
+use crate::{ExecutionStore, KeyStore, OutboxStore, TimerStore, TriggerStore, WorkflowStore};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -341,7 +342,7 @@ async fn admit_limited(
     Ok(decided)
 }
 
-impl Store for PgStore {
+impl WorkflowStore for PgStore {
     async fn create_workflow(&self, new: NewWorkflow) -> Result<WorkflowRecord> {
         let row = sqlx::query(
             "INSERT INTO workflows (id, namespace, key, name, draft, created_at, updated_at)
@@ -558,7 +559,9 @@ impl Store for PgStore {
             })
             .collect()
     }
+}
 
+impl ExecutionStore for PgStore {
     async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionSummary>> {
         // Only the filters asked for, so the planner sees which indexes fit.
         let mut sql = sqlx::QueryBuilder::<Postgres>::new(
@@ -589,194 +592,6 @@ impl Store for PgStore {
             .push_bind(i64::from(query.limit));
         let rows = sql.build().fetch_all(&self.pool).await?;
         rows.iter().map(summary_row).collect()
-    }
-
-    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKeyRecord> {
-        let sql = format!(
-            "INSERT INTO api_keys (id, namespace, name, hash, scopes, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {API_KEY_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&key.id)
-            .bind(&key.namespace)
-            .bind(&key.name)
-            .bind(&key.hash)
-            .bind(&key.scopes)
-            .bind(key.now)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| {
-                if unique_violation_on(&e, "hash") {
-                    Error::Conflict {
-                        field: "hash",
-                        value: key.hash.clone(),
-                    }
-                } else if is_unique_violation(&e) {
-                    Error::Conflict {
-                        field: "id",
-                        value: key.id.clone(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
-        api_key_row(&row)
-    }
-
-    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
-        let sql = format!(
-            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = $1 AND revoked_at IS NULL"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(api_key_row).transpose()
-    }
-
-    async fn list_api_keys(&self, namespace: &str) -> Result<Vec<ApiKeyRecord>> {
-        let sql = format!(
-            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE namespace = $1 ORDER BY created_at, id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(api_key_row).collect()
-    }
-
-    async fn revoke_api_key(
-        &self,
-        namespace: &str,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<ApiKeyRecord> {
-        let sql = format!(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $3)
-             WHERE namespace = $1 AND id = $2 RETURNING {API_KEY_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(id)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => api_key_row(&row),
-            None => Err(Error::NotFound {
-                what: "api key",
-                id: id.to_owned(),
-            }),
-        }
-    }
-
-    async fn create_trigger(&self, trigger: NewTrigger) -> Result<TriggerRecord> {
-        // Only for a workflow of the same namespace.
-        let sql = format!(
-            "INSERT INTO triggers (id, namespace, workflow_id, kind, path, config, state, created_at, updated_at)
-             SELECT $1, $2, w.id, $4, $5, $6, 'init', $7, $7 FROM workflows w
-             WHERE w.namespace = $2 AND w.id = $3
-             RETURNING {TRIGGER_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&trigger.id)
-            .bind(&trigger.namespace)
-            .bind(&trigger.workflow_id)
-            .bind(&trigger.kind)
-            .bind(&trigger.path)
-            .bind(Json(&trigger.config))
-            .bind(trigger.now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| trigger_conflict(e, &trigger.id, trigger.path.as_deref()))?;
-        match row {
-            Some(row) => trigger_row(&row),
-            None => Err(Error::NotFound {
-                what: "workflow",
-                id: trigger.workflow_id,
-            }),
-        }
-    }
-
-    async fn get_trigger(&self, namespace: &str, id: &str) -> Result<Option<TriggerRecord>> {
-        let sql =
-            format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE namespace = $1 AND id = $2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(trigger_row).transpose()
-    }
-
-    async fn list_triggers(
-        &self,
-        namespace: &str,
-        workflow_id: Option<&str>,
-    ) -> Result<Vec<TriggerRecord>> {
-        let sql = format!(
-            "SELECT {TRIGGER_COLUMNS} FROM triggers
-             WHERE namespace = $1 AND ($2::text IS NULL OR workflow_id = $2) AND state <> 'destroyed'
-             ORDER BY created_at, id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(workflow_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(trigger_row).collect()
-    }
-
-    async fn set_trigger_state(
-        &self,
-        namespace: &str,
-        id: &str,
-        from: &[&str],
-        to: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<TriggerRecord>> {
-        let sql = format!(
-            "UPDATE triggers SET state = $4, updated_at = $5
-             WHERE namespace = $1 AND id = $2 AND state = ANY($3)
-             RETURNING {TRIGGER_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(id)
-            .bind(from)
-            .bind(to)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await;
-        let row = match row {
-            Ok(row) => row,
-            // Back from `destroyed` onto a path another trigger took since.
-            Err(e) if unique_violation_on(&e, "path") => {
-                let path = self.get_trigger(namespace, id).await?.and_then(|t| t.path);
-                return Err(trigger_conflict(e, id, path.as_deref()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(row) = row {
-            return trigger_row(&row).map(Some);
-        }
-        match self.get_trigger(namespace, id).await? {
-            None => Ok(None),
-            Some(t) => Err(Error::Invalid(format!("trigger {id} is {}", t.state))),
-        }
-    }
-
-    async fn api_trigger(&self, namespace: &str, path: &str) -> Result<Option<TriggerRecord>> {
-        let sql = format!(
-            "SELECT {TRIGGER_COLUMNS} FROM triggers
-             WHERE namespace = $1 AND path = $2 AND kind = 'api' AND state <> 'destroyed'"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(path)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(trigger_row).transpose()
     }
 
     async fn create_executions(&self, batch: &[NewExecution]) -> Result<Vec<Created>> {
@@ -1028,6 +843,26 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn subscribers(
+        &self,
+        namespace: &str,
+        event: &str,
+        key: &str,
+    ) -> Result<Vec<ExecutionId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT execution_id FROM subscriptions WHERE namespace = $1 AND event = $2 AND key = $3
+             ORDER BY execution_id",
+        )
+        .bind(namespace)
+        .bind(event)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(ExecutionId::new).collect())
+    }
+}
+
+impl TimerStore for PgStore {
     async fn claim_due_timers(
         &self,
         owner: &str,
@@ -1123,25 +958,9 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?)
     }
+}
 
-    async fn subscribers(
-        &self,
-        namespace: &str,
-        event: &str,
-        key: &str,
-    ) -> Result<Vec<ExecutionId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT execution_id FROM subscriptions WHERE namespace = $1 AND event = $2 AND key = $3
-             ORDER BY execution_id",
-        )
-        .bind(namespace)
-        .bind(event)
-        .bind(key)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(ids.into_iter().map(ExecutionId::new).collect())
-    }
-
+impl OutboxStore for PgStore {
     async fn claim_outbox(
         &self,
         owner: &str,
@@ -1341,34 +1160,6 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn discard_input(&self, inbox_id: i64, epoch: LeaseEpoch) -> Result<bool> {
-        let done = sqlx::query(
-            "DELETE FROM inbox WHERE id = $1 AND EXISTS (
-                 SELECT 1 FROM executions e WHERE e.id = inbox.execution_id AND e.lease_epoch = $2)",
-        )
-        .bind(inbox_id)
-        .bind(epoch.0)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn executions_with_inputs(
-        &self,
-        older_than: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<ExecutionId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT execution_id FROM inbox WHERE created_at < $1
-             GROUP BY execution_id ORDER BY min(id) LIMIT $2",
-        )
-        .bind(older_than)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(ids.into_iter().map(ExecutionId::new).collect())
-    }
-
     async fn enqueue_input(
         &self,
         id: &ExecutionId,
@@ -1398,6 +1189,226 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn discard_input(&self, inbox_id: i64, epoch: LeaseEpoch) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM inbox WHERE id = $1 AND EXISTS (
+                 SELECT 1 FROM executions e WHERE e.id = inbox.execution_id AND e.lease_epoch = $2)",
+        )
+        .bind(inbox_id)
+        .bind(epoch.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn executions_with_inputs(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ExecutionId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT execution_id FROM inbox WHERE created_at < $1
+             GROUP BY execution_id ORDER BY min(id) LIMIT $2",
+        )
+        .bind(older_than)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(ExecutionId::new).collect())
+    }
+}
+
+impl TriggerStore for PgStore {
+    async fn create_trigger(&self, trigger: NewTrigger) -> Result<TriggerRecord> {
+        // Only for a workflow of the same namespace.
+        let sql = format!(
+            "INSERT INTO triggers (id, namespace, workflow_id, kind, path, config, state, created_at, updated_at)
+             SELECT $1, $2, w.id, $4, $5, $6, 'init', $7, $7 FROM workflows w
+             WHERE w.namespace = $2 AND w.id = $3
+             RETURNING {TRIGGER_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&trigger.id)
+            .bind(&trigger.namespace)
+            .bind(&trigger.workflow_id)
+            .bind(&trigger.kind)
+            .bind(&trigger.path)
+            .bind(Json(&trigger.config))
+            .bind(trigger.now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| trigger_conflict(e, &trigger.id, trigger.path.as_deref()))?;
+        match row {
+            Some(row) => trigger_row(&row),
+            None => Err(Error::NotFound {
+                what: "workflow",
+                id: trigger.workflow_id,
+            }),
+        }
+    }
+
+    async fn get_trigger(&self, namespace: &str, id: &str) -> Result<Option<TriggerRecord>> {
+        let sql =
+            format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE namespace = $1 AND id = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(trigger_row).transpose()
+    }
+
+    async fn list_triggers(
+        &self,
+        namespace: &str,
+        workflow_id: Option<&str>,
+    ) -> Result<Vec<TriggerRecord>> {
+        let sql = format!(
+            "SELECT {TRIGGER_COLUMNS} FROM triggers
+             WHERE namespace = $1 AND ($2::text IS NULL OR workflow_id = $2) AND state <> 'destroyed'
+             ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(workflow_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(trigger_row).collect()
+    }
+
+    async fn set_trigger_state(
+        &self,
+        namespace: &str,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TriggerRecord>> {
+        let sql = format!(
+            "UPDATE triggers SET state = $4, updated_at = $5
+             WHERE namespace = $1 AND id = $2 AND state = ANY($3)
+             RETURNING {TRIGGER_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(id)
+            .bind(from)
+            .bind(to)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            // Back from `destroyed` onto a path another trigger took since.
+            Err(e) if unique_violation_on(&e, "path") => {
+                let path = self.get_trigger(namespace, id).await?.and_then(|t| t.path);
+                return Err(trigger_conflict(e, id, path.as_deref()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(row) = row {
+            return trigger_row(&row).map(Some);
+        }
+        match self.get_trigger(namespace, id).await? {
+            None => Ok(None),
+            Some(t) => Err(Error::Invalid(format!("trigger {id} is {}", t.state))),
+        }
+    }
+
+    async fn api_trigger(&self, namespace: &str, path: &str) -> Result<Option<TriggerRecord>> {
+        let sql = format!(
+            "SELECT {TRIGGER_COLUMNS} FROM triggers
+             WHERE namespace = $1 AND path = $2 AND kind = 'api' AND state <> 'destroyed'"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(trigger_row).transpose()
+    }
+}
+
+impl KeyStore for PgStore {
+    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKeyRecord> {
+        let sql = format!(
+            "INSERT INTO api_keys (id, namespace, name, hash, scopes, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {API_KEY_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&key.id)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(&key.hash)
+            .bind(&key.scopes)
+            .bind(key.now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| {
+                if unique_violation_on(&e, "hash") {
+                    Error::Conflict {
+                        field: "hash",
+                        value: key.hash.clone(),
+                    }
+                } else if is_unique_violation(&e) {
+                    Error::Conflict {
+                        field: "id",
+                        value: key.id.clone(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+        api_key_row(&row)
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
+        let sql = format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = $1 AND revoked_at IS NULL"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(api_key_row).transpose()
+    }
+
+    async fn list_api_keys(&self, namespace: &str) -> Result<Vec<ApiKeyRecord>> {
+        let sql = format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE namespace = $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(api_key_row).collect()
+    }
+
+    async fn revoke_api_key(
+        &self,
+        namespace: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKeyRecord> {
+        let sql = format!(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $3)
+             WHERE namespace = $1 AND id = $2 RETURNING {API_KEY_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => api_key_row(&row),
+            None => Err(Error::NotFound {
+                what: "api key",
+                id: id.to_owned(),
+            }),
+        }
     }
 }
 

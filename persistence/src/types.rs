@@ -63,7 +63,7 @@ pub struct NewExecution {
     pub snapshot: Snapshot,
 }
 
-/// What [`crate::Store::create_execution`] did.
+/// What [`crate::ExecutionStore::create_execution`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
     /// A new execution.
@@ -168,7 +168,7 @@ pub struct OutboxMessage {
     pub deliveries: i32,
 }
 
-/// What a worker may do with an outbox message ([`crate::Store::begin_attempt`]).
+/// What a worker may do with an outbox message ([`crate::OutboxStore::begin_attempt`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptBegin {
     /// Send it; `sends` counts this one (1 on the first).
