@@ -19,6 +19,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::Result;
 use crate::error::{Error, unique_violation_on};
 use crate::rows::{Rows, attempt_i32, outcome_columns, rounds};
+use crate::sql::SqlStore;
 use crate::store::from_json;
 use crate::types::{
     ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer,
@@ -31,10 +32,7 @@ use crate::{ExecutionStore, KeyStore, OutboxStore, TimerStore, TriggerStore, Wor
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// SQLite in one file.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-}
+pub type SqliteStore = SqlStore<Sqlite>;
 
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -58,9 +56,9 @@ fn parse<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<
     serde_json::from_str(s).map_err(Error::corrupt(what))
 }
 
-impl SqliteStore {
+impl SqlStore<Sqlite> {
     /// Opens (creating if needed) the database file and applies migrations.
-    pub async fn open(path: &Path) -> Result<SqliteStore> {
+    pub async fn open(path: &Path) -> Result<SqlStore<Sqlite>> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -72,7 +70,7 @@ impl SqliteStore {
     }
 
     /// Opens a database from a `sqlite:` URL.
-    pub async fn connect(url: &str) -> Result<SqliteStore> {
+    pub async fn connect(url: &str) -> Result<SqlStore<Sqlite>> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -81,7 +79,7 @@ impl SqliteStore {
         Self::with_options(options).await
     }
 
-    async fn with_options(options: SqliteConnectOptions) -> Result<SqliteStore> {
+    async fn with_options(options: SqliteConnectOptions) -> Result<SqlStore<Sqlite>> {
         // One connection: SQLite has one writer anyway, and a single
         // connection keeps transactions from tripping over each other.
         let pool = SqlitePoolOptions::new()
@@ -89,11 +87,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
-    }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        Ok(SqlStore { pool })
     }
 }
 
@@ -193,225 +187,6 @@ fn trigger_conflict(e: sqlx::Error, id: &str, path: Option<&str>) -> Error {
 }
 
 const EXECUTION_COLUMNS: &str = "id, namespace, workflow_id, version, subject, idempotency_key, snapshot, lease_epoch, created_at, updated_at";
-
-impl WorkflowStore for SqliteStore {
-    async fn create_workflow(&self, new: NewWorkflow) -> Result<WorkflowRecord> {
-        let row = sqlx::query(
-            "INSERT INTO workflows (id, namespace, key, name, draft, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-             RETURNING id, namespace, key, name, draft, latest_version, created_at, updated_at, archived_at",
-        )
-        .bind(&new.id)
-        .bind(&new.namespace)
-        .bind(&new.key)
-        .bind(&new.name)
-        .bind(text("workflow draft", &new.draft)?)
-        .bind(ms(new.now))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                Error::Conflict { field: "key", value: new.key.clone() }
-            } else {
-                e.into()
-            }
-        })?;
-        workflow_row(&row)
-    }
-
-    async fn get_workflow(
-        &self,
-        namespace: &str,
-        id_or_key: &str,
-    ) -> Result<Option<WorkflowRecord>> {
-        let row = sqlx::query(
-            "SELECT id, namespace, key, name, draft, latest_version, created_at, updated_at, archived_at
-             FROM workflows WHERE namespace = ?1 AND (id = ?2 OR key = ?2)
-             ORDER BY (id = ?2) DESC LIMIT 1",
-        )
-        .bind(namespace)
-        .bind(id_or_key)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(workflow_row).transpose()
-    }
-
-    async fn publish(
-        &self,
-        workflow_id: &str,
-        definition: &Workflow,
-        now: DateTime<Utc>,
-    ) -> Result<WorkflowVersion> {
-        let mut tx = self.pool.begin().await?;
-        let v = next_version(&mut tx, workflow_id, definition, now).await?;
-        tx.commit().await?;
-        Ok(v)
-    }
-
-    async fn publish_if_changed(
-        &self,
-        workflow_id: &str,
-        definition: &Workflow,
-        now: DateTime<Utc>,
-    ) -> Result<(WorkflowVersion, bool)> {
-        let mut tx = self.pool.begin().await?;
-        // The workflow row is the lock: concurrent publishes of one
-        // workflow take turns, so a document is published once.
-        let row = sqlx::query(
-            "SELECT latest_version, archived_at IS NOT NULL AS archived FROM workflows
-             WHERE id = ?1",
-        )
-        .bind(workflow_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Err(Error::NotFound {
-                what: "workflow",
-                id: workflow_id.to_owned(),
-            });
-        };
-        if row.try_get::<bool, _>("archived")? {
-            return Err(Error::Invalid(format!(
-                "workflow {workflow_id} is archived: it cannot be published"
-            )));
-        }
-        if let Some(latest) = row.try_get::<Option<i32>, _>("latest_version")? {
-            let row = sqlx::query(
-                "SELECT workflow_id, version, definition, published_at FROM workflow_versions
-                 WHERE workflow_id = ?1 AND version = ?2",
-            )
-            .bind(workflow_id)
-            .bind(latest)
-            .fetch_one(&mut *tx)
-            .await?;
-            let v = version_row(&row)?;
-            if v.definition == *definition {
-                tx.commit().await?;
-                return Ok((v, false));
-            }
-        }
-        let v = next_version(&mut tx, workflow_id, definition, now).await?;
-        tx.commit().await?;
-        Ok((v, true))
-    }
-
-    async fn get_version(
-        &self,
-        workflow_id: &str,
-        version: Option<i32>,
-    ) -> Result<Option<WorkflowVersion>> {
-        let row = sqlx::query(
-            "SELECT workflow_id, version, definition, published_at FROM workflow_versions
-             WHERE workflow_id = ?1 AND (?2 IS NULL OR version = ?2)
-             ORDER BY version DESC LIMIT 1",
-        )
-        .bind(workflow_id)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(version_row).transpose()
-    }
-
-    async fn list_workflows(&self, query: &WorkflowQuery) -> Result<Vec<WorkflowRecord>> {
-        let sql = format!(
-            "SELECT {WORKFLOW_COLUMNS} FROM workflows
-             WHERE namespace = ?1 AND (?2 OR archived_at IS NULL) AND (?3 IS NULL OR id < ?3)
-             ORDER BY id DESC LIMIT ?4"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&query.namespace)
-            .bind(query.include_archived)
-            .bind(&query.before_id)
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(workflow_row).collect()
-    }
-
-    async fn update_draft(
-        &self,
-        namespace: &str,
-        workflow_id: &str,
-        draft: &Value,
-        name: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<WorkflowRecord> {
-        let sql = format!(
-            "UPDATE workflows SET draft = ?3, name = COALESCE(?4, name), updated_at = ?5
-             WHERE namespace = ?1 AND id = ?2 AND archived_at IS NULL
-             RETURNING {WORKFLOW_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(workflow_id)
-            .bind(text("workflow draft", draft)?)
-            .bind(name)
-            .bind(ms(now))
-            .fetch_optional(&self.pool)
-            .await?;
-        if let Some(row) = row {
-            return workflow_row(&row);
-        }
-        let archived: Option<bool> = sqlx::query_scalar(
-            "SELECT archived_at IS NOT NULL FROM workflows WHERE namespace = ?1 AND id = ?2",
-        )
-        .bind(namespace)
-        .bind(workflow_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Err(match archived {
-            Some(_) => Error::Invalid(format!("workflow {workflow_id} is archived")),
-            None => Error::NotFound {
-                what: "workflow",
-                id: workflow_id.to_owned(),
-            },
-        })
-    }
-
-    async fn archive_workflow(
-        &self,
-        namespace: &str,
-        workflow_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<WorkflowRecord> {
-        let sql = format!(
-            "UPDATE workflows SET archived_at = COALESCE(archived_at, ?3),
-                    updated_at = CASE WHEN archived_at IS NULL THEN ?3 ELSE updated_at END
-             WHERE namespace = ?1 AND id = ?2
-             RETURNING {WORKFLOW_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(workflow_id)
-            .bind(ms(now))
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => workflow_row(&row),
-            None => Err(Error::NotFound {
-                what: "workflow",
-                id: workflow_id.to_owned(),
-            }),
-        }
-    }
-
-    async fn list_versions(&self, workflow_id: &str) -> Result<Vec<VersionSummary>> {
-        let rows = sqlx::query(
-            "SELECT version, published_at FROM workflow_versions WHERE workflow_id = ?1 ORDER BY version",
-        )
-        .bind(workflow_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(VersionSummary {
-                    version: r.try_get("version")?,
-                    published_at: from_ms(r.try_get("published_at")?)?,
-                })
-            })
-            .collect()
-    }
-}
 
 impl ExecutionStore for SqliteStore {
     async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionSummary>> {
@@ -948,198 +723,6 @@ impl OutboxStore for SqliteStore {
     }
 }
 
-impl TriggerStore for SqliteStore {
-    async fn create_trigger(&self, trigger: NewTrigger) -> Result<TriggerRecord> {
-        // Only for a workflow of the same namespace.
-        let sql = format!(
-            "INSERT INTO triggers (id, namespace, workflow_id, kind, path, config, state, created_at, updated_at)
-             SELECT ?1, ?2, w.id, ?4, ?5, ?6, 'init', ?7, ?7 FROM workflows w
-             WHERE w.namespace = ?2 AND w.id = ?3
-             RETURNING {TRIGGER_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&trigger.id)
-            .bind(&trigger.namespace)
-            .bind(&trigger.workflow_id)
-            .bind(&trigger.kind)
-            .bind(&trigger.path)
-            .bind(text("trigger config", &trigger.config)?)
-            .bind(ms(trigger.now))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| trigger_conflict(e, &trigger.id, trigger.path.as_deref()))?;
-        match row {
-            Some(row) => trigger_row(&row),
-            None => Err(Error::NotFound {
-                what: "workflow",
-                id: trigger.workflow_id,
-            }),
-        }
-    }
-
-    async fn get_trigger(&self, namespace: &str, id: &str) -> Result<Option<TriggerRecord>> {
-        let sql =
-            format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE namespace = ?1 AND id = ?2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(trigger_row).transpose()
-    }
-
-    async fn list_triggers(
-        &self,
-        namespace: &str,
-        workflow_id: Option<&str>,
-    ) -> Result<Vec<TriggerRecord>> {
-        let sql = format!(
-            "SELECT {TRIGGER_COLUMNS} FROM triggers
-             WHERE namespace = ?1 AND (?2 IS NULL OR workflow_id = ?2) AND state <> 'destroyed'
-             ORDER BY created_at, id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(workflow_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(trigger_row).collect()
-    }
-
-    async fn set_trigger_state(
-        &self,
-        namespace: &str,
-        id: &str,
-        from: &[&str],
-        to: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<TriggerRecord>> {
-        let sql = format!(
-            "UPDATE triggers SET state = ?4, updated_at = ?5
-             WHERE namespace = ?1 AND id = ?2 AND state IN (SELECT value FROM json_each(?3))
-             RETURNING {TRIGGER_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(id)
-            .bind(text("trigger states", &from)?)
-            .bind(to)
-            .bind(ms(now))
-            .fetch_optional(&self.pool)
-            .await;
-        let row = match row {
-            Ok(row) => row,
-            // Back from `destroyed` onto a path another trigger took since.
-            Err(e) if unique_violation_on(&e, "path") => {
-                let path = self.get_trigger(namespace, id).await?.and_then(|t| t.path);
-                return Err(trigger_conflict(e, id, path.as_deref()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(row) = row {
-            return trigger_row(&row).map(Some);
-        }
-        match self.get_trigger(namespace, id).await? {
-            None => Ok(None),
-            Some(t) => Err(Error::Invalid(format!("trigger {id} is {}", t.state))),
-        }
-    }
-
-    async fn api_trigger(&self, namespace: &str, path: &str) -> Result<Option<TriggerRecord>> {
-        let sql = format!(
-            "SELECT {TRIGGER_COLUMNS} FROM triggers
-             WHERE namespace = ?1 AND path = ?2 AND kind = 'api' AND state <> 'destroyed'"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(path)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(trigger_row).transpose()
-    }
-}
-
-impl KeyStore for SqliteStore {
-    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKeyRecord> {
-        let sql = format!(
-            "INSERT INTO api_keys (id, namespace, name, hash, scopes, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {API_KEY_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&key.id)
-            .bind(&key.namespace)
-            .bind(&key.name)
-            .bind(&key.hash)
-            .bind(text("api key scopes", &key.scopes)?)
-            .bind(ms(key.now))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| {
-                if unique_violation_on(&e, "hash") {
-                    Error::Conflict {
-                        field: "hash",
-                        value: key.hash.clone(),
-                    }
-                } else if is_unique_violation(&e) {
-                    Error::Conflict {
-                        field: "id",
-                        value: key.id.clone(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
-        api_key_row(&row)
-    }
-
-    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
-        let sql = format!(
-            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(api_key_row).transpose()
-    }
-
-    async fn list_api_keys(&self, namespace: &str) -> Result<Vec<ApiKeyRecord>> {
-        let sql = format!(
-            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE namespace = ?1 ORDER BY created_at, id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(api_key_row).collect()
-    }
-
-    async fn revoke_api_key(
-        &self,
-        namespace: &str,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<ApiKeyRecord> {
-        let sql = format!(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?3)
-             WHERE namespace = ?1 AND id = ?2 RETURNING {API_KEY_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(id)
-            .bind(ms(now))
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => api_key_row(&row),
-            None => Err(Error::NotFound {
-                what: "api key",
-                id: id.to_owned(),
-            }),
-        }
-    }
-}
-
 /// Writes one transition if it passes the fence; returns whether it did.
 async fn write_one(tx: &mut Transaction<'_, Sqlite>, r: &Rows) -> Result<bool> {
     let e = &r.execution;
@@ -1277,38 +860,4 @@ async fn write_one(tx: &mut Transaction<'_, Sqlite>, r: &Rows) -> Result<bool> {
             .await?;
     }
     Ok(true)
-}
-
-/// Publishes `definition` as the workflow's next version, in `tx`.
-async fn next_version(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    workflow_id: &str,
-    definition: &Workflow,
-    now: DateTime<Utc>,
-) -> Result<WorkflowVersion> {
-    let version: Option<i32> = sqlx::query_scalar(
-        "UPDATE workflows SET latest_version = COALESCE(latest_version, 0) + 1, updated_at = ?2
-         WHERE id = ?1 RETURNING latest_version",
-    )
-    .bind(workflow_id)
-    .bind(ms(now))
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(version) = version else {
-        return Err(Error::NotFound {
-            what: "workflow",
-            id: workflow_id.to_owned(),
-        });
-    };
-    let row = sqlx::query(
-        "INSERT INTO workflow_versions (workflow_id, version, definition, published_at)
-         VALUES (?1, ?2, ?3, ?4) RETURNING workflow_id, version, definition, published_at",
-    )
-    .bind(workflow_id)
-    .bind(version)
-    .bind(text("workflow definition", definition)?)
-    .bind(ms(now))
-    .fetch_one(&mut **tx)
-    .await?;
-    version_row(&row)
 }
