@@ -22,7 +22,6 @@ pub mod ids;
 mod keys;
 mod outbox;
 mod postgres;
-mod rows;
 mod sql;
 mod sqlite;
 mod store;

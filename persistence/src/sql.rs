@@ -187,11 +187,6 @@ pub(crate) fn at(t: DateTime<Utc>) -> Instant {
     Instant(t)
 }
 
-/// `t` as a nullable column value.
-pub(crate) fn maybe_at(t: Option<DateTime<Utc>>) -> Option<Instant> {
-    t.map(Instant)
-}
-
 // ---- JSON --------------------------------------------------------------------
 
 /// A JSON document to bind, serialized once: `jsonb` in PostgreSQL, TEXT in

@@ -6,8 +6,6 @@
 
 use std::future::Future;
 
-use serde_json::Value;
-
 use crate::Result;
 use crate::{ExecutionStore, KeyStore, OutboxStore, TimerStore, TriggerStore, WorkflowStore};
 
@@ -31,9 +29,4 @@ impl<S> Store for S where
         + KeyStore
         + 'static
 {
-}
-
-/// Parses a stored JSON column.
-pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, v: Value) -> Result<T> {
-    serde_json::from_value(v).map_err(crate::Error::corrupt(what))
 }
