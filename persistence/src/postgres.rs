@@ -19,11 +19,7 @@ pub type PgStore = SqlStore<Postgres>;
 impl SqlStore<Postgres> {
     /// Connects (`postgres://user@host:port/db`), optionally inside a schema
     /// (tests use one schema each), and applies pending migrations.
-    pub async fn connect(
-        url: &str,
-        schema: Option<&str>,
-        max_connections: u32,
-    ) -> Result<SqlStore<Postgres>> {
+    pub async fn connect(url: &str, schema: Option<&str>, max_connections: u32) -> Result<PgStore> {
         let mut options = PgConnectOptions::from_str(url)?;
         if let Some(schema) = schema {
             options = options.options([("search_path", schema)]);
@@ -43,16 +39,8 @@ impl SqlStore<Postgres> {
         url: &str,
         schema: &str,
         max_connections: u32,
-    ) -> Result<SqlStore<Postgres>> {
-        if !schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            || schema.is_empty()
-        {
-            return Err(Error::Invalid(format!(
-                "schema name {schema:?}: letters, digits and _ only"
-            )));
-        }
+    ) -> Result<PgStore> {
+        check_schema_name(schema)?;
         let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE SCHEMA IF NOT EXISTS {schema}"
@@ -66,15 +54,7 @@ impl SqlStore<Postgres> {
     /// Drops a schema made by [`PgStore::connect_creating_schema`] and closes
     /// this store's pool.
     pub async fn drop_schema(&self, schema: &str) -> Result<()> {
-        if !schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            || schema.is_empty()
-        {
-            return Err(Error::Invalid(format!(
-                "schema name {schema:?}: letters, digits and _ only"
-            )));
-        }
+        check_schema_name(schema)?;
         let mut conn = self.pool.acquire().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS {schema} CASCADE"
@@ -91,4 +71,18 @@ impl SqlStore<Postgres> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
+}
+
+/// A schema name is spliced into DDL: letters, digits and `_` only.
+fn check_schema_name(schema: &str) -> Result<()> {
+    if schema.is_empty()
+        || !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(Error::Invalid(format!(
+            "schema name {schema:?}: letters, digits and _ only"
+        )));
+    }
+    Ok(())
 }

@@ -22,7 +22,7 @@ pub type SqliteStore = SqlStore<Sqlite>;
 
 impl SqlStore<Sqlite> {
     /// Opens (creating if needed) the database file and applies migrations.
-    pub async fn open(path: &Path) -> Result<SqlStore<Sqlite>> {
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -34,7 +34,7 @@ impl SqlStore<Sqlite> {
     }
 
     /// Opens a database from a `sqlite:` URL.
-    pub async fn connect(url: &str) -> Result<SqlStore<Sqlite>> {
+    pub async fn connect(url: &str) -> Result<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -43,7 +43,7 @@ impl SqlStore<Sqlite> {
         Self::with_options(options).await
     }
 
-    async fn with_options(options: SqliteConnectOptions) -> Result<SqlStore<Sqlite>> {
+    async fn with_options(options: SqliteConnectOptions) -> Result<SqliteStore> {
         // One connection: SQLite has one writer anyway, and a single
         // connection keeps transactions from tripping over each other.
         let pool = SqlitePoolOptions::new()
