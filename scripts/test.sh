@@ -3,7 +3,8 @@
 # the tests use answer (PostgreSQL on 127.0.0.1:5432 with trust auth, Redis
 # on 127.0.0.1:6379, and the redis-server binary the cluster tests start
 # privately), installing and starting them from Debian's packages when they
-# do not, then builds once and runs every test of the workspace.
+# do not, then builds once and runs every test of the workspace, then fuzzes
+# the HTTP API from its OpenAPI document (scripts/fuzz-api.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,6 +73,21 @@ ensure_redis() {
     exit 1
 }
 
+ensure_tools() {
+    local missing=()
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    fi
+}
+
+ensure_tools
 ensure_postgres
 ensure_redis
 cargo test --workspace --locked "$@"
+# The API against its own OpenAPI document (schemathesis; about 90 s).
+if [ "$#" -eq 0 ]; then
+    bash scripts/fuzz-api.sh
+fi

@@ -12,7 +12,8 @@ use axum::Router;
 use axum::routing::post;
 use serde_json::json;
 use sojourn_actors::{Config, Engine, StartRequest};
-use sojourn_persistence::{PgStore, SqliteStore, Store};
+use sojourn_persistence::prelude::*;
+use sojourn_persistence::{PgStore, SqliteStore};
 use sojourn_runtime::{ExecutionId, Workflow};
 
 use crate::Failure;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_api::{AppState, AuthMode};
-use sojourn_persistence::{PgStore, SqliteStore, Store};
+use sojourn_persistence::prelude::*;
+use sojourn_persistence::{PgStore, SqliteStore};
 use sojourn_runtime::{ExecutionId, Status, Workflow};
 use tracing::info;
 

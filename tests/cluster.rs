@@ -19,7 +19,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use serde_json::{Value, json};
-use sojourn_persistence::{ExecutionQuery, PgStore, Store};
+use sojourn_persistence::prelude::*;
+use sojourn_persistence::{ExecutionQuery, PgStore};
 use sojourn_runtime::{ExecutionId, Status};
 
 const LEASE_TTL_MS: u64 = 2_000;

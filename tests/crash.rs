@@ -14,7 +14,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use sojourn_persistence::{SqliteStore, Store};
+use sojourn_persistence::SqliteStore;
+use sojourn_persistence::prelude::*;
 use sojourn_runtime::ExecutionId;
 
 const EXECUTIONS: usize = 300;

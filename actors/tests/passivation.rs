@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sojourn_actors::{Config, Engine, StartRequest};
-use sojourn_persistence::{PgStore, Store};
+use sojourn_persistence::PgStore;
+use sojourn_persistence::prelude::*;
 use sojourn_runtime::Workflow;
 
 const ASLEEP: usize = 5_000;

@@ -11,9 +11,10 @@ use serde_json::json;
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_persistence::{
     ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, Error,
-    ExecutionQuery, ExecutionRecord, ExecutionSummary, FinishedAttempt, InboxItem, JournalRow,
-    NewApiKey, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow, OutboxMessage, SqliteStore,
-    Store, TriggerRecord, VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowVersion,
+    ExecutionQuery, ExecutionRecord, ExecutionStore, ExecutionSummary, FinishedAttempt, InboxItem,
+    JournalRow, KeyStore, NewApiKey, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow,
+    OutboxMessage, OutboxStore, SqliteStore, TimerStore, TriggerRecord, TriggerStore,
+    VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowStore, WorkflowVersion,
 };
 use sojourn_runtime::{ExecutionId, Input, Status, Workflow};
 
@@ -27,96 +28,9 @@ fn poisoned(c: &Commit<'_>) -> bool {
         && c.transition.snapshot.status != Status::Failed
 }
 
-impl Store for Flaky {
-    async fn commit(&self, batch: &[Commit<'_>]) -> Result<Vec<CommitResult>, Error> {
-        if batch.iter().any(poisoned) {
-            return Err(Error::Invalid("injected failure: the disk said no".into()));
-        }
-        self.0.commit(batch).await
-    }
+impl WorkflowStore for Flaky {
     async fn create_workflow(&self, new: NewWorkflow) -> Result<WorkflowRecord, Error> {
         self.0.create_workflow(new).await
-    }
-    async fn list_workflows(&self, q: &WorkflowQuery) -> Result<Vec<WorkflowRecord>, Error> {
-        self.0.list_workflows(q).await
-    }
-    async fn update_draft(
-        &self,
-        ns: &str,
-        id: &str,
-        draft: &serde_json::Value,
-        name: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<WorkflowRecord, Error> {
-        self.0.update_draft(ns, id, draft, name, now).await
-    }
-    async fn archive_workflow(
-        &self,
-        ns: &str,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<WorkflowRecord, Error> {
-        self.0.archive_workflow(ns, id, now).await
-    }
-    async fn list_versions(&self, id: &str) -> Result<Vec<VersionSummary>, Error> {
-        self.0.list_versions(id).await
-    }
-    async fn list_executions(&self, q: &ExecutionQuery) -> Result<Vec<ExecutionSummary>, Error> {
-        self.0.list_executions(q).await
-    }
-    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, Error> {
-        self.0.create_api_key(key).await
-    }
-    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, Error> {
-        self.0.api_key_by_hash(hash).await
-    }
-    async fn list_api_keys(&self, ns: &str) -> Result<Vec<ApiKeyRecord>, Error> {
-        self.0.list_api_keys(ns).await
-    }
-    async fn revoke_api_key(
-        &self,
-        ns: &str,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<ApiKeyRecord, Error> {
-        self.0.revoke_api_key(ns, id, now).await
-    }
-    async fn create_trigger(&self, t: NewTrigger) -> Result<TriggerRecord, Error> {
-        self.0.create_trigger(t).await
-    }
-    async fn get_trigger(&self, ns: &str, id: &str) -> Result<Option<TriggerRecord>, Error> {
-        self.0.get_trigger(ns, id).await
-    }
-    async fn list_triggers(
-        &self,
-        ns: &str,
-        workflow: Option<&str>,
-    ) -> Result<Vec<TriggerRecord>, Error> {
-        self.0.list_triggers(ns, workflow).await
-    }
-    async fn set_trigger_state(
-        &self,
-        ns: &str,
-        id: &str,
-        from: &[&str],
-        to: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<TriggerRecord>, Error> {
-        self.0.set_trigger_state(ns, id, from, to, now).await
-    }
-    async fn claim_owners(&self) -> Result<Vec<String>, Error> {
-        self.0.claim_owners().await
-    }
-    async fn defer_timers(
-        &self,
-        owner: &str,
-        timers: &[(ExecutionId, sojourn_runtime::TimerId)],
-        at: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        self.0.defer_timers(owner, timers, at).await
-    }
-    async fn api_trigger(&self, ns: &str, path: &str) -> Result<Option<TriggerRecord>, Error> {
-        self.0.api_trigger(ns, path).await
     }
     async fn get_workflow(&self, ns: &str, id: &str) -> Result<Option<WorkflowRecord>, Error> {
         self.0.get_workflow(ns, id).await
@@ -144,6 +58,36 @@ impl Store for Flaky {
     ) -> Result<Option<WorkflowVersion>, Error> {
         self.0.get_version(id, v).await
     }
+    async fn list_workflows(&self, q: &WorkflowQuery) -> Result<Vec<WorkflowRecord>, Error> {
+        self.0.list_workflows(q).await
+    }
+    async fn update_draft(
+        &self,
+        ns: &str,
+        id: &str,
+        draft: &serde_json::Value,
+        name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowRecord, Error> {
+        self.0.update_draft(ns, id, draft, name, now).await
+    }
+    async fn archive_workflow(
+        &self,
+        ns: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<WorkflowRecord, Error> {
+        self.0.archive_workflow(ns, id, now).await
+    }
+    async fn list_versions(&self, id: &str) -> Result<Vec<VersionSummary>, Error> {
+        self.0.list_versions(id).await
+    }
+}
+
+impl ExecutionStore for Flaky {
+    async fn list_executions(&self, q: &ExecutionQuery) -> Result<Vec<ExecutionSummary>, Error> {
+        self.0.list_executions(q).await
+    }
     async fn create_executions(&self, batch: &[NewExecution]) -> Result<Vec<Created>, Error> {
         self.0.create_executions(batch).await
     }
@@ -166,6 +110,12 @@ impl Store for Flaky {
     ) -> Result<Vec<(ExecutionRecord, Vec<InboxItem>)>, Error> {
         self.0.activate_many(ids).await
     }
+    async fn commit(&self, batch: &[Commit<'_>]) -> Result<Vec<CommitResult>, Error> {
+        if batch.iter().any(poisoned) {
+            return Err(Error::Invalid("injected failure: the disk said no".into()));
+        }
+        self.0.commit(batch).await
+    }
     async fn journal(
         &self,
         id: &ExecutionId,
@@ -177,6 +127,17 @@ impl Store for Flaky {
     async fn node_executions(&self, id: &ExecutionId) -> Result<Vec<NodeExecutionRow>, Error> {
         self.0.node_executions(id).await
     }
+    async fn subscribers(
+        &self,
+        ns: &str,
+        event: &str,
+        key: &str,
+    ) -> Result<Vec<ExecutionId>, Error> {
+        self.0.subscribers(ns, event, key).await
+    }
+}
+
+impl TimerStore for Flaky {
     async fn claim_due_timers(
         &self,
         owner: &str,
@@ -189,20 +150,26 @@ impl Store for Flaky {
             .claim_due_timers(owner, due_before, now, claim_until, limit)
             .await
     }
+    async fn defer_timers(
+        &self,
+        owner: &str,
+        timers: &[(ExecutionId, sojourn_runtime::TimerId)],
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.0.defer_timers(owner, timers, at).await
+    }
     async fn release_claims(&self, owner: &str) -> Result<(), Error> {
         self.0.release_claims(owner).await
+    }
+    async fn claim_owners(&self) -> Result<Vec<String>, Error> {
+        self.0.claim_owners().await
     }
     async fn pending_timers(&self) -> Result<i64, Error> {
         self.0.pending_timers().await
     }
-    async fn subscribers(
-        &self,
-        ns: &str,
-        event: &str,
-        key: &str,
-    ) -> Result<Vec<ExecutionId>, Error> {
-        self.0.subscribers(ns, event, key).await
-    }
+}
+
+impl OutboxStore for Flaky {
     async fn claim_outbox(
         &self,
         owner: &str,
@@ -252,6 +219,55 @@ impl Store for Flaky {
         limit: u32,
     ) -> Result<Vec<ExecutionId>, Error> {
         self.0.executions_with_inputs(older_than, limit).await
+    }
+}
+
+impl TriggerStore for Flaky {
+    async fn create_trigger(&self, t: NewTrigger) -> Result<TriggerRecord, Error> {
+        self.0.create_trigger(t).await
+    }
+    async fn get_trigger(&self, ns: &str, id: &str) -> Result<Option<TriggerRecord>, Error> {
+        self.0.get_trigger(ns, id).await
+    }
+    async fn list_triggers(
+        &self,
+        ns: &str,
+        workflow: Option<&str>,
+    ) -> Result<Vec<TriggerRecord>, Error> {
+        self.0.list_triggers(ns, workflow).await
+    }
+    async fn set_trigger_state(
+        &self,
+        ns: &str,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TriggerRecord>, Error> {
+        self.0.set_trigger_state(ns, id, from, to, now).await
+    }
+    async fn api_trigger(&self, ns: &str, path: &str) -> Result<Option<TriggerRecord>, Error> {
+        self.0.api_trigger(ns, path).await
+    }
+}
+
+impl KeyStore for Flaky {
+    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, Error> {
+        self.0.create_api_key(key).await
+    }
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, Error> {
+        self.0.api_key_by_hash(hash).await
+    }
+    async fn list_api_keys(&self, ns: &str) -> Result<Vec<ApiKeyRecord>, Error> {
+        self.0.list_api_keys(ns).await
+    }
+    async fn revoke_api_key(
+        &self,
+        ns: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKeyRecord, Error> {
+        self.0.revoke_api_key(ns, id, now).await
     }
 }
 

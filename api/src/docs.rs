@@ -45,6 +45,8 @@ pub(crate) struct Spec {
     params: Vec<(&'static str, fn() -> Value)>,
     /// Guarded by the cluster secret instead of an API key.
     cluster_only: bool,
+    /// The body may be left out.
+    body_optional: bool,
     description: Option<&'static str>,
 }
 
@@ -60,6 +62,7 @@ impl Spec {
             also: Vec::new(),
             params: Vec::new(),
             cluster_only: false,
+            body_optional: false,
             description: None,
         }
     }
@@ -90,6 +93,13 @@ impl Spec {
 
     pub(crate) fn body<T: JsonSchema>(mut self) -> Spec {
         self.body = Some(schema_of::<T>);
+        self
+    }
+
+    /// A body the request may leave out.
+    pub(crate) fn optional_body<T: JsonSchema>(mut self) -> Spec {
+        self.body = Some(schema_of::<T>);
+        self.body_optional = true;
         self
     }
 
@@ -226,7 +236,7 @@ impl<S: Store> Routes<S> {
         }
         if let Some(body) = spec.body {
             op["requestBody"] = json!({
-                "required": true,
+                "required": !spec.body_optional,
                 "content": {"application/json": {"schema": body(&mut self.generator).to_value()}}
             });
         }
@@ -292,7 +302,7 @@ impl<S: Store> Routes<S> {
             "info": {
                 "title": "Sojourn API",
                 "version": env!("CARGO_PKG_VERSION"),
-                "description": "Durable, actor-based execution of long-running journeys."
+                "description": "Durable, actor-based execution of long-running journeys. Strings and object keys in requests must not contain U+0000 (PostgreSQL cannot store it): such a request is refused with a 400 naming the field."
             },
             "paths": paths,
             "components": {
@@ -366,4 +376,25 @@ fn operation_id(path: &str, summary: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A JSON object of any shape (a workflow document, an input).
+pub(crate) fn json_object(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "object"})
+}
+
+/// An optional JSON object.
+pub(crate) fn optional_json_object(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "object", "nullable": true})
+}
+
+/// An optional IANA time zone name, listed (the server knows exactly these).
+pub(crate) fn optional_time_zone(_: &mut SchemaGenerator) -> Schema {
+    let mut names: Vec<Value> = chrono_tz::TZ_VARIANTS
+        .iter()
+        .map(|tz| Value::from(tz.name()))
+        .collect();
+    // OpenAPI 3.0: a nullable enum lists null among its values.
+    names.push(Value::Null);
+    schemars::json_schema!({"type": "string", "nullable": true, "enum": names})
 }

@@ -7,7 +7,9 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -194,6 +196,21 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 pub fn parse_path_number<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, ApiError> {
     text.parse()
         .map_err(|_| ApiError::invalid(field, format!("{text:?} is not a number")))
+}
+
+/// Deserializes a JSON object (any members) as a `Value`: a document or an
+/// input that is not an object is refused where it stands, naming its field.
+pub(crate) fn json_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    let map = serde_json::Map::<String, Value>::deserialize(d)?;
+    Ok(Value::Object(map))
+}
+
+/// [`json_object`], optional (`null` is absent).
+pub(crate) fn optional_json_object<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Value>, D::Error> {
+    let map = Option::<serde_json::Map<String, Value>>::deserialize(d)?;
+    Ok(map.map(Value::Object))
 }
 
 #[cfg(test)]

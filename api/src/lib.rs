@@ -131,7 +131,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/workflows/{workflow}/validate",
         Spec::new("workflows", "Validate the draft or a given document")
             .scope(Read)
-            .body::<workflows::ValidateRequest>()
+            .optional_body::<workflows::ValidateRequest>()
             .returns::<workflows::ValidationOut>(200)
             .describe("Returns every validation problem, each naming its node and field."),
         workflows::validate::<S>,

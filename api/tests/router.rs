@@ -16,7 +16,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sojourn_actors::{Config, Engine};
 use sojourn_api::{Api, AppState, AuthMode};
-use sojourn_persistence::{PgStore, SqliteStore, Store};
+use sojourn_persistence::prelude::*;
+use sojourn_persistence::{PgStore, SqliteStore};
 use tower::ServiceExt;
 
 // ---- fixtures ---------------------------------------------------------------
@@ -2554,6 +2555,7 @@ async fn malformed_bodies_are_refused_and_write_nothing() {
         assert!(op.is_object(), "{method} {path} is documented");
         let schema = op.pointer("/requestBody/content/application~1json/schema");
         let takes_body = schema.is_some();
+        let cluster_only = op["security"] == json!([{"clusterSecret": []}]);
         // Routes that read no body are tried on ids that do not exist (on
         // real ones they would do their work); the others on both.
         let targets: Vec<String> = if takes_body {
@@ -2640,7 +2642,10 @@ async fn malformed_bodies_are_refused_and_write_nothing() {
                 let what = format!("{method} {uri} with {name}: {}", r.text());
                 assert!(r.status.is_client_error(), "{what}");
                 assert_error_format(&r);
-                if takes_body {
+                if cluster_only {
+                    // The cluster secret is checked before the body is read.
+                    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}");
+                } else if takes_body {
                     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}");
                     assert_eq!(r.str("/error/code"), "invalid_request", "{what}");
                     let field = r.str("/error/field");
@@ -2667,7 +2672,9 @@ async fn malformed_bodies_are_refused_and_write_nothing() {
             let what = format!("{method} {uri} with 2 MiB: {}", r.text());
             assert!(r.status.is_client_error(), "{what}");
             assert_error_format(&r);
-            if takes_body {
+            if cluster_only {
+                assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}");
+            } else if takes_body {
                 assert_error(
                     &r,
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -2942,5 +2949,38 @@ async fn a_trigger_whose_stored_config_does_not_parse_never_fires_on_postgres() 
         "{}",
         r.text()
     );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn draining_the_last_node_that_takes_work_needs_force() {
+    let app = sqlite_app().await;
+    let k = app.key("ops", &["admin"]).await;
+    let node = app.engine.node_id().to_owned();
+    let r = app
+        .post_empty(&format!("/cluster/nodes/{node}/drain"), &k)
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("node"));
+    assert!(
+        r.str("/error/message").contains("force=true"),
+        "{}",
+        r.text()
+    );
+    // Nothing changed: the node still takes work.
+    let r = app.get("/readyz", &k).await;
+    r.ok(StatusCode::OK);
+    let r = app
+        .post_empty(&format!("/cluster/nodes/{node}/drain?force=true"), &k)
+        .await;
+    r.ok(StatusCode::ACCEPTED);
+    let mut drained = false;
+    for _ in 0..100 {
+        if app.get("/readyz", &k).await.status == StatusCode::SERVICE_UNAVAILABLE {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(drained, "a forced drain drains");
     app.finish().await;
 }

@@ -5,7 +5,7 @@
 pub enum Error {
     /// The database refused or failed.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -24,6 +24,25 @@ pub enum Error {
     /// The caller broke the API's contract (a bug above this crate).
     #[error("invalid request to the store: {0}")]
     Invalid(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Error {
+        // A stored JSON document that does not read back as its type: a
+        // derived row mapping reports it as a column it could not decode.
+        match e {
+            sqlx::Error::ColumnDecode { index, source } => {
+                match source.downcast::<serde_json::Error>() {
+                    Ok(source) => Error::Corrupt {
+                        what: "stored JSON",
+                        source: *source,
+                    },
+                    Err(source) => Error::Database(sqlx::Error::ColumnDecode { index, source }),
+                }
+            }
+            e => Error::Database(e),
+        }
+    }
 }
 
 impl Error {

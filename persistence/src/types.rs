@@ -1,5 +1,8 @@
-//! The records the store reads and writes.
+//! The records the store reads and writes. Those read back from a table
+//! derive `sqlx::FromRow`: one mapping for both databases, through the
+//! column types of [`crate::sql`].
 
+use crate::sql::{Instant, MaybeDoc, MaybeInstant, Scopes, StatusText};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,26 +15,38 @@ use sojourn_runtime::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LeaseEpoch(pub i64);
 
+impl From<i64> for LeaseEpoch {
+    fn from(epoch: i64) -> Self {
+        LeaseEpoch(epoch)
+    }
+}
+
 /// A workflow and its draft.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct WorkflowRecord {
     pub id: String,
     pub namespace: String,
     pub key: String,
     pub name: Option<String>,
+    #[sqlx(json)]
     pub draft: Value,
     pub latest_version: Option<i32>,
+    #[sqlx(try_from = "Instant")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "Instant")]
     pub updated_at: DateTime<Utc>,
+    #[sqlx(try_from = "MaybeInstant")]
     pub archived_at: Option<DateTime<Utc>>,
 }
 
 /// An immutable published version.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct WorkflowVersion {
     pub workflow_id: String,
     pub version: i32,
+    #[sqlx(json)]
     pub definition: Workflow,
+    #[sqlx(try_from = "Instant")]
     pub published_at: DateTime<Utc>,
 }
 
@@ -63,7 +78,7 @@ pub struct NewExecution {
     pub snapshot: Snapshot,
 }
 
-/// What [`crate::Store::create_execution`] did.
+/// What [`crate::ExecutionStore::create_execution`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
     /// A new execution.
@@ -124,15 +139,16 @@ pub enum CommitResult {
 }
 
 /// A stored journal entry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct JournalRow {
     /// Position in the journal (for pagination).
     pub id: i64,
+    #[sqlx(json)]
     pub entry: JournalEntry,
 }
 
 /// One attempt of one action node.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct NodeExecutionRow {
     pub node_id: String,
     pub attempt: i32,
@@ -143,32 +159,42 @@ pub struct NodeExecutionRow {
     /// means a send may have been repeated (a crash between a send and the
     /// record of its result).
     pub sends: i32,
+    #[sqlx(json)]
     pub input: Value,
+    #[sqlx(try_from = "MaybeDoc")]
     pub output: Option<Value>,
     pub error: Option<String>,
+    #[sqlx(try_from = "Instant")]
     pub started_at: DateTime<Utc>,
+    #[sqlx(try_from = "MaybeInstant")]
     pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// A timer claimed by a node, to fire when due.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DueTimer {
+    #[sqlx(try_from = "String")]
     pub execution_id: ExecutionId,
+    #[sqlx(try_from = "String")]
     pub timer_id: TimerId,
+    #[sqlx(try_from = "Instant")]
     pub due_at: DateTime<Utc>,
 }
 
 /// An action to hand to a worker.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct OutboxMessage {
     pub id: i64,
+    #[sqlx(try_from = "String")]
     pub execution_id: ExecutionId,
+    /// The `payload` column.
+    #[sqlx(json, rename = "payload")]
     pub dispatch: Dispatch,
     /// How many times it has been handed out (1 on the first claim).
     pub deliveries: i32,
 }
 
-/// What a worker may do with an outbox message ([`crate::Store::begin_attempt`]).
+/// What a worker may do with an outbox message ([`crate::OutboxStore::begin_attempt`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptBegin {
     /// Send it; `sends` counts this one (1 on the first).
@@ -199,9 +225,10 @@ pub struct FinishedAttempt<'a> {
 }
 
 /// An input waiting in an execution's inbox.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct InboxItem {
     pub id: i64,
+    #[sqlx(json)]
     pub input: Input,
 }
 
@@ -220,9 +247,10 @@ pub struct WorkflowQuery {
 }
 
 /// A published version without its document (for listings).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct VersionSummary {
     pub version: i32,
+    #[sqlx(try_from = "Instant")]
     pub published_at: DateTime<Utc>,
 }
 
@@ -244,16 +272,21 @@ pub struct ExecutionQuery {
 }
 
 /// An execution in a listing (no snapshot).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ExecutionSummary {
+    #[sqlx(try_from = "String")]
     pub id: ExecutionId,
     pub workflow_id: String,
     pub version: i32,
+    #[sqlx(try_from = "StatusText")]
     pub status: Status,
     pub subject: Option<String>,
     pub current_node: Option<String>,
+    #[sqlx(try_from = "Instant")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "Instant")]
     pub updated_at: DateTime<Utc>,
+    #[sqlx(try_from = "MaybeInstant")]
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -274,13 +307,16 @@ pub struct NewApiKey {
 }
 
 /// A stored API key (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub namespace: String,
     pub name: Option<String>,
+    #[sqlx(try_from = "Scopes")]
     pub scopes: Vec<String>,
+    #[sqlx(try_from = "Instant")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "MaybeInstant")]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -304,16 +340,19 @@ pub struct NewTrigger {
 }
 
 /// A stored trigger instance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct TriggerRecord {
     pub id: String,
     pub namespace: String,
     pub workflow_id: String,
     pub kind: String,
     pub path: Option<String>,
+    #[sqlx(json)]
     pub config: Value,
     /// `init`, `active`, `paused`, `stopped`, `destroyed`.
     pub state: String,
+    #[sqlx(try_from = "Instant")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "Instant")]
     pub updated_at: DateTime<Utc>,
 }

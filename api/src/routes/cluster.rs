@@ -10,7 +10,7 @@ use sojourn_actors::{Forwarded, SECRET_HEADER};
 use sojourn_persistence::Store;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Path, Q};
+use crate::extract::{Path, Q, parse_json};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -125,9 +125,11 @@ pub(crate) async fn drain<S: Store>(
 /// Only nodes of the cluster (holding its secret) may call it.
 pub(crate) async fn deliver<S: Store>(
     State(app): State<AppState<S>>,
-    headers: HeaderMap,
-    Body(items): Body<Vec<Forwarded>>,
+    req: axum::extract::Request,
 ) -> ApiResult<StatusCode> {
+    let headers: &HeaderMap = req.headers();
+    // The secret is checked before the body is read: a caller without it
+    // learns nothing, not even what a valid body looks like.
     let given = headers
         .get(SECRET_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -156,6 +158,10 @@ pub(crate) async fn deliver<S: Store>(
             )
         });
     }
+    let body = <axum::body::Bytes as axum::extract::FromRequest<()>>::from_request(req, &())
+        .await
+        .map_err(crate::extract::body_rejection)?;
+    let items: Vec<Forwarded> = parse_json(&body)?;
     app.engine.accept_forwarded(items).await;
     Ok(StatusCode::ACCEPTED)
 }

@@ -20,9 +20,11 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct SendEvent {
     /// The event's name (`order_placed`).
+    #[schemars(length(min = 1))]
     pub name: String,
     /// The correlation key (e.g. a user id), matched against the key of
     /// waiting executions.
+    #[schemars(length(min = 1))]
     pub key: String,
     #[serde(default)]
     pub payload: Option<Value>,

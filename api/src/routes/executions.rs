@@ -24,19 +24,24 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct StartExecution {
     /// The workflow's key or id.
+    #[schemars(length(min = 1))]
     pub workflow: String,
     /// A published version; the latest when absent.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub version: Option<i32>,
     /// The execution's input (a JSON object); `{}` when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_json_object")]
+    #[schemars(schema_with = "crate::docs::optional_json_object")]
     pub input: Option<Value>,
     /// The subject (e.g. a user id); otherwise the workflow's `subject`
     /// expression decides.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 512))]
     pub subject: Option<String>,
     /// An IANA time zone for quiet hours and time-of-day delays.
     #[serde(default)]
+    #[schemars(schema_with = "crate::docs::optional_time_zone")]
     pub timezone: Option<String>,
 }
 
@@ -116,6 +121,7 @@ pub struct ListExecutions {
     pub workflow: Option<String>,
     /// pending, running, waiting, paused, completed, failed, cancelled.
     #[serde(default)]
+    #[schemars(extend("enum" = ["pending", "running", "waiting", "paused", "completed", "failed", "cancelled"]))]
     pub status: Option<String>,
     /// The correlation key (the execution's subject).
     #[serde(default)]
@@ -130,6 +136,7 @@ pub struct ListExecutions {
     pub cursor: Option<String>,
     /// 1 to 500 (default 50).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
 }
 
@@ -141,6 +148,7 @@ pub struct JournalQuery {
     pub cursor: Option<i64>,
     /// 1 to 500 (default 50).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
 }
 
@@ -190,6 +198,7 @@ pub struct NodeExecutionOut {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectEvent {
+    #[schemars(length(min = 1))]
     pub name: String,
     #[serde(default)]
     pub payload: Option<Value>,
@@ -232,8 +241,10 @@ pub(crate) async fn start<S: Store>(
     start_in(&app, &caller, req, key).await
 }
 
-/// The longest subject (correlation key) accepted.
-const MAX_SUBJECT_BYTES: usize = 512;
+/// The longest subject (correlation key) accepted, in characters (at most
+/// 2 KiB of UTF-8: well under what a database index takes). Characters,
+/// not bytes, so that the OpenAPI document can state it (`maxLength`).
+const MAX_SUBJECT_CHARS: usize = 512;
 
 pub(crate) async fn start_in<S: Store>(
     app: &AppState<S>,
@@ -255,11 +266,11 @@ pub(crate) async fn start_in<S: Store>(
         return Err(ApiError::invalid("version", "must be 1 or more"));
     }
     if let Some(s) = &req.subject
-        && (s.is_empty() || s.len() > MAX_SUBJECT_BYTES)
+        && (s.is_empty() || s.chars().count() > MAX_SUBJECT_CHARS)
     {
         return Err(ApiError::invalid(
             "subject",
-            format!("must be 1 to {MAX_SUBJECT_BYTES} bytes"),
+            format!("must be 1 to {MAX_SUBJECT_CHARS} characters"),
         ));
     }
     let started = app

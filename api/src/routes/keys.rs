@@ -20,6 +20,7 @@ pub struct CreateKey {
     #[serde(default)]
     pub name: Option<String>,
     /// Any of `read`, `write`, `admin` (each includes the ones before it).
+    #[schemars(length(min = 1), extend("items" = {"type": "string", "enum": ["read", "write", "admin"]}))]
     pub scopes: Vec<String>,
 }
 

@@ -22,10 +22,13 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkflow {
     /// Unique in the namespace; letters, digits, `-`, `_`, `.`.
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
     pub key: String,
     #[serde(default)]
     pub name: Option<String>,
     /// The workflow document (nodes and edges): the draft.
+    #[serde(deserialize_with = "crate::extract::json_object")]
+    #[schemars(schema_with = "crate::docs::json_object")]
     pub definition: Value,
     /// Publish the draft as version 1 at once (it must be valid).
     #[serde(default)]
@@ -36,6 +39,8 @@ pub struct CreateWorkflow {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWorkflow {
+    #[serde(deserialize_with = "crate::extract::json_object")]
+    #[schemars(schema_with = "crate::docs::json_object")]
     pub definition: Value,
     #[serde(default)]
     pub name: Option<String>,
@@ -155,6 +160,7 @@ pub struct ListWorkflows {
     pub cursor: Option<String>,
     /// 1 to 500 (default 50).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
 }
 

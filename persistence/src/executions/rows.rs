@@ -1,6 +1,6 @@
 //! The rows one transition writes, derived once (pure) and then written by
 //! either backend. Keeping this in one place is what makes the two stores
-//! write the same thing.
+//! write the same thing. (Also the attempt columns the outbox area writes.)
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -10,6 +10,7 @@ use crate::Result;
 use crate::error::Error;
 use crate::types::Commit;
 
+#[derive(Debug)]
 pub(crate) struct ExecutionUpdate {
     pub(crate) id: String,
     pub(crate) epoch: i64,
@@ -22,6 +23,7 @@ pub(crate) struct ExecutionUpdate {
     pub(crate) finished_at: Option<DateTime<Utc>>,
 }
 
+#[derive(Debug)]
 pub(crate) struct JournalInsert {
     pub(crate) seq: i64,
     pub(crate) at: DateTime<Utc>,
@@ -29,6 +31,7 @@ pub(crate) struct JournalInsert {
     pub(crate) entry: String,
 }
 
+#[derive(Debug)]
 pub(crate) struct NodeStart {
     pub(crate) node_id: String,
     pub(crate) attempt: i32,
@@ -36,6 +39,7 @@ pub(crate) struct NodeStart {
     pub(crate) input: String,
 }
 
+#[derive(Debug)]
 pub(crate) struct NodeResult {
     pub(crate) node_id: String,
     pub(crate) attempt: i32,
@@ -44,6 +48,7 @@ pub(crate) struct NodeResult {
     pub(crate) error: Option<String>,
 }
 
+#[derive(Debug)]
 pub(crate) struct OutboxInsert {
     pub(crate) node_id: String,
     pub(crate) attempt: i32,
@@ -52,6 +57,7 @@ pub(crate) struct OutboxInsert {
     pub(crate) payload: String,
 }
 
+#[derive(Debug)]
 pub(crate) struct SubscriptionInsert {
     pub(crate) subscription_id: String,
     pub(crate) event: String,
@@ -59,7 +65,8 @@ pub(crate) struct SubscriptionInsert {
 }
 
 /// Everything one commit writes.
-pub(crate) struct Rows {
+#[derive(Debug)]
+pub struct Rows {
     pub(crate) execution: ExecutionUpdate,
     pub(crate) now: DateTime<Utc>,
     pub(crate) journal: Vec<JournalInsert>,
