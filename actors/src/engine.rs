@@ -479,8 +479,13 @@ impl<S: Store> Engine<S> {
         if cluster.is_shared() {
             return cluster.holder(id).await.ok().flatten();
         }
-        let active =
-            ractor::call!(self.supervisor, SupervisorMsg::IsActive, id.clone()).unwrap_or(false);
+        let active = ractor::call_t!(
+            self.supervisor,
+            SupervisorMsg::IsActive,
+            SUPERVISOR_QUERY_MS,
+            id.clone()
+        )
+        .unwrap_or(false);
         active.then(|| self.ctx.config.node_id.clone())
     }
 
@@ -523,7 +528,7 @@ impl<S: Store> Engine<S> {
 
     /// How many execution actors are live on this node.
     pub async fn active_actors(&self) -> usize {
-        ractor::call!(self.supervisor, SupervisorMsg::Count).unwrap_or(0)
+        ractor::call_t!(self.supervisor, SupervisorMsg::Count, SUPERVISOR_QUERY_MS).unwrap_or(0)
     }
 
     /// Graceful shutdown: stop taking work, let in-flight transitions
@@ -534,8 +539,9 @@ impl<S: Store> Engine<S> {
         self.stopped.notify_waiters();
         self.ctx.timer_wake.hint(Utc::now());
         self.ctx.outbox_wake.notify_one();
-        if let Err(e) = ractor::call!(self.supervisor, SupervisorMsg::Drain) {
-            warn!(error = %e, "draining the supervisor failed");
+        if let Err(e) = ractor::call_t!(self.supervisor, SupervisorMsg::Drain, SUPERVISOR_DRAIN_MS)
+        {
+            warn!(error = %e, "draining the supervisor failed or timed out; stopping it");
         }
         self.supervisor.stop(None);
         let tasks = self
@@ -569,6 +575,16 @@ impl<S: Store> Engine<S> {
     }
 }
 
+/// How long a question to the supervisor (is an execution active here, how
+/// many actors) may wait behind its mailbox: an API read never hangs on a
+/// busy supervisor; past it the answer is "not here" / 0.
+const SUPERVISOR_QUERY_MS: u64 = 2_000;
+
+/// How long passivating every actor may take at shutdown or on a drain
+/// before the node stops anyway (their snapshots are committed; a
+/// transition still in flight is simply replayed from its inputs).
+const SUPERVISOR_DRAIN_MS: u64 = 60_000;
+
 /// Releases the lease taken for a new execution unless the execution was
 /// created (an idempotent repeat, a limit, an error).
 struct LeaseGuard<'a, S: Store> {
@@ -589,8 +605,8 @@ impl<S: Store> Drop for LeaseGuard<'_, S> {
 /// forwards inputs to the nodes that hold their executions.
 async fn drain_node<S: Store>(router: &Router<S>, supervisor: &ActorRef<SupervisorMsg>) {
     router.closed.store(true, Ordering::Relaxed);
-    if let Err(e) = ractor::call!(supervisor, SupervisorMsg::Drain) {
-        warn!(error = %e, "draining the supervisor failed");
+    if let Err(e) = ractor::call_t!(supervisor, SupervisorMsg::Drain, SUPERVISOR_DRAIN_MS) {
+        warn!(error = %e, "draining the supervisor failed or timed out");
     }
     // Leases taken as the drain began, with no actor: give them back.
     router.release_all(router.held.clear());

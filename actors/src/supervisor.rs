@@ -242,9 +242,22 @@ impl<S: Store> Supervisor<S> {
 
     /// Hands items back to the router (from a task: the router may wait on
     /// Redis or another node).
+    /// Within the router's background bound; past it the inputs wait in
+    /// their rows (a timer until its claim expires, the rest for the
+    /// recovery scan).
     fn bounce(&self, items: Vec<crate::router::Item>) {
         let router = self.ctx.router.clone();
-        tokio::spawn(async move { router.route(items).await });
+        let n = items.len();
+        if !self
+            .ctx
+            .router
+            .spawn_bounded(async move { router.route(items).await })
+        {
+            warn!(
+                items = n,
+                "background work at its bound: bounced inputs wait durably"
+            );
+        }
     }
 
     fn check_drained(&self, state: &mut SupervisorState) {
