@@ -438,16 +438,22 @@ impl<S: Store> Supervisor<S> {
         if count > self.ctx.config.max_restarts {
             error!(execution.id = %id, panics = count, error = %err, "execution keeps failing: marking it failed");
             state.panics.remove(&id);
-            if let Err(e) = crate::engine::mark_failed(
-                &self.ctx,
-                &id,
-                &format!("the execution actor kept failing: {err}"),
-            )
-            .await
-            {
-                error!(execution.id = %id, error = %e, "could not mark the execution failed");
-            }
-            self.ctx.router.released(&id);
+            // Off the mailbox: a database round trip (or an outage) must not
+            // hold up every other execution's inputs. An actor respawned
+            // meanwhile is fenced out by the epoch `mark_failed` takes.
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::engine::mark_failed(
+                    &ctx,
+                    &id,
+                    &format!("the execution actor kept failing: {err}"),
+                )
+                .await
+                {
+                    error!(execution.id = %id, error = %e, "could not mark the execution failed");
+                }
+                ctx.router.released(&id);
+            });
         } else {
             Stats::add(&self.ctx.stats.restarts, 1);
             let backoff = Duration::from_millis(100 * (1 << count.min(6)));
