@@ -16,6 +16,7 @@ use sojourn_persistence::{
 use sojourn_runtime::{CompiledWorkflow, EventInput, ExecutionId, Input, Registry, Workflow};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::Error;
@@ -74,15 +75,15 @@ pub struct Started {
 pub struct Engine<S: Store> {
     ctx: Arc<Context<S>>,
     supervisor: ActorRef<SupervisorMsg>,
-    stop: Arc<AtomicBool>,
-    /// Wakes the background loops when `stop` is set.
-    stopped: Arc<Notify>,
+    /// Stops the background services (and refuses new starts) when
+    /// cancelled.
+    shutdown: CancellationToken,
     /// Draining: passivating and taking no new executions.
     draining: Arc<AtomicBool>,
     /// The heartbeat loop, stopped last.
     beat: std::sync::Mutex<Option<JoinHandle<()>>>,
-    beat_stop: Arc<AtomicBool>,
-    /// Background loops that stop when `stop` is set (taken by shutdown).
+    beat_shutdown: CancellationToken,
+    /// Background services that stop with `shutdown` (taken by shutdown).
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Tasks that end when the last handle to their channel drops (with the
     /// engine): the starter and the committer.
@@ -155,55 +156,62 @@ impl<S: Store> Engine<S> {
             .await
             .map_err(|e| Error::Actor(e.to_string()))?;
         router.set_supervisor(supervisor.clone());
-        let stop = Arc::new(AtomicBool::new(false));
-        let timers = tokio::spawn(crate::timers::run(
-            store.clone(),
-            config.clone(),
-            ctx.timer_wake.clone(),
-            router.clone(),
-            stats.clone(),
-            stop.clone(),
-        ));
-        let outbox = tokio::spawn(crate::outbox::run(
-            store.clone(),
-            config.clone(),
-            ctx.outbox_wake.clone(),
-            router.clone(),
-            stats.clone(),
-            stop.clone(),
-        ));
-        let stopped = Arc::new(Notify::new());
-        let recovery = tokio::spawn(recover(
-            store.clone(),
-            router.clone(),
-            config.clone(),
-            stop.clone(),
-            stopped.clone(),
-        ));
+        // Each background loop is a service with `run(self, shutdown)`.
+        let shutdown = CancellationToken::new();
+        let timers = tokio::spawn(
+            crate::timers::TimerService {
+                store: store.clone(),
+                config: config.clone(),
+                wake: ctx.timer_wake.clone(),
+                router: router.clone(),
+                stats: stats.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        let outbox = tokio::spawn(
+            crate::outbox::OutboxRelay {
+                store: store.clone(),
+                config: config.clone(),
+                wake: ctx.outbox_wake.clone(),
+                router: router.clone(),
+                stats: stats.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        let recovery = tokio::spawn(
+            crate::recovery::Recovery {
+                store: store.clone(),
+                router: router.clone(),
+                config: config.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         let drain = Arc::new(Notify::new());
         let draining = Arc::new(AtomicBool::new(false));
         // The heartbeat outlives the other loops at shutdown: a node that
         // still finishes its sends must not look dead (the others would send
         // them again).
-        let beat_stop = Arc::new(AtomicBool::new(false));
-        let heartbeat = tokio::spawn(crate::membership::heartbeat(
-            router.clone(),
-            crate::membership::Beat {
-                address: config.advertise.clone(),
-                interval: config.heartbeat_interval,
-                started_ms: Utc::now().timestamp_millis().max(0) as u64,
-                drain: drain.clone(),
-                draining: draining.clone(),
-            },
-            beat_stop.clone(),
-            stopped.clone(),
-        ));
-        let renewal = tokio::spawn(crate::membership::renew_leases(
-            router.clone(),
-            stats.clone(),
-            stop.clone(),
-            stopped.clone(),
-        ));
+        let beat_shutdown = CancellationToken::new();
+        let heartbeat = tokio::spawn(
+            crate::membership::Heartbeat {
+                router: router.clone(),
+                beat: crate::membership::Beat {
+                    address: config.advertise.clone(),
+                    interval: config.heartbeat_interval,
+                    started_ms: Utc::now().timestamp_millis().max(0) as u64,
+                    drain: drain.clone(),
+                    draining: draining.clone(),
+                },
+            }
+            .run(beat_shutdown.clone()),
+        );
+        let renewal = tokio::spawn(
+            crate::membership::LeaseRenewal {
+                router: router.clone(),
+                stats: stats.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         // An operator's drain request (seen by the heartbeat) drains here.
         let drainer = {
             let (drain, draining, router, supervisor) = (
@@ -222,12 +230,11 @@ impl<S: Store> Engine<S> {
         Ok(Engine {
             ctx,
             supervisor,
-            stop,
-            stopped,
+            shutdown,
             draining,
             tasks: std::sync::Mutex::new(vec![timers, outbox, recovery, renewal]),
             beat: std::sync::Mutex::new(Some(heartbeat)),
-            beat_stop,
+            beat_shutdown,
             _channel_tasks: vec![
                 start_task,
                 activate_task,
@@ -297,7 +304,7 @@ impl<S: Store> Engine<S> {
     /// commits it stays `pending` in the store, which is how any node's
     /// recovery starts it if this node dies first.
     pub async fn start_execution(&self, req: StartRequest) -> Result<Started, Error> {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         let store = &self.ctx.store;
@@ -523,7 +530,7 @@ impl<S: Store> Engine<S> {
 
     /// Whether the engine is shutting down.
     pub fn is_stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.shutdown.is_cancelled()
     }
 
     /// How many execution actors are live on this node.
@@ -534,9 +541,8 @@ impl<S: Store> Engine<S> {
     /// Graceful shutdown: stop taking work, let in-flight transitions
     /// commit, passivate every actor, stop the services.
     pub async fn shutdown(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shutdown.cancel();
         self.ctx.router.closed.store(true, Ordering::Relaxed);
-        self.stopped.notify_waiters();
         self.ctx.timer_wake.hint(Utc::now());
         self.ctx.outbox_wake.notify_one();
         if let Err(e) = ractor::call_t!(self.supervisor, SupervisorMsg::Drain, SUPERVISOR_DRAIN_MS)
@@ -555,8 +561,7 @@ impl<S: Store> Engine<S> {
         // Give the leases back, and leave the cluster at once.
         self.ctx.router.release_all(self.ctx.router.held.clear());
         self.ctx.router.flush_releases().await;
-        self.beat_stop.store(true, Ordering::Relaxed);
-        self.stopped.notify_waiters();
+        self.beat_shutdown.cancel();
         let beat = self.beat.lock().ok().and_then(|mut b| b.take());
         if let Some(beat) = beat {
             let _ = beat.await;
@@ -627,50 +632,6 @@ fn check(workflow: &Workflow) -> Result<(), Error> {
                     .join("; "),
             )
         })
-}
-
-/// Periodically activates executions whose inbox holds inputs (after a
-/// crash, or inputs that raced a passivation).
-async fn recover<S: Store>(
-    store: Arc<S>,
-    router: Arc<Router<S>>,
-    config: Config,
-    stop: Arc<AtomicBool>,
-    stopped: Arc<Notify>,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        if router.closed.load(Ordering::Relaxed) {
-            // Draining: the other nodes recover.
-            tokio::select! {
-                _ = tokio::time::sleep(config.recovery_poll) => {}
-                _ = stopped.notified() => {}
-            }
-            continue;
-        }
-        // Inputs a few seconds old: younger ones are on their way.
-        let older_than = Utc::now() - chrono::Duration::seconds(3);
-        match store.executions_with_inputs(older_than, 10_000).await {
-            Ok(ids) => {
-                let items = ids.into_iter().map(|id| (id, None)).collect();
-                router.route(items).await;
-            }
-            Err(e) => warn!(error = %e, "looking for executions with inputs failed"),
-        }
-        // Created but never started (their creator died before the start
-        // committed). Young ones are left to their creator.
-        let before = Utc::now() - chrono::Duration::seconds(5);
-        match store.pending_executions(before, 10_000).await {
-            Ok(ids) => {
-                let items = ids.into_iter().map(|id| (id, None)).collect();
-                router.route(items).await;
-            }
-            Err(e) => warn!(error = %e, "looking for pending executions failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(config.recovery_poll) => {}
-            _ = stopped.notified() => {}
-        }
-    }
 }
 
 /// Marks an execution failed (its actor kept failing): a fenced commit of

@@ -34,6 +34,7 @@ mod membership;
 pub mod metrics;
 mod outbox;
 pub mod providers;
+mod recovery;
 mod router;
 mod starter;
 mod stats;

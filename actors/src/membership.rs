@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sojourn_cluster::NodeInfo;
 use sojourn_persistence::Store;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::router::Router;
@@ -42,12 +43,32 @@ pub(crate) struct Beat {
     pub(crate) draining: Arc<AtomicBool>,
 }
 
-pub(crate) async fn heartbeat<S: Store>(
-    router: Arc<Router<S>>,
-    beat: Beat,
-    stop: Arc<AtomicBool>,
-    stopped: Arc<Notify>,
-) {
+/// The heartbeat loop of a node; it stops last at shutdown (with its own
+/// token), so a node finishing its sends never looks dead.
+pub(crate) struct Heartbeat<S: Store> {
+    pub(crate) router: Arc<Router<S>>,
+    pub(crate) beat: Beat,
+}
+
+impl<S: Store> Heartbeat<S> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        heartbeat(self.router, self.beat, shutdown).await;
+    }
+}
+
+/// The lease renewal loop of a node.
+pub(crate) struct LeaseRenewal<S: Store> {
+    pub(crate) router: Arc<Router<S>>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl<S: Store> LeaseRenewal<S> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        renew_leases(self.router, self.stats, shutdown).await;
+    }
+}
+
+async fn heartbeat<S: Store>(router: Arc<Router<S>>, beat: Beat, shutdown: CancellationToken) {
     let cluster = router.cluster.clone();
     // A restarted node takes work again.
     let _ = cluster.clear_drain().await;
@@ -58,7 +79,7 @@ pub(crate) async fn heartbeat<S: Store>(
     let mut backoff = interval;
     let mut last_sweep = Instant::now();
     let mut suspects = std::collections::HashSet::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !shutdown.is_cancelled() {
         let info = NodeInfo {
             id: cluster.node_id().to_owned(),
             address: beat.address.clone(),
@@ -121,25 +142,24 @@ pub(crate) async fn heartbeat<S: Store>(
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = stopped.notified() => {}
+            _ = shutdown.cancelled() => {}
         }
     }
 }
 
-pub(crate) async fn renew_leases<S: Store>(
+async fn renew_leases<S: Store>(
     router: Arc<Router<S>>,
     stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
-    stopped: Arc<Notify>,
+    shutdown: CancellationToken,
 ) {
     let cluster = router.cluster.clone();
     let ttl = cluster.lease_ttl();
     let every = ttl / 3;
     let mut last_ok = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !shutdown.is_cancelled() {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stopped.notified() => {}
+            _ = shutdown.cancelled() => break,
         }
         let leases = router.held.snapshot();
         if leases.is_empty() {

@@ -7,12 +7,12 @@
 //! record repeats a send, with the same idempotency key.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
 use sojourn_persistence::{AttemptBegin, AttemptRef, FinishedAttempt, OutboxMessage, Store};
 use sojourn_runtime::{ActionOutcome, Input};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use crate::config::Config;
@@ -28,13 +28,38 @@ struct Sent {
     _slot: OwnedSemaphorePermit,
 }
 
-pub(crate) async fn run<S: Store>(
+/// The outbox relay of a node. Its handle is the `Notify` the engine keeps
+/// (a committed transition with actions wakes it).
+pub(crate) struct OutboxRelay<S: Store> {
+    pub(crate) store: Arc<S>,
+    pub(crate) config: Config,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) router: Arc<Router<S>>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl<S: Store> OutboxRelay<S> {
+    /// Claims, sends and records actions until `shutdown`; results of sends
+    /// in flight are still recorded.
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let OutboxRelay {
+            store,
+            config,
+            wake,
+            router,
+            stats,
+        } = self;
+        run(store, config, wake, router, stats, shutdown).await;
+    }
+}
+
+async fn run<S: Store>(
     store: Arc<S>,
     config: Config,
     wake: Arc<Notify>,
     router: Arc<Router<S>>,
     stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
+    shutdown: CancellationToken,
 ) {
     let http = Providers::new(&config);
     let slots = Arc::new(Semaphore::new(config.max_in_flight_actions));
@@ -47,7 +72,7 @@ pub(crate) async fn run<S: Store>(
     ));
     let ttl = chrono::Duration::from_std(config.outbox_claim_ttl)
         .unwrap_or(chrono::Duration::seconds(60));
-    while !stop.load(Ordering::Relaxed) {
+    while !shutdown.is_cancelled() {
         let free = slots.available_permits().min(512) as u32;
         let mut claimed = 0;
         if free > 0 {
@@ -71,6 +96,7 @@ pub(crate) async fn run<S: Store>(
             tokio::select! {
                 _ = tokio::time::sleep(config.outbox_poll) => {}
                 _ = wake.notified() => {}
+                _ = shutdown.cancelled() => {}
             }
         }
     }

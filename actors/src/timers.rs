@@ -11,13 +11,14 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sojourn_persistence::Store;
 use sojourn_runtime::{ExecutionId, Input, TimerId};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::Config;
@@ -49,13 +50,37 @@ impl TimerWake {
     }
 }
 
-pub(crate) async fn run<S: Store>(
+/// The timer service of a node. Its handle is the [`TimerWake`] the
+/// engine keeps (a transition that sets a timer due soon wakes it).
+pub(crate) struct TimerService<S: Store> {
+    pub(crate) store: Arc<S>,
+    pub(crate) config: Config,
+    pub(crate) wake: Arc<TimerWake>,
+    pub(crate) router: Arc<Router<S>>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl<S: Store> TimerService<S> {
+    /// Claims and fires timers until `shutdown`.
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let TimerService {
+            store,
+            config,
+            wake,
+            router,
+            stats,
+        } = self;
+        run(store, config, wake, router, stats, shutdown).await;
+    }
+}
+
+async fn run<S: Store>(
     store: Arc<S>,
     config: Config,
     wake: Arc<TimerWake>,
     router: Arc<Router<S>>,
     stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
+    shutdown: CancellationToken,
 ) {
     let to_chrono =
         |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(1));
@@ -66,7 +91,7 @@ pub(crate) async fn run<S: Store>(
     let rate = f64::from(config.timer_fire_rate.max(1));
     let mut budget = rate;
     let mut last_refill = std::time::Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !shutdown.is_cancelled() {
         let now = Utc::now();
         // Claim more only when the held backlog is small: a node back from a
         // day of downtime takes the backlog a batch at a time.
@@ -134,9 +159,50 @@ pub(crate) async fn run<S: Store>(
             tokio::select! {
                 _ = tokio::time::sleep(until_next) => {}
                 _ = wake.notify.notified() => {}
+                _ = shutdown.cancelled() => {}
             }
         } else {
             tokio::task::yield_now().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The services stop when their token is cancelled, even while asleep
+    /// (a cancelled token is seen by a loop that starts waiting later, which
+    /// a `Notify` is not).
+    #[tokio::test]
+    async fn the_timer_service_stops_on_shutdown() {
+        let router = crate::router::tests::router().await;
+        // An hour between polls: only the shutdown can end it in time.
+        let service = || {
+            let config = Config {
+                timer_poll: Duration::from_secs(3600),
+                ..Config::default()
+            };
+            TimerService {
+                store: router.store.clone(),
+                wake: Arc::new(TimerWake::new(&config)),
+                config,
+                router: router.clone(),
+                stats: Arc::new(Stats::default()),
+            }
+        };
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), service().run(shutdown))
+            .await
+            .expect("a service told to stop before it starts stops at once");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(service().run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("a sleeping service wakes for its shutdown")
+            .expect("no panic");
     }
 }

@@ -250,7 +250,7 @@ impl<S: Store> Router<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use sojourn_persistence::SqliteStore;
@@ -259,12 +259,12 @@ mod tests {
 
     /// A router over a fresh SQLite file and an in-process cluster, with
     /// its releaser running.
-    pub(super) async fn router() -> Arc<Router<SqliteStore>> {
+    pub(crate) async fn router() -> Arc<Router<SqliteStore>> {
         router_on(Cluster::local("n1", Duration::from_secs(5))).await
     }
 
     /// [`router`] on a given cluster backend.
-    pub(super) async fn router_on(cluster: Cluster) -> Arc<Router<SqliteStore>> {
+    pub(crate) async fn router_on(cluster: Cluster) -> Arc<Router<SqliteStore>> {
         let path = std::env::temp_dir().join(format!(
             "sojourn-router-{}.db",
             uuid::Uuid::now_v7().simple()
