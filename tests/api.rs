@@ -7,13 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use sojourn_testkit::{curl, free_port, wait_healthy};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sojourn-api-{name}-{}", std::process::id()));
@@ -45,18 +39,7 @@ impl Node {
     }
 
     fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(o) = Command::new("curl")
-                .args(["-sf", &format!("{}/healthz", self.url)])
-                .output()
-                && o.status.success()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("node at {} never became healthy", self.url);
+        wait_healthy(&self.url);
     }
 
     /// SIGTERM, and the exit status.
@@ -125,15 +108,6 @@ fn wait_status(node: &Node, key: Option<&str>, id: &str, want: &[&str]) -> Value
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn curl(args: &[&str]) -> (u16, String) {
-    let mut all = vec!["-s", "-o", "-", "-w", "\n%{http_code}"];
-    all.extend_from_slice(args);
-    let o = Command::new("curl").args(&all).output().expect("curl");
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 const WAITER: &str = r#"{

@@ -10,145 +10,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::post;
 use serde_json::{Value, json};
 use sojourn_persistence::prelude::*;
 use sojourn_persistence::{ExecutionQuery, PgStore};
 use sojourn_runtime::{ExecutionId, Status};
+use sojourn_testkit::{PrivateRedis, Sink, database_url, free_port};
 
 const LEASE_TTL_MS: u64 = 2_000;
 
 /// One cluster at a time: each test runs several node processes, and the
 /// machine has two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn database_url() -> String {
-    std::env::var("SOJOURN_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A private Redis.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-        };
-        r.restart();
-        r
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn flushall(&self) {
-        let ok = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "FLUSHALL"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("redis-cli")
-            .success();
-        assert!(ok, "FLUSHALL");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The local HTTP sink: records every request's idempotency key.
-#[derive(Clone, Default)]
-struct Sink {
-    keys: Arc<Mutex<Vec<(String, Instant)>>>,
-    /// Milliseconds each answer waits (to keep sends in flight).
-    delay_ms: Arc<AtomicU64>,
-}
-
-async fn record(State(sink): State<Sink>, headers: HeaderMap) -> &'static str {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    sink.keys.lock().expect("lock").push((key, Instant::now()));
-    let delay = sink.delay_ms.load(Ordering::Relaxed);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    "{\"ok\":true}"
-}
-
-impl Sink {
-    async fn serve() -> (Sink, String) {
-        let sink = Sink::default();
-        let app = Router::new()
-            .route("/{*path}", post(record))
-            .with_state(sink.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (sink, base)
-    }
-}
 
 /// One `sojourn serve` process.
 struct Node {
@@ -227,7 +102,7 @@ impl Drop for Node {
 struct Cluster {
     nodes: Mutex<Vec<Node>>,
     urls: Vec<String>,
-    redis: Mutex<Redis>,
+    redis: Mutex<PrivateRedis>,
     store: PgStore,
     schema: String,
     key: String,
@@ -247,7 +122,7 @@ impl Cluster {
             '?'
         };
         let url = format!("{}{sep}options=-c%20search_path%3D{schema}", database_url());
-        let redis = Redis::start();
+        let redis = PrivateRedis::start();
         let redis_url = redis.url();
         let dir =
             std::env::temp_dir().join(format!("sojourn-cluster-{name}-{}", std::process::id()));
@@ -464,7 +339,11 @@ impl Cluster {
 
     /// Every key at least once; a repeat only where a re-send was recorded.
     async fn check_sink(&self, sink: &Sink, executions: usize, steps: &[&str]) -> usize {
-        let keys = sink.keys.lock().expect("lock").clone();
+        let keys: Vec<(String, Instant)> = sink
+            .seen()
+            .into_iter()
+            .map(|s| (s.key().to_owned(), s.at))
+            .collect();
         let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
         for (k, _) in &keys {
             *per_key.entry(k.clone()).or_default() += 1;
@@ -604,7 +483,8 @@ async fn metric(c: &Cluster, node: usize, name: &str) -> f64 {
 async fn three_nodes_survive_kill_9_of_one_node_at_a_time_under_load() {
     let _serial = SERIAL.lock().await;
     const N: usize = 2_000;
-    let (sink, base) = Sink::serve().await;
+    let sink = Sink::start().await;
+    let base = sink.url();
     let c = Arc::new(Cluster::start("kill", 3).await);
     c.apply(journey(&base)).await;
     let s = seed();
@@ -648,11 +528,12 @@ async fn three_nodes_survive_kill_9_of_one_node_at_a_time_under_load() {
 async fn a_dead_nodes_executions_resume_elsewhere() {
     let _serial = SERIAL.lock().await;
     const N: usize = 60;
-    let (sink, base) = Sink::serve().await;
+    let sink = Sink::start().await;
+    let base = sink.url();
     let c = Cluster::start("failover", 2).await;
     c.apply(journey(&base)).await;
     // Answers take 3 s: n0's actors wait for their first action's result.
-    sink.delay_ms.store(3_000, Ordering::Relaxed);
+    sink.delay(Duration::from_millis(3_000));
     for i in 0..N {
         c.start_one("cluster-journey", i, 0).await;
     }
@@ -661,7 +542,7 @@ async fn a_dead_nodes_executions_resume_elsewhere() {
     assert!(held > 0.0, "n0 holds actors before it dies");
     let killed = Instant::now();
     c.with_node(0, Node::kill9);
-    sink.delay_ms.store(0, Ordering::Relaxed);
+    sink.delay(Duration::from_millis(0));
     // Every execution applies its first action's result on n1 (it leaves
     // `running` for the delay): it runs again, elsewhere.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -696,10 +577,11 @@ async fn a_dead_nodes_executions_resume_elsewhere() {
 async fn a_paused_node_that_lost_its_leases_is_fenced_when_it_resumes() {
     let _serial = SERIAL.lock().await;
     const N: usize = 60;
-    let (sink, base) = Sink::serve().await;
+    let sink = Sink::start().await;
+    let base = sink.url();
     let c = Cluster::start("split", 2).await;
     c.apply(journey(&base)).await;
-    sink.delay_ms.store(1_500, Ordering::Relaxed);
+    sink.delay(Duration::from_millis(1_500));
     for i in 0..N {
         c.start_one("cluster-journey", i, 0).await;
     }
@@ -707,14 +589,14 @@ async fn a_paused_node_that_lost_its_leases_is_fenced_when_it_resumes() {
     assert!(metric(&c, 0, "sojourn_active_actors").await > 0.0);
     c.with_node(0, |n| n.signal("-STOP"));
     tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS * 3)).await;
-    sink.delay_ms.store(0, Ordering::Relaxed);
+    sink.delay(Duration::from_millis(0));
     // n1 takes over while n0 sleeps.
     let deadline = Instant::now() + Duration::from_secs(60);
     while c.completed().await < N {
         assert!(Instant::now() < deadline, "n1 did not take over");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let sent_before = sink.keys.lock().expect("lock").len();
+    let sent_before = sink.count();
     c.with_node(0, |n| n.signal("-CONT"));
     // n0 wakes with actors it no longer owns: they stop, fenced or told.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -745,7 +627,7 @@ async fn a_paused_node_that_lost_its_leases_is_fenced_when_it_resumes() {
     // Everything was complete before n0 woke, so any request now would be
     // an action n0 dispatched after losing its leases: there is none.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = sink.keys.lock().expect("lock").len() - sent_before;
+    let after = sink.count() - sent_before;
     assert_eq!(after, 0, "n0 dispatched actions after it lost their leases");
     let repeats = c.check_sink(&sink, N, &["a", "b"]).await;
     eprintln!(
@@ -761,7 +643,8 @@ async fn a_paused_node_that_lost_its_leases_is_fenced_when_it_resumes() {
 async fn redis_flush_and_restart_under_load_lose_and_double_nothing() {
     let _serial = SERIAL.lock().await;
     const N: usize = 300;
-    let (sink, base) = Sink::serve().await;
+    let sink = Sink::start().await;
+    let base = sink.url();
     let c = Arc::new(Cluster::start("redis", 2).await);
     c.apply(journey(&base)).await;
     let loader = load(&c, N, 100);
@@ -801,7 +684,8 @@ async fn redis_flush_and_restart_under_load_lose_and_double_nothing() {
 async fn rolling_restart_and_drain_under_load_lose_nothing() {
     let _serial = SERIAL.lock().await;
     const N: usize = 400;
-    let (sink, base) = Sink::serve().await;
+    let sink = Sink::start().await;
+    let base = sink.url();
     let c = Arc::new(Cluster::start("rolling", 3).await);
     c.apply(journey(&base)).await;
     let status = c.get(0, "/cluster").await.expect("cluster");

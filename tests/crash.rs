@@ -7,30 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::post;
 use sojourn_persistence::SqliteStore;
 use sojourn_persistence::prelude::*;
 use sojourn_runtime::ExecutionId;
+use sojourn_testkit::Sink;
 
 const EXECUTIONS: usize = 300;
-
-type Seen = Arc<Mutex<Vec<String>>>;
-
-async fn record(State(seen): State<Seen>, headers: HeaderMap) -> &'static str {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    seen.lock().expect("lock").push(key);
-    "{\"ok\":true}"
-}
 
 fn workflow(base: &str) -> String {
     serde_json::json!({
@@ -70,17 +54,8 @@ impl Lcg {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
-    let seen: Seen = Arc::default();
-    let app = Router::new()
-        .route("/{*path}", post(record))
-        .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let sink = Sink::start().await;
+    let base = sink.url();
 
     let dir = std::env::temp_dir().join(format!("sojourn-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -148,7 +123,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     eprintln!("{kills} kills; final run took {:?}", started.elapsed());
 
     // Every key at least once; repeats only where the store recorded a re-send.
-    let keys = seen.lock().expect("lock").clone();
+    let keys = sink.keys();
     let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
     for k in &keys {
         *per_key.entry(k.clone()).or_default() += 1;

@@ -10,33 +10,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sojourn_testkit::{Reply, Sink, free_port, temp_dir};
+use sojourn_testkit::{Reply, Sink, curl, free_port, temp_dir, wait_healthy};
 
 const TOKEN: &str = "tok-e2e-5b1d0c-hunter2";
 const REDIS_PASSWORD: &str = "redis-pw-7c2e9f";
 
 fn sojourn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sojourn"))
-}
-
-fn curl(args: &[&str]) -> (u16, String) {
-    let mut all = vec!["-s", "-o", "-", "-w", "\n%{http_code}"];
-    all.extend_from_slice(args);
-    let o = Command::new("curl").args(&all).output().expect("curl");
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-fn wait_healthy(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if curl(&[&format!("{url}/healthz")]).0 == 200 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{url} never became healthy");
 }
 
 /// Every file below `dir`, searched for `needle` (bytes).

@@ -3,63 +3,13 @@
 //! HTTP sink and a real database; it passivates while it sleeps and
 //! survives a restart of the engine in the middle.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use serde_json::json;
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_persistence::prelude::*;
-use sojourn_persistence::{PgStore, SqliteStore};
 use sojourn_runtime::{ExecutionId, Status, Workflow};
-
-/// A local HTTP sink that records every request's idempotency key and path.
-#[derive(Clone, Default)]
-struct Sink {
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-    /// Answer 503 to the first N requests.
-    fail_first: Arc<Mutex<u32>>,
-}
-
-async fn record(
-    State(sink): State<Sink>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> (StatusCode, String) {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    sink.seen
-        .lock()
-        .expect("lock")
-        .push((uri.path().to_owned(), key));
-    let mut fail = sink.fail_first.lock().expect("lock");
-    if *fail > 0 {
-        *fail -= 1;
-        return (StatusCode::SERVICE_UNAVAILABLE, "busy".into());
-    }
-    (StatusCode::OK, json!({"ok": true}).to_string())
-}
-
-async fn sink() -> (Sink, String) {
-    let sink = Sink::default();
-    let app = Router::new()
-        .route("/{*path}", post(record))
-        .with_state(sink.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (sink, format!("http://{addr}"))
-}
+use sojourn_testkit::{Sink, pg_store, sqlite_store, wait_for};
 
 fn journey(base: &str) -> Workflow {
     Workflow::from_value(json!({
@@ -98,23 +48,6 @@ fn config() -> Config {
     }
 }
 
-async fn wait_for<S: Store>(
-    engine: &Engine<S>,
-    id: &ExecutionId,
-    status: Status,
-) -> sojourn_persistence::ExecutionRecord {
-    for _ in 0..300 {
-        if let Some(rec) = engine.execution(id).await.expect("load")
-            && rec.status == status
-        {
-            return rec;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let rec = engine.execution(id).await.expect("load");
-    panic!("execution {id} did not reach {status}: {rec:#?}");
-}
-
 async fn wait_for_node<S: Store>(
     engine: &Engine<S>,
     id: &ExecutionId,
@@ -132,8 +65,9 @@ async fn wait_for_node<S: Store>(
 }
 
 async fn runs_to_the_end_and_passivates<S: Store + Clone>(store: S) {
-    let (sink, base) = sink().await;
-    *sink.fail_first.lock().expect("lock") = 1;
+    let sink = Sink::start().await;
+    let base = sink.url();
+    sink.fail_first(1);
     let engine = Engine::start(store.clone(), config())
         .await
         .expect("engine");
@@ -177,7 +111,11 @@ async fn runs_to_the_end_and_passivates<S: Store + Clone>(store: S) {
 
     let rec = wait_for(&engine, &id, Status::Completed).await;
     assert_eq!(rec.snapshot.outcome.as_deref(), Some("done"));
-    let seen = sink.seen.lock().expect("lock").clone();
+    let seen: Vec<(String, String)> = sink
+        .seen()
+        .iter()
+        .map(|s| (s.path.clone(), s.key().to_owned()))
+        .collect();
     let expected = [
         ("/first".to_owned(), format!("{id}/first/1")),
         ("/first".to_owned(), format!("{id}/first/2")),
@@ -220,8 +158,8 @@ async fn runs_to_the_end_and_passivates<S: Store + Clone>(store: S) {
 }
 
 async fn survives_a_restart_in_the_middle<S: Store + Clone>(store: S) {
-    let (sink, base) = sink().await;
-    let mut wf = journey(&base);
+    let sink = Sink::start().await;
+    let mut wf = journey(&sink.url());
     // A longer nap, so the engine stops while the execution sleeps.
     if let Some(node) = wf.nodes.iter_mut().find(|n| n.id.as_str() == "nap") {
         node.kind = sojourn_runtime::NodeKind::Delay(sojourn_runtime::nodes::DelayConfig {
@@ -243,67 +181,43 @@ async fn survives_a_restart_in_the_middle<S: Store + Clone>(store: S) {
         .id;
     wait_for_node(&engine, &id, "nap").await;
     engine.shutdown().await;
-    assert_eq!(sink.seen.lock().expect("lock").len(), 1);
+    assert_eq!(sink.count(), 1);
 
     // A new engine on the same database carries on from the snapshot.
     let engine = Engine::start(store, config()).await.expect("engine");
     let rec = wait_for(&engine, &id, Status::Completed).await;
     assert_eq!(rec.snapshot.outcome.as_deref(), Some("done"));
-    let keys: Vec<String> = sink
-        .seen
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|(_, k)| k.clone())
-        .collect();
-    assert_eq!(keys, [format!("{id}/first/1"), format!("{id}/second/1")]);
+    assert_eq!(
+        sink.keys(),
+        [format!("{id}/first/1"), format!("{id}/second/1")]
+    );
     engine.shutdown().await;
-}
-
-// ---- stores -------------------------------------------------------------------
-
-async fn pg_store() -> (PgStore, String) {
-    let url = std::env::var("SOJOURN_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let schema = format!("sojourn_test_{}", uuid::Uuid::now_v7().simple());
-    let store = PgStore::connect_creating_schema(&url, &schema, 8)
-        .await
-        .expect("connect");
-    (store, schema)
-}
-
-async fn sqlite_store() -> (SqliteStore, std::path::PathBuf) {
-    let path = std::env::temp_dir().join(format!(
-        "sojourn-actors-{}.db",
-        uuid::Uuid::now_v7().simple()
-    ));
-    (SqliteStore::open(&path).await.expect("open"), path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_journey_runs_to_the_end_and_passivates() {
-    let (store, schema) = pg_store().await;
+    let (store, fresh) = pg_store().await;
     runs_to_the_end_and_passivates(store.clone()).await;
-    store.drop_schema(&schema).await.expect("drop schema");
+    fresh.cleanup(Some(&store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_journey_runs_to_the_end_and_passivates() {
-    let (store, path) = sqlite_store().await;
+    let (store, fresh) = sqlite_store().await;
     runs_to_the_end_and_passivates(store).await;
-    let _ = std::fs::remove_file(path);
+    fresh.cleanup(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_journey_survives_a_restart() {
-    let (store, schema) = pg_store().await;
+    let (store, fresh) = pg_store().await;
     survives_a_restart_in_the_middle(store.clone()).await;
-    store.drop_schema(&schema).await.expect("drop schema");
+    fresh.cleanup(Some(&store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_journey_survives_a_restart() {
-    let (store, path) = sqlite_store().await;
+    let (store, fresh) = sqlite_store().await;
     survives_a_restart_in_the_middle(store).await;
-    let _ = std::fs::remove_file(path);
+    fresh.cleanup(None).await;
 }

@@ -1,72 +1,11 @@
 //! The Redis cluster backend against a real Redis: a private `redis-server`
 //! on a free port, so the test may flush and restart it.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sojourn_cluster::{Cluster, Lease, NodeInfo};
 use sojourn_runtime::ExecutionId;
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) {
-        let ok = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .stdout(Stdio::null())
-            .status()
-            .expect("redis-cli")
-            .success();
-        assert!(ok, "redis-cli {args:?}");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+use sojourn_testkit::{PrivateRedis, free_port};
 
 fn ids(n: usize) -> Vec<ExecutionId> {
     (0..n)
@@ -97,7 +36,7 @@ fn mine(leases: &[Lease]) -> Vec<String> {
 
 #[tokio::test]
 async fn leases_are_exclusive_renewed_released_and_lost_to_a_flush() {
-    let redis = Redis::start(free_port());
+    let redis = PrivateRedis::start();
     let ttl = Duration::from_millis(400);
     let a = Cluster::redis(&redis.url(), "a", ttl).expect("a");
     let b = Cluster::redis(&redis.url(), "b", ttl).expect("b");
@@ -168,7 +107,7 @@ async fn leases_are_exclusive_renewed_released_and_lost_to_a_flush() {
 #[tokio::test]
 async fn members_expire_once_and_redis_restarts_are_survived() {
     let port = free_port();
-    let redis = Redis::start(port);
+    let redis = PrivateRedis::start_on(port);
     let a = Cluster::redis(&redis.url(), "a", Duration::from_secs(5)).expect("a");
     let b = Cluster::redis(&redis.url(), "b", Duration::from_secs(5)).expect("b");
     a.heartbeat(&info("a"), Duration::from_secs(10))
@@ -207,7 +146,7 @@ async fn members_expire_once_and_redis_restarts_are_survived() {
     assert!(a.ping().await.is_err());
     assert!(a.acquire(&ids(1)).await.is_err());
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let _redis = Redis::start(port);
+    let _redis = PrivateRedis::start_on(port);
     let mut ok = false;
     for _ in 0..50 {
         if a.acquire(&ids(1)).await.is_ok() {

@@ -9,12 +9,16 @@
 //! - [`pg_store`] / [`sqlite_store`]: a fresh store per test (a new
 //!   PostgreSQL schema, a new SQLite file), with [`Fresh::cleanup`].
 //! - [`wait_for`]: polls an engine until an execution reaches a status.
-//! - [`free_port`], [`temp_dir`].
+//! - [`PrivateRedis`]: a `redis-server` of the test's own, to flush, kill
+//!   and restart.
+//! - [`free_port`], [`temp_dir`], [`database_url`], [`curl`],
+//!   [`wait_healthy`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -29,6 +33,8 @@ use sojourn_runtime::{ExecutionId, Status};
 /// One request a [`Sink`] received.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// When it arrived.
+    pub at: Instant,
     pub method: String,
     pub path: String,
     pub headers: HeaderMap,
@@ -36,6 +42,11 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// The attempt's `Idempotency-Key`, or "".
+    pub fn key(&self) -> &str {
+        self.header("idempotency-key")
+    }
+
     /// A header's value, or "".
     pub fn header(&self, name: &str) -> &str {
         self.headers
@@ -64,6 +75,8 @@ struct Inner {
     seen: Vec<Seen>,
     fail_first: u32,
     reply: Reply,
+    /// How long each answer waits (to keep sends in flight).
+    delay: Duration,
 }
 
 /// A local HTTP server that records every request.
@@ -111,6 +124,20 @@ impl Sink {
         self.lock().reply = reply;
     }
 
+    /// Every answer waits this long from now on.
+    pub fn delay(&self, delay: Duration) {
+        self.lock().delay = delay;
+    }
+
+    /// The idempotency keys received, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.lock()
+            .seen
+            .iter()
+            .map(|s| s.key().to_owned())
+            .collect()
+    }
+
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.lock().seen.clone()
@@ -132,8 +159,13 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let delay = inner.lock().map(|i| i.delay).unwrap_or_default();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
     inner.seen.push(Seen {
+        at: Instant::now(),
         method: method.to_string(),
         path: uri.path().to_owned(),
         headers: headers.clone(),
@@ -245,4 +277,104 @@ pub fn temp_dir(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("sojourn-{name}-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// A `redis-server` of the test's own on a free port (no persistence), so a
+/// test may flush, kill and restart it. Killed when dropped.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl PrivateRedis {
+    /// Starts one on a free port.
+    pub fn start() -> PrivateRedis {
+        PrivateRedis::start_on(free_port())
+    }
+
+    /// Starts one on `port`.
+    pub fn start_on(port: u16) -> PrivateRedis {
+        let mut redis = PrivateRedis { child: None, port };
+        redis.restart();
+        redis
+    }
+
+    /// Starts it again (empty) after [`PrivateRedis::kill`].
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs a `redis-cli` command against it (it must succeed).
+    pub fn cli(&self, args: &[&str]) {
+        let ok = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli")
+            .success();
+        assert!(ok, "redis-cli {args:?}");
+    }
+
+    pub fn flushall(&self) {
+        self.cli(&["FLUSHALL"]);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `curl -s` with `args`: the status and the body.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let mut all = vec!["-s", "-o", "-", "-w", "\n%{http_code}"];
+    all.extend_from_slice(args);
+    let out = Command::new("curl").args(&all).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Waits until `{url}/healthz` answers 200 (30 s at most).
+pub fn wait_healthy(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if curl(&[&format!("{url}/healthz")]).0 == 200 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} never became healthy");
 }
