@@ -21,7 +21,7 @@ use crate::Failure;
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct StoreArgs {
     /// PostgreSQL URL (production). Without it, the embedded SQLite store.
-    #[arg(long, env = "SOJOURN_DATABASE_URL")]
+    #[arg(long, env = "SOJOURN_DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
     /// The embedded store's directory.
     #[arg(long, default_value = "./sojourn-data")]

@@ -185,11 +185,19 @@ pub(crate) struct Flags {
 }
 
 /// The loaded settings, and the figment they came from (to say where each
-/// value came from).
-#[derive(Debug)]
+/// value came from). `Debug` by hand: the figment holds every raw value,
+/// secrets included.
 pub(crate) struct Loaded {
     pub(crate) settings: Settings,
     figment: Figment,
+}
+
+impl fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Loads the settings for `mode`: defaults, then `file`, then the
@@ -208,7 +216,7 @@ pub(crate) fn load(mode: Mode, file: Option<&Path>, flags: &Flags) -> Result<Loa
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    figment = figment.merge(environment());
+    figment = figment.merge(environment()).merge(SecretEnv);
     let mut flag_dict = Dict::new();
     if let Some(listen) = &flags.listen {
         flag_dict.insert("listen".into(), Value::from(listen.clone()));
@@ -226,7 +234,13 @@ fn environment() -> Env {
     Env::prefixed("SOJOURN_")
         .filter(|k| {
             let k = k.as_str().to_ascii_uppercase();
-            !(k == "URL" || k == "API_KEY" || k == "LOG" || k.starts_with("TEST_"))
+            // Secrets are read raw by `SecretEnv`: figment would parse
+            // `0123` as a number and `{…}` as a map.
+            !(k == "URL"
+                || k == "API_KEY"
+                || k == "LOG"
+                || k.starts_with("TEST_")
+                || k.starts_with("SECRET_"))
         })
         .map(|k| env_key(k.as_str()).into())
         .lowercase(false)
@@ -301,12 +315,25 @@ fn describe(figment: &Figment, e: figment::Error) -> Failure {
                     };
                     return format!("setting {full:?} ({from}): unknown setting");
                 }
+                // A secret's or a URL's value is never repeated.
+                figment::error::Kind::InvalidType(_, expected)
+                | figment::error::Kind::InvalidValue(_, expected)
+                    if sensitive(&key) =>
+                {
+                    format!("invalid value (not shown), expected {expected}")
+                }
+                _ if sensitive(&key) => "invalid value (not shown)".to_owned(),
                 kind => kind.to_string(),
             };
             format!("setting {key:?} ({from}): {what}")
         })
         .collect();
     Failure::Invalid(lines.join("\n"))
+}
+
+/// Whether a setting's value may be a secret (never repeated in errors).
+fn sensitive(key: &str) -> bool {
+    key.starts_with("secrets") || key.ends_with("_url") || key.ends_with("endpoint")
 }
 
 /// Checks what types alone cannot.
@@ -484,6 +511,34 @@ fn toml_value(v: &Value) -> String {
     }
 }
 
+/// `SOJOURN_SECRET_<NAME>` variables, as text exactly as given.
+struct SecretEnv;
+
+impl Provider for SecretEnv {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`SOJOURN_SECRET_*` environment variables")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut secrets = Dict::new();
+        for (key, value) in std::env::vars_os() {
+            let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else {
+                continue;
+            };
+            if let Some(name) = key.strip_prefix("SOJOURN_SECRET_") {
+                secrets.insert(name.to_owned(), Value::from(value.to_owned()));
+            }
+        }
+        let mut dict = Dict::new();
+        if !secrets.is_empty() {
+            dict.insert("secrets".into(), Value::from(secrets));
+        }
+        let mut map = Map::new();
+        map.insert(Profile::Default, dict);
+        Ok(map)
+    }
+}
+
 /// A provider under a name of ours (the defaults).
 struct Named<P> {
     name: &'static str,
@@ -533,9 +588,32 @@ impl Serialize for Secret {
 }
 
 impl<'de> Deserialize<'de> for Secret {
+    /// Text, or a number or boolean taken as its text (`PIN = 1234` in a
+    /// file); never echoed in an error.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Ok(Secret(SecretString::from(text)))
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+        }
+        Ok(Secret(SecretString::from(d.deserialize_any(Text)?)))
     }
 }
 
@@ -581,13 +659,33 @@ impl<'de> Deserialize<'de> for SecretUrl {
     }
 }
 
-/// A URL with its password replaced by `***`; an unparsable one is hidden
-/// whole, since it may hold a password where a parser cannot find it.
+/// A URL with its password replaced by `***`, in its user info and in
+/// query parameters that carry one (`?password=`, `sslpassword`, tokens,
+/// keys); an unparsable one is hidden whole, since it may hold a password
+/// where a parser cannot find it.
 pub(crate) fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) => {
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
+            }
+            if url.query().is_some() {
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let lower = k.to_ascii_lowercase();
+                        let secret = ["pass", "secret", "token", "key", "auth"]
+                            .iter()
+                            .any(|w| lower.contains(w));
+                        let v = if secret {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs);
             }
             url.to_string()
         }
@@ -642,6 +740,10 @@ mod tests {
             "postgres://app:***@db/sojourn"
         );
         assert_eq!(redact_url("not a url hunter2"), "[redacted]");
+        assert_eq!(
+            redact_url("postgres://db/x?password=hunter2&sslmode=require"),
+            "postgres://db/x?password=***&sslmode=require"
+        );
         let url = SecretUrl(SecretString::from("redis://u:hunter2@h:1"));
         assert!(!format!("{url} {url:?}").contains("hunter2"));
         let secret = Secret(SecretString::from("hunter2"));

@@ -214,6 +214,18 @@ fn internal_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("unique-local")
     } else if ip.is_multicast() {
         Some("multicast")
+    } else if s[0..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // IPv4-translated (::ffff:0:a.b.c.d).
+        let [a, b] = s[6].to_be_bytes();
+        let [c, d] = s[7].to_be_bytes();
+        internal_v4(Ipv4Addr::new(a, b, c, d))
+    } else if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        // Local-use NAT64 (64:ff9b:1::/48) reaches a site's own IPv4.
+        Some("reserved")
+    } else if s[0] == 0x2001 && (s[1] == 0 || s[1] == 0xdb8) {
+        // Teredo (2001::/32) tunnels to anywhere; 2001:db8::/32 is for
+        // documentation.
+        Some("reserved")
     } else if s[0] == 0x2002 {
         // 6to4 carries an IPv4 address in its second and third segments.
         let [a, b] = s[1].to_be_bytes();
@@ -312,6 +324,10 @@ mod tests {
             ("::ffff:169.254.169.254", "link-local"),
             ("2002:a00:1::", "private"),
             ("64:ff9b::a9fe:a9fe", "link-local"),
+            ("::ffff:0:7f00:1", "loopback"),
+            ("64:ff9b:1::a00:1", "reserved"),
+            ("2001:0:4136:e378::1", "reserved"),
+            ("2001:db8::1", "reserved"),
         ] {
             assert_eq!(internal(ip(addr)), Some(reason), "{addr}");
         }

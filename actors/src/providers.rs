@@ -123,10 +123,28 @@ impl HttpProvider {
                     return failure(refusal.to_string(), false);
                 }
                 let retryable = e.is_timeout() || e.is_connect() || e.is_request();
-                failure(format!("{e}"), retryable)
+                failure(describe(e), retryable)
             }
         }
     }
+}
+
+/// A request error as stored: without the URL (it may carry credentials in
+/// its user info or query), with its causes (reqwest's own text alone is
+/// "error sending request").
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Reads at most `cap` bytes of a body (as text, lossily); `true` when
@@ -195,6 +213,8 @@ pub(crate) async fn send(providers: &Providers, d: &Dispatch) -> ActionOutcome {
     };
     let outcome = send_raw(providers, d, &inputs).await;
     drop(inputs);
+    let used = scrub_forms(&used);
+    let used: Vec<&str> = used.iter().map(String::as_str).collect();
     let outcome = match outcome {
         ActionOutcome::Success { mut output } => {
             secrets::scrub(&mut output, &used);
@@ -209,6 +229,30 @@ pub(crate) async fn send(providers: &Providers, d: &Dispatch) -> ActionOutcome {
         }
     };
     storable(outcome)
+}
+
+/// What to scrub from an answer for the secrets used: each value as sent,
+/// percent-encoded (a URL) and JSON-escaped. Values shorter than 4 bytes are
+/// left alone: scrubbing them would rewrite unrelated text.
+fn scrub_forms(used: &[&str]) -> Vec<String> {
+    let mut forms: Vec<String> = Vec::new();
+    for value in used.iter().filter(|v| v.len() >= 4) {
+        let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        let escaped = serde_json::to_string(value).unwrap_or_default();
+        let escaped = escaped
+            .strip_prefix('"')
+            .and_then(|e| e.strip_suffix('"'))
+            .unwrap_or(value)
+            .to_owned();
+        for form in [(*value).to_owned(), encoded, escaped] {
+            if !forms.contains(&form) {
+                forms.push(form);
+            }
+        }
+    }
+    // Longest first, so a value is not half-replaced through a shorter form.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms
 }
 
 fn storable(outcome: ActionOutcome) -> ActionOutcome {
@@ -257,6 +301,15 @@ async fn send_raw(providers: &Providers, d: &Dispatch, inputs: &Value) -> Action
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_scrubbed_in_every_form_they_may_come_back_in() {
+        let forms = scrub_forms(&["p@ss:w/rd \"x\"", "12"]);
+        assert!(forms.contains(&"p@ss:w/rd \"x\"".to_owned()));
+        assert!(forms.contains(&"p%40ss%3Aw%2Frd+%22x%22".to_owned()));
+        assert!(forms.contains(&"p@ss:w/rd \\\"x\\\"".to_owned()));
+        assert!(!forms.iter().any(|f| f == "12"), "short values are left");
+    }
 
     #[test]
     fn outcomes_lose_their_nul_characters() {

@@ -48,6 +48,9 @@ pub(crate) enum SupervisorMsg {
     /// Another node holds these executions now: stop their actors at once
     /// (no passivation: their writes would be fenced anyway).
     LeaseLost(Vec<ExecutionId>),
+    /// An execution that kept failing has been marked failed (or the
+    /// attempt gave up): its inputs may start an actor again.
+    FailedMarked(ExecutionId),
 }
 
 enum Entry {
@@ -73,6 +76,9 @@ pub(crate) struct SupervisorState {
     by_actor: HashMap<ActorId, ExecutionId>,
     /// Panics per execution, for backoff and giving up.
     panics: HashMap<ExecutionId, u32>,
+    /// Executions being marked failed (off the mailbox): no actor is spawned
+    /// for them meanwhile; their inputs wait in their rows.
+    failing: std::collections::HashSet<ExecutionId>,
     draining: Vec<RpcReplyPort<()>>,
 }
 
@@ -137,6 +143,12 @@ impl<S: Store> Supervisor<S> {
         id: ExecutionId,
         d: Option<Delivery>,
     ) {
+        if state.failing.contains(&id) {
+            // Being marked failed: an actor now would race that commit. A
+            // timer firing stays claimed (the failure drops the timers); the
+            // rest are inbox rows.
+            return;
+        }
         match state.entries.get_mut(&id) {
             Some(Entry::Active(actor)) => {
                 if let Some(d) = d {
@@ -283,6 +295,7 @@ impl<S: Store> Actor for Supervisor<S> {
             entries: HashMap::new(),
             by_actor: HashMap::new(),
             panics: HashMap::new(),
+            failing: std::collections::HashSet::new(),
             draining: Vec::new(),
         })
     }
@@ -302,6 +315,10 @@ impl<S: Store> Actor for Supervisor<S> {
                     // work (or back to its durable row).
                     self.bounce(vec![(id, Some(d))]);
                 }
+            }
+            SupervisorMsg::FailedMarked(id) => {
+                state.failing.remove(&id);
+                self.ctx.router.released(&id);
             }
             SupervisorMsg::Activate(id) => {
                 if state.draining.is_empty() {
@@ -439,9 +456,12 @@ impl<S: Store> Supervisor<S> {
             error!(execution.id = %id, panics = count, error = %err, "execution keeps failing: marking it failed");
             state.panics.remove(&id);
             // Off the mailbox: a database round trip (or an outage) must not
-            // hold up every other execution's inputs. An actor respawned
-            // meanwhile is fenced out by the epoch `mark_failed` takes.
+            // hold up every other execution's inputs. Until it is done no
+            // actor is spawned for this execution (`failing`), and the
+            // lease is held, so no other node starts one either.
+            state.failing.insert(id.clone());
             let ctx = self.ctx.clone();
+            let supervisor = myself.clone();
             tokio::spawn(async move {
                 if let Err(e) = crate::engine::mark_failed(
                     &ctx,
@@ -452,7 +472,12 @@ impl<S: Store> Supervisor<S> {
                 {
                     error!(execution.id = %id, error = %e, "could not mark the execution failed");
                 }
-                ctx.router.released(&id);
+                if supervisor
+                    .cast(SupervisorMsg::FailedMarked(id.clone()))
+                    .is_err()
+                {
+                    ctx.router.released(&id);
+                }
             });
         } else {
             Stats::add(&self.ctx.stats.restarts, 1);

@@ -131,6 +131,38 @@ pub fn resolve<'v, 's>(
     Ok(Cow::Owned(out))
 }
 
+/// Replaces marker characters (U+FFFD) in every string and key of a value
+/// computed from data (a `$expr` result): only a `{{ secrets.NAME }}` in a
+/// template may make a marker.
+pub fn defuse(v: &mut Value) {
+    if !has_marker_char(v) {
+        return;
+    }
+    match v {
+        Value::String(s) => *s = s.replace([OPEN, CLOSE], "\u{fffd}"),
+        Value::Array(items) => items.iter_mut().for_each(defuse),
+        Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (k, mut v) in old {
+                defuse(&mut v);
+                map.insert(k.replace([OPEN, CLOSE], "\u{fffd}"), v);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn has_marker_char(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains([OPEN, CLOSE]),
+        Value::Array(items) => items.iter().any(has_marker_char),
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| k.contains([OPEN, CLOSE]) || has_marker_char(v)),
+        _ => false,
+    }
+}
+
 fn has_marker(v: &Value) -> bool {
     match v {
         Value::String(s) => s.contains(OPEN),

@@ -253,10 +253,13 @@ impl Templated {
                 if ctx.cel.is_none() {
                     ctx.cel = Some(ctx.scope.cel_context()?);
                 }
-                match &ctx.cel {
+                // Data, never a secret reference (see `crate::secrets`).
+                let mut value = match &ctx.cel {
                     Some(cel) => e.eval_in(cel)?,
                     None => Value::Null,
-                }
+                };
+                crate::secrets::defuse(&mut value);
+                value
             }
             Templated::Array(items) => Value::Array(
                 items
@@ -391,10 +394,16 @@ mod tests {
                 "echo": "{{ input.evil }}",
                 "whole": "{{ input }}",
                 "filtered": "{{ secrets.TOKEN | upper }}",
+                "passed": {"$expr": "input"},
             }),
-            json!({"evil": forged}),
+            json!({"evil": forged, forged.clone(): 1}),
         )
         .expect("renders");
+        let passed = out["passed"].to_string();
+        assert!(
+            !passed.contains(OPEN) && !passed.contains(CLOSE),
+            "{passed:?}"
+        );
         assert_eq!(out["auth"], format!("Bearer {}", marker("TOKEN")));
         let echoed = out["echo"].as_str().expect("string");
         assert!(

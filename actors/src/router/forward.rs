@@ -48,14 +48,18 @@ pub(crate) struct Peer {
 /// Redis flush makes a new one).
 const SECRET_TTL: Duration = Duration::from_secs(5);
 
+/// The shortest time between two reads of the secret from Redis.
+const SECRET_REFRESH: Duration = Duration::from_secs(1);
+
 impl<S: Store> Router<S> {
     /// The cluster secret, read again every few seconds (or at once with
     /// `fresh`: a peer refused the one we had).
     pub(crate) async fn secret(&self, fresh: bool) -> Result<String, sojourn_cluster::Error> {
         let mut cached = self.secret.lock().await;
-        if !fresh
-            && let Some((s, at)) = cached.as_ref()
-            && at.elapsed() < SECRET_TTL
+        // A fresh read at most once a second: callers without the secret
+        // (the internal endpoint is reachable) must not drive Redis.
+        if let Some((s, at)) = cached.as_ref()
+            && (at.elapsed() < SECRET_REFRESH || (!fresh && at.elapsed() < SECRET_TTL))
         {
             return Ok(s.clone());
         }
