@@ -18,6 +18,9 @@ use crate::state::AppState;
 
 type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 
+/// A path parameter's schema, by name.
+type ParamSchema = (&'static str, fn() -> Value);
+
 fn schema_of<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
     g.subschema_for::<T>()
 }
@@ -42,7 +45,7 @@ pub(crate) struct Spec {
     /// description, schema)`.
     also: Vec<(u16, &'static str, SchemaFn)>,
     /// Path parameters whose schema is not a plain string.
-    params: Vec<(&'static str, fn() -> Value)>,
+    params: Vec<ParamSchema>,
     /// Guarded by the cluster secret instead of an API key.
     cluster_only: bool,
     /// The body may be left out.
