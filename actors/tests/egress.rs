@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sojourn_actors::egress::EgressPolicy;
 use sojourn_actors::{Config, Engine, Secrets, StartRequest};
-use sojourn_persistence::{SqliteStore, Store};
+use sojourn_persistence::SqliteStore;
+use sojourn_persistence::prelude::*;
 use sojourn_runtime::{ExecutionId, Status, Workflow};
 use sojourn_testkit::{Fresh, Reply, Sink, sqlite_store, wait_for};
 
