@@ -17,6 +17,8 @@ use crate::error::ErrorBody;
 use crate::state::AppState;
 
 type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+/// A path parameter's schema, as JSON.
+type ParamSchemaFn = fn() -> Value;
 
 fn schema_of<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
     g.subschema_for::<T>()
@@ -42,7 +44,7 @@ pub(crate) struct Spec {
     /// description, schema)`.
     also: Vec<(u16, &'static str, SchemaFn)>,
     /// Path parameters whose schema is not a plain string.
-    params: Vec<(&'static str, fn() -> Value)>,
+    params: Vec<(&'static str, ParamSchemaFn)>,
     /// Guarded by the cluster secret instead of an API key.
     cluster_only: bool,
     /// The body may be left out.
@@ -75,7 +77,7 @@ impl Spec {
     }
 
     /// A path parameter's schema when it is not any string.
-    pub(crate) fn param(mut self, name: &'static str, schema: fn() -> Value) -> Spec {
+    pub(crate) fn param(mut self, name: &'static str, schema: ParamSchemaFn) -> Spec {
         self.params.push((name, schema));
         self
     }
