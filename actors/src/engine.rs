@@ -687,7 +687,9 @@ pub(crate) async fn mark_failed<S: Store>(
         .await?;
     if results.first() == Some(&CommitResult::Committed) {
         Stats::add(&ctx.stats.failed, 1);
-        ctx.stats.failed_by_workflow.inc(&record.workflow_id);
+        ctx.stats
+            .failed_by_workflow
+            .inc(&record.workflow_id.as_str().into());
     } else {
         warn!(execution.id = %id, "marking the execution failed was fenced: another activation owns it");
     }

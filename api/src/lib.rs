@@ -20,6 +20,7 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use sojourn_actors::metrics::HttpLabels;
 use sojourn_persistence::Store;
 
 pub mod auth;
@@ -424,9 +425,12 @@ async fn observe<S: Store>(State(app): State<AppState<S>>, req: Request, next: N
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(req).await;
-    app.http_seconds.observe(
-        &[method, &route, response.status().as_str()],
-        started.elapsed().as_secs_f64(),
-    );
+    app.http_seconds
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     response.into_response()
 }
