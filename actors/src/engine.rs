@@ -43,6 +43,8 @@ pub(crate) struct Context<S: Store> {
     pub(crate) timer_wake: Arc<TimerWake>,
     pub(crate) outbox_wake: Arc<Notify>,
     pub(crate) config: Config,
+    /// The trace each execution's spans join (see `trace.rs`).
+    pub(crate) traces: Arc<crate::trace::Traces>,
 }
 
 /// A request to start an execution.
@@ -150,6 +152,7 @@ impl<S: Store> Engine<S> {
             timer_wake: Arc::new(TimerWake::new(&config)),
             outbox_wake: Arc::new(Notify::new()),
             config: config.clone(),
+            traces: Arc::default(),
         });
         let (supervisor, _) = Actor::spawn(None, Supervisor { ctx: ctx.clone() }, ())
             .await
@@ -170,6 +173,7 @@ impl<S: Store> Engine<S> {
             ctx.outbox_wake.clone(),
             router.clone(),
             stats.clone(),
+            ctx.traces.clone(),
             stop.clone(),
         ));
         let stopped = Arc::new(Notify::new());
@@ -352,6 +356,10 @@ impl<S: Store> Engine<S> {
             .await
             .map_err(Error::Unavailable)?
             .map_err(Error::Rejected)?;
+        if let Created::New(id) = &created {
+            // Its spans join the trace of the request that started it.
+            self.ctx.traces.remember(id, &tracing::Span::current());
+        }
         match created {
             Created::New(id) if !leased => {
                 // No lease here (draining, or Redis away): a node that takes
