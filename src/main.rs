@@ -19,6 +19,7 @@ mod client;
 mod http_bench;
 mod node;
 mod settings;
+mod telemetry;
 
 /// mimalloc rather than glibc's malloc: under load a third of the node's CPU
 /// went to glibc's allocator and its arena locks (perf, `sojourn bench`), and
@@ -298,14 +299,12 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SOJOURN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `dev` and `serve` set up logging (and tracing) once their settings
+    // are read.
+    if !matches!(cli.command, Command::Dev { .. } | Command::Serve { .. }) {
+        telemetry::logging();
+    }
     let result = match cli.command {
         Command::Dev {
             listen,
@@ -529,20 +528,23 @@ async fn dev(listen: Option<String>, data: PathBuf, file: Option<PathBuf>) -> Re
         &settings::Flags { listen },
     )?;
     let s = loaded.settings;
+    let telemetry = telemetry::init(&s.tracing)?;
     let path = node::open_sqlite_path(&data)?;
     let store = sojourn_persistence::SqliteStore::open(&path)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
     eprintln!("embedded store: {}", path.display());
     let config = s.engine_config("dev".into(), format!("http://{}", s.listen));
-    node::serve_node(
+    let served = node::serve_node(
         store,
         config,
         None,
         &s.listen,
         sojourn_api::AuthMode::Optional,
     )
-    .await
+    .await;
+    telemetry.shutdown().await;
+    served
 }
 
 async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Failure> {
@@ -552,6 +554,7 @@ async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Fail
         &settings::Flags { listen },
     )?;
     let s = loaded.settings;
+    let telemetry = telemetry::init(&s.tracing)?;
     let url = s.database_url.clone().ok_or_else(|| {
         Failure::Invalid("SOJOURN_DATABASE_URL (or database_url in --config) is required".into())
     })?;
@@ -587,14 +590,16 @@ async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Fail
     let store = sojourn_persistence::PgStore::connect(url.expose(), None, s.database_pool_size)
         .await
         .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
-    node::serve_node(
+    let served = node::serve_node(
         store,
         config,
         cluster,
         &s.listen,
         sojourn_api::AuthMode::Required,
     )
-    .await
+    .await;
+    telemetry.shutdown().await;
+    served
 }
 
 async fn migrate(args: node::StoreArgs) -> Result<(), Failure> {

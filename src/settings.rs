@@ -110,10 +110,11 @@ pub(crate) struct HttpSettings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct TracingSettings {
-    /// An OTLP/HTTP endpoint (`http://collector:4318`): spans are exported
-    /// there. Off when unset.
-    pub(crate) otlp_endpoint: Option<String>,
-    /// The service name spans carry.
+    /// An OTLP/HTTP collector (`http://collector:4318`): `sojourn dev` and
+    /// `sojourn serve` export their spans there (protobuf, to `/v1/traces`,
+    /// added unless given). Off when unset.
+    pub(crate) otlp_endpoint: Option<SecretUrl>,
+    /// The service name spans carry (`sojourn` when unset).
     pub(crate) service_name: Option<String>,
 }
 

@@ -44,6 +44,8 @@ pub(crate) struct Context<S: Store> {
     pub(crate) timer_wake: Arc<TimerWake>,
     pub(crate) outbox_wake: Arc<Notify>,
     pub(crate) config: Config,
+    /// The trace each execution's spans join (see `trace.rs`).
+    pub(crate) traces: Arc<crate::trace::Traces>,
 }
 
 /// A request to start an execution.
@@ -151,6 +153,7 @@ impl<S: Store> Engine<S> {
             timer_wake: Arc::new(TimerWake::new(&config)),
             outbox_wake: Arc::new(Notify::new()),
             config: config.clone(),
+            traces: Arc::default(),
         });
         let (supervisor, _) = Actor::spawn(None, Supervisor { ctx: ctx.clone() }, ())
             .await
@@ -175,6 +178,7 @@ impl<S: Store> Engine<S> {
                 wake: ctx.outbox_wake.clone(),
                 router: router.clone(),
                 stats: stats.clone(),
+                traces: ctx.traces.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -359,6 +363,10 @@ impl<S: Store> Engine<S> {
             .await
             .map_err(Error::Unavailable)?
             .map_err(Error::Rejected)?;
+        if let Created::New(id) = &created {
+            // Its spans join the trace of the request that started it.
+            self.ctx.traces.remember(id, &tracing::Span::current());
+        }
         match created {
             Created::New(id) if !leased => {
                 // No lease here (draining, or Redis away): a node that takes
@@ -664,7 +672,9 @@ pub(crate) async fn mark_failed<S: Store>(
         .await?;
     if results.first() == Some(&CommitResult::Committed) {
         Stats::add(&ctx.stats.failed, 1);
-        ctx.stats.failed_by_workflow.inc(&record.workflow_id);
+        ctx.stats
+            .failed_by_workflow
+            .inc(&record.workflow_id.as_str().into());
     } else {
         warn!(execution.id = %id, "marking the execution failed was fenced: another activation owns it");
     }

@@ -82,6 +82,10 @@ impl<S: Store> Actor for ExecutionActor<S> {
     ) -> Result<Self::State, ActorProcessingErr> {
         let span = info_span!("execution", execution.id = %id);
         let ctx = &self.ctx;
+        // A child of the request that started it, or of its last activation
+        // here; its actions become children of this activation.
+        ctx.traces.adopt(&id, &span);
+        ctx.traces.remember(&id, &span);
         Stats::add(&ctx.stats.activations, 1);
         if let Some(p) = preloaded {
             // A new execution: its creator holds epoch 1; start it.
@@ -187,6 +191,17 @@ impl<S: Store> Actor for ExecutionActor<S> {
         }
         .instrument(span)
         .await
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.snapshot.status.is_terminal() && !state.span.is_disabled() {
+            self.ctx.traces.forget(&state.id);
+        }
+        Ok(())
     }
 }
 

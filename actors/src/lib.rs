@@ -40,6 +40,7 @@ mod starter;
 mod stats;
 mod supervisor;
 mod timers;
+mod trace;
 mod workflows;
 
 pub use config::{Config, Secrets};

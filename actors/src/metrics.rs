@@ -1,13 +1,24 @@
-//! Prometheus metrics: lock-free counters and fixed-bucket histograms, and
-//! the text exposition format (version 0.0.4) they are served in.
+//! Prometheus metrics through `prometheus-client`: labelled families, one
+//! [`Registry`] per API, encoded in the Prometheus text format (0.0.4) by
+//! the library ([`encode`]).
 //!
-//! Hand-rolled rather than a metrics crate: a handful of series, updated on
-//! per-step paths where an atomic add is all we want to pay.
+//! Counters are the library's `Counter` (an atomic add). Histograms are
+//! this module's [`Histogram`], lock-free (an atomic add per bucket and on
+//! the sum) and encoded through the library's `EncodeMetric`: the library's
+//! own histogram takes a mutex on every observation, and the transition
+//! latency is observed on every step.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::registry::Registry;
 
 /// Latency buckets in seconds, 0.5 ms to 60 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -15,11 +26,26 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
-/// A histogram with fixed upper bounds (cumulative only when encoded).
-#[derive(Debug)]
+/// Writes every metric of `registry` in the Prometheus text format
+/// (version 0.0.4, served as [`CONTENT_TYPE`]).
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; a metric's own encoder does not.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
+    out
+}
+
+/// A histogram with fixed upper bounds: an atomic add per observation,
+/// no lock. Clones share the same series (as the library's metrics do).
+#[derive(Debug, Clone)]
 pub struct Histogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug)]
+struct HistogramInner {
     bounds: &'static [f64],
-    /// One per bound, plus `+Inf`.
+    /// One per bound, plus `+Inf` (not cumulative).
     counts: Box<[AtomicU64]>,
     /// Sum of observations, in microseconds (atomic integer add).
     sum_micros: AtomicU64,
@@ -28,208 +54,171 @@ pub struct Histogram {
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Histogram {
         Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
+            inner: Arc::new(HistogramInner {
+                bounds,
+                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum_micros: AtomicU64::new(0),
+            }),
         }
     }
 
     /// Records one observation, in seconds (negative values count as 0).
     pub fn observe(&self, seconds: f64) {
         let s = seconds.max(0.0);
-        let i = self.bounds.partition_point(|b| *b < s);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
+        let i = self.inner.bounds.partition_point(|b| *b < s);
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .sum_micros
             .fetch_add((s * 1e6) as u64, Ordering::Relaxed);
     }
 
     /// How many observations so far.
     pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    fn encode(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            let le = match self.bounds.get(i) {
-                Some(b) => b.to_string(),
-                None => "+Inf".to_owned(),
-            };
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
-    }
-}
-
-/// Counters keyed by one label value (e.g. the workflow).
-#[derive(Debug, Default)]
-pub struct LabeledCounter {
-    series: RwLock<HashMap<String, AtomicU64>>,
-}
-
-impl LabeledCounter {
-    pub fn inc(&self, label: &str) {
-        if let Ok(m) = self.series.read()
-            && let Some(c) = m.get(label)
-        {
-            c.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if let Ok(mut m) = self.series.write() {
-            m.entry(label.to_owned())
-                .or_default()
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The count for one label value.
-    pub fn get(&self, label: &str) -> u64 {
-        self.series
-            .read()
-            .ok()
-            .and_then(|m| m.get(label).map(|c| c.load(Ordering::Relaxed)))
-            .unwrap_or(0)
-    }
-
-    fn encode(&self, out: &mut String, name: &str, label: &str) {
-        let Ok(m) = self.series.read() else { return };
-        let mut rows: Vec<(&String, u64)> = m
+        self.inner
+            .counts
             .iter()
-            .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// [`LATENCY_BUCKETS`] (what a [`Family`] of histograms creates).
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new(LATENCY_BUCKETS)
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = &self.inner;
+        let bounds = inner.bounds.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
             .collect();
-        rows.sort();
-        for (value, n) in rows {
-            let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape(value));
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = inner.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A gauge read when scraped, absent (no sample, no header) when it could
+/// not be read on the last scrape.
+#[derive(Debug, Clone)]
+pub struct ScrapedGauge {
+    value: Arc<AtomicI64>,
+}
+
+const UNKNOWN: i64 = i64::MIN;
+
+impl Default for ScrapedGauge {
+    fn default() -> Self {
+        ScrapedGauge {
+            value: Arc::new(AtomicI64::new(UNKNOWN)),
         }
     }
 }
 
-/// Histograms keyed by a set of label values (e.g. HTTP method, route and
-/// status), found by a hash of the values (no allocation once a series
-/// exists).
-#[derive(Debug)]
-pub struct LabeledHistogram {
-    bounds: &'static [f64],
-    series: RwLock<HashMap<u64, (Vec<String>, Histogram)>>,
-}
-
-fn hash_labels(labels: &[&str]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    labels.hash(&mut h);
-    h.finish()
-}
-
-impl LabeledHistogram {
-    pub fn new(bounds: &'static [f64]) -> LabeledHistogram {
-        LabeledHistogram {
-            bounds,
-            series: RwLock::default(),
-        }
-    }
-
-    pub fn observe(&self, labels: &[&str], seconds: f64) {
-        let key = hash_labels(labels);
-        if let Ok(m) = self.series.read()
-            && let Some((_, h)) = m.get(&key)
-        {
-            h.observe(seconds);
-            return;
-        }
-        if let Ok(mut m) = self.series.write() {
-            m.entry(key)
-                .or_insert_with(|| {
-                    (
-                        labels.iter().map(|s| (*s).to_owned()).collect(),
-                        Histogram::new(self.bounds),
-                    )
-                })
-                .1
-                .observe(seconds);
-        }
-    }
-
-    fn encode(&self, out: &mut String, name: &str, label_names: &[&str]) {
-        let Ok(m) = self.series.read() else { return };
-        let mut rows: Vec<&(Vec<String>, Histogram)> = m.values().collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        for (values, h) in rows {
-            let labels = label_names
-                .iter()
-                .zip(values)
-                .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
-                .collect::<Vec<_>>()
-                .join(",");
-            h.encode(out, name, &labels);
-        }
+impl ScrapedGauge {
+    /// The value read now, or `None` when it could not be read.
+    pub fn set(&self, value: Option<i64>) {
+        let v = value.map_or(UNKNOWN, |v| v.max(UNKNOWN + 1));
+        self.value.store(v, Ordering::Relaxed);
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl TypedMetric for ScrapedGauge {
+    const TYPE: MetricType = MetricType::Gauge;
 }
 
-/// Writes Prometheus text: `# HELP`/`# TYPE` headers and samples.
-#[derive(Debug, Default)]
-pub struct Exposition {
-    out: String,
-}
-
-impl Exposition {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+impl EncodeMetric for ScrapedGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.value.load(Ordering::Relaxed))
     }
 
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.header(name, "counter", help);
-        let _ = writeln!(self.out, "{name} {value}");
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 
-    pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
-        self.header(name, "gauge", help);
-        let _ = writeln!(self.out, "{name} {value}");
-    }
-
-    pub fn labeled_counter(&mut self, name: &str, help: &str, label: &str, c: &LabeledCounter) {
-        self.header(name, "counter", help);
-        c.encode(&mut self.out, name, label);
-    }
-
-    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        self.header(name, "histogram", help);
-        h.encode(&mut self.out, name, "");
-    }
-
-    pub fn labeled_histogram(
-        &mut self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-        h: &LabeledHistogram,
-    ) {
-        self.header(name, "histogram", help);
-        h.encode(&mut self.out, name, labels);
-    }
-
-    pub fn finish(self) -> String {
-        self.out
+    fn is_empty(&self) -> bool {
+        self.value.load(Ordering::Relaxed) == UNKNOWN
     }
 }
+
+/// A family listed (`# HELP`, `# TYPE`) even before its first series, as
+/// the exposition always did; the library leaves empty families out.
+#[derive(Debug, Clone, Default)]
+pub struct Listed<M>(pub M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
+/// The label of the by-workflow counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WorkflowLabels {
+    /// The workflow id. Bounded by the workflows that exist: an execution
+    /// only starts for a stored workflow.
+    pub workflow: Arc<str>,
+}
+
+/// Counters by workflow id. Incremented once per execution start or end
+/// (not per step): a read lock and a map lookup, no allocation (the
+/// workflow id is an `Arc<str>` the execution already holds).
+#[derive(Debug, Clone, Default)]
+pub struct ByWorkflow {
+    family: Family<WorkflowLabels, Counter>,
+}
+
+impl ByWorkflow {
+    pub fn inc(&self, workflow: &Arc<str>) {
+        self.family
+            .get_or_create(&WorkflowLabels {
+                workflow: workflow.clone(),
+            })
+            .inc();
+    }
+
+    /// The count for one workflow id.
+    pub fn get(&self, workflow: &str) -> u64 {
+        self.family
+            .get(&WorkflowLabels {
+                workflow: workflow.into(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// The family, to register (listed even while empty).
+    pub fn family(&self) -> Listed<Family<WorkflowLabels, Counter>> {
+        Listed(self.family.clone())
+    }
+}
+
+/// The labels of the HTTP latency histogram. Bounded: known methods (else
+/// `other`), the matched route template (else `unmatched`), the status.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: &'static str,
+    pub route: String,
+    pub status: u16,
+}
+
+/// HTTP request latency by method, route and status.
+pub type HttpHistogram = Family<HttpLabels, Histogram>;
 
 #[cfg(test)]
 mod tests {
@@ -242,35 +231,74 @@ mod tests {
         h.observe(0.5);
         h.observe(0.5);
         h.observe(7.0);
-        let mut e = Exposition::default();
-        e.histogram("x_seconds", "test", &h);
-        let text = e.finish();
+        assert_eq!(h.count(), 4);
+        let mut r = Registry::default();
+        r.register("x_seconds", "test", h);
+        let text = encode(&r);
+        assert!(text.contains("# TYPE x_seconds histogram\n"), "{text}");
         assert!(text.contains("x_seconds_bucket{le=\"0.1\"} 1\n"), "{text}");
         assert!(text.contains("x_seconds_bucket{le=\"1\"} 3\n"), "{text}");
         assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 4\n"), "{text}");
         assert!(text.contains("x_seconds_count 4\n"), "{text}");
         assert!(text.contains("x_seconds_sum 8.05\n"), "{text}");
+        assert_eq!(text.matches("le=\"+Inf\"").count(), 1, "{text}");
     }
 
     #[test]
-    fn labeled_series_are_escaped_and_sorted() {
-        let c = LabeledCounter::default();
-        c.inc("b");
-        c.inc("a\"x");
-        c.inc("b");
-        let mut e = Exposition::default();
-        e.labeled_counter("n_total", "test", "workflow", &c);
-        let text = e.finish();
-        let a = text.find("workflow=\"a\\\"x\"} 1").expect("a");
-        let b = text.find("workflow=\"b\"} 2").expect("b");
-        assert!(a < b);
-        let h = LabeledHistogram::new(LATENCY_BUCKETS);
-        h.observe(&["GET", "/v1/x", "200"], 0.002);
-        let mut e = Exposition::default();
-        e.labeled_histogram("h", "t", &["method", "route", "status"], &h);
+    fn families_have_labels_and_escape_their_values() {
+        let by = ByWorkflow::default();
+        by.inc(&Arc::from("b"));
+        by.inc(&Arc::from("b"));
+        by.inc(&Arc::from("a\"x\\y\nz"));
+        assert_eq!(by.get("b"), 2);
+        let http = HttpHistogram::default();
+        http.get_or_create(&HttpLabels {
+            method: "GET",
+            route: "/v1/x".into(),
+            status: 200,
+        })
+        .observe(0.002);
+        let mut r = Registry::default();
+        // Counters are registered without `_total`; the encoder adds it.
+        r.register("n", "Test", by.family());
+        r.register("h", "Test", http);
+        let text = encode(&r);
+        assert!(text.contains("# HELP n_total Test.\n"), "{text}");
+        assert!(text.contains("# TYPE n_total counter\n"), "{text}");
+        assert!(text.contains("n_total{workflow=\"b\"} 2\n"), "{text}");
+        // Quote, backslash and newline escaped: the sample stays one line.
         assert!(
-            e.finish()
-                .contains("h_count{method=\"GET\",route=\"/v1/x\",status=\"200\"} 1")
+            text.contains("n_total{workflow=\"a\\\"x\\\\y\\nz\"} 1\n"),
+            "{text}"
         );
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.starts_with("n_total{") || l.starts_with("h_")),
+            "{text}"
+        );
+        assert!(
+            text.contains("h_count{method=\"GET\",route=\"/v1/x\",status=\"200\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "h_bucket{method=\"GET\",route=\"/v1/x\",status=\"200\",le=\"0.0025\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_gauge_that_could_not_be_read_is_left_out() {
+        let g = ScrapedGauge::default();
+        let mut r = Registry::default();
+        r.register("g", "Test", g.clone());
+        assert_eq!(encode(&r), "");
+        r.register("e", "Test", ByWorkflow::default().family());
+        assert_eq!(encode(&r), "# HELP e_total Test.\n# TYPE e_total counter\n");
+        g.set(Some(3));
+        assert!(encode(&r).contains("\ng 3\n"));
+        g.set(None);
+        assert!(!encode(&r).contains("# HELP g "));
     }
 }

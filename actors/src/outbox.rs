@@ -20,6 +20,7 @@ use crate::execution::Delivery;
 use crate::providers::{self, Providers};
 use crate::router::Router;
 use crate::stats::Stats;
+use crate::trace::Traces;
 
 /// A sent attempt on its way to the finisher; holds its in-flight slot.
 struct Sent {
@@ -36,6 +37,8 @@ pub(crate) struct OutboxRelay<S: Store> {
     pub(crate) wake: Arc<Notify>,
     pub(crate) router: Arc<Router<S>>,
     pub(crate) stats: Arc<Stats>,
+    /// Joins each send to its execution's trace.
+    pub(crate) traces: Arc<Traces>,
 }
 
 impl<S: Store> OutboxRelay<S> {
@@ -48,8 +51,9 @@ impl<S: Store> OutboxRelay<S> {
             wake,
             router,
             stats,
+            traces,
         } = self;
-        run(store, config, wake, router, stats, shutdown).await;
+        run(store, config, wake, router, stats, traces, shutdown).await;
     }
 }
 
@@ -59,6 +63,7 @@ async fn run<S: Store>(
     wake: Arc<Notify>,
     router: Arc<Router<S>>,
     stats: Arc<Stats>,
+    traces: Arc<Traces>,
     shutdown: CancellationToken,
 ) {
     let http = Providers::new(&config);
@@ -84,7 +89,7 @@ async fn run<S: Store>(
                 Ok(messages) => {
                     claimed = messages.len();
                     if let Err(e) =
-                        dispatch(&*store, &http, &slots, &done_tx, &stats, messages).await
+                        dispatch(&*store, &http, &slots, &done_tx, &stats, &traces, messages).await
                     {
                         warn!(error = %e, "recording attempts failed; the outbox will redeliver");
                     }
@@ -111,6 +116,7 @@ async fn dispatch<S: Store>(
     slots: &Arc<Semaphore>,
     done: &mpsc::Sender<Sent>,
     stats: &Arc<Stats>,
+    traces: &Traces,
     messages: Vec<OutboxMessage>,
 ) -> Result<(), sojourn_persistence::Error> {
     if messages.is_empty() {
@@ -139,6 +145,8 @@ async fn dispatch<S: Store>(
                 };
                 let (http, done, stats) = (http.clone(), done.clone(), stats.clone());
                 let span = info_span!("action", execution.id = %m.execution_id, node = %m.dispatch.node, attempt = m.dispatch.attempt);
+                // A child of its execution's activation (when on this node).
+                traces.adopt(&m.execution_id, &span);
                 tokio::spawn(
                     async move {
                         let outcome = providers::send(&http, &m.dispatch).await;

@@ -1,37 +1,43 @@
 //! Counters the engine keeps for metrics and the benchmark.
+//!
+//! Each field is a metric handle: updating one is an atomic add, with no
+//! lock and no lookup; [`Stats::register`] puts clones of the handles (the
+//! same series) in the API's registry.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::metrics::{Exposition, Histogram, LATENCY_BUCKETS, LabeledCounter};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::metrics::{ByWorkflow, Histogram, LATENCY_BUCKETS, Registry};
 
 /// Live counters; cheap to update from any task.
 #[derive(Debug)]
 pub struct Stats {
-    pub transactions: AtomicU64,
-    pub transitions: AtomicU64,
-    pub fenced: AtomicU64,
-    pub activations: AtomicU64,
+    pub transactions: Counter,
+    pub transitions: Counter,
+    pub fenced: Counter,
+    pub activations: Counter,
     /// Activations that loaded a snapshot (not new executions).
-    pub rehydrations: AtomicU64,
-    pub passivations: AtomicU64,
-    pub restarts: AtomicU64,
-    pub timers_fired: AtomicU64,
-    pub actions_sent: AtomicU64,
-    pub actions_repeated: AtomicU64,
-    pub completed: AtomicU64,
-    pub failed: AtomicU64,
+    pub rehydrations: Counter,
+    pub passivations: Counter,
+    pub restarts: Counter,
+    pub timers_fired: Counter,
+    pub actions_sent: Counter,
+    pub actions_repeated: Counter,
+    pub completed: Counter,
+    pub failed: Counter,
     /// Leases taken for executions that were not this node's.
-    pub leases_taken: AtomicU64,
+    pub leases_taken: Counter,
     /// Leases lost to another node (their actors stopped).
-    pub leases_lost: AtomicU64,
+    pub leases_lost: Counter,
     /// Inputs forwarded to the node holding their execution.
-    pub forwarded: AtomicU64,
+    pub forwarded: Counter,
     /// Executions started, completed, failed and cancelled, by workflow id.
-    pub started_by_workflow: LabeledCounter,
-    pub completed_by_workflow: LabeledCounter,
-    pub failed_by_workflow: LabeledCounter,
-    pub cancelled_by_workflow: LabeledCounter,
+    pub started_by_workflow: ByWorkflow,
+    pub completed_by_workflow: ByWorkflow,
+    pub failed_by_workflow: ByWorkflow,
+    pub cancelled_by_workflow: ByWorkflow,
     /// From an input reaching its actor to its transition committed.
     pub transition_seconds: Histogram,
     /// Fired minus due.
@@ -46,25 +52,25 @@ pub struct Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats {
-            transactions: AtomicU64::default(),
-            transitions: AtomicU64::default(),
-            fenced: AtomicU64::default(),
-            activations: AtomicU64::default(),
-            rehydrations: AtomicU64::default(),
-            passivations: AtomicU64::default(),
-            restarts: AtomicU64::default(),
-            timers_fired: AtomicU64::default(),
-            actions_sent: AtomicU64::default(),
-            actions_repeated: AtomicU64::default(),
-            completed: AtomicU64::default(),
-            failed: AtomicU64::default(),
-            leases_taken: AtomicU64::default(),
-            leases_lost: AtomicU64::default(),
-            forwarded: AtomicU64::default(),
-            started_by_workflow: LabeledCounter::default(),
-            completed_by_workflow: LabeledCounter::default(),
-            failed_by_workflow: LabeledCounter::default(),
-            cancelled_by_workflow: LabeledCounter::default(),
+            transactions: Counter::default(),
+            transitions: Counter::default(),
+            fenced: Counter::default(),
+            activations: Counter::default(),
+            rehydrations: Counter::default(),
+            passivations: Counter::default(),
+            restarts: Counter::default(),
+            timers_fired: Counter::default(),
+            actions_sent: Counter::default(),
+            actions_repeated: Counter::default(),
+            completed: Counter::default(),
+            failed: Counter::default(),
+            leases_taken: Counter::default(),
+            leases_lost: Counter::default(),
+            forwarded: Counter::default(),
+            started_by_workflow: ByWorkflow::default(),
+            completed_by_workflow: ByWorkflow::default(),
+            failed_by_workflow: ByWorkflow::default(),
+            cancelled_by_workflow: ByWorkflow::default(),
             transition_seconds: Histogram::new(LATENCY_BUCKETS),
             timer_lateness_seconds: Histogram::new(LATENCY_BUCKETS),
             keep_samples: AtomicBool::new(false),
@@ -76,8 +82,8 @@ impl Default for Stats {
 const MAX_SAMPLES: usize = 1_000_000;
 
 impl Stats {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub(crate) fn add(counter: &Counter, n: u64) {
+        counter.inc_by(n);
     }
 
     /// Keep every timer lateness sample from now on (for
@@ -106,113 +112,110 @@ impl Stats {
             .unwrap_or_default()
     }
 
-    /// Writes the engine's series in Prometheus text format.
-    pub fn encode(&self, e: &mut Exposition) {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        e.labeled_counter(
-            "sojourn_executions_started_total",
-            "Executions started, by workflow id.",
-            "workflow",
-            &self.started_by_workflow,
+    /// Registers the engine's series in `r`: counters under their name
+    /// without `_total`, which the encoder appends (the exposed names are
+    /// `sojourn_*_total`, as before).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "sojourn_executions_started",
+            "Executions started, by workflow id",
+            self.started_by_workflow.family(),
         );
-        e.labeled_counter(
-            "sojourn_executions_completed_total",
-            "Executions completed, by workflow id.",
-            "workflow",
-            &self.completed_by_workflow,
+        r.register(
+            "sojourn_executions_completed",
+            "Executions completed, by workflow id",
+            self.completed_by_workflow.family(),
         );
-        e.labeled_counter(
-            "sojourn_executions_failed_total",
-            "Executions failed, by workflow id.",
-            "workflow",
-            &self.failed_by_workflow,
+        r.register(
+            "sojourn_executions_failed",
+            "Executions failed, by workflow id",
+            self.failed_by_workflow.family(),
         );
-        e.labeled_counter(
-            "sojourn_executions_cancelled_total",
-            "Executions cancelled, by workflow id.",
-            "workflow",
-            &self.cancelled_by_workflow,
+        r.register(
+            "sojourn_executions_cancelled",
+            "Executions cancelled, by workflow id",
+            self.cancelled_by_workflow.family(),
         );
-        e.counter(
-            "sojourn_activations_total",
-            "Execution actors started (new executions and rehydrations).",
-            get(&self.activations),
+        r.register(
+            "sojourn_activations",
+            "Execution actors started (new executions and rehydrations)",
+            self.activations.clone(),
         );
-        e.counter(
-            "sojourn_rehydrations_total",
-            "Execution actors rehydrated from a stored snapshot.",
-            get(&self.rehydrations),
+        r.register(
+            "sojourn_rehydrations",
+            "Execution actors rehydrated from a stored snapshot",
+            self.rehydrations.clone(),
         );
-        e.counter(
-            "sojourn_passivations_total",
-            "Execution actors passivated.",
-            get(&self.passivations),
+        r.register(
+            "sojourn_passivations",
+            "Execution actors passivated",
+            self.passivations.clone(),
         );
-        e.counter(
-            "sojourn_actor_restarts_total",
-            "Execution actors restarted after a panic or a failed commit.",
-            get(&self.restarts),
+        r.register(
+            "sojourn_actor_restarts",
+            "Execution actors restarted after a panic or a failed commit",
+            self.restarts.clone(),
         );
-        e.counter(
-            "sojourn_transitions_total",
-            "Transitions committed.",
-            get(&self.transitions),
+        r.register(
+            "sojourn_transitions",
+            "Transitions committed",
+            self.transitions.clone(),
         );
-        e.counter(
-            "sojourn_commit_transactions_total",
-            "Group-commit transactions.",
-            get(&self.transactions),
+        r.register(
+            "sojourn_commit_transactions",
+            "Group-commit transactions",
+            self.transactions.clone(),
         );
-        e.counter(
-            "sojourn_fenced_writes_total",
-            "Transitions refused because another activation holds the execution.",
-            get(&self.fenced),
+        r.register(
+            "sojourn_fenced_writes",
+            "Transitions refused because another activation holds the execution",
+            self.fenced.clone(),
         );
-        e.counter(
-            "sojourn_timers_fired_total",
-            "Durable timers fired.",
-            get(&self.timers_fired),
+        r.register(
+            "sojourn_timers_fired",
+            "Durable timers fired",
+            self.timers_fired.clone(),
         );
-        e.counter(
-            "sojourn_actions_sent_total",
-            "Action attempts sent to providers.",
-            get(&self.actions_sent),
+        r.register(
+            "sojourn_actions_sent",
+            "Action attempts sent to providers",
+            self.actions_sent.clone(),
         );
-        e.counter(
-            "sojourn_actions_repeated_total",
-            "Action attempts sent again after a crash between send and record.",
-            get(&self.actions_repeated),
+        r.register(
+            "sojourn_actions_repeated",
+            "Action attempts sent again after a crash between send and record",
+            self.actions_repeated.clone(),
         );
-        e.counter(
-            "sojourn_leases_taken_total",
-            "Execution leases taken to rehydrate an execution here.",
-            get(&self.leases_taken),
+        r.register(
+            "sojourn_leases_taken",
+            "Execution leases taken to rehydrate an execution here",
+            self.leases_taken.clone(),
         );
-        e.counter(
-            "sojourn_leases_lost_total",
-            "Execution leases lost to another node (their actors stopped at once).",
-            get(&self.leases_lost),
+        r.register(
+            "sojourn_leases_lost",
+            "Execution leases lost to another node (their actors stopped at once)",
+            self.leases_lost.clone(),
         );
-        e.counter(
-            "sojourn_inputs_forwarded_total",
-            "Inputs forwarded to the node holding their execution.",
-            get(&self.forwarded),
+        r.register(
+            "sojourn_inputs_forwarded",
+            "Inputs forwarded to the node holding their execution",
+            self.forwarded.clone(),
         );
-        e.histogram(
+        r.register(
             "sojourn_transition_latency_seconds",
-            "From an input reaching its execution actor to its transition committed.",
-            &self.transition_seconds,
+            "From an input reaching its execution actor to its transition committed",
+            self.transition_seconds.clone(),
         );
-        e.histogram(
+        r.register(
             "sojourn_timer_lateness_seconds",
-            "How late durable timers fired (fired minus due).",
-            &self.timer_lateness_seconds,
+            "How late durable timers fired (fired minus due)",
+            self.timer_lateness_seconds.clone(),
         );
     }
 
     /// A copy of the counters.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: &Counter| c.get();
         StatsSnapshot {
             transactions: get(&self.transactions),
             transitions: get(&self.transitions),

@@ -17,9 +17,11 @@ use crate::error::ErrorBody;
 use crate::state::AppState;
 
 type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+/// A path parameter's schema, as JSON.
+type ParamSchemaFn = fn() -> Value;
 
 /// A path parameter's schema, by name.
-type ParamSchema = (&'static str, fn() -> Value);
+type ParamSchema = (&'static str, ParamSchemaFn);
 
 fn schema_of<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
     g.subschema_for::<T>()
@@ -78,7 +80,7 @@ impl Spec {
     }
 
     /// A path parameter's schema when it is not any string.
-    pub(crate) fn param(mut self, name: &'static str, schema: fn() -> Value) -> Spec {
+    pub(crate) fn param(mut self, name: &'static str, schema: ParamSchemaFn) -> Spec {
         self.params.push((name, schema));
         self
     }

@@ -20,7 +20,9 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use sojourn_actors::metrics::HttpLabels;
 use sojourn_persistence::Store;
+use tracing::Instrument;
 
 pub mod auth;
 mod docs;
@@ -404,7 +406,8 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-/// Records each request's latency by method, matched route and status.
+/// Records each request's latency by method, matched route and status, in
+/// a span of its own (`http.request`).
 async fn observe<S: Store>(State(app): State<AppState<S>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     // Known methods only: a made-up one must not create a series.
@@ -423,10 +426,23 @@ async fn observe<S: Store>(State(app): State<AppState<S>>, req: Request, next: N
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(req).await;
-    app.http_seconds.observe(
-        &[method, &route, response.status().as_str()],
-        started.elapsed().as_secs_f64(),
+    // The request's span: the execution it starts joins its trace.
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
     );
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    app.http_seconds
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     response.into_response()
 }

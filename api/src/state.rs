@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sojourn_actors::Engine;
-use sojourn_actors::metrics::{LATENCY_BUCKETS, LabeledHistogram};
+use sojourn_actors::metrics::{Gauge, HttpHistogram, Listed, Registry, ScrapedGauge};
 use sojourn_persistence::{Store, TriggerRecord};
 
 use crate::auth::{AuthMode, KeyCache};
@@ -22,7 +22,13 @@ pub struct Inner<S: Store> {
     pub default_namespace: String,
     pub(crate) keys: KeyCache,
     /// Request latency by method, route and status.
-    pub(crate) http_seconds: LabeledHistogram,
+    pub(crate) http_seconds: HttpHistogram,
+    /// Execution actors live here, set when scraped.
+    pub(crate) active_actors: Gauge,
+    /// Timers waiting (all nodes), read when scraped.
+    pub(crate) timers_pending: ScrapedGauge,
+    /// Every series `/metrics` shows: the engine's and the above.
+    pub(crate) registry: Registry,
     /// `api` triggers by path, for `POST /trigger/{path}`.
     pub(crate) triggers: TriggerCache,
 }
@@ -73,13 +79,36 @@ impl TriggerCache {
 
 impl<S: Store> AppState<S> {
     pub fn new(engine: Arc<Engine<S>>, auth: AuthMode) -> AppState<S> {
+        let http_seconds = HttpHistogram::default();
+        let active_actors = Gauge::default();
+        let timers_pending = ScrapedGauge::default();
+        let mut registry = Registry::default();
+        engine.stats().register(&mut registry);
+        registry.register(
+            "sojourn_active_actors",
+            "Execution actors live on this node",
+            active_actors.clone(),
+        );
+        registry.register(
+            "sojourn_timers_pending",
+            "Durable timers waiting to fire (all nodes)",
+            timers_pending.clone(),
+        );
+        registry.register(
+            "sojourn_http_request_duration_seconds",
+            "HTTP request latency by method, route and status",
+            Listed(http_seconds.clone()),
+        );
         AppState {
             inner: Arc::new(Inner {
                 engine,
                 auth,
                 default_namespace: "default".into(),
                 keys: KeyCache::default(),
-                http_seconds: LabeledHistogram::new(LATENCY_BUCKETS),
+                http_seconds,
+                active_actors,
+                timers_pending,
+                registry,
                 triggers: TriggerCache::default(),
             }),
         }

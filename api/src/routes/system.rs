@@ -6,7 +6,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::Serialize;
-use sojourn_actors::metrics::Exposition;
+use sojourn_actors::metrics;
 use sojourn_persistence::Store;
 
 use crate::state::AppState;
@@ -90,29 +90,15 @@ pub(crate) async fn readyz<S: Store>(State(app): State<AppState<S>>) -> Response
 }
 
 pub(crate) async fn metrics<S: Store>(State(app): State<AppState<S>>) -> Response {
-    let mut e = Exposition::default();
-    app.engine.stats().encode(&mut e);
-    e.gauge(
-        "sojourn_active_actors",
-        "Execution actors live on this node.",
-        app.engine.active_actors().await as f64,
-    );
-    if let Ok(n) = app.engine.store().pending_timers().await {
-        e.gauge(
-            "sojourn_timers_pending",
-            "Durable timers waiting to fire (all nodes).",
-            n as f64,
-        );
-    }
-    e.labeled_histogram(
-        "sojourn_http_request_duration_seconds",
-        "HTTP request latency by method, route and status.",
-        &["method", "route", "status"],
-        &app.http_seconds,
-    );
+    let actors = app.engine.active_actors().await;
+    app.active_actors
+        .set(i64::try_from(actors).unwrap_or(i64::MAX));
+    // Left out of the answer when the database cannot be read.
+    app.timers_pending
+        .set(app.engine.store().pending_timers().await.ok());
     (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        e.finish(),
+        [(CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::encode(&app.registry),
     )
         .into_response()
 }
