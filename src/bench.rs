@@ -38,7 +38,7 @@ pub(crate) struct BenchArgs {
     pub(crate) sleep: u64,
     /// PostgreSQL URL: the bench runs in a schema of its own, dropped after.
     /// Without it, a SQLite file in a temporary directory.
-    #[arg(long, env = "SOJOURN_DATABASE_URL")]
+    #[arg(long, env = "SOJOURN_DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
     /// Instead: start executions over HTTP against a running node
     /// (`SOJOURN_URL`) and print starts/s and latency.
