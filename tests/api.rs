@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sojourn_testkit::{curl, free_port, wait_healthy};
+use sojourn_testkit::{curl, database_url, free_port, wait_healthy};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sojourn-api-{name}-{}", std::process::id()));
@@ -321,11 +321,6 @@ fn dev_node_driven_by_the_cli_and_curl() {
 
     assert!(node.terminate().success(), "dev exits 0 on SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn database_url() -> String {
-    std::env::var("SOJOURN_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

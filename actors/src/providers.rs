@@ -270,21 +270,11 @@ fn storable(outcome: ActionOutcome) -> ActionOutcome {
 
 /// Replaces NUL characters in every string and key with U+FFFD.
 fn strip_nul(v: &mut Value) {
-    match v {
-        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
-        Value::Array(items) => items.iter_mut().for_each(strip_nul),
-        Value::Object(map) => {
-            if map.keys().any(|k| k.contains('\0')) {
-                let old = std::mem::take(map);
-                for (k, mut v) in old {
-                    strip_nul(&mut v);
-                    map.insert(k.replace('\0', "\u{fffd}"), v);
-                }
-            } else {
-                map.values_mut().for_each(strip_nul);
-            }
-        }
-        _ => {}
+    let nul = |s: &str| s.contains('\0');
+    if sojourn_runtime::json::any_string(v, &nul) {
+        sojourn_runtime::json::rewrite_strings(v, &mut |s| {
+            nul(s).then(|| s.replace('\0', "\u{fffd}"))
+        });
     }
 }
 

@@ -27,6 +27,7 @@ pub mod ids;
 mod interpreter;
 pub mod io;
 pub mod journal;
+pub mod json;
 pub mod model;
 pub mod nodes;
 pub mod registry;

@@ -28,6 +28,8 @@ use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::{Error as JinjaError, ErrorKind, Output, State, Value as JinjaValue};
 use serde_json::Value;
 
+use crate::json::{any_string, rewrite_strings};
+
 /// Opens a secret marker (U+FDD0, a noncharacter).
 pub const OPEN: char = '\u{FDD0}';
 /// Closes a secret marker (U+FDD1).
@@ -123,83 +125,35 @@ pub fn resolve<'v, 's>(
     lookup: &dyn Fn(&str) -> Option<&'s str>,
     used: &mut Vec<&'s str>,
 ) -> Result<Cow<'v, Value>, ResolveError> {
-    if !has_marker(inputs) {
+    if !any_string(inputs, &|s| s.contains(OPEN)) {
         return Ok(Cow::Borrowed(inputs));
     }
     let mut out = inputs.clone();
-    resolve_in(&mut out, lookup, used)?;
-    Ok(Cow::Owned(out))
+    let mut failed = None;
+    rewrite_strings(&mut out, &mut |s| {
+        if failed.is_some() || !s.contains(OPEN) {
+            return None;
+        }
+        resolve_str(s, lookup, used)
+            .map_err(|e| failed = Some(e))
+            .ok()
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(Cow::Owned(out)),
+    }
 }
 
 /// Replaces marker characters (U+FFFD) in every string and key of a value
 /// computed from data (a `$expr` result): only a `{{ secrets.NAME }}` in a
 /// template may make a marker.
 pub fn defuse(v: &mut Value) {
-    if !has_marker_char(v) {
-        return;
+    let marked = |s: &str| s.contains([OPEN, CLOSE]);
+    if any_string(v, &marked) {
+        rewrite_strings(v, &mut |s| {
+            marked(s).then(|| s.replace([OPEN, CLOSE], "\u{fffd}"))
+        });
     }
-    match v {
-        Value::String(s) => *s = s.replace([OPEN, CLOSE], "\u{fffd}"),
-        Value::Array(items) => items.iter_mut().for_each(defuse),
-        Value::Object(map) => {
-            let old = std::mem::take(map);
-            for (k, mut v) in old {
-                defuse(&mut v);
-                map.insert(k.replace([OPEN, CLOSE], "\u{fffd}"), v);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn has_marker_char(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains([OPEN, CLOSE]),
-        Value::Array(items) => items.iter().any(has_marker_char),
-        Value::Object(map) => map
-            .iter()
-            .any(|(k, v)| k.contains([OPEN, CLOSE]) || has_marker_char(v)),
-        _ => false,
-    }
-}
-
-fn has_marker(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains(OPEN),
-        Value::Array(items) => items.iter().any(has_marker),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains(OPEN) || has_marker(v)),
-        _ => false,
-    }
-}
-
-fn resolve_in<'s>(
-    v: &mut Value,
-    lookup: &dyn Fn(&str) -> Option<&'s str>,
-    used: &mut Vec<&'s str>,
-) -> Result<(), ResolveError> {
-    match v {
-        Value::String(s) if s.contains(OPEN) => *s = resolve_str(s, lookup, used)?,
-        Value::Array(items) => {
-            for item in items {
-                resolve_in(item, lookup, used)?;
-            }
-        }
-        Value::Object(map) => {
-            if map.keys().any(|k| k.contains(OPEN)) {
-                let old = std::mem::take(map);
-                for (k, mut v) in old {
-                    resolve_in(&mut v, lookup, used)?;
-                    map.insert(resolve_str(&k, lookup, used)?, v);
-                }
-            } else {
-                for v in map.values_mut() {
-                    resolve_in(v, lookup, used)?;
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 fn resolve_str<'s>(
@@ -229,26 +183,17 @@ fn resolve_str<'s>(
 /// `v` (keys included) with [`REDACTED`]: what a provider answered may echo
 /// a credential it was sent.
 pub fn scrub(v: &mut Value, values: &[&str]) {
-    if values.is_empty() {
+    let holds = |s: &str| values.iter().any(|x| !x.is_empty() && s.contains(x));
+    if values.is_empty() || !any_string(v, &holds) {
         return;
     }
-    match v {
-        Value::String(s) => scrub_str(s, values),
-        Value::Array(items) => items.iter_mut().for_each(|i| scrub(i, values)),
-        Value::Object(map) => {
-            if map.keys().any(|k| values.iter().any(|s| k.contains(s))) {
-                let old = std::mem::take(map);
-                for (mut k, mut v) in old {
-                    scrub_str(&mut k, values);
-                    scrub(&mut v, values);
-                    map.insert(k, v);
-                }
-            } else {
-                map.values_mut().for_each(|i| scrub(i, values));
-            }
-        }
-        _ => {}
-    }
+    rewrite_strings(v, &mut |s| {
+        holds(s).then(|| {
+            let mut s = s.to_owned();
+            scrub_str(&mut s, values);
+            s
+        })
+    });
 }
 
 /// [`scrub`] for one string.
@@ -260,18 +205,32 @@ pub fn scrub_str(s: &mut String, values: &[&str]) {
     }
 }
 
-/// Header names whose values are credentials.
+/// Header names whose values are credentials (compared without
+/// allocating: this runs for every dispatch that has headers).
 fn is_sensitive_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    matches!(
-        n.as_str(),
-        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
-    ) || n.contains("api-key")
-        || n.contains("apikey")
-        || n.contains("token")
-        || n.contains("secret")
-        || n.contains("password")
-        || n.contains("signature")
+    let contains = |needle: &str| {
+        name.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+        || [
+            "api-key",
+            "apikey",
+            "token",
+            "secret",
+            "password",
+            "signature",
+        ]
+        .iter()
+        .any(|n| contains(n))
 }
 
 /// The inputs as they may be kept for people (journal, node executions):
