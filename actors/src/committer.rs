@@ -19,8 +19,8 @@ pub(crate) struct Request {
     pub(crate) consumed_input: Option<i64>,
 }
 
-/// Commits transitions in batches; gives each transition back with its fate.
-pub(crate) type Committer = Batcher<Request, (Transition, CommitResult)>;
+/// Commits transitions in batches; gives each request back with its fate.
+pub(crate) type Committer = Batcher<Request, (Request, CommitResult)>;
 
 pub(crate) fn spawn<S: Store>(
     store: Arc<S>,
@@ -52,11 +52,7 @@ pub(crate) fn spawn<S: Store>(
                     .filter(|r| **r == CommitResult::Fenced)
                     .count() as u64,
             );
-            Ok(batch
-                .into_iter()
-                .map(|r| r.transition)
-                .zip(results)
-                .collect())
+            Ok(batch.into_iter().zip(results).collect())
         }
     })
 }

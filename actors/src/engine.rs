@@ -680,3 +680,114 @@ pub(crate) async fn mark_failed<S: Store>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use sojourn_persistence::{SqliteStore, TimerStore};
+    use sojourn_runtime::Status;
+
+    use super::*;
+
+    /// An input already in an actor's mailbox when its lease is reported
+    /// lost is applied (or handed on), never dropped with the mailbox: a
+    /// timer firing has no row to be found by again, and would wait until
+    /// its claim expired (here an hour: the timer is not due before).
+    #[tokio::test]
+    async fn an_input_in_the_mailbox_of_an_actor_whose_lease_is_lost_is_not_dropped() {
+        let dir =
+            std::env::temp_dir().join(format!("sojourn-engine-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = SqliteStore::open(&dir.join("t.db")).await.expect("store");
+        let engine = Engine::start(store, Config::default())
+            .await
+            .expect("engine");
+        let wf = Workflow::from_value(json!({
+            "key": "nap",
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "nap", "type": "delay", "config": {"duration": "1h"}},
+                {"id": "done", "type": "exit"}
+            ],
+            "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "done"}]
+        }))
+        .expect("workflow");
+        engine.deploy(&wf).await.expect("deploy");
+        let id = engine
+            .start_execution(StartRequest {
+                workflow: "nap".into(),
+                input: json!({}),
+                ..StartRequest::default()
+            })
+            .await
+            .expect("start")
+            .id;
+        // Asleep on its delay, its actor gone.
+        for _ in 0..500 {
+            let waiting = engine.execution(&id).await.expect("read").expect("exists");
+            if waiting.snapshot.status == Status::Waiting && engine.active_actors().await == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(engine.active_actors().await, 0, "the sleeper passivated");
+        // Its timer, claimed as the timer service would (an hour early).
+        let now = Utc::now();
+        let timers = engine
+            .store()
+            .claim_due_timers(
+                engine.node_id(),
+                now + chrono::Duration::hours(2),
+                now,
+                now + chrono::Duration::hours(2),
+                10,
+            )
+            .await
+            .expect("claim");
+        let timer = timers
+            .into_iter()
+            .find(|t| t.execution_id == id)
+            .expect("its timer")
+            .timer_id;
+        // Activated (and idle), then given the firing and reported lost at
+        // once: both reach its mailbox before it runs again.
+        let router = &engine.ctx.router;
+        router.route(vec![(id.clone(), None)]).await;
+        while engine.active_actors().await == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let firing = Delivery {
+            input: Input::TimerFired {
+                timer: timer.clone(),
+            },
+            fired_timer: Some(timer),
+            inbox_id: None,
+        };
+        engine
+            .supervisor
+            .cast(SupervisorMsg::Deliver(id.clone(), firing))
+            .expect("deliver");
+        router.held.remove(&id);
+        router.lease_lost(vec![id.clone()]);
+        let mut status = Status::Waiting;
+        for _ in 0..500 {
+            status = engine
+                .execution(&id)
+                .await
+                .expect("read")
+                .expect("exists")
+                .snapshot
+                .status;
+            if status.is_terminal() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(status, Status::Completed, "the firing was applied");
+        engine.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -68,6 +68,10 @@ pub(crate) struct ExecutionState {
     span: tracing::Span,
     /// Set once the actor asked to passivate; further idle requests are moot.
     asked_to_passivate: bool,
+    /// A write was fenced: another node holds the execution. Inputs still
+    /// in the mailbox go back to the supervisor (and on to the holder)
+    /// until the `Stop` that follows them.
+    lost: bool,
 }
 
 impl<S: Store> Actor for ExecutionActor<S> {
@@ -104,6 +108,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                 supervisor,
                 span,
                 asked_to_passivate: false,
+                lost: false,
             });
         }
         Stats::add(&ctx.stats.rehydrations, 1);
@@ -141,6 +146,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
             supervisor,
             span,
             asked_to_passivate: false,
+            lost: false,
         })
     }
 
@@ -152,6 +158,23 @@ impl<S: Store> Actor for ExecutionActor<S> {
     ) -> Result<(), ActorProcessingErr> {
         let span = state.span.clone();
         async {
+            if state.lost {
+                match message {
+                    ExecutionMsg::Deliver(d) => {
+                        let _ = state
+                            .supervisor
+                            .cast(SupervisorMsg::Deliver(state.id.clone(), d));
+                    }
+                    ExecutionMsg::DrainInbox => {
+                        let _ = state
+                            .supervisor
+                            .cast(SupervisorMsg::Activate(state.id.clone()));
+                    }
+                    ExecutionMsg::IdleCheck(_) => {}
+                    ExecutionMsg::Stop => myself.stop(Some("fenced".into())),
+                }
+                return Ok(());
+            }
             match message {
                 ExecutionMsg::Deliver(d) => {
                     if !self.apply(&myself, state, d).await? {
@@ -228,6 +251,7 @@ impl<S: Store> ExecutionActor<S> {
                 inbox_id: None,
             };
             if !Box::pin(self.apply(myself, state, start)).await? {
+                Self::hand_back(state, d.fired_timer);
                 return Ok(false);
             }
         }
@@ -254,7 +278,8 @@ impl<S: Store> ExecutionActor<S> {
             consumed_input: d.inbox_id,
         };
         match self.ctx.committer.call(request).await {
-            Ok((t, CommitResult::Committed)) => {
+            Ok((r, CommitResult::Committed)) => {
+                let t = r.transition;
                 let stats = &self.ctx.stats;
                 stats
                     .transition_seconds
@@ -286,13 +311,41 @@ impl<S: Store> ExecutionActor<S> {
                 state.asked_to_passivate = false;
                 Ok(true)
             }
-            Ok((_, CommitResult::Fenced)) => {
-                warn!("lease lost (fenced write): stopping at once");
-                myself.stop(Some("fenced".into()));
+            Ok((r, CommitResult::Fenced)) => {
+                warn!("lease lost (fenced write): stopping");
+                // Not `stop()`, which would drop the mailbox: the supervisor
+                // sends `Stop` after the inputs already here, which go back
+                // to it (this one first) and on to the holder.
+                state.lost = true;
+                let _ = state
+                    .supervisor
+                    .cast(SupervisorMsg::Fenced(state.id.clone(), myself.get_id()));
+                Self::hand_back(state, r.fired_timer);
                 Ok(false)
             }
             Err(e) => Err(format!("commit failed: {e}").into()),
         }
+    }
+
+    /// Gives an input this actor could not apply (its write was fenced)
+    /// back to the supervisor, after the `Fenced` report: a timer firing as
+    /// itself (it has no row to be found by), anything else as an activation
+    /// (its row waits in the inbox, or the execution is pending).
+    fn hand_back(state: &ExecutionState, fired_timer: Option<TimerId>) {
+        let id = state.id.clone();
+        let _ = state.supervisor.cast(match fired_timer {
+            Some(timer) => SupervisorMsg::Deliver(
+                id,
+                Delivery {
+                    input: Input::TimerFired {
+                        timer: timer.clone(),
+                    },
+                    fired_timer: Some(timer),
+                    inbox_id: None,
+                },
+            ),
+            None => SupervisorMsg::Activate(id),
+        });
     }
 
     /// After an input: passivate if nothing is in flight, else arm the idle

@@ -169,13 +169,7 @@ async fn renew_leases<S: Store>(
         match cluster.renew(&leases).await {
             Ok(lost) => {
                 last_ok = Instant::now();
-                if !lost.is_empty() {
-                    warn!(
-                        leases = lost.len(),
-                        "leases taken by another node: stopping their actors"
-                    );
-                    lost_all(&router, &stats, lost);
-                }
+                renewed(&router, &stats, leases, lost);
             }
             Err(e) => {
                 // Stop before the TTL runs out: by then another node may
@@ -192,6 +186,38 @@ async fn renew_leases<S: Store>(
     }
 }
 
+/// Acts on a renewal's answer. A lease reported lost counts only if this
+/// node still holds it *under the token that was renewed*: between the
+/// snapshot and the answer an actor may have passivated (its lease released,
+/// so Redis no longer holds that token) and a new input taken the lease again
+/// under a new token. That lease is this node's, and its live actor must not
+/// be stopped.
+fn renewed<S: Store>(
+    router: &Router<S>,
+    stats: &Stats,
+    renewed: Vec<(sojourn_runtime::ExecutionId, sojourn_cluster::Token)>,
+    lost: Vec<sojourn_runtime::ExecutionId>,
+) {
+    if lost.is_empty() {
+        return;
+    }
+    let lost: std::collections::HashSet<sojourn_runtime::ExecutionId> = lost.into_iter().collect();
+    let really: Vec<sojourn_runtime::ExecutionId> = renewed
+        .into_iter()
+        .filter(|(id, token)| lost.contains(id) && router.held.remove_if(id, token))
+        .map(|(id, _)| id)
+        .collect();
+    if really.is_empty() {
+        return;
+    }
+    warn!(
+        leases = really.len(),
+        "leases taken by another node: stopping their actors"
+    );
+    Stats::add(&stats.leases_lost, really.len() as u64);
+    router.lease_lost(really);
+}
+
 fn lost_all<S: Store>(router: &Router<S>, stats: &Stats, ids: Vec<sojourn_runtime::ExecutionId>) {
     Stats::add(&stats.leases_lost, ids.len() as u64);
     for id in &ids {
@@ -206,5 +232,60 @@ impl<S: Store> Router<S> {
         if let Some(sup) = self.supervisor_ref() {
             let _ = sup.cast(SupervisorMsg::LeaseLost(ids));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sojourn_cluster::Cluster;
+    use sojourn_runtime::ExecutionId;
+
+    use super::*;
+
+    /// On a one-node cluster (Redis), a lease this node released and took
+    /// again between a renewal's snapshot and its answer is not lost: the
+    /// renewal names it (its old token is gone), but the node holds it under
+    /// a new token and its actor keeps running.
+    #[tokio::test]
+    async fn a_node_never_reports_its_own_retaken_leases_as_lost() {
+        let url = "redis://127.0.0.1:6379";
+        let ttl = Duration::from_secs(30);
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        let router = crate::router::tests::router_on(
+            Cluster::redis(url, format!("n1-{suffix}"), ttl).expect("redis"),
+        )
+        .await;
+        let stats = Stats::default();
+        let (a, b) = (
+            ExecutionId::new(format!("exe_a_{suffix}")),
+            ExecutionId::new(format!("exe_b_{suffix}")),
+        );
+        assert_eq!(
+            router.acquire_new(&[a.clone(), b.clone()]).await,
+            [true, true]
+        );
+        // The renewal's snapshot...
+        let snapshot = router.held.snapshot();
+        // ...then `a` passivates (released, given back in Redis) and an input
+        // takes it again; `b` passivates and stays asleep.
+        router.released(&a);
+        router.released(&b);
+        router.flush_releases().await;
+        router.route(vec![(a.clone(), None)]).await;
+        assert!(router.held.contains(&a));
+        let lost = router.cluster.renew(&snapshot).await.expect("renew");
+        assert_eq!(lost.len(), 2, "both old tokens are gone from Redis");
+        renewed(&router, &stats, snapshot, lost);
+        assert_eq!(
+            stats.leases_lost.get(),
+            0,
+            "neither lease was taken by another node"
+        );
+        assert!(router.held.contains(&a), "the retaken lease is still held");
+        // The retaken lease renews under its new token.
+        let held = router.held.snapshot();
+        assert!(router.cluster.renew(&held).await.expect("renew").is_empty());
+        router.release_all(router.held.clear());
+        router.flush_releases().await;
     }
 }

@@ -48,6 +48,9 @@ pub(crate) enum SupervisorMsg {
     /// Another node holds these executions now: stop their actors at once
     /// (no passivation: their writes would be fenced anyway).
     LeaseLost(Vec<ExecutionId>),
+    /// The actor's write was fenced (another node took the execution); the
+    /// inputs still in its mailbox come back as `Deliver`, after this.
+    Fenced(ExecutionId, ActorId),
     /// An execution that kept failing has been marked failed (or the
     /// attempt gave up): its inputs may start an actor again.
     FailedMarked(ExecutionId),
@@ -272,6 +275,33 @@ impl<S: Store> Supervisor<S> {
         }
     }
 
+    /// Stops the actor of an execution whose lease this node lost (`from`:
+    /// only if it is still that actor). Not `ActorRef::stop`, which drops
+    /// the mailbox: a timer firing in it has no row to be found again and
+    /// would wait for its claim to expire. `Stop` goes after whatever the
+    /// actor was already given; those inputs are applied (a commit the new
+    /// holder has fenced hands its input back through `Fenced`), and inputs
+    /// that arrive meanwhile wait in the entry and go back to the router
+    /// once the actor is gone. Whether an actor was stopped.
+    fn stop_lost(state: &mut SupervisorState, id: &ExecutionId, from: Option<ActorId>) -> bool {
+        let Some(entry) = state.entries.get_mut(id) else {
+            return false;
+        };
+        let actor = match entry {
+            Entry::Active(actor) if from.is_none_or(|f| f == actor.get_id()) => actor,
+            // Already stopping (its buffer goes back to the router), or a
+            // report from an actor since replaced.
+            _ => return false,
+        };
+        let _ = actor.cast(ExecutionMsg::Stop);
+        *entry = Entry::Stopping {
+            actor: actor.get_id(),
+            buffer: Vec::new(),
+            wake: true,
+        };
+        true
+    }
+
     fn check_drained(&self, state: &mut SupervisorState) {
         if state.entries.is_empty() {
             for reply in state.draining.drain(..) {
@@ -367,25 +397,14 @@ impl<S: Store> Actor for Supervisor<S> {
             }
             SupervisorMsg::LeaseLost(ids) => {
                 for id in ids {
-                    match state.entries.get_mut(&id) {
-                        Some(entry @ Entry::Active(_)) => {
-                            // Stopping, so inputs arriving meanwhile wait in
-                            // the entry and go back to the router (or to a
-                            // new actor if this node takes the lease again).
-                            if let Entry::Active(actor) = entry {
-                                actor.stop(Some("lease lost".into()));
-                                let actor = actor.get_id();
-                                *entry = Entry::Stopping {
-                                    actor,
-                                    buffer: Vec::new(),
-                                    wake: true,
-                                };
-                            }
-                        }
-                        // Already stopping; its buffered inputs go back to
-                        // the router (the lease is no longer held).
-                        Some(Entry::Stopping { .. }) | None => {}
-                    }
+                    Self::stop_lost(state, &id, None);
+                }
+            }
+            SupervisorMsg::Fenced(id, from) => {
+                // Its write was fenced: another node holds the execution.
+                // Give the lease up here so its inputs are routed there.
+                if Self::stop_lost(state, &id, Some(from)) {
+                    self.ctx.router.released(&id);
                 }
             }
             SupervisorMsg::Count(reply) => {

@@ -32,6 +32,20 @@ impl Held {
         }
     }
 
+    /// Removes `id` only if it is held under `token` (not under a newer
+    /// token taken since); whether it was.
+    pub(crate) fn remove_if(&self, id: &ExecutionId, token: &Token) -> bool {
+        let Ok(mut s) = self.ids.lock() else {
+            return false;
+        };
+        if s.get(id) == Some(token) {
+            s.remove(id);
+            true
+        } else {
+            false
+        }
+    }
+
     pub(crate) fn remove(&self, id: &ExecutionId) -> Option<Token> {
         self.ids.lock().ok().and_then(|mut s| s.remove(id))
     }
