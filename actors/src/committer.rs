@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use sojourn_persistence::{Commit, CommitResult, LeaseEpoch, Store};
+use chrono::{DateTime, Utc};
+use sojourn_persistence::{Claim, Commit, CommitResult, LeaseEpoch, Store};
 use sojourn_runtime::{ExecutionId, TimerId, Transition};
 
 use crate::batch::Batcher;
@@ -17,6 +18,19 @@ pub(crate) struct Request {
     pub(crate) transition: Transition,
     pub(crate) fired_timer: Option<TimerId>,
     pub(crate) consumed_input: Option<i64>,
+    /// This node takes the transition's work on itself in the commit: its
+    /// actions (sent from memory) and its timers due before this instant
+    /// (held by the timer service). `None`: left in the tables for whoever
+    /// claims them.
+    pub(crate) claim_timers_before: Option<DateTime<Utc>>,
+}
+
+/// How long the claims taken in a commit last.
+#[derive(Debug, Clone)]
+pub(crate) struct Claims {
+    pub(crate) owner: String,
+    pub(crate) outbox_ttl: chrono::Duration,
+    pub(crate) timer_ttl: chrono::Duration,
 }
 
 /// Commits transitions in batches; gives each request back with its fate.
@@ -26,10 +40,13 @@ pub(crate) fn spawn<S: Store>(
     store: Arc<S>,
     stats: Arc<Stats>,
     max_batch: usize,
+    claims: Claims,
 ) -> (Committer, tokio::task::JoinHandle<()>) {
+    let claims = std::sync::Arc::new(claims);
     Batcher::spawn("group commit", max_batch, move |batch: Vec<Request>| {
-        let (store, stats) = (store.clone(), stats.clone());
+        let (store, stats, claims) = (store.clone(), stats.clone(), claims.clone());
         async move {
+            let outbox_until = Utc::now() + claims.outbox_ttl;
             let commits: Vec<Commit<'_>> = batch
                 .iter()
                 .map(|r| Commit {
@@ -38,6 +55,12 @@ pub(crate) fn spawn<S: Store>(
                     transition: &r.transition,
                     fired_timer: r.fired_timer.as_ref(),
                     consumed_input: r.consumed_input,
+                    claim: r.claim_timers_before.map(|timers_before| Claim {
+                        owner: &claims.owner,
+                        outbox_until,
+                        timers_before,
+                        timer_ttl: claims.timer_ttl,
+                    }),
                 })
                 .collect();
             let results = store.commit(&commits).await.map_err(|e| e.to_string());

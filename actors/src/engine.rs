@@ -43,6 +43,8 @@ pub(crate) struct Context<S: Store> {
     pub(crate) stats: Arc<Stats>,
     pub(crate) timer_wake: Arc<TimerWake>,
     pub(crate) outbox_wake: Arc<Notify>,
+    /// Actions claimed in their commit, to the local outbox relay.
+    pub(crate) handoff: tokio::sync::mpsc::UnboundedSender<sojourn_persistence::OutboxMessage>,
     pub(crate) config: Config,
     /// The trace each execution's spans join (see `trace.rs`).
     pub(crate) traces: Arc<crate::trace::Traces>,
@@ -136,8 +138,20 @@ impl<S: Store> Engine<S> {
                 },
             )
         };
-        let (committer, commit_task) =
-            crate::committer::spawn(store.clone(), stats.clone(), config.max_commit_batch);
+        let to_chrono = |d: std::time::Duration, or: i64| {
+            chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(or))
+        };
+        let (committer, commit_task) = crate::committer::spawn(
+            store.clone(),
+            stats.clone(),
+            config.max_commit_batch,
+            crate::committer::Claims {
+                owner: config.node_id.clone(),
+                outbox_ttl: to_chrono(config.outbox_claim_ttl, 3_660),
+                timer_ttl: to_chrono(config.timer_claim_ttl, 30),
+            },
+        );
+        let (handoff, handed) = tokio::sync::mpsc::unbounded_channel();
         let (starter, start_task) = crate::starter::spawn(store.clone(), config.max_commit_batch);
         let (activator, activate_task) =
             crate::activator::spawn(store.clone(), config.max_commit_batch);
@@ -152,6 +166,7 @@ impl<S: Store> Engine<S> {
             stats: stats.clone(),
             timer_wake: Arc::new(TimerWake::new(&config)),
             outbox_wake: Arc::new(Notify::new()),
+            handoff,
             config: config.clone(),
             traces: Arc::default(),
         });
@@ -176,6 +191,7 @@ impl<S: Store> Engine<S> {
                 store: store.clone(),
                 config: config.clone(),
                 wake: ctx.outbox_wake.clone(),
+                handed,
                 router: router.clone(),
                 stats: stats.clone(),
                 traces: ctx.traces.clone(),
@@ -668,6 +684,7 @@ pub(crate) async fn mark_failed<S: Store>(
             transition: &transition,
             fired_timer: None,
             consumed_input: None,
+            claim: None,
         }])
         .await?;
     if results.first() == Some(&CommitResult::Committed) {

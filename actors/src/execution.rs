@@ -9,17 +9,22 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sojourn_persistence::{CommitResult, LeaseEpoch, Store};
+use sojourn_persistence::{CommitResult, LeaseEpoch, OutboxMessage, Store};
 use sojourn_runtime::{CompiledWorkflow, Effect, ExecutionId, Input, Snapshot, Status, TimerId};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::engine::Context;
 use crate::stats::Stats;
 use crate::supervisor::SupervisorMsg;
+
+/// How long past its timer's due time a resident actor waits for it before
+/// passivating.
+const RESIDENT_GRACE: Duration = Duration::from_secs(2);
 
 /// An input on its way to an execution, with where it came from (so the
 /// commit that applies it can consume its durable row).
@@ -68,6 +73,10 @@ pub(crate) struct ExecutionState {
     span: tracing::Span,
     /// Set once the actor asked to passivate; further idle requests are moot.
     asked_to_passivate: bool,
+    /// It waits for a timer this node holds that falls due at this instant
+    /// (within seconds): it stays resident for it instead of passivating
+    /// and coming back from the store a moment later.
+    resident_until: Option<chrono::DateTime<Utc>>,
     /// A write was fenced: another node holds the execution. Inputs still
     /// in the mailbox go back to the supervisor (and on to the holder)
     /// until the `Stop` that follows them.
@@ -108,6 +117,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                 supervisor,
                 span,
                 asked_to_passivate: false,
+                resident_until: None,
                 lost: false,
             });
         }
@@ -146,6 +156,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
             supervisor,
             span,
             asked_to_passivate: false,
+            resident_until: None,
             lost: false,
         })
     }
@@ -270,12 +281,20 @@ impl<S: Store> ExecutionActor<S> {
                 return Ok(true);
             }
         };
+        // This node sends the actions and fires the near timers it decides,
+        // unless it is handing its work to others.
+        let claim = if self.ctx.router.closed.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(self.ctx.timer_wake.horizon())
+        };
         let request = crate::committer::Request {
             execution_id: state.id.clone(),
             epoch: state.epoch,
             transition,
             fired_timer: d.fired_timer,
             consumed_input: d.inbox_id,
+            claim_timers_before: claim,
         };
         match self.ctx.committer.call(request).await {
             Ok((r, CommitResult::Committed)) => {
@@ -285,10 +304,27 @@ impl<S: Store> ExecutionActor<S> {
                     .transition_seconds
                     .observe(received.elapsed().as_secs_f64());
                 let mut wake_outbox = false;
-                for effect in &t.effects {
+                state.resident_until = None;
+                for effect in t.effects {
                     match effect {
+                        Effect::Dispatch(dispatch) if claim.is_some() => {
+                            let _ = self.ctx.handoff.send(OutboxMessage {
+                                id: 0,
+                                execution_id: state.id.clone(),
+                                dispatch,
+                                deliveries: 1,
+                            });
+                        }
                         Effect::Dispatch(_) => wake_outbox = true,
-                        Effect::ScheduleTimer { at, .. } => self.ctx.timer_wake.hint(*at),
+                        Effect::ScheduleTimer { at, timer } => match claim {
+                            Some(before) if at < before => {
+                                // Due soon and held here: stay resident
+                                // until it fires.
+                                state.resident_until = Some(at);
+                                self.ctx.timer_wake.hold(at, state.id.clone(), timer);
+                            }
+                            _ => self.ctx.timer_wake.hint(at),
+                        },
                         Effect::Complete { .. } => {
                             Stats::add(&stats.completed, 1);
                             stats.completed_by_workflow.inc(&state.workflow_id);
@@ -353,7 +389,16 @@ impl<S: Store> ExecutionActor<S> {
     fn after_input(&self, myself: &ActorRef<ExecutionMsg>, state: &mut ExecutionState) {
         let s = state.snapshot.status;
         let quiet = matches!(s, Status::Waiting | Status::Paused) || s.is_terminal();
-        if quiet && !state.asked_to_passivate {
+        if s == Status::Waiting
+            && !state.asked_to_passivate
+            && let Some(at) = state.resident_until
+        {
+            // Passivate only if the timer has not come a while after it was
+            // due (it went elsewhere: it fires through the store then).
+            let seq = state.snapshot.seq;
+            let wait = (at - Utc::now()).to_std().unwrap_or_default() + RESIDENT_GRACE;
+            myself.send_after(wait, move || ExecutionMsg::IdleCheck(seq));
+        } else if quiet && !state.asked_to_passivate {
             state.asked_to_passivate = true;
             let _ = state
                 .supervisor

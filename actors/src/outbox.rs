@@ -35,6 +35,10 @@ pub(crate) struct OutboxRelay<S: Store> {
     pub(crate) store: Arc<S>,
     pub(crate) config: Config,
     pub(crate) wake: Arc<Notify>,
+    /// Actions this node claimed in the commit that decided them (their
+    /// attempts begun there too), handed over in memory: sent at once,
+    /// with no claim and no begin query.
+    pub(crate) handed: mpsc::UnboundedReceiver<OutboxMessage>,
     pub(crate) router: Arc<Router<S>>,
     pub(crate) stats: Arc<Stats>,
     /// Joins each send to its execution's trace.
@@ -49,18 +53,21 @@ impl<S: Store> OutboxRelay<S> {
             store,
             config,
             wake,
+            handed,
             router,
             stats,
             traces,
         } = self;
-        run(store, config, wake, router, stats, traces, shutdown).await;
+        run(store, config, wake, handed, router, stats, traces, shutdown).await;
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run<S: Store>(
     store: Arc<S>,
     config: Config,
     wake: Arc<Notify>,
+    mut handed: mpsc::UnboundedReceiver<OutboxMessage>,
     router: Arc<Router<S>>,
     stats: Arc<Stats>,
     traces: Arc<Traces>,
@@ -77,10 +84,24 @@ async fn run<S: Store>(
     ));
     let ttl = chrono::Duration::from_std(config.outbox_claim_ttl)
         .unwrap_or(chrono::Duration::seconds(60));
+    let mut last_claim: Option<std::time::Instant> = None;
+    let mut woken = true;
     while !shutdown.is_cancelled() {
+        // Handed over in memory: sent first, each as a slot frees.
+        while let Ok(m) = handed.try_recv() {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            send(&http, slot, &done_tx, &stats, &traces, m);
+        }
         let free = slots.available_permits().min(512) as u32;
         let mut claimed = 0;
-        if free > 0 {
+        // The table only when woken (an action this node did not claim was
+        // committed) or on the poll: the rest come in memory.
+        let due = woken || last_claim.is_none_or(|t| t.elapsed() >= config.outbox_poll);
+        if free > 0 && due {
+            woken = false;
+            last_claim = Some(std::time::Instant::now());
             let now = Utc::now();
             match store
                 .claim_outbox(&config.node_id, now, now + ttl, free)
@@ -100,9 +121,18 @@ async fn run<S: Store>(
         if claimed == 0 || free == 0 {
             tokio::select! {
                 _ = tokio::time::sleep(config.outbox_poll) => {}
-                _ = wake.notified() => {}
+                _ = wake.notified() => woken = true,
+                m = handed.recv() => {
+                    if let Some(m) = m
+                        && let Ok(slot) = slots.clone().acquire_owned().await
+                    {
+                        send(&http, slot, &done_tx, &stats, &traces, m);
+                    }
+                }
                 _ = shutdown.cancelled() => {}
             }
+        } else {
+            woken = true;
         }
     }
     drop(done_tx);
@@ -143,24 +173,7 @@ async fn dispatch<S: Store>(
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let (http, done, stats) = (http.clone(), done.clone(), stats.clone());
-                let span = info_span!("action", execution.id = %m.execution_id, node = %m.dispatch.node, attempt = m.dispatch.attempt);
-                // A child of its execution's activation (when on this node).
-                traces.adopt(&m.execution_id, &span);
-                tokio::spawn(
-                    async move {
-                        let outcome = providers::send(&http, &m.dispatch).await;
-                        Stats::add(&stats.actions_sent, 1);
-                        let _ = done
-                            .send(Sent {
-                                message: m,
-                                outcome,
-                                _slot: slot,
-                            })
-                            .await;
-                    }
-                    .instrument(span),
-                );
+                send(http, slot, done, stats, traces, m);
             }
         }
     }
@@ -168,6 +181,36 @@ async fn dispatch<S: Store>(
         store.ack_outbox(&drop_ids).await?;
     }
     Ok(())
+}
+
+/// Sends one attempt (already recorded as begun) in a task of its own,
+/// holding its slot; the finisher gets the outcome.
+fn send(
+    http: &Providers,
+    slot: OwnedSemaphorePermit,
+    done: &mpsc::Sender<Sent>,
+    stats: &Arc<Stats>,
+    traces: &Traces,
+    m: OutboxMessage,
+) {
+    let (http, done, stats) = (http.clone(), done.clone(), stats.clone());
+    let span = info_span!("action", execution.id = %m.execution_id, node = %m.dispatch.node, attempt = m.dispatch.attempt);
+    // A child of its execution's activation (when on this node).
+    traces.adopt(&m.execution_id, &span);
+    tokio::spawn(
+        async move {
+            let outcome = providers::send(&http, &m.dispatch).await;
+            Stats::add(&stats.actions_sent, 1);
+            let _ = done
+                .send(Sent {
+                    message: m,
+                    outcome,
+                    _slot: slot,
+                })
+                .await;
+        }
+        .instrument(span),
+    );
 }
 
 /// Records results in batches and hands each to its execution.
@@ -193,7 +236,9 @@ async fn finish<S: Store>(
                 node: s.message.dispatch.node.as_str(),
                 attempt: s.message.dispatch.attempt,
                 outcome: &s.outcome,
-                outbox_id: Some(s.message.id),
+                // By key: an action handed over in memory has no row id.
+                outbox_id: None,
+                outbox_key: Some(s.message.dispatch.idempotency_key.as_str()),
             })
             .collect();
         // Results are worth retrying: giving up means re-sending every action

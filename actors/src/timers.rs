@@ -26,11 +26,18 @@ use crate::execution::Delivery;
 use crate::router::Router;
 use crate::stats::Stats;
 
-/// Wakes the timer service when a timer is set that falls due soon.
+/// A timer held in memory until due: (due, execution, timer).
+type Held = (DateTime<Utc>, ExecutionId, TimerId);
+
+/// Wakes the timer service when a timer is set that falls due soon, and
+/// hands it the timers this node claimed in the commit that set them.
 #[derive(Debug)]
 pub(crate) struct TimerWake {
     notify: Notify,
     lookahead: chrono::Duration,
+    handed: std::sync::Mutex<Vec<Held>>,
+    /// A timer nobody claimed falls due soon: claim at once.
+    hinted: std::sync::atomic::AtomicBool,
 }
 
 impl TimerWake {
@@ -39,12 +46,37 @@ impl TimerWake {
             notify: Notify::new(),
             lookahead: chrono::Duration::from_std(config.timer_lookahead)
                 .unwrap_or(chrono::Duration::seconds(2)),
+            handed: std::sync::Mutex::new(Vec::new()),
+            hinted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Timers set from now on that fall due before the returned instant
+    /// are claimed in their commit and handed over with [`TimerWake::hold`].
+    pub(crate) fn horizon(&self) -> DateTime<Utc> {
+        Utc::now() + self.lookahead
+    }
+
+    /// A timer this node claimed in its commit: held in memory until due,
+    /// with no claim query.
+    pub(crate) fn hold(&self, at: DateTime<Utc>, execution: ExecutionId, timer: TimerId) {
+        if let Ok(mut h) = self.handed.lock() {
+            h.push((at, execution, timer));
+        }
+        self.notify.notify_one();
+    }
+
+    fn take_handed(&self) -> Vec<Held> {
+        self.handed
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default()
     }
 
     /// A timer was committed for `at`.
     pub(crate) fn hint(&self, at: DateTime<Utc>) {
         if at - Utc::now() <= self.lookahead {
+            self.hinted.store(true, Ordering::Relaxed);
             self.notify.notify_one();
         }
     }
@@ -86,17 +118,26 @@ async fn run<S: Store>(
         |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(1));
     let lookahead = to_chrono(config.timer_lookahead);
     let claim_ttl = to_chrono(config.timer_claim_ttl);
-    let mut held: BinaryHeap<Reverse<(DateTime<Utc>, ExecutionId, TimerId)>> = BinaryHeap::new();
+    let mut held: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
     // Fire budget: at most `rate` per second, refilled continuously.
     let rate = f64::from(config.timer_fire_rate.max(1));
     let mut budget = rate;
     let mut last_refill = std::time::Instant::now();
+    let mut last_claim: Option<std::time::Instant> = None;
     while !shutdown.is_cancelled() {
+        held.extend(wake.take_handed().into_iter().map(Reverse));
         let now = Utc::now();
         // Claim more only when the held backlog is small: a node back from a
         // day of downtime takes the backlog a batch at a time.
         // A draining node claims nothing new.
-        if held.len() < config.timer_batch as usize && !router.closed.load(Ordering::Relaxed) {
+        // Only on a hint or a poll: timers handed over in memory need no
+        // query.
+        let hinted = wake.hinted.swap(false, Ordering::Relaxed);
+        if (hinted || last_claim.is_none_or(|t| t.elapsed() >= config.timer_poll))
+            && held.len() < config.timer_batch as usize
+            && !router.closed.load(Ordering::Relaxed)
+        {
+            last_claim = Some(std::time::Instant::now());
             match store
                 .claim_due_timers(
                     &config.node_id,

@@ -127,6 +127,25 @@ pub struct Commit<'a> {
     pub fired_timer: Option<&'a TimerId>,
     /// The inbox row this transition consumed (removed).
     pub consumed_input: Option<i64>,
+    /// Work of this transition the committing node takes on itself in the
+    /// same commit, instead of claiming it back from the tables afterwards.
+    pub claim: Option<Claim<'a>>,
+}
+
+/// What a node claims in the commit that creates it: the actions of the
+/// transition (their outbox rows claimed, their attempts begun: the node
+/// sends them from memory at once) and the timers it sets that fall due
+/// soon (held in memory, fired by the node's timer service). A node that
+/// dies leaves the claims to expire, and another node takes the work.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub owner: &'a str,
+    /// The outbox rows' claim.
+    pub outbox_until: DateTime<Utc>,
+    /// Timers due before this are claimed, each until its due time plus
+    /// `timer_ttl`.
+    pub timers_before: DateTime<Utc>,
+    pub timer_ttl: chrono::Duration,
 }
 
 /// The fate of one commit in a batch.
@@ -222,6 +241,9 @@ pub struct FinishedAttempt<'a> {
     pub outcome: &'a sojourn_runtime::ActionOutcome,
     /// The outbox row to delete with it, if it came from one.
     pub outbox_id: Option<i64>,
+    /// Or the outbox row's idempotency key (an action handed to the sender
+    /// in memory, whose row id was never read back).
+    pub outbox_key: Option<&'a str>,
 }
 
 /// An input waiting in an execution's inbox.

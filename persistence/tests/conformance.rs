@@ -6,8 +6,9 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use sojourn_persistence::{
-    Commit, CommitResult, Created, Error, ExecutionQuery, LeaseEpoch, NewApiKey, NewExecution,
-    NewTrigger, NewWorkflow, PgStore, SqliteStore, Store, WorkflowQuery, WorkflowVersion, ids,
+    AttemptBegin, AttemptRef, Claim, Commit, CommitResult, Created, Error, ExecutionQuery,
+    FinishedAttempt, LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, PgStore,
+    SqliteStore, Store, WorkflowQuery, WorkflowVersion, ids,
 };
 use sojourn_runtime::{
     ActionOutcome, CompiledWorkflow, Effect, EventInput, ExecutionId, Input, Registry, Snapshot,
@@ -141,6 +142,7 @@ conformance!(
     max_entries_limit_the_executions_of_a_subject,
     max_entries_hold_when_creators_race_for_the_last_entry,
     an_unchanged_document_is_published_once,
+    a_commit_claims_its_actions_and_near_timers_for_its_node,
 );
 
 // ---- helpers ------------------------------------------------------------------
@@ -288,6 +290,7 @@ async fn step<S: Store>(
             transition: &t,
             fired_timer: fired.as_ref(),
             consumed_input: None,
+            claim: None,
         }])
         .await
         .expect("commit");
@@ -619,6 +622,7 @@ async fn stale_epochs_are_fenced_and_write_nothing<S: Store>(store: &S) {
             transition: &t,
             fired_timer: None,
             consumed_input: None,
+            claim: None,
         }])
         .await
         .expect("commit");
@@ -647,6 +651,7 @@ async fn group_commit_isolates_fenced_executions<S: Store>(store: &S) {
             transition: t,
             fired_timer: None,
             consumed_input: None,
+            claim: None,
         })
         .collect();
     let results = store.commit(&batch).await.expect("commit");
@@ -692,6 +697,7 @@ async fn two_steps_of_one_execution_in_one_batch_apply_in_order<S: Store>(store:
                 transition: &t1,
                 fired_timer: None,
                 consumed_input: None,
+                claim: None,
             },
             Commit {
                 execution_id: &e.id,
@@ -699,6 +705,7 @@ async fn two_steps_of_one_execution_in_one_batch_apply_in_order<S: Store>(store:
                 transition: &t2,
                 fired_timer: None,
                 consumed_input: None,
+                claim: None,
             },
         ])
         .await
@@ -966,6 +973,7 @@ async fn the_inbox_is_consumed_by_the_commit_that_applies_it<S: Store>(store: &S
             transition: &t,
             fired_timer: None,
             consumed_input: Some(id),
+            claim: None,
         }])
         .await
         .expect("commit");
@@ -1065,6 +1073,7 @@ async fn attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_
             transition: &t,
             fired_timer: None,
             consumed_input: Some(inbox),
+            claim: None,
         }])
         .await
         .expect("commit");
@@ -1209,6 +1218,7 @@ async fn attempts_begin_and_finish_in_batches<S: Store>(store: &S) {
             attempt: m.dispatch.attempt,
             outcome: &outcome,
             outbox_id: Some(m.id),
+            outbox_key: None,
         })
         .collect();
     let inbox = store.finish_attempts(&done, t0()).await.expect("finish");
@@ -2348,4 +2358,140 @@ async fn an_unchanged_document_is_published_once<S: Store>(store: &S) {
         store.publish_if_changed(&f.workflow_id, &third, t0()).await,
         Err(Error::Invalid(_))
     ));
+}
+
+/// A node that sends its own actions and fires its own near timers claims
+/// them in the commit that decides them: nobody else claims them while the
+/// claims last, the attempt counts as begun once, and another node takes
+/// the work only when the claims expire (the node died).
+async fn a_commit_claims_its_actions_and_near_timers_for_its_node<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let mut e = start(store, &f, None, None).await;
+    let claim = Claim {
+        owner: "n1",
+        outbox_until: t0() + Duration::seconds(60),
+        timers_before: t0() + Duration::seconds(2),
+        timer_ttl: Duration::seconds(30),
+    };
+    let commit = |e: &Exec, t: &Transition| {
+        let (id, epoch) = (e.id.clone(), e.epoch);
+        let t = t.clone();
+        async move {
+            store
+                .commit(&[Commit {
+                    execution_id: &id,
+                    epoch,
+                    transition: &t,
+                    fired_timer: None,
+                    consumed_input: None,
+                    claim: Some(claim),
+                }])
+                .await
+                .expect("commit")
+        }
+    };
+    let t1 = f.wf.step(&e.snap, Input::Start, t0()).expect("step");
+    assert_eq!(commit(&e, &t1).await, [CommitResult::Committed]);
+    e.snap = t1.snapshot.clone();
+    let nodes = store.node_executions(&e.id).await.expect("nodes");
+    assert_eq!(
+        (nodes[0].status.as_str(), nodes[0].sends),
+        ("sending", 1),
+        "the attempt is begun in the commit"
+    );
+    assert!(
+        store
+            .claim_outbox(
+                "n2",
+                t0() + Duration::seconds(59),
+                t0() + Duration::seconds(120),
+                10
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
+        "claimed by n1 until its claim expires"
+    );
+    let late = store
+        .claim_outbox(
+            "n2",
+            t0() + Duration::seconds(61),
+            t0() + Duration::seconds(120),
+            10,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(late.len(), 1, "then another node takes it");
+    assert_eq!(late[0].deliveries, 2, "handed out once before");
+    let begun = store
+        .begin_attempts(&[AttemptRef {
+            execution_id: &e.id,
+            node: "first",
+            attempt: 1,
+        }])
+        .await
+        .expect("begin");
+    assert_eq!(
+        begun,
+        [AttemptBegin::Send { sends: 2 }],
+        "a possible repeat"
+    );
+    // Its result deletes the row by key (an action sent from memory has no
+    // row id).
+    let outcome = ActionOutcome::Success {
+        output: json!({"status": 200}),
+    };
+    store
+        .finish_attempts(
+            &[FinishedAttempt {
+                execution_id: &e.id,
+                node: "first",
+                attempt: 1,
+                outcome: &outcome,
+                outbox_id: None,
+                outbox_key: Some(late[0].dispatch.idempotency_key.as_str()),
+            }],
+            t0(),
+        )
+        .await
+        .expect("finish");
+    assert!(
+        store
+            .claim_outbox(
+                "n3",
+                t0() + Duration::seconds(3_600),
+                t0() + Duration::seconds(3_700),
+                10
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the outbox row is gone"
+    );
+    // The 1 s delay falls due before the horizon: claimed by n1 until due
+    // plus its TTL.
+    let t2 =
+        f.wf.step(&e.snap, success("first", 1, json!({"status": 200})), t0())
+            .expect("step");
+    assert_eq!(commit(&e, &t2).await, [CommitResult::Committed]);
+    let due = t0() + Duration::seconds(1);
+    assert!(
+        store
+            .claim_due_timers("n2", due, due, due + Duration::seconds(30), 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the near timer is n1's"
+    );
+    let late = store
+        .claim_due_timers(
+            "n2",
+            due + Duration::seconds(32),
+            due + Duration::seconds(32),
+            due + Duration::seconds(60),
+            10,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(late.len(), 1, "until its claim expires");
 }

@@ -360,7 +360,9 @@ async fn write_dependents(tx: &mut PgConnection, won: &[&Rows]) -> Result<()> {
     // Node executions started, and the outbox rows that send them.
     let (mut ex, mut node, mut attempt, mut action, mut input, mut started) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut key, mut payload) = (vec![], vec![]);
+    let (mut status, mut sends) = (vec![], vec![]);
+    let (mut key, mut payload, mut owner, mut until, mut deliveries) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for r in won {
         for (s, o) in r.node_starts.iter().zip(&r.outbox) {
             ex.push(r.execution.id.as_str());
@@ -369,16 +371,22 @@ async fn write_dependents(tx: &mut PgConnection, won: &[&Rows]) -> Result<()> {
             action.push(s.action.as_str());
             input.push(s.input.as_str());
             started.push(r.now);
+            status.push(s.status);
+            sends.push(s.sends);
             key.push(o.idempotency_key.as_str());
             payload.push(o.payload.as_str());
+            owner.push(o.claimed_by.as_deref());
+            until.push(o.claimed_until);
+            deliveries.push(o.deliveries);
         }
     }
     if !ex.is_empty() {
         sqlx::query(
-            "INSERT INTO node_executions (execution_id, node_id, attempt, action, status, input, started_at)
-             SELECT e, n, a, act, 'dispatched', i::jsonb, s
-             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
-                  AS v(e, n, a, act, i, s)
+            "INSERT INTO node_executions (execution_id, node_id, attempt, action, status, input, started_at, sends)
+             SELECT e, n, a, act, st, i::jsonb, s, sn
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[],
+                         $7::text[], $8::int[])
+                  AS v(e, n, a, act, i, s, st, sn)
              ON CONFLICT DO NOTHING",
         )
         .bind(&ex)
@@ -387,13 +395,17 @@ async fn write_dependents(tx: &mut PgConnection, won: &[&Rows]) -> Result<()> {
         .bind(&action)
         .bind(&input)
         .bind(&started)
+        .bind(&status)
+        .bind(&sends)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO outbox (execution_id, node_id, attempt, idempotency_key, action, payload, created_at)
-             SELECT e, n, a, k, act, p::jsonb, c
+            "INSERT INTO outbox (execution_id, node_id, attempt, idempotency_key, action, payload, created_at,
+                                 claimed_by, claimed_until, deliveries)
+             SELECT e, n, a, k, act, p::jsonb, c, o, u, d
              FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[]) AS v(e, n, a, k, act, p, c)
+                         $7::timestamptz[], $8::text[], $9::timestamptz[], $10::int[])
+                  AS v(e, n, a, k, act, p, c, o, u, d)
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(&ex)
@@ -403,6 +415,9 @@ async fn write_dependents(tx: &mut PgConnection, won: &[&Rows]) -> Result<()> {
         .bind(&action)
         .bind(&payload)
         .bind(&started)
+        .bind(&owner)
+        .bind(&until)
+        .bind(&deliveries)
         .execute(&mut *tx)
         .await?;
     }
@@ -478,13 +493,16 @@ async fn write_dependents(tx: &mut PgConnection, won: &[&Rows]) -> Result<()> {
     }
 
     // Timers and subscriptions set.
-    let (mut ex, mut timer, mut due) = (vec![], vec![], vec![]);
+    let (mut ex, mut timer, mut due, mut owner, mut until) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let (mut sub_ex, mut sub, mut event, mut key) = (vec![], vec![], vec![], vec![]);
     for r in won {
-        for (t, at) in &r.timers_set {
+        for t in &r.timers_set {
             ex.push(r.execution.id.as_str());
-            timer.push(t.as_str());
-            due.push(*at);
+            timer.push(t.timer_id.as_str());
+            due.push(t.due_at);
+            owner.push(t.claimed_by.as_deref());
+            until.push(t.claimed_until);
         }
         for s in &r.subscribe {
             sub_ex.push(r.execution.id.as_str());
@@ -495,14 +513,17 @@ async fn write_dependents(tx: &mut PgConnection, won: &[&Rows]) -> Result<()> {
     }
     if !ex.is_empty() {
         sqlx::query(
-            "INSERT INTO timers (execution_id, timer_id, due_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[])
+            "INSERT INTO timers (execution_id, timer_id, due_at, claimed_by, claimed_until)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[])
              ON CONFLICT (execution_id, timer_id) DO UPDATE
-                SET due_at = EXCLUDED.due_at, claimed_by = NULL, claimed_until = NULL",
+                SET due_at = EXCLUDED.due_at, claimed_by = EXCLUDED.claimed_by,
+                    claimed_until = EXCLUDED.claimed_until",
         )
         .bind(&ex)
         .bind(&timer)
         .bind(&due)
+        .bind(&owner)
+        .bind(&until)
         .execute(&mut *tx)
         .await?;
     }

@@ -37,6 +37,10 @@ pub(crate) struct NodeStart {
     pub(crate) attempt: i32,
     pub(crate) action: String,
     pub(crate) input: String,
+    /// `dispatched`; `sending` (one send begun) when the committing node
+    /// claimed it.
+    pub(crate) status: &'static str,
+    pub(crate) sends: i32,
 }
 
 #[derive(Debug)]
@@ -55,6 +59,18 @@ pub(crate) struct OutboxInsert {
     pub(crate) idempotency_key: String,
     pub(crate) action: String,
     pub(crate) payload: String,
+    /// Claimed by the committing node (`Claim`), and handed out once.
+    pub(crate) claimed_by: Option<String>,
+    pub(crate) claimed_until: Option<DateTime<Utc>>,
+    pub(crate) deliveries: i32,
+}
+
+#[derive(Debug)]
+pub(crate) struct TimerInsert {
+    pub(crate) timer_id: String,
+    pub(crate) due_at: DateTime<Utc>,
+    pub(crate) claimed_by: Option<String>,
+    pub(crate) claimed_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -73,7 +89,7 @@ pub struct Rows {
     pub(crate) node_starts: Vec<NodeStart>,
     pub(crate) node_results: Vec<NodeResult>,
     pub(crate) outbox: Vec<OutboxInsert>,
-    pub(crate) timers_set: Vec<(String, DateTime<Utc>)>,
+    pub(crate) timers_set: Vec<TimerInsert>,
     /// Cancelled timers and the one that fired.
     pub(crate) timers_dropped: Vec<String>,
     pub(crate) subscribe: Vec<SubscriptionInsert>,
@@ -157,7 +173,15 @@ impl Rows {
         for effect in &t.effects {
             match effect {
                 Effect::Dispatch(d) => {
+                    let claimed = commit.claim.map(|c| (c.owner.to_owned(), c.outbox_until));
+                    let (status, sends) = if claimed.is_some() {
+                        ("sending", 1)
+                    } else {
+                        ("dispatched", 0)
+                    };
                     rows.node_starts.push(NodeStart {
+                        status,
+                        sends,
                         node_id: d.node.to_string(),
                         attempt: attempt_i32(d.attempt)?,
                         action: d.action.clone(),
@@ -172,10 +196,22 @@ impl Rows {
                         idempotency_key: d.idempotency_key.clone(),
                         action: d.action.clone(),
                         payload: json("dispatch", d)?,
+                        deliveries: i32::from(claimed.is_some()),
+                        claimed_until: claimed.as_ref().map(|c| c.1),
+                        claimed_by: claimed.map(|c| c.0),
                     });
                 }
                 Effect::ScheduleTimer { timer, at } => {
-                    rows.timers_set.push((timer.to_string(), *at))
+                    let claimed = commit
+                        .claim
+                        .filter(|c| *at < c.timers_before)
+                        .map(|c| (c.owner.to_owned(), *at + c.timer_ttl));
+                    rows.timers_set.push(TimerInsert {
+                        timer_id: timer.to_string(),
+                        due_at: *at,
+                        claimed_until: claimed.as_ref().map(|c| c.1),
+                        claimed_by: claimed.map(|c| c.0),
+                    })
                 }
                 Effect::CancelTimer { timer } => rows.timers_dropped.push(timer.to_string()),
                 Effect::Subscribe {

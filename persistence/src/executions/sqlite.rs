@@ -147,8 +147,8 @@ async fn write_one(tx: &mut SqliteConnection, r: &Rows) -> Result<bool> {
     }
     for (s, o) in r.node_starts.iter().zip(&r.outbox) {
         sqlx::query(
-            "INSERT INTO node_executions (execution_id, node_id, attempt, action, status, input, started_at)
-             VALUES ($1, $2, $3, $4, 'dispatched', $5, $6) ON CONFLICT DO NOTHING",
+            "INSERT INTO node_executions (execution_id, node_id, attempt, action, status, input, started_at, sends)
+             VALUES ($1, $2, $3, $4, $7, $5, $6, $8) ON CONFLICT DO NOTHING",
         )
         .bind(id)
         .bind(&s.node_id)
@@ -156,11 +156,14 @@ async fn write_one(tx: &mut SqliteConnection, r: &Rows) -> Result<bool> {
         .bind(&s.action)
         .bind(s.input.as_str())
         .bind(at(r.now))
+        .bind(s.status)
+        .bind(s.sends)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO outbox (execution_id, node_id, attempt, idempotency_key, action, payload, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
+            "INSERT INTO outbox (execution_id, node_id, attempt, idempotency_key, action, payload, created_at,
+                                 claimed_by, claimed_until, deliveries)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(id)
         .bind(&o.node_id)
@@ -169,6 +172,9 @@ async fn write_one(tx: &mut SqliteConnection, r: &Rows) -> Result<bool> {
         .bind(&o.action)
         .bind(o.payload.as_str())
         .bind(at(r.now))
+        .bind(o.claimed_by.as_deref())
+        .bind(o.claimed_until.map(at))
+        .bind(o.deliveries)
         .execute(&mut *tx)
         .await?;
     }
@@ -206,15 +212,19 @@ async fn write_one(tx: &mut SqliteConnection, r: &Rows) -> Result<bool> {
             .execute(&mut *tx)
             .await?;
     }
-    for (t, due) in &r.timers_set {
+    for t in &r.timers_set {
         sqlx::query(
-            "INSERT INTO timers (execution_id, timer_id, due_at) VALUES ($1, $2, $3)
+            "INSERT INTO timers (execution_id, timer_id, due_at, claimed_by, claimed_until)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (execution_id, timer_id) DO UPDATE
-                SET due_at = excluded.due_at, claimed_by = NULL, claimed_until = NULL",
+                SET due_at = excluded.due_at, claimed_by = excluded.claimed_by,
+                    claimed_until = excluded.claimed_until",
         )
         .bind(id)
-        .bind(t)
-        .bind(at(*due))
+        .bind(&t.timer_id)
+        .bind(at(t.due_at))
+        .bind(t.claimed_by.as_deref())
+        .bind(t.claimed_until.map(at))
         .execute(&mut *tx)
         .await?;
     }

@@ -73,6 +73,7 @@ pub trait OutboxStore: Send + Sync {
                 attempt,
                 outcome,
                 outbox_id: None,
+                outbox_key: None,
             }];
             let ids = self.finish_attempts(&done, now).await?;
             ids.into_iter()

@@ -106,7 +106,9 @@ impl OutboxSql for Postgres {
             mut inputs,
             mut at,
             mut outbox,
+            mut keys,
         ) = (
+            vec![],
             vec![],
             vec![],
             vec![],
@@ -132,7 +134,12 @@ impl OutboxSql for Postgres {
             };
             inputs.push(serde_json::to_value(&input).map_err(Error::corrupt("inbox input"))?);
             at.push(now);
-            outbox.push(d.outbox_id);
+            if let Some(id) = d.outbox_id {
+                outbox.push(id);
+            }
+            if let Some(key) = d.outbox_key {
+                keys.push(key);
+            }
         }
         let mut tx = store.pool.begin().await?;
         sqlx::query(
@@ -161,10 +168,18 @@ impl OutboxSql for Postgres {
         .bind(&at)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&outbox)
-            .execute(&mut *tx)
-            .await?;
+        if !outbox.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                .bind(&outbox)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !keys.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE idempotency_key = ANY($1)")
+                .bind(&keys)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         let ids: HashMap<(String, String, i32), i64> = rows
             .into_iter()

@@ -109,8 +109,9 @@ impl OutboxSql for Sqlite {
             .bind(at(now))
             .fetch_one(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM outbox WHERE id = $1")
+            sqlx::query("DELETE FROM outbox WHERE id = $1 OR idempotency_key = $2")
                 .bind(d.outbox_id)
+                .bind(d.outbox_key)
                 .execute(&mut *tx)
                 .await?;
             ids.push(id);
