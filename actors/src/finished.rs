@@ -28,8 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Waiters of one execution: `(waiter key, its wake-up)`.
-type Waiting = Vec<(u64, oneshot::Sender<()>)>;
+/// Waiters of one execution: their wake-ups by waiter key (one removed in
+/// O(1) when it times out, however many wait for the same execution).
+type Waiting = HashMap<u64, oneshot::Sender<()>>;
 
 /// The node's waiters, by execution.
 #[derive(Debug, Default)]
@@ -78,7 +79,7 @@ impl Finished {
         };
         if let Some(woken) = woken {
             self.count.fetch_sub(woken.len(), Ordering::SeqCst);
-            for (_, tx) in woken {
+            for tx in woken.into_values() {
                 let _ = tx.send(());
             }
         }
@@ -96,7 +97,7 @@ impl Finished {
         };
         for (_, waiting) in all {
             self.count.fetch_sub(waiting.len(), Ordering::SeqCst);
-            for (_, tx) in waiting {
+            for tx in waiting.into_values() {
                 let _ = tx.send(());
             }
         }
@@ -120,7 +121,7 @@ impl Finished {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.waiters.lock() {
-            m.entry(id.clone()).or_default().push((key, tx));
+            m.entry(id.clone()).or_default().insert(key, tx);
             self.count.fetch_add(1, Ordering::SeqCst);
         }
         Waiter {
@@ -140,13 +141,12 @@ impl Finished {
         if let Ok(mut m) = self.waiters.lock()
             && let Some(waiting) = m.get_mut(id.as_str())
         {
-            let before = waiting.len();
-            waiting.retain(|(k, _)| *k != key);
-            let removed = before - waiting.len();
+            if waiting.remove(&key).is_some() {
+                self.count.fetch_sub(1, Ordering::SeqCst);
+            }
             if waiting.is_empty() {
                 m.remove(id.as_str());
             }
-            self.count.fetch_sub(removed, Ordering::SeqCst);
         }
     }
 }
@@ -358,6 +358,21 @@ mod tests {
         assert_eq!(f.len(), 1);
         drop(b);
         assert_eq!(f.len(), 0, "a dropped waiter unregisters");
+        assert!(f.waiters.lock().map(|m| m.is_empty()).unwrap_or(false));
+    }
+
+    #[test]
+    fn many_waiters_cost_a_map_entry_each_and_leave_nothing_behind() {
+        let f = Finished::default();
+        let one: Vec<_> = (0..10_000).map(|_| f.register(&id("same"))).collect();
+        let many: Vec<_> = (0..10_000)
+            .map(|i| f.register(&id(&format!("e{i}"))))
+            .collect();
+        assert_eq!(f.len(), 20_000);
+        // Timed out, in any order.
+        drop(many);
+        drop(one);
+        assert_eq!(f.len(), 0);
         assert!(f.waiters.lock().map(|m| m.is_empty()).unwrap_or(false));
     }
 
