@@ -5,6 +5,7 @@
 //! wrong), anything else that fails exits 1.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use reqwest::{Method, StatusCode};
@@ -50,8 +51,26 @@ impl Client {
         headers: &[(&str, &str)],
         allow_404: bool,
     ) -> Result<Option<(StatusCode, Value)>, Failure> {
+        self.call_within(method, path, body, headers, allow_404, None)
+            .await
+    }
+
+    /// [`Client::call`] with its own timeout (a request that waits on the
+    /// server).
+    async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        allow_404: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Option<(StatusCode, Value)>, Failure> {
         let url = format!("{}{}", self.conn.url.trim_end_matches('/'), path);
         let mut req = self.http.request(method.clone(), &url);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         // An empty key (`SOJOURN_API_KEY=`) counts as no key.
         if let Some(key) = self
             .conn
@@ -223,6 +242,20 @@ pub(crate) struct StartArgs {
     pub(crate) subject: Option<String>,
     pub(crate) version: Option<i32>,
     pub(crate) idempotency_key: Option<String>,
+    /// Wait this long for the execution to finish (`?wait=`).
+    pub(crate) wait: Option<String>,
+}
+
+/// The HTTP timeout of a request that waits `wait` on the server: the wait
+/// (as the server reads it; the longest if it does not parse: the server
+/// then refuses it at once) and a margin.
+fn wait_timeout(wait: &str) -> Duration {
+    let longest = sojourn_actors::MAX_WAIT;
+    let wait = sojourn_runtime::time::parse_duration(wait)
+        .ok()
+        .and_then(|d| d.to_std().ok())
+        .map_or(longest, |d| d.min(longest));
+    wait + Duration::from_secs(15)
 }
 
 pub(crate) async fn start(c: &Client, a: StartArgs) -> Result<(), Failure> {
@@ -242,10 +275,19 @@ pub(crate) async fn start(c: &Client, a: StartArgs) -> Result<(), Failure> {
         .as_deref()
         .map(|k| vec![("Idempotency-Key", k)])
         .unwrap_or_default();
-    let (_, out) = c
-        .call(Method::POST, "/v1/executions", Some(&body), &headers, false)
+    let path = match &a.wait {
+        Some(w) => format!("/v1/executions?wait={}", seg(w)),
+        None => "/v1/executions".to_owned(),
+    };
+    let timeout = a.wait.as_deref().map(wait_timeout);
+    let (status, out) = c
+        .call_within(Method::POST, &path, Some(&body), &headers, false, timeout)
         .await?
         .ok_or_else(|| Failure::Invalid("not found".into()))?;
+    if let Some(wait) = &a.wait {
+        show_execution(c, &out).await?;
+        return finished(&out, status, wait);
+    }
     if c.print_json(&out)? {
         return Ok(());
     }
@@ -346,10 +388,36 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// The exit of `start --wait`: success when the execution completed; a
+/// runtime failure (exit 1, as `sojourn run` when an execution does not
+/// complete) when it failed, was cancelled or had not finished in time (the
+/// server answered 202).
+fn finished(exe: &Value, status: StatusCode, wait: &str) -> Result<(), Failure> {
+    let id = cell(exe.get("id"));
+    let state = cell(exe.get("status"));
+    if status == StatusCode::ACCEPTED {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "execution {id} had not finished after {wait} (it is {state}; it carries on)"
+        )));
+    }
+    match state.as_str() {
+        "completed" => Ok(()),
+        _ => Err(Failure::Runtime(anyhow::anyhow!(
+            "execution {id} did not complete: it is {state}"
+        ))),
+    }
+}
+
 /// `sojourn inspect EXECUTION`: state, variables, lease holder and the
 /// journal as a timeline.
 pub(crate) async fn inspect(c: &Client, id: &str) -> Result<(), Failure> {
     let exe = c.get(&format!("/v1/executions/{}", seg(id))).await?;
+    show_execution(c, &exe).await
+}
+
+/// Prints an execution's state (as the API answered it) and its journal.
+async fn show_execution(c: &Client, exe: &Value) -> Result<(), Failure> {
+    let id = exe.get("id").and_then(Value::as_str).unwrap_or_default();
     let mut journal: Vec<Value> = Vec::new();
     let mut cursor: Option<i64> = None;
     loop {

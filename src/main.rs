@@ -131,6 +131,12 @@ enum Command {
         /// The same key returns the same execution instead of a second one.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Wait for the execution to finish (at most DURATION: `500ms`,
+        /// `30s`, `1m`; alone, the longest the server allows, 60s) and print
+        /// it as `inspect` does. Exits 0 when it completed, 1 when it failed,
+        /// was cancelled or had not finished in time.
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "60s")]
+        wait: Option<String>,
         #[command(flatten)]
         conn: client::Conn,
     },
@@ -341,6 +347,7 @@ fn main() -> ExitCode {
             subject,
             version,
             idempotency_key,
+            wait,
             conn,
         } => with_client(conn, |c| async move {
             client::start(
@@ -351,6 +358,7 @@ fn main() -> ExitCode {
                     subject,
                     version,
                     idempotency_key,
+                    wait,
                 },
             )
             .await

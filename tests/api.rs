@@ -323,6 +323,145 @@ fn dev_node_driven_by_the_cli_and_curl() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+const QUICK: &str = r#"{
+  "key": "e2e-quick",
+  "nodes": [
+    {"id": "start", "type": "start"},
+    {"id": "done", "type": "exit", "config": {"outcome": "done"}}
+  ],
+  "edges": [{"from": "start", "to": "done"}]
+}"#;
+
+/// `sojourn start --wait`: the final state printed as `inspect` prints it,
+/// and an exit code that says how it ended (0 completed; 1 failed,
+/// cancelled or not finished in time; 2 a bad request). A node that stops
+/// answers its waiting requests at once.
+#[test]
+fn start_and_wait_from_the_cli() {
+    let dir = temp_dir("wait");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = dir.join("data").display().to_string();
+    let node = Node::spawn(
+        &["dev", "--listen", &listen, "--data", &data],
+        &[],
+        format!("http://{listen}"),
+    );
+    ok(&cli(
+        &node,
+        None,
+        &["apply", "-f", &write(&dir, "quick.json", QUICK)],
+    ));
+    ok(&cli(
+        &node,
+        None,
+        &["apply", "-f", &write(&dir, "waiter.json", WAITER)],
+    ));
+    let input = write(&dir, "in.json", r#"{"user_id": "ada"}"#);
+
+    // Completed: exit 0, printed like inspect (state and journal).
+    let out = ok(&cli(&node, None, &["start", "e2e-quick", "--wait", "30s"]));
+    assert!(out.contains("status     completed"), "{out}");
+    assert!(out.contains("journal"), "{out}");
+    // A bare --wait waits as long as the server allows.
+    let out = ok(&cli(&node, None, &["start", "e2e-quick", "--wait"]));
+    assert!(out.contains("status     completed"), "{out}");
+    let v = json_of(&cli(
+        &node,
+        None,
+        &["start", "e2e-quick", "--wait", "5s", "--json"],
+    ));
+    assert_eq!(v["status"], "completed", "{v}");
+    assert!(v["journal"].is_array(), "{v}");
+
+    // Not finished when the wait runs out: its state, and exit 1.
+    let o = cli(
+        &node,
+        None,
+        &["start", "e2e-waiter", "--input", &input, "--wait", "500ms"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("status     waiting"), "{out}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("had not finished after 500ms"),
+        "{o:?}"
+    );
+
+    // Cancelled (a replay under its idempotency key waits for it): exit 1.
+    let args = [
+        "start",
+        "e2e-waiter",
+        "--input",
+        &input,
+        "--idempotency-key",
+        "w-1",
+    ];
+    let id = ok(&cli(&node, None, &args)).trim().to_owned();
+    wait_status(&node, None, &id, &["waiting"]);
+    ok(&cli(&node, None, &["cancel", &id]));
+    wait_status(&node, None, &id, &["cancelled"]);
+    let o = cli(&node, None, &[&args[..], &["--wait", "5s"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&id), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("it is cancelled"),
+        "{o:?}"
+    );
+
+    // A wait the server refuses: exit 2, naming the parameter.
+    for bad in ["10m", "soon"] {
+        let o = cli(&node, None, &["start", "e2e-quick", "--wait", bad]);
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("wait:"),
+            "{o:?}"
+        );
+    }
+
+    // Plain HTTP: 200 finished, 202 not yet.
+    let url = format!("{}/v1/executions?wait=10s", node.url);
+    let (code, body) = curl(&[
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"workflow": "e2e-quick"}"#,
+        &url,
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&[&format!("{}/v1/executions/{id}?wait=0s", node.url)]);
+    assert_eq!(code, 200, "{body}");
+
+    // A request waiting when the node stops gets its answer at once: the
+    // node stops long before the minute the request would wait.
+    let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_sojourn"))
+        .args(["start", "e2e-waiter", "--input", &input, "--wait", "60s"])
+        .env("SOJOURN_URL", &node.url)
+        .env_remove("SOJOURN_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sojourn start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = curl(&[&format!("{}/metrics", node.url)]);
+        if metrics.lines().any(|l| l == "sojourn_waiters 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the waiter never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopping = Instant::now();
+    assert!(node.terminate().success(), "dev exits 0 on SIGTERM");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "a waiting request did not hold the node up"
+    );
+    let status = waiting.wait().expect("sojourn start ends");
+    assert_eq!(status.code(), Some(1), "not finished: exit 1");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_postgres_needs_an_api_key() {
     let schema = format!("sojourn_e2e_{}", std::process::id());

@@ -756,3 +756,139 @@ async fn rolling_restart_and_drain_under_load_lose_nothing() {
     let c = Arc::into_inner(c).expect("the loader is done");
     c.finish().await;
 }
+
+/// Attach across nodes: a request waiting on n0 (drained, so it runs
+/// nothing) for an execution that finishes on n1 is woken by n1's
+/// announcement, long before its wait runs out; and again after Redis
+/// restarts (the nodes subscribe again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_one_node_is_woken_by_a_finish_on_another() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start("wait", 2).await;
+    c.apply(json!({
+        "key": "cluster-wait",
+        "settings": {"subject": "input.user_id"},
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "wait", "type": "wait_for_event", "config": {"event": "go"}},
+            {"id": "done", "type": "exit"}
+        ],
+        "edges": [
+            {"from": "start", "to": "wait"},
+            {"from": "wait", "to": "done", "branch": "event"}
+        ]
+    }))
+    .await;
+    let (status, body) = c
+        .post(1, "/cluster/nodes/n0/drain", json!({}), &[])
+        .await
+        .expect("drain");
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.get(1, "/cluster").await.expect("cluster");
+        let drained = s["nodes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n["id"] == "n0" && n["draining"] == true));
+        if drained {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n0 never drained: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Longer than the waits, so that a wait that runs out still answers.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    const WAIT_S: u64 = 30;
+    for (round, user) in ["before", "after"].iter().enumerate() {
+        if round == 1 {
+            // Redis restarts, empty: both nodes subscribe again.
+            {
+                let mut redis = c.redis.lock().expect("redis");
+                redis.kill();
+                redis.restart();
+            }
+            c.wait_ready(1).await;
+            // n0 is not ready (it is drained): until Redis answers it.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let r = c.http.get(format!("{}/readyz", c.urls[0])).send().await;
+                let body = match r {
+                    Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
+                    Err(_) => Value::Null,
+                };
+                let redis_ok = body["checks"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|ch| ch["name"] == "redis" && ch["ok"] == true));
+                if redis_ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "n0 never reached Redis again: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let (status, body) = c
+            .post(
+                1,
+                "/v1/executions",
+                json!({"workflow": "cluster-wait", "input": {"user_id": user}}),
+                &[],
+            )
+            .await
+            .expect("start");
+        assert_eq!(status, 201, "{body}");
+        let id = body["id"].as_str().expect("id").to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let e = c.get(1, &format!("/v1/executions/{id}")).await;
+            if e.as_ref().is_ok_and(|e| e["status"] == "waiting") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} never waited: {e:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let url = format!("{}/v1/executions/{id}?wait={WAIT_S}s", c.urls[0]);
+        let before = Instant::now();
+        let waiting = {
+            let req = http.get(url).bearer_auth(&c.key);
+            tokio::spawn(async move { req.send().await })
+        };
+        // The waiter is registered on n0 before the event is sent.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metric(&c, 0, "sojourn_waiters").await < 1.0 {
+            assert!(Instant::now() < deadline, "the waiter never registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, body) = c
+            .post(1, "/v1/events", json!({"name": "go", "key": user}), &[])
+            .await
+            .expect("event");
+        assert_eq!(status, 202, "{body}");
+        let r = waiting.await.expect("task").expect("the wait answers");
+        let took = before.elapsed();
+        assert_eq!(r.status().as_u16(), 200, "finished within the wait");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["status"], "completed", "{v}");
+        assert!(
+            took < Duration::from_secs(WAIT_S / 2),
+            "round {round}: woken by the finish on n1, not by the end of the wait ({took:?})"
+        );
+        eprintln!("round {round}: the waiter on n0 answered {took:?} after it began");
+        assert_eq!(metric(&c, 0, "sojourn_waiters").await, 0.0);
+    }
+    // Everything ran on n1; n0 only waited.
+    assert_eq!(
+        metric(&c, 0, "sojourn_executions_completed_total").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&c, 1, "sojourn_executions_completed_total").await,
+        2.0
+    );
+    c.finish().await;
+}

@@ -24,6 +24,7 @@ use crate::activator::Activator;
 use crate::committer::Committer;
 use crate::config::Config;
 use crate::execution::{Delivery, Preloaded};
+use crate::finished::Finished;
 use crate::router::{Forwarded, Router};
 use crate::starter::Starter;
 use crate::stats::Stats;
@@ -48,6 +49,8 @@ pub(crate) struct Context<S: Store> {
     pub(crate) config: Config,
     /// The trace each execution's spans join (see `trace.rs`).
     pub(crate) traces: Arc<crate::trace::Traces>,
+    /// Requests waiting for executions to finish (see `finished.rs`).
+    pub(crate) finished: Arc<Finished>,
 }
 
 /// A request to start an execution.
@@ -89,6 +92,10 @@ pub struct Engine<S: Store> {
     beat_shutdown: CancellationToken,
     /// Background services that stop with `shutdown` (taken by shutdown).
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// The announcer of finished executions (a cluster only), stopped after
+    /// the actors so that their last finishes are announced.
+    announcer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    announcer_stop: CancellationToken,
     /// Tasks that end when the last handle to their channel drops (with the
     /// engine): the starter and the committer.
     _channel_tasks: Vec<JoinHandle<()>>,
@@ -155,6 +162,21 @@ impl<S: Store> Engine<S> {
         let (starter, start_task) = crate::starter::spawn(store.clone(), config.max_commit_batch);
         let (activator, activate_task) =
             crate::activator::spawn(store.clone(), config.max_commit_batch);
+        // In a cluster, finishes are announced to the other nodes' waiters.
+        let announcer_stop = CancellationToken::new();
+        let (finished, announcer) = if cluster.is_shared() {
+            let (tx, rx) = tokio::sync::mpsc::channel(crate::finished::ANNOUNCE_QUEUE);
+            let announcer = crate::finished::Announcer {
+                cluster: cluster.clone(),
+                ids: rx,
+            };
+            (
+                Arc::new(Finished::announcing(tx)),
+                Some(tokio::spawn(announcer.run(announcer_stop.clone()))),
+            )
+        } else {
+            (Arc::new(Finished::default()), None)
+        };
         let ctx = Arc::new(Context {
             store: store.clone(),
             router: router.clone(),
@@ -169,6 +191,7 @@ impl<S: Store> Engine<S> {
             handoff,
             config: config.clone(),
             traces: Arc::default(),
+            finished: finished.clone(),
         });
         let (supervisor, _) = Actor::spawn(None, Supervisor { ctx: ctx.clone() }, ())
             .await
@@ -203,6 +226,13 @@ impl<S: Store> Engine<S> {
                 store: store.clone(),
                 router: router.clone(),
                 config: config.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        let listener = tokio::spawn(
+            crate::finished::Listener {
+                cluster: cluster.clone(),
+                finished,
             }
             .run(shutdown.clone()),
         );
@@ -252,7 +282,9 @@ impl<S: Store> Engine<S> {
             supervisor,
             shutdown,
             draining,
-            tasks: std::sync::Mutex::new(vec![timers, outbox, recovery, renewal]),
+            tasks: std::sync::Mutex::new(vec![timers, outbox, recovery, renewal, listener]),
+            announcer: std::sync::Mutex::new(announcer),
+            announcer_stop,
             beat: std::sync::Mutex::new(Some(heartbeat)),
             beat_shutdown,
             _channel_tasks: vec![
@@ -503,6 +535,46 @@ impl<S: Store> Engine<S> {
         Ok(self.ctx.store.load_execution(id).await?)
     }
 
+    /// Waits until the execution has finished (completed, failed or
+    /// cancelled) or `timeout` (at most [`MAX_WAIT`]) has passed, and
+    /// returns it as it is then; `None` if it does not exist. Woken by the
+    /// finish itself, on this node or (in a cluster) another: no polling.
+    /// When the node stops, it answers at once.
+    pub async fn wait_finished(
+        &self,
+        id: &ExecutionId,
+        timeout: std::time::Duration,
+    ) -> Result<Option<ExecutionRecord>, Error> {
+        if timeout.is_zero() {
+            return Ok(self.ctx.store.load_execution(id).await?);
+        }
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
+        let finished = &self.ctx.finished;
+        loop {
+            // Registered before the read: a finish in between still wakes it.
+            let mut waiter = finished.register(id);
+            let record = self.ctx.store.load_execution(id).await?;
+            let done = record.as_ref().is_none_or(|r| r.status.is_terminal());
+            if done || finished.is_stopping() || tokio::time::Instant::now() >= deadline {
+                return Ok(record);
+            }
+            if tokio::time::timeout_at(deadline, waiter.woken())
+                .await
+                .is_err()
+            {
+                // Time is up: as it is now (a finish whose announcement was
+                // lost is seen here).
+                return Ok(self.ctx.store.load_execution(id).await?);
+            }
+            // Woken: finished, or asked to read again.
+        }
+    }
+
+    /// Requests waiting on this node for executions to finish.
+    pub fn waiters(&self) -> usize {
+        self.ctx.finished.len()
+    }
+
     /// The node holding the execution's live actor, if any (the lease in
     /// Redis; alone, whether this node has it active).
     pub async fn lease_holder(&self, id: &ExecutionId) -> Option<String> {
@@ -566,6 +638,8 @@ impl<S: Store> Engine<S> {
     /// commit, passivate every actor, stop the services.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        // Requests waiting for executions answer now, with what there is.
+        self.ctx.finished.stop();
         self.ctx.router.closed.store(true, Ordering::Relaxed);
         self.ctx.timer_wake.hint(Utc::now());
         self.ctx.outbox_wake.notify_one();
@@ -581,6 +655,12 @@ impl<S: Store> Engine<S> {
             .unwrap_or_default();
         for task in tasks {
             let _ = task.await;
+        }
+        // The actors are stopped: announce their last finishes, briefly.
+        self.announcer_stop.cancel();
+        let announcer = self.announcer.lock().ok().and_then(|mut a| a.take());
+        if let Some(announcer) = announcer {
+            let _ = tokio::time::timeout(ANNOUNCE_AT_STOP, announcer).await;
         }
         // Give the leases back, and leave the cluster at once.
         self.ctx.router.release_all(self.ctx.router.held.clear());
@@ -603,6 +683,14 @@ impl<S: Store> Engine<S> {
         info!("engine stopped");
     }
 }
+
+/// The longest [`Engine::wait_finished`] waits: the bound of the API's
+/// `?wait=` (a request holds a connection meanwhile, and proxies commonly
+/// cut idle requests at about a minute).
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long announcing the last finished executions may hold up a stop.
+const ANNOUNCE_AT_STOP: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long a question to the supervisor (is an execution active here, how
 /// many actors) may wait behind its mailbox: an API read never hangs on a
@@ -689,6 +777,7 @@ pub(crate) async fn mark_failed<S: Store>(
         }])
         .await?;
     if results.first() == Some(&CommitResult::Committed) {
+        ctx.finished.notify(id);
         Stats::add(&ctx.stats.failed, 1);
         ctx.stats
             .failed_by_workflow

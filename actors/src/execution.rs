@@ -404,6 +404,9 @@ impl<S: Store> ExecutionActor<S> {
                         _ => {}
                     }
                 }
+                if crate::finished::finishes(&t.effects) {
+                    self.ctx.finished.notify(&state.id);
+                }
                 if wake_outbox {
                     self.ctx.outbox_wake.notify_one();
                 }

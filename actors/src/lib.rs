@@ -30,6 +30,7 @@ pub mod egress;
 mod engine;
 mod error;
 mod execution;
+mod finished;
 mod membership;
 pub mod metrics;
 mod outbox;
@@ -44,7 +45,7 @@ mod trace;
 mod workflows;
 
 pub use config::{Config, Secrets};
-pub use engine::{Engine, StartRequest, Started};
+pub use engine::{Engine, MAX_WAIT, StartRequest, Started};
 pub use error::Error;
 pub use router::{DELIVER_PATH, Forwarded, SECRET_HEADER};
 pub use sojourn_cluster::{Cluster, NodeInfo};

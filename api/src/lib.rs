@@ -178,7 +178,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
     );
 
     // ---- executions --------------------------------------------------------
-    r.add(M::POST, "/v1/executions", Spec::new("executions", "Start an execution").scope(Write).body::<executions::StartExecution>().returns::<executions::Started>(201).describe("Honours the Idempotency-Key header: the same key returns the same execution (200) instead of starting another. 409 when the subject has the workflow's maximum entries."), executions::start::<S>);
+    r.add(M::POST, "/v1/executions", Spec::new("executions", "Start an execution").scope(Write).query::<executions::WaitQuery>().body::<executions::StartExecution>().returns::<executions::Started>(201).also::<executions::StartAnswer>(200, "without `wait`: the execution this Idempotency-Key started before (`Started`); with `wait`: the execution finished, its state (as `GET /v1/executions/{execution}`)").also::<executions::ExecutionOut>(202, "with `wait`: the execution had not finished when the wait ran out; its state then").describe("Honours the Idempotency-Key header: the same key returns the same execution (200) instead of starting another. 409 when the subject has the workflow's maximum entries. With `wait` (at most 60s) it answers when the execution finishes, 200 with its state, or when the wait runs out, 202 with its state then; a start under a used Idempotency-Key waits for that execution the same way."), executions::start::<S>);
     r.add(
         M::GET,
         "/v1/executions",
@@ -193,7 +193,13 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/executions/{execution}",
         Spec::new("executions", "Get an execution")
             .scope(Read)
-            .returns::<executions::ExecutionOut>(200),
+            .query::<executions::WaitQuery>()
+            .returns::<executions::ExecutionOut>(200)
+            .also::<executions::ExecutionOut>(
+                202,
+                "with `wait`: the execution had not finished when the wait ran out; its state then",
+            )
+            .describe("With `wait` (at most 60s) it answers when the execution has finished (200) or when the wait runs out (202), with its state then."),
         executions::get::<S>,
     );
     r.add(

@@ -25,6 +25,8 @@ pub struct Inner<S: Store> {
     pub(crate) http_seconds: HttpHistogram,
     /// Execution actors live here, set when scraped.
     pub(crate) active_actors: Gauge,
+    /// Requests waiting here for executions to finish, set when scraped.
+    pub(crate) waiters: Gauge,
     /// Timers waiting (all nodes), read when scraped.
     pub(crate) timers_pending: ScrapedGauge,
     /// Every series `/metrics` shows: the engine's and the above.
@@ -81,6 +83,7 @@ impl<S: Store> AppState<S> {
     pub fn new(engine: Arc<Engine<S>>, auth: AuthMode) -> AppState<S> {
         let http_seconds = HttpHistogram::default();
         let active_actors = Gauge::default();
+        let waiters = Gauge::default();
         let timers_pending = ScrapedGauge::default();
         let mut registry = Registry::default();
         engine.stats().register(&mut registry);
@@ -88,6 +91,11 @@ impl<S: Store> AppState<S> {
             "sojourn_active_actors",
             "Execution actors live on this node",
             active_actors.clone(),
+        );
+        registry.register(
+            "sojourn_waiters",
+            "Requests waiting on this node for executions to finish (?wait=)",
+            waiters.clone(),
         );
         registry.register(
             "sojourn_timers_pending",
@@ -107,6 +115,7 @@ impl<S: Store> AppState<S> {
                 keys: KeyCache::default(),
                 http_seconds,
                 active_actors,
+                waiters,
                 timers_pending,
                 registry,
                 triggers: TriggerCache::default(),

@@ -1303,6 +1303,366 @@ async fn executions_on_postgres() {
     app.finish().await;
 }
 
+// ---- waiting for a result (?wait=) ------------------------------------------
+
+/// Sleeps an hour, then exits.
+fn sleeper() -> Value {
+    json!({
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "nap", "type": "delay", "config": {"duration": "1h"}},
+            {"id": "done", "type": "exit"}
+        ],
+        "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "done"}]
+    })
+}
+
+/// Sends `req` through a clone of the router, on a task of its own.
+fn spawn_request<S: Store>(app: &App<S>, req: Request<Body>) -> tokio::task::JoinHandle<Resp> {
+    let router = app.api.router.clone();
+    tokio::spawn(
+        async move { into_resp(router.oneshot(req).await.expect("the router answers")).await },
+    )
+}
+
+impl<S: Store> App<S> {
+    /// Until `n` requests wait on this node for executions to finish.
+    async fn until_waiters(&self, n: usize) {
+        for _ in 0..3000 {
+            if self.engine.waiters() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} waiters, not {n}", self.engine.waiters());
+    }
+}
+
+async fn waits<S: Store>(app: &App<S>) {
+    let k = app.key("wt", &["write"]).await;
+    app.workflow(&k, "quick", quick("fast")).await;
+    app.workflow(&k, "wait", waiter()).await;
+    app.workflow(&k, "nap", sleeper()).await;
+    let start = |wf: &str, user: &str| json!({"workflow": wf, "input": {"user_id": user}});
+
+    // A start that finishes within the wait: 200 with its final state, the
+    // body of GET /v1/executions/{id}.
+    let r = app
+        .post("/v1/executions?wait=30s", &k, start("quick", "a"))
+        .await;
+    let done = r.ok(StatusCode::OK).clone();
+    assert_eq!(done["status"], json!("completed"), "{done}");
+    assert_eq!(done["outcome"], json!("fast"), "{done}");
+    assert!(done.get("new").is_none(), "the state, not Started: {done}");
+    let id = r.str("/id");
+    let g = app.get(&format!("/v1/executions/{id}"), &k).await;
+    let mut read = g.ok(StatusCode::OK).clone();
+    let mut answered = done.clone();
+    for v in [&mut read, &mut answered] {
+        v.as_object_mut().map(|o| o.remove("lease_holder"));
+    }
+    assert_eq!(answered, read, "the same body as a read");
+
+    // Idempotent replays wait the same way; without wait they answer as
+    // before (200, Started).
+    let key = [("Idempotency-Key", "wait-1")];
+    let body = || Body::from(start("quick", "b").to_string());
+    let first = app
+        .send(request(
+            Method::POST,
+            "/v1/executions?wait=30s",
+            Some(&k),
+            &key,
+            body(),
+        ))
+        .await;
+    first.ok(StatusCode::OK);
+    assert_eq!(first.json["status"], json!("completed"));
+    let again = app
+        .send(request(
+            Method::POST,
+            "/v1/executions?wait=30s",
+            Some(&k),
+            &key,
+            body(),
+        ))
+        .await;
+    again.ok(StatusCode::OK);
+    assert_eq!(again.str("/id"), first.str("/id"));
+    assert_eq!(again.json["status"], json!("completed"));
+    let plain = app
+        .send(request(
+            Method::POST,
+            "/v1/executions",
+            Some(&k),
+            &key,
+            body(),
+        ))
+        .await;
+    plain.ok(StatusCode::OK);
+    assert_eq!(plain.json, json!({"id": first.str("/id"), "new": false}));
+    let fresh = app.post("/v1/executions", &k, start("quick", "c")).await;
+    fresh.ok(StatusCode::CREATED);
+    assert_eq!(fresh.json["new"], json!(true));
+
+    // One that sleeps longer than the wait: 202 with its current state, once
+    // the wait has run out.
+    let before = std::time::Instant::now();
+    let r = app
+        .post("/v1/executions?wait=1s", &k, start("nap", "d"))
+        .await;
+    let elapsed = before.elapsed();
+    r.ok(StatusCode::ACCEPTED);
+    assert_eq!(r.json["status"], json!("waiting"), "{}", r.text());
+    assert_eq!(r.json["wait"]["kind"], json!("delay"), "{}", r.text());
+    assert!(
+        elapsed >= Duration::from_secs(1),
+        "waited the wait: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "answered at the deadline: {elapsed:?}"
+    );
+    let napping = r.str("/id");
+    assert_eq!(
+        app.engine.waiters(),
+        0,
+        "a timed-out wait leaves no registration"
+    );
+    // A replay of a start under a used key waits for that execution too.
+    let key = [("Idempotency-Key", "wait-2")];
+    let body = || Body::from(start("nap", "e").to_string());
+    let first = app
+        .send(request(
+            Method::POST,
+            "/v1/executions?wait=0s",
+            Some(&k),
+            &key,
+            body(),
+        ))
+        .await;
+    first.ok(StatusCode::ACCEPTED);
+    let again = app
+        .send(request(
+            Method::POST,
+            "/v1/executions?wait=200ms",
+            Some(&k),
+            &key,
+            body(),
+        ))
+        .await;
+    again.ok(StatusCode::ACCEPTED);
+    assert_eq!(again.str("/id"), first.str("/id"));
+
+    // GET: at once when finished, at once with wait=0s, at the deadline when
+    // it does not finish.
+    let r = app.get(&format!("/v1/executions/{id}?wait=60s"), &k).await;
+    r.ok(StatusCode::OK);
+    assert_eq!(r.json["status"], json!("completed"));
+    let r = app
+        .get(&format!("/v1/executions/{napping}?wait=0s"), &k)
+        .await;
+    r.ok(StatusCode::ACCEPTED);
+    assert_eq!(r.json["status"], json!("waiting"));
+    let r = app
+        .get(&format!("/v1/executions/{napping}?wait=300ms"), &k)
+        .await;
+    r.ok(StatusCode::ACCEPTED);
+    let r = app.get(&format!("/v1/executions/{napping}"), &k).await;
+    r.ok(StatusCode::OK);
+    let r = app.get("/v1/executions/exe_nothing?wait=1s", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Woken by the finish, not by the deadline: the waiter registers, then
+    // the event arrives, then it answers 200 with the final state.
+    let waiting = app.start(&k, "wait", json!({"user_id": "f"})).await;
+    app.wait_status(&k, &waiting, "waiting").await;
+    let before = std::time::Instant::now();
+    let get = spawn_request(
+        app,
+        request(
+            Method::GET,
+            &format!("/v1/executions/{waiting}?wait=60s"),
+            Some(&k),
+            &[],
+            Body::empty(),
+        ),
+    );
+    app.until_waiters(1).await;
+    app.post("/v1/events", &k, json!({"name": "go", "key": "f"}))
+        .await
+        .ok(StatusCode::ACCEPTED);
+    let r = get.await.expect("the request");
+    r.ok(StatusCode::OK);
+    assert_eq!(r.json["status"], json!("completed"), "{}", r.text());
+    assert_eq!(r.json["outcome"], json!("went"));
+    assert!(
+        before.elapsed() < Duration::from_secs(30),
+        "woken by the finish, well before the 60 s wait"
+    );
+    // A start that waits, finished by an event while it waits.
+    let post = spawn_request(
+        app,
+        request(
+            Method::POST,
+            "/v1/executions?wait=60s",
+            Some(&k),
+            &[],
+            Body::from(start("wait", "g").to_string()),
+        ),
+    );
+    app.until_waiters(1).await;
+    // (Once it waits for the event: before, the event would reach nobody.)
+    for _ in 0..500 {
+        let r = app.get("/v1/executions?subject=g", &k).await;
+        if r.ok(StatusCode::OK)["items"][0]["status"] == json!("waiting") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.post("/v1/events", &k, json!({"name": "go", "key": "g"}))
+        .await
+        .ok(StatusCode::ACCEPTED);
+    let r = post.await.expect("the request");
+    r.ok(StatusCode::OK);
+    assert_eq!(r.json["status"], json!("completed"), "{}", r.text());
+    // A cancel finishes it too.
+    let cancelled = app.start(&k, "nap", json!({"user_id": "h"})).await;
+    let get = spawn_request(
+        app,
+        request(
+            Method::GET,
+            &format!("/v1/executions/{cancelled}?wait=60s"),
+            Some(&k),
+            &[],
+            Body::empty(),
+        ),
+    );
+    app.until_waiters(1).await;
+    app.post(&format!("/v1/executions/{cancelled}/cancel"), &k, json!({}))
+        .await
+        .ok(StatusCode::ACCEPTED);
+    let r = get.await.expect("the request");
+    r.ok(StatusCode::OK);
+    assert_eq!(r.json["status"], json!("cancelled"), "{}", r.text());
+
+    // Many waiters at once: each registered, none left when they end (some
+    // woken by their finish, the others at their deadline).
+    let mut execs = Vec::new();
+    for i in 0..10 {
+        execs.push(
+            app.start(&k, "wait", json!({"user_id": format!("m{i}")}))
+                .await,
+        );
+    }
+    for e in &execs {
+        app.wait_status(&k, e, "waiting").await;
+    }
+    let get_waiting = |e: &str, wait: &str| {
+        request(
+            Method::GET,
+            &format!("/v1/executions/{e}?wait={wait}"),
+            Some(&k),
+            &[],
+            Body::empty(),
+        )
+    };
+    let gets: Vec<_> = (0..300)
+        .map(|i| spawn_request(app, get_waiting(&execs[i % execs.len()], "60s")))
+        .collect();
+    app.until_waiters(300).await;
+    for i in 0..execs.len() {
+        app.post(
+            "/v1/events",
+            &k,
+            json!({"name": "go", "key": format!("m{i}")}),
+        )
+        .await
+        .ok(StatusCode::ACCEPTED);
+    }
+    for g in gets {
+        let r = g.await.expect("the request");
+        r.ok(StatusCode::OK);
+        assert_eq!(r.json["status"], json!("completed"));
+    }
+    assert_eq!(
+        app.engine.waiters(),
+        0,
+        "the registry is empty after the waits"
+    );
+    let gets: Vec<_> = (0..100)
+        .map(|_| spawn_request(app, get_waiting(&napping, "1s")))
+        .collect();
+    for g in gets {
+        g.await.expect("the request").ok(StatusCode::ACCEPTED);
+    }
+    assert_eq!(
+        app.engine.waiters(),
+        0,
+        "timed-out waits leave nothing behind"
+    );
+
+    // A bad wait is a 400 naming `wait`, and starts nothing.
+    let before = app.all_pages(&k, "/v1/executions", 500).await.len();
+    for bad in [
+        "abc",
+        "10m",
+        "61s",
+        "60001ms",
+        "2m",
+        "",
+        "1.5s",
+        "030s",
+        "1h",
+        "30",
+        "-1s",
+        "1%20s",
+        "99999999999999999999s",
+    ] {
+        let r = app
+            .post(
+                &format!("/v1/executions?wait={bad}"),
+                &k,
+                start("quick", "z"),
+            )
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("wait"));
+        let r = app
+            .get(&format!("/v1/executions/{id}?wait={bad}"), &k)
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("wait"));
+    }
+    let r = app
+        .post("/v1/executions?wait=10m", &k, start("quick", "z"))
+        .await;
+    assert!(r.str("/error/message").contains("60s"), "{}", r.text());
+    assert_eq!(app.all_pages(&k, "/v1/executions", 500).await.len(), before);
+    // Every shape the document allows is taken.
+    for good in [
+        "0s", "0ms", "0m", "1m", "60s", "60000ms", "59999ms", "9s", "10s",
+    ] {
+        let r = app
+            .get(&format!("/v1/executions/{id}?wait={good}"), &k)
+            .await;
+        r.ok(StatusCode::OK);
+    }
+    assert_eq!(app.engine.waiters(), 0);
+}
+
+#[tokio::test]
+async fn waiting_for_a_result_on_sqlite() {
+    let app = sqlite_app().await;
+    waits(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn waiting_for_a_result_on_postgres() {
+    let app = pg_app(8).await;
+    waits(&app).await;
+    app.finish().await;
+}
+
 async fn events<S: Store>(app: &App<S>) {
     let k = app.key("ev", &["write"]).await;
     app.workflow(&k, "wait", waiter()).await;

@@ -14,6 +14,10 @@
 //! - **Local** (`sojourn dev`, or a single `serve` without Redis): in-process
 //!   maps; one node, so every lease is its own.
 //!
+//! Nodes also tell each other which executions finished (a Redis channel,
+//! `sojourn:finished`), so that a request waiting on one node for an
+//! execution that finishes on another is woken at once.
+//!
 //! Redis gives liveness and speed, not safety: the database's lease epoch
 //! fences every write (DESIGN invariant 1), so a lease lost to a Redis
 //! restart or `FLUSHALL` can delay work but never double it.
@@ -37,6 +41,12 @@ pub enum Error {
     Protocol(String),
     #[error("no randomness: {0}")]
     Random(String),
+    /// Redis did not answer in time.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A subscription's connection closed (Redis restarted, the network).
+    #[error("redis closed the subscription's connection")]
+    SubscriptionClosed,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -110,6 +120,15 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 const PREFIX: &str = "sojourn:";
+/// The channel on which nodes announce executions that finished.
+const FINISHED_CHANNEL: &str = "sojourn:finished";
+/// How long connecting and subscribing to the channel may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a quiet subscription checks that Redis still answers on it (a
+/// connection that died without closing would otherwise hear nothing,
+/// forever), and how long the answer may take.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Leases asked for or renewed in one script call.
 const CHUNK: usize = 1_000;
 
@@ -585,6 +604,102 @@ impl Cluster {
                     .await?;
                 let v: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
                 v.ok_or_else(|| Error::Protocol("the cluster secret vanished".into()))
+            }
+        }
+    }
+}
+
+impl Cluster {
+    // ---- finished executions ------------------------------------------------
+
+    /// Tells every node that these executions finished, in one message (in
+    /// process: nothing to tell).
+    pub async fn publish_finished(&self, ids: &[ExecutionId]) -> Result<()> {
+        match &self.backend {
+            Backend::Local(_) => Ok(()),
+            Backend::Redis(_) if ids.is_empty() => Ok(()),
+            Backend::Redis(r) => {
+                let payload =
+                    serde_json::to_string(ids).map_err(|e| Error::Protocol(e.to_string()))?;
+                let mut c = r.conn().await?;
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(FINISHED_CHANNEL)
+                    .arg(payload)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Subscribes to the executions any node announces as finished (its own
+    /// included), on a connection of its own. `None` in process: one node
+    /// has nobody to hear from.
+    pub async fn subscribe_finished(&self) -> Result<Option<FinishedFeed>> {
+        match &self.backend {
+            Backend::Local(_) => Ok(None),
+            Backend::Redis(r) => {
+                let subscribe = async {
+                    let (mut sink, stream) = r.client.get_async_pubsub().await?.split();
+                    sink.subscribe(FINISHED_CHANNEL).await?;
+                    Ok::<_, Error>((sink, stream))
+                };
+                let (sink, stream) = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe)
+                    .await
+                    .map_err(|_| Error::Timeout(SUBSCRIBE_TIMEOUT))??;
+                let mut keepalive =
+                    tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+                keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Ok(Some(FinishedFeed {
+                    sink,
+                    stream,
+                    keepalive,
+                }))
+            }
+        }
+    }
+}
+
+/// A subscription to finished executions ([`Cluster::subscribe_finished`]).
+pub struct FinishedFeed {
+    sink: redis::aio::PubSubSink,
+    stream: redis::aio::PubSubStream,
+    keepalive: tokio::time::Interval,
+}
+
+impl std::fmt::Debug for FinishedFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinishedFeed").finish_non_exhaustive()
+    }
+}
+
+/// One announcement: executions that finished on some node.
+#[derive(Debug)]
+pub struct Announced(redis::Msg);
+
+impl Announced {
+    /// The executions (none if the message is not ours: it is ignored).
+    pub fn ids(&self) -> Vec<ExecutionId> {
+        serde_json::from_slice(self.0.get_payload_bytes()).unwrap_or_default()
+    }
+}
+
+impl FinishedFeed {
+    /// The next announcement. An error means the subscription is gone (the
+    /// connection closed, or stopped answering): subscribe again; what was
+    /// announced meanwhile is not heard.
+    pub async fn next(&mut self) -> Result<Announced> {
+        use futures_util::StreamExt as _;
+        loop {
+            tokio::select! {
+                msg = self.stream.next() => {
+                    return msg.map(Announced).ok_or(Error::SubscriptionClosed);
+                }
+                _ = self.keepalive.tick() => {
+                    tokio::time::timeout(KEEPALIVE_TIMEOUT, self.sink.ping::<redis::Value>())
+                        .await
+                        .map_err(|_| Error::Timeout(KEEPALIVE_TIMEOUT))??;
+                }
             }
         }
     }

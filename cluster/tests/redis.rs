@@ -157,3 +157,57 @@ async fn members_expire_once_and_redis_restarts_are_survived() {
     }
     assert!(ok, "the cluster reconnects after a Redis restart");
 }
+
+#[tokio::test]
+async fn finished_executions_are_announced_to_every_subscriber_across_a_restart() {
+    let port = free_port();
+    let mut redis = PrivateRedis::start_on(port);
+    let a = Cluster::redis(&redis.url(), "a", Duration::from_secs(5)).expect("a");
+    let b = Cluster::redis(&redis.url(), "b", Duration::from_secs(5)).expect("b");
+    let mut feed_a = a.subscribe_finished().await.expect("a").expect("a feed");
+    let mut feed_b = b.subscribe_finished().await.expect("b").expect("b feed");
+    // One message for many ids, heard by every node (the sender too).
+    b.publish_finished(&ids(3)).await.expect("publish");
+    b.publish_finished(&[]).await.expect("nothing to publish");
+    for feed in [&mut feed_a, &mut feed_b] {
+        let heard = tokio::time::timeout(Duration::from_secs(5), feed.next())
+            .await
+            .expect("in time")
+            .expect("announced");
+        assert_eq!(heard.ids(), ids(3));
+    }
+    // Redis restarts: the feed says it is gone; a new one hears again.
+    redis.kill();
+    let gone = tokio::time::timeout(Duration::from_secs(15), feed_a.next())
+        .await
+        .expect("the feed notices within its keepalive");
+    assert!(gone.is_err(), "{gone:?}");
+    redis.restart();
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(Some(f)) = a.subscribe_finished().await {
+            again = Some(f);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut feed = again.expect("subscribed again after the restart");
+    let mut published = false;
+    for _ in 0..50 {
+        if b.publish_finished(&ids(1)).await.is_ok() {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(published, "publishing works again after the restart");
+    let heard = tokio::time::timeout(Duration::from_secs(5), feed.next())
+        .await
+        .expect("in time")
+        .expect("announced");
+    assert_eq!(heard.ids(), ids(1));
+    // In process: nothing to subscribe to, nothing to publish.
+    let local = Cluster::local("l", Duration::from_secs(5));
+    assert!(local.subscribe_finished().await.expect("local").is_none());
+    local.publish_finished(&ids(2)).await.expect("local");
+}

@@ -1,5 +1,8 @@
 //! Executions: start (idempotent), inspect, list, journal, node
-//! executions, direct events, and operator controls.
+//! executions, direct events, and operator controls. A start and a read
+//! may wait for the execution to finish (`?wait=30s`, attach).
+
+use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::extract::State;
@@ -9,7 +12,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sojourn_actors::StartRequest;
+use sojourn_actors::{MAX_WAIT, StartRequest};
 use sojourn_persistence::{ExecutionQuery, ExecutionRecord, ExecutionSummary, Store};
 use sojourn_runtime::{EventInput, ExecutionId, Input, Status, check_input};
 
@@ -52,6 +55,74 @@ pub struct Started {
     /// `false`: this `Idempotency-Key` was used before; this is its
     /// execution.
     pub new: bool,
+}
+
+/// How long to wait for the execution to finish (`?wait=`).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WaitQuery {
+    /// Answer when the execution has finished (completed, failed or
+    /// cancelled: 200 with its state) or when this much time has passed (202
+    /// with its state then): a whole number of `ms`, `s` or `m`, at most 60s
+    /// (`500ms`, `30s`, `1m`). `0s` answers at once.
+    #[serde(default)]
+    #[schemars(regex(
+        pattern = r"^((0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|60000)ms|(0|[1-9]|[1-5][0-9]|60)s|[01]m)$"
+    ))]
+    pub wait: Option<String>,
+}
+
+/// Parses `wait` (as its pattern in the OpenAPI document states it): a
+/// whole number without leading zeros and a unit (`ms`, `s`, `m`), read by
+/// the runtime's duration parser, at most [`MAX_WAIT`].
+pub(crate) fn parse_wait(text: Option<&str>) -> ApiResult<Option<Duration>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let shaped = !number.is_empty()
+        && (number == "0" || !number.starts_with('0'))
+        && matches!(unit, "ms" | "s" | "m");
+    let not_a_duration = || {
+        ApiError::invalid(
+            "wait",
+            format!("{text:?} is not a duration like 500ms, 30s or 1m"),
+        )
+    };
+    let too_long = || {
+        ApiError::invalid(
+            "wait",
+            format!(
+                "{text} is longer than the longest wait, {}s",
+                MAX_WAIT.as_secs()
+            ),
+        )
+    };
+    if !shaped {
+        return Err(not_a_duration());
+    }
+    // Seven digits are more than 60 s in any unit.
+    if number.len() > 6 {
+        return Err(too_long());
+    }
+    let wait = sojourn_runtime::time::parse_duration(text)
+        .ok()
+        .and_then(|d| d.to_std().ok())
+        .ok_or_else(not_a_duration)?;
+    if wait > MAX_WAIT {
+        return Err(too_long());
+    }
+    Ok(Some(wait))
+}
+
+/// What a start answers: without `wait`, the execution started (201) or
+/// found under its idempotency key (200); with `wait`, its state (200
+/// finished, 202 not yet), as `GET /v1/executions/{execution}` shows it.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StartAnswer {
+    Started(Started),
+    State(Box<ExecutionOut>),
 }
 
 /// An execution, in a listing.
@@ -235,10 +306,34 @@ pub(crate) fn parse_status(text: &str) -> ApiResult<Status> {
 pub(crate) async fn start<S: Store>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
+    Q(q): Q<WaitQuery>,
     IdempotencyKey(key): IdempotencyKey,
     Body(req): Body<StartExecution>,
 ) -> ApiResult<Response> {
-    start_in(&app, &caller, req, key).await
+    let began = Instant::now();
+    let Some(wait) = parse_wait(q.wait.as_deref())? else {
+        return start_in(&app, &caller, req, key).await;
+    };
+    // A replay under the same key waits the same way.
+    let started = start_execution(&app, &caller, req, key).await?;
+    let left = wait.saturating_sub(began.elapsed());
+    let record = app
+        .engine
+        .wait_finished(&started.id, left)
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution", started.id.as_str()))?;
+    Ok(state_answer(&app, record).await)
+}
+
+/// 200 with a finished execution's state, 202 with an unfinished one's.
+async fn state_answer<S: Store>(app: &AppState<S>, record: ExecutionRecord) -> Response {
+    let status = if record.status.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let out = execution_out(app, record).await;
+    (status, axum::Json(StartAnswer::State(Box::new(out)))).into_response()
 }
 
 /// The longest subject (correlation key) accepted, in characters (at most
@@ -252,6 +347,30 @@ pub(crate) async fn start_in<S: Store>(
     req: StartExecution,
     idempotency_key: Option<String>,
 ) -> ApiResult<Response> {
+    let started = start_execution(app, caller, req, idempotency_key).await?;
+    let status = if started.new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(StartAnswer::Started(Started {
+            id: started.id.to_string(),
+            new: started.new,
+        })),
+    )
+        .into_response())
+}
+
+/// Checks the request and starts the execution (or finds it under its
+/// idempotency key).
+async fn start_execution<S: Store>(
+    app: &AppState<S>,
+    caller: &Caller,
+    req: StartExecution,
+    idempotency_key: Option<String>,
+) -> ApiResult<sojourn_actors::Started> {
     if req.workflow.is_empty() {
         return Err(ApiError::invalid("workflow", "must not be empty"));
     }
@@ -273,7 +392,7 @@ pub(crate) async fn start_in<S: Store>(
             format!("must be 1 to {MAX_SUBJECT_CHARS} characters"),
         ));
     }
-    let started = app
+    Ok(app
         .engine
         .start_execution(StartRequest {
             namespace: Some(caller.namespace.clone()),
@@ -284,20 +403,7 @@ pub(crate) async fn start_in<S: Store>(
             timezone: req.timezone,
             idempotency_key,
         })
-        .await?;
-    let status = if started.new {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        axum::Json(Started {
-            id: started.id.to_string(),
-            new: started.new,
-        }),
-    )
-        .into_response())
+        .await?)
 }
 
 /// The execution, if it belongs to the caller's namespace.
@@ -321,11 +427,30 @@ pub(crate) async fn get<S: Store>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<ExecutionOut>> {
+    Q(q): Q<WaitQuery>,
+) -> ApiResult<Response> {
+    let began = Instant::now();
+    let wait = parse_wait(q.wait.as_deref())?;
     let r = find(&app, &caller, &id).await?;
+    let Some(wait) = wait else {
+        return Ok(axum::Json(execution_out(&app, r).await).into_response());
+    };
+    if r.status.is_terminal() {
+        return Ok(state_answer(&app, r).await);
+    }
+    let record = app
+        .engine
+        .wait_finished(&r.id, wait.saturating_sub(began.elapsed()))
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution", &id))?;
+    Ok(state_answer(&app, record).await)
+}
+
+/// An execution's state, as the API shows it.
+async fn execution_out<S: Store>(app: &AppState<S>, r: ExecutionRecord) -> ExecutionOut {
     let holder = app.engine.lease_holder(&r.id).await;
     let s = r.snapshot;
-    Ok(axum::Json(ExecutionOut {
+    ExecutionOut {
         id: r.id.to_string(),
         workflow_id: r.workflow_id,
         version: r.version,
@@ -345,7 +470,7 @@ pub(crate) async fn get<S: Store>(
         idempotency_key: r.idempotency_key,
         created_at: r.created_at,
         updated_at: r.updated_at,
-    }))
+    }
 }
 
 pub(crate) async fn list<S: Store>(

@@ -93,6 +93,8 @@ pub(crate) async fn metrics<S: Store>(State(app): State<AppState<S>>) -> Respons
     let actors = app.engine.active_actors().await;
     app.active_actors
         .set(i64::try_from(actors).unwrap_or(i64::MAX));
+    app.waiters
+        .set(i64::try_from(app.engine.waiters()).unwrap_or(i64::MAX));
     // Left out of the answer when the database cannot be read.
     app.timers_pending
         .set(app.engine.store().pending_timers().await.ok());
