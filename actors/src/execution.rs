@@ -368,6 +368,7 @@ impl<S: Store> ExecutionActor<S> {
                     .transition_seconds
                     .observe(received.elapsed().as_secs_f64());
                 let mut wake_outbox = false;
+                let mut finished = false;
                 state.resident_until = None;
                 for effect in t.effects {
                     match effect {
@@ -392,19 +393,22 @@ impl<S: Store> ExecutionActor<S> {
                         Effect::Complete { .. } => {
                             Stats::add(&stats.completed, 1);
                             stats.completed_by_workflow.inc(&state.workflow_id);
+                            finished = true;
                         }
                         Effect::Cancel { .. } => {
                             Stats::add(&stats.completed, 1);
                             stats.cancelled_by_workflow.inc(&state.workflow_id);
+                            finished = true;
                         }
                         Effect::Fail { .. } => {
                             Stats::add(&stats.failed, 1);
                             stats.failed_by_workflow.inc(&state.workflow_id);
+                            finished = true;
                         }
                         _ => {}
                     }
                 }
-                if crate::finished::finishes(&t.effects) {
+                if finished {
                     self.ctx.finished.notify(&state.id);
                 }
                 if wake_outbox {

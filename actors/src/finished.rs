@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sojourn_cluster::Cluster;
-use sojourn_runtime::{Effect, ExecutionId};
+use sojourn_runtime::ExecutionId;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -149,16 +149,6 @@ impl Finished {
             }
         }
     }
-}
-
-/// Whether a committed transition's effects finish its execution.
-pub(crate) fn finishes(effects: &[Effect]) -> bool {
-    effects.iter().any(|e| {
-        matches!(
-            e,
-            Effect::Complete { .. } | Effect::Cancel { .. } | Effect::Fail { .. }
-        )
-    })
 }
 
 /// One registered wait; dropping it unregisters it.
