@@ -773,7 +773,6 @@ pub(crate) async fn mark_failed<S: Store>(
             fired_timer: None,
             consumed_input: None,
             claim: None,
-            consumed_outbox: None,
         }])
         .await?;
     if results.first() == Some(&CommitResult::Committed) {

@@ -15,9 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sojourn_persistence::{CommitResult, LeaseEpoch, OutboxMessage, Store};
-use sojourn_runtime::{
-    CompiledWorkflow, Effect, ExecutionId, Input, JournalEvent, Snapshot, Status, TimerId,
-};
+use sojourn_runtime::{CompiledWorkflow, Effect, ExecutionId, Input, Snapshot, Status, TimerId};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::engine::Context;
@@ -47,24 +45,10 @@ pub(crate) struct Preloaded {
     pub(crate) workflow_id: Arc<str>,
 }
 
-/// An action's result straight from this node's sender, with no row of its
-/// own yet: the transition that applies it also removes its outbox row. If
-/// it cannot be applied here it is recorded the durable way
-/// ([`crate::outbox::record_results`]) before it goes anywhere else.
-#[derive(Debug)]
-pub(crate) struct LocalResult {
-    pub(crate) node: sojourn_runtime::NodeId,
-    pub(crate) attempt: u32,
-    pub(crate) outcome: sojourn_runtime::ActionOutcome,
-    /// The outbox row's idempotency key.
-    pub(crate) key: String,
-}
-
 /// The execution actor's messages.
 #[derive(Debug)]
 pub(crate) enum ExecutionMsg {
     Deliver(Delivery),
-    Result(Box<LocalResult>),
     /// Read the inbox (inputs recorded while the message may have been lost).
     DrainInbox,
     /// No input since `seq`: passivate if still so.
@@ -197,12 +181,6 @@ impl<S: Store> Actor for ExecutionActor<S> {
                             .supervisor
                             .cast(SupervisorMsg::Activate(state.id.clone()));
                     }
-                    ExecutionMsg::Result(r) => {
-                        // Stopping there: recorded the durable way.
-                        let _ = state
-                            .supervisor
-                            .cast(SupervisorMsg::Result(state.id.clone(), r));
-                    }
                     ExecutionMsg::IdleCheck(_) => {}
                     ExecutionMsg::Stop => myself.stop(Some("fenced".into())),
                 }
@@ -210,27 +188,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
             }
             match message {
                 ExecutionMsg::Deliver(d) => {
-                    if !self.apply(&myself, state, d, None).await? {
-                        return Ok(());
-                    }
-                }
-                ExecutionMsg::Result(r) => {
-                    let LocalResult {
-                        node,
-                        attempt,
-                        outcome,
-                        key,
-                    } = *r;
-                    let d = Delivery {
-                        input: Input::ActionResult {
-                            node,
-                            attempt,
-                            outcome,
-                        },
-                        fired_timer: None,
-                        inbox_id: None,
-                    };
-                    if !self.apply(&myself, state, d, Some(key)).await? {
+                    if !self.apply(&myself, state, d).await? {
                         return Ok(());
                     }
                 }
@@ -241,7 +199,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                             fired_timer: None,
                             inbox_id: Some(item.id),
                         };
-                        if !self.apply(&myself, state, d, None).await? {
+                        if !self.apply(&myself, state, d).await? {
                             return Ok(());
                         }
                     }
@@ -289,8 +247,6 @@ impl<S: Store> ExecutionActor<S> {
         myself: &ActorRef<ExecutionMsg>,
         state: &mut ExecutionState,
         d: Delivery,
-        // The outbox row of an action result delivered from memory.
-        sent: Option<String>,
     ) -> Result<bool, ActorProcessingErr> {
         if let Some(inbox) = d.inbox_id
             && !state.applied_inbox.insert(inbox)
@@ -305,33 +261,14 @@ impl<S: Store> ExecutionActor<S> {
                 fired_timer: None,
                 inbox_id: None,
             };
-            if !Box::pin(self.apply(myself, state, start, None)).await? {
-                let kept = sent.map(|key| (key, d.input));
-                Self::hand_back(state, d.fired_timer, kept);
+            if !Box::pin(self.apply(myself, state, start)).await? {
+                Self::hand_back(state, d.fired_timer);
                 return Ok(false);
             }
         }
         let received = std::time::Instant::now();
         let now = Utc::now();
         let kind = d.input.kind();
-        // A result from memory that the execution refuses (it moved on, or
-        // was cancelled) still has an outbox row, which must go, else it is
-        // sent again once its claim expires: recorded the durable way, and
-        // its inbox row dropped.
-        if let Some(key) = &sent
-            && let Err(e) = sojourn_runtime::check_input(&state.snapshot, &d.input)
-        {
-            debug!(input = kind, error = %e, "action result refused");
-            let ids = crate::outbox::record_results(
-                &*self.ctx.store,
-                &[(&state.id, &d.input, key.as_str())],
-            )
-            .await?;
-            for inbox in ids {
-                self.ctx.store.discard_input(inbox, state.epoch).await?;
-            }
-            return Ok(true);
-        }
         let transition = match state.wf.step(&state.snapshot, d.input, now) {
             Ok(t) => t,
             Err(e) => {
@@ -358,7 +295,6 @@ impl<S: Store> ExecutionActor<S> {
             fired_timer: d.fired_timer,
             consumed_input: d.inbox_id,
             claim_timers_before: claim,
-            consumed_outbox: sent,
         };
         match self.ctx.committer.call(request).await {
             Ok((r, CommitResult::Committed)) => {
@@ -427,17 +363,7 @@ impl<S: Store> ExecutionActor<S> {
                 let _ = state
                     .supervisor
                     .cast(SupervisorMsg::Fenced(state.id.clone(), myself.get_id()));
-                // A result from memory: its input, back from the journal.
-                let kept = r.consumed_outbox.and_then(|key| {
-                    r.transition
-                        .journal
-                        .into_iter()
-                        .find_map(|j| match j.event {
-                            JournalEvent::InputReceived { input } => Some((key.clone(), input)),
-                            _ => None,
-                        })
-                });
-                Self::hand_back(state, r.fired_timer, kept);
+                Self::hand_back(state, r.fired_timer);
                 Ok(false)
             }
             Err(e) => Err(format!("commit failed: {e}").into()),
@@ -448,33 +374,10 @@ impl<S: Store> ExecutionActor<S> {
     /// back to the supervisor, after the `Fenced` report: a timer firing as
     /// itself (it has no row to be found by), anything else as an activation
     /// (its row waits in the inbox, or the execution is pending).
-    fn hand_back(
-        state: &ExecutionState,
-        fired_timer: Option<TimerId>,
-        kept: Option<(String, Input)>,
-    ) {
+    fn hand_back(state: &ExecutionState, fired_timer: Option<TimerId>) {
         let id = state.id.clone();
-        let msg = match (kept, fired_timer) {
-            (
-                Some((
-                    key,
-                    Input::ActionResult {
-                        node,
-                        attempt,
-                        outcome,
-                    },
-                )),
-                _,
-            ) => SupervisorMsg::Result(
-                id,
-                Box::new(LocalResult {
-                    node,
-                    attempt,
-                    outcome,
-                    key,
-                }),
-            ),
-            (_, Some(timer)) => SupervisorMsg::Deliver(
+        let _ = state.supervisor.cast(match fired_timer {
+            Some(timer) => SupervisorMsg::Deliver(
                 id,
                 Delivery {
                     input: Input::TimerFired {
@@ -484,9 +387,8 @@ impl<S: Store> ExecutionActor<S> {
                     inbox_id: None,
                 },
             ),
-            _ => SupervisorMsg::Activate(id),
-        };
-        let _ = state.supervisor.cast(msg);
+            None => SupervisorMsg::Activate(id),
+        });
     }
 
     /// After an input: passivate if nothing is in flight, else arm the idle

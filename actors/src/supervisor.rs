@@ -21,16 +21,13 @@ use sojourn_runtime::ExecutionId;
 use tracing::{error, warn};
 
 use crate::engine::Context;
-use crate::execution::{Delivery, ExecutionActor, ExecutionMsg, LocalResult, Preloaded};
+use crate::execution::{Delivery, ExecutionActor, ExecutionMsg, Preloaded};
 use crate::stats::Stats;
 
 #[derive(Debug)]
 pub(crate) enum SupervisorMsg {
     /// An input for an execution.
     Deliver(ExecutionId, Delivery),
-    /// An action's result from this node's sender, in memory: to the live
-    /// actor, else recorded the durable way.
-    Result(ExecutionId, Box<LocalResult>),
     /// Make sure the execution is active (it has inbox rows).
     Activate(ExecutionId),
     /// A new execution this node just created: start its actor from what
@@ -349,19 +346,6 @@ impl<S: Store> Actor for Supervisor<S> {
                     self.bounce(vec![(id, Some(d))]);
                 }
             }
-            SupervisorMsg::Result(id, r) => match state.entries.get(&id) {
-                Some(Entry::Active(actor))
-                    if state.draining.is_empty() && !state.failing.contains(&id) =>
-                {
-                    let _ = actor.cast(ExecutionMsg::Result(r));
-                }
-                // No live actor to give it to: it becomes a row first.
-                _ => crate::outbox::record_and_route(
-                    self.ctx.store.clone(),
-                    self.ctx.router.clone(),
-                    vec![(id, *r)],
-                ),
-            },
             SupervisorMsg::FailedMarked(id) => {
                 state.failing.remove(&id);
                 self.ctx.router.released(&id);

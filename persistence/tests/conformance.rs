@@ -291,7 +291,6 @@ async fn step<S: Store>(
             fired_timer: fired.as_ref(),
             consumed_input: None,
             claim: None,
-            consumed_outbox: None,
         }])
         .await
         .expect("commit");
@@ -624,7 +623,6 @@ async fn stale_epochs_are_fenced_and_write_nothing<S: Store>(store: &S) {
             fired_timer: None,
             consumed_input: None,
             claim: None,
-            consumed_outbox: None,
         }])
         .await
         .expect("commit");
@@ -654,7 +652,6 @@ async fn group_commit_isolates_fenced_executions<S: Store>(store: &S) {
             fired_timer: None,
             consumed_input: None,
             claim: None,
-            consumed_outbox: None,
         })
         .collect();
     let results = store.commit(&batch).await.expect("commit");
@@ -701,7 +698,6 @@ async fn two_steps_of_one_execution_in_one_batch_apply_in_order<S: Store>(store:
                 fired_timer: None,
                 consumed_input: None,
                 claim: None,
-                consumed_outbox: None,
             },
             Commit {
                 execution_id: &e.id,
@@ -710,7 +706,6 @@ async fn two_steps_of_one_execution_in_one_batch_apply_in_order<S: Store>(store:
                 fired_timer: None,
                 consumed_input: None,
                 claim: None,
-                consumed_outbox: None,
             },
         ])
         .await
@@ -979,7 +974,6 @@ async fn the_inbox_is_consumed_by_the_commit_that_applies_it<S: Store>(store: &S
             fired_timer: None,
             consumed_input: Some(id),
             claim: None,
-            consumed_outbox: None,
         }])
         .await
         .expect("commit");
@@ -1080,7 +1074,6 @@ async fn attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_
             fired_timer: None,
             consumed_input: Some(inbox),
             claim: None,
-            consumed_outbox: None,
         }])
         .await
         .expect("commit");
@@ -2392,7 +2385,6 @@ async fn a_commit_claims_its_actions_and_near_timers_for_its_node<S: Store>(stor
                     fired_timer: None,
                     consumed_input: None,
                     claim: Some(claim),
-                    consumed_outbox: None,
                 }])
                 .await
                 .expect("commit")
