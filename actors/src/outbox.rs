@@ -22,6 +22,10 @@ use crate::router::Router;
 use crate::stats::Stats;
 use crate::trace::Traces;
 
+/// Actions handed over in memory that the relay sends before it looks at
+/// the table again.
+const MAX_HANDED_PER_TURN: usize = 256;
+
 /// A sent attempt on its way to the finisher; holds its in-flight slot.
 struct Sent {
     message: OutboxMessage,
@@ -87,8 +91,12 @@ async fn run<S: Store>(
     let mut last_claim: Option<std::time::Instant> = None;
     let mut woken = true;
     while !shutdown.is_cancelled() {
-        // Handed over in memory: sent first, each as a slot frees.
-        while let Ok(m) = handed.try_recv() {
+        // Handed over in memory: sent first, each as a slot frees; at most a
+        // batch per turn, so the table's poll still gets its turn.
+        for _ in 0..MAX_HANDED_PER_TURN {
+            let Ok(m) = handed.try_recv() else {
+                break;
+            };
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };

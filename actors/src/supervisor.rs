@@ -402,8 +402,16 @@ impl<S: Store> Actor for Supervisor<S> {
             }
             SupervisorMsg::Fenced(id, from) => {
                 // Its write was fenced: another node holds the execution.
-                // Give the lease up here so its inputs are routed there.
-                if Self::stop_lost(state, &id, Some(from)) {
+                // Give the lease up here so its inputs are routed there
+                // (also when the actor was already passivating: its
+                // successor must not start here and fence the holder).
+                let its_own = match state.entries.get(&id) {
+                    Some(Entry::Active(a)) => a.get_id() == from,
+                    Some(Entry::Stopping { actor, .. }) => *actor == from,
+                    None => false,
+                };
+                Self::stop_lost(state, &id, Some(from));
+                if its_own {
                     self.ctx.router.released(&id);
                 }
             }

@@ -118,25 +118,36 @@ async fn run<S: Store>(
         |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(1));
     let lookahead = to_chrono(config.timer_lookahead);
     let claim_ttl = to_chrono(config.timer_claim_ttl);
-    let mut held: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
+    // Due, execution, timer, and whether a claim query found it (those
+    // count against `timer_batch`; the ones handed over in memory do not).
+    let mut held: BinaryHeap<Reverse<(DateTime<Utc>, ExecutionId, TimerId, bool)>> =
+        BinaryHeap::new();
+    let mut polled = 0usize;
     // Fire budget: at most `rate` per second, refilled continuously.
     let rate = f64::from(config.timer_fire_rate.max(1));
     let mut budget = rate;
     let mut last_refill = std::time::Instant::now();
     let mut last_claim: Option<std::time::Instant> = None;
     while !shutdown.is_cancelled() {
-        held.extend(wake.take_handed().into_iter().map(Reverse));
+        held.extend(
+            wake.take_handed()
+                .into_iter()
+                .map(|(due, e, t)| Reverse((due, e, t, false))),
+        );
         let now = Utc::now();
         // Claim more only when the held backlog is small: a node back from a
         // day of downtime takes the backlog a batch at a time.
         // A draining node claims nothing new.
         // Only on a hint or a poll: timers handed over in memory need no
         // query.
-        let hinted = wake.hinted.swap(false, Ordering::Relaxed);
+        // Timers handed over in memory do not count against the batch: a
+        // node busy with its own near timers still claims the others.
+        let hinted = wake.hinted.load(Ordering::Relaxed);
         if (hinted || last_claim.is_none_or(|t| t.elapsed() >= config.timer_poll))
-            && held.len() < config.timer_batch as usize
+            && polled < config.timer_batch as usize
             && !router.closed.load(Ordering::Relaxed)
         {
+            wake.hinted.store(false, Ordering::Relaxed);
             last_claim = Some(std::time::Instant::now());
             match store
                 .claim_due_timers(
@@ -149,8 +160,9 @@ async fn run<S: Store>(
                 .await
             {
                 Ok(timers) => {
+                    polled += timers.len();
                     for t in timers {
-                        held.push(Reverse((t.due_at, t.execution_id, t.timer_id)));
+                        held.push(Reverse((t.due_at, t.execution_id, t.timer_id, true)));
                     }
                 }
                 Err(e) => warn!(error = %e, "claiming timers failed; retrying"),
@@ -162,15 +174,18 @@ async fn run<S: Store>(
         let now = Utc::now();
         let mut due_now = Vec::new();
         while budget >= 1.0 {
-            let Some(Reverse((due, _, _))) = held.peek() else {
+            let Some(Reverse((due, _, _, _))) = held.peek() else {
                 break;
             };
             if *due > now {
                 break;
             }
-            let Some(Reverse((due, execution, timer))) = held.pop() else {
+            let Some(Reverse((due, execution, timer, was_polled))) = held.pop() else {
                 break;
             };
+            if was_polled {
+                polled = polled.saturating_sub(1);
+            }
             budget -= 1.0;
             stats.record_lateness((now - due).num_microseconds().unwrap_or(0) as f64 / 1000.0);
             Stats::add(&stats.timers_fired, 1);
@@ -188,7 +203,7 @@ async fn run<S: Store>(
         let poll = config.timer_poll;
         let until_next = held
             .peek()
-            .map(|Reverse((due, _, _))| (*due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .map(|Reverse((due, _, _, _))| (*due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(poll)
             .min(poll);
         let until_next = if budget < 1.0 {
