@@ -29,6 +29,9 @@ use crate::stats::Stats;
 /// A timer held in memory until due: (due, execution, timer).
 type Held = (DateTime<Utc>, ExecutionId, TimerId);
 
+/// A held timer in the service's heap, and whether a claim query found it.
+type HeldTimer = (DateTime<Utc>, ExecutionId, TimerId, bool);
+
 /// Wakes the timer service when a timer is set that falls due soon, and
 /// hands it the timers this node claimed in the commit that set them.
 #[derive(Debug)]
@@ -120,8 +123,7 @@ async fn run<S: Store>(
     let claim_ttl = to_chrono(config.timer_claim_ttl);
     // Due, execution, timer, and whether a claim query found it (those
     // count against `timer_batch`; the ones handed over in memory do not).
-    let mut held: BinaryHeap<Reverse<(DateTime<Utc>, ExecutionId, TimerId, bool)>> =
-        BinaryHeap::new();
+    let mut held: BinaryHeap<Reverse<HeldTimer>> = BinaryHeap::new();
     let mut polled = 0usize;
     // Fire budget: at most `rate` per second, refilled continuously.
     let rate = f64::from(config.timer_fire_rate.max(1));
