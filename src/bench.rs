@@ -41,15 +41,17 @@ pub(crate) struct BenchArgs {
     #[arg(long, env = "SOJOURN_DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
     /// Instead: start executions over HTTP against a running node
-    /// (`SOJOURN_URL`) and print starts/s and latency.
+    /// (`SOJOURN_URL`) and print starts/s and latency; with `--spawn`, run
+    /// the reference journey end to end on a node of its own.
     #[arg(long)]
     pub(crate) http: bool,
     #[command(flatten)]
     pub(crate) http_args: crate::http_bench::HttpBenchArgs,
 }
 
-fn reference(base: &str) -> Result<Workflow, Failure> {
-    Workflow::from_value(json!({
+/// The reference journey's definition, its actions calling `base`.
+pub(crate) fn reference_json(base: &str) -> serde_json::Value {
+    json!({
         "key": "bench-reference",
         "nodes": [
             {"id": "start", "type": "start"},
@@ -69,11 +71,18 @@ fn reference(base: &str) -> Result<Workflow, Failure> {
             {"from": "check", "to": "odd", "branch": "false"},
             {"from": "second", "to": "done", "branch": "success"},
         ]
-    }))
-    .map_err(|e| Failure::Runtime(anyhow::anyhow!("reference workflow: {e:?}")))
+    })
+}
+
+fn reference(base: &str) -> Result<Workflow, Failure> {
+    Workflow::from_value(reference_json(base))
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("reference workflow: {e:?}")))
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if let Some(spawn) = args.http_args.spawn {
+        return crate::journey_bench::run(&args, spawn).await;
+    }
     if args.http {
         return crate::http_bench::run(args.http_args, args.concurrency).await;
     }
@@ -120,7 +129,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::Failure;
+use crate::bench::percentile;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct HttpBenchArgs {
@@ -29,6 +30,23 @@ pub(crate) struct HttpBenchArgs {
     /// Open loop at this many starts per second (else closed loop).
     #[arg(long)]
     pub(crate) rate: Option<u32>,
+    /// Run the reference journey end to end instead: spawn a node (`dev`
+    /// on a fresh SQLite directory, `serve` on a fresh PostgreSQL schema),
+    /// start `--executions` journeys over HTTP, `--concurrency` in flight,
+    /// then `--unloaded` one at a time, and print latency, throughput,
+    /// timer lateness, transactions and CPU per journey, and peak RSS.
+    #[arg(long, value_enum, requires = "http")]
+    pub(crate) spawn: Option<crate::journey_bench::Spawn>,
+    /// With `--spawn`: the node's binary (default: this one), to compare
+    /// two builds in one run.
+    #[arg(long, requires = "spawn")]
+    pub(crate) node_bin: Option<std::path::PathBuf>,
+    /// With `--spawn serve`: the Redis the node leases through.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub(crate) redis_url: String,
+    /// With `--spawn serve`: no Redis (the node runs alone).
+    #[arg(long, requires = "spawn")]
+    pub(crate) no_redis: bool,
 }
 
 const WORKFLOW: &str = "bench-http-start";
@@ -46,14 +64,6 @@ fn workflow() -> Value {
             {"from": "score", "to": "done"}
         ]
     })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 struct Target {
@@ -256,7 +266,7 @@ async fn workflow_id(target: &Target, base: &str) -> Result<String, reqwest::Err
 }
 
 /// The value of a counter's series for one workflow.
-fn series(text: &str, name: &str, workflow: &str) -> f64 {
+pub(crate) fn series(text: &str, name: &str, workflow: &str) -> f64 {
     let prefix = format!("{name}{{workflow=\"{workflow}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())

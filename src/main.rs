@@ -17,6 +17,7 @@ use sojourn_runtime::{CompiledWorkflow, Registry, Workflow};
 mod bench;
 mod client;
 mod http_bench;
+mod journey_bench;
 mod node;
 mod settings;
 mod telemetry;

@@ -16,7 +16,10 @@ use crate::error::ApiError;
 /// The most a request body may hold.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// A JSON body. An empty body reads as `{}` where the type allows it.
+/// A JSON object body. An empty body reads as `{}` where the type allows
+/// it. Anything but an object is refused: serde would otherwise read a JSON
+/// array into a struct field by field, accepting what the documented schema
+/// refuses.
 #[derive(Debug)]
 pub struct Body<T>(pub T);
 
@@ -27,7 +30,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(body_rejection)?;
-        parse_json(&bytes).map(Body)
+        parse_object(&bytes).map(Body)
     }
 }
 
@@ -69,6 +72,14 @@ pub(crate) fn refuse_nul(field: &str, text: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(field, "contains a NUL character (%00)"));
     }
     Ok(())
+}
+
+/// Parses a JSON object (or an empty body), naming the field at fault.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None | Some(b'{') => parse_json(bytes),
+        Some(_) => Err(ApiError::invalid("body", "must be a JSON object")),
+    }
 }
 
 /// Parses a JSON body, naming the field at fault.
@@ -225,5 +236,24 @@ mod tests {
         assert!(!has_escaped_nul(br#"{"a": "\u0001"}"#));
         let e = parse_json::<serde_json::Value>(br#"{"name": "a\u0000"}"#).expect_err("nul");
         assert_eq!(e.field.as_deref(), Some("body"));
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        #[allow(dead_code)]
+        definition: Option<Value>,
+    }
+
+    #[test]
+    fn a_body_must_be_an_object_even_where_serde_reads_an_array_into_a_struct() {
+        // serde fills a struct from an array field by field: the API's
+        // schema says object, so the extractor refuses it.
+        assert!(serde_json::from_str::<Doc>(r#"[{"a": 1}]"#).is_ok());
+        let e = parse_object::<Doc>(br#" [{"a": 1}]"#).expect_err("array");
+        assert_eq!(e.field.as_deref(), Some("body"));
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+        assert!(parse_object::<Doc>(b"  ").is_ok());
+        assert!(parse_object::<Doc>(br#"{"definition": {}}"#).is_ok());
     }
 }

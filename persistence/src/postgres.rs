@@ -73,6 +73,18 @@ impl SqlStore<Postgres> {
         Ok(())
     }
 
+    /// Transactions committed in this database so far, as PostgreSQL's
+    /// statistics say (published within about a second): what benchmarks
+    /// count per journey.
+    pub async fn committed_transactions(&self) -> Result<i64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     /// Applies pending migrations (idempotent).
     pub async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.pool).await?;
