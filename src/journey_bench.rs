@@ -313,17 +313,12 @@ impl Client {
     /// Starts one journey and waits for its end: with `?wait=` when the
     /// node has it, else (an older build) by reading it every 2 ms.
     async fn start_and_wait(&self, n: u64, attach: &mut bool) -> Result<Value, String> {
-        if *attach {
-            let (status, v) = self.start(n, true).await?;
-            match status {
-                200 => return Ok(v),
-                400 if v["field"] == "wait" => *attach = false,
-                _ => return Err(format!("HTTP {status}: {v}")),
-            }
-        }
-        let (status, v) = self.start(n, false).await?;
-        if status != 201 {
-            return Err(format!("HTTP {status}: {v}"));
+        let (status, v) = self.start(n, *attach).await?;
+        match status {
+            200 if *attach => return Ok(v),
+            // A build without `?wait=` ignores it.
+            201 => *attach = false,
+            _ => return Err(format!("HTTP {status}: {v}")),
         }
         let id = v["id"].as_str().unwrap_or_default().to_owned();
         let deadline = Instant::now() + Duration::from_secs(30);

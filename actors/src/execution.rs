@@ -81,7 +81,13 @@ pub(crate) struct ExecutionState {
     /// in the mailbox go back to the supervisor (and on to the holder)
     /// until the `Stop` that follows them.
     lost: bool,
+    /// The pending idle check: one at a time, cancelled when the actor
+    /// stops (its timer task holds the actor's cell: left to run, it kept
+    /// every stopped actor's mailboxes in memory for `idle_timeout`).
+    idle_check: Option<IdleCheck>,
 }
+
+type IdleCheck = ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<ExecutionMsg>>>;
 
 impl<S: Store> Actor for ExecutionActor<S> {
     type Msg = ExecutionMsg;
@@ -119,6 +125,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                 asked_to_passivate: false,
                 resident_until: None,
                 lost: false,
+                idle_check: None,
             });
         }
         Stats::add(&ctx.stats.rehydrations, 1);
@@ -158,6 +165,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
             asked_to_passivate: false,
             resident_until: None,
             lost: false,
+            idle_check: None,
         })
     }
 
@@ -232,6 +240,9 @@ impl<S: Store> Actor for ExecutionActor<S> {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(check) = state.idle_check.take() {
+            check.abort();
+        }
         if state.snapshot.status.is_terminal() && !state.span.is_disabled() {
             self.ctx.traces.forget(&state.id);
         }
@@ -402,18 +413,28 @@ impl<S: Store> ExecutionActor<S> {
         {
             // Passivate only if the timer has not come a while after it was
             // due (it went elsewhere: it fires through the store then).
-            let seq = state.snapshot.seq;
             let wait = (at - Utc::now()).to_std().unwrap_or_default() + RESIDENT_GRACE;
-            myself.send_after(wait, move || ExecutionMsg::IdleCheck(seq));
+            Self::check_idle_after(myself, state, wait);
         } else if quiet && !state.asked_to_passivate {
             state.asked_to_passivate = true;
             let _ = state
                 .supervisor
                 .cast(SupervisorMsg::Idle(state.id.clone(), myself.get_id()));
         } else if !quiet {
-            let seq = state.snapshot.seq;
-            let idle: Duration = self.ctx.config.idle_timeout;
-            myself.send_after(idle, move || ExecutionMsg::IdleCheck(seq));
+            Self::check_idle_after(myself, state, self.ctx.config.idle_timeout);
+        }
+    }
+
+    /// Arms the idle check (replacing the pending one).
+    fn check_idle_after(
+        myself: &ActorRef<ExecutionMsg>,
+        state: &mut ExecutionState,
+        after: Duration,
+    ) {
+        let seq = state.snapshot.seq;
+        let check = myself.send_after(after, move || ExecutionMsg::IdleCheck(seq));
+        if let Some(old) = state.idle_check.replace(check) {
+            old.abort();
         }
     }
 }
