@@ -67,6 +67,15 @@ pub struct Config {
     pub outbox_poll: Duration,
     /// Actions being sent at once.
     pub max_in_flight_actions: usize,
+    /// Executions started on this node that may be in memory at once (from
+    /// their start until they finish or passivate). A start beyond it waits
+    /// for one to leave, at most `start_wait`, then is refused as
+    /// overloaded: the node takes work at the pace it finishes it, so its
+    /// memory stays bounded and the timers of what it took fire on time.
+    pub max_resident_starts: usize,
+    /// How long a start waits for a place among `max_resident_starts`
+    /// (then HTTP 503 with `Retry-After`).
+    pub start_wait: Duration,
     /// An active actor that has received nothing for this long passivates.
     pub idle_timeout: Duration,
     /// Restarts of a panicking execution before it is marked failed.
@@ -105,6 +114,8 @@ impl Default for Config {
             outbox_claim_ttl: Duration::from_secs(3_600 + 60),
             outbox_poll: Duration::from_millis(500),
             max_in_flight_actions: 256,
+            max_resident_starts: 3_072,
+            start_wait: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_restarts: 5,
             recovery_poll: Duration::from_secs(5),

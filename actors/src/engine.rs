@@ -51,6 +51,8 @@ pub(crate) struct Context<S: Store> {
     pub(crate) traces: Arc<crate::trace::Traces>,
     /// Requests waiting for executions to finish (see `finished.rs`).
     pub(crate) finished: Arc<Finished>,
+    /// One permit per started execution in memory (`max_resident_starts`).
+    pub(crate) admission: Arc<tokio::sync::Semaphore>,
 }
 
 /// A request to start an execution.
@@ -192,6 +194,9 @@ impl<S: Store> Engine<S> {
             config: config.clone(),
             traces: Arc::default(),
             finished: finished.clone(),
+            admission: Arc::new(tokio::sync::Semaphore::new(
+                config.max_resident_starts.max(1),
+            )),
         });
         let (supervisor, _) = Actor::spawn(None, Supervisor { ctx: ctx.clone() }, ())
             .await
@@ -355,10 +360,34 @@ impl<S: Store> Engine<S> {
     /// Creates an execution and starts it. Until its first transition
     /// commits it stays `pending` in the store, which is how any node's
     /// recovery starts it if this node dies first.
+    /// A place for one more started execution in memory: at once when
+    /// there is one, else the first to free up within `start_wait`.
+    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        use tokio::sync::TryAcquireError;
+        let slots = &self.ctx.admission;
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => return Ok(permit),
+            Err(TryAcquireError::Closed) => return Err(Error::ShuttingDown),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        let wait = self.ctx.config.start_wait;
+        match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => {
+                Stats::add(&self.ctx.stats.starts_overloaded, 1);
+                Err(Error::Overloaded {
+                    limit: self.ctx.config.max_resident_starts,
+                })
+            }
+        }
+    }
+
     pub async fn start_execution(&self, req: StartRequest) -> Result<Started, Error> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
+        let admitted = self.admit().await?;
         let store = &self.ctx.store;
         let ns = req.namespace.as_ref().unwrap_or(&self.ctx.config.namespace);
         let (workflow_id, latest) = self
@@ -434,6 +463,7 @@ impl<S: Store> Engine<S> {
                             epoch: LeaseEpoch(1),
                             wf,
                             workflow_id,
+                            admitted: Some(admitted),
                         }),
                     ));
                 }
@@ -796,6 +826,114 @@ mod tests {
     use sojourn_runtime::Status;
 
     use super::*;
+
+    /// At `max_resident_starts`, a start waits until a started execution
+    /// leaves memory (here: finishes), and one that waits longer than
+    /// `start_wait` is refused as overloaded, creating nothing.
+    #[tokio::test]
+    async fn a_start_past_the_resident_limit_waits_for_a_place_then_is_refused() {
+        let dir =
+            std::env::temp_dir().join(format!("sojourn-engine-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = SqliteStore::open(&dir.join("t.db")).await.expect("store");
+        let config = Config {
+            max_resident_starts: 1,
+            start_wait: Duration::from_secs(30),
+            ..Config::default()
+        };
+        let engine = Engine::start(store, config).await.expect("engine");
+        // Resident for its short delay (the node holds the timer).
+        let wf = Workflow::from_value(json!({
+            "key": "short",
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "nap", "type": "delay", "config": {"duration": "300ms"}},
+                {"id": "done", "type": "exit"}
+            ],
+            "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "done"}]
+        }))
+        .expect("workflow");
+        engine.deploy(&wf).await.expect("deploy");
+        let start = |n: u32| StartRequest {
+            workflow: "short".into(),
+            input: json!({"n": n}),
+            ..StartRequest::default()
+        };
+        let first = engine.start_execution(start(1)).await.expect("first").id;
+        let second = engine.start_execution(start(2)).await.expect("second").id;
+        // The second got its place only once the first had left memory.
+        let first_now = engine
+            .execution(&first)
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(first_now.snapshot.status, Status::Completed);
+        assert_ne!(first, second);
+        engine.shutdown().await;
+
+        // Nothing leaves within `start_wait`: refused, nothing created.
+        let store = SqliteStore::open(&dir.join("t.db")).await.expect("store");
+        let config = Config {
+            max_resident_starts: 1,
+            start_wait: Duration::from_millis(200),
+            ..Config::default()
+        };
+        let engine = Engine::start(store, config).await.expect("engine");
+        let wf = Workflow::from_value(json!({
+            "key": "long",
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "nap", "type": "delay", "config": {"duration": "1s"}},
+                {"id": "done", "type": "exit"}
+            ],
+            "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "done"}]
+        }))
+        .expect("workflow");
+        engine.deploy(&wf).await.expect("deploy");
+        let held = engine
+            .start_execution(StartRequest {
+                workflow: "long".into(),
+                ..start(3)
+            })
+            .await
+            .expect("third");
+        let refused = engine
+            .start_execution(StartRequest {
+                workflow: "long".into(),
+                idempotency_key: Some("refused".into()),
+                ..start(4)
+            })
+            .await
+            .expect_err("over the limit");
+        assert!(
+            matches!(refused, Error::Overloaded { limit: 1 }),
+            "{refused:?}"
+        );
+        assert_eq!(engine.stats().starts_overloaded.get(), 1);
+        // Once the held one finishes, the same request goes through, as new.
+        for _ in 0..500 {
+            let e = engine
+                .execution(&held.id)
+                .await
+                .expect("read")
+                .expect("exists");
+            if e.snapshot.status == Status::Completed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let later = engine
+            .start_execution(StartRequest {
+                workflow: "long".into(),
+                idempotency_key: Some("refused".into()),
+                ..start(4)
+            })
+            .await
+            .expect("after the held one finished");
+        assert!(later.new, "the refused start created nothing");
+        engine.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// An input already in an actor's mailbox when its lease is reported
     /// lost is applied (or handed on), never dropped with the mailbox: a

@@ -31,6 +31,12 @@ pub enum Error {
     VersionNotFound { version: i32 },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// `max_resident_starts` executions started here are in memory and
+    /// none left within `start_wait`: retry later.
+    #[error(
+        "the node is at its limit of {limit} started executions in memory (max_resident_starts)"
+    )]
+    Overloaded { limit: usize },
     #[error("cluster: {0}")]
     Cluster(#[from] sojourn_cluster::Error),
     #[error("actor system: {0}")]

@@ -43,6 +43,9 @@ pub(crate) struct Preloaded {
     pub(crate) epoch: LeaseEpoch,
     pub(crate) wf: Arc<CompiledWorkflow>,
     pub(crate) workflow_id: Arc<str>,
+    /// Its place among the node's started executions in memory, given back
+    /// when the actor stops.
+    pub(crate) admitted: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The execution actor's messages.
@@ -85,6 +88,9 @@ pub(crate) struct ExecutionState {
     /// stops (its timer task holds the actor's cell: left to run, it kept
     /// every stopped actor's mailboxes in memory for `idle_timeout`).
     idle_check: Option<IdleCheck>,
+    /// A started execution's place in memory (`max_resident_starts`),
+    /// given back when the actor stops.
+    _admitted: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 type IdleCheck = ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<ExecutionMsg>>>;
@@ -126,6 +132,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                 resident_until: None,
                 lost: false,
                 idle_check: None,
+                _admitted: p.admitted,
             });
         }
         Stats::add(&ctx.stats.rehydrations, 1);
@@ -166,6 +173,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
             resident_until: None,
             lost: false,
             idle_check: None,
+            _admitted: None,
         })
     }
 

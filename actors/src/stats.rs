@@ -31,6 +31,8 @@ pub struct Stats {
     pub leases_taken: Counter,
     /// Leases lost to another node (their actors stopped).
     pub leases_lost: Counter,
+    /// Starts refused because the node was at `max_resident_starts`.
+    pub starts_overloaded: Counter,
     /// Inputs forwarded to the node holding their execution.
     pub forwarded: Counter,
     /// Executions started, completed, failed and cancelled, by workflow id.
@@ -66,6 +68,7 @@ impl Default for Stats {
             failed: Counter::default(),
             leases_taken: Counter::default(),
             leases_lost: Counter::default(),
+            starts_overloaded: Counter::default(),
             forwarded: Counter::default(),
             started_by_workflow: ByWorkflow::default(),
             completed_by_workflow: ByWorkflow::default(),
@@ -195,6 +198,11 @@ impl Stats {
             "sojourn_leases_lost",
             "Execution leases lost to another node (their actors stopped at once)",
             self.leases_lost.clone(),
+        );
+        r.register(
+            "sojourn_starts_overloaded",
+            "Starts refused: max_resident_starts executions were in memory for start_wait",
+            self.starts_overloaded.clone(),
         );
         r.register(
             "sojourn_inputs_forwarded",

@@ -184,6 +184,9 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => {
                 ApiError::unavailable("the node is shutting down; retry on another")
             }
+            e @ EngineError::Overloaded { .. } => {
+                ApiError::unavailable(format!("{e}; retry later or on another node"))
+            }
             other => ApiError::internal(other),
         }
     }
