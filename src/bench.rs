@@ -299,6 +299,8 @@ async fn bench<S: Store + Clone>(
         timer_poll: Duration::from_millis(100),
         outbox_poll: Duration::from_millis(100),
         egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
+        // The starters wait for a place as long as it takes.
+        start_wait: Duration::from_secs(24 * 3600),
         ..Config::default()
     };
     let engine = Arc::new(

@@ -39,11 +39,13 @@ pub(crate) enum Spawn {
 const WORKFLOW: &str = "bench-reference";
 /// Linux's `USER_HZ`: the unit of the CPU times in `/proc/PID/stat`.
 const CLOCK_TICKS: f64 = 100.0;
-/// PostgreSQL publishes a backend's transaction counts within a second.
-const PG_STATS_DELAY: Duration = Duration::from_millis(1200);
-/// How long the idle node's own transactions are counted, to take them
-/// out of the unloaded phase's.
-const IDLE_WINDOW: Duration = Duration::from_secs(5);
+/// A PostgreSQL backend publishes its transaction counts at the latest
+/// 10 s after it went idle (PostgreSQL 15): counts are read this long after
+/// a phase ends.
+const PG_STATS_DELAY: Duration = Duration::from_secs(11);
+/// How often the bench reads the node's metrics while waiting for the
+/// journeys to finish (each read is a query of the node's store).
+const COMPLETION_POLL: Duration = Duration::from_millis(500);
 
 /// The sink the journeys' actions call: counts what it receives.
 async fn sink() -> Result<(String, Arc<AtomicU64>), Failure> {
@@ -123,11 +125,12 @@ fn node_command(bin: &Path, log: &Path) -> Result<Command, Failure> {
     Ok(cmd)
 }
 
-struct Spawned {
-    node: Node,
-    /// The bench's own connection to the node's schema (serve).
-    pg: Option<PgStore>,
-    schema: Option<String>,
+/// A fresh schema for `serve`, and the bench's own connection to it.
+struct Schema {
+    pg: PgStore,
+    name: String,
+    /// The node's database URL (inside the schema).
+    url: String,
 }
 
 async fn spawn_node(
@@ -135,27 +138,20 @@ async fn spawn_node(
     bin: &Path,
     dir: &Path,
     args: &BenchArgs,
-) -> Result<Spawned, Failure> {
+    schema: Option<&Schema>,
+) -> Result<Node, Failure> {
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let log = dir.join("node.log");
-    let (mut cmd, key, pg, schema) = match spawn {
-        Spawn::Dev => {
-            let mut cmd = node_command(bin, &log)?;
+    let mut cmd = node_command(bin, &log)?;
+    let key = match schema {
+        None => {
             cmd.args(["dev", "--listen", &listen, "--data"])
                 .arg(dir.join("data"));
-            (cmd, None, None, None)
+            None
         }
-        Spawn::Serve => {
-            let admin = args
-                .database_url
-                .clone()
-                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            let schema = format!("sojourn_bench_{}", std::process::id());
-            let pg = PgStore::connect_creating_schema(&admin, &schema, 2)
-                .await
-                .context("connecting to PostgreSQL")?;
-            let url = schema_url(&admin, &schema);
+        Some(schema) => {
+            // The URL (and any password in it) by environment, not argv.
             let out = node_command(bin, &dir.join("keys.log"))?
                 .args([
                     "keys",
@@ -165,30 +161,28 @@ async fn spawn_node(
                     "--scopes",
                     "admin",
                 ])
-                .args(["--database-url", &url])
+                .env("SOJOURN_DATABASE_URL", &schema.url)
                 .stdout(Stdio::piped())
                 .output()
                 .context("creating an API key")?;
             if !out.status.success() {
-                let _ = pg.drop_schema(&schema).await;
                 return Err(Failure::Runtime(anyhow!(
                     "`{} keys create` failed: {}",
                     bin.display(),
                     std::fs::read_to_string(dir.join("keys.log")).unwrap_or_default()
                 )));
             }
-            let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            let mut cmd = node_command(bin, &log)?;
             cmd.args(["serve", "--listen", &listen])
-                .env("SOJOURN_DATABASE_URL", &url)
+                .env("SOJOURN_DATABASE_URL", &schema.url)
                 .env("SOJOURN_NODE_ID", format!("bench-{}", std::process::id()))
                 .env("SOJOURN_HTTP__ALLOW", "127.0.0.1");
             if !args.http_args.no_redis {
                 cmd.env("SOJOURN_REDIS_URL", &args.http_args.redis_url);
             }
-            (cmd, Some(key), Some(pg), Some(schema))
+            Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         }
     };
+    debug_assert_eq!(spawn == Spawn::Serve, key.is_some());
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
@@ -198,34 +192,21 @@ async fn spawn_node(
         key,
         log,
     };
-    let spawned = Spawned { node, pg, schema };
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = http
-            .get(format!("{}/readyz", spawned.node.base))
-            .send()
-            .await
+        if let Ok(r) = http.get(format!("{}/readyz", node.base)).send().await
             && r.status().is_success()
         {
-            return Ok(spawned);
+            return Ok(node);
         }
         if Instant::now() > deadline {
-            let tail = spawned.node.log_tail();
-            cleanup(spawned).await;
             return Err(Failure::Runtime(anyhow!(
-                "the node never became ready; its log:\n{tail}"
+                "the node never became ready; its log:\n{}",
+                node.log_tail()
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn cleanup(spawned: Spawned) {
-    let Spawned { node, pg, schema } = spawned;
-    drop(node);
-    if let (Some(pg), Some(schema)) = (pg, schema) {
-        let _ = pg.drop_schema(&schema).await;
     }
 }
 
@@ -470,24 +451,73 @@ pub(crate) async fn run(args: &BenchArgs, spawn: Spawn) -> Result<(), Failure> {
     };
     let dir = std::env::temp_dir().join(format!("sojourn-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&dir).context("temp dir")?;
-    let result = async {
-        let spawned = spawn_node(spawn, &bin, &dir, args).await?;
-        let result = drive(&spawned, args, spawn).await;
-        if result.is_err() {
-            eprintln!("the node's log ends:\n{}", spawned.node.log_tail());
+    let schema = match spawn {
+        Spawn::Dev => None,
+        Spawn::Serve => {
+            let admin = args
+                .database_url
+                .clone()
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let name = format!("sojourn_bench_{}", std::process::id());
+            match PgStore::connect_creating_schema(&admin, &name, 2).await {
+                Ok(pg) => Some(Schema {
+                    pg,
+                    url: schema_url(&admin, &name),
+                    name,
+                }),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(Failure::Runtime(
+                        anyhow!(e).context("connecting to PostgreSQL"),
+                    ));
+                }
+            }
         }
-        cleanup(spawned).await;
+    };
+    // The node is killed when `work` ends or is dropped (Ctrl-C, SIGTERM);
+    // the schema and the directory go after it in every case.
+    let work = async {
+        let node = spawn_node(spawn, &bin, &dir, args, schema.as_ref()).await?;
+        let result = drive(&node, schema.as_ref().map(|s| &s.pg), args, spawn).await;
+        if result.is_err() {
+            eprintln!("the node's log ends:\n{}", node.log_tail());
+        }
         result
+    };
+    let result = tokio::select! {
+        r = work => r,
+        () = interrupted() => Err(Failure::Runtime(anyhow!("interrupted"))),
+    };
+    if let Some(schema) = schema {
+        let _ = schema.pg.drop_schema(&schema.name).await;
     }
-    .await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn drive(spawned: &Spawned, args: &BenchArgs, spawn: Spawn) -> Result<(), Failure> {
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+async fn drive(
+    node: &Node,
+    pg: Option<&PgStore>,
+    args: &BenchArgs,
+    spawn: Spawn,
+) -> Result<(), Failure> {
     let (sink_base, hits) = sink().await?;
-    let node = &spawned.node;
-    let pg = spawned.pg.as_ref();
     let client = Arc::new(Client {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency.max(64))
@@ -534,8 +564,17 @@ async fn drive(spawned: &Spawned, args: &BenchArgs, spawn: Spawn) -> Result<(), 
 
     // Loaded: `executions` journeys, `concurrency` starts in flight.
     let n = args.executions as u64;
+    // PostgreSQL's CPU (every postgres process of the machine: the
+    // backends, the WAL writer) counts only when the node uses it.
+    let pg_cpu = || {
+        if pg.is_some() {
+            postgres_cpu_seconds()
+        } else {
+            0.0
+        }
+    };
     let xact_before = committed(pg).await;
-    let cpu_before = (cpu_seconds(node.pid()), postgres_cpu_seconds());
+    let cpu_before = (cpu_seconds(node.pid()), pg_cpu());
     let started_at = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut starters = Vec::new();
@@ -589,9 +628,9 @@ async fn drive(spawned: &Spawned, args: &BenchArgs, spawn: Spawn) -> Result<(), 
                 "{done} of {journeys} journeys finished after 900 s"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(COMPLETION_POLL).await;
     }
-    let cpu = (cpu_seconds(node.pid()) - cpu_before.0) + (postgres_cpu_seconds() - cpu_before.1);
+    let cpu = (cpu_seconds(node.pid()) - cpu_before.0) + (pg_cpu() - cpu_before.1);
     let cpu_node = cpu_seconds(node.pid()) - cpu_before.0;
     let rss_loaded = status_mib(node.pid(), "VmHWM:");
     tokio::time::sleep(PG_STATS_DELAY).await;
@@ -646,17 +685,18 @@ async fn drive(spawned: &Spawned, args: &BenchArgs, spawn: Spawn) -> Result<(), 
     println!("  node peak RSS {rss_loaded:.1} MiB");
 
     // Unloaded: one journey at a time.
-    let idle_rate = match pg {
+    // The idle node's own transactions (polls), to take out of them.
+    let (idle_rate, xact_before) = match pg {
         Some(_) => {
-            let a = committed(pg).await;
-            tokio::time::sleep(IDLE_WINDOW).await;
+            tokio::time::sleep(PG_STATS_DELAY).await;
             let b = committed(pg).await;
-            a.zip(b)
-                .map(|(a, b)| (b - a) as f64 / IDLE_WINDOW.as_secs_f64())
+            let rate = xact_loaded
+                .zip(b)
+                .map(|(a, b)| (b - a) as f64 / PG_STATS_DELAY.as_secs_f64());
+            (rate, b)
         }
-        None => None,
+        None => (None, None),
     };
-    let xact_before = committed(pg).await;
     let unloaded_at = Instant::now();
     let mut unloaded_ms = Vec::with_capacity(args.unloaded);
     let mut round_ms = Vec::with_capacity(args.unloaded);

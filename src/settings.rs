@@ -89,6 +89,7 @@ pub(crate) struct EngineSettings {
     pub(crate) outbox_poll_ms: u64,
     pub(crate) max_in_flight_actions: usize,
     pub(crate) max_resident_starts: usize,
+    pub(crate) start_wait_ms: u64,
     pub(crate) idle_timeout_ms: u64,
     pub(crate) max_restarts: u32,
     pub(crate) recovery_poll_ms: u64,
@@ -143,6 +144,7 @@ impl Settings {
                 outbox_poll_ms: ms(engine.outbox_poll),
                 max_in_flight_actions: engine.max_in_flight_actions,
                 max_resident_starts: engine.max_resident_starts,
+                start_wait_ms: ms(engine.start_wait),
                 idle_timeout_ms: ms(engine.idle_timeout),
                 max_restarts: engine.max_restarts,
                 recovery_poll_ms: ms(engine.recovery_poll),
@@ -377,6 +379,7 @@ fn check(s: &Settings) -> Result<(), Failure> {
         ("engine.timer_claim_ttl_ms", e.timer_claim_ttl_ms),
         ("engine.outbox_claim_ttl_ms", e.outbox_claim_ttl_ms),
         ("engine.idle_timeout_ms", e.idle_timeout_ms),
+        ("engine.start_wait_ms", e.start_wait_ms),
     ] {
         if value == 0 {
             return bad(key, "must be at least 1".into());
@@ -439,6 +442,7 @@ impl Settings {
             outbox_poll: d(e.outbox_poll_ms),
             max_in_flight_actions: e.max_in_flight_actions,
             max_resident_starts: e.max_resident_starts,
+            start_wait: d(e.start_wait_ms),
             idle_timeout: d(e.idle_timeout_ms),
             max_restarts: e.max_restarts,
             recovery_poll: d(e.recovery_poll_ms),

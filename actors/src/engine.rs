@@ -195,7 +195,9 @@ impl<S: Store> Engine<S> {
             traces: Arc::default(),
             finished: finished.clone(),
             admission: Arc::new(tokio::sync::Semaphore::new(
-                config.max_resident_starts.max(1),
+                config
+                    .max_resident_starts
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
         });
         let (supervisor, _) = Actor::spawn(None, Supervisor { ctx: ctx.clone() }, ())
@@ -357,9 +359,6 @@ impl<S: Store> Engine<S> {
         Ok((record.id, v.version))
     }
 
-    /// Creates an execution and starts it. Until its first transition
-    /// commits it stays `pending` in the store, which is how any node's
-    /// recovery starts it if this node dies first.
     /// A place for one more started execution in memory: at once when
     /// there is one, else the first to free up within `start_wait`.
     async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
@@ -383,11 +382,13 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// Creates an execution and starts it. Until its first transition
+    /// commits it stays `pending` in the store, which is how any node's
+    /// recovery starts it if this node dies first.
     pub async fn start_execution(&self, req: StartRequest) -> Result<Started, Error> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let admitted = self.admit().await?;
         let store = &self.ctx.store;
         let ns = req.namespace.as_ref().unwrap_or(&self.ctx.config.namespace);
         let (workflow_id, latest) = self
@@ -414,6 +415,11 @@ impl<S: Store> Engine<S> {
             req.timezone.as_deref(),
             Utc::now(),
         )?;
+        // A bad request is refused before it waits for a place.
+        let admitted = self.admit().await?;
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
         // Lease first (then the row, at epoch 1): nobody else can activate
         // it meanwhile. Without the lease (Redis down, draining) it is still
         // created, and started by whichever node recovers it.
@@ -668,6 +674,8 @@ impl<S: Store> Engine<S> {
     /// commit, passivate every actor, stop the services.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        // Starts waiting for a place give up now.
+        self.ctx.admission.close();
         // Requests waiting for executions answer now, with what there is.
         self.ctx.finished.stop();
         self.ctx.router.closed.store(true, Ordering::Relaxed);
@@ -917,7 +925,7 @@ mod tests {
                 .await
                 .expect("read")
                 .expect("exists");
-            if e.snapshot.status == Status::Completed {
+            if e.snapshot.status == Status::Completed && engine.active_actors().await == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -87,13 +87,25 @@ pub(crate) struct ExecutionState {
     /// The pending idle check: one at a time, cancelled when the actor
     /// stops (its timer task holds the actor's cell: left to run, it kept
     /// every stopped actor's mailboxes in memory for `idle_timeout`).
-    idle_check: Option<IdleCheck>,
+    idle_check: Option<PendingIdleCheck>,
     /// A started execution's place in memory (`max_resident_starts`),
     /// given back when the actor stops.
     _admitted: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-type IdleCheck = ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<ExecutionMsg>>>;
+/// The timer task of an idle check, aborted when dropped (also when the
+/// actor fails, which skips `post_stop`).
+#[derive(Debug)]
+struct PendingIdleCheck {
+    seq: u64,
+    task: ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<ExecutionMsg>>>,
+}
+
+impl Drop for PendingIdleCheck {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 impl<S: Store> Actor for ExecutionActor<S> {
     type Msg = ExecutionMsg;
@@ -248,9 +260,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(check) = state.idle_check.take() {
-            check.abort();
-        }
+        state.idle_check = None;
         if state.snapshot.status.is_terminal() && !state.span.is_disabled() {
             self.ctx.traces.forget(&state.id);
         }
@@ -433,16 +443,23 @@ impl<S: Store> ExecutionActor<S> {
         }
     }
 
-    /// Arms the idle check (replacing the pending one).
+    /// Arms the idle check, replacing a pending one for an earlier step (one
+    /// for this step keeps its time: an input that changed nothing does not
+    /// put passivation off).
     fn check_idle_after(
         myself: &ActorRef<ExecutionMsg>,
         state: &mut ExecutionState,
         after: Duration,
     ) {
         let seq = state.snapshot.seq;
-        let check = myself.send_after(after, move || ExecutionMsg::IdleCheck(seq));
-        if let Some(old) = state.idle_check.replace(check) {
-            old.abort();
+        if state
+            .idle_check
+            .as_ref()
+            .is_some_and(|c| c.seq == seq && !c.task.is_finished())
+        {
+            return;
         }
+        let task = myself.send_after(after, move || ExecutionMsg::IdleCheck(seq));
+        state.idle_check = Some(PendingIdleCheck { seq, task });
     }
 }
