@@ -126,7 +126,7 @@ pub(crate) async fn run_executions<S: Store + Clone>(
     // It starts what it was asked to and waits for it all: a start past
     // `max_resident_starts` waits for a place as long as it takes.
     let config = Config {
-        start_wait: Duration::from_secs(24 * 3600),
+        start_wait: plan.timeout.unwrap_or(Duration::from_secs(24 * 3600)),
         ..config
     };
     let engine = Engine::start(store, config)

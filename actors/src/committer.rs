@@ -23,6 +23,8 @@ pub(crate) struct Request {
     /// (held by the timer service). `None`: left in the tables for whoever
     /// claims them.
     pub(crate) claim_timers_before: Option<DateTime<Utc>>,
+    /// The outbox row (its key) of an action result applied from memory.
+    pub(crate) consumed_outbox: Option<String>,
 }
 
 /// How long the claims taken in a commit last.
@@ -61,6 +63,7 @@ pub(crate) fn spawn<S: Store>(
                         timers_before,
                         timer_ttl: claims.timer_ttl,
                     }),
+                    consumed_outbox: r.consumed_outbox.as_deref(),
                 })
                 .collect();
             let results = store.commit(&commits).await.map_err(|e| e.to_string());

@@ -53,6 +53,8 @@ pub(crate) struct Context<S: Store> {
     pub(crate) finished: Arc<Finished>,
     /// One permit per started execution in memory (`max_resident_starts`).
     pub(crate) admission: Arc<tokio::sync::Semaphore>,
+    /// Action results on their way to live local actors (see `results.rs`).
+    pub(crate) unapplied: crate::results::Unapplied,
 }
 
 /// A request to start an execution.
@@ -194,6 +196,7 @@ impl<S: Store> Engine<S> {
             config: config.clone(),
             traces: Arc::default(),
             finished: finished.clone(),
+            unapplied: crate::results::Unapplied::default(),
             admission: Arc::new(tokio::sync::Semaphore::new(
                 config
                     .max_resident_starts
@@ -694,6 +697,28 @@ impl<S: Store> Engine<S> {
         for task in tasks {
             let _ = task.await;
         }
+        // The relay has stopped (it records what it finishes inline once the
+        // node is closed): results that no actor applied before it stopped
+        // become rows (an inbox input each) that the next activation applies.
+        let left = self.ctx.unapplied.take_all();
+        if !left.is_empty() {
+            let items: Vec<(ExecutionId, Input, String)> = left
+                .into_iter()
+                .map(|(id, r)| {
+                    let input = Input::ActionResult {
+                        node: r.node,
+                        attempt: r.attempt,
+                        outcome: r.outcome,
+                    };
+                    (id, input, r.key)
+                })
+                .collect();
+            let refs: Vec<(&ExecutionId, &Input, &str)> =
+                items.iter().map(|(id, i, k)| (id, i, k.as_str())).collect();
+            if let Err(e) = crate::outbox::record_results(&*self.ctx.store, &refs).await {
+                warn!(error = %e, results = refs.len(), "recording action results at shutdown failed; they are sent again");
+            }
+        }
         // The actors are stopped: announce their last finishes, briefly.
         self.announcer_stop.cancel();
         let announcer = self.announcer.lock().ok().and_then(|mut a| a.take());
@@ -811,6 +836,7 @@ pub(crate) async fn mark_failed<S: Store>(
             fired_timer: None,
             consumed_input: None,
             claim: None,
+            consumed_outbox: None,
         }])
         .await?;
     if results.first() == Some(&CommitResult::Committed) {

@@ -48,10 +48,26 @@ pub(crate) struct Preloaded {
     pub(crate) admitted: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+/// An action's result straight from this node's sender, with no row of its
+/// own yet: the transition that applies it also removes its outbox row. It
+/// waits in [`crate::results::Unapplied`] until that commit; if the actor
+/// stops first, the supervisor records it the durable way
+/// ([`crate::outbox::record_results`]).
+#[derive(Debug, Clone)]
+pub(crate) struct LocalResult {
+    pub(crate) node: sojourn_runtime::NodeId,
+    pub(crate) attempt: u32,
+    pub(crate) outcome: sojourn_runtime::ActionOutcome,
+    /// The outbox row's idempotency key.
+    pub(crate) key: String,
+}
+
 /// The execution actor's messages.
 #[derive(Debug)]
 pub(crate) enum ExecutionMsg {
     Deliver(Delivery),
+    /// Action results wait for it in [`crate::results::Unapplied`].
+    Results,
     /// Read the inbox (inputs recorded while the message may have been lost).
     DrainInbox,
     /// No input since `seq`: passivate if still so.
@@ -209,15 +225,41 @@ impl<S: Store> Actor for ExecutionActor<S> {
                             .supervisor
                             .cast(SupervisorMsg::Activate(state.id.clone()));
                     }
-                    ExecutionMsg::IdleCheck(_) => {}
+                    // Left where they are: the supervisor records them the
+                    // durable way once this actor has stopped.
+                    ExecutionMsg::Results | ExecutionMsg::IdleCheck(_) => {}
                     ExecutionMsg::Stop => myself.stop(Some("fenced".into())),
                 }
                 return Ok(());
             }
             match message {
                 ExecutionMsg::Deliver(d) => {
-                    if !self.apply(&myself, state, d).await? {
+                    if !self.apply(&myself, state, d, None).await? {
                         return Ok(());
+                    }
+                }
+                ExecutionMsg::Results => {
+                    // Each stays in the registry until the commit that
+                    // applies it (or records it) has succeeded.
+                    for r in self.ctx.unapplied.peek(&state.id) {
+                        let LocalResult {
+                            node,
+                            attempt,
+                            outcome,
+                            key,
+                        } = r;
+                        let d = Delivery {
+                            input: Input::ActionResult {
+                                node,
+                                attempt,
+                                outcome,
+                            },
+                            fired_timer: None,
+                            inbox_id: None,
+                        };
+                        if !self.apply(&myself, state, d, Some(key)).await? {
+                            return Ok(());
+                        }
                     }
                 }
                 ExecutionMsg::DrainInbox => {
@@ -227,7 +269,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                             fired_timer: None,
                             inbox_id: Some(item.id),
                         };
-                        if !self.apply(&myself, state, d).await? {
+                        if !self.apply(&myself, state, d, None).await? {
                             return Ok(());
                         }
                     }
@@ -276,6 +318,8 @@ impl<S: Store> ExecutionActor<S> {
         myself: &ActorRef<ExecutionMsg>,
         state: &mut ExecutionState,
         d: Delivery,
+        // The outbox row of an action result delivered from memory.
+        sent: Option<String>,
     ) -> Result<bool, ActorProcessingErr> {
         if let Some(inbox) = d.inbox_id
             && !state.applied_inbox.insert(inbox)
@@ -290,7 +334,7 @@ impl<S: Store> ExecutionActor<S> {
                 fired_timer: None,
                 inbox_id: None,
             };
-            if !Box::pin(self.apply(myself, state, start)).await? {
+            if !Box::pin(self.apply(myself, state, start, None)).await? {
                 Self::hand_back(state, d.fired_timer);
                 return Ok(false);
             }
@@ -298,8 +342,34 @@ impl<S: Store> ExecutionActor<S> {
         let received = std::time::Instant::now();
         let now = Utc::now();
         let kind = d.input.kind();
+        // A result from memory that the execution refuses (it moved on, or
+        // was cancelled) still has an outbox row, which must go, else it is
+        // sent again once its claim expires: recorded the durable way, and
+        // its inbox row dropped.
+        if let Some(key) = &sent
+            && let Err(e) = sojourn_runtime::check_input(&state.snapshot, &d.input)
+        {
+            debug!(input = kind, error = %e, "action result refused");
+            let ids = crate::outbox::record_results(
+                &*self.ctx.store,
+                &[(&state.id, &d.input, key.as_str())],
+            )
+            .await?;
+            for inbox in ids {
+                self.ctx.store.discard_input(inbox, state.epoch).await?;
+            }
+            self.ctx.unapplied.remove(&state.id, key);
+            return Ok(true);
+        }
         let transition = match state.wf.step(&state.snapshot, d.input, now) {
             Ok(t) => t,
+            Err(e) if sent.is_some() => {
+                // A result from memory the interpreter cannot apply: this
+                // actor fails and its supervisor records the result the
+                // durable way (where a refusal is discarded), then restarts
+                // it from its snapshot.
+                return Err(format!("an action result from memory was refused: {e}").into());
+            }
             Err(e) => {
                 // Refused (e.g. a duplicate start): nothing changes; a
                 // durable copy is discarded so it is not retried forever.
@@ -324,9 +394,13 @@ impl<S: Store> ExecutionActor<S> {
             fired_timer: d.fired_timer,
             consumed_input: d.inbox_id,
             claim_timers_before: claim,
+            consumed_outbox: sent,
         };
         match self.ctx.committer.call(request).await {
             Ok((r, CommitResult::Committed)) => {
+                if let Some(key) = &r.consumed_outbox {
+                    self.ctx.unapplied.remove(&state.id, key);
+                }
                 let t = r.transition;
                 let stats = &self.ctx.stats;
                 stats
@@ -392,6 +466,8 @@ impl<S: Store> ExecutionActor<S> {
                 let _ = state
                     .supervisor
                     .cast(SupervisorMsg::Fenced(state.id.clone(), myself.get_id()));
+                // A result from memory stays in the registry: the
+                // supervisor records it once this actor has stopped.
                 Self::hand_back(state, r.fired_timer);
                 Ok(false)
             }
@@ -405,7 +481,7 @@ impl<S: Store> ExecutionActor<S> {
     /// (its row waits in the inbox, or the execution is pending).
     fn hand_back(state: &ExecutionState, fired_timer: Option<TimerId>) {
         let id = state.id.clone();
-        let _ = state.supervisor.cast(match fired_timer {
+        let msg = match fired_timer {
             Some(timer) => SupervisorMsg::Deliver(
                 id,
                 Delivery {
@@ -417,7 +493,8 @@ impl<S: Store> ExecutionActor<S> {
                 },
             ),
             None => SupervisorMsg::Activate(id),
-        });
+        };
+        let _ = state.supervisor.cast(msg);
     }
 
     /// After an input: passivate if nothing is in flight, else arm the idle

@@ -36,6 +36,7 @@ pub mod metrics;
 mod outbox;
 pub mod providers;
 mod recovery;
+mod results;
 mod router;
 mod starter;
 mod stats;

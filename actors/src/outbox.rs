@@ -10,16 +10,17 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use sojourn_persistence::{AttemptBegin, AttemptRef, FinishedAttempt, OutboxMessage, Store};
-use sojourn_runtime::{ActionOutcome, Input};
+use sojourn_runtime::{ActionOutcome, ExecutionId, Input};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use crate::config::Config;
-use crate::execution::Delivery;
+use crate::execution::{Delivery, LocalResult};
 use crate::providers::{self, Providers};
 use crate::router::Router;
 use crate::stats::Stats;
+use crate::supervisor::SupervisorMsg;
 use crate::trace::Traces;
 
 /// Actions handed over in memory that the relay sends before it looks at
@@ -85,6 +86,7 @@ async fn run<S: Store>(
         done_rx,
         router.clone(),
         config.max_commit_batch,
+        config.results_in_memory,
     ));
     let ttl = chrono::Duration::from_std(config.outbox_claim_ttl)
         .unwrap_or(chrono::Duration::seconds(60));
@@ -221,12 +223,97 @@ fn send(
     );
 }
 
+/// Records results of actions sent from memory the durable way (attempt
+/// result, inbox row, outbox row removed by key), for inputs that could not
+/// be applied by a live actor. Returns their inbox rows.
+pub(crate) async fn record_results<S: Store>(
+    store: &S,
+    items: &[(&ExecutionId, &Input, &str)],
+) -> Result<Vec<i64>, sojourn_persistence::Error> {
+    let done: Vec<FinishedAttempt<'_>> = items
+        .iter()
+        .filter_map(|(id, input, key)| match input {
+            Input::ActionResult {
+                node,
+                attempt,
+                outcome,
+            } => Some(FinishedAttempt {
+                execution_id: id,
+                node: node.as_str(),
+                attempt: *attempt,
+                outcome,
+                outbox_id: None,
+                outbox_key: Some(key),
+            }),
+            _ => None,
+        })
+        .collect();
+    store.finish_attempts(&done, Utc::now()).await
+}
+
+/// [`record_results`] in the background, then routes them as inbox inputs.
+/// Retried like the finisher's own records; a result that cannot be recorded
+/// at all is sent again once its outbox claim expires.
+pub(crate) fn record_and_route<S: Store>(
+    store: Arc<S>,
+    router: Arc<Router<S>>,
+    results: Vec<(ExecutionId, LocalResult)>,
+) {
+    tokio::spawn(async move {
+        let items: Vec<(ExecutionId, Input, String)> = results
+            .into_iter()
+            .map(|(id, r)| {
+                let input = Input::ActionResult {
+                    node: r.node,
+                    attempt: r.attempt,
+                    outcome: r.outcome,
+                };
+                (id, input, r.key)
+            })
+            .collect();
+        let refs: Vec<(&ExecutionId, &Input, &str)> =
+            items.iter().map(|(id, i, k)| (id, i, k.as_str())).collect();
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut recorded = record_results(&*store, &refs).await;
+        for _ in 0..6 {
+            if recorded.is_ok() {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            recorded = record_results(&*store, &refs).await;
+        }
+        drop(refs);
+        match recorded {
+            Ok(inbox) => {
+                let routed = items
+                    .into_iter()
+                    .zip(inbox)
+                    .map(|((id, input, _), inbox)| {
+                        let d = Delivery {
+                            input,
+                            fired_timer: None,
+                            inbox_id: Some(inbox),
+                        };
+                        (id, Some(d))
+                    })
+                    .collect();
+                router.route(routed).await;
+            }
+            Err(e) => {
+                warn!(error = %e, results = items.len(), "recording action results failed; they are sent again when their claims expire");
+            }
+        }
+    });
+}
+
 /// Records results in batches and hands each to its execution.
 async fn finish<S: Store>(
     store: Arc<S>,
     mut rx: mpsc::Receiver<Sent>,
     router: Arc<Router<S>>,
     max_batch: usize,
+    in_memory: bool,
 ) {
     let mut batch: Vec<Sent> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.recv().await {
@@ -235,6 +322,48 @@ async fn finish<S: Store>(
             match rx.try_recv() {
                 Ok(s) => batch.push(s),
                 Err(_) => break,
+            }
+        }
+        // An execution whose lease this node holds has (or is about to have)
+        // its actor here: its result goes in memory and is recorded by the
+        // transition that applies it (the supervisor records it the durable
+        // way if the actor is gone by then). The rest are recorded here.
+        // Not once the node is closed (stopping, draining): then every
+        // result is recorded here, inline, before the relay stops.
+        if in_memory
+            && !router.closed.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(sup) = router.supervisor_ref()
+        {
+            batch.retain_mut(|s| {
+                let id = &s.message.execution_id;
+                if !router.held.contains(id) {
+                    return true;
+                }
+                let d = &mut s.message.dispatch;
+                let r = LocalResult {
+                    node: d.node.clone(),
+                    attempt: d.attempt,
+                    outcome: std::mem::replace(
+                        &mut s.outcome,
+                        ActionOutcome::Success {
+                            output: serde_json::Value::Null,
+                        },
+                    ),
+                    key: std::mem::take(&mut d.idempotency_key),
+                };
+                match sup.cast(SupervisorMsg::Result(id.clone(), Box::new(r))) {
+                    Ok(()) => {}
+                    // The supervisor is gone (the node stops): recorded the
+                    // durable way, as the rest.
+                    Err(ractor::MessagingErr::SendErr(SupervisorMsg::Result(id, r))) => {
+                        record_and_route(store.clone(), router.clone(), vec![(id, *r)]);
+                    }
+                    Err(e) => warn!(error = %e, "an action result could not reach the supervisor"),
+                }
+                false
+            });
+            if batch.is_empty() {
+                continue;
             }
         }
         let done: Vec<FinishedAttempt<'_>> = batch

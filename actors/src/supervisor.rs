@@ -21,13 +21,16 @@ use sojourn_runtime::ExecutionId;
 use tracing::{error, warn};
 
 use crate::engine::Context;
-use crate::execution::{Delivery, ExecutionActor, ExecutionMsg, Preloaded};
+use crate::execution::{Delivery, ExecutionActor, ExecutionMsg, LocalResult, Preloaded};
 use crate::stats::Stats;
 
 #[derive(Debug)]
 pub(crate) enum SupervisorMsg {
     /// An input for an execution.
     Deliver(ExecutionId, Delivery),
+    /// An action's result from this node's sender, in memory: to the live
+    /// actor, else recorded the durable way.
+    Result(ExecutionId, Box<LocalResult>),
     /// Make sure the execution is active (it has inbox rows).
     Activate(ExecutionId),
     /// A new execution this node just created: start its actor from what
@@ -195,6 +198,19 @@ impl<S: Store> Supervisor<S> {
         }
     }
 
+    /// Records the durable way the results that were left waiting for an
+    /// execution's actor, which has stopped, and routes them as inputs.
+    fn flush(&self, id: &ExecutionId) {
+        let left = self.ctx.unapplied.take(id);
+        if !left.is_empty() {
+            crate::outbox::record_and_route(
+                self.ctx.store.clone(),
+                self.ctx.router.clone(),
+                left.into_iter().map(|r| (id.clone(), r)).collect(),
+            );
+        }
+    }
+
     fn forget(
         &self,
         myself: &ActorRef<SupervisorMsg>,
@@ -204,6 +220,7 @@ impl<S: Store> Supervisor<S> {
         let Some(id) = state.by_actor.remove(actor) else {
             return;
         };
+        self.flush(&id);
         // A clean stop: whatever failures it had are behind it.
         state.panics.remove(&id);
         match Self::take_entry(state, &id, actor) {
@@ -346,6 +363,25 @@ impl<S: Store> Actor for Supervisor<S> {
                     self.bounce(vec![(id, Some(d))]);
                 }
             }
+            SupervisorMsg::Result(id, r) => match state.entries.get(&id) {
+                Some(Entry::Active(actor))
+                    if state.draining.is_empty() && !state.failing.contains(&id) =>
+                {
+                    // It waits in the registry until the commit that
+                    // applies it; if the actor stops first, `flush` records
+                    // it (this supervisor sees every actor stop).
+                    self.ctx.unapplied.put(&id, *r);
+                    if actor.cast(ExecutionMsg::Results).is_err() {
+                        self.flush(&id);
+                    }
+                }
+                // No live actor to give it to: it becomes a row first.
+                _ => crate::outbox::record_and_route(
+                    self.ctx.store.clone(),
+                    self.ctx.router.clone(),
+                    vec![(id, *r)],
+                ),
+            },
             SupervisorMsg::FailedMarked(id) => {
                 state.failing.remove(&id);
                 self.ctx.router.released(&id);
@@ -386,7 +422,10 @@ impl<S: Store> Actor for Supervisor<S> {
             }
             SupervisorMsg::StartFailed(id, actor, e) => {
                 warn!(execution.id = %id, error = %e, "execution actor failed to start");
-                state.by_actor.remove(&actor);
+                // Only its own: a successor's results are not taken.
+                if state.by_actor.remove(&actor).is_some() {
+                    self.flush(&id);
+                }
                 // Whatever state it was in. Its inputs are durable (inbox,
                 // timer claims, the pending scan) and bring it back later;
                 // respawning at once would spin while the store is down.
@@ -475,6 +514,7 @@ impl<S: Store> Supervisor<S> {
         let Some(id) = state.by_actor.remove(&cell.get_id()) else {
             return;
         };
+        self.flush(&id);
         Self::take_entry(state, &id, &cell.get_id());
         let count = state.panics.entry(id.clone()).or_insert(0);
         *count += 1;

@@ -64,13 +64,18 @@ async fn wait_for_node<S: Store>(
     panic!("execution {id} never reached node {node}");
 }
 
-async fn runs_to_the_end_and_passivates<S: Store + Clone>(store: S) {
+fn in_memory() -> Config {
+    Config {
+        results_in_memory: true,
+        ..config()
+    }
+}
+
+async fn runs_to_the_end_and_passivates<S: Store + Clone>(store: S, config: Config) {
     let sink = Sink::start().await;
     let base = sink.url();
     sink.fail_first(1);
-    let engine = Engine::start(store.clone(), config())
-        .await
-        .expect("engine");
+    let engine = Engine::start(store.clone(), config).await.expect("engine");
     let (wf_id, version) = engine.deploy(&journey(&base)).await.expect("deploy");
     assert_eq!(version, 1);
     let created = engine
@@ -157,7 +162,7 @@ async fn runs_to_the_end_and_passivates<S: Store + Clone>(store: S) {
     engine.shutdown().await;
 }
 
-async fn survives_a_restart_in_the_middle<S: Store + Clone>(store: S) {
+async fn survives_a_restart_in_the_middle<S: Store + Clone>(store: S, config: fn() -> Config) {
     let sink = Sink::start().await;
     let mut wf = journey(&sink.url());
     // A longer nap, so the engine stops while the execution sleeps.
@@ -197,27 +202,50 @@ async fn survives_a_restart_in_the_middle<S: Store + Clone>(store: S) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_journey_runs_to_the_end_and_passivates() {
     let (store, fresh) = pg_store().await;
-    runs_to_the_end_and_passivates(store.clone()).await;
+    runs_to_the_end_and_passivates(store.clone(), config()).await;
     fresh.cleanup(Some(&store)).await;
+}
+
+/// The same journey with action results applied from memory
+/// (`results_in_memory`): the same journal, nothing sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_journey_with_results_in_memory_runs_to_the_end() {
+    let (store, fresh) = pg_store().await;
+    runs_to_the_end_and_passivates(store.clone(), in_memory()).await;
+    fresh.cleanup(Some(&store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_journey_with_results_in_memory_runs_to_the_end() {
+    let (store, fresh) = sqlite_store().await;
+    runs_to_the_end_and_passivates(store, in_memory()).await;
+    fresh.cleanup(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_journey_runs_to_the_end_and_passivates() {
     let (store, fresh) = sqlite_store().await;
-    runs_to_the_end_and_passivates(store).await;
+    runs_to_the_end_and_passivates(store, config()).await;
     fresh.cleanup(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_journey_survives_a_restart() {
     let (store, fresh) = pg_store().await;
-    survives_a_restart_in_the_middle(store.clone()).await;
+    survives_a_restart_in_the_middle(store.clone(), config).await;
+    fresh.cleanup(Some(&store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_journey_with_results_in_memory_survives_a_restart() {
+    let (store, fresh) = pg_store().await;
+    survives_a_restart_in_the_middle(store.clone(), in_memory).await;
     fresh.cleanup(Some(&store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_journey_survives_a_restart() {
     let (store, fresh) = sqlite_store().await;
-    survives_a_restart_in_the_middle(store).await;
+    survives_a_restart_in_the_middle(store, config).await;
     fresh.cleanup(None).await;
 }

@@ -130,6 +130,10 @@ pub struct Commit<'a> {
     /// Work of this transition the committing node takes on itself in the
     /// same commit, instead of claiming it back from the tables afterwards.
     pub claim: Option<Claim<'a>>,
+    /// The outbox row (by idempotency key) of an action whose result this
+    /// transition applies straight from the sender, in memory: removed, as
+    /// the result's own record would have removed it.
+    pub consumed_outbox: Option<&'a str>,
 }
 
 /// What a node claims in the commit that creates it: the actions of the

@@ -121,6 +121,7 @@ macro_rules! conformance {
 
 conformance!(
     workflows_and_immutable_versions,
+    json_numbers_at_the_edges_of_f64_read_back_as_written,
     executions_are_idempotent_per_key,
     a_journey_runs_to_the_end_through_the_store,
     stale_epochs_are_fenced_and_write_nothing,
@@ -291,6 +292,7 @@ async fn step<S: Store>(
             fired_timer: fired.as_ref(),
             consumed_input: None,
             claim: None,
+            consumed_outbox: None,
         }])
         .await
         .expect("commit");
@@ -329,6 +331,39 @@ async fn counts<S: Store>(store: &S, e: &Exec) -> (usize, usize) {
 }
 
 // ---- tests ------------------------------------------------------------------
+
+/// What the API accepts it can read back: PostgreSQL prints jsonb numbers
+/// in full (`-1.7976931348623157e308` as 309 digits), which must parse to
+/// the same value (the API fuzzer found a workflow that could not).
+async fn json_numbers_at_the_edges_of_f64_read_back_as_written<S: Store>(store: &S) {
+    let draft = json!({
+        "max": -1.797_693_134_862_315_7e308,
+        "big": 5.586_712_853_076_766e193,
+        "tiny": -1.112_536_929_253_600_7e-308,
+        "small": -5.593_264_858_599_193e-89,
+        "huge_int": 8.760_507_567_994_012e23,
+        "u64": u64::MAX,
+        "i64": i64::MIN
+    });
+    let w = store
+        .create_workflow(NewWorkflow {
+            id: ids::new_workflow_id(),
+            namespace: "edges".into(),
+            key: "edges".into(),
+            name: None,
+            draft: draft.clone(),
+            now: t0(),
+        })
+        .await
+        .expect("create");
+    assert_eq!(w.draft, draft);
+    let back = store
+        .get_workflow("edges", "edges")
+        .await
+        .expect("read back")
+        .expect("found");
+    assert_eq!(back.draft, draft);
+}
 
 async fn workflows_and_immutable_versions<S: Store>(store: &S) {
     let f = fixture(store).await;
@@ -623,6 +658,7 @@ async fn stale_epochs_are_fenced_and_write_nothing<S: Store>(store: &S) {
             fired_timer: None,
             consumed_input: None,
             claim: None,
+            consumed_outbox: None,
         }])
         .await
         .expect("commit");
@@ -652,6 +688,7 @@ async fn group_commit_isolates_fenced_executions<S: Store>(store: &S) {
             fired_timer: None,
             consumed_input: None,
             claim: None,
+            consumed_outbox: None,
         })
         .collect();
     let results = store.commit(&batch).await.expect("commit");
@@ -698,6 +735,7 @@ async fn two_steps_of_one_execution_in_one_batch_apply_in_order<S: Store>(store:
                 fired_timer: None,
                 consumed_input: None,
                 claim: None,
+                consumed_outbox: None,
             },
             Commit {
                 execution_id: &e.id,
@@ -706,6 +744,7 @@ async fn two_steps_of_one_execution_in_one_batch_apply_in_order<S: Store>(store:
                 fired_timer: None,
                 consumed_input: None,
                 claim: None,
+                consumed_outbox: None,
             },
         ])
         .await
@@ -974,6 +1013,7 @@ async fn the_inbox_is_consumed_by_the_commit_that_applies_it<S: Store>(store: &S
             fired_timer: None,
             consumed_input: Some(id),
             claim: None,
+            consumed_outbox: None,
         }])
         .await
         .expect("commit");
@@ -1074,6 +1114,7 @@ async fn attempts_are_recorded_before_sending_and_redeliveries_of_finished_ones_
             fired_timer: None,
             consumed_input: Some(inbox),
             claim: None,
+            consumed_outbox: None,
         }])
         .await
         .expect("commit");
@@ -2385,6 +2426,7 @@ async fn a_commit_claims_its_actions_and_near_timers_for_its_node<S: Store>(stor
                     fired_timer: None,
                     consumed_input: None,
                     claim: Some(claim),
+                    consumed_outbox: None,
                 }])
                 .await
                 .expect("commit")

@@ -553,6 +553,16 @@ async fn write_dependents(tx: &mut PgConnection, won: &[&Rows]) -> Result<()> {
             .await?;
     }
 
+    let sent: Vec<&str> = won
+        .iter()
+        .filter_map(|r| r.consumed_outbox.as_deref())
+        .collect();
+    if !sent.is_empty() {
+        sqlx::query("DELETE FROM outbox WHERE idempotency_key = ANY($1)")
+            .bind(&sent)
+            .execute(&mut *tx)
+            .await?;
+    }
     let consumed: Vec<i64> = won.iter().filter_map(|r| r.consumed_input).collect();
     if !consumed.is_empty() {
         sqlx::query("DELETE FROM inbox WHERE id = ANY($1)")

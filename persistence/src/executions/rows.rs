@@ -95,6 +95,7 @@ pub struct Rows {
     pub(crate) subscribe: Vec<SubscriptionInsert>,
     pub(crate) unsubscribe: Vec<String>,
     pub(crate) consumed_input: Option<i64>,
+    pub(crate) consumed_outbox: Option<String>,
     /// When the execution finished: every timer and subscription it still
     /// has goes.
     pub(crate) finished: bool,
@@ -140,6 +141,7 @@ impl Rows {
             subscribe: Vec::new(),
             unsubscribe: Vec::new(),
             consumed_input: commit.consumed_input,
+            consumed_outbox: commit.consumed_outbox.map(str::to_owned),
             finished: s.status.is_terminal(),
         };
         for entry in &t.journal {

@@ -251,6 +251,12 @@ async fn write_one(tx: &mut SqliteConnection, r: &Rows) -> Result<bool> {
             .execute(&mut *tx)
             .await?;
     }
+    if let Some(key) = &r.consumed_outbox {
+        sqlx::query("DELETE FROM outbox WHERE idempotency_key = $1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
     if let Some(input) = r.consumed_input {
         sqlx::query("DELETE FROM inbox WHERE id = $1")
             .bind(input)
