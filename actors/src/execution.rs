@@ -342,25 +342,6 @@ impl<S: Store> ExecutionActor<S> {
         let received = std::time::Instant::now();
         let now = Utc::now();
         let kind = d.input.kind();
-        // A result from memory that the execution refuses (it moved on, or
-        // was cancelled) still has an outbox row, which must go, else it is
-        // sent again once its claim expires: recorded the durable way, and
-        // its inbox row dropped.
-        if let Some(key) = &sent
-            && let Err(e) = sojourn_runtime::check_input(&state.snapshot, &d.input)
-        {
-            debug!(input = kind, error = %e, "action result refused");
-            let ids = crate::outbox::record_results(
-                &*self.ctx.store,
-                &[(&state.id, &d.input, key.as_str())],
-            )
-            .await?;
-            for inbox in ids {
-                self.ctx.store.discard_input(inbox, state.epoch).await?;
-            }
-            self.ctx.unapplied.remove(&state.id, key);
-            return Ok(true);
-        }
         let transition = match state.wf.step(&state.snapshot, d.input, now) {
             Ok(t) => t,
             Err(e) if sent.is_some() => {
