@@ -697,6 +697,15 @@ impl<S: Store> Engine<S> {
         for task in tasks {
             let _ = task.await;
         }
+        // Results the supervisor handed to be recorded in the background are
+        // recorded before the claims go.
+        self.ctx.router.records.close();
+        if tokio::time::timeout(RECORDS_AT_STOP, self.ctx.router.records.wait())
+            .await
+            .is_err()
+        {
+            warn!("recording action results outlasted the stop; they are sent again");
+        }
         // The relay has stopped (it records what it finishes inline once the
         // node is closed): results that no actor applied before it stopped
         // become rows (an inbox input each) that the next activation applies.
@@ -751,6 +760,10 @@ impl<S: Store> Engine<S> {
 /// `?wait=` (a request holds a connection meanwhile, and proxies commonly
 /// cut idle requests at about a minute).
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long recording the last action results may hold up a stop (their
+/// retries back off for about 6 s).
+const RECORDS_AT_STOP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long announcing the last finished executions may hold up a stop.
 const ANNOUNCE_AT_STOP: std::time::Duration = std::time::Duration::from_secs(3);

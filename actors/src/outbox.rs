@@ -259,7 +259,8 @@ pub(crate) fn record_and_route<S: Store>(
     router: Arc<Router<S>>,
     results: Vec<(ExecutionId, LocalResult)>,
 ) {
-    tokio::spawn(async move {
+    let records = router.records.clone();
+    records.spawn(async move {
         let items: Vec<(ExecutionId, Input, String)> = results
             .into_iter()
             .map(|(id, r)| {

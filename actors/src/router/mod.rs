@@ -61,6 +61,10 @@ pub(crate) struct Router<S: Store> {
     releases: mpsc::UnboundedSender<Release>,
     /// Draining or stopping: take no new leases.
     pub(crate) closed: AtomicBool,
+    /// Action results being recorded the durable way in the background
+    /// (`outbox::record_and_route`): a stopping node waits for them before
+    /// it gives its outbox claims up.
+    pub(crate) records: tokio_util::task::TaskTracker,
     stats: Arc<Stats>,
     /// How long a timer handed back waits before it is claimed again.
     retry_timer_after: Duration,
@@ -108,6 +112,7 @@ impl<S: Store> Router<S> {
                 peers: RwLock::default(),
                 releases: tx,
                 closed: AtomicBool::new(false),
+                records: tokio_util::task::TaskTracker::new(),
                 stats,
                 retry_timer_after: Duration::from_millis(500),
                 me: OnceLock::new(),
