@@ -86,25 +86,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.http {
         return crate::http_bench::run(args.http_args, args.concurrency).await;
     }
-    let hits = Arc::new(AtomicU64::new(0));
-    let counter = hits.clone();
-    let app = Router::new().route(
-        "/{*path}",
-        post(move || {
-            let c = counter.clone();
-            async move {
-                c.fetch_add(1, Ordering::Relaxed);
-                "{\"ok\":true}"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding the sink")?;
-    let base = format!("http://{}", listener.local_addr().context("sink address")?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (base, hits) = sink().await?;
     let workflow = reference(&base)?;
     match &args.database_url {
         Some(url) => {
@@ -151,8 +133,33 @@ fn sleeper(seconds: u64) -> Result<Workflow, Failure> {
 }
 
 /// A `/proc/self/status` figure (`VmRSS`, `VmHWM`) in MiB.
-fn proc_status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// The sink the reference journey's actions call: counts what it receives.
+pub(crate) async fn sink() -> Result<(String, Arc<AtomicU64>), Failure> {
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let app = Router::new().route(
+        "/{*path}",
+        post(move || {
+            let c = counter.clone();
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                "{\"ok\":true}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the sink")?;
+    let base = format!("http://{}", listener.local_addr().context("sink address")?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((base, hits))
+}
+
+/// A field of `/proc/<pid>/status` (`pid` a number or `self`), in MiB.
+pub(crate) fn proc_status_mib(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -167,11 +174,11 @@ fn proc_status_mib(field: &str) -> f64 {
 }
 
 fn rss_mib() -> f64 {
-    proc_status_mib("VmRSS")
+    proc_status_mib("self", "VmRSS")
 }
 
 fn peak_rss_mib() -> f64 {
-    proc_status_mib("VmHWM")
+    proc_status_mib("self", "VmHWM")
 }
 
 /// N executions asleep at once: memory while they sleep, timer lateness

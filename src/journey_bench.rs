@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use sojourn_persistence::PgStore;
 
 use crate::Failure;
-use crate::bench::{BenchArgs, percentile, reference_json};
+use crate::bench::{BenchArgs, percentile, proc_status_mib, reference_json, sink};
 use crate::http_bench::series;
 
 /// What `--spawn` starts.
@@ -46,30 +46,6 @@ const PG_STATS_DELAY: Duration = Duration::from_secs(11);
 /// How often the bench reads the node's metrics while waiting for the
 /// journeys to finish (each read is a query of the node's store).
 const COMPLETION_POLL: Duration = Duration::from_millis(500);
-
-/// The sink the journeys' actions call: counts what it receives.
-async fn sink() -> Result<(String, Arc<AtomicU64>), Failure> {
-    let hits = Arc::new(AtomicU64::new(0));
-    let counter = hits.clone();
-    let app = axum::Router::new().route(
-        "/{*path}",
-        axum::routing::post(move || {
-            let c = counter.clone();
-            async move {
-                c.fetch_add(1, Ordering::Relaxed);
-                "{\"ok\":true}"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding the sink")?;
-    let base = format!("http://{}", listener.local_addr().context("sink address")?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((base, hits))
-}
 
 /// A spawned node, killed when dropped.
 struct Node {
@@ -241,18 +217,6 @@ fn postgres_cpu_seconds() -> f64 {
         })
         .map(cpu_seconds)
         .sum()
-}
-
-/// A field of `/proc/PID/status`, in MiB.
-fn status_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 struct Client {
@@ -632,7 +596,7 @@ async fn drive(
     }
     let cpu = (cpu_seconds(node.pid()) - cpu_before.0) + (pg_cpu() - cpu_before.1);
     let cpu_node = cpu_seconds(node.pid()) - cpu_before.0;
-    let rss_loaded = status_mib(node.pid(), "VmHWM:");
+    let rss_loaded = proc_status_mib(&node.pid().to_string(), "VmHWM");
     // Read before the counts settle: the listing's few queries (one per 500
     // journeys) count in the loaded phase, not in the idle window after it.
     let (loaded, failed) = timings(&client, &ids).await?;
@@ -753,7 +717,7 @@ async fn drive(
     println!(
         "sink received {sent} requests for {journeys} journeys ({} expected); node peak RSS {:.1} MiB",
         journeys * 2,
-        status_mib(node.pid(), "VmHWM:")
+        proc_status_mib(&node.pid().to_string(), "VmHWM")
     );
     Ok(())
 }

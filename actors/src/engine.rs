@@ -710,23 +710,10 @@ impl<S: Store> Engine<S> {
         // node is closed): results that no actor applied before it stopped
         // become rows (an inbox input each) that the next activation applies.
         let left = self.ctx.unapplied.take_all();
-        if !left.is_empty() {
-            let items: Vec<(ExecutionId, Input, String)> = left
-                .into_iter()
-                .map(|(id, r)| {
-                    let input = Input::ActionResult {
-                        node: r.node,
-                        attempt: r.attempt,
-                        outcome: r.outcome,
-                    };
-                    (id, input, r.key)
-                })
-                .collect();
-            let refs: Vec<(&ExecutionId, &Input, &str)> =
-                items.iter().map(|(id, i, k)| (id, i, k.as_str())).collect();
-            if let Err(e) = crate::outbox::record_results(&*self.ctx.store, &refs).await {
-                warn!(error = %e, results = refs.len(), "recording action results at shutdown failed; they are sent again");
-            }
+        if !left.is_empty()
+            && let Err(e) = crate::outbox::record_results(&*self.ctx.store, &left).await
+        {
+            warn!(error = %e, results = left.len(), "recording action results at shutdown failed; they are sent again");
         }
         // The actors are stopped: announce their last finishes, briefly.
         self.announcer_stop.cancel();
@@ -874,6 +861,35 @@ mod tests {
 
     use super::*;
 
+    /// An engine on `dir` with one place for started executions, and a
+    /// workflow `key` that sleeps `nap` (resident: the node holds the timer).
+    async fn one_place(
+        dir: &std::path::Path,
+        start_wait: Duration,
+        key: &str,
+        nap: &str,
+    ) -> Engine<SqliteStore> {
+        let store = SqliteStore::open(&dir.join("t.db")).await.expect("store");
+        let config = Config {
+            max_resident_starts: 1,
+            start_wait,
+            ..Config::default()
+        };
+        let engine = Engine::start(store, config).await.expect("engine");
+        let wf = Workflow::from_value(json!({
+            "key": key,
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "nap", "type": "delay", "config": {"duration": nap}},
+                {"id": "done", "type": "exit"}
+            ],
+            "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "done"}]
+        }))
+        .expect("workflow");
+        engine.deploy(&wf).await.expect("deploy");
+        engine
+    }
+
     /// At `max_resident_starts`, a start waits until a started execution
     /// leaves memory (here: finishes), and one that waits longer than
     /// `start_wait` is refused as overloaded, creating nothing.
@@ -882,25 +898,7 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("sojourn-engine-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let store = SqliteStore::open(&dir.join("t.db")).await.expect("store");
-        let config = Config {
-            max_resident_starts: 1,
-            start_wait: Duration::from_secs(30),
-            ..Config::default()
-        };
-        let engine = Engine::start(store, config).await.expect("engine");
-        // Resident for its short delay (the node holds the timer).
-        let wf = Workflow::from_value(json!({
-            "key": "short",
-            "nodes": [
-                {"id": "start", "type": "start"},
-                {"id": "nap", "type": "delay", "config": {"duration": "300ms"}},
-                {"id": "done", "type": "exit"}
-            ],
-            "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "done"}]
-        }))
-        .expect("workflow");
-        engine.deploy(&wf).await.expect("deploy");
+        let engine = one_place(&dir, Duration::from_secs(30), "short", "300ms").await;
         let start = |n: u32| StartRequest {
             workflow: "short".into(),
             input: json!({"n": n}),
@@ -919,24 +917,7 @@ mod tests {
         engine.shutdown().await;
 
         // Nothing leaves within `start_wait`: refused, nothing created.
-        let store = SqliteStore::open(&dir.join("t.db")).await.expect("store");
-        let config = Config {
-            max_resident_starts: 1,
-            start_wait: Duration::from_millis(200),
-            ..Config::default()
-        };
-        let engine = Engine::start(store, config).await.expect("engine");
-        let wf = Workflow::from_value(json!({
-            "key": "long",
-            "nodes": [
-                {"id": "start", "type": "start"},
-                {"id": "nap", "type": "delay", "config": {"duration": "1s"}},
-                {"id": "done", "type": "exit"}
-            ],
-            "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "done"}]
-        }))
-        .expect("workflow");
-        engine.deploy(&wf).await.expect("deploy");
+        let engine = one_place(&dir, Duration::from_millis(200), "long", "1s").await;
         let held = engine
             .start_execution(StartRequest {
                 workflow: "long".into(),

@@ -225,27 +225,20 @@ fn send(
 
 /// Records results of actions sent from memory the durable way (attempt
 /// result, inbox row, outbox row removed by key), for inputs that could not
-/// be applied by a live actor. Returns their inbox rows.
+/// be applied by a live actor. Returns their inbox rows, in order.
 pub(crate) async fn record_results<S: Store>(
     store: &S,
-    items: &[(&ExecutionId, &Input, &str)],
+    results: &[(ExecutionId, LocalResult)],
 ) -> Result<Vec<i64>, sojourn_persistence::Error> {
-    let done: Vec<FinishedAttempt<'_>> = items
+    let done: Vec<FinishedAttempt<'_>> = results
         .iter()
-        .filter_map(|(id, input, key)| match input {
-            Input::ActionResult {
-                node,
-                attempt,
-                outcome,
-            } => Some(FinishedAttempt {
-                execution_id: id,
-                node: node.as_str(),
-                attempt: *attempt,
-                outcome,
-                outbox_id: None,
-                outbox_key: Some(key),
-            }),
-            _ => None,
+        .map(|(id, r)| FinishedAttempt {
+            execution_id: id,
+            node: r.node.as_str(),
+            attempt: r.attempt,
+            outcome: &r.outcome,
+            outbox_id: None,
+            outbox_key: Some(&r.key),
         })
         .collect();
     store.finish_attempts(&done, Utc::now()).await
@@ -261,38 +254,28 @@ pub(crate) fn record_and_route<S: Store>(
 ) {
     let records = router.records.clone();
     records.spawn(async move {
-        let items: Vec<(ExecutionId, Input, String)> = results
-            .into_iter()
-            .map(|(id, r)| {
-                let input = Input::ActionResult {
-                    node: r.node,
-                    attempt: r.attempt,
-                    outcome: r.outcome,
-                };
-                (id, input, r.key)
-            })
-            .collect();
-        let refs: Vec<(&ExecutionId, &Input, &str)> =
-            items.iter().map(|(id, i, k)| (id, i, k.as_str())).collect();
         let mut backoff = std::time::Duration::from_millis(100);
-        let mut recorded = record_results(&*store, &refs).await;
+        let mut recorded = record_results(&*store, &results).await;
         for _ in 0..6 {
             if recorded.is_ok() {
                 break;
             }
             tokio::time::sleep(backoff).await;
             backoff *= 2;
-            recorded = record_results(&*store, &refs).await;
+            recorded = record_results(&*store, &results).await;
         }
-        drop(refs);
         match recorded {
             Ok(inbox) => {
-                let routed = items
+                let routed = results
                     .into_iter()
                     .zip(inbox)
-                    .map(|((id, input, _), inbox)| {
+                    .map(|((id, r), inbox)| {
                         let d = Delivery {
-                            input,
+                            input: Input::ActionResult {
+                                node: r.node,
+                                attempt: r.attempt,
+                                outcome: r.outcome,
+                            },
                             fired_timer: None,
                             inbox_id: Some(inbox),
                         };
@@ -302,7 +285,7 @@ pub(crate) fn record_and_route<S: Store>(
                 router.route(routed).await;
             }
             Err(e) => {
-                warn!(error = %e, results = items.len(), "recording action results failed; they are sent again when their claims expire");
+                warn!(error = %e, results = results.len(), "recording action results failed; they are sent again when their claims expire");
             }
         }
     });
