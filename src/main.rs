@@ -660,13 +660,11 @@ async fn run(
         subject,
         timeout: timeout.map(std::time::Duration::from_secs),
     };
-    // A local tool run by the operator on their own workflow: loopback
-    // destinations are allowed, as in `sojourn dev`.
-    let config = sojourn_actors::Config {
-        node_id: "run".into(),
-        egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
-        ..sojourn_actors::Config::default()
-    };
+    // A local tool run by the operator on their own workflow: the engine
+    // settings of `sojourn dev` (loopback destinations allowed), with the
+    // `SOJOURN_ENGINE__*` variables applied.
+    let loaded = settings::load(settings::Mode::Dev, None, &settings::Flags::default())?;
+    let config = loaded.settings.engine_config("run".into(), String::new());
     let all_completed = match node::open_store(&store).await? {
         node::AnyStore::Pg(s) => node::run_executions(s, config, plan).await?,
         node::AnyStore::Sqlite(s) => node::run_executions(s, config, plan).await?,

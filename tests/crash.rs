@@ -52,12 +52,25 @@ impl Lcg {
     }
 }
 
+/// With action results handed to their actors in memory (the default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
+    kill_9_at_random_moments(true).await;
+}
+
+/// With every action result recorded as a row before it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_with_results_as_rows_loses_and_doubles_nothing() {
+    kill_9_at_random_moments(false).await;
+}
+
+async fn kill_9_at_random_moments(results_in_memory: bool) {
     let sink = Sink::start().await;
     let base = sink.url();
+    let in_memory = if results_in_memory { "true" } else { "false" };
 
-    let dir = std::env::temp_dir().join(format!("sojourn-crash-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("sojourn-crash-{}-{in_memory}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let wf_path = dir.join("crash.json");
     std::fs::write(&wf_path, workflow(&base)).expect("write workflow");
@@ -80,24 +93,34 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(7);
-    eprintln!("crash test seed {seed}");
+    eprintln!("crash test seed {seed} (results in memory: {in_memory})");
     let mut rng = Lcg(seed);
     let mut kills = 0;
-    for _ in 0..4 {
+    for round in 0..4 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sojourn"))
             .args(&args)
             .env("SOJOURN_LOG", "error")
+            .env("SOJOURN_ENGINE__RESULTS_IN_MEMORY", in_memory)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn sojourn");
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(2_200))).await;
+        // The first kill lands before the journeys' 1 s delay can be over
+        // (so every run kills at least once); later ones anywhere in a
+        // restarted node's recovery and work.
+        let wait = if round == 0 {
+            100 + rng.below(800)
+        } else {
+            100 + rng.below(1_400)
+        };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
         if child.try_wait().expect("wait").is_none() {
             child.kill().expect("kill -9");
             kills += 1;
         }
         let _ = child.wait();
     }
+    assert!(kills >= 1, "the node finished before it could be killed");
     // Start it once more and let it finish everything.
     let started = Instant::now();
     let final_args = args.clone();
@@ -105,6 +128,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
         Command::new(env!("CARGO_BIN_EXE_sojourn"))
             .args(&final_args)
             .env("SOJOURN_LOG", "error")
+            .env("SOJOURN_ENGINE__RESULTS_IN_MEMORY", in_memory)
             .output()
             .expect("run sojourn")
     })

@@ -75,8 +75,8 @@ pub struct Config {
     pub max_resident_starts: usize,
     /// An action's result goes to its live local actor in memory and is
     /// recorded by the transition that applies it (one transaction fewer per
-    /// action; `results.rs`). Off by default until its shutdown and drain
-    /// paths are proven (see the README).
+    /// action; `results.rs`). Off, every result is recorded as a row first
+    /// and applied from it (one transaction more per action).
     pub results_in_memory: bool,
     /// How long a start waits for a place among `max_resident_starts`
     /// (then HTTP 503 with `Retry-After`).
@@ -120,7 +120,7 @@ impl Default for Config {
             outbox_poll: Duration::from_millis(500),
             max_in_flight_actions: 256,
             max_resident_starts: 3_072,
-            results_in_memory: false,
+            results_in_memory: true,
             start_wait: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_restarts: 5,

@@ -686,9 +686,21 @@ impl<S: Store> Engine<S> {
         self.ctx.outbox_wake.notify_one();
         if let Err(e) = ractor::call_t!(self.supervisor, SupervisorMsg::Drain, SUPERVISOR_DRAIN_MS)
         {
-            warn!(error = %e, "draining the supervisor failed or timed out; stopping it");
+            // Actors still running past the drain are stopped now: each
+            // stop still reaches the supervisor, which records the results
+            // left waiting for it.
+            warn!(error = %e, "draining the supervisor failed or timed out; stopping its actors");
+            self.supervisor
+                .stop_children_and_wait(None, Some(CHILDREN_AT_STOP))
+                .await;
         }
-        self.supervisor.stop(None);
+        // The supervisor handles what is already in its mailbox (an action
+        // result handed over just before the node closed is recorded, not
+        // dropped) and refuses the rest: whoever is refused records inline.
+        if let Err(e) = self.supervisor.drain_and_wait(Some(CHILDREN_AT_STOP)).await {
+            warn!(error = %e, "the supervisor did not stop in time; stopping it");
+            self.supervisor.stop(None);
+        }
         let tasks = self
             .tasks
             .lock()
@@ -751,6 +763,10 @@ pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long recording the last action results may hold up a stop (their
 /// retries back off for about 6 s).
 const RECORDS_AT_STOP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long stopping the actors left after a drain, and then the supervisor
+/// itself, may each hold up a stop.
+const CHILDREN_AT_STOP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long announcing the last finished executions may hold up a stop.
 const ANNOUNCE_AT_STOP: std::time::Duration = std::time::Duration::from_secs(3);

@@ -64,9 +64,9 @@ async fn wait_for_node<S: Store>(
     panic!("execution {id} never reached node {node}");
 }
 
-fn in_memory() -> Config {
+fn results_as_rows() -> Config {
     Config {
-        results_in_memory: true,
+        results_in_memory: false,
         ..config()
     }
 }
@@ -206,19 +206,19 @@ async fn postgres_journey_runs_to_the_end_and_passivates() {
     fresh.cleanup(Some(&store)).await;
 }
 
-/// The same journey with action results applied from memory
-/// (`results_in_memory`): the same journal, nothing sent twice.
+/// The same journey with every action result recorded as a row before it
+/// is applied (`results_in_memory` off): the same journal, nothing sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_journey_with_results_in_memory_runs_to_the_end() {
+async fn postgres_journey_with_results_as_rows_runs_to_the_end() {
     let (store, fresh) = pg_store().await;
-    runs_to_the_end_and_passivates(store.clone(), in_memory()).await;
+    runs_to_the_end_and_passivates(store.clone(), results_as_rows()).await;
     fresh.cleanup(Some(&store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_journey_with_results_in_memory_runs_to_the_end() {
+async fn sqlite_journey_with_results_as_rows_runs_to_the_end() {
     let (store, fresh) = sqlite_store().await;
-    runs_to_the_end_and_passivates(store, in_memory()).await;
+    runs_to_the_end_and_passivates(store, results_as_rows()).await;
     fresh.cleanup(None).await;
 }
 
@@ -237,9 +237,9 @@ async fn postgres_journey_survives_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_journey_with_results_in_memory_survives_a_restart() {
+async fn postgres_journey_with_results_as_rows_survives_a_restart() {
     let (store, fresh) = pg_store().await;
-    survives_a_restart_in_the_middle(store.clone(), in_memory).await;
+    survives_a_restart_in_the_middle(store.clone(), results_as_rows).await;
     fresh.cleanup(Some(&store)).await;
 }
 
@@ -247,5 +247,62 @@ async fn postgres_journey_with_results_in_memory_survives_a_restart() {
 async fn sqlite_journey_survives_a_restart() {
     let (store, fresh) = sqlite_store().await;
     survives_a_restart_in_the_middle(store, config).await;
+    fresh.cleanup(None).await;
+}
+
+/// A node stops while many actions are in flight and their results arrive
+/// during the stop: each is recorded once (by its actor, by the supervisor
+/// or inline by the relay), and after a restart every execution finishes
+/// with every action sent exactly once.
+async fn stops_with_results_in_flight<S: Store + Clone>(store: S, config: fn() -> Config) {
+    const N: usize = 40;
+    let sink = Sink::start().await;
+    sink.delay(Duration::from_millis(120));
+    let engine = Engine::start(store.clone(), config())
+        .await
+        .expect("engine");
+    engine.deploy(&journey(&sink.url())).await.expect("deploy");
+    let mut ids = Vec::with_capacity(N);
+    for _ in 0..N {
+        let id = engine
+            .start_execution(StartRequest {
+                workflow: "reference".into(),
+                ..StartRequest::default()
+            })
+            .await
+            .expect("start")
+            .id;
+        ids.push(id);
+        // Spread out, so results keep arriving through the stop.
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    engine.shutdown().await;
+    sink.delay(Duration::ZERO);
+
+    let engine = Engine::start(store, config()).await.expect("engine");
+    for id in &ids {
+        let rec = wait_for(&engine, id, Status::Completed).await;
+        assert_eq!(rec.snapshot.outcome.as_deref(), Some("done"));
+    }
+    engine.shutdown().await;
+    let mut keys = sink.keys();
+    keys.sort();
+    let sent = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), N * 2, "every action was sent");
+    assert_eq!(sent, N * 2, "no action was sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stop_with_results_in_flight_sends_nothing_twice() {
+    let (store, fresh) = pg_store().await;
+    stops_with_results_in_flight(store.clone(), config).await;
+    fresh.cleanup(Some(&store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stop_with_results_in_flight_sends_nothing_twice() {
+    let (store, fresh) = sqlite_store().await;
+    stops_with_results_in_flight(store, config).await;
     fresh.cleanup(None).await;
 }
