@@ -87,9 +87,11 @@ fn schema_url(url: &str, schema: &str) -> String {
 
 fn node_command(bin: &Path, log: &Path) -> Result<Command, Failure> {
     let mut cmd = Command::new(bin);
-    // The node reads SOJOURN_* settings: it gets only those given here.
+    // The node reads SOJOURN_* settings: it gets only those given here,
+    // and the engine's tunables (`SOJOURN_ENGINE__*`), to compare them.
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SOJOURN_") {
+        let name = k.to_string_lossy();
+        if name.starts_with("SOJOURN_") && !name.starts_with("SOJOURN_ENGINE__") {
             cmd.env_remove(k);
         }
     }
@@ -539,6 +541,7 @@ async fn drive(
     };
     let xact_before = committed(pg).await;
     let cpu_before = (cpu_seconds(node.pid()), pg_cpu());
+    let cpu_bench_before = cpu_seconds(std::process::id());
     let started_at = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut starters = Vec::new();
@@ -596,6 +599,9 @@ async fn drive(
     }
     let cpu = (cpu_seconds(node.pid()) - cpu_before.0) + (pg_cpu() - cpu_before.1);
     let cpu_node = cpu_seconds(node.pid()) - cpu_before.0;
+    // The load generator and the sink share the machine: their share says
+    // how much of it the node had.
+    let cpu_bench = cpu_seconds(std::process::id()) - cpu_bench_before;
     let rss_loaded = proc_status_mib(&node.pid().to_string(), "VmHWM");
     // Read before the counts settle: the listing's few queries (one per 500
     // journeys) count in the loaded phase, not in the idle window after it.
@@ -605,6 +611,7 @@ async fn drive(
     }
     let xact_loaded = committed(pg).await;
     let first = loaded.iter().map(|t| t.created).min();
+    let first_finished = loaded.iter().map(|t| t.finished).min();
     let last = loaded.iter().map(|t| t.finished).max();
     let span = match (first, last) {
         (Some(a), Some(b)) => (b - a).num_milliseconds() as f64 / 1e3,
@@ -623,6 +630,17 @@ async fn drive(
         loaded.len() as f64 / span,
         loaded.len()
     );
+    // Past the first second nothing can finish (every journey sleeps 1 s):
+    // the rate at which they finish once they do is the node's steady pace.
+    if let (Some(a), Some(b)) = (first_finished, last)
+        && b > a
+    {
+        let finishing = (b - a).num_milliseconds() as f64 / 1e3;
+        println!(
+            "  finishing {:.0} journeys/s (first to last finished {finishing:.2} s)",
+            loaded.len().saturating_sub(1) as f64 / finishing
+        );
+    }
     line("start request", &mut start_ms);
     let mut loaded_ms: Vec<f64> = loaded.iter().map(Timing::ms).collect();
     line("latency excl. the delay", &mut loaded_ms);
@@ -638,10 +656,11 @@ async fn drive(
         }
     );
     println!(
-        "  CPU per journey {:.2} ms (node {:.2} ms, PostgreSQL {:.2} ms)",
+        "  CPU per journey {:.2} ms (node {:.2} ms, PostgreSQL {:.2} ms); the bench's client and sink {:.2} ms more",
         cpu * 1e3 / n as f64,
         cpu_node * 1e3 / n as f64,
-        (cpu - cpu_node) * 1e3 / n as f64
+        (cpu - cpu_node) * 1e3 / n as f64,
+        cpu_bench * 1e3 / n as f64
     );
     if let (Some(a), Some(b)) = (xact_before, xact_loaded) {
         println!(

@@ -244,9 +244,12 @@ pub(crate) async fn record_results<S: Store>(
     store.finish_attempts(&done, Utc::now()).await
 }
 
+/// The longest pause between two tries of recording results.
+const RECORD_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// [`record_results`] in the background, then routes them as inbox inputs.
-/// Retried like the finisher's own records; a result that cannot be recorded
-/// at all is sent again once its outbox claim expires.
+/// Retried until it is recorded while the node runs; one that a stopping
+/// node could not record is sent again once its outbox claim expires.
 pub(crate) fn record_and_route<S: Store>(
     store: Arc<S>,
     router: Arc<Router<S>>,
@@ -256,12 +259,21 @@ pub(crate) fn record_and_route<S: Store>(
     records.spawn(async move {
         let mut backoff = std::time::Duration::from_millis(100);
         let mut recorded = record_results(&*store, &results).await;
-        for _ in 0..6 {
-            if recorded.is_ok() {
-                break;
-            }
+        let mut tries = 1;
+        // While the node runs it keeps trying (the database may be away for
+        // a while; giving up would leave the execution waiting for its
+        // action's claim to expire). A stopping node gives up after ~6 s.
+        while recorded.is_err()
+            && (tries < 7 || !router.closed.load(std::sync::atomic::Ordering::Relaxed))
+        {
             tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            backoff = (backoff * 2).min(RECORD_BACKOFF_MAX);
+            tries += 1;
+            if tries == 7
+                && let Err(e) = &recorded
+            {
+                warn!(error = %e, results = results.len(), "recording action results keeps failing; still trying");
+            }
             recorded = record_results(&*store, &results).await;
         }
         match recorded {

@@ -109,6 +109,10 @@ impl<S: Store> TimerService<S> {
     }
 }
 
+/// How close to a timer's due time the service stops trusting tokio's
+/// millisecond timer and sleeps precisely.
+const PRECISE: Duration = Duration::from_millis(2);
+
 async fn run<S: Store>(
     store: Arc<S>,
     config: Config,
@@ -213,7 +217,18 @@ async fn run<S: Store>(
         } else {
             until_next
         };
-        if !until_next.is_zero() {
+        if !until_next.is_zero() && until_next <= PRECISE && budget >= 1.0 {
+            // tokio's timer wheel ticks in whole milliseconds and rounds a
+            // deadline up, so a timer would fire up to ~2 ms late: the last
+            // stretch before one falls due is slept on a blocking thread,
+            // to within tens of microseconds.
+            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(until_next)).await;
+        } else if !until_next.is_zero() {
+            // Woken up to `PRECISE` early (not late), for the stretch above.
+            let until_next = until_next
+                .checked_sub(PRECISE)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(until_next);
             tokio::select! {
                 _ = tokio::time::sleep(until_next) => {}
                 _ = wake.notify.notified() => {}
