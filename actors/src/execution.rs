@@ -164,14 +164,19 @@ impl<S: Store> Actor for ExecutionActor<S> {
             });
         }
         Stats::add(&ctx.stats.rehydrations, 1);
-        let (record, inbox) = async { ctx.activator.call(id.clone()).await }
-            .instrument(span.clone())
-            .await?
-            .ok_or_else(|| format!("execution {id} does not exist"))?;
-        let wf = ctx
-            .workflows
-            .get(&*ctx.store, &record.workflow_id, record.version)
-            .await?;
+        // Boxed, like every database call of this actor: an awaited future
+        // lives inside the actor's task for as long as the actor does, so a
+        // large one would cost every resident execution its size.
+        let (record, inbox) = Box::pin(
+            async { ctx.activator.call(id.clone()).await }.instrument(span.clone()),
+        )
+        .await?
+        .ok_or_else(|| format!("execution {id} does not exist"))?;
+        let wf = Box::pin(
+            ctx.workflows
+                .get(&*ctx.store, &record.workflow_id, record.version),
+        )
+        .await?;
         // Created but never started (its creator died): start it now.
         if record.snapshot.status == Status::Pending {
             let _ = myself.cast(ExecutionMsg::Deliver(Delivery {
@@ -234,7 +239,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
             }
             match message {
                 ExecutionMsg::Deliver(d) => {
-                    if !self.apply(&myself, state, d, None).await? {
+                    if !Box::pin(self.apply(&myself, state, d, None)).await? {
                         return Ok(());
                     }
                 }
@@ -257,19 +262,19 @@ impl<S: Store> Actor for ExecutionActor<S> {
                             fired_timer: None,
                             inbox_id: None,
                         };
-                        if !self.apply(&myself, state, d, Some(key)).await? {
+                        if !Box::pin(self.apply(&myself, state, d, Some(key))).await? {
                             return Ok(());
                         }
                     }
                 }
                 ExecutionMsg::DrainInbox => {
-                    for item in self.ctx.store.pending_inputs(&state.id).await? {
+                    for item in Box::pin(self.ctx.store.pending_inputs(&state.id)).await? {
                         let d = Delivery {
                             input: item.input,
                             fired_timer: None,
                             inbox_id: Some(item.id),
                         };
-                        if !self.apply(&myself, state, d, None).await? {
+                        if !Box::pin(self.apply(&myself, state, d, None)).await? {
                             return Ok(());
                         }
                     }
