@@ -167,11 +167,10 @@ impl<S: Store> Actor for ExecutionActor<S> {
         // Boxed, like every database call of this actor: an awaited future
         // lives inside the actor's task for as long as the actor does, so a
         // large one would cost every resident execution its size.
-        let (record, inbox) = Box::pin(
-            async { ctx.activator.call(id.clone()).await }.instrument(span.clone()),
-        )
-        .await?
-        .ok_or_else(|| format!("execution {id} does not exist"))?;
+        let (record, inbox) =
+            Box::pin(async { ctx.activator.call(id.clone()).await }.instrument(span.clone()))
+                .await?
+                .ok_or_else(|| format!("execution {id} does not exist"))?;
         let wf = Box::pin(
             ctx.workflows
                 .get(&*ctx.store, &record.workflow_id, record.version),
