@@ -635,7 +635,7 @@ async fn drive(
     if let (Some(a), Some(b)) = (first_finished, last)
         && b > a
     {
-        let finishing = (b - a).num_milliseconds() as f64 / 1e3;
+        let finishing = (b - a).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
         println!(
             "  finishing {:.0} journeys/s (first to last finished {finishing:.2} s)",
             loaded.len().saturating_sub(1) as f64 / finishing

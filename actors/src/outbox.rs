@@ -260,14 +260,19 @@ pub(crate) fn record_and_route<S: Store>(
         let mut backoff = std::time::Duration::from_millis(100);
         let mut recorded = record_results(&*store, &results).await;
         let mut tries = 1;
-        // While the node runs it keeps trying (the database may be away for
-        // a while; giving up would leave the execution waiting for its
-        // action's claim to expire). A stopping node gives up after ~6 s.
-        while recorded.is_err()
-            && (tries < 7 || !router.closed.load(std::sync::atomic::Ordering::Relaxed))
+        // While the node runs (draining included) a database error is
+        // retried until the database is back: giving up would leave the
+        // execution waiting for its action's claim to expire. A stopping
+        // node, or an error a retry cannot fix, gives up after ~6 s.
+        while let Err(e) = &recorded
+            && (tries < 7
+                || (matches!(e, sojourn_persistence::Error::Database(_))
+                    && !router.records.is_closed()))
         {
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RECORD_BACKOFF_MAX);
+            // Jittered, so that tasks waiting out one outage do not all
+            // come back in the same instant.
+            backoff = (backoff * 2).min(RECORD_BACKOFF_MAX).mul_f64(0.75 + fastrand::f64() / 2.0);
             tries += 1;
             if tries == 7
                 && let Err(e) = &recorded

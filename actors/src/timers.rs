@@ -113,6 +113,9 @@ impl<S: Store> TimerService<S> {
 /// millisecond timer and sleeps precisely.
 const PRECISE: Duration = Duration::from_millis(2);
 
+/// Up to how many timers in hand the service fires them precisely.
+const PRECISE_MAX_HELD: usize = 256;
+
 async fn run<S: Store>(
     store: Arc<S>,
     config: Config,
@@ -206,29 +209,43 @@ async fn run<S: Store>(
         }
         router.route(due_now).await;
         // Sleep until the next held timer, the next poll, or a wake-up.
-        let poll = config.timer_poll;
-        let until_next = held
+        // What is left of the poll interval since the last claim (all of
+        // it when the claim was skipped: draining, or a full batch in hand).
+        let poll = last_claim
+            .and_then(|t| config.timer_poll.checked_sub(t.elapsed()))
+            .filter(|d| !d.is_zero())
+            .unwrap_or(config.timer_poll);
+        let next_timer = held
             .peek()
             .map(|Reverse((due, _, _, _))| (*due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(poll)
-            .min(poll);
+            .filter(|d| *d < poll);
+        let until_next = next_timer.unwrap_or(poll);
         let until_next = if budget < 1.0 {
             until_next.max(Duration::from_secs_f64(1.0 / rate))
         } else {
             until_next
         };
-        if !until_next.is_zero() && until_next <= PRECISE && budget >= 1.0 {
+        // Precisely only on a node with few timers in hand: a busy one fires
+        // many per millisecond anyway, and would pay a blocking-thread hop
+        // per wake-up.
+        let precise = next_timer.is_some() && budget >= 1.0 && held.len() <= PRECISE_MAX_HELD;
+        if precise && !until_next.is_zero() && until_next <= PRECISE {
             // tokio's timer wheel ticks in whole milliseconds and rounds a
             // deadline up, so a timer would fire up to ~2 ms late: the last
             // stretch before one falls due is slept on a blocking thread,
             // to within tens of microseconds.
             let _ = tokio::task::spawn_blocking(move || std::thread::sleep(until_next)).await;
         } else if !until_next.is_zero() {
-            // Woken up to `PRECISE` early (not late), for the stretch above.
-            let until_next = until_next
-                .checked_sub(PRECISE)
-                .filter(|d| !d.is_zero())
-                .unwrap_or(until_next);
+            // Woken up to `PRECISE` before a timer (not late), for the
+            // stretch above; the poll is not brought forward.
+            let until_next = if precise {
+                until_next
+                    .checked_sub(PRECISE)
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(until_next)
+            } else {
+                until_next
+            };
             tokio::select! {
                 _ = tokio::time::sleep(until_next) => {}
                 _ = wake.notify.notified() => {}
