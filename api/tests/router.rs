@@ -1747,6 +1747,7 @@ async fn triggers<S: Store>(app: &App<S>) {
     assert_eq!(t["state"], json!("init"));
     assert_eq!(t["kind"], json!("api"));
     assert_eq!(t["path"], json!("hooks/quick"));
+    assert_eq!(t["next_fires"], json!([]));
     assert_eq!(t["workflow_id"], json!(wf));
     assert_eq!(t["config"], json!({}));
     let id = t["id"].as_str().expect("id").to_owned();
@@ -1822,6 +1823,20 @@ async fn triggers<S: Store>(app: &App<S>) {
     let sched = r.ok(StatusCode::CREATED).clone();
     assert_eq!(sched["kind"], json!("schedule"));
     assert_eq!(sched["path"], Value::Null);
+    // Its next five fire times: weekdays at 09:00 in Paris, in order.
+    let fires: Vec<chrono::DateTime<chrono::Utc>> =
+        serde_json::from_value(sched["next_fires"].clone()).expect("next_fires");
+    assert_eq!(fires.len(), 5, "{sched}");
+    assert!(fires.windows(2).all(|w| w[0] < w[1]), "{fires:?}");
+    assert!(fires[0] > chrono::Utc::now());
+    for f in &fires {
+        let local = f.with_timezone(&chrono_tz::Europe::Paris);
+        assert_eq!(local.format("%H:%M").to_string(), "09:00", "{f}");
+        assert!(!matches!(
+            chrono::Datelike::weekday(&local),
+            chrono::Weekday::Sat | chrono::Weekday::Sun
+        ));
+    }
     let r = app
         .post(
             "/v1/workflows/quick/triggers",

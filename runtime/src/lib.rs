@@ -31,6 +31,7 @@ pub mod json;
 pub mod model;
 pub mod nodes;
 pub mod registry;
+pub mod schedule;
 pub mod schema;
 pub mod secrets;
 pub mod simulate;

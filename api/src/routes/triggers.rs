@@ -90,13 +90,48 @@ pub struct TriggerOut {
     pub config: Value,
     /// init, active, paused, stopped, destroyed.
     pub state: String,
+    /// A schedule's next five fire times (in its time zone, across
+    /// daylight-saving changes); empty for other kinds and for a stopped or
+    /// destroyed schedule.
+    pub next_fires: Vec<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
+/// How many fire times a schedule trigger shows.
+const NEXT_FIRES: usize = 5;
+
+/// A schedule trigger's next fire times after `now`.
+fn next_fires(t: &TriggerRecord, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    if t.kind != TriggerKind::Schedule.as_str()
+        || matches!(t.state.as_str(), "stopped" | "destroyed")
+    {
+        return Vec::new();
+    }
+    // Stored only after `validate` accepted it; a row that no longer reads
+    // (edited by hand) shows none rather than failing the listing.
+    let Ok(c) = serde_json::from_value::<ScheduleConfig>(t.config.clone()) else {
+        return Vec::new();
+    };
+    let tz = match c
+        .timezone
+        .as_deref()
+        .map(sojourn_runtime::time::parse_timezone)
+    {
+        None => chrono_tz::UTC,
+        Some(Ok(tz)) => tz,
+        Some(Err(_)) => return Vec::new(),
+    };
+    sojourn_runtime::schedule::CronSchedule::parse(&c.cron, tz)
+        .map(|s| s.upcoming(now, NEXT_FIRES))
+        .unwrap_or_default()
+}
+
 impl From<TriggerRecord> for TriggerOut {
     fn from(t: TriggerRecord) -> Self {
+        let next_fires = next_fires(&t, Utc::now());
         TriggerOut {
+            next_fires,
             id: t.id,
             workflow_id: t.workflow_id,
             kind: t.kind,
