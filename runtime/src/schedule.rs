@@ -12,10 +12,10 @@
 //!   at 03:30 on that day instead of not at all. An hourly schedule's 02:00
 //!   becomes the same instant as its 03:00, and fires once;
 //! - a time that the autumn change repeats fires at its first occurrence
-//!   (a daily `30 1 * * *` fires once), unless the schedule runs every hour
-//!   (its hour field is `*`): then it fires at both occurrences, so an
-//!   hourly or more frequent schedule keeps its pace through the repeated
-//!   hour. This is what Vixie cron does for wildcard-hour jobs.
+//!   (a daily `30 1 * * *` fires once), unless its minute or hour field
+//!   starts with `*` (`*`, `*/15`): then it fires at both occurrences, so a
+//!   schedule that runs every so many minutes or hours keeps its pace
+//!   through the repeated hour. This is Vixie cron's rule for wildcard jobs.
 //!
 //! The `cron` crate on its own skips a time in the gap and fires a repeated
 //! time twice whatever the schedule, so it is used here only to list
@@ -24,9 +24,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
-use cron::TimeUnitSpec;
 use serde::{Deserialize, Serialize};
 
 /// A parsed cron expression in a time zone.
@@ -34,19 +33,23 @@ use serde::{Deserialize, Serialize};
 pub struct CronSchedule {
     schedule: cron::Schedule,
     tz: Tz,
-    /// The hour field matches every hour: a repeated time fires twice.
-    every_hour: bool,
+    /// The minute or hour field starts with `*`: a repeated time fires
+    /// at both occurrences.
+    wildcard: bool,
 }
 
 impl CronSchedule {
     /// Parses `cron` (see [`crate::time::parse_cron`]) for the zone `tz`.
     pub fn parse(cron: &str, tz: Tz) -> Result<CronSchedule, String> {
         let schedule = crate::time::parse_cron(cron)?;
-        let every_hour = schedule.hours().is_all();
+        // Five fields start with the minute; six or seven with the second.
+        let fields: Vec<&str> = cron.split_whitespace().collect();
+        let skip = usize::from(fields.len() > 5);
+        let wildcard = fields.iter().skip(skip).take(2).any(|f| f.starts_with('*'));
         Ok(CronSchedule {
             schedule,
             tz,
-            every_hour,
+            wildcard,
         })
     }
 
@@ -57,10 +60,20 @@ impl CronSchedule {
 
     /// The instants it fires at, strictly after `after`, in order.
     pub fn fires_after(&self, after: DateTime<Utc>) -> Fires<'_> {
-        // From a little earlier on the wall clock: the second occurrence of
-        // a repeated time lies after `after` while its wall-clock time may
-        // lie before `after`'s.
-        let wall = after.with_timezone(&self.tz).naive_local() - Duration::hours(3);
+        // The earliest wall-clock time that can map after `after`: read at
+        // the smaller of the offsets now and a little later (the second
+        // occurrence of a repeated time lies after `after` while its
+        // wall-clock time may lie before `after`'s).
+        let offset = |t: DateTime<Utc>| {
+            i64::from(
+                self.tz
+                    .offset_from_utc_datetime(&t.naive_utc())
+                    .fix()
+                    .local_minus_utc(),
+            )
+        };
+        let least = offset(after).min(offset(after + Duration::hours(3)));
+        let wall = after.naive_utc() + Duration::seconds(least - 1);
         Fires {
             schedule: self,
             wall: self.schedule.after(&Utc.from_utc_datetime(&wall)),
@@ -76,19 +89,40 @@ impl CronSchedule {
         self.fires_after(after).take(n).collect()
     }
 
-    /// The instants a wall-clock time fires at: its first, and the second
-    /// occurrence of a repeated time when the schedule runs every hour.
-    fn instants(&self, wall: NaiveDateTime) -> (DateTime<Utc>, Option<DateTime<Utc>>) {
+    /// The instants a wall-clock time fires at (its first, and the second
+    /// occurrence of a repeated time for a wildcard schedule), and a bound
+    /// no later wall-clock time maps before.
+    fn instants(
+        &self,
+        wall: NaiveDateTime,
+    ) -> (DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>) {
         match self.tz.from_local_datetime(&wall) {
-            LocalResult::Single(t) => (t.with_timezone(&Utc), None),
-            LocalResult::Ambiguous(first, second) => (
-                first.with_timezone(&Utc),
-                self.every_hour.then(|| second.with_timezone(&Utc)),
-            ),
-            LocalResult::None => (
-                crate::time::local_instant(wall.date(), wall.time(), self.tz),
-                None,
-            ),
+            LocalResult::Single(t) => {
+                let t = t.with_timezone(&Utc);
+                (t, None, t)
+            }
+            LocalResult::Ambiguous(first, second) => {
+                let first = first.with_timezone(&Utc);
+                (
+                    first,
+                    self.wildcard.then(|| second.with_timezone(&Utc)),
+                    first,
+                )
+            }
+            LocalResult::None => {
+                // Moved forward by the gap; a real time just after the gap
+                // can come before it (a 30-minute gap and `*/20`), so the
+                // bound is this time read at the offset after the gap.
+                let moved = crate::time::local_instant(wall.date(), wall.time(), self.tz);
+                let after_gap = self
+                    .tz
+                    .offset_from_utc_datetime(&(wall + Duration::days(1)))
+                    .fix()
+                    .local_minus_utc();
+                let bound =
+                    Utc.from_utc_datetime(&(wall - Duration::seconds(i64::from(after_gap))));
+                (moved, None, bound.min(moved))
+            }
         }
     }
 
@@ -103,6 +137,7 @@ impl CronSchedule {
         policy: Misfire,
     ) -> CatchUp {
         let mut missed: Vec<DateTime<Utc>> = Vec::new();
+        let mut missed_count = 0usize;
         let mut on_time: Vec<DateTime<Utc>> = Vec::new();
         let mut next = None;
         let instants = std::iter::once(due).chain(self.fires_after(due));
@@ -115,6 +150,7 @@ impl CronSchedule {
                 on_time.push(t);
             } else {
                 missed.push(t);
+                missed_count += 1;
                 // Only the most recent ones can be fired.
                 if missed.len() > 2 * MAX_CATCH_UP {
                     missed.drain(..MAX_CATCH_UP);
@@ -126,8 +162,8 @@ impl CronSchedule {
             Misfire::All => MAX_CATCH_UP,
             Misfire::Skip => 0,
         };
-        let skipped = missed.len().saturating_sub(keep);
-        let mut fire: Vec<DateTime<Utc>> = missed.split_off(skipped);
+        let mut fire: Vec<DateTime<Utc>> = missed.split_off(missed.len().saturating_sub(keep));
+        let skipped = missed_count - fire.len();
         fire.extend(on_time);
         CatchUp {
             fire,
@@ -158,8 +194,7 @@ pub enum Misfire {
 pub struct CatchUp {
     /// The instants to fire now, in order.
     pub fire: Vec<DateTime<Utc>>,
-    /// How many missed fires are not fired (counted within the last
-    /// `2 × MAX_CATCH_UP` when more were missed).
+    /// How many missed fires are not fired.
     pub skipped: usize,
     /// The next instant after now, if the schedule fires again.
     pub next: Option<DateTime<Utc>>,
@@ -173,8 +208,8 @@ pub struct Fires<'a> {
     wall: cron::ScheduleIterator<'a, Utc>,
     /// Instants computed but not yet given out.
     pending: BinaryHeap<Reverse<DateTime<Utc>>>,
-    /// The first instant of the latest wall-clock time taken: no later
-    /// wall-clock time maps before it.
+    /// A bound from the latest wall-clock time taken: no later wall-clock
+    /// time maps before it.
     frontier: Option<DateTime<Utc>>,
     /// The last instant given out (or the start): each is strictly later.
     last: DateTime<Utc>,
@@ -213,8 +248,8 @@ impl Iterator for Fires<'_> {
             match self.wall.next() {
                 None => self.exhausted = true,
                 Some(w) => {
-                    let (first, second) = self.schedule.instants(w.naive_utc());
-                    self.frontier = Some(first);
+                    let (first, second, bound) = self.schedule.instants(w.naive_utc());
+                    self.frontier = Some(bound);
                     self.pending.push(Reverse(first));
                     if let Some(s) = second {
                         self.pending.push(Reverse(s));
@@ -341,6 +376,52 @@ mod tests {
     }
 
     #[test]
+    fn a_real_time_just_after_an_uneven_gap_is_not_lost() {
+        // Lord Howe skips 02:00–02:30 (+10:30 → +11) on 2026-10-04:
+        // 02:00 and 02:20 move forward by half an hour; 02:40 is real.
+        assert_eq!(
+            fires(
+                "*/20 * * * *",
+                chrono_tz::Australia::Lord_Howe,
+                "2026-10-03T15:10:00Z",
+                4
+            ),
+            [
+                "2026-10-03T15:30Z", // 02:00 → 02:30 LHDT
+                "2026-10-03T15:40Z", // 02:40 LHDT
+                "2026-10-03T15:50Z", // 02:20 → 02:50 LHDT
+                "2026-10-03T16:00Z", // 03:00 LHDT
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wildcard_minute_or_hour_keeps_its_pace_through_the_repeat() {
+        // Paris repeats 02:00–03:00 on 2026-10-25 (CEST, then CET).
+        assert_eq!(
+            fires("0 */2 * * *", PARIS, "2026-10-24T23:30:00Z", 3),
+            [
+                "2026-10-25T00:00Z",
+                "2026-10-25T01:00Z",
+                "2026-10-25T03:00Z"
+            ]
+        );
+        // A fixed hour with a wildcard minute repeats too (Vixie's rule).
+        let got = CronSchedule::parse("*/30 1 * * *", NY)
+            .expect("cron")
+            .upcoming(utc("2026-11-01T04:50:00Z"), 4);
+        assert_eq!(
+            got,
+            [
+                utc("2026-11-01T05:00:00Z"),
+                utc("2026-11-01T05:30:00Z"),
+                utc("2026-11-01T06:00:00Z"),
+                utc("2026-11-01T06:30:00Z"),
+            ]
+        );
+    }
+
+    #[test]
     fn a_schedule_that_never_fires_again_ends() {
         // Seconds, minutes, hours, day, month, weekday, year.
         let s = CronSchedule::parse("0 0 12 1 1 * 2020", NY).expect("cron");
@@ -381,6 +462,9 @@ mod tests {
         let now = utc("2026-05-02T00:00:30Z");
         let c = s.catch_up(due, now, Duration::seconds(1), Misfire::All);
         assert_eq!(c.fire.len(), MAX_CATCH_UP);
+        assert_eq!(c.skipped, 1_441 - MAX_CATCH_UP);
+        let once = s.catch_up(due, now, Duration::seconds(1), Misfire::Once);
+        assert_eq!(once.skipped, 1_440);
         assert_eq!(c.fire.last(), Some(&utc("2026-05-02T00:00:00Z")));
         assert!(c.fire.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(c.next, Some(utc("2026-05-02T00:01:00Z")));

@@ -90,9 +90,10 @@ pub struct TriggerOut {
     pub config: Value,
     /// init, active, paused, stopped, destroyed.
     pub state: String,
-    /// A schedule's next five fire times (in its time zone, across
-    /// daylight-saving changes); empty for other kinds and for a stopped or
-    /// destroyed schedule.
+    /// A schedule's next five fire times, in UTC (computed on its time
+    /// zone's wall clock, across daylight-saving changes); while it is not
+    /// yet active or paused, the times it would fire at. Empty for other
+    /// kinds and for a stopped or destroyed schedule.
     pub next_fires: Vec<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
