@@ -62,6 +62,23 @@ pub(crate) struct LocalResult {
     pub(crate) key: String,
 }
 
+impl LocalResult {
+    /// As an input (from its inbox row `inbox_id` once recorded), and its
+    /// outbox row's key.
+    pub(crate) fn into_delivery(self, inbox_id: Option<i64>) -> (Delivery, String) {
+        let d = Delivery {
+            input: Input::ActionResult {
+                node: self.node,
+                attempt: self.attempt,
+                outcome: self.outcome,
+            },
+            fired_timer: None,
+            inbox_id,
+        };
+        (d, self.key)
+    }
+}
+
 /// The execution actor's messages.
 #[derive(Debug)]
 pub(crate) enum ExecutionMsg {
@@ -246,21 +263,7 @@ impl<S: Store> Actor for ExecutionActor<S> {
                     // Each stays in the registry until the commit that
                     // applies it (or records it) has succeeded.
                     for r in self.ctx.unapplied.peek(&state.id) {
-                        let LocalResult {
-                            node,
-                            attempt,
-                            outcome,
-                            key,
-                        } = r;
-                        let d = Delivery {
-                            input: Input::ActionResult {
-                                node,
-                                attempt,
-                                outcome,
-                            },
-                            fired_timer: None,
-                            inbox_id: None,
-                        };
+                        let (d, key) = r.into_delivery(None);
                         if !Box::pin(self.apply(&myself, state, d, Some(key))).await? {
                             return Ok(());
                         }

@@ -286,18 +286,7 @@ pub(crate) fn record_and_route<S: Store>(
                 let routed = results
                     .into_iter()
                     .zip(inbox)
-                    .map(|((id, r), inbox)| {
-                        let d = Delivery {
-                            input: Input::ActionResult {
-                                node: r.node,
-                                attempt: r.attempt,
-                                outcome: r.outcome,
-                            },
-                            fired_timer: None,
-                            inbox_id: Some(inbox),
-                        };
-                        (id, Some(d))
-                    })
+                    .map(|((id, r), inbox)| (id, Some(r.into_delivery(Some(inbox)).0)))
                     .collect();
                 router.route(routed).await;
             }

@@ -254,7 +254,7 @@ async fn sqlite_journey_survives_a_restart() {
 /// during the stop: each is recorded once (by its actor, by the supervisor
 /// or inline by the relay), and after a restart every execution finishes
 /// with every action sent exactly once.
-async fn stops_with_results_in_flight<S: Store + Clone>(store: S, config: fn() -> Config) {
+async fn stops_with_results_in_flight<S: Store + Clone>(store: S) {
     const N: usize = 40;
     let sink = Sink::start().await;
     sink.delay(Duration::from_millis(120));
@@ -296,13 +296,13 @@ async fn stops_with_results_in_flight<S: Store + Clone>(store: S, config: fn() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stop_with_results_in_flight_sends_nothing_twice() {
     let (store, fresh) = pg_store().await;
-    stops_with_results_in_flight(store.clone(), config).await;
+    stops_with_results_in_flight(store.clone()).await;
     fresh.cleanup(Some(&store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_stop_with_results_in_flight_sends_nothing_twice() {
     let (store, fresh) = sqlite_store().await;
-    stops_with_results_in_flight(store, config).await;
+    stops_with_results_in_flight(store).await;
     fresh.cleanup(None).await;
 }
