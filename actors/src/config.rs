@@ -53,6 +53,11 @@ pub struct Config {
     pub timer_poll: Duration,
     /// Timers claimed per query.
     pub timer_batch: u32,
+    /// How often the schedule runner looks for due schedules.
+    pub schedule_poll: Duration,
+    /// How long a claimed schedule stays ours while it fires before another
+    /// node may fire it (under the same idempotency keys).
+    pub schedule_claim_ttl: Duration,
     /// At most this many timers fire per second (catch-up after downtime is
     /// spread out instead of flooding the node).
     pub timer_fire_rate: u32,
@@ -115,6 +120,8 @@ impl Default for Config {
             timer_claim_ttl: Duration::from_secs(30),
             timer_poll: Duration::from_millis(500),
             timer_batch: 2_000,
+            schedule_poll: Duration::from_secs(1),
+            schedule_claim_ttl: Duration::from_secs(30),
             timer_fire_rate: 10_000,
             outbox_claim_ttl: Duration::from_secs(3_600 + 60),
             outbox_poll: Duration::from_millis(500),

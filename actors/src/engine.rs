@@ -85,6 +85,7 @@ pub struct Started {
 /// A running node.
 pub struct Engine<S: Store> {
     ctx: Arc<Context<S>>,
+    launcher: Launcher<S>,
     supervisor: ActorRef<SupervisorMsg>,
     /// Stops the background services (and refuses new starts) when
     /// cancelled.
@@ -209,6 +210,19 @@ impl<S: Store> Engine<S> {
         router.set_supervisor(supervisor.clone());
         // Each background loop is a service with `run(self, shutdown)`.
         let shutdown = CancellationToken::new();
+        let launcher = Launcher {
+            ctx: ctx.clone(),
+            supervisor: supervisor.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let schedules = tokio::spawn(
+            crate::schedules::ScheduleRunner {
+                store: store.clone(),
+                launcher: launcher.clone(),
+                config: config.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         let timers = tokio::spawn(
             crate::timers::TimerService {
                 store: store.clone(),
@@ -289,10 +303,13 @@ impl<S: Store> Engine<S> {
         info!(node = %config.node_id, shared = cluster.is_shared(), "engine started");
         Ok(Engine {
             ctx,
+            launcher,
             supervisor,
             shutdown,
             draining,
-            tasks: std::sync::Mutex::new(vec![timers, outbox, recovery, renewal, listener]),
+            tasks: std::sync::Mutex::new(vec![
+                timers, outbox, recovery, renewal, listener, schedules,
+            ]),
             announcer: std::sync::Mutex::new(announcer),
             announcer_stop,
             beat: std::sync::Mutex::new(Some(heartbeat)),
@@ -362,125 +379,11 @@ impl<S: Store> Engine<S> {
         Ok((record.id, v.version))
     }
 
-    /// A place for one more started execution in memory: at once when
-    /// there is one, else the first to free up within `start_wait`.
-    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
-        use tokio::sync::TryAcquireError;
-        let slots = &self.ctx.admission;
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => return Ok(permit),
-            Err(TryAcquireError::Closed) => return Err(Error::ShuttingDown),
-            Err(TryAcquireError::NoPermits) => {}
-        }
-        let wait = self.ctx.config.start_wait;
-        match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(Error::ShuttingDown),
-            Err(_) => {
-                Stats::add(&self.ctx.stats.starts_overloaded, 1);
-                Err(Error::Overloaded {
-                    limit: self.ctx.config.max_resident_starts,
-                })
-            }
-        }
-    }
-
     /// Creates an execution and starts it. Until its first transition
     /// commits it stays `pending` in the store, which is how any node's
     /// recovery starts it if this node dies first.
     pub async fn start_execution(&self, req: StartRequest) -> Result<Started, Error> {
-        if self.shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
-        let store = &self.ctx.store;
-        let ns = req.namespace.as_ref().unwrap_or(&self.ctx.config.namespace);
-        let (workflow_id, latest) = self
-            .ctx
-            .workflows
-            .resolve(&**store, ns, &req.workflow)
-            .await?;
-        let version = req.version.unwrap_or(latest);
-        let wf = match self
-            .ctx
-            .workflows
-            .get(&**store, &workflow_id, version)
-            .await
-        {
-            Err(Error::WorkflowNotFound(_)) if req.version.is_some() => {
-                return Err(Error::VersionNotFound { version });
-            }
-            other => other?,
-        };
-        let snapshot = wf.new_execution(
-            ids::new_execution_id(),
-            req.input,
-            req.subject,
-            req.timezone.as_deref(),
-            Utc::now(),
-        )?;
-        // A bad request is refused before it waits for a place.
-        let admitted = self.admit().await?;
-        if self.shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
-        // Lease first (then the row, at epoch 1): nobody else can activate
-        // it meanwhile. Without the lease (Redis down, draining) it is still
-        // created, and started by whichever node recovers it.
-        let id = snapshot.execution_id.clone();
-        let leased = self.ctx.leaser.call(id.clone()).await.unwrap_or(false);
-        // Whatever happens below but a new execution, the lease goes back.
-        let mut lease_guard = LeaseGuard {
-            router: &self.ctx.router,
-            id: leased.then(|| id.clone()),
-        };
-        let preloaded = snapshot.clone();
-        let workflow_id: std::sync::Arc<str> = workflow_id.into();
-        let created = self
-            .ctx
-            .starter
-            .call(NewExecution {
-                namespace: ns.clone(),
-                workflow_id: workflow_id.to_string(),
-                version,
-                idempotency_key: req.idempotency_key,
-                max_entries: wf.max_entries_per_subject(),
-                snapshot,
-            })
-            .await
-            .map_err(Error::Unavailable)?
-            .map_err(Error::Rejected)?;
-        if let Created::New(id) = &created {
-            // Its spans join the trace of the request that started it.
-            self.ctx.traces.remember(id, &tracing::Span::current());
-        }
-        match created {
-            Created::New(id) if !leased => {
-                // No lease here (draining, or Redis away): a node that takes
-                // work starts it (the router finds one, or retries).
-                self.ctx.stats.started_by_workflow.inc(&workflow_id);
-                self.ctx.router.route(vec![(id.clone(), None)]).await;
-                Ok(Started { id, new: true })
-            }
-            Created::New(id) => {
-                lease_guard.id = None;
-                self.ctx.stats.started_by_workflow.inc(&workflow_id);
-                if leased {
-                    let _ = self.supervisor.cast(SupervisorMsg::Adopt(
-                        id.clone(),
-                        Box::new(Preloaded {
-                            snapshot: preloaded,
-                            epoch: LeaseEpoch(1),
-                            wf,
-                            workflow_id,
-                            admitted: Some(admitted),
-                        }),
-                    ));
-                }
-                Ok(Started { id, new: true })
-            }
-            Created::Existing(id) => Ok(Started { id, new: false }),
-            Created::LimitReached { limit } => Err(Error::LimitReached { limit }),
-        }
+        self.launcher.start_execution(req).await
     }
 
     /// Delivers an event to every execution subscribed to it with this key
@@ -780,6 +683,147 @@ const SUPERVISOR_QUERY_MS: u64 = 2_000;
 /// before the node stops anyway (their snapshots are committed; a
 /// transition still in flight is simply replayed from its inputs).
 const SUPERVISOR_DRAIN_MS: u64 = 60_000;
+
+/// Starts executions on this node: the engine's `start_execution`, and the
+/// trigger runners' (which run before the engine is handed out).
+pub(crate) struct Launcher<S: Store> {
+    ctx: Arc<Context<S>>,
+    supervisor: ActorRef<SupervisorMsg>,
+    shutdown: CancellationToken,
+}
+
+impl<S: Store> Clone for Launcher<S> {
+    fn clone(&self) -> Self {
+        Launcher {
+            ctx: self.ctx.clone(),
+            supervisor: self.supervisor.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+impl<S: Store> Launcher<S> {
+    /// A place for one more started execution in memory: at once when
+    /// there is one, else the first to free up within `start_wait`.
+    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        use tokio::sync::TryAcquireError;
+        let slots = &self.ctx.admission;
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => return Ok(permit),
+            Err(TryAcquireError::Closed) => return Err(Error::ShuttingDown),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        let wait = self.ctx.config.start_wait;
+        match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => {
+                Stats::add(&self.ctx.stats.starts_overloaded, 1);
+                Err(Error::Overloaded {
+                    limit: self.ctx.config.max_resident_starts,
+                })
+            }
+        }
+    }
+
+    /// Creates an execution and starts it. Until its first transition
+    /// commits it stays `pending` in the store, which is how any node's
+    /// recovery starts it if this node dies first.
+    pub async fn start_execution(&self, req: StartRequest) -> Result<Started, Error> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let store = &self.ctx.store;
+        let ns = req.namespace.as_ref().unwrap_or(&self.ctx.config.namespace);
+        let (workflow_id, latest) = self
+            .ctx
+            .workflows
+            .resolve(&**store, ns, &req.workflow)
+            .await?;
+        let version = req.version.unwrap_or(latest);
+        let wf = match self
+            .ctx
+            .workflows
+            .get(&**store, &workflow_id, version)
+            .await
+        {
+            Err(Error::WorkflowNotFound(_)) if req.version.is_some() => {
+                return Err(Error::VersionNotFound { version });
+            }
+            other => other?,
+        };
+        let snapshot = wf.new_execution(
+            ids::new_execution_id(),
+            req.input,
+            req.subject,
+            req.timezone.as_deref(),
+            Utc::now(),
+        )?;
+        // A bad request is refused before it waits for a place.
+        let admitted = self.admit().await?;
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        // Lease first (then the row, at epoch 1): nobody else can activate
+        // it meanwhile. Without the lease (Redis down, draining) it is still
+        // created, and started by whichever node recovers it.
+        let id = snapshot.execution_id.clone();
+        let leased = self.ctx.leaser.call(id.clone()).await.unwrap_or(false);
+        // Whatever happens below but a new execution, the lease goes back.
+        let mut lease_guard = LeaseGuard {
+            router: &self.ctx.router,
+            id: leased.then(|| id.clone()),
+        };
+        let preloaded = snapshot.clone();
+        let workflow_id: std::sync::Arc<str> = workflow_id.into();
+        let created = self
+            .ctx
+            .starter
+            .call(NewExecution {
+                namespace: ns.clone(),
+                workflow_id: workflow_id.to_string(),
+                version,
+                idempotency_key: req.idempotency_key,
+                max_entries: wf.max_entries_per_subject(),
+                snapshot,
+            })
+            .await
+            .map_err(Error::Unavailable)?
+            .map_err(Error::Rejected)?;
+        if let Created::New(id) = &created {
+            // Its spans join the trace of the request that started it.
+            self.ctx.traces.remember(id, &tracing::Span::current());
+        }
+        match created {
+            Created::New(id) if !leased => {
+                // No lease here (draining, or Redis away): a node that takes
+                // work starts it (the router finds one, or retries).
+                self.ctx.stats.started_by_workflow.inc(&workflow_id);
+                self.ctx.router.route(vec![(id.clone(), None)]).await;
+                Ok(Started { id, new: true })
+            }
+            Created::New(id) => {
+                lease_guard.id = None;
+                self.ctx.stats.started_by_workflow.inc(&workflow_id);
+                if leased {
+                    let _ = self.supervisor.cast(SupervisorMsg::Adopt(
+                        id.clone(),
+                        Box::new(Preloaded {
+                            snapshot: preloaded,
+                            epoch: LeaseEpoch(1),
+                            wf,
+                            workflow_id,
+                            admitted: Some(admitted),
+                        }),
+                    ));
+                }
+                Ok(Started { id, new: true })
+            }
+            Created::Existing(id) => Ok(Started { id, new: false }),
+            Created::LimitReached { limit } => Err(Error::LimitReached { limit }),
+        }
+    }
+}
 
 /// Releases the lease taken for a new execution unless the execution was
 /// created (an idempotent repeat, a limit, an error).

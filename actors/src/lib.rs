@@ -38,6 +38,7 @@ pub mod providers;
 mod recovery;
 mod results;
 mod router;
+pub mod schedules;
 mod starter;
 mod stats;
 mod supervisor;

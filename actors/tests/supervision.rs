@@ -4,6 +4,7 @@
 //! marks it failed with the reason recorded — while the rest of the node
 //! carries on.
 
+use sojourn_runtime::triggers::Move;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -240,11 +241,32 @@ impl TriggerStore for Flaky {
         &self,
         ns: &str,
         id: &str,
-        from: &[&str],
-        to: &str,
+        mv: Move,
+        next: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Option<TriggerRecord>, Error> {
-        self.0.set_trigger_state(ns, id, from, to, now).await
+        self.0.set_trigger_state(ns, id, mv, next, now).await
+    }
+    async fn claim_due_schedules(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TriggerRecord>, Error> {
+        self.0.claim_due_schedules(owner, now, until, limit).await
+    }
+    async fn finish_schedule_fire(
+        &self,
+        id: &str,
+        owner: &str,
+        due: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        fired: Option<DateTime<Utc>>,
+    ) -> Result<bool, Error> {
+        self.0
+            .finish_schedule_fire(id, owner, due, next, fired)
+            .await
     }
     async fn api_trigger(&self, ns: &str, path: &str) -> Result<Option<TriggerRecord>, Error> {
         self.0.api_trigger(ns, path).await

@@ -67,14 +67,20 @@ pub trait Sql: Database<Arguments: IntoArguments<Self>> + sealed::Sealed {
     /// transaction ends. SQLite has one writer (one connection here), so a
     /// transaction holds everything already.
     const FOR_UPDATE: &'static str;
+    /// Appended to the `SELECT` of a claim: rows another transaction holds
+    /// are passed over rather than waited for (PostgreSQL); SQLite's one
+    /// writer needs nothing.
+    const SKIP_LOCKED: &'static str;
 }
 
 impl Sql for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 }
 
 impl Sql for Sqlite {
     const FOR_UPDATE: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
 }
 
 /// A value a shared statement binds on `DB`, in a query that lives for

@@ -6,6 +6,7 @@ use crate::sql::{Instant, MaybeDoc, MaybeInstant, Scopes, StatusText};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sojourn_runtime::triggers::{ConfigError, TriggerConfig, TriggerKind, TriggerState};
 use sojourn_runtime::{
     Dispatch, ExecutionId, Input, JournalEntry, Snapshot, Status, TimerId, Transition, Workflow,
 };
@@ -355,30 +356,45 @@ pub struct NewTrigger {
     pub id: String,
     pub namespace: String,
     pub workflow_id: String,
-    /// `api`, `schedule` or `event`.
-    pub kind: String,
     /// For `api` triggers: the path under `/trigger/`, unique in the
     /// namespace among triggers not destroyed ([`crate::Error::Conflict`] on
     /// `path`).
     pub path: Option<String>,
-    pub config: Value,
+    /// Its kind is the configuration's.
+    pub config: TriggerConfig,
     pub now: DateTime<Utc>,
 }
 
-/// A stored trigger instance.
+/// A stored trigger instance. Its configuration is stored as its kind's
+/// [`TriggerConfig`] wrote it; [`TriggerRecord::typed_config`] reads it back.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct TriggerRecord {
     pub id: String,
     pub namespace: String,
     pub workflow_id: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: TriggerKind,
     pub path: Option<String>,
     #[sqlx(json)]
     pub config: Value,
-    /// `init`, `active`, `paused`, `stopped`, `destroyed`.
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: TriggerState,
+    /// An active schedule's next fire.
+    #[sqlx(try_from = "MaybeInstant")]
+    pub next_fire_at: Option<DateTime<Utc>>,
+    /// A schedule's latest fire.
+    #[sqlx(try_from = "MaybeInstant")]
+    pub last_fired_at: Option<DateTime<Utc>>,
     #[sqlx(try_from = "Instant")]
     pub created_at: DateTime<Utc>,
+    /// When it last changed state.
     #[sqlx(try_from = "Instant")]
     pub updated_at: DateTime<Utc>,
+}
+
+impl TriggerRecord {
+    /// The configuration, typed. Only a row edited by hand fails to read.
+    pub fn typed_config(&self) -> Result<TriggerConfig, ConfigError> {
+        TriggerConfig::parse(self.kind, &self.config)
+    }
 }

@@ -10,6 +10,7 @@ use sojourn_persistence::{
     FinishedAttempt, LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, PgStore,
     SqliteStore, Store, WorkflowQuery, WorkflowVersion, ids,
 };
+use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind, TriggerState};
 use sojourn_runtime::{
     ActionOutcome, CompiledWorkflow, Effect, EventInput, ExecutionId, Input, Registry, Snapshot,
     Status, TimerId, Transition, Workflow,
@@ -140,6 +141,7 @@ conformance!(
     api_keys_are_found_by_hash_until_revoked,
     trigger_paths_are_unique_among_live_triggers_of_a_namespace,
     trigger_states_move_only_from_the_states_allowed,
+    a_due_schedule_is_claimed_by_one_node_until_it_fires_or_the_claim_lapses,
     max_entries_limit_the_executions_of_a_subject,
     max_entries_hold_when_creators_race_for_the_last_entry,
     an_unchanged_document_is_published_once,
@@ -1913,31 +1915,34 @@ async fn api_keys_are_found_by_hash_until_revoked<S: Store>(store: &S) {
 fn trigger(
     namespace: &str,
     workflow_id: &str,
-    kind: &str,
+    kind: TriggerKind,
     path: Option<&str>,
     at: DateTime<Utc>,
 ) -> NewTrigger {
+    let config = match kind {
+        TriggerKind::Api => json!({"version": 1}),
+        TriggerKind::Schedule => json!({"cron": "0 9 * * *", "timezone": "Europe/Paris"}),
+        TriggerKind::Event => json!({"event": "paid"}),
+    };
     NewTrigger {
         id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
         namespace: namespace.into(),
         workflow_id: workflow_id.into(),
-        kind: kind.into(),
         path: path.map(Into::into),
-        config: json!({"kind": kind, "n": 1}),
+        config: TriggerConfig::parse(kind, &config).expect("config"),
         now: at,
     }
 }
 
-const ANY_LIVE: [&str; 4] = ["init", "active", "paused", "stopped"];
-
 async fn trigger_paths_are_unique_among_live_triggers_of_a_namespace<S: Store>(store: &S) {
     let f = fixture(store).await;
     let acme = new_workflow(store, "acme", "hooks").await;
+    let api = TriggerKind::Api;
     let t1 = store
         .create_trigger(trigger(
             "default",
             &f.workflow_id,
-            "api",
+            api,
             Some("signup"),
             t0(),
         ))
@@ -1945,20 +1950,27 @@ async fn trigger_paths_are_unique_among_live_triggers_of_a_namespace<S: Store>(s
         .expect("create");
     assert_eq!(
         (
-            t1.state.as_str(),
-            t1.kind.as_str(),
+            t1.state,
+            t1.kind,
             t1.path.as_deref(),
+            t1.next_fire_at,
             t1.created_at,
             t1.updated_at
         ),
-        ("init", "api", Some("signup"), t0(), t0())
+        (TriggerState::Init, api, Some("signup"), None, t0(), t0())
     );
-    assert_eq!(t1.config, json!({"kind": "api", "n": 1}));
+    assert_eq!(t1.config, json!({"version": 1}));
+    assert_eq!(
+        t1.typed_config(),
+        Ok(TriggerConfig::Api(sojourn_runtime::triggers::ApiTrigger {
+            version: Some(1)
+        }))
+    );
     let dup = store
         .create_trigger(trigger(
             "default",
             &f.workflow_id,
-            "api",
+            api,
             Some("signup"),
             t0(),
         ))
@@ -1968,26 +1980,38 @@ async fn trigger_paths_are_unique_among_live_triggers_of_a_namespace<S: Store>(s
         "{dup:?}"
     );
     let elsewhere = store
-        .create_trigger(trigger("acme", &acme.id, "api", Some("signup"), t0()))
+        .create_trigger(trigger("acme", &acme.id, api, Some("signup"), t0()))
         .await
         .expect("the same path in another namespace");
     // Triggers without a path never conflict.
     let s1 = store
-        .create_trigger(trigger("default", &f.workflow_id, "schedule", None, t0()))
+        .create_trigger(trigger(
+            "default",
+            &f.workflow_id,
+            TriggerKind::Schedule,
+            None,
+            t0(),
+        ))
         .await
         .expect("create");
     let s2 = store
-        .create_trigger(trigger("default", &f.workflow_id, "event", None, t0()))
+        .create_trigger(trigger(
+            "default",
+            &f.workflow_id,
+            TriggerKind::Event,
+            None,
+            t0(),
+        ))
         .await
         .expect("create");
-    let mut same_id = trigger("default", &f.workflow_id, "api", Some("other"), t0());
+    let mut same_id = trigger("default", &f.workflow_id, api, Some("other"), t0());
     same_id.id = t1.id.clone();
     assert!(matches!(
         store.create_trigger(same_id).await,
         Err(Error::Conflict { field: "id", .. })
     ));
     let foreign_workflow = store
-        .create_trigger(trigger("default", &acme.id, "api", Some("x"), t0()))
+        .create_trigger(trigger("default", &acme.id, api, Some("x"), t0()))
         .await;
     assert!(
         matches!(
@@ -2041,12 +2065,13 @@ async fn trigger_paths_are_unique_among_live_triggers_of_a_namespace<S: Store>(s
 
     // Destroyed: out of listings and path lookups, its path free again.
     let t2 = t0() + Duration::minutes(5);
-    let gone = store
-        .set_trigger_state("default", &t1.id, &ANY_LIVE, "destroyed", t2)
-        .await
-        .expect("destroy")
-        .expect("found");
-    assert_eq!((gone.state.as_str(), gone.updated_at), ("destroyed", t2));
+    for mv in [Move::Stop, Move::Destroy] {
+        store
+            .set_trigger_state("default", &t1.id, mv, None, t2)
+            .await
+            .expect("move")
+            .expect("found");
+    }
     assert_eq!(
         ids(store
             .list_triggers("default", Some(&f.workflow_id))
@@ -2058,57 +2083,52 @@ async fn trigger_paths_are_unique_among_live_triggers_of_a_namespace<S: Store>(s
         store.api_trigger("default", "signup").await.expect("api"),
         None
     );
-    assert_eq!(
-        store
-            .get_trigger("default", &t1.id)
-            .await
-            .expect("get")
-            .map(|t| t.state),
-        Some("destroyed".to_owned()),
-        "a destroyed trigger can still be read"
-    );
+    let gone = store
+        .get_trigger("default", &t1.id)
+        .await
+        .expect("get")
+        .expect("a destroyed trigger can still be read");
+    assert_eq!((gone.state, gone.updated_at), (TriggerState::Destroyed, t2));
     let successor = store
-        .create_trigger(trigger(
-            "default",
-            &f.workflow_id,
-            "api",
-            Some("signup"),
-            t2,
-        ))
+        .create_trigger(trigger("default", &f.workflow_id, api, Some("signup"), t2))
         .await
         .expect("the path is free once the first is destroyed");
     assert_eq!(
         store.api_trigger("default", "signup").await.expect("api"),
         Some(successor.clone())
     );
-    // Bringing the destroyed one back would give the path two owners.
-    let back = store
-        .set_trigger_state("default", &t1.id, &["destroyed"], "init", t2)
-        .await;
-    assert!(
-        matches!(&back, Err(Error::Conflict { field: "path", value }) if value == "signup"),
-        "{back:?}"
-    );
 }
 
 async fn trigger_states_move_only_from_the_states_allowed<S: Store>(store: &S) {
     let f = fixture(store).await;
     let t = store
-        .create_trigger(trigger("default", &f.workflow_id, "schedule", None, t0()))
+        .create_trigger(trigger(
+            "default",
+            &f.workflow_id,
+            TriggerKind::Schedule,
+            None,
+            t0(),
+        ))
         .await
         .expect("create");
     let t1 = t0() + Duration::minutes(1);
+    let next = t0() + Duration::hours(3);
     let active = store
-        .set_trigger_state("default", &t.id, &["init", "paused"], "active", t1)
+        .set_trigger_state("default", &t.id, Move::Activate, Some(next), t1)
         .await
         .expect("activate")
         .expect("found");
     assert_eq!(
-        (active.state.as_str(), active.updated_at, active.created_at),
-        ("active", t1, t0())
+        (
+            active.state,
+            active.next_fire_at,
+            active.updated_at,
+            active.created_at
+        ),
+        (TriggerState::Active, Some(next), t1, t0())
     );
     let refused = store
-        .set_trigger_state("default", &t.id, &["init", "paused"], "active", t1)
+        .set_trigger_state("default", &t.id, Move::Activate, Some(next), t1)
         .await;
     assert!(
         matches!(&refused, Err(Error::Invalid(m)) if m.contains(&t.id) && m.ends_with("is active")),
@@ -2116,44 +2136,42 @@ async fn trigger_states_move_only_from_the_states_allowed<S: Store>(store: &S) {
     );
     assert_eq!(
         store
-            .set_trigger_state("acme", &t.id, &["active"], "paused", t1)
+            .set_trigger_state("acme", &t.id, Move::Pause, None, t1)
             .await
             .expect("other namespace"),
         None
     );
     assert_eq!(
         store
-            .set_trigger_state("default", "trg_missing", &["active"], "paused", t1)
+            .set_trigger_state("default", "trg_missing", Move::Pause, None, t1)
             .await
             .expect("missing"),
         None
     );
     let paused = store
-        .set_trigger_state("default", &t.id, &["active"], "paused", t1)
+        .set_trigger_state("default", &t.id, Move::Pause, None, t1)
         .await
         .expect("pause")
         .expect("found");
-    assert_eq!(paused.state, "paused");
-    let from_nothing = store
-        .set_trigger_state("default", &t.id, &[], "active", t1)
+    assert_eq!(
+        (paused.state, paused.next_fire_at),
+        (TriggerState::Paused, None)
+    );
+    let destroy = store
+        .set_trigger_state("default", &t.id, Move::Destroy, None, t1)
         .await;
     assert!(
-        matches!(&from_nothing, Err(Error::Invalid(m)) if m.ends_with("is paused")),
-        "{from_nothing:?}"
+        matches!(&destroy, Err(Error::Invalid(m)) if m.ends_with("is paused")),
+        "{destroy:?}"
     );
-    // Two moves at once from the same state: one wins, one is told.
+    // Two operators resume at once: one wins, one is told.
     let (a, b) = tokio::join!(
-        store.set_trigger_state("default", &t.id, &["paused"], "active", t1),
-        store.set_trigger_state("default", &t.id, &["paused"], "stopped", t1),
+        store.set_trigger_state("default", &t.id, Move::Resume, Some(next), t1),
+        store.set_trigger_state("default", &t.id, Move::Resume, Some(next), t1),
     );
-    let won: Vec<String> = [&a, &b]
+    let won: Vec<TriggerState> = [&a, &b]
         .iter()
-        .filter_map(|r| {
-            r.as_ref()
-                .ok()
-                .and_then(|t| t.as_ref())
-                .map(|t| t.state.clone())
-        })
+        .filter_map(|r| r.as_ref().ok().and_then(|t| t.as_ref()).map(|t| t.state))
         .collect();
     assert_eq!(won.len(), 1, "{a:?} {b:?}");
     let lost = if a.is_ok() { &b } else { &a };
@@ -2167,7 +2185,150 @@ async fn trigger_states_move_only_from_the_states_allowed<S: Store>(store: &S) {
             .await
             .expect("get")
             .map(|t| t.state),
-        Some(won[0].clone())
+        Some(won[0])
+    );
+}
+
+async fn a_due_schedule_is_claimed_by_one_node_until_it_fires_or_the_claim_lapses<S: Store>(
+    store: &S,
+) {
+    let f = fixture(store).await;
+    let new = |kind| trigger("default", &f.workflow_id, kind, None, t0());
+    let s = store
+        .create_trigger(new(TriggerKind::Schedule))
+        .await
+        .expect("create");
+    // Neither an inactive schedule nor another kind is ever claimed.
+    let idle = store
+        .create_trigger(new(TriggerKind::Schedule))
+        .await
+        .expect("create");
+    let event = store
+        .create_trigger(new(TriggerKind::Event))
+        .await
+        .expect("create");
+    let due = t0() + Duration::minutes(10);
+    store
+        .set_trigger_state("default", &event.id, Move::Activate, Some(due), t0())
+        .await
+        .expect("activate")
+        .expect("found");
+    store
+        .set_trigger_state("default", &s.id, Move::Activate, Some(due), t0())
+        .await
+        .expect("activate")
+        .expect("found");
+    let claim = |owner: &'static str, now: DateTime<Utc>| {
+        store.claim_due_schedules(owner, now, now + Duration::seconds(30), 10)
+    };
+    let ids = |v: Vec<sojourn_persistence::TriggerRecord>| -> Vec<String> {
+        v.into_iter().map(|t| t.id).collect()
+    };
+    assert!(
+        claim("a", due - Duration::seconds(1))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let claimed = claim("a", due).await.expect("claim");
+    assert_eq!(
+        ids(claimed.clone()),
+        vec![s.id.clone()],
+        "{idle:?} {event:?}"
+    );
+    assert_eq!(claimed[0].next_fire_at, Some(due));
+    // Held: nobody else gets it until the claim lapses.
+    assert!(
+        claim("b", due + Duration::seconds(29))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_owners()
+            .await
+            .expect("owners")
+            .contains(&"a".to_owned())
+    );
+    let next = due + Duration::days(1);
+    assert!(
+        !store
+            .finish_schedule_fire(&s.id, "b", due, Some(next), Some(due))
+            .await
+            .expect("finish"),
+        "only the holder finishes"
+    );
+    assert!(
+        store
+            .finish_schedule_fire(&s.id, "a", due, Some(next), Some(due))
+            .await
+            .expect("finish")
+    );
+    let fired = store
+        .get_trigger("default", &s.id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(
+        (fired.next_fire_at, fired.last_fired_at),
+        (Some(next), Some(due))
+    );
+    // Finished once: a second finish of the same instant changes nothing.
+    assert!(
+        !store
+            .finish_schedule_fire(&s.id, "a", due, Some(next), Some(due))
+            .await
+            .expect("finish")
+    );
+
+    // A claim that lapses (its node died mid-fire) passes to another node,
+    // and the first can no longer finish.
+    assert_eq!(
+        ids(claim("a", next).await.expect("claim")),
+        vec![s.id.clone()]
+    );
+    let later = next + Duration::seconds(31);
+    assert_eq!(
+        ids(claim("b", later).await.expect("claim")),
+        vec![s.id.clone()]
+    );
+    assert!(
+        !store
+            .finish_schedule_fire(&s.id, "a", next, None, Some(next))
+            .await
+            .expect("finish")
+    );
+    // A node that restarts hands its claims back at once.
+    store.release_claims("b").await.expect("release");
+    assert_eq!(
+        ids(claim("c", later).await.expect("claim")),
+        vec![s.id.clone()]
+    );
+
+    // Pausing drops the claim and the next fire: the holder's finish is
+    // refused and nothing is due any more.
+    store
+        .set_trigger_state("default", &s.id, Move::Pause, None, later)
+        .await
+        .expect("pause")
+        .expect("found");
+    assert!(
+        !store
+            .finish_schedule_fire(&s.id, "c", next, Some(next + Duration::days(1)), None)
+            .await
+            .expect("finish")
+    );
+    let far = later + Duration::days(30);
+    assert!(claim("d", far).await.expect("claim").is_empty());
+    let paused = store
+        .get_trigger("default", &s.id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(
+        (paused.next_fire_at, paused.last_fired_at),
+        (None, Some(due))
     );
 }
 

@@ -38,6 +38,7 @@ pub mod simulate;
 pub mod snapshot;
 pub mod template;
 pub mod time;
+pub mod triggers;
 
 pub use compile::{CompiledWorkflow, validate};
 pub use error::{Error, ValidationError};

@@ -177,7 +177,9 @@ impl CronSchedule {
 pub const MAX_CATCH_UP: usize = 100;
 
 /// What a schedule does with the fires it missed while no node ran it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Misfire {
     /// The most recent missed fire, once.

@@ -1,8 +1,9 @@
 //! Trigger instances (`api`, `schedule`, `event`) and their lifecycle:
 //! init → active ⇄ paused → stopped → destroyed. An active `api` trigger
 //! answers `POST /trigger/{path}` by starting its workflow with the request
-//! body as input. (Schedule and event triggers fire in their own issue;
-//! here they are created, validated and moved through the lifecycle.)
+//! body as input; an active schedule is fired by every node's schedule
+//! runner (`sojourn_actors::schedules`). Kinds, configurations and moves are
+//! the typed model of `sojourn_runtime::triggers`.
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -14,6 +15,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sojourn_persistence::{NewTrigger, Store, TriggerRecord};
+use sojourn_runtime::triggers::{
+    ApiTrigger, ConfigError, Move, TriggerConfig, TriggerKind, TriggerState,
+};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -21,24 +25,6 @@ use crate::extract::{Body, IdempotencyKey, Path, Q, parse_json};
 use crate::routes::executions::{StartExecution, start_in};
 use crate::routes::valid_name;
 use crate::state::AppState;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TriggerKind {
-    Api,
-    Schedule,
-    Event,
-}
-
-impl TriggerKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            TriggerKind::Api => "api",
-            TriggerKind::Schedule => "schedule",
-            TriggerKind::Event => "event",
-        }
-    }
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -49,52 +35,29 @@ pub struct CreateTrigger {
     #[serde(default)]
     pub path: Option<String>,
     /// Kind-specific: `api` — `{"version"?}`; `schedule` — `{"cron",
-    /// "timezone"?, "input"?}`; `event` — `{"event", "input"?}`.
+    /// "timezone"?, "input"?, "misfire"? (once, all, skip), "grace_seconds"?}`;
+    /// `event` — `{"event", "condition"?, "input"?}`.
     #[serde(default)]
     pub config: Option<Value>,
-}
-
-/// `api` trigger configuration.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApiConfig {
-    /// Pin a version instead of the latest.
-    #[serde(default)]
-    version: Option<i32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScheduleConfig {
-    cron: String,
-    #[serde(default)]
-    timezone: Option<String>,
-    #[serde(default)]
-    input: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventConfig {
-    event: String,
-    #[serde(default)]
-    input: Option<Value>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct TriggerOut {
     pub id: String,
     pub workflow_id: String,
-    pub kind: String,
+    pub kind: TriggerKind,
     pub path: Option<String>,
     pub config: Value,
-    /// init, active, paused, stopped, destroyed.
-    pub state: String,
+    pub state: TriggerState,
     /// A schedule's next five fire times, in UTC (computed on its time
     /// zone's wall clock, across daylight-saving changes); while it is not
     /// yet active or paused, the times it would fire at. Empty for other
     /// kinds and for a stopped or destroyed schedule.
     pub next_fires: Vec<DateTime<Utc>>,
+    /// An active schedule's next fire as the cluster holds it.
+    pub next_fire_at: Option<DateTime<Utc>>,
+    /// A schedule's latest fire.
+    pub last_fired_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -102,35 +65,14 @@ pub struct TriggerOut {
 /// How many fire times a schedule trigger shows.
 const NEXT_FIRES: usize = 5;
 
-/// A schedule trigger's next fire times after `now`.
-fn next_fires(t: &TriggerRecord, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
-    if t.kind != TriggerKind::Schedule.as_str()
-        || matches!(t.state.as_str(), "stopped" | "destroyed")
-    {
-        return Vec::new();
-    }
-    // Stored only after `validate` accepted it; a row that no longer reads
-    // (edited by hand) shows none rather than failing the listing.
-    let Ok(c) = serde_json::from_value::<ScheduleConfig>(t.config.clone()) else {
-        return Vec::new();
-    };
-    let tz = match c
-        .timezone
-        .as_deref()
-        .map(sojourn_runtime::time::parse_timezone)
-    {
-        None => chrono_tz::UTC,
-        Some(Ok(tz)) => tz,
-        Some(Err(_)) => return Vec::new(),
-    };
-    sojourn_runtime::schedule::CronSchedule::parse(&c.cron, tz)
-        .map(|s| s.upcoming(now, NEXT_FIRES))
-        .unwrap_or_default()
-}
-
 impl From<TriggerRecord> for TriggerOut {
     fn from(t: TriggerRecord) -> Self {
-        let next_fires = next_fires(&t, Utc::now());
+        // A row that no longer reads (edited by hand) shows no fire times
+        // rather than failing the listing.
+        let next_fires = match (t.state, t.typed_config()) {
+            (TriggerState::Stopped | TriggerState::Destroyed, _) | (_, Err(_)) => Vec::new(),
+            (_, Ok(config)) => config.upcoming(Utc::now(), NEXT_FIRES),
+        };
         TriggerOut {
             next_fires,
             id: t.id,
@@ -139,6 +81,8 @@ impl From<TriggerRecord> for TriggerOut {
             path: t.path,
             config: t.config,
             state: t.state,
+            next_fire_at: t.next_fire_at,
+            last_fired_at: t.last_fired_at,
             created_at: t.created_at,
             updated_at: t.updated_at,
         }
@@ -153,69 +97,24 @@ pub struct ListTriggers {
     pub workflow: Option<String>,
 }
 
-/// Parses a kind's config, naming the field at fault as `config.…`.
-fn parse_config<T: serde::de::DeserializeOwned>(config: &Value) -> ApiResult<T> {
-    let text = config.to_string();
-    parse_json::<T>(text.as_bytes()).map_err(|mut e| {
-        let field = match e.field.as_deref() {
-            Some("body") | None => "config".to_owned(),
-            Some(f) => format!("config.{f}"),
+/// Checks a trigger's path and config.
+fn validate(kind: TriggerKind, path: &Option<String>, config: &Value) -> ApiResult<TriggerConfig> {
+    match (kind, path) {
+        (TriggerKind::Api, None) => {
+            return Err(ApiError::invalid("path", "an api trigger needs a path"));
+        }
+        (TriggerKind::Api, Some(path)) => valid_name("path", path)?,
+        (_, Some(_)) => return Err(ApiError::invalid("path", "only api triggers have a path")),
+        (_, None) => {}
+    }
+    TriggerConfig::parse(kind, config).map_err(|e| {
+        let field = if e.field.is_empty() {
+            "config".to_owned()
+        } else {
+            format!("config.{}", e.field)
         };
-        e.message = e
-            .message
-            .replacen(e.field.as_deref().unwrap_or("body"), &field, 1);
-        e.field = Some(field);
-        e
+        ApiError::invalid(&field, e.message)
     })
-}
-
-fn check_input_object(field: &str, v: &Option<Value>) -> ApiResult<()> {
-    match v {
-        None | Some(Value::Object(_)) => Ok(()),
-        Some(_) => Err(ApiError::invalid(field, "must be a JSON object")),
-    }
-}
-
-/// Checks a trigger's path and config; returns an api trigger's pinned
-/// version.
-fn validate(kind: TriggerKind, path: &Option<String>, config: &Value) -> ApiResult<Option<i32>> {
-    if !config.is_object() {
-        return Err(ApiError::invalid("config", "must be a JSON object"));
-    }
-    match kind {
-        TriggerKind::Api => {
-            let path = path
-                .as_deref()
-                .ok_or_else(|| ApiError::invalid("path", "an api trigger needs a path"))?;
-            valid_name("path", path)?;
-            let c: ApiConfig = parse_config(config)?;
-            if c.version.is_some_and(|v| v < 1) {
-                return Err(ApiError::invalid("config.version", "must be 1 or more"));
-            }
-            return Ok(c.version);
-        }
-        TriggerKind::Schedule | TriggerKind::Event if path.is_some() => {
-            return Err(ApiError::invalid("path", "only api triggers have a path"));
-        }
-        TriggerKind::Schedule => {
-            let c: ScheduleConfig = parse_config(config)?;
-            sojourn_runtime::time::parse_cron(&c.cron)
-                .map_err(|e| ApiError::invalid("config.cron", e))?;
-            if let Some(tz) = &c.timezone {
-                sojourn_runtime::time::parse_timezone(tz)
-                    .map_err(|e| ApiError::invalid("config.timezone", e))?;
-            }
-            check_input_object("config.input", &c.input)?;
-        }
-        TriggerKind::Event => {
-            let c: EventConfig = parse_config(config)?;
-            if c.event.is_empty() {
-                return Err(ApiError::invalid("config.event", "must not be empty"));
-            }
-            check_input_object("config.input", &c.input)?;
-        }
-    }
-    Ok(None)
 }
 
 pub(crate) async fn create<S: Store>(
@@ -225,9 +124,9 @@ pub(crate) async fn create<S: Store>(
     Body(req): Body<CreateTrigger>,
 ) -> ApiResult<Response> {
     let config = req.config.unwrap_or_else(|| Value::Object(Map::new()));
-    let pinned = validate(req.kind, &req.path, &config)?;
+    let config = validate(req.kind, &req.path, &config)?;
     let wf = crate::routes::workflows::find(&app, &caller, &workflow).await?;
-    if let Some(v) = pinned
+    if let TriggerConfig::Api(ApiTrigger { version: Some(v) }) = config
         && app
             .engine
             .store()
@@ -247,7 +146,6 @@ pub(crate) async fn create<S: Store>(
             id: new_trigger_id()?,
             namespace: caller.namespace.clone(),
             workflow_id: wf.id,
-            kind: req.kind.as_str().to_owned(),
             path: req.path,
             config,
             now: Utc::now(),
@@ -298,22 +196,36 @@ async fn move_to<S: Store>(
     app: &AppState<S>,
     caller: &Caller,
     id: &str,
-    from: &[&str],
-    to: &str,
+    mv: Move,
 ) -> ApiResult<axum::Json<TriggerOut>> {
-    let moved = app
-        .engine
-        .store()
-        .set_trigger_state(&caller.namespace, id, from, to, Utc::now())
+    let store = app.engine.store();
+    let t = store
+        .get_trigger(&caller.namespace, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("trigger", id))?;
+    let now = Utc::now();
+    // A schedule becoming active fires from its next instant after now
+    // (what it missed while paused is not made up).
+    let next_fire_at = match t.typed_config() {
+        Ok(config) => mv.next_fire(&config, now),
+        Err(_) if mv.to() != TriggerState::Active => None,
+        Err(e) => return Err(invalid_stored(&t.id, &e)),
+    };
+    let moved = store
+        .set_trigger_state(&caller.namespace, id, mv, next_fire_at, now)
         .await
         .map_err(|e| match e {
-            sojourn_persistence::Error::Invalid(m) => ApiError::conflict(
-                Some("state"),
-                format!(
-                    "state: {m}; it can become {to} only from {}",
-                    from.join(" or ")
-                ),
-            ),
+            sojourn_persistence::Error::Invalid(m) => {
+                let from: Vec<&str> = mv.from().iter().map(|s| s.as_str()).collect();
+                ApiError::conflict(
+                    Some("state"),
+                    format!(
+                        "state: {m}; it can become {} only from {}",
+                        mv.to(),
+                        from.join(" or ")
+                    ),
+                )
+            }
             other => other.into(),
         })?
         .ok_or_else(|| ApiError::not_found("trigger", id))?;
@@ -321,12 +233,28 @@ async fn move_to<S: Store>(
     Ok(axum::Json(moved.into()))
 }
 
+/// A stored configuration that does not read back (edited by hand): refused,
+/// never replaced by a default.
+fn invalid_stored(id: &str, e: &ConfigError) -> ApiError {
+    tracing::error!(trigger = %id, error = %e, "stored trigger configuration is invalid");
+    ApiError {
+        field: Some("config".into()),
+        ..ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "invalid_trigger",
+            format!(
+                "config: trigger {id}'s stored configuration is invalid ({e}); destroy it and create it again"
+            ),
+        )
+    }
+}
+
 pub(crate) async fn activate<S: Store>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<TriggerOut>> {
-    move_to(&app, &caller, &id, &["init"], "active").await
+    move_to(&app, &caller, &id, Move::Activate).await
 }
 
 pub(crate) async fn pause<S: Store>(
@@ -334,7 +262,7 @@ pub(crate) async fn pause<S: Store>(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<TriggerOut>> {
-    move_to(&app, &caller, &id, &["active"], "paused").await
+    move_to(&app, &caller, &id, Move::Pause).await
 }
 
 pub(crate) async fn resume<S: Store>(
@@ -342,7 +270,7 @@ pub(crate) async fn resume<S: Store>(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<TriggerOut>> {
-    move_to(&app, &caller, &id, &["paused"], "active").await
+    move_to(&app, &caller, &id, Move::Resume).await
 }
 
 pub(crate) async fn stop<S: Store>(
@@ -350,7 +278,7 @@ pub(crate) async fn stop<S: Store>(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<TriggerOut>> {
-    move_to(&app, &caller, &id, &["init", "active", "paused"], "stopped").await
+    move_to(&app, &caller, &id, Move::Stop).await
 }
 
 pub(crate) async fn destroy<S: Store>(
@@ -358,7 +286,7 @@ pub(crate) async fn destroy<S: Store>(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<TriggerOut>> {
-    move_to(&app, &caller, &id, &["stopped"], "destroyed").await
+    move_to(&app, &caller, &id, Move::Destroy).await
 }
 
 /// `POST /trigger/{path}`: fires an active `api` trigger.
@@ -382,7 +310,7 @@ pub(crate) async fn fire<S: Store>(
         .get(app.engine.store(), &caller.namespace, &path)
         .await?
         .ok_or_else(|| ApiError::not_found("trigger path", &path))?;
-    if t.state != "active" {
+    if t.state != TriggerState::Active {
         return Err(ApiError::conflict(
             Some("state"),
             format!(
@@ -393,26 +321,23 @@ pub(crate) async fn fire<S: Store>(
     }
     // A stored configuration that does not read back is refused, never
     // replaced by a default (which would fire the latest version).
-    let config: ApiConfig = serde_json::from_value(t.config.clone()).map_err(|e| {
-        tracing::error!(trigger = %t.id, error = %e, "stored trigger configuration is invalid");
-        ApiError {
-            field: Some("config".into()),
-            ..ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "invalid_trigger",
-                format!(
-                    "config: trigger {}'s stored configuration is invalid ({e}); destroy it and create it again",
-                    t.id
-                ),
-            )
+    let version = match t.typed_config() {
+        Ok(TriggerConfig::Api(c)) => c.version,
+        Ok(other) => {
+            let e = ConfigError {
+                field: String::new(),
+                message: format!("a {} configuration on an api trigger", other.kind()),
+            };
+            return Err(invalid_stored(&t.id, &e));
         }
-    })?;
+        Err(e) => return Err(invalid_stored(&t.id, &e)),
+    };
     start_in(
         &app,
         &caller,
         StartExecution {
             workflow: t.workflow_id.clone(),
-            version: config.version,
+            version,
             input: Some(input),
             subject: None,
             timezone: None,

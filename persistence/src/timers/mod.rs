@@ -44,12 +44,12 @@ pub trait TimerStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Drops every claim (timers and outbox) held by `owner`: a node that
+    /// Drops every claim (timers, outbox, schedules) held by `owner`: a node that
     /// restarts under the same id, or shuts down, hands its work back at once
     /// instead of after the claims expire.
     fn release_claims(&self, owner: &str) -> impl Future<Output = Result<()>> + Send;
 
-    /// The nodes that hold claims (timers or outbox messages): the cluster
+    /// The nodes that hold claims (timers, outbox messages, schedules): the cluster
     /// hands back those of nodes that are not alive.
     fn claim_owners(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
 
@@ -126,6 +126,12 @@ where
         .bind(owner)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "UPDATE triggers SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -133,7 +139,8 @@ where
     async fn claim_owners(&self) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT claimed_by FROM timers WHERE claimed_by IS NOT NULL
-             UNION SELECT claimed_by FROM outbox WHERE claimed_by IS NOT NULL",
+             UNION SELECT claimed_by FROM outbox WHERE claimed_by IS NOT NULL
+             UNION SELECT claimed_by FROM triggers WHERE claimed_by IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?)

@@ -1,6 +1,7 @@
-//! Trigger instances (`triggers`): created in state `init`, moved between
-//! states, and looked up by path for `api` triggers. Every statement is the
-//! same on both databases.
+//! Trigger instances (`triggers`): created in state `init`, moved through
+//! their lifecycle ([`Move`]), looked up by path for `api` triggers, and
+//! claimed by the schedule runner when a schedule is due. Every statement is
+//! the same on both databases (a claim's row lock is [`Sql::SKIP_LOCKED`]).
 
 use std::future::Future;
 
@@ -9,6 +10,8 @@ use sqlx::{Executor, QueryBuilder};
 
 use crate::Result;
 use crate::error::{Error, unique_violation_on};
+use sojourn_runtime::triggers::{Move, TriggerKind, TriggerState};
+
 use crate::sql::{Bind, Doc, Instant, Read, Sql, SqlStore, at, conflict, not_found};
 use crate::types::{NewTrigger, TriggerRecord};
 
@@ -36,18 +39,45 @@ pub trait TriggerStore: Send + Sync {
         workflow_id: Option<&str>,
     ) -> impl Future<Output = Result<Vec<TriggerRecord>>> + Send;
 
-    /// Moves a trigger to state `to` if its state is one of `from`, in one
-    /// statement (so two concurrent moves cannot both pass the check).
-    /// `Ok(None)`: no such trigger in the namespace; `Err(Invalid)` with the
-    /// current state named when the state is not among `from`.
+    /// Makes a lifecycle move if the trigger's state is one it starts from,
+    /// in one statement (so two concurrent moves cannot both pass the
+    /// check), and sets its next fire (see [`Move::next_fire`]); any claim
+    /// on it is dropped. `Ok(None)`: no such trigger in the namespace;
+    /// `Err(Invalid)` with the current state named when the move does not
+    /// start from it.
     fn set_trigger_state(
         &self,
         namespace: &str,
         id: &str,
-        from: &[&str],
-        to: &str,
+        mv: Move,
+        next_fire_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<TriggerRecord>>> + Send;
+
+    /// Claims up to `limit` active schedules whose next fire is due at
+    /// `now` and that no node holds, for `owner` until `until`: one node
+    /// fires a given instant at a time.
+    fn claim_due_schedules(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TriggerRecord>>> + Send;
+
+    /// Records that `owner` fired a claimed schedule whose next fire was
+    /// `due`: its next fire becomes `next` (none: it never fires again),
+    /// its latest `fired` (when it fired any), and the claim is dropped.
+    /// `false` when the claim was lost meanwhile (paused, stopped, or taken
+    /// over after it lapsed): nothing changes.
+    fn finish_schedule_fire(
+        &self,
+        id: &str,
+        owner: &str,
+        due: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        fired: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// The `api` trigger (not destroyed) answering `path` in a namespace.
     fn api_trigger(
@@ -57,8 +87,8 @@ pub trait TriggerStore: Send + Sync {
     ) -> impl Future<Output = Result<Option<TriggerRecord>>> + Send;
 }
 
-const COLUMNS: &str =
-    "id, namespace, workflow_id, kind, path, config, state, created_at, updated_at";
+const COLUMNS: &str = "id, namespace, workflow_id, kind, path, config, state, next_fire_at, \
+                       last_fired_at, created_at, updated_at";
 
 /// A unique violation on a trigger: its path (when `path` is known, or
 /// named by the constraint) or its id.
@@ -77,8 +107,11 @@ where
     for<'a> &'a str: Bind<'a, DB>,
     for<'a> Option<&'a str>: Bind<'a, DB>,
     for<'q> Instant: Bind<'q, DB>,
+    for<'q> Option<Instant>: Bind<'q, DB>,
     for<'q> Doc: Bind<'q, DB>,
+    for<'q> i64: Bind<'q, DB>,
     TriggerRecord: Read<DB>,
+    (String,): Read<DB>,
 {
     async fn create_trigger(&self, trigger: NewTrigger) -> Result<TriggerRecord> {
         // Only for a workflow of the same namespace.
@@ -91,9 +124,9 @@ where
         .bind(trigger.id.as_str())
         .bind(trigger.namespace.as_str())
         .bind(trigger.workflow_id.as_str())
-        .bind(trigger.kind.as_str())
+        .bind(trigger.config.kind().as_str())
         .bind(trigger.path.as_deref())
-        .bind(Doc::of("trigger config", &trigger.config)?)
+        .bind(Doc::of("trigger config", &trigger.config.to_value())?)
         .bind(at(trigger.now))
         .fetch_optional(&self.pool)
         .await
@@ -131,37 +164,29 @@ where
         &self,
         namespace: &str,
         id: &str,
-        from: &[&str],
-        to: &str,
+        mv: Move,
+        next_fire_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Option<TriggerRecord>> {
         let mut sql = QueryBuilder::<DB>::new("UPDATE triggers SET state = ");
-        sql.push_bind(to).push(", updated_at = ").push_bind(at(now));
+        sql.push_bind(mv.to().as_str());
+        sql.push(", updated_at = ").push_bind(at(now));
+        sql.push(", next_fire_at = ")
+            .push_bind(next_fire_at.map(at));
+        sql.push(", claimed_by = NULL, claimed_until = NULL");
         sql.push(" WHERE namespace = ").push_bind(namespace);
         sql.push(" AND id = ").push_bind(id);
-        // `IN (NULL)` matches nothing: no state is allowed.
         sql.push(" AND state IN (");
-        if from.is_empty() {
-            sql.push("NULL");
-        }
         let mut states = sql.separated(", ");
-        for state in from {
-            states.push_bind(*state);
+        for state in mv.from() {
+            states.push_bind(state.as_str());
         }
         sql.push(") RETURNING ").push(COLUMNS);
+        // No move leaves `destroyed`, so none can take a path back.
         let row = sql
             .build_query_as::<TriggerRecord>()
             .fetch_optional(&self.pool)
-            .await;
-        let row = match row {
-            Ok(row) => row,
-            // Back from `destroyed` onto a path another trigger took since.
-            Err(e) if unique_violation_on(&e, "path") => {
-                let path = self.get_trigger(namespace, id).await?.and_then(|t| t.path);
-                return Err(trigger_conflict(e, id, path.as_deref()));
-            }
-            Err(e) => return Err(e.into()),
-        };
+            .await?;
         if row.is_some() {
             return Ok(row);
         }
@@ -169,6 +194,57 @@ where
             None => Ok(None),
             Some(t) => Err(Error::Invalid(format!("trigger {id} is {}", t.state))),
         }
+    }
+
+    async fn claim_due_schedules(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TriggerRecord>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE triggers SET claimed_by = $1, claimed_until = $2
+             WHERE id IN (SELECT id FROM triggers
+                          WHERE next_fire_at <= $3 AND state = $4 AND kind = $5
+                            AND (claimed_until IS NULL OR claimed_until < $3)
+                          ORDER BY next_fire_at LIMIT $6{})
+             RETURNING {COLUMNS}",
+            DB::SKIP_LOCKED
+        )))
+        .bind(owner)
+        .bind(at(until))
+        .bind(at(now))
+        .bind(TriggerState::Active.as_str())
+        .bind(TriggerKind::Schedule.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn finish_schedule_fire(
+        &self,
+        id: &str,
+        owner: &str,
+        due: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        fired: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let done: Option<(String,)> = sqlx::query_as(
+            "UPDATE triggers SET next_fire_at = $1, last_fired_at = COALESCE($2, last_fired_at),
+                                 claimed_by = NULL, claimed_until = NULL
+             WHERE id = $3 AND claimed_by = $4 AND next_fire_at = $5 AND state = $6
+             RETURNING id",
+        )
+        .bind(next.map(at))
+        .bind(fired.map(at))
+        .bind(id)
+        .bind(owner)
+        .bind(at(due))
+        .bind(TriggerState::Active.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(done.is_some())
     }
 
     async fn api_trigger(&self, namespace: &str, path: &str) -> Result<Option<TriggerRecord>> {

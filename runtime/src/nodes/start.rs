@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compile::Compiler;
 use crate::ids::NodeId;
+use crate::triggers::{EventTrigger, ScheduleTrigger};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -16,7 +17,8 @@ pub struct StartConfig {
     pub triggers: Vec<Trigger>,
 }
 
-/// A declared trigger.
+/// A declared trigger: the kinds and configurations of trigger instances
+/// ([`crate::triggers`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Trigger {
@@ -25,24 +27,16 @@ pub enum Trigger {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
     },
-    /// A cron schedule (5 fields: min hour day month weekday), in a time zone.
-    Schedule {
-        cron: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        timezone: Option<String>,
-    },
+    /// A cron schedule in a time zone.
+    Schedule(ScheduleTrigger),
     /// An event (from the API or Kafka) whose condition holds.
-    Event {
-        event: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        condition: Option<String>,
-    },
+    Event(EventTrigger),
 }
 
 pub(crate) fn compile(config: &StartConfig, node: &NodeId, c: &mut Compiler<'_>) {
     for (i, trigger) in config.triggers.iter().enumerate() {
         let field = |f: &str| format!("config.triggers[{i}].{f}");
-        match trigger {
+        let problems = match trigger {
             Trigger::Api { path: Some(path) } => {
                 let ok = !path.is_empty()
                     && path
@@ -55,24 +49,14 @@ pub(crate) fn compile(config: &StartConfig, node: &NodeId, c: &mut Compiler<'_>)
                         format!("{path:?} is not a valid path (letters, digits, / _ - .)"),
                     );
                 }
+                continue;
             }
-            Trigger::Api { path: None } => {}
-            Trigger::Schedule { cron, timezone } => {
-                if let Err(e) = crate::time::parse_cron(cron) {
-                    c.error(node, field("cron"), e);
-                }
-                if let Some(tz) = timezone {
-                    c.timezone(node, &field("timezone"), tz);
-                }
-            }
-            Trigger::Event { event, condition } => {
-                if event.trim().is_empty() {
-                    c.error(node, field("event"), "must not be empty");
-                }
-                if let Some(cond) = condition {
-                    c.expr(node, &field("condition"), cond);
-                }
-            }
+            Trigger::Api { path: None } => continue,
+            Trigger::Schedule(s) => s.problems(),
+            Trigger::Event(e) => e.problems(),
+        };
+        for p in problems {
+            c.error(node, field(&p.field), p.message);
         }
     }
 }
