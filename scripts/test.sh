@@ -83,9 +83,28 @@ ensure_tools() {
     fi
 }
 
+# tansu, pinned; each Kafka test starts its own broker on a free port with
+# its own SQLite file (sojourn_testkit::PrivateKafka).
+TANSU_VERSION=0.6.0
+ensure_tansu() {
+    local bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+    if [ -n "${SOJOURN_TEST_TANSU:-}" ]; then
+        return
+    fi
+    if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+        return
+    fi
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+        return
+    fi
+    echo "tansu $TANSU_VERSION (the Kafka-protocol broker of the tests) not found: installing it (about 13 minutes, once)" >&2
+    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql
+}
+
 ensure_tools
 ensure_postgres
 ensure_redis
+ensure_tansu
 cargo test --workspace --locked "$@"
 # The API against its own OpenAPI document (schemathesis; about 90 s).
 if [ "$#" -eq 0 ]; then

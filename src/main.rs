@@ -571,10 +571,9 @@ async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Fail
         Failure::Invalid("SOJOURN_DATABASE_URL (or database_url in --config) is required".into())
     })?;
     let node_id = s.node_id.clone().unwrap_or_else(node::default_node_id);
-    if !s.kafka.brokers.is_empty() {
+    if s.kafka.brokers.is_empty() {
         eprintln!(
-            "note: kafka.brokers is set ({}) but nothing uses Kafka yet",
-            s.kafka.brokers.join(",")
+            "note: no Kafka (kafka.brokers, SOJOURN_KAFKA_BROKERS): event triggers with a topic are not consumed"
         );
     }
     let advertise = s
@@ -586,7 +585,8 @@ async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Fail
             "note: other nodes reach this one at {advertise}; set SOJOURN_ADVERTISE_URL to an address they can use"
         );
     }
-    let config = s.engine_config(node_id.clone(), advertise);
+    let mut config = s.engine_config(node_id.clone(), advertise);
+    config.kafka_brokers = s.kafka.brokers.clone();
     let cluster = match &s.redis_url {
         Some(u) => Some(
             sojourn_actors::Cluster::redis(u.expose(), node_id, config.lease_ttl)

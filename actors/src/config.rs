@@ -53,8 +53,12 @@ pub struct Config {
     pub timer_poll: Duration,
     /// Timers claimed per query.
     pub timer_batch: u32,
-    /// How often the schedule runner looks for due schedules.
+    /// How often the schedule runner looks for due schedules, and the
+    /// event consumers for triggers activated, paused or stopped.
     pub schedule_poll: Duration,
+    /// Kafka brokers (`host:port`): event triggers with a topic consume
+    /// from them. None: no event trigger consumes.
+    pub kafka_brokers: Vec<String>,
     /// How long a claimed schedule stays ours while it fires before another
     /// node may fire it (under the same idempotency keys).
     pub schedule_claim_ttl: Duration,
@@ -121,6 +125,7 @@ impl Default for Config {
             timer_poll: Duration::from_millis(500),
             timer_batch: 2_000,
             schedule_poll: Duration::from_secs(1),
+            kafka_brokers: Vec::new(),
             schedule_claim_ttl: Duration::from_secs(30),
             timer_fire_rate: 10_000,
             outbox_claim_ttl: Duration::from_secs(3_600 + 60),

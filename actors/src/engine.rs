@@ -215,6 +215,16 @@ impl<S: Store> Engine<S> {
             supervisor: supervisor.clone(),
             shutdown: shutdown.clone(),
         };
+        let events = (!config.kafka_brokers.is_empty()).then(|| {
+            tokio::spawn(
+                crate::events::EventConsumers {
+                    store: store.clone(),
+                    launcher: launcher.clone(),
+                    config: config.clone(),
+                }
+                .run(shutdown.clone()),
+            )
+        });
         let schedules = tokio::spawn(
             crate::schedules::ScheduleRunner {
                 store: store.clone(),
@@ -307,9 +317,12 @@ impl<S: Store> Engine<S> {
             supervisor,
             shutdown,
             draining,
-            tasks: std::sync::Mutex::new(vec![
-                timers, outbox, recovery, renewal, listener, schedules,
-            ]),
+            tasks: std::sync::Mutex::new(
+                [timers, outbox, recovery, renewal, listener, schedules]
+                    .into_iter()
+                    .chain(events)
+                    .collect(),
+            ),
             announcer: std::sync::Mutex::new(announcer),
             announcer_stop,
             beat: std::sync::Mutex::new(Some(heartbeat)),
@@ -396,31 +409,11 @@ impl<S: Store> Engine<S> {
         key: &str,
         payload: Value,
     ) -> Result<usize, Error> {
-        let store = &self.ctx.store;
-        let ids = store.subscribers(namespace, name, key).await?;
-        let input = Input::Event(EventInput {
-            name: name.into(),
-            key: Some(key.into()),
-            payload,
-        });
-        let mut items = Vec::with_capacity(ids.len());
-        for id in &ids {
-            let inbox = store.enqueue_input(id, &input, Utc::now()).await?;
-            items.push((
-                id.clone(),
-                Some(Delivery {
-                    input: input.clone(),
-                    fired_timer: None,
-                    inbox_id: Some(inbox),
-                }),
-            ));
-        }
-        self.ctx.router.route(items).await;
-        Ok(ids.len())
+        self.launcher
+            .send_event(namespace, name, key, payload)
+            .await
     }
 
-    /// Sends an input (pause, resume, cancel, retry, a direct event) to one
-    /// execution, durably.
     pub async fn send_input(&self, id: &ExecutionId, input: Input) -> Result<(), Error> {
         let inbox = self.ctx.store.enqueue_input(id, &input, Utc::now()).await?;
         let item = (
@@ -703,6 +696,41 @@ impl<S: Store> Clone for Launcher<S> {
 }
 
 impl<S: Store> Launcher<S> {
+    /// Delivers an event to every execution subscribed to it with this key
+    /// (waiting nodes and exit criteria), sleeping ones included: each gets
+    /// it durably in its inbox and is activated. Returns how many.
+    pub async fn send_event(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        payload: Value,
+    ) -> Result<usize, Error> {
+        let store = &self.ctx.store;
+        let ids = store.subscribers(namespace, name, key).await?;
+        let input = Input::Event(EventInput {
+            name: name.into(),
+            key: Some(key.into()),
+            payload,
+        });
+        let mut items = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let inbox = store.enqueue_input(id, &input, Utc::now()).await?;
+            items.push((
+                id.clone(),
+                Some(Delivery {
+                    input: input.clone(),
+                    fired_timer: None,
+                    inbox_id: Some(inbox),
+                }),
+            ));
+        }
+        self.ctx.router.route(items).await;
+        Ok(ids.len())
+    }
+
+    /// Sends an input (pause, resume, cancel, retry, a direct event) to one
+    /// execution, durably.
     /// A place for one more started execution in memory: at once when
     /// there is one, else the first to free up within `start_wait`.
     async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {

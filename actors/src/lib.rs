@@ -29,6 +29,7 @@ mod config;
 pub mod egress;
 mod engine;
 mod error;
+mod events;
 mod execution;
 mod finished;
 mod membership;

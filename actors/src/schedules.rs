@@ -59,12 +59,13 @@ fn fire_input(config: &ScheduleTrigger, trigger_id: &str, instant: DateTime<Utc>
     Value::Object(input)
 }
 
-/// Whether a start that failed may succeed later (the claim then lapses
-/// and the instant is fired again), or never will (the instant is passed).
-fn retryable(e: &Error) -> bool {
+/// Whether a start that failed may succeed later (the database, the
+/// cluster or the node is away or busy), or never will (the workflow is
+/// gone, the input refused, a limit reached).
+pub(crate) fn retryable(e: &Error) -> bool {
     matches!(
         e,
-        Error::Store(_)
+        Error::Store(sojourn_persistence::Error::Database(_))
             | Error::ShuttingDown
             | Error::Overloaded { .. }
             | Error::Unavailable(_)
@@ -158,7 +159,28 @@ impl<S: Store> ScheduleRunner<S> {
             );
         }
         let mut fired = None;
-        for &instant in &catch_up.fire {
+        // The durable next fire follows the instants as they fire (after
+        // the first): a pause stops the rest, and a node that dies part way
+        // leaves the next node to carry on from where it was.
+        let mut held = stored_due;
+        for (i, &instant) in catch_up.fire.iter().enumerate() {
+            if i > 0 && instant != held {
+                match self
+                    .store
+                    .advance_schedule(&t.id, &self.config.node_id, held, instant)
+                    .await
+                {
+                    Ok(true) => held = instant,
+                    Ok(false) => {
+                        debug!("the schedule changed while it fired; the rest is not fired");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "moving a schedule on failed; it is fired again (same keys) when the claim lapses");
+                        return;
+                    }
+                }
+            }
             let req = StartRequest {
                 namespace: Some(t.namespace.clone()),
                 workflow: t.workflow_id.clone(),
@@ -182,7 +204,7 @@ impl<S: Store> ScheduleRunner<S> {
                 }
             }
         }
-        self.finish(&t, stored_due, catch_up.next, fired).await;
+        self.finish(&t, held, catch_up.next, fired).await;
     }
 
     async fn finish(

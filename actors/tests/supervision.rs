@@ -4,7 +4,8 @@
 //! marks it failed with the reason recorded — while the rest of the node
 //! carries on.
 
-use sojourn_runtime::triggers::Move;
+use sojourn_persistence::DeadLetter;
+use sojourn_runtime::triggers::{Move, TriggerKind};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -255,6 +256,29 @@ impl TriggerStore for Flaky {
         limit: u32,
     ) -> Result<Vec<TriggerRecord>, Error> {
         self.0.claim_due_schedules(owner, now, until, limit).await
+    }
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        owner: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        self.0.advance_schedule(id, owner, from, to).await
+    }
+    async fn active_triggers(&self, kind: TriggerKind) -> Result<Vec<TriggerRecord>, Error> {
+        self.0.active_triggers(kind).await
+    }
+    async fn add_dead_letter(&self, l: &DeadLetter) -> Result<bool, Error> {
+        self.0.add_dead_letter(l).await
+    }
+    async fn dead_letters(
+        &self,
+        ns: &str,
+        trigger: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        self.0.dead_letters(ns, trigger, limit).await
     }
     async fn finish_schedule_fire(
         &self,

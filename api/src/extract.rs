@@ -179,6 +179,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
     }
 }
 
+/// Idempotency keys the trigger runners make (`schedule:<trigger>:<instant>`,
+/// `event:<trigger>:…`).
+pub const RESERVED_KEY_PREFIXES: [&str; 2] = ["schedule:", "event:"];
+
 /// The `Idempotency-Key` header, if any.
 #[derive(Debug)]
 pub struct IdempotencyKey(pub Option<String>);
@@ -197,6 +201,14 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             return Err(ApiError::invalid(
                 "Idempotency-Key",
                 "must be 1 to 255 characters",
+            ));
+        }
+        // The trigger runners' keys: a caller's key must not take (and so
+        // suppress) a schedule's or an event's start.
+        if let Some(prefix) = RESERVED_KEY_PREFIXES.iter().find(|p| v.starts_with(*p)) {
+            return Err(ApiError::invalid(
+                "Idempotency-Key",
+                format!("must not start with {prefix:?} (kept for triggers)"),
             ));
         }
         Ok(IdempotencyKey(Some(v.to_owned())))

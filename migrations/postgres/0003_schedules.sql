@@ -8,6 +8,8 @@ ALTER TABLE triggers ADD COLUMN last_fired_at TIMESTAMPTZ;
 ALTER TABLE triggers ADD COLUMN claimed_by TEXT;
 ALTER TABLE triggers ADD COLUMN claimed_until TIMESTAMPTZ;
 CREATE INDEX triggers_due ON triggers (next_fire_at) WHERE next_fire_at IS NOT NULL;
--- Schedules activated before anything ran them start from the moment they
--- became active (the runner fires nothing earlier than that).
-UPDATE triggers SET next_fire_at = updated_at WHERE kind = 'schedule' AND state = 'active';
+-- Schedules activated before anything ran them start now: nothing ran them,
+-- so nothing was missed (the runner fires nothing earlier than the moment a
+-- trigger became active, `updated_at`).
+UPDATE triggers SET next_fire_at = now(), updated_at = now()
+    WHERE kind = 'schedule' AND state = 'active';

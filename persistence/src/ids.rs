@@ -16,3 +16,8 @@ pub fn new_execution_id() -> ExecutionId {
 pub fn new_workflow_id() -> String {
     mint("wf")
 }
+
+/// A new dead letter id, `dlq_…`.
+pub fn new_dead_letter_id() -> String {
+    mint("dlq")
+}

@@ -392,6 +392,27 @@ pub struct TriggerRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A message an event trigger could not use, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    /// `dlq_…`
+    pub id: String,
+    pub namespace: String,
+    pub trigger_id: String,
+    pub topic: String,
+    #[sqlx(rename = "message_partition")]
+    pub partition: i32,
+    #[sqlx(rename = "message_offset")]
+    pub offset: i64,
+    #[sqlx(rename = "message_key")]
+    pub key: Option<String>,
+    /// The value as text (bytes that are not UTF-8 replaced), capped.
+    pub payload: Option<String>,
+    pub reason: String,
+    #[sqlx(try_from = "Instant")]
+    pub created_at: DateTime<Utc>,
+}
+
 impl TriggerRecord {
     /// The configuration, typed. Only a row edited by hand fails to read.
     pub fn typed_config(&self) -> Result<TriggerConfig, ConfigError> {

@@ -142,6 +142,7 @@ conformance!(
     trigger_paths_are_unique_among_live_triggers_of_a_namespace,
     trigger_states_move_only_from_the_states_allowed,
     a_due_schedule_is_claimed_by_one_node_until_it_fires_or_the_claim_lapses,
+    dead_letters_are_kept_once_per_message_and_active_triggers_listed_by_kind,
     max_entries_limit_the_executions_of_a_subject,
     max_entries_hold_when_creators_race_for_the_last_entry,
     an_unchanged_document_is_published_once,
@@ -2329,6 +2330,93 @@ async fn a_due_schedule_is_claimed_by_one_node_until_it_fires_or_the_claim_lapse
     assert_eq!(
         (paused.next_fire_at, paused.last_fired_at),
         (None, Some(due))
+    );
+}
+
+async fn dead_letters_are_kept_once_per_message_and_active_triggers_listed_by_kind<S: Store>(
+    store: &S,
+) {
+    let f = fixture(store).await;
+    let t = store
+        .create_trigger(trigger(
+            "default",
+            &f.workflow_id,
+            TriggerKind::Event,
+            None,
+            t0(),
+        ))
+        .await
+        .expect("create");
+    store
+        .create_trigger(trigger(
+            "default",
+            &f.workflow_id,
+            TriggerKind::Event,
+            None,
+            t0(),
+        ))
+        .await
+        .expect("create");
+    assert!(
+        store
+            .active_triggers(TriggerKind::Event)
+            .await
+            .expect("active")
+            .is_empty()
+    );
+    store
+        .set_trigger_state("default", &t.id, Move::Activate, None, t0())
+        .await
+        .expect("activate")
+        .expect("found");
+    let active = store
+        .active_triggers(TriggerKind::Event)
+        .await
+        .expect("active");
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].id, t.id);
+    assert!(
+        store
+            .active_triggers(TriggerKind::Schedule)
+            .await
+            .expect("active")
+            .is_empty()
+    );
+    let letter = |offset: i64| sojourn_persistence::DeadLetter {
+        id: format!("dlq_{}", uuid::Uuid::now_v7().simple()),
+        namespace: "default".into(),
+        trigger_id: t.id.clone(),
+        topic: "orders".into(),
+        partition: 2,
+        offset,
+        key: Some("u-1".into()),
+        payload: Some("{not json".into()),
+        reason: "the value is not JSON".into(),
+        created_at: t0(),
+    };
+    let first = letter(41);
+    assert!(store.add_dead_letter(&first).await.expect("add"));
+    // The same message again (redelivered): kept once.
+    assert!(!store.add_dead_letter(&letter(41)).await.expect("add"));
+    let second = letter(42);
+    assert!(store.add_dead_letter(&second).await.expect("add"));
+    assert_eq!(
+        store
+            .dead_letters("default", &t.id, 10)
+            .await
+            .expect("list"),
+        vec![second.clone(), first]
+    );
+    assert_eq!(
+        store.dead_letters("default", &t.id, 1).await.expect("list"),
+        vec![second]
+    );
+    assert!(
+        store
+            .dead_letters("acme", &t.id, 10)
+            .await
+            .expect("list")
+            .is_empty()
     );
 }
 

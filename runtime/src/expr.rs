@@ -83,6 +83,16 @@ impl Expr {
         self.eval_bool_in(&context)
     }
 
+    /// Evaluates over an event alone (a trigger's condition or key).
+    pub fn eval_event(&self, event: &EventContext) -> Result<Value, String> {
+        self.eval_in(&event.0)
+    }
+
+    /// [`Expr::eval_event`] to a boolean; any other type is an error.
+    pub fn eval_event_bool(&self, event: &EventContext) -> Result<bool, String> {
+        self.eval_bool_in(&event.0)
+    }
+
     pub(crate) fn eval_in(&self, context: &cel::Context<'_, '_>) -> Result<Value, String> {
         let value = self.run(context)?;
         value
@@ -195,6 +205,33 @@ pub struct Scope<'a> {
 pub struct ExecutionInfo<'a> {
     pub id: &'a ExecutionId,
     pub started_at: Option<DateTime<Utc>>,
+}
+
+/// The CEL context of an event alone, for a trigger's expressions: `event`
+/// and `now` are set, `input`, `vars` and `nodes` are empty, `subject` and
+/// `execution` null. Built once per event for all of a trigger's
+/// expressions.
+pub struct EventContext(cel::Context<'static, 'static>);
+
+impl std::fmt::Debug for EventContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventContext")
+    }
+}
+
+impl EventContext {
+    pub fn new(event: &Value, now: DateTime<Utc>) -> EventContext {
+        let mut ctx = cel::Context::with_env(ENV.clone());
+        let empty: HashMap<String, cel::Value> = HashMap::new();
+        ctx.add_variable_from_value("input", empty.clone());
+        ctx.add_variable_from_value("vars", empty.clone());
+        ctx.add_variable_from_value("nodes", empty);
+        ctx.add_variable_from_value("subject", cel::Value::Null);
+        ctx.add_variable_from_value("execution", cel::Value::Null);
+        ctx.add_variable_from_value("event", to_cel(event));
+        ctx.add_variable_from_value("now", cel::Value::Timestamp(now.fixed_offset()));
+        EventContext(ctx)
+    }
 }
 
 impl Scope<'_> {

@@ -127,8 +127,11 @@ impl CronSchedule {
     }
 
     /// What a schedule whose next fire was due at `due` fires at `now`:
-    /// fires within `grace` of `now` are on time and always fire; older
-    /// ones were missed (the cluster was down) and fire as `policy` says.
+    /// fires within `grace` of `now` are on time and always fire (the
+    /// latest [`MAX_CATCH_UP`] of them); older ones were missed (the
+    /// cluster was down) and fire as `policy` says. Only the last
+    /// [`MAX_LOOKBACK`] before the grace is walked: a schedule further
+    /// behind counts what lies before as one skipped fire at least.
     pub fn catch_up(
         &self,
         due: DateTime<Utc>,
@@ -139,8 +142,15 @@ impl CronSchedule {
         let mut missed: Vec<DateTime<Utc>> = Vec::new();
         let mut missed_count = 0usize;
         let mut on_time: Vec<DateTime<Utc>> = Vec::new();
+        let mut on_time_count = 0usize;
         let mut next = None;
-        let instants = std::iter::once(due).chain(self.fires_after(due));
+        let horizon = now - grace - MAX_LOOKBACK;
+        let instants: Box<dyn Iterator<Item = DateTime<Utc>> + '_> = if due < horizon {
+            missed_count += 1;
+            Box::new(self.fires_after(horizon))
+        } else {
+            Box::new(std::iter::once(due).chain(self.fires_after(due)))
+        };
         for t in instants {
             if t > now {
                 next = Some(t);
@@ -148,6 +158,10 @@ impl CronSchedule {
             }
             if now - t <= grace {
                 on_time.push(t);
+                on_time_count += 1;
+                if on_time.len() > 2 * MAX_CATCH_UP {
+                    on_time.drain(..MAX_CATCH_UP);
+                }
             } else {
                 missed.push(t);
                 missed_count += 1;
@@ -157,13 +171,15 @@ impl CronSchedule {
                 }
             }
         }
+        let on_time = on_time.split_off(on_time.len().saturating_sub(MAX_CATCH_UP));
         let keep = match policy {
             Misfire::Once => 1,
             Misfire::All => MAX_CATCH_UP,
             Misfire::Skip => 0,
-        };
+        }
+        .min(MAX_CATCH_UP - on_time.len());
         let mut fire: Vec<DateTime<Utc>> = missed.split_off(missed.len().saturating_sub(keep));
-        let skipped = missed_count - fire.len();
+        let skipped = missed_count - fire.len() + (on_time_count - on_time.len());
         fire.extend(on_time);
         CatchUp {
             fire,
@@ -172,6 +188,10 @@ impl CronSchedule {
         }
     }
 }
+
+/// How far back of its grace [`CronSchedule::catch_up`] looks for missed
+/// fires.
+pub const MAX_LOOKBACK: Duration = Duration::days(1);
 
 /// The most missed fires [`Misfire::All`] makes up (the most recent ones).
 pub const MAX_CATCH_UP: usize = 100;
@@ -470,6 +490,24 @@ mod tests {
         assert_eq!(c.fire.last(), Some(&utc("2026-05-02T00:00:00Z")));
         assert!(c.fire.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(c.next, Some(utc("2026-05-02T00:01:00Z")));
+    }
+
+    #[test]
+    fn a_schedule_far_behind_walks_one_day_and_on_time_fires_are_bounded() {
+        // Every second, a month behind: only the last day is walked.
+        let s = CronSchedule::parse("* * * * * *", chrono_tz::UTC).expect("cron");
+        let due = utc("2026-04-01T00:00:00Z");
+        let now = utc("2026-05-01T00:00:00Z");
+        let once = s.catch_up(due, now, Duration::seconds(3_600), Misfire::Once);
+        assert_eq!(once.fire.len(), MAX_CATCH_UP, "on time: the latest hundred");
+        assert_eq!(once.fire.last(), Some(&now));
+        assert_eq!(once.fire.first(), Some(&(now - Duration::seconds(99))));
+        // Missed: a day of seconds and the month before it, as one; and
+        // the on-time ones beyond the hundred.
+        assert_eq!(once.skipped, 86_399 + 1 + (3_601 - MAX_CATCH_UP));
+        assert_eq!(once.next, Some(now + Duration::seconds(1)));
+        let skip = s.catch_up(due, now, Duration::seconds(0), Misfire::Skip);
+        assert_eq!(skip.fire, [now]);
     }
 
     #[test]

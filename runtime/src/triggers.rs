@@ -194,7 +194,7 @@ pub struct ScheduleTrigger {
     #[serde(default, skip_serializing_if = "is_default")]
     pub misfire: Misfire,
     /// A fire this late or less is on time, whatever the misfire policy
-    /// (default 60).
+    /// (default 60, at most 3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_seconds: Option<u32>,
 }
@@ -205,6 +205,9 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 
 /// How late a fire may be and still count as on time, by default.
 pub const DEFAULT_GRACE_SECONDS: u32 = 60;
+/// The most `grace_seconds` may be: beyond, late fires follow the misfire
+/// policy.
+pub const MAX_GRACE_SECONDS: u32 = 3_600;
 
 impl ScheduleTrigger {
     /// The schedule (checked by [`TriggerConfig::parse`]).
@@ -236,24 +239,79 @@ impl ScheduleTrigger {
         {
             problems.push(ConfigError::new("timezone", e));
         }
+        if self.grace_seconds.is_some_and(|g| g > MAX_GRACE_SECONDS) {
+            problems.push(ConfigError::new(
+                "grace_seconds",
+                format!("must be at most {MAX_GRACE_SECONDS}"),
+            ));
+        }
         problems.extend(input_problem(&self.input));
         problems
     }
 }
 
-/// An `event` trigger: an event (from the API or Kafka) whose condition
-/// holds starts the workflow.
+/// An `event` trigger: an event whose condition holds starts the workflow
+/// (or, with `action: deliver`, is delivered to the executions waiting for
+/// it). With a `topic`, every node consumes that Kafka topic for it, in the
+/// trigger's own consumer group.
+///
+/// Expressions see `event`: `{name, key, payload, headers, topic,
+/// partition, offset}` — `payload` is the message's JSON value, `key` its
+/// key as text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTrigger {
     /// The event's name.
     pub event: String,
-    /// A CEL condition over `event` (`event.payload.total > 100`).
+    /// A CEL condition over `event` (`event.payload.total > 100`); an
+    /// event for which it is false is passed over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
-    /// Input added to the event's (an object).
+    /// Input added to the event's payload (an object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
+    /// The Kafka topic to consume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// `start` (default): start the workflow; `deliver`: deliver the event
+    /// to executions waiting for it (wait nodes and exit criteria) under
+    /// the correlation `key`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub action: EventAction,
+    /// CEL: the correlation key (`event.payload.order_id`); the message
+    /// key when absent. `deliver` needs one or the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// CEL: the subject of a started execution (`event.payload.user_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// CEL: what makes two messages the same start
+    /// (`event.payload.event_id`); by default the message's topic,
+    /// partition and offset, so a redelivered message starts nothing new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Where a new trigger starts reading its topic: `latest` (default:
+    /// only what is produced from now on) or `earliest`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub from: StartFrom,
+}
+
+/// What an event trigger does with a matching event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventAction {
+    #[default]
+    Start,
+    Deliver,
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    #[default]
+    Latest,
+    Earliest,
 }
 
 impl EventTrigger {
@@ -263,13 +321,44 @@ impl EventTrigger {
         if self.event.trim().is_empty() {
             problems.push(ConfigError::new("event", "must not be empty"));
         }
-        if let Some(cond) = &self.condition
-            && let Err(e) = Expr::compile(cond)
+        for (field, expr) in [
+            ("condition", &self.condition),
+            ("key", &self.key),
+            ("subject", &self.subject),
+            ("idempotency_key", &self.idempotency_key),
+        ] {
+            if let Some(source) = expr
+                && let Err(e) = Expr::compile(source)
+            {
+                problems.push(ConfigError::new(field, e));
+            }
+        }
+        if let Some(topic) = &self.topic
+            && let Err(e) = check_topic(topic)
         {
-            problems.push(ConfigError::new("condition", e));
+            problems.push(ConfigError::new("topic", e));
         }
         problems.extend(input_problem(&self.input));
         problems
+    }
+}
+
+/// A Kafka topic name: 1 to 249 of letters, digits, `.`, `_` and `-`, not
+/// `.` or `..`.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{topic:?} is not a Kafka topic name (1 to 249 letters, digits, . _ -)"
+        ))
     }
 }
 
@@ -358,8 +447,19 @@ impl TriggerConfig {
 fn read<T: serde::de::DeserializeOwned>(config: &Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(config).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        ConfigError::new(field, e.into_inner().to_string())
+        let message = e.into_inner().to_string();
+        // A missing field is reported at its parent: name the field itself.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned());
+        let field = match (path.as_str(), missing) {
+            (".", Some(name)) => name,
+            (".", None) => String::new(),
+            (_, Some(name)) => format!("{path}.{name}"),
+            (_, None) => path,
+        };
+        ConfigError::new(field, message)
     })
 }
 
@@ -441,6 +541,27 @@ mod tests {
                 "condition",
             ),
             (TriggerKind::Event, json!([]), ""),
+            (TriggerKind::Schedule, json!({"timezone": "UTC"}), "cron"),
+            (
+                TriggerKind::Schedule,
+                json!({"cron": "0 9 * * *", "grace_seconds": 3601}),
+                "grace_seconds",
+            ),
+            (
+                TriggerKind::Event,
+                json!({"event": "paid", "topic": "orders/eu"}),
+                "topic",
+            ),
+            (
+                TriggerKind::Event,
+                json!({"event": "paid", "subject": "event.payload."}),
+                "subject",
+            ),
+            (
+                TriggerKind::Event,
+                json!({"event": "paid", "action": "forward"}),
+                "action",
+            ),
         ];
         for (kind, config, field) in cases {
             let e = TriggerConfig::parse(kind, &config).expect_err("refused");

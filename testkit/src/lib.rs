@@ -357,6 +357,116 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// The tansu binary (the Kafka-protocol broker the tests use):
+/// `SOJOURN_TEST_TANSU`, else `tansu` on the PATH, else cargo's bin folder
+/// (scripts/test.sh installs it there).
+fn tansu() -> PathBuf {
+    if let Ok(path) = std::env::var("SOJOURN_TEST_TANSU") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| {
+        let home = std::env::var("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+            });
+        home.join("bin").join("tansu")
+    })
+}
+
+/// A Kafka-protocol broker (tansu) of the test's own, on a free port with
+/// its own SQLite file, so a test may kill and restart it; what it stored
+/// survives a restart. Killed and its folder removed when dropped.
+#[derive(Debug)]
+pub struct PrivateKafka {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateKafka {
+    pub fn start() -> PrivateKafka {
+        let mut kafka = PrivateKafka {
+            child: None,
+            port: free_port(),
+            dir: temp_dir("kafka"),
+        };
+        kafka.restart();
+        kafka
+    }
+
+    /// Starts it again after [`PrivateKafka::kill`], on the same port and file.
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("tansu.log")).expect("log file");
+        let child = Command::new(tansu())
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "tansu did not start on port {}: {}",
+            self.port,
+            std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `host:port`, for `bootstrap.servers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic through the broker's admin API.
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(tansu())
+            .args(["topic", "create", name])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("tansu topic create");
+        assert!(
+            out.status.success(),
+            "creating topic {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// `curl -s` with `args`: the status and the body.
 pub fn curl(args: &[&str]) -> (u16, String) {
     let mut all = vec!["-s", "-o", "-", "-w", "\n%{http_code}"];

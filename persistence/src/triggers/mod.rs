@@ -13,7 +13,7 @@ use crate::error::{Error, unique_violation_on};
 use sojourn_runtime::triggers::{Move, TriggerKind, TriggerState};
 
 use crate::sql::{Bind, Doc, Instant, Read, Sql, SqlStore, at, conflict, not_found};
-use crate::types::{NewTrigger, TriggerRecord};
+use crate::types::{DeadLetter, NewTrigger, TriggerRecord};
 
 /// Trigger instances.
 pub trait TriggerStore: Send + Sync {
@@ -65,6 +65,18 @@ pub trait TriggerStore: Send + Sync {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<TriggerRecord>>> + Send;
 
+    /// Moves a claimed schedule's next fire from `from` to `to` while
+    /// `owner` fires the instants it missed one by one, keeping the claim:
+    /// `false` when the claim was lost (paused, stopped, taken over), and
+    /// the rest must not fire.
+    fn advance_schedule(
+        &self,
+        id: &str,
+        owner: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// Records that `owner` fired a claimed schedule whose next fire was
     /// `due`: its next fire becomes `next` (none: it never fires again),
     /// its latest `fired` (when it fired any), and the claim is dropped.
@@ -78,6 +90,25 @@ pub trait TriggerStore: Send + Sync {
         next: Option<DateTime<Utc>>,
         fired: Option<DateTime<Utc>>,
     ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The active triggers of a kind, in every namespace (what the runners
+    /// of that kind serve).
+    fn active_triggers(
+        &self,
+        kind: TriggerKind,
+    ) -> impl Future<Output = Result<Vec<TriggerRecord>>> + Send;
+
+    /// Keeps a message an event trigger could not use. A message kept
+    /// before (redelivered) is not kept twice. Returns whether it was new.
+    fn add_dead_letter(&self, letter: &DeadLetter) -> impl Future<Output = Result<bool>> + Send;
+
+    /// A trigger's dead letters, newest first, up to `limit`.
+    fn dead_letters(
+        &self,
+        namespace: &str,
+        trigger_id: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
 
     /// The `api` trigger (not destroyed) answering `path` in a namespace.
     fn api_trigger(
@@ -111,7 +142,9 @@ where
     for<'q> Doc: Bind<'q, DB>,
     for<'q> i64: Bind<'q, DB>,
     TriggerRecord: Read<DB>,
+    DeadLetter: Read<DB>,
     (String,): Read<DB>,
+    for<'q> i32: Bind<'q, DB>,
 {
     async fn create_trigger(&self, trigger: NewTrigger) -> Result<TriggerRecord> {
         // Only for a workflow of the same namespace.
@@ -222,6 +255,28 @@ where
         .await?)
     }
 
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        owner: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done: Option<(String,)> = sqlx::query_as(
+            "UPDATE triggers SET next_fire_at = $1
+             WHERE id = $2 AND claimed_by = $3 AND next_fire_at = $4 AND state = $5
+             RETURNING id",
+        )
+        .bind(at(to))
+        .bind(id)
+        .bind(owner)
+        .bind(at(from))
+        .bind(TriggerState::Active.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(done.is_some())
+    }
+
     async fn finish_schedule_fire(
         &self,
         id: &str,
@@ -245,6 +300,58 @@ where
         .fetch_optional(&self.pool)
         .await?;
         Ok(done.is_some())
+    }
+
+    async fn active_triggers(&self, kind: TriggerKind) -> Result<Vec<TriggerRecord>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM triggers WHERE kind = $1 AND state = $2 ORDER BY id"
+        )))
+        .bind(kind.as_str())
+        .bind(TriggerState::Active.as_str())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn add_dead_letter(&self, l: &DeadLetter) -> Result<bool> {
+        let kept: Option<(String,)> = sqlx::query_as(
+            "INSERT INTO dead_letters (id, namespace, trigger_id, topic, message_partition,
+                                       message_offset, message_key, payload, reason, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (trigger_id, topic, message_partition, message_offset) DO NOTHING
+             RETURNING id",
+        )
+        .bind(l.id.as_str())
+        .bind(l.namespace.as_str())
+        .bind(l.trigger_id.as_str())
+        .bind(l.topic.as_str())
+        .bind(l.partition)
+        .bind(l.offset)
+        .bind(l.key.as_deref())
+        .bind(l.payload.as_deref())
+        .bind(l.reason.as_str())
+        .bind(at(l.created_at))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(kept.is_some())
+    }
+
+    async fn dead_letters(
+        &self,
+        namespace: &str,
+        trigger_id: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>> {
+        Ok(sqlx::query_as(
+            "SELECT id, namespace, trigger_id, topic, message_partition, message_offset,
+                    message_key, payload, reason, created_at
+             FROM dead_letters WHERE namespace = $1 AND trigger_id = $2
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(namespace)
+        .bind(trigger_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn api_trigger(&self, namespace: &str, path: &str) -> Result<Option<TriggerRecord>> {

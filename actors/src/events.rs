@@ -1,0 +1,502 @@
+//! Event triggers on Kafka: every node consumes the topic of every active
+//! event trigger, in that trigger's own consumer group
+//! (`sojourn.trigger.<id>`), so the topic's partitions are shared among the
+//! nodes and rebalanced as nodes join and leave.
+//!
+//! Each message becomes an event (`{name, key, payload, headers, topic,
+//! partition, offset}`); the trigger's condition picks the ones it wants,
+//! then it starts the workflow (idempotency key from the trigger and the
+//! message's topic, partition and offset, or a configured expression) or
+//! delivers the event to the executions waiting for it. A message's offset
+//! is stored for commit only once its effect is durable, so a crash
+//! redelivers it and the same key finds the execution already started:
+//! at-least-once delivery, one execution per message. A message that can
+//! never be used (its value is not JSON, an expression fails on it, the
+//! start is refused for good) is kept in `dead_letters` with the reason and
+//! its partition moves on.
+//!
+//! Pausing or stopping a trigger stops its consumer on every node within a
+//! poll (a second by default); its group keeps its offsets, so a resumed
+//! trigger carries on from where it stopped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use serde_json::{Map, Value, json};
+use sojourn_persistence::{DeadLetter, Store, TriggerRecord};
+use sojourn_runtime::expr::{EventContext, Expr};
+use sojourn_runtime::triggers::{EventAction, EventTrigger, StartFrom, TriggerConfig, TriggerKind};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::engine::{Launcher, StartRequest};
+use crate::error::Error;
+
+/// Messages handled at once by one consumer (they are started together:
+/// the starts share the node's batched inserts).
+const BATCH: usize = 256;
+/// The most of a value kept in a dead letter.
+const DEAD_PAYLOAD_MAX: usize = 16 * 1024;
+
+/// Runs one consumer per active event trigger with a topic.
+pub(crate) struct EventConsumers<S: Store> {
+    pub store: Arc<S>,
+    pub launcher: Launcher<S>,
+    pub config: Config,
+}
+
+struct Running {
+    config: Value,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<S: Store> EventConsumers<S> {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut running: HashMap<String, Running> = HashMap::new();
+        let mut tick = tokio::time::interval(self.config.schedule_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let active = match self.store.active_triggers(TriggerKind::Event).await {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "listing active event triggers failed; trying again");
+                    continue;
+                }
+            };
+            let mut wanted: HashMap<String, TriggerRecord> = active
+                .into_iter()
+                .filter(|t| t.config.get("topic").is_some_and(Value::is_string))
+                .map(|t| (t.id.clone(), t))
+                .collect();
+            // Stopped, paused, or changed: its consumer leaves.
+            let gone: Vec<String> = running
+                .iter()
+                .filter(|(id, r)| wanted.get(*id).is_none_or(|t| t.config != r.config))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                if let Some(r) = running.remove(&id) {
+                    r.stop.cancel();
+                    let _ = r.task.await;
+                    info!(trigger.id = %id, "event trigger no longer consumed here");
+                }
+            }
+            for (id, t) in wanted.drain() {
+                if running.contains_key(&id) {
+                    continue;
+                }
+                let compiled = match Compiled::new(&t) {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        error!(trigger.id = %id, error = %e, "an event trigger's stored configuration is invalid; it is not consumed");
+                        continue;
+                    }
+                };
+                let stop = shutdown.child_token();
+                let consumer = TriggerConsumer {
+                    store: self.store.clone(),
+                    launcher: self.launcher.clone(),
+                    brokers: self.config.kafka_brokers.join(","),
+                    node: self.config.node_id.clone(),
+                    trigger: compiled,
+                };
+                let span = info_span!("event_trigger", trigger.id = %id);
+                let task = tokio::spawn(consumer.run(stop.clone()).instrument(span));
+                running.insert(
+                    id,
+                    Running {
+                        config: t.config,
+                        stop,
+                        task,
+                    },
+                );
+            }
+        }
+        for (_, r) in running.drain() {
+            r.stop.cancel();
+            let _ = r.task.await;
+        }
+    }
+}
+
+/// An event trigger, its expressions compiled.
+struct Compiled {
+    id: String,
+    namespace: String,
+    workflow_id: String,
+    topic: String,
+    config: EventTrigger,
+    condition: Option<Expr>,
+    key: Option<Expr>,
+    subject: Option<Expr>,
+    idempotency_key: Option<Expr>,
+}
+
+impl Compiled {
+    fn new(t: &TriggerRecord) -> Result<Compiled, String> {
+        let TriggerConfig::Event(config) = t.typed_config().map_err(|e| e.to_string())? else {
+            return Err("not an event trigger".into());
+        };
+        let topic = config.topic.clone().ok_or("no topic")?;
+        let compile = |e: &Option<String>| e.as_deref().map(Expr::compile).transpose();
+        Ok(Compiled {
+            id: t.id.clone(),
+            namespace: t.namespace.clone(),
+            workflow_id: t.workflow_id.clone(),
+            topic,
+            condition: compile(&config.condition)?,
+            key: compile(&config.key)?,
+            subject: compile(&config.subject)?,
+            idempotency_key: compile(&config.idempotency_key)?,
+            config,
+        })
+    }
+}
+
+/// What became of a message.
+#[derive(Debug)]
+enum Outcome {
+    /// Its effect is durable (or the condition passed it over).
+    Done,
+    /// It can never be used: kept as a dead letter.
+    Dead(String),
+    /// It may be used later (the store or the node is busy or away).
+    Retry(Error),
+}
+
+struct TriggerConsumer<S: Store> {
+    store: Arc<S>,
+    launcher: Launcher<S>,
+    brokers: String,
+    node: String,
+    trigger: Arc<Compiled>,
+}
+
+impl<S: Store> TriggerConsumer<S> {
+    fn consumer(&self) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+        let reset = match self.trigger.config.from {
+            StartFrom::Latest => "latest",
+            StartFrom::Earliest => "earliest",
+        };
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("sojourn.trigger.{}", self.trigger.id))
+            .set("client.id", format!("sojourn-{}", self.node))
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            // Only what was handled is committed.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", reset)
+            .set("session.timeout.ms", "10000")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        consumer.subscribe(&[self.trigger.topic.as_str()])?;
+        Ok(consumer)
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        let consumer = loop {
+            match self.consumer() {
+                Ok(c) => break c,
+                Err(e) => {
+                    warn!(error = %e, "creating the Kafka consumer failed; trying again");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        info!(topic = %self.trigger.topic, "consuming");
+        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(BATCH);
+        'consume: loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            match first {
+                Ok(m) => batch.push(m.detach()),
+                Err(e) => {
+                    warn!(error = %e, "receiving from Kafka failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+            }
+            // Whatever else is already here joins the batch.
+            while batch.len() < BATCH {
+                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    _ => break,
+                }
+            }
+            let mut pending: Vec<usize> = (0..batch.len()).collect();
+            let mut backoff = Duration::from_millis(100);
+            while !pending.is_empty() {
+                let mut set = JoinSet::new();
+                for &i in &pending {
+                    let (this, msg) = (self.clone_parts(), batch[i].clone());
+                    set.spawn(async move { (i, this.handle(&msg).await) });
+                }
+                let mut retry = Vec::new();
+                while let Some(joined) = set.join_next().await {
+                    let Ok((i, outcome)) = joined else { continue };
+                    match outcome {
+                        Outcome::Done => {}
+                        Outcome::Dead(reason) => {
+                            if let Err(e) = self.dead_letter(&batch[i], &reason).await {
+                                warn!(error = %e, "keeping a dead letter failed; trying again");
+                                retry.push(i);
+                            }
+                        }
+                        Outcome::Retry(e) => {
+                            debug!(error = %e, "an event's effect failed; trying again");
+                            retry.push(i);
+                        }
+                    }
+                }
+                if retry.is_empty() {
+                    break;
+                }
+                warn!(
+                    messages = retry.len(),
+                    "events could not be handled yet; trying again"
+                );
+                retry.sort_unstable();
+                pending = retry;
+                tokio::select! {
+                    // Nothing of this batch is committed: all of it comes
+                    // back to whichever node consumes next.
+                    _ = stop.cancelled() => break 'consume,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            for m in batch.drain(..) {
+                if let Err(e) = consumer.store_offset(m.topic(), m.partition(), m.offset()) {
+                    // The partition went to another node meanwhile: it
+                    // redelivers the message, and the key dedupes it.
+                    debug!(error = %e, "storing an offset failed");
+                }
+            }
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            debug!(error = %e, "committing offsets at stop failed");
+        }
+        consumer.unsubscribe();
+    }
+
+    fn clone_parts(&self) -> Handler<S> {
+        Handler {
+            launcher: self.launcher.clone(),
+            trigger: self.trigger.clone(),
+        }
+    }
+
+    async fn dead_letter(&self, m: &OwnedMessage, reason: &str) -> Result<(), Error> {
+        warn!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            reason,
+            "a message could not be used; kept as a dead letter"
+        );
+        let payload = m.payload().map(|p| {
+            let p = &p[..p.len().min(DEAD_PAYLOAD_MAX)];
+            String::from_utf8_lossy(p).into_owned()
+        });
+        self.store
+            .add_dead_letter(&DeadLetter {
+                id: sojourn_persistence::ids::new_dead_letter_id(),
+                namespace: self.trigger.namespace.clone(),
+                trigger_id: self.trigger.id.clone(),
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload,
+                reason: reason.to_owned(),
+                created_at: Utc::now(),
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// What handles one message (owned by its task).
+struct Handler<S: Store> {
+    launcher: Launcher<S>,
+    trigger: Arc<Compiled>,
+}
+
+/// A message as an event: `{name, key, payload, headers, topic,
+/// partition, offset}`. `Err` when its value is not JSON.
+fn event_of(name: &str, m: &OwnedMessage) -> Result<Value, String> {
+    let payload: Value = match m.payload() {
+        None => Value::Null,
+        Some(bytes) => serde_json::from_slice(bytes)
+            .map_err(|e| format!("the message's value is not JSON: {e}"))?,
+    };
+    let mut headers = Map::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            let value = h
+                .value
+                .map(|v| Value::String(String::from_utf8_lossy(v).into_owned()))
+                .unwrap_or(Value::Null);
+            headers.insert(h.key.to_owned(), value);
+        }
+    }
+    let key = m
+        .key()
+        .map(|k| Value::String(String::from_utf8_lossy(k).into_owned()))
+        .unwrap_or(Value::Null);
+    Ok(json!({
+        "name": name,
+        "key": key,
+        "payload": payload,
+        "headers": headers,
+        "topic": m.topic(),
+        "partition": m.partition(),
+        "offset": m.offset(),
+    }))
+}
+
+/// An expression's result as a key: a string, or a number or boolean as
+/// text; anything else is refused.
+fn as_key(field: &str, v: Value) -> Result<Option<String>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        Value::Bool(b) => Ok(Some(b.to_string())),
+        other => Err(format!(
+            "{field} must give a string, got {}",
+            match other {
+                Value::Array(_) => "a list",
+                _ => "an object",
+            }
+        )),
+    }
+}
+
+impl<S: Store> Handler<S> {
+    async fn handle(&self, m: &OwnedMessage) -> Outcome {
+        let t = &self.trigger;
+        let event = match event_of(&t.config.event, m) {
+            Ok(e) => e,
+            Err(reason) => return Outcome::Dead(reason),
+        };
+        // CEL contexts are not Send: everything read from the event is
+        // computed before the first await.
+        let read = (|| -> Result<Option<Read>, String> {
+            let ctx = EventContext::new(&event, Utc::now());
+            if let Some(cond) = &t.condition
+                && !cond.eval_event_bool(&ctx)?
+            {
+                return Ok(None);
+            }
+            let eval = |field: &str, e: &Option<Expr>| -> Result<Option<String>, String> {
+                match e {
+                    None => Ok(None),
+                    Some(e) => as_key(field, e.eval_event(&ctx)?),
+                }
+            };
+            Ok(Some(Read {
+                key: eval("key", &t.key)?,
+                subject: eval("subject", &t.subject)?,
+                idempotency: eval("idempotency_key", &t.idempotency_key)?,
+            }))
+        })();
+        let read = match read {
+            Ok(Some(r)) => r,
+            Ok(None) => return Outcome::Done,
+            Err(reason) => return Outcome::Dead(reason),
+        };
+        match t.config.action {
+            EventAction::Start => self.start(m, event, read).await,
+            EventAction::Deliver => {
+                let key = match read.key.or_else(|| event["key"].as_str().map(str::to_owned)) {
+                    Some(k) => k,
+                    None => return Outcome::Dead("no correlation key: the trigger has no key expression and the message no key".into()),
+                };
+                let payload = event["payload"].clone();
+                match self
+                    .launcher
+                    .send_event(&t.namespace, &t.config.event, &key, payload)
+                    .await
+                {
+                    Ok(n) => {
+                        debug!(delivered = n, key, "event delivered");
+                        Outcome::Done
+                    }
+                    Err(e) => Outcome::Retry(e),
+                }
+            }
+        }
+    }
+
+    async fn start(&self, m: &OwnedMessage, mut event: Value, read: Read) -> Outcome {
+        let t = &self.trigger;
+        let idempotency = match read.idempotency {
+            Some(k) => format!("event:{}:{k}", t.id),
+            None => format!(
+                "event:{}:{}:{}:{}",
+                t.id,
+                m.topic(),
+                m.partition(),
+                m.offset()
+            ),
+        };
+        let mut input = match &t.config.input {
+            Some(Value::Object(o)) => o.clone(),
+            _ => Map::new(),
+        };
+        // The payload's fields, then the trigger's input, then `event`.
+        if let Value::Object(payload) = event["payload"].take() {
+            for (k, v) in payload {
+                input.entry(k).or_insert(v);
+            }
+        }
+        input.insert("event".into(), event);
+        let req = StartRequest {
+            namespace: Some(t.namespace.clone()),
+            workflow: t.workflow_id.clone(),
+            version: None,
+            input: Value::Object(input),
+            subject: read.subject,
+            timezone: None,
+            idempotency_key: Some(idempotency),
+        };
+        match self.launcher.start_execution(req).await {
+            Ok(started) => {
+                debug!(execution.id = %started.id, new = started.new, "event started an execution");
+                Outcome::Done
+            }
+            Err(e) if crate::schedules::retryable(&e) => Outcome::Retry(e),
+            Err(e) => Outcome::Dead(format!("the start was refused: {e}")),
+        }
+    }
+}
+
+/// What a trigger's expressions read from one event.
+struct Read {
+    key: Option<String>,
+    subject: Option<String>,
+    idempotency: Option<String>,
+}

@@ -1,0 +1,342 @@
+//! Event triggers on a real Kafka-protocol broker (tansu): messages start
+//! executions once each, even when redelivered; a malformed message lands
+//! in the dead letters and the next one is used; a waiting execution wakes
+//! on its event; pausing stops consumption.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use sojourn_actors::{Config, Engine, StartRequest};
+use sojourn_persistence::prelude::*;
+use sojourn_persistence::{ExecutionQuery, NewTrigger, PgStore};
+use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind};
+use sojourn_runtime::{Status, Workflow};
+use sojourn_testkit::{PrivateKafka, pg_store, wait_for};
+
+fn config(kafka: &PrivateKafka) -> Config {
+    Config {
+        node_id: "node-a".into(),
+        schedule_poll: Duration::from_millis(100),
+        kafka_brokers: vec![kafka.brokers()],
+        ..Config::default()
+    }
+}
+
+fn producer(kafka: &PrivateKafka) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
+async fn produce(p: &FutureProducer, topic: &str, partition: i32, key: &str, value: &[u8]) {
+    p.send(
+        FutureRecord::to(topic)
+            .partition(partition)
+            .key(key)
+            .payload(value),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("produce");
+}
+
+async fn event_trigger(store: &PgStore, workflow_id: &str, config: Value) -> String {
+    let t = store
+        .create_trigger(NewTrigger {
+            id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
+            namespace: "default".into(),
+            workflow_id: workflow_id.into(),
+            path: None,
+            config: TriggerConfig::parse(TriggerKind::Event, &config).expect("config"),
+            now: chrono::Utc::now(),
+        })
+        .await
+        .expect("create");
+    store
+        .set_trigger_state("default", &t.id, Move::Activate, None, chrono::Utc::now())
+        .await
+        .expect("activate")
+        .expect("found");
+    t.id
+}
+
+async fn subjects(store: &PgStore, workflow_id: &str) -> Vec<String> {
+    let list = store
+        .list_executions(&ExecutionQuery {
+            namespace: "default".into(),
+            workflow_id: Some(workflow_id.into()),
+            status: None,
+            subject: None,
+            created_after: None,
+            created_before: None,
+            before_id: None,
+            limit: 1_000,
+        })
+        .await
+        .expect("list");
+    let mut out: Vec<String> = list.into_iter().filter_map(|e| e.subject).collect();
+    out.sort();
+    out
+}
+
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} within 30 s");
+}
+
+fn signup() -> Workflow {
+    Workflow::from_value(json!({
+        "key": "signup",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "done", "type": "exit", "config": {"outcome": "done"}},
+        ],
+        "edges": [{"from": "start", "to": "done"}]
+    }))
+    .expect("workflow")
+}
+
+/// Rewinds the trigger's consumer group to the start of both partitions,
+/// as if the node had died before committing anything.
+fn rewind(kafka: &PrivateKafka, trigger: &str, topic: &str) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("group.id", format!("sojourn.trigger.{trigger}"))
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset(topic, p, Offset::Offset(0))
+            .expect("offset");
+    }
+    c.commit(&tpl, CommitMode::Sync).expect("commit");
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
+    for e in committed.elements() {
+        assert_eq!(e.offset(), Offset::Offset(0), "rewound");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_start_one_execution_each_even_redelivered_and_bad_ones_become_dead_letters() {
+    let kafka = PrivateKafka::start();
+    kafka.create_topic("signups", 2);
+    let (store, fresh) = pg_store().await;
+    let engine = Engine::start(store.clone(), config(&kafka))
+        .await
+        .expect("engine");
+    let (wf, _) = engine.deploy(&signup()).await.expect("deploy");
+    let trigger = event_trigger(
+        &store,
+        &wf,
+        json!({"event": "signup", "topic": "signups", "from": "earliest",
+               "subject": "event.payload.user",
+               "condition": "event.payload.plan != 'spam'",
+               "input": {"source": "kafka"}}),
+    )
+    .await;
+    let p = producer(&kafka);
+    for i in 0..10 {
+        let value = json!({"user": format!("u-{i:02}"), "plan": "pro"}).to_string();
+        produce(&p, "signups", i % 2, &format!("u-{i:02}"), value.as_bytes()).await;
+    }
+    // Passed over by the condition; not JSON; a subject that is a list.
+    produce(
+        &p,
+        "signups",
+        0,
+        "x",
+        br#"{"user": "spammer", "plan": "spam"}"#,
+    )
+    .await;
+    produce(&p, "signups", 0, "x", b"{not json").await;
+    produce(&p, "signups", 1, "x", br#"{"user": ["a"], "plan": "pro"}"#).await;
+    // The partitions carry on past them.
+    for i in 10..20 {
+        let value = json!({"user": format!("u-{i:02}"), "plan": "pro"}).to_string();
+        produce(&p, "signups", i % 2, &format!("u-{i:02}"), value.as_bytes()).await;
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("u-{i:02}")).collect();
+    wait_until("twenty executions", || async {
+        subjects(&store, &wf).await.len() >= 20
+    })
+    .await;
+    assert_eq!(subjects(&store, &wf).await, expected);
+    let dead = store
+        .dead_letters("default", &trigger, 10)
+        .await
+        .expect("dead letters");
+    let mut reasons: Vec<(i32, String)> = dead
+        .iter()
+        .map(|d| (d.partition, d.reason.clone()))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{dead:?}");
+    assert_eq!(reasons[0].0, 0);
+    assert!(reasons[0].1.contains("not JSON"), "{reasons:?}");
+    assert_eq!(reasons[1].0, 1);
+    assert!(reasons[1].1.contains("subject"), "{reasons:?}");
+    assert_eq!(dead[0].topic, "signups");
+    // The input: the payload, the trigger's input, and the event.
+    let one = store
+        .list_executions(&ExecutionQuery {
+            namespace: "default".into(),
+            workflow_id: Some(wf.clone()),
+            status: None,
+            subject: Some("u-03".into()),
+            created_after: None,
+            created_before: None,
+            before_id: None,
+            limit: 1,
+        })
+        .await
+        .expect("list");
+    let rec = engine
+        .execution(&one[0].id)
+        .await
+        .expect("load")
+        .expect("found");
+    let input = &rec.snapshot.input;
+    assert_eq!(input["user"], json!("u-03"));
+    assert_eq!(input["source"], json!("kafka"));
+    assert_eq!(input["event"]["topic"], json!("signups"));
+    assert_eq!(input["event"]["partition"], json!(1));
+    assert_eq!(input["event"]["key"], json!("u-03"));
+
+    // Everything is delivered again (the group rewound, as after a crash
+    // before a commit): nothing starts twice, nothing is kept twice.
+    engine.shutdown().await;
+    rewind(&kafka, &trigger, "signups");
+    let engine = Engine::start(store.clone(), config(&kafka))
+        .await
+        .expect("engine");
+    // One more on each partition: once they are in, the replay is done.
+    for i in 20..22 {
+        let value = json!({"user": format!("u-{i:02}"), "plan": "pro"}).to_string();
+        produce(&p, "signups", i % 2, &format!("u-{i:02}"), value.as_bytes()).await;
+    }
+    wait_until("the two new executions", || async {
+        subjects(&store, &wf).await.len() >= 22
+    })
+    .await;
+    let expected: Vec<String> = (0..22).map(|i| format!("u-{i:02}")).collect();
+    assert_eq!(subjects(&store, &wf).await, expected);
+    assert_eq!(
+        store
+            .dead_letters("default", &trigger, 10)
+            .await
+            .expect("dead letters")
+            .len(),
+        2
+    );
+
+    // Paused: its messages wait in the topic, and are used once resumed.
+    store
+        .set_trigger_state("default", &trigger, Move::Pause, None, chrono::Utc::now())
+        .await
+        .expect("pause")
+        .expect("found");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    produce(
+        &p,
+        "signups",
+        0,
+        "u-22",
+        br#"{"user": "u-22", "plan": "pro"}"#,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        subjects(&store, &wf).await.len(),
+        22,
+        "a paused trigger consumed"
+    );
+    store
+        .set_trigger_state("default", &trigger, Move::Resume, None, chrono::Utc::now())
+        .await
+        .expect("resume")
+        .expect("found");
+    wait_until("the message sent while paused", || async {
+        subjects(&store, &wf).await.len() == 23
+    })
+    .await;
+
+    engine.shutdown().await;
+    fresh.cleanup(Some(&store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_execution_wakes_on_its_kafka_event() {
+    let kafka = PrivateKafka::start();
+    kafka.create_topic("payments", 2);
+    let (store, fresh) = pg_store().await;
+    let engine = Engine::start(store.clone(), config(&kafka))
+        .await
+        .expect("engine");
+    let wf = Workflow::from_value(json!({
+        "key": "checkout",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "wait", "type": "wait_for_event", "config": {
+                "event": "paid", "key": "{{ input.order }}", "timeout": "1h"}},
+            {"id": "paid", "type": "exit", "config": {"outcome": "paid"}},
+            {"id": "late", "type": "exit", "config": {"outcome": "late"}},
+        ],
+        "edges": [
+            {"from": "start", "to": "wait"},
+            {"from": "wait", "to": "paid", "branch": "event"},
+            {"from": "wait", "to": "late", "branch": "timeout"},
+        ]
+    }))
+    .expect("workflow");
+    let (wf_id, _) = engine.deploy(&wf).await.expect("deploy");
+    let trigger = event_trigger(
+        &store,
+        &wf_id,
+        json!({"event": "paid", "topic": "payments", "from": "earliest",
+               "action": "deliver", "key": "event.payload.order"}),
+    )
+    .await;
+    let started = engine
+        .start_execution(StartRequest {
+            namespace: None,
+            workflow: wf_id.clone(),
+            version: None,
+            input: json!({"order": "o-1"}),
+            subject: None,
+            timezone: None,
+            idempotency_key: None,
+        })
+        .await
+        .expect("start");
+    wait_for(&engine, &started.id, Status::Waiting).await;
+    let p = producer(&kafka);
+    produce(
+        &p,
+        "payments",
+        1,
+        "o-1",
+        br#"{"order": "o-1", "total": 12}"#,
+    )
+    .await;
+    let done = wait_for(&engine, &started.id, Status::Completed).await;
+    assert_eq!(done.snapshot.outcome.as_deref(), Some("paid"), "{trigger}");
+    engine.shutdown().await;
+    fresh.cleanup(Some(&store)).await;
+}
