@@ -43,6 +43,9 @@ pub(crate) struct Context<S: Store> {
     pub(crate) workflows: WorkflowCache,
     pub(crate) stats: Arc<Stats>,
     pub(crate) timer_wake: Arc<TimerWake>,
+    /// Kafka or the in-process queue: channel actions, `kafka.publish`,
+    /// event triggers.
+    pub(crate) bus: crate::bus::Bus,
     pub(crate) outbox_wake: Arc<Notify>,
     /// Actions claimed in their commit, to the local outbox relay.
     pub(crate) handoff: tokio::sync::mpsc::UnboundedSender<sojourn_persistence::OutboxMessage>,
@@ -133,6 +136,13 @@ impl<S: Store> Engine<S> {
         // Claims under this node's name belong to an earlier run of it.
         store.release_claims(&config.node_id).await?;
         let store = Arc::new(store);
+        // Kafka when brokers are configured, else the in-process queue.
+        let bus = if config.kafka_brokers.is_empty() {
+            crate::bus::Bus::memory()
+        } else {
+            crate::bus::Bus::kafka(&config.kafka_brokers, &config.node_id)
+                .map_err(Error::Unavailable)?
+        };
         let stats = Arc::new(Stats::default());
         let cluster = Arc::new(cluster);
         let (router, releases) = Router::new(store.clone(), cluster.clone(), stats.clone());
@@ -192,6 +202,7 @@ impl<S: Store> Engine<S> {
             workflows: WorkflowCache::default(),
             stats: stats.clone(),
             timer_wake: Arc::new(TimerWake::new(&config)),
+            bus: bus.clone(),
             outbox_wake: Arc::new(Notify::new()),
             handoff,
             config: config.clone(),
@@ -215,16 +226,15 @@ impl<S: Store> Engine<S> {
             supervisor: supervisor.clone(),
             shutdown: shutdown.clone(),
         };
-        let events = (!config.kafka_brokers.is_empty()).then(|| {
-            tokio::spawn(
-                crate::events::EventConsumers {
-                    store: store.clone(),
-                    launcher: launcher.clone(),
-                    config: config.clone(),
-                }
-                .run(shutdown.clone()),
-            )
-        });
+        let events = tokio::spawn(
+            crate::events::EventConsumers {
+                store: store.clone(),
+                launcher: launcher.clone(),
+                config: config.clone(),
+                bus: bus.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         let schedules = tokio::spawn(
             crate::schedules::ScheduleRunner {
                 store: store.clone(),
@@ -317,12 +327,9 @@ impl<S: Store> Engine<S> {
             supervisor,
             shutdown,
             draining,
-            tasks: std::sync::Mutex::new(
-                [timers, outbox, recovery, renewal, listener, schedules]
-                    .into_iter()
-                    .chain(events)
-                    .collect(),
-            ),
+            tasks: std::sync::Mutex::new(vec![
+                timers, outbox, recovery, renewal, listener, schedules, events,
+            ]),
             announcer: std::sync::Mutex::new(announcer),
             announcer_stop,
             beat: std::sync::Mutex::new(Some(heartbeat)),

@@ -24,9 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
 use serde_json::{Map, Value, json};
 use sojourn_persistence::{DeadLetter, Store, TriggerRecord};
 use sojourn_runtime::expr::{EventContext, Expr};
@@ -35,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::bus::{Bus, BusMessage, From};
 use crate::config::Config;
 use crate::engine::{Launcher, StartRequest};
 use crate::error::Error;
@@ -50,6 +48,7 @@ pub(crate) struct EventConsumers<S: Store> {
     pub store: Arc<S>,
     pub launcher: Launcher<S>,
     pub config: Config,
+    pub bus: Bus,
 }
 
 struct Running {
@@ -108,8 +107,7 @@ impl<S: Store> EventConsumers<S> {
                 let consumer = TriggerConsumer {
                     store: self.store.clone(),
                     launcher: self.launcher.clone(),
-                    brokers: self.config.kafka_brokers.join(","),
-                    node: self.config.node_id.clone(),
+                    bus: self.bus.clone(),
                     trigger: compiled,
                 };
                 let span = info_span!("event_trigger", trigger.id = %id);
@@ -179,36 +177,19 @@ enum Outcome {
 struct TriggerConsumer<S: Store> {
     store: Arc<S>,
     launcher: Launcher<S>,
-    brokers: String,
-    node: String,
+    bus: Bus,
     trigger: Arc<Compiled>,
 }
 
 impl<S: Store> TriggerConsumer<S> {
-    fn consumer(&self) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-        let reset = match self.trigger.config.from {
-            StartFrom::Latest => "latest",
-            StartFrom::Earliest => "earliest",
-        };
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", format!("sojourn.trigger.{}", self.trigger.id))
-            .set("client.id", format!("sojourn-{}", self.node))
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            // Only what was handled is committed.
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", reset)
-            .set("session.timeout.ms", "10000")
-            .set("enable.partition.eof", "false")
-            .create()?;
-        consumer.subscribe(&[self.trigger.topic.as_str()])?;
-        Ok(consumer)
-    }
-
     async fn run(self, stop: CancellationToken) {
-        let consumer = loop {
-            match self.consumer() {
+        let from = match self.trigger.config.from {
+            StartFrom::Latest => From::Latest,
+            StartFrom::Earliest => From::Earliest,
+        };
+        let group = format!("sojourn.trigger.{}", self.trigger.id);
+        let mut consumer = loop {
+            match self.bus.subscribe(&group, &self.trigger.topic, from) {
                 Ok(c) => break c,
                 Err(e) => {
                     warn!(error = %e, "creating the Kafka consumer failed; trying again");
@@ -220,14 +201,14 @@ impl<S: Store> TriggerConsumer<S> {
             }
         };
         info!(topic = %self.trigger.topic, "consuming");
-        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<BusMessage> = Vec::with_capacity(BATCH);
         'consume: loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => break,
                 m = consumer.recv() => m,
             };
             match first {
-                Ok(m) => batch.push(m.detach()),
+                Ok(m) => batch.push(m),
                 Err(e) => {
                     warn!(error = %e, "receiving from Kafka failed");
                     tokio::select! {
@@ -239,9 +220,9 @@ impl<S: Store> TriggerConsumer<S> {
             }
             // Whatever else is already here joins the batch.
             while batch.len() < BATCH {
-                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(m.detach()),
-                    _ => break,
+                match consumer.try_recv().await {
+                    Some(m) => batch.push(m),
+                    None => break,
                 }
             }
             let mut pending: Vec<usize> = (0..batch.len()).collect();
@@ -287,17 +268,10 @@ impl<S: Store> TriggerConsumer<S> {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             for m in batch.drain(..) {
-                if let Err(e) = consumer.store_offset(m.topic(), m.partition(), m.offset()) {
-                    // The partition went to another node meanwhile: it
-                    // redelivers the message, and the key dedupes it.
-                    debug!(error = %e, "storing an offset failed");
-                }
+                consumer.ack(&m);
             }
         }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            debug!(error = %e, "committing offsets at stop failed");
-        }
-        consumer.unsubscribe();
+        consumer.close();
     }
 
     fn clone_parts(&self) -> Handler<S> {
@@ -307,15 +281,15 @@ impl<S: Store> TriggerConsumer<S> {
         }
     }
 
-    async fn dead_letter(&self, m: &OwnedMessage, reason: &str) -> Result<(), Error> {
+    async fn dead_letter(&self, m: &BusMessage, reason: &str) -> Result<(), Error> {
         warn!(
-            topic = m.topic(),
-            partition = m.partition(),
-            offset = m.offset(),
+            topic = m.topic,
+            partition = m.partition,
+            offset = m.offset,
             reason,
             "a message could not be used; kept as a dead letter"
         );
-        let payload = m.payload().map(|p| {
+        let payload = m.payload.as_deref().map(|p| {
             let p = &p[..p.len().min(DEAD_PAYLOAD_MAX)];
             String::from_utf8_lossy(p).into_owned()
         });
@@ -324,10 +298,13 @@ impl<S: Store> TriggerConsumer<S> {
                 id: sojourn_persistence::ids::new_dead_letter_id(),
                 namespace: self.trigger.namespace.clone(),
                 trigger_id: self.trigger.id.clone(),
-                topic: m.topic().to_owned(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                topic: m.topic.clone(),
+                partition: m.partition,
+                offset: m.offset,
+                key: m
+                    .key
+                    .as_deref()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
                 payload,
                 reason: reason.to_owned(),
                 created_at: Utc::now(),
@@ -345,24 +322,23 @@ struct Handler<S: Store> {
 
 /// A message as an event: `{name, key, payload, headers, topic,
 /// partition, offset}`. `Err` when its value is not JSON.
-fn event_of(name: &str, m: &OwnedMessage) -> Result<Value, String> {
-    let payload: Value = match m.payload() {
+fn event_of(name: &str, m: &BusMessage) -> Result<Value, String> {
+    let payload: Value = match m.payload.as_deref() {
         None => Value::Null,
         Some(bytes) => serde_json::from_slice(bytes)
             .map_err(|e| format!("the message's value is not JSON: {e}"))?,
     };
     let mut headers = Map::new();
-    if let Some(hs) = m.headers() {
-        for h in hs.iter() {
-            let value = h
-                .value
-                .map(|v| Value::String(String::from_utf8_lossy(v).into_owned()))
-                .unwrap_or(Value::Null);
-            headers.insert(h.key.to_owned(), value);
-        }
+    for (name, value) in &m.headers {
+        let value = value
+            .as_deref()
+            .map(|v| Value::String(String::from_utf8_lossy(v).into_owned()))
+            .unwrap_or(Value::Null);
+        headers.insert(name.clone(), value);
     }
     let key = m
-        .key()
+        .key
+        .as_deref()
         .map(|k| Value::String(String::from_utf8_lossy(k).into_owned()))
         .unwrap_or(Value::Null);
     Ok(json!({
@@ -370,9 +346,9 @@ fn event_of(name: &str, m: &OwnedMessage) -> Result<Value, String> {
         "key": key,
         "payload": payload,
         "headers": headers,
-        "topic": m.topic(),
-        "partition": m.partition(),
-        "offset": m.offset(),
+        "topic": m.topic,
+        "partition": m.partition,
+        "offset": m.offset,
     }))
 }
 
@@ -396,7 +372,7 @@ fn as_key(field: &str, v: Value) -> Result<Option<String>, String> {
 }
 
 impl<S: Store> Handler<S> {
-    async fn handle(&self, m: &OwnedMessage) -> Outcome {
+    async fn handle(&self, m: &BusMessage) -> Outcome {
         let t = &self.trigger;
         let event = match event_of(&t.config.event, m) {
             Ok(e) => e,
@@ -451,17 +427,11 @@ impl<S: Store> Handler<S> {
         }
     }
 
-    async fn start(&self, m: &OwnedMessage, mut event: Value, read: Read) -> Outcome {
+    async fn start(&self, m: &BusMessage, mut event: Value, read: Read) -> Outcome {
         let t = &self.trigger;
         let idempotency = match read.idempotency {
             Some(k) => format!("event:{}:{k}", t.id),
-            None => format!(
-                "event:{}:{}:{}:{}",
-                t.id,
-                m.topic(),
-                m.partition(),
-                m.offset()
-            ),
+            None => format!("event:{}:{}:{}:{}", t.id, m.topic, m.partition, m.offset),
         };
         let mut input = match &t.config.input {
             Some(Value::Object(o)) => o.clone(),

@@ -24,6 +24,7 @@
 
 mod activator;
 mod batch;
+pub mod bus;
 mod committer;
 mod config;
 pub mod egress;

@@ -1,0 +1,343 @@
+//! The message bus between the outbox, the channel workers and the event
+//! triggers: Kafka in a cluster (`kafka_brokers` set), an in-process queue
+//! otherwise (`sojourn dev`, or `serve` without Kafka), behind one type so
+//! that the same code runs over either.
+//!
+//! Kafka: an idempotent producer (acks from every in-sync replica,
+//! librdkafka retrying until the broker answers), consumers in groups that
+//! commit only the offsets [`Subscription::ack`] stored. In process: a topic
+//! hands each message to every group subscribed at the time (within a
+//! group, to one of its subscribers); nothing is kept, because what the
+//! in-process queue carries is kept elsewhere (the outbox, until a result is
+//! recorded).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tokio::sync::mpsc;
+
+/// A message as received.
+#[derive(Debug, Clone)]
+pub struct BusMessage {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Where a published message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The bus of a node (cheap to clone).
+#[derive(Clone)]
+pub struct Bus(Kind);
+
+#[derive(Clone)]
+enum Kind {
+    Kafka(Arc<KafkaBus>),
+    Memory(Arc<MemoryBus>),
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Kind::Kafka(k) => write!(f, "Bus::Kafka({})", k.brokers),
+            Kind::Memory(_) => f.write_str("Bus::Memory"),
+        }
+    }
+}
+
+struct KafkaBus {
+    brokers: String,
+    client_id: String,
+    producer: FutureProducer,
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    Earliest,
+    Latest,
+}
+
+impl Bus {
+    /// Kafka at `brokers` (`host:port`, …).
+    pub fn kafka(brokers: &[String], node: &str) -> Result<Bus, String> {
+        let brokers = brokers.join(",");
+        let client_id = format!("sojourn-{node}");
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("client.id", &client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(|e| format!("creating the Kafka producer: {e}"))?;
+        Ok(Bus(Kind::Kafka(Arc::new(KafkaBus {
+            brokers,
+            client_id,
+            producer,
+        }))))
+    }
+
+    /// The in-process queue.
+    pub fn memory() -> Bus {
+        Bus(Kind::Memory(Arc::new(MemoryBus::default())))
+    }
+
+    pub fn is_kafka(&self) -> bool {
+        matches!(self.0, Kind::Kafka(_))
+    }
+
+    /// Publishes a message; returns once the broker has it (Kafka) or it is
+    /// queued (in process). A broker that is away is waited for as long as
+    /// librdkafka's delivery timeout (five minutes), then an error.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<Published, String> {
+        match &self.0 {
+            Kind::Kafka(k) => {
+                let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+                for (name, value) in headers {
+                    hs = hs.insert(Header {
+                        key: name,
+                        value: Some(*value),
+                    });
+                }
+                let record = FutureRecord::to(topic)
+                    .key(key)
+                    .payload(payload)
+                    .headers(hs);
+                k.producer
+                    .send(record, Timeout::Never)
+                    .await
+                    .map(|d| Published {
+                        partition: d.partition,
+                        offset: d.offset,
+                    })
+                    .map_err(|(e, _)| format!("publishing to {topic}: {e}"))
+            }
+            Kind::Memory(m) => Ok(m.publish(BusMessage {
+                topic: topic.to_owned(),
+                partition: 0,
+                offset: 0,
+                key: Some(key.to_vec()),
+                payload: Some(payload.to_vec()),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), Some(v.to_vec())))
+                    .collect(),
+            })),
+        }
+    }
+
+    /// Joins consumer group `group` on `topic`.
+    pub fn subscribe(&self, group: &str, topic: &str, from: From) -> Result<Subscription, String> {
+        match &self.0 {
+            Kind::Kafka(k) => {
+                let reset = match from {
+                    From::Earliest => "earliest",
+                    From::Latest => "latest",
+                };
+                let consumer: StreamConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &k.brokers)
+                    .set("group.id", group)
+                    .set("client.id", &k.client_id)
+                    .set("enable.auto.commit", "true")
+                    .set("auto.commit.interval.ms", "1000")
+                    // Only what was acknowledged is committed.
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", reset)
+                    .set("session.timeout.ms", "10000")
+                    .set("enable.partition.eof", "false")
+                    .create()
+                    .map_err(|e| format!("creating a Kafka consumer: {e}"))?;
+                consumer
+                    .subscribe(&[topic])
+                    .map_err(|e| format!("subscribing to {topic}: {e}"))?;
+                Ok(Subscription(Member::Kafka(consumer)))
+            }
+            Kind::Memory(m) => Ok(Subscription(Member::Memory(m.subscribe(group, topic)))),
+        }
+    }
+
+    /// Whether the brokers answer (readiness): the cluster's metadata within
+    /// `timeout`. Always for the in-process queue.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
+        match &self.0 {
+            Kind::Kafka(k) => {
+                let k = k.clone();
+                tokio::task::spawn_blocking(move || {
+                    k.producer
+                        .client()
+                        .fetch_metadata(None, timeout)
+                        .map(|_| ())
+                        .map_err(|e| format!("Kafka at {}: {e}", k.brokers))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+            Kind::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// A member of a consumer group.
+pub struct Subscription(Member);
+
+enum Member {
+    Kafka(StreamConsumer),
+    Memory(MemorySubscription),
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match &self.0 {
+            Member::Kafka(_) => "Subscription::Kafka",
+            Member::Memory(_) => "Subscription::Memory",
+        })
+    }
+}
+
+impl Subscription {
+    /// The next message (cancel-safe).
+    pub async fn recv(&mut self) -> Result<BusMessage, String> {
+        match &mut self.0 {
+            Member::Kafka(c) => {
+                let m = c.recv().await.map_err(|e| e.to_string())?;
+                Ok(BusMessage {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
+            Member::Memory(s) => {
+                s.rx.lock()
+                    .await
+                    .recv()
+                    .await
+                    .ok_or_else(|| "the queue closed".into())
+            }
+        }
+    }
+
+    /// A message that is already here, if any.
+    pub async fn try_recv(&mut self) -> Option<BusMessage> {
+        match tokio::time::timeout(Duration::ZERO, self.recv()).await {
+            Ok(Ok(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Marks a message handled: its offset is committed with the next
+    /// commit. Only once its effect is durable.
+    pub fn ack(&self, m: &BusMessage) {
+        if let Member::Kafka(c) = &self.0
+            && let Err(e) = c.store_offset(&m.topic, m.partition, m.offset)
+        {
+            // The partition went to another member meanwhile: it gets the
+            // message again.
+            tracing::debug!(error = %e, "storing an offset failed");
+        }
+    }
+
+    /// Commits what was acknowledged and leaves the group.
+    pub fn close(self) {
+        if let Member::Kafka(c) = self.0 {
+            if let Err(e) = c.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "committing offsets at stop failed");
+            }
+            c.unsubscribe();
+        }
+    }
+}
+
+/// The in-process queue: per topic, per group, a channel.
+#[derive(Default)]
+struct MemoryBus {
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    topics: HashMap<String, HashMap<String, MemoryGroup>>,
+    /// The last offset given: microseconds since the epoch, made to grow,
+    /// so that offsets stay unique across restarts of the process (event
+    /// triggers key their starts by offset).
+    last_offset: i64,
+}
+
+/// A group keeps what is published while it has no member (a paused
+/// trigger's consumer comes back to it), as a Kafka group keeps its offset.
+struct MemoryGroup {
+    tx: mpsc::UnboundedSender<BusMessage>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<BusMessage>>>,
+}
+
+/// A member of an in-process group: members share the group's receiver.
+struct MemorySubscription {
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<BusMessage>>>,
+}
+
+impl MemoryBus {
+    fn publish(&self, mut m: BusMessage) -> Published {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let offset = (state.last_offset + 1).max(chrono::Utc::now().timestamp_micros());
+        state.last_offset = offset;
+        m.offset = offset;
+        if let Some(groups) = state.topics.get(&m.topic) {
+            for g in groups.values() {
+                // The receiver lives as long as the group.
+                let _ = g.tx.send(m.clone());
+            }
+        }
+        Published {
+            partition: 0,
+            offset,
+        }
+    }
+
+    fn subscribe(&self, group: &str, topic: &str) -> MemorySubscription {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let g = state
+            .topics
+            .entry(topic.to_owned())
+            .or_default()
+            .entry(group.to_owned())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                MemoryGroup {
+                    tx,
+                    rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                }
+            });
+        MemorySubscription { rx: g.rx.clone() }
+    }
+}
