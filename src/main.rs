@@ -65,6 +65,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run channel workers alone: they send the channel messages
+    /// (email, sms, push, chat) published on Kafka, for operators who scale
+    /// sending apart from the nodes. Needs SOJOURN_DATABASE_URL and
+    /// SOJOURN_KAFKA_BROKERS.
+    Worker {
+        /// The channels to send, comma-separated (default: all four).
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<String>,
+        /// A TOML settings file (see `sojourn config`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the effective settings of `serve` (or `dev`), each with where
     /// it came from; secrets redacted.
     Config {
@@ -322,6 +334,7 @@ fn main() -> ExitCode {
             config,
         } => block_on(dev(listen, data, config)),
         Command::Serve { listen, config } => block_on(serve(listen, config)),
+        Command::Worker { channels, config } => block_on(worker(channels, config)),
         Command::Config {
             config,
             dev,
@@ -612,6 +625,53 @@ async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Fail
     .await;
     telemetry.shutdown().await;
     served
+}
+
+async fn worker(channels: Vec<String>, file: Option<PathBuf>) -> Result<(), Failure> {
+    let loaded = settings::load(
+        settings::Mode::Serve,
+        file.as_deref(),
+        &settings::Flags { listen: None },
+    )?;
+    let s = loaded.settings;
+    let telemetry = telemetry::init(&s.tracing)?;
+    let url = s.database_url.clone().ok_or_else(|| {
+        Failure::Invalid("SOJOURN_DATABASE_URL (or database_url in --config) is required".into())
+    })?;
+    if s.kafka.brokers.is_empty() {
+        return Err(Failure::Invalid(
+            "SOJOURN_KAFKA_BROKERS (or kafka.brokers in --config) is required: workers apart from the nodes take their messages from Kafka".into(),
+        ));
+    }
+    let node_id = s.node_id.clone().unwrap_or_else(node::default_node_id);
+    let mut config = s.engine_config(node_id, String::new());
+    config.kafka_brokers = s.kafka.brokers.clone();
+    if !channels.is_empty() {
+        config.worker_channels = channels;
+    }
+    let store = sojourn_persistence::PgStore::connect(url.expose(), None, s.database_pool_size)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        node::shutdown_signal().await;
+        eprintln!("stopping: finishing the sends in flight…");
+        stop.cancel();
+    });
+    eprintln!(
+        "sojourn worker: sending {} from Kafka at {}",
+        config.worker_channels.join(", "),
+        config.kafka_brokers.join(",")
+    );
+    let ran = sojourn_actors::workers::run_alone(store, &config, shutdown)
+        .await
+        .map_err(|e| match e {
+            sojourn_actors::Error::Validation(m) => Failure::Invalid(m),
+            other => Failure::Runtime(anyhow::anyhow!(other)),
+        });
+    telemetry.shutdown().await;
+    ran
 }
 
 async fn migrate(args: node::StoreArgs) -> Result<(), Failure> {

@@ -97,6 +97,12 @@ pub(crate) struct EngineSettings {
     pub(crate) max_restarts: u32,
     pub(crate) recovery_poll_ms: u64,
     pub(crate) heartbeat_interval_ms: u64,
+    /// The channels this node's workers send (all four by default; `[]`
+    /// leaves sending to `sojourn worker`).
+    pub(crate) worker_channels: Vec<String>,
+    /// The stand-in provider of every channel: each message POSTed here as
+    /// JSON (else only logged).
+    pub(crate) channel_webhook: Option<String>,
 }
 
 /// What `http.request` actions may reach and read.
@@ -143,6 +149,8 @@ impl Settings {
                 timer_poll_ms: ms(engine.timer_poll),
                 timer_batch: engine.timer_batch,
                 schedule_poll_ms: ms(engine.schedule_poll),
+                worker_channels: engine.worker_channels.clone(),
+                channel_webhook: engine.channel_webhook.clone(),
                 schedule_claim_ttl_ms: ms(engine.schedule_claim_ttl),
                 timer_fire_rate: engine.timer_fire_rate,
                 outbox_claim_ttl_ms: ms(engine.outbox_claim_ttl),
@@ -393,6 +401,25 @@ fn check(s: &Settings) -> Result<(), Failure> {
             return bad(key, "must be at least 1".into());
         }
     }
+    for channel in &e.worker_channels {
+        if !sojourn_actors::providers::CHANNELS.contains(&channel.as_str()) {
+            return bad(
+                "engine.worker_channels",
+                format!(
+                    "{channel:?} is not a channel ({})",
+                    sojourn_actors::providers::CHANNELS.join(", ")
+                ),
+            );
+        }
+    }
+    if let Some(url) = &e.channel_webhook
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return bad(
+            "engine.channel_webhook",
+            format!("{url:?} is not an http(s) URL"),
+        );
+    }
     for name in s.secrets.keys() {
         if !sojourn_runtime::secrets::is_valid_name(name) {
             return bad(
@@ -446,6 +473,8 @@ impl Settings {
             timer_poll: d(e.timer_poll_ms),
             timer_batch: e.timer_batch,
             schedule_poll: d(e.schedule_poll_ms),
+            worker_channels: e.worker_channels.clone(),
+            channel_webhook: e.channel_webhook.clone(),
             schedule_claim_ttl: d(e.schedule_claim_ttl_ms),
             timer_fire_rate: e.timer_fire_rate,
             outbox_claim_ttl: d(e.outbox_claim_ttl_ms),

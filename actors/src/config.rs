@@ -59,6 +59,12 @@ pub struct Config {
     /// Kafka brokers (`host:port`): event triggers with a topic consume
     /// from them. None: no event trigger consumes.
     pub kafka_brokers: Vec<String>,
+    /// The channels whose messages this node's workers send (all four by
+    /// default; none on a node that leaves sending to `sojourn worker`).
+    pub worker_channels: Vec<String>,
+    /// The stand-in provider of every channel: POST each message as JSON
+    /// here (else they are only logged).
+    pub channel_webhook: Option<String>,
     /// How long a claimed schedule stays ours while it fires before another
     /// node may fire it (under the same idempotency keys).
     pub schedule_claim_ttl: Duration,
@@ -126,6 +132,8 @@ impl Default for Config {
             timer_batch: 2_000,
             schedule_poll: Duration::from_secs(1),
             kafka_brokers: Vec::new(),
+            worker_channels: crate::providers::CHANNELS.map(String::from).to_vec(),
+            channel_webhook: None,
             schedule_claim_ttl: Duration::from_secs(30),
             timer_fire_rate: 10_000,
             outbox_claim_ttl: Duration::from_secs(3_600 + 60),

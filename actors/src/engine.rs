@@ -235,6 +235,18 @@ impl<S: Store> Engine<S> {
             }
             .run(shutdown.clone()),
         );
+        let workers = tokio::spawn(
+            crate::workers::ChannelWorkers {
+                store: store.clone(),
+                router: Some(router.clone()),
+                bus: bus.clone(),
+                providers: crate::providers::Providers::new(&config, bus.clone()),
+                channels: config.worker_channels.clone(),
+                stats: stats.clone(),
+                per_channel: config.max_in_flight_actions,
+            }
+            .run(shutdown.clone()),
+        );
         let schedules = tokio::spawn(
             crate::schedules::ScheduleRunner {
                 store: store.clone(),
@@ -262,6 +274,7 @@ impl<S: Store> Engine<S> {
                 router: router.clone(),
                 stats: stats.clone(),
                 traces: ctx.traces.clone(),
+                providers: crate::providers::Providers::new(&config, bus.clone()),
             }
             .run(shutdown.clone()),
         );
@@ -328,7 +341,7 @@ impl<S: Store> Engine<S> {
             shutdown,
             draining,
             tasks: std::sync::Mutex::new(vec![
-                timers, outbox, recovery, renewal, listener, schedules, events,
+                timers, outbox, recovery, renewal, listener, schedules, events, workers,
             ]),
             announcer: std::sync::Mutex::new(announcer),
             announcer_stop,
@@ -343,6 +356,15 @@ impl<S: Store> Engine<S> {
                 drainer,
             ],
         })
+    }
+
+    /// Whether Kafka answers (readiness): `None` on the in-process queue.
+    pub async fn kafka_ready(&self) -> Option<Result<(), String>> {
+        let bus = &self.ctx.bus;
+        if !bus.is_kafka() {
+            return None;
+        }
+        Some(bus.ping(std::time::Duration::from_secs(2)).await)
     }
 
     /// The store.

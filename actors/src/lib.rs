@@ -46,6 +46,7 @@ mod stats;
 mod supervisor;
 mod timers;
 mod trace;
+pub mod workers;
 mod workflows;
 
 pub use config::{Config, Secrets};

@@ -48,6 +48,7 @@ pub(crate) struct OutboxRelay<S: Store> {
     pub(crate) stats: Arc<Stats>,
     /// Joins each send to its execution's trace.
     pub(crate) traces: Arc<Traces>,
+    pub(crate) providers: Providers,
 }
 
 impl<S: Store> OutboxRelay<S> {
@@ -62,8 +63,12 @@ impl<S: Store> OutboxRelay<S> {
             router,
             stats,
             traces,
+            providers,
         } = self;
-        run(store, config, wake, handed, router, stats, traces, shutdown).await;
+        run(
+            store, config, wake, handed, router, stats, traces, providers, shutdown,
+        )
+        .await;
     }
 }
 
@@ -76,9 +81,9 @@ async fn run<S: Store>(
     router: Arc<Router<S>>,
     stats: Arc<Stats>,
     traces: Arc<Traces>,
+    http: Providers,
     shutdown: CancellationToken,
 ) {
-    let http = Providers::new(&config);
     let slots = Arc::new(Semaphore::new(config.max_in_flight_actions));
     let (done_tx, done_rx) = mpsc::channel::<Sent>(config.max_in_flight_actions * 2);
     let finisher = tokio::spawn(finish(
@@ -209,6 +214,14 @@ fn send(
     traces.adopt(&m.execution_id, &span);
     tokio::spawn(
         async move {
+            // A channel message goes to its channel's workers; its result
+            // comes back from them, and its outbox row stays until then.
+            if let Some(channel) = providers::message_channel(&m.dispatch.action) {
+                crate::workers::publish_job(http.bus(), channel, &m).await;
+                Stats::add(&stats.actions_sent, 1);
+                drop(slot);
+                return;
+            }
             let outcome = providers::send(&http, &m.dispatch).await;
             Stats::add(&stats.actions_sent, 1);
             let _ = done

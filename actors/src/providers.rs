@@ -1,6 +1,11 @@
-//! Action providers: what actually sends. `http.request` is built in; the
-//! other channels arrive with their own issue and, until then, fail without
-//! retry so the execution pauses for an operator instead of pretending.
+//! Action providers: what actually sends. `http.request` and
+//! `kafka.publish` are sent from the node's relay; the channel actions
+//! (`email.send`, `sms.send`, `push.send`, `chat.send`) reach a channel
+//! worker through the bus, which sends them here with the channel's
+//! provider. Until the real providers arrive, a channel's provider is
+//! `log` (records the message, sends nothing) or, with `channel_webhook`
+//! set, `webhook` (POSTs the message as JSON to that URL, with the
+//! attempt's idempotency key).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +14,7 @@ use serde_json::{Value, json};
 use sojourn_runtime::secrets;
 use sojourn_runtime::{ActionOutcome, Dispatch};
 
+use crate::bus::Bus;
 use crate::config::{Config, Secrets};
 use crate::egress::{EgressPolicy, GuardedResolver, refusal_in};
 
@@ -183,14 +189,129 @@ fn truncate(s: &str, max: usize) -> &str {
 #[derive(Debug, Clone)]
 pub struct Providers {
     http: HttpProvider,
+    bus: Bus,
+    channel_webhook: Option<String>,
     secrets: Secrets,
 }
 
 impl Providers {
-    pub fn new(config: &Config) -> Providers {
+    pub fn new(config: &Config, bus: Bus) -> Providers {
         Providers {
             http: HttpProvider::new(config.egress.clone(), config.max_response_bytes),
+            bus,
+            channel_webhook: config.channel_webhook.clone(),
             secrets: config.secrets.clone(),
+        }
+    }
+}
+
+impl Providers {
+    /// The bus they publish to.
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+}
+
+/// The messaging channel an action sends on (`email.send` → `email`), if
+/// it is one: those go through the bus to a channel worker.
+pub fn message_channel(action: &str) -> Option<&'static str> {
+    match action {
+        "email.send" => Some("email"),
+        "sms.send" => Some("sms"),
+        "push.send" => Some("push"),
+        "chat.send" => Some("chat"),
+        _ => None,
+    }
+}
+
+fn failure(error: String, retryable: bool) -> ActionOutcome {
+    ActionOutcome::Failure { error, retryable }
+}
+
+/// The messaging channels.
+pub const CHANNELS: [&str; 4] = ["email", "sms", "push", "chat"];
+
+/// The topic a channel's messages go through.
+pub fn channel_topic(channel: &str) -> String {
+    format!("sojourn.actions.{channel}")
+}
+
+/// `kafka.publish`: `topic`, `value` (any JSON, sent as JSON), `key`
+/// (text), `headers` (object of strings). The attempt's idempotency key
+/// goes in the `idempotency-key` header, so consumers can drop a repeat.
+/// Output: `topic`, `partition`, `offset`.
+async fn kafka_publish(bus: &Bus, d: &Dispatch, inputs: &Value) -> ActionOutcome {
+    let Some(topic) = inputs.get("topic").and_then(Value::as_str) else {
+        return failure("inputs.topic: must be a string".into(), false);
+    };
+    if let Err(e) = sojourn_runtime::triggers::check_topic(topic) {
+        return failure(format!("inputs.topic: {e}"), false);
+    }
+    let key = match inputs.get("key") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(k)) => k.clone(),
+        Some(other) => other.to_string(),
+    };
+    let value = match inputs.get("value") {
+        Some(v) => v.to_string(),
+        None => return failure("inputs.value: required".into(), false),
+    };
+    let mut headers: Vec<(String, String)> = Vec::new();
+    if let Some(hs) = inputs.get("headers") {
+        let Some(hs) = hs.as_object() else {
+            return failure("inputs.headers: must be an object of strings".into(), false);
+        };
+        for (name, v) in hs {
+            let Some(v) = v.as_str() else {
+                return failure(format!("inputs.headers.{name}: must be a string"), false);
+            };
+            headers.push((name.clone(), v.to_owned()));
+        }
+    }
+    headers.push(("idempotency-key".into(), d.idempotency_key.clone()));
+    let refs: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    match bus
+        .publish(topic, key.as_bytes(), value.as_bytes(), &refs)
+        .await
+    {
+        Ok(p) => ActionOutcome::Success {
+            output: json!({"topic": topic, "partition": p.partition, "offset": p.offset}),
+        },
+        Err(e) => failure(e, true),
+    }
+}
+
+/// A channel's stand-in provider: `webhook` when configured, else `log`.
+async fn channel_send(
+    providers: &Providers,
+    channel: &str,
+    d: &Dispatch,
+    inputs: &Value,
+) -> ActionOutcome {
+    match &providers.channel_webhook {
+        None => {
+            tracing::info!(channel, action = %d.action, key = %d.idempotency_key, "message recorded by the log provider (not sent)");
+            ActionOutcome::Success {
+                output: json!({"provider": "log", "channel": channel, "message_id": d.idempotency_key}),
+            }
+        }
+        Some(url) => {
+            let body = json!({"channel": channel, "action": d.action, "inputs": inputs});
+            let webhook = Dispatch {
+                action: "http.request".into(),
+                ..d.clone()
+            };
+            let request = json!({"url": url, "method": "POST", "body": body});
+            match providers.http.send(&webhook, &request).await {
+                ActionOutcome::Success { output } => ActionOutcome::Success {
+                    output: json!({"provider": "webhook", "channel": channel,
+                        "message_id": d.idempotency_key, "status": output["status"]}),
+                },
+                failed => failed,
+            }
         }
     }
 }
@@ -279,8 +400,12 @@ fn strip_nul(v: &mut Value) {
 }
 
 async fn send_raw(providers: &Providers, d: &Dispatch, inputs: &Value) -> ActionOutcome {
+    if let Some(channel) = message_channel(&d.action) {
+        return channel_send(providers, channel, d, inputs).await;
+    }
     match d.action.as_str() {
         "http.request" => providers.http.send(d, inputs).await,
+        "kafka.publish" => kafka_publish(&providers.bus, d, inputs).await,
         other => ActionOutcome::Failure {
             error: format!("no provider is configured for {other} on this node"),
             retryable: false,

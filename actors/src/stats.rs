@@ -25,6 +25,8 @@ pub struct Stats {
     pub timers_fired: Counter,
     pub actions_sent: Counter,
     pub actions_repeated: Counter,
+    /// Channel messages a worker of this node sent to a provider.
+    pub channel_messages_sent: Counter,
     pub completed: Counter,
     pub failed: Counter,
     /// Leases taken for executions that were not this node's.
@@ -64,6 +66,7 @@ impl Default for Stats {
             timers_fired: Counter::default(),
             actions_sent: Counter::default(),
             actions_repeated: Counter::default(),
+            channel_messages_sent: Counter::default(),
             completed: Counter::default(),
             failed: Counter::default(),
             leases_taken: Counter::default(),
@@ -185,6 +188,11 @@ impl Stats {
             self.actions_sent.clone(),
         );
         r.register(
+            "sojourn_channel_messages_sent",
+            "Channel messages this node's workers sent to a provider",
+            self.channel_messages_sent.clone(),
+        );
+        r.register(
             "sojourn_actions_repeated",
             "Action attempts sent again after a crash between send and record",
             self.actions_repeated.clone(),
@@ -234,6 +242,7 @@ impl Stats {
             timers_fired: get(&self.timers_fired),
             actions_sent: get(&self.actions_sent),
             actions_repeated: get(&self.actions_repeated),
+            channel_messages_sent: get(&self.channel_messages_sent),
             completed: get(&self.completed),
             failed: get(&self.failed),
         }
@@ -252,6 +261,7 @@ pub struct StatsSnapshot {
     pub timers_fired: u64,
     pub actions_sent: u64,
     pub actions_repeated: u64,
+    pub channel_messages_sent: u64,
     pub completed: u64,
     pub failed: u64,
 }

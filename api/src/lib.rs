@@ -288,6 +288,16 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         triggers::get::<S>,
     );
     r.add(
+        M::GET,
+        "/v1/triggers/{trigger}/dead-letters",
+        Spec::new("triggers", "An event trigger's dead letters")
+            .scope(Read)
+            .query::<triggers::ListDeadLetters>()
+            .returns::<Vec<triggers::DeadLetterOut>>(200)
+            .describe("Messages the trigger could not use (a value that is not JSON, an expression that fails on it, a start refused for good), newest first, with the reason. Their partition moved on."),
+        triggers::dead_letters::<S>,
+    );
+    r.add(
         M::POST,
         "/v1/triggers/{trigger}/activate",
         Spec::new("triggers", "Activate a trigger (init to active)")

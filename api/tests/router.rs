@@ -986,6 +986,28 @@ async fn executions<S: Store>(app: &App<S>) {
         "invalid_request",
         Some("Idempotency-Key"),
     );
+    // The triggers' keys are theirs: a caller's key cannot take (and so
+    // suppress) a schedule's fire.
+    for key in [
+        "schedule:trg_1:2026-01-01T09:00:00.000Z",
+        "event:trg_1:orders:0:7",
+    ] {
+        let r = app
+            .send(request(
+                Method::POST,
+                "/v1/executions",
+                Some(&k),
+                &[("Idempotency-Key", key)],
+                Body::from(json!({"workflow": "wait"}).to_string()),
+            ))
+            .await;
+        assert_error(
+            &r,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some("Idempotency-Key"),
+        );
+    }
 
     // Get: it waits at its event node.
     let e = app.wait_status(&k, &first, "waiting").await;
@@ -1837,6 +1859,55 @@ async fn triggers<S: Store>(app: &App<S>) {
             chrono::Weekday::Sat | chrono::Weekday::Sun
         ));
     }
+    // Not firing until active: then its durable next fire is the first of
+    // them; paused, none.
+    assert_eq!(sched["next_fire_at"], Value::Null);
+    let sid = sched["id"].as_str().expect("id").to_owned();
+    let r = app
+        .post(&format!("/v1/triggers/{sid}/activate"), &k, json!({}))
+        .await;
+    let active = r.ok(StatusCode::OK).clone();
+    let next: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(active["next_fire_at"].clone()).expect("next_fire_at");
+    assert_eq!(next, fires[0], "{active}");
+    let r = app
+        .post(&format!("/v1/triggers/{sid}/pause"), &k, json!({}))
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["next_fire_at"], Value::Null);
+    // A bad schedule names its field; nothing is created.
+    for (config, field) in [
+        (json!({"timezone": "UTC"}), "config.cron"),
+        (
+            json!({"cron": "0 9 * * *", "grace_seconds": 999999}),
+            "config.grace_seconds",
+        ),
+        (
+            json!({"cron": "0 9 * * *", "misfire": "twice"}),
+            "config.misfire",
+        ),
+    ] {
+        let r = app
+            .post(
+                "/v1/workflows/quick/triggers",
+                &k,
+                json!({"kind": "schedule", "config": config}),
+            )
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some(field));
+    }
+    let r = app
+        .post(
+            "/v1/workflows/quick/triggers",
+            &k,
+            json!({"kind": "event", "config": {"event": "signed_up", "topic": "bad topic"}}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("config.topic"),
+    );
     let r = app
         .post(
             "/v1/workflows/quick/triggers",
@@ -1844,7 +1915,26 @@ async fn triggers<S: Store>(app: &App<S>) {
             json!({"kind": "event", "config": {"event": "signed_up"}}),
         )
         .await;
-    r.ok(StatusCode::CREATED);
+    let event_id = r.ok(StatusCode::CREATED)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // An event trigger's dead letters (none yet); a bad limit is named.
+    let r = app
+        .get(&format!("/v1/triggers/{event_id}/dead-letters"), &k)
+        .await;
+    assert_eq!(r.ok(StatusCode::OK), &json!([]));
+    let r = app
+        .get(&format!("/v1/triggers/{event_id}/dead-letters?limit=0"), &k)
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("limit"),
+    );
+    let r = app.get("/v1/triggers/trg_nope/dead-letters", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
 
     let r = app.get("/v1/triggers", &k).await;
     assert_eq!(r.ok(StatusCode::OK).as_array().map(Vec::len), Some(3));

@@ -13,7 +13,8 @@ use crate::state::AppState;
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Health {
-    /// `ok`, `ready`, or what is wrong.
+    /// `ok` (liveness); `ready`, `degraded` (ready, but a dependency that
+    /// only delays sends does not answer: Kafka) or `not ready`.
     pub status: String,
     pub node: String,
     /// Per dependency: `ok` or the error (empty for liveness).
@@ -60,6 +61,20 @@ pub(crate) async fn readyz<S: Store>(State(app): State<AppState<S>>) -> Response
             }),
         });
     }
+    // Kafka away: the node still takes starts (channel messages wait in
+    // the outbox), so it stays ready, and says it is degraded.
+    let mut degraded = false;
+    if let Some(kafka) = app.engine.kafka_ready().await {
+        degraded = kafka.is_err();
+        checks.push(Check {
+            name: "kafka".into(),
+            ok: kafka.is_ok(),
+            error: kafka.err().map(|e| {
+                tracing::warn!(error = %e, "readiness: Kafka does not answer");
+                "unreachable".to_owned()
+            }),
+        });
+    }
     let draining = app.engine.is_draining();
     if draining {
         checks.push(Check {
@@ -77,7 +92,12 @@ pub(crate) async fn readyz<S: Store>(State(app): State<AppState<S>>) -> Response
         });
     }
     let body = Health {
-        status: if ok { "ready" } else { "not ready" }.into(),
+        status: match (ok, degraded) {
+            (true, false) => "ready",
+            (true, true) => "degraded",
+            (false, _) => "not ready",
+        }
+        .into(),
         node: app.engine.node_id().to_owned(),
         checks,
     };

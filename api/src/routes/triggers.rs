@@ -36,7 +36,9 @@ pub struct CreateTrigger {
     pub path: Option<String>,
     /// Kind-specific: `api` — `{"version"?}`; `schedule` — `{"cron",
     /// "timezone"?, "input"?, "misfire"? (once, all, skip), "grace_seconds"?}`;
-    /// `event` — `{"event", "condition"?, "input"?}`.
+    /// `event` — `{"event", "condition"?, "input"?, "topic"? (Kafka),
+    /// "action"? (start, deliver), "key"?, "subject"?, "idempotency_key"?,
+    /// "from"? (latest, earliest)}`; expressions are CEL over `event`.
     #[serde(default)]
     pub config: Option<Value>,
 }
@@ -287,6 +289,60 @@ pub(crate) async fn destroy<S: Store>(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<TriggerOut>> {
     move_to(&app, &caller, &id, Move::Destroy).await
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListDeadLetters {
+    /// How many (1 to 500; 100 by default).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// A message an event trigger could not use.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeadLetterOut {
+    pub id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    /// The value as text (bytes that are not UTF-8 replaced), at most 16 KiB.
+    pub payload: Option<String>,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub(crate) async fn dead_letters<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Q(q): Q<ListDeadLetters>,
+) -> ApiResult<axum::Json<Vec<DeadLetterOut>>> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be 1 to 500"));
+    }
+    let store = app.engine.store();
+    store
+        .get_trigger(&caller.namespace, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("trigger", &id))?;
+    let rows = store.dead_letters(&caller.namespace, &id, limit).await?;
+    Ok(axum::Json(
+        rows.into_iter()
+            .map(|d| DeadLetterOut {
+                id: d.id,
+                topic: d.topic,
+                partition: d.partition,
+                offset: d.offset,
+                key: d.key,
+                payload: d.payload,
+                reason: d.reason,
+                created_at: d.created_at,
+            })
+            .collect(),
+    ))
 }
 
 /// `POST /trigger/{path}`: fires an active `api` trigger.

@@ -1,0 +1,298 @@
+//! Channel workers: the relay publishes each channel message (`email.send`,
+//! `sms.send`, `push.send`, `chat.send`) to its channel's topic
+//! (`sojourn.actions.<channel>`, keyed by execution); the workers of that
+//! channel, one consumer group across the cluster
+//! (`sojourn.workers.<channel>`), send it with the channel's provider and
+//! record the result the durable way (the attempt's result and an inbox
+//! row for its execution, the outbox row removed), then hand it to the
+//! execution. A message's offset is committed only after its result is
+//! recorded: a worker that dies mid-send leaves the message to another,
+//! which sends it again with the same idempotency key.
+//!
+//! The relay's outbox claim on a published message lasts until the result
+//! is recorded (`outbox_claim_ttl`): a message lost on its way — which
+//! Kafka's acknowledged writes do not do, and the in-process queue only
+//! does when the process dies — is published again when the claim lapses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sojourn_persistence::{OutboxMessage, Store};
+use sojourn_runtime::{Dispatch, ExecutionId};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::bus::{Bus, BusMessage, From};
+use crate::execution::LocalResult;
+use crate::providers::{self, Providers};
+use crate::router::Router;
+use crate::stats::Stats;
+
+/// What goes through a channel's topic: the attempt to send, as the relay
+/// claimed it (secrets still by reference: they are resolved by the
+/// worker, at send time).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelJob {
+    pub execution_id: ExecutionId,
+    pub dispatch: Dispatch,
+}
+
+/// Messages a worker takes at once; they are sent concurrently, up to
+/// `per_channel` at a time, and their results recorded in one batch.
+const BATCH: usize = 256;
+
+/// Publishes a channel message for the workers, retrying while the bus is
+/// away (the relay's in-flight slot is held meanwhile, so a broker outage
+/// backs the outbox up in the database rather than in memory).
+pub(crate) async fn publish_job(bus: &Bus, channel: &str, m: &OutboxMessage) {
+    let job = ChannelJob {
+        execution_id: m.execution_id.clone(),
+        dispatch: m.dispatch.clone(),
+    };
+    let payload = match serde_json::to_vec(&job) {
+        Ok(p) => p,
+        // A Dispatch is plain JSON.
+        Err(e) => {
+            warn!(error = %e, "a channel message did not serialize");
+            return;
+        }
+    };
+    let topic = providers::channel_topic(channel);
+    let headers = [("idempotency-key", m.dispatch.idempotency_key.as_bytes())];
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match bus
+            .publish(
+                &topic,
+                m.execution_id.as_str().as_bytes(),
+                &payload,
+                &headers,
+            )
+            .await
+        {
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, topic, "publishing a channel message failed; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The workers of a node: one consumer per channel it serves.
+pub(crate) struct ChannelWorkers<S: Store> {
+    pub store: Arc<S>,
+    /// In a node: results go straight to their executions. Alone
+    /// (`sojourn worker`): none, the nodes' recovery delivers them.
+    pub router: Option<Arc<Router<S>>>,
+    pub bus: Bus,
+    pub providers: Providers,
+    pub channels: Vec<String>,
+    pub stats: Arc<Stats>,
+    /// Sends in flight per channel.
+    pub per_channel: usize,
+}
+
+impl<S: Store> ChannelWorkers<S> {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut set = JoinSet::new();
+        for channel in &self.channels {
+            let worker = Worker {
+                store: self.store.clone(),
+                router: self.router.clone(),
+                bus: self.bus.clone(),
+                providers: self.providers.clone(),
+                channel: channel.clone(),
+                stats: self.stats.clone(),
+                slots: Arc::new(Semaphore::new(self.per_channel.max(1))),
+            };
+            let span = info_span!("channel_worker", channel = %channel);
+            set.spawn(worker.run(shutdown.clone()).instrument(span));
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+struct Worker<S: Store> {
+    store: Arc<S>,
+    router: Option<Arc<Router<S>>>,
+    bus: Bus,
+    providers: Providers,
+    channel: String,
+    stats: Arc<Stats>,
+    slots: Arc<Semaphore>,
+}
+
+impl<S: Store> Worker<S> {
+    async fn run(self, stop: CancellationToken) {
+        let topic = providers::channel_topic(&self.channel);
+        let group = format!("sojourn.workers.{}", self.channel);
+        let mut sub = loop {
+            match self.bus.subscribe(&group, &topic, From::Earliest) {
+                Ok(s) => break s,
+                Err(e) => {
+                    warn!(error = %e, "joining the channel's workers failed; trying again");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        info!(topic, "sending");
+        let mut batch: Vec<BusMessage> = Vec::with_capacity(BATCH);
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => break,
+                m = sub.recv() => m,
+            };
+            match first {
+                Ok(m) => batch.push(m),
+                Err(e) => {
+                    warn!(error = %e, "receiving channel messages failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+            }
+            while batch.len() < BATCH {
+                match sub.try_recv().await {
+                    Some(m) => batch.push(m),
+                    None => break,
+                }
+            }
+            if !self.send_all(&batch, &stop).await {
+                // Stopping before the results were recorded: nothing of
+                // this batch is acknowledged; it is sent again elsewhere.
+                break;
+            }
+            for m in batch.drain(..) {
+                sub.ack(&m);
+            }
+        }
+        sub.close();
+    }
+
+    /// Sends a batch and records its results; `false` when stopped first.
+    async fn send_all(&self, batch: &[BusMessage], stop: &CancellationToken) -> bool {
+        let mut set = JoinSet::new();
+        for m in batch {
+            let job: ChannelJob = match m
+                .payload
+                .as_deref()
+                .map(serde_json::from_slice::<ChannelJob>)
+            {
+                Some(Ok(job)) => job,
+                other => {
+                    // Not ours (something else wrote to the topic): dropped.
+                    warn!(offset = m.offset, error = ?other.map(|r| r.err()), "a channel message that is not a job; skipped");
+                    continue;
+                }
+            };
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                return false;
+            };
+            let providers = self.providers.clone();
+            let span = info_span!("send", execution.id = %job.execution_id, node = %job.dispatch.node, attempt = job.dispatch.attempt);
+            set.spawn(
+                async move {
+                    let outcome = providers::send(&providers, &job.dispatch).await;
+                    drop(slot);
+                    (job, outcome)
+                }
+                .instrument(span),
+            );
+        }
+        let mut results: Vec<(ExecutionId, LocalResult)> = Vec::with_capacity(batch.len());
+        while let Some(done) = set.join_next().await {
+            let Ok((job, outcome)) = done else { continue };
+            Stats::add(&self.stats.channel_messages_sent, 1);
+            results.push((
+                job.execution_id,
+                LocalResult {
+                    node: job.dispatch.node,
+                    attempt: job.dispatch.attempt,
+                    outcome,
+                    key: job.dispatch.idempotency_key,
+                },
+            ));
+        }
+        if results.is_empty() {
+            return true;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match crate::outbox::record_results(&*self.store, &results).await {
+                Ok(inbox) => {
+                    if let Some(router) = &self.router {
+                        let routed = results
+                            .into_iter()
+                            .zip(inbox)
+                            .map(|((id, r), inbox)| (id, Some(r.into_delivery(Some(inbox)).0)))
+                            .collect();
+                        router.route(routed).await;
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    debug!(error = %e, "recording channel results failed; trying again");
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Channel workers alone (`sojourn worker --channels …`), for operators who
+/// scale sending apart from the nodes: they consume the channels' topics
+/// on Kafka and record each result the durable way; the nodes' recovery
+/// hands it to its execution (within `recovery_poll`). Runs until
+/// `shutdown`; the sends in flight are finished and recorded first.
+pub async fn run_alone<S: Store>(
+    store: S,
+    config: &crate::Config,
+    shutdown: CancellationToken,
+) -> Result<(), crate::Error> {
+    if config.kafka_brokers.is_empty() {
+        return Err(crate::Error::Validation(
+            "kafka.brokers: workers apart from the nodes need Kafka".into(),
+        ));
+    }
+    if let Some(bad) = config
+        .worker_channels
+        .iter()
+        .find(|c| !providers::CHANNELS.contains(&c.as_str()))
+    {
+        return Err(crate::Error::Validation(format!(
+            "channels: {bad:?} is not a channel ({})",
+            providers::CHANNELS.join(", ")
+        )));
+    }
+    let bus =
+        Bus::kafka(&config.kafka_brokers, &config.node_id).map_err(crate::Error::Unavailable)?;
+    bus.ping(Duration::from_secs(5))
+        .await
+        .map_err(crate::Error::Unavailable)?;
+    ChannelWorkers {
+        store: Arc::new(store),
+        router: None,
+        bus: bus.clone(),
+        providers: Providers::new(config, bus),
+        channels: config.worker_channels.clone(),
+        stats: Arc::new(Stats::default()),
+        per_channel: config.max_in_flight_actions,
+    }
+    .run(shutdown)
+    .await;
+    Ok(())
+}
