@@ -586,7 +586,7 @@ async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Fail
     let node_id = s.node_id.clone().unwrap_or_else(node::default_node_id);
     if s.kafka.brokers.is_empty() {
         eprintln!(
-            "note: no Kafka (kafka.brokers, SOJOURN_KAFKA_BROKERS): event triggers with a topic are not consumed"
+            "note: no Kafka (kafka.brokers, SOJOURN_KAFKA_BROKERS): channel messages, kafka.publish and event triggers go through an in-process queue on this node alone"
         );
     }
     let advertise = s

@@ -136,7 +136,17 @@ impl<S: Store> Engine<S> {
         // Claims under this node's name belong to an earlier run of it.
         store.release_claims(&config.node_id).await?;
         let store = Arc::new(store);
-        // Kafka when brokers are configured, else the in-process queue.
+        // Kafka when brokers are configured, else the in-process queue, on
+        // which this node's workers are the only ones: all channels.
+        if config.kafka_brokers.is_empty()
+            && let Some(missing) = crate::providers::CHANNELS
+                .iter()
+                .find(|c| !config.worker_channels.iter().any(|w| w == *c))
+        {
+            return Err(Error::Validation(format!(
+                "worker_channels: without Kafka this node's workers send every channel; {missing} is missing"
+            )));
+        }
         let bus = if config.kafka_brokers.is_empty() {
             crate::bus::Bus::memory()
         } else {
@@ -240,7 +250,7 @@ impl<S: Store> Engine<S> {
                 store: store.clone(),
                 router: Some(router.clone()),
                 bus: bus.clone(),
-                providers: crate::providers::Providers::new(&config, bus.clone()),
+                providers: crate::providers::Providers::new(&config, bus.clone(), shutdown.clone()),
                 channels: config.worker_channels.clone(),
                 stats: stats.clone(),
                 per_channel: config.max_in_flight_actions,
@@ -274,7 +284,7 @@ impl<S: Store> Engine<S> {
                 router: router.clone(),
                 stats: stats.clone(),
                 traces: ctx.traces.clone(),
-                providers: crate::providers::Providers::new(&config, bus.clone()),
+                providers: crate::providers::Providers::new(&config, bus.clone(), shutdown.clone()),
             }
             .run(shutdown.clone()),
         );
@@ -443,6 +453,8 @@ impl<S: Store> Engine<S> {
             .await
     }
 
+    /// Sends an input (pause, resume, cancel, retry, a direct event) to one
+    /// execution, durably.
     pub async fn send_input(&self, id: &ExecutionId, input: Input) -> Result<(), Error> {
         let inbox = self.ctx.store.enqueue_input(id, &input, Utc::now()).await?;
         let item = (
@@ -758,8 +770,6 @@ impl<S: Store> Launcher<S> {
         Ok(ids.len())
     }
 
-    /// Sends an input (pause, resume, cancel, retry, a direct event) to one
-    /// execution, durably.
     /// A place for one more started execution in memory: at once when
     /// there is one, else the first to free up within `start_wait`.
     async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {

@@ -79,18 +79,26 @@ impl<S: Store> EventConsumers<S> {
                 .filter(|t| t.config.get("topic").is_some_and(Value::is_string))
                 .map(|t| (t.id.clone(), t))
                 .collect();
-            // Stopped, paused, or changed: its consumer leaves.
+            // Stopped, paused, or changed: its consumer leaves (all at once,
+            // so that one slow to leave does not hold the others). One whose
+            // task ended is started again below.
             let gone: Vec<String> = running
                 .iter()
-                .filter(|(id, r)| wanted.get(*id).is_none_or(|t| t.config != r.config))
+                .filter(|(id, r)| {
+                    r.task.is_finished() || wanted.get(*id).is_none_or(|t| t.config != r.config)
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
+            let mut leaving = Vec::with_capacity(gone.len());
             for id in gone {
                 if let Some(r) = running.remove(&id) {
                     r.stop.cancel();
-                    let _ = r.task.await;
-                    info!(trigger.id = %id, "event trigger no longer consumed here");
+                    leaving.push((id, r.task));
                 }
+            }
+            for (id, task) in leaving {
+                let _ = task.await;
+                debug!(trigger.id = %id, "event trigger consumer left");
             }
             for (id, t) in wanted.drain() {
                 if running.contains_key(&id) {
@@ -122,8 +130,10 @@ impl<S: Store> EventConsumers<S> {
                 );
             }
         }
-        for (_, r) in running.drain() {
+        for r in running.values() {
             r.stop.cancel();
+        }
+        for (_, r) in running.drain() {
             let _ = r.task.await;
         }
     }
@@ -201,14 +211,14 @@ impl<S: Store> TriggerConsumer<S> {
             }
         };
         info!(topic = %self.trigger.topic, "consuming");
-        let mut batch: Vec<BusMessage> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<Arc<BusMessage>> = Vec::with_capacity(BATCH);
         'consume: loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => break,
                 m = consumer.recv() => m,
             };
             match first {
-                Ok(m) => batch.push(m),
+                Ok(m) => batch.push(Arc::new(m)),
                 Err(e) => {
                     warn!(error = %e, "receiving from Kafka failed");
                     tokio::select! {
@@ -221,7 +231,7 @@ impl<S: Store> TriggerConsumer<S> {
             // Whatever else is already here joins the batch.
             while batch.len() < BATCH {
                 match consumer.try_recv().await {
-                    Some(m) => batch.push(m),
+                    Some(m) => batch.push(Arc::new(m)),
                     None => break,
                 }
             }
@@ -229,21 +239,36 @@ impl<S: Store> TriggerConsumer<S> {
             let mut backoff = Duration::from_millis(100);
             while !pending.is_empty() {
                 let mut set = JoinSet::new();
+                let mut tasks = HashMap::with_capacity(pending.len());
                 for &i in &pending {
                     let (this, msg) = (self.clone_parts(), batch[i].clone());
-                    set.spawn(async move { (i, this.handle(&msg).await) });
+                    let task = set.spawn(async move { (i, this.handle(&msg).await) });
+                    tasks.insert(task.id(), i);
                 }
                 let mut retry = Vec::new();
-                while let Some(joined) = set.join_next().await {
-                    let Ok((i, outcome)) = joined else { continue };
+                while let Some(joined) = set.join_next_with_id().await {
+                    let (i, outcome) = match joined {
+                        Ok((_, done)) => done,
+                        // A handler that panicked: its message can never be
+                        // used; it must not be acknowledged as handled.
+                        Err(e) => match tasks.get(&e.id()) {
+                            Some(&i) => (i, Outcome::Dead(format!("handling it panicked: {e}"))),
+                            None => continue,
+                        },
+                    };
                     match outcome {
                         Outcome::Done => {}
-                        Outcome::Dead(reason) => {
-                            if let Err(e) = self.dead_letter(&batch[i], &reason).await {
+                        Outcome::Dead(reason) => match self.dead_letter(&batch[i], &reason).await {
+                            Ok(()) => {}
+                            Err(Error::Store(sojourn_persistence::Error::Database(e))) => {
                                 warn!(error = %e, "keeping a dead letter failed; trying again");
                                 retry.push(i);
                             }
-                        }
+                            // Anything else would fail again: the message is
+                            // passed (logged above) rather than block its
+                            // partition.
+                            Err(e) => error!(error = %e, "a dead letter could not be kept"),
+                        },
                         Outcome::Retry(e) => {
                             debug!(error = %e, "an event's effect failed; trying again");
                             retry.push(i);
@@ -271,7 +296,8 @@ impl<S: Store> TriggerConsumer<S> {
                 consumer.ack(&m);
             }
         }
-        consumer.close();
+        // Committing and leaving the group block: not on a runtime thread.
+        let _ = tokio::task::spawn_blocking(move || consumer.close()).await;
     }
 
     fn clone_parts(&self) -> Handler<S> {
@@ -289,10 +315,12 @@ impl<S: Store> TriggerConsumer<S> {
             reason,
             "a message could not be used; kept as a dead letter"
         );
-        let payload = m.payload.as_deref().map(|p| {
-            let p = &p[..p.len().min(DEAD_PAYLOAD_MAX)];
-            String::from_utf8_lossy(p).into_owned()
-        });
+        // Text a database keeps: no NUL (PostgreSQL refuses it in TEXT).
+        let text = |b: &[u8]| String::from_utf8_lossy(b).replace('\0', "\u{fffd}");
+        let payload = m
+            .payload
+            .as_deref()
+            .map(|p| text(&p[..p.len().min(DEAD_PAYLOAD_MAX)]));
         self.store
             .add_dead_letter(&DeadLetter {
                 id: sojourn_persistence::ids::new_dead_letter_id(),
@@ -341,7 +369,7 @@ fn event_of(name: &str, m: &BusMessage) -> Result<Value, String> {
         .as_deref()
         .map(|k| Value::String(String::from_utf8_lossy(k).into_owned()))
         .unwrap_or(Value::Null);
-    Ok(json!({
+    let mut event = json!({
         "name": name,
         "key": key,
         "payload": payload,
@@ -349,7 +377,11 @@ fn event_of(name: &str, m: &BusMessage) -> Result<Value, String> {
         "topic": m.topic,
         "partition": m.partition,
         "offset": m.offset,
-    }))
+    });
+    // PostgreSQL's jsonb refuses NUL: a binary key or header, or a "\u0000"
+    // in the value, must not make every start of the message fail.
+    crate::providers::strip_nul(&mut event);
+    Ok(event)
 }
 
 /// An expression's result as a key: a string, or a number or boolean as

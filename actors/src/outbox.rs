@@ -208,20 +208,29 @@ fn send(
     traces: &Traces,
     m: OutboxMessage,
 ) {
-    let (http, done, stats) = (http.clone(), done.clone(), stats.clone());
     let span = info_span!("action", execution.id = %m.execution_id, node = %m.dispatch.node, attempt = m.dispatch.attempt);
     // A child of its execution's activation (when on this node).
     traces.adopt(&m.execution_id, &span);
+    // A channel message goes to its channel's workers; its result comes
+    // back from them, and its outbox row stays until then. (No handle on
+    // the finisher: a publish waiting out a broker outage must not hold
+    // the relay's stop.)
+    if let Some(channel) = providers::message_channel(&m.dispatch.action) {
+        let (http, stats) = (http.clone(), stats.clone());
+        tokio::spawn(
+            async move {
+                if crate::workers::publish_job(http.bus(), channel, &m, http.stop()).await {
+                    Stats::add(&stats.actions_sent, 1);
+                }
+                drop(slot);
+            }
+            .instrument(span),
+        );
+        return;
+    }
+    let (http, done, stats) = (http.clone(), done.clone(), stats.clone());
     tokio::spawn(
         async move {
-            // A channel message goes to its channel's workers; its result
-            // comes back from them, and its outbox row stays until then.
-            if let Some(channel) = providers::message_channel(&m.dispatch.action) {
-                crate::workers::publish_job(http.bus(), channel, &m).await;
-                Stats::add(&stats.actions_sent, 1);
-                drop(slot);
-                return;
-            }
             let outcome = providers::send(&http, &m.dispatch).await;
             Stats::add(&stats.actions_sent, 1);
             let _ = done

@@ -190,17 +190,21 @@ fn truncate(s: &str, max: usize) -> &str {
 pub struct Providers {
     http: HttpProvider,
     bus: Bus,
-    channel_webhook: Option<String>,
+    channel_webhook: Option<Arc<str>>,
     secrets: Secrets,
+    /// The node stopping: publishes waiting out a broker outage give up
+    /// (the outbox keeps their messages).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Providers {
-    pub fn new(config: &Config, bus: Bus) -> Providers {
+    pub fn new(config: &Config, bus: Bus, stop: tokio_util::sync::CancellationToken) -> Providers {
         Providers {
             http: HttpProvider::new(config.egress.clone(), config.max_response_bytes),
             bus,
-            channel_webhook: config.channel_webhook.clone(),
+            channel_webhook: config.channel_webhook.as_deref().map(Arc::from),
             secrets: config.secrets.clone(),
+            stop,
         }
     }
 }
@@ -209,6 +213,11 @@ impl Providers {
     /// The bus they publish to.
     pub(crate) fn bus(&self) -> &Bus {
         &self.bus
+    }
+
+    /// Cancelled when the node stops.
+    pub(crate) fn stop(&self) -> &tokio_util::sync::CancellationToken {
+        &self.stop
     }
 }
 
@@ -244,7 +253,7 @@ async fn kafka_publish(bus: &Bus, d: &Dispatch, inputs: &Value) -> ActionOutcome
     let Some(topic) = inputs.get("topic").and_then(Value::as_str) else {
         return failure("inputs.topic: must be a string".into(), false);
     };
-    if let Err(e) = sojourn_runtime::triggers::check_topic(topic) {
+    if let Err(e) = sojourn_runtime::triggers::check_user_topic(topic) {
         return failure(format!("inputs.topic: {e}"), false);
     }
     let key = match inputs.get("key") {
@@ -280,6 +289,9 @@ async fn kafka_publish(bus: &Bus, d: &Dispatch, inputs: &Value) -> ActionOutcome
         Ok(p) => ActionOutcome::Success {
             output: json!({"topic": topic, "partition": p.partition, "offset": p.offset}),
         },
+        // No broker (the in-process queue) and nothing to read it: no
+        // retry makes it arrive.
+        Err(e) if !bus.is_kafka() => failure(e, false),
         Err(e) => failure(e, true),
     }
 }
@@ -299,6 +311,7 @@ async fn channel_send(
             }
         }
         Some(url) => {
+            let url: &str = url;
             let body = json!({"channel": channel, "action": d.action, "inputs": inputs});
             let webhook = Dispatch {
                 action: "http.request".into(),
@@ -390,7 +403,7 @@ fn storable(outcome: ActionOutcome) -> ActionOutcome {
 }
 
 /// Replaces NUL characters in every string and key with U+FFFD.
-fn strip_nul(v: &mut Value) {
+pub(crate) fn strip_nul(v: &mut Value) {
     let nul = |s: &str| s.contains('\0');
     if sojourn_runtime::json::any_string(v, &nul) {
         sojourn_runtime::json::rewrite_strings(v, &mut |s| {

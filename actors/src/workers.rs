@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sojourn_persistence::{OutboxMessage, Store};
+use sojourn_persistence::{AttemptBegin, AttemptRef, OutboxMessage, Store};
 use sojourn_runtime::{Dispatch, ExecutionId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -46,8 +46,14 @@ const BATCH: usize = 256;
 
 /// Publishes a channel message for the workers, retrying while the bus is
 /// away (the relay's in-flight slot is held meanwhile, so a broker outage
-/// backs the outbox up in the database rather than in memory).
-pub(crate) async fn publish_job(bus: &Bus, channel: &str, m: &OutboxMessage) {
+/// backs the outbox up in the database rather than in memory). `false`
+/// when the node stopped first: the outbox row keeps the message.
+pub(crate) async fn publish_job(
+    bus: &Bus,
+    channel: &str,
+    m: &OutboxMessage,
+    stop: &CancellationToken,
+) -> bool {
     let job = ChannelJob {
         execution_id: m.execution_id.clone(),
         dispatch: m.dispatch.clone(),
@@ -57,26 +63,25 @@ pub(crate) async fn publish_job(bus: &Bus, channel: &str, m: &OutboxMessage) {
         // A Dispatch is plain JSON.
         Err(e) => {
             warn!(error = %e, "a channel message did not serialize");
-            return;
+            return false;
         }
     };
     let topic = providers::channel_topic(channel);
     let headers = [("idempotency-key", m.dispatch.idempotency_key.as_bytes())];
     let mut backoff = Duration::from_millis(200);
     loop {
-        match bus
-            .publish(
-                &topic,
-                m.execution_id.as_str().as_bytes(),
-                &payload,
-                &headers,
-            )
-            .await
-        {
-            Ok(_) => return,
+        let published = tokio::select! {
+            _ = stop.cancelled() => return false,
+            p = bus.publish(&topic, m.execution_id.as_str().as_bytes(), &payload, &headers) => p,
+        };
+        match published {
+            Ok(_) => return true,
             Err(e) => {
                 warn!(error = %e, topic, "publishing a channel message failed; trying again");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
@@ -181,20 +186,61 @@ impl<S: Store> Worker<S> {
 
     /// Sends a batch and records its results; `false` when stopped first.
     async fn send_all(&self, batch: &[BusMessage], stop: &CancellationToken) -> bool {
-        let mut set = JoinSet::new();
+        let mut jobs: Vec<ChannelJob> = Vec::with_capacity(batch.len());
         for m in batch {
-            let job: ChannelJob = match m
+            match m
                 .payload
                 .as_deref()
                 .map(serde_json::from_slice::<ChannelJob>)
             {
-                Some(Ok(job)) => job,
+                Some(Ok(job)) => jobs.push(job),
                 other => {
-                    // Not ours (something else wrote to the topic): dropped.
+                    // Not a job (something else wrote to the topic): dropped.
                     warn!(offset = m.offset, error = ?other.map(|r| r.err()), "a channel message that is not a job; skipped");
-                    continue;
                 }
-            };
+            }
+        }
+        if jobs.is_empty() {
+            return true;
+        }
+        // Only attempts still open are sent: a message published again (a
+        // restarted relay, a lapsed claim) or redelivered (a rebalance, a
+        // crash before the commit) after its result was recorded is
+        // dropped, and so is one no transition decided.
+        let begins = {
+            let refs: Vec<AttemptRef<'_>> = jobs
+                .iter()
+                .map(|j| AttemptRef {
+                    execution_id: &j.execution_id,
+                    node: j.dispatch.node.as_str(),
+                    attempt: j.dispatch.attempt,
+                })
+                .collect();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.store.begin_attempts(&refs).await {
+                    Ok(b) => break b,
+                    Err(sojourn_persistence::Error::Database(e)) => {
+                        debug!(error = %e, "beginning channel attempts failed; trying again");
+                        tokio::select! {
+                            _ = stop.cancelled() => return false,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "channel messages that do not name a real attempt; skipped");
+                        return true;
+                    }
+                }
+            }
+        };
+        let mut set = JoinSet::new();
+        for (job, begin) in jobs.into_iter().zip(begins) {
+            if !matches!(begin, AttemptBegin::Send { .. }) {
+                debug!(execution.id = %job.execution_id, ?begin, "a channel message already sent or unknown; dropped");
+                continue;
+            }
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
                 return false;
             };
@@ -211,7 +257,15 @@ impl<S: Store> Worker<S> {
         }
         let mut results: Vec<(ExecutionId, LocalResult)> = Vec::with_capacity(batch.len());
         while let Some(done) = set.join_next().await {
-            let Ok((job, outcome)) = done else { continue };
+            let (job, outcome) = match done {
+                Ok(d) => d,
+                Err(e) => {
+                    // A provider never panics by design; if one did, its
+                    // message is sent again when the relay's claim lapses.
+                    tracing::error!(error = %e, "a channel send panicked");
+                    continue;
+                }
+            };
             Stats::add(&self.stats.channel_messages_sent, 1);
             results.push((
                 job.execution_id,
@@ -240,13 +294,19 @@ impl<S: Store> Worker<S> {
                     }
                     return true;
                 }
-                Err(e) => {
+                // The database away: tried again until it is back (the
+                // messages stay unacknowledged meanwhile).
+                Err(sojourn_persistence::Error::Database(e)) => {
                     debug!(error = %e, "recording channel results failed; trying again");
                     tokio::select! {
                         _ = stop.cancelled() => return false,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    warn!(error = %e, results = results.len(), "channel results that cannot be recorded; dropped");
+                    return true;
                 }
             }
         }
@@ -287,7 +347,7 @@ pub async fn run_alone<S: Store>(
         store: Arc::new(store),
         router: None,
         bus: bus.clone(),
-        providers: Providers::new(config, bus),
+        providers: Providers::new(config, bus, shutdown.clone()),
         channels: config.worker_channels.clone(),
         stats: Arc::new(Stats::default()),
         per_channel: config.max_in_flight_actions,

@@ -114,6 +114,22 @@ async fn channel_messages_go_through_kafka_to_the_workers_and_survive_a_broker_r
     ids.extend(more);
     all_sent_once(&engine, &sink, &ids).await;
 
+    // Away again, and the node stops meanwhile: it stops promptly (the
+    // publishes waiting for the broker give up), the messages stay in the
+    // outbox, and the next node sends them once the broker is back.
+    kafka.kill();
+    let last = start_many(&engine, 20, 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(90), engine.shutdown())
+        .await
+        .expect("a node stops while Kafka is away");
+    kafka.restart();
+    let engine = Engine::start(store.clone(), config(&sink, Some(&kafka)))
+        .await
+        .expect("engine");
+    ids.extend(last);
+    all_sent_once(&engine, &sink, &ids).await;
+
     engine.shutdown().await;
     fresh.cleanup(Some(&store)).await;
 }
@@ -129,6 +145,101 @@ async fn channel_messages_go_through_the_in_process_queue_in_dev() {
     let ids = start_many(&engine, 0, 10).await;
     all_sent_once(&engine, &sink, &ids).await;
     assert_eq!(engine.kafka_ready().await, None);
+    engine.shutdown().await;
+    fresh.cleanup(None).await;
+}
+
+/// `kafka.publish` in `sojourn dev`: the record goes through the in-process
+/// queue to the event trigger that reads its topic; a topic nothing reads,
+/// or one of Sojourn's own, fails without retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_publish_reaches_an_event_trigger_in_process() {
+    use sojourn_persistence::TriggerStore;
+    use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind};
+    let sink = Sink::start().await;
+    let (store, fresh) = sqlite_store().await;
+    let engine = Engine::start(
+        store.clone(),
+        Config {
+            schedule_poll: Duration::from_millis(50),
+            ..config(&sink, None)
+        },
+    )
+    .await
+    .expect("engine");
+    let publisher = Workflow::from_value(json!({
+        "key": "publisher",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "pub", "type": "action", "config": {"action": "kafka.publish", "inputs": {
+                "topic": "{{ input.topic }}", "key": "{{ input.user }}",
+                "value": {"user": "{{ input.user }}", "total": 12}}}},
+            {"id": "done", "type": "exit", "config": {"outcome": "published"}},
+            {"id": "failed", "type": "exit", "config": {"outcome": "failed"}},
+        ],
+        "edges": [
+            {"from": "start", "to": "pub"},
+            {"from": "pub", "to": "done", "branch": "success"},
+            {"from": "pub", "to": "failed", "branch": "failure"},
+        ]
+    }))
+    .expect("workflow");
+    engine.deploy(&publisher).await.expect("deploy");
+    let (listener, _) = engine.deploy(&welcome()).await.expect("deploy");
+    let t = store
+        .create_trigger(sojourn_persistence::NewTrigger {
+            id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
+            namespace: "default".into(),
+            workflow_id: listener.clone(),
+            path: None,
+            config: TriggerConfig::parse(
+                TriggerKind::Event,
+                &json!({"event": "order", "topic": "orders", "subject": "event.payload.user",
+                        "input": {"email": "x@example.com", "name": "X"}}),
+            )
+            .expect("config"),
+            now: chrono::Utc::now(),
+        })
+        .await
+        .expect("create");
+    store
+        .set_trigger_state("default", &t.id, Move::Activate, None, chrono::Utc::now())
+        .await
+        .expect("activate")
+        .expect("found");
+    // The trigger's consumer joins within a poll.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = |topic: &str| {
+        engine.start_execution(StartRequest {
+            namespace: None,
+            workflow: "publisher".into(),
+            version: None,
+            input: json!({"topic": topic, "user": "u-9"}),
+            subject: None,
+            timezone: None,
+            idempotency_key: None,
+        })
+    };
+    let published = start("orders").await.expect("start");
+    let rec = wait_for(&engine, &published.id, Status::Completed).await;
+    assert_eq!(rec.snapshot.outcome.as_deref(), Some("published"));
+    // The listener started for u-9 and sent its welcome email.
+    let mut sent = Vec::new();
+    for _ in 0..100 {
+        sent = sink.seen();
+        if !sent.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    // A topic nothing reads in this process; and one of Sojourn's own.
+    for topic in ["nobody-reads", "sojourn.actions.email"] {
+        let lost = start(topic).await.expect("start");
+        let rec = wait_for(&engine, &lost.id, Status::Completed).await;
+        assert_eq!(rec.snapshot.outcome.as_deref(), Some("failed"), "{topic}");
+    }
+    assert_eq!(sink.seen().len(), 1, "no forged channel message was sent");
     engine.shutdown().await;
     fresh.cleanup(None).await;
 }

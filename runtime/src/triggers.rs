@@ -334,13 +334,29 @@ impl EventTrigger {
             }
         }
         if let Some(topic) = &self.topic
-            && let Err(e) = check_topic(topic)
+            && let Err(e) = check_user_topic(topic)
         {
             problems.push(ConfigError::new("topic", e));
         }
         problems.extend(input_problem(&self.input));
         problems
     }
+}
+
+/// The prefix of Sojourn's own topics (`sojourn.actions.email`, …): a
+/// workflow neither publishes to nor triggers on them.
+pub const RESERVED_TOPIC_PREFIX: &str = "sojourn.";
+
+/// A topic a workflow may name: [`check_topic`], and not one of Sojourn's
+/// own ([`RESERVED_TOPIC_PREFIX`]).
+pub fn check_user_topic(topic: &str) -> Result<(), String> {
+    check_topic(topic)?;
+    if topic.starts_with(RESERVED_TOPIC_PREFIX) {
+        return Err(format!(
+            "{topic:?}: topics starting {RESERVED_TOPIC_PREFIX:?} are Sojourn's own"
+        ));
+    }
+    Ok(())
 }
 
 /// A Kafka topic name: 1 to 249 of letters, digits, `.`, `_` and `-`, not
@@ -556,6 +572,11 @@ mod tests {
                 TriggerKind::Event,
                 json!({"event": "paid", "subject": "event.payload."}),
                 "subject",
+            ),
+            (
+                TriggerKind::Event,
+                json!({"event": "paid", "topic": "sojourn.actions.email"}),
+                "topic",
             ),
             (
                 TriggerKind::Event,
