@@ -207,7 +207,12 @@ async fn messages_start_one_execution_each_even_redelivered_and_bad_ones_become_
         .expect("the binary message is kept");
     assert!(binary.reason.contains("not JSON"), "{binary:?}");
     assert_eq!(binary.key.as_deref(), Some("bk"));
-    assert!(binary.payload.as_deref().is_some_and(|p| p.starts_with('\u{fffd}')));
+    assert!(
+        binary
+            .payload
+            .as_deref()
+            .is_some_and(|p| p.starts_with('\u{fffd}'))
+    );
     assert_eq!(dead[0].topic, "signups");
     // The input: the payload, the trigger's input, and the event.
     let one = store
