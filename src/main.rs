@@ -324,7 +324,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `dev` and `serve` set up logging (and tracing) once their settings
     // are read.
-    if !matches!(cli.command, Command::Dev { .. } | Command::Serve { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Dev { .. } | Command::Serve { .. } | Command::Worker { .. }
+    ) {
         telemetry::logging();
     }
     let result = match cli.command {

@@ -182,6 +182,50 @@ impl Bus {
         }
     }
 
+    /// Creates the topics that do not exist yet, with `partitions` each and
+    /// the brokers' default replication factor; the in-process queue needs
+    /// none. An error names what failed (the caller decides whether it
+    /// matters).
+    pub async fn ensure_topics(&self, topics: &[String], partitions: i32) -> Result<(), String> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::types::RDKafkaErrorCode;
+        let Kind::Kafka(k) = &self.0 else {
+            return Ok(());
+        };
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &k.brokers)
+            .set("client.id", &k.client_id)
+            .create()
+            .map_err(|e| format!("creating a Kafka admin client: {e}"))?;
+        let create = |rf: i32| -> Vec<NewTopic<'_>> {
+            topics
+                .iter()
+                .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(rf)))
+                .collect()
+        };
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        // -1: the brokers' `default.replication.factor`; a broker too old
+        // for that (or tansu) is asked for 1.
+        let mut failed = Vec::new();
+        for rf in [-1, 1] {
+            let results = admin
+                .create_topics(&create(rf), &opts)
+                .await
+                .map_err(|e| format!("creating topics: {e}"))?;
+            failed = results
+                .into_iter()
+                .filter_map(|r| match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
+                    Err((topic, code)) => Some(format!("{topic}: {code:?}")),
+                })
+                .collect();
+            if failed.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(format!("creating topics: {}", failed.join(", ")))
+    }
+
     /// Whether the brokers answer (readiness): one topic's metadata within
     /// `timeout` (keep it under a probe's timeout). Always for the
     /// in-process queue.
@@ -190,11 +234,20 @@ impl Bus {
             Kind::Kafka(k) => {
                 let k = k.clone();
                 tokio::task::spawn_blocking(move || {
-                    k.producer
+                    let md = k
+                        .producer
                         .client()
                         .fetch_metadata(Some("sojourn.actions.email"), timeout)
-                        .map(|_| ())
-                        .map_err(|e| format!("Kafka at {}: {e}", k.brokers))
+                        .map_err(|e| format!("Kafka at {}: {e}", k.brokers))?;
+                    // A topic's own error comes in its metadata, not as the
+                    // call's.
+                    match md.topics().first().and_then(|t| t.error()) {
+                        None => Ok(()),
+                        Some(e) => Err(format!(
+                            "Kafka at {}: sojourn.actions.email: {e:?}",
+                            k.brokers
+                        )),
+                    }
                 })
                 .await
                 .map_err(|e| e.to_string())?

@@ -59,6 +59,9 @@ pub struct Config {
     /// Kafka brokers (`host:port`): event triggers with a topic consume
     /// from them. None: no event trigger consumes.
     pub kafka_brokers: Vec<String>,
+    /// Partitions of the channel topics Sojourn creates (how many workers
+    /// can share a channel).
+    pub kafka_topic_partitions: i32,
     /// The channels whose messages this node's workers send (all four by
     /// default; none on a node that leaves sending to `sojourn worker`).
     pub worker_channels: Vec<String>,
@@ -132,6 +135,7 @@ impl Default for Config {
             timer_batch: 2_000,
             schedule_poll: Duration::from_secs(1),
             kafka_brokers: Vec::new(),
+            kafka_topic_partitions: 6,
             worker_channels: crate::providers::CHANNELS.map(String::from).to_vec(),
             channel_webhook: None,
             schedule_claim_ttl: Duration::from_secs(30),

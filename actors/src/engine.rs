@@ -133,9 +133,6 @@ impl<S: Store> Engine<S> {
         config: Config,
         cluster: Cluster,
     ) -> Result<Engine<S>, Error> {
-        // Claims under this node's name belong to an earlier run of it.
-        store.release_claims(&config.node_id).await?;
-        let store = Arc::new(store);
         // Kafka when brokers are configured, else the in-process queue, on
         // which this node's workers are the only ones: all channels.
         if config.kafka_brokers.is_empty()
@@ -144,15 +141,21 @@ impl<S: Store> Engine<S> {
                 .find(|c| !config.worker_channels.iter().any(|w| w == *c))
         {
             return Err(Error::Validation(format!(
-                "worker_channels: without Kafka this node's workers send every channel; {missing} is missing"
+                "engine.worker_channels: without Kafka this node's workers send every channel; {missing} is missing"
             )));
         }
+        // Claims under this node's name belong to an earlier run of it.
+        store.release_claims(&config.node_id).await?;
+        let store = Arc::new(store);
         let bus = if config.kafka_brokers.is_empty() {
             crate::bus::Bus::memory()
         } else {
             crate::bus::Bus::kafka(&config.kafka_brokers, &config.node_id)
                 .map_err(Error::Unavailable)?
         };
+        if bus.is_kafka() {
+            crate::workers::ensure_channel_topics(&bus, config.kafka_topic_partitions).await;
+        }
         let stats = Arc::new(Stats::default());
         let cluster = Arc::new(cluster);
         let (router, releases) = Router::new(store.clone(), cluster.clone(), stats.clone());

@@ -97,8 +97,12 @@ impl<S: Store> EventConsumers<S> {
                 }
             }
             for (id, task) in leaving {
-                let _ = task.await;
-                debug!(trigger.id = %id, "event trigger consumer left");
+                match task.await {
+                    Ok(()) => debug!(trigger.id = %id, "event trigger consumer left"),
+                    Err(e) => {
+                        error!(trigger.id = %id, error = %e, "an event trigger consumer panicked; it is started again")
+                    }
+                }
             }
             for (id, t) in wanted.drain() {
                 if running.contains_key(&id) {
@@ -329,12 +333,9 @@ impl<S: Store> TriggerConsumer<S> {
                 topic: m.topic.clone(),
                 partition: m.partition,
                 offset: m.offset,
-                key: m
-                    .key
-                    .as_deref()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                key: m.key.as_deref().map(text),
                 payload,
-                reason: reason.to_owned(),
+                reason: reason.replace('\0', "\u{fffd}"),
                 created_at: Utc::now(),
             })
             .await?;

@@ -249,7 +249,12 @@ pub fn channel_topic(channel: &str) -> String {
 /// (text), `headers` (object of strings). The attempt's idempotency key
 /// goes in the `idempotency-key` header, so consumers can drop a repeat.
 /// Output: `topic`, `partition`, `offset`.
-async fn kafka_publish(bus: &Bus, d: &Dispatch, inputs: &Value) -> ActionOutcome {
+async fn kafka_publish(
+    bus: &Bus,
+    stop: &tokio_util::sync::CancellationToken,
+    d: &Dispatch,
+    inputs: &Value,
+) -> ActionOutcome {
     let Some(topic) = inputs.get("topic").and_then(Value::as_str) else {
         return failure("inputs.topic: must be a string".into(), false);
     };
@@ -282,10 +287,13 @@ async fn kafka_publish(bus: &Bus, d: &Dispatch, inputs: &Value) -> ActionOutcome
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
-    match bus
-        .publish(topic, key.as_bytes(), value.as_bytes(), &refs)
-        .await
-    {
+    // A node that stops does not wait out a broker outage: the attempt
+    // fails retryable and is retried by its node's policy.
+    let published = tokio::select! {
+        _ = stop.cancelled() => Err("the node stopped before Kafka answered".to_owned()),
+        p = bus.publish(topic, key.as_bytes(), value.as_bytes(), &refs) => p,
+    };
+    match published {
         Ok(p) => ActionOutcome::Success {
             output: json!({"topic": topic, "partition": p.partition, "offset": p.offset}),
         },
@@ -418,7 +426,7 @@ async fn send_raw(providers: &Providers, d: &Dispatch, inputs: &Value) -> Action
     }
     match d.action.as_str() {
         "http.request" => providers.http.send(d, inputs).await,
-        "kafka.publish" => kafka_publish(&providers.bus, d, inputs).await,
+        "kafka.publish" => kafka_publish(&providers.bus, &providers.stop, d, inputs).await,
         other => ActionOutcome::Failure {
             error: format!("no provider is configured for {other} on this node"),
             retryable: false,

@@ -88,6 +88,29 @@ pub(crate) async fn publish_job(
     }
 }
 
+/// Creates the channels' topics when they do not exist (a broker may not
+/// create them on first use, and would give them its default partition
+/// count, which bounds how many workers share a channel). A failure is
+/// logged: the broker may be away now, and the topics made by hand.
+pub(crate) async fn ensure_channel_topics(bus: &Bus, partitions: i32) {
+    let topics: Vec<String> = providers::CHANNELS
+        .iter()
+        .map(|c| providers::channel_topic(c))
+        .collect();
+    let made = tokio::time::timeout(
+        Duration::from_secs(15),
+        bus.ensure_topics(&topics, partitions),
+    )
+    .await;
+    match made {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "the channel topics could not be made; create them by hand")
+        }
+        Err(_) => warn!("Kafka did not answer within 15 s; the channel topics were not made"),
+    }
+}
+
 /// The workers of a node: one consumer per channel it serves.
 pub(crate) struct ChannelWorkers<S: Store> {
     pub store: Arc<S>,
@@ -181,7 +204,8 @@ impl<S: Store> Worker<S> {
                 sub.ack(&m);
             }
         }
-        sub.close();
+        // Committing and leaving the group block: not on a runtime thread.
+        let _ = tokio::task::spawn_blocking(move || sub.close()).await;
     }
 
     /// Sends a batch and records its results; `false` when stopped first.
@@ -200,6 +224,16 @@ impl<S: Store> Worker<S> {
                 }
             }
         }
+        // The same attempt twice in one batch (published again by a restarted
+        // relay while the first copy was still unread): sent once.
+        let mut seen = std::collections::HashSet::with_capacity(jobs.len());
+        jobs.retain(|j| {
+            seen.insert((
+                j.execution_id.clone(),
+                j.dispatch.node.clone(),
+                j.dispatch.attempt,
+            ))
+        });
         if jobs.is_empty() {
             return true;
         }
@@ -340,9 +374,16 @@ pub async fn run_alone<S: Store>(
     }
     let bus =
         Bus::kafka(&config.kafka_brokers, &config.node_id).map_err(crate::Error::Unavailable)?;
-    bus.ping(Duration::from_secs(5))
-        .await
-        .map_err(crate::Error::Unavailable)?;
+    ensure_channel_topics(&bus, config.kafka_topic_partitions).await;
+    // Brokers that never answer are a configuration error; a topic just
+    // made may take a moment to have its leaders.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = bus.ping(Duration::from_secs(5)).await {
+        if std::time::Instant::now() > deadline {
+            return Err(crate::Error::Unavailable(e));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     ChannelWorkers {
         store: Arc::new(store),
         router: None,
