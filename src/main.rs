@@ -603,6 +603,7 @@ async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Fail
     }
     let mut config = s.engine_config(node_id.clone(), advertise);
     config.kafka_brokers = s.kafka.brokers.clone();
+    config.kafka_topic_partitions = s.kafka.topic_partitions;
     let cluster = match &s.redis_url {
         Some(u) => Some(
             sojourn_actors::Cluster::redis(u.expose(), node_id, config.lease_ttl)
@@ -649,6 +650,7 @@ async fn worker(channels: Vec<String>, file: Option<PathBuf>) -> Result<(), Fail
     let node_id = s.node_id.clone().unwrap_or_else(node::default_node_id);
     let mut config = s.engine_config(node_id, String::new());
     config.kafka_brokers = s.kafka.brokers.clone();
+    config.kafka_topic_partitions = s.kafka.topic_partitions;
     if !channels.is_empty() {
         config.worker_channels = channels;
     }

@@ -65,14 +65,26 @@ pub(crate) struct Settings {
     pub(crate) secrets: BTreeMap<String, Secret>,
 }
 
-/// The Kafka brokers (used by the Kafka issue's triggers and workers).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Kafka: event triggers, `kafka.publish` and the channel workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct KafkaSettings {
     /// `host:port` of each bootstrap broker (a list, or one comma-separated
     /// string).
     #[serde(deserialize_with = "list_or_csv")]
     pub(crate) brokers: Vec<String>,
+    /// Partitions of the channel topics a node creates when they are missing
+    /// (how many workers can share a channel).
+    pub(crate) topic_partitions: i32,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: Vec::new(),
+            topic_partitions: sojourn_actors::Config::default().kafka_topic_partitions,
+        }
+    }
 }
 
 /// The engine's tunables (see `sojourn_actors::Config` for each one).
@@ -400,6 +412,9 @@ fn check(s: &Settings) -> Result<(), Failure> {
         if value == 0 {
             return bad(key, "must be at least 1".into());
         }
+    }
+    if !(1..=10_000).contains(&s.kafka.topic_partitions) {
+        return bad("kafka.topic_partitions", "must be 1 to 10000".into());
     }
     for channel in &e.worker_channels {
         if !sojourn_actors::providers::CHANNELS.contains(&channel.as_str()) {

@@ -296,6 +296,7 @@ pub(crate) async fn destroy<S: Store>(
 pub struct ListDeadLetters {
     /// How many (1 to 500; 100 by default).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
 }
 
