@@ -215,6 +215,17 @@ impl<S: Store> TriggerConsumer<S> {
             }
         };
         info!(topic = %self.trigger.topic, "consuming");
+        // Dead letters go to a topic too (`<topic>.dlq`), for consumers
+        // that want them; made here when missing.
+        let dlq = dead_letter_topic(&self.trigger.topic);
+        if let Ok(Err(e)) = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.bus.ensure_topics(std::slice::from_ref(&dlq), 1),
+        )
+        .await
+        {
+            debug!(error = %e, topic = dlq, "the dead-letter topic could not be made");
+        }
         let mut batch: Vec<Arc<BusMessage>> = Vec::with_capacity(BATCH);
         'consume: loop {
             let first = tokio::select! {
@@ -263,7 +274,7 @@ impl<S: Store> TriggerConsumer<S> {
                     match outcome {
                         Outcome::Done => {}
                         Outcome::Dead(reason) => match self.dead_letter(&batch[i], &reason).await {
-                            Ok(()) => {}
+                            Ok(()) => self.publish_dead_letter(&dlq, &batch[i], &reason).await,
                             Err(Error::Store(sojourn_persistence::Error::Database(e))) => {
                                 warn!(error = %e, "keeping a dead letter failed; trying again");
                                 retry.push(i);
@@ -311,6 +322,36 @@ impl<S: Store> TriggerConsumer<S> {
         }
     }
 
+    /// Publishes a dead letter on the dead-letter topic, as it came, with
+    /// `sojourn-reason`, `sojourn-trigger` and where it came from as
+    /// headers. Best effort, bounded: the table has it already, and the
+    /// partition must move on.
+    async fn publish_dead_letter(&self, dlq: &str, m: &BusMessage, reason: &str) {
+        let (partition, offset) = (m.partition.to_string(), m.offset.to_string());
+        let headers: [(&str, &[u8]); 5] = [
+            ("sojourn-reason", reason.as_bytes()),
+            ("sojourn-trigger", self.trigger.id.as_bytes()),
+            ("sojourn-topic", m.topic.as_bytes()),
+            ("sojourn-partition", partition.as_bytes()),
+            ("sojourn-offset", offset.as_bytes()),
+        ];
+        let published = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.bus.publish(
+                dlq,
+                m.key.as_deref().unwrap_or_default(),
+                m.payload.as_deref().unwrap_or_default(),
+                &headers,
+            ),
+        )
+        .await;
+        match published {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!(error = %e, topic = dlq, "publishing a dead letter failed"),
+            Err(_) => debug!(topic = dlq, "publishing a dead letter timed out"),
+        }
+    }
+
     async fn dead_letter(&self, m: &BusMessage, reason: &str) -> Result<(), Error> {
         warn!(
             topic = m.topic,
@@ -341,6 +382,13 @@ impl<S: Store> TriggerConsumer<S> {
             .await?;
         Ok(())
     }
+}
+
+/// Where a topic's dead letters are published: `<topic>.dlq`.
+fn dead_letter_topic(topic: &str) -> String {
+    // Kafka topic names are at most 249 characters.
+    let base = &topic[..topic.len().min(245)];
+    format!("{base}.dlq")
 }
 
 /// What handles one message (owned by its task).

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
@@ -212,6 +214,30 @@ async fn messages_start_one_execution_each_even_redelivered_and_bad_ones_become_
             .is_some_and(|p| p.starts_with('\u{fffd}'))
     );
     assert_eq!(dead[0].topic, "signups");
+    // And on the dead-letter topic, as they came, with the reason.
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    dlq.subscribe(&["signups.dlq"]).expect("subscribe");
+    let mut reasons_on_topic = Vec::new();
+    while reasons_on_topic.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
+            .await
+            .expect("three dead letters on signups.dlq")
+            .expect("message");
+        let reason = m
+            .headers()
+            .and_then(|hs| hs.iter().find(|h| h.key == "sojourn-reason"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .expect("a reason header");
+        reasons_on_topic.push(reason);
+    }
+    assert!(reasons_on_topic.iter().any(|r| r.contains("not JSON")));
+    drop(dlq);
     // The input: the payload, the trigger's input, and the event.
     let one = store
         .list_executions(&ExecutionQuery {
