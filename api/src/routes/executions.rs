@@ -257,6 +257,9 @@ pub struct NodeExecutionOut {
     pub status: String,
     /// How many times a worker began sending it (more than 1: a send may
     /// have been repeated after a crash, with the same idempotency key).
+    /// A channel message (`email.send`, `sms.send`, `push.send`,
+    /// `chat.send`) counts its publish to the channel's workers too: 2 is
+    /// one send, more may be a repeat.
     pub sends: i32,
     pub input: Value,
     pub output: Option<Value>,
