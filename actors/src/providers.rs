@@ -287,20 +287,39 @@ async fn kafka_publish(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
-    // A node that stops does not wait out a broker outage: the attempt
-    // fails retryable and is retried by its node's policy.
-    let published = tokio::select! {
-        _ = stop.cancelled() => Err("the node stopped before Kafka answered".to_owned()),
-        p = bus.publish(topic, key.as_bytes(), value.as_bytes(), &refs) => p,
-    };
-    match published {
-        Ok(p) => ActionOutcome::Success {
-            output: json!({"topic": topic, "partition": p.partition, "offset": p.offset}),
-        },
-        // No broker (the in-process queue) and nothing to read it: no
-        // retry makes it arrive.
-        Err(e) if !bus.is_kafka() => failure(e, false),
-        Err(e) => failure(e, true),
+    // Kafka away: the record waits here (librdkafka retries it, then this
+    // loop), so an outage spends none of the action's retries; the attempt
+    // holds one of the relay's slots meanwhile. A node that stops does not
+    // wait it out: the attempt fails retryable, and its node's retry policy
+    // publishes it again (same key) once the broker is back.
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let published = tokio::select! {
+            _ = stop.cancelled() => {
+                return failure("the node stopped before Kafka answered".into(), true);
+            }
+            p = bus.publish(topic, key.as_bytes(), value.as_bytes(), &refs) => p,
+        };
+        match published {
+            Ok(p) => {
+                return ActionOutcome::Success {
+                    output: json!({"topic": topic, "partition": p.partition, "offset": p.offset}),
+                };
+            }
+            // No broker (the in-process queue) and nothing to read it: no
+            // retry makes it arrive.
+            Err(e) if !bus.is_kafka() => return failure(e, false),
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "kafka.publish failed; trying again while the node runs");
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        return failure(format!("the node stopped before Kafka answered: {e}"), true);
+                    }
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
     }
 }
 

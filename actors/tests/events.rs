@@ -385,3 +385,100 @@ async fn a_waiting_execution_wakes_on_its_kafka_event() {
     engine.shutdown().await;
     fresh.cleanup(Some(&store)).await;
 }
+
+/// `kafka.publish` on Kafka: the record carries the attempt's key as a
+/// header, and a broker outage spends none of the action's retries — the
+/// journey waits and publishes once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_publish_carries_its_key_and_waits_out_a_broker_outage() {
+    let mut kafka = PrivateKafka::start();
+    kafka.create_topic("orders", 1);
+    let (store, fresh) = pg_store().await;
+    let engine = Engine::start(store.clone(), config(&kafka))
+        .await
+        .expect("engine");
+    let wf = Workflow::from_value(json!({
+        "key": "publisher",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "pub", "type": "action", "config": {"action": "kafka.publish",
+                "retry": {"max_attempts": 1},
+                "inputs": {"topic": "orders", "key": "{{ input.user }}",
+                    "value": {"user": "{{ input.user }}"}, "headers": {"source": "test"}}}},
+            {"id": "done", "type": "exit", "config": {"outcome": "published"}},
+            {"id": "failed", "type": "exit", "config": {"outcome": "failed"}},
+        ],
+        "edges": [
+            {"from": "start", "to": "pub"},
+            {"from": "pub", "to": "done", "branch": "success"},
+            {"from": "pub", "to": "failed", "branch": "failure"},
+        ]
+    }))
+    .expect("workflow");
+    engine.deploy(&wf).await.expect("deploy");
+    let start = |user: &str| {
+        engine.start_execution(StartRequest {
+            namespace: None,
+            workflow: "publisher".into(),
+            version: None,
+            input: json!({"user": user}),
+            subject: None,
+            timezone: None,
+            idempotency_key: None,
+        })
+    };
+    let first = start("u-1").await.expect("start");
+    let rec = wait_for(&engine, &first.id, Status::Completed).await;
+    assert_eq!(rec.snapshot.outcome.as_deref(), Some("published"));
+
+    kafka.kill();
+    let second = start("u-2").await.expect("start");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = engine
+        .execution(&second.id)
+        .await
+        .expect("load")
+        .expect("found");
+    assert_eq!(waiting.status, Status::Running, "it waits for the broker");
+    kafka.restart();
+    let rec = wait_for(&engine, &second.id, Status::Completed).await;
+    assert_eq!(
+        rec.snapshot.outcome.as_deref(),
+        Some("published"),
+        "one attempt, not spent by the outage"
+    );
+
+    // Both records, each with its attempt's key and the workflow's header.
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("group.id", "orders-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    c.subscribe(&["orders"]).expect("subscribe");
+    let mut keys = Vec::new();
+    while keys.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .expect("two records")
+            .expect("record");
+        let header = |name: &str| {
+            m.headers()
+                .and_then(|hs| hs.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header("source").as_deref(), Some("test"));
+        keys.push(header("idempotency-key").expect("idempotency-key"));
+    }
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with(first.id.as_str())),
+        "{keys:?}"
+    );
+    drop(c);
+    engine.shutdown().await;
+    fresh.cleanup(Some(&store)).await;
+}
