@@ -482,3 +482,95 @@ async fn kafka_publish_carries_its_key_and_waits_out_a_broker_outage() {
     engine.shutdown().await;
     fresh.cleanup(Some(&store)).await;
 }
+
+/// Two nodes share an event trigger's topic: its partitions are split
+/// between them (each starts some, none twice), pausing stops both, and
+/// when one leaves the other takes its partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_a_topic_stop_together_when_paused_and_rebalance_when_one_leaves() {
+    let kafka = PrivateKafka::start();
+    kafka.create_topic("clicks", 4);
+    let redis = sojourn_testkit::PrivateRedis::start();
+    let (store, fresh) = pg_store().await;
+    let node = |name: &str| {
+        let cfg = Config {
+            node_id: name.into(),
+            ..config(&kafka)
+        };
+        let cluster =
+            sojourn_actors::Cluster::redis(&redis.url(), name, cfg.lease_ttl).expect("cluster");
+        Engine::start_in_cluster(store.clone(), cfg, cluster)
+    };
+    let a = node("node-a").await.expect("engine");
+    let b = node("node-b").await.expect("engine");
+    let (wf, _) = a.deploy(&signup()).await.expect("deploy");
+    let trigger = event_trigger(
+        &store,
+        &wf,
+        json!({"event": "click", "topic": "clicks", "from": "earliest",
+               "subject": "event.payload.user"}),
+    )
+    .await;
+    // Both join the trigger's group and the partitions are split.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let p = producer(&kafka);
+    let send = |from: usize, to: usize| {
+        let p = p.clone();
+        async move {
+            for i in from..to {
+                let value = json!({"user": format!("u-{i:02}")}).to_string();
+                produce(&p, "clicks", (i % 4) as i32, "k", value.as_bytes()).await;
+            }
+        }
+    };
+    let all = |n: usize| -> Vec<String> { (0..n).map(|i| format!("u-{i:02}")).collect() };
+    send(0, 40).await;
+    wait_until("forty executions", || async {
+        subjects(&store, &wf).await.len() >= 40
+    })
+    .await;
+    assert_eq!(subjects(&store, &wf).await, all(40));
+    let (by_a, by_b) = (
+        a.stats().started_by_workflow.get(&wf),
+        b.stats().started_by_workflow.get(&wf),
+    );
+    assert_eq!(by_a + by_b, 40);
+    assert!(by_a > 0 && by_b > 0, "both consume: {by_a} + {by_b}");
+
+    // Paused: neither node consumes; resumed, what came meanwhile is used.
+    store
+        .set_trigger_state("default", &trigger, Move::Pause, None, chrono::Utc::now())
+        .await
+        .expect("pause")
+        .expect("found");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    send(40, 44).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        subjects(&store, &wf).await.len(),
+        40,
+        "a paused trigger consumed"
+    );
+    store
+        .set_trigger_state("default", &trigger, Move::Resume, None, chrono::Utc::now())
+        .await
+        .expect("resume")
+        .expect("found");
+    wait_until("the four sent while paused", || async {
+        subjects(&store, &wf).await.len() >= 44
+    })
+    .await;
+
+    // Node b leaves: node a takes every partition.
+    b.shutdown().await;
+    let a_before = a.stats().started_by_workflow.get(&wf);
+    send(44, 64).await;
+    wait_until("the twenty sent after node b left", || async {
+        subjects(&store, &wf).await.len() >= 64
+    })
+    .await;
+    assert_eq!(subjects(&store, &wf).await, all(64));
+    assert_eq!(a.stats().started_by_workflow.get(&wf) - a_before, 20);
+    a.shutdown().await;
+    fresh.cleanup(Some(&store)).await;
+}
