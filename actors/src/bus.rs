@@ -62,7 +62,56 @@ impl std::fmt::Debug for Bus {
 struct KafkaBus {
     brokers: String,
     client_id: String,
-    producer: FutureProducer,
+    /// Replaced when it turns fatal (an idempotent producer does after
+    /// some errors, a long outage among them, and then refuses every send).
+    producer: std::sync::RwLock<FutureProducer>,
+}
+
+fn new_producer(brokers: &str, client_id: &str) -> Result<FutureProducer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .create()
+        .map_err(|e| format!("creating the Kafka producer: {e}"))
+}
+
+impl KafkaBus {
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// After a failed send: a producer in a fatal state is made anew (the
+    /// next send goes through the new one).
+    fn renew_if_fatal(&self, used: &FutureProducer) {
+        let Some((code, reason)) = used.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        // Another sender may have renewed it already.
+        if !std::ptr::eq(current.client().native_ptr(), used.client().native_ptr()) {
+            return;
+        }
+        match new_producer(&self.brokers, &self.client_id) {
+            Ok(fresh) => {
+                tracing::warn!(
+                    ?code,
+                    reason,
+                    "the Kafka producer failed for good; a new one takes over"
+                );
+                *current = fresh;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the Kafka producer failed for good and no new one could be made")
+            }
+        }
+    }
 }
 
 /// Where a new consumer group starts reading.
@@ -77,19 +126,11 @@ impl Bus {
     pub fn kafka(brokers: &[String], node: &str) -> Result<Bus, String> {
         let brokers = brokers.join(",");
         let client_id = format!("sojourn-{node}");
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("client.id", &client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
-            .create()
-            .map_err(|e| format!("creating the Kafka producer: {e}"))?;
+        let producer = new_producer(&brokers, &client_id)?;
         Ok(Bus(Kind::Kafka(Arc::new(KafkaBus {
             brokers,
             client_id,
-            producer,
+            producer: std::sync::RwLock::new(producer),
         }))))
     }
 
@@ -125,14 +166,18 @@ impl Bus {
                     .key(key)
                     .payload(payload)
                     .headers(hs);
-                k.producer
-                    .send(record, Timeout::Never)
-                    .await
-                    .map(|d| Published {
+                let producer = k.producer();
+                let sent = producer.send(record, Timeout::Never).await;
+                match sent {
+                    Ok(d) => Ok(Published {
                         partition: d.partition,
                         offset: d.offset,
-                    })
-                    .map_err(|(e, _)| format!("publishing to {topic}: {e}"))
+                    }),
+                    Err((e, _)) => {
+                        k.renew_if_fatal(&producer);
+                        Err(format!("publishing to {topic}: {e}"))
+                    }
+                }
             }
             Kind::Memory(m) => m.publish(BusMessage {
                 topic: topic.to_owned(),
@@ -234,8 +279,11 @@ impl Bus {
             Kind::Kafka(k) => {
                 let k = k.clone();
                 tokio::task::spawn_blocking(move || {
-                    let md = k
-                        .producer
+                    let producer = k.producer();
+                    if let Some((code, reason)) = producer.client().fatal_error() {
+                        return Err(format!("Kafka producer: {code:?}: {reason}"));
+                    }
+                    let md = producer
                         .client()
                         .fetch_metadata(Some("sojourn.actions.email"), timeout)
                         .map_err(|e| format!("Kafka at {}: {e}", k.brokers))?;
