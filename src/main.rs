@@ -575,7 +575,19 @@ async fn dev(listen: Option<String>, data: PathBuf, file: Option<PathBuf>) -> Re
     served
 }
 
-async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Failure> {
+/// What a process of a cluster (`serve`, `worker`) starts from: its
+/// settings, its tracing, and the PostgreSQL URL it requires.
+fn cluster_process(
+    file: Option<PathBuf>,
+    listen: Option<String>,
+) -> Result<
+    (
+        settings::Settings,
+        telemetry::Telemetry,
+        settings::SecretUrl,
+    ),
+    Failure,
+> {
     let loaded = settings::load(
         settings::Mode::Serve,
         file.as_deref(),
@@ -586,6 +598,11 @@ async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Fail
     let url = s.database_url.clone().ok_or_else(|| {
         Failure::Invalid("SOJOURN_DATABASE_URL (or database_url in --config) is required".into())
     })?;
+    Ok((s, telemetry, url))
+}
+
+async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Failure> {
+    let (s, telemetry, url) = cluster_process(file, listen)?;
     let node_id = s.node_id.clone().unwrap_or_else(node::default_node_id);
     if s.kafka.brokers.is_empty() {
         eprintln!(
@@ -632,16 +649,7 @@ async fn serve(listen: Option<String>, file: Option<PathBuf>) -> Result<(), Fail
 }
 
 async fn worker(channels: Vec<String>, file: Option<PathBuf>) -> Result<(), Failure> {
-    let loaded = settings::load(
-        settings::Mode::Serve,
-        file.as_deref(),
-        &settings::Flags { listen: None },
-    )?;
-    let s = loaded.settings;
-    let telemetry = telemetry::init(&s.tracing)?;
-    let url = s.database_url.clone().ok_or_else(|| {
-        Failure::Invalid("SOJOURN_DATABASE_URL (or database_url in --config) is required".into())
-    })?;
+    let (s, telemetry, url) = cluster_process(file, None)?;
     if s.kafka.brokers.is_empty() {
         return Err(Failure::Invalid(
             "SOJOURN_KAFKA_BROKERS (or kafka.brokers in --config) is required: workers apart from the nodes take their messages from Kafka".into(),

@@ -18,10 +18,10 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use sojourn_actors::{Config, Engine, StartRequest};
+use sojourn_persistence::PgStore;
 use sojourn_persistence::prelude::*;
-use sojourn_persistence::{NewTrigger, PgStore};
 use sojourn_runtime::Workflow;
-use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind};
+use sojourn_runtime::triggers::{Move, TriggerKind};
 use sojourn_testkit::{PrivateKafka, Sink, pg_store};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -42,17 +42,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn trigger(store: &PgStore, workflow_id: &str, config: serde_json::Value) {
-    let t = store
-        .create_trigger(NewTrigger {
-            id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
-            namespace: "default".into(),
-            workflow_id: workflow_id.into(),
-            path: None,
-            config: TriggerConfig::parse(TriggerKind::Event, &config).expect("config"),
-            now: chrono::Utc::now(),
-        })
-        .await
-        .expect("create");
+    let t = sojourn_testkit::new_trigger(
+        store,
+        workflow_id,
+        TriggerKind::Event,
+        config,
+        chrono::Utc::now(),
+    )
+    .await;
     store
         .set_trigger_state("default", &t.id, Move::Activate, None, chrono::Utc::now())
         .await

@@ -153,7 +153,7 @@ async fn channel_messages_go_through_the_in_process_queue_in_dev() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_publish_reaches_an_event_trigger_in_process() {
     use sojourn_persistence::TriggerStore;
-    use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind};
+    use sojourn_runtime::triggers::{Move, TriggerKind};
     let sink = Sink::start().await;
     let (store, fresh) = sqlite_store().await;
     let engine = Engine::start(
@@ -184,22 +184,15 @@ async fn kafka_publish_reaches_an_event_trigger_in_process() {
     .expect("workflow");
     engine.deploy(&publisher).await.expect("deploy");
     let (listener, _) = engine.deploy(&welcome()).await.expect("deploy");
-    let t = store
-        .create_trigger(sojourn_persistence::NewTrigger {
-            id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
-            namespace: "default".into(),
-            workflow_id: listener.clone(),
-            path: None,
-            config: TriggerConfig::parse(
-                TriggerKind::Event,
-                &json!({"event": "order", "topic": "orders", "subject": "event.payload.user",
-                        "input": {"email": "x@example.com", "name": "X"}}),
-            )
-            .expect("config"),
-            now: chrono::Utc::now(),
-        })
-        .await
-        .expect("create");
+    let t = sojourn_testkit::new_trigger(
+        &store,
+        &listener,
+        TriggerKind::Event,
+        json!({"event": "order", "topic": "orders", "subject": "event.payload.user",
+                "input": {"email": "x@example.com", "name": "X"}}),
+        chrono::Utc::now(),
+    )
+    .await;
     store
         .set_trigger_state("default", &t.id, Move::Activate, None, chrono::Utc::now())
         .await

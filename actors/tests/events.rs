@@ -14,10 +14,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_persistence::prelude::*;
-use sojourn_persistence::{ExecutionQuery, NewTrigger, PgStore};
-use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind};
+use sojourn_persistence::{ExecutionQuery, PgStore};
+use sojourn_runtime::triggers::{Move, TriggerKind};
 use sojourn_runtime::{Status, Workflow};
-use sojourn_testkit::{PrivateKafka, pg_store, wait_for};
+use sojourn_testkit::{PrivateKafka, executions_of, new_trigger, pg_store, wait_for};
 
 fn config(kafka: &PrivateKafka) -> Config {
     Config {
@@ -49,17 +49,14 @@ async fn produce(p: &FutureProducer, topic: &str, partition: i32, key: &str, val
 }
 
 async fn event_trigger(store: &PgStore, workflow_id: &str, config: Value) -> String {
-    let t = store
-        .create_trigger(NewTrigger {
-            id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
-            namespace: "default".into(),
-            workflow_id: workflow_id.into(),
-            path: None,
-            config: TriggerConfig::parse(TriggerKind::Event, &config).expect("config"),
-            now: chrono::Utc::now(),
-        })
-        .await
-        .expect("create");
+    let t = new_trigger(
+        store,
+        workflow_id,
+        TriggerKind::Event,
+        config,
+        chrono::Utc::now(),
+    )
+    .await;
     store
         .set_trigger_state("default", &t.id, Move::Activate, None, chrono::Utc::now())
         .await
@@ -69,20 +66,11 @@ async fn event_trigger(store: &PgStore, workflow_id: &str, config: Value) -> Str
 }
 
 async fn subjects(store: &PgStore, workflow_id: &str) -> Vec<String> {
-    let list = store
-        .list_executions(&ExecutionQuery {
-            namespace: "default".into(),
-            workflow_id: Some(workflow_id.into()),
-            status: None,
-            subject: None,
-            created_after: None,
-            created_before: None,
-            before_id: None,
-            limit: 1_000,
-        })
+    let mut out: Vec<String> = executions_of(store, workflow_id)
         .await
-        .expect("list");
-    let mut out: Vec<String> = list.into_iter().filter_map(|e| e.subject).collect();
+        .into_iter()
+        .filter_map(|e| e.subject)
+        .collect();
     out.sort();
     out
 }

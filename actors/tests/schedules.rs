@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 use sojourn_actors::Cluster;
 use sojourn_actors::schedules::fire_key;
 use sojourn_actors::{Config, Engine, StartRequest};
-use sojourn_persistence::{ExecutionQuery, NewTrigger, Store, TriggerRecord, TriggerStore};
+use sojourn_persistence::{Store, TriggerRecord, TriggerStore};
 use sojourn_runtime::Workflow;
-use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind};
-use sojourn_testkit::{PrivateRedis, pg_store, sqlite_store};
+use sojourn_runtime::triggers::{Move, TriggerKind};
+use sojourn_testkit::{PrivateRedis, executions_of, new_trigger, pg_store, sqlite_store};
 
 fn workflow() -> Workflow {
     Workflow::from_value(json!({
@@ -50,36 +50,13 @@ async fn schedule<S: Store>(
     config: Value,
     at: DateTime<Utc>,
 ) -> TriggerRecord {
-    store
-        .create_trigger(NewTrigger {
-            id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
-            namespace: "default".into(),
-            workflow_id: workflow_id.into(),
-            path: None,
-            config: TriggerConfig::parse(TriggerKind::Schedule, &config).expect("config"),
-            now: at,
-        })
-        .await
-        .expect("create")
+    new_trigger(store, workflow_id, TriggerKind::Schedule, config, at).await
 }
 
 /// Every execution the schedule started: (idempotency key, the instant in
 /// its input), by instant.
 async fn fires<S: Store>(engine: &Engine<S>, workflow_id: &str) -> Vec<(String, String)> {
-    let list = engine
-        .store()
-        .list_executions(&ExecutionQuery {
-            namespace: "default".into(),
-            workflow_id: Some(workflow_id.into()),
-            status: None,
-            subject: None,
-            created_after: None,
-            created_before: None,
-            before_id: None,
-            limit: 1_000,
-        })
-        .await
-        .expect("list");
+    let list = executions_of(engine.store(), workflow_id).await;
     let mut out = Vec::new();
     for e in list {
         let rec = engine.execution(&e.id).await.expect("load").expect("found");

@@ -27,7 +27,11 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sojourn_actors::Engine;
-use sojourn_persistence::{ExecutionRecord, PgStore, SqliteStore, Store};
+use sojourn_persistence::{
+    ExecutionQuery, ExecutionRecord, ExecutionSummary, NewTrigger, PgStore, SqliteStore, Store,
+    TriggerRecord,
+};
+use sojourn_runtime::triggers::{TriggerConfig, TriggerKind};
 use sojourn_runtime::{ExecutionId, Status};
 
 /// One request a [`Sink`] received.
@@ -243,6 +247,45 @@ pub async fn sqlite_store() -> (SqliteStore, Fresh) {
         std::env::temp_dir().join(format!("sojourn-test-{}.db", uuid::Uuid::now_v7().simple()));
     let store = SqliteStore::open(&path).await.expect("open SQLite");
     (store, Fresh::Sqlite { path })
+}
+
+/// Creates a trigger instance (state `init`) of the default namespace.
+pub async fn new_trigger<S: Store>(
+    store: &S,
+    workflow_id: &str,
+    kind: TriggerKind,
+    config: Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> TriggerRecord {
+    store
+        .create_trigger(NewTrigger {
+            id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
+            namespace: "default".into(),
+            workflow_id: workflow_id.into(),
+            path: None,
+            config: TriggerConfig::parse(kind, &config).expect("trigger config"),
+            now,
+        })
+        .await
+        .expect("create trigger")
+}
+
+/// The executions of a workflow of the default namespace (1,000 at most),
+/// newest first.
+pub async fn executions_of<S: Store>(store: &S, workflow_id: &str) -> Vec<ExecutionSummary> {
+    store
+        .list_executions(&ExecutionQuery {
+            namespace: "default".into(),
+            workflow_id: Some(workflow_id.into()),
+            status: None,
+            subject: None,
+            created_after: None,
+            created_before: None,
+            before_id: None,
+            limit: 1_000,
+        })
+        .await
+        .expect("list executions")
 }
 
 /// Polls until the execution has `status` (15 s at most).
