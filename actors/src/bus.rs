@@ -21,6 +21,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// A message as received.
 #[derive(Debug, Clone)]
@@ -193,6 +194,29 @@ impl Bus {
         }
     }
 
+    /// Joins consumer group `group` on `topic`, trying again every second
+    /// until it can; `None` once `stop` is cancelled.
+    pub async fn join(
+        &self,
+        group: &str,
+        topic: &str,
+        from: From,
+        stop: &CancellationToken,
+    ) -> Option<Subscription> {
+        loop {
+            match self.subscribe(group, topic, from) {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, group, "joining a consumer group failed; trying again");
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Joins consumer group `group` on `topic`.
     pub fn subscribe(&self, group: &str, topic: &str, from: From) -> Result<Subscription, String> {
         match &self.0 {
@@ -355,11 +379,46 @@ impl Subscription {
     }
 
     /// A message that is already here, if any.
-    pub async fn try_recv(&mut self) -> Option<BusMessage> {
+    async fn try_recv(&mut self) -> Option<BusMessage> {
         match tokio::time::timeout(Duration::ZERO, self.recv()).await {
             Ok(Ok(m)) => Some(m),
             _ => None,
         }
+    }
+
+    /// The next batch: waits for a message, then takes whatever else is
+    /// already here, up to `max`. A failed receive is logged and tried
+    /// again after 500 ms. `None` once `stop` is cancelled.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        stop: &CancellationToken,
+    ) -> Option<Vec<BusMessage>> {
+        let first = loop {
+            let received = tokio::select! {
+                _ = stop.cancelled() => return None,
+                m = self.recv() => m,
+            };
+            match received {
+                Ok(m) => break m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receiving from the bus failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        };
+        let mut batch = Vec::with_capacity(max.min(64));
+        batch.push(first);
+        while batch.len() < max {
+            match self.try_recv().await {
+                Some(m) => batch.push(m),
+                None => break,
+            }
+        }
+        Some(batch)
     }
 
     /// Marks a message handled: its offset is committed with the next
@@ -374,13 +433,17 @@ impl Subscription {
         }
     }
 
-    /// Commits what was acknowledged and leaves the group.
-    pub fn close(self) {
+    /// Commits what was acknowledged and leaves the group (both block: off
+    /// the runtime's threads).
+    pub async fn leave(self) {
         if let Member::Kafka(c) = self.0 {
-            if let Err(e) = c.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(error = %e, "committing offsets at stop failed");
-            }
-            c.unsubscribe();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = c.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(error = %e, "committing offsets at stop failed");
+                }
+                c.unsubscribe();
+            })
+            .await;
         }
     }
 }

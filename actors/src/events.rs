@@ -60,6 +60,8 @@ struct Running {
 impl<S: Store> EventConsumers<S> {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut running: HashMap<String, Running> = HashMap::new();
+        // Stored configurations that did not read, said once each.
+        let mut broken: HashMap<String, Value> = HashMap::new();
         let mut tick = tokio::time::interval(self.config.schedule_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -108,10 +110,14 @@ impl<S: Store> EventConsumers<S> {
                 if running.contains_key(&id) {
                     continue;
                 }
+                if broken.get(&id) == Some(&t.config) {
+                    continue;
+                }
                 let compiled = match Compiled::new(&t) {
                     Ok(c) => Arc::new(c),
                     Err(e) => {
                         error!(trigger.id = %id, error = %e, "an event trigger's stored configuration is invalid; it is not consumed");
+                        broken.insert(id, t.config);
                         continue;
                     }
                 };
@@ -202,17 +208,12 @@ impl<S: Store> TriggerConsumer<S> {
             StartFrom::Earliest => From::Earliest,
         };
         let group = format!("sojourn.trigger.{}", self.trigger.id);
-        let mut consumer = loop {
-            match self.bus.subscribe(&group, &self.trigger.topic, from) {
-                Ok(c) => break c,
-                Err(e) => {
-                    warn!(error = %e, "creating the Kafka consumer failed; trying again");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+        let Some(mut consumer) = self
+            .bus
+            .join(&group, &self.trigger.topic, from, &stop)
+            .await
+        else {
+            return;
         };
         info!(topic = %self.trigger.topic, "consuming");
         // Dead letters go to a topic too (`<topic>.dlq`), for consumers
@@ -226,30 +227,8 @@ impl<S: Store> TriggerConsumer<S> {
         {
             debug!(error = %e, topic = dlq, "the dead-letter topic could not be made");
         }
-        let mut batch: Vec<Arc<BusMessage>> = Vec::with_capacity(BATCH);
-        'consume: loop {
-            let first = tokio::select! {
-                _ = stop.cancelled() => break,
-                m = consumer.recv() => m,
-            };
-            match first {
-                Ok(m) => batch.push(Arc::new(m)),
-                Err(e) => {
-                    warn!(error = %e, "receiving from Kafka failed");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                    continue;
-                }
-            }
-            // Whatever else is already here joins the batch.
-            while batch.len() < BATCH {
-                match consumer.try_recv().await {
-                    Some(m) => batch.push(Arc::new(m)),
-                    None => break,
-                }
-            }
+        'consume: while let Some(batch) = consumer.next_batch(BATCH, &stop).await {
+            let batch: Vec<Arc<BusMessage>> = batch.into_iter().map(Arc::new).collect();
             let mut pending: Vec<usize> = (0..batch.len()).collect();
             let mut backoff = Duration::from_millis(100);
             while !pending.is_empty() {
@@ -307,12 +286,11 @@ impl<S: Store> TriggerConsumer<S> {
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            for m in batch.drain(..) {
-                consumer.ack(&m);
+            for m in &batch {
+                consumer.ack(m);
             }
         }
-        // Committing and leaving the group block: not on a runtime thread.
-        let _ = tokio::task::spawn_blocking(move || consumer.close()).await;
+        consumer.leave().await;
     }
 
     fn clone_parts(&self) -> Handler<S> {

@@ -266,6 +266,21 @@ pub(crate) async fn record_results<S: Store>(
     store.finish_attempts(&done, Utc::now()).await
 }
 
+/// Hands results recorded by [`record_results`] (their inbox rows, in
+/// order) to their executions.
+pub(crate) async fn route_recorded<S: Store>(
+    router: &Router<S>,
+    results: Vec<(ExecutionId, LocalResult)>,
+    inbox: Vec<i64>,
+) {
+    let routed = results
+        .into_iter()
+        .zip(inbox)
+        .map(|((id, r), inbox)| (id, Some(r.into_delivery(Some(inbox)).0)))
+        .collect();
+    router.route(routed).await;
+}
+
 /// The longest pause between two tries of recording results.
 const RECORD_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -304,14 +319,7 @@ pub(crate) fn record_and_route<S: Store>(
             recorded = record_results(&*store, &results).await;
         }
         match recorded {
-            Ok(inbox) => {
-                let routed = results
-                    .into_iter()
-                    .zip(inbox)
-                    .map(|((id, r), inbox)| (id, Some(r.into_delivery(Some(inbox)).0)))
-                    .collect();
-                router.route(routed).await;
-            }
+            Ok(inbox) => route_recorded(&router, results, inbox).await,
             Err(e) => {
                 warn!(error = %e, results = results.len(), "recording action results failed; they are sent again when their claims expire");
             }

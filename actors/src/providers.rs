@@ -340,12 +340,9 @@ async fn channel_send(
         Some(url) => {
             let url: &str = url;
             let body = json!({"channel": channel, "action": d.action, "inputs": inputs});
-            let webhook = Dispatch {
-                action: "http.request".into(),
-                ..d.clone()
-            };
             let request = json!({"url": url, "method": "POST", "body": body});
-            match providers.http.send(&webhook, &request).await {
+            // The HTTP provider takes the attempt's key and timeout from `d`.
+            match providers.http.send(d, &request).await {
                 ActionOutcome::Success { output } => ActionOutcome::Success {
                     output: json!({"provider": "webhook", "channel": channel,
                         "message_id": d.idempotency_key, "status": output["status"]}),

@@ -117,17 +117,17 @@ impl<S: Store> ScheduleRunner<S> {
         let Some(stored_due) = t.next_fire_at else {
             return;
         };
-        let config = match t.typed_config() {
-            Ok(TriggerConfig::Schedule(c)) => c,
-            other => {
-                // Edited by hand: stop firing it rather than guess.
-                error!(config = ?other, "a schedule trigger's stored configuration is invalid; it no longer fires");
-                self.finish(&t, stored_due, None, None).await;
-                return;
+        // A stored configuration that no longer reads (edited by hand):
+        // it stops firing rather than guess.
+        let read = match t.typed_config() {
+            Ok(TriggerConfig::Schedule(c)) => {
+                c.schedule().map(|s| (c, s)).map_err(|e| e.to_string())
             }
+            Ok(other) => Err(format!("a {} configuration", other.kind())),
+            Err(e) => Err(e.to_string()),
         };
-        let schedule = match config.schedule() {
-            Ok(s) => s,
+        let (config, schedule) = match read {
+            Ok(read) => read,
             Err(e) => {
                 error!(error = %e, "a schedule trigger's stored configuration is invalid; it no longer fires");
                 self.finish(&t, stored_due, None, None).await;

@@ -159,53 +159,21 @@ impl<S: Store> Worker<S> {
     async fn run(self, stop: CancellationToken) {
         let topic = providers::channel_topic(&self.channel);
         let group = format!("sojourn.workers.{}", self.channel);
-        let mut sub = loop {
-            match self.bus.subscribe(&group, &topic, From::Earliest) {
-                Ok(s) => break s,
-                Err(e) => {
-                    warn!(error = %e, "joining the channel's workers failed; trying again");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+        let Some(mut sub) = self.bus.join(&group, &topic, From::Earliest, &stop).await else {
+            return;
         };
         info!(topic, "sending");
-        let mut batch: Vec<BusMessage> = Vec::with_capacity(BATCH);
-        loop {
-            let first = tokio::select! {
-                _ = stop.cancelled() => break,
-                m = sub.recv() => m,
-            };
-            match first {
-                Ok(m) => batch.push(m),
-                Err(e) => {
-                    warn!(error = %e, "receiving channel messages failed");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                    continue;
-                }
-            }
-            while batch.len() < BATCH {
-                match sub.try_recv().await {
-                    Some(m) => batch.push(m),
-                    None => break,
-                }
-            }
+        while let Some(batch) = sub.next_batch(BATCH, &stop).await {
             if !self.send_all(&batch, &stop).await {
                 // Stopping before the results were recorded: nothing of
                 // this batch is acknowledged; it is sent again elsewhere.
                 break;
             }
-            for m in batch.drain(..) {
-                sub.ack(&m);
+            for m in &batch {
+                sub.ack(m);
             }
         }
-        // Committing and leaving the group block: not on a runtime thread.
-        let _ = tokio::task::spawn_blocking(move || sub.close()).await;
+        sub.leave().await;
     }
 
     /// Sends a batch and records its results; `false` when stopped first.
@@ -319,12 +287,7 @@ impl<S: Store> Worker<S> {
             match crate::outbox::record_results(&*self.store, &results).await {
                 Ok(inbox) => {
                     if let Some(router) = &self.router {
-                        let routed = results
-                            .into_iter()
-                            .zip(inbox)
-                            .map(|((id, r), inbox)| (id, Some(r.into_delivery(Some(inbox)).0)))
-                            .collect();
-                        router.route(routed).await;
+                        crate::outbox::route_recorded(router, results, inbox).await;
                     }
                     return true;
                 }
