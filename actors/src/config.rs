@@ -65,9 +65,14 @@ pub struct Config {
     /// The channels whose messages this node's workers send (all four by
     /// default; none on a node that leaves sending to `sojourn worker`).
     pub worker_channels: Vec<String>,
-    /// The stand-in provider of every channel: POST each message as JSON
-    /// here (else they are only logged).
+    /// Shorthand for a provider named `webhook` that POSTs each message as
+    /// JSON here, used by every channel that lists no provider.
     pub channel_webhook: Option<String>,
+    /// The named providers (`marketing-smtp` → its configuration).
+    pub providers: BTreeMap<String, crate::channels::ProviderConfig>,
+    /// Per channel, the providers used when an action names none, in
+    /// failover order.
+    pub channels: BTreeMap<String, crate::channels::ChannelConfig>,
     /// How long a claimed schedule stays ours while it fires before another
     /// node may fire it (under the same idempotency keys).
     pub schedule_claim_ttl: Duration,
@@ -138,6 +143,19 @@ impl Default for Config {
             kafka_topic_partitions: 6,
             worker_channels: crate::providers::CHANNELS.map(String::from).to_vec(),
             channel_webhook: None,
+            // The embedded default: every channel is only logged.
+            providers: BTreeMap::from([("log".to_owned(), crate::channels::ProviderConfig::log())]),
+            channels: crate::providers::CHANNELS
+                .iter()
+                .map(|c| {
+                    (
+                        (*c).to_owned(),
+                        crate::channels::ChannelConfig {
+                            providers: vec!["log".into()],
+                        },
+                    )
+                })
+                .collect(),
             schedule_claim_ttl: Duration::from_secs(30),
             timer_fire_rate: 10_000,
             outbox_claim_ttl: Duration::from_secs(3_600 + 60),
@@ -156,5 +174,35 @@ impl Default for Config {
             max_response_bytes: 1 << 20,
             secrets: Secrets::default(),
         }
+    }
+}
+
+impl Config {
+    /// The providers this configuration names, built: `channel_webhook`
+    /// adds a `webhook` provider that every channel listing none uses.
+    pub fn build_channels(
+        &self,
+        cluster: Option<Arc<sojourn_cluster::Cluster>>,
+    ) -> Result<crate::channels::Channels, crate::channels::ConfigError> {
+        let mut providers = self.providers.clone();
+        let mut channels = self.channels.clone();
+        if let Some(url) = &self.channel_webhook {
+            providers.insert("webhook".into(), crate::channels::ProviderConfig::webhook(url.clone()));
+            for c in crate::providers::CHANNELS {
+                let entry = channels.entry(c.to_owned()).or_default();
+                // The stand-in replaces the embedded default's log.
+                if entry.providers.is_empty() || entry.providers == ["log"] {
+                    entry.providers = vec!["webhook".into()];
+                }
+            }
+        }
+        crate::channels::Channels::build(
+            &providers,
+            &channels,
+            &crate::channels::Context {
+                secrets: self.secrets.clone(),
+                cluster,
+            },
+        )
     }
 }

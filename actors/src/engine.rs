@@ -104,6 +104,8 @@ pub struct Engine<S: Store> {
     /// the actors so that their last finishes are announced.
     announcer: std::sync::Mutex<Option<JoinHandle<()>>>,
     announcer_stop: CancellationToken,
+    /// The channels' providers.
+    channels: Arc<crate::channels::Channels>,
     /// Tasks that end when the last handle to their channel drops (with the
     /// engine): the starter and the committer.
     _channel_tasks: Vec<JoinHandle<()>>,
@@ -158,6 +160,11 @@ impl<S: Store> Engine<S> {
         }
         let stats = Arc::new(Stats::default());
         let cluster = Arc::new(cluster);
+        let channels = Arc::new(
+            config
+                .build_channels(Some(cluster.clone()))
+                .map_err(|e| Error::Validation(e.to_string()))?,
+        );
         let (router, releases) = Router::new(store.clone(), cluster.clone(), stats.clone());
         let router = Arc::new(router);
         router.set_self();
@@ -253,7 +260,12 @@ impl<S: Store> Engine<S> {
                 store: store.clone(),
                 router: Some(router.clone()),
                 bus: bus.clone(),
-                providers: crate::providers::Providers::new(&config, bus.clone(), shutdown.clone()),
+                providers: crate::providers::Providers::new(
+                    &config,
+                    bus.clone(),
+                    channels.clone(),
+                    shutdown.clone(),
+                ),
                 channels: config.worker_channels.clone(),
                 stats: stats.clone(),
                 per_channel: config.max_in_flight_actions,
@@ -287,7 +299,12 @@ impl<S: Store> Engine<S> {
                 router: router.clone(),
                 stats: stats.clone(),
                 traces: ctx.traces.clone(),
-                providers: crate::providers::Providers::new(&config, bus.clone(), shutdown.clone()),
+                providers: crate::providers::Providers::new(
+                    &config,
+                    bus.clone(),
+                    channels.clone(),
+                    shutdown.clone(),
+                ),
             }
             .run(shutdown.clone()),
         );
@@ -358,6 +375,7 @@ impl<S: Store> Engine<S> {
             ]),
             announcer: std::sync::Mutex::new(announcer),
             announcer_stop,
+            channels,
             beat: std::sync::Mutex::new(Some(heartbeat)),
             beat_shutdown,
             _channel_tasks: vec![
@@ -388,6 +406,12 @@ impl<S: Store> Engine<S> {
     /// Live counters.
     pub fn stats(&self) -> &Stats {
         &self.ctx.stats
+    }
+
+    /// The channels' providers (their metrics, and checking a workflow's
+    /// channel actions against them).
+    pub fn channels(&self) -> &crate::channels::Channels {
+        &self.channels
     }
 
     /// Creates the workflow (by its `key`) if it does not exist and publishes

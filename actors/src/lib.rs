@@ -25,6 +25,7 @@
 mod activator;
 mod batch;
 pub mod bus;
+pub mod channels;
 mod committer;
 mod config;
 pub mod egress;

@@ -1,11 +1,8 @@
 //! Action providers: what actually sends. `http.request` and
 //! `kafka.publish` are sent from the node's relay; the channel actions
 //! (`email.send`, `sms.send`, `push.send`, `chat.send`) reach a channel
-//! worker through the bus, which sends them here with the channel's
-//! provider. Until the real providers arrive, a channel's provider is
-//! `log` (records the message, sends nothing) or, with `channel_webhook`
-//! set, `webhook` (POSTs the message as JSON to that URL, with the
-//! attempt's idempotency key).
+//! worker through the bus, which sends them with the channel's providers
+//! ([`crate::channels`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +12,7 @@ use sojourn_runtime::secrets;
 use sojourn_runtime::{ActionOutcome, Dispatch};
 
 use crate::bus::Bus;
+use crate::channels::{Channel, Channels, Delivery};
 use crate::config::{Config, Secrets};
 use crate::egress::{EgressPolicy, GuardedResolver, refusal_in};
 
@@ -55,7 +53,7 @@ impl HttpProvider {
     }
 
     pub async fn send(&self, d: &Dispatch, inputs: &Value) -> ActionOutcome {
-        let failure = |error: String, retryable: bool| ActionOutcome::Failure { error, retryable };
+        let failure = |error: String, retryable: bool| ActionOutcome::failure(error, retryable);
         let Some(url) = inputs.get("url").and_then(Value::as_str) else {
             return failure("inputs.url: missing or not a string".into(), false);
         };
@@ -135,6 +133,57 @@ impl HttpProvider {
     }
 }
 
+impl HttpProvider {
+    /// GETs a URL the workflow named (an email's attachment) through the
+    /// egress policy, reading at most `cap` bytes: its body and content
+    /// type. The error says whether trying again may help.
+    pub(crate) async fn fetch(
+        &self,
+        url: &str,
+        cap: usize,
+        timeout_ms: u64,
+    ) -> Result<(Vec<u8>, Option<String>), (String, bool)> {
+        let url = reqwest::Url::parse(url).map_err(|e| (e.to_string(), false))?;
+        self.policy
+            .check_url(&url)
+            .map_err(|refusal| (refusal.to_string(), false))?;
+        let response = self
+            .client
+            .get(url)
+            .timeout(Duration::from_millis(timeout_ms.max(1)))
+            .send()
+            .await
+            .map_err(|e| match refusal_in(&e) {
+                Some(refusal) => (refusal.to_string(), false),
+                None => {
+                    let retryable = e.is_timeout() || e.is_connect() || e.is_request();
+                    (describe(e), retryable)
+                }
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err((
+                format!("HTTP {}", status.as_u16()),
+                status.is_server_error() || status.as_u16() == 429,
+            ));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| (describe(e), true))? {
+            if bytes.len() + chunk.len() > cap {
+                return Err((format!("larger than {cap} bytes"), false));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((bytes, content_type))
+    }
+}
+
 /// A request error as stored: without the URL (it may carry credentials in
 /// its user info or query), with its causes (reqwest's own text alone is
 /// "error sending request").
@@ -190,7 +239,7 @@ fn truncate(s: &str, max: usize) -> &str {
 pub struct Providers {
     http: HttpProvider,
     bus: Bus,
-    channel_webhook: Option<Arc<str>>,
+    channels: Arc<Channels>,
     secrets: Secrets,
     /// The node stopping: publishes waiting out a broker outage give up
     /// (the outbox keeps their messages).
@@ -198,18 +247,21 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn new(config: &Config, bus: Bus, stop: tokio_util::sync::CancellationToken) -> Providers {
+    pub fn new(
+        config: &Config,
+        bus: Bus,
+        channels: Arc<Channels>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Providers {
         Providers {
             http: HttpProvider::new(config.egress.clone(), config.max_response_bytes),
             bus,
-            channel_webhook: config.channel_webhook.as_deref().map(Arc::from),
+            channels,
             secrets: config.secrets.clone(),
             stop,
         }
     }
-}
 
-impl Providers {
     /// The bus they publish to.
     pub(crate) fn bus(&self) -> &Bus {
         &self.bus
@@ -224,17 +276,11 @@ impl Providers {
 /// The messaging channel an action sends on (`email.send` → `email`), if
 /// it is one: those go through the bus to a channel worker.
 pub fn message_channel(action: &str) -> Option<&'static str> {
-    match action {
-        "email.send" => Some("email"),
-        "sms.send" => Some("sms"),
-        "push.send" => Some("push"),
-        "chat.send" => Some("chat"),
-        _ => None,
-    }
+    Channel::of_action(action).map(Channel::as_str)
 }
 
 fn failure(error: String, retryable: bool) -> ActionOutcome {
-    ActionOutcome::Failure { error, retryable }
+    ActionOutcome::failure(error, retryable)
 }
 
 /// The messaging channels.
@@ -323,53 +369,26 @@ async fn kafka_publish(
     }
 }
 
-/// A channel's stand-in provider: `webhook` when configured, else `log`.
-async fn channel_send(
-    providers: &Providers,
-    channel: &str,
-    d: &Dispatch,
-    inputs: &Value,
-) -> ActionOutcome {
-    match &providers.channel_webhook {
-        None => {
-            tracing::info!(channel, action = %d.action, key = %d.idempotency_key, "message recorded by the log provider (not sent)");
-            ActionOutcome::Success {
-                output: json!({"provider": "log", "channel": channel, "message_id": d.idempotency_key}),
-            }
-        }
-        Some(url) => {
-            let url: &str = url;
-            let body = json!({"channel": channel, "action": d.action, "inputs": inputs});
-            let request = json!({"url": url, "method": "POST", "body": body});
-            // The HTTP provider takes the attempt's key and timeout from `d`.
-            match providers.http.send(d, &request).await {
-                ActionOutcome::Success { output } => ActionOutcome::Success {
-                    output: json!({"provider": "webhook", "channel": channel,
-                        "message_id": d.idempotency_key, "status": output["status"]}),
-                },
-                failed => failed,
-            }
-        }
-    }
-}
-
 /// Sends a dispatch with the provider for its action: its secret references
 /// are resolved here, at send time, and the values are scrubbed from what
 /// the provider answered. The outcome is made storable: PostgreSQL's
 /// `jsonb` refuses `\u0000`, and one unstorable result must not sink the
 /// batch of results recorded with it.
-pub(crate) async fn send(providers: &Providers, d: &Dispatch) -> ActionOutcome {
+pub(crate) async fn send(providers: &Providers, d: &Dispatch) -> (ActionOutcome, Vec<Delivery>) {
     let mut used = Vec::new();
     let inputs = match secrets::resolve(&d.inputs, &|name| providers.secrets.get(name), &mut used) {
         Ok(inputs) => inputs,
-        Err(e) => {
-            return ActionOutcome::Failure {
-                error: format!("inputs: {e}"),
-                retryable: false,
-            };
-        }
+        Err(e) => return (failure(format!("inputs: {e}"), false), Vec::new()),
     };
-    let outcome = send_raw(providers, d, &inputs).await;
+    let (outcome, mut deliveries) = match Channel::of_action(&d.action) {
+        Some(channel) => {
+            providers
+                .channels
+                .send(channel, d, &inputs, &providers.http)
+                .await
+        }
+        None => (send_action(providers, d, &inputs).await, Vec::new()),
+    };
     drop(inputs);
     let used = scrub_forms(&used);
     let used: Vec<&str> = used.iter().map(String::as_str).collect();
@@ -381,12 +400,30 @@ pub(crate) async fn send(providers: &Providers, d: &Dispatch) -> ActionOutcome {
         ActionOutcome::Failure {
             mut error,
             retryable,
+            mut output,
+            retry_after_ms,
         } => {
             secrets::scrub_str(&mut error, &used);
-            ActionOutcome::Failure { error, retryable }
+            secrets::scrub(&mut output, &used);
+            ActionOutcome::Failure {
+                error,
+                retryable,
+                output,
+                retry_after_ms,
+            }
         }
     };
-    storable(outcome)
+    // What the delivery log keeps is scrubbed too (a recipient or an
+    // error may echo a secret an input used).
+    for d in &mut deliveries {
+        secrets::scrub_str(&mut d.recipient, &used);
+        if let Some(e) = &mut d.error {
+            secrets::scrub_str(e, &used);
+            *e = e.replace('\0', "\u{fffd}");
+        }
+        d.recipient = d.recipient.replace('\0', "\u{fffd}");
+    }
+    (storable(outcome), deliveries)
 }
 
 /// What to scrub from an answer for the secrets used: each value as sent,
@@ -419,10 +456,20 @@ fn storable(outcome: ActionOutcome) -> ActionOutcome {
             strip_nul(&mut output);
             ActionOutcome::Success { output }
         }
-        ActionOutcome::Failure { error, retryable } => ActionOutcome::Failure {
-            error: error.replace('\0', "\u{fffd}"),
+        ActionOutcome::Failure {
+            error,
             retryable,
-        },
+            mut output,
+            retry_after_ms,
+        } => {
+            strip_nul(&mut output);
+            ActionOutcome::Failure {
+                error: error.replace('\0', "\u{fffd}"),
+                retryable,
+                output,
+                retry_after_ms,
+            }
+        }
     }
 }
 
@@ -436,17 +483,11 @@ pub(crate) fn strip_nul(v: &mut Value) {
     }
 }
 
-async fn send_raw(providers: &Providers, d: &Dispatch, inputs: &Value) -> ActionOutcome {
-    if let Some(channel) = message_channel(&d.action) {
-        return channel_send(providers, channel, d, inputs).await;
-    }
+async fn send_action(providers: &Providers, d: &Dispatch, inputs: &Value) -> ActionOutcome {
     match d.action.as_str() {
         "http.request" => providers.http.send(d, inputs).await,
         "kafka.publish" => kafka_publish(&providers.bus, &providers.stop, d, inputs).await,
-        other => ActionOutcome::Failure {
-            error: format!("no provider is configured for {other} on this node"),
-            retryable: false,
-        },
+        other => failure(format!("no provider is configured for {other} on this node"), false),
     }
 }
 
@@ -474,16 +515,10 @@ mod tests {
                 output: json!({"body": "a\u{fffd}b", "k\u{fffd}": ["\u{fffd}"]})
             }
         );
-        let out = storable(ActionOutcome::Failure {
-            error: "x\u{0}".into(),
-            retryable: true,
-        });
+        let out = storable(ActionOutcome::failure("x\u{0}", true));
         assert_eq!(
             out,
-            ActionOutcome::Failure {
-                error: "x\u{fffd}".into(),
-                retryable: true
-            }
+            ActionOutcome::failure("x\u{fffd}", true)
         );
     }
 }

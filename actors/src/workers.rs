@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sojourn_persistence::{AttemptBegin, AttemptRef, OutboxMessage, Store};
+use sojourn_persistence::{AttemptBegin, AttemptRef, NewDelivery, OutboxMessage, Store};
 use sojourn_runtime::{Dispatch, ExecutionId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -250,16 +250,17 @@ impl<S: Store> Worker<S> {
             let span = info_span!("send", execution.id = %job.execution_id, node = %job.dispatch.node, attempt = job.dispatch.attempt);
             set.spawn(
                 async move {
-                    let outcome = providers::send(&providers, &job.dispatch).await;
+                    let (outcome, deliveries) = providers::send(&providers, &job.dispatch).await;
                     drop(slot);
-                    (job, outcome)
+                    (job, outcome, deliveries)
                 }
                 .instrument(span),
             );
         }
         let mut results: Vec<(ExecutionId, LocalResult)> = Vec::with_capacity(batch.len());
+        let mut log: Vec<NewDelivery> = Vec::with_capacity(batch.len());
         while let Some(done) = set.join_next().await {
-            let (job, outcome) = match done {
+            let (job, outcome, deliveries) = match done {
                 Ok(d) => d,
                 Err(e) => {
                     // A provider never panics by design; if one did, its
@@ -269,6 +270,23 @@ impl<S: Store> Worker<S> {
                 }
             };
             Stats::add(&self.stats.channel_messages_sent, 1);
+            let d = &job.dispatch;
+            log.extend(deliveries.into_iter().map(|x| NewDelivery {
+                id: sojourn_persistence::ids::new_delivery_id(),
+                execution_id: job.execution_id.clone(),
+                node: d.node.as_str().to_owned(),
+                attempt: d.attempt,
+                idempotency_key: d.idempotency_key.clone(),
+                channel: x.channel.as_str().to_owned(),
+                provider: x.provider,
+                recipient: x.recipient,
+                status: x.status.to_owned(),
+                provider_message_id: x.message_id,
+                error_class: x.error_class.map(str::to_owned),
+                error: x.error,
+                created_at: x.started_at,
+                duration_ms: i64::try_from(x.duration_ms).unwrap_or(i64::MAX),
+            }));
             results.push((
                 job.execution_id,
                 LocalResult {
@@ -281,6 +299,26 @@ impl<S: Store> Worker<S> {
         }
         if results.is_empty() {
             return true;
+        }
+        // The delivery log first: a crash between the two re-sends the
+        // attempt, whose row is then updated, not doubled.
+        let mut backoff = Duration::from_millis(100);
+        while !log.is_empty() {
+            match self.store.add_deliveries(&log).await {
+                Ok(()) => break,
+                Err(sojourn_persistence::Error::Database(e)) => {
+                    debug!(error = %e, "recording deliveries failed; trying again");
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    warn!(error = %e, deliveries = log.len(), "deliveries that cannot be recorded; dropped");
+                    break;
+                }
+            }
         }
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -313,11 +351,13 @@ impl<S: Store> Worker<S> {
 /// Channel workers alone (`sojourn worker --channels …`), for operators who
 /// scale sending apart from the nodes: they consume the channels' topics
 /// on Kafka and record each result the durable way; the nodes' recovery
-/// hands it to its execution (within `recovery_poll`). Runs until
+/// hands it to its execution (within `recovery_poll`). With `cluster`
+/// (Redis), the providers' rate limits are shared with the nodes. Runs until
 /// `shutdown`; the sends in flight are finished and recorded first.
 pub async fn run_alone<S: Store>(
     store: S,
     config: &crate::Config,
+    cluster: Option<Arc<sojourn_cluster::Cluster>>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
     if config.kafka_brokers.is_empty() {
@@ -335,6 +375,11 @@ pub async fn run_alone<S: Store>(
             providers::CHANNELS.join(", ")
         )));
     }
+    let channels = Arc::new(
+        config
+            .build_channels(cluster)
+            .map_err(|e| crate::Error::Validation(e.to_string()))?,
+    );
     let bus =
         Bus::kafka(&config.kafka_brokers, &config.node_id).map_err(crate::Error::Unavailable)?;
     ensure_channel_topics(&bus, config.kafka_topic_partitions).await;
@@ -351,7 +396,7 @@ pub async fn run_alone<S: Store>(
         store: Arc::new(store),
         router: None,
         bus: bus.clone(),
-        providers: Providers::new(config, bus, shutdown.clone()),
+        providers: Providers::new(config, bus, channels, shutdown.clone()),
         channels: config.worker_channels.clone(),
         stats: Arc::new(Stats::default()),
         per_channel: config.max_in_flight_actions,

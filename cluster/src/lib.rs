@@ -111,6 +111,7 @@ struct RedisBackend {
     acquire: redis::Script,
     renew: redis::Script,
     release: redis::Script,
+    rate: redis::Script,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -182,6 +183,28 @@ end
 return n
 ";
 
+/// A rate limit shared by the cluster (GCRA, the generic cell rate
+/// algorithm): the key holds the theoretical arrival time in microseconds
+/// of Redis's own clock. Takes one unit when the limit allows it (answers
+/// 0), else answers the microseconds to wait (and takes nothing).
+/// KEYS[1]: the limit; ARGV: the interval between units in microseconds,
+/// the burst tolerance in microseconds.
+const RATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allowed_at = tat - tolerance
+if now < allowed_at then
+  return math.ceil(allowed_at - now)
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return 0
+";
+
 /// The node id in a lease value (`node#nonce:counter`).
 fn node_of(value: &str) -> &str {
     value.split('#').next().unwrap_or(value)
@@ -237,6 +260,7 @@ impl Cluster {
                 acquire: redis::Script::new(ACQUIRE),
                 renew: redis::Script::new(RENEW),
                 release: redis::Script::new(RELEASE),
+                rate: redis::Script::new(RATE),
             })),
         })
     }
@@ -581,6 +605,27 @@ impl Cluster {
 
     /// The secret nodes present to each other's internal endpoint: made by
     /// the first node that asks, shared through Redis.
+    /// Takes one unit of the shared rate limit `name` (`per_second`, with
+    /// `burst` at once): `Duration::ZERO` when taken, else how long until
+    /// one is free (nothing taken). In-process there is nothing to share:
+    /// always taken (callers limit locally).
+    pub async fn take_rate(&self, name: &str, per_second: f64, burst: u32) -> Result<Duration> {
+        let Backend::Redis(r) = &self.backend else {
+            return Ok(Duration::ZERO);
+        };
+        let interval = (1_000_000.0 / per_second.max(1e-6)).max(1.0);
+        let tolerance = interval * f64::from(burst.saturating_sub(1));
+        let mut conn = r.conn().await?;
+        let wait: i64 = r
+            .rate
+            .key(format!("{PREFIX}{name}"))
+            .arg(interval.round() as i64)
+            .arg(tolerance.round() as i64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Duration::from_micros(wait.max(0) as u64))
+    }
+
     pub async fn secret(&self) -> Result<String> {
         let mut bytes = [0u8; 24];
         getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;

@@ -21,3 +21,8 @@ pub fn new_workflow_id() -> String {
 pub fn new_dead_letter_id() -> String {
     mint("dlq")
 }
+
+/// `dlv_…`: a delivery (UUIDv7: sorts by time).
+pub fn new_delivery_id() -> String {
+    mint("dlv")
+}

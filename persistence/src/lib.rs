@@ -60,6 +60,7 @@
 //! A table that joins an existing area (the way `inbox` sits with the
 //! outbox) is steps 1, 2 and 4 and methods in that area's module.
 
+mod deliveries;
 mod error;
 mod executions;
 pub mod ids;
@@ -74,6 +75,7 @@ mod triggers;
 mod types;
 mod workflows;
 
+pub use deliveries::DeliveryStore;
 pub use error::Error;
 pub use executions::ExecutionStore;
 pub use keys::KeyStore;
@@ -94,6 +96,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// (`use sojourn_persistence::prelude::*;`).
 pub mod prelude {
     pub use crate::{
-        ExecutionStore, KeyStore, OutboxStore, Store, TimerStore, TriggerStore, WorkflowStore,
+        DeliveryStore, ExecutionStore, KeyStore, OutboxStore, Store, TimerStore, TriggerStore,
+        WorkflowStore,
     };
 }

@@ -7,12 +7,21 @@
 use std::future::Future;
 
 use crate::Result;
-use crate::{ExecutionStore, KeyStore, OutboxStore, TimerStore, TriggerStore, WorkflowStore};
+use crate::{
+    DeliveryStore, ExecutionStore, KeyStore, OutboxStore, TimerStore, TriggerStore, WorkflowStore,
+};
 
 /// One store: PostgreSQL or SQLite, the same behaviour (the conformance
 /// suite holds both to it).
 pub trait Store:
-    WorkflowStore + ExecutionStore + TimerStore + OutboxStore + TriggerStore + KeyStore + 'static
+    WorkflowStore
+    + ExecutionStore
+    + TimerStore
+    + OutboxStore
+    + TriggerStore
+    + KeyStore
+    + DeliveryStore
+    + 'static
 {
     /// Whether the database answers (readiness): one indexed lookup.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send {
@@ -27,6 +36,7 @@ impl<S> Store for S where
         + OutboxStore
         + TriggerStore
         + KeyStore
+        + DeliveryStore
         + 'static
 {
 }

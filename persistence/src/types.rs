@@ -419,3 +419,66 @@ impl TriggerRecord {
         TriggerConfig::parse(self.kind, &self.config)
     }
 }
+
+/// A send attempt to one provider, for the delivery log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    /// `dlv_…` ([`crate::ids::new_delivery_id`]).
+    pub id: String,
+    pub execution_id: ExecutionId,
+    pub node: String,
+    pub attempt: u32,
+    pub idempotency_key: String,
+    pub channel: String,
+    pub provider: String,
+    pub recipient: String,
+    /// `queued`, `sent` or `failed`.
+    pub status: String,
+    pub provider_message_id: Option<String>,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub duration_ms: i64,
+}
+
+/// A row of the delivery log.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct DeliveryRecord {
+    pub id: String,
+    pub namespace: String,
+    pub workflow_id: String,
+    pub execution_id: String,
+    pub node: String,
+    pub attempt: i64,
+    pub idempotency_key: String,
+    pub channel: String,
+    pub provider: String,
+    pub recipient: String,
+    pub status: String,
+    pub provider_message_id: Option<String>,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    #[sqlx(try_from = "Instant")]
+    pub created_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    #[sqlx(try_from = "Instant")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which deliveries to list: a namespace's, narrowed by each filter given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeliveryQuery {
+    pub namespace: String,
+    pub execution_id: Option<String>,
+    pub workflow_id: Option<String>,
+    pub channel: Option<String>,
+    pub provider: Option<String>,
+    pub status: Option<String>,
+    /// Sent at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Sent strictly before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Cursor: only deliveries whose id sorts before this one.
+    pub before_id: Option<String>,
+    pub limit: u32,
+}

@@ -1249,10 +1249,7 @@ async fn attempts_begin_and_finish_in_batches<S: Store>(store: &S) {
         };
         assert_eq!(*b, expected, "{}", r.execution_id);
     }
-    let outcome = ActionOutcome::Failure {
-        error: "HTTP 503".into(),
-        retryable: true,
-    };
+    let outcome = ActionOutcome::failure("HTTP 503", true);
     let done: Vec<FinishedAttempt<'_>> = msgs
         .iter()
         .filter(|m| m.execution_id != execs[0].id)

@@ -52,7 +52,7 @@ impl ValidationError {
         }
     }
 
-    pub(crate) fn at_node(
+    pub fn at_node(
         id: &NodeId,
         field: impl Into<String>,
         message: impl Into<String>,

@@ -71,7 +71,29 @@ pub enum ActionOutcome {
         /// 400 that will fail the same way every time.
         #[serde(default = "yes")]
         retryable: bool,
+        /// What else the sender knows of the failure (its class, the
+        /// provider, the provider's code): merged into the node's output on
+        /// its `failure` branch. Null when there is nothing more.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        output: Value,
+        /// The earliest a retry may go, in milliseconds (a 429's
+        /// `Retry-After`): the retry waits the longer of this and the
+        /// node's backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
+}
+
+impl ActionOutcome {
+    /// A failure with nothing more to say than its message.
+    pub fn failure(error: impl Into<String>, retryable: bool) -> ActionOutcome {
+        ActionOutcome::Failure {
+            error: error.into(),
+            retryable,
+            output: Value::Null,
+            retry_after_ms: None,
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -22,7 +22,7 @@
 pub mod compile;
 pub mod error;
 pub mod expr;
-mod hash;
+pub mod hash;
 pub mod ids;
 mod interpreter;
 pub mod io;

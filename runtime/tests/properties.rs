@@ -298,10 +298,7 @@ fn op_input(d: &mut Driver<'_>, op: u8, n: u32) -> Option<Input> {
             Input::ActionResult {
                 node,
                 attempt,
-                outcome: ActionOutcome::Failure {
-                    error: "boom".into(),
-                    retryable: n.is_multiple_of(2),
-                },
+                outcome: ActionOutcome::failure("boom", n.is_multiple_of(2)),
             }
         }
         3 | 4 => {

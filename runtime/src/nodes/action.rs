@@ -293,7 +293,12 @@ pub(crate) fn on_result<'w>(
             );
             Ok(Flow::Next(Some("success")))
         }
-        ActionOutcome::Failure { error, retryable } => {
+        ActionOutcome::Failure {
+            error,
+            retryable,
+            output,
+            retry_after_ms,
+        } => {
             m.journal(JournalEvent::ActionFailed {
                 node: node.id.clone(),
                 attempt,
@@ -308,6 +313,12 @@ pub(crate) fn on_result<'w>(
                     attempt,
                     try_number,
                 );
+                // A provider's `Retry-After` (at most a day) beats a
+                // shorter backoff: sooner would only be refused again.
+                let asked = retry_after_ms
+                    .map(|ms| Duration::milliseconds(ms.min(MAX_RETRY_AFTER_MS) as i64))
+                    .unwrap_or_else(Duration::zero);
+                let wait = wait.max(asked);
                 let at = m
                     .now
                     .checked_add_signed(wait)
@@ -328,10 +339,13 @@ pub(crate) fn on_result<'w>(
                 m.snap.status = Status::Waiting;
                 return Ok(Flow::Suspend);
             }
-            m.snap.nodes.insert(
-                node.id.clone(),
-                json!({ "error": error, "attempt": attempt }),
-            );
+            let mut recorded = json!({ "error": error, "attempt": attempt });
+            if let (Value::Object(more), Some(into)) = (output, recorded.as_object_mut()) {
+                for (k, v) in more {
+                    into.entry(k).or_insert(v);
+                }
+            }
+            m.snap.nodes.insert(node.id.clone(), recorded);
             if node.has_branch("failure") {
                 return Ok(Flow::Next(Some("failure")));
             }
@@ -354,6 +368,9 @@ pub(crate) fn on_result<'w>(
 /// `initial * multiplier^(try_number-1)`, capped at `max`, with "equal
 /// jitter" (half fixed, half derived from the execution, node and attempt,
 /// so a replay computes the same instant).
+/// The longest `Retry-After` a retry waits for (a day).
+const MAX_RETRY_AFTER_MS: u64 = 86_400_000;
+
 pub(crate) fn backoff(
     c: &Compiled,
     execution: &str,
@@ -500,6 +517,56 @@ mod tests {
         assert_eq!(h.snapshot.status, Status::Completed);
         assert_eq!(h.snapshot.outcome.as_deref(), Some("ko"));
         assert!(h.snapshot.nodes[&NodeId::from("call")]["error"].is_string());
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_the_failure_details_are_the_output() {
+        let wf = compile(&linear(json!({"type": "start"}), vec![email(json!({}))]));
+        let mut h = Harness::start(&wf, json!({"email": "a", "name": "b"}));
+        let now = h.now;
+        h.step(Input::ActionResult {
+            node: NodeId::from("mail"),
+            attempt: 1,
+            outcome: ActionOutcome::Failure {
+                error: "HTTP 429".into(),
+                retryable: true,
+                output: Value::Null,
+                retry_after_ms: Some(120_000),
+            },
+        });
+        let Some(Wait::RetryBackoff { until, .. }) = h.snapshot.wait.clone() else {
+            panic!("{:?}", h.snapshot.wait)
+        };
+        // The node's own backoff is about a second; the provider asked two minutes.
+        assert_eq!(until - now, Duration::minutes(2));
+
+        let doc = json!({
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "call", "type": "action", "config": {"action": "http.request", "inputs": {"url": "http://x/"}}},
+                {"id": "ko", "type": "exit", "config": {"outcome": "ko"}},
+            ],
+            "edges": [
+                {"from": "start", "to": "call"},
+                {"from": "call", "to": "ko", "branch": "failure"},
+            ]
+        });
+        let wf = compile(&doc);
+        let mut h = Harness::start(&wf, json!({}));
+        h.step(Input::ActionResult {
+            node: NodeId::from("call"),
+            attempt: 1,
+            outcome: ActionOutcome::Failure {
+                error: "invalid address".into(),
+                retryable: false,
+                output: json!({"class": "invalid_recipient", "error": "not this", "provider": "smtp"}),
+                retry_after_ms: None,
+            },
+        });
+        let out = &h.snapshot.nodes[&NodeId::from("call")];
+        assert_eq!(out["class"], "invalid_recipient");
+        assert_eq!(out["provider"], "smtp");
+        assert_eq!(out["error"], "invalid address", "the error is the outcome's own");
     }
 
     #[test]

@@ -208,10 +208,7 @@ impl<'w> Harness<'w> {
         self.step(Input::ActionResult {
             node: NodeId::from(node),
             attempt,
-            outcome: ActionOutcome::Failure {
-                error: "HTTP 503".into(),
-                retryable,
-            },
+            outcome: ActionOutcome::failure("HTTP 503", retryable),
         });
     }
 

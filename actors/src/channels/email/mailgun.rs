@@ -1,0 +1,102 @@
+//! `mailgun`: Mailgun's messages API (`POST /v3/<domain>/messages`, basic
+//! auth `api:<key>`, multipart form). The attempt's key goes in the custom
+//! variable `v:sojourn-key`, which Mailgun echoes in the message's events
+//! (`user-variables`). 200 is queued; the answer's `id` is the message id.
+
+use std::time::Duration;
+
+use reqwest::multipart::{Form, Part};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::super::http::{call, client, refusal};
+use super::super::{
+    Built, Channel, ConfigError, Context, ErrorClass, Message, Outgoing, Provider, SendError,
+    SendFuture, Sent, SentStatus,
+};
+use crate::channels::config::{MailgunConfig, http_url};
+
+#[derive(Debug)]
+pub(crate) struct Mailgun {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    key: SecretString,
+    from: String,
+}
+
+pub(crate) fn build(field: &str, c: &MailgunConfig, cx: &Context, timeout: Duration) -> Result<Built, ConfigError> {
+    if c.domain.is_empty() || c.domain.contains(['/', '?', '#']) {
+        return Err(ConfigError::new(format!("{field}.domain"), "must be a sending domain (mg.example.com)"));
+    }
+    let base = http_url(&format!("{field}.base_url"), &c.base_url)?;
+    let url = base
+        .join(&format!("/v3/{}/messages", c.domain))
+        .map_err(|e| ConfigError::new(format!("{field}.base_url"), e.to_string()))?;
+    c.from
+        .parse::<lettre::message::Mailbox>()
+        .map_err(|e| ConfigError::new(format!("{field}.from"), format!("not an address ({e})")))?;
+    Ok(Built::one(
+        Channel::Email,
+        Mailgun {
+            client: client(field, timeout)?,
+            url,
+            key: c.api_key.resolve(&format!("{field}.api_key"), cx)?,
+            from: c.from.clone(),
+        },
+    ))
+}
+
+impl Provider for Mailgun {
+    fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a> {
+        Box::pin(async move {
+            let Message::Email(e) = out.message else {
+                return Err(SendError::new(ErrorClass::Invalid, "mailgun sends email only"));
+            };
+            let mut form = Form::new()
+                .text("from", e.from.clone().unwrap_or_else(|| self.from.clone()))
+                .text("subject", e.subject.clone())
+                .text("v:sojourn-key", out.key.to_owned());
+            for to in &e.to {
+                form = form.text("to", to.clone());
+            }
+            if let Some(t) = &e.text {
+                form = form.text("text", t.clone());
+            }
+            if let Some(h) = &e.html {
+                form = form.text("html", h.clone());
+            }
+            if let Some(r) = &e.reply_to {
+                form = form.text("h:Reply-To", r.clone());
+            }
+            for (k, v) in &e.headers {
+                form = form.text(format!("h:{k}"), v.clone());
+            }
+            for a in out.attachments {
+                let part = Part::bytes(a.content.clone())
+                    .file_name(a.filename.clone())
+                    .mime_str(&a.content_type)
+                    .map_err(|err| SendError::new(ErrorClass::Invalid, format!("an attachment's type: {err}")))?;
+                form = form.part("attachment", part);
+            }
+            let answer = call(
+                self.client
+                    .post(self.url.clone())
+                    .basic_auth("api", Some(self.key.expose_secret()))
+                    .multipart(form),
+            )
+            .await?;
+            let json = answer.json();
+            if answer.status.is_success() {
+                return Ok(Sent {
+                    message_id: json["id"].as_str().map(str::to_owned),
+                    status: SentStatus::Queued,
+                });
+            }
+            let detail = json["message"].as_str().unwrap_or(&answer.body).to_owned();
+            let mut err = refusal(&answer, &detail);
+            if err.class == ErrorClass::Rejected && detail.to_ascii_lowercase().contains("to parameter") {
+                err.class = ErrorClass::InvalidRecipient;
+            }
+            Err(err)
+        })
+    }
+}

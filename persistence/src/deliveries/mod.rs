@@ -1,0 +1,165 @@
+//! The delivery log (`deliveries`): one row per send attempt of a channel
+//! message to one provider, written by the channel workers in batches, and
+//! listed with filters and cursor paging. Every statement is the same on
+//! both databases.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Executor, QueryBuilder};
+
+use crate::Result;
+use crate::sql::{Bind, Instant, Read, Sql, SqlStore, at};
+use crate::types::{DeliveryQuery, DeliveryRecord, NewDelivery};
+
+/// The delivery log.
+pub trait DeliveryStore: Send + Sync {
+    /// Records deliveries, each under its execution's namespace and
+    /// workflow (one statement). The same attempt and provider again (a
+    /// re-send after a crash) updates its row. Deliveries of an execution
+    /// that does not exist are left out.
+    fn add_deliveries(&self, batch: &[NewDelivery]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deliveries of a namespace, newest first, filtered.
+    fn list_deliveries(
+        &self,
+        query: &DeliveryQuery,
+    ) -> impl Future<Output = Result<Vec<DeliveryRecord>>> + Send;
+
+    /// Moves the delivery a provider knows as `message_id` to `status`
+    /// (a provider's status report). `false` when there is none.
+    fn set_delivery_status(
+        &self,
+        provider: &str,
+        message_id: &str,
+        status: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+const COLUMNS: &str = "id, namespace, workflow_id, execution_id, node, attempt, idempotency_key, \
+                       channel, provider, recipient, status, provider_message_id, error_class, \
+                       error, created_at, duration_ms, updated_at";
+
+impl<DB> DeliveryStore for SqlStore<DB>
+where
+    DB: Sql,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: Bind<'a, DB>,
+    for<'a> Option<&'a str>: Bind<'a, DB>,
+    for<'q> Instant: Bind<'q, DB>,
+    for<'q> i64: Bind<'q, DB>,
+    for<'q> i32: Bind<'q, DB>,
+    DeliveryRecord: Read<DB>,
+    (String,): Read<DB>,
+{
+    async fn add_deliveries(&self, batch: &[NewDelivery]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // INSERT … SELECT from the execution's row, one SELECT per delivery:
+        // the namespace and workflow come from the database, in one round trip.
+        let mut sql = QueryBuilder::<DB>::new("INSERT INTO deliveries (");
+        sql.push(COLUMNS).push(") ");
+        for (n, d) in batch.iter().enumerate() {
+            if n > 0 {
+                sql.push(" UNION ALL ");
+            }
+            sql.push("SELECT ")
+                .push_bind(d.id.as_str())
+                .push(", e.namespace, e.workflow_id, e.id, ")
+                .push_bind(d.node.as_str())
+                .push(", ")
+                .push_bind(i64::from(d.attempt))
+                .push(", ")
+                .push_bind(d.idempotency_key.as_str())
+                .push(", ")
+                .push_bind(d.channel.as_str())
+                .push(", ")
+                .push_bind(d.provider.as_str())
+                .push(", ")
+                .push_bind(d.recipient.as_str())
+                .push(", ")
+                .push_bind(d.status.as_str())
+                .push(", ")
+                .push_bind(d.provider_message_id.as_deref())
+                .push(", ")
+                .push_bind(d.error_class.as_deref())
+                .push(", ")
+                .push_bind(d.error.as_deref())
+                .push(", ")
+                .push_bind(at(d.created_at))
+                .push(", ")
+                .push_bind(d.duration_ms)
+                .push(", ")
+                .push_bind(at(d.created_at))
+                .push(" FROM executions e WHERE e.id = ")
+                .push_bind(d.execution_id.as_str());
+        }
+        sql.push(
+            " ON CONFLICT (idempotency_key, provider) DO UPDATE SET
+                 status = excluded.status,
+                 provider_message_id = excluded.provider_message_id,
+                 error_class = excluded.error_class,
+                 error = excluded.error,
+                 duration_ms = excluded.duration_ms,
+                 updated_at = excluded.updated_at",
+        );
+        sql.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliveryRecord>> {
+        let mut sql = QueryBuilder::<DB>::new("SELECT ");
+        sql.push(COLUMNS).push(" FROM deliveries WHERE namespace = ");
+        sql.push_bind(q.namespace.as_str());
+        if let Some(v) = &q.execution_id {
+            sql.push(" AND execution_id = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &q.workflow_id {
+            sql.push(" AND workflow_id = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &q.channel {
+            sql.push(" AND channel = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &q.provider {
+            sql.push(" AND provider = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &q.status {
+            sql.push(" AND status = ").push_bind(v.as_str());
+        }
+        if let Some(v) = q.created_after {
+            sql.push(" AND created_at >= ").push_bind(at(v));
+        }
+        if let Some(v) = q.created_before {
+            sql.push(" AND created_at < ").push_bind(at(v));
+        }
+        if let Some(v) = &q.before_id {
+            sql.push(" AND id < ").push_bind(v.as_str());
+        }
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(q.limit));
+        Ok(sql.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    async fn set_delivery_status(
+        &self,
+        provider: &str,
+        message_id: &str,
+        status: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done: Vec<(String,)> = sqlx::query_as(
+            "UPDATE deliveries SET status = $1, updated_at = $2
+             WHERE provider = $3 AND provider_message_id = $4
+             RETURNING id",
+        )
+        .bind(status)
+        .bind(at(now))
+        .bind(provider)
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(!done.is_empty())
+    }
+}
