@@ -308,6 +308,58 @@ pub(crate) struct ListArgs {
     pub(crate) cursor: Option<String>,
 }
 
+/// `sojourn deliveries ls`: the filters given, as the API's query.
+pub(crate) async fn list_deliveries(
+    c: &Client,
+    filters: Vec<(&str, Option<String>)>,
+) -> Result<(), Failure> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in filters {
+        if let Some(v) = v {
+            q.append_pair(k, &v);
+        }
+    }
+    let out = c.get(&format!("/v1/deliveries?{}", q.finish())).await?;
+    if c.print_json(&out)? {
+        return Ok(());
+    }
+    let items = out
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|d| {
+            [
+                "created_at",
+                "channel",
+                "provider",
+                "recipient",
+                "status",
+                "error_class",
+                "execution_id",
+                "node",
+                "provider_message_id",
+            ]
+            .iter()
+            .map(|k| cell(d.get(*k)))
+            .collect()
+        })
+        .collect();
+    print_table(
+        &[
+            "SENT", "CHANNEL", "PROVIDER", "TO", "STATUS", "ERROR", "EXECUTION", "NODE",
+            "MESSAGE ID",
+        ],
+        &rows,
+    );
+    if let Some(next) = out.get("next_cursor").and_then(Value::as_str) {
+        println!("(more: --cursor {next})");
+    }
+    Ok(())
+}
+
 pub(crate) async fn list_executions(c: &Client, a: ListArgs) -> Result<(), Failure> {
     let mut q = form_urlencoded::Serializer::new(String::new());
     for (k, v) in [

@@ -161,6 +161,12 @@ enum Command {
         #[command(subcommand)]
         command: ExecutionsCommand,
     },
+    /// The delivery log: each send of a channel message to a provider
+    /// (client).
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
     /// Show an execution: status, node, variables, lease holder, journal
     /// (client).
     Inspect {
@@ -240,6 +246,43 @@ enum ExecutionsCommand {
         /// The correlation key (subject).
         #[arg(long)]
         subject: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The cursor printed after the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeliveriesCommand {
+    /// List deliveries, newest first (recipients masked).
+    #[command(alias = "list")]
+    Ls {
+        /// Only this execution's.
+        #[arg(long)]
+        execution: Option<String>,
+        /// A workflow key or id.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// email, sms, push or chat.
+        #[arg(long)]
+        channel: Option<String>,
+        /// A provider's configured name.
+        #[arg(long)]
+        provider: Option<String>,
+        /// queued, sent, failed, delivered, bounced, complained, opened,
+        /// clicked, undelivered.
+        #[arg(long)]
+        status: Option<String>,
+        /// Sent at or after (RFC 3339).
+        #[arg(long)]
+        after: Option<String>,
+        /// Sent before (RFC 3339).
+        #[arg(long)]
+        before: Option<String>,
         #[arg(long)]
         limit: Option<u32>,
         /// The cursor printed after the previous page.
@@ -403,6 +446,37 @@ fn main() -> ExitCode {
                     limit,
                     cursor,
                 },
+            )
+            .await
+        }),
+        Command::Deliveries {
+            command:
+                DeliveriesCommand::Ls {
+                    execution,
+                    workflow,
+                    channel,
+                    provider,
+                    status,
+                    after,
+                    before,
+                    limit,
+                    cursor,
+                    conn,
+                },
+        } => with_client(conn, |c| async move {
+            client::list_deliveries(
+                &c,
+                vec![
+                    ("execution", execution),
+                    ("workflow", workflow),
+                    ("channel", channel),
+                    ("provider", provider),
+                    ("status", status),
+                    ("after", after),
+                    ("before", before),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("cursor", cursor),
+                ],
             )
             .await
         }),
@@ -677,7 +751,15 @@ async fn worker(channels: Vec<String>, file: Option<PathBuf>) -> Result<(), Fail
         config.worker_channels.join(", "),
         config.kafka_brokers.join(",")
     );
-    let ran = sojourn_actors::workers::run_alone(store, &config, shutdown)
+    // With Redis, the providers' rate limits are the cluster's.
+    let cluster = match &s.redis_url {
+        Some(u) => Some(std::sync::Arc::new(
+            sojourn_actors::Cluster::redis(u.expose(), config.node_id.clone(), config.lease_ttl)
+                .map_err(|e| Failure::Invalid(format!("setting \"redis_url\" ({u}): {e}")))?,
+        )),
+        None => None,
+    };
+    let ran = sojourn_actors::workers::run_alone(store, &config, cluster, shutdown)
         .await
         .map_err(|e| match e {
             sojourn_actors::Error::Validation(m) => Failure::Invalid(m),

@@ -63,6 +63,11 @@ pub(crate) struct Settings {
     pub(crate) tracing: TracingSettings,
     /// Named secrets that workflows reference as `{{ secrets.NAME }}`.
     pub(crate) secrets: BTreeMap<String, Secret>,
+    /// Named providers (`[providers.marketing-smtp]`, `kind = "smtp"`, …).
+    pub(crate) providers: BTreeMap<String, sojourn_actors::channels::ProviderConfig>,
+    /// Per channel (`[channels.email]`), the providers used when an action
+    /// names none, in failover order.
+    pub(crate) channels: BTreeMap<String, sojourn_actors::channels::ChannelConfig>,
 }
 
 /// Kafka: event triggers, `kafka.publish` and the channel workers.
@@ -187,6 +192,16 @@ impl Settings {
             },
             tracing: TracingSettings::default(),
             secrets: BTreeMap::new(),
+            // `sojourn dev` logs every channel's messages (the quick start
+            // needs no account); `serve` sends nothing it was not told how to.
+            providers: match mode {
+                Mode::Dev => engine.providers.clone(),
+                Mode::Serve => BTreeMap::new(),
+            },
+            channels: match mode {
+                Mode::Dev => engine.channels.clone(),
+                Mode::Serve => BTreeMap::new(),
+            },
         }
     }
 }
@@ -364,7 +379,19 @@ fn describe(figment: &Figment, e: figment::Error) -> Failure {
 
 /// Whether a setting's value may be a secret (never repeated in errors).
 fn sensitive(key: &str) -> bool {
-    key.starts_with("secrets") || key.ends_with("_url") || key.ends_with("endpoint")
+    const CREDENTIALS: [&str; 7] = [
+        "password",
+        "api_key",
+        "api_secret",
+        "auth_token",
+        "bot_token",
+        "private_key",
+        "service_account",
+    ];
+    key.starts_with("secrets")
+        || key.ends_with("_url")
+        || key.ends_with("endpoint")
+        || (key.starts_with("providers.") && CREDENTIALS.iter().any(|c| key.ends_with(c)))
 }
 
 /// Checks what types alone cannot.
@@ -434,6 +461,14 @@ fn check(s: &Settings) -> Result<(), Failure> {
             "engine.channel_webhook",
             format!("{url:?} is not an http(s) URL"),
         );
+    }
+    // Every provider builds (its URLs, addresses and `secret:` references
+    // read), so a node with a bad one stops at start, naming the setting.
+    if let Err(e) = s
+        .engine_config("check".into(), String::new())
+        .build_channels(None)
+    {
+        return bad(&e.field, e.message);
     }
     for name in s.secrets.keys() {
         if !sojourn_runtime::secrets::is_valid_name(name) {
@@ -507,6 +542,8 @@ impl Settings {
                 .unwrap_or_default(),
             max_response_bytes: self.http.max_response_bytes,
             secrets: sojourn_actors::Secrets::new(secrets),
+            providers: self.providers.clone(),
+            channels: self.channels.clone(),
             ..sojourn_actors::Config::default()
         }
     }

@@ -165,6 +165,13 @@ impl<S: Store> Engine<S> {
                 .build_channels(Some(cluster.clone()))
                 .map_err(|e| Error::Validation(e.to_string()))?,
         );
+        let missing = unserved_workflows(&*store, &channels).await?;
+        if !missing.is_empty() {
+            return Err(Error::Validation(format!(
+                "published workflows send through providers this node does not have (configure them under [providers] and [channels]):\n  {}",
+                missing.join("\n  ")
+            )));
+        }
         let (router, releases) = Router::new(store.clone(), cluster.clone(), stats.clone());
         let router = Arc::new(router);
         router.set_self();
@@ -1216,4 +1223,32 @@ mod tests {
         engine.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Each channel action of a published workflow (its latest version) that
+/// this node's providers cannot send: `workflow vN, node: problem`.
+async fn unserved_workflows<S: Store>(
+    store: &S,
+    channels: &crate::channels::Channels,
+) -> Result<Vec<String>, Error> {
+    let mut problems = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.latest_versions(after.as_deref(), 500).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.workflow_id.clone());
+        for v in &page {
+            for e in channels.check_workflow(&v.definition) {
+                let node = e.node.as_ref().map(|n| n.as_str()).unwrap_or("-");
+                problems.push(format!(
+                    "{} v{}, node {node}, {}: {}",
+                    v.workflow_id, v.version, e.field, e.message
+                ));
+            }
+        }
+        if page.len() < 500 {
+            break;
+        }
+    }
+    Ok(problems)
 }

@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_persistence::{
-    ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DueTimer, Error,
+    ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DeliveryQuery,
+    DeliveryRecord, DeliveryStore, DueTimer, Error, NewDelivery,
     ExecutionQuery, ExecutionRecord, ExecutionStore, ExecutionSummary, FinishedAttempt, InboxItem,
     JournalRow, KeyStore, NewApiKey, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow,
     OutboxMessage, OutboxStore, SqliteStore, TimerStore, TriggerRecord, TriggerStore,
@@ -62,6 +63,13 @@ impl WorkflowStore for Flaky {
     }
     async fn list_workflows(&self, q: &WorkflowQuery) -> Result<Vec<WorkflowRecord>, Error> {
         self.0.list_workflows(q).await
+    }
+    async fn latest_versions(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WorkflowVersion>, Error> {
+        self.0.latest_versions(after, limit).await
     }
     async fn update_draft(
         &self,
@@ -314,6 +322,26 @@ impl KeyStore for Flaky {
         now: DateTime<Utc>,
     ) -> Result<ApiKeyRecord, Error> {
         self.0.revoke_api_key(ns, id, now).await
+    }
+}
+
+impl DeliveryStore for Flaky {
+    async fn add_deliveries(&self, batch: &[NewDelivery]) -> Result<(), Error> {
+        self.0.add_deliveries(batch).await
+    }
+    async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliveryRecord>, Error> {
+        self.0.list_deliveries(q).await
+    }
+    async fn set_delivery_status(
+        &self,
+        provider: &str,
+        message_id: &str,
+        status: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        self.0
+            .set_delivery_status(provider, message_id, status, at)
+            .await
     }
 }
 

@@ -38,7 +38,9 @@ pub use state::AppState;
 
 use crate::auth::Scope::{Admin, Read, Write};
 use crate::docs::{Routes, Spec};
-use crate::routes::{cluster, events, executions, keys, system, triggers, workflows};
+use crate::routes::{
+    cluster, deliveries, events, executions, keys, system, triggers, workflows,
+};
 
 /// The built API: its router, its OpenAPI document and its route table.
 #[derive(Debug)]
@@ -286,6 +288,26 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
             .scope(Read)
             .returns::<triggers::TriggerOut>(200),
         triggers::get::<S>,
+    );
+    // ---- deliveries --------------------------------------------------------
+    r.add(
+        M::GET,
+        "/v1/deliveries",
+        Spec::new("deliveries", "List deliveries (the delivery log)")
+            .scope(Read)
+            .query::<deliveries::ListDeliveries>()
+            .returns::<routes::Page<deliveries::DeliveryOut>>(200)
+            .describe("One row per send attempt of a channel message to one provider (an attempt that failed over to another provider has one row per provider tried), newest first. Recipients are masked."),
+        deliveries::list::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/providers",
+        Spec::new("deliveries", "The providers this node sends through")
+            .scope(Read)
+            .returns::<Vec<deliveries::ProviderOut>>(200)
+            .describe("Each configured provider's name, kind and channels, and the channels that use it by default; never its credentials."),
+        deliveries::providers::<S>,
     );
     r.add(
         M::GET,

@@ -87,6 +87,7 @@ impl<S: Store> AppState<S> {
         let timers_pending = ScrapedGauge::default();
         let mut registry = Registry::default();
         engine.stats().register(&mut registry);
+        engine.channels().register(&mut registry);
         registry.register(
             "sojourn_active_actors",
             "Execution actors live on this node",

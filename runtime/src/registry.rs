@@ -118,30 +118,30 @@ impl Registry {
             ActionSpec::builtin(
                 "email.send",
                 Channel::Email,
-                "An email: to, subject, text and/or html, optional from and reply_to.",
+                "An email: to (an address or a list), subject, text and/or html; optional from, reply_to, attachments (by URL: url, filename, content_type), headers, provider (a configured provider's name, or a list in failover order).",
                 &["to", "subject"],
-                &[&["text", "html", "template_id"]],
+                &[&["text", "html"]],
             ),
             ActionSpec::builtin(
                 "sms.send",
                 Channel::Sms,
-                "A text message: to (E.164), body.",
+                "A text message: to (E.164), body; optional from, provider.",
                 &["to", "body"],
                 &[],
             ),
             ActionSpec::builtin(
                 "push.send",
                 Channel::Push,
-                "A mobile push notification: token, title, body, optional data.",
-                &["token", "title", "body"],
+                "A push notification: to (a device token; or token) or subscription (a browser's PushSubscription), with title, body and/or data; optional badge, sound, provider.",
                 &[],
+                &[&["to", "token", "subscription"], &["title", "body", "data"]],
             ),
             ActionSpec::builtin(
                 "chat.send",
                 Channel::Chat,
-                "A chat message (Slack and the like): channel, text.",
-                &["channel", "text"],
+                "A chat message (Slack, Discord, Teams): text, blocks (Slack), embeds (Discord) or card (a Teams Adaptive Card); channel for a Slack bot; optional provider.",
                 &[],
+                &[&["text", "blocks", "embeds", "card"]],
             ),
         ] {
             r.register(spec);

@@ -378,6 +378,15 @@ impl Channels {
             .collect()
     }
 
+    /// The channels that use provider `name` by default, with its place in
+    /// their order.
+    pub fn defaults_of(&self, name: &str) -> Vec<(Channel, usize)> {
+        self.defaults
+            .iter()
+            .filter_map(|(c, list)| list.iter().position(|n| n == name).map(|p| (*c, p)))
+            .collect()
+    }
+
     /// A workflow's channel actions against the providers: a channel with
     /// no provider, or a `provider` input naming one that is not configured
     /// (or does not send that channel), is an error at its node and field.

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::error::{ApiError, ApiResult};
 
 pub(crate) mod cluster;
+pub(crate) mod deliveries;
 pub(crate) mod events;
 pub(crate) mod executions;
 pub(crate) mod keys;

@@ -164,10 +164,19 @@ pub struct ListWorkflows {
     pub limit: Option<u32>,
 }
 
-/// Every problem with a document, or the workflow it describes.
-pub(crate) fn check_definition(definition: &Value) -> Result<Workflow, Vec<ValidationError>> {
+/// Every problem with a document, or the workflow it describes: the
+/// document itself, then its channel actions against this node's
+/// providers (a channel with none, a `provider` not configured).
+pub(crate) fn check_definition(
+    channels: &sojourn_actors::channels::Channels,
+    definition: &Value,
+) -> Result<Workflow, Vec<ValidationError>> {
     let wf = Workflow::from_value(definition.clone())?;
     CompiledWorkflow::compile(&wf, &Registry::builtin())?;
+    let errors = channels.check_workflow(&wf);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     Ok(wf)
 }
 
@@ -238,7 +247,7 @@ async fn publish_document<S: Store>(
             ),
         ));
     }
-    let mut wf = check_definition(definition).map_err(invalid_workflow)?;
+    let mut wf = check_definition(app.engine.channels(), definition).map_err(invalid_workflow)?;
     // The stored version carries the workflow's key.
     wf.key = Some(record.key.clone());
     let (v, new) = app
@@ -273,7 +282,7 @@ pub(crate) async fn create<S: Store>(
     check_document("definition", &req.definition)?;
     if req.publish {
         // Refuse an invalid document before anything is written.
-        check_definition(&req.definition).map_err(invalid_workflow)?;
+        check_definition(app.engine.channels(), &req.definition).map_err(invalid_workflow)?;
     }
     let record = app
         .engine
@@ -336,7 +345,7 @@ pub(crate) async fn update<S: Store>(
 ) -> ApiResult<axum::Json<WorkflowOut>> {
     check_document("definition", &req.definition)?;
     if req.publish {
-        check_definition(&req.definition).map_err(invalid_workflow)?;
+        check_definition(app.engine.channels(), &req.definition).map_err(invalid_workflow)?;
     }
     let record = find(&app, &caller, &id).await?;
     if record.archived_at.is_some() {
@@ -376,7 +385,7 @@ pub(crate) async fn validate<S: Store>(
 ) -> ApiResult<axum::Json<ValidationOut>> {
     let record = find(&app, &caller, &id).await?;
     let doc = req.definition.unwrap_or(record.draft);
-    let errors = match check_definition(&doc) {
+    let errors = match check_definition(app.engine.channels(), &doc) {
         Ok(_) => Vec::new(),
         Err(errors) => errors,
     };

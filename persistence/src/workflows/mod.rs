@@ -64,6 +64,15 @@ pub trait WorkflowStore: Send + Sync {
         query: &WorkflowQuery,
     ) -> impl Future<Output = Result<Vec<WorkflowRecord>>> + Send;
 
+    /// The latest published version of every workflow that is not
+    /// archived, in every namespace, by workflow id, `limit` at a time after
+    /// `after_id` (what a node checks its configuration against at start).
+    fn latest_versions(
+        &self,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<WorkflowVersion>>> + Send;
+
     /// Replaces the draft (and the name, when given) of a workflow that is
     /// not archived. [`crate::Error::NotFound`] if there is no such workflow
     /// in the namespace, [`crate::Error::Invalid`] if it is archived.
@@ -231,6 +240,28 @@ where
         .bind(query.include_archived)
         .bind(query.before_id.as_deref())
         .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn latest_versions(
+        &self,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WorkflowVersion>> {
+        let columns = VERSION_COLUMNS
+            .split(',')
+            .map(|c| format!("v.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {columns} FROM workflows w
+             JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.latest_version
+             WHERE w.archived_at IS NULL AND ($1 IS NULL OR w.id > $1)
+             ORDER BY w.id LIMIT $2"
+        )))
+        .bind(after_id)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
     }

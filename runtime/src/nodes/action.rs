@@ -544,10 +544,12 @@ mod tests {
             "nodes": [
                 {"id": "start", "type": "start"},
                 {"id": "call", "type": "action", "config": {"action": "http.request", "inputs": {"url": "http://x/"}}},
+                {"id": "ok", "type": "exit", "config": {"outcome": "ok"}},
                 {"id": "ko", "type": "exit", "config": {"outcome": "ko"}},
             ],
             "edges": [
                 {"from": "start", "to": "call"},
+                {"from": "call", "to": "ok", "branch": "success"},
                 {"from": "call", "to": "ko", "branch": "failure"},
             ]
         });
