@@ -349,7 +349,14 @@ pub(crate) async fn list_deliveries(
         .collect();
     print_table(
         &[
-            "SENT", "CHANNEL", "PROVIDER", "TO", "STATUS", "ERROR", "EXECUTION", "NODE",
+            "SENT",
+            "CHANNEL",
+            "PROVIDER",
+            "TO",
+            "STATUS",
+            "ERROR",
+            "EXECUTION",
+            "NODE",
             "MESSAGE ID",
         ],
         &rows,

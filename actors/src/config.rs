@@ -187,7 +187,10 @@ impl Config {
         let mut providers = self.providers.clone();
         let mut channels = self.channels.clone();
         if let Some(url) = &self.channel_webhook {
-            providers.insert("webhook".into(), crate::channels::ProviderConfig::webhook(url.clone()));
+            providers.insert(
+                "webhook".into(),
+                crate::channels::ProviderConfig::webhook(url.clone()),
+            );
             for c in crate::providers::CHANNELS {
                 let entry = channels.entry(c.to_owned()).or_default();
                 // The stand-in replaces the embedded default's log.

@@ -487,7 +487,10 @@ async fn send_action(providers: &Providers, d: &Dispatch, inputs: &Value) -> Act
     match d.action.as_str() {
         "http.request" => providers.http.send(d, inputs).await,
         "kafka.publish" => kafka_publish(&providers.bus, &providers.stop, d, inputs).await,
-        other => failure(format!("no provider is configured for {other} on this node"), false),
+        other => failure(
+            format!("no provider is configured for {other} on this node"),
+            false,
+        ),
     }
 }
 
@@ -516,9 +519,6 @@ mod tests {
             }
         );
         let out = storable(ActionOutcome::failure("x\u{0}", true));
-        assert_eq!(
-            out,
-            ActionOutcome::failure("x\u{fffd}", true)
-        );
+        assert_eq!(out, ActionOutcome::failure("x\u{fffd}", true));
     }
 }

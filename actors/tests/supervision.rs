@@ -13,11 +13,11 @@ use serde_json::json;
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_persistence::{
     ApiKeyRecord, AttemptBegin, AttemptRef, Commit, CommitResult, Created, DeliveryQuery,
-    DeliveryRecord, DeliveryStore, DueTimer, Error, NewDelivery,
-    ExecutionQuery, ExecutionRecord, ExecutionStore, ExecutionSummary, FinishedAttempt, InboxItem,
-    JournalRow, KeyStore, NewApiKey, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow,
-    OutboxMessage, OutboxStore, SqliteStore, TimerStore, TriggerRecord, TriggerStore,
-    VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowStore, WorkflowVersion,
+    DeliveryRecord, DeliveryStore, DueTimer, Error, ExecutionQuery, ExecutionRecord,
+    ExecutionStore, ExecutionSummary, FinishedAttempt, InboxItem, JournalRow, KeyStore, NewApiKey,
+    NewDelivery, NewExecution, NewTrigger, NewWorkflow, NodeExecutionRow, OutboxMessage,
+    OutboxStore, SqliteStore, TimerStore, TriggerRecord, TriggerStore, VersionSummary,
+    WorkflowQuery, WorkflowRecord, WorkflowStore, WorkflowVersion,
 };
 use sojourn_runtime::{ExecutionId, Input, Status, Workflow};
 

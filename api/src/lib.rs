@@ -38,9 +38,7 @@ pub use state::AppState;
 
 use crate::auth::Scope::{Admin, Read, Write};
 use crate::docs::{Routes, Spec};
-use crate::routes::{
-    cluster, deliveries, events, executions, keys, system, triggers, workflows,
-};
+use crate::routes::{cluster, deliveries, events, executions, keys, system, triggers, workflows};
 
 /// The built API: its router, its OpenAPI document and its route table.
 #[derive(Debug)]

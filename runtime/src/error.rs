@@ -52,11 +52,7 @@ impl ValidationError {
         }
     }
 
-    pub fn at_node(
-        id: &NodeId,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn at_node(id: &NodeId, field: impl Into<String>, message: impl Into<String>) -> Self {
         ValidationError {
             node: Some(id.clone()),
             edge: None,

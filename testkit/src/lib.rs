@@ -11,8 +11,14 @@
 //! - [`wait_for`]: polls an engine until an execution reaches a status.
 //! - [`PrivateRedis`]: a `redis-server` of the test's own, to flush, kill
 //!   and restart.
+//! - [`fakes`]: the providers' APIs (SendGrid, Mailgun, Twilio, Vonage,
+//!   Slack, Discord, Teams), checking their wire format; [`smtp`]: an SMTP
+//!   sink.
 //! - [`free_port`], [`temp_dir`], [`database_url`], [`curl`],
 //!   [`wait_healthy`].
+
+pub mod fakes;
+pub mod smtp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

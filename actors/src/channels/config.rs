@@ -101,7 +101,10 @@ impl Limits {
 
     pub(crate) fn check(&self, field: &str) -> Result<(), ConfigError> {
         if self.concurrency == 0 {
-            return Err(ConfigError::new(format!("{field}.concurrency"), "must be at least 1"));
+            return Err(ConfigError::new(
+                format!("{field}.concurrency"),
+                "must be at least 1",
+            ));
         }
         if let Some(r) = self.per_second
             && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
@@ -112,10 +115,16 @@ impl Limits {
             ));
         }
         if self.burst == Some(0) {
-            return Err(ConfigError::new(format!("{field}.burst"), "must be at least 1"));
+            return Err(ConfigError::new(
+                format!("{field}.burst"),
+                "must be at least 1",
+            ));
         }
         if !(1..=3_600_000).contains(&self.timeout_ms) {
-            return Err(ConfigError::new(format!("{field}.timeout_ms"), "must be 1 to 3600000"));
+            return Err(ConfigError::new(
+                format!("{field}.timeout_ms"),
+                "must be 1 to 3600000",
+            ));
         }
         Ok(())
     }
@@ -361,11 +370,15 @@ impl ProviderConfig {
         Ok(match self {
             ProviderConfig::Log(c) => Built {
                 channels: channels(field, &c.channels)?,
-                provider: Box::new(super::log::LogProvider { name: field_name(field) }),
+                provider: Box::new(super::log::LogProvider {
+                    name: field_name(field),
+                }),
             },
             ProviderConfig::Webhook(c) => Built {
                 channels: channels(field, &c.channels)?,
-                provider: Box::new(super::webhook::WebhookProvider::new(field, &c.url, timeout)?),
+                provider: Box::new(super::webhook::WebhookProvider::new(
+                    field, &c.url, timeout,
+                )?),
             },
             ProviderConfig::Smtp(c) => super::email::smtp::build(field, c, cx)?,
             ProviderConfig::Sendgrid(c) => super::email::sendgrid::build(field, c, cx, timeout)?,

@@ -109,7 +109,11 @@ pub(crate) fn refusal(answer: &Answer, detail: &str) -> SendError {
 
 /// `Retry-After` in seconds or as an HTTP date.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -137,7 +141,10 @@ mod tests {
         let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
         h.insert("retry-after", later.parse().expect("header"));
         let got = retry_after(&h).expect("a date");
-        assert!(got > Duration::from_secs(100) && got <= Duration::from_secs(120), "{got:?}");
+        assert!(
+            got > Duration::from_secs(100) && got <= Duration::from_secs(120),
+            "{got:?}"
+        );
         h.insert("retry-after", "soon".parse().expect("header"));
         assert_eq!(retry_after(&h), None);
     }

@@ -13,12 +13,12 @@ impl Provider for LogProvider {
     fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let to = match out.message {
-                Message::Email(e) => e
-                    .to
-                    .iter()
-                    .map(|a| super::message::mask_email(a))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                Message::Email(e) => {
+                    e.to.iter()
+                        .map(|a| super::message::mask_email(a))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
                 Message::Sms(s) => super::message::mask_phone(&s.to),
                 Message::Push(_) => "a device".into(),
                 Message::Chat(c) => c.channel.clone().unwrap_or_else(|| "a chat".into()),

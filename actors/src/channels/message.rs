@@ -221,7 +221,9 @@ fn email(i: &Map<String, Value>) -> Result<Email, String> {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
                     return Err(format!("{field}.url: must be an http(s) URL"));
                 }
-                let filename = match opt_text(a, "filename").map_err(|e| e.replace("inputs.", &format!("{field}.")))? {
+                let filename = match opt_text(a, "filename")
+                    .map_err(|e| e.replace("inputs.", &format!("{field}.")))?
+                {
                     Some(f) => f,
                     None => url
                         .rsplit('/')
@@ -265,8 +267,17 @@ fn email(i: &Map<String, Value>) -> Result<Email, String> {
                 let lower = name.to_ascii_lowercase();
                 // Set from the other inputs, or by the provider.
                 if [
-                    "to", "from", "cc", "bcc", "subject", "reply-to", "content-type",
-                    "content-transfer-encoding", "mime-version", "message-id", "date",
+                    "to",
+                    "from",
+                    "cc",
+                    "bcc",
+                    "subject",
+                    "reply-to",
+                    "content-type",
+                    "content-transfer-encoding",
+                    "mime-version",
+                    "message-id",
+                    "date",
                 ]
                 .contains(&lower.as_str())
                 {
@@ -312,8 +323,8 @@ fn push(i: &Map<String, Value>) -> Result<Push, String> {
             let Some(sub) = sub.as_object() else {
                 return Err("inputs.subscription: must be a PushSubscription object".into());
             };
-            let endpoint = text(sub, "endpoint")
-                .map_err(|e| e.replace("inputs.", "inputs.subscription."))?;
+            let endpoint =
+                text(sub, "endpoint").map_err(|e| e.replace("inputs.", "inputs.subscription."))?;
             if !endpoint.starts_with("https://") && !endpoint.starts_with("http://") {
                 return Err("inputs.subscription.endpoint: must be an http(s) URL".into());
             }
@@ -329,7 +340,9 @@ fn push(i: &Map<String, Value>) -> Result<Push, String> {
                     .map_err(|e| e.replace("inputs.", "inputs.subscription.keys."))?,
             }
         }
-        (_, Some(Value::String(t))) if !t.trim().is_empty() => PushTarget::Token(t.trim().to_owned()),
+        (_, Some(Value::String(t))) if !t.trim().is_empty() => {
+            PushTarget::Token(t.trim().to_owned())
+        }
         (_, Some(Value::String(_))) => return Err("inputs.to: is empty".into()),
         (_, Some(v)) if !v.is_null() => return Err("inputs.to: must be a device token".into()),
         _ => return Err("inputs.to: required (a device token, or inputs.subscription)".into()),
@@ -440,12 +453,27 @@ mod tests {
         assert_eq!(e.attachments[0].filename, "a.pdf");
         for (inputs, field) in [
             (json!({"subject": "s", "text": "t"}), "inputs.to: required"),
-            (json!({"to": "nope", "subject": "s", "text": "t"}), "inputs.to: \"nope\""),
+            (
+                json!({"to": "nope", "subject": "s", "text": "t"}),
+                "inputs.to: \"nope\"",
+            ),
             (json!({"to": "a@b.c", "subject": "s"}), "inputs.text:"),
-            (json!({"to": "a@b.c", "subject": "s\nBcc: x@y.z", "text": "t"}), "inputs.subject:"),
-            (json!({"to": "a@b.c", "subject": "s", "text": "t", "headers": {"Bcc": "x@y.z"}}), "inputs.headers.Bcc:"),
-            (json!({"to": "a@b.c", "subject": "s", "text": "t", "headers": {"X-A": "1\r\nBcc: x"}}), "inputs.headers.X-A:"),
-            (json!({"to": "a@b.c", "subject": "s", "text": "t", "attachments": [{"url": "file:///etc/passwd"}]}), "inputs.attachments[0].url:"),
+            (
+                json!({"to": "a@b.c", "subject": "s\nBcc: x@y.z", "text": "t"}),
+                "inputs.subject:",
+            ),
+            (
+                json!({"to": "a@b.c", "subject": "s", "text": "t", "headers": {"Bcc": "x@y.z"}}),
+                "inputs.headers.Bcc:",
+            ),
+            (
+                json!({"to": "a@b.c", "subject": "s", "text": "t", "headers": {"X-A": "1\r\nBcc: x"}}),
+                "inputs.headers.X-A:",
+            ),
+            (
+                json!({"to": "a@b.c", "subject": "s", "text": "t", "attachments": [{"url": "file:///etc/passwd"}]}),
+                "inputs.attachments[0].url:",
+            ),
         ] {
             let e = Message::parse(Channel::Email, &inputs).expect_err("refused");
             assert!(e.starts_with(field), "{e} / {field}");
@@ -454,15 +482,19 @@ mod tests {
 
     #[test]
     fn sms_push_and_chat_read_and_refuse() {
-        let Message::Sms(s) =
-            Message::parse(Channel::Sms, &json!({"to": "+33 6 12 34 56 78", "body": "hi"})).expect("sms")
-        else {
+        let Message::Sms(s) = Message::parse(
+            Channel::Sms,
+            &json!({"to": "+33 6 12 34 56 78", "body": "hi"}),
+        )
+        .expect("sms") else {
             panic!()
         };
         assert_eq!(s.to, "+33612345678");
-        assert!(Message::parse(Channel::Sms, &json!({"to": "0612345678", "body": "hi"}))
-            .expect_err("not E.164")
-            .starts_with("inputs.to:"));
+        assert!(
+            Message::parse(Channel::Sms, &json!({"to": "0612345678", "body": "hi"}))
+                .expect_err("not E.164")
+                .starts_with("inputs.to:")
+        );
         let Message::Push(p) = Message::parse(
             Channel::Push,
             &json!({"token": "abc", "title": "T", "data": {"n": 1}, "badge": 2}),
@@ -472,12 +504,19 @@ mod tests {
         };
         assert_eq!(p.to, PushTarget::Token("abc".into()));
         assert_eq!(p.data["n"], "1");
-        assert!(Message::parse(Channel::Push, &json!({"subscription": {"endpoint": "https://p.test/x"}, "body": "b"}))
+        assert!(
+            Message::parse(
+                Channel::Push,
+                &json!({"subscription": {"endpoint": "https://p.test/x"}, "body": "b"})
+            )
             .expect_err("no keys")
-            .starts_with("inputs.subscription.keys"));
-        assert!(Message::parse(Channel::Chat, &json!({"channel": "#x"}))
-            .expect_err("empty")
-            .starts_with("inputs.text:"));
+            .starts_with("inputs.subscription.keys")
+        );
+        assert!(
+            Message::parse(Channel::Chat, &json!({"channel": "#x"}))
+                .expect_err("empty")
+                .starts_with("inputs.text:")
+        );
     }
 
     #[test]

@@ -316,9 +316,9 @@ impl Channels {
             let built = config.build(&field, cx)?;
             let limits = config.limits();
             limits.check(&format!("{field}.limits"))?;
-            let rate = limits
-                .per_second
-                .map(|per_second| rate::Rate::new(name, per_second, limits.burst(), cx.cluster.clone()));
+            let rate = limits.per_second.map(|per_second| {
+                rate::Rate::new(name, per_second, limits.burst(), cx.cluster.clone())
+            });
             out.entries.insert(
                 name.clone(),
                 Arc::new(Entry {
@@ -340,8 +340,9 @@ impl Channels {
                 ));
             };
             for (n, name) in c.providers.iter().enumerate() {
-                out.check_name(channel, name)
-                    .map_err(|m| ConfigError::new(format!("channels.{channel_name}.providers[{n}]"), m))?;
+                out.check_name(channel, name).map_err(|m| {
+                    ConfigError::new(format!("channels.{channel_name}.providers[{n}]"), m)
+                })?;
             }
             out.defaults.insert(channel, c.providers.clone());
         }
@@ -485,16 +486,22 @@ impl Channels {
         if names.is_empty() {
             return Err(SendError::new(
                 ErrorClass::Invalid,
-                format!("no {channel} provider is configured on this node (channels.{channel}.providers)"),
+                format!(
+                    "no {channel} provider is configured on this node (channels.{channel}.providers)"
+                ),
             ));
         }
         names
             .iter()
             .map(|name| {
-                self.check_name(channel, name)
-                    .map_err(|m| SendError::new(ErrorClass::Invalid, format!("inputs.provider: {m}")))?;
+                self.check_name(channel, name).map_err(|m| {
+                    SendError::new(ErrorClass::Invalid, format!("inputs.provider: {m}"))
+                })?;
                 self.entries.get(name).cloned().ok_or_else(|| {
-                    SendError::new(ErrorClass::Invalid, format!("inputs.provider: {name:?} unknown"))
+                    SendError::new(
+                        ErrorClass::Invalid,
+                        format!("inputs.provider: {name:?} unknown"),
+                    )
                 })
             })
             .collect()
@@ -503,7 +510,7 @@ impl Channels {
     /// Sends one channel message (its inputs already rendered and their
     /// secrets resolved) through its providers in order. Returns the
     /// action's outcome and one delivery per provider tried.
-    pub(crate) async fn send(
+    pub async fn send(
         &self,
         channel: Channel,
         d: &Dispatch,
@@ -512,7 +519,12 @@ impl Channels {
     ) -> (ActionOutcome, Vec<Delivery>) {
         let message = match Message::parse(channel, inputs) {
             Ok(m) => m,
-            Err(e) => return (failed(channel, None, &SendError::new(ErrorClass::Invalid, e)), Vec::new()),
+            Err(e) => {
+                return (
+                    failed(channel, None, &SendError::new(ErrorClass::Invalid, e)),
+                    Vec::new(),
+                );
+            }
         };
         let route = match self.route(channel, inputs) {
             Ok(r) => r,
@@ -554,7 +566,8 @@ impl Channels {
             };
             let started_at = Utc::now();
             let clock = Instant::now();
-            let result = match tokio::time::timeout(entry.timeout, entry.provider.send(&out)).await {
+            let result = match tokio::time::timeout(entry.timeout, entry.provider.send(&out)).await
+            {
                 Ok(r) => r,
                 Err(_) => Err(SendError::new(
                     ErrorClass::Timeout,
@@ -566,7 +579,9 @@ impl Channels {
                 provider: entry.name.clone(),
                 channel: channel.as_str(),
             };
-            self.seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
+            self.seconds
+                .get_or_create(&labels)
+                .observe(elapsed.as_secs_f64());
             let result_label = match &result {
                 Ok(sent) => sent.status.as_str(),
                 Err(e) => e.class.as_str(),

@@ -47,7 +47,10 @@ impl Rate {
     /// Takes one send now, or says how long until one is free.
     pub(crate) async fn take(&self) -> Result<(), Duration> {
         if let Some(cluster) = &self.cluster {
-            match cluster.take_rate(&self.key, self.per_second, self.burst).await {
+            match cluster
+                .take_rate(&self.key, self.per_second, self.burst)
+                .await
+            {
                 Ok(wait) if wait.is_zero() => return Ok(()),
                 Ok(wait) => return Err(wait),
                 Err(e) => {
@@ -57,9 +60,9 @@ impl Rate {
         }
         match self.local.check() {
             Ok(()) => Ok(()),
-            Err(not_until) => {
-                Err(not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default())))
-            }
+            Err(not_until) => Err(not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ))),
         }
     }
 

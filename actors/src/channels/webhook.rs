@@ -16,7 +16,11 @@ pub(crate) struct WebhookProvider {
 }
 
 impl WebhookProvider {
-    pub(crate) fn new(field: &str, url: &str, timeout: Duration) -> Result<WebhookProvider, ConfigError> {
+    pub(crate) fn new(
+        field: &str,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<WebhookProvider, ConfigError> {
         Ok(WebhookProvider {
             client: client(field, timeout)?,
             url: super::config::http_url(&format!("{field}.url"), url)?,

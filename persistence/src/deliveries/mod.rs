@@ -111,7 +111,8 @@ where
 
     async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliveryRecord>> {
         let mut sql = QueryBuilder::<DB>::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM deliveries WHERE namespace = ");
+        sql.push(COLUMNS)
+            .push(" FROM deliveries WHERE namespace = ");
         sql.push_bind(q.namespace.as_str());
         if let Some(v) = &q.execution_id {
             sql.push(" AND execution_id = ").push_bind(v.as_str());

@@ -568,7 +568,10 @@ mod tests {
         let out = &h.snapshot.nodes[&NodeId::from("call")];
         assert_eq!(out["class"], "invalid_recipient");
         assert_eq!(out["provider"], "smtp");
-        assert_eq!(out["error"], "invalid address", "the error is the outcome's own");
+        assert_eq!(
+            out["error"], "invalid address",
+            "the error is the outcome's own"
+        );
     }
 
     #[test]

@@ -23,7 +23,12 @@ pub(crate) struct Discord {
     url: SecretString,
 }
 
-pub(crate) fn build(field: &str, c: &ChatWebhookConfig, cx: &Context, timeout: Duration) -> Result<Built, ConfigError> {
+pub(crate) fn build(
+    field: &str,
+    c: &ChatWebhookConfig,
+    cx: &Context,
+    timeout: Duration,
+) -> Result<Built, ConfigError> {
     let url = c.webhook_url.resolve(&format!("{field}.webhook_url"), cx)?;
     let mut parsed = http_url(&format!("{field}.webhook_url"), url.expose_secret())?;
     parsed.query_pairs_mut().append_pair("wait", "true");
@@ -46,7 +51,10 @@ impl Provider for Discord {
     fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let Message::Chat(m) = out.message else {
-                return Err(SendError::new(ErrorClass::Invalid, "discord sends chat only"));
+                return Err(SendError::new(
+                    ErrorClass::Invalid,
+                    "discord sends chat only",
+                ));
             };
             let mut body = json!({"nonce": nonce(out.key), "enforce_nonce": true});
             if let Some(t) = &m.text {

@@ -21,7 +21,10 @@ use crate::channels::config::{SlackConfig, http_url};
 #[derive(Debug)]
 enum Mode {
     Webhook(SecretString),
-    Bot { url: reqwest::Url, token: SecretString },
+    Bot {
+        url: reqwest::Url,
+        token: SecretString,
+    },
 }
 
 #[derive(Debug)]
@@ -30,7 +33,12 @@ pub(crate) struct Slack {
     mode: Mode,
 }
 
-pub(crate) fn build(field: &str, c: &SlackConfig, cx: &Context, timeout: Duration) -> Result<Built, ConfigError> {
+pub(crate) fn build(
+    field: &str,
+    c: &SlackConfig,
+    cx: &Context,
+    timeout: Duration,
+) -> Result<Built, ConfigError> {
     let mode = match (&c.webhook_url, &c.bot_token) {
         (Some(url), None) => {
             let url = url.resolve(&format!("{field}.webhook_url"), cx)?;
@@ -64,12 +72,18 @@ pub(crate) fn build(field: &str, c: &SlackConfig, cx: &Context, timeout: Duratio
 
 fn class_of(error: &str) -> ErrorClass {
     match error {
-        "channel_not_found" | "channel_is_archived" | "not_in_channel" | "is_archived" | "no_service"
+        "channel_not_found"
+        | "channel_is_archived"
+        | "not_in_channel"
+        | "is_archived"
+        | "no_service"
         | "user_not_found" => ErrorClass::InvalidRecipient,
         "invalid_auth" | "not_authed" | "account_inactive" | "token_revoked" | "invalid_token"
         | "action_prohibited" | "missing_scope" => ErrorClass::Auth,
         "ratelimited" | "rate_limited" => ErrorClass::RateLimited,
-        "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout" => ErrorClass::Unavailable,
+        "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout" => {
+            ErrorClass::Unavailable
+        }
         _ => ErrorClass::Rejected,
     }
 }
@@ -113,7 +127,8 @@ impl Provider for Slack {
                         ));
                     };
                     body["channel"] = json!(channel);
-                    body["metadata"] = json!({"event_type": "sojourn_send", "event_payload": {"key": out.key}});
+                    body["metadata"] =
+                        json!({"event_type": "sojourn_send", "event_payload": {"key": out.key}});
                     let answer = call(
                         self.client
                             .post(url.clone())

@@ -22,7 +22,12 @@ pub(crate) struct Teams {
     url: SecretString,
 }
 
-pub(crate) fn build(field: &str, c: &ChatWebhookConfig, cx: &Context, timeout: Duration) -> Result<Built, ConfigError> {
+pub(crate) fn build(
+    field: &str,
+    c: &ChatWebhookConfig,
+    cx: &Context,
+    timeout: Duration,
+) -> Result<Built, ConfigError> {
     let url = c.webhook_url.resolve(&format!("{field}.webhook_url"), cx)?;
     http_url(&format!("{field}.webhook_url"), url.expose_secret())?;
     Ok(Built::one(
@@ -51,7 +56,10 @@ impl Provider for Teams {
                 }),
                 (None, Some(text)) => json!({"text": text}),
                 (None, None) => {
-                    return Err(SendError::new(ErrorClass::Invalid, "inputs.text: Teams needs text or a card"));
+                    return Err(SendError::new(
+                        ErrorClass::Invalid,
+                        "inputs.text: Teams needs text or a card",
+                    ));
                 }
             };
             let answer = call(self.client.post(self.url.expose_secret()).json(&body)).await?;

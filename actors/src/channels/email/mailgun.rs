@@ -23,9 +23,17 @@ pub(crate) struct Mailgun {
     from: String,
 }
 
-pub(crate) fn build(field: &str, c: &MailgunConfig, cx: &Context, timeout: Duration) -> Result<Built, ConfigError> {
+pub(crate) fn build(
+    field: &str,
+    c: &MailgunConfig,
+    cx: &Context,
+    timeout: Duration,
+) -> Result<Built, ConfigError> {
     if c.domain.is_empty() || c.domain.contains(['/', '?', '#']) {
-        return Err(ConfigError::new(format!("{field}.domain"), "must be a sending domain (mg.example.com)"));
+        return Err(ConfigError::new(
+            format!("{field}.domain"),
+            "must be a sending domain (mg.example.com)",
+        ));
     }
     let base = http_url(&format!("{field}.base_url"), &c.base_url)?;
     let url = base
@@ -49,7 +57,10 @@ impl Provider for Mailgun {
     fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let Message::Email(e) = out.message else {
-                return Err(SendError::new(ErrorClass::Invalid, "mailgun sends email only"));
+                return Err(SendError::new(
+                    ErrorClass::Invalid,
+                    "mailgun sends email only",
+                ));
             };
             let mut form = Form::new()
                 .text("from", e.from.clone().unwrap_or_else(|| self.from.clone()))
@@ -74,7 +85,9 @@ impl Provider for Mailgun {
                 let part = Part::bytes(a.content.clone())
                     .file_name(a.filename.clone())
                     .mime_str(&a.content_type)
-                    .map_err(|err| SendError::new(ErrorClass::Invalid, format!("an attachment's type: {err}")))?;
+                    .map_err(|err| {
+                        SendError::new(ErrorClass::Invalid, format!("an attachment's type: {err}"))
+                    })?;
                 form = form.part("attachment", part);
             }
             let answer = call(
@@ -93,7 +106,9 @@ impl Provider for Mailgun {
             }
             let detail = json["message"].as_str().unwrap_or(&answer.body).to_owned();
             let mut err = refusal(&answer, &detail);
-            if err.class == ErrorClass::Rejected && detail.to_ascii_lowercase().contains("to parameter") {
+            if err.class == ErrorClass::Rejected
+                && detail.to_ascii_lowercase().contains("to parameter")
+            {
                 err.class = ErrorClass::InvalidRecipient;
             }
             Err(err)

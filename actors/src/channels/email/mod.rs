@@ -23,15 +23,19 @@ pub(crate) async fn fetch_attachments(
     let mut left = MAX_ATTACHMENT_BYTES;
     for (n, r) in refs.iter().enumerate() {
         let field = format!("inputs.attachments[{n}].url");
-        let (content, content_type) = http
-            .fetch(&r.url, left, timeout_ms)
-            .await
-            .map_err(|(e, retryable)| {
-                SendError::new(
-                    if retryable { ErrorClass::Unavailable } else { ErrorClass::Invalid },
-                    format!("{field}: {e}"),
-                )
-            })?;
+        let (content, content_type) =
+            http.fetch(&r.url, left, timeout_ms)
+                .await
+                .map_err(|(e, retryable)| {
+                    SendError::new(
+                        if retryable {
+                            ErrorClass::Unavailable
+                        } else {
+                            ErrorClass::Invalid
+                        },
+                        format!("{field}: {e}"),
+                    )
+                })?;
         left -= content.len();
         out.push(Attachment {
             filename: r.filename.clone(),

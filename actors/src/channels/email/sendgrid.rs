@@ -25,7 +25,12 @@ pub(crate) struct Sendgrid {
     from: String,
 }
 
-pub(crate) fn build(field: &str, c: &SendgridConfig, cx: &Context, timeout: Duration) -> Result<Built, ConfigError> {
+pub(crate) fn build(
+    field: &str,
+    c: &SendgridConfig,
+    cx: &Context,
+    timeout: Duration,
+) -> Result<Built, ConfigError> {
     let base = http_url(&format!("{field}.base_url"), &c.base_url)?;
     let url = base
         .join("/v3/mail/send")
@@ -56,7 +61,10 @@ impl Provider for Sendgrid {
     fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let Message::Email(e) = out.message else {
-                return Err(SendError::new(ErrorClass::Invalid, "sendgrid sends email only"));
+                return Err(SendError::new(
+                    ErrorClass::Invalid,
+                    "sendgrid sends email only",
+                ));
             };
             // text/plain must come before text/html.
             let mut content = Vec::new();

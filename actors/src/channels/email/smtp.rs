@@ -28,7 +28,9 @@ pub(crate) struct SmtpProvider {
 
 impl std::fmt::Debug for SmtpProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpProvider").field("from", &self.from).finish_non_exhaustive()
+        f.debug_struct("SmtpProvider")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,10 +42,16 @@ pub(crate) fn build(field: &str, c: &SmtpConfig, cx: &Context) -> Result<Built, 
     if c.host.trim().is_empty() {
         return Err(ConfigError::new(format!("{field}.host"), "required"));
     }
-    let tls_error = |e: lettre::transport::smtp::Error| ConfigError::new(format!("{field}.host"), e.to_string());
+    let tls_error = |e: lettre::transport::smtp::Error| {
+        ConfigError::new(format!("{field}.host"), e.to_string())
+    };
     let builder = match c.tls {
-        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host).map_err(tls_error)?,
-        SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host).map_err(tls_error)?,
+        SmtpTls::Starttls => {
+            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host).map_err(tls_error)?
+        }
+        SmtpTls::Implicit => {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host).map_err(tls_error)?
+        }
         SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host),
     };
     let port = c.port.unwrap_or(match c.tls {
@@ -58,10 +66,23 @@ pub(crate) fn build(field: &str, c: &SmtpConfig, cx: &Context) -> Result<Built, 
     match (&c.username, &c.password) {
         (Some(user), Some(password)) => {
             let password = password.resolve(&format!("{field}.password"), cx)?;
-            builder = builder.credentials(Credentials::new(user.clone(), password.expose_secret().to_owned()));
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose_secret().to_owned(),
+            ));
         }
-        (Some(_), None) => return Err(ConfigError::new(format!("{field}.password"), "required with a username")),
-        (None, Some(_)) => return Err(ConfigError::new(format!("{field}.username"), "required with a password")),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                format!("{field}.password"),
+                "required with a username",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{field}.username"),
+                "required with a password",
+            ));
+        }
         (None, None) => {}
     }
     Ok(Built::one(
@@ -83,7 +104,9 @@ pub(crate) fn mime(
 ) -> Result<lettre::Message, SendError> {
     let invalid = |m: String| SendError::new(ErrorClass::Invalid, m);
     let from: Mailbox = match &e.from {
-        Some(f) => f.parse().map_err(|err| invalid(format!("inputs.from: {err}")))?,
+        Some(f) => f
+            .parse()
+            .map_err(|err| invalid(format!("inputs.from: {err}")))?,
         None => default_from.clone(),
     };
     let domain = from.email.domain().to_owned();
@@ -92,10 +115,15 @@ pub(crate) fn mime(
         .subject(e.subject.clone())
         .message_id(Some(format!("<{key}@{domain}>")));
     for to in &e.to {
-        b = b.to(to.parse().map_err(|err| invalid(format!("inputs.to: {err}")))?);
+        b = b.to(to
+            .parse()
+            .map_err(|err| invalid(format!("inputs.to: {err}")))?);
     }
     if let Some(r) = &e.reply_to {
-        b = b.reply_to(r.parse().map_err(|err| invalid(format!("inputs.reply_to: {err}")))?);
+        b = b.reply_to(
+            r.parse()
+                .map_err(|err| invalid(format!("inputs.reply_to: {err}")))?,
+        );
     }
     for (name, value) in &e.headers {
         let header = HeaderName::new_from_ascii(name.clone())
@@ -113,13 +141,17 @@ pub(crate) fn mime(
     } else {
         let mut mixed = MultiPart::mixed().multipart(body);
         for a in attachments {
-            let ct = ContentType::parse(&a.content_type)
-                .unwrap_or(ContentType::parse("application/octet-stream").map_err(|err| invalid(err.to_string()))?);
-            mixed = mixed.singlepart(LettreAttachment::new(a.filename.clone()).body(a.content.clone(), ct));
+            let ct = ContentType::parse(&a.content_type).unwrap_or(
+                ContentType::parse("application/octet-stream")
+                    .map_err(|err| invalid(err.to_string()))?,
+            );
+            mixed = mixed
+                .singlepart(LettreAttachment::new(a.filename.clone()).body(a.content.clone(), ct));
         }
         mixed
     };
-    b.multipart(body).map_err(|err| invalid(format!("the message: {err}")))
+    b.multipart(body)
+        .map_err(|err| invalid(format!("the message: {err}")))
 }
 
 /// An SMTP failure, classed.

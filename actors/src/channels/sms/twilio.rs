@@ -32,16 +32,31 @@ pub(crate) struct Twilio {
     callback: Option<reqwest::Url>,
 }
 
-pub(crate) fn build(field: &str, c: &TwilioConfig, cx: &Context, timeout: Duration) -> Result<Built, ConfigError> {
-    if !c.account_sid.starts_with("AC") || !c.account_sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ConfigError::new(format!("{field}.account_sid"), "must be an account SID (AC…)"));
+pub(crate) fn build(
+    field: &str,
+    c: &TwilioConfig,
+    cx: &Context,
+    timeout: Duration,
+) -> Result<Built, ConfigError> {
+    if !c.account_sid.starts_with("AC") || !c.account_sid.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(ConfigError::new(
+            format!("{field}.account_sid"),
+            "must be an account SID (AC…)",
+        ));
     }
     if c.from.is_none() && c.messaging_service_sid.is_none() {
-        return Err(ConfigError::new(format!("{field}.from"), "required (or messaging_service_sid)"));
+        return Err(ConfigError::new(
+            format!("{field}.from"),
+            "required (or messaging_service_sid)",
+        ));
     }
     let base = http_url(&format!("{field}.base_url"), &c.base_url)?;
     let url = base
-        .join(&format!("/2010-04-01/Accounts/{}/Messages.json", c.account_sid))
+        .join(&format!(
+            "/2010-04-01/Accounts/{}/Messages.json",
+            c.account_sid
+        ))
         .map_err(|e| ConfigError::new(format!("{field}.base_url"), e.to_string()))?;
     let callback = c
         .status_callback
@@ -86,7 +101,10 @@ impl Provider for Twilio {
                 self.client
                     .post(self.url.clone())
                     .basic_auth(&self.sid, Some(self.token.expose_secret()))
-                    .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
                     .body(form(&pairs)),
             )
             .await?;

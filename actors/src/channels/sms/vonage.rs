@@ -26,7 +26,12 @@ pub(crate) struct Vonage {
     from: String,
 }
 
-pub(crate) fn build(field: &str, c: &VonageConfig, cx: &Context, timeout: Duration) -> Result<Built, ConfigError> {
+pub(crate) fn build(
+    field: &str,
+    c: &VonageConfig,
+    cx: &Context,
+    timeout: Duration,
+) -> Result<Built, ConfigError> {
     let base = http_url(&format!("{field}.base_url"), &c.base_url)?;
     let url = base
         .join("/sms/json")
@@ -67,7 +72,10 @@ impl Provider for Vonage {
             let answer = call(
                 self.client
                     .post(self.url.clone())
-                    .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
                     .body(body),
             )
             .await?;
@@ -76,7 +84,10 @@ impl Provider for Vonage {
             }
             let json = answer.json();
             let Some(parts) = json["messages"].as_array().filter(|p| !p.is_empty()) else {
-                return Err(SendError::new(ErrorClass::Unavailable, "Vonage answered no message status"));
+                return Err(SendError::new(
+                    ErrorClass::Unavailable,
+                    "Vonage answered no message status",
+                ));
             };
             for part in parts {
                 let status = part["status"].as_str().unwrap_or("");
@@ -91,7 +102,10 @@ impl Provider for Vonage {
                     "6" | "7" | "29" => ErrorClass::InvalidRecipient,
                     _ => ErrorClass::Rejected,
                 };
-                return Err(SendError::new(class, format!("Vonage status {status}: {text}")).with_code(status));
+                return Err(
+                    SendError::new(class, format!("Vonage status {status}: {text}"))
+                        .with_code(status),
+                );
             }
             Ok(Sent {
                 message_id: parts[0]["message-id"].as_str().map(str::to_owned),

@@ -1,0 +1,678 @@
+//! Each provider against a local fake of its API (or an SMTP sink) that
+//! checks the documented wire format and answers as the provider does:
+//! what is sent, how each refusal is classed (retryable or not, with
+//! `Retry-After`), failover to the next provider with the same key, the
+//! rate limit moving a send on, and credentials never leaking.
+
+use std::collections::BTreeMap;
+
+use mail_parser::MimeHeaders;
+use serde_json::{Value, json};
+use sojourn_actors::channels::{
+    Channel, ChannelConfig, Channels, Context, Delivery, ProviderConfig,
+};
+use sojourn_actors::egress::EgressPolicy;
+use sojourn_actors::providers::HttpProvider;
+use sojourn_runtime::{ActionOutcome, Dispatch, NodeId};
+use sojourn_testkit::fakes::{Answer, Fake};
+use sojourn_testkit::smtp::SmtpSink;
+
+fn build(
+    providers: Value,
+    channels: Value,
+) -> Result<Channels, sojourn_actors::channels::ConfigError> {
+    let providers: BTreeMap<String, ProviderConfig> =
+        serde_json::from_value(providers).expect("provider configurations");
+    let channels: BTreeMap<String, ChannelConfig> =
+        serde_json::from_value(channels).expect("channel configurations");
+    let mut secrets = BTreeMap::new();
+    secrets.insert("SG_KEY".to_owned(), "SG.from-the-secrets".to_owned().into());
+    Channels::build(
+        &providers,
+        &channels,
+        &Context {
+            secrets: sojourn_actors::Secrets::new(secrets),
+            cluster: None,
+        },
+    )
+}
+
+fn channels(providers: Value, channels: Value) -> Channels {
+    build(providers, channels).expect("the providers build")
+}
+
+async fn send(
+    ch: &Channels,
+    action: &str,
+    key: &str,
+    inputs: Value,
+) -> (ActionOutcome, Vec<Delivery>) {
+    let d = Dispatch {
+        node: NodeId::from("n"),
+        action: action.into(),
+        attempt: 1,
+        idempotency_key: key.into(),
+        inputs: inputs.clone(),
+        timeout_ms: 5_000,
+    };
+    let http = HttpProvider::new(EgressPolicy::allowing_loopback(), 1 << 20);
+    let channel = Channel::of_action(action).expect("a channel action");
+    ch.send(channel, &d, &inputs, &http).await
+}
+
+fn output(o: &ActionOutcome) -> &Value {
+    match o {
+        ActionOutcome::Success { output } => output,
+        ActionOutcome::Failure { output, .. } => output,
+    }
+}
+
+fn failure(o: &ActionOutcome) -> (String, bool, Option<u64>) {
+    match o {
+        ActionOutcome::Failure {
+            error,
+            retryable,
+            retry_after_ms,
+            ..
+        } => (error.clone(), *retryable, *retry_after_ms),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn smtp_sends_a_multipart_message_with_its_attachment_and_classes_replies() {
+    let sink = SmtpSink::with_auth("mailer", "s3cret-pass").await;
+    let files = sojourn_testkit::Sink::start().await;
+    files.reply(sojourn_testkit::Reply::Large(2048));
+    let ch = channels(
+        json!({"mail": {"kind": "smtp", "host": "127.0.0.1", "port": sink.port(), "tls": "none",
+            "username": "mailer", "password": "s3cret-pass", "from": "Shop <news@shop.test>"}}),
+        json!({"email": {"providers": ["mail"]}}),
+    );
+    let (out, deliveries) = send(
+        &ch,
+        "email.send",
+        "exe_1/mail/1",
+        json!({"to": "Ann <ann@example.com>", "subject": "Welcome, Ann — café",
+            "text": "Hello Ann", "html": "<p>Hello <b>Ann</b></p>", "reply_to": "help@shop.test",
+            "headers": {"X-Campaign": "spring"},
+            "attachments": [{"url": format!("{}/files/terms.pdf", files.url()), "content_type": "application/pdf"}]}),
+    )
+    .await;
+    assert!(matches!(out, ActionOutcome::Success { .. }), "{out:?}");
+    assert_eq!(output(&out)["provider"], "mail");
+    assert_eq!(output(&out)["status"], "sent");
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].status, "sent");
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 1);
+    let m = &mails[0];
+    assert_eq!(m.user.as_deref(), Some("mailer"));
+    assert_eq!(m.from, "news@shop.test");
+    assert_eq!(m.to, ["ann@example.com"]);
+    let parsed = mail_parser::MessageParser::default()
+        .parse(m.data.as_bytes())
+        .expect("the message parses as MIME");
+    assert_eq!(
+        parsed.subject(),
+        Some("Welcome, Ann — café"),
+        "an encoded non-ASCII subject"
+    );
+    assert_eq!(
+        parsed.message_id(),
+        Some("exe_1/mail/1@shop.test"),
+        "the attempt's key is the Message-ID"
+    );
+    assert_eq!(
+        deliveries[0].message_id.as_deref(),
+        Some("<exe_1/mail/1@shop.test>")
+    );
+    assert_eq!(
+        parsed.header_raw("X-Campaign").map(str::trim),
+        Some("spring")
+    );
+    assert_eq!(
+        parsed
+            .reply_to()
+            .and_then(|r| r.first())
+            .and_then(|a| a.address()),
+        Some("help@shop.test")
+    );
+    assert_eq!(
+        parsed.content_type().map(|c| c.subtype()),
+        Some(Some("mixed"))
+    );
+    assert_eq!(
+        parsed.body_text(0).as_deref().map(str::trim),
+        Some("Hello Ann")
+    );
+    assert!(
+        parsed
+            .body_html(0)
+            .is_some_and(|h| h.contains("<b>Ann</b>"))
+    );
+    let alternative = parsed.parts.iter().any(|p| {
+        p.content_type()
+            .is_some_and(|c| c.subtype() == Some("alternative"))
+    });
+    assert!(alternative, "text and html as multipart/alternative");
+    let attachment = parsed.attachment(0).expect("an attachment");
+    assert_eq!(attachment.attachment_name(), Some("terms.pdf"));
+    assert_eq!(attachment.contents().len(), 2048);
+    assert_eq!(
+        attachment.content_type().map(|c| (c.ctype(), c.subtype())),
+        Some(("application", Some("pdf")))
+    );
+
+    // A refused recipient is permanent, with the reply's code.
+    let (out, deliveries) = send(
+        &ch,
+        "email.send",
+        "exe_1/mail/2",
+        json!({"to": "bounce@example.com", "subject": "x", "text": "x"}),
+    )
+    .await;
+    let (error, retryable, _) = failure(&out);
+    assert!(!retryable, "{error}");
+    assert_eq!(output(&out)["class"], "invalid_recipient");
+    assert_eq!(output(&out)["code"], "550");
+    assert_eq!(deliveries[0].status, "failed");
+    assert_eq!(deliveries[0].error_class, Some("invalid_recipient"));
+
+    // 451: try again later.
+    sink.busy(1);
+    let (out, _) = send(
+        &ch,
+        "email.send",
+        "exe_1/mail/3",
+        json!({"to": "ann@example.com", "subject": "x", "text": "x"}),
+    )
+    .await;
+    let (_, retryable, _) = failure(&out);
+    assert!(retryable);
+    assert_eq!(output(&out)["class"], "unavailable");
+
+    // A bad password is the credentials, permanent; the password is in no answer.
+    let wrong = channels(
+        json!({"mail": {"kind": "smtp", "host": "127.0.0.1", "port": sink.port(), "tls": "none",
+            "username": "mailer", "password": "not-the-pass", "from": "news@shop.test"}}),
+        json!({"email": {"providers": ["mail"]}}),
+    );
+    let (out, deliveries) = send(
+        &wrong,
+        "email.send",
+        "exe_1/mail/4",
+        json!({"to": "ann@example.com", "subject": "x", "text": "x"}),
+    )
+    .await;
+    let (error, retryable, _) = failure(&out);
+    assert!(!retryable);
+    assert_eq!(output(&out)["class"], "auth");
+    assert!(!error.contains("not-the-pass") && !format!("{deliveries:?}").contains("not-the-pass"));
+    assert!(
+        !format!("{wrong:?}").contains("not-the-pass"),
+        "Debug shows no credential"
+    );
+    assert_eq!(sink.mails().len(), 1);
+}
+
+#[tokio::test]
+async fn sendgrid_sends_v3_mail_and_reports_each_refusal_as_sendgrid_means_it() {
+    let fake = Fake::sendgrid("SG.from-the-secrets").await;
+    let ch = channels(
+        json!({"sg": {"kind": "sendgrid", "api_key": "secret:SG_KEY", "from": "News <news@shop.test>", "base_url": fake.url()}}),
+        json!({"email": {"providers": ["sg"]}}),
+    );
+    let (out, deliveries) = send(&ch, "email.send", "exe_2/mail/1",
+        json!({"to": ["Ann <ann@example.com>", "bob@example.com"], "subject": "Hi", "text": "t", "html": "<p>h</p>",
+            "headers": {"X-Campaign": "c"}})).await;
+    assert!(
+        matches!(out, ActionOutcome::Success { .. }),
+        "{out:?} {:?}",
+        fake.refused()
+    );
+    assert_eq!(output(&out)["status"], "queued");
+    let id = output(&out)["message_id"]
+        .as_str()
+        .expect("X-Message-Id")
+        .to_owned();
+    assert_eq!(deliveries[0].message_id.as_deref(), Some(id.as_str()));
+    let r = &fake.accepted()[0];
+    assert_eq!(r.body["custom_args"]["sojourn_key"], "exe_2/mail/1");
+    assert_eq!(
+        r.body["personalizations"][0]["to"][0],
+        json!({"email": "ann@example.com", "name": "Ann"})
+    );
+    assert_eq!(
+        r.body["from"],
+        json!({"email": "news@shop.test", "name": "News"})
+    );
+    assert_eq!(r.body["content"][0]["type"], "text/plain");
+    assert_eq!(r.body["headers"]["X-Campaign"], "c");
+
+    // 429 with Retry-After: retryable, the wait carried to the node's retry.
+    fake.script([Answer::new(
+        429,
+        r#"{"errors":[{"message":"too many requests","field":null,"help":null}]}"#,
+    )
+    .header("Retry-After", "30")]);
+    let (out, _) = send(
+        &ch,
+        "email.send",
+        "exe_2/mail/2",
+        json!({"to": "a@b.test", "subject": "s", "text": "t"}),
+    )
+    .await;
+    let (_, retryable, after) = failure(&out);
+    assert!(retryable);
+    assert_eq!(after, Some(30_000));
+    assert_eq!(output(&out)["class"], "rate_limited");
+
+    fake.script([Answer::new(503, "Service Unavailable")]);
+    let (out, _) = send(
+        &ch,
+        "email.send",
+        "exe_2/mail/3",
+        json!({"to": "a@b.test", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert!(failure(&out).1);
+    assert_eq!(output(&out)["class"], "unavailable");
+
+    // An address SendGrid refuses: permanent, the recipient's.
+    let (out, _) = send(
+        &ch,
+        "email.send",
+        "exe_2/mail/4",
+        json!({"to": "a@localhost", "subject": "s", "text": "t"}),
+    )
+    .await;
+    let (error, retryable, _) = failure(&out);
+    assert!(!retryable);
+    assert_eq!(output(&out)["class"], "invalid_recipient", "{error}");
+    assert!(error.contains("personalizations.0.to.0.email"), "{error}");
+
+    // A wrong key: auth, permanent, and the key is in no answer.
+    let wrong = channels(
+        json!({"sg": {"kind": "sendgrid", "api_key": "SG.wrong-key-123", "from": "news@shop.test", "base_url": fake.url()}}),
+        json!({"email": {"providers": ["sg"]}}),
+    );
+    let (out, d) = send(
+        &wrong,
+        "email.send",
+        "exe_2/mail/5",
+        json!({"to": "a@b.test", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "auth");
+    assert!(!format!("{out:?}{d:?}{wrong:?}").contains("wrong-key-123"));
+}
+
+#[tokio::test]
+async fn a_retryable_failure_or_a_full_rate_limit_moves_the_attempt_to_the_next_provider_with_the_same_key()
+ {
+    let sg = Fake::sendgrid("SG.k").await;
+    let mg = Fake::mailgun("mg-key").await;
+    let ch = channels(
+        json!({
+            "sg": {"kind": "sendgrid", "api_key": "SG.k", "from": "news@shop.test", "base_url": sg.url(),
+                   "limits": {"per_second": 0.001, "burst": 2}},
+            "mg": {"kind": "mailgun", "domain": "mg.shop.test", "api_key": "mg-key", "from": "news@shop.test", "base_url": mg.url()},
+        }),
+        json!({"email": {"providers": ["sg", "mg"]}}),
+    );
+    sg.script([Answer::new(502, "Bad Gateway")]);
+    let (out, deliveries) = send(
+        &ch,
+        "email.send",
+        "exe_3/mail/1",
+        json!({"to": "ann@example.com", "subject": "s", "text": "t", "html": "<p>h</p>"}),
+    )
+    .await;
+    assert!(
+        matches!(out, ActionOutcome::Success { .. }),
+        "{out:?} {:?}",
+        mg.refused()
+    );
+    assert_eq!(output(&out)["provider"], "mg");
+    let tried: Vec<(&str, &str)> = deliveries
+        .iter()
+        .map(|d| (d.provider.as_str(), d.status))
+        .collect();
+    assert_eq!(tried, [("sg", "failed"), ("mg", "queued")]);
+    assert_eq!(
+        sg.refused()[0].0.body["custom_args"]["sojourn_key"],
+        "exe_3/mail/1"
+    );
+    let m = &mg.accepted()[0];
+    assert_eq!(
+        m.field("v:sojourn-key"),
+        "exe_3/mail/1",
+        "the same key with the next provider"
+    );
+    assert_eq!(m.field("from"), "news@shop.test");
+    assert_eq!(m.field("html"), "<p>h</p>");
+
+    // A permanent refusal does not fail over: another provider would refuse it too.
+    let (out, deliveries) = send(
+        &ch,
+        "email.send",
+        "exe_3/mail/2",
+        json!({"to": "a@localhost", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "invalid_recipient");
+    assert_eq!(deliveries.len(), 1);
+
+    // The burst of 2 is spent: the next send goes to mailgun without asking sendgrid.
+    let before = sg.accepted().len() + sg.refused().len();
+    let (out, deliveries) = send(
+        &ch,
+        "email.send",
+        "exe_3/mail/3",
+        json!({"to": "ann@example.com", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert_eq!(output(&out)["provider"], "mg");
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(sg.accepted().len() + sg.refused().len(), before);
+}
+
+#[tokio::test]
+async fn mailgun_sends_a_multipart_form_with_attachments() {
+    let mg = Fake::mailgun("mg-key").await;
+    let files = sojourn_testkit::Sink::start().await;
+    let ch = channels(
+        json!({"mg": {"kind": "mailgun", "domain": "mg.shop.test", "api_key": "mg-key", "from": "news@shop.test", "base_url": mg.url()}}),
+        json!({"email": {"providers": ["mg"]}}),
+    );
+    let (out, _) = send(&ch, "email.send", "exe_4/mail/1",
+        json!({"to": "ann@example.com, bob@example.com", "subject": "s", "text": "t", "reply_to": "help@shop.test",
+            "headers": {"X-Campaign": "c"}, "attachments": [{"url": format!("{}/a.json", files.url()), "filename": "a.json"}]})).await;
+    assert!(
+        matches!(out, ActionOutcome::Success { .. }),
+        "{out:?} {:?}",
+        mg.refused()
+    );
+    assert!(
+        output(&out)["message_id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("@mg.shop.test>"))
+    );
+    let r = &mg.accepted()[0];
+    assert_eq!(r.path, "/v3/mg.shop.test/messages");
+    assert_eq!(r.body["to"], json!(["ann@example.com", "bob@example.com"]));
+    assert_eq!(r.field("h:Reply-To"), "help@shop.test");
+    assert_eq!(r.field("h:X-Campaign"), "c");
+    assert_eq!(r.body["attachment"][0]["filename"], "a.json");
+    let (out, _) = send(
+        &ch,
+        "email.send",
+        "exe_4/mail/2",
+        json!({"to": "x@nowhere", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "invalid_recipient");
+}
+
+#[tokio::test]
+async fn twilio_and_vonage_send_sms_and_class_their_error_codes() {
+    let tw = Fake::twilio("AC0123456789abcdef0123456789abcdef:tw-token").await;
+    let vo = Fake::vonage("vk:vo-secret").await;
+    let ch = channels(
+        json!({
+            "tw": {"kind": "twilio", "account_sid": "AC0123456789abcdef0123456789abcdef", "auth_token": "tw-token",
+                   "from": "+15005550006", "base_url": tw.url(), "status_callback": "https://hooks.shop.test/v1/webhooks/twilio/tw"},
+            "vo": {"kind": "vonage", "api_key": "vk", "api_secret": "vo-secret", "from": "Shop", "base_url": vo.url()},
+        }),
+        json!({"sms": {"providers": ["tw"]}}),
+    );
+    let (out, d) = send(
+        &ch,
+        "sms.send",
+        "exe_5/sms/1",
+        json!({"to": "+33 6 12 34 56 78", "body": "Hi"}),
+    )
+    .await;
+    assert!(
+        matches!(out, ActionOutcome::Success { .. }),
+        "{out:?} {:?}",
+        tw.refused()
+    );
+    assert!(
+        output(&out)["message_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("SM"))
+    );
+    assert_eq!(d[0].status, "queued");
+    let r = &tw.accepted()[0];
+    assert_eq!(
+        (r.field("To"), r.field("From"), r.field("Body")),
+        ("+33612345678", "+15005550006", "Hi")
+    );
+    assert!(
+        r.field("StatusCallback").ends_with("?key=exe_5%2Fsms%2F1"),
+        "{}",
+        r.field("StatusCallback")
+    );
+    for (to, class) in [
+        ("+15005550001", "invalid_recipient"),
+        ("+15005550004", "unsubscribed"),
+        ("+15005550009", "invalid_recipient"),
+    ] {
+        let (out, _) = send(
+            &ch,
+            "sms.send",
+            "exe_5/sms/2",
+            json!({"to": to, "body": "Hi"}),
+        )
+        .await;
+        assert!(!failure(&out).1);
+        assert_eq!(output(&out)["class"], class, "{to}");
+    }
+    let (out, _) = send(
+        &ch,
+        "sms.send",
+        "exe_5/sms/3",
+        json!({"to": "+33612345678", "body": "Hi", "provider": "vo"}),
+    )
+    .await;
+    assert!(
+        matches!(out, ActionOutcome::Success { .. }),
+        "{out:?} {:?}",
+        vo.refused()
+    );
+    let r = &vo.accepted()[0];
+    assert_eq!(
+        (r.field("to"), r.field("client-ref")),
+        ("33612345678", "exe_5/sms/3")
+    );
+    let (out, _) = send(
+        &ch,
+        "sms.send",
+        "exe_5/sms/4",
+        json!({"to": "+15005550006", "body": "Hi", "provider": "vo"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "invalid_recipient");
+    assert_eq!(output(&out)["code"], "6");
+    vo.script([Answer::new(200, r#"{"message-count":"1","messages":[{"status":"1","error-text":"Throughput Rate Exceeded"}]}"#)]);
+    let (out, _) = send(
+        &ch,
+        "sms.send",
+        "exe_5/sms/5",
+        json!({"to": "+33612345678", "body": "Hi", "provider": "vo"}),
+    )
+    .await;
+    assert!(failure(&out).1, "throttled is retryable");
+}
+
+#[tokio::test]
+async fn slack_discord_and_teams_post_chat_messages() {
+    let slack = Fake::slack("xoxb-bot").await;
+    let discord = Fake::discord().await;
+    let teams = Fake::teams().await;
+    let ch = channels(
+        json!({
+            "hook": {"kind": "slack", "webhook_url": format!("{}/services/T0/B0/xyz", slack.url())},
+            "bot": {"kind": "slack", "bot_token": "xoxb-bot", "base_url": slack.url()},
+            "dc": {"kind": "discord", "webhook_url": format!("{}/api/webhooks/123/tok", discord.url())},
+            "ms": {"kind": "teams", "webhook_url": format!("{}/webhookb2/abc", teams.url())},
+        }),
+        json!({"chat": {"providers": ["hook"]}}),
+    );
+    let (out, _) = send(&ch, "chat.send", "exe_6/chat/1",
+        json!({"text": "Deploy done", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "*done*"}}]})).await;
+    assert!(matches!(out, ActionOutcome::Success { .. }), "{out:?}");
+    assert_eq!(slack.accepted()[0].body["blocks"][0]["type"], "section");
+
+    let (out, _) = send(
+        &ch,
+        "chat.send",
+        "exe_6/chat/2",
+        json!({"text": "hi", "channel": "#ops", "provider": "bot"}),
+    )
+    .await;
+    assert_eq!(
+        output(&out)["message_id"],
+        "C0123456789/1700000000.000001",
+        "{out:?}"
+    );
+    assert_eq!(
+        slack.accepted()[1].body["metadata"]["event_payload"]["key"],
+        "exe_6/chat/2"
+    );
+    let (out, _) = send(
+        &ch,
+        "chat.send",
+        "exe_6/chat/3",
+        json!({"text": "hi", "channel": "#gone", "provider": "bot"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "invalid_recipient");
+    assert_eq!(output(&out)["code"], "channel_not_found");
+
+    // Discord drops a re-send of the same attempt (the nonce), answering the same message.
+    let (a, _) = send(
+        &ch,
+        "chat.send",
+        "exe_6/chat/4",
+        json!({"text": "hi", "provider": "dc"}),
+    )
+    .await;
+    let (b, _) = send(
+        &ch,
+        "chat.send",
+        "exe_6/chat/4",
+        json!({"text": "hi", "provider": "dc"}),
+    )
+    .await;
+    assert!(
+        matches!(a, ActionOutcome::Success { .. }),
+        "{a:?} {:?}",
+        discord.refused()
+    );
+    assert_eq!(output(&a)["message_id"], output(&b)["message_id"]);
+    assert_eq!(discord.accepted()[0].query, "wait=true");
+    discord.script([Answer::new(
+        429,
+        r#"{"message":"You are being rate limited.","retry_after":1.5,"global":false}"#,
+    )]);
+    let (out, _) = send(
+        &ch,
+        "chat.send",
+        "exe_6/chat/5",
+        json!({"text": "hi", "provider": "dc"}),
+    )
+    .await;
+    assert_eq!(failure(&out).2, Some(1_500));
+
+    let card = json!({"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "hi"}]});
+    let (out, _) = send(
+        &ch,
+        "chat.send",
+        "exe_6/chat/6",
+        json!({"card": card, "provider": "ms"}),
+    )
+    .await;
+    assert!(
+        matches!(out, ActionOutcome::Success { .. }),
+        "{out:?} {:?}",
+        teams.refused()
+    );
+    assert_eq!(teams.accepted()[0].body["attachments"][0]["content"], card);
+}
+
+#[tokio::test]
+async fn bad_configurations_and_messages_are_refused_naming_the_field() {
+    for (providers, channels, field) in [
+        (
+            json!({"m": {"kind": "smtp", "host": "h", "from": "not an address"}}),
+            json!({}),
+            "providers.m.from",
+        ),
+        (
+            json!({"m": {"kind": "sendgrid", "api_key": "secret:NOPE", "from": "a@b.test"}}),
+            json!({}),
+            "providers.m.api_key",
+        ),
+        (
+            json!({"m": {"kind": "twilio", "account_sid": "nope", "auth_token": "t", "from": "+1"}}),
+            json!({}),
+            "providers.m.account_sid",
+        ),
+        (
+            json!({"m": {"kind": "log", "limits": {"per_second": 0}}}),
+            json!({}),
+            "providers.m.limits.per_second",
+        ),
+        (
+            json!({"m": {"kind": "log"}}),
+            json!({"email": {"providers": ["x"]}}),
+            "channels.email.providers[0]",
+        ),
+        (
+            json!({"m": {"kind": "discord", "webhook_url": "ftp://x"}}),
+            json!({}),
+            "providers.m.webhook_url",
+        ),
+        (
+            json!({"m": {"kind": "log", "channels": ["email"]}}),
+            json!({"sms": {"providers": ["m"]}}),
+            "channels.sms.providers[0]",
+        ),
+    ] {
+        let e = build(providers, channels).expect_err("refused");
+        assert_eq!(e.field, field, "{e}");
+    }
+    let ch = channels(
+        json!({"log": {"kind": "log"}}),
+        json!({"email": {"providers": ["log"]}}),
+    );
+    let (out, d) = send(
+        &ch,
+        "email.send",
+        "k",
+        json!({"to": "nope", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert!(failure(&out).0.starts_with("inputs.to:"));
+    assert!(!failure(&out).1);
+    assert!(d.is_empty(), "nothing was sent");
+    let (out, _) = send(
+        &ch,
+        "sms.send",
+        "k",
+        json!({"to": "+33612345678", "body": "x"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "invalid", "no sms provider: {out:?}");
+    let (out, _) = send(
+        &ch,
+        "email.send",
+        "k",
+        json!({"to": "a@b.test", "subject": "s", "text": "t", "provider": "other"}),
+    )
+    .await;
+    assert!(failure(&out).0.contains("other"));
+}

@@ -1,0 +1,695 @@
+//! Local fakes of the providers' APIs. Each checks the request the way the
+//! provider documents it — method, path, auth, content type, body shape —
+//! and answers as the provider does, its refusals included (a bad key, an
+//! invalid recipient, a 429 with `Retry-After`, a 5xx). What a fake
+//! accepted is kept ([`Fake::accepted`]); what it refused too
+//! ([`Fake::refused`]), so a test can tell "our request was malformed"
+//! from "the provider said no".
+//!
+//! Scripted answers ([`Fake::script`]) go first, one per request, whatever
+//! the request: how a test makes the provider busy or rate limited.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// A request a fake received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    /// A JSON body, a form's fields (as an object of lists), or a
+    /// multipart form's fields (files as `{filename, content_type,
+    /// content_base64}`).
+    pub body: Value,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The first value of a form field.
+    pub fn field(&self, name: &str) -> &str {
+        self.body[name][0].as_str().unwrap_or("")
+    }
+}
+
+/// An answer to give.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut r = (
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            self.body,
+        )
+            .into_response();
+        for (k, v) in self.headers {
+            if let (Ok(k), Ok(v)) = (
+                axum::http::HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) {
+                r.headers_mut().insert(k, v);
+            }
+        }
+        r
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    accepted: Vec<Received>,
+    refused: Vec<(Received, Answer)>,
+    script: VecDeque<Answer>,
+    /// Discord's nonces seen: nonce → message id.
+    nonces: HashMap<String, String>,
+    counter: u64,
+}
+
+type Check = fn(&str, &Received, &mut Inner) -> Result<Answer, Answer>;
+
+/// A fake provider on 127.0.0.1.
+#[derive(Debug, Clone)]
+pub struct Fake {
+    inner: Arc<Mutex<Inner>>,
+    addr: SocketAddr,
+}
+
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<Mutex<Inner>>,
+    secret: Arc<str>,
+    check: Check,
+}
+
+impl Fake {
+    async fn start(secret: &str, check: Check) -> Fake {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a fake provider");
+        let addr = listener.local_addr().expect("its address");
+        let shared = Shared {
+            inner: inner.clone(),
+            secret: secret.into(),
+            check,
+        };
+        let app = Router::new().fallback(handle).with_state(shared);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Fake { inner, addr }
+    }
+
+    /// SendGrid v3 mail send, accepting `Bearer <api_key>`.
+    pub async fn sendgrid(api_key: &str) -> Fake {
+        Fake::start(api_key, sendgrid).await
+    }
+
+    /// Mailgun's messages API for any domain, accepting `api:<api_key>`.
+    pub async fn mailgun(api_key: &str) -> Fake {
+        Fake::start(api_key, mailgun).await
+    }
+
+    /// Twilio's Messages API, accepting `<sid>:<token>` given as
+    /// `"sid:token"`. Twilio's magic numbers answer as Twilio's test
+    /// credentials do: +15005550001 is not a valid number (21211),
+    /// +15005550004 has opted out (21610), +15005550009 cannot receive SMS
+    /// (21614).
+    pub async fn twilio(sid_and_token: &str) -> Fake {
+        Fake::start(sid_and_token, twilio).await
+    }
+
+    /// Vonage's SMS API, accepting `api_key:api_secret`.
+    pub async fn vonage(key_and_secret: &str) -> Fake {
+        Fake::start(key_and_secret, vonage).await
+    }
+
+    /// Slack: incoming webhooks under `/services/…`, and `chat.postMessage`
+    /// with `Bearer <bot_token>` (channel `#gone` is not found).
+    pub async fn slack(bot_token: &str) -> Fake {
+        Fake::start(bot_token, slack).await
+    }
+
+    /// A Discord webhook (`/api/webhooks/<id>/<token>`), honouring
+    /// `enforce_nonce`.
+    pub async fn discord() -> Fake {
+        Fake::start("", discord).await
+    }
+
+    /// A Teams incoming webhook.
+    pub async fn teams() -> Fake {
+        Fake::start("", teams).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers to give first, one per request, whatever it is.
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.lock().script.extend(answers);
+    }
+
+    /// Requests it accepted, in order.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.lock().accepted.clone()
+    }
+
+    /// Requests it refused, with the answer given.
+    pub fn refused(&self) -> Vec<(Received, Answer)> {
+        self.lock().refused.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn handle(State(s): State<Shared>, request: Request) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let headers = request.headers().clone();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = if content_type.starts_with("multipart/form-data") {
+        match axum::extract::Multipart::from_request(request, &()).await {
+            Ok(mut m) => {
+                let mut fields = serde_json::Map::new();
+                while let Ok(Some(field)) = m.next_field().await {
+                    let name = field.name().unwrap_or("").to_owned();
+                    let filename = field.file_name().map(str::to_owned);
+                    let ct = field.content_type().map(str::to_owned);
+                    let bytes = field.bytes().await.unwrap_or_default();
+                    let v = match filename {
+                        Some(f) => json!({"filename": f, "content_type": ct,
+                            "content_base64": base64::engine::general_purpose::STANDARD.encode(&bytes)}),
+                        None => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+                    };
+                    fields
+                        .entry(name)
+                        .or_insert_with(|| Value::Array(Vec::new()))
+                        .as_array_mut()
+                        .map(|a| a.push(v));
+                }
+                Value::Object(fields)
+            }
+            Err(_) => Value::Null,
+        }
+    } else {
+        let bytes = axum::body::to_bytes(request.into_body(), 16 * 1024 * 1024)
+            .await
+            .unwrap_or_default();
+        if content_type.starts_with("application/x-www-form-urlencoded") {
+            form_fields(&bytes)
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        }
+    };
+    let received = Received {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or("").to_owned(),
+        headers,
+        body,
+    };
+    let mut inner = s.inner.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(answer) = inner.script.pop_front() {
+        inner.refused.push((received, answer.clone()));
+        return answer.into_response();
+    }
+    let _ = Method::POST;
+    match (s.check)(&s.secret, &received, &mut inner) {
+        Ok(answer) => {
+            inner.accepted.push(received);
+            answer.into_response()
+        }
+        Err(answer) => {
+            inner.refused.push((received, answer.clone()));
+            answer.into_response()
+        }
+    }
+}
+
+fn form_fields(bytes: &Bytes) -> Value {
+    let mut fields = serde_json::Map::new();
+    for (k, v) in url::form_urlencoded::parse(bytes) {
+        fields
+            .entry(k.into_owned())
+            .or_insert_with(|| Value::Array(Vec::new()))
+            .as_array_mut()
+            .map(|a| a.push(Value::String(v.into_owned())));
+    }
+    Value::Object(fields)
+}
+
+fn basic(r: &Received) -> Option<(String, String)> {
+    let v = r.header("authorization").strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+fn plausible_email(s: &str) -> bool {
+    let s = s.trim();
+    let bare = match (s.find('<'), s.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &s[a + 1..b],
+        _ => s,
+    };
+    matches!(bare.split_once('@'), Some((l, d)) if !l.is_empty() && d.contains('.') && !bare.contains(' '))
+}
+
+fn next_id(inner: &mut Inner, prefix: &str) -> String {
+    inner.counter += 1;
+    format!("{prefix}{:032x}", inner.counter)
+}
+
+/// SendGrid: `POST /v3/mail/send`, `Authorization: Bearer <key>`, JSON.
+/// Errors are `{"errors": [{"message", "field", "help"}]}`.
+fn sendgrid(key: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    let error = |status: u16, message: &str, field: Option<&str>| {
+        Answer::new(
+            status,
+            json!({"errors": [{"message": message, "field": field, "help": null}]}).to_string(),
+        )
+    };
+    if r.method != "POST" || r.path != "/v3/mail/send" {
+        return Err(Answer::new(404, "Not Found"));
+    }
+    if r.header("authorization") != format!("Bearer {key}") {
+        return Err(error(
+            401,
+            "The provided authorization grant is invalid, expired, or revoked",
+            None,
+        ));
+    }
+    if !r.header("content-type").starts_with("application/json") {
+        return Err(error(415, "Content-Type should be application/json.", None));
+    }
+    let b = &r.body;
+    let Some(ps) = b["personalizations"].as_array().filter(|p| !p.is_empty()) else {
+        return Err(error(
+            400,
+            "The personalizations field is required and must have at least one personalization.",
+            Some("personalizations"),
+        ));
+    };
+    for (i, p) in ps.iter().enumerate() {
+        let Some(to) = p["to"].as_array().filter(|t| !t.is_empty()) else {
+            return Err(error(
+                400,
+                "The to array is required for all personalization objects, and must have at least one email object with a valid email address.",
+                Some(&format!("personalizations.{i}.to")),
+            ));
+        };
+        for (j, t) in to.iter().enumerate() {
+            let email = t["email"].as_str().unwrap_or("");
+            if !plausible_email(email) || email.contains('<') {
+                return Err(error(
+                    400,
+                    "Does not contain a valid address.",
+                    Some(&format!("personalizations.{i}.to.{j}.email")),
+                ));
+            }
+        }
+    }
+    if !b["from"]["email"].as_str().is_some_and(plausible_email) {
+        return Err(error(
+            400,
+            "The from object must be provided for every email send. It is an object that requires an email parameter, but may also contain a name parameter.",
+            Some("from.email"),
+        ));
+    }
+    if b["subject"].as_str().is_none_or(str::is_empty) {
+        return Err(error(400, "The subject is required.", Some("subject")));
+    }
+    let Some(content) = b["content"].as_array().filter(|c| !c.is_empty()) else {
+        return Err(error(
+            400,
+            "Unless a valid template_id is provided, the content parameter is required.",
+            Some("content"),
+        ));
+    };
+    let types: Vec<&str> = content.iter().filter_map(|c| c["type"].as_str()).collect();
+    if types.iter().position(|t| *t == "text/html") < types.iter().position(|t| *t == "text/plain")
+        && types.contains(&"text/html")
+        && types.contains(&"text/plain")
+    {
+        return Err(error(
+            400,
+            "If present, text/plain content must be first.",
+            Some("content.0.type"),
+        ));
+    }
+    if let Some(atts) = b["attachments"].as_array() {
+        for (i, a) in atts.iter().enumerate() {
+            let ok = a["content"]
+                .as_str()
+                .is_some_and(|c| base64::engine::general_purpose::STANDARD.decode(c).is_ok())
+                && a["filename"].as_str().is_some();
+            if !ok {
+                return Err(error(
+                    400,
+                    "The attachment content must be base64 encoded.",
+                    Some(&format!("attachments.{i}.content")),
+                ));
+            }
+        }
+    }
+    let id = next_id(inner, "sg");
+    Ok(Answer::new(202, "").header("X-Message-Id", &id))
+}
+
+/// Mailgun: `POST /v3/<domain>/messages`, basic `api:<key>`, multipart.
+fn mailgun(key: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    let Some(domain) = r
+        .path
+        .strip_prefix("/v3/")
+        .and_then(|p| p.strip_suffix("/messages"))
+        .filter(|d| !d.contains('/'))
+    else {
+        return Err(Answer::new(404, "404 page not found"));
+    };
+    if basic(r) != Some(("api".into(), key.to_owned())) {
+        return Err(Answer::new(401, "Forbidden"));
+    }
+    if !r.header("content-type").starts_with("multipart/form-data")
+        && !r
+            .header("content-type")
+            .starts_with("application/x-www-form-urlencoded")
+    {
+        return Err(Answer::new(
+            400,
+            json!({"message": "from parameter is missing"}).to_string(),
+        ));
+    }
+    let bad = |m: &str| Answer::new(400, json!({"message": m}).to_string());
+    if !plausible_email(r.field("from")) {
+        return Err(bad("from parameter is missing"));
+    }
+    let to = r.body["to"].as_array().cloned().unwrap_or_default();
+    if to.is_empty() {
+        return Err(bad("to parameter is missing"));
+    }
+    if !to.iter().all(|t| t.as_str().is_some_and(plausible_email)) {
+        return Err(bad(
+            "to parameter is not a valid address. please check documentation",
+        ));
+    }
+    if r.field("text").is_empty() && r.field("html").is_empty() {
+        return Err(bad(
+            "Need at least one of 'text', 'html', 'amp-html' or 'template' parameters specified",
+        ));
+    }
+    let id = format!("<{}.1@{domain}>", next_id(inner, ""));
+    Ok(Answer::new(
+        200,
+        json!({"id": id, "message": "Queued. Thank you."}).to_string(),
+    ))
+}
+
+/// Twilio: `POST /2010-04-01/Accounts/<sid>/Messages.json`, basic
+/// `<sid>:<token>`, a form.
+fn twilio(sid_token: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    let (sid, token) = sid_token.split_once(':').unwrap_or((sid_token, ""));
+    let error = |status: u16, code: u32, message: &str| {
+        Answer::new(
+            status,
+            json!({"code": code, "message": message,
+                "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": status})
+            .to_string(),
+        )
+    };
+    if r.method != "POST" || r.path != format!("/2010-04-01/Accounts/{sid}/Messages.json") {
+        return Err(error(404, 20404, "The requested resource was not found"));
+    }
+    if basic(r) != Some((sid.to_owned(), token.to_owned())) {
+        return Err(error(401, 20003, "Authenticate"));
+    }
+    if !r
+        .header("content-type")
+        .starts_with("application/x-www-form-urlencoded")
+    {
+        return Err(error(
+            400,
+            21603,
+            "A 'From' or 'MessagingServiceSid' parameter is required",
+        ));
+    }
+    let to = r.field("To");
+    if to.is_empty() {
+        return Err(error(400, 21604, "A 'To' phone number is required."));
+    }
+    if r.field("From").is_empty() && r.field("MessagingServiceSid").is_empty() {
+        return Err(error(
+            400,
+            21603,
+            "A 'From' or 'MessagingServiceSid' parameter is required",
+        ));
+    }
+    if r.field("Body").is_empty() {
+        return Err(error(400, 21602, "Message body is required."));
+    }
+    match to {
+        "+15005550001" => {
+            return Err(error(
+                400,
+                21211,
+                &format!("The 'To' number {to} is not a valid phone number."),
+            ));
+        }
+        "+15005550004" => {
+            return Err(error(
+                400,
+                21610,
+                "Attempt to send to unsubscribed recipient",
+            ));
+        }
+        "+15005550009" => {
+            return Err(error(
+                400,
+                21614,
+                &format!("'To' number {to} is not a valid mobile number"),
+            ));
+        }
+        _ => {}
+    }
+    if !to.starts_with('+') {
+        return Err(error(
+            400,
+            21211,
+            &format!("The 'To' number {to} is not a valid phone number."),
+        ));
+    }
+    let id = next_id(inner, "SM");
+    Ok(Answer::new(
+        201,
+        json!({"sid": id, "account_sid": sid, "to": to, "from": r.field("From"),
+            "body": r.field("Body"), "status": "queued", "num_segments": "1",
+            "uri": format!("/2010-04-01/Accounts/{sid}/Messages/{id}.json")})
+        .to_string(),
+    ))
+}
+
+/// Vonage: `POST /sms/json`, a form with `api_key` and `api_secret`;
+/// always 200, each message with its `status`.
+fn vonage(key_secret: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    let (key, secret) = key_secret.split_once(':').unwrap_or((key_secret, ""));
+    let status = |code: &str, text: &str| {
+        Answer::new(
+            200,
+            json!({"message-count": "1", "messages": [{"status": code, "error-text": text}]})
+                .to_string(),
+        )
+    };
+    if r.method != "POST" || r.path != "/sms/json" {
+        return Err(Answer::new(404, "Not Found"));
+    }
+    if r.field("api_key") != key || r.field("api_secret") != secret {
+        return Err(status("4", "Bad Credentials"));
+    }
+    let to = r.field("to");
+    if to.is_empty() || r.field("from").is_empty() || r.field("text").is_empty() {
+        return Err(status("2", "Missing to param"));
+    }
+    if to.starts_with('+') || !to.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(status("3", "Invalid to param"));
+    }
+    if to == "15005550006" {
+        return Err(status("6", "Invalid Message"));
+    }
+    let id = next_id(inner, "");
+    Ok(Answer::new(
+        200,
+        json!({"message-count": "1", "messages": [{"to": to, "message-id": id, "status": "0",
+            "remaining-balance": "3.14159265", "message-price": "0.03330000", "network": "12345",
+            "client-ref": r.field("client-ref")}]})
+        .to_string(),
+    ))
+}
+
+/// Slack: webhooks answer `ok` or a plain-text error; the Web API answers
+/// 200 with `ok` true or false.
+fn slack(token: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    if r.path.starts_with("/services/") {
+        if r.path.ends_with("/gone") {
+            return Err(Answer::new(404, "no_service"));
+        }
+        let has = r.body["text"].is_string() || r.body["blocks"].is_array();
+        if !has {
+            return Err(Answer::new(400, "invalid_payload"));
+        }
+        return Ok(Answer::new(200, "ok"));
+    }
+    if r.path == "/api/chat.postMessage" {
+        if r.header("authorization") != format!("Bearer {token}") {
+            return Err(Answer::new(
+                200,
+                json!({"ok": false, "error": "invalid_auth"}).to_string(),
+            ));
+        }
+        let channel = r.body["channel"].as_str().unwrap_or("");
+        if channel.is_empty() {
+            return Err(Answer::new(
+                200,
+                json!({"ok": false, "error": "channel_not_found"}).to_string(),
+            ));
+        }
+        if channel == "#gone" {
+            return Err(Answer::new(
+                200,
+                json!({"ok": false, "error": "channel_not_found"}).to_string(),
+            ));
+        }
+        if !(r.body["text"].is_string() || r.body["blocks"].is_array()) {
+            return Err(Answer::new(
+                200,
+                json!({"ok": false, "error": "no_text"}).to_string(),
+            ));
+        }
+        inner.counter += 1;
+        let ts = format!("1700000000.{:06}", inner.counter);
+        return Ok(Answer::new(
+            200,
+            json!({"ok": true, "channel": "C0123456789", "ts": ts,
+            "message": {"text": r.body["text"], "ts": ts}})
+            .to_string(),
+        ));
+    }
+    Err(Answer::new(404, "not_found"))
+}
+
+/// Discord: `POST /api/webhooks/<id>/<token>?wait=true`, JSON; a message
+/// with an `enforce_nonce` nonce seen before answers the same message.
+fn discord(_: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    let error = |status: u16, code: u32, message: &str| {
+        Answer::new(
+            status,
+            json!({"message": message, "code": code}).to_string(),
+        )
+    };
+    let parts: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    if parts.len() != 4 || parts[0] != "api" || parts[1] != "webhooks" {
+        return Err(error(404, 0, "404: Not Found"));
+    }
+    if parts[3] == "gone" {
+        return Err(error(404, 10015, "Unknown Webhook"));
+    }
+    let content = r.body["content"].as_str().unwrap_or("");
+    let embeds = r.body["embeds"].as_array().map_or(0, Vec::len);
+    if content.is_empty() && embeds == 0 {
+        return Err(error(400, 50006, "Cannot send an empty message"));
+    }
+    if content.chars().count() > 2000 {
+        return Err(error(400, 50035, "Invalid Form Body"));
+    }
+    let nonce = r.body["nonce"].as_str().unwrap_or("").to_owned();
+    if nonce.chars().count() > 25 {
+        return Err(error(
+            400,
+            50035,
+            "Invalid Form Body (nonce: Must be 25 or fewer in length.)",
+        ));
+    }
+    let wait = r.query.split('&').any(|p| p == "wait=true");
+    if r.body["enforce_nonce"] == json!(true) && !nonce.is_empty() {
+        if let Some(id) = inner.nonces.get(&nonce) {
+            return Ok(Answer::new(
+                200,
+                json!({"id": id, "content": content, "nonce": nonce}).to_string(),
+            ));
+        }
+    }
+    inner.counter += 1;
+    let id = format!("{}", 1_100_000_000_000_000_000u64 + inner.counter);
+    if !nonce.is_empty() {
+        inner.nonces.insert(nonce.clone(), id.clone());
+    }
+    if wait {
+        Ok(Answer::new(
+            200,
+            json!({"id": id, "type": 0, "content": content, "nonce": nonce,
+            "channel_id": "1000000000000000000"})
+            .to_string(),
+        ))
+    } else {
+        Ok(Answer::new(204, ""))
+    }
+}
+
+/// Teams: an incoming webhook; `1` on success, plain-text errors.
+fn teams(_: &str, r: &Received, _: &mut Inner) -> Result<Answer, Answer> {
+    if r.path.ends_with("/gone") {
+        return Err(Answer::new(404, "Webhook not found"));
+    }
+    let text = r.body["text"].as_str().is_some_and(|t| !t.is_empty());
+    let card = r.body["type"] == json!("message")
+        && r.body["attachments"][0]["contentType"]
+            == json!("application/vnd.microsoft.card.adaptive")
+        && r.body["attachments"][0]["content"]["type"] == json!("AdaptiveCard");
+    if !(text || card) {
+        return Err(Answer::new(
+            400,
+            "Bad payload received by generic incoming webhook.",
+        ));
+    }
+    Ok(Answer::new(200, "1"))
+}
