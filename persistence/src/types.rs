@@ -449,7 +449,7 @@ pub struct DeliveryRecord {
     pub workflow_id: String,
     pub execution_id: String,
     pub node: String,
-    pub attempt: i64,
+    pub attempt: i32,
     pub idempotency_key: String,
     pub channel: String,
     pub provider: String,

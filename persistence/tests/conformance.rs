@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
+use sojourn_persistence::{DeliveryQuery, NewDelivery};
 use sojourn_persistence::{
     AttemptBegin, AttemptRef, Claim, Commit, CommitResult, Created, Error, ExecutionQuery,
     FinishedAttempt, LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, PgStore,
@@ -147,6 +148,8 @@ conformance!(
     max_entries_hold_when_creators_race_for_the_last_entry,
     an_unchanged_document_is_published_once,
     a_commit_claims_its_actions_and_near_timers_for_its_node,
+    deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filter,
+    latest_versions_span_namespaces_and_leave_archived_workflows_out,
 );
 
 // ---- helpers ------------------------------------------------------------------
@@ -2782,4 +2785,154 @@ async fn a_commit_claims_its_actions_and_near_timers_for_its_node<S: Store>(stor
         .await
         .expect("claim");
     assert_eq!(late.len(), 1, "until its claim expires");
+}
+
+fn delivery(e: &ExecutionId, node: &str, provider: &str, status: &str, at: DateTime<Utc>) -> NewDelivery {
+    NewDelivery {
+        id: ids::new_delivery_id(),
+        execution_id: e.clone(),
+        node: node.into(),
+        attempt: 1,
+        idempotency_key: format!("{e}/{node}/1"),
+        channel: "email".into(),
+        provider: provider.into(),
+        recipient: "ann@example.com".into(),
+        status: status.into(),
+        provider_message_id: (status != "failed").then(|| format!("msg-{node}-{provider}")),
+        error_class: (status == "failed").then(|| "unavailable".into()),
+        error: (status == "failed").then(|| "HTTP 503".into()),
+        created_at: at,
+        duration_ms: 12,
+    }
+}
+
+async fn deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filter<S: Store>(
+    store: &S,
+) {
+    let f = fixture(store).await;
+    let a = start(store, &f, None, None).await;
+    let b = start(store, &f, None, None).await;
+    let t1 = t0() + chrono::Duration::seconds(1);
+    store
+        .add_deliveries(&[
+            delivery(&a.id, "first", "sg", "failed", t0()),
+            delivery(&a.id, "first", "mg", "queued", t0()),
+            delivery(&b.id, "first", "sg", "sent", t1),
+            // An execution that does not exist: left out.
+            delivery(&ExecutionId::from("exe_nope"), "first", "sg", "sent", t1),
+        ])
+        .await
+        .expect("add");
+    // The same attempt and provider again (a re-send after a crash): updated.
+    let mut again = delivery(&a.id, "first", "mg", "sent", t0());
+    again.provider_message_id = Some("msg-again".into());
+    store.add_deliveries(&[again]).await.expect("add again");
+    let q = |f: &dyn Fn(&mut DeliveryQuery)| {
+        let mut q = DeliveryQuery {
+            namespace: "default".into(),
+            limit: 10,
+            ..DeliveryQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let all = store.list_deliveries(&q(&|_| {})).await.expect("list");
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert!(all.iter().all(|d| d.workflow_id == f.workflow_id && d.namespace == "default"));
+    let of_a = store
+        .list_deliveries(&q(&|q| q.execution_id = Some(a.id.to_string())))
+        .await
+        .expect("list");
+    let mut seen: Vec<(String, String, Option<String>)> = of_a
+        .iter()
+        .map(|d| (d.provider.clone(), d.status.clone(), d.provider_message_id.clone()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("mg".into(), "sent".into(), Some("msg-again".into())),
+            ("sg".into(), "failed".into(), None)
+        ]
+    );
+    let failed = store
+        .list_deliveries(&q(&|q| q.status = Some("failed".into())))
+        .await
+        .expect("list");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error_class.as_deref(), Some("unavailable"));
+    let by_provider = store
+        .list_deliveries(&q(&|q| {
+            q.provider = Some("sg".into());
+            q.created_after = Some(t1);
+        }))
+        .await
+        .expect("list");
+    assert_eq!(by_provider.len(), 1);
+    assert_eq!(by_provider[0].execution_id, b.id.to_string());
+    let page = store
+        .list_deliveries(&q(&|q| {
+            q.limit = 2;
+        }))
+        .await
+        .expect("list");
+    let rest = store
+        .list_deliveries(&q(&|q| q.before_id = Some(page[1].id.clone())))
+        .await
+        .expect("list");
+    assert_eq!(page.len() + rest.len(), 3);
+    let other_ns = store
+        .list_deliveries(&q(&|q| q.namespace = "other".into()))
+        .await
+        .expect("list");
+    assert!(other_ns.is_empty());
+    // A provider's status report moves its delivery.
+    assert!(
+        store
+            .set_delivery_status("sg", "msg-first-sg", "delivered", t1)
+            .await
+            .expect("status")
+    );
+    assert!(
+        !store
+            .set_delivery_status("sg", "msg-unknown", "delivered", t1)
+            .await
+            .expect("status")
+    );
+    let b_rows = store
+        .list_deliveries(&q(&|q| q.execution_id = Some(b.id.to_string())))
+        .await
+        .expect("list");
+    assert_eq!(b_rows[0].status, "delivered");
+}
+
+async fn latest_versions_span_namespaces_and_leave_archived_workflows_out<S: Store>(store: &S) {
+    let a = fixture_keyed(store, "lv-a").await;
+    let b = fixture_keyed(store, "lv-b").await;
+    store
+        .publish(&b.workflow_id, &reference_workflow(), t0())
+        .await
+        .expect("v2");
+    store
+        .archive_workflow("default", &a.workflow_id, t0())
+        .await
+        .expect("archive");
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .latest_versions(after.as_deref(), 1)
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some(last.workflow_id.clone());
+        all.extend(page);
+    }
+    let ours: Vec<(String, i32)> = all
+        .iter()
+        .filter(|v| v.workflow_id == a.workflow_id || v.workflow_id == b.workflow_id)
+        .map(|v| (v.workflow_id.clone(), v.version))
+        .collect();
+    assert_eq!(ours, [(b.workflow_id.clone(), 2)]);
 }

@@ -67,7 +67,7 @@ pub struct DeliveryOut {
     pub workflow_id: String,
     pub execution_id: String,
     pub node: String,
-    pub attempt: i64,
+    pub attempt: i32,
     /// The attempt's idempotency key, as the provider was given it.
     pub idempotency_key: String,
     pub channel: String,

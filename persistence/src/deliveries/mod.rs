@@ -70,7 +70,7 @@ where
                 .push(", e.namespace, e.workflow_id, e.id, ")
                 .push_bind(d.node.as_str())
                 .push(", ")
-                .push_bind(i64::from(d.attempt))
+                .push_bind(i32::try_from(d.attempt).unwrap_or(i32::MAX))
                 .push(", ")
                 .push_bind(d.idempotency_key.as_str())
                 .push(", ")
