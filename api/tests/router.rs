@@ -3449,3 +3449,132 @@ async fn draining_the_last_node_that_takes_work_needs_force() {
     assert!(drained, "a forced drain drains");
     app.finish().await;
 }
+
+#[tokio::test]
+async fn deliveries_are_listed_masked_and_workflows_name_only_configured_providers() {
+    let app = sqlite_app().await;
+    let k = app.key("mail", &["admin"]).await;
+    // The embedded default: one `log` provider for every channel.
+    let r = app.get("/v1/providers", &k).await;
+    let providers = r.ok(StatusCode::OK).clone();
+    assert_eq!(providers[0]["name"], "log", "{providers}");
+    assert_eq!(providers[0]["kind"], "log");
+    assert_eq!(
+        providers[0]["default_for"].as_array().map(Vec::len),
+        Some(4)
+    );
+    let mailer = |provider: Value| {
+        json!({
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "mail", "type": "action", "config": {"action": "email.send", "inputs": {
+                    "to": "{{ input.email }}", "subject": "Hi", "text": "Hello", "provider": provider}}},
+                {"id": "text", "type": "action", "config": {"action": "sms.send", "inputs": {
+                    "to": "+33612345678", "body": "Hello"}}},
+                {"id": "end", "type": "exit"},
+            ],
+            "edges": [
+                {"from": "start", "to": "mail"},
+                {"from": "mail", "to": "text", "branch": "success"},
+                {"from": "text", "to": "end", "branch": "success"},
+            ]
+        })
+    };
+    // A provider no node has: refused at its node and field, nothing written.
+    let r = app
+        .post(
+            "/v1/workflows",
+            &k,
+            json!({"key": "mailer", "definition": mailer(json!("marketing-smtp")), "publish": true}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_workflow",
+        Some("definition.nodes[mail].config.inputs.provider"),
+    );
+    assert!(r.text().contains("marketing-smtp"), "{}", r.text());
+    let r = app.get("/v1/workflows", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
+        Some(0)
+    );
+
+    app.workflow(&k, "mailer", mailer(json!("log"))).await;
+    let r = app
+        .post(
+            "/v1/executions?wait=10s",
+            &k,
+            json!({"workflow": "mailer", "input": {"email": "ann@example.com"}}),
+        )
+        .await;
+    let execution = r.ok(StatusCode::OK)["id"].as_str().expect("id").to_owned();
+    assert_eq!(r.json["status"], "completed", "{}", r.text());
+    let r = app
+        .get(&format!("/v1/deliveries?execution={execution}"), &k)
+        .await;
+    let items = r.ok(StatusCode::OK)["items"]
+        .as_array()
+        .expect("items")
+        .clone();
+    assert_eq!(items.len(), 2, "{}", r.text());
+    let email = items
+        .iter()
+        .find(|d| d["channel"] == "email")
+        .expect("the email");
+    assert_eq!(email["recipient"], "a***@example.com", "masked");
+    assert_eq!(email["provider"], "log");
+    assert_eq!(email["status"], "sent");
+    assert_eq!(email["node"], "mail");
+    assert_eq!(email["idempotency_key"], format!("{execution}/mail/1"));
+    let sms = items
+        .iter()
+        .find(|d| d["channel"] == "sms")
+        .expect("the sms");
+    assert_eq!(sms["recipient"], "+336******78");
+    assert!(!r.text().contains("ann@example.com"));
+    let r = app
+        .get("/v1/deliveries?channel=sms&workflow=mailer", &k)
+        .await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let r = app.get("/v1/deliveries?channel=fax", &k).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("channel"),
+    );
+    let r = app.get("/v1/deliveries?status=lost", &k).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("status"),
+    );
+    let r = app.get("/v1/deliveries?limit=1", &k).await;
+    let page = r.ok(StatusCode::OK);
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+    let next = page["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let r = app
+        .get(&format!("/v1/deliveries?limit=1&cursor={next}"), &k)
+        .await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
+        Some(1)
+    );
+    // Another namespace sees none of them.
+    let other = app.key("other", &["admin"]).await;
+    let r = app.get("/v1/deliveries", &other).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"].as_array().map(Vec::len),
+        Some(0)
+    );
+    app.finish().await;
+}

@@ -5,12 +5,12 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
-use sojourn_persistence::{DeliveryQuery, NewDelivery};
 use sojourn_persistence::{
     AttemptBegin, AttemptRef, Claim, Commit, CommitResult, Created, Error, ExecutionQuery,
     FinishedAttempt, LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, PgStore,
     SqliteStore, Store, WorkflowQuery, WorkflowVersion, ids,
 };
+use sojourn_persistence::{DeliveryQuery, NewDelivery};
 use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind, TriggerState};
 use sojourn_runtime::{
     ActionOutcome, CompiledWorkflow, Effect, EventInput, ExecutionId, Input, Registry, Snapshot,
@@ -2787,7 +2787,13 @@ async fn a_commit_claims_its_actions_and_near_timers_for_its_node<S: Store>(stor
     assert_eq!(late.len(), 1, "until its claim expires");
 }
 
-fn delivery(e: &ExecutionId, node: &str, provider: &str, status: &str, at: DateTime<Utc>) -> NewDelivery {
+fn delivery(
+    e: &ExecutionId,
+    node: &str,
+    provider: &str,
+    status: &str,
+    at: DateTime<Utc>,
+) -> NewDelivery {
     NewDelivery {
         id: ids::new_delivery_id(),
         execution_id: e.clone(),
@@ -2839,14 +2845,23 @@ async fn deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filte
     let all = store.list_deliveries(&q(&|_| {})).await.expect("list");
     assert_eq!(all.len(), 3, "{all:?}");
     assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
-    assert!(all.iter().all(|d| d.workflow_id == f.workflow_id && d.namespace == "default"));
+    assert!(
+        all.iter()
+            .all(|d| d.workflow_id == f.workflow_id && d.namespace == "default")
+    );
     let of_a = store
         .list_deliveries(&q(&|q| q.execution_id = Some(a.id.to_string())))
         .await
         .expect("list");
     let mut seen: Vec<(String, String, Option<String>)> = of_a
         .iter()
-        .map(|d| (d.provider.clone(), d.status.clone(), d.provider_message_id.clone()))
+        .map(|d| {
+            (
+                d.provider.clone(),
+                d.status.clone(),
+                d.provider_message_id.clone(),
+            )
+        })
         .collect();
     seen.sort();
     assert_eq!(
