@@ -830,6 +830,85 @@ mod tests {
         }
     }
 
+    fn load_file(text: &str) -> Result<Loaded, Failure> {
+        let path = std::env::temp_dir().join(format!(
+            "sojourn-settings-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).expect("write the file");
+        let loaded = load(Mode::Serve, Some(&path), &Flags::default());
+        let _ = std::fs::remove_file(&path);
+        loaded
+    }
+
+    #[test]
+    fn providers_load_from_the_file_and_never_print_their_credentials() {
+        let loaded = load_file(
+            r#"
+[secrets]
+SG = "SG.the-real-key"
+
+[providers.marketing-smtp]
+kind = "smtp"
+host = "smtp.example.com"
+username = "mailer"
+password = "pa55-smtp-word"
+from = "News <news@example.com>"
+limits = { per_second = 10, burst = 20, concurrency = 4 }
+
+[providers.backup]
+kind = "sendgrid"
+api_key = "secret:SG"
+from = "news@example.com"
+
+[channels.email]
+providers = ["marketing-smtp", "backup"]
+"#,
+        )
+        .expect("loads");
+        let s = &loaded.settings;
+        assert_eq!(s.providers.len(), 2);
+        assert_eq!(s.providers["marketing-smtp"].limits().per_second, Some(10.0));
+        let config = s.engine_config("n".into(), String::new());
+        let channels = config.build_channels(None).expect("builds");
+        assert_eq!(channels.defaults_of("backup").len(), 1);
+        let rendered = loaded.render().expect("renders");
+        assert!(rendered.contains("providers.marketing-smtp.password = \"[redacted]\""), "{rendered}");
+        assert!(rendered.contains("secret:SG"), "a reference is shown: {rendered}");
+        for secret in ["pa55-smtp-word", "SG.the-real-key"] {
+            assert!(!rendered.contains(secret), "{rendered}");
+            assert!(!format!("{loaded:?} {channels:?}").contains(secret));
+        }
+        // Serve sends nothing it was not told how to: no default provider.
+        let bare = load_file("listen = \"127.0.0.1:1\"\n").expect("loads");
+        assert!(bare.settings.providers.is_empty());
+    }
+
+    #[test]
+    fn a_bad_provider_stops_the_node_naming_its_setting() {
+        for (text, field) in [
+            (
+                "[providers.m]\nkind = \"smtp\"\nhost = \"h\"\nfrom = \"nope\"\n",
+                "providers.m.from",
+            ),
+            (
+                "[providers.m]\nkind = \"sendgrid\"\napi_key = \"secret:MISSING\"\nfrom = \"a@b.test\"\n",
+                "providers.m.api_key",
+            ),
+            (
+                "[providers.m]\nkind = \"pigeon\"\n",
+                "providers.m",
+            ),
+            ("[channels.email]\nproviders = [\"ghost\"]\n", "channels.email.providers[0]"),
+        ] {
+            let Err(Failure::Invalid(message)) = load_file(text) else {
+                panic!("{text} loads")
+            };
+            assert!(message.contains(field), "{field}: {message}");
+        }
+    }
+
     #[test]
     fn urls_lose_their_passwords() {
         assert_eq!(

@@ -22,7 +22,11 @@ use super::super::{
 };
 
 pub(crate) struct SmtpProvider {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// Made on the first send: a pooled transport spawns its pool's task
+    /// when made and when dropped, which needs a runtime (the settings are
+    /// checked, and providers built, before one may run).
+    builder: lettre::transport::smtp::AsyncSmtpTransportBuilder,
+    transport: std::sync::OnceLock<AsyncSmtpTransport<Tokio1Executor>>,
     from: Mailbox,
 }
 
@@ -88,7 +92,8 @@ pub(crate) fn build(field: &str, c: &SmtpConfig, cx: &Context) -> Result<Built, 
     Ok(Built::one(
         Channel::Email,
         SmtpProvider {
-            transport: builder.build(),
+            builder,
+            transport: std::sync::OnceLock::new(),
             from,
         },
     ))
@@ -197,7 +202,8 @@ impl Provider for SmtpProvider {
                 .headers()
                 .get_raw("Message-ID")
                 .map(|v| v.trim().to_owned());
-            self.transport.send(message).await.map_err(classify)?;
+            let transport = self.transport.get_or_init(|| self.builder.clone().build());
+            transport.send(message).await.map_err(classify)?;
             Ok(Sent {
                 message_id: id,
                 status: SentStatus::Sent,
