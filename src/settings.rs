@@ -869,13 +869,22 @@ providers = ["marketing-smtp", "backup"]
         .expect("loads");
         let s = &loaded.settings;
         assert_eq!(s.providers.len(), 2);
-        assert_eq!(s.providers["marketing-smtp"].limits().per_second, Some(10.0));
+        assert_eq!(
+            s.providers["marketing-smtp"].limits().per_second,
+            Some(10.0)
+        );
         let config = s.engine_config("n".into(), String::new());
         let channels = config.build_channels(None).expect("builds");
         assert_eq!(channels.defaults_of("backup").len(), 1);
         let rendered = loaded.render().expect("renders");
-        assert!(rendered.contains("providers.marketing-smtp.password = \"[redacted]\""), "{rendered}");
-        assert!(rendered.contains("secret:SG"), "a reference is shown: {rendered}");
+        assert!(
+            rendered.contains("providers.marketing-smtp.password = \"[redacted]\""),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("secret:SG"),
+            "a reference is shown: {rendered}"
+        );
         for secret in ["pa55-smtp-word", "SG.the-real-key"] {
             assert!(!rendered.contains(secret), "{rendered}");
             assert!(!format!("{loaded:?} {channels:?}").contains(secret));
@@ -896,11 +905,11 @@ providers = ["marketing-smtp", "backup"]
                 "[providers.m]\nkind = \"sendgrid\"\napi_key = \"secret:MISSING\"\nfrom = \"a@b.test\"\n",
                 "providers.m.api_key",
             ),
+            ("[providers.m]\nkind = \"pigeon\"\n", "providers.m"),
             (
-                "[providers.m]\nkind = \"pigeon\"\n",
-                "providers.m",
+                "[channels.email]\nproviders = [\"ghost\"]\n",
+                "channels.email.providers[0]",
             ),
-            ("[channels.email]\nproviders = [\"ghost\"]\n", "channels.email.providers[0]"),
         ] {
             let Err(Failure::Invalid(message)) = load_file(text) else {
                 panic!("{text} loads")

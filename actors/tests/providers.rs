@@ -676,3 +676,191 @@ async fn bad_configurations_and_messages_are_refused_naming_the_field() {
     .await;
     assert!(failure(&out).0.contains("other"));
 }
+
+fn report<'a>(
+    query: &'a str,
+    headers: &'a reqwest::header::HeaderMap,
+    body: &'a [u8],
+) -> sojourn_actors::channels::Report<'a> {
+    sojourn_actors::channels::Report {
+        query,
+        headers,
+        body,
+        now: chrono::Utc::now(),
+    }
+}
+
+fn headers(pairs: &[(&str, String)]) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(
+            reqwest::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            v.parse().expect("value"),
+        );
+    }
+    h
+}
+
+#[test]
+fn sendgrid_reports_are_taken_only_with_a_valid_fresh_signature() {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::EncodePublicKey;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let signing = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).expect("a key");
+    let public = b64.encode(
+        p256::PublicKey::from(signing.verifying_key())
+            .to_public_key_der()
+            .expect("DER")
+            .as_bytes(),
+    );
+    let ch = channels(
+        json!({"sg": {"kind": "sendgrid", "api_key": "k", "from": "a@b.test", "webhook_public_key": public},
+               "bare": {"kind": "sendgrid", "api_key": "k", "from": "a@b.test"}}),
+        json!({}),
+    );
+    let body = json!([
+        {"email": "ann@example.com", "event": "delivered", "sg_message_id": "abc123.filterdrecv-1.0", "timestamp": 1},
+        {"email": "ann@example.com", "event": "open", "sg_message_id": "abc123.filterdrecv-1.0", "timestamp": 2},
+        {"email": "bob@example.com", "event": "processed", "sg_message_id": "def.x", "timestamp": 3},
+    ])
+    .to_string();
+    let sign = |ts: &str, body: &str| {
+        let sig: p256::ecdsa::Signature = signing.sign(format!("{ts}{body}").as_bytes());
+        b64.encode(sig.to_der().as_bytes())
+    };
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let h = headers(&[
+        ("X-Twilio-Email-Event-Webhook-Signature", sign(&ts, &body)),
+        ("X-Twilio-Email-Event-Webhook-Timestamp", ts.clone()),
+    ]);
+    let v = ch
+        .verify_report("sg", &report("", &h, body.as_bytes()))
+        .expect("verified");
+    let got: Vec<(&str, &str)> = v
+        .updates
+        .iter()
+        .map(|u| (u.message_id.as_str(), u.status))
+        .collect();
+    assert_eq!(got, [("abc123", "delivered"), ("abc123", "opened")]);
+    // The same body under another timestamp is another receipt; a replay is the same one.
+    let again = ch
+        .verify_report("sg", &report("", &h, body.as_bytes()))
+        .expect("verified");
+    assert_eq!(v.receipt, again.receipt);
+
+    use sojourn_actors::channels::ReportError;
+    let tampered = body.replace("delivered", "bounce");
+    assert!(matches!(
+        ch.verify_report("sg", &report("", &h, tampered.as_bytes())),
+        Err(ReportError::Forged(_))
+    ));
+    let old = (chrono::Utc::now().timestamp() - 3_600).to_string();
+    let stale = headers(&[
+        ("X-Twilio-Email-Event-Webhook-Signature", sign(&old, &body)),
+        ("X-Twilio-Email-Event-Webhook-Timestamp", old),
+    ]);
+    assert!(matches!(
+        ch.verify_report("sg", &report("", &stale, body.as_bytes())),
+        Err(ReportError::Stale(_))
+    ));
+    assert!(matches!(
+        ch.verify_report("sg", &report("", &headers(&[]), body.as_bytes())),
+        Err(ReportError::Forged(_))
+    ));
+    assert!(matches!(
+        ch.verify_report("bare", &report("", &h, body.as_bytes())),
+        Err(ReportError::NotConfigured(_))
+    ));
+    assert!(matches!(
+        ch.verify_report("nope", &report("", &h, body.as_bytes())),
+        Err(ReportError::UnknownProvider(_))
+    ));
+}
+
+#[test]
+fn mailgun_and_twilio_reports_are_checked_against_their_keys() {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    use sojourn_actors::channels::ReportError;
+    let ch = channels(
+        json!({
+            "mg": {"kind": "mailgun", "domain": "mg.test", "api_key": "k", "from": "a@b.test", "webhook_signing_key": "mg-signing"},
+            "tw": {"kind": "twilio", "account_sid": "AC1", "auth_token": "tw-token", "from": "+15005550006",
+                   "status_callback": "https://hooks.shop.test/v1/webhooks/tw"},
+            "log": {"kind": "log"},
+        }),
+        json!({}),
+    );
+    let mg_body = |ts: &str, token: &str, key: &str, event: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("key");
+        mac.update(format!("{ts}{token}").as_bytes());
+        let signature = hex::encode(mac.finalize().into_bytes());
+        json!({"signature": {"timestamp": ts, "token": token, "signature": signature},
+               "event-data": {"event": event, "severity": "permanent",
+                              "message": {"headers": {"message-id": "20261206.1@mg.test"}}}})
+        .to_string()
+    };
+    let now = chrono::Utc::now().timestamp().to_string();
+    let none = headers(&[]);
+    let body = mg_body(&now, "tok-1", "mg-signing", "failed");
+    let v = ch
+        .verify_report("mg", &report("", &none, body.as_bytes()))
+        .expect("verified");
+    assert_eq!(v.receipt, "tok-1");
+    assert_eq!(v.updates[0].message_id, "<20261206.1@mg.test>");
+    assert_eq!(v.updates[0].status, "bounced");
+    let forged = mg_body(&now, "tok-2", "not-the-key", "delivered");
+    assert!(matches!(
+        ch.verify_report("mg", &report("", &none, forged.as_bytes())),
+        Err(ReportError::Forged(_))
+    ));
+    let old = (chrono::Utc::now().timestamp() - 900).to_string();
+    let stale = mg_body(&old, "tok-3", "mg-signing", "delivered");
+    assert!(matches!(
+        ch.verify_report("mg", &report("", &none, stale.as_bytes())),
+        Err(ReportError::Stale(_))
+    ));
+
+    // Twilio: the URL it called (with our ?key=) and the sorted form.
+    let query = "key=exe_1%2Fsms%2F1";
+    let form = "MessageStatus=delivered&MessageSid=SM0001&To=%2B33612345678&AccountSid=AC1";
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"tw-token").expect("key");
+    mac.update(format!("https://hooks.shop.test/v1/webhooks/tw?{query}").as_bytes());
+    for (k, v) in [
+        ("AccountSid", "AC1"),
+        ("MessageSid", "SM0001"),
+        ("MessageStatus", "delivered"),
+        ("To", "+33612345678"),
+    ] {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let h = headers(&[
+        ("X-Twilio-Signature", signature.clone()),
+        ("I-Twilio-Idempotency-Token", "itok-1".into()),
+    ]);
+    let v = ch
+        .verify_report("tw", &report(query, &h, form.as_bytes()))
+        .expect("verified");
+    assert_eq!(
+        (v.updates[0].message_id.as_str(), v.updates[0].status),
+        ("SM0001", "delivered")
+    );
+    assert_eq!(v.receipt, "itok-1");
+    let other_query = "key=exe_2%2Fsms%2F1";
+    assert!(matches!(
+        ch.verify_report("tw", &report(other_query, &h, form.as_bytes())),
+        Err(ReportError::Forged(_))
+    ));
+    let tampered = form.replace("delivered", "undelivered");
+    assert!(matches!(
+        ch.verify_report("tw", &report(query, &h, tampered.as_bytes())),
+        Err(ReportError::Forged(_))
+    ));
+    assert!(matches!(
+        ch.verify_report("log", &report("", &h, b"")),
+        Err(ReportError::NotSupported)
+    ));
+}

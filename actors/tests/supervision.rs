@@ -332,15 +332,15 @@ impl DeliveryStore for Flaky {
     async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliveryRecord>, Error> {
         self.0.list_deliveries(q).await
     }
-    async fn set_delivery_status(
+    async fn apply_delivery_report(
         &self,
         provider: &str,
-        message_id: &str,
-        status: &str,
+        receipt: &str,
+        updates: &[(String, String)],
         at: DateTime<Utc>,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<u64>, Error> {
         self.0
-            .set_delivery_status(provider, message_id, status, at)
+            .apply_delivery_report(provider, receipt, updates, at)
             .await
     }
 }

@@ -299,6 +299,14 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         deliveries::list::<S>,
     );
     r.add(
+        M::POST,
+        "/v1/webhooks/{provider}",
+        Spec::new("deliveries", "A provider's status report (its status webhook)")
+            .returns::<deliveries::ReportOut>(200)
+            .describe("Where a provider posts delivery events: SendGrid's signed event webhook, Mailgun's webhooks, Twilio's status callback. No API key: the provider's signature is checked against its configured key (webhook_public_key, webhook_signing_key, the auth token); 401 for a bad or stale signature, 409 for a report received before. Moves each delivery the provider names to its new status (never back down)."),
+        deliveries::report::<S>,
+    );
+    r.add(
         M::GET,
         "/v1/providers",
         Spec::new("deliveries", "The providers this node sends through")

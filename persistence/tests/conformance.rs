@@ -2902,24 +2902,58 @@ async fn deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filte
         .await
         .expect("list");
     assert!(other_ns.is_empty());
-    // A provider's status report moves its delivery.
-    assert!(
+    // A provider's status report moves its delivery, once.
+    let report = [("msg-first-sg".to_owned(), "delivered".to_owned())];
+    assert_eq!(
         store
-            .set_delivery_status("sg", "msg-first-sg", "delivered", t1)
+            .apply_delivery_report("sg", "r1", &report, t1)
             .await
-            .expect("status")
+            .expect("report"),
+        Some(1)
     );
-    assert!(
-        !store
-            .set_delivery_status("sg", "msg-unknown", "delivered", t1)
+    assert_eq!(
+        store
+            .apply_delivery_report("sg", "r1", &[("msg-first-sg".into(), "clicked".into())], t1)
             .await
-            .expect("status")
+            .expect("replay"),
+        None,
+        "a replay changes nothing"
     );
-    let b_rows = store
-        .list_deliveries(&q(&|q| q.execution_id = Some(b.id.to_string())))
+    // Never back down: a late `sent` leaves `delivered`; `opened` moves on.
+    store
+        .apply_delivery_report(
+            "sg",
+            "r2",
+            &[
+                ("msg-first-sg".into(), "sent".into()),
+                ("msg-unknown".into(), "delivered".into()),
+            ],
+            t1,
+        )
         .await
-        .expect("list");
-    assert_eq!(b_rows[0].status, "delivered");
+        .expect("report");
+    let status_of_b = || async {
+        store
+            .list_deliveries(&q(&|q| q.execution_id = Some(b.id.to_string())))
+            .await
+            .expect("list")[0]
+            .status
+            .clone()
+    };
+    assert_eq!(status_of_b().await, "delivered");
+    store
+        .apply_delivery_report("sg", "r3", &[("msg-first-sg".into(), "opened".into())], t1)
+        .await
+        .expect("report");
+    assert_eq!(status_of_b().await, "opened");
+    // The same receipt from another provider is another report.
+    assert_eq!(
+        store
+            .apply_delivery_report("mg", "r1", &[], t1)
+            .await
+            .expect("report"),
+        Some(0)
+    );
 }
 
 async fn latest_versions_span_namespaces_and_leave_archived_workflows_out<S: Store>(store: &S) {

@@ -206,6 +206,10 @@ fn default_pool() -> u32 {
 pub struct SendgridConfig {
     pub api_key: Credential,
     pub from: String,
+    /// The Signed Event Webhook's verification key (base64, as SendGrid
+    /// shows it): status reports are refused without it.
+    #[serde(default)]
+    pub webhook_public_key: Option<String>,
     #[serde(default = "sendgrid_url")]
     pub base_url: String,
     #[serde(default)]
@@ -223,6 +227,9 @@ pub struct MailgunConfig {
     pub domain: String,
     pub api_key: Credential,
     pub from: String,
+    /// The HTTP webhook signing key: status reports are refused without it.
+    #[serde(default)]
+    pub webhook_signing_key: Option<Credential>,
     /// `https://api.eu.mailgun.net` for the EU region.
     #[serde(default = "mailgun_url")]
     pub base_url: String,

@@ -213,6 +213,80 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Sends one message. Must not panic on any answer; must not put a
     /// credential in an error.
     fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a>;
+
+    /// Verifies a status report the provider posted to its webhook and
+    /// reads it. Providers without status reports keep the default.
+    fn verify_report(&self, _report: &Report<'_>) -> Result<Verified, ReportError> {
+        Err(ReportError::NotSupported)
+    }
+}
+
+/// A status report as received on `POST /v1/webhooks/<provider>`.
+#[derive(Debug)]
+pub struct Report<'a> {
+    /// The query string, without its `?`.
+    pub query: &'a str,
+    pub headers: &'a reqwest::header::HeaderMap,
+    pub body: &'a [u8],
+    pub now: DateTime<Utc>,
+}
+
+impl Report<'_> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A delivery's new status, by the provider's message id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    pub message_id: String,
+    /// delivered, bounced, complained, opened, clicked, undelivered.
+    pub status: &'static str,
+}
+
+/// A report whose signature held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// What makes this call unique (the provider's token, or a digest of
+    /// the signed content): the same receipt twice is a replay.
+    pub receipt: String,
+    pub updates: Vec<StatusUpdate>,
+}
+
+/// Why a report is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("this provider has no status webhook")]
+    NotSupported,
+    #[error("no provider named {0:?} is configured")]
+    UnknownProvider(String),
+    /// The provider's webhook key is not configured on this node.
+    #[error("{0}")]
+    NotConfigured(String),
+    /// The signature is missing or does not match.
+    #[error("{0}")]
+    Forged(String),
+    /// Signed too long ago (or in the future) to be taken.
+    #[error("{0}")]
+    Stale(String),
+    /// Signed, but not a report.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// How old a signed report may be (and how far ahead of our clock).
+pub(crate) const REPORT_WINDOW_SECONDS: i64 = 300;
+
+/// Checks a report's signing time against the window.
+pub(crate) fn fresh(signed_at: i64, now: DateTime<Utc>) -> Result<(), ReportError> {
+    let age = now.timestamp() - signed_at;
+    if age.abs() > REPORT_WINDOW_SECONDS {
+        return Err(ReportError::Stale(format!(
+            "signed {age} s from now; reports older than {REPORT_WINDOW_SECONDS} s are refused"
+        )));
+    }
+    Ok(())
 }
 
 /// One send attempt to one provider, for the delivery log.
@@ -448,6 +522,15 @@ impl Channels {
             }
         }
         errors
+    }
+
+    /// Verifies and reads a status report posted for provider `name`.
+    pub fn verify_report(&self, name: &str, report: &Report<'_>) -> Result<Verified, ReportError> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ReportError::UnknownProvider(name.to_owned()))?;
+        entry.provider.verify_report(report)
     }
 
     /// Registers the providers' metrics.

@@ -241,3 +241,79 @@ pub(crate) async fn providers<S: Store>(
             .collect(),
     ))
 }
+
+/// What a status report changed.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReportOut {
+    /// Deliveries whose status moved.
+    pub updated: u64,
+}
+
+/// `POST /v1/webhooks/{provider}`: a provider's status report. No API key:
+/// the provider's own signature is the credential (SendGrid's signed event
+/// webhook, Mailgun's HMAC, Twilio's request signature), checked against
+/// the provider's configured key; a forged, stale or replayed report is
+/// refused and changes nothing.
+pub(crate) async fn report<S: Store>(
+    State(app): State<AppState<S>>,
+    crate::extract::Path(provider): crate::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<ReportOut>> {
+    use axum::http::StatusCode;
+    use sojourn_actors::channels::{Report, ReportError};
+    let now = Utc::now();
+    let report = Report {
+        query: query.as_deref().unwrap_or(""),
+        headers: &headers,
+        body: &body,
+        now,
+    };
+    let verified = app
+        .engine
+        .channels()
+        .verify_report(&provider, &report)
+        .map_err(|e| match &e {
+            ReportError::UnknownProvider(_) => ApiError::not_found("provider", &provider),
+            ReportError::NotSupported => ApiError {
+                field: Some("provider".into()),
+                ..ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("provider: {provider:?} has no status webhook"),
+                )
+            },
+            ReportError::NotConfigured(m) => {
+                ApiError::new(StatusCode::CONFLICT, "webhook_not_configured", m.clone())
+            }
+            ReportError::Forged(m) => {
+                tracing::warn!(provider, reason = %m, "a status report with a bad signature was refused");
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", m.clone())
+            }
+            ReportError::Stale(m) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "stale_report", m.clone())
+            }
+            ReportError::Malformed(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("body: {m}"))
+            }
+        })?;
+    let updates: Vec<(String, String)> = verified
+        .updates
+        .into_iter()
+        .map(|u| (u.message_id, u.status.to_owned()))
+        .collect();
+    match app
+        .engine
+        .store()
+        .apply_delivery_report(&provider, &verified.receipt, &updates, now)
+        .await?
+    {
+        Some(updated) => Ok(axum::Json(ReportOut { updated })),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "replayed",
+            "this report was received before; it changes nothing",
+        )),
+    }
+}

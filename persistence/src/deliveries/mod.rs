@@ -26,15 +26,28 @@ pub trait DeliveryStore: Send + Sync {
         query: &DeliveryQuery,
     ) -> impl Future<Output = Result<Vec<DeliveryRecord>>> + Send;
 
-    /// Moves the delivery a provider knows as `message_id` to `status`
-    /// (a provider's status report). `false` when there is none.
-    fn set_delivery_status(
+    /// Applies a provider's verified status report, once: its receipt is
+    /// recorded and each delivery the provider knows by a message id moves
+    /// to its status, in one transaction. A status never moves back down
+    /// (queued < sent < delivered < opened < clicked < the final ones:
+    /// bounced, complained, undelivered, failed). `None` when the receipt
+    /// was seen before (a replay: nothing changes); else how many
+    /// deliveries moved.
+    fn apply_delivery_report(
         &self,
         provider: &str,
-        message_id: &str,
-        status: &str,
-        at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool>> + Send;
+        receipt: &str,
+        updates: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<u64>>> + Send;
+}
+
+/// A status's rank, in SQL: a report may only move a delivery up.
+fn rank(column: &str) -> String {
+    format!(
+        "(CASE {column} WHEN 'queued' THEN 0 WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 \
+         WHEN 'opened' THEN 3 WHEN 'clicked' THEN 4 ELSE 5 END)"
+    )
 }
 
 const COLUMNS: &str = "id, namespace, workflow_id, execution_id, node, attempt, idempotency_key, \
@@ -143,24 +156,45 @@ where
         Ok(sql.build_query_as().fetch_all(&self.pool).await?)
     }
 
-    async fn set_delivery_status(
+    async fn apply_delivery_report(
         &self,
         provider: &str,
-        message_id: &str,
-        status: &str,
+        receipt: &str,
+        updates: &[(String, String)],
         now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let done: Vec<(String,)> = sqlx::query_as(
-            "UPDATE deliveries SET status = $1, updated_at = $2
-             WHERE provider = $3 AND provider_message_id = $4
-             RETURNING id",
+    ) -> Result<Option<u64>> {
+        let mut tx = self.pool.begin().await?;
+        let fresh: Option<(String,)> = sqlx::query_as(
+            "INSERT INTO webhook_receipts (provider, receipt, received_at) VALUES ($1, $2, $3)
+             ON CONFLICT (provider, receipt) DO NOTHING RETURNING receipt",
         )
-        .bind(status)
-        .bind(at(now))
         .bind(provider)
-        .bind(message_id)
-        .fetch_all(&self.pool)
+        .bind(receipt)
+        .bind(at(now))
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(!done.is_empty())
+        if fresh.is_none() {
+            return Ok(None);
+        }
+        let mut moved = 0u64;
+        let sql = format!(
+            "UPDATE deliveries SET status = $1, updated_at = $2
+             WHERE provider = $3 AND provider_message_id = $4 AND {} <= {}
+             RETURNING id",
+            rank("status"),
+            rank("$1")
+        );
+        for (message_id, status) in updates {
+            let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(status.as_str())
+                .bind(at(now))
+                .bind(provider)
+                .bind(message_id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            moved += rows.len() as u64;
+        }
+        tx.commit().await?;
+        Ok(Some(moved))
     }
 }

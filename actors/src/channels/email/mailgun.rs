@@ -10,8 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::super::http::{call, client, refusal};
 use super::super::{
-    Built, Channel, ConfigError, Context, ErrorClass, Message, Outgoing, Provider, SendError,
-    SendFuture, Sent, SentStatus,
+    Built, Channel, ConfigError, Context, ErrorClass, Message, Outgoing, Provider, Report,
+    ReportError, SendError, SendFuture, Sent, SentStatus, StatusUpdate, Verified,
 };
 use crate::channels::config::{MailgunConfig, http_url};
 
@@ -21,6 +21,7 @@ pub(crate) struct Mailgun {
     url: reqwest::Url,
     key: SecretString,
     from: String,
+    signing_key: Option<SecretString>,
 }
 
 pub(crate) fn build(
@@ -49,11 +50,81 @@ pub(crate) fn build(
             url,
             key: c.api_key.resolve(&format!("{field}.api_key"), cx)?,
             from: c.from.clone(),
+            signing_key: c
+                .webhook_signing_key
+                .as_ref()
+                .map(|k| k.resolve(&format!("{field}.webhook_signing_key"), cx))
+                .transpose()?,
         },
     ))
 }
 
+impl Mailgun {
+    /// Mailgun's webhook signature: `signature.signature` is the hex
+    /// HMAC-SHA256 of `timestamp` followed by `token`, keyed with the
+    /// webhook signing key; the token is unique per call (the receipt).
+    fn verify(&self, r: &Report<'_>) -> Result<Verified, ReportError> {
+        use hmac::{KeyInit, Mac};
+        let key = self.signing_key.as_ref().ok_or_else(|| {
+            ReportError::NotConfigured(
+                "webhook_signing_key is not configured for this provider".into(),
+            )
+        })?;
+        let body: serde_json::Value = serde_json::from_slice(r.body).map_err(|_| {
+            ReportError::Forged("the body is not Mailgun's JSON (no signature)".into())
+        })?;
+        let sig = &body["signature"];
+        let (Some(timestamp), Some(token), Some(signature)) = (
+            sig["timestamp"].as_str(),
+            sig["token"].as_str(),
+            sig["signature"].as_str(),
+        ) else {
+            return Err(ReportError::Forged(
+                "no signature (timestamp, token, signature)".into(),
+            ));
+        };
+        let expected = hex::decode(signature)
+            .map_err(|_| ReportError::Forged("the signature is not hex".into()))?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose_secret().as_bytes())
+            .map_err(|_| ReportError::NotConfigured("the signing key is unusable".into()))?;
+        mac.update(timestamp.as_bytes());
+        mac.update(token.as_bytes());
+        mac.verify_slice(&expected)
+            .map_err(|_| ReportError::Forged("the signature does not match".into()))?;
+        let at: i64 = timestamp
+            .parse()
+            .map_err(|_| ReportError::Malformed("the timestamp is not a number".into()))?;
+        super::super::fresh(at, r.now)?;
+        let data = &body["event-data"];
+        let status = match (data["event"].as_str(), data["severity"].as_str()) {
+            (Some("delivered"), _) => Some("delivered"),
+            (Some("failed"), Some("permanent")) => Some("bounced"),
+            (Some("opened"), _) => Some("opened"),
+            (Some("clicked"), _) => Some("clicked"),
+            (Some("complained"), _) => Some("complained"),
+            _ => None,
+        };
+        let id = data["message"]["headers"]["message-id"].as_str();
+        let updates = match (status, id) {
+            // The send's answer gave the id in angle brackets; events without.
+            (Some(status), Some(id)) => vec![StatusUpdate {
+                message_id: format!("<{}>", id.trim_matches(['<', '>'])),
+                status,
+            }],
+            _ => Vec::new(),
+        };
+        Ok(Verified {
+            receipt: token.to_owned(),
+            updates,
+        })
+    }
+}
+
 impl Provider for Mailgun {
+    fn verify_report(&self, r: &Report<'_>) -> Result<Verified, ReportError> {
+        self.verify(r)
+    }
+
     fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let Message::Email(e) = out.message else {

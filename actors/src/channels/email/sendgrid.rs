@@ -10,9 +10,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::super::http::{call, client, refusal};
+use sha2::Digest as _;
+
 use super::super::{
-    Built, Channel, ConfigError, Context, ErrorClass, Message, Outgoing, Provider, SendError,
-    SendFuture, Sent, SentStatus,
+    Built, Channel, ConfigError, Context, ErrorClass, Message, Outgoing, Provider, Report,
+    ReportError, SendError, SendFuture, Sent, SentStatus, StatusUpdate, Verified,
 };
 use super::split_mailbox;
 use crate::channels::config::{SendgridConfig, http_url};
@@ -23,6 +25,7 @@ pub(crate) struct Sendgrid {
     url: reqwest::Url,
     key: SecretString,
     from: String,
+    webhook_key: Option<p256::ecdsa::VerifyingKey>,
 }
 
 pub(crate) fn build(
@@ -45,8 +48,35 @@ pub(crate) fn build(
             url,
             key: c.api_key.resolve(&format!("{field}.api_key"), cx)?,
             from: c.from.clone(),
+            webhook_key: c
+                .webhook_public_key
+                .as_deref()
+                .map(|k| verifying_key(&format!("{field}.webhook_public_key"), k))
+                .transpose()?,
         },
     ))
+}
+
+/// SendGrid's verification key: base64 of a DER public key (P-256).
+fn verifying_key(field: &str, text: &str) -> Result<p256::ecdsa::VerifyingKey, ConfigError> {
+    use p256::pkcs8::DecodePublicKey;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| ConfigError::new(field, format!("not base64 ({e})")))?;
+    p256::ecdsa::VerifyingKey::from_public_key_der(&der)
+        .map_err(|e| ConfigError::new(field, format!("not a P-256 public key ({e})")))
+}
+
+/// SendGrid's event names → delivery statuses (the others move nothing).
+fn status_of(event: &str) -> Option<&'static str> {
+    Some(match event {
+        "delivered" => "delivered",
+        "bounce" | "dropped" => "bounced",
+        "spamreport" => "complained",
+        "open" => "opened",
+        "click" => "clicked",
+        _ => return None,
+    })
 }
 
 fn address(mailbox: &str) -> Value {
@@ -57,7 +87,71 @@ fn address(mailbox: &str) -> Value {
     }
 }
 
+impl Sendgrid {
+    /// The Signed Event Webhook: an ECDSA (P-256, SHA-256) signature of
+    /// the timestamp header followed by the raw body.
+    fn verify(&self, r: &Report<'_>) -> Result<Verified, ReportError> {
+        use p256::ecdsa::signature::Verifier;
+        let key = self.webhook_key.as_ref().ok_or_else(|| {
+            ReportError::NotConfigured(
+                "webhook_public_key is not configured for this provider".into(),
+            )
+        })?;
+        let signature = r
+            .header("x-twilio-email-event-webhook-signature")
+            .ok_or_else(|| {
+                ReportError::Forged("no X-Twilio-Email-Event-Webhook-Signature".into())
+            })?;
+        let timestamp = r
+            .header("x-twilio-email-event-webhook-timestamp")
+            .ok_or_else(|| {
+                ReportError::Forged("no X-Twilio-Email-Event-Webhook-Timestamp".into())
+            })?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(signature.trim())
+            .ok()
+            .and_then(|der| p256::ecdsa::Signature::from_der(&der).ok())
+            .ok_or_else(|| {
+                ReportError::Forged("the signature is not a DER ECDSA signature".into())
+            })?;
+        let mut signed = Vec::with_capacity(timestamp.len() + r.body.len());
+        signed.extend_from_slice(timestamp.as_bytes());
+        signed.extend_from_slice(r.body);
+        key.verify(&signed, &signature)
+            .map_err(|_| ReportError::Forged("the signature does not match".into()))?;
+        let at: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| ReportError::Malformed("the timestamp is not a number".into()))?;
+        super::super::fresh(at, r.now)?;
+        let events: Vec<Value> = serde_json::from_slice(r.body).map_err(|e| {
+            ReportError::Malformed(format!("the body is not a list of events: {e}"))
+        })?;
+        let updates = events
+            .iter()
+            .filter_map(|e| {
+                let status = status_of(e["event"].as_str()?)?;
+                // `sg_message_id` is the X-Message-Id, then `.filter…`.
+                let id = e["sg_message_id"].as_str()?.split('.').next()?.to_owned();
+                Some(StatusUpdate {
+                    message_id: id,
+                    status,
+                })
+            })
+            .collect();
+        let digest = sha2::Sha256::digest(r.body);
+        Ok(Verified {
+            receipt: format!("{}:{}", timestamp.trim(), hex::encode(digest)),
+            updates,
+        })
+    }
+}
+
 impl Provider for Sendgrid {
+    fn verify_report(&self, r: &Report<'_>) -> Result<Verified, ReportError> {
+        self.verify(r)
+    }
+
     fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let Message::Email(e) = out.message else {
