@@ -3578,3 +3578,118 @@ async fn deliveries_are_listed_masked_and_workflows_name_only_configured_provide
     );
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_signed_status_report_moves_a_delivery_once_and_a_forged_one_changes_nothing() {
+    let mailgun = sojourn_testkit::fakes::Fake::mailgun("mg-key").await;
+    let providers = serde_json::from_value(json!({
+        "mg": {"kind": "mailgun", "domain": "mg.shop.test", "api_key": "mg-key", "from": "news@shop.test",
+               "base_url": mailgun.url(), "webhook_signing_key": "mg-signing"}
+    }))
+    .expect("providers");
+    let channels =
+        serde_json::from_value(json!({"email": {"providers": ["mg"]}})).expect("channels");
+    let path = std::env::temp_dir().join(format!(
+        "sojourn-api-test-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let store = SqliteStore::open(&path).await.expect("open sqlite");
+    let engine = Arc::new(
+        Engine::start(
+            store,
+            Config {
+                providers,
+                channels,
+                ..config()
+            },
+        )
+        .await
+        .expect("engine starts"),
+    );
+    let api = sojourn_api::build(AppState::new(engine.clone(), AuthMode::Required));
+    let app = App {
+        api,
+        engine,
+        place: path.display().to_string(),
+    };
+    let k = app.key("mail", &["admin"]).await;
+    app.workflow(
+        &k,
+        "mailer",
+        json!({
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "mail", "type": "action", "config": {"action": "email.send", "inputs": {
+                    "to": "ann@example.com", "subject": "Hi", "text": "Hello"}}},
+                {"id": "end", "type": "exit"},
+            ],
+            "edges": [
+                {"from": "start", "to": "mail"},
+                {"from": "mail", "to": "end", "branch": "success"},
+            ]
+        }),
+    )
+    .await;
+    let r = app
+        .post("/v1/executions?wait=10s", &k, json!({"workflow": "mailer"}))
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["status"], "completed", "{}", r.text());
+    let message_id = r.json["nodes"]["mail"]["output"]["message_id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(message_id.ends_with("@mg.shop.test>"), "{}", r.text());
+    let report = |token: &str, key: &str, event: &str| {
+        sojourn_testkit::fakes::mailgun_report(
+            key,
+            token,
+            event,
+            message_id.trim_matches(['<', '>']),
+        )
+    };
+    let post = |body: Value| {
+        request(
+            Method::POST,
+            "/v1/webhooks/mg",
+            None,
+            &[],
+            Body::from(body.to_string()),
+        )
+    };
+    let status = || async {
+        let r = app.get("/v1/deliveries?provider=mg", &k).await;
+        r.ok(StatusCode::OK)["items"][0]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(status().await, "queued");
+    // Forged: refused, nothing moves.
+    let r = app
+        .send(post(report("t-1", "not-the-key", "delivered")))
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_signature", None);
+    assert_eq!(status().await, "queued");
+    // Signed: the delivery moves, no API key needed.
+    let signed = report("t-2", "mg-signing", "delivered");
+    let r = app.send(post(signed.clone())).await;
+    assert_eq!(r.ok(StatusCode::OK)["updated"], 1);
+    assert_eq!(status().await, "delivered");
+    // Replayed: refused.
+    let r = app.send(post(signed)).await;
+    assert_error(&r, StatusCode::CONFLICT, "replayed", None);
+    let r = app.send(post(report("t-3", "mg-signing", "opened"))).await;
+    assert_eq!(r.ok(StatusCode::OK)["updated"], 1);
+    assert_eq!(status().await, "opened");
+    let r = app
+        .send(request(
+            Method::POST,
+            "/v1/webhooks/nobody",
+            None,
+            &[],
+            Body::from("{}"),
+        ))
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", Some("provider"));
+    app.finish().await;
+}

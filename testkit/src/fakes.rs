@@ -693,3 +693,21 @@ fn teams(_: &str, r: &Received, _: &mut Inner) -> Result<Answer, Answer> {
     }
     Ok(Answer::new(200, "1"))
 }
+
+/// A Mailgun webhook call as Mailgun signs it: `signature.signature` is
+/// the hex HMAC-SHA256 of the timestamp and the token, keyed with the
+/// webhook signing key.
+pub fn mailgun_report(signing_key: &str, token: &str, event: &str, message_id: &str) -> Value {
+    use hmac::{KeyInit, Mac};
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(signing_key.as_bytes())
+        .expect("an HMAC takes any key");
+    mac.update(ts.as_bytes());
+    mac.update(token.as_bytes());
+    json!({
+        "signature": {"timestamp": ts, "token": token,
+                      "signature": hex::encode(mac.finalize().into_bytes())},
+        "event-data": {"event": event, "severity": "permanent",
+                       "message": {"headers": {"message-id": message_id}}},
+    })
+}

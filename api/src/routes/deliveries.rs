@@ -275,7 +275,10 @@ pub(crate) async fn report<S: Store>(
         .channels()
         .verify_report(&provider, &report)
         .map_err(|e| match &e {
-            ReportError::UnknownProvider(_) => ApiError::not_found("provider", &provider),
+            ReportError::UnknownProvider(_) => ApiError {
+                field: Some("provider".into()),
+                ..ApiError::not_found("provider", &provider)
+            },
             ReportError::NotSupported => ApiError {
                 field: Some("provider".into()),
                 ..ApiError::new(
