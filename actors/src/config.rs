@@ -205,6 +205,7 @@ impl Config {
             &crate::channels::Context {
                 secrets: self.secrets.clone(),
                 cluster,
+                egress: self.egress.clone(),
             },
         )
     }

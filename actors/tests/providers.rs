@@ -33,6 +33,7 @@ fn build(
         &Context {
             secrets: sojourn_actors::Secrets::new(secrets),
             cluster: None,
+            egress: EgressPolicy::allowing_loopback(),
         },
     )
 }
@@ -863,4 +864,177 @@ fn mailgun_and_twilio_reports_are_checked_against_their_keys() {
         ch.verify_report("log", &report("", &h, b"")),
         Err(ReportError::NotSupported)
     ));
+}
+
+#[tokio::test]
+async fn fcm_apns_and_web_push_send_with_their_tokens_keys_and_encryption() {
+    use sojourn_testkit::fakes;
+    let fcm = Fake::fcm().await;
+    let apns = Fake::apns().await;
+    let push = Fake::push_service().await;
+    let ch = channels(
+        json!({
+            "fcm": {"kind": "fcm", "service_account": fakes::fcm_service_account(&fcm.url()).to_string(), "base_url": fcm.url()},
+            "apns": {"kind": "apns", "team_id": "TEAM123456", "key_id": "KEY1234567", "private_key": fakes::APNS_TEST_PRIVATE_KEY,
+                     "topic": "test.sojourn.app", "base_url": apns.url()},
+            "web": {"kind": "webpush", "subject": "mailto:ops@shop.test",
+                    "vapid_private_key": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc"},
+        }),
+        json!({"push": {"providers": ["fcm"]}}),
+    );
+    // FCM: one OAuth2 token for both sends (cached), data as strings, the key in data.
+    for n in 1..=2 {
+        let (out, _) = send(&ch, "push.send", &format!("exe_7/push/{n}"),
+            json!({"to": "device-abc", "title": "Sale", "body": "Today only", "data": {"sku": 42}, "badge": 3})).await;
+        assert!(
+            matches!(out, ActionOutcome::Success { .. }),
+            "{out:?} {:?}",
+            fcm.refused()
+        );
+        assert!(
+            output(&out)["message_id"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("projects/sojourn-test/messages/"))
+        );
+    }
+    assert_eq!(fcm.tokens_issued(), 1, "the access token is cached");
+    let accepted = fcm.accepted();
+    let m = &accepted.last().expect("a send").body["message"];
+    assert_eq!(m["notification"]["title"], "Sale");
+    assert_eq!(m["data"]["sku"], "42");
+    assert_eq!(m["data"]["sojourn_key"], "exe_7/push/2");
+    assert_eq!(m["apns"]["payload"]["aps"]["badge"], 3);
+    let (out, _) = send(
+        &ch,
+        "push.send",
+        "exe_7/push/3",
+        json!({"to": "unregistered", "body": "x"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "invalid_recipient");
+    assert_eq!(output(&out)["code"], "UNREGISTERED");
+    // A refused token is made again on the next try.
+    fcm.script([Answer::new(
+        401,
+        r#"{"error":{"code":401,"status":"UNAUTHENTICATED","message":"expired"}}"#,
+    )]);
+    let (out, _) = send(
+        &ch,
+        "push.send",
+        "exe_7/push/4",
+        json!({"to": "device-abc", "body": "x"}),
+    )
+    .await;
+    assert!(failure(&out).1, "a refused token is retryable");
+    let (out, _) = send(
+        &ch,
+        "push.send",
+        "exe_7/push/4",
+        json!({"to": "device-abc", "body": "x"}),
+    )
+    .await;
+    assert!(matches!(out, ActionOutcome::Success { .. }), "{out:?}");
+    assert_eq!(fcm.tokens_issued(), 2);
+
+    // APNs: HTTP/2, a provider token, the attempt's key as a stable apns-id.
+    let (a, _) = send(&ch, "push.send", "exe_8/push/1", json!({"to": "a1b2c3", "title": "Hi", "body": "There", "sound": "default", "provider": "apns"})).await;
+    assert!(
+        matches!(a, ActionOutcome::Success { .. }),
+        "{a:?} {:?}",
+        apns.refused()
+    );
+    let (b, _) = send(
+        &ch,
+        "push.send",
+        "exe_8/push/1",
+        json!({"to": "a1b2c3", "title": "Hi", "body": "There", "provider": "apns"}),
+    )
+    .await;
+    assert_eq!(
+        output(&a)["message_id"],
+        output(&b)["message_id"],
+        "a re-send carries the same apns-id"
+    );
+    let r = &apns.accepted()[0];
+    assert_eq!(r.version, "HTTP/2.0");
+    assert_eq!(r.path, "/3/device/a1b2c3");
+    assert_eq!(r.header("apns-topic"), "test.sojourn.app");
+    assert_eq!(r.header("apns-push-type"), "alert");
+    assert_eq!(r.body["aps"]["alert"]["title"], "Hi");
+    assert_eq!(r.body["aps"]["sound"], "default");
+    let (out, _) = send(
+        &ch,
+        "push.send",
+        "exe_8/push/2",
+        json!({"to": "dead", "body": "x", "provider": "apns"}),
+    )
+    .await;
+    assert_eq!(output(&out)["code"], "Unregistered");
+    assert_eq!(output(&out)["class"], "invalid_recipient");
+
+    // Web Push: encrypted for the subscription, signed with VAPID.
+    let sub = fakes::push_subscription(&push.url(), "/push/sub-1");
+    let (out, _) = send(&ch, "push.send", "exe_9/push/1",
+        json!({"subscription": sub, "title": "Back in stock", "data": {"url": "/p/1"}, "provider": "web"})).await;
+    assert!(
+        matches!(out, ActionOutcome::Success { .. }),
+        "{out:?} {:?}",
+        push.refused()
+    );
+    let payload = fakes::decrypted_push(&push.accepted()[0]);
+    assert_eq!(payload["title"], "Back in stock");
+    assert_eq!(payload["data"]["url"], "/p/1");
+    assert_eq!(payload["key"], "exe_9/push/1");
+    let gone = fakes::push_subscription(&push.url(), "/push/gone");
+    let (out, _) = send(
+        &ch,
+        "push.send",
+        "exe_9/push/2",
+        json!({"subscription": gone, "body": "x", "provider": "web"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "invalid_recipient");
+    // A device token is not a browser subscription, and the reverse.
+    let (out, _) = send(
+        &ch,
+        "push.send",
+        "exe_9/push/3",
+        json!({"to": "device", "body": "x", "provider": "web"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "invalid");
+}
+
+#[tokio::test]
+async fn a_web_push_endpoint_inside_the_network_is_refused_by_the_egress_guard() {
+    let push = Fake::push_service().await;
+    let providers: BTreeMap<String, ProviderConfig> = serde_json::from_value(json!({
+        "web": {"kind": "webpush", "subject": "mailto:ops@shop.test",
+                "vapid_private_key": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc"}
+    }))
+    .expect("config");
+    let ch = Channels::build(
+        &providers,
+        &BTreeMap::new(),
+        &Context {
+            secrets: sojourn_actors::Secrets::default(),
+            cluster: None,
+            egress: EgressPolicy::strict(),
+        },
+    )
+    .expect("builds");
+    let sub = sojourn_testkit::fakes::push_subscription(&push.url(), "/push/x");
+    let (out, _) = send(
+        &ch,
+        "push.send",
+        "k",
+        json!({"subscription": sub, "body": "x", "provider": "web"}),
+    )
+    .await;
+    let (error, retryable, _) = failure(&out);
+    assert!(!retryable, "{error}");
+    assert!(
+        push.accepted().is_empty() && push.refused().is_empty(),
+        "nothing reached it"
+    );
 }

@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 /// A request a fake received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub version: String,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -176,6 +178,37 @@ impl Fake {
         Fake::start("", teams).await
     }
 
+    /// FCM: its OAuth2 token endpoint (`POST /token`, checking the
+    /// assertion against [`FCM_TEST_PUBLIC_KEY`]) and HTTP v1 send (only
+    /// with a token it issued; device token `unregistered` is gone).
+    pub async fn fcm() -> Fake {
+        Fake::start(FCM_TEST_PUBLIC_KEY, fcm).await
+    }
+
+    /// APNs over HTTP/2 (prior knowledge), checking provider tokens
+    /// against [`APNS_TEST_PUBLIC_KEY`]; device token `0bad` is refused
+    /// (BadDeviceToken), `dead` is Unregistered.
+    pub async fn apns() -> Fake {
+        Fake::start(APNS_TEST_PUBLIC_KEY, apns).await
+    }
+
+    /// A browser push service: checks the VAPID signature and decrypts the
+    /// payload with the subscription's keys ([`push_subscription`]); the
+    /// decrypted JSON is the [`Received::body`]. Path `/push/gone` is a
+    /// subscription that expired (410).
+    pub async fn push_service() -> Fake {
+        Fake::start("", push_service).await
+    }
+
+    /// The number of OAuth2 tokens this fake issued.
+    pub fn tokens_issued(&self) -> u64 {
+        self.lock()
+            .nonces
+            .keys()
+            .filter(|k| k.starts_with("token:"))
+            .count() as u64
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -201,6 +234,7 @@ impl Fake {
 }
 
 async fn handle(State(s): State<Shared>, request: Request) -> Response {
+    let version = format!("{:?}", request.version());
     let method = request.method().clone();
     let uri = request.uri().clone();
     let headers = request.headers().clone();
@@ -239,11 +273,14 @@ async fn handle(State(s): State<Shared>, request: Request) -> Response {
             .unwrap_or_default();
         if content_type.starts_with("application/x-www-form-urlencoded") {
             form_fields(&bytes)
+        } else if content_type.starts_with("application/octet-stream") {
+            json!({"raw_base64": base64::engine::general_purpose::STANDARD.encode(&bytes)})
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         }
     };
     let received = Received {
+        version,
         method: method.to_string(),
         path: uri.path().to_owned(),
         query: uri.query().unwrap_or("").to_owned(),
@@ -710,4 +747,269 @@ pub fn mailgun_report(signing_key: &str, token: &str, event: &str, message_id: &
         "event-data": {"event": event, "severity": "permanent",
                        "message": {"headers": {"message-id": message_id}}},
     })
+}
+
+/// The test service account's private key (a key made for the tests).
+pub const FCM_TEST_PRIVATE_KEY: &str = include_str!("../keys/fcm-test-key.pem");
+/// Its public key.
+pub const FCM_TEST_PUBLIC_KEY: &str = include_str!("../keys/fcm-test-key.pub");
+/// The test APNs `.p8` key.
+pub const APNS_TEST_PRIVATE_KEY: &str = include_str!("../keys/apns-test-key.p8");
+/// Its public key.
+pub const APNS_TEST_PUBLIC_KEY: &str = include_str!("../keys/apns-test-key.pub");
+
+/// A service account JSON key for the fake FCM at `url`.
+pub fn fcm_service_account(url: &str) -> Value {
+    json!({
+        "type": "service_account",
+        "project_id": "sojourn-test",
+        "private_key_id": "k1",
+        "private_key": FCM_TEST_PRIVATE_KEY,
+        "client_email": "sender@sojourn-test.iam.gserviceaccount.com",
+        "token_uri": format!("{url}/token"),
+    })
+}
+
+/// The browser side of a push subscription for the fake push service at
+/// `url`: the `PushSubscription` JSON a page would give.
+pub fn push_subscription(url: &str, path: &str) -> Value {
+    use web_push_native::p256::elliptic_curve::sec1::ToEncodedPoint;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let public = ua_secret().public_key().to_encoded_point(false);
+    json!({
+        "endpoint": format!("{url}{path}"),
+        "keys": {"p256dh": b64.encode(public.as_bytes()), "auth": b64.encode(UA_AUTH)},
+    })
+}
+
+const UA_AUTH: [u8; 16] = [5; 16];
+
+fn ua_secret() -> web_push_native::p256::SecretKey {
+    web_push_native::p256::SecretKey::from_slice(&[9u8; 32]).expect("a valid scalar")
+}
+
+fn fcm(public_pem: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    let google_error = |status: u16, code: &str, message: &str, fcm_code: Option<&str>| {
+        let details = match fcm_code {
+            Some(c) => {
+                json!([{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": c}])
+            }
+            None => json!([]),
+        };
+        Answer::new(status, json!({"error": {"code": status, "message": message, "status": code, "details": details}}).to_string())
+    };
+    if r.path == "/token" {
+        let bad = |d: &str| {
+            Answer::new(
+                400,
+                json!({"error": "invalid_grant", "error_description": d}).to_string(),
+            )
+        };
+        if r.field("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+            return Err(Answer::new(
+                400,
+                json!({"error": "unsupported_grant_type"}).to_string(),
+            ));
+        }
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_pem.as_bytes())
+            .map_err(|_| bad("key"))?;
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.set_audience(&[format!("http://{}/token", r.header("host"))]);
+        v.set_required_spec_claims(&["exp", "iat", "aud", "iss"]);
+        let claims = jsonwebtoken::decode::<Value>(r.field("assertion"), &key, &v)
+            .map_err(|e| bad(&format!("Invalid JWT Signature or claims: {e}")))?
+            .claims;
+        if claims["scope"] != "https://www.googleapis.com/auth/firebase.messaging" {
+            return Err(bad("Invalid scope"));
+        }
+        inner.counter += 1;
+        let token = format!("ya29.fake-{}", inner.counter);
+        inner.nonces.insert(format!("token:{token}"), String::new());
+        return Ok(Answer::new(
+            200,
+            json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}).to_string(),
+        ));
+    }
+    let Some(project) = r
+        .path
+        .strip_prefix("/v1/projects/")
+        .and_then(|p| p.strip_suffix("/messages:send"))
+    else {
+        return Err(google_error(404, "NOT_FOUND", "Not found", None));
+    };
+    let token = r
+        .header("authorization")
+        .strip_prefix("Bearer ")
+        .unwrap_or("");
+    if !inner.nonces.contains_key(&format!("token:{token}")) {
+        return Err(google_error(
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+            None,
+        ));
+    }
+    let m = &r.body["message"];
+    let Some(device) = m["token"].as_str() else {
+        return Err(google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "Recipient of the message is not set.",
+            Some("INVALID_ARGUMENT"),
+        ));
+    };
+    if let Some(data) = m["data"].as_object()
+        && !data.values().all(Value::is_string)
+    {
+        return Err(google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "Invalid value at 'message.data': values must be strings",
+            Some("INVALID_ARGUMENT"),
+        ));
+    }
+    if device == "unregistered" {
+        return Err(google_error(
+            404,
+            "NOT_FOUND",
+            "Requested entity was not found.",
+            Some("UNREGISTERED"),
+        ));
+    }
+    inner.counter += 1;
+    Ok(Answer::new(
+        200,
+        json!({"name": format!("projects/{project}/messages/0:{}", inner.counter)}).to_string(),
+    ))
+}
+
+fn apns(public_pem: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    let reason =
+        |status: u16, reason: &str| Answer::new(status, json!({"reason": reason}).to_string());
+    if r.version != "HTTP/2.0" {
+        return Err(reason(400, "BadRequest (HTTP/2 required)"));
+    }
+    let Some(device) = r.path.strip_prefix("/3/device/") else {
+        return Err(reason(404, "BadPath"));
+    };
+    let Some(token) = r.header("authorization").strip_prefix("bearer ") else {
+        return Err(reason(403, "MissingProviderToken"));
+    };
+    let key = jsonwebtoken::DecodingKey::from_ec_pem(public_pem.as_bytes())
+        .map_err(|_| reason(500, "InternalServerError"))?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_required_spec_claims(&["iat", "iss"]);
+    v.validate_exp = false;
+    let Ok(decoded) = jsonwebtoken::decode::<Value>(token, &key, &v) else {
+        return Err(reason(403, "InvalidProviderToken"));
+    };
+    if decoded.header.kid.as_deref().is_none_or(|k| k.len() != 10) {
+        return Err(reason(403, "InvalidProviderToken"));
+    }
+    if r.header("apns-topic").is_empty() {
+        return Err(reason(400, "MissingTopic"));
+    }
+    if !matches!(r.header("apns-push-type"), "alert" | "background") {
+        return Err(reason(400, "InvalidPushType"));
+    }
+    let id = r.header("apns-id");
+    if !id.is_empty() && uuid::Uuid::parse_str(id).is_err() {
+        return Err(reason(400, "BadMessageId"));
+    }
+    if !r.body["aps"].is_object() {
+        return Err(reason(400, "PayloadEmpty"));
+    }
+    match device {
+        "0bad" => return Err(reason(400, "BadDeviceToken")),
+        "dead" => {
+            return Err(Answer::new(
+                410,
+                json!({"reason": "Unregistered", "timestamp": 1_700_000_000_000u64}).to_string(),
+            ));
+        }
+        _ => {}
+    }
+    inner.counter += 1;
+    let id = if id.is_empty() {
+        uuid::Uuid::now_v7().to_string()
+    } else {
+        id.to_owned()
+    };
+    Ok(Answer::new(200, "").header("apns-id", &id))
+}
+
+fn push_service(_: &str, r: &Received, _: &mut Inner) -> Result<Answer, Answer> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    if r.path == "/push/gone" {
+        return Err(Answer::new(
+            410,
+            "push subscription has unsubscribed or expired.",
+        ));
+    }
+    if r.header("content-encoding") != "aes128gcm" {
+        return Err(Answer::new(415, "Content-Encoding must be aes128gcm"));
+    }
+    if r.header("ttl").parse::<u64>().is_err() {
+        return Err(Answer::new(400, "TTL header required"));
+    }
+    // Authorization: vapid t=<jwt>, k=<P-256 public key>
+    let auth = r.header("authorization");
+    let Some(rest) = auth.strip_prefix("vapid ") else {
+        return Err(Answer::new(401, "VAPID authorization required"));
+    };
+    let mut t = "";
+    let mut k = "";
+    for part in rest.split(',') {
+        let part = part.trim();
+        if let Some(v) = part.strip_prefix("t=") {
+            t = v;
+        } else if let Some(v) = part.strip_prefix("k=") {
+            k = v;
+        }
+    }
+    let Some(point) = b64.decode(k).ok().filter(|p| p.len() == 65 && p[0] == 4) else {
+        return Err(Answer::new(401, "k is not an uncompressed P-256 point"));
+    };
+    let key = jsonwebtoken::DecodingKey::from_ec_components(
+        &b64.encode(&point[1..33]),
+        &b64.encode(&point[33..]),
+    )
+    .map_err(|_| Answer::new(401, "bad k"))?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    let origin = format!("http://{}", r.header("host"));
+    v.set_audience(&[origin]);
+    v.set_required_spec_claims(&["exp", "aud", "sub"]);
+    let claims = jsonwebtoken::decode::<Value>(t, &key, &v)
+        .map_err(|e| Answer::new(403, format!("VAPID: {e}")))?
+        .claims;
+    let exp = claims["exp"].as_i64().unwrap_or(0);
+    if exp > chrono::Utc::now().timestamp() + 24 * 3600 + 60 {
+        return Err(Answer::new(403, "VAPID: exp more than 24 hours ahead"));
+    }
+    let raw = r.body["raw_base64"]
+        .as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .ok_or_else(|| Answer::new(400, "no body"))?;
+    let plain = web_push_native::decrypt(raw, &ua_secret(), &web_push_native::Auth::from(UA_AUTH))
+        .map_err(|_| {
+            Answer::new(
+                400,
+                "the payload does not decrypt with the subscription's keys",
+            )
+        })?;
+    let _payload: Value =
+        serde_json::from_slice(&plain).map_err(|_| Answer::new(400, "not JSON"))?;
+    Ok(Answer::new(201, "").header("Location", &format!("/messages/{}", uuid::Uuid::now_v7())))
+}
+
+/// The payload a [`Fake::push_service`] decrypted from a request it accepted.
+pub fn decrypted_push(r: &Received) -> Value {
+    let raw = r.body["raw_base64"]
+        .as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .unwrap_or_default();
+    web_push_native::decrypt(raw, &ua_secret(), &web_push_native::Auth::from(UA_AUTH))
+        .ok()
+        .and_then(|p| serde_json::from_slice(&p).ok())
+        .unwrap_or(Value::Null)
 }

@@ -311,6 +311,65 @@ pub struct ChatWebhookConfig {
     pub limits: Limits,
 }
 
+/// `fcm`: Firebase Cloud Messaging's HTTP v1 API, authorised with an
+/// OAuth2 token made from a service account (a signed JWT exchanged at its
+/// token endpoint; the token is cached until shortly before it expires).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The service account's JSON key (its content, or `secret:NAME`).
+    pub service_account: Credential,
+    /// Default: the service account's `project_id`.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default = "fcm_url")]
+    pub base_url: String,
+    /// Default: the service account's `token_uri`.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn fcm_url() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+/// `apns`: Apple Push Notification service over HTTP/2 with a token-based
+/// (ES256 JWT) provider key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    pub team_id: String,
+    pub key_id: String,
+    /// The `.p8` key's PEM (its content, or `secret:NAME`).
+    pub private_key: Credential,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// `https://api.sandbox.push.apple.com` for development builds.
+    #[serde(default = "apns_url")]
+    pub base_url: String,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn apns_url() -> String {
+    "https://api.push.apple.com".into()
+}
+
+/// `webpush`: Web Push to browsers (RFC 8030), payloads encrypted per
+/// RFC 8291 (aes128gcm), signed with VAPID (RFC 8292).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebpushConfig {
+    /// The VAPID private key: 32 bytes, base64url (or `secret:NAME`).
+    pub vapid_private_key: Credential,
+    /// Who to contact about these pushes: `mailto:…` or `https://…`.
+    pub subject: String,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
 /// One named provider.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -325,6 +384,9 @@ pub enum ProviderConfig {
     Slack(SlackConfig),
     Discord(ChatWebhookConfig),
     Teams(ChatWebhookConfig),
+    Fcm(FcmConfig),
+    Apns(ApnsConfig),
+    Webpush(WebpushConfig),
 }
 
 impl ProviderConfig {
@@ -340,6 +402,9 @@ impl ProviderConfig {
             ProviderConfig::Slack(_) => "slack",
             ProviderConfig::Discord(_) => "discord",
             ProviderConfig::Teams(_) => "teams",
+            ProviderConfig::Fcm(_) => "fcm",
+            ProviderConfig::Apns(_) => "apns",
+            ProviderConfig::Webpush(_) => "webpush",
         }
     }
 
@@ -354,6 +419,9 @@ impl ProviderConfig {
             ProviderConfig::Vonage(c) => &c.limits,
             ProviderConfig::Slack(c) => &c.limits,
             ProviderConfig::Discord(c) | ProviderConfig::Teams(c) => &c.limits,
+            ProviderConfig::Fcm(c) => &c.limits,
+            ProviderConfig::Apns(c) => &c.limits,
+            ProviderConfig::Webpush(c) => &c.limits,
         }
     }
 
@@ -395,6 +463,9 @@ impl ProviderConfig {
             ProviderConfig::Slack(c) => super::chat::slack::build(field, c, cx, timeout)?,
             ProviderConfig::Discord(c) => super::chat::discord::build(field, c, cx, timeout)?,
             ProviderConfig::Teams(c) => super::chat::teams::build(field, c, cx, timeout)?,
+            ProviderConfig::Fcm(c) => super::push::fcm::build(field, c, cx, timeout)?,
+            ProviderConfig::Apns(c) => super::push::apns::build(field, c, cx, timeout)?,
+            ProviderConfig::Webpush(c) => super::push::webpush::build(field, c, cx, timeout)?,
         })
     }
 }

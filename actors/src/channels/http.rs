@@ -67,6 +67,11 @@ pub(crate) async fn call(request: reqwest::RequestBuilder) -> Result<Answer, Sen
 }
 
 pub(crate) fn transport(e: reqwest::Error) -> SendError {
+    // A destination the egress guard refused (a workflow's address that
+    // resolves inside): no retry makes it allowed.
+    if let Some(refusal) = crate::egress::refusal_in(&e) {
+        return SendError::new(ErrorClass::Invalid, refusal.to_string());
+    }
     let e = e.without_url();
     let class = if e.is_timeout() {
         ErrorClass::Timeout

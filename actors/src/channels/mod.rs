@@ -364,6 +364,9 @@ pub struct Context {
     /// The cluster whose Redis shares the rate limits (in-process when
     /// there is none).
     pub cluster: Option<Arc<sojourn_cluster::Cluster>>,
+    /// Where addresses that come from workflows may go (a browser's push
+    /// endpoint): the same guard as `http.request`.
+    pub egress: crate::egress::EgressPolicy,
 }
 
 impl Channels {
