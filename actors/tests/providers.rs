@@ -1038,3 +1038,114 @@ async fn a_web_push_endpoint_inside_the_network_is_refused_by_the_egress_guard()
         "nothing reached it"
     );
 }
+
+#[tokio::test]
+async fn ses_and_sns_sign_their_requests_with_sigv4() {
+    let ses = Fake::ses("AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").await;
+    let sns = Fake::sns("AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").await;
+    let ch = channels(
+        json!({
+            "ses": {"kind": "ses", "region": "us-east-1", "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+                    "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "from": "news@shop.test",
+                    "configuration_set": "events", "endpoint": ses.url()},
+            "sns": {"kind": "sns", "region": "us-east-1", "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+                    "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "sender_id": "SHOP", "endpoint": sns.url()},
+            "ses-wrong": {"kind": "ses", "region": "us-east-1", "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+                    "secret_access_key": "not-the-secret-key", "from": "news@shop.test", "endpoint": ses.url()},
+        }),
+        json!({"email": {"providers": ["ses"]}, "sms": {"providers": ["sns"]}}),
+    );
+    let (out, d) = send(
+        &ch,
+        "email.send",
+        "exe_10/mail/1",
+        json!({"to": "ann@example.com", "subject": "Hi", "text": "t", "html": "<p>h</p>"}),
+    )
+    .await;
+    assert!(
+        matches!(out, ActionOutcome::Success { .. }),
+        "{out:?} {:?}",
+        ses.refused()
+    );
+    assert_eq!(d[0].status, "queued");
+    let r = &ses.accepted()[0];
+    assert_eq!(
+        r.body["EmailTags"][0],
+        json!({"Name": "sojourn_key", "Value": "exe_10-mail-1"})
+    );
+    assert_eq!(r.body["ConfigurationSetName"], "events");
+    use base64::Engine as _;
+    let mime = base64::engine::general_purpose::STANDARD
+        .decode(r.body["Content"]["Raw"]["Data"].as_str().expect("raw"))
+        .expect("base64");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&mime)
+        .expect("MIME");
+    assert_eq!(parsed.message_id(), Some("exe_10/mail/1@shop.test"));
+    let (out, _) = send(
+        &ch,
+        "email.send",
+        "exe_10/mail/2",
+        json!({"to": "bounce@example.com", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert_eq!(output(&out)["code"], "MessageRejected");
+    assert!(!failure(&out).1);
+    let (out, d) = send(
+        &ch,
+        "email.send",
+        "exe_10/mail/3",
+        json!({"to": "ann@example.com", "subject": "s", "text": "t", "provider": "ses-wrong"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "auth", "{out:?}");
+    assert!(!format!("{out:?}{d:?}").contains("not-the-secret-key"));
+    ses.script([
+        Answer::new(429, r#"{"message":"Maximum sending rate exceeded."}"#)
+            .header("x-amzn-ErrorType", "TooManyRequestsException"),
+    ]);
+    let (out, _) = send(
+        &ch,
+        "email.send",
+        "exe_10/mail/4",
+        json!({"to": "ann@example.com", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "rate_limited");
+
+    let (out, _) = send(
+        &ch,
+        "sms.send",
+        "exe_10/sms/1",
+        json!({"to": "+33612345678", "body": "Hi"}),
+    )
+    .await;
+    assert!(
+        matches!(out, ActionOutcome::Success { .. }),
+        "{out:?} {:?}",
+        sns.refused()
+    );
+    assert!(
+        output(&out)["message_id"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("sns-"))
+    );
+    let r = &sns.accepted()[0];
+    assert_eq!(
+        r.field("MessageAttributes.entry.1.Value.StringValue"),
+        "Transactional"
+    );
+    assert_eq!(
+        r.field("MessageAttributes.entry.2.Value.StringValue"),
+        "SHOP"
+    );
+    let (out, _) = send(
+        &ch,
+        "sms.send",
+        "exe_10/sms/2",
+        json!({"to": "+15005550001", "body": "Hi"}),
+    )
+    .await;
+    assert_eq!(output(&out)["class"], "invalid_recipient");
+    assert_eq!(output(&out)["code"], "InvalidParameter");
+}

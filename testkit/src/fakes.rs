@@ -34,6 +34,8 @@ pub struct Received {
     /// multipart form's fields (files as `{filename, content_type,
     /// content_base64}`).
     pub body: Value,
+    /// The body as received (empty for a multipart form).
+    pub raw: Bytes,
 }
 
 impl Received {
@@ -200,6 +202,18 @@ impl Fake {
         Fake::start("", push_service).await
     }
 
+    /// Amazon SES v2 `SendEmail`, checking the SigV4 signature made with
+    /// `"access_key_id:secret"` (region us-east-1).
+    pub async fn ses(key_and_secret: &str) -> Fake {
+        Fake::start(key_and_secret, ses).await
+    }
+
+    /// Amazon SNS `Publish` (the query API), checking SigV4 the same way;
+    /// +15005550001 is not a valid number.
+    pub async fn sns(key_and_secret: &str) -> Fake {
+        Fake::start(key_and_secret, sns).await
+    }
+
     /// The number of OAuth2 tokens this fake issued.
     pub fn tokens_issued(&self) -> u64 {
         self.lock()
@@ -243,6 +257,7 @@ async fn handle(State(s): State<Shared>, request: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let mut raw = Bytes::new();
     let body = if content_type.starts_with("multipart/form-data") {
         match axum::extract::Multipart::from_request(request, &()).await {
             Ok(mut m) => {
@@ -271,6 +286,7 @@ async fn handle(State(s): State<Shared>, request: Request) -> Response {
         let bytes = axum::body::to_bytes(request.into_body(), 16 * 1024 * 1024)
             .await
             .unwrap_or_default();
+        raw = bytes.clone();
         if content_type.starts_with("application/x-www-form-urlencoded") {
             form_fields(&bytes)
         } else if content_type.starts_with("application/octet-stream") {
@@ -286,6 +302,7 @@ async fn handle(State(s): State<Shared>, request: Request) -> Response {
         query: uri.query().unwrap_or("").to_owned(),
         headers,
         body,
+        raw,
     };
     let mut inner = s.inner.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(answer) = inner.script.pop_front() {
@@ -1012,4 +1029,183 @@ pub fn decrypted_push(r: &Received) -> Value {
         .ok()
         .and_then(|p| serde_json::from_slice(&p).ok())
         .unwrap_or(Value::Null)
+}
+
+/// Checks a request's AWS Signature Version 4 from first principles (the
+/// canonical request, the string to sign, the derived key), as AWS does:
+/// an independent check of what `aws-sigv4` made.
+fn sigv4(r: &Received, key_and_secret: &str, service: &str) -> Result<(), String> {
+    use hmac::{KeyInit, Mac};
+    use sha2::Digest;
+    let (access_key, secret) = key_and_secret
+        .split_once(':')
+        .unwrap_or((key_and_secret, ""));
+    let auth = r.header("authorization");
+    let rest = auth
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .ok_or("MissingAuthenticationToken")?;
+    let mut credential = "";
+    let mut signed_headers = "";
+    let mut signature = "";
+    for part in rest.split(',') {
+        let part = part.trim();
+        if let Some(v) = part.strip_prefix("Credential=") {
+            credential = v;
+        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+            signed_headers = v;
+        } else if let Some(v) = part.strip_prefix("Signature=") {
+            signature = v;
+        }
+    }
+    let scope: Vec<&str> = credential.split('/').collect();
+    if scope.len() != 5 || scope[0] != access_key {
+        return Err("InvalidClientTokenId".into());
+    }
+    if scope[2] != "us-east-1" || scope[3] != service || scope[4] != "aws4_request" {
+        return Err(format!("SignatureDoesNotMatch (scope {credential})"));
+    }
+    let amz_date = r.header("x-amz-date");
+    if !amz_date.starts_with(scope[1]) {
+        return Err("SignatureDoesNotMatch (date)".into());
+    }
+    let mut canonical_headers = String::new();
+    for name in signed_headers.split(';') {
+        canonical_headers.push_str(&format!("{name}:{}\n", r.header(name).trim()));
+    }
+    let mut query: Vec<&str> = r.query.split('&').filter(|q| !q.is_empty()).collect();
+    query.sort();
+    let canonical = format!(
+        "{}\n{}\n{}\n{}\n{}\n{}",
+        r.method,
+        r.path,
+        query.join("&"),
+        canonical_headers,
+        signed_headers,
+        hex::encode(sha2::Sha256::digest(&r.raw))
+    );
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{}/us-east-1/{service}/aws4_request\n{}",
+        scope[1],
+        hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+    );
+    let hmac = |key: &[u8], data: &[u8]| {
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key");
+        m.update(data);
+        m.finalize().into_bytes().to_vec()
+    };
+    let k = hmac(format!("AWS4{secret}").as_bytes(), scope[1].as_bytes());
+    let k = hmac(&k, b"us-east-1");
+    let k = hmac(&k, service.as_bytes());
+    let k = hmac(&k, b"aws4_request");
+    if hex::encode(hmac(&k, to_sign.as_bytes())) != signature {
+        return Err("SignatureDoesNotMatch".into());
+    }
+    if !signed_headers.split(';').any(|h| h == "host") {
+        return Err("SignatureDoesNotMatch (host is not signed)".into());
+    }
+    Ok(())
+}
+
+fn ses(key: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    let error = |status: u16, kind: &str, message: &str| {
+        Answer::new(status, json!({"message": message}).to_string())
+            .header("x-amzn-ErrorType", kind)
+    };
+    if r.method != "POST" || r.path != "/v2/email/outbound-emails" {
+        return Err(error(404, "NotFoundException", "Not found"));
+    }
+    if let Err(e) = sigv4(r, key, "ses") {
+        let kind = e
+            .split(' ')
+            .next()
+            .unwrap_or("SignatureDoesNotMatch")
+            .to_owned();
+        return Err(error(403, &kind, &e));
+    }
+    let Some(data) = r.body["Content"]["Raw"]["Data"].as_str() else {
+        return Err(error(400, "BadRequestException", "Content is required"));
+    };
+    let Ok(mime) = base64::engine::general_purpose::STANDARD.decode(data) else {
+        return Err(error(400, "BadRequestException", "Raw.Data must be base64"));
+    };
+    let mime = String::from_utf8_lossy(&mime);
+    if !mime.contains("\r\nTo: ") && !mime.starts_with("To: ") {
+        return Err(error(
+            400,
+            "BadRequestException",
+            "Missing required header 'To'.",
+        ));
+    }
+    if mime.contains("To: bounce@") {
+        return Err(error(
+            400,
+            "MessageRejected",
+            "Email address is not verified. The following identities failed the check: bounce@example.com",
+        ));
+    }
+    if let Some(tags) = r.body["EmailTags"].as_array() {
+        for t in tags {
+            let v = t["Value"].as_str().unwrap_or("");
+            if !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(error(400, "BadRequestException", "Invalid tag value"));
+            }
+        }
+    }
+    inner.counter += 1;
+    Ok(Answer::new(
+        200,
+        json!({"MessageId": format!("0100018c-{:08x}-ses", inner.counter)}).to_string(),
+    ))
+}
+
+fn sns(key: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    let error = |status: u16, code: &str, message: &str| {
+        Answer::new(
+            status,
+            format!(
+                "<ErrorResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>r-1</RequestId></ErrorResponse>"
+            ),
+        )
+    };
+    if let Err(e) = sigv4(r, key, "sns") {
+        let code = e
+            .split(' ')
+            .next()
+            .unwrap_or("SignatureDoesNotMatch")
+            .to_owned();
+        return Err(error(403, &code, &e));
+    }
+    if r.field("Action") != "Publish" || r.field("Version") != "2010-03-31" {
+        return Err(error(
+            400,
+            "InvalidAction",
+            "The action or operation requested is invalid.",
+        ));
+    }
+    let phone = r.field("PhoneNumber");
+    if phone == "+15005550001" || !phone.starts_with('+') {
+        return Err(error(
+            400,
+            "InvalidParameter",
+            &format!("Invalid parameter: PhoneNumber Reason: {phone} is not valid to publish to"),
+        ));
+    }
+    if r.field("Message").is_empty() {
+        return Err(error(
+            400,
+            "InvalidParameter",
+            "Invalid parameter: Empty message",
+        ));
+    }
+    inner.counter += 1;
+    Ok(Answer::new(
+        200,
+        format!(
+            "<PublishResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult><MessageId>sns-{:08x}</MessageId></PublishResult><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></PublishResponse>",
+            inner.counter
+        ),
+    ))
 }

@@ -241,6 +241,45 @@ fn mailgun_url() -> String {
     "https://api.mailgun.net".into()
 }
 
+/// `ses`: Amazon SES v2 (`SendEmail`, the raw MIME message), signed with
+/// SigV4.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SesConfig {
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Credential,
+    pub from: String,
+    /// Events (deliveries, bounces) go where this configuration set says.
+    #[serde(default)]
+    pub configuration_set: Option<String>,
+    /// Default: `https://email.<region>.amazonaws.com`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `sns`: Amazon SNS `Publish` to a phone number, signed with SigV4.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnsConfig {
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Credential,
+    /// `Transactional` (default) or `Promotional`.
+    #[serde(default)]
+    pub sms_type: Option<String>,
+    /// Where sender ids are supported.
+    #[serde(default)]
+    pub sender_id: Option<String>,
+    /// Default: `https://sns.<region>.amazonaws.com`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
 /// `twilio`: Twilio's Messages API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -379,7 +418,9 @@ pub enum ProviderConfig {
     Smtp(SmtpConfig),
     Sendgrid(SendgridConfig),
     Mailgun(MailgunConfig),
+    Ses(SesConfig),
     Twilio(TwilioConfig),
+    Sns(SnsConfig),
     Vonage(VonageConfig),
     Slack(SlackConfig),
     Discord(ChatWebhookConfig),
@@ -397,6 +438,8 @@ impl ProviderConfig {
             ProviderConfig::Smtp(_) => "smtp",
             ProviderConfig::Sendgrid(_) => "sendgrid",
             ProviderConfig::Mailgun(_) => "mailgun",
+            ProviderConfig::Ses(_) => "ses",
+            ProviderConfig::Sns(_) => "sns",
             ProviderConfig::Twilio(_) => "twilio",
             ProviderConfig::Vonage(_) => "vonage",
             ProviderConfig::Slack(_) => "slack",
@@ -415,6 +458,8 @@ impl ProviderConfig {
             ProviderConfig::Smtp(c) => &c.limits,
             ProviderConfig::Sendgrid(c) => &c.limits,
             ProviderConfig::Mailgun(c) => &c.limits,
+            ProviderConfig::Ses(c) => &c.limits,
+            ProviderConfig::Sns(c) => &c.limits,
             ProviderConfig::Twilio(c) => &c.limits,
             ProviderConfig::Vonage(c) => &c.limits,
             ProviderConfig::Slack(c) => &c.limits,
@@ -458,6 +503,8 @@ impl ProviderConfig {
             ProviderConfig::Smtp(c) => super::email::smtp::build(field, c, cx)?,
             ProviderConfig::Sendgrid(c) => super::email::sendgrid::build(field, c, cx, timeout)?,
             ProviderConfig::Mailgun(c) => super::email::mailgun::build(field, c, cx, timeout)?,
+            ProviderConfig::Ses(c) => super::email::ses::build(field, c, cx, timeout)?,
+            ProviderConfig::Sns(c) => super::sms::sns::build(field, c, cx, timeout)?,
             ProviderConfig::Twilio(c) => super::sms::twilio::build(field, c, cx, timeout)?,
             ProviderConfig::Vonage(c) => super::sms::vonage::build(field, c, cx, timeout)?,
             ProviderConfig::Slack(c) => super::chat::slack::build(field, c, cx, timeout)?,

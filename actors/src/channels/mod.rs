@@ -18,6 +18,7 @@
 //! same idempotency key. Each provider tried leaves a [`Delivery`] for the
 //! delivery log.
 
+mod aws;
 pub mod config;
 mod http;
 pub mod message;

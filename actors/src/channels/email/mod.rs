@@ -3,6 +3,7 @@
 
 pub(crate) mod mailgun;
 pub(crate) mod sendgrid;
+pub(crate) mod ses;
 pub(crate) mod smtp;
 
 use super::message::{Attachment, AttachmentRef};

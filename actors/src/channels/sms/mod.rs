@@ -1,5 +1,6 @@
 //! SMS providers.
 
+pub(crate) mod sns;
 pub(crate) mod twilio;
 pub(crate) mod vonage;
 
