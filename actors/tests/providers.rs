@@ -1149,3 +1149,61 @@ async fn ses_and_sns_sign_their_requests_with_sigv4() {
     assert_eq!(output(&out)["class"], "invalid_recipient");
     assert_eq!(output(&out)["code"], "InvalidParameter");
 }
+
+/// Two workers (each its own Redis connection, as two processes have)
+/// sharing one provider's limit: together they never exceed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_workers_sharing_redis() {
+    let sink = sojourn_testkit::Sink::start().await;
+    let name = format!("limited-{}", uuid::Uuid::now_v7().simple());
+    let per_second = 20.0;
+    let make = |n: u32| {
+        let cluster = sojourn_actors::Cluster::redis(
+            "redis://127.0.0.1:6379",
+            format!("worker-{n}"),
+            std::time::Duration::from_secs(5),
+        )
+        .expect("redis");
+        let providers: BTreeMap<String, ProviderConfig> = serde_json::from_value(json!({
+            name.clone(): {"kind": "webhook", "url": format!("{}/send", sink.url()),
+                           "limits": {"per_second": per_second, "burst": 1}}
+        }))
+        .expect("config");
+        Channels::build(
+            &providers,
+            &BTreeMap::new(),
+            &Context {
+                secrets: sojourn_actors::Secrets::default(),
+                cluster: Some(std::sync::Arc::new(cluster)),
+                egress: EgressPolicy::allowing_loopback(),
+            },
+        )
+        .expect("builds")
+    };
+    let workers = [std::sync::Arc::new(make(1)), std::sync::Arc::new(make(2))];
+    let started = std::time::Instant::now();
+    let window = std::time::Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    for (w, ch) in workers.iter().enumerate() {
+        for t in 0..4 {
+            let ch = ch.clone();
+            let name = name.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0;
+                while started.elapsed() < window {
+                    let (out, _) = send(&ch, "chat.send", &format!("k/{w}/{t}/{n}"), json!({"text": "x", "provider": name})).await;
+                    assert!(matches!(out, ActionOutcome::Success { .. }), "{out:?}");
+                    n += 1;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let sent = sink.count() as f64;
+    let ceiling = per_second * elapsed + 2.0;
+    assert!(sent <= ceiling, "{sent} sends in {elapsed:.2}s exceed {per_second}/s (at most {ceiling:.0})");
+    assert!(sent >= per_second * 2.0 * 0.5, "{sent} sends in {elapsed:.2}s: the limit starves the workers");
+}
