@@ -1191,7 +1191,13 @@ async fn a_rate_limit_holds_across_workers_sharing_redis() {
             tasks.push(tokio::spawn(async move {
                 let mut n = 0;
                 while started.elapsed() < window {
-                    let (out, _) = send(&ch, "chat.send", &format!("k/{w}/{t}/{n}"), json!({"text": "x", "provider": name})).await;
+                    let (out, _) = send(
+                        &ch,
+                        "chat.send",
+                        &format!("k/{w}/{t}/{n}"),
+                        json!({"text": "x", "provider": name}),
+                    )
+                    .await;
                     assert!(matches!(out, ActionOutcome::Success { .. }), "{out:?}");
                     n += 1;
                 }
@@ -1204,6 +1210,12 @@ async fn a_rate_limit_holds_across_workers_sharing_redis() {
     let elapsed = started.elapsed().as_secs_f64();
     let sent = sink.count() as f64;
     let ceiling = per_second * elapsed + 2.0;
-    assert!(sent <= ceiling, "{sent} sends in {elapsed:.2}s exceed {per_second}/s (at most {ceiling:.0})");
-    assert!(sent >= per_second * 2.0 * 0.5, "{sent} sends in {elapsed:.2}s: the limit starves the workers");
+    assert!(
+        sent <= ceiling,
+        "{sent} sends in {elapsed:.2}s exceed {per_second}/s (at most {ceiling:.0})"
+    );
+    assert!(
+        sent >= per_second * 2.0 * 0.5,
+        "{sent} sends in {elapsed:.2}s: the limit starves the workers"
+    );
 }

@@ -2977,6 +2977,7 @@ async fn malformed_bodies_are_refused_and_write_nothing() {
         ("version", "1".to_owned()),
         ("key", "key_garbage".to_owned()),
         ("node", "node_garbage".to_owned()),
+        ("provider", "log".to_owned()),
     ]
     .into_iter()
     .collect();

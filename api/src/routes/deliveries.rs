@@ -259,7 +259,7 @@ pub(crate) async fn report<S: Store>(
     crate::extract::Path(provider): crate::extract::Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> ApiResult<axum::Json<ReportOut>> {
     use axum::http::StatusCode;
     use sojourn_actors::channels::{Report, ReportError};
