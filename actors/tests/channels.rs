@@ -234,3 +234,144 @@ async fn kafka_publish_reaches_an_event_trigger_in_process() {
     engine.shutdown().await;
     fresh.cleanup(None).await;
 }
+
+/// One journey, one message on every channel, each through its real
+/// provider's API (local fakes): through Kafka to the channel workers and
+/// back. A refused SMS takes the node's failure branch at once, with its
+/// class in the output; every send is in the delivery log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journey_sends_on_every_channel_through_kafka_and_the_real_providers() {
+    use sojourn_testkit::fakes::{self, Fake};
+    let kafka = PrivateKafka::start();
+    let sendgrid = Fake::sendgrid("SG.key").await;
+    let twilio = Fake::twilio("AC0123456789abcdef0123456789abcdef:tw-token").await;
+    let fcm = Fake::fcm().await;
+    let slack = Fake::slack("xoxb-bot").await;
+    let providers = serde_json::from_value(json!({
+        "mail": {"kind": "sendgrid", "api_key": "SG.key", "from": "news@shop.test", "base_url": sendgrid.url()},
+        "sms": {"kind": "twilio", "account_sid": "AC0123456789abcdef0123456789abcdef", "auth_token": "tw-token",
+                "from": "+15005550006", "base_url": twilio.url()},
+        "push": {"kind": "fcm", "service_account": fakes::fcm_service_account(&fcm.url()).to_string(), "base_url": fcm.url()},
+        "chat": {"kind": "slack", "bot_token": "xoxb-bot", "base_url": slack.url()},
+    }))
+    .expect("providers");
+    let channels = serde_json::from_value(json!({
+        "email": {"providers": ["mail"]}, "sms": {"providers": ["sms"]},
+        "push": {"providers": ["push"]}, "chat": {"providers": ["chat"]},
+    }))
+    .expect("channels");
+    let (store, fresh) = pg_store().await;
+    let engine = Engine::start(
+        store.clone(),
+        Config {
+            egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
+            kafka_brokers: vec![kafka.brokers()],
+            outbox_poll: Duration::from_millis(100),
+            providers,
+            channels,
+            ..Config::default()
+        },
+    )
+    .await
+    .expect("engine");
+    let journey = Workflow::from_value(json!({
+        "key": "everywhere",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "mail", "type": "action", "config": {"action": "email.send", "inputs": {
+                "to": "{{ input.email }}", "subject": "Hi {{ input.name }}", "text": "Hello", "html": "<p>Hello</p>"}}},
+            {"id": "text", "type": "action", "config": {"action": "sms.send", "inputs": {
+                "to": "{{ input.phone }}", "body": "Hi {{ input.name }}"}}},
+            {"id": "push", "type": "action", "config": {"action": "push.send", "inputs": {
+                "to": "{{ input.device }}", "title": "Hi", "body": "Hello {{ input.name }}"}}},
+            {"id": "chat", "type": "action", "config": {"action": "chat.send", "inputs": {
+                "channel": "#signups", "text": "{{ input.name }} signed up"}}},
+            {"id": "done", "type": "exit", "config": {"outcome": "sent"}},
+        ],
+        "edges": [
+            {"from": "start", "to": "mail"},
+            {"from": "mail", "to": "text", "branch": "success"},
+            {"from": "text", "to": "push", "branch": "success"},
+            {"from": "text", "to": "push", "branch": "failure"},
+            {"from": "push", "to": "chat", "branch": "success"},
+            {"from": "chat", "to": "done", "branch": "success"},
+        ]
+    }))
+    .expect("workflow");
+    engine.deploy(&journey).await.expect("deploy");
+    let mut ids = Vec::new();
+    for (name, phone) in [("Ann", "+33612345678"), ("Bob", "+15005550001")] {
+        let started = engine
+            .start_execution(StartRequest {
+                namespace: None,
+                workflow: "everywhere".into(),
+                version: None,
+                input: json!({"email": format!("{}@example.com", name.to_lowercase()), "name": name,
+                              "phone": phone, "device": format!("device-{name}")}),
+                subject: None,
+                timezone: None,
+                idempotency_key: None,
+            })
+            .await
+            .expect("start");
+        ids.push(started.id);
+    }
+    for id in &ids {
+        let rec = wait_for(&engine, id, Status::Completed).await;
+        assert_eq!(rec.snapshot.outcome.as_deref(), Some("sent"));
+    }
+    let ann = engine
+        .execution(&ids[0])
+        .await
+        .expect("load")
+        .expect("found");
+    let out =
+        |node: &str| ann.snapshot.nodes[&sojourn_runtime::NodeId::from(node)]["output"].clone();
+    assert_eq!(out("mail")["provider"], "mail");
+    assert!(
+        out("text")["message_id"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("SM"))
+    );
+    assert!(
+        out("push")["message_id"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("projects/"))
+    );
+    assert_eq!(out("chat")["status"], "sent");
+    // Bob's number is not one: the failure branch, at once, the class recorded.
+    let bob = engine
+        .execution(&ids[1])
+        .await
+        .expect("load")
+        .expect("found");
+    let text = &bob.snapshot.nodes[&sojourn_runtime::NodeId::from("text")];
+    assert_eq!(text["class"], "invalid_recipient", "{text}");
+    assert_eq!(text["attempt"], 1, "a permanent refusal is not retried");
+    assert_eq!(sendgrid.accepted().len(), 2);
+    assert_eq!(twilio.accepted().len(), 1);
+    assert_eq!(
+        fcm.accepted()
+            .iter()
+            .filter(|r| r.path.ends_with(":send"))
+            .count(),
+        2
+    );
+    assert_eq!(slack.accepted().len(), 2);
+    use sojourn_persistence::DeliveryStore;
+    let log = store
+        .list_deliveries(&sojourn_persistence::DeliveryQuery {
+            namespace: "default".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("deliveries");
+    assert_eq!(log.len(), 8, "{log:#?}");
+    let failed: Vec<_> = log.iter().filter(|d| d.status == "failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error_class.as_deref(), Some("invalid_recipient"));
+    assert_eq!(failed[0].recipient, "+15005550001");
+    engine.shutdown().await;
+    fresh.cleanup(Some(&store)).await;
+}
