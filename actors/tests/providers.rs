@@ -165,6 +165,21 @@ async fn smtp_sends_a_multipart_message_with_its_attachment_and_classes_replies(
         Some(("application", Some("pdf")))
     );
 
+    // Connections are reused: five more messages, no new connection.
+    let before = sink.connections();
+    for n in 0..5 {
+        let (out, _) = send(
+            &ch,
+            "email.send",
+            &format!("exe_1/more/{n}"),
+            json!({"to": "ann@example.com", "subject": "x", "text": "x"}),
+        )
+        .await;
+        assert!(matches!(out, ActionOutcome::Success { .. }), "{out:?}");
+    }
+    assert_eq!(sink.connections(), before, "the pool reuses its connection");
+    assert_eq!(sink.mails().len(), 6);
+
     // A refused recipient is permanent, with the reply's code.
     let (out, deliveries) = send(
         &ch,

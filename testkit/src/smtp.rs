@@ -94,6 +94,9 @@ impl SmtpSink {
 
     async fn session(&self, stream: tokio::net::TcpStream) -> std::io::Result<()> {
         self.lock().connections += 1;
+        // Replies go out at once (as a real server's do), not after a
+        // delayed ACK.
+        let _ = stream.set_nodelay(true);
         let (read, mut write) = stream.into_split();
         let mut lines = BufReader::new(read);
         write.write_all(b"220 sink.test ESMTP ready\r\n").await?;

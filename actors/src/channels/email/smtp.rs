@@ -1,5 +1,6 @@
 //! `smtp`: any SMTP server through lettre — STARTTLS (required) or implicit
-//! TLS, AUTH when a username is set, a pool of open connections. The
+//! TLS, AUTH when a username is set, a pool of open connections (ours: see
+//! [`Pool`]). The
 //! attempt's idempotency key is the message's `Message-ID`
 //! (`<execution/node/attempt@sender-domain>`), so a re-send after a crash
 //! carries the same id and a receiver or the relay can recognise it.
@@ -9,9 +10,9 @@
 
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment as LettreAttachment, Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use secrecy::ExposeSecret;
 
 use super::super::config::{SmtpConfig, SmtpTls};
@@ -22,11 +23,7 @@ use super::super::{
 };
 
 pub(crate) struct SmtpProvider {
-    /// Made on the first send: a pooled transport spawns its pool's task
-    /// when made and when dropped, which needs a runtime (the settings are
-    /// checked, and providers built, before one may run).
-    builder: lettre::transport::smtp::AsyncSmtpTransportBuilder,
-    transport: std::sync::OnceLock<AsyncSmtpTransport<Tokio1Executor>>,
+    pool: Pool,
     from: Mailbox,
 }
 
@@ -34,7 +31,109 @@ impl std::fmt::Debug for SmtpProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmtpProvider")
             .field("from", &self.from)
+            .field("host", &self.pool.host)
+            .field("port", &self.pool.port)
             .finish_non_exhaustive()
+    }
+}
+
+/// Open connections to one server, `size` at most, reused while they
+/// last. Ours rather than lettre's pooled transport: lettre (0.11.23)
+/// leaves Nagle's algorithm on, and ends each message with a separate
+/// five-byte write, which then waits for the server's delayed ACK — 40 ms
+/// a message on Linux (lettre#1159, merged upstream, not yet released).
+/// Our sockets set `TCP_NODELAY` and are handed to lettre's connection
+/// (`connect_with_transport`), which speaks SMTP, STARTTLS and AUTH. With
+/// implicit TLS lettre must make the socket itself, so that mode keeps the
+/// stall until lettre's release.
+struct Pool {
+    host: String,
+    port: u16,
+    tls: SmtpTls,
+    credentials: Option<Credentials>,
+    connect_timeout: std::time::Duration,
+    idle: std::sync::Mutex<Vec<(AsyncSmtpConnection, std::time::Instant)>>,
+    slots: tokio::sync::Semaphore,
+}
+
+/// An idle connection older than this is checked (NOOP) before reuse.
+const CHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl Pool {
+    async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let hello = ClientId::default();
+        let tls = || TlsParameters::new(self.host.clone());
+        let plain = || async {
+            let tcp = tokio::time::timeout(
+                self.connect_timeout,
+                tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+            )
+            .await
+            .map_err(|_| Failure::Timeout)?
+            .map_err(Failure::Connect)?;
+            tcp.set_nodelay(true).map_err(Failure::Connect)?;
+            Ok::<_, Failure>(
+                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello).await?,
+            )
+        };
+        let mut conn = match self.tls {
+            SmtpTls::None => plain().await?,
+            SmtpTls::Starttls => {
+                let mut c = plain().await?;
+                c.starttls(tls()?, &hello).await?;
+                c
+            }
+            SmtpTls::Implicit => {
+                AsyncSmtpConnection::connect_tokio1(
+                    (self.host.as_str(), self.port),
+                    Some(self.connect_timeout),
+                    &hello,
+                    Some(tls()?),
+                    None,
+                )
+                .await?
+            }
+        };
+        if let Some(credentials) = &self.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    async fn send(
+        &self,
+        envelope: &lettre::address::Envelope,
+        message: &[u8],
+    ) -> Result<(), Failure> {
+        let _slot = self.slots.acquire().await;
+        let mut conn = loop {
+            let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match taken {
+                Some((mut c, at)) if !c.has_broken() => {
+                    if at.elapsed() < CHECK_AFTER || c.test_connected().await {
+                        break c;
+                    }
+                }
+                Some(_) => {}
+                None => break self.connect().await?,
+            }
+        };
+        match conn.send(envelope, message).await {
+            Ok(_) => {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((conn, std::time::Instant::now()));
+                Ok(())
+            }
+            Err(e) => {
+                // The session's state is unknown after a refusal: a new
+                // connection for the next message.
+                conn.abort().await;
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -46,34 +145,22 @@ pub(crate) fn build(field: &str, c: &SmtpConfig, cx: &Context) -> Result<Built, 
     if c.host.trim().is_empty() {
         return Err(ConfigError::new(format!("{field}.host"), "required"));
     }
-    let tls_error = |e: lettre::transport::smtp::Error| {
-        ConfigError::new(format!("{field}.host"), e.to_string())
-    };
-    let builder = match c.tls {
-        SmtpTls::Starttls => {
-            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host).map_err(tls_error)?
-        }
-        SmtpTls::Implicit => {
-            AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host).map_err(tls_error)?
-        }
-        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host),
-    };
     let port = c.port.unwrap_or(match c.tls {
         SmtpTls::Starttls => 587,
         SmtpTls::Implicit => 465,
         SmtpTls::None => 25,
     });
-    let mut builder = builder
-        .port(port)
-        .timeout(Some(std::time::Duration::from_millis(c.limits.timeout_ms)))
-        .pool_config(PoolConfig::new().max_size(c.pool_size.max(1)));
-    match (&c.username, &c.password) {
+    if c.tls != SmtpTls::None {
+        TlsParameters::new(c.host.clone())
+            .map_err(|e| ConfigError::new(format!("{field}.host"), e.to_string()))?;
+    }
+    let credentials = match (&c.username, &c.password) {
         (Some(user), Some(password)) => {
             let password = password.resolve(&format!("{field}.password"), cx)?;
-            builder = builder.credentials(Credentials::new(
+            Some(Credentials::new(
                 user.clone(),
                 password.expose_secret().to_owned(),
-            ));
+            ))
         }
         (Some(_), None) => {
             return Err(ConfigError::new(
@@ -87,13 +174,21 @@ pub(crate) fn build(field: &str, c: &SmtpConfig, cx: &Context) -> Result<Built, 
                 "required with a password",
             ));
         }
-        (None, None) => {}
-    }
+        (None, None) => None,
+    };
+    let size = c.pool_size.clamp(1, 1_000) as usize;
     Ok(Built::one(
         Channel::Email,
         SmtpProvider {
-            builder,
-            transport: std::sync::OnceLock::new(),
+            pool: Pool {
+                host: c.host.clone(),
+                port,
+                tls: c.tls,
+                credentials,
+                connect_timeout: std::time::Duration::from_millis(c.limits.timeout_ms.min(30_000)),
+                idle: std::sync::Mutex::new(Vec::with_capacity(size)),
+                slots: tokio::sync::Semaphore::new(size),
+            },
             from,
         },
     ))
@@ -159,8 +254,39 @@ pub(crate) fn mime(
         .map_err(|err| invalid(format!("the message: {err}")))
 }
 
-/// An SMTP failure, classed.
-fn classify(e: lettre::transport::smtp::Error) -> SendError {
+/// Why a send through the pool failed.
+#[derive(Debug)]
+enum Failure {
+    /// No connection within the timeout.
+    Timeout,
+    Connect(std::io::Error),
+    /// What lettre says: a reply, TLS, the network.
+    Smtp(lettre::transport::smtp::Error),
+}
+
+impl From<lettre::transport::smtp::Error> for Failure {
+    fn from(e: lettre::transport::smtp::Error) -> Self {
+        Failure::Smtp(e)
+    }
+}
+
+/// A send's failure, classed.
+fn classify(f: Failure) -> SendError {
+    let e = match f {
+        Failure::Timeout => {
+            return SendError::new(
+                ErrorClass::Timeout,
+                "connecting to the SMTP server timed out",
+            );
+        }
+        Failure::Connect(e) => {
+            return SendError::new(
+                ErrorClass::Unavailable,
+                format!("connecting to the SMTP server: {e}"),
+            );
+        }
+        Failure::Smtp(e) => e,
+    };
     let code = e.status().map(|c| c.to_string());
     let class = if e.is_timeout() {
         ErrorClass::Timeout
@@ -202,8 +328,10 @@ impl Provider for SmtpProvider {
                 .headers()
                 .get_raw("Message-ID")
                 .map(|v| v.trim().to_owned());
-            let transport = self.transport.get_or_init(|| self.builder.clone().build());
-            transport.send(message).await.map_err(classify)?;
+            self.pool
+                .send(message.envelope(), &message.formatted())
+                .await
+                .map_err(classify)?;
             Ok(Sent {
                 message_id: id,
                 status: SentStatus::Sent,
