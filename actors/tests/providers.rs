@@ -229,7 +229,7 @@ async fn smtp_sends_a_multipart_message_with_its_attachment_and_classes_replies(
         !format!("{wrong:?}").contains("not-the-pass"),
         "Debug shows no credential"
     );
-    assert_eq!(sink.mails().len(), 1);
+    assert_eq!(sink.mails().len(), 6);
 }
 
 #[tokio::test]
@@ -332,12 +332,12 @@ async fn a_retryable_failure_or_a_full_rate_limit_moves_the_attempt_to_the_next_
     let ch = channels(
         json!({
             "sg": {"kind": "sendgrid", "api_key": "SG.k", "from": "news@shop.test", "base_url": sg.url(),
-                   "limits": {"per_second": 0.001, "burst": 2}},
+                   "limits": {"per_second": 0.001, "burst": 4}},
             "mg": {"kind": "mailgun", "domain": "mg.shop.test", "api_key": "mg-key", "from": "news@shop.test", "base_url": mg.url()},
         }),
         json!({"email": {"providers": ["sg", "mg"]}}),
     );
-    sg.script([Answer::new(502, "Bad Gateway")]);
+    sg.script([Answer::new(503, "Service Unavailable")]);
     let (out, deliveries) = send(
         &ch,
         "email.send",
@@ -369,6 +369,38 @@ async fn a_retryable_failure_or_a_full_rate_limit_moves_the_attempt_to_the_next_
     assert_eq!(m.field("from"), "news@shop.test");
     assert_eq!(m.field("html"), "<p>h</p>");
 
+    // A 502 may have been taken: not sent again elsewhere (the node's retry
+    // policy decides), lest it go twice.
+    sg.script([Answer::new(502, "Bad Gateway")]);
+    let (out, deliveries) = send(
+        &ch,
+        "email.send",
+        "exe_3/mail/1b",
+        json!({"to": "ann@example.com", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert!(failure(&out).1, "retryable");
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "no failover after a 502: {deliveries:?}"
+    );
+    // Credentials refused: the provider's fault, not the message's, and
+    // nothing was taken: the next provider sends it.
+    sg.script([Answer::new(
+        401,
+        r#"{"errors":[{"message":"bad key","field":null,"help":null}]}"#,
+    )]);
+    let (out, deliveries) = send(
+        &ch,
+        "email.send",
+        "exe_3/mail/1c",
+        json!({"to": "ann@example.com", "subject": "s", "text": "t"}),
+    )
+    .await;
+    assert_eq!(output(&out)["provider"], "mg", "{out:?}");
+    assert_eq!(deliveries.len(), 2);
+
     // A permanent refusal does not fail over: another provider would refuse it too.
     let (out, deliveries) = send(
         &ch,
@@ -380,7 +412,7 @@ async fn a_retryable_failure_or_a_full_rate_limit_moves_the_attempt_to_the_next_
     assert_eq!(output(&out)["class"], "invalid_recipient");
     assert_eq!(deliveries.len(), 1);
 
-    // The burst of 2 is spent: the next send goes to mailgun without asking sendgrid.
+    // The burst of 4 is spent: the next send goes to mailgun without asking sendgrid.
     let before = sg.accepted().len() + sg.refused().len();
     let (out, deliveries) = send(
         &ch,
@@ -568,7 +600,7 @@ async fn slack_discord_and_teams_post_chat_messages() {
     assert_eq!(output(&out)["class"], "invalid_recipient");
     assert_eq!(output(&out)["code"], "channel_not_found");
 
-    // Discord drops a re-send of the same attempt (the nonce), answering the same message.
+    // Discord's webhook answers the message it posted.
     let (a, _) = send(
         &ch,
         "chat.send",
@@ -588,7 +620,7 @@ async fn slack_discord_and_teams_post_chat_messages() {
         "{a:?} {:?}",
         discord.refused()
     );
-    assert_eq!(output(&a)["message_id"], output(&b)["message_id"]);
+    assert!(output(&a)["message_id"].is_string() && output(&b)["message_id"].is_string());
     assert_eq!(discord.accepted()[0].query, "wait=true");
     discord.script([Answer::new(
         429,
@@ -764,6 +796,21 @@ fn sendgrid_reports_are_taken_only_with_a_valid_fresh_signature() {
         .verify_report("sg", &report("", &h, body.as_bytes()))
         .expect("verified");
     assert_eq!(v.receipt, again.receipt);
+    // The same events signed at another time (a provider's retry) are
+    // another receipt; statuses only move up, so applying them twice is
+    // harmless.
+    let later = (chrono::Utc::now().timestamp() - 60).to_string();
+    let h2 = headers(&[
+        (
+            "X-Twilio-Email-Event-Webhook-Signature",
+            sign(&later, &body),
+        ),
+        ("X-Twilio-Email-Event-Webhook-Timestamp", later),
+    ]);
+    let retried = ch
+        .verify_report("sg", &report("", &h2, body.as_bytes()))
+        .expect("verified");
+    assert_ne!(v.receipt, retried.receipt);
 
     use sojourn_actors::channels::ReportError;
     let tampered = body.replace("delivered", "bounce");
@@ -771,7 +818,7 @@ fn sendgrid_reports_are_taken_only_with_a_valid_fresh_signature() {
         ch.verify_report("sg", &report("", &h, tampered.as_bytes())),
         Err(ReportError::Forged(_))
     ));
-    let old = (chrono::Utc::now().timestamp() - 3_600).to_string();
+    let old = (chrono::Utc::now().timestamp() - 2 * 86_400).to_string();
     let stale = headers(&[
         ("X-Twilio-Email-Event-Webhook-Signature", sign(&old, &body)),
         ("X-Twilio-Email-Event-Webhook-Timestamp", old),
@@ -831,7 +878,7 @@ fn mailgun_and_twilio_reports_are_checked_against_their_keys() {
         ch.verify_report("mg", &report("", &none, forged.as_bytes())),
         Err(ReportError::Forged(_))
     ));
-    let old = (chrono::Utc::now().timestamp() - 900).to_string();
+    let old = (chrono::Utc::now().timestamp() - 2 * 86_400).to_string();
     let stale = mg_body(&old, "tok-3", "mg-signing", "delivered");
     assert!(matches!(
         ch.verify_report("mg", &report("", &none, stale.as_bytes())),
@@ -864,7 +911,21 @@ fn mailgun_and_twilio_reports_are_checked_against_their_keys() {
         (v.updates[0].message_id.as_str(), v.updates[0].status),
         ("SM0001", "delivered")
     );
-    assert_eq!(v.receipt, "itok-1");
+    assert_ne!(
+        v.receipt, "itok-1",
+        "the unsigned header is not the receipt"
+    );
+    let h_other = headers(&[
+        ("X-Twilio-Signature", signature.clone()),
+        ("I-Twilio-Idempotency-Token", "itok-2".into()),
+    ]);
+    let replay = ch
+        .verify_report("tw", &report(query, &h_other, form.as_bytes()))
+        .expect("verified");
+    assert_eq!(
+        replay.receipt, v.receipt,
+        "a replay under another header is the same receipt"
+    );
     let other_query = "key=exe_2%2Fsms%2F1";
     assert!(matches!(
         ch.verify_report("tw", &report(other_query, &h, form.as_bytes())),
@@ -1048,6 +1109,11 @@ async fn a_web_push_endpoint_inside_the_network_is_refused_by_the_egress_guard()
     .await;
     let (error, retryable, _) = failure(&out);
     assert!(!retryable, "{error}");
+    assert_eq!(output(&out)["class"], "invalid", "{error}");
+    assert!(
+        error.contains("127.0.0.1") || error.contains("loopback"),
+        "the guard's refusal: {error}"
+    );
     assert!(
         push.accepted().is_empty() && push.refused().is_empty(),
         "nothing reached it"
@@ -1233,4 +1299,61 @@ async fn a_rate_limit_holds_across_workers_sharing_redis() {
         sent >= per_second * 2.0 * 0.5,
         "{sent} sends in {elapsed:.2}s: the limit starves the workers"
     );
+}
+
+/// Twilio's own documented example (its API snippets): the auth token
+/// `12345`, this URL and these parameters sign as
+/// `GvWf1cFY/Q7PnoempGyD5oXAezc=`.
+#[test]
+fn twilio_signatures_verify_against_twilios_published_example() {
+    let ch = channels(
+        json!({"tw": {"kind": "twilio", "account_sid": "AC1", "auth_token": "12345", "from": "+15005550006",
+                      "status_callback": "https://mycompany.com/myapp.php"}}),
+        json!({}),
+    );
+    let form = "CallSid=CA1234567890ABCDE&Caller=%2B14158675310&Digits=1234&From=%2B14158675310&To=%2B18005551212";
+    let h = headers(&[("X-Twilio-Signature", "GvWf1cFY/Q7PnoempGyD5oXAezc=".into())]);
+    let v = ch
+        .verify_report("tw", &report("foo=1&bar=2", &h, form.as_bytes()))
+        .expect("Twilio's example verifies");
+    assert!(
+        v.updates.is_empty(),
+        "a call's parameters, no message status"
+    );
+    // The same parameters in another order and encoding: the same receipt.
+    let reordered = "To=%2b18005551212&From=%2B14158675310&Digits=1234&Caller=%2B14158675310&CallSid=CA1234567890ABCDE";
+    let again = ch
+        .verify_report("tw", &report("foo=1&bar=2", &h, reordered.as_bytes()))
+        .expect("verifies");
+    assert_eq!(
+        v.receipt, again.receipt,
+        "a replay is known whatever its encoding"
+    );
+}
+
+#[test]
+fn mailgun_receipts_are_kept_per_signing_key_and_sendgrid_per_signature() {
+    let ch = channels(
+        json!({
+            "mg-a": {"kind": "mailgun", "domain": "a.test", "api_key": "k", "from": "a@b.test", "webhook_signing_key": "account-key"},
+            "mg-b": {"kind": "mailgun", "domain": "b.test", "api_key": "k", "from": "a@b.test", "webhook_signing_key": "account-key"},
+        }),
+        json!({}),
+    );
+    let body =
+        sojourn_testkit::fakes::mailgun_report("account-key", "tok-9", "delivered", "m1@a.test")
+            .to_string();
+    let none = headers(&[]);
+    let a = ch
+        .verify_report("mg-a", &report("", &none, body.as_bytes()))
+        .expect("a");
+    let b = ch
+        .verify_report("mg-b", &report("", &none, body.as_bytes()))
+        .expect("b");
+    assert!(a.scope.is_some());
+    assert_eq!(
+        a.scope, b.scope,
+        "one key, one place for its receipts: a report for A replayed to B is known"
+    );
+    assert!(!a.scope.as_deref().unwrap_or("").contains("account-key"));
 }

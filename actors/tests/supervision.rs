@@ -335,12 +335,13 @@ impl DeliveryStore for Flaky {
     async fn apply_delivery_report(
         &self,
         provider: &str,
+        scope: &str,
         receipt: &str,
         updates: &[(String, String)],
         at: DateTime<Utc>,
     ) -> Result<Option<u64>, Error> {
         self.0
-            .apply_delivery_report(provider, receipt, updates, at)
+            .apply_delivery_report(provider, scope, receipt, updates, at)
             .await
     }
 }

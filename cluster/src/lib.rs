@@ -185,10 +185,14 @@ return n
 
 /// A rate limit shared by the cluster (GCRA, the generic cell rate
 /// algorithm): the key holds the theoretical arrival time in microseconds
-/// of Redis's own clock. Takes one unit when the limit allows it (answers
-/// 0), else answers the microseconds to wait (and takes nothing).
-/// KEYS[1]: the limit; ARGV: the interval between units in microseconds,
-/// the burst tolerance in microseconds.
+/// of Redis's own clock. Without reserving (ARGV[3] = 0): takes one unit
+/// when the limit allows it now (answers 0), else answers the microseconds
+/// to wait and takes nothing. Reserving (1): always takes the next unit,
+/// and answers how long until it may be used (0: now) — waiters queue on
+/// Redis's clock instead of racing for each free slot.
+/// KEYS[1]: the limit; ARGV: the interval between units and the burst
+/// tolerance, in microseconds; whether to reserve. (A script may write
+/// after `TIME` since Redis 5, which replicates a script's effects.)
 const RATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -197,12 +201,16 @@ local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local allowed_at = tat - tolerance
+local wait = 0
 if now < allowed_at then
-  return math.ceil(allowed_at - now)
+  if ARGV[3] ~= '1' then
+    return math.ceil(allowed_at - now)
+  end
+  wait = math.ceil(allowed_at - now)
 end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return 0
+return wait
 ";
 
 /// The node id in a lease value (`node#nonce:counter`).
@@ -603,13 +611,19 @@ impl Cluster {
         }
     }
 
-    /// The secret nodes present to each other's internal endpoint: made by
-    /// the first node that asks, shared through Redis.
     /// Takes one unit of the shared rate limit `name` (`per_second`, with
-    /// `burst` at once): `Duration::ZERO` when taken, else how long until
-    /// one is free (nothing taken). In-process there is nothing to share:
-    /// always taken (callers limit locally).
-    pub async fn take_rate(&self, name: &str, per_second: f64, burst: u32) -> Result<Duration> {
+    /// `burst` at once). Not reserving: `Duration::ZERO` when taken, else
+    /// how long until one is free (nothing taken). Reserving: the next unit
+    /// is taken in any case, and the answer is how long to wait before
+    /// using it. In-process there is nothing to share: always taken at
+    /// once (callers limit locally).
+    pub async fn take_rate(
+        &self,
+        name: &str,
+        per_second: f64,
+        burst: u32,
+        reserve: bool,
+    ) -> Result<Duration> {
         let Backend::Redis(r) = &self.backend else {
             return Ok(Duration::ZERO);
         };
@@ -621,11 +635,14 @@ impl Cluster {
             .key(format!("{PREFIX}{name}"))
             .arg(interval.round() as i64)
             .arg(tolerance.round() as i64)
+            .arg(if reserve { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         Ok(Duration::from_micros(wait.max(0) as u64))
     }
 
+    /// The secret nodes present to each other's internal endpoint: made by
+    /// the first node that asks, shared through Redis.
     pub async fn secret(&self) -> Result<String> {
         let mut bytes = [0u8; 24];
         getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;

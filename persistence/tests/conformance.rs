@@ -2906,14 +2906,20 @@ async fn deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filte
     let report = [("msg-first-sg".to_owned(), "delivered".to_owned())];
     assert_eq!(
         store
-            .apply_delivery_report("sg", "r1", &report, t1)
+            .apply_delivery_report("sg", "sg", "r1", &report, t1)
             .await
             .expect("report"),
         Some(1)
     );
     assert_eq!(
         store
-            .apply_delivery_report("sg", "r1", &[("msg-first-sg".into(), "clicked".into())], t1)
+            .apply_delivery_report(
+                "sg",
+                "sg",
+                "r1",
+                &[("msg-first-sg".into(), "clicked".into())],
+                t1
+            )
             .await
             .expect("replay"),
         None,
@@ -2922,6 +2928,7 @@ async fn deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filte
     // Never back down: a late `sent` leaves `delivered`; `opened` moves on.
     store
         .apply_delivery_report(
+            "sg",
             "sg",
             "r2",
             &[
@@ -2942,14 +2949,41 @@ async fn deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filte
     };
     assert_eq!(status_of_b().await, "delivered");
     store
-        .apply_delivery_report("sg", "r3", &[("msg-first-sg".into(), "opened".into())], t1)
+        .apply_delivery_report(
+            "sg",
+            "sg",
+            "r3",
+            &[("msg-first-sg".into(), "opened".into())],
+            t1,
+        )
         .await
         .expect("report");
     assert_eq!(status_of_b().await, "opened");
+    // A re-send after a crash writes its row again: it does not move the
+    // status back down.
+    store
+        .add_deliveries(&[delivery(&b.id, "first", "sg", "sent", t1)])
+        .await
+        .expect("again");
+    assert_eq!(status_of_b().await, "opened");
+    // A large batch (past SQLite's 500 terms), with the same attempt and
+    // provider twice (PostgreSQL's upsert takes a row once a statement).
+    let many: Vec<NewDelivery> = (0..600)
+        .map(|n| delivery(&a.id, &format!("bulk{}", n % 550), "sg", "sent", t1))
+        .collect();
+    store.add_deliveries(&many).await.expect("a large batch");
+    let bulk = store
+        .list_deliveries(&q(&|q| {
+            q.execution_id = Some(a.id.to_string());
+            q.limit = 1000;
+        }))
+        .await
+        .expect("list");
+    assert_eq!(bulk.len(), 2 + 550);
     // The same receipt from another provider is another report.
     assert_eq!(
         store
-            .apply_delivery_report("mg", "r1", &[], t1)
+            .apply_delivery_report("mg", "mg", "r1", &[], t1)
             .await
             .expect("report"),
         Some(0)

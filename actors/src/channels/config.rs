@@ -100,10 +100,10 @@ impl Limits {
     }
 
     pub(crate) fn check(&self, field: &str) -> Result<(), ConfigError> {
-        if self.concurrency == 0 {
+        if !(1..=10_000).contains(&self.concurrency) {
             return Err(ConfigError::new(
                 format!("{field}.concurrency"),
-                "must be at least 1",
+                "must be 1 to 10000",
             ));
         }
         if let Some(r) = self.per_second
@@ -153,7 +153,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    pub url: String,
+    /// May carry a token (in its path or query): a credential.
+    pub url: Credential,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
     #[serde(default)]
@@ -293,8 +294,9 @@ pub struct TwilioConfig {
     pub messaging_service_sid: Option<String>,
     /// Where Twilio reports status changes (this node's
     /// `/v1/webhooks/twilio/<name>` behind its public address).
+    /// May carry basic-auth credentials, as Twilio suggests: a credential.
     #[serde(default)]
-    pub status_callback: Option<String>,
+    pub status_callback: Option<Credential>,
     #[serde(default = "twilio_url")]
     pub base_url: String,
     #[serde(default)]
@@ -478,7 +480,7 @@ impl ProviderConfig {
     /// A `webhook` provider for every channel.
     pub fn webhook(url: impl Into<String>) -> ProviderConfig {
         ProviderConfig::Webhook(WebhookConfig {
-            url: url.into(),
+            url: Credential::new(url),
             channels: Vec::new(),
             limits: Limits::default(),
         })
@@ -497,7 +499,7 @@ impl ProviderConfig {
             ProviderConfig::Webhook(c) => Built {
                 channels: channels(field, &c.channels)?,
                 provider: Box::new(super::webhook::WebhookProvider::new(
-                    field, &c.url, timeout,
+                    field, &c.url, cx, timeout,
                 )?),
             },
             ProviderConfig::Smtp(c) => super::email::smtp::build(field, c, cx)?,

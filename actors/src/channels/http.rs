@@ -78,6 +78,9 @@ pub(crate) fn transport(e: reqwest::Error) -> SendError {
     } else {
         ErrorClass::Unavailable
     };
+    // Refused before a byte of the request left (no connection, a bad
+    // request): nothing was sent. Anything later may have been.
+    let may_have_sent = !(e.is_connect() || e.is_builder());
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(&e);
     while let Some(c) = cause {
@@ -88,12 +91,14 @@ pub(crate) fn transport(e: reqwest::Error) -> SendError {
         }
         cause = c.source();
     }
-    SendError::new(class, text)
+    let mut err = SendError::new(class, text);
+    err.may_have_sent = may_have_sent;
+    err
 }
 
 /// The usual reading of a refusal: 429 → rate limited (with its
-/// `Retry-After`), 408 and 5xx → unavailable, 401 and 403 → auth, any other
-/// 4xx → rejected. `detail` is what the provider said, as the provider's
+/// `Retry-After`), 408 → timeout, 5xx → unavailable, 401 and 403 → auth,
+/// any other 4xx → rejected. `detail` is what the provider said, as the provider's
 /// module extracted it.
 pub(crate) fn refusal(answer: &Answer, detail: &str) -> SendError {
     let status = answer.status;
@@ -109,6 +114,9 @@ pub(crate) fn refusal(answer: &Answer, detail: &str) -> SendError {
         format!("HTTP {}: {}", status.as_u16(), truncate(detail, 300)),
     );
     e.retry_after = retry_after(&answer.headers);
+    // A 500, 502 or 504 does not say the message was not taken (a gateway
+    // gave up on an upstream that may have); a 503 and a 429 do.
+    e.may_have_sent = matches!(status.as_u16(), 500 | 502 | 504 | 408);
     e
 }
 

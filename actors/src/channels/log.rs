@@ -1,5 +1,5 @@
 //! `log`: records each message in the node's log (recipient masked, no
-//! content) and sends nothing. The quick start's provider: `sojourn dev`
+//! content: a rendered subject may hold a secret) and sends nothing. The quick start's provider: `sojourn dev`
 //! shows an email being "sent" without an account.
 
 use super::{Message, Outgoing, Provider, SendFuture, Sent, SentStatus};
@@ -23,11 +23,7 @@ impl Provider for LogProvider {
                 Message::Push(_) => "a device".into(),
                 Message::Chat(c) => c.channel.clone().unwrap_or_else(|| "a chat".into()),
             };
-            let subject = match out.message {
-                Message::Email(e) => e.subject.as_str(),
-                _ => "",
-            };
-            tracing::info!(provider = %self.name, channel = %out.message.channel(), to = %to, subject, key = %out.key,
+            tracing::info!(provider = %self.name, channel = %out.message.channel(), to = %to, key = %out.key,
                 "message recorded by the log provider (not sent)");
             Ok(Sent {
                 message_id: Some(out.key.to_owned()),

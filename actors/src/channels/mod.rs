@@ -149,6 +149,10 @@ pub struct SendError {
     pub code: Option<String>,
     /// How long the provider asked us to wait (`Retry-After`).
     pub retry_after: Option<Duration>,
+    /// The provider may have taken the message although we saw no answer
+    /// (a timeout, a 500, 502 or 504, an answer cut short): another
+    /// provider must not be tried, which could send it twice.
+    pub may_have_sent: bool,
 }
 
 impl SendError {
@@ -158,7 +162,15 @@ impl SendError {
             message: message.into(),
             code: None,
             retry_after: None,
+            may_have_sent: class == ErrorClass::Timeout,
         }
+    }
+
+    /// Whether the next provider may be tried with the same message: the
+    /// failure proves this provider did not take it, and it is this
+    /// provider's (busy, away, refusing our credentials), not the message's.
+    pub fn moves_on(&self) -> bool {
+        !self.may_have_sent && (self.class.retryable() || self.class == ErrorClass::Auth)
     }
 
     pub fn with_code(mut self, code: impl Into<String>) -> SendError {
@@ -249,6 +261,11 @@ pub struct StatusUpdate {
 /// A report whose signature held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
+    /// Where receipts are kept apart: `None`, the provider's name; a
+    /// provider whose signing key serves several (Mailgun's is the
+    /// account's) names the key, so a report signed for one cannot be
+    /// replayed to another.
+    pub scope: Option<String>,
     /// What makes this call unique (the provider's token, or a digest of
     /// the signed content): the same receipt twice is a replay.
     pub receipt: String,
@@ -276,15 +293,18 @@ pub enum ReportError {
     Malformed(String),
 }
 
-/// How old a signed report may be (and how far ahead of our clock).
-pub(crate) const REPORT_WINDOW_SECONDS: i64 = 300;
+/// How long ago a report may have been signed (or how far ahead of our
+/// clock): a day, as providers retry a report they could not deliver for
+/// hours under its first signature; a replay within it is known by its
+/// receipt.
+pub(crate) const REPORT_WINDOW_SECONDS: u64 = 86_400;
 
 /// Checks a report's signing time against the window.
 pub(crate) fn fresh(signed_at: i64, now: DateTime<Utc>) -> Result<(), ReportError> {
-    let age = now.timestamp() - signed_at;
-    if age.abs() > REPORT_WINDOW_SECONDS {
+    let off = now.timestamp().abs_diff(signed_at);
+    if off > REPORT_WINDOW_SECONDS {
         return Err(ReportError::Stale(format!(
-            "signed {age} s from now; reports older than {REPORT_WINDOW_SECONDS} s are refused"
+            "signed {off} s away from now; reports signed more than {REPORT_WINDOW_SECONDS} s away are refused"
         )));
     }
     Ok(())
@@ -328,13 +348,47 @@ struct Entry {
     slots: Arc<Semaphore>,
     rate: Option<rate::Rate>,
     timeout: Duration,
+    /// Its series, per channel it sends, made once (a send is then an
+    /// atomic add, no label lookup).
+    metrics: BTreeMap<Channel, EntryMetrics>,
 }
+
+#[derive(Debug)]
+struct EntryMetrics {
+    seconds: Histogram,
+    /// By result: `sent`, `queued`, then each failure class.
+    results: Vec<(&'static str, Counter)>,
+}
+
+impl EntryMetrics {
+    fn count(&self, result: &str) {
+        if let Some((_, c)) = self.results.iter().find(|(r, _)| *r == result) {
+            c.inc();
+        }
+    }
+}
+
+/// Every result a send can have, as its metric label.
+const RESULTS: [&str; 10] = [
+    "sent",
+    "queued",
+    "timeout",
+    "rate_limited",
+    "unavailable",
+    "invalid_recipient",
+    "unsubscribed",
+    "auth",
+    "rejected",
+    "invalid",
+];
 
 /// Every configured provider, and each channel's default list.
 #[derive(Debug, Default)]
 pub struct Channels {
     entries: BTreeMap<String, Arc<Entry>>,
     defaults: BTreeMap<Channel, Vec<String>>,
+    /// Each channel's default route, resolved once.
+    routes: BTreeMap<Channel, Vec<Arc<Entry>>>,
     sends: Family<SendLabels, Counter>,
     seconds: Family<ProviderLabels, Histogram>,
 }
@@ -391,9 +445,32 @@ impl Channels {
                     "a provider's name is letters, digits, - and _",
                 ));
             }
-            let built = config.build(&field, cx)?;
             let limits = config.limits();
             limits.check(&format!("{field}.limits"))?;
+            let built = config.build(&field, cx)?;
+            let metrics = built
+                .channels
+                .iter()
+                .map(|c| {
+                    let results = RESULTS
+                        .iter()
+                        .map(|r| {
+                            let labels = SendLabels {
+                                provider: name.clone(),
+                                channel: c.as_str(),
+                                result: r,
+                            };
+                            (*r, out.sends.get_or_create(&labels).clone())
+                        })
+                        .collect();
+                    let labels = ProviderLabels {
+                        provider: name.clone(),
+                        channel: c.as_str(),
+                    };
+                    let seconds = out.seconds.get_or_create(&labels).clone();
+                    (*c, EntryMetrics { seconds, results })
+                })
+                .collect();
             let rate = limits.per_second.map(|per_second| {
                 rate::Rate::new(name, per_second, limits.burst(), cx.cluster.clone())
             });
@@ -407,6 +484,7 @@ impl Channels {
                     slots: Arc::new(Semaphore::new(limits.concurrency)),
                     rate,
                     timeout: Duration::from_millis(limits.timeout_ms),
+                    metrics,
                 }),
             );
         }
@@ -418,10 +496,19 @@ impl Channels {
                 ));
             };
             for (n, name) in c.providers.iter().enumerate() {
-                out.check_name(channel, name).map_err(|m| {
-                    ConfigError::new(format!("channels.{channel_name}.providers[{n}]"), m)
-                })?;
+                let field = format!("channels.{channel_name}.providers[{n}]");
+                out.check_name(channel, name)
+                    .map_err(|m| ConfigError::new(&field, m))?;
+                if c.providers[..n].contains(name) {
+                    return Err(ConfigError::new(field, format!("{name:?} is listed twice")));
+                }
             }
+            let route = c
+                .providers
+                .iter()
+                .filter_map(|n| out.entries.get(n).cloned())
+                .collect();
+            out.routes.insert(channel, route);
             out.defaults.insert(channel, c.providers.clone());
         }
         Ok(out)
@@ -551,17 +638,33 @@ impl Channels {
         );
     }
 
-    /// The providers an attempt goes through, in order.
+    /// The providers an attempt goes through, in order: the action's own
+    /// (`provider`, a name or a list; a name listed twice is tried once),
+    /// else the channel's.
     fn route(&self, channel: Channel, inputs: &Value) -> Result<Vec<Arc<Entry>>, SendError> {
-        let names: Vec<String> = match inputs.get("provider") {
-            None | Some(Value::Null) => self.defaults.get(&channel).cloned().unwrap_or_default(),
-            Some(Value::String(name)) => vec![name.clone()],
+        let named: Vec<&str> = match inputs.get("provider") {
+            None | Some(Value::Null) => {
+                return match self.routes.get(&channel) {
+                    Some(route) if !route.is_empty() => Ok(route.clone()),
+                    _ => Err(SendError::new(
+                        ErrorClass::Invalid,
+                        format!(
+                            "no {channel} provider is configured on this node (channels.{channel}.providers)"
+                        ),
+                    )),
+                };
+            }
+            Some(Value::String(name)) => vec![name.as_str()],
             Some(Value::Array(list)) => list
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned))
+                .map(Value::as_str)
                 .collect::<Option<Vec<_>>>()
+                .filter(|l| !l.is_empty())
                 .ok_or_else(|| {
-                    SendError::new(ErrorClass::Invalid, "inputs.provider: must be names")
+                    SendError::new(
+                        ErrorClass::Invalid,
+                        "inputs.provider: must be a list of names",
+                    )
                 })?,
             Some(_) => {
                 return Err(SendError::new(
@@ -570,28 +673,18 @@ impl Channels {
                 ));
             }
         };
-        if names.is_empty() {
-            return Err(SendError::new(
-                ErrorClass::Invalid,
-                format!(
-                    "no {channel} provider is configured on this node (channels.{channel}.providers)"
-                ),
-            ));
+        let mut route: Vec<Arc<Entry>> = Vec::with_capacity(named.len());
+        for name in named {
+            self.check_name(channel, name).map_err(|m| {
+                SendError::new(ErrorClass::Invalid, format!("inputs.provider: {m}"))
+            })?;
+            if let Some(e) = self.entries.get(name)
+                && !route.iter().any(|r| Arc::ptr_eq(r, e))
+            {
+                route.push(e.clone());
+            }
         }
-        names
-            .iter()
-            .map(|name| {
-                self.check_name(channel, name).map_err(|m| {
-                    SendError::new(ErrorClass::Invalid, format!("inputs.provider: {m}"))
-                })?;
-                self.entries.get(name).cloned().ok_or_else(|| {
-                    SendError::new(
-                        ErrorClass::Invalid,
-                        format!("inputs.provider: {name:?} unknown"),
-                    )
-                })
-            })
-            .collect()
+        Ok(route)
     }
 
     /// Sends one channel message (its inputs already rendered and their
@@ -662,24 +755,13 @@ impl Channels {
                 )),
             };
             let elapsed = clock.elapsed();
-            let labels = ProviderLabels {
-                provider: entry.name.clone(),
-                channel: channel.as_str(),
-            };
-            self.seconds
-                .get_or_create(&labels)
-                .observe(elapsed.as_secs_f64());
-            let result_label = match &result {
-                Ok(sent) => sent.status.as_str(),
-                Err(e) => e.class.as_str(),
-            };
-            self.sends
-                .get_or_create(&SendLabels {
-                    provider: entry.name.clone(),
-                    channel: channel.as_str(),
-                    result: result_label,
-                })
-                .inc();
+            if let Some(m) = entry.metrics.get(&channel) {
+                m.seconds.observe(elapsed.as_secs_f64());
+                m.count(match &result {
+                    Ok(sent) => sent.status.as_str(),
+                    Err(e) => e.class.as_str(),
+                });
+            }
             let mut delivery = Delivery {
                 channel,
                 provider: entry.name.clone(),
@@ -708,10 +790,12 @@ impl Channels {
                     delivery.error_class = Some(e.class.as_str());
                     delivery.error = Some(e.message.clone());
                     deliveries.push(delivery);
-                    let retryable = e.class.retryable();
-                    tracing::info!(provider = %entry.name, class = e.class.as_str(), error = %e.message, "a send failed");
+                    // The error's text is in the outcome and the delivery
+                    // log, scrubbed of the secrets the inputs used; not here.
+                    tracing::info!(provider = %entry.name, class = e.class.as_str(), "a send failed");
+                    let moves_on = e.moves_on();
                     last = Some((entry.name.clone(), e));
-                    if !(retryable && more) {
+                    if !(moves_on && more) {
                         break;
                     }
                 }

@@ -5,11 +5,13 @@
 //! by a script on Redis's own clock, so every worker of every node shares
 //! it and no clock skew between nodes matters. Alone, it is `governor`'s
 //! in-process limiter. If Redis does not answer, the node falls back to its
-//! own in-process limiter meanwhile (a cluster of N nodes may then send up
-//! to N times the rate until Redis is back) rather than stop sending.
+//! own in-process limiter for the next 10 seconds (a cluster of N nodes may
+//! then send up to N times the rate until Redis is back) rather than stop
+//! sending, or wait on Redis for every send.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sojourn_cluster::Cluster;
@@ -21,7 +23,13 @@ pub(crate) struct Rate {
     burst: u32,
     local: DefaultDirectRateLimiter,
     cluster: Option<Arc<Cluster>>,
+    /// Until when (ms since `epoch`) Redis is not asked, after it failed.
+    shared_off_until: AtomicU64,
+    epoch: Instant,
 }
+
+/// How long the shared limit is left alone after Redis failed.
+const SHARED_PAUSE: Duration = Duration::from_secs(10);
 
 impl Rate {
     pub(crate) fn new(
@@ -41,21 +49,36 @@ impl Rate {
             burst: burst.max(1),
             local: RateLimiter::direct(quota),
             cluster: cluster.filter(|c| c.is_shared()),
+            shared_off_until: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
-    /// Takes one send now, or says how long until one is free.
+    /// The cluster to ask, unless Redis failed a moment ago.
+    fn shared(&self) -> Option<&Cluster> {
+        let cluster = self.cluster.as_deref()?;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        (now >= self.shared_off_until.load(Ordering::Relaxed)).then_some(cluster)
+    }
+
+    /// Redis failed: this node limits alone for a while (said once).
+    fn shared_failed(&self, e: &sojourn_cluster::Error) {
+        let until = (self.epoch.elapsed() + SHARED_PAUSE).as_millis() as u64;
+        self.shared_off_until.store(until, Ordering::Relaxed);
+        tracing::warn!(error = %e, limit = %self.key, "the shared rate limit is unreachable; this node limits alone for 10 s");
+    }
+
+    /// Takes one send now, or says how long until one is free (nothing
+    /// taken): whether to move on to the next provider.
     pub(crate) async fn take(&self) -> Result<(), Duration> {
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = self.shared() {
             match cluster
-                .take_rate(&self.key, self.per_second, self.burst)
+                .take_rate(&self.key, self.per_second, self.burst, false)
                 .await
             {
                 Ok(wait) if wait.is_zero() => return Ok(()),
                 Ok(wait) => return Err(wait),
-                Err(e) => {
-                    tracing::warn!(error = %e, limit = %self.key, "the shared rate limit is unreachable; limiting this node alone meanwhile");
-                }
+                Err(e) => self.shared_failed(&e),
             }
         }
         match self.local.check() {
@@ -66,13 +89,24 @@ impl Rate {
         }
     }
 
-    /// Waits until one send is free, and takes it.
+    /// Waits for a send of its own: the next free one is reserved (in
+    /// Redis, or in the local limiter) and waited for, so concurrent
+    /// waiters queue rather than race for each slot.
     pub(crate) async fn wait(&self) {
-        loop {
-            match self.take().await {
-                Ok(()) => return,
-                Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+        if let Some(cluster) = self.shared() {
+            match cluster
+                .take_rate(&self.key, self.per_second, self.burst, true)
+                .await
+            {
+                Ok(wait) => {
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    return;
+                }
+                Err(e) => self.shared_failed(&e),
             }
         }
+        self.local.until_ready().await;
     }
 }

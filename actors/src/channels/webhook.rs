@@ -9,21 +9,31 @@ use serde_json::json;
 use super::http::{call, client, refusal};
 use super::{ConfigError, Outgoing, Provider, SendFuture, Sent, SentStatus};
 
-#[derive(Debug)]
 pub(crate) struct WebhookProvider {
     client: reqwest::Client,
     url: reqwest::Url,
 }
 
+impl std::fmt::Debug for WebhookProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a token: not shown.
+        f.debug_struct("WebhookProvider").finish_non_exhaustive()
+    }
+}
+
 impl WebhookProvider {
     pub(crate) fn new(
         field: &str,
-        url: &str,
+        url: &super::Credential,
+        cx: &super::Context,
         timeout: Duration,
     ) -> Result<WebhookProvider, ConfigError> {
+        use secrecy::ExposeSecret;
+        let field_url = format!("{field}.url");
+        let url = url.resolve(&field_url, cx)?;
         Ok(WebhookProvider {
             client: client(field, timeout)?,
-            url: super::config::http_url(&format!("{field}.url"), url)?,
+            url: super::config::http_url(&field_url, url.expose_secret())?,
         })
     }
 }

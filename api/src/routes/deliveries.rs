@@ -309,7 +309,13 @@ pub(crate) async fn report<S: Store>(
     match app
         .engine
         .store()
-        .apply_delivery_report(&provider, &verified.receipt, &updates, now)
+        .apply_delivery_report(
+            &provider,
+            verified.scope.as_deref().unwrap_or(&provider),
+            &verified.receipt,
+            &updates,
+            now,
+        )
         .await?
     {
         Some(updated) => Ok(axum::Json(ReportOut { updated })),

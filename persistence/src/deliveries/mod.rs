@@ -27,7 +27,8 @@ pub trait DeliveryStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<DeliveryRecord>>> + Send;
 
     /// Applies a provider's verified status report, once: its receipt is
-    /// recorded and each delivery the provider knows by a message id moves
+    /// recorded (under `scope`: the provider, or the key that signed it)
+    /// and each delivery the provider knows by a message id moves
     /// to its status, in one transaction. A status never moves back down
     /// (queued < sent < delivered < opened < clicked < the final ones:
     /// bounced, complained, undelivered, failed). `None` when the receipt
@@ -36,6 +37,7 @@ pub trait DeliveryStore: Send + Sync {
     fn apply_delivery_report(
         &self,
         provider: &str,
+        scope: &str,
         receipt: &str,
         updates: &[(String, String)],
         now: DateTime<Utc>,
@@ -49,6 +51,9 @@ fn rank(column: &str) -> String {
          WHEN 'opened' THEN 3 WHEN 'clicked' THEN 4 ELSE 5 END)"
     )
 }
+
+/// Deliveries written per statement.
+const CHUNK: usize = 200;
 
 const COLUMNS: &str = "id, namespace, workflow_id, execution_id, node, attempt, idempotency_key, \
                        channel, provider, recipient, status, provider_message_id, error_class, \
@@ -67,11 +72,63 @@ where
     (String,): Read<DB>,
 {
     async fn add_deliveries(&self, batch: &[NewDelivery]) -> Result<()> {
+        // One row per attempt and provider (the last written wins): an
+        // upsert may touch a row only once per statement.
+        let mut rows: Vec<&NewDelivery> = Vec::with_capacity(batch.len());
+        for d in batch.iter().rev() {
+            if !rows
+                .iter()
+                .any(|r| r.idempotency_key == d.idempotency_key && r.provider == d.provider)
+            {
+                rows.push(d);
+            }
+        }
+        rows.reverse();
+        // SQLite takes at most 500 terms in a compound SELECT: statements
+        // of CHUNK rows.
+        for chunk in rows.chunks(CHUNK) {
+            self.insert_deliveries(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliveryRecord>> {
+        self.select_deliveries(q).await
+    }
+
+    async fn apply_delivery_report(
+        &self,
+        provider: &str,
+        scope: &str,
+        receipt: &str,
+        updates: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>> {
+        self.apply_report(provider, scope, receipt, updates, now)
+            .await
+    }
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Sql,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: Bind<'a, DB>,
+    for<'a> Option<&'a str>: Bind<'a, DB>,
+    for<'q> Instant: Bind<'q, DB>,
+    for<'q> i64: Bind<'q, DB>,
+    for<'q> i32: Bind<'q, DB>,
+    DeliveryRecord: Read<DB>,
+    (String,): Read<DB>,
+{
+    /// One statement: INSERT … SELECT from each delivery's execution row
+    /// (its namespace and workflow come from the database). A row already
+    /// there (a re-send after a crash) is updated unless a provider's
+    /// report moved it further meanwhile.
+    async fn insert_deliveries(&self, batch: &[&NewDelivery]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        // INSERT … SELECT from the execution's row, one SELECT per delivery:
-        // the namespace and workflow come from the database, in one round trip.
         let mut sql = QueryBuilder::<DB>::new("INSERT INTO deliveries (");
         sql.push(COLUMNS).push(") ");
         for (n, d) in batch.iter().enumerate() {
@@ -116,13 +173,17 @@ where
                  error_class = excluded.error_class,
                  error = excluded.error,
                  duration_ms = excluded.duration_ms,
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at
+             WHERE ",
         );
+        sql.push(rank("deliveries.status"))
+            .push(" <= ")
+            .push(rank("excluded.status"));
         sql.build().execute(&self.pool).await?;
         Ok(())
     }
 
-    async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliveryRecord>> {
+    async fn select_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliveryRecord>> {
         let mut sql = QueryBuilder::<DB>::new("SELECT ");
         sql.push(COLUMNS)
             .push(" FROM deliveries WHERE namespace = ");
@@ -156,19 +217,27 @@ where
         Ok(sql.build_query_as().fetch_all(&self.pool).await?)
     }
 
-    async fn apply_delivery_report(
+    async fn apply_report(
         &self,
         provider: &str,
+        scope: &str,
         receipt: &str,
         updates: &[(String, String)],
         now: DateTime<Utc>,
     ) -> Result<Option<u64>> {
         let mut tx = self.pool.begin().await?;
+        // Receipts are needed as long as a report may still come (a day
+        // after it was signed, REPORT_WINDOW in the providers): older ones
+        // go (an indexed range, usually empty).
+        sqlx::query("DELETE FROM webhook_receipts WHERE received_at < $1")
+            .bind(at(now - chrono::Duration::days(2)))
+            .execute(&mut *tx)
+            .await?;
         let fresh: Option<(String,)> = sqlx::query_as(
             "INSERT INTO webhook_receipts (provider, receipt, received_at) VALUES ($1, $2, $3)
              ON CONFLICT (provider, receipt) DO NOTHING RETURNING receipt",
         )
-        .bind(provider)
+        .bind(scope)
         .bind(receipt)
         .bind(at(now))
         .fetch_optional(&mut *tx)

@@ -364,12 +364,13 @@ pub(crate) fn on_result<'w>(
     }
 }
 
+/// The longest `Retry-After` a retry waits for (a day).
+const MAX_RETRY_AFTER_MS: u64 = 86_400_000;
+
 /// The wait before try `try_number + 1`, after try `try_number` failed:
 /// `initial * multiplier^(try_number-1)`, capped at `max`, with "equal
 /// jitter" (half fixed, half derived from the execution, node and attempt,
 /// so a replay computes the same instant).
-/// The longest `Retry-After` a retry waits for (a day).
-const MAX_RETRY_AFTER_MS: u64 = 86_400_000;
 
 pub(crate) fn backoff(
     c: &Compiled,

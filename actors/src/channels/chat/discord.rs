@@ -1,9 +1,9 @@
 //! `discord`: an incoming webhook (`POST <webhook_url>?wait=true` with
-//! `{content, embeds}`; answers the message, whose `id` is kept). The
-//! attempt's key, hashed to Discord's 25 characters, is the message's
-//! `nonce` with `enforce_nonce`, so Discord drops a re-send of the same
-//! attempt made within its dedupe window. Refusals carry Discord's `code`
-//! (10015: the webhook is gone); 429 answers say `retry_after` in seconds.
+//! `{content, embeds}`; answers the message, whose `id` is kept). Discord's
+//! Execute Webhook takes no idempotency key (`nonce` is for bot messages):
+//! the attempt's key is in the delivery log only. Refusals carry Discord's
+//! `code` (10015: the webhook is gone); 429 answers say `retry_after` in
+//! seconds.
 
 use std::time::Duration;
 
@@ -41,12 +41,6 @@ pub(crate) fn build(
     ))
 }
 
-/// The attempt's key as a nonce (at most 25 characters).
-fn nonce(key: &str) -> String {
-    let h = sojourn_runtime::hash::stable_hash(&[key.as_bytes()]);
-    format!("sj{h:016x}")
-}
-
 impl Provider for Discord {
     fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a> {
         Box::pin(async move {
@@ -56,7 +50,7 @@ impl Provider for Discord {
                     "discord sends chat only",
                 ));
             };
-            let mut body = json!({"nonce": nonce(out.key), "enforce_nonce": true});
+            let mut body = json!({});
             if let Some(t) = &m.text {
                 body["content"] = json!(t);
             }

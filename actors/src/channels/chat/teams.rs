@@ -63,11 +63,32 @@ impl Provider for Teams {
                 }
             };
             let answer = call(self.client.post(self.url.expose_secret()).json(&body)).await?;
-            if answer.status.is_success() {
+            // Legacy connectors answer 200 with an error in the text when
+            // they throttle or fail ("Microsoft Teams endpoint returned HTTP
+            // error 429 …"); success is "1", or an empty body.
+            let body = answer.body.trim();
+            if answer.status.is_success() && (body.is_empty() || body == "1") {
                 return Ok(Sent {
                     message_id: None,
                     status: SentStatus::Sent,
                 });
+            }
+            if answer.status.is_success() {
+                let class = if body.contains("429") {
+                    ErrorClass::RateLimited
+                } else {
+                    ErrorClass::Unavailable
+                };
+                let mut err = SendError::new(
+                    class,
+                    format!(
+                        "Teams answered 200 with an error: {}",
+                        super::super::http::truncate(body, 300)
+                    ),
+                );
+                // It says it did not post.
+                err.may_have_sent = false;
+                return Err(err);
             }
             let mut err = refusal(&answer, &answer.body);
             if answer.status.as_u16() == 404 || answer.status.as_u16() == 410 {

@@ -113,7 +113,16 @@ impl Mailgun {
             }],
             _ => Vec::new(),
         };
+        // Mailgun signs only the timestamp and token, with the account's
+        // key: receipts are kept per key, and the event's content is
+        // Mailgun's word, not signed.
+        use sha2::Digest as _;
+        let scope = format!(
+            "mailgun:{}",
+            &hex::encode(sha2::Sha256::digest(key.expose_secret().as_bytes()))[..16]
+        );
         Ok(Verified {
+            scope: Some(scope),
             receipt: token.to_owned(),
             updates,
         })

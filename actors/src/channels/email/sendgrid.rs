@@ -141,6 +141,7 @@ impl Sendgrid {
             .collect();
         let digest = sha2::Sha256::digest(r.body);
         Ok(Verified {
+            scope: None,
             receipt: format!("{}:{}", timestamp.trim(), hex::encode(digest)),
             updates,
         })

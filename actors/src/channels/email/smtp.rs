@@ -274,10 +274,13 @@ impl From<lettre::transport::smtp::Error> for Failure {
 fn classify(f: Failure) -> SendError {
     let e = match f {
         Failure::Timeout => {
-            return SendError::new(
+            // No connection: nothing was sent.
+            let mut err = SendError::new(
                 ErrorClass::Timeout,
                 "connecting to the SMTP server timed out",
             );
+            err.may_have_sent = false;
+            return err;
         }
         Failure::Connect(e) => {
             return SendError::new(
@@ -310,7 +313,11 @@ fn classify(f: Failure) -> SendError {
         }
         cause = c.source();
     }
-    let err = SendError::new(class, text);
+    let mut err = SendError::new(class, text);
+    // A reply refusing the message, or TLS failing before it: not taken.
+    // Anything else (the connection lost mid-message, a timeout) may have
+    // been.
+    err.may_have_sent = !(e.is_permanent() || e.is_transient() || e.is_tls());
     match code {
         Some(c) => err.with_code(c),
         None => err,

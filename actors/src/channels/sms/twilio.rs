@@ -21,7 +21,6 @@ use super::super::{
 use super::form;
 use crate::channels::config::{TwilioConfig, http_url};
 
-#[derive(Debug)]
 pub(crate) struct Twilio {
     client: reqwest::Client,
     url: reqwest::Url,
@@ -30,6 +29,17 @@ pub(crate) struct Twilio {
     from: Option<String>,
     service: Option<String>,
     callback: Option<reqwest::Url>,
+}
+
+impl std::fmt::Debug for Twilio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The callback URL may carry credentials (Twilio suggests basic
+        // auth in it): not shown.
+        f.debug_struct("Twilio")
+            .field("sid", &self.sid)
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) fn build(
@@ -60,8 +70,13 @@ pub(crate) fn build(
         .map_err(|e| ConfigError::new(format!("{field}.base_url"), e.to_string()))?;
     let callback = c
         .status_callback
-        .as_deref()
-        .map(|u| http_url(&format!("{field}.status_callback"), u))
+        .as_ref()
+        .map(|u| {
+            use secrecy::ExposeSecret;
+            let field = format!("{field}.status_callback");
+            let u = u.resolve(&field, cx)?;
+            http_url(&field, u.expose_secret())
+        })
         .transpose()?;
     Ok(Built::one(
         Channel::Sms,
@@ -95,7 +110,12 @@ impl Twilio {
         let expected = base64::engine::general_purpose::STANDARD
             .decode(signature.trim())
             .map_err(|_| ReportError::Forged("the signature is not base64".into()))?;
-        let mut url = callback.as_str().to_owned();
+        // The URL Twilio called: the configured callback's scheme, host and
+        // path, with the query the request came with (ours, `key=…`, after
+        // any the callback had).
+        let mut called = callback.clone();
+        called.set_query(None);
+        let mut url = called.as_str().to_owned();
         if !r.query.is_empty() {
             url.push('?');
             url.push_str(r.query);
@@ -104,14 +124,15 @@ impl Twilio {
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         params.sort();
+        let mut signed = url.clone();
+        for (k, v) in &params {
+            signed.push_str(k);
+            signed.push_str(v);
+        }
         let mut mac =
             hmac::Hmac::<sha1::Sha1>::new_from_slice(self.token.expose_secret().as_bytes())
                 .map_err(|_| ReportError::NotConfigured("the auth token is unusable".into()))?;
-        mac.update(url.as_bytes());
-        for (k, v) in &params {
-            mac.update(k.as_bytes());
-            mac.update(v.as_bytes());
-        }
+        mac.update(signed.as_bytes());
         mac.verify_slice(&expected)
             .map_err(|_| ReportError::Forged("the signature does not match".into()))?;
         let field = |name: &str| {
@@ -134,19 +155,15 @@ impl Twilio {
             }],
             _ => Vec::new(),
         };
-        // Twilio signs no time: a replay is known by its idempotency token,
-        // else by its exact content.
-        let receipt = match r.header("i-twilio-idempotency-token") {
-            Some(t) => t.to_owned(),
-            None => {
-                let mut h = sha2::Sha256::new();
-                h.update(r.query.as_bytes());
-                h.update(b"\n");
-                h.update(r.body);
-                hex::encode(h.finalize())
-            }
-        };
-        Ok(Verified { receipt, updates })
+        // Twilio signs no time: a replay is known by what it signed (the
+        // URL and the sorted parameters; not the unsigned headers, nor the
+        // body's encoding, which a replayer could vary).
+        let receipt = hex::encode(sha2::Sha256::digest(signed.as_bytes()));
+        Ok(Verified {
+            scope: None,
+            receipt,
+            updates,
+        })
     }
 }
 

@@ -3,7 +3,8 @@
 //! (echoed in delivery receipts). Vonage answers 200 even for a refusal:
 //! each message part has a `status`, `"0"` for success; 1 (throttled) and
 //! 5 (internal error) may pass on a retry; 4 is the credentials; 6, 7 and
-//! 29 are the recipient.
+//! 29 are the recipient. A long text some of whose parts went is not sent
+//! again (the recipient would get those parts twice).
 
 use std::time::Duration;
 
@@ -89,21 +90,29 @@ impl Provider for Vonage {
                     "Vonage answered no message status",
                 ));
             };
-            for part in parts {
+            let sent_parts = parts
+                .iter()
+                .filter(|p| p["status"].as_str() == Some("0"))
+                .count();
+            if let Some(part) = parts.iter().find(|p| p["status"].as_str() != Some("0")) {
                 let status = part["status"].as_str().unwrap_or("");
-                if status == "0" {
-                    continue;
-                }
                 let text = part["error-text"].as_str().unwrap_or("refused").to_owned();
                 let class = match status {
+                    // Some parts went: sending again would repeat them.
+                    _ if sent_parts > 0 => ErrorClass::Rejected,
                     "1" => ErrorClass::RateLimited,
                     "5" => ErrorClass::Unavailable,
                     "4" | "8" | "9" => ErrorClass::Auth,
                     "6" | "7" | "29" => ErrorClass::InvalidRecipient,
                     _ => ErrorClass::Rejected,
                 };
+                let note = if sent_parts > 0 {
+                    format!(" ({sent_parts} of {} parts were sent)", parts.len())
+                } else {
+                    String::new()
+                };
                 return Err(
-                    SendError::new(class, format!("Vonage status {status}: {text}"))
+                    SendError::new(class, format!("Vonage status {status}: {text}{note}"))
                         .with_code(status),
                 );
             }
