@@ -1012,6 +1012,34 @@ pub(crate) async fn mark_failed<S: Store>(
     Ok(())
 }
 
+/// Each channel action of a published workflow (its latest version) that
+/// this node's providers cannot send: `workflow vN, node: problem`.
+async fn unserved_workflows<S: Store>(
+    store: &S,
+    channels: &crate::channels::Channels,
+) -> Result<Vec<String>, Error> {
+    let mut problems = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.latest_versions(after.as_deref(), 500).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.workflow_id.clone());
+        for v in &page {
+            for e in channels.check_workflow(&v.definition) {
+                let node = e.node.as_ref().map(|n| n.as_str()).unwrap_or("-");
+                problems.push(format!(
+                    "{} v{}, node {node}, {}: {}",
+                    v.workflow_id, v.version, e.field, e.message
+                ));
+            }
+        }
+        if page.len() < 500 {
+            break;
+        }
+    }
+    Ok(problems)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -1223,32 +1251,4 @@ mod tests {
         engine.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-/// Each channel action of a published workflow (its latest version) that
-/// this node's providers cannot send: `workflow vN, node: problem`.
-async fn unserved_workflows<S: Store>(
-    store: &S,
-    channels: &crate::channels::Channels,
-) -> Result<Vec<String>, Error> {
-    let mut problems = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.latest_versions(after.as_deref(), 500).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.workflow_id.clone());
-        for v in &page {
-            for e in channels.check_workflow(&v.definition) {
-                let node = e.node.as_ref().map(|n| n.as_str()).unwrap_or("-");
-                problems.push(format!(
-                    "{} v{}, node {node}, {}: {}",
-                    v.workflow_id, v.version, e.field, e.message
-                ));
-            }
-        }
-        if page.len() < 500 {
-            break;
-        }
-    }
-    Ok(problems)
 }

@@ -99,8 +99,8 @@ struct Inner {
     accepted: Vec<Received>,
     refused: Vec<(Received, Answer)>,
     script: VecDeque<Answer>,
-    /// Discord's nonces seen: nonce → message id.
-    nonces: HashMap<String, String>,
+    /// OAuth2 tokens issued (`token:<t>`).
+    tokens: HashMap<String, String>,
     counter: u64,
 }
 
@@ -169,8 +169,7 @@ impl Fake {
         Fake::start(bot_token, slack).await
     }
 
-    /// A Discord webhook (`/api/webhooks/<id>/<token>`), honouring
-    /// `enforce_nonce`.
+    /// A Discord webhook (`/api/webhooks/<id>/<token>`).
     pub async fn discord() -> Fake {
         Fake::start("", discord).await
     }
@@ -217,7 +216,7 @@ impl Fake {
     /// The number of OAuth2 tokens this fake issued.
     pub fn tokens_issued(&self) -> u64 {
         self.lock()
-            .nonces
+            .tokens
             .keys()
             .filter(|k| k.starts_with("token:"))
             .count() as u64
@@ -272,11 +271,13 @@ async fn handle(State(s): State<Shared>, request: Request) -> Response {
                             "content_base64": base64::engine::general_purpose::STANDARD.encode(&bytes)}),
                         None => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
                     };
-                    fields
+                    if let Some(list) = fields
                         .entry(name)
                         .or_insert_with(|| Value::Array(Vec::new()))
                         .as_array_mut()
-                        .map(|a| a.push(v));
+                    {
+                        list.push(v);
+                    }
                 }
                 Value::Object(fields)
             }
@@ -325,11 +326,13 @@ async fn handle(State(s): State<Shared>, request: Request) -> Response {
 fn form_fields(bytes: &Bytes) -> Value {
     let mut fields = serde_json::Map::new();
     for (k, v) in url::form_urlencoded::parse(bytes) {
-        fields
+        if let Some(list) = fields
             .entry(k.into_owned())
             .or_insert_with(|| Value::Array(Vec::new()))
             .as_array_mut()
-            .map(|a| a.push(Value::String(v.into_owned())));
+        {
+            list.push(Value::String(v.into_owned()));
+        }
     }
     Value::Object(fields)
 }
@@ -671,8 +674,8 @@ fn slack(token: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer>
     Err(Answer::new(404, "not_found"))
 }
 
-/// Discord: `POST /api/webhooks/<id>/<token>?wait=true`, JSON; a message
-/// with an `enforce_nonce` nonce seen before answers the same message.
+/// Discord: `POST /api/webhooks/<id>/<token>?wait=true`, JSON; answers the
+/// message posted (204 without `wait`).
 fn discord(_: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
     let error = |status: u16, code: u32, message: &str| {
         Answer::new(
@@ -695,32 +698,13 @@ fn discord(_: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
     if content.chars().count() > 2000 {
         return Err(error(400, 50035, "Invalid Form Body"));
     }
-    let nonce = r.body["nonce"].as_str().unwrap_or("").to_owned();
-    if nonce.chars().count() > 25 {
-        return Err(error(
-            400,
-            50035,
-            "Invalid Form Body (nonce: Must be 25 or fewer in length.)",
-        ));
-    }
     let wait = r.query.split('&').any(|p| p == "wait=true");
-    if r.body["enforce_nonce"] == json!(true) && !nonce.is_empty() {
-        if let Some(id) = inner.nonces.get(&nonce) {
-            return Ok(Answer::new(
-                200,
-                json!({"id": id, "content": content, "nonce": nonce}).to_string(),
-            ));
-        }
-    }
     inner.counter += 1;
     let id = format!("{}", 1_100_000_000_000_000_000u64 + inner.counter);
-    if !nonce.is_empty() {
-        inner.nonces.insert(nonce.clone(), id.clone());
-    }
     if wait {
         Ok(Answer::new(
             200,
-            json!({"id": id, "type": 0, "content": content, "nonce": nonce,
+            json!({"id": id, "type": 0, "content": content,
             "channel_id": "1000000000000000000"})
             .to_string(),
         ))
@@ -841,7 +825,7 @@ fn fcm(public_pem: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answ
         }
         inner.counter += 1;
         let token = format!("ya29.fake-{}", inner.counter);
-        inner.nonces.insert(format!("token:{token}"), String::new());
+        inner.tokens.insert(format!("token:{token}"), String::new());
         return Ok(Answer::new(
             200,
             json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}).to_string(),
@@ -858,7 +842,7 @@ fn fcm(public_pem: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answ
         .header("authorization")
         .strip_prefix("Bearer ")
         .unwrap_or("");
-    if !inner.nonces.contains_key(&format!("token:{token}")) {
+    if !inner.tokens.contains_key(&format!("token:{token}")) {
         return Err(google_error(
             401,
             "UNAUTHENTICATED",

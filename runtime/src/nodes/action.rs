@@ -371,7 +371,6 @@ const MAX_RETRY_AFTER_MS: u64 = 86_400_000;
 /// `initial * multiplier^(try_number-1)`, capped at `max`, with "equal
 /// jitter" (half fixed, half derived from the execution, node and attempt,
 /// so a replay computes the same instant).
-
 pub(crate) fn backoff(
     c: &Compiled,
     execution: &str,
