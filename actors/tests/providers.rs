@@ -1357,3 +1357,51 @@ fn mailgun_receipts_are_kept_per_signing_key_and_sendgrid_per_signature() {
     );
     assert!(!a.scope.as_deref().unwrap_or("").contains("account-key"));
 }
+
+#[tokio::test]
+async fn ses_events_through_sns_are_taken_only_when_sns_signed_them() {
+    use sojourn_actors::channels::ReportError;
+    use sojourn_testkit::fakes;
+    let certs = fakes::sns_cert_server().await;
+    let topic = "arn:aws:sns:us-east-1:123456789012:ses-events";
+    let ch = channels(
+        json!({"ses": {"kind": "ses", "region": "us-east-1", "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+                       "secret_access_key": "s", "from": "news@shop.test",
+                       "events_topic_arn": topic, "sns_cert_url_prefix": format!("{certs}/")}}),
+        json!({}),
+    );
+    let event = json!({"eventType": "Bounce", "bounce": {"bounceType": "Permanent"},
+                       "mail": {"messageId": "0100018c-ses-1"}});
+    let body = fakes::sns_message(topic, &event, &certs, "m-1").to_string();
+    let none = headers(&[]);
+    let v = ch
+        .check_report("ses", &report("", &none, body.as_bytes()))
+        .await
+        .expect("SNS signed it");
+    assert_eq!(v.receipt, "m-1");
+    assert_eq!(
+        (v.updates[0].message_id.as_str(), v.updates[0].status),
+        ("0100018c-ses-1", "bounced")
+    );
+    // Tampered: the event says delivered instead.
+    let tampered = body.replace("Permanent", "Transient");
+    assert!(matches!(
+        ch.check_report("ses", &report("", &none, tampered.as_bytes()))
+            .await,
+        Err(ReportError::Forged(_))
+    ));
+    // Another topic, or a certificate from anywhere else: refused.
+    let other =
+        fakes::sns_message("arn:aws:sns:us-east-1:1:other", &event, &certs, "m-2").to_string();
+    assert!(matches!(
+        ch.check_report("ses", &report("", &none, other.as_bytes()))
+            .await,
+        Err(ReportError::Forged(_))
+    ));
+    let elsewhere = fakes::sns_message(topic, &event, "http://127.0.0.1:1", "m-3").to_string();
+    assert!(matches!(
+        ch.check_report("ses", &report("", &none, elsewhere.as_bytes()))
+            .await,
+        Err(ReportError::Forged(_))
+    ));
+}

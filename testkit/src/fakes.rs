@@ -1193,3 +1193,53 @@ fn sns(key: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
         ),
     ))
 }
+
+/// The certificate SNS messages made by [`sns_message`] are signed under.
+pub const SNS_TEST_CERT: &str = include_str!("../keys/sns-test-cert.pem");
+
+/// Serves [`SNS_TEST_CERT`] at `<url>/SimpleNotificationService-test.pem`,
+/// as SNS serves its signing certificates.
+pub async fn sns_cert_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let app = Router::new().route(
+        "/SimpleNotificationService-test.pem",
+        axum::routing::get(|| async { SNS_TEST_CERT }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+/// An SNS notification of `topic` carrying `message` (an SES event's JSON),
+/// signed as SNS signs (SignatureVersion 2: RSA with SHA-256 over the
+/// message's fields, `key\nvalue\n` in order) with the test key, naming
+/// the certificate at `cert_url`.
+pub fn sns_message(topic: &str, message: &Value, cert_url: &str, message_id: &str) -> Value {
+    let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let message = message.to_string();
+    let signed = format!(
+        "Message\n{message}\nMessageId\n{message_id}\nTimestamp\n{timestamp}\nTopicArn\n{topic}\nType\nNotification\n"
+    );
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(FCM_TEST_PRIVATE_KEY.as_bytes())
+        .expect("the test key");
+    let sig = jsonwebtoken::crypto::sign(signed.as_bytes(), &key, jsonwebtoken::Algorithm::RS256)
+        .expect("signs");
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .expect("base64url");
+    json!({
+        "Type": "Notification",
+        "MessageId": message_id,
+        "TopicArn": topic,
+        "Message": message,
+        "Timestamp": timestamp,
+        "SignatureVersion": "2",
+        "Signature": base64::engine::general_purpose::STANDARD.encode(sig),
+        "SigningCertURL": format!("{cert_url}/SimpleNotificationService-test.pem"),
+        "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
+    })
+}

@@ -257,6 +257,15 @@ pub struct SesConfig {
     /// Default: `https://email.<region>.amazonaws.com`.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// The SNS topic SES publishes this provider's events to (through the
+    /// configuration set): status reports from any other topic are refused,
+    /// and without it none are taken.
+    #[serde(default)]
+    pub events_topic_arn: Option<String>,
+    /// Where SNS signing certificates may come from. Default:
+    /// `https://sns.<region>.amazonaws.com/`.
+    #[serde(default)]
+    pub sns_cert_url_prefix: Option<String>,
     #[serde(default)]
     pub limits: Limits,
 }

@@ -227,12 +227,21 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// credential in an error.
     fn send<'a>(&'a self, out: &'a Outgoing<'a>) -> SendFuture<'a>;
 
+    /// Fetches what verifying a report needs and the provider does not
+    /// hold yet (SNS: the signing certificate the message names), before
+    /// [`Provider::verify_report`]. Most need nothing.
+    fn prepare_report<'a>(&'a self, _report: &'a Report<'a>) -> PrepareFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Verifies a status report the provider posted to its webhook and
     /// reads it. Providers without status reports keep the default.
     fn verify_report(&self, _report: &Report<'_>) -> Result<Verified, ReportError> {
         Err(ReportError::NotSupported)
     }
 }
+
+pub type PrepareFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ReportError>> + Send + 'a>>;
 
 /// A status report as received on `POST /v1/webhooks/<provider>`.
 #[derive(Debug)]
@@ -621,6 +630,21 @@ impl Channels {
             .entries
             .get(name)
             .ok_or_else(|| ReportError::UnknownProvider(name.to_owned()))?;
+        entry.provider.verify_report(report)
+    }
+
+    /// [`Channels::verify_report`], after fetching what it needs (an SNS
+    /// signing certificate).
+    pub async fn check_report(
+        &self,
+        name: &str,
+        report: &Report<'_>,
+    ) -> Result<Verified, ReportError> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ReportError::UnknownProvider(name.to_owned()))?;
+        entry.provider.prepare_report(report).await?;
         entry.provider.verify_report(report)
     }
 

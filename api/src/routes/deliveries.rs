@@ -273,7 +273,8 @@ pub(crate) async fn report<S: Store>(
     let verified = app
         .engine
         .channels()
-        .verify_report(&provider, &report)
+        .check_report(&provider, &report)
+        .await
         .map_err(|e| match &e {
             ReportError::UnknownProvider(_) => ApiError {
                 field: Some("provider".into()),
