@@ -119,7 +119,7 @@ pub(crate) struct EngineSettings {
     pub(crate) worker_channels: Vec<String>,
     /// The stand-in provider of every channel: each message POSTed here as
     /// JSON (else only logged).
-    pub(crate) channel_webhook: Option<String>,
+    pub(crate) channel_webhook: Option<Secret>,
 }
 
 /// What `http.request` actions may reach and read.
@@ -167,7 +167,7 @@ impl Settings {
                 timer_batch: engine.timer_batch,
                 schedule_poll_ms: ms(engine.schedule_poll),
                 worker_channels: engine.worker_channels.clone(),
-                channel_webhook: engine.channel_webhook.clone(),
+                channel_webhook: None,
                 schedule_claim_ttl_ms: ms(engine.schedule_claim_ttl),
                 timer_fire_rate: engine.timer_fire_rate,
                 outbox_claim_ttl_ms: ms(engine.outbox_claim_ttl),
@@ -384,6 +384,7 @@ fn sensitive(key: &str) -> bool {
     key.starts_with("secrets")
         || key.starts_with("providers")
         || key.ends_with("_url")
+        || key.ends_with("webhook")
         || key.ends_with("endpoint")
 }
 
@@ -448,11 +449,12 @@ fn check(s: &Settings) -> Result<(), Failure> {
         }
     }
     if let Some(url) = &e.channel_webhook
-        && !(url.starts_with("http://") || url.starts_with("https://"))
+        && !(url.0.expose_secret().starts_with("http://")
+            || url.0.expose_secret().starts_with("https://"))
     {
         return bad(
             "engine.channel_webhook",
-            format!("{url:?} is not an http(s) URL"),
+            "not an http(s) URL (not shown: it may hold a token)".into(),
         );
     }
     // Every provider builds (its URLs, addresses and `secret:` references
@@ -517,7 +519,10 @@ impl Settings {
             timer_batch: e.timer_batch,
             schedule_poll: d(e.schedule_poll_ms),
             worker_channels: e.worker_channels.clone(),
-            channel_webhook: e.channel_webhook.clone(),
+            channel_webhook: e
+                .channel_webhook
+                .as_ref()
+                .map(|u| u.0.expose_secret().to_owned()),
             schedule_claim_ttl: d(e.schedule_claim_ttl_ms),
             timer_fire_rate: e.timer_fire_rate,
             outbox_claim_ttl: d(e.outbox_claim_ttl_ms),

@@ -2966,6 +2966,33 @@ async fn deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filte
         .await
         .expect("again");
     assert_eq!(status_of_b().await, "opened");
+    // A failed send is replaced when the re-send goes; a send that went is
+    // not replaced when a re-send fails.
+    store
+        .add_deliveries(&[delivery(&a.id, "first", "sg", "sent", t1)])
+        .await
+        .expect("re-sent");
+    store
+        .add_deliveries(&[delivery(&b.id, "first", "sg", "failed", t1)])
+        .await
+        .expect("re-send failed");
+    let rows = store
+        .list_deliveries(&q(&|q| q.provider = Some("sg".into())))
+        .await
+        .expect("list");
+    let of = |id: &ExecutionId| {
+        rows.iter()
+            .find(|d| d.execution_id == id.to_string())
+            .map(|d| (d.status.clone(), d.provider_message_id.clone()))
+    };
+    assert_eq!(
+        of(&a.id),
+        Some(("sent".into(), Some("msg-first-sg".into())))
+    );
+    assert_eq!(
+        of(&b.id),
+        Some(("opened".into(), Some("msg-first-sg".into())))
+    );
     // A large batch (past SQLite's 500 terms), with the same attempt and
     // provider twice (PostgreSQL's upsert takes a row once a statement).
     let many: Vec<NewDelivery> = (0..600)

@@ -114,10 +114,15 @@ pub(crate) fn refusal(answer: &Answer, detail: &str) -> SendError {
         format!("HTTP {}: {}", status.as_u16(), truncate(detail, 300)),
     );
     e.retry_after = retry_after(&answer.headers);
-    // A 500, 502 or 504 does not say the message was not taken (a gateway
-    // gave up on an upstream that may have); a 503 and a 429 do.
-    e.may_have_sent = matches!(status.as_u16(), 500 | 502 | 504 | 408);
+    e.may_have_sent = ambiguous(status.as_u16());
     e
+}
+
+/// Whether an HTTP status leaves open that the message was taken: a 500,
+/// 502 or 504 does not say it was not (a gateway gave up on an upstream
+/// that may have), nor does a 408; a 503 and a 429 do.
+pub(crate) fn ambiguous(status: u16) -> bool {
+    matches!(status, 500 | 502 | 504 | 408)
 }
 
 /// `Retry-After` in seconds or as an HTTP date.

@@ -754,6 +754,12 @@ impl Channels {
         let mut last: Option<(String, SendError)> = None;
         for (n, entry) in route.iter().enumerate() {
             let more = n + 1 < route.len();
+            // A place among the provider's sends first, then a slot of its
+            // rate: a slot taken while waiting for a place would be spent
+            // later, in a burst above the rate.
+            let Ok(_slot) = entry.slots.acquire().await else {
+                continue;
+            };
             if let Some(rate) = &entry.rate {
                 match rate.take().await {
                     Ok(()) => {}
@@ -765,9 +771,6 @@ impl Channels {
                     Err(_) => rate.wait().await,
                 }
             }
-            let Ok(_slot) = entry.slots.acquire().await else {
-                continue;
-            };
             let started_at = Utc::now();
             let clock = Instant::now();
             let result = match tokio::time::timeout(entry.timeout, entry.provider.send(&out)).await

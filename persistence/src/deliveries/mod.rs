@@ -74,15 +74,12 @@ where
     async fn add_deliveries(&self, batch: &[NewDelivery]) -> Result<()> {
         // One row per attempt and provider (the last written wins): an
         // upsert may touch a row only once per statement.
-        let mut rows: Vec<&NewDelivery> = Vec::with_capacity(batch.len());
-        for d in batch.iter().rev() {
-            if !rows
-                .iter()
-                .any(|r| r.idempotency_key == d.idempotency_key && r.provider == d.provider)
-            {
-                rows.push(d);
-            }
-        }
+        let mut seen = std::collections::HashSet::with_capacity(batch.len());
+        let mut rows: Vec<&NewDelivery> = batch
+            .iter()
+            .rev()
+            .filter(|d| seen.insert((d.idempotency_key.as_str(), d.provider.as_str())))
+            .collect();
         rows.reverse();
         // SQLite takes at most 500 terms in a compound SELECT: statements
         // of CHUNK rows.
@@ -123,8 +120,10 @@ where
 {
     /// One statement: INSERT … SELECT from each delivery's execution row
     /// (its namespace and workflow come from the database). A row already
-    /// there (a re-send after a crash) is updated unless a provider's
-    /// report moved it further meanwhile.
+    /// there (a re-send after a crash) is updated if it was a failed send,
+    /// or if this one went and ranks at least as high (a provider's report
+    /// may have moved it further meanwhile); a failure never replaces a
+    /// send that went.
     async fn insert_deliveries(&self, batch: &[&NewDelivery]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -174,11 +173,14 @@ where
                  error = excluded.error,
                  duration_ms = excluded.duration_ms,
                  updated_at = excluded.updated_at
-             WHERE ",
+             WHERE deliveries.error_class IS NOT NULL OR (excluded.error_class IS NULL AND ",
         );
+        // A failed send is replaced by anything; a send that went is never
+        // replaced by a failure, nor moved down.
         sql.push(rank("deliveries.status"))
             .push(" <= ")
-            .push(rank("excluded.status"));
+            .push(rank("excluded.status"))
+            .push(")");
         sql.build().execute(&self.pool).await?;
         Ok(())
     }

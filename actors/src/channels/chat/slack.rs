@@ -152,7 +152,10 @@ impl Provider for Slack {
                         });
                     }
                     let error = json["error"].as_str().unwrap_or("unknown_error");
-                    Err(SendError::new(class_of(error), format!("Slack: {error}")).with_code(error))
+                    let mut err = SendError::new(class_of(error), format!("Slack: {error}"));
+                    // Slack says part of the call may have succeeded.
+                    err.may_have_sent = matches!(error, "internal_error" | "fatal_error");
+                    Err(err.with_code(error))
                 }
             }
         })

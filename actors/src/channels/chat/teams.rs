@@ -86,8 +86,8 @@ impl Provider for Teams {
                         super::super::http::truncate(body, 300)
                     ),
                 );
-                // It says it did not post.
-                err.may_have_sent = false;
+                // Only a throttle says it did not post.
+                err.may_have_sent = class != ErrorClass::RateLimited;
                 return Err(err);
             }
             let mut err = refusal(&answer, &answer.body);

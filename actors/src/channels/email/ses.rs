@@ -341,6 +341,7 @@ impl Provider for Ses {
                 ),
             );
             err.retry_after = super::super::http::retry_after(&answer.headers);
+            err.may_have_sent = super::super::http::ambiguous(answer.status.as_u16());
             if !code.is_empty() {
                 err = err.with_code(code);
             }

@@ -116,7 +116,8 @@ impl Pool {
                     }
                 }
                 Some(_) => {}
-                None => break self.connect().await?,
+                // Nothing of the message is sent while connecting.
+                None => break self.connect().await.map_err(Failure::before_sending)?,
             }
         };
         match conn.send(envelope, message).await {
@@ -262,6 +263,19 @@ enum Failure {
     Connect(std::io::Error),
     /// What lettre says: a reply, TLS, the network.
     Smtp(lettre::transport::smtp::Error),
+    /// What lettre said while connecting: nothing was sent.
+    Setup(lettre::transport::smtp::Error),
+}
+
+impl Failure {
+    /// A failure while connecting (greeting, STARTTLS, AUTH): the message
+    /// was not sent.
+    fn before_sending(self) -> Failure {
+        match self {
+            Failure::Smtp(e) => Failure::Setup(e),
+            other => other,
+        }
+    }
 }
 
 impl From<lettre::transport::smtp::Error> for Failure {
@@ -289,6 +303,11 @@ fn classify(f: Failure) -> SendError {
             );
         }
         Failure::Smtp(e) => e,
+        Failure::Setup(e) => {
+            let mut err = classify(Failure::Smtp(e));
+            err.may_have_sent = false;
+            return err;
+        }
     };
     let code = e.status().map(|c| c.to_string());
     let class = if e.is_timeout() {

@@ -183,7 +183,11 @@ impl Provider for Fcm {
             if p.badge.is_some() || p.sound.is_some() {
                 message["apns"] = json!({"payload": {"aps": {"badge": p.badge, "sound": p.sound}}});
             }
-            let token = self.token.get(|| self.new_token()).await?;
+            let token = self.token.get(|| self.new_token()).await.map_err(|mut e| {
+                // The message itself was not posted.
+                e.may_have_sent = false;
+                e
+            })?;
             let answer = call(
                 self.client
                     .post(self.send_url.clone())

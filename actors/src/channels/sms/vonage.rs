@@ -85,10 +85,11 @@ impl Provider for Vonage {
             }
             let json = answer.json();
             let Some(parts) = json["messages"].as_array().filter(|p| !p.is_empty()) else {
-                return Err(SendError::new(
-                    ErrorClass::Unavailable,
-                    "Vonage answered no message status",
-                ));
+                let mut err =
+                    SendError::new(ErrorClass::Unavailable, "Vonage answered no message status");
+                // It answered 200: the text may have gone.
+                err.may_have_sent = true;
+                return Err(err);
             };
             let sent_parts = parts
                 .iter()
