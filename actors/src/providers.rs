@@ -188,9 +188,13 @@ impl HttpProvider {
 /// its user info or query), with its causes (reqwest's own text alone is
 /// "error sending request").
 fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
+    with_causes(&e.without_url())
+}
+
+/// An error's text followed by each cause's that it does not already say.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
+    let mut cause = e.source();
     while let Some(c) = cause {
         let c_text = c.to_string();
         if !text.contains(&c_text) {
@@ -226,7 +230,8 @@ async fn read_capped(
     Ok((text, truncated))
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// At most `max` characters of `s`.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,

@@ -218,22 +218,16 @@ impl<S: Store> Worker<S> {
                     attempt: j.dispatch.attempt,
                 })
                 .collect();
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match self.store.begin_attempts(&refs).await {
-                    Ok(b) => break b,
-                    Err(sojourn_persistence::Error::Database(e)) => {
-                        debug!(error = %e, "beginning channel attempts failed; trying again");
-                        tokio::select! {
-                            _ = stop.cancelled() => return false,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "channel messages that do not name a real attempt; skipped");
-                        return true;
-                    }
+            match until_stored(stop, "beginning channel attempts", || {
+                self.store.begin_attempts(&refs)
+            })
+            .await
+            {
+                None => return false,
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    warn!(error = %e, "channel messages that do not name a real attempt; skipped");
+                    return true;
                 }
             }
         };
@@ -302,48 +296,64 @@ impl<S: Store> Worker<S> {
         }
         // The delivery log first: a crash between the two re-sends the
         // attempt, whose row is then updated, not doubled.
-        let mut backoff = Duration::from_millis(100);
-        while !log.is_empty() {
-            match self.store.add_deliveries(&log).await {
-                Ok(()) => break,
-                Err(sojourn_persistence::Error::Database(e)) => {
-                    debug!(error = %e, "recording deliveries failed; trying again");
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
+        if !log.is_empty() {
+            match until_stored(stop, "recording deliveries", || {
+                self.store.add_deliveries(&log)
+            })
+            .await
+            {
+                None => return false,
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
                     warn!(error = %e, deliveries = log.len(), "deliveries that cannot be recorded; dropped");
-                    break;
                 }
             }
         }
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match crate::outbox::record_results(&*self.store, &results).await {
-                Ok(inbox) => {
-                    if let Some(router) = &self.router {
-                        crate::outbox::route_recorded(router, results, inbox).await;
-                    }
-                    return true;
+        // The database away: tried again until it is back (the messages
+        // stay unacknowledged meanwhile).
+        match until_stored(stop, "recording channel results", || {
+            crate::outbox::record_results(&*self.store, &results)
+        })
+        .await
+        {
+            None => false,
+            Some(Ok(inbox)) => {
+                if let Some(router) = &self.router {
+                    crate::outbox::route_recorded(router, results, inbox).await;
                 }
-                // The database away: tried again until it is back (the
-                // messages stay unacknowledged meanwhile).
-                Err(sojourn_persistence::Error::Database(e)) => {
-                    debug!(error = %e, "recording channel results failed; trying again");
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    warn!(error = %e, results = results.len(), "channel results that cannot be recorded; dropped");
-                    return true;
-                }
+                true
             }
+            Some(Err(e)) => {
+                warn!(error = %e, results = results.len(), "channel results that cannot be recorded; dropped");
+                true
+            }
+        }
+    }
+}
+
+/// A store call, tried again with backoff (to 5 s) while the database is
+/// away; `None` when the node stops first. Any other error is the answer.
+async fn until_stored<T, F, Fut>(
+    stop: &CancellationToken,
+    what: &str,
+    mut call: F,
+) -> Option<Result<T, sojourn_persistence::Error>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sojourn_persistence::Error>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(sojourn_persistence::Error::Database(e)) => {
+                debug!(error = %e, "{what} failed; trying again");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            done => return Some(done),
         }
     }
 }

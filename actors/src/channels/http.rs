@@ -81,17 +81,7 @@ pub(crate) fn transport(e: reqwest::Error) -> SendError {
     // Refused before a byte of the request left (no connection, a bad
     // request): nothing was sent. Anything later may have been.
     let may_have_sent = !(e.is_connect() || e.is_builder());
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
-    let mut err = SendError::new(class, text);
+    let mut err = SendError::new(class, crate::providers::with_causes(&e));
     err.may_have_sent = may_have_sent;
     err
 }
@@ -140,12 +130,7 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     wait.to_std().ok()
 }
 
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
+pub(crate) use crate::providers::truncate;
 
 #[cfg(test)]
 mod tests {

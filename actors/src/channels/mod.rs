@@ -395,7 +395,6 @@ const RESULTS: [&str; 10] = [
 #[derive(Debug, Default)]
 pub struct Channels {
     entries: BTreeMap<String, Arc<Entry>>,
-    defaults: BTreeMap<Channel, Vec<String>>,
     /// Each channel's default route, resolved once.
     routes: BTreeMap<Channel, Vec<Arc<Entry>>>,
     sends: Family<SendLabels, Counter>,
@@ -518,7 +517,6 @@ impl Channels {
                 .filter_map(|n| out.entries.get(n).cloned())
                 .collect();
             out.routes.insert(channel, route);
-            out.defaults.insert(channel, c.providers.clone());
         }
         Ok(out)
     }
@@ -537,14 +535,6 @@ impl Channels {
         }
     }
 
-    /// The channels with no default provider.
-    pub fn unserved(&self) -> Vec<Channel> {
-        Channel::ALL
-            .into_iter()
-            .filter(|c| self.defaults.get(c).is_none_or(Vec::is_empty))
-            .collect()
-    }
-
     /// Each named provider: name, kind, channels.
     pub fn list(&self) -> Vec<(String, &'static str, Vec<Channel>)> {
         self.entries
@@ -556,9 +546,9 @@ impl Channels {
     /// The channels that use provider `name` by default, with its place in
     /// their order.
     pub fn defaults_of(&self, name: &str) -> Vec<(Channel, usize)> {
-        self.defaults
+        self.routes
             .iter()
-            .filter_map(|(c, list)| list.iter().position(|n| n == name).map(|p| (*c, p)))
+            .filter_map(|(c, route)| route.iter().position(|e| e.name == name).map(|p| (*c, p)))
             .collect()
     }
 
@@ -580,7 +570,7 @@ impl Channels {
             let id = &node.id;
             match config.inputs.get("provider") {
                 None | Some(Value::Null) => {
-                    if self.defaults.get(&channel).is_none_or(Vec::is_empty) {
+                    if self.routes.get(&channel).is_none_or(Vec::is_empty) {
                         errors.push(sojourn_runtime::ValidationError::at_node(
                             id,
                             "config.action",

@@ -322,17 +322,7 @@ fn classify(f: Failure) -> SendError {
         // 4xx replies, refused connections, TLS and I/O errors.
         ErrorClass::Unavailable
     };
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
-    let mut err = SendError::new(class, text);
+    let mut err = SendError::new(class, crate::providers::with_causes(&e));
     // A reply refusing the message, or TLS failing before it: not taken.
     // Anything else (the connection lost mid-message, a timeout) may have
     // been.
