@@ -636,7 +636,10 @@ async fn dev(listen: Option<String>, data: PathBuf, file: Option<PathBuf>) -> Re
         .await
         .with_context(|| format!("opening {}", path.display()))?;
     eprintln!("embedded store: {}", path.display());
-    let config = s.engine_config("dev".into(), format!("http://{}", s.listen));
+    let mut config = s.engine_config("dev".into(), format!("http://{}", s.listen));
+    if config.audience.unsubscribe_key.is_none() {
+        config.audience.unsubscribe_key = Some(node::dev_unsubscribe_key(&data)?);
+    }
     let served = node::serve_node(
         store,
         config,

@@ -34,6 +34,34 @@ pub(crate) fn open_sqlite_path(data: &Path) -> Result<PathBuf, Failure> {
     Ok(data.join("sojourn.db"))
 }
 
+/// `sojourn dev`'s key for unsubscribe links: made once, kept in the data
+/// directory (readable by its owner only), so links survive a restart.
+pub(crate) fn dev_unsubscribe_key(data: &Path) -> Result<secrecy::SecretString, Failure> {
+    let path = data.join("unsubscribe.key");
+    match std::fs::read_to_string(&path) {
+        Ok(k) if k.trim().len() >= 32 => return Ok(k.trim().to_owned().into()),
+        _ => {}
+    }
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(key.as_bytes())
+    };
+    write().map_err(|e| Failure::Invalid(format!("writing {}: {e}", path.display())))?;
+    Ok(key.into())
+}
+
 pub(crate) fn default_node_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())

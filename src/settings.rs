@@ -61,6 +61,7 @@ pub(crate) struct Settings {
     pub(crate) engine: EngineSettings,
     pub(crate) http: HttpSettings,
     pub(crate) tracing: TracingSettings,
+    pub(crate) audience: AudienceSettings,
     /// Named secrets that workflows reference as `{{ secrets.NAME }}`.
     pub(crate) secrets: BTreeMap<String, Secret>,
     /// Named providers (`[providers.marketing-smtp]`, `kind = "smtp"`, …).
@@ -134,6 +135,25 @@ pub(crate) struct HttpSettings {
     pub(crate) max_response_bytes: usize,
 }
 
+/// Unsubscribe links and message categories.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AudienceSettings {
+    /// Signs unsubscribe links: at least 32 characters, the same on every
+    /// node and worker of a cluster. `sojourn dev` makes one in its data
+    /// directory. Unset (serve): no links, and email goes without
+    /// `List-Unsubscribe`.
+    pub(crate) unsubscribe_key: Option<Secret>,
+    /// Where recipients reach the cluster, for the links
+    /// (default: `advertise_url`).
+    pub(crate) public_url: Option<String>,
+    /// Days an unsubscribe link works (unset: forever).
+    pub(crate) link_ttl_days: Option<u64>,
+    /// Per channel, the category of messages that name none (`sms =
+    /// "transactional"`); else `marketing`.
+    pub(crate) categories: BTreeMap<String, String>,
+}
+
 /// Trace export.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -191,6 +211,7 @@ impl Settings {
                 max_response_bytes: engine.max_response_bytes,
             },
             tracing: TracingSettings::default(),
+            audience: AudienceSettings::default(),
             secrets: BTreeMap::new(),
             // `sojourn dev` logs every channel's messages (the quick start
             // needs no account); `serve` sends nothing it was not told how to.
@@ -386,6 +407,7 @@ fn sensitive(key: &str) -> bool {
         || key.ends_with("_url")
         || key.ends_with("webhook")
         || key.ends_with("endpoint")
+        || key.ends_with("_key")
 }
 
 /// Checks what types alone cannot.
@@ -457,6 +479,51 @@ fn check(s: &Settings) -> Result<(), Failure> {
             "not an http(s) URL (not shown: it may hold a token)".into(),
         );
     }
+    let a = &s.audience;
+    if let Some(k) = &a.unsubscribe_key
+        && k.0.expose_secret().len() < 32
+    {
+        return bad(
+            "audience.unsubscribe_key",
+            "must be at least 32 characters (not shown)".into(),
+        );
+    }
+    if let Some(u) = &a.public_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        return bad(
+            "audience.public_url",
+            format!("{u:?} is not an http(s) URL"),
+        );
+    }
+    if a.link_ttl_days == Some(0) {
+        return bad(
+            "audience.link_ttl_days",
+            "must be at least 1 (unset: forever)".into(),
+        );
+    }
+    for (channel, category) in &a.categories {
+        if !sojourn_actors::providers::CHANNELS.contains(&channel.as_str()) {
+            return bad(
+                &format!("audience.categories.{channel}"),
+                format!(
+                    "not a channel ({})",
+                    sojourn_actors::providers::CHANNELS.join(", ")
+                ),
+            );
+        }
+        if category.is_empty()
+            || category.len() > 200
+            || !category
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return bad(
+                &format!("audience.categories.{channel}"),
+                format!("{category:?} is not a category name (letters, digits, '-', '_', '.')"),
+            );
+        }
+    }
     // Every provider builds (its URLs, addresses and `secret:` references
     // read), so a node with a bad one stops at start, naming the setting.
     if let Err(e) = s
@@ -511,7 +578,6 @@ impl Settings {
             .collect();
         sojourn_actors::Config {
             node_id,
-            advertise,
             max_commit_batch: e.max_commit_batch,
             timer_lookahead: d(e.timer_lookahead_ms),
             timer_claim_ttl: d(e.timer_claim_ttl_ms),
@@ -542,6 +608,21 @@ impl Settings {
             secrets: sojourn_actors::Secrets::new(secrets),
             providers: self.providers.clone(),
             channels: self.channels.clone(),
+            audience: sojourn_actors::audience::AudienceConfig {
+                unsubscribe_key: self.audience.unsubscribe_key.as_ref().map(|k| k.0.clone()),
+                public_url: self
+                    .audience
+                    .public_url
+                    .clone()
+                    .or_else(|| self.advertise_url.clone())
+                    .or_else(|| (!advertise.is_empty()).then(|| advertise.clone())),
+                link_ttl_seconds: self
+                    .audience
+                    .link_ttl_days
+                    .map(|d| d.saturating_mul(86_400)),
+                default_categories: self.audience.categories.clone(),
+            },
+            advertise,
             ..sojourn_actors::Config::default()
         }
     }

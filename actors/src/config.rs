@@ -68,6 +68,8 @@ pub struct Config {
     /// Shorthand for a provider named `webhook` that POSTs each message as
     /// JSON here, used by every channel that lists no provider.
     pub channel_webhook: Option<String>,
+    /// Unsubscribe links, default categories.
+    pub audience: crate::audience::AudienceConfig,
     /// The named providers (`marketing-smtp` → its configuration).
     pub providers: BTreeMap<String, crate::channels::ProviderConfig>,
     /// Per channel, the providers used when an action names none, in
@@ -143,6 +145,7 @@ impl Default for Config {
             kafka_topic_partitions: 6,
             worker_channels: crate::providers::CHANNELS.map(String::from).to_vec(),
             channel_webhook: None,
+            audience: Default::default(),
             // The embedded default: every channel is only logged.
             providers: BTreeMap::from([("log".to_owned(), crate::channels::ProviderConfig::log())]),
             channels: crate::providers::CHANNELS

@@ -106,6 +106,8 @@ pub struct Engine<S: Store> {
     announcer_stop: CancellationToken,
     /// The channels' providers.
     channels: Arc<crate::channels::Channels>,
+    /// Unsubscribe links and categories.
+    audience: crate::audience::Audience,
     /// Tasks that end when the last handle to their channel drops (with the
     /// engine): the starter and the committer.
     _channel_tasks: Vec<JoinHandle<()>>,
@@ -383,6 +385,7 @@ impl<S: Store> Engine<S> {
             announcer: std::sync::Mutex::new(announcer),
             announcer_stop,
             channels,
+            audience: crate::audience::Audience::new(config.audience.clone()),
             beat: std::sync::Mutex::new(Some(heartbeat)),
             beat_shutdown,
             _channel_tasks: vec![
@@ -419,6 +422,11 @@ impl<S: Store> Engine<S> {
     /// channel actions against them).
     pub fn channels(&self) -> &crate::channels::Channels {
         &self.channels
+    }
+
+    /// Unsubscribe links (signing and reading them).
+    pub fn audience(&self) -> &crate::audience::Audience {
+        &self.audience
     }
 
     /// Creates the workflow (by its `key`) if it does not exist and publishes

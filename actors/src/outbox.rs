@@ -231,7 +231,7 @@ fn send(
     let (http, done, stats) = (http.clone(), done.clone(), stats.clone());
     tokio::spawn(
         async move {
-            let (outcome, _) = providers::send(&http, &m.dispatch).await;
+            let (outcome, _) = providers::send(&http, &m.dispatch, None, None).await;
             Stats::add(&stats.actions_sent, 1);
             let _ = done
                 .send(Sent {

@@ -246,6 +246,8 @@ pub struct Providers {
     bus: Bus,
     channels: Arc<Channels>,
     secrets: Secrets,
+    /// Preferences, suppressions, caps and unsubscribe links.
+    pub(crate) audience: Arc<crate::audience::Audience>,
     /// The node stopping: publishes waiting out a broker outage give up
     /// (the outbox keeps their messages).
     stop: tokio_util::sync::CancellationToken,
@@ -263,6 +265,7 @@ impl Providers {
             bus,
             channels,
             secrets: config.secrets.clone(),
+            audience: Arc::new(crate::audience::Audience::new(config.audience.clone())),
             stop,
         }
     }
@@ -379,10 +382,33 @@ async fn kafka_publish(
 /// the provider answered. The outcome is made storable: PostgreSQL's
 /// `jsonb` refuses `\u0000`, and one unstorable result must not sink the
 /// batch of results recorded with it.
-pub(crate) async fn send(providers: &Providers, d: &Dispatch) -> (ActionOutcome, Vec<Delivery>) {
+///
+/// `inputs` replaces the dispatch's (the audience resolved an address or
+/// added headers); `link` is what `{{ unsubscribe_url }}` becomes.
+pub(crate) async fn send(
+    providers: &Providers,
+    d: &Dispatch,
+    inputs: Option<&Value>,
+    link: Option<&str>,
+) -> (ActionOutcome, Vec<Delivery>) {
     let mut used = Vec::new();
-    let inputs = match secrets::resolve(&d.inputs, &|name| providers.secrets.get(name), &mut used) {
+    let lookup = |name: &str| match name {
+        crate::audience::UNSUBSCRIBE_MARKER => link,
+        _ => providers.secrets.get(name),
+    };
+    let inputs = match secrets::resolve(inputs.unwrap_or(&d.inputs), &lookup, &mut used) {
         Ok(inputs) => inputs,
+        Err(secrets::ResolveError::Unknown(name))
+            if name == crate::audience::UNSUBSCRIBE_MARKER =>
+        {
+            return (
+                failure(
+                    "inputs: {{ unsubscribe_url }} has no link for this message (a transactional message, or audience.unsubscribe_key and audience.public_url not set)".into(),
+                    false,
+                ),
+                Vec::new(),
+            );
+        }
         Err(e) => return (failure(format!("inputs: {e}"), false), Vec::new()),
     };
     let (outcome, mut deliveries) = match Channel::of_action(&d.action) {
@@ -417,6 +443,7 @@ pub(crate) async fn send(providers: &Providers, d: &Dispatch) -> (ActionOutcome,
                 retry_after_ms,
             }
         }
+        other => other,
     };
     // What the delivery log keeps is scrubbed too (a recipient or an
     // error may echo a secret an input used).
@@ -475,6 +502,7 @@ fn storable(outcome: ActionOutcome) -> ActionOutcome {
                 retry_after_ms,
             }
         }
+        other => other,
     }
 }
 

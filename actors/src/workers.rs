@@ -25,7 +25,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::audience;
 use crate::bus::{Bus, BusMessage, From};
+use crate::channels::{Channel, Delivery};
 use crate::execution::LocalResult;
 use crate::providers::{self, Providers};
 use crate::router::Router;
@@ -231,12 +233,76 @@ impl<S: Store> Worker<S> {
                 }
             }
         };
-        let mut set = JoinSet::new();
-        for (job, begin) in jobs.into_iter().zip(begins) {
-            if !matches!(begin, AttemptBegin::Send { .. }) {
-                debug!(execution.id = %job.execution_id, ?begin, "a channel message already sent or unknown; dropped");
-                continue;
+        let jobs: Vec<ChannelJob> = jobs
+            .into_iter()
+            .zip(begins)
+            .filter_map(|(job, begin)| {
+                if matches!(begin, AttemptBegin::Send { .. }) {
+                    Some(job)
+                } else {
+                    debug!(execution.id = %job.execution_id, ?begin, "a channel message already sent or unknown; dropped");
+                    None
+                }
+            })
+            .collect();
+        // The recipient's preferences, suppressions and caps, now (one read
+        // for the batch; the caps reserved atomically).
+        let plans = match Channel::parse(&self.channel) {
+            Some(channel) if !jobs.is_empty() => {
+                let refs: Vec<audience::Job<'_>> = jobs
+                    .iter()
+                    .map(|j| audience::Job {
+                        execution_id: j.execution_id.as_str(),
+                        dispatch: &j.dispatch,
+                    })
+                    .collect();
+                match until_stored(stop, "reading the audience", || {
+                    audience::plan(
+                        &*self.store,
+                        &self.providers.audience,
+                        channel,
+                        &refs,
+                        chrono::Utc::now(),
+                    )
+                })
+                .await
+                {
+                    None => return false,
+                    Some(Ok(p)) => p,
+                    Some(Err(e)) => {
+                        // Not a database outage (that is waited out): the
+                        // batch is left for another try, nothing sent.
+                        warn!(error = %e, "the audience of a batch could not be read; not sent");
+                        return false;
+                    }
+                }
             }
+            _ => jobs
+                .iter()
+                .map(|_| audience::Plan::Send {
+                    inputs: None,
+                    link: None,
+                    counted: None,
+                })
+                .collect(),
+        };
+        let mut set = JoinSet::new();
+        let mut results: Vec<(ExecutionId, LocalResult)> = Vec::with_capacity(batch.len());
+        let mut log: Vec<NewDelivery> = Vec::with_capacity(batch.len());
+        let mut kept_back: Vec<(ChannelJob, sojourn_runtime::ActionOutcome, Vec<Delivery>)> =
+            Vec::new();
+        for (job, plan) in jobs.into_iter().zip(plans) {
+            let (inputs, link, counted) = match plan {
+                audience::Plan::Done(outcome, delivery) => {
+                    kept_back.push((job, outcome, vec![delivery]));
+                    continue;
+                }
+                audience::Plan::Send {
+                    inputs,
+                    link,
+                    counted,
+                } => (inputs, link, counted),
+            };
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
                 return false;
             };
@@ -244,17 +310,27 @@ impl<S: Store> Worker<S> {
             let span = info_span!("send", execution.id = %job.execution_id, node = %job.dispatch.node, attempt = job.dispatch.attempt);
             set.spawn(
                 async move {
-                    let (outcome, deliveries) = providers::send(&providers, &job.dispatch).await;
+                    let (outcome, deliveries) = providers::send(
+                        &providers,
+                        &job.dispatch,
+                        inputs.as_ref(),
+                        link.as_deref(),
+                    )
+                    .await;
                     drop(slot);
-                    (job, outcome, deliveries)
+                    (job, outcome, deliveries, counted)
                 }
                 .instrument(span),
             );
         }
-        let mut results: Vec<(ExecutionId, LocalResult)> = Vec::with_capacity(batch.len());
-        let mut log: Vec<NewDelivery> = Vec::with_capacity(batch.len());
+        // Cap reservations of sends that failed are given back (a retry
+        // reserves again).
+        let mut release: std::collections::HashMap<String, Vec<(String, String)>> =
+            std::collections::HashMap::new();
+        let mut done_all: Vec<(ChannelJob, sojourn_runtime::ActionOutcome, Vec<Delivery>)> =
+            kept_back;
         while let Some(done) = set.join_next().await {
-            let (job, outcome, deliveries) = match done {
+            let (job, outcome, deliveries, counted) = match done {
                 Ok(d) => d,
                 Err(e) => {
                     // A provider never panics by design; if one did, its
@@ -264,6 +340,19 @@ impl<S: Store> Worker<S> {
                 }
             };
             Stats::add(&self.stats.channel_messages_sent, 1);
+            if let (sojourn_runtime::ActionOutcome::Failure { .. }, Some((ns, subject, key))) =
+                (&outcome, counted)
+            {
+                release.entry(ns).or_default().push((subject, key));
+            }
+            done_all.push((job, outcome, deliveries));
+        }
+        for (ns, sends) in &release {
+            if let Err(e) = self.store.release_sends(ns, sends).await {
+                warn!(error = %e, "counted sends that failed could not be given back; they count until their window ends");
+            }
+        }
+        for (job, outcome, deliveries) in done_all {
             let d = &job.dispatch;
             log.extend(deliveries.into_iter().map(|x| NewDelivery {
                 id: sojourn_persistence::ids::new_delivery_id(),

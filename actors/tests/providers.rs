@@ -65,6 +65,7 @@ fn output(o: &ActionOutcome) -> &Value {
     match o {
         ActionOutcome::Success { output } => output,
         ActionOutcome::Failure { output, .. } => output,
+        other => panic!("a provider answers a success or a failure, not {other:?}"),
     }
 }
 

@@ -346,6 +346,96 @@ impl DeliveryStore for Flaky {
     }
 }
 
+impl sojourn_persistence::AudienceStore for Flaky {
+    async fn write_profiles(
+        &self,
+        ns: &str,
+        patches: &[(String, sojourn_persistence::ProfilePatch)],
+        replace: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<sojourn_persistence::ProfileRecord>, Error> {
+        self.0.write_profiles(ns, patches, replace, now).await
+    }
+    async fn get_profile(
+        &self,
+        ns: &str,
+        subject: &str,
+    ) -> Result<Option<sojourn_persistence::ProfileRecord>, Error> {
+        self.0.get_profile(ns, subject).await
+    }
+    async fn list_profiles(
+        &self,
+        ns: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<sojourn_persistence::ProfileRecord>, Error> {
+        self.0.list_profiles(ns, after, limit).await
+    }
+    async fn erase_profile(
+        &self,
+        ns: &str,
+        subject: &str,
+    ) -> Result<sojourn_persistence::Erased, Error> {
+        self.0.erase_profile(ns, subject).await
+    }
+    async fn add_suppressions(
+        &self,
+        rows: &[sojourn_persistence::Suppression],
+    ) -> Result<(), Error> {
+        self.0.add_suppressions(rows).await
+    }
+    async fn remove_suppression(
+        &self,
+        ns: &str,
+        channel: &str,
+        address: &str,
+    ) -> Result<bool, Error> {
+        self.0.remove_suppression(ns, channel, address).await
+    }
+    async fn list_suppressions(
+        &self,
+        ns: &str,
+        channel: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<sojourn_persistence::Suppression>, Error> {
+        self.0.list_suppressions(ns, channel, after, limit).await
+    }
+    async fn put_frequency_caps(
+        &self,
+        ns: &str,
+        caps: &[sojourn_persistence::FrequencyCap],
+    ) -> Result<(), Error> {
+        self.0.put_frequency_caps(ns, caps).await
+    }
+    async fn frequency_caps(
+        &self,
+        ns: &str,
+    ) -> Result<Vec<sojourn_persistence::FrequencyCap>, Error> {
+        self.0.frequency_caps(ns).await
+    }
+    async fn audience_of(
+        &self,
+        channel: &str,
+        executions: &[&str],
+        addresses: &[String],
+    ) -> Result<sojourn_persistence::AudienceFacts, Error> {
+        self.0.audience_of(channel, executions, addresses).await
+    }
+    async fn reserve_sends(
+        &self,
+        ns: &str,
+        caps: &[sojourn_persistence::FrequencyCap],
+        requests: &[sojourn_persistence::CapRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<sojourn_persistence::CapVerdict>, Error> {
+        self.0.reserve_sends(ns, caps, requests, now).await
+    }
+    async fn release_sends(&self, ns: &str, sends: &[(String, String)]) -> Result<(), Error> {
+        self.0.release_sends(ns, sends).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_execution_is_restarted_then_marked_failed_and_the_rest_carries_on() {
     let path = std::env::temp_dir().join(format!(

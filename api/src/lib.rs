@@ -38,7 +38,9 @@ pub use state::AppState;
 
 use crate::auth::Scope::{Admin, Read, Write};
 use crate::docs::{Routes, Spec};
-use crate::routes::{cluster, deliveries, events, executions, keys, system, triggers, workflows};
+use crate::routes::{
+    audience, cluster, deliveries, events, executions, keys, system, triggers, workflows,
+};
 
 /// The built API: its router, its OpenAPI document and its route table.
 #[derive(Debug)]
@@ -366,6 +368,123 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         triggers::destroy::<S>,
     );
     r.add(M::POST, "/trigger/{*path}", Spec::new("triggers", "Fire an api trigger").scope(Write).body::<serde_json::Map<String, Value>>().returns::<executions::Started>(201).describe("Starts the trigger's workflow with the request body (a JSON object) as input. Honours Idempotency-Key."), triggers::fire::<S>);
+
+    // ---- audience ----------------------------------------------------------
+    r.add(
+        M::GET,
+        "/v1/profiles",
+        Spec::new("audience", "List profiles")
+            .scope(Read)
+            .query::<audience::ListProfiles>()
+            .returns::<routes::Page<audience::ProfileOut>>(200)
+            .describe("The namespace's profiles by subject."),
+        audience::list::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/profiles:batch",
+        Spec::new("audience", "Write many profiles")
+            .scope(Write)
+            .body::<audience::ProfileBatch>()
+            .returns::<audience::BatchOut>(200)
+            .describe("Up to 1,000 profiles, merged (or replaced with `replace: true`), all or nothing in one transaction; an error names the profile and field (`profiles[3].email`)."),
+        audience::batch::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/profiles/{subject}",
+        Spec::new("audience", "Get a profile")
+            .scope(Read)
+            .returns::<audience::ProfileOut>(200),
+        audience::get::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/profiles/{subject}",
+        Spec::new("audience", "Create or update a profile (merge)")
+            .scope(Write)
+            .body::<audience::ProfileIn>()
+            .returns::<audience::ProfileOut>(200)
+            .describe("Fields given replace what is there (`null` clears one); `attributes` and the preference maps merge key by key (a `null` attribute removes it). Channel actions with `to: \"subject\"` read the addresses at send time."),
+        audience::merge::<S>,
+    );
+    r.add(
+        M::PUT,
+        "/v1/profiles/{subject}",
+        Spec::new("audience", "Create or replace a profile")
+            .scope(Write)
+            .body::<audience::ProfileIn>()
+            .returns::<audience::ProfileOut>(200),
+        audience::replace::<S>,
+    );
+    r.add(
+        M::DELETE,
+        "/v1/profiles/{subject}",
+        Spec::new("audience", "Erase a subject (right to erasure)")
+            .scope(Write)
+            .returns::<audience::ErasedOut>(200)
+            .describe("Deletes the profile and what its frequency caps counted, blanks the recipients of its deliveries, and cancels the subject's running executions. The suppression list keeps its addresses (so an erased person is not mailed again)."),
+        audience::erase::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/suppressions",
+        Spec::new("audience", "List the suppression list")
+            .scope(Read)
+            .query::<audience::ListSuppressions>()
+            .returns::<routes::Page<audience::SuppressionOut>>(200),
+        audience::suppressions::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/suppressions",
+        Spec::new("audience", "Suppress an address")
+            .scope(Write)
+            .body::<audience::SuppressionIn>()
+            .returns::<audience::SuppressionOut>(201)
+            .describe("Nothing is sent to it on that channel, whatever the category. Hard bounces and complaints reported by providers are added on their own."),
+        audience::suppress::<S>,
+    );
+    r.add(
+        M::DELETE,
+        "/v1/suppressions",
+        Spec::new("audience", "Remove an address from the suppression list")
+            .scope(Write)
+            .query::<audience::Unsuppress>(),
+        audience::unsuppress::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/frequency-caps",
+        Spec::new("audience", "The namespace's frequency caps")
+            .scope(Read)
+            .returns::<audience::Caps>(200),
+        audience::get_caps::<S>,
+    );
+    r.add(
+        M::PUT,
+        "/v1/frequency-caps",
+        Spec::new("audience", "Replace the namespace's frequency caps")
+            .scope(Write)
+            .body::<audience::Caps>()
+            .returns::<audience::Caps>(200)
+            .describe("Per subject, across all journeys: at most `max_sends` of a channel and category per window. Enforced by the workers at send time, atomically across the cluster."),
+        audience::put_caps::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/unsubscribe/{token}",
+        Spec::new("audience", "A recipient's unsubscribe page")
+            .describe("The page an unsubscribe link opens (no API key: the signed token is the credential). Reading it changes nothing."),
+        audience::page::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/unsubscribe/{token}",
+        Spec::new("audience", "Unsubscribe (one-click, RFC 8058)")
+            .describe("`List-Unsubscribe=One-Click` (or the page's `scope=category`) opts the recipient out of the link's category; `scope=all` out of all marketing. Changes only that recipient."),
+        audience::unsubscribe::<S>,
+    );
 
     // ---- cluster -----------------------------------------------------------
     r.add(

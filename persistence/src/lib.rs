@@ -60,6 +60,7 @@
 //! A table that joins an existing area (the way `inbox` sits with the
 //! outbox) is steps 1, 2 and 4 and methods in that area's module.
 
+mod audience;
 mod deliveries;
 mod error;
 mod executions;
@@ -75,6 +76,11 @@ mod triggers;
 mod types;
 mod workflows;
 
+pub use audience::{
+    Addresses, AudienceFacts, AudienceStore, CapRequest, CapVerdict, Erased, FrequencyCap, OnCap,
+    Preferences, Profile, ProfilePatch, ProfileRecord, Suppression, addresses_of,
+    normalize_address,
+};
 pub use deliveries::DeliveryStore;
 pub use error::Error;
 pub use executions::ExecutionStore;
@@ -96,7 +102,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// (`use sojourn_persistence::prelude::*;`).
 pub mod prelude {
     pub use crate::{
-        DeliveryStore, ExecutionStore, KeyStore, OutboxStore, Store, TimerStore, TriggerStore,
-        WorkflowStore,
+        AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, Store, TimerStore,
+        TriggerStore, WorkflowStore,
     };
 }

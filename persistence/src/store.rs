@@ -8,7 +8,8 @@ use std::future::Future;
 
 use crate::Result;
 use crate::{
-    DeliveryStore, ExecutionStore, KeyStore, OutboxStore, TimerStore, TriggerStore, WorkflowStore,
+    AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, TimerStore, TriggerStore,
+    WorkflowStore,
 };
 
 /// One store: PostgreSQL or SQLite, the same behaviour (the conformance
@@ -21,6 +22,7 @@ pub trait Store:
     + TriggerStore
     + KeyStore
     + DeliveryStore
+    + AudienceStore
     + 'static
 {
     /// Whether the database answers (readiness): one indexed lookup.
@@ -37,6 +39,7 @@ impl<S> Store for S where
         + TriggerStore
         + KeyStore
         + DeliveryStore
+        + AudienceStore
         + 'static
 {
 }

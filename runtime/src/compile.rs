@@ -120,7 +120,7 @@ impl CompiledKind {
             }
             CompiledKind::Action(_) => Branches::Labeled {
                 required: labels(&["success"]),
-                optional: labels(&["failure"]),
+                optional: labels(&["failure", "skipped"]),
             },
             CompiledKind::WaitForEvent(w) => Branches::Labeled {
                 required: if w.has_timeout {

@@ -82,6 +82,22 @@ pub enum ActionOutcome {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+    /// Not sent, on purpose, and not to be tried again: the recipient
+    /// opted out, is suppressed or has no address, or a frequency cap is
+    /// full. The node takes its `skipped` branch, else goes on as if sent.
+    Skipped {
+        reason: String,
+        /// Why, for the node's output (`status`: unsubscribed, suppressed,
+        /// no_address, capped; the channel, the cap).
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        output: Value,
+    },
+    /// Not sent yet: a frequency cap allows it at `until`. The node sends
+    /// again then (a durable timer), without spending one of its tries.
+    Deferred {
+        until: chrono::DateTime<chrono::Utc>,
+        reason: String,
+    },
 }
 
 impl ActionOutcome {

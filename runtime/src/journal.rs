@@ -76,6 +76,20 @@ pub enum JournalEvent {
         node: NodeId,
         until: DateTime<Utc>,
     },
+    /// Not sent, on purpose: the recipient opted out, is suppressed, has no
+    /// address, or a frequency cap is full.
+    ActionSkipped {
+        node: NodeId,
+        attempt: u32,
+        reason: String,
+    },
+    /// Held until a frequency cap allows it.
+    ActionDeferred {
+        node: NodeId,
+        attempt: u32,
+        until: DateTime<Utc>,
+        reason: String,
+    },
     DelayStarted {
         node: NodeId,
         until: DateTime<Utc>,
@@ -140,6 +154,8 @@ impl JournalEvent {
             JournalEvent::ActionFailed { .. } => "action_failed",
             JournalEvent::RetryScheduled { .. } => "retry_scheduled",
             JournalEvent::QuietHoursDeferred { .. } => "quiet_hours_deferred",
+            JournalEvent::ActionSkipped { .. } => "action_skipped",
+            JournalEvent::ActionDeferred { .. } => "action_deferred",
             JournalEvent::DelayStarted { .. } => "delay_started",
             JournalEvent::DelayElapsed { .. } => "delay_elapsed",
             JournalEvent::WaitingForEvent { .. } => "waiting_for_event",
@@ -214,6 +230,21 @@ impl fmt::Display for JournalEvent {
             JournalEvent::QuietHoursDeferred { node, until } => {
                 write!(f, "{node} held for quiet hours until {}", ts(until))
             }
+            JournalEvent::ActionSkipped {
+                node,
+                attempt,
+                reason,
+            } => write!(f, "{node} attempt {attempt} not sent: {reason}"),
+            JournalEvent::ActionDeferred {
+                node,
+                attempt,
+                until,
+                reason,
+            } => write!(
+                f,
+                "{node} attempt {attempt} held until {}: {reason}",
+                ts(until)
+            ),
             JournalEvent::DelayStarted { node, until } => {
                 write!(f, "{node} sleeps until {}", ts(until))
             }

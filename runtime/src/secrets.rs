@@ -46,6 +46,16 @@ pub fn is_valid_name(name: &str) -> bool {
         && name.len() <= 128
 }
 
+/// The name `{{ unsubscribe_url }}` refers to: the worker puts the
+/// recipient's signed unsubscribe link there at send time, as it does a
+/// secret's value.
+pub const UNSUBSCRIBE_URL: &str = "SOJOURN_UNSUBSCRIBE_URL";
+
+/// The template value of `{{ unsubscribe_url }}`.
+pub(crate) fn unsubscribe_url() -> JinjaValue {
+    JinjaValue::from_object(SecretRef(UNSUBSCRIBE_URL.into()))
+}
+
 /// The marker a reference to `name` renders as.
 pub fn marker(name: &str) -> String {
     format!("{OPEN}{name}{CLOSE}")

@@ -52,6 +52,9 @@ impl Templates {
             "secrets",
             minijinja::Value::from_object(crate::secrets::SecretsRoot),
         );
+        // `{{ unsubscribe_url }}`: the recipient's signed link, put in by
+        // the worker at send time.
+        env.add_global("unsubscribe_url", crate::secrets::unsubscribe_url());
         env.set_formatter(crate::secrets::formatter);
         Templates { env, count: 0 }
     }

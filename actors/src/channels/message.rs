@@ -139,6 +139,20 @@ impl Message {
     }
 }
 
+/// Checks an address for a profile (`field` names it in the error):
+/// an email address, or an E.164 number; returns it as sent.
+pub fn check_address(channel: Channel, field: &str, value: &str) -> Result<String, String> {
+    match channel {
+        Channel::Email => address(field, value),
+        Channel::Sms => {
+            let mut i = Map::new();
+            i.insert("to".into(), Value::String(value.to_owned()));
+            phone(&i, "to").map_err(|e| e.replace("inputs.to", field))
+        }
+        _ => Ok(value.trim().to_owned()),
+    }
+}
+
 fn text(i: &Map<String, Value>, field: &str) -> Result<String, String> {
     match i.get(field) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),

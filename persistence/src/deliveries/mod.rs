@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Executor, QueryBuilder};
 
 use crate::Result;
+use crate::audience::{Suppression, normalize_address};
 use crate::sql::{Bind, Instant, Read, Sql, SqlStore, at};
 use crate::types::{DeliveryQuery, DeliveryRecord, NewDelivery};
 
@@ -70,6 +71,7 @@ where
     for<'q> i32: Bind<'q, DB>,
     DeliveryRecord: Read<DB>,
     (String,): Read<DB>,
+    (String, String, String): Read<DB>,
 {
     async fn add_deliveries(&self, batch: &[NewDelivery]) -> Result<()> {
         // One row per attempt and provider (the last written wins): an
@@ -117,6 +119,7 @@ where
     for<'q> i32: Bind<'q, DB>,
     DeliveryRecord: Read<DB>,
     (String,): Read<DB>,
+    (String, String, String): Read<DB>,
 {
     /// One statement: INSERT … SELECT from each delivery's execution row
     /// (its namespace and workflow come from the database). A row already
@@ -251,19 +254,51 @@ where
         let sql = format!(
             "UPDATE deliveries SET status = $1, updated_at = $2
              WHERE provider = $3 AND provider_message_id = $4 AND {} <= {}
-             RETURNING id",
+             RETURNING namespace, channel, recipient",
             rank("status"),
             rank("$1")
         );
+        let mut suppress: Vec<Suppression> = Vec::new();
         for (message_id, status) in updates {
-            let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(status.as_str())
-                .bind(at(now))
-                .bind(provider)
-                .bind(message_id.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows: Vec<(String, String, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(status.as_str())
+                    .bind(at(now))
+                    .bind(provider)
+                    .bind(message_id.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
             moved += rows.len() as u64;
+            // A hard bounce or a complaint puts the address on the
+            // suppression list (a message to several addresses does not:
+            // the report does not say which one bounced).
+            if matches!(status.as_str(), "bounced" | "complained") {
+                suppress.extend(rows.into_iter().filter(|(_, _, r)| !r.contains(',')).map(
+                    |(namespace, channel, recipient)| Suppression {
+                        address: normalize_address(&channel, &recipient),
+                        namespace,
+                        channel,
+                        reason: status.clone(),
+                        detail: Some(format!("reported by {provider} for {message_id}")),
+                        created_at: now,
+                    },
+                ));
+            }
+        }
+        for s in &suppress {
+            sqlx::query(
+                "INSERT INTO suppressions (namespace, channel, address, reason, detail, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (namespace, channel, address) DO NOTHING",
+            )
+            .bind(s.namespace.as_str())
+            .bind(s.channel.as_str())
+            .bind(s.address.as_str())
+            .bind(s.reason.as_str())
+            .bind(s.detail.as_deref())
+            .bind(at(s.created_at))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(Some(moved))

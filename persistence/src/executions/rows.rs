@@ -247,6 +247,14 @@ pub(crate) fn outcome_columns(
     match outcome {
         ActionOutcome::Success { output } => ("succeeded", Some(output.clone()), None),
         ActionOutcome::Failure { error, .. } => ("failed", None, Some(error.clone())),
+        ActionOutcome::Skipped { reason, output } => {
+            ("skipped", Some(output.clone()), Some(reason.clone()))
+        }
+        ActionOutcome::Deferred { until, reason } => (
+            "deferred",
+            Some(serde_json::json!({ "until": until })),
+            Some(reason.clone()),
+        ),
     }
 }
 

@@ -293,6 +293,46 @@ pub(crate) fn on_result<'w>(
             );
             Ok(Flow::Next(Some("success")))
         }
+        ActionOutcome::Skipped { reason, output } => {
+            m.journal(JournalEvent::ActionSkipped {
+                node: node.id.clone(),
+                attempt,
+                reason: reason.clone(),
+            });
+            let mut recorded = json!({ "skipped": reason, "attempt": attempt });
+            if let (Value::Object(more), Some(into)) = (output, recorded.as_object_mut()) {
+                for (k, v) in more {
+                    into.entry(k).or_insert(v);
+                }
+            }
+            m.snap.nodes.insert(node.id.clone(), recorded);
+            if node.has_branch("skipped") {
+                return Ok(Flow::Next(Some("skipped")));
+            }
+            Ok(Flow::Next(Some("success")))
+        }
+        ActionOutcome::Deferred { until, reason } => {
+            m.journal(JournalEvent::ActionDeferred {
+                node: node.id.clone(),
+                attempt,
+                until,
+                reason,
+            });
+            // Never before now (a clock behind the worker's), never more
+            // than a year on.
+            let at = until.max(m.now).min(m.now + Duration::days(366));
+            let timer = m.timer_id(&node.id, "retry");
+            m.schedule_timer(timer.clone(), at);
+            // The same try again: a deferral spends none of the node's.
+            m.snap.wait = Some(Wait::RetryBackoff {
+                node: node.id.clone(),
+                try_number,
+                timer,
+                until: at,
+            });
+            m.snap.status = Status::Waiting;
+            Ok(Flow::Suspend)
+        }
         ActionOutcome::Failure {
             error,
             retryable,

@@ -1,0 +1,628 @@
+//! Sends respect the recipient, checked at send time (DESIGN invariant 8):
+//! before a channel worker sends a batch it reads the batch's audience at
+//! once ([`AudienceStore::audience_of`]: the executions' subjects, their
+//! profiles, the suppressed addresses, the namespaces' frequency caps) and
+//! decides each message:
+//!
+//! - `to: "subject"` is resolved from the profile *now* (an address changed
+//!   after the journey started is the one used); none: `no_address`;
+//! - an address on the suppression list is never sent to, whatever the
+//!   category: `suppressed`;
+//! - a marketing message (any category but `transactional`) to a subject
+//!   who opted out of it, its channel or all marketing: `unsubscribed`;
+//! - the caps that count it are reserved atomically across the cluster
+//!   ([`AudienceStore::reserve_sends`]); over one: `capped` (skipped), or
+//!   deferred to when the cap allows it.
+//!
+//! A message not sent gets a delivery row saying why and the outcome
+//! [`ActionOutcome::Skipped`] (the node's `skipped` branch) or
+//! [`ActionOutcome::Deferred`]. Marketing email carries `List-Unsubscribe`
+//! and one-click `List-Unsubscribe-Post` (RFC 8058); templates get the same
+//! signed link as `{{ unsubscribe_url }}`.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use hmac::{KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sojourn_persistence::{
+    AudienceStore, CapRequest, CapVerdict, OnCap, addresses_of, normalize_address,
+};
+use sojourn_runtime::{ActionOutcome, Dispatch};
+
+use crate::channels::{Channel, Delivery};
+
+/// The category that ignores preferences and caps (never suppressions).
+pub const TRANSACTIONAL: &str = "transactional";
+
+/// The secret name `{{ unsubscribe_url }}` renders a marker for: the worker
+/// puts the recipient's signed link there.
+pub const UNSUBSCRIBE_MARKER: &str = sojourn_runtime::secrets::UNSUBSCRIBE_URL;
+
+/// How the audience checks run on a node.
+#[derive(Clone, Default)]
+pub struct AudienceConfig {
+    /// Signs unsubscribe links. Without it there are no links: a template
+    /// using `{{ unsubscribe_url }}` fails, and email goes without
+    /// `List-Unsubscribe`.
+    pub unsubscribe_key: Option<SecretString>,
+    /// Where recipients reach this cluster (`https://sojourn.example.com`):
+    /// the links point there.
+    pub public_url: Option<String>,
+    /// How long a link works, in seconds (`None`: forever).
+    pub link_ttl_seconds: Option<u64>,
+    /// A channel's category when an action names none (else `marketing`).
+    pub default_categories: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for AudienceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudienceConfig")
+            .field(
+                "unsubscribe_key",
+                &self.unsubscribe_key.as_ref().map(|_| "[redacted]"),
+            )
+            .field("public_url", &self.public_url)
+            .field("link_ttl_seconds", &self.link_ttl_seconds)
+            .field("default_categories", &self.default_categories)
+            .finish()
+    }
+}
+
+/// What an unsubscribe link names: one recipient of one category on one
+/// channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    #[serde(rename = "n")]
+    pub namespace: String,
+    /// The subject, when the message had one: its preferences change. Else
+    /// the address goes on the suppression list.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(rename = "c")]
+    pub channel: String,
+    #[serde(rename = "k")]
+    pub category: String,
+    /// The address the message went to (normalized).
+    #[serde(rename = "a")]
+    pub address: String,
+    /// Expiry, seconds since the epoch.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+}
+
+/// Why a link was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("unsubscribe links are not configured on this node (audience.unsubscribe_key)")]
+    NotConfigured,
+    #[error("the link is not one of ours (altered or made elsewhere)")]
+    Forged,
+    #[error("the link has expired")]
+    Expired,
+}
+
+/// The audience side of a node: link signing and the per-batch decisions.
+#[derive(Debug, Clone, Default)]
+pub struct Audience {
+    config: AudienceConfig,
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+impl Audience {
+    pub fn new(config: AudienceConfig) -> Audience {
+        Audience { config }
+    }
+
+    /// The category of a message: its `category` input, else the channel's
+    /// configured default, else `marketing`.
+    pub fn category_of(&self, channel: Channel, inputs: &Value) -> String {
+        match inputs.get("category").and_then(Value::as_str) {
+            Some(c) if !c.trim().is_empty() => c.trim().to_owned(),
+            _ => self
+                .config
+                .default_categories
+                .get(channel.as_str())
+                .cloned()
+                .unwrap_or_else(|| "marketing".to_owned()),
+        }
+    }
+
+    fn mac(&self) -> Option<HmacSha256> {
+        let key = self.config.unsubscribe_key.as_ref()?;
+        HmacSha256::new_from_slice(key.expose_secret().as_bytes()).ok()
+    }
+
+    /// A signed token for `u`.
+    pub fn sign(&self, u: &Unsubscribe) -> Option<String> {
+        let mut mac = self.mac()?;
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(u).ok()?);
+        mac.update(body.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        Some(format!("{body}.{sig}"))
+    }
+
+    /// The link for `u`, where recipients reach the cluster.
+    pub fn link(&self, u: &Unsubscribe) -> Option<String> {
+        let base = self.config.public_url.as_deref()?.trim_end_matches('/');
+        Some(format!("{base}/v1/unsubscribe/{}", self.sign(u)?))
+    }
+
+    /// Reads a token: what it names, if we signed it and it has not expired.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Unsubscribe, LinkError> {
+        let mut mac = self.mac().ok_or(LinkError::NotConfigured)?;
+        let (body, sig) = token.split_once('.').ok_or(LinkError::Forged)?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| LinkError::Forged)?;
+        mac.update(body.as_bytes());
+        mac.verify_slice(&sig).map_err(|_| LinkError::Forged)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| LinkError::Forged)?;
+        let u: Unsubscribe = serde_json::from_slice(&json).map_err(|_| LinkError::Forged)?;
+        if u.expires.is_some_and(|x| x < now.timestamp()) {
+            return Err(LinkError::Expired);
+        }
+        Ok(u)
+    }
+
+    fn expiry(&self, now: DateTime<Utc>) -> Option<i64> {
+        self.config.link_ttl_seconds.map(|s| {
+            now.timestamp()
+                .saturating_add(i64::try_from(s).unwrap_or(i64::MAX))
+        })
+    }
+}
+
+/// One message of a batch, as the audience sees it.
+pub(crate) struct Job<'a> {
+    pub execution_id: &'a str,
+    pub dispatch: &'a Dispatch,
+}
+
+/// What to do with one message.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Send it, with these inputs when they changed (the address resolved,
+    /// the unsubscribe headers), and this link for `{{ unsubscribe_url }}`.
+    Send {
+        inputs: Option<Value>,
+        link: Option<String>,
+        /// The cap reservation to give back if it fails:
+        /// (namespace, subject, key).
+        counted: Option<(String, String, String)>,
+    },
+    /// Not sent: this outcome and this delivery row.
+    Done(ActionOutcome, Delivery),
+}
+
+/// Where a message that may go goes: namespace, subject, address
+/// (normalized), and the value that replaces `"subject"` in its inputs.
+type Target = (String, Option<String>, String, Option<Value>);
+
+/// What one message is, before the store is asked.
+struct Read {
+    category: String,
+    to_subject: bool,
+    /// Literal addresses (normalized).
+    literal: Vec<String>,
+}
+
+fn read(audience: &Audience, channel: Channel, inputs: &Value) -> Read {
+    let category = audience.category_of(channel, inputs);
+    let field = match channel {
+        Channel::Chat => "channel",
+        _ => "to",
+    };
+    let target = inputs.get(field).or_else(|| inputs.get("to"));
+    let to_subject = target.and_then(Value::as_str) == Some("subject");
+    let mut literal = Vec::new();
+    if !to_subject {
+        match (channel, target) {
+            (Channel::Email, Some(Value::String(s))) => literal.extend(
+                s.split(',')
+                    .filter(|a| !a.trim().is_empty())
+                    .map(|a| normalize_address("email", a)),
+            ),
+            (Channel::Email, Some(Value::Array(list))) => literal.extend(
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(|a| normalize_address("email", a)),
+            ),
+            (Channel::Sms, Some(Value::String(s))) => literal.push(
+                s.chars()
+                    .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+                    .collect(),
+            ),
+            (_, Some(Value::String(s))) => literal.push(s.trim().to_owned()),
+            _ => {}
+        }
+        if channel == Channel::Push {
+            if let Some(t) = inputs.get("token").and_then(Value::as_str) {
+                literal.push(t.trim().to_owned());
+            }
+            if let Some(e) = inputs
+                .get("subscription")
+                .and_then(|s| s.get("endpoint"))
+                .and_then(Value::as_str)
+            {
+                literal.push(e.trim().to_owned());
+            }
+        }
+    }
+    Read {
+        category,
+        to_subject,
+        literal,
+    }
+}
+
+/// Decides a batch of one channel's messages: one read of the audience, and
+/// one transaction per namespace whose caps count some of them.
+pub(crate) async fn plan<S: AudienceStore>(
+    store: &S,
+    audience: &Audience,
+    channel: Channel,
+    jobs: &[Job<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<Plan>, sojourn_persistence::Error> {
+    let reads: Vec<Read> = jobs
+        .iter()
+        .map(|j| read(audience, channel, &j.dispatch.inputs))
+        .collect();
+    let ids: Vec<&str> = jobs.iter().map(|j| j.execution_id).collect();
+    let mut literal: Vec<String> = reads.iter().flat_map(|r| r.literal.clone()).collect();
+    literal.sort();
+    literal.dedup();
+    let facts = store.audience_of(channel.as_str(), &ids, &literal).await?;
+    let mut plans: Vec<Option<Plan>> = Vec::with_capacity(jobs.len());
+    // (namespace) → (job index, request)
+    let mut caps_asked: HashMap<String, Vec<(usize, CapRequest)>> = HashMap::new();
+    let mut targets: Vec<Option<Target>> = Vec::with_capacity(jobs.len());
+    for (i, (job, r)) in jobs.iter().zip(&reads).enumerate() {
+        let d = job.dispatch;
+        let skip = |status: &'static str, reason: String, recipient: String| {
+            Some(Plan::Done(
+                ActionOutcome::Skipped {
+                    reason: reason.clone(),
+                    output: json!({"status": status, "channel": channel.as_str(), "category": r.category}),
+                },
+                not_sent(channel, status, recipient, reason, now),
+            ))
+        };
+        let Some((ns, subject)) = facts.executions.get(job.execution_id) else {
+            // The attempt began, so its execution is there; if not, the
+            // send goes as it would have without an audience.
+            plans.push(Some(Plan::Send {
+                inputs: None,
+                link: None,
+                counted: None,
+            }));
+            targets.push(None);
+            continue;
+        };
+        let profile = subject
+            .as_ref()
+            .and_then(|s| facts.profiles.get(&(ns.clone(), s.clone())));
+        // The address, resolved now.
+        let (address, replaced) = if r.to_subject {
+            match profile.and_then(|p| resolve(channel, &p.addresses)) {
+                Some((shown, value)) => (normalize_address(channel.as_str(), &shown), Some(value)),
+                None => {
+                    let reason = match subject {
+                        None => "to is \"subject\" but the execution has no subject".to_owned(),
+                        Some(s) => {
+                            format!("the profile of {s:?} has no {} address", channel.as_str())
+                        }
+                    };
+                    plans.push(skip("no_address", reason, String::new()));
+                    targets.push(None);
+                    continue;
+                }
+            }
+        } else {
+            (r.literal.first().cloned().unwrap_or_default(), None)
+        };
+        let checked: Vec<&str> = if r.to_subject {
+            vec![address.as_str()]
+        } else {
+            r.literal.iter().map(String::as_str).collect()
+        };
+        if let Some(hit) = checked
+            .iter()
+            .find(|a| facts.suppressed.contains(&(ns.clone(), (**a).to_owned())))
+        {
+            plans.push(skip(
+                "suppressed",
+                format!("{} is on the suppression list", mask(channel, hit)),
+                (*hit).to_owned(),
+            ));
+            targets.push(None);
+            continue;
+        }
+        if r.category != TRANSACTIONAL
+            && let Some(why) =
+                profile.and_then(|p| p.preferences.refuses(channel.as_str(), &r.category))
+        {
+            plans.push(skip("unsubscribed", why, address.clone()));
+            targets.push(None);
+            continue;
+        }
+        if r.category != TRANSACTIONAL
+            && let Some(s) = subject
+            && facts.caps.get(ns).is_some_and(|c| !c.is_empty())
+        {
+            caps_asked.entry(ns.clone()).or_default().push((
+                i,
+                CapRequest {
+                    subject: s.clone(),
+                    key: format!("{}/{}", job.execution_id, d.node),
+                    channel: channel.as_str().to_owned(),
+                    category: r.category.clone(),
+                },
+            ));
+        }
+        plans.push(None);
+        targets.push(Some((ns.clone(), subject.clone(), address, replaced)));
+    }
+    let mut counted: HashMap<usize, (String, String, String)> = HashMap::new();
+    for (ns, asked) in caps_asked {
+        let caps = &facts.caps[&ns];
+        let requests: Vec<CapRequest> = asked.iter().map(|(_, r)| r.clone()).collect();
+        let verdicts = store.reserve_sends(&ns, caps, &requests, now).await?;
+        for ((i, req), v) in asked.into_iter().zip(verdicts) {
+            match v {
+                CapVerdict::Allowed => {
+                    counted.insert(i, (ns.clone(), req.subject, req.key));
+                }
+                CapVerdict::Capped { until, on_cap, cap } => {
+                    let address = targets[i].as_ref().map(|t| t.2.clone()).unwrap_or_default();
+                    targets[i] = None;
+                    let reason = format!(
+                        "frequency cap: {cap} (the next may go at {})",
+                        until.to_rfc3339()
+                    );
+                    let outcome = match on_cap {
+                        OnCap::Skip => ActionOutcome::Skipped {
+                            reason: reason.clone(),
+                            output: json!({"status": "capped", "channel": channel.as_str(), "category": req.category, "until": until}),
+                        },
+                        OnCap::Defer => ActionOutcome::Deferred {
+                            until,
+                            reason: reason.clone(),
+                        },
+                    };
+                    let status = match on_cap {
+                        OnCap::Skip => "capped",
+                        OnCap::Defer => "deferred",
+                    };
+                    plans[i] = Some(Plan::Done(
+                        outcome,
+                        not_sent(channel, status, address, reason, now),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(plans
+        .into_iter()
+        .zip(targets)
+        .enumerate()
+        .map(|(i, (plan, target))| {
+            if let Some(p) = plan {
+                return p;
+            }
+            let Some((ns, subject, address, replaced)) = target else {
+                return Plan::Send {
+                    inputs: None,
+                    link: None,
+                    counted: None,
+                };
+            };
+            let job = &jobs[i];
+            let r = &reads[i];
+            let link = (r.category != TRANSACTIONAL)
+                .then(|| {
+                    audience.link(&Unsubscribe {
+                        namespace: ns,
+                        subject,
+                        channel: channel.as_str().to_owned(),
+                        category: r.category.clone(),
+                        address,
+                        expires: audience.expiry(now),
+                    })
+                })
+                .flatten();
+            let inputs = rewrite(channel, &job.dispatch.inputs, replaced, link.as_deref());
+            Plan::Send {
+                inputs,
+                link,
+                counted: counted.remove(&i),
+            }
+        })
+        .collect())
+}
+
+/// The profile's address for the channel: (as logged, as the input takes
+/// it). Push: the newest device.
+fn resolve(channel: Channel, a: &sojourn_persistence::Addresses) -> Option<(String, Value)> {
+    if channel == Channel::Push {
+        let last = a.push.last()?;
+        let shown = addresses_of(a, "push").pop()?;
+        return Some((shown, last.clone()));
+    }
+    let shown = addresses_of(a, channel.as_str()).pop()?;
+    Some((shown.clone(), Value::String(shown)))
+}
+
+/// The inputs to send, when they change: the resolved address in place of
+/// `"subject"`, and the unsubscribe headers on marketing email.
+fn rewrite(
+    channel: Channel,
+    inputs: &Value,
+    replaced: Option<Value>,
+    link: Option<&str>,
+) -> Option<Value> {
+    let headers = channel == Channel::Email && link.is_some();
+    if replaced.is_none() && !headers {
+        return None;
+    }
+    let mut out = inputs.clone();
+    let o = out.as_object_mut()?;
+    if let Some(v) = replaced {
+        match (channel, &v) {
+            (Channel::Push, Value::Object(_)) => {
+                o.remove("to");
+                o.remove("token");
+                o.insert("subscription".into(), v);
+            }
+            (Channel::Chat, _) => {
+                o.remove("to");
+                o.insert("channel".into(), v);
+            }
+            _ => {
+                o.insert("to".into(), v);
+            }
+        }
+    }
+    if let (true, Some(link)) = (headers, link) {
+        let h = o
+            .entry("headers")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(h) = h.as_object_mut() {
+            // The author's own List-Unsubscribe wins.
+            if !h.keys().any(|k| k.eq_ignore_ascii_case("list-unsubscribe")) {
+                h.insert(
+                    "List-Unsubscribe".into(),
+                    Value::String(format!("<{link}>")),
+                );
+                h.insert(
+                    "List-Unsubscribe-Post".into(),
+                    Value::String("List-Unsubscribe=One-Click".into()),
+                );
+            }
+        }
+    }
+    Some(out)
+}
+
+fn mask(channel: Channel, address: &str) -> String {
+    match channel {
+        Channel::Email => crate::channels::message::mask_email(address),
+        Channel::Sms => crate::channels::message::mask_phone(address),
+        _ => "the address".to_owned(),
+    }
+}
+
+/// The delivery row of a message not sent.
+fn not_sent(
+    channel: Channel,
+    status: &'static str,
+    recipient: String,
+    reason: String,
+    now: DateTime<Utc>,
+) -> Delivery {
+    Delivery {
+        channel,
+        provider: NOT_SENT.to_owned(),
+        recipient,
+        status,
+        message_id: None,
+        error_class: None,
+        error: Some(reason),
+        started_at: now,
+        duration_ms: 0,
+    }
+}
+
+/// The provider column of a message the audience kept back.
+pub const NOT_SENT: &str = "-";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audience() -> Audience {
+        Audience::new(AudienceConfig {
+            unsubscribe_key: Some(SecretString::from("k".repeat(32))),
+            public_url: Some("https://s.example/".into()),
+            ..Default::default()
+        })
+    }
+
+    fn u() -> Unsubscribe {
+        Unsubscribe {
+            namespace: "default".into(),
+            subject: Some("u1".into()),
+            channel: "email".into(),
+            category: "marketing".into(),
+            address: "a@b.c".into(),
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn links_verify_and_tampering_is_refused() {
+        let a = audience();
+        let link = a.link(&u()).expect("test value");
+        assert!(link.starts_with("https://s.example/v1/unsubscribe/"));
+        let token = link.rsplit('/').next().expect("test value");
+        assert_eq!(a.verify(token, Utc::now()), Ok(u()));
+        // Another recipient's body under this signature.
+        let other = Unsubscribe {
+            subject: Some("u2".into()),
+            ..u()
+        };
+        let other_body = a.sign(&other).expect("test value");
+        let forged = format!(
+            "{}.{}",
+            other_body.split('.').next().expect("test value"),
+            token.split('.').nth(1).expect("test value")
+        );
+        assert_eq!(a.verify(&forged, Utc::now()), Err(LinkError::Forged));
+        // Another key.
+        let b = Audience::new(AudienceConfig {
+            unsubscribe_key: Some(SecretString::from("z".repeat(32))),
+            ..Default::default()
+        });
+        assert_eq!(b.verify(token, Utc::now()), Err(LinkError::Forged));
+        assert_eq!(a.verify("nope", Utc::now()), Err(LinkError::Forged));
+        // Expired.
+        let old = a
+            .sign(&Unsubscribe {
+                expires: Some(Utc::now().timestamp() - 1),
+                ..u()
+            })
+            .expect("test value");
+        assert_eq!(a.verify(&old, Utc::now()), Err(LinkError::Expired));
+    }
+
+    #[test]
+    fn marketing_email_gets_one_click_headers_and_the_resolved_address() {
+        let inputs = json!({"to": "subject", "subject": "s", "text": "t"});
+        let out = rewrite(
+            Channel::Email,
+            &inputs,
+            Some(json!("ann@x.org")),
+            Some("https://s/v1/unsubscribe/t"),
+        )
+        .expect("test value");
+        assert_eq!(out["to"], "ann@x.org");
+        assert_eq!(
+            out["headers"]["List-Unsubscribe"],
+            "<https://s/v1/unsubscribe/t>"
+        );
+        assert_eq!(
+            out["headers"]["List-Unsubscribe-Post"],
+            "List-Unsubscribe=One-Click"
+        );
+        assert_eq!(
+            rewrite(Channel::Sms, &json!({"to": "+331"}), None, Some("x")),
+            None
+        );
+    }
+}

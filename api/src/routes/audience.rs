@@ -1,0 +1,768 @@
+//! The audience: profiles (`/v1/profiles`), the suppression list
+//! (`/v1/suppressions`), frequency caps (`/v1/frequency-caps`) and the
+//! recipients' own unsubscribe links and page (`/v1/unsubscribe/{token}`,
+//! no API key: the signed token is the credential).
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use sojourn_actors::channels::Channel;
+use sojourn_actors::channels::message::check_address;
+use sojourn_persistence::{
+    FrequencyCap, OnCap, ProfilePatch, ProfileRecord, Store, Suppression, normalize_address,
+};
+use sojourn_runtime::Input;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Path, Q};
+use crate::routes::{Page, limit_of};
+use crate::state::AppState;
+
+/// Most profiles in one batch request.
+const MAX_BATCH: usize = 1000;
+
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A profile's fields to write: each one given replaces what is there
+/// (`null` clears it); `attributes` and the preference maps merge key by key
+/// on `POST` (a `null` attribute removes it) and replace on `PUT`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileIn {
+    /// Any JSON object: what segments and conditions read.
+    #[serde(default)]
+    pub attributes: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "some")]
+    pub email: Option<Option<String>>,
+    /// E.164 (`+33612345678`).
+    #[serde(default, deserialize_with = "some")]
+    pub phone: Option<Option<String>>,
+    /// Device tokens (strings) and browser `PushSubscription`s (objects),
+    /// newest last; `push.send` with `to: "subject"` uses the newest.
+    #[serde(default)]
+    pub push: Option<Vec<Value>>,
+    /// A chat user or channel id.
+    #[serde(default, deserialize_with = "some")]
+    pub chat: Option<Option<String>>,
+    /// An IANA time zone (`Europe/Paris`).
+    #[serde(default, deserialize_with = "some")]
+    pub timezone: Option<Option<String>>,
+    /// A BCP 47 tag (`fr-FR`).
+    #[serde(default, deserialize_with = "some")]
+    pub locale: Option<Option<String>>,
+    #[serde(default)]
+    pub preferences: Option<PreferencesIn>,
+}
+
+/// What the person agreed to receive (marketing only: transactional
+/// messages ignore preferences).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreferencesIn {
+    /// No marketing message at all.
+    #[serde(default)]
+    pub opted_out: Option<bool>,
+    /// Per channel: `{"sms": false}`.
+    #[serde(default)]
+    pub channels: std::collections::BTreeMap<String, bool>,
+    /// Per category: `{"newsletter": false}`.
+    #[serde(default)]
+    pub categories: std::collections::BTreeMap<String, bool>,
+}
+
+impl ProfileIn {
+    /// The patch, every field checked (`prefix` names where it came from).
+    fn patch(self, prefix: &str) -> ApiResult<ProfilePatch> {
+        let f = |name: &str| format!("{prefix}{name}");
+        let check = |channel: Channel, name: &str, v: Option<Option<String>>| match v {
+            Some(Some(a)) => check_address(channel, &f(name), &a)
+                .map(|a| Some(Some(a)))
+                .map_err(|e| {
+                    let (field, msg) = e.split_once(": ").unwrap_or((name, &e));
+                    ApiError::invalid(field, msg)
+                }),
+            other => Ok(other),
+        };
+        let email = check(Channel::Email, "email", self.email)?;
+        let phone = check(Channel::Sms, "phone", self.phone)?;
+        if let Some(push) = &self.push {
+            if push.len() > 20 {
+                return Err(ApiError::invalid(&f("push"), "at most 20 devices"));
+            }
+            for (n, p) in push.iter().enumerate() {
+                let ok = match p {
+                    Value::String(t) => !t.trim().is_empty() && t.len() <= 4096,
+                    Value::Object(o) => {
+                        o.get("endpoint")
+                            .and_then(Value::as_str)
+                            .is_some_and(|e| e.starts_with("https://") || e.starts_with("http://"))
+                            && o.get("keys").and_then(|k| k.get("p256dh")).is_some()
+                            && o.get("keys").and_then(|k| k.get("auth")).is_some()
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    return Err(ApiError::invalid(
+                        &f(&format!("push[{n}]")),
+                        "must be a device token or a PushSubscription (endpoint, keys.p256dh, keys.auth)",
+                    ));
+                }
+            }
+        }
+        if let Some(Some(tz)) = &self.timezone {
+            sojourn_runtime::time::parse_timezone(tz)
+                .map_err(|e| ApiError::invalid(&f("timezone"), e))?;
+        }
+        if let Some(Some(l)) = &self.locale
+            && (l.is_empty()
+                || l.len() > 35
+                || !l
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(ApiError::invalid(
+                &f("locale"),
+                format!("{l:?} is not a locale tag"),
+            ));
+        }
+        let prefs = self.preferences.unwrap_or_default();
+        for c in prefs.channels.keys() {
+            if Channel::parse(c).is_none() {
+                return Err(ApiError::invalid(
+                    &f(&format!("preferences.channels.{c}")),
+                    "not a channel (email, sms, push, chat)",
+                ));
+            }
+        }
+        for c in prefs.categories.keys() {
+            crate::routes::valid_key(&f(&format!("preferences.categories.{c}")), c)?;
+        }
+        Ok(ProfilePatch {
+            attributes: self.attributes,
+            email,
+            phone,
+            chat: self.chat,
+            push: self.push,
+            timezone: self.timezone,
+            locale: self.locale,
+            opted_out: prefs.opted_out,
+            channels: prefs.channels,
+            categories: prefs.categories,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProfileOut {
+    pub subject: String,
+    pub attributes: Map<String, Value>,
+    pub addresses: AddressesOut,
+    pub preferences: PreferencesOut,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AddressesOut {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub push: Vec<Value>,
+    pub chat: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PreferencesOut {
+    pub opted_out: bool,
+    pub channels: std::collections::BTreeMap<String, bool>,
+    pub categories: std::collections::BTreeMap<String, bool>,
+}
+
+impl From<ProfileRecord> for ProfileOut {
+    fn from(r: ProfileRecord) -> Self {
+        ProfileOut {
+            subject: r.subject,
+            attributes: r.attributes,
+            addresses: AddressesOut {
+                email: r.addresses.email,
+                phone: r.addresses.phone,
+                push: r.addresses.push,
+                chat: r.addresses.chat,
+            },
+            preferences: PreferencesOut {
+                opted_out: r.preferences.opted_out,
+                channels: r.preferences.channels,
+                categories: r.preferences.categories,
+            },
+            timezone: r.timezone,
+            locale: r.locale,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+fn valid_subject(field: &str, s: &str) -> ApiResult<()> {
+    if s.is_empty() || s.len() > 200 || s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "must be 1 to 200 characters, none a control character",
+        ));
+    }
+    Ok(())
+}
+
+async fn write<S: Store>(
+    app: &AppState<S>,
+    caller: &Caller,
+    subject: String,
+    body: ProfileIn,
+    replace: bool,
+) -> ApiResult<axum::Json<ProfileOut>> {
+    valid_subject("subject", &subject)?;
+    let patch = body.patch("")?;
+    let mut rows = app
+        .engine
+        .store()
+        .write_profiles(&caller.namespace, &[(subject, patch)], replace, Utc::now())
+        .await?;
+    let row = rows
+        .pop()
+        .ok_or_else(|| ApiError::internal("no profile written"))?;
+    Ok(axum::Json(row.into()))
+}
+
+/// `POST /v1/profiles/{subject}`: creates or merges.
+pub(crate) async fn merge<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(subject): Path<String>,
+    Body(body): Body<ProfileIn>,
+) -> ApiResult<axum::Json<ProfileOut>> {
+    write(&app, &caller, subject, body, false).await
+}
+
+/// `PUT /v1/profiles/{subject}`: creates or replaces.
+pub(crate) async fn replace<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(subject): Path<String>,
+    Body(body): Body<ProfileIn>,
+) -> ApiResult<axum::Json<ProfileOut>> {
+    write(&app, &caller, subject, body, true).await
+}
+
+pub(crate) async fn get<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(subject): Path<String>,
+) -> ApiResult<axum::Json<ProfileOut>> {
+    app.engine
+        .store()
+        .get_profile(&caller.namespace, &subject)
+        .await?
+        .map(|r| axum::Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("profile", &subject))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListProfiles {
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// 1 to 500 (default 50).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
+    pub limit: Option<u32>,
+}
+
+pub(crate) async fn list<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Q(q): Q<ListProfiles>,
+) -> ApiResult<axum::Json<Page<ProfileOut>>> {
+    let limit = limit_of(q.limit)?;
+    let rows = app
+        .engine
+        .store()
+        .list_profiles(&caller.namespace, q.cursor.as_deref(), limit + 1)
+        .await?;
+    Ok(axum::Json(Page::of(
+        rows,
+        limit,
+        |r| r.subject.clone(),
+        ProfileOut::from,
+    )))
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ErasedOut {
+    /// Whether there was a profile.
+    pub erased: bool,
+    /// The subject's executions that were still running, now cancelled.
+    pub cancelled: Vec<String>,
+}
+
+/// `DELETE /v1/profiles/{subject}`: a right-to-erasure request.
+pub(crate) async fn erase<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(subject): Path<String>,
+) -> ApiResult<axum::Json<ErasedOut>> {
+    valid_subject("subject", &subject)?;
+    let erased = app
+        .engine
+        .store()
+        .erase_profile(&caller.namespace, &subject)
+        .await?;
+    let mut cancelled = Vec::with_capacity(erased.running.len());
+    for id in erased.running {
+        let eid = sojourn_runtime::ExecutionId::new(id.clone());
+        let input = Input::Cancel {
+            reason: Some("the subject's data was erased".into()),
+        };
+        match app.engine.send_input(&eid, input).await {
+            Ok(()) => cancelled.push(id),
+            Err(e) => {
+                tracing::warn!(execution.id = %id, error = %e, "an erased subject's execution could not be cancelled")
+            }
+        }
+    }
+    Ok(axum::Json(ErasedOut {
+        erased: erased.profile,
+        cancelled,
+    }))
+}
+
+/// One profile of a batch.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct BatchProfile {
+    pub subject: String,
+    #[serde(flatten)]
+    pub profile: ProfileIn,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileBatch {
+    /// At most 1,000.
+    pub profiles: Vec<BatchProfile>,
+    /// Replace each profile rather than merge into it.
+    #[serde(default)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BatchOut {
+    pub written: usize,
+}
+
+/// `POST /v1/profiles:batch`: all or nothing, in one transaction.
+pub(crate) async fn batch<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Body(body): Body<ProfileBatch>,
+) -> ApiResult<axum::Json<BatchOut>> {
+    if body.profiles.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "profiles",
+            format!("at most {MAX_BATCH} per request"),
+        ));
+    }
+    let mut patches = Vec::with_capacity(body.profiles.len());
+    for (n, p) in body.profiles.into_iter().enumerate() {
+        valid_subject(&format!("profiles[{n}].subject"), &p.subject)?;
+        patches.push((p.subject, p.profile.patch(&format!("profiles[{n}]."))?));
+    }
+    let written = app
+        .engine
+        .store()
+        .write_profiles(&caller.namespace, &patches, body.replace, Utc::now())
+        .await?
+        .len();
+    Ok(axum::Json(BatchOut { written }))
+}
+
+// ---- suppressions ------------------------------------------------------------
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionIn {
+    #[schemars(extend("enum" = ["email", "sms", "push", "chat"]))]
+    pub channel: String,
+    pub address: String,
+    /// Why (kept with it; default `manual`).
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SuppressionOut {
+    pub channel: String,
+    pub address: String,
+    /// bounced, complained, unsubscribed or manual.
+    pub reason: String,
+    pub detail: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Suppression> for SuppressionOut {
+    fn from(s: Suppression) -> Self {
+        SuppressionOut {
+            channel: s.channel,
+            address: s.address,
+            reason: s.reason,
+            detail: s.detail,
+            created_at: s.created_at,
+        }
+    }
+}
+
+fn channel_of(field: &str, c: &str) -> ApiResult<Channel> {
+    Channel::parse(c).ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            format!("{c:?} is not a channel (email, sms, push, chat)"),
+        )
+    })
+}
+
+pub(crate) async fn suppress<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Body(body): Body<SuppressionIn>,
+) -> ApiResult<(StatusCode, axum::Json<SuppressionOut>)> {
+    let channel = channel_of("channel", &body.channel)?;
+    let address = check_address(channel, "address", &body.address)
+        .map_err(|e| ApiError::invalid("address", e.trim_start_matches("address: ")))?;
+    if address.is_empty() {
+        return Err(ApiError::invalid("address", "must not be empty"));
+    }
+    let row = Suppression {
+        namespace: caller.namespace.clone(),
+        channel: body.channel.clone(),
+        address: normalize_address(&body.channel, &address),
+        reason: "manual".into(),
+        detail: body.detail,
+        created_at: Utc::now(),
+    };
+    app.engine
+        .store()
+        .add_suppressions(std::slice::from_ref(&row))
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(row.into())))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListSuppressions {
+    #[serde(default)]
+    #[schemars(extend("enum" = ["email", "sms", "push", "chat"]))]
+    pub channel: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// 1 to 500 (default 50).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
+    pub limit: Option<u32>,
+}
+
+pub(crate) async fn suppressions<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Q(q): Q<ListSuppressions>,
+) -> ApiResult<axum::Json<Page<SuppressionOut>>> {
+    let limit = limit_of(q.limit)?;
+    if let Some(c) = &q.channel {
+        channel_of("channel", c)?;
+    }
+    let after = match &q.cursor {
+        Some(c) => Some(
+            c.split_once(':')
+                .ok_or_else(|| ApiError::invalid("cursor", "not a cursor this API gave"))?,
+        ),
+        None => None,
+    };
+    let rows = app
+        .engine
+        .store()
+        .list_suppressions(&caller.namespace, q.channel.as_deref(), after, limit + 1)
+        .await?;
+    Ok(axum::Json(Page::of(
+        rows,
+        limit,
+        |r| format!("{}:{}", r.channel, r.address),
+        SuppressionOut::from,
+    )))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Unsuppress {
+    #[schemars(extend("enum" = ["email", "sms", "push", "chat"]))]
+    pub channel: String,
+    pub address: String,
+}
+
+pub(crate) async fn unsuppress<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Q(q): Q<Unsuppress>,
+) -> ApiResult<StatusCode> {
+    channel_of("channel", &q.channel)?;
+    let address = normalize_address(&q.channel, &q.address);
+    if app
+        .engine
+        .store()
+        .remove_suppression(&caller.namespace, &q.channel, &address)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("suppression", &address))
+    }
+}
+
+// ---- frequency caps ------------------------------------------------------------
+
+/// "At most `max_sends` messages of `channel` and `category` per `window`"
+/// for each subject, across all journeys.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CapIo {
+    /// A channel, or `*` for all.
+    pub channel: String,
+    /// A category, or `*` for every one (transactional messages are never
+    /// capped).
+    pub category: String,
+    /// 1 to 10,000.
+    pub max_sends: u32,
+    /// `1d`, `7d`, `12h`: 1 minute to 366 days.
+    pub window: String,
+    /// `skip` (the node's `skipped` branch) or `defer` (sent when the cap
+    /// allows it; a durable timer).
+    #[serde(default = "skip")]
+    #[schemars(extend("enum" = ["skip", "defer"]))]
+    pub on_cap: String,
+}
+
+fn skip() -> String {
+    "skip".into()
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Caps {
+    pub caps: Vec<CapIo>,
+}
+
+fn window_text(s: u64) -> String {
+    if s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s.is_multiple_of(3_600) {
+        format!("{}h", s / 3_600)
+    } else if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+pub(crate) async fn get_caps<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<axum::Json<Caps>> {
+    let caps = app.engine.store().frequency_caps(&caller.namespace).await?;
+    Ok(axum::Json(Caps {
+        caps: caps
+            .into_iter()
+            .map(|c| CapIo {
+                channel: c.channel,
+                category: c.category,
+                max_sends: c.max_sends,
+                window: window_text(c.window_seconds),
+                on_cap: c.on_cap.as_str().into(),
+            })
+            .collect(),
+    }))
+}
+
+/// `PUT /v1/frequency-caps`: replaces the namespace's caps.
+pub(crate) async fn put_caps<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Body(body): Body<Caps>,
+) -> ApiResult<axum::Json<Caps>> {
+    if body.caps.len() > 50 {
+        return Err(ApiError::invalid("caps", "at most 50"));
+    }
+    let mut caps = Vec::with_capacity(body.caps.len());
+    for (n, c) in body.caps.iter().enumerate() {
+        let f = |x: &str| format!("caps[{n}].{x}");
+        if c.channel != "*" {
+            channel_of(&f("channel"), &c.channel)?;
+        }
+        if c.category != "*" {
+            crate::routes::valid_key(&f("category"), &c.category)?;
+        }
+        if !(1..=10_000).contains(&c.max_sends) {
+            return Err(ApiError::invalid(&f("max_sends"), "must be 1 to 10000"));
+        }
+        let w = sojourn_runtime::time::parse_duration(&c.window)
+            .map_err(|e| ApiError::invalid(&f("window"), e))?;
+        if w < chrono::Duration::minutes(1) || w > chrono::Duration::days(366) {
+            return Err(ApiError::invalid(
+                &f("window"),
+                "must be 1 minute to 366 days",
+            ));
+        }
+        let on_cap = match c.on_cap.as_str() {
+            "skip" => OnCap::Skip,
+            "defer" => OnCap::Defer,
+            other => {
+                return Err(ApiError::invalid(
+                    &f("on_cap"),
+                    format!("{other:?} is not skip or defer"),
+                ));
+            }
+        };
+        let window_seconds = w.num_seconds().unsigned_abs();
+        if caps.iter().any(|x: &FrequencyCap| {
+            x.channel == c.channel && x.category == c.category && x.window_seconds == window_seconds
+        }) {
+            return Err(ApiError::invalid(
+                &f("window"),
+                "another cap has this channel, category and window",
+            ));
+        }
+        caps.push(FrequencyCap {
+            channel: c.channel.clone(),
+            category: c.category.clone(),
+            max_sends: c.max_sends,
+            window_seconds,
+            on_cap,
+        });
+    }
+    app.engine
+        .store()
+        .put_frequency_caps(&caller.namespace, &caps)
+        .await?;
+    get_caps(State(app), Extension(caller)).await
+}
+
+// ---- unsubscribe -------------------------------------------------------------
+
+fn link_error(e: sojourn_actors::audience::LinkError) -> ApiError {
+    use sojourn_actors::audience::LinkError;
+    match e {
+        LinkError::NotConfigured => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+        LinkError::Forged => ApiError::new(StatusCode::FORBIDDEN, "invalid_link", e.to_string()),
+        LinkError::Expired => ApiError::new(StatusCode::GONE, "expired_link", e.to_string()),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `GET /v1/unsubscribe/{token}`: the recipient's page (a link in a
+/// message). Reading it changes nothing (mail scanners follow links).
+pub(crate) async fn page<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(token): Path<String>,
+) -> ApiResult<Response> {
+    let u = app
+        .engine
+        .audience()
+        .verify(&token, Utc::now())
+        .map_err(link_error)?;
+    let what = escape(&u.category);
+    let channel = escape(&u.channel);
+    let token = escape(&token);
+    let body = format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>Unsubscribe</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;color:#222}}button{{font-size:1rem;padding:.6rem 1rem;margin:.3rem 0;cursor:pointer}}</style></head>
+<body><h1>Your preferences</h1>
+<p>Choose what you no longer want to receive by {channel}.</p>
+<form method="post"><input type="hidden" name="scope" value="category"><button type="submit">Unsubscribe from “{what}”</button></form>
+<form method="post"><input type="hidden" name="scope" value="all"><button type="submit">Unsubscribe from all marketing messages</button></form>
+<p><small>Messages you need (receipts, security notices) still reach you.</small></p>
+<!-- {token} --></body></html>"#
+    );
+    Ok(Html(body).into_response())
+}
+
+/// `POST /v1/unsubscribe/{token}`: one-click (RFC 8058,
+/// `List-Unsubscribe=One-Click`) or the page's form (`scope=category|all`).
+pub(crate) async fn unsubscribe<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(token): Path<String>,
+    crate::extract::RawBody(body): crate::extract::RawBody,
+) -> ApiResult<Response> {
+    let now = Utc::now();
+    let u = app
+        .engine
+        .audience()
+        .verify(&token, now)
+        .map_err(link_error)?;
+    let mut all = false;
+    for (k, v) in url::form_urlencoded::parse(&body) {
+        if k == "scope" && v == "all" {
+            all = true;
+        }
+    }
+    let store = app.engine.store();
+    match &u.subject {
+        Some(subject) => {
+            let mut patch = ProfilePatch::default();
+            if all {
+                patch.opted_out = Some(true);
+            } else {
+                patch.categories.insert(u.category.clone(), false);
+            }
+            store
+                .write_profiles(&u.namespace, &[(subject.clone(), patch)], false, now)
+                .await?;
+        }
+        // No subject: the address itself stops receiving this channel.
+        None => {
+            store
+                .add_suppressions(&[Suppression {
+                    namespace: u.namespace.clone(),
+                    channel: u.channel.clone(),
+                    address: u.address.clone(),
+                    reason: "unsubscribed".into(),
+                    detail: Some(format!("unsubscribe link ({})", u.category)),
+                    created_at: now,
+                }])
+                .await?;
+        }
+    }
+    tracing::info!(channel = %u.channel, category = %u.category, all, "a recipient unsubscribed");
+    let what = if all {
+        "all marketing messages".to_owned()
+    } else {
+        format!("“{}”", escape(&u.category))
+    };
+    Ok(Html(format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Unsubscribed</title></head><body style="font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto"><h1>Done</h1><p>You will no longer receive {what} by {}.</p></body></html>"#,
+        escape(&u.channel)
+    ))
+    .into_response())
+}
