@@ -10,7 +10,10 @@ use sojourn_persistence::{
     FinishedAttempt, LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, PgStore,
     SqliteStore, Store, WorkflowQuery, WorkflowVersion, ids,
 };
-use sojourn_persistence::{DeliveryQuery, NewDelivery};
+use sojourn_persistence::{
+    CapRequest, CapVerdict, DeliveryQuery, FrequencyCap, NewDelivery, OnCap, ProfilePatch,
+    Suppression,
+};
 use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind, TriggerState};
 use sojourn_runtime::{
     ActionOutcome, CompiledWorkflow, Effect, EventInput, ExecutionId, Input, Registry, Snapshot,
@@ -150,6 +153,9 @@ conformance!(
     a_commit_claims_its_actions_and_near_timers_for_its_node,
     deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filter,
     latest_versions_span_namespaces_and_leave_archived_workflows_out,
+    profiles_merge_replace_list_and_erase,
+    the_audience_of_a_batch_is_read_at_once_and_bounces_suppress,
+    caps_count_each_send_once_and_never_let_two_writers_past,
 );
 
 // ---- helpers ------------------------------------------------------------------
@@ -3045,4 +3051,383 @@ async fn latest_versions_span_namespaces_and_leave_archived_workflows_out<S: Sto
         .map(|v| (v.workflow_id.clone(), v.version))
         .collect();
     assert_eq!(ours, [(b.workflow_id.clone(), 2)]);
+}
+
+// ---- the audience ---------------------------------------------------------
+
+fn patch(v: Value) -> ProfilePatch {
+    let mut p = ProfilePatch::default();
+    if let Some(a) = v.get("attributes").and_then(Value::as_object) {
+        p.attributes = Some(a.clone());
+    }
+    if let Some(e) = v.get("email") {
+        p.email = Some(e.as_str().map(str::to_owned));
+    }
+    if let Some(c) = v.get("categories").and_then(Value::as_object) {
+        p.categories = c
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_bool().expect("bool")))
+            .collect();
+    }
+    p
+}
+
+async fn profiles_merge_replace_list_and_erase<S: Store>(store: &S) {
+    let w = store
+        .write_profiles(
+            "default",
+            &[
+                (
+                    "ann".into(),
+                    patch(json!({"attributes": {"plan": "pro", "age": 30}, "email": "ann@x.org"})),
+                ),
+                // The same subject twice in one batch: both, in order.
+                (
+                    "ann".into(),
+                    patch(json!({"attributes": {"age": null, "vip": true}})),
+                ),
+                ("bob".into(), patch(json!({"email": "bob@x.org"}))),
+            ],
+            false,
+            t0(),
+        )
+        .await
+        .expect("write");
+    assert_eq!(w.len(), 3);
+    let ann = store
+        .get_profile("default", "ann")
+        .await
+        .expect("get")
+        .expect("ann");
+    assert_eq!(
+        Value::Object(ann.attributes.clone()),
+        json!({"plan": "pro", "vip": true})
+    );
+    assert_eq!(ann.addresses.email.as_deref(), Some("ann@x.org"));
+    assert_eq!(ann.created_at, t0());
+    // Merge later: created_at stays, the rest merges.
+    let t1 = t0() + Duration::seconds(5);
+    store
+        .write_profiles(
+            "default",
+            &[("ann".into(), patch(json!({"categories": {"news": false}})))],
+            false,
+            t1,
+        )
+        .await
+        .expect("merge");
+    let ann = store
+        .get_profile("default", "ann")
+        .await
+        .expect("get")
+        .expect("ann");
+    assert_eq!((ann.created_at, ann.updated_at), (t0(), t1));
+    assert_eq!(ann.addresses.email.as_deref(), Some("ann@x.org"));
+    assert_eq!(ann.preferences.categories.get("news"), Some(&false));
+    // Replace: what is not given goes.
+    store
+        .write_profiles(
+            "default",
+            &[("ann".into(), patch(json!({"attributes": {"plan": "free"}})))],
+            true,
+            t1,
+        )
+        .await
+        .expect("replace");
+    let ann = store
+        .get_profile("default", "ann")
+        .await
+        .expect("get")
+        .expect("ann");
+    assert_eq!(
+        Value::Object(ann.attributes.clone()),
+        json!({"plan": "free"})
+    );
+    assert_eq!(ann.addresses.email, None);
+    assert!(ann.preferences.categories.is_empty());
+    // Another namespace sees none of it.
+    assert!(
+        store
+            .get_profile("other", "ann")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let page = store.list_profiles("default", None, 1).await.expect("list");
+    assert_eq!(
+        page.iter().map(|p| p.subject.as_str()).collect::<Vec<_>>(),
+        ["ann"]
+    );
+    let rest = store
+        .list_profiles("default", Some("ann"), 10)
+        .await
+        .expect("list");
+    assert_eq!(
+        rest.iter().map(|p| p.subject.as_str()).collect::<Vec<_>>(),
+        ["bob"]
+    );
+
+    // Erasure: the profile goes, deliveries lose their recipient, running
+    // executions are named for cancelling.
+    let f = fixture(store).await;
+    let running = start(store, &f, Some("bob"), None).await;
+    let other = start(store, &f, Some("ann"), None).await;
+    store
+        .add_deliveries(&[
+            delivery(&running.id, "first", "sg", "sent", t0()),
+            delivery(&other.id, "first", "sg", "sent", t0()),
+        ])
+        .await
+        .expect("deliveries");
+    let erased = store.erase_profile("default", "bob").await.expect("erase");
+    assert!(erased.profile);
+    assert_eq!(erased.running, vec![running.id.to_string()]);
+    assert!(
+        store
+            .get_profile("default", "bob")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let logged = store
+        .list_deliveries(&DeliveryQuery {
+            namespace: "default".into(),
+            limit: 10,
+            ..DeliveryQuery::default()
+        })
+        .await
+        .expect("list");
+    let by_exec = |id: &ExecutionId| {
+        logged
+            .iter()
+            .find(|d| d.execution_id == id.to_string())
+            .expect("row")
+            .recipient
+            .clone()
+    };
+    assert_eq!(by_exec(&running.id), "[erased]");
+    assert_eq!(by_exec(&other.id), "ann@example.com");
+    let again = store
+        .erase_profile("default", "bob")
+        .await
+        .expect("erase again");
+    assert!(!again.profile);
+}
+
+async fn the_audience_of_a_batch_is_read_at_once_and_bounces_suppress<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let a = start(store, &f, Some("ann"), None).await;
+    let b = start(store, &f, None, None).await;
+    store
+        .write_profiles(
+            "default",
+            &[("ann".into(), patch(json!({"email": "Ann@X.org"})))],
+            false,
+            t0(),
+        )
+        .await
+        .expect("write");
+    store
+        .add_suppressions(&[Suppression {
+            namespace: "default".into(),
+            channel: "email".into(),
+            address: "ann@x.org".into(),
+            reason: "manual".into(),
+            detail: None,
+            created_at: t0(),
+        }])
+        .await
+        .expect("suppress");
+    store
+        .put_frequency_caps(
+            "default",
+            &[FrequencyCap {
+                channel: "email".into(),
+                category: "*".into(),
+                max_sends: 3,
+                window_seconds: 86_400,
+                on_cap: OnCap::Skip,
+            }],
+        )
+        .await
+        .expect("caps");
+    let facts = store
+        .audience_of(
+            "email",
+            &[a.id.as_str(), b.id.as_str()],
+            &["zed@x.org".into()],
+        )
+        .await
+        .expect("facts");
+    assert_eq!(
+        facts.executions[a.id.as_str()],
+        ("default".to_owned(), Some("ann".to_owned()))
+    );
+    assert_eq!(
+        facts.executions[b.id.as_str()],
+        ("default".to_owned(), None)
+    );
+    assert!(
+        facts
+            .profiles
+            .contains_key(&("default".to_owned(), "ann".to_owned()))
+    );
+    // The profile's address was checked too, normalized.
+    assert!(
+        facts
+            .suppressed
+            .contains(&("default".to_owned(), "ann@x.org".to_owned()))
+    );
+    assert!(
+        !facts
+            .suppressed
+            .contains(&("default".to_owned(), "zed@x.org".to_owned()))
+    );
+    assert_eq!(facts.caps["default"].len(), 1);
+    // Listing and removing.
+    let list = store
+        .list_suppressions("default", Some("email"), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(list.len(), 1);
+    assert!(
+        store
+            .remove_suppression("default", "email", "ann@x.org")
+            .await
+            .expect("rm")
+    );
+    assert!(
+        !store
+            .remove_suppression("default", "email", "ann@x.org")
+            .await
+            .expect("rm again")
+    );
+
+    // A hard bounce reported for a delivery puts its address on the list;
+    // a delivery, not a bounce, does not.
+    let mut d = delivery(&b.id, "first", "sg", "sent", t0());
+    d.recipient = "Zed <Zed@X.org>".into();
+    let mut e = delivery(&a.id, "first", "sg", "sent", t0());
+    e.recipient = "ann@x.org".into();
+    store.add_deliveries(&[d, e]).await.expect("deliveries");
+    let moved = store
+        .apply_delivery_report(
+            "sg",
+            "sg",
+            "r1",
+            &[("msg-first-sg".into(), "bounced".into())],
+            t0(),
+        )
+        .await
+        .expect("report");
+    assert_eq!(moved, Some(2));
+    let list = store
+        .list_suppressions("default", None, None, 10)
+        .await
+        .expect("list");
+    let mut got: Vec<(&str, &str)> = list
+        .iter()
+        .map(|s| (s.address.as_str(), s.reason.as_str()))
+        .collect();
+    got.sort();
+    assert_eq!(got, [("ann@x.org", "bounced"), ("zed@x.org", "bounced")]);
+    // Paging by channel and address.
+    let first = store
+        .list_suppressions("default", None, None, 1)
+        .await
+        .expect("page");
+    let rest = store
+        .list_suppressions(
+            "default",
+            None,
+            Some((&first[0].channel, &first[0].address)),
+            10,
+        )
+        .await
+        .expect("page");
+    assert_eq!(first.len() + rest.len(), 2);
+}
+
+async fn caps_count_each_send_once_and_never_let_two_writers_past<S: Store>(store: &S) {
+    let caps = [FrequencyCap {
+        channel: "email".into(),
+        category: "*".into(),
+        max_sends: 2,
+        window_seconds: 3_600,
+        on_cap: OnCap::Defer,
+    }];
+    let req = |key: &str, category: &str| CapRequest {
+        subject: "ann".into(),
+        key: key.into(),
+        channel: "email".into(),
+        category: category.into(),
+    };
+    // Eight writers at once for one subject: two pass.
+    let tries: Vec<_> = (0..8)
+        .map(|n| {
+            let r = [req(&format!("exe_{n}/mail"), "marketing")];
+            let caps = &caps;
+            async move {
+                store
+                    .reserve_sends("default", caps, &r, t0())
+                    .await
+                    .expect("reserve")
+            }
+        })
+        .collect();
+    let verdicts: Vec<CapVerdict> = join_all(tries).await.into_iter().flatten().collect();
+    let allowed = verdicts
+        .iter()
+        .filter(|v| **v == CapVerdict::Allowed)
+        .count();
+    assert_eq!(allowed, 2, "{verdicts:?}");
+    for v in &verdicts {
+        if let CapVerdict::Capped { until, on_cap, .. } = v {
+            assert_eq!(*until, t0() + Duration::hours(1));
+            assert_eq!(*on_cap, OnCap::Defer);
+        }
+    }
+    // A retry of a node already counted replaces its entry (it passes).
+    let allowed_key = (0..8)
+        .map(|n| format!("exe_{n}/mail"))
+        .find(|k| {
+            let i: usize = k[4..5].parse().expect("n");
+            verdicts[i] == CapVerdict::Allowed
+        })
+        .expect("one allowed");
+    let again = store
+        .reserve_sends("default", &caps, &[req(&allowed_key, "marketing")], t0())
+        .await
+        .expect("again");
+    assert_eq!(again, [CapVerdict::Allowed]);
+    // Given back: a place frees.
+    store
+        .release_sends("default", &[("ann".into(), allowed_key)])
+        .await
+        .expect("release");
+    let next = store
+        .reserve_sends(
+            "default",
+            &caps,
+            &[
+                req("exe_x/mail", "marketing"),
+                req("exe_y/mail", "marketing"),
+            ],
+            t0(),
+        )
+        .await
+        .expect("next");
+    assert_eq!(next[0], CapVerdict::Allowed);
+    assert!(matches!(next[1], CapVerdict::Capped { .. }));
+    // The window passes.
+    let later = store
+        .reserve_sends(
+            "default",
+            &caps,
+            &[req("exe_z/mail", "marketing")],
+            t0() + Duration::hours(2),
+        )
+        .await
+        .expect("later");
+    assert_eq!(later, [CapVerdict::Allowed]);
 }
