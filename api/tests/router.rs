@@ -2978,6 +2978,8 @@ async fn malformed_bodies_are_refused_and_write_nothing() {
         ("key", "key_garbage".to_owned()),
         ("node", "node_garbage".to_owned()),
         ("provider", "log".to_owned()),
+        ("subject", "ann".to_owned()),
+        ("token", "garbage.token".to_owned()),
     ]
     .into_iter()
     .collect();
@@ -3692,5 +3694,301 @@ async fn a_signed_status_report_moves_a_delivery_once_and_a_forged_one_changes_n
         ))
         .await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", Some("provider"));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn profiles_suppressions_caps_and_unsubscribe_links() {
+    let smtp = sojourn_testkit::smtp::SmtpSink::start().await;
+    let providers = serde_json::from_value(json!({
+        "mail": {"kind": "smtp", "host": "127.0.0.1", "port": smtp.port(), "tls": "none", "from": "news@shop.test"}
+    }))
+    .expect("providers");
+    let channels =
+        serde_json::from_value(json!({"email": {"providers": ["mail"]}})).expect("channels");
+    let path = std::env::temp_dir().join(format!(
+        "sojourn-api-test-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let store = SqliteStore::open(&path).await.expect("open sqlite");
+    let engine = Arc::new(
+        Engine::start(
+            store,
+            Config {
+                providers,
+                channels,
+                audience: sojourn_actors::audience::AudienceConfig {
+                    unsubscribe_key: Some("k".repeat(40).into()),
+                    public_url: Some("https://sojourn.example".into()),
+                    ..Default::default()
+                },
+                ..config()
+            },
+        )
+        .await
+        .expect("engine starts"),
+    );
+    let api = sojourn_api::build(AppState::new(engine.clone(), AuthMode::Required));
+    let app = App {
+        api,
+        engine,
+        place: path.display().to_string(),
+    };
+    let k = app.key("shop", &["admin"]).await;
+
+    // Profiles: merged, read, replaced; bad fields named, nothing written.
+    let r = app
+        .post(
+            "/v1/profiles/ann",
+            &k,
+            json!({"email": "Ann@Example.com", "attributes": {"plan": "pro"}, "timezone": "Europe/Paris"}),
+        )
+        .await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["addresses"]["email"],
+        "Ann@Example.com"
+    );
+    let r = app
+        .post("/v1/profiles/ann", &k, json!({"attributes": {"age": 31}}))
+        .await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["attributes"],
+        json!({"plan": "pro", "age": 31})
+    );
+    let r = app
+        .post("/v1/profiles/ann", &k, json!({"email": "not an address"}))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("email"),
+    );
+    let r = app
+        .post("/v1/profiles/ann", &k, json!({"timezone": "Mars/Olympus"}))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("timezone"),
+    );
+    let r = app
+        .post(
+            "/v1/profiles:batch",
+            &k,
+            json!({"profiles": [{"subject": "bob", "email": "bob@example.com"}, {"subject": "cy", "phone": "0612"}]}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("profiles[1].phone"),
+    );
+    let r = app.get("/v1/profiles/bob", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let r = app
+        .post(
+            "/v1/profiles:batch",
+            &k,
+            json!({"profiles": [{"subject": "bob", "email": "bob@example.com"}, {"subject": "cy", "phone": "+33612345678"}]}),
+        )
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["written"], 2);
+    let r = app.get("/v1/profiles?limit=2", &k).await;
+    let page = r.ok(StatusCode::OK);
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["next_cursor"], "bob");
+    // Another namespace sees none of them.
+    let other = app.key("other", &["admin"]).await;
+    let r = app.get("/v1/profiles/ann", &other).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Suppressions and caps.
+    let r = app
+        .post(
+            "/v1/suppressions",
+            &k,
+            json!({"channel": "fax", "address": "x"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("channel"),
+    );
+    let r = app
+        .post(
+            "/v1/suppressions",
+            &k,
+            json!({"channel": "email", "address": "Cy <CY@example.com>"}),
+        )
+        .await;
+    assert_eq!(r.ok(StatusCode::CREATED)["address"], "cy@example.com");
+    let r = app.get("/v1/suppressions?channel=email", &k).await;
+    assert_eq!(r.ok(StatusCode::OK)["items"][0]["reason"], "manual");
+    let r = app
+        .call(
+            Method::DELETE,
+            "/v1/suppressions?channel=email&address=cy@example.com",
+            Some(&k),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let r = app
+        .call(Method::PUT, "/v1/frequency-caps", Some(&k), Some(json!({"caps": [{"channel": "email", "category": "*", "max_sends": 3, "window": "soon"}]})))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("caps[0].window"),
+    );
+    let r = app
+        .call(Method::PUT, "/v1/frequency-caps", Some(&k), Some(json!({"caps": [{"channel": "email", "category": "*", "max_sends": 3, "window": "7d"}]})))
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["caps"][0]["window"], "7d");
+
+    // A marketing email to the subject: the address from the profile, the
+    // link in the body and in List-Unsubscribe, one-click.
+    app.workflow(
+        &k,
+        "news",
+        json!({
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "mail", "type": "action", "config": {"action": "email.send", "inputs": {
+                    "to": "subject", "subject": "News", "text": "Read on. Unsubscribe: {{ unsubscribe_url }}", "category": "news"}}},
+                {"id": "end", "type": "exit", "config": {"outcome": "done"}},
+            ],
+            "edges": [{"from": "start", "to": "mail"}, {"from": "mail", "to": "end", "branch": "success"}]
+        }),
+    )
+    .await;
+    let start = |subject: &'static str| {
+        let app = &app;
+        let k = &k;
+        async move {
+            let r = app
+                .post(
+                    "/v1/executions",
+                    k,
+                    json!({"workflow": "news", "input": {}, "subject": subject}),
+                )
+                .await;
+            r.ok(StatusCode::CREATED);
+            let id = r.str("/id");
+            app.wait_status(k, &id, "completed").await
+        }
+    };
+    let done = start("ann").await;
+    assert_eq!(
+        done["nodes"]["mail"]["output"]["provider"], "mail",
+        "{done}"
+    );
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].to, ["Ann@Example.com"]);
+    let data = mails[0].data.replace("\r\n ", " ");
+    let header = data
+        .lines()
+        .find_map(|l| l.strip_prefix("List-Unsubscribe: "))
+        .expect("List-Unsubscribe");
+    assert!(
+        data.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{data}"
+    );
+    let link = header
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_owned();
+    assert!(
+        link.starts_with("https://sojourn.example/v1/unsubscribe/"),
+        "{link}"
+    );
+    assert!(data.contains(&link), "the body has the link too: {data}");
+    let token = link.rsplit('/').next().expect("token").to_owned();
+
+    // Reading the page changes nothing (no API key needed).
+    let r = app
+        .call(Method::GET, &format!("/v1/unsubscribe/{token}"), None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("Unsubscribe from"));
+    let r = app.get("/v1/profiles/ann", &k).await;
+    assert_eq!(r.ok(StatusCode::OK)["preferences"]["categories"], json!({}));
+    // A tampered link is refused; another recipient's changes only theirs.
+    let mut tampered = token.clone();
+    let flip = if tampered.starts_with('e') { "f" } else { "e" };
+    tampered.replace_range(0..1, flip);
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/unsubscribe/{tampered}"),
+            None,
+            None,
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "invalid_link", None);
+    let bobs = app
+        .engine
+        .audience()
+        .sign(&sojourn_actors::audience::Unsubscribe {
+            namespace: "shop".into(),
+            subject: Some("bob".into()),
+            channel: "email".into(),
+            category: "news".into(),
+            address: "bob@example.com".into(),
+            expires: None,
+        })
+        .expect("signed");
+    let one_click = |token: String| {
+        let app = &app;
+        async move {
+            app.send(
+                Request::builder()
+                    .method(Method::POST)
+                    .uri(format!("/v1/unsubscribe/{token}"))
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Body::from("List-Unsubscribe=One-Click"))
+                    .expect("request"),
+            )
+            .await
+        }
+    };
+    assert_eq!(one_click(bobs).await.status, StatusCode::OK);
+    let r = app.get("/v1/profiles/bob", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["preferences"]["categories"],
+        json!({"news": false})
+    );
+    let r = app.get("/v1/profiles/ann", &k).await;
+    assert_eq!(r.ok(StatusCode::OK)["preferences"]["categories"], json!({}));
+    // Ann's own one-click: her next "news" email is not sent.
+    assert_eq!(one_click(token).await.status, StatusCode::OK);
+    let r = app.get("/v1/profiles/ann", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["preferences"]["categories"],
+        json!({"news": false})
+    );
+    let done = start("ann").await;
+    assert_eq!(done["nodes"]["mail"]["status"], "unsubscribed", "{done}");
+    assert_eq!(smtp.mails().len(), 1, "not sent");
+    let r = app.get("/v1/deliveries?status=unsubscribed", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["items"][0]["recipient"],
+        "a***@example.com"
+    );
+
+    // Erasure.
+    let r = app
+        .call(Method::DELETE, "/v1/profiles/ann", Some(&k), None)
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["erased"], true);
+    let r = app.get("/v1/profiles/ann", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
     app.finish().await;
 }

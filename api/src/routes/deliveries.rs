@@ -15,7 +15,7 @@ use crate::routes::{Page, limit_of};
 use crate::state::AppState;
 
 const CHANNELS: [&str; 4] = ["email", "sms", "push", "chat"];
-const STATUSES: [&str; 9] = [
+const STATUSES: [&str; 14] = [
     "queued",
     "sent",
     "failed",
@@ -25,6 +25,11 @@ const STATUSES: [&str; 9] = [
     "opened",
     "clicked",
     "undelivered",
+    "unsubscribed",
+    "suppressed",
+    "no_address",
+    "capped",
+    "deferred",
 ];
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -43,7 +48,7 @@ pub struct ListDeliveries {
     #[serde(default)]
     pub provider: Option<String>,
     #[serde(default)]
-    #[schemars(extend("enum" = ["queued", "sent", "failed", "delivered", "bounced", "complained", "opened", "clicked", "undelivered"]))]
+    #[schemars(extend("enum" = ["queued", "sent", "failed", "delivered", "bounced", "complained", "opened", "clicked", "undelivered", "unsubscribed", "suppressed", "no_address", "capped", "deferred"]))]
     pub status: Option<String>,
     /// Sent at or after (RFC 3339).
     #[serde(default)]
@@ -77,7 +82,9 @@ pub struct DeliveryOut {
     /// `+336******78`).
     pub recipient: String,
     /// queued, sent or failed; then delivered, bounced, complained, opened,
-    /// clicked or undelivered as the provider reports them.
+    /// clicked or undelivered as the provider reports them. Not sent (the
+    /// provider is `-`): unsubscribed, suppressed, no_address, capped, or
+    /// deferred (sent later, when a frequency cap allows it).
     pub status: String,
     pub provider_message_id: Option<String>,
     /// timeout, rate_limited, unavailable, invalid_recipient, unsubscribed,
