@@ -861,13 +861,26 @@ impl<S: Store> Launcher<S> {
             }
             other => other?,
         };
-        let snapshot = wf.new_execution(
+        let mut snapshot = wf.new_execution(
             ids::new_execution_id(),
             req.input,
             req.subject,
             req.timezone.as_deref(),
             Utc::now(),
         )?;
+        // The recipient's time zone, when the start names none, the workflow
+        // fixes none, and it reads local time (one indexed lookup).
+        if req.timezone.is_none()
+            && wf.zone_from_profile()
+            && let Some(subject) = &snapshot.subject
+            && let Some(tz) = store
+                .get_profile(ns, subject)
+                .await?
+                .and_then(|p| p.timezone)
+                .and_then(|tz| sojourn_runtime::time::parse_timezone(&tz).ok())
+        {
+            snapshot.timezone = tz;
+        }
         // A bad request is refused before it waits for a place.
         let admitted = self.admit().await?;
         if self.shutdown.is_cancelled() {

@@ -436,6 +436,117 @@ impl sojourn_persistence::AudienceStore for Flaky {
     }
 }
 
+impl sojourn_persistence::SegmentStore for Flaky {
+    async fn put_segment(
+        &self,
+        ns: &str,
+        name: &str,
+        def: &sojourn_persistence::SegmentDef,
+        now: DateTime<Utc>,
+    ) -> Result<sojourn_persistence::SegmentRecord, Error> {
+        self.0.put_segment(ns, name, def, now).await
+    }
+    async fn get_segment(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<sojourn_persistence::SegmentRecord>, Error> {
+        self.0.get_segment(ns, name).await
+    }
+    async fn list_segments(
+        &self,
+        ns: &str,
+    ) -> Result<Vec<sojourn_persistence::SegmentRecord>, Error> {
+        self.0.list_segments(ns).await
+    }
+    async fn delete_segment(&self, ns: &str, name: &str) -> Result<bool, Error> {
+        self.0.delete_segment(ns, name).await
+    }
+    async fn segment_members(
+        &self,
+        ns: &str,
+        name: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, Error> {
+        self.0.segment_members(ns, name, after, limit).await
+    }
+    async fn segments_of(
+        &self,
+        ns: &str,
+        subject: &str,
+    ) -> Result<std::collections::BTreeSet<String>, Error> {
+        self.0.segments_of(ns, subject).await
+    }
+    async fn segments_of_execution(
+        &self,
+        id: &str,
+    ) -> Result<std::collections::BTreeSet<String>, Error> {
+        self.0.segments_of_execution(id).await
+    }
+    async fn claim_backfills(
+        &self,
+        node: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, Error> {
+        self.0.claim_backfills(node, now, until, limit).await
+    }
+    async fn backfill_segment(
+        &self,
+        ns: &str,
+        name: &str,
+        node: &str,
+        batch: u32,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<sojourn_persistence::Backfilled>, Error> {
+        self.0
+            .backfill_segment(ns, name, node, batch, now, until)
+            .await
+    }
+    async fn segment_changes(
+        &self,
+        ns: &str,
+        segment: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<sojourn_persistence::SegmentChange>, Error> {
+        self.0.segment_changes(ns, segment, after, limit).await
+    }
+    async fn open_segment_cursor(
+        &self,
+        trigger: &str,
+        ns: &str,
+        segment: &str,
+    ) -> Result<(), Error> {
+        self.0.open_segment_cursor(trigger, ns, segment).await
+    }
+    async fn claim_segment_cursors(
+        &self,
+        triggers: &[String],
+        node: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<sojourn_persistence::SegmentCursor>, Error> {
+        self.0
+            .claim_segment_cursors(triggers, node, now, until)
+            .await
+    }
+    async fn advance_segment_cursor(
+        &self,
+        trigger: &str,
+        node: &str,
+        last: i64,
+        until: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        self.0
+            .advance_segment_cursor(trigger, node, last, until)
+            .await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_execution_is_restarted_then_marked_failed_and_the_rest_carries_on() {
     let path = std::env::temp_dir().join(format!(

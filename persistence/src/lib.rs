@@ -68,6 +68,7 @@ pub mod ids;
 mod keys;
 mod outbox;
 mod postgres;
+mod segments;
 mod sql;
 mod sqlite;
 mod store;
@@ -87,6 +88,9 @@ pub use executions::ExecutionStore;
 pub use keys::KeyStore;
 pub use outbox::OutboxStore;
 pub use postgres::PgStore;
+pub use segments::{
+    Backfilled, SegmentChange, SegmentCursor, SegmentDef, SegmentRecord, SegmentStore,
+};
 pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
 pub use store::Store;
@@ -102,7 +106,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// (`use sojourn_persistence::prelude::*;`).
 pub mod prelude {
     pub use crate::{
-        AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, Store, TimerStore,
-        TriggerStore, WorkflowStore,
+        AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, SegmentStore, Store,
+        TimerStore, TriggerStore, WorkflowStore,
     };
 }

@@ -8,8 +8,8 @@ use std::future::Future;
 
 use crate::Result;
 use crate::{
-    AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, TimerStore, TriggerStore,
-    WorkflowStore,
+    AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, SegmentStore, TimerStore,
+    TriggerStore, WorkflowStore,
 };
 
 /// One store: PostgreSQL or SQLite, the same behaviour (the conformance
@@ -23,6 +23,7 @@ pub trait Store:
     + KeyStore
     + DeliveryStore
     + AudienceStore
+    + SegmentStore
     + 'static
 {
     /// Whether the database answers (readiness): one indexed lookup.
@@ -40,6 +41,7 @@ impl<S> Store for S where
         + KeyStore
         + DeliveryStore
         + AudienceStore
+        + SegmentStore
         + 'static
 {
 }

@@ -12,7 +12,7 @@ use sojourn_persistence::{
 };
 use sojourn_persistence::{
     CapRequest, CapVerdict, DeliveryQuery, FrequencyCap, NewDelivery, OnCap, ProfilePatch,
-    Suppression,
+    SegmentDef, Suppression,
 };
 use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind, TriggerState};
 use sojourn_runtime::{
@@ -156,6 +156,7 @@ conformance!(
     profiles_merge_replace_list_and_erase,
     the_audience_of_a_batch_is_read_at_once_and_bounces_suppress,
     caps_count_each_send_once_and_never_let_two_writers_past,
+    segments_backfill_then_follow_profile_writes_and_record_each_change,
 );
 
 // ---- helpers ------------------------------------------------------------------
@@ -3430,4 +3431,253 @@ async fn caps_count_each_send_once_and_never_let_two_writers_past<S: Store>(stor
         .await
         .expect("later");
     assert_eq!(later, [CapVerdict::Allowed]);
+}
+
+async fn segments_backfill_then_follow_profile_writes_and_record_each_change<S: Store>(store: &S) {
+    let plan = |p: &str| ProfilePatch {
+        attributes: Some(json!({"plan": p}).as_object().expect("object").clone()),
+        ..ProfilePatch::default()
+    };
+    // Profiles first: the segment made later is backfilled.
+    let first: Vec<(String, ProfilePatch)> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .zip(["pro", "free", "pro", "pro", "free"])
+        .map(|(s, p)| ((*s).to_owned(), plan(p)))
+        .collect();
+    store
+        .write_profiles("default", &first, false, t0())
+        .await
+        .expect("write");
+    let bad = store
+        .put_segment(
+            "default",
+            "vip",
+            &SegmentDef::Expression("input.plan == 'pro'".into()),
+            t0(),
+        )
+        .await;
+    assert!(matches!(bad, Err(Error::Invalid(_))), "{bad:?}");
+    let seg = store
+        .put_segment(
+            "default",
+            "vip",
+            &SegmentDef::Expression("attributes.plan == 'pro'".into()),
+            t0(),
+        )
+        .await
+        .expect("segment");
+    assert_eq!(
+        (seg.version, seg.members, seg.backfill_after.as_deref()),
+        (1, 0, Some(""))
+    );
+    let later = t0() + Duration::seconds(30);
+    let claimed = store
+        .claim_backfills("n1", t0(), later, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed, [("default".to_owned(), "vip".to_owned())]);
+    // Another node finds nothing to claim meanwhile.
+    assert!(
+        store
+            .claim_backfills("n2", t0(), later, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .backfill_segment("default", "vip", "n2", 2, t0(), later)
+            .await
+            .expect("not ours"),
+        None
+    );
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let b = store
+            .backfill_segment("default", "vip", "n1", 2, t0(), later)
+            .await
+            .expect("backfill")
+            .expect("ours");
+        if b.done {
+            break;
+        }
+    }
+    assert_eq!(rounds, 3, "five profiles, two at a time");
+    let seg = store
+        .get_segment("default", "vip")
+        .await
+        .expect("get")
+        .expect("vip");
+    assert_eq!((seg.members, seg.backfill_after), (3, None));
+    assert_eq!(
+        store
+            .segment_members("default", "vip", None, 10)
+            .await
+            .expect("members"),
+        ["a", "c", "d"]
+    );
+
+    // A trigger opened now sees only what happens from now on.
+    store
+        .open_segment_cursor("trg_1", "default", "vip")
+        .await
+        .expect("cursor");
+    // Incremental: a leaves, b enters, in the write's own transaction.
+    store
+        .write_profiles(
+            "default",
+            &[("a".into(), plan("free")), ("b".into(), plan("pro"))],
+            false,
+            later,
+        )
+        .await
+        .expect("write");
+    assert!(
+        store
+            .segments_of("default", "a")
+            .await
+            .expect("of")
+            .is_empty()
+    );
+    assert!(
+        store
+            .segments_of("default", "b")
+            .await
+            .expect("of")
+            .contains("vip")
+    );
+    let cursors = store
+        .claim_segment_cursors(
+            &["trg_1".to_owned()],
+            "n1",
+            later,
+            later + Duration::seconds(30),
+        )
+        .await
+        .expect("cursors");
+    assert_eq!(cursors.len(), 1);
+    let changes = store
+        .segment_changes("default", "vip", cursors[0].last_change, 10)
+        .await
+        .expect("changes");
+    let seen: Vec<(&str, bool)> = changes
+        .iter()
+        .map(|c| (c.subject.as_str(), c.entered))
+        .collect();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.contains(&("a", false)) && seen.contains(&("b", true)),
+        "{seen:?}"
+    );
+    assert!(
+        store
+            .claim_segment_cursors(
+                &["trg_1".to_owned()],
+                "n2",
+                later,
+                later + Duration::seconds(30)
+            )
+            .await
+            .expect("cursors")
+            .is_empty(),
+        "held by n1"
+    );
+    assert!(
+        store
+            .advance_segment_cursor("trg_1", "n1", changes[1].id, later)
+            .await
+            .expect("advance")
+    );
+    assert!(
+        !store
+            .advance_segment_cursor("trg_1", "n2", changes[1].id, later)
+            .await
+            .expect("not ours")
+    );
+    assert!(
+        store
+            .segment_changes("default", "vip", changes[1].id, 10)
+            .await
+            .expect("changes")
+            .is_empty()
+    );
+
+    // in_segment reads through the execution's subject.
+    let f = fixture(store).await;
+    let e = start(store, &f, Some("b"), None).await;
+    assert!(
+        store
+            .segments_of_execution(e.id.as_str())
+            .await
+            .expect("of")
+            .contains("vip")
+    );
+    let none = start(store, &f, None, None).await;
+    assert!(
+        store
+            .segments_of_execution(none.id.as_str())
+            .await
+            .expect("of")
+            .is_empty()
+    );
+
+    // A static list: members replaced by the diff.
+    store
+        .put_segment(
+            "default",
+            "beta",
+            &SegmentDef::Static(vec!["x".into(), "y".into()]),
+            later,
+        )
+        .await
+        .expect("static");
+    let beta = store
+        .put_segment(
+            "default",
+            "beta",
+            &SegmentDef::Static(vec!["y".into(), "z".into()]),
+            later,
+        )
+        .await
+        .expect("static again");
+    assert_eq!((beta.version, beta.members), (2, 2));
+    assert_eq!(
+        store
+            .segment_members("default", "beta", None, 10)
+            .await
+            .expect("members"),
+        ["y", "z"]
+    );
+    let names: Vec<String> = store
+        .list_segments("default")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["beta", "vip"]);
+
+    // Erasure takes the subject out of every segment.
+    store.erase_profile("default", "b").await.expect("erase");
+    assert!(
+        store
+            .segments_of("default", "b")
+            .await
+            .expect("of")
+            .is_empty()
+    );
+    assert!(
+        store
+            .delete_segment("default", "beta")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        store
+            .get_segment("default", "beta")
+            .await
+            .expect("get")
+            .is_none()
+    );
 }

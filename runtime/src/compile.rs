@@ -30,6 +30,8 @@ pub(crate) struct Compiler<'r> {
     pub(crate) registry: &'r Registry,
     pub(crate) templates: Templates,
     errors: Vec<ValidationError>,
+    /// An expression calls `in_segment`.
+    reads_segments: bool,
 }
 
 impl Compiler<'_> {
@@ -52,6 +54,9 @@ impl Compiler<'_> {
     }
 
     pub(crate) fn expr(&mut self, node: &NodeId, field: &str, source: &str) -> Option<Expr> {
+        if source.contains("in_segment") {
+            self.reads_segments = true;
+        }
         Expr::compile(source)
             .map_err(|e| self.error(node, field, e))
             .ok()
@@ -201,6 +206,7 @@ pub struct CompiledWorkflow {
     pub(crate) start: usize,
     pub(crate) templates: Templates,
     pub(crate) settings: CompiledSettings,
+    reads_segments: bool,
 }
 
 impl CompiledWorkflow {
@@ -213,6 +219,7 @@ impl CompiledWorkflow {
             registry,
             templates: Templates::new(),
             errors: Vec::new(),
+            reads_segments: false,
         };
 
         // Ids.
@@ -450,7 +457,14 @@ impl CompiledWorkflow {
             start: starts[0],
             templates: c.templates,
             settings,
+            reads_segments: c.reads_segments,
         })
+    }
+
+    /// Whether an expression asks `in_segment(…)`: the actor reads the
+    /// subject's segments before each step.
+    pub fn reads_segments(&self) -> bool {
+        self.reads_segments
     }
 
     /// The document this was compiled from.
@@ -474,6 +488,20 @@ impl CompiledWorkflow {
     /// The maximum number of executions per subject, if the workflow limits it.
     pub fn max_entries_per_subject(&self) -> Option<u32> {
         self.settings.max_entries_per_subject
+    }
+
+    /// Whether an execution's time zone should come from its subject's
+    /// profile: the workflow fixes none, and something in it reads local
+    /// time (quiet hours, a `time_of_day` delay without its own zone).
+    pub fn zone_from_profile(&self) -> bool {
+        self.workflow.settings.timezone.is_none()
+            && (self.settings.quiet_hours.is_some()
+                || self.nodes.iter().any(|n| {
+                    matches!(
+                        n.kind,
+                        CompiledKind::Delay(nodes::delay::Compiled::TimeOfDay { tz: None, .. })
+                    )
+                }))
     }
 
     /// A new execution: resolves its time zone (the given one, else the
@@ -522,6 +550,7 @@ impl CompiledWorkflow {
                     subject: None,
                     event: None,
                     nodes: &nodes,
+                    segments: None,
                     execution: ExecutionInfo {
                         id: &id,
                         started_at: None,

@@ -41,6 +41,10 @@ pub struct Expr {
 impl Expr {
     /// Parses `source` and checks that it only refers to [`ROOTS`].
     pub fn compile(source: &str) -> Result<Expr, String> {
+        Self::compile_with(source, &ROOTS)
+    }
+
+    fn compile_with(source: &str, roots: &[&str]) -> Result<Expr, String> {
         if source.trim().is_empty() {
             return Err("empty expression".into());
         }
@@ -54,10 +58,10 @@ impl Expr {
         })?;
         let mut free = BTreeSet::new();
         free_variables(program.expression(), &mut Vec::new(), &mut free);
-        if let Some(unknown) = free.iter().find(|v| !ROOTS.contains(&v.as_str())) {
+        if let Some(unknown) = free.iter().find(|v| !roots.contains(&v.as_str())) {
             return Err(format!(
                 "expression {source:?} refers to unknown variable {unknown:?} (known: {})",
-                ROOTS.join(", ")
+                roots.join(", ")
             ));
         }
         Ok(Expr {
@@ -194,6 +198,10 @@ pub struct Scope<'a> {
     pub event: Option<&'a Value>,
     /// What earlier nodes produced: `nodes.<id>.output`, `nodes.<id>.error`.
     pub nodes: &'a BTreeMap<NodeId, Value>,
+    /// The subject's segments, read just before the step (for
+    /// `in_segment('vip')`); `None` when the workflow asks for none.
+    #[serde(skip)]
+    pub segments: Option<&'a BTreeSet<String>>,
     /// `{id, started_at}` of the execution.
     pub execution: ExecutionInfo<'a>,
     /// The step's `now` (never the wall clock).
@@ -264,7 +272,40 @@ impl Scope<'_> {
         );
         ctx.add_variable_from_value("execution", execution);
         ctx.add_variable_from_value("now", cel::Value::Timestamp(self.now.fixed_offset()));
+        if let Some(segments) = self.segments {
+            let segments: Arc<BTreeSet<String>> = Arc::new(segments.clone());
+            ctx.add_function("in_segment", move |name: Arc<String>| {
+                segments.contains(name.as_str())
+            })
+            .map_err(|e| format!("in_segment: {e:?}"))?;
+        } else {
+            ctx.add_function("in_segment", |_: Arc<String>| false)
+                .map_err(|e| format!("in_segment: {e:?}"))?;
+        }
         Ok(ctx)
+    }
+}
+
+/// What a segment's expression can see.
+pub const SEGMENT_ROOTS: [&str; 2] = ["attributes", "subject"];
+
+impl Expr {
+    /// Parses a segment's expression: it sees a profile's `attributes` and
+    /// its `subject`, nothing that changes without the profile changing.
+    pub fn compile_segment(source: &str) -> Result<Expr, String> {
+        Self::compile_with(source, &SEGMENT_ROOTS)
+    }
+
+    /// Whether a profile is in the segment (an error: not a boolean).
+    pub fn eval_segment(
+        &self,
+        subject: &str,
+        attributes: &Map<String, Value>,
+    ) -> Result<bool, String> {
+        let mut ctx = cel::Context::with_env(ENV.clone());
+        ctx.add_variable_from_value("attributes", map_to_cel(attributes));
+        ctx.add_variable_from_value("subject", cel::Value::from(subject));
+        self.eval_bool_in(&ctx)
     }
 }
 
@@ -310,6 +351,7 @@ mod tests {
             subject: Some("user-1"),
             event: None,
             nodes: &nodes,
+            segments: None,
             execution: ExecutionInfo {
                 id: &id,
                 started_at: None,

@@ -22,6 +22,10 @@ pub const SNAPSHOT_FORMAT: u32 = 1;
 pub struct Snapshot {
     /// Which snapshot format this is ([`SNAPSHOT_FORMAT`]).
     pub format: u32,
+    /// The subject's segments, read by the actor just before each step of
+    /// a workflow that asks `in_segment(…)`; never stored.
+    #[serde(skip)]
+    pub segments: Option<std::sync::Arc<std::collections::BTreeSet<String>>>,
     pub execution_id: ExecutionId,
     pub status: Status,
     /// How many inputs have been applied; each step adds one.
@@ -223,6 +227,7 @@ impl Snapshot {
         now: DateTime<Utc>,
     ) -> Snapshot {
         Snapshot {
+            segments: None,
             format: SNAPSHOT_FORMAT,
             execution_id,
             status: Status::Pending,
@@ -255,6 +260,7 @@ impl Snapshot {
             subject: self.subject.as_deref(),
             event: self.event.as_ref(),
             nodes: &self.nodes,
+            segments: self.segments.as_deref(),
             execution: ExecutionInfo {
                 id: &self.execution_id,
                 started_at: self.started_at,

@@ -313,6 +313,7 @@ mod tests {
             subject: None,
             event: None,
             nodes: &nodes,
+            segments: None,
             execution: ExecutionInfo {
                 id: &id,
                 started_at: None,

@@ -439,6 +439,8 @@ where
     (String, String): Read<DB>,
     (String, String, Option<String>): Read<DB>,
     (String, String, sqlx::types::Json<Vec<Counted>>): Read<DB>,
+    (String, Option<String>, i32): Read<DB>,
+    for<'q> bool: Bind<'q, DB>,
 {
     async fn write_profiles(
         &self,
@@ -519,6 +521,11 @@ where
                     locale = excluded.locale, updated_at = excluded.updated_at",
             );
             q.build().execute(&mut *tx).await?;
+            let refreshed: Vec<(&str, &Map<String, Value>)> = next
+                .iter()
+                .map(|r| (r.subject.as_str(), &r.attributes))
+                .collect();
+            crate::segments::refresh_memberships::<DB>(&mut tx, namespace, &refreshed, now).await?;
             // In the order asked, once per patch.
             for (subject, _) in chunk {
                 if let Some(&i) = at_index.get(subject.as_str()) {
@@ -566,11 +573,15 @@ where
         .bind(subject)
         .fetch_optional(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM frequency_counts WHERE namespace = $1 AND subject = $2")
+        for table in ["frequency_counts", "segment_members", "segment_changes"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE namespace = $1 AND subject = $2"
+            )))
             .bind(namespace)
             .bind(subject)
             .execute(&mut *tx)
             .await?;
+        }
         // Through the workflows of the namespace: the index on executions
         // is (workflow_id, subject).
         let of_subject = "SELECT e.id FROM executions e JOIN workflows w ON w.id = e.workflow_id
