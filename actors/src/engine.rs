@@ -289,6 +289,15 @@ impl<S: Store> Engine<S> {
             }
             .run(shutdown.clone()),
         );
+        let segments = tokio::spawn(
+            crate::segments::SegmentRunner {
+                store: store.clone(),
+                launcher: launcher.clone(),
+                config: config.clone(),
+                opened: std::sync::Mutex::new(std::collections::HashSet::new()),
+            }
+            .run(shutdown.clone()),
+        );
         let timers = tokio::spawn(
             crate::timers::TimerService {
                 store: store.clone(),
@@ -380,7 +389,7 @@ impl<S: Store> Engine<S> {
             shutdown,
             draining,
             tasks: std::sync::Mutex::new(vec![
-                timers, outbox, recovery, renewal, listener, schedules, events, workers,
+                timers, outbox, recovery, renewal, listener, schedules, segments, events, workers,
             ]),
             announcer: std::sync::Mutex::new(announcer),
             announcer_stop,

@@ -347,6 +347,16 @@ impl<S: Store> ExecutionActor<S> {
             }
         }
         let received = std::time::Instant::now();
+        // `in_segment(…)` reads the subject's segments as they are now (one
+        // indexed read, only for workflows that ask).
+        if state.wf.reads_segments() && state.snapshot.subject.is_some() {
+            state.snapshot.segments = Some(std::sync::Arc::new(
+                self.ctx
+                    .store
+                    .segments_of_execution(state.id.as_str())
+                    .await?,
+            ));
+        }
         let now = Utc::now();
         let kind = d.input.kind();
         let transition = match state.wf.step(&state.snapshot, d.input, now) {

@@ -43,6 +43,7 @@ mod recovery;
 mod results;
 mod router;
 pub mod schedules;
+pub mod segments;
 mod starter;
 mod stats;
 mod supervisor;

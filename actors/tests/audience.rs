@@ -313,3 +313,313 @@ async fn preferences_suppressions_and_caps_hold_at_send_time_across_two_workers(
     engine.shutdown().await;
     alone.await.expect("worker stops");
 }
+
+fn local_config() -> Config {
+    Config {
+        egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
+        schedule_poll: Duration::from_millis(100),
+        timer_poll: Duration::from_millis(100),
+        outbox_poll: Duration::from_millis(100),
+        ..Config::default()
+    }
+}
+
+fn attrs(v: Value) -> ProfilePatch {
+    ProfilePatch {
+        attributes: Some(v.as_object().expect("object").clone()),
+        ..ProfilePatch::default()
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..150 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 15 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_are_backfilled_followed_asked_and_start_journeys_once_per_entry() {
+    let (store, _fresh) = sojourn_testkit::sqlite_store().await;
+    let engine = Engine::start(store.clone(), local_config())
+        .await
+        .expect("engine");
+    let t0 = chrono::Utc::now();
+    // Profiles before the segment: it is backfilled.
+    let many: Vec<(String, ProfilePatch)> = (0..2_500)
+        .map(|i| {
+            (
+                format!("u{i:05}"),
+                attrs(json!({"plan": if i % 5 == 0 { "pro" } else { "free" }})),
+            )
+        })
+        .collect();
+    store
+        .write_profiles("default", &many, false, t0)
+        .await
+        .expect("profiles");
+    store
+        .put_segment(
+            "default",
+            "vip",
+            &sojourn_persistence::SegmentDef::Expression("attributes.plan == 'pro'".into()),
+            t0,
+        )
+        .await
+        .expect("segment");
+    eventually("the backfill", || async {
+        let s = store
+            .get_segment("default", "vip")
+            .await
+            .expect("get")
+            .expect("vip");
+        s.backfill_after.is_none() && s.members == 500
+    })
+    .await;
+
+    // A condition asks in_segment when it runs (after a nap during which
+    // the profile changes).
+    let (id, _) = engine
+        .deploy(&Workflow::from_value(json!({
+            "key": "ask",
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "nap", "type": "delay", "config": {"duration": "1s"}},
+                {"id": "vip", "type": "condition", "config": {"expression": "in_segment('vip')"}},
+                {"id": "yes", "type": "exit", "config": {"outcome": "vip"}},
+                {"id": "no", "type": "exit", "config": {"outcome": "not"}},
+            ],
+            "edges": [
+                {"from": "start", "to": "nap"}, {"from": "nap", "to": "vip"},
+                {"from": "vip", "to": "yes", "branch": "true"}, {"from": "vip", "to": "no", "branch": "false"},
+            ]
+        }))
+        .expect("workflow"))
+        .await
+        .expect("deploy");
+    let _ = id;
+    let ask = |subject: &'static str| {
+        let engine = &engine;
+        async move {
+            engine
+                .start_execution(StartRequest {
+                    namespace: None,
+                    workflow: "ask".into(),
+                    version: None,
+                    input: json!({}),
+                    subject: Some(subject.into()),
+                    timezone: None,
+                    idempotency_key: None,
+                })
+                .await
+                .expect("start")
+                .id
+        }
+    };
+    let was_free = ask("u00001").await;
+    let stays_pro = ask("u00005").await;
+    store
+        .write_profiles(
+            "default",
+            &[("u00001".into(), attrs(json!({"plan": "pro"})))],
+            false,
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("upgrade");
+    let outcome_of = |id: ExecutionId| {
+        let engine = &engine;
+        async move {
+            wait_for(engine, &id, Status::Completed)
+                .await
+                .snapshot
+                .outcome
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(outcome_of(was_free).await, "vip", "read when the node ran");
+    assert_eq!(outcome_of(stays_pro).await, "vip");
+    assert_eq!(outcome_of(ask("u00002").await).await, "not");
+
+    // A segment trigger: each entry starts the workflow once.
+    let (welcome, _) = engine
+        .deploy(
+            &Workflow::from_value(json!({
+                "key": "welcome-vip",
+                "nodes": [
+                    {"id": "start", "type": "start"},
+                    {"id": "end", "type": "exit", "config": {"outcome": "welcomed"}},
+                ],
+                "edges": [{"from": "start", "to": "end"}]
+            }))
+            .expect("workflow"),
+        )
+        .await
+        .expect("deploy");
+    let t = sojourn_testkit::new_trigger(
+        &store,
+        &welcome,
+        sojourn_runtime::triggers::TriggerKind::Segment,
+        json!({"segment": "vip", "input": {"source": "segment"}}),
+        chrono::Utc::now(),
+    )
+    .await;
+    store
+        .set_trigger_state(
+            "default",
+            &t.id,
+            sojourn_runtime::triggers::Move::Activate,
+            None,
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("activate");
+    // Let a pass open its cursor (entries before it start nothing).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let write = |subject: &'static str, plan: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .write_profiles(
+                    "default",
+                    &[(subject.into(), attrs(json!({"plan": plan})))],
+                    false,
+                    chrono::Utc::now(),
+                )
+                .await
+                .expect("write");
+        }
+    };
+    write("u00002", "pro").await; // enters
+    write("u00002", "pro").await; // no change
+    write("u00003", "free").await; // no change
+    let started = || {
+        let store = &store;
+        let welcome = welcome.clone();
+        async move { sojourn_testkit::executions_of(store, &welcome).await }
+    };
+    eventually("the entry's journey", || async {
+        started().await.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = started().await;
+    assert_eq!(first.len(), 1, "once per entry");
+    assert_eq!(first[0].subject.as_deref(), Some("u00002"));
+    // Leaves, then enters again: a second entry, a second journey.
+    write("u00002", "free").await;
+    write("u00002", "pro").await;
+    eventually("the second entry's journey", || async {
+        started().await.len() == 2
+    })
+    .await;
+    let rec = engine
+        .execution(&first[0].id)
+        .await
+        .expect("load")
+        .expect("found");
+    assert_eq!(rec.snapshot.input["source"], "segment");
+    assert_eq!(rec.snapshot.input["segment"]["entered"], true);
+
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipients_time_zone_moves_a_time_of_day_delay() {
+    let (store, _fresh) = sojourn_testkit::sqlite_store().await;
+    let engine = Engine::start(store.clone(), local_config())
+        .await
+        .expect("engine");
+    let tz = |z: &str| ProfilePatch {
+        timezone: Some(Some(z.into())),
+        ..ProfilePatch::default()
+    };
+    store
+        .write_profiles(
+            "default",
+            &[
+                ("kiwi".into(), tz("Pacific/Auckland")),
+                ("parisian".into(), tz("Europe/Paris")),
+            ],
+            false,
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("profiles");
+    let morning = |key: &str, fixed: Option<&str>| {
+        let mut wf = json!({
+            "key": key,
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "nine", "type": "delay", "config": {"time_of_day": "09:00"}},
+                {"id": "end", "type": "exit"},
+            ],
+            "edges": [{"from": "start", "to": "nine"}, {"from": "nine", "to": "end"}]
+        });
+        if let Some(z) = fixed {
+            wf["settings"] = json!({"timezone": z});
+        }
+        Workflow::from_value(wf).expect("workflow")
+    };
+    engine
+        .deploy(&morning("morning", None))
+        .await
+        .expect("deploy");
+    engine
+        .deploy(&morning("fixed", Some("America/New_York")))
+        .await
+        .expect("deploy");
+    let start = |workflow: &'static str, subject: &'static str| {
+        let engine = &engine;
+        async move {
+            let id = engine
+                .start_execution(StartRequest {
+                    namespace: None,
+                    workflow: workflow.into(),
+                    version: None,
+                    input: json!({}),
+                    subject: Some(subject.into()),
+                    timezone: None,
+                    idempotency_key: None,
+                })
+                .await
+                .expect("start")
+                .id;
+            let rec = wait_for(engine, &id, Status::Waiting).await;
+            let until = rec
+                .snapshot
+                .wait
+                .as_ref()
+                .and_then(|w| w.until())
+                .expect("a timer");
+            (rec.snapshot.timezone.to_string(), until)
+        }
+    };
+    let (zone, until) = start("morning", "kiwi").await;
+    assert_eq!(zone, "Pacific/Auckland");
+    let local = until.with_timezone(&chrono_tz::Pacific::Auckland);
+    assert_eq!(local.format("%H:%M").to_string(), "09:00");
+    let (zone, until) = start("morning", "parisian").await;
+    assert_eq!(zone, "Europe/Paris");
+    assert_eq!(
+        until
+            .with_timezone(&chrono_tz::Europe::Paris)
+            .format("%H:%M")
+            .to_string(),
+        "09:00"
+    );
+    // No profile: the workflow's zone (UTC here).
+    let (zone, _) = start("morning", "nobody").await;
+    assert_eq!(zone, "UTC");
+    // A workflow that fixes its zone keeps it.
+    let (zone, _) = start("fixed", "kiwi").await;
+    assert_eq!(zone, "America/New_York");
+    engine.shutdown().await;
+}

@@ -486,6 +486,48 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         audience::unsubscribe::<S>,
     );
 
+    r.add(
+        M::GET,
+        "/v1/segments",
+        Spec::new("audience", "List segments")
+            .scope(Read)
+            .returns::<Vec<audience::SegmentOut>>(200),
+        audience::segments::<S>,
+    );
+    r.add(
+        M::PUT,
+        "/v1/segments/{name}",
+        Spec::new("audience", "Create or replace a segment")
+            .scope(Write)
+            .body::<audience::SegmentIn>()
+            .returns::<audience::SegmentOut>(200)
+            .describe("A CEL expression over a profile's `attributes` and `subject`, or a static list of subjects. An expression is backfilled over the namespace's profiles in the background (`backfilling` until done); from then on each profile write updates membership in its own transaction. Conditions ask `in_segment('name')`; a `segment` trigger starts a workflow on each entry (or exit)."),
+        audience::put_segment::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/segments/{name}",
+        Spec::new("audience", "Get a segment and its size")
+            .scope(Read)
+            .returns::<audience::SegmentOut>(200),
+        audience::get_segment::<S>,
+    );
+    r.add(
+        M::DELETE,
+        "/v1/segments/{name}",
+        Spec::new("audience", "Delete a segment").scope(Write),
+        audience::delete_segment::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/segments/{name}/members",
+        Spec::new("audience", "A segment's members")
+            .scope(Read)
+            .query::<audience::ListProfiles>()
+            .returns::<routes::Page<String>>(200),
+        audience::members::<S>,
+    );
+
     // ---- cluster -----------------------------------------------------------
     r.add(
         M::GET,

@@ -2980,6 +2980,7 @@ async fn malformed_bodies_are_refused_and_write_nothing() {
         ("provider", "log".to_owned()),
         ("subject", "ann".to_owned()),
         ("token", "garbage.token".to_owned()),
+        ("name", "vip".to_owned()),
     ]
     .into_iter()
     .collect();

@@ -88,6 +88,10 @@ pub use executions::ExecutionStore;
 pub use keys::KeyStore;
 pub use outbox::OutboxStore;
 pub use postgres::PgStore;
+/// Most subjects of a static segment.
+pub fn segments_max_static() -> usize {
+    segments::MAX_STATIC
+}
 pub use segments::{
     Backfilled, SegmentChange, SegmentCursor, SegmentDef, SegmentRecord, SegmentStore,
 };

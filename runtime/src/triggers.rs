@@ -99,6 +99,8 @@ named_enum! {
         Schedule => "schedule",
         /// An event.
         Event => "event",
+        /// A subject entering (or leaving) a segment.
+        Segment => "segment",
     }
 }
 
@@ -385,12 +387,61 @@ fn input_problem(input: &Option<Value>) -> Option<ConfigError> {
     }
 }
 
+/// A `segment` trigger: a subject entering (or, with `on: leave`,
+/// leaving) the segment starts the workflow for that subject, once per
+/// entry (the entry's id is the start's idempotency key). Only what happens
+/// after the trigger is activated starts anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentTrigger {
+    /// The segment's name.
+    pub segment: String,
+    /// `enter` (default) or `leave`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on: SegmentOn,
+    /// Input of each start (an object); `segment` is added:
+    /// `{"name", "entered", "change"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+}
+
+/// Which change of membership starts the workflow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentOn {
+    #[default]
+    Enter,
+    Leave,
+}
+
+impl SegmentTrigger {
+    /// Every problem of the configuration.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let s = &self.segment;
+        if s.is_empty()
+            || s.len() > 200
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            problems.push(ConfigError::new(
+                "segment",
+                "must be a segment name (1 to 200 letters, digits, '-', '_', '.')",
+            ));
+        }
+        problems.extend(input_problem(&self.input));
+        problems
+    }
+}
+
 /// A trigger instance's configuration, by kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TriggerConfig {
     Api(ApiTrigger),
     Schedule(ScheduleTrigger),
     Event(EventTrigger),
+    Segment(SegmentTrigger),
 }
 
 impl TriggerConfig {
@@ -404,6 +455,7 @@ impl TriggerConfig {
             TriggerKind::Api => TriggerConfig::Api(read(config)?),
             TriggerKind::Schedule => TriggerConfig::Schedule(read(config)?),
             TriggerKind::Event => TriggerConfig::Event(read(config)?),
+            TriggerKind::Segment => TriggerConfig::Segment(read(config)?),
         };
         match parsed.problems().into_iter().next() {
             Some(problem) => Err(problem),
@@ -420,6 +472,7 @@ impl TriggerConfig {
             },
             TriggerConfig::Schedule(c) => c.problems(),
             TriggerConfig::Event(c) => c.problems(),
+            TriggerConfig::Segment(c) => c.problems(),
         }
     }
 
@@ -428,6 +481,7 @@ impl TriggerConfig {
             TriggerConfig::Api(_) => TriggerKind::Api,
             TriggerConfig::Schedule(_) => TriggerKind::Schedule,
             TriggerConfig::Event(_) => TriggerKind::Event,
+            TriggerConfig::Segment(_) => TriggerKind::Segment,
         }
     }
 
@@ -437,6 +491,7 @@ impl TriggerConfig {
             TriggerConfig::Api(c) => serde_json::to_value(c),
             TriggerConfig::Schedule(c) => serde_json::to_value(c),
             TriggerConfig::Event(c) => serde_json::to_value(c),
+            TriggerConfig::Segment(c) => serde_json::to_value(c),
         };
         // Plain structs of strings, numbers and JSON values.
         value.unwrap_or(Value::Null)

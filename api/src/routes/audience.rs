@@ -170,6 +170,9 @@ pub struct ProfileOut {
     pub locale: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The segments it is in (when one profile is read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -207,6 +210,7 @@ impl From<ProfileRecord> for ProfileOut {
             locale: r.locale,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            segments: None,
         }
     }
 }
@@ -266,12 +270,20 @@ pub(crate) async fn get<S: Store>(
     Extension(caller): Extension<Caller>,
     Path(subject): Path<String>,
 ) -> ApiResult<axum::Json<ProfileOut>> {
-    app.engine
-        .store()
+    let store = app.engine.store();
+    let mut out: ProfileOut = store
         .get_profile(&caller.namespace, &subject)
         .await?
-        .map(|r| axum::Json(r.into()))
-        .ok_or_else(|| ApiError::not_found("profile", &subject))
+        .ok_or_else(|| ApiError::not_found("profile", &subject))?
+        .into();
+    out.segments = Some(
+        store
+            .segments_of(&caller.namespace, &subject)
+            .await?
+            .into_iter()
+            .collect(),
+    );
+    Ok(axum::Json(out))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -765,4 +777,145 @@ pub(crate) async fn unsubscribe<S: Store>(
         escape(&u.channel)
     ))
     .into_response())
+}
+
+// ---- segments ------------------------------------------------------------------
+
+/// A segment: a CEL expression over a profile's `attributes` (and its
+/// `subject`), or a static list of subjects. Give exactly one.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentIn {
+    /// `attributes.plan == 'pro' && attributes.orders > 3`.
+    #[serde(default)]
+    pub expression: Option<String>,
+    /// At most 10,000 subjects.
+    #[serde(default)]
+    pub subjects: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SegmentOut {
+    pub name: String,
+    /// Absent for a static list.
+    pub expression: Option<String>,
+    /// Each change adds one.
+    pub version: i32,
+    /// How many subjects are in it.
+    pub members: i64,
+    /// Whether its members are still being computed (a new or changed
+    /// expression is backfilled in the background).
+    pub backfilling: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<sojourn_persistence::SegmentRecord> for SegmentOut {
+    fn from(r: sojourn_persistence::SegmentRecord) -> Self {
+        SegmentOut {
+            name: r.name,
+            expression: r.expression,
+            version: r.version,
+            members: r.members,
+            backfilling: r.backfill_after.is_some(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// `PUT /v1/segments/{name}`: creates or replaces.
+pub(crate) async fn put_segment<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Body(body): Body<SegmentIn>,
+) -> ApiResult<axum::Json<SegmentOut>> {
+    crate::routes::valid_key("name", &name)?;
+    let def = match (body.expression, body.subjects) {
+        (Some(e), None) => {
+            sojourn_runtime::expr::Expr::compile_segment(&e)
+                .map_err(|m| ApiError::invalid("expression", m))?;
+            sojourn_persistence::SegmentDef::Expression(e)
+        }
+        (None, Some(list)) => {
+            if list.len() > sojourn_persistence::segments_max_static() {
+                return Err(ApiError::invalid(
+                    "subjects",
+                    format!("at most {}", sojourn_persistence::segments_max_static()),
+                ));
+            }
+            for (n, s) in list.iter().enumerate() {
+                valid_subject(&format!("subjects[{n}]"), s)?;
+            }
+            sojourn_persistence::SegmentDef::Static(list)
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "expression",
+                "give an expression or a list of subjects (one of them)",
+            ));
+        }
+    };
+    let seg = app
+        .engine
+        .store()
+        .put_segment(&caller.namespace, &name, &def, Utc::now())
+        .await?;
+    Ok(axum::Json(seg.into()))
+}
+
+pub(crate) async fn segments<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<axum::Json<Vec<SegmentOut>>> {
+    let list = app.engine.store().list_segments(&caller.namespace).await?;
+    Ok(axum::Json(list.into_iter().map(SegmentOut::from).collect()))
+}
+
+pub(crate) async fn get_segment<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<SegmentOut>> {
+    app.engine
+        .store()
+        .get_segment(&caller.namespace, &name)
+        .await?
+        .map(|s| axum::Json(s.into()))
+        .ok_or_else(|| ApiError::not_found("segment", &name))
+}
+
+pub(crate) async fn delete_segment<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    if app
+        .engine
+        .store()
+        .delete_segment(&caller.namespace, &name)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("segment", &name))
+    }
+}
+
+pub(crate) async fn members<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Q(q): Q<ListProfiles>,
+) -> ApiResult<axum::Json<Page<String>>> {
+    let limit = limit_of(q.limit)?;
+    let store = app.engine.store();
+    if store.get_segment(&caller.namespace, &name).await?.is_none() {
+        return Err(ApiError::not_found("segment", &name));
+    }
+    let rows = store
+        .segment_members(&caller.namespace, &name, q.cursor.as_deref(), limit + 1)
+        .await?;
+    Ok(axum::Json(Page::of(rows, limit, Clone::clone, |s| s)))
 }

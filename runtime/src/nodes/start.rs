@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compile::Compiler;
 use crate::ids::NodeId;
-use crate::triggers::{EventTrigger, ScheduleTrigger};
+use crate::triggers::{EventTrigger, ScheduleTrigger, SegmentTrigger};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +31,8 @@ pub enum Trigger {
     Schedule(ScheduleTrigger),
     /// An event (from the API or Kafka) whose condition holds.
     Event(EventTrigger),
+    /// A subject entering (or leaving) a segment.
+    Segment(SegmentTrigger),
 }
 
 pub(crate) fn compile(config: &StartConfig, node: &NodeId, c: &mut Compiler<'_>) {
@@ -54,6 +56,7 @@ pub(crate) fn compile(config: &StartConfig, node: &NodeId, c: &mut Compiler<'_>)
             Trigger::Api { path: None } => continue,
             Trigger::Schedule(s) => s.problems(),
             Trigger::Event(e) => e.problems(),
+            Trigger::Segment(s) => s.problems(),
         };
         for p in problems {
             c.error(node, field(&p.field), p.message);
