@@ -636,3 +636,177 @@ pub(crate) async fn cluster_drain(c: &Client, node: &str, force: bool) -> Result
     println!("{node}: drain requested (it passivates its executions; the others take over)");
     Ok(())
 }
+
+/// `sojourn profiles import FILE`: CSV (a header row with `subject`; the
+/// columns email, phone, chat, timezone and locale are addresses and
+/// settings, any other column an attribute, `attributes.` optional) or JSON
+/// lines (each the body of `POST /v1/profiles/{subject}` with its
+/// `subject`). Sent `batch` at a time to `/v1/profiles:batch`, read as it
+/// goes (memory stays flat), with a progress bar. The first refused batch
+/// stops the import, naming the file's line and field; what was sent
+/// before it stays.
+pub(crate) async fn import_profiles(
+    c: &Client,
+    path: &std::path::Path,
+    replace: bool,
+    batch: usize,
+) -> Result<(), Failure> {
+    let batch = batch.clamp(1, 1000);
+    let file = std::fs::File::open(path)
+        .map_err(|e| Failure::Invalid(format!("{}: {e}", path.display())))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let csv = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {msg} ({elapsed}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if c.conn.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let reader = bar.wrap_read(file);
+    let mut rows: Box<dyn Iterator<Item = Result<(usize, Value), Failure>>> = if csv {
+        Box::new(csv_rows(reader)?)
+    } else {
+        Box::new(json_lines(reader))
+    };
+    let mut written = 0usize;
+    loop {
+        let mut profiles = Vec::with_capacity(batch);
+        let mut lines = Vec::with_capacity(batch);
+        for row in rows.by_ref().take(batch) {
+            let (line, value) = row?;
+            lines.push(line);
+            profiles.push(value);
+        }
+        if profiles.is_empty() {
+            break;
+        }
+        let body = serde_json::json!({"profiles": profiles, "replace": replace});
+        match c.post("/v1/profiles:batch", &body).await {
+            Ok((_, out)) => {
+                written += out.get("written").and_then(Value::as_u64).unwrap_or(0) as usize;
+                bar.set_message(format!("{written} profiles"));
+            }
+            Err(Failure::Invalid(text)) => {
+                bar.abandon();
+                // `profiles[3].email: …` → the file's line.
+                let line = text
+                    .split("profiles[")
+                    .nth(1)
+                    .and_then(|rest| rest.split(']').next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| lines.get(n));
+                let at = match line {
+                    Some(l) => format!("{}:{l}: ", path.display()),
+                    None => format!("{}: ", path.display()),
+                };
+                return Err(Failure::Invalid(format!(
+                    "{at}{text}\n{written} profiles were written before it"
+                )));
+            }
+            Err(e) => {
+                bar.abandon();
+                return Err(e);
+            }
+        }
+    }
+    bar.finish_with_message(format!("{written} profiles"));
+    if c.conn.json {
+        println!("{}", serde_json::json!({"written": written}));
+    } else {
+        eprintln!("imported {written} profiles from {}", path.display());
+    }
+    Ok(())
+}
+
+/// JSON lines: (line number, object), blank lines skipped.
+fn json_lines(r: impl std::io::Read) -> impl Iterator<Item = Result<(usize, Value), Failure>> {
+    use std::io::BufRead;
+    std::io::BufReader::new(r)
+        .lines()
+        .enumerate()
+        .filter_map(|(n, line)| {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => return Some(Err(Failure::Invalid(format!("line {}: {e}", n + 1)))),
+            };
+            if line.trim().is_empty() {
+                return None;
+            }
+            Some(match serde_json::from_str::<Value>(&line) {
+                Ok(v @ Value::Object(_)) => Ok((n + 1, v)),
+                Ok(_) => Err(Failure::Invalid(format!(
+                    "line {}: not a JSON object",
+                    n + 1
+                ))),
+                Err(e) => Err(Failure::Invalid(format!("line {}: not JSON: {e}", n + 1))),
+            })
+        })
+}
+
+/// CSV rows as profile updates: (line number, object).
+fn csv_rows(
+    r: impl std::io::Read,
+) -> Result<impl Iterator<Item = Result<(usize, Value), Failure>>, Failure> {
+    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(r);
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| Failure::Invalid(format!("the header row: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    if !headers.iter().any(|h| h == "subject") {
+        return Err(Failure::Invalid(
+            "the header row has no \"subject\" column".into(),
+        ));
+    }
+    Ok(reader.into_records().map(move |rec| {
+        let rec = rec.map_err(|e| Failure::Invalid(format!("{e}")))?;
+        let line = rec.position().map_or(0, |p| p.line() as usize);
+        let mut out = serde_json::Map::new();
+        let mut attributes = serde_json::Map::new();
+        for (h, v) in headers.iter().zip(rec.iter()) {
+            if v.is_empty() {
+                continue;
+            }
+            match h.as_str() {
+                "subject" | "email" | "phone" | "chat" | "timezone" | "locale" => {
+                    out.insert(h.clone(), Value::String(v.to_owned()));
+                }
+                other => {
+                    let name = other.strip_prefix("attributes.").unwrap_or(other);
+                    attributes.insert(name.to_owned(), csv_value(v));
+                }
+            }
+        }
+        if !attributes.is_empty() {
+            out.insert("attributes".into(), Value::Object(attributes));
+        }
+        Ok((line, Value::Object(out)))
+    }))
+}
+
+/// A CSV cell as JSON: a number or a boolean when it reads as one, else text.
+fn csv_value(v: &str) -> Value {
+    match v {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => v
+            .parse::<i64>()
+            .map(Value::from)
+            .or_else(|_| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(Value::from)
+                    .ok_or(())
+            })
+            .unwrap_or_else(|_| Value::String(v.to_owned())),
+    }
+}

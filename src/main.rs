@@ -167,6 +167,11 @@ enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// The audience's profiles (client).
+    Profiles {
+        #[command(subcommand)]
+        command: ProfilesCommand,
+    },
     /// Show an execution: status, node, variables, lease holder, journal
     /// (client).
     Inspect {
@@ -251,6 +256,24 @@ enum ExecutionsCommand {
         /// The cursor printed after the previous page.
         #[arg(long)]
         cursor: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfilesCommand {
+    /// Import profiles from a CSV file (a `subject` column; email, phone,
+    /// chat, timezone, locale; any other column an attribute) or JSON lines
+    /// (each a profile with its `subject`), with a progress bar.
+    Import {
+        file: PathBuf,
+        /// Replace each profile rather than merge into it.
+        #[arg(long)]
+        replace: bool,
+        /// Profiles per request (1 to 1000).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
         #[command(flatten)]
         conn: client::Conn,
     },
@@ -479,6 +502,17 @@ fn main() -> ExitCode {
                 ],
             )
             .await
+        }),
+        Command::Profiles {
+            command:
+                ProfilesCommand::Import {
+                    file,
+                    replace,
+                    batch,
+                    conn,
+                },
+        } => with_client(conn, |c| async move {
+            client::import_profiles(&c, &file, replace, batch).await
         }),
         Command::Inspect { execution, conn } => {
             with_client(

@@ -551,3 +551,58 @@ async fn serve_on_postgres_needs_an_api_key() {
     assert!(node.terminate().success(), "serve exits 0 on SIGTERM");
     store.drop_schema(&schema).await.expect("drop schema");
 }
+
+/// `sojourn profiles import`: CSV and JSON lines through a dev node, a bad
+/// row named by its line and field (exit 2), and the unsubscribe key
+/// `sojourn dev` made kept in its data directory.
+#[test]
+fn profiles_are_imported_from_csv_and_json_lines() {
+    let dir = temp_dir("import");
+    let port = free_port();
+    let data = dir.join("data");
+    let node = Node::spawn(
+        &[
+            "dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data",
+            &data.display().to_string(),
+        ],
+        &[],
+        format!("http://127.0.0.1:{port}"),
+    );
+    let mut csv = String::from("subject,email,plan,orders,attributes.vip\n");
+    for i in 0..2_500 {
+        csv.push_str(&format!("u{i},u{i}@example.com,pro,{i},{}\n", i % 2 == 0));
+    }
+    let file = write(&dir, "people.csv", &csv);
+    let out = cli(
+        &node,
+        None,
+        &["profiles", "import", &file, "--batch", "1000", "--json"],
+    );
+    assert_eq!(json_of(&out)["written"], 2_500);
+    let (code, got) = curl(&[&format!("{}/v1/profiles/u7", node.url)]);
+    assert_eq!(code, 200, "{got}");
+    let p: Value = serde_json::from_str(&got).expect("json");
+    assert_eq!(p["addresses"]["email"], "u7@example.com");
+    assert_eq!(
+        p["attributes"],
+        json!({"plan": "pro", "orders": 7, "vip": false})
+    );
+
+    // JSON lines, one bad: named by its line, and nothing of its batch written.
+    let lines = "{\"subject\": \"j1\", \"phone\": \"+33612345678\"}\n\n{\"subject\": \"j2\", \"phone\": \"0612\"}\n";
+    let file = write(&dir, "people.jsonl", lines);
+    let out = cli(&node, None, &["profiles", "import", &file]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("people.jsonl:3") && err.contains("profiles[1].phone"),
+        "{err}"
+    );
+    let (code, _) = curl(&[&format!("{}/v1/profiles/j1", node.url)]);
+    assert_eq!(code, 404);
+    assert!(data.join("unsubscribe.key").exists());
+    node.terminate();
+}

@@ -26,14 +26,17 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
+use schemars::JsonSchema;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Map;
 use serde_json::{Value, json};
 use sojourn_persistence::{
-    AudienceStore, CapRequest, CapVerdict, OnCap, addresses_of, normalize_address,
+    AudienceStore, CapRequest, CapVerdict, OnCap, ProfilePatch, addresses_of, normalize_address,
 };
 use sojourn_runtime::{ActionOutcome, Dispatch};
 
+use crate::channels::message::check_address;
 use crate::channels::{Channel, Delivery};
 
 /// The category that ignores preferences and caps (never suppressions).
@@ -176,6 +179,171 @@ impl Audience {
                 .saturating_add(i64::try_from(s).unwrap_or(i64::MAX))
         })
     }
+}
+
+// ---- profile updates (the API and event triggers) --------------------------
+
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A profile's fields to write: each one given replaces what is there
+/// (`null` clears it); `attributes` and the preference maps merge key by key
+/// on `POST` (a `null` attribute removes it) and replace on `PUT`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileIn {
+    /// Any JSON object: what segments and conditions read.
+    #[serde(default)]
+    pub attributes: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "some")]
+    pub email: Option<Option<String>>,
+    /// E.164 (`+33612345678`).
+    #[serde(default, deserialize_with = "some")]
+    pub phone: Option<Option<String>>,
+    /// Device tokens (strings) and browser `PushSubscription`s (objects),
+    /// newest last; `push.send` with `to: "subject"` uses the newest.
+    #[serde(default)]
+    pub push: Option<Vec<Value>>,
+    /// A chat user or channel id.
+    #[serde(default, deserialize_with = "some")]
+    pub chat: Option<Option<String>>,
+    /// An IANA time zone (`Europe/Paris`).
+    #[serde(default, deserialize_with = "some")]
+    pub timezone: Option<Option<String>>,
+    /// A BCP 47 tag (`fr-FR`).
+    #[serde(default, deserialize_with = "some")]
+    pub locale: Option<Option<String>>,
+    #[serde(default)]
+    pub preferences: Option<PreferencesIn>,
+}
+
+/// What the person agreed to receive (marketing only: transactional
+/// messages ignore preferences).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreferencesIn {
+    /// No marketing message at all.
+    #[serde(default)]
+    pub opted_out: Option<bool>,
+    /// Per channel: `{"sms": false}`.
+    #[serde(default)]
+    pub channels: std::collections::BTreeMap<String, bool>,
+    /// Per category: `{"newsletter": false}`.
+    #[serde(default)]
+    pub categories: std::collections::BTreeMap<String, bool>,
+}
+
+impl ProfileIn {
+    /// The patch, every field checked (`prefix` names where it came from).
+    pub fn patch(self, prefix: &str) -> Result<ProfilePatch, FieldError> {
+        let f = |name: &str| format!("{prefix}{name}");
+        let check = |channel: Channel, name: &str, v: Option<Option<String>>| match v {
+            Some(Some(a)) => check_address(channel, &f(name), &a)
+                .map(|a| Some(Some(a)))
+                .map_err(|e| {
+                    let (field, msg) = e.split_once(": ").unwrap_or((name, &e));
+                    FieldError::new(field, msg)
+                }),
+            other => Ok(other),
+        };
+        let email = check(Channel::Email, "email", self.email)?;
+        let phone = check(Channel::Sms, "phone", self.phone)?;
+        if let Some(push) = &self.push {
+            if push.len() > 20 {
+                return Err(FieldError::new(&f("push"), "at most 20 devices"));
+            }
+            for (n, p) in push.iter().enumerate() {
+                let ok = match p {
+                    Value::String(t) => !t.trim().is_empty() && t.len() <= 4096,
+                    Value::Object(o) => {
+                        o.get("endpoint")
+                            .and_then(Value::as_str)
+                            .is_some_and(|e| e.starts_with("https://") || e.starts_with("http://"))
+                            && o.get("keys").and_then(|k| k.get("p256dh")).is_some()
+                            && o.get("keys").and_then(|k| k.get("auth")).is_some()
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    return Err(FieldError::new(
+                        &f(&format!("push[{n}]")),
+                        "must be a device token or a PushSubscription (endpoint, keys.p256dh, keys.auth)",
+                    ));
+                }
+            }
+        }
+        if let Some(Some(tz)) = &self.timezone {
+            sojourn_runtime::time::parse_timezone(tz)
+                .map_err(|e| FieldError::new(&f("timezone"), e))?;
+        }
+        if let Some(Some(l)) = &self.locale
+            && (l.is_empty()
+                || l.len() > 35
+                || !l
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(FieldError::new(
+                &f("locale"),
+                format!("{l:?} is not a locale tag"),
+            ));
+        }
+        let prefs = self.preferences.unwrap_or_default();
+        for c in prefs.channels.keys() {
+            if Channel::parse(c).is_none() {
+                return Err(FieldError::new(
+                    &f(&format!("preferences.channels.{c}")),
+                    "not a channel (email, sms, push, chat)",
+                ));
+            }
+        }
+        for c in prefs.categories.keys() {
+            if !is_category(c) {
+                return Err(FieldError::new(
+                    &f(&format!("preferences.categories.{c}")),
+                    "a category is 1 to 200 letters, digits, '-', '_' or '.'",
+                ));
+            }
+        }
+        Ok(ProfilePatch {
+            attributes: self.attributes,
+            email,
+            phone,
+            chat: self.chat,
+            push: self.push,
+            timezone: self.timezone,
+            locale: self.locale,
+            opted_out: prefs.opted_out,
+            channels: prefs.channels,
+            categories: prefs.categories,
+        })
+    }
+}
+
+/// A field of a profile update that does not read, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, message: impl std::fmt::Display) -> FieldError {
+        FieldError {
+            field: field.to_owned(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A category's name: 1 to 200 letters, digits, `-`, `_`, `.`.
+pub fn is_category(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 200
+        && c.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
 }
 
 /// One message of a batch, as the audience sees it.

@@ -788,6 +788,11 @@ impl<S: Store> Clone for Launcher<S> {
 }
 
 impl<S: Store> Launcher<S> {
+    /// The store (profile updates from event triggers).
+    pub(crate) fn store(&self) -> &S {
+        &self.ctx.store
+    }
+
     /// Delivers an event to every execution subscribed to it with this key
     /// (waiting nodes and exit criteria), sleeping ones included: each gets
     /// it durably in its inbox and is activated. Returns how many.

@@ -483,6 +483,43 @@ impl<S: Store> Handler<S> {
                     Err(e) => Outcome::Retry(e),
                 }
             }
+            EventAction::Profile => self.update_profile(event, read).await,
+        }
+    }
+
+    /// Updates the subject's profile with the payload; a payload that is
+    /// not a profile update is a dead letter naming its field.
+    async fn update_profile(&self, mut event: Value, read: Read) -> Outcome {
+        let Some(subject) = read.subject else {
+            return Outcome::Dead("the subject expression gave nothing".into());
+        };
+        if subject.len() > 200 || subject.chars().any(char::is_control) {
+            return Outcome::Dead(
+                "subject: must be 1 to 200 characters, none a control character".into(),
+            );
+        }
+        let update: crate::audience::ProfileIn =
+            match serde_json::from_value(event["payload"].take()) {
+                Ok(u) => u,
+                Err(e) => return Outcome::Dead(format!("payload: not a profile update: {e}")),
+            };
+        let patch = match update.patch("payload.") {
+            Ok(p) => p,
+            Err(e) => return Outcome::Dead(e.to_string()),
+        };
+        match self
+            .launcher
+            .store()
+            .write_profiles(
+                &self.trigger.namespace,
+                &[(subject, patch)],
+                false,
+                Utc::now(),
+            )
+            .await
+        {
+            Ok(_) => Outcome::Done,
+            Err(e) => Outcome::Retry(Error::Store(e)),
         }
     }
 

@@ -562,3 +562,86 @@ async fn two_nodes_share_a_topic_stop_together_when_paused_and_rebalance_when_on
     a.shutdown().await;
     fresh.cleanup(Some(&store)).await;
 }
+
+/// Profile updates from a topic: an event trigger with `action: profile`
+/// merges each message's payload into its subject's profile; a payload
+/// that is not a profile update is a dead letter naming its field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_updates_come_from_a_topic_and_bad_ones_are_dead_letters() {
+    use sojourn_persistence::AudienceStore;
+    let kafka = PrivateKafka::start();
+    kafka.create_topic("users", 2);
+    let (store, fresh) = pg_store().await;
+    let engine = Engine::start(store.clone(), config(&kafka))
+        .await
+        .expect("engine");
+    let (wf_id, _) = engine.deploy(&signup()).await.expect("deploy");
+    let trigger = event_trigger(
+        &store,
+        &wf_id,
+        json!({"event": "user.updated", "topic": "users", "from": "earliest",
+               "action": "profile", "subject": "event.payload.id"}),
+    )
+    .await;
+    let p = producer(&kafka);
+    produce(
+        &p,
+        "users",
+        0,
+        "u1",
+        br#"{"id": "u1", "email": "u1@example.com", "attributes": {"plan": "pro"}}"#,
+    )
+    .await;
+    produce(
+        &p,
+        "users",
+        0,
+        "u1",
+        br#"{"id": "u1", "attributes": {"age": 40}}"#,
+    )
+    .await;
+    produce(&p, "users", 1, "u2", br#"{"id": "u2", "phone": "0612"}"#).await;
+    wait_until("the profile", || async {
+        store
+            .get_profile("default", "u1")
+            .await
+            .expect("get")
+            .is_some_and(|p| p.attributes.get("age") == Some(&json!(40)))
+    })
+    .await;
+    let u1 = store
+        .get_profile("default", "u1")
+        .await
+        .expect("get")
+        .expect("u1");
+    assert_eq!(u1.addresses.email.as_deref(), Some("u1@example.com"));
+    assert_eq!(u1.attributes.get("plan"), Some(&json!("pro")));
+    wait_until("the dead letter", || async {
+        !store
+            .dead_letters("default", &trigger, 10)
+            .await
+            .expect("dead letters")
+            .is_empty()
+    })
+    .await;
+    let dead = store
+        .dead_letters("default", &trigger, 10)
+        .await
+        .expect("dead letters");
+    assert!(
+        dead[0].reason.contains("payload.phone"),
+        "{:?}",
+        dead[0].reason
+    );
+    assert!(
+        store
+            .get_profile("default", "u2")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    // Nothing was started.
+    assert!(executions_of(&store, &wf_id).await.is_empty());
+    engine.shutdown().await;
+    fresh.cleanup(Some(&store)).await;
+}

@@ -305,6 +305,10 @@ pub enum EventAction {
     #[default]
     Start,
     Deliver,
+    /// Update the `subject`'s profile with the payload (the body of
+    /// `POST /v1/profiles/{subject}`: attributes, email, phone, push, chat,
+    /// timezone, locale, preferences); the workflow is not started.
+    Profile,
 }
 
 /// Where a new consumer group starts reading.
@@ -341,6 +345,12 @@ impl EventTrigger {
             problems.push(ConfigError::new("topic", e));
         }
         problems.extend(input_problem(&self.input));
+        if self.action == EventAction::Profile && self.subject.is_none() {
+            problems.push(ConfigError::new(
+                "subject",
+                "a profile update needs the subject's expression (event.payload.user_id)",
+            ));
+        }
         problems
     }
 }

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sojourn_actors::channels::Channel;
 use sojourn_actors::channels::message::check_address;
@@ -24,141 +24,14 @@ use crate::extract::{Body, Path, Q};
 use crate::routes::{Page, limit_of};
 use crate::state::AppState;
 
+pub use sojourn_actors::audience::ProfileIn;
+
+fn field_error(e: sojourn_actors::audience::FieldError) -> ApiError {
+    ApiError::invalid(&e.field, e.message)
+}
+
 /// Most profiles in one batch request.
 const MAX_BATCH: usize = 1000;
-
-fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
-}
-
-/// A profile's fields to write: each one given replaces what is there
-/// (`null` clears it); `attributes` and the preference maps merge key by key
-/// on `POST` (a `null` attribute removes it) and replace on `PUT`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ProfileIn {
-    /// Any JSON object: what segments and conditions read.
-    #[serde(default)]
-    pub attributes: Option<Map<String, Value>>,
-    #[serde(default, deserialize_with = "some")]
-    pub email: Option<Option<String>>,
-    /// E.164 (`+33612345678`).
-    #[serde(default, deserialize_with = "some")]
-    pub phone: Option<Option<String>>,
-    /// Device tokens (strings) and browser `PushSubscription`s (objects),
-    /// newest last; `push.send` with `to: "subject"` uses the newest.
-    #[serde(default)]
-    pub push: Option<Vec<Value>>,
-    /// A chat user or channel id.
-    #[serde(default, deserialize_with = "some")]
-    pub chat: Option<Option<String>>,
-    /// An IANA time zone (`Europe/Paris`).
-    #[serde(default, deserialize_with = "some")]
-    pub timezone: Option<Option<String>>,
-    /// A BCP 47 tag (`fr-FR`).
-    #[serde(default, deserialize_with = "some")]
-    pub locale: Option<Option<String>>,
-    #[serde(default)]
-    pub preferences: Option<PreferencesIn>,
-}
-
-/// What the person agreed to receive (marketing only: transactional
-/// messages ignore preferences).
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PreferencesIn {
-    /// No marketing message at all.
-    #[serde(default)]
-    pub opted_out: Option<bool>,
-    /// Per channel: `{"sms": false}`.
-    #[serde(default)]
-    pub channels: std::collections::BTreeMap<String, bool>,
-    /// Per category: `{"newsletter": false}`.
-    #[serde(default)]
-    pub categories: std::collections::BTreeMap<String, bool>,
-}
-
-impl ProfileIn {
-    /// The patch, every field checked (`prefix` names where it came from).
-    fn patch(self, prefix: &str) -> ApiResult<ProfilePatch> {
-        let f = |name: &str| format!("{prefix}{name}");
-        let check = |channel: Channel, name: &str, v: Option<Option<String>>| match v {
-            Some(Some(a)) => check_address(channel, &f(name), &a)
-                .map(|a| Some(Some(a)))
-                .map_err(|e| {
-                    let (field, msg) = e.split_once(": ").unwrap_or((name, &e));
-                    ApiError::invalid(field, msg)
-                }),
-            other => Ok(other),
-        };
-        let email = check(Channel::Email, "email", self.email)?;
-        let phone = check(Channel::Sms, "phone", self.phone)?;
-        if let Some(push) = &self.push {
-            if push.len() > 20 {
-                return Err(ApiError::invalid(&f("push"), "at most 20 devices"));
-            }
-            for (n, p) in push.iter().enumerate() {
-                let ok = match p {
-                    Value::String(t) => !t.trim().is_empty() && t.len() <= 4096,
-                    Value::Object(o) => {
-                        o.get("endpoint")
-                            .and_then(Value::as_str)
-                            .is_some_and(|e| e.starts_with("https://") || e.starts_with("http://"))
-                            && o.get("keys").and_then(|k| k.get("p256dh")).is_some()
-                            && o.get("keys").and_then(|k| k.get("auth")).is_some()
-                    }
-                    _ => false,
-                };
-                if !ok {
-                    return Err(ApiError::invalid(
-                        &f(&format!("push[{n}]")),
-                        "must be a device token or a PushSubscription (endpoint, keys.p256dh, keys.auth)",
-                    ));
-                }
-            }
-        }
-        if let Some(Some(tz)) = &self.timezone {
-            sojourn_runtime::time::parse_timezone(tz)
-                .map_err(|e| ApiError::invalid(&f("timezone"), e))?;
-        }
-        if let Some(Some(l)) = &self.locale
-            && (l.is_empty()
-                || l.len() > 35
-                || !l
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        {
-            return Err(ApiError::invalid(
-                &f("locale"),
-                format!("{l:?} is not a locale tag"),
-            ));
-        }
-        let prefs = self.preferences.unwrap_or_default();
-        for c in prefs.channels.keys() {
-            if Channel::parse(c).is_none() {
-                return Err(ApiError::invalid(
-                    &f(&format!("preferences.channels.{c}")),
-                    "not a channel (email, sms, push, chat)",
-                ));
-            }
-        }
-        for c in prefs.categories.keys() {
-            crate::routes::valid_key(&f(&format!("preferences.categories.{c}")), c)?;
-        }
-        Ok(ProfilePatch {
-            attributes: self.attributes,
-            email,
-            phone,
-            chat: self.chat,
-            push: self.push,
-            timezone: self.timezone,
-            locale: self.locale,
-            opted_out: prefs.opted_out,
-            channels: prefs.channels,
-            categories: prefs.categories,
-        })
-    }
-}
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ProfileOut {
@@ -233,7 +106,7 @@ async fn write<S: Store>(
     replace: bool,
 ) -> ApiResult<axum::Json<ProfileOut>> {
     valid_subject("subject", &subject)?;
-    let patch = body.patch("")?;
+    let patch = body.patch("").map_err(field_error)?;
     let mut rows = app
         .engine
         .store()
@@ -394,7 +267,12 @@ pub(crate) async fn batch<S: Store>(
     let mut patches = Vec::with_capacity(body.profiles.len());
     for (n, p) in body.profiles.into_iter().enumerate() {
         valid_subject(&format!("profiles[{n}].subject"), &p.subject)?;
-        patches.push((p.subject, p.profile.patch(&format!("profiles[{n}]."))?));
+        patches.push((
+            p.subject,
+            p.profile
+                .patch(&format!("profiles[{n}]."))
+                .map_err(field_error)?,
+        ));
     }
     let written = app
         .engine
