@@ -347,14 +347,15 @@ pub fn is_category(c: &str) -> bool {
 }
 
 /// One message of a batch, as the audience sees it.
-pub(crate) struct Job<'a> {
+#[derive(Debug)]
+pub struct Job<'a> {
     pub execution_id: &'a str,
     pub dispatch: &'a Dispatch,
 }
 
 /// What to do with one message.
 #[derive(Debug)]
-pub(crate) enum Plan {
+pub enum Plan {
     /// Send it, with these inputs when they changed (the address resolved,
     /// the unsubscribe headers), and this link for `{{ unsubscribe_url }}`.
     Send {
@@ -431,7 +432,7 @@ fn read(audience: &Audience, channel: Channel, inputs: &Value) -> Read {
 
 /// Decides a batch of one channel's messages: one read of the audience, and
 /// one transaction per namespace whose caps count some of them.
-pub(crate) async fn plan<S: AudienceStore>(
+pub async fn plan<S: AudienceStore>(
     store: &S,
     audience: &Audience,
     channel: Channel,
