@@ -160,6 +160,7 @@ struct Compiled {
     key: Option<Expr>,
     subject: Option<Expr>,
     idempotency_key: Option<Expr>,
+    profile: Option<Expr>,
 }
 
 impl Compiled {
@@ -178,6 +179,7 @@ impl Compiled {
             key: compile(&config.key)?,
             subject: compile(&config.subject)?,
             idempotency_key: compile(&config.idempotency_key)?,
+            profile: compile(&config.profile)?,
             config,
         })
     }
@@ -456,6 +458,10 @@ impl<S: Store> Handler<S> {
                 key: eval("key", &t.key)?,
                 subject: eval("subject", &t.subject)?,
                 idempotency: eval("idempotency_key", &t.idempotency_key)?,
+                profile: match &t.profile {
+                    Some(e) => Some(e.eval_event(&ctx)?),
+                    None => None,
+                },
             }))
         })();
         let read = match read {
@@ -498,12 +504,15 @@ impl<S: Store> Handler<S> {
                 "subject: must be 1 to 200 characters, none a control character".into(),
             );
         }
-        let update: crate::audience::ProfileIn =
-            match serde_json::from_value(event["payload"].take()) {
-                Ok(u) => u,
-                Err(e) => return Outcome::Dead(format!("payload: not a profile update: {e}")),
-            };
-        let patch = match update.patch("payload.") {
+        let (what, value) = match read.profile {
+            Some(v) => ("profile", v),
+            None => ("payload", event["payload"].take()),
+        };
+        let update: crate::audience::ProfileIn = match serde_json::from_value(value) {
+            Ok(u) => u,
+            Err(e) => return Outcome::Dead(format!("{what}: not a profile update: {e}")),
+        };
+        let patch = match update.patch(&format!("{what}.")) {
             Ok(p) => p,
             Err(e) => return Outcome::Dead(e.to_string()),
         };
@@ -565,4 +574,6 @@ struct Read {
     key: Option<String>,
     subject: Option<String>,
     idempotency: Option<String>,
+    /// The profile expression's value (`action: profile`).
+    profile: Option<Value>,
 }

@@ -580,7 +580,7 @@ async fn profile_updates_come_from_a_topic_and_bad_ones_are_dead_letters() {
         &store,
         &wf_id,
         json!({"event": "user.updated", "topic": "users", "from": "earliest",
-               "action": "profile", "subject": "event.payload.id"}),
+               "action": "profile", "subject": "event.payload.id", "profile": "event.payload.traits"}),
     )
     .await;
     let p = producer(&kafka);
@@ -589,7 +589,7 @@ async fn profile_updates_come_from_a_topic_and_bad_ones_are_dead_letters() {
         "users",
         0,
         "u1",
-        br#"{"id": "u1", "email": "u1@example.com", "attributes": {"plan": "pro"}}"#,
+        br#"{"id": "u1", "traits": {"email": "u1@example.com", "attributes": {"plan": "pro"}}}"#,
     )
     .await;
     produce(
@@ -597,10 +597,18 @@ async fn profile_updates_come_from_a_topic_and_bad_ones_are_dead_letters() {
         "users",
         0,
         "u1",
-        br#"{"id": "u1", "attributes": {"age": 40}}"#,
+        br#"{"id": "u1", "traits": {"attributes": {"age": 40}}}"#,
     )
     .await;
-    produce(&p, "users", 1, "u2", br#"{"id": "u2", "phone": "0612"}"#).await;
+    produce(
+        &p,
+        "users",
+        1,
+        "u2",
+        br#"{"id": "u2", "traits": {"phone": "0612"}}"#,
+    )
+    .await;
+    let clock = std::time::Instant::now();
     wait_until("the profile", || async {
         store
             .get_profile("default", "u1")
@@ -609,6 +617,7 @@ async fn profile_updates_come_from_a_topic_and_bad_ones_are_dead_letters() {
             .is_some_and(|p| p.attributes.get("age") == Some(&json!(40)))
     })
     .await;
+    eprintln!("profile after {:?}", clock.elapsed());
     let u1 = store
         .get_profile("default", "u1")
         .await
@@ -629,7 +638,7 @@ async fn profile_updates_come_from_a_topic_and_bad_ones_are_dead_letters() {
         .await
         .expect("dead letters");
     assert!(
-        dead[0].reason.contains("payload.phone"),
+        dead[0].reason.contains("profile.phone"),
         "{:?}",
         dead[0].reason
     );

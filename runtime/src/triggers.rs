@@ -292,6 +292,10 @@ pub struct EventTrigger {
     /// partition and offset, so a redelivered message starts nothing new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// With `action: profile`, CEL: the profile update in the event
+    /// (`event.payload.traits`); the payload itself when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// Where a new trigger starts reading its topic: `latest` (default:
     /// only what is produced from now on) or `earliest`.
     #[serde(default, skip_serializing_if = "is_default")]
@@ -332,6 +336,7 @@ impl EventTrigger {
             ("key", &self.key),
             ("subject", &self.subject),
             ("idempotency_key", &self.idempotency_key),
+            ("profile", &self.profile),
         ] {
             if let Some(source) = expr
                 && let Err(e) = Expr::compile(source)
@@ -345,6 +350,12 @@ impl EventTrigger {
             problems.push(ConfigError::new("topic", e));
         }
         problems.extend(input_problem(&self.input));
+        if self.profile.is_some() && self.action != EventAction::Profile {
+            problems.push(ConfigError::new(
+                "profile",
+                "only applies with action: profile",
+            ));
+        }
         if self.action == EventAction::Profile && self.subject.is_none() {
             problems.push(ConfigError::new(
                 "subject",
