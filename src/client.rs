@@ -759,7 +759,7 @@ fn csv_rows(
         .headers()
         .map_err(|e| Failure::Invalid(format!("the header row: {e}")))?
         .iter()
-        .map(|h| h.trim().to_owned())
+        .map(|h| h.trim_start_matches('\u{feff}').trim().to_owned())
         .collect();
     if !headers.iter().any(|h| h == "subject") {
         return Err(Failure::Invalid(
@@ -792,21 +792,24 @@ fn csv_rows(
     }))
 }
 
-/// A CSV cell as JSON: a number or a boolean when it reads as one, else text.
+/// A CSV cell as JSON: a number or a boolean when it reads back as the
+/// same text (`007`, a 20-digit id or `1e3` stay text), else text.
 fn csv_value(v: &str) -> Value {
     match v {
-        "true" => Value::Bool(true),
-        "false" => Value::Bool(false),
-        _ => v
-            .parse::<i64>()
-            .map(Value::from)
-            .or_else(|_| {
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite())
-                    .map(Value::from)
-                    .ok_or(())
-            })
-            .unwrap_or_else(|_| Value::String(v.to_owned())),
+        "true" => return Value::Bool(true),
+        "false" => return Value::Bool(false),
+        _ => {}
     }
+    if let Ok(i) = v.parse::<i64>()
+        && i.to_string() == v
+    {
+        return Value::from(i);
+    }
+    if let Ok(f) = v.parse::<f64>()
+        && f.is_finite()
+        && f.to_string() == v
+    {
+        return Value::from(f);
+    }
+    Value::String(v.to_owned())
 }

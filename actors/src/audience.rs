@@ -126,7 +126,7 @@ impl Audience {
     /// configured default, else `marketing`.
     pub fn category_of(&self, channel: Channel, inputs: &Value) -> String {
         match inputs.get("category").and_then(Value::as_str) {
-            Some(c) if !c.trim().is_empty() => c.trim().to_owned(),
+            Some(c) if !c.trim().is_empty() => c.trim().to_ascii_lowercase(),
             _ => self
                 .config
                 .default_categories
@@ -365,8 +365,9 @@ pub enum Plan {
         /// (namespace, subject, key).
         counted: Option<(String, String, String)>,
     },
-    /// Not sent: this outcome and this delivery row.
-    Done(ActionOutcome, Delivery),
+    /// Not sent: this outcome, and this delivery row if it reached the
+    /// audience's decision (a refused input has none).
+    Done(ActionOutcome, Option<Delivery>),
 }
 
 /// Where a message that may go goes: namespace, subject, address
@@ -460,9 +461,23 @@ pub async fn plan<S: AudienceStore>(
                     reason: reason.clone(),
                     output: json!({"status": status, "channel": channel.as_str(), "category": r.category}),
                 },
-                not_sent(channel, status, recipient, reason, now),
+                Some(not_sent(channel, status, recipient, reason, now)),
             ))
         };
+        if !is_category(&r.category) {
+            plans.push(Some(Plan::Done(
+                ActionOutcome::failure(
+                    format!(
+                        "inputs.category: {:?} is not a category (1 to 200 letters, digits, '-', '_', '.')",
+                        r.category
+                    ),
+                    false,
+                ),
+                None,
+            )));
+            targets.push(None);
+            continue;
+        }
         let Some((ns, subject)) = facts.executions.get(job.execution_id) else {
             // The attempt began, so its execution is there; if not, the
             // send goes as it would have without an audience.
@@ -501,10 +516,15 @@ pub async fn plan<S: AudienceStore>(
         } else {
             r.literal.iter().map(String::as_str).collect()
         };
-        if let Some(hit) = checked
-            .iter()
-            .find(|a| facts.suppressed.contains(&(ns.clone(), (**a).to_owned())))
-        {
+        // An address unsubscribed by a link (no subject to hold the
+        // preference) holds back marketing only; a bounce, a complaint or
+        // an operator's entry holds back everything.
+        if let Some(hit) = checked.iter().find(|a| {
+            facts
+                .suppressed
+                .get(&(ns.clone(), (**a).to_owned()))
+                .is_some_and(|why| why != "unsubscribed" || r.category != TRANSACTIONAL)
+        }) {
             plans.push(skip(
                 "suppressed",
                 format!("{} is on the suppression list", mask(channel, hit)),
@@ -529,7 +549,9 @@ pub async fn plan<S: AudienceStore>(
                 i,
                 CapRequest {
                     subject: s.clone(),
-                    key: format!("{}/{}", job.execution_id, d.node),
+                    // The attempt's key: each pass of a node through a loop
+                    // counts; a retry follows a release, so counts once.
+                    key: d.idempotency_key.clone(),
                     channel: channel.as_str().to_owned(),
                     category: r.category.clone(),
                 },
@@ -571,7 +593,7 @@ pub async fn plan<S: AudienceStore>(
                     };
                     plans[i] = Some(Plan::Done(
                         outcome,
-                        not_sent(channel, status, address, reason, now),
+                        Some(not_sent(channel, status, address, reason, now)),
                     ));
                 }
             }
@@ -594,11 +616,27 @@ pub async fn plan<S: AudienceStore>(
             };
             let job = &jobs[i];
             let r = &reads[i];
-            let link = (r.category != TRANSACTIONAL)
+            // The link changes the subject's preferences only when the
+            // message went to the subject's own address; a literal address
+            // gets a link of its own (without the subject); a message to
+            // several addresses gets none (whose would it be?).
+            let own = r.to_subject
+                || subject.as_ref().is_some_and(|s| {
+                    facts
+                        .profiles
+                        .get(&(ns.clone(), s.clone()))
+                        .is_some_and(|p| {
+                            addresses_of(&p.addresses, channel.as_str())
+                                .iter()
+                                .any(|a| normalize_address(channel.as_str(), a) == address)
+                        })
+                });
+            let single = r.to_subject || r.literal.len() == 1;
+            let link = (r.category != TRANSACTIONAL && single)
                 .then(|| {
                     audience.link(&Unsubscribe {
                         namespace: ns,
-                        subject,
+                        subject: subject.filter(|_| own),
                         channel: channel.as_str().to_owned(),
                         category: r.category.clone(),
                         address,

@@ -155,7 +155,9 @@ impl<S: Store> SegmentRunner<S> {
                 .collect()
         };
         for (id, ns, segment) in to_open {
-            self.store.open_segment_cursor(&id, &ns, &segment).await?;
+            self.store
+                .open_segment_cursor(&id, &ns, &segment, false)
+                .await?;
             if let Ok(mut opened) = self.opened.lock() {
                 opened.insert(id);
             }

@@ -270,10 +270,22 @@ impl<S: Store> Worker<S> {
                     None => return false,
                     Some(Ok(p)) => p,
                     Some(Err(e)) => {
-                        // Not a database outage (that is waited out): the
-                        // batch is left for another try, nothing sent.
+                        // Not a database outage (that is waited out): a row
+                        // that does not read. Nothing is sent; each message
+                        // fails retryably (its node's policy tries again)
+                        // and the worker goes on with the next batch.
                         warn!(error = %e, "the audience of a batch could not be read; not sent");
-                        return false;
+                        jobs.iter()
+                            .map(|_| {
+                                audience::Plan::Done(
+                                    sojourn_runtime::ActionOutcome::failure(
+                                        format!("the recipient's audience could not be read: {e}"),
+                                        true,
+                                    ),
+                                    None,
+                                )
+                            })
+                            .collect()
                     }
                 }
             }
@@ -294,7 +306,7 @@ impl<S: Store> Worker<S> {
         for (job, plan) in jobs.into_iter().zip(plans) {
             let (inputs, link, counted) = match plan {
                 audience::Plan::Done(outcome, delivery) => {
-                    kept_back.push((job, outcome, vec![delivery]));
+                    kept_back.push((job, outcome, delivery.into_iter().collect()));
                     continue;
                 }
                 audience::Plan::Send {

@@ -520,8 +520,11 @@ impl sojourn_persistence::SegmentStore for Flaky {
         trigger: &str,
         ns: &str,
         segment: &str,
+        reset: bool,
     ) -> Result<(), Error> {
-        self.0.open_segment_cursor(trigger, ns, segment).await
+        self.0
+            .open_segment_cursor(trigger, ns, segment, reset)
+            .await
     }
     async fn claim_segment_cursors(
         &self,

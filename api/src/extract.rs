@@ -196,8 +196,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
 }
 
 /// Idempotency keys the trigger runners make (`schedule:<trigger>:<instant>`,
-/// `event:<trigger>:…`).
-pub const RESERVED_KEY_PREFIXES: [&str; 2] = ["schedule:", "event:"];
+/// `event:<trigger>:…`, `segment:<trigger>:<change>`).
+pub const RESERVED_KEY_PREFIXES: [&str; 3] = ["schedule:", "event:", "segment:"];
 
 /// The `Idempotency-Key` header, if any.
 #[derive(Debug)]

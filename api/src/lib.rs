@@ -423,7 +423,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         Spec::new("audience", "Erase a subject (right to erasure)")
             .scope(Write)
             .returns::<audience::ErasedOut>(200)
-            .describe("Deletes the profile and what its frequency caps counted, blanks the recipients of its deliveries, and cancels the subject's running executions. The suppression list keeps its addresses (so an erased person is not mailed again)."),
+            .describe("Deletes the profile, its segment memberships and what its frequency caps counted, blanks the recipients of its deliveries, and cancels the subject's running executions. The suppression list is not touched: addresses on it (bounced, complained, unsubscribed) stay there, so an erased person is not mailed again."),
         audience::erase::<S>,
     );
     r.add(

@@ -35,9 +35,14 @@ CREATE TABLE segment_changes (
     segment     TEXT NOT NULL,
     subject     TEXT NOT NULL,
     entered     BOOLEAN NOT NULL,
-    at          TIMESTAMPTZ NOT NULL
+    at          TIMESTAMPTZ NOT NULL,
+    -- The writing transaction: ids are handed out before commit, so a
+    -- reader takes only changes of transactions older than every one still
+    -- running (no later id can then commit below what it read).
+    tx          XID8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX segment_changes_by_segment ON segment_changes (namespace, segment, id);
+CREATE INDEX segment_changes_by_subject ON segment_changes (namespace, subject);
 
 -- Where each segment trigger has read to, and the node reading.
 CREATE TABLE segment_cursors (

@@ -35,6 +35,7 @@ CREATE TABLE segment_changes (
     at          INTEGER NOT NULL
 );
 CREATE INDEX segment_changes_by_segment ON segment_changes (namespace, segment, id);
+CREATE INDEX segment_changes_by_subject ON segment_changes (namespace, subject);
 
 -- Where each segment trigger has read to, and the node reading.
 CREATE TABLE segment_cursors (

@@ -71,16 +71,27 @@ pub trait Sql: Database<Arguments: IntoArguments<Self>> + sealed::Sealed {
     /// are passed over rather than waited for (PostgreSQL); SQLite's one
     /// writer needs nothing.
     const SKIP_LOCKED: &'static str;
+    /// Appended to a `SELECT` that share-locks what it reads (SQLite's one
+    /// writer needs nothing).
+    const FOR_SHARE: &'static str;
+    /// A condition on `segment_changes` rows: only those of transactions
+    /// older than every one still running (PostgreSQL hands out ids before
+    /// commit; SQLite commits one writer at a time, in id order).
+    const SETTLED_CHANGES: &'static str;
 }
 
 impl Sql for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const FOR_SHARE: &'static str = " FOR SHARE";
+    const SETTLED_CHANGES: &'static str = " AND tx < pg_snapshot_xmin(pg_current_snapshot())";
 }
 
 impl Sql for Sqlite {
     const FOR_UPDATE: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
+    const FOR_SHARE: &'static str = "";
+    const SETTLED_CHANGES: &'static str = "";
 }
 
 /// A value a shared statement binds on `DB`, in a query that lives for

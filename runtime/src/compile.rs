@@ -609,6 +609,13 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
         None => Tz::UTC,
     };
     let subject = s.subject.as_deref().and_then(|src| {
+        if src.contains("in_segment") {
+            doc_error(
+                c,
+                "settings.subject".into(),
+                "in_segment() is not available here (the subject is not known yet)".into(),
+            );
+        }
         Expr::compile(src)
             .map_err(|e| doc_error(c, "settings.subject".into(), e))
             .ok()
@@ -623,6 +630,9 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
             );
         }
         let condition = ec.condition.as_deref().and_then(|src| {
+            if src.contains("in_segment") {
+                c.reads_segments = true;
+            }
             Expr::compile(src)
                 .map_err(|e| doc_error(c, format!("settings.exit_criteria[{i}].condition"), e))
                 .ok()

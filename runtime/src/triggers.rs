@@ -338,10 +338,15 @@ impl EventTrigger {
             ("idempotency_key", &self.idempotency_key),
             ("profile", &self.profile),
         ] {
-            if let Some(source) = expr
-                && let Err(e) = Expr::compile(source)
-            {
-                problems.push(ConfigError::new(field, e));
+            if let Some(source) = expr {
+                if let Err(e) = Expr::compile(source) {
+                    problems.push(ConfigError::new(field, e));
+                } else if source.contains("in_segment") {
+                    problems.push(ConfigError::new(
+                        field,
+                        "in_segment() is not available in a trigger's expressions (ask it in a condition node)",
+                    ));
+                }
             }
         }
         if let Some(topic) = &self.topic

@@ -229,12 +229,29 @@ pub(crate) async fn erase<S: Store>(
     }))
 }
 
-/// One profile of a batch.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// One profile of a batch: its `subject` and the fields of a profile
+/// update (an unknown field is refused, as on `POST /v1/profiles/{subject}`).
+#[derive(Debug, JsonSchema)]
 pub struct BatchProfile {
     pub subject: String,
     #[serde(flatten)]
     pub profile: ProfileIn,
+}
+
+impl<'de> Deserialize<'de> for BatchProfile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        // `flatten` would let unknown fields through: the subject is taken
+        // out, and the rest read strictly.
+        let mut map = Map::<String, Value>::deserialize(d)?;
+        let subject = match map.remove("subject") {
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(D::Error::custom("subject: must be text")),
+            None => return Err(D::Error::missing_field("subject")),
+        };
+        let profile = ProfileIn::deserialize(Value::Object(map)).map_err(D::Error::custom)?;
+        Ok(BatchProfile { subject, profile })
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -410,8 +427,10 @@ pub(crate) async fn unsuppress<S: Store>(
     Extension(caller): Extension<Caller>,
     Q(q): Q<Unsuppress>,
 ) -> ApiResult<StatusCode> {
-    channel_of("channel", &q.channel)?;
-    let address = normalize_address(&q.channel, &q.address);
+    let channel = channel_of("channel", &q.channel)?;
+    // Normalized as it was added (`+33 6 12…` is `+33612…`).
+    let address = check_address(channel, "address", &q.address).unwrap_or(q.address.clone());
+    let address = normalize_address(&q.channel, &address);
     if app
         .engine
         .store()
@@ -584,7 +603,6 @@ pub(crate) async fn page<S: Store>(
         .map_err(link_error)?;
     let what = escape(&u.category);
     let channel = escape(&u.channel);
-    let token = escape(&token);
     let body = format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>Unsubscribe</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;color:#222}}button{{font-size:1rem;padding:.6rem 1rem;margin:.3rem 0;cursor:pointer}}</style></head>
@@ -593,7 +611,7 @@ pub(crate) async fn page<S: Store>(
 <form method="post"><input type="hidden" name="scope" value="category"><button type="submit">Unsubscribe from “{what}”</button></form>
 <form method="post"><input type="hidden" name="scope" value="all"><button type="submit">Unsubscribe from all marketing messages</button></form>
 <p><small>Messages you need (receipts, security notices) still reach you.</small></p>
-<!-- {token} --></body></html>"#
+</body></html>"#
     );
     Ok(Html(body).into_response())
 }
@@ -619,7 +637,9 @@ pub(crate) async fn unsubscribe<S: Store>(
     }
     let store = app.engine.store();
     match &u.subject {
-        Some(subject) => {
+        // The subject's preference, while it has a profile (an old link of
+        // an erased subject does not make the profile again).
+        Some(subject) if store.get_profile(&u.namespace, subject).await?.is_some() => {
             let mut patch = ProfilePatch::default();
             if all {
                 patch.opted_out = Some(true);
@@ -630,8 +650,9 @@ pub(crate) async fn unsubscribe<S: Store>(
                 .write_profiles(&u.namespace, &[(subject.clone(), patch)], false, now)
                 .await?;
         }
-        // No subject: the address itself stops receiving this channel.
-        None => {
+        // No subject (or no profile any more): the address stops receiving
+        // marketing on this channel (transactional messages still go).
+        _ => {
             store
                 .add_suppressions(&[Suppression {
                     namespace: u.namespace.clone(),

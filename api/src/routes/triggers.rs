@@ -231,6 +231,15 @@ async fn move_to<S: Store>(
             other => other.into(),
         })?
         .ok_or_else(|| ApiError::not_found("trigger", id))?;
+    // A segment trigger made active reads the segment's changes from now
+    // on (what happened while it was paused starts nothing).
+    if mv.to() == TriggerState::Active
+        && let Ok(sojourn_runtime::triggers::TriggerConfig::Segment(c)) = moved.typed_config()
+    {
+        store
+            .open_segment_cursor(&moved.id, &moved.namespace, &c.segment, true)
+            .await?;
+    }
     app.triggers.forget();
     Ok(axum::Json(moved.into()))
 }

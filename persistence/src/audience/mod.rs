@@ -282,8 +282,9 @@ pub struct AudienceFacts {
     pub executions: HashMap<String, (String, Option<String>)>,
     /// By (namespace, subject).
     pub profiles: HashMap<(String, String), Profile>,
-    /// (namespace, address) of the channel that are suppressed.
-    pub suppressed: std::collections::HashSet<(String, String)>,
+    /// (namespace, address) of the channel that are suppressed, with why
+    /// (`unsubscribed` holds back marketing only).
+    pub suppressed: HashMap<(String, String), String>,
     /// By namespace (only namespaces that have some).
     pub caps: HashMap<String, Vec<FrequencyCap>>,
 }
@@ -437,6 +438,7 @@ where
     NamespacedCap: Read<DB>,
     (String,): Read<DB>,
     (String, String): Read<DB>,
+    (String, String, String): Read<DB>,
     (String, String, Option<String>): Read<DB>,
     (String, String, sqlx::types::Json<Vec<Counted>>): Read<DB>,
     (String, Option<String>, i32): Read<DB>,
@@ -450,21 +452,47 @@ where
         now: DateTime<Utc>,
     ) -> Result<Vec<ProfileRecord>> {
         let mut tx = self.pool.begin().await?;
+        // Segments first (share-locked), then the profiles, in one order
+        // everywhere (see `segments::expression_segments`).
+        let segments = crate::segments::expression_segments::<DB>(&mut tx, namespace).await?;
         let mut written = Vec::with_capacity(patches.len());
         for chunk in patches.chunks(CHUNK) {
-            // The rows there now, locked until the transaction ends.
+            // A row for each subject first (a new subject's too, so that two
+            // writers of one new subject take turns instead of the second
+            // overwriting the first), in subject order (no deadlock between
+            // two batches); then the rows, locked until the transaction ends.
+            let mut subjects: Vec<&str> = chunk.iter().map(|(s, _)| s.as_str()).collect();
+            subjects.sort_unstable();
+            subjects.dedup();
+            let mut q = QueryBuilder::<DB>::new("INSERT INTO profiles (");
+            q.push(PROFILE_COLUMNS).push(") ");
+            q.push_values(&subjects, |mut b, s| {
+                b.push_bind(namespace)
+                    .push_bind(*s)
+                    .push_bind(Doc("{}".into()))
+                    .push_bind(Doc("{}".into()))
+                    .push_bind(Doc("{}".into()))
+                    .push_bind(None::<&str>)
+                    .push_bind(None::<&str>)
+                    .push_bind(at(now))
+                    .push_bind(at(now));
+            });
+            q.push(" ON CONFLICT (namespace, subject) DO NOTHING RETURNING subject");
+            let created: Vec<(String,)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            let created: std::collections::HashSet<String> =
+                created.into_iter().map(|(s,)| s).collect();
             let mut have: HashMap<String, ProfileRecord> = HashMap::new();
-            if !replace {
+            {
                 let mut q = QueryBuilder::<DB>::new("SELECT ");
                 q.push(PROFILE_COLUMNS)
                     .push(" FROM profiles WHERE namespace = ")
                     .push_bind(namespace)
                     .push(" AND subject IN (");
                 let mut list = q.separated(", ");
-                for (s, _) in chunk {
-                    list.push_bind(s.as_str());
+                for s in &subjects {
+                    list.push_bind(*s);
                 }
-                q.push(")").push(DB::FOR_UPDATE);
+                q.push(") ORDER BY subject").push(DB::FOR_UPDATE);
                 let rows: Vec<ProfileRecord> = q.build_query_as().fetch_all(&mut *tx).await?;
                 have.extend(rows.into_iter().map(|r| (r.subject.clone(), r)));
             }
@@ -479,7 +507,12 @@ where
                     set(&mut next[i], p);
                     continue;
                 }
+                // A row made just now is no profile yet; `replace` keeps
+                // only when the profile was first made.
                 let (mut p, created_at) = match have.get(subject) {
+                    Some(r) if replace || created.contains(subject) => {
+                        (Profile::default(), r.created_at)
+                    }
                     Some(r) => (r.profile(), r.created_at),
                     None => (Profile::default(), now),
                 };
@@ -525,7 +558,10 @@ where
                 .iter()
                 .map(|r| (r.subject.as_str(), &r.attributes))
                 .collect();
-            crate::segments::refresh_memberships::<DB>(&mut tx, namespace, &refreshed, now).await?;
+            crate::segments::refresh_memberships::<DB>(
+                &mut tx, namespace, &segments, &refreshed, now,
+            )
+            .await?;
             // In the order asked, once per patch.
             for (subject, _) in chunk {
                 if let Some(&i) = at_index.get(subject.as_str()) {
@@ -772,7 +808,7 @@ where
             list.dedup();
             for chunk in list.chunks(CHUNK) {
                 let mut q = QueryBuilder::<DB>::new(
-                    "SELECT namespace, address FROM suppressions WHERE namespace = ",
+                    "SELECT namespace, address, reason FROM suppressions WHERE namespace = ",
                 );
                 q.push_bind(*ns)
                     .push(" AND channel = ")
@@ -783,9 +819,19 @@ where
                     sep.push_bind(a.as_str());
                 }
                 q.push(")");
-                let hits: Vec<(String, String)> = q.build_query_as().fetch_all(&self.pool).await?;
-                facts.suppressed.extend(hits);
+                let hits: Vec<(String, String, String)> =
+                    q.build_query_as().fetch_all(&self.pool).await?;
+                facts
+                    .suppressed
+                    .extend(hits.into_iter().map(|(n, a, r)| ((n, a), r)));
             }
+        }
+        if by_namespace.is_empty() {
+            facts.executions = rows
+                .into_iter()
+                .map(|(id, ns, subject)| (id, (ns, subject)))
+                .collect();
+            return Ok(facts);
         }
         let mut q = QueryBuilder::<DB>::new(
             "SELECT namespace, channel, category, max_sends, window_seconds, on_cap FROM frequency_caps
@@ -886,17 +932,26 @@ where
                 at: now,
             });
         }
-        for (subject, sends) in &rows {
-            sqlx::query(
-                "UPDATE frequency_counts SET sends = $1, updated_at = $2
-                 WHERE namespace = $3 AND subject = $4",
-            )
-            .bind(Doc::of("counted sends", sends)?)
-            .bind(at(now))
-            .bind(namespace)
-            .bind(subject.as_str())
-            .execute(&mut *tx)
-            .await?;
+        // One statement for the batch (the rows exist and are locked).
+        let updated: Vec<(&String, Doc)> = rows
+            .iter()
+            .map(|(s, sends)| Ok((s, Doc::of("counted sends", sends)?)))
+            .collect::<Result<_>>()?;
+        for chunk in updated.chunks(CHUNK) {
+            let mut q = QueryBuilder::<DB>::new(
+                "INSERT INTO frequency_counts (namespace, subject, sends, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, (s, doc)| {
+                b.push_bind(namespace)
+                    .push_bind(s.as_str())
+                    .push_bind(doc.clone())
+                    .push_bind(at(now));
+            });
+            q.push(
+                " ON CONFLICT (namespace, subject) DO UPDATE SET
+                    sends = excluded.sends, updated_at = excluded.updated_at",
+            );
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(verdicts)
@@ -951,12 +1006,16 @@ fn set(rec: &mut ProfileRecord, p: Profile) {
     rec.locale = p.locale;
 }
 
+/// A stored cap, within the bounds the API allows (a row edited by hand
+/// cannot make the arithmetic below overflow).
 fn cap_of(r: CapRow) -> FrequencyCap {
     FrequencyCap {
         channel: r.channel,
         category: r.category,
-        max_sends: u32::try_from(r.max_sends).unwrap_or(0),
-        window_seconds: u64::try_from(r.window_seconds).unwrap_or(0),
+        max_sends: u32::try_from(r.max_sends).unwrap_or(1).clamp(1, 10_000),
+        window_seconds: u64::try_from(r.window_seconds)
+            .unwrap_or(60)
+            .clamp(60, 366 * 86_400),
         on_cap: if r.on_cap == "defer" {
             OnCap::Defer
         } else {

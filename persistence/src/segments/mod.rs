@@ -8,7 +8,7 @@
 //! segment triggers read after their cursor. Every statement is the same on
 //! both databases.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -166,12 +166,14 @@ pub trait SegmentStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<SegmentChange>>> + Send;
 
     /// Opens a trigger's cursor at the segment's last change (what happened
-    /// before it is not its business); an open cursor stays.
+    /// before it is not its business). With `reset` (the trigger was just
+    /// activated or resumed) an open cursor moves there too; else it stays.
     fn open_segment_cursor(
         &self,
         trigger_id: &str,
         namespace: &str,
         segment: &str,
+        reset: bool,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Claims cursors of these triggers no node holds now.
@@ -203,22 +205,49 @@ const CHUNK: usize = 500;
 /// Compiled segment expressions, by namespace, name and version (a profile
 /// write evaluates them all; compiling each time would cost more than
 /// evaluating).
-static COMPILED: LazyLock<Mutex<HashMap<(String, String), (i32, Arc<Expr>)>>> =
+static COMPILED: LazyLock<Mutex<HashMap<(String, String), Arc<Expr>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-fn compiled(namespace: &str, name: &str, version: i32, source: &str) -> Option<Arc<Expr>> {
+/// The compiled expression of a segment, cached by its namespace and name
+/// and checked against its source (a segment deleted and made again starts
+/// at version 1 again; its source is what tells).
+fn compiled(namespace: &str, name: &str, source: &str) -> Option<Arc<Expr>> {
     let key = (namespace.to_owned(), name.to_owned());
     if let Ok(cache) = COMPILED.lock()
-        && let Some((v, e)) = cache.get(&key)
-        && *v == version
+        && let Some(e) = cache.get(&key)
+        && e.source() == source
     {
         return Some(e.clone());
     }
     let expr = Arc::new(Expr::compile_segment(source).ok()?);
     if let Ok(mut cache) = COMPILED.lock() {
-        cache.insert(key, (version, expr.clone()));
+        cache.insert(key, expr.clone());
     }
     Some(expr)
+}
+
+/// The namespace's expression segments, share-locked until the
+/// transaction ends: a profile write reads them first (before it locks its
+/// profiles), so a segment changed or backfilled meanwhile waits for it,
+/// and it for them — never a write judged by an expression already replaced.
+pub(crate) async fn expression_segments<DB>(
+    tx: &mut DB::Connection,
+    namespace: &str,
+) -> Result<Vec<(String, Option<String>, i32)>>
+where
+    DB: Sql,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: Bind<'a, DB>,
+    (String, Option<String>, i32): Read<DB>,
+{
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT name, expression, version FROM segments
+         WHERE namespace = $1 AND expression IS NOT NULL ORDER BY name{}",
+        DB::FOR_SHARE
+    )))
+    .bind(namespace)
+    .fetch_all(&mut *tx)
+    .await?)
 }
 
 /// Whether a profile matches (an expression that fails on it, say on a
@@ -233,6 +262,7 @@ fn matches(expr: &Expr, subject: &str, attributes: &Map<String, Value>) -> bool 
 pub(crate) async fn refresh_memberships<DB>(
     tx: &mut DB::Connection,
     namespace: &str,
+    segments: &[(String, Option<String>, i32)],
     profiles: &[(&str, &Map<String, Value>)],
     now: DateTime<Utc>,
 ) -> Result<()>
@@ -242,27 +272,16 @@ where
     for<'a> &'a str: Bind<'a, DB>,
     for<'q> Instant: Bind<'q, DB>,
     for<'q> bool: Bind<'q, DB>,
-    (String, Option<String>, i32): Read<DB>,
     (String, String): Read<DB>,
 {
-    if profiles.is_empty() {
-        return Ok(());
-    }
-    let segments: Vec<(String, Option<String>, i32)> = sqlx::query_as(
-        "SELECT name, expression, version FROM segments
-         WHERE namespace = $1 AND expression IS NOT NULL",
-    )
-    .bind(namespace)
-    .fetch_all(&mut *tx)
-    .await?;
-    if segments.is_empty() {
+    if profiles.is_empty() || segments.is_empty() {
         return Ok(());
     }
     let exprs: Vec<(&str, Arc<Expr>)> = segments
         .iter()
-        .filter_map(|(name, source, version)| {
+        .filter_map(|(name, source, _)| {
             let source = source.as_deref()?;
-            compiled(namespace, name, *version, source).map(|e| (name.as_str(), e))
+            compiled(namespace, name, source).map(|e| (name.as_str(), e))
         })
         .collect();
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
@@ -324,15 +343,27 @@ where
         q.push(" ON CONFLICT (namespace, segment, subject) DO NOTHING");
         q.build().execute(&mut *tx).await?;
     }
+    let mut by_segment: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (seg, subject) in &left {
-        sqlx::query(
-            "DELETE FROM segment_members WHERE namespace = $1 AND segment = $2 AND subject = $3",
-        )
-        .bind(namespace)
-        .bind(seg.as_str())
-        .bind(subject.as_str())
-        .execute(&mut *tx)
-        .await?;
+        by_segment
+            .entry(seg.as_str())
+            .or_default()
+            .push(subject.as_str());
+    }
+    for (seg, subjects) in by_segment {
+        for chunk in subjects.chunks(CHUNK) {
+            let mut q = QueryBuilder::<DB>::new("DELETE FROM segment_members WHERE namespace = ");
+            q.push_bind(namespace)
+                .push(" AND segment = ")
+                .push_bind(seg)
+                .push(" AND subject IN (");
+            let mut sep = q.separated(", ");
+            for s in chunk {
+                sep.push_bind(*s);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
     }
     let changes: Vec<(&(String, String), bool)> = entered
         .iter()
@@ -359,7 +390,6 @@ where
 #[doc(hidden)]
 pub struct BackfillRow {
     expression: Option<String>,
-    version: i32,
     backfill_after: Option<String>,
 }
 
@@ -574,7 +604,7 @@ where
     ) -> Result<Option<Backfilled>> {
         let mut tx = self.pool.begin().await?;
         let row: Option<BackfillRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT expression, version, backfill_after FROM segments
+            "SELECT expression, backfill_after FROM segments
              WHERE namespace = $1 AND name = $2 AND claimed_by = $3{}",
             DB::FOR_UPDATE
         )))
@@ -585,13 +615,12 @@ where
         .await?;
         let Some(BackfillRow {
             expression: Some(source),
-            version,
             backfill_after: Some(after),
         }) = row
         else {
             return Ok(None);
         };
-        let Some(expr) = compiled(namespace, name, version, &source) else {
+        let Some(expr) = compiled(namespace, name, &source) else {
             return Err(Error::Invalid(format!(
                 "segment {name}: its expression does not compile"
             )));
@@ -613,16 +642,16 @@ where
             .map(|p| (name.to_owned(), p.subject.clone()))
             .collect();
         let mut have: BTreeSet<(String, String)> = BTreeSet::new();
-        if let (Some(first), Some(last)) = (profiles.first(), &last) {
+        if let Some(last) = &last {
             // Members in this batch's range of subjects (a subject with no
             // profile any more leaves too).
             let rows: Vec<(String, String)> = sqlx::query_as(
                 "SELECT segment, subject FROM segment_members
-                 WHERE namespace = $1 AND segment = $2 AND subject >= $3 AND subject <= $4",
+                 WHERE namespace = $1 AND segment = $2 AND subject > $3 AND subject <= $4",
             )
             .bind(namespace)
             .bind(name)
-            .bind(first.subject.as_str())
+            .bind(after.as_str())
             .bind(last.as_str())
             .fetch_all(&mut *tx)
             .await?;
@@ -666,10 +695,11 @@ where
         after: i64,
         limit: u32,
     ) -> Result<Vec<SegmentChange>> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, namespace, segment, subject, entered, at FROM segment_changes
-             WHERE namespace = $1 AND segment = $2 AND id > $3 ORDER BY id LIMIT $4",
-        )
+             WHERE namespace = $1 AND segment = $2 AND id > $3{} ORDER BY id LIMIT $4",
+            DB::SETTLED_CHANGES
+        )))
         .bind(namespace)
         .bind(segment)
         .bind(after)
@@ -683,6 +713,7 @@ where
         trigger_id: &str,
         namespace: &str,
         segment: &str,
+        reset: bool,
     ) -> Result<()> {
         let (last,): (Option<i64>,) = sqlx::query_as(
             "SELECT MAX(id) FROM segment_changes WHERE namespace = $1 AND segment = $2",
@@ -691,10 +722,13 @@ where
         .bind(segment)
         .fetch_one(&self.pool)
         .await?;
-        sqlx::query(
+        sqlx::query(if reset {
             "INSERT INTO segment_cursors (trigger_id, last_change) VALUES ($1, $2)
-             ON CONFLICT (trigger_id) DO NOTHING",
-        )
+             ON CONFLICT (trigger_id) DO UPDATE SET last_change = excluded.last_change"
+        } else {
+            "INSERT INTO segment_cursors (trigger_id, last_change) VALUES ($1, $2)
+             ON CONFLICT (trigger_id) DO NOTHING"
+        })
         .bind(trigger_id)
         .bind(last.unwrap_or(0))
         .execute(&self.pool)

@@ -67,11 +67,28 @@ fn verifying_key(field: &str, text: &str) -> Result<p256::ecdsa::VerifyingKey, C
         .map_err(|e| ConfigError::new(field, format!("not a P-256 public key ({e})")))
 }
 
-/// SendGrid's event names → delivery statuses (the others move nothing).
-fn status_of(event: &str) -> Option<&'static str> {
+/// SendGrid's events → delivery statuses (the others move nothing). Only
+/// a hard bounce (`bounce` of type `bounce`) or a drop because the address
+/// bounced or is invalid is `bounced` (which suppresses the address); a
+/// block (a temporary refusal) or a drop for another reason (spam content,
+/// an unsubscribe at SendGrid) is `undelivered`.
+fn status_of(e: &Value) -> Option<&'static str> {
+    let event = e["event"].as_str()?;
     Some(match event {
         "delivered" => "delivered",
-        "bounce" | "dropped" => "bounced",
+        "bounce" if e["type"].as_str() == Some("blocked") => "undelivered",
+        "bounce" => "bounced",
+        "dropped" => {
+            let reason = e["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if reason.contains("bounced address") || reason.contains("invalid") {
+                "bounced"
+            } else {
+                "undelivered"
+            }
+        }
         "spamreport" => "complained",
         "open" => "opened",
         "click" => "clicked",
@@ -130,7 +147,7 @@ impl Sendgrid {
         let updates = events
             .iter()
             .filter_map(|e| {
-                let status = status_of(e["event"].as_str()?)?;
+                let status = status_of(e)?;
                 // `sg_message_id` is the X-Message-Id, then `.filter…`.
                 let id = e["sg_message_id"].as_str()?.split('.').next()?.to_owned();
                 Some(StatusUpdate {
