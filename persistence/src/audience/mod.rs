@@ -1015,7 +1015,7 @@ fn cap_of(r: CapRow) -> FrequencyCap {
         max_sends: u32::try_from(r.max_sends).unwrap_or(1).clamp(1, 10_000),
         window_seconds: u64::try_from(r.window_seconds)
             .unwrap_or(60)
-            .clamp(60, 366 * 86_400),
+            .clamp(1, 366 * 86_400),
         on_cap: if r.on_cap == "defer" {
             OnCap::Defer
         } else {
