@@ -353,11 +353,11 @@ async fn segments_are_backfilled_followed_asked_and_start_journeys_once_per_entr
         .expect("engine");
     let t0 = chrono::Utc::now();
     // Profiles before the segment: it is backfilled.
-    let many: Vec<(String, ProfilePatch)> = (0..2_500)
+    let many: Vec<(String, ProfilePatch)> = (0..2_500u32)
         .map(|i| {
             (
                 format!("u{i:05}"),
-                attrs(json!({"plan": if i % 5 == 0 { "pro" } else { "free" }})),
+                attrs(json!({"plan": if i.is_multiple_of(5) { "pro" } else { "free" }})),
             )
         })
         .collect();

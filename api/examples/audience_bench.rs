@@ -72,7 +72,7 @@ async fn updates_per_second(base: &str, concurrency: usize, seconds: u64, label:
                 let t = Instant::now();
                 let r = http
                     .post(format!("{base}/v1/profiles/bench-{}", n % 100_000))
-                    .json(&json!({"attributes": {"plan": if n % 3 == 0 { "pro" } else { "free" }, "n": n}, "email": format!("b{n}@example.com")}))
+                    .json(&json!({"attributes": {"plan": if n.is_multiple_of(3) { "pro" } else { "free" }, "n": n}, "email": format!("b{n}@example.com")}))
                     .send()
                     .await
                     .expect("request");
@@ -153,7 +153,7 @@ async fn main() {
                     format!("p{i:08}"),
                     ProfilePatch {
                         attributes: Some(
-                            json!({"plan": if i % 4 == 0 { "pro" } else { "free" }, "orders": i % 50})
+                            json!({"plan": if i.is_multiple_of(4) { "pro" } else { "free" }, "orders": i % 50})
                                 .as_object()
                                 .expect("object")
                                 .clone(),

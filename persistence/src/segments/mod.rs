@@ -205,8 +205,10 @@ const CHUNK: usize = 500;
 /// Compiled segment expressions, by namespace, name and version (a profile
 /// write evaluates them all; compiling each time would cost more than
 /// evaluating).
-static COMPILED: LazyLock<Mutex<HashMap<(String, String), Arc<Expr>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// (namespace, segment) → its compiled expression.
+type ExprCache = HashMap<(String, String), Arc<Expr>>;
+
+static COMPILED: LazyLock<Mutex<ExprCache>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The compiled expression of a segment, cached by its namespace and name
 /// and checked against its source (a segment deleted and made again starts
