@@ -395,6 +395,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/profiles/{subject}",
         Spec::new("audience", "Get a profile")
             .scope(Read)
+            .param("subject", audience::subject_param)
             .returns::<audience::ProfileOut>(200),
         audience::get::<S>,
     );
@@ -403,7 +404,8 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/profiles/{subject}",
         Spec::new("audience", "Create or update a profile (merge)")
             .scope(Write)
-            .body::<audience::ProfileIn>()
+            .param("subject", audience::subject_param)
+            .optional_body::<audience::ProfileIn>()
             .returns::<audience::ProfileOut>(200)
             .describe("Fields given replace what is there (`null` clears one); `attributes` and the preference maps merge key by key (a `null` attribute removes it). Channel actions with `to: \"subject\"` read the addresses at send time."),
         audience::merge::<S>,
@@ -413,7 +415,8 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/profiles/{subject}",
         Spec::new("audience", "Create or replace a profile")
             .scope(Write)
-            .body::<audience::ProfileIn>()
+            .param("subject", audience::subject_param)
+            .optional_body::<audience::ProfileIn>()
             .returns::<audience::ProfileOut>(200),
         audience::replace::<S>,
     );
@@ -422,6 +425,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/profiles/{subject}",
         Spec::new("audience", "Erase a subject (right to erasure)")
             .scope(Write)
+            .param("subject", audience::subject_param)
             .returns::<audience::ErasedOut>(200)
             .describe("Deletes the profile, its segment memberships and what its frequency caps counted, blanks the recipients of its deliveries, and cancels the subject's running executions. The suppression list is not touched: addresses on it (bounced, complained, unsubscribed) stay there, so an erased person is not mailed again."),
         audience::erase::<S>,
@@ -450,7 +454,8 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/suppressions",
         Spec::new("audience", "Remove an address from the suppression list")
             .scope(Write)
-            .query::<audience::Unsuppress>(),
+            .query::<audience::Unsuppress>()
+            .returns::<audience::Removed>(200),
         audience::unsuppress::<S>,
     );
     r.add(
@@ -499,6 +504,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/segments/{name}",
         Spec::new("audience", "Create or replace a segment")
             .scope(Write)
+            .param("name", audience::name_param)
             .body::<audience::SegmentIn>()
             .returns::<audience::SegmentOut>(200)
             .describe("A CEL expression over a profile's `attributes` and `subject`, or a static list of subjects. An expression is backfilled over the namespace's profiles in the background (`backfilling` until done); from then on each profile write updates membership in its own transaction. Conditions ask `in_segment('name')`; a `segment` trigger starts a workflow on each entry (or exit)."),
@@ -509,6 +515,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/segments/{name}",
         Spec::new("audience", "Get a segment and its size")
             .scope(Read)
+            .param("name", audience::name_param)
             .returns::<audience::SegmentOut>(200),
         audience::get_segment::<S>,
     );
@@ -523,6 +530,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/segments/{name}/members",
         Spec::new("audience", "A segment's members")
             .scope(Read)
+            .param("name", audience::name_param)
             .query::<audience::ListProfiles>()
             .returns::<routes::Page<String>>(200),
         audience::members::<S>,

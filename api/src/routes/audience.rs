@@ -88,8 +88,20 @@ impl From<ProfileRecord> for ProfileOut {
     }
 }
 
+/// The schema of a `{subject}` path parameter.
+pub(crate) fn subject_param() -> Value {
+    serde_json::json!({"type": "string", "minLength": 1, "maxLength": 200,
+        "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"})
+}
+
+/// The schema of a segment's `{name}`.
+pub(crate) fn name_param() -> Value {
+    serde_json::json!({"type": "string", "minLength": 1, "maxLength": 200,
+        "pattern": "^[A-Za-z0-9._-]+$"})
+}
+
 fn valid_subject(field: &str, s: &str) -> ApiResult<()> {
-    if s.is_empty() || s.len() > 200 || s.chars().any(char::is_control) {
+    if s.is_empty() || s.chars().count() > 200 || s.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             field,
             "must be 1 to 200 characters, none a control character",
@@ -233,6 +245,11 @@ pub(crate) async fn erase<S: Store>(
 /// update (an unknown field is refused, as on `POST /v1/profiles/{subject}`).
 #[derive(Debug, JsonSchema)]
 pub struct BatchProfile {
+    /// 1 to 200 characters, none a control character.
+    #[schemars(
+        length(min = 1, max = 200),
+        regex(pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")
+    )]
     pub subject: String,
     #[serde(flatten)]
     pub profile: ProfileIn,
@@ -307,6 +324,8 @@ pub(crate) async fn batch<S: Store>(
 pub struct SuppressionIn {
     #[schemars(extend("enum" = ["email", "sms", "push", "chat"]))]
     pub channel: String,
+    /// An email address, an E.164 number, a device token or a chat id.
+    #[schemars(length(min = 1, max = 4096))]
     pub address: String,
     /// Why (kept with it; default `manual`).
     #[serde(default)]
@@ -394,13 +413,13 @@ pub(crate) async fn suppressions<S: Store>(
     if let Some(c) = &q.channel {
         channel_of("channel", c)?;
     }
-    let after = match &q.cursor {
-        Some(c) => Some(
-            c.split_once(':')
-                .ok_or_else(|| ApiError::invalid("cursor", "not a cursor this API gave"))?,
-        ),
-        None => None,
-    };
+    // `channel:address`; anything else reads as a channel (what sorts
+    // after it comes next).
+    let after = q
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| c.split_once(':').unwrap_or((c, "")));
     let rows = app
         .engine
         .store()
@@ -422,11 +441,17 @@ pub struct Unsuppress {
     pub address: String,
 }
 
+/// What a delete removed.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Removed {
+    pub removed: String,
+}
+
 pub(crate) async fn unsuppress<S: Store>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     Q(q): Q<Unsuppress>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<axum::Json<Removed>> {
     let channel = channel_of("channel", &q.channel)?;
     // Normalized as it was added (`+33 6 12…` is `+33612…`).
     let address = check_address(channel, "address", &q.address).unwrap_or(q.address.clone());
@@ -437,7 +462,7 @@ pub(crate) async fn unsuppress<S: Store>(
         .remove_suppression(&caller.namespace, &q.channel, &address)
         .await?
     {
-        Ok(StatusCode::NO_CONTENT)
+        Ok(axum::Json(Removed { removed: address }))
     } else {
         Err(ApiError::not_found("suppression", &address))
     }
@@ -451,13 +476,17 @@ pub(crate) async fn unsuppress<S: Store>(
 #[serde(deny_unknown_fields)]
 pub struct CapIo {
     /// A channel, or `*` for all.
+    #[schemars(extend("enum" = ["*", "email", "sms", "push", "chat"]))]
     pub channel: String,
     /// A category, or `*` for every one (transactional messages are never
     /// capped).
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^(\*|[A-Za-z0-9._-]+)$"))]
     pub category: String,
     /// 1 to 10,000.
+    #[schemars(range(min = 1, max = 10000))]
     pub max_sends: u32,
     /// `1d`, `7d`, `12h`: 1 minute to 366 days.
+    #[schemars(length(min = 1))]
     pub window: String,
     /// `skip` (the node's `skipped` branch) or `defer` (sent when the cap
     /// allows it; a durable timer).
@@ -789,14 +818,14 @@ pub(crate) async fn delete_segment<S: Store>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<axum::Json<Removed>> {
     if app
         .engine
         .store()
         .delete_segment(&caller.namespace, &name)
         .await?
     {
-        Ok(StatusCode::NO_CONTENT)
+        Ok(axum::Json(Removed { removed: name }))
     } else {
         Err(ApiError::not_found("segment", &name))
     }
