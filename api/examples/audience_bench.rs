@@ -141,6 +141,20 @@ async fn main() {
             .expect("segment");
     }
     updates_per_second(&base, concurrency, seconds, "ten segments").await;
+    // Their backfills (over phase 1's profiles) end before phase 2 begins:
+    // the backfill timed below is one segment's alone.
+    loop {
+        let busy = store
+            .list_segments("default")
+            .await
+            .expect("segments")
+            .iter()
+            .any(|s| s.backfill_after.is_some());
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     println!("2. a segment backfilled over {profiles} profiles:");
     let t = Instant::now();

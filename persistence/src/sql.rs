@@ -62,7 +62,9 @@ mod sealed {
 }
 
 /// A database the store runs on: `Postgres` or `Sqlite` (sealed).
-pub trait Sql: Database<Arguments: IntoArguments<Self>> + sealed::Sealed {
+pub trait Sql:
+    Database<Arguments: IntoArguments<Self>> + sqlx::database::HasStatementCache + sealed::Sealed
+{
     /// Appended to a `SELECT` that locks the rows it reads until the
     /// transaction ends. SQLite has one writer (one connection here), so a
     /// transaction holds everything already.

@@ -419,7 +419,10 @@ const PROFILE_COLUMNS: &str = "namespace, subject, attributes, addresses, prefer
 
 const SUPPRESSION_COLUMNS: &str = "namespace, channel, address, reason, detail, created_at";
 
-/// Rows per statement (SQLite binds at most 32,766 values).
+/// Rows per statement (SQLite binds at most 32,766 values). The statements
+/// made of `IN (…)` or `VALUES` lists are not kept prepared
+/// (`persistent(false)`): PostgreSQL plans each with its values, where a
+/// cached generic plan chose sequential scans that grew with the table.
 const CHUNK: usize = 500;
 
 impl<DB> AudienceStore for SqlStore<DB>
@@ -478,7 +481,11 @@ where
                     .push_bind(at(now));
             });
             q.push(" ON CONFLICT (namespace, subject) DO NOTHING RETURNING subject");
-            let created: Vec<(String,)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            let created: Vec<(String,)> = q
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
             let created: std::collections::HashSet<String> =
                 created.into_iter().map(|(s,)| s).collect();
             let mut have: HashMap<String, ProfileRecord> = HashMap::new();
@@ -493,7 +500,11 @@ where
                     list.push_bind(*s);
                 }
                 q.push(") ORDER BY subject").push(DB::FOR_UPDATE);
-                let rows: Vec<ProfileRecord> = q.build_query_as().fetch_all(&mut *tx).await?;
+                let rows: Vec<ProfileRecord> = q
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 have.extend(rows.into_iter().map(|r| (r.subject.clone(), r)));
             }
             // One row per subject: a subject twice in a batch gets both
@@ -553,7 +564,7 @@ where
                     preferences = excluded.preferences, timezone = excluded.timezone,
                     locale = excluded.locale, updated_at = excluded.updated_at",
             );
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
             let refreshed: Vec<(&str, &Map<String, Value>)> = next
                 .iter()
                 .map(|r| (r.subject.as_str(), &r.attributes))
@@ -657,7 +668,7 @@ where
                     .push_bind(at(s.created_at));
             });
             q.push(" ON CONFLICT (namespace, channel, address) DO NOTHING");
-            q.build().execute(&self.pool).await?;
+            q.build().persistent(false).execute(&self.pool).await?;
         }
         Ok(())
     }
@@ -705,7 +716,10 @@ where
         }
         q.push(" ORDER BY channel, address LIMIT ")
             .push_bind(i64::from(limit));
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+        Ok(q.build_query_as()
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn put_frequency_caps(&self, namespace: &str, caps: &[FrequencyCap]) -> Result<()> {
@@ -726,7 +740,7 @@ where
                     .push_bind(i64::try_from(c.window_seconds).unwrap_or(i64::MAX))
                     .push_bind(c.on_cap.as_str());
             });
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -760,8 +774,11 @@ where
             list.push_bind(*id);
         }
         q.push(")");
-        let rows: Vec<(String, String, Option<String>)> =
-            q.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<(String, String, Option<String>)> = q
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await?;
         let mut by_namespace: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (_, ns, subject) in &rows {
             let subjects = by_namespace.entry(ns.as_str()).or_default();
@@ -819,8 +836,11 @@ where
                     sep.push_bind(a.as_str());
                 }
                 q.push(")");
-                let hits: Vec<(String, String, String)> =
-                    q.build_query_as().fetch_all(&self.pool).await?;
+                let hits: Vec<(String, String, String)> = q
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&self.pool)
+                    .await?;
                 facts
                     .suppressed
                     .extend(hits.into_iter().map(|(n, a, r)| ((n, a), r)));
@@ -842,7 +862,11 @@ where
             sep.push_bind(*ns);
         }
         q.push(")");
-        let caps: Vec<NamespacedCap> = q.build_query_as().fetch_all(&self.pool).await?;
+        let caps: Vec<NamespacedCap> = q
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await?;
         for r in caps {
             facts
                 .caps
@@ -896,7 +920,7 @@ where
                     .push_bind(at(now));
             });
             q.push(" ON CONFLICT (namespace, subject) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
             let mut q = QueryBuilder::<DB>::new(
                 "SELECT namespace, subject, sends FROM frequency_counts WHERE namespace = ",
             );
@@ -906,8 +930,11 @@ where
                 sep.push_bind(*s);
             }
             q.push(") ORDER BY subject").push(DB::FOR_UPDATE);
-            let got: Vec<(String, String, sqlx::types::Json<Vec<Counted>>)> =
-                q.build_query_as().fetch_all(&mut *tx).await?;
+            let got: Vec<(String, String, sqlx::types::Json<Vec<Counted>>)> = q
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
             rows.extend(got.into_iter().map(|(_, s, j)| (s, j.0)));
         }
         let horizon = now - Duration::seconds(i64::try_from(longest).unwrap_or(i64::MAX / 1000));
@@ -951,7 +978,7 @@ where
                 " ON CONFLICT (namespace, subject) DO UPDATE SET
                     sends = excluded.sends, updated_at = excluded.updated_at",
             );
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(verdicts)

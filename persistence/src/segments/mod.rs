@@ -305,7 +305,11 @@ where
             sep.push_bind(*s);
         }
         q.push(")");
-        let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        let rows: Vec<(String, String)> = q
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
         have.extend(
             rows.into_iter()
                 .filter(|(seg, _)| exprs.iter().any(|(n, _)| *n == seg.as_str())),
@@ -343,7 +347,7 @@ where
                 .push_bind(at(now));
         });
         q.push(" ON CONFLICT (namespace, segment, subject) DO NOTHING");
-        q.build().execute(&mut *tx).await?;
+        q.build().persistent(false).execute(&mut *tx).await?;
     }
     let mut by_segment: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (seg, subject) in &left {
@@ -364,7 +368,7 @@ where
                 sep.push_bind(*s);
             }
             q.push(")");
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
         }
     }
     let changes: Vec<(&(String, String), bool)> = entered
@@ -383,7 +387,7 @@ where
                 .push_bind(*entered)
                 .push_bind(at(now));
         });
-        q.build().execute(&mut *tx).await?;
+        q.build().persistent(false).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -762,7 +766,10 @@ where
             sep.push_bind(id.as_str());
         }
         q.push(") RETURNING trigger_id, last_change");
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+        Ok(q.build_query_as()
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn advance_segment_cursor(
