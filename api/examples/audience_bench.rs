@@ -187,6 +187,12 @@ async fn main() {
         "  {profiles} profiles written by the store in batches of 1,000 (ten segments kept up to date): {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    // Statistics for the planner, as autovacuum would make them a little
+    // later (a fresh bulk load has none).
+    sqlx::query("ANALYZE")
+        .execute(store.pool())
+        .await
+        .expect("analyze");
     let rss_before = peak_rss_mib();
     let t = Instant::now();
     store
