@@ -338,6 +338,12 @@ impl FieldError {
     }
 }
 
+/// A subject: 1 to 200 characters, none a control character (the API's
+/// paths, event triggers and imports hold subjects to it).
+pub fn is_subject(s: &str) -> bool {
+    !s.is_empty() && s.chars().count() <= 200 && !s.chars().any(char::is_control)
+}
+
 /// A category's name: 1 to 200 letters, digits, `-`, `_`, `.`.
 pub fn is_category(c: &str) -> bool {
     !c.is_empty()
@@ -368,6 +374,17 @@ pub enum Plan {
     /// Not sent: this outcome, and this delivery row if it reached the
     /// audience's decision (a refused input has none).
     Done(ActionOutcome, Option<Delivery>),
+}
+
+impl Plan {
+    /// Send it as it is (no audience applies).
+    pub fn unchanged() -> Plan {
+        Plan::Send {
+            inputs: None,
+            link: None,
+            counted: None,
+        }
+    }
 }
 
 /// Where a message that may go goes: namespace, subject, address
@@ -403,11 +420,10 @@ fn read(audience: &Audience, channel: Channel, inputs: &Value) -> Read {
                     .filter_map(Value::as_str)
                     .map(|a| normalize_address("email", a)),
             ),
-            (Channel::Sms, Some(Value::String(s))) => literal.push(
-                s.chars()
-                    .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
-                    .collect(),
-            ),
+            // As the message will read it (E.164, separators dropped); a
+            // number that does not read fails at send time anyway.
+            (Channel::Sms, Some(Value::String(s))) => literal
+                .push(check_address(Channel::Sms, "to", s).unwrap_or_else(|_| s.trim().to_owned())),
             (_, Some(Value::String(s))) => literal.push(s.trim().to_owned()),
             _ => {}
         }
@@ -481,11 +497,7 @@ pub async fn plan<S: AudienceStore>(
         let Some((ns, subject)) = facts.executions.get(job.execution_id) else {
             // The attempt began, so its execution is there; if not, the
             // send goes as it would have without an audience.
-            plans.push(Some(Plan::Send {
-                inputs: None,
-                link: None,
-                counted: None,
-            }));
+            plans.push(Some(Plan::unchanged()));
             targets.push(None);
             continue;
         };
@@ -608,11 +620,7 @@ pub async fn plan<S: AudienceStore>(
                 return p;
             }
             let Some((ns, subject, address, replaced)) = target else {
-                return Plan::Send {
-                    inputs: None,
-                    link: None,
-                    counted: None,
-                };
+                return Plan::unchanged();
             };
             let job = &jobs[i];
             let r = &reads[i];

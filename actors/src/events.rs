@@ -499,7 +499,7 @@ impl<S: Store> Handler<S> {
         let Some(subject) = read.subject else {
             return Outcome::Dead("the subject expression gave nothing".into());
         };
-        if subject.len() > 200 || subject.chars().any(char::is_control) {
+        if !crate::audience::is_subject(&subject) {
             return Outcome::Dead(
                 "subject: must be 1 to 200 characters, none a control character".into(),
             );

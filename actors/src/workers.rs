@@ -289,14 +289,7 @@ impl<S: Store> Worker<S> {
                     }
                 }
             }
-            _ => jobs
-                .iter()
-                .map(|_| audience::Plan::Send {
-                    inputs: None,
-                    link: None,
-                    counted: None,
-                })
-                .collect(),
+            _ => jobs.iter().map(|_| audience::Plan::unchanged()).collect(),
         };
         let mut set = JoinSet::new();
         let mut results: Vec<(ExecutionId, LocalResult)> = Vec::with_capacity(batch.len());

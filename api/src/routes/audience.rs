@@ -101,7 +101,7 @@ pub(crate) fn name_param() -> Value {
 }
 
 fn valid_subject(field: &str, s: &str) -> ApiResult<()> {
-    if s.is_empty() || s.chars().count() > 200 || s.chars().any(char::is_control) {
+    if !sojourn_actors::audience::is_subject(s) {
         return Err(ApiError::invalid(
             field,
             "must be 1 to 200 characters, none a control character",
@@ -839,11 +839,13 @@ pub(crate) async fn members<S: Store>(
 ) -> ApiResult<axum::Json<Page<String>>> {
     let limit = limit_of(q.limit)?;
     let store = app.engine.store();
-    if store.get_segment(&caller.namespace, &name).await?.is_none() {
-        return Err(ApiError::not_found("segment", &name));
-    }
     let rows = store
         .segment_members(&caller.namespace, &name, q.cursor.as_deref(), limit + 1)
         .await?;
+    // Whether the segment exists is asked only of an empty page (reading
+    // the segment counts its members: not for every page).
+    if rows.is_empty() && store.get_segment(&caller.namespace, &name).await?.is_none() {
+        return Err(ApiError::not_found("segment", &name));
+    }
     Ok(axum::Json(Page::of(rows, limit, Clone::clone, |s| s)))
 }

@@ -656,21 +656,8 @@ where
     }
 
     async fn add_suppressions(&self, rows: &[Suppression]) -> Result<()> {
-        for chunk in rows.chunks(CHUNK) {
-            let mut q = QueryBuilder::<DB>::new("INSERT INTO suppressions (");
-            q.push(SUPPRESSION_COLUMNS).push(") ");
-            q.push_values(chunk, |mut b, s| {
-                b.push_bind(s.namespace.as_str())
-                    .push_bind(s.channel.as_str())
-                    .push_bind(s.address.as_str())
-                    .push_bind(s.reason.as_str())
-                    .push_bind(s.detail.as_deref())
-                    .push_bind(at(s.created_at));
-            });
-            q.push(" ON CONFLICT (namespace, channel, address) DO NOTHING");
-            q.build().persistent(false).execute(&self.pool).await?;
-        }
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_suppressions::<DB>(&mut conn, rows).await
     }
 
     async fn remove_suppression(
@@ -1023,6 +1010,37 @@ where
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Adds addresses to the suppression list, in statements of [`CHUNK`]
+/// rows (one kept per address: the first reason). Also what a status
+/// report's bounces and complaints go through, in its transaction.
+pub(crate) async fn insert_suppressions<DB>(
+    conn: &mut DB::Connection,
+    rows: &[Suppression],
+) -> Result<()>
+where
+    DB: Sql,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: Bind<'a, DB>,
+    for<'a> Option<&'a str>: Bind<'a, DB>,
+    for<'q> Instant: Bind<'q, DB>,
+{
+    for chunk in rows.chunks(CHUNK) {
+        let mut q = QueryBuilder::<DB>::new("INSERT INTO suppressions (");
+        q.push(SUPPRESSION_COLUMNS).push(") ");
+        q.push_values(chunk, |mut b, s| {
+            b.push_bind(s.namespace.as_str())
+                .push_bind(s.channel.as_str())
+                .push_bind(s.address.as_str())
+                .push_bind(s.reason.as_str())
+                .push_bind(s.detail.as_deref())
+                .push_bind(at(s.created_at));
+        });
+        q.push(" ON CONFLICT (namespace, channel, address) DO NOTHING");
+        q.build().persistent(false).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 fn set(rec: &mut ProfileRecord, p: Profile) {

@@ -285,21 +285,7 @@ where
                 ));
             }
         }
-        for s in &suppress {
-            sqlx::query(
-                "INSERT INTO suppressions (namespace, channel, address, reason, detail, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (namespace, channel, address) DO NOTHING",
-            )
-            .bind(s.namespace.as_str())
-            .bind(s.channel.as_str())
-            .bind(s.address.as_str())
-            .bind(s.reason.as_str())
-            .bind(s.detail.as_deref())
-            .bind(at(s.created_at))
-            .execute(&mut *tx)
-            .await?;
-        }
+        crate::audience::insert_suppressions::<DB>(&mut tx, &suppress).await?;
         tx.commit().await?;
         Ok(Some(moved))
     }
