@@ -67,6 +67,7 @@ fn dispatch(action: &str, n: u64, inputs: &Value) -> Dispatch {
         idempotency_key: format!("exe_bench{n}/n/1"),
         inputs: inputs.clone(),
         timeout_ms: 30_000,
+        frequency_caps: None,
     }
 }
 

@@ -39,8 +39,7 @@ use sojourn_runtime::{ActionOutcome, Dispatch};
 use crate::channels::message::check_address;
 use crate::channels::{Channel, Delivery};
 
-/// The category that ignores preferences and caps (never suppressions).
-pub const TRANSACTIONAL: &str = "transactional";
+pub use sojourn_runtime::caps::{TRANSACTIONAL, is_category};
 
 /// The secret name `{{ unsubscribe_url }}` renders a marker for: the worker
 /// puts the recipient's signed link there.
@@ -344,14 +343,6 @@ pub fn is_subject(s: &str) -> bool {
     !s.is_empty() && s.chars().count() <= 200 && !s.chars().any(char::is_control)
 }
 
-/// A category's name: 1 to 200 letters, digits, `-`, `_`, `.`.
-pub fn is_category(c: &str) -> bool {
-    !c.is_empty()
-        && c.len() <= 200
-        && c.chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
-}
-
 /// One message of a batch, as the audience sees it.
 #[derive(Debug)]
 pub struct Job<'a> {
@@ -553,9 +544,13 @@ pub async fn plan<S: AudienceStore>(
             targets.push(None);
             continue;
         }
+        let namespace_caps = facts.caps.get(ns).map_or(&[][..], Vec::as_slice);
         if r.category != TRANSACTIONAL
             && let Some(s) = subject
-            && facts.caps.get(ns).is_some_and(|c| !c.is_empty())
+            && (!namespace_caps.is_empty()
+                || d.frequency_caps
+                    .as_ref()
+                    .is_some_and(|w| !w.caps.is_empty()))
         {
             caps_asked.entry(ns.clone()).or_default().push((
                 i,
@@ -566,6 +561,8 @@ pub async fn plan<S: AudienceStore>(
                     key: d.idempotency_key.clone(),
                     channel: channel.as_str().to_owned(),
                     category: r.category.clone(),
+                    // The workflow's own caps decide its sends.
+                    caps: d.frequency_caps.as_ref().map(|w| w.over(namespace_caps)),
                 },
             ));
         }
@@ -574,7 +571,7 @@ pub async fn plan<S: AudienceStore>(
     }
     let mut counted: HashMap<usize, (String, String, String)> = HashMap::new();
     for (ns, asked) in caps_asked {
-        let caps = &facts.caps[&ns];
+        let caps = facts.caps.get(&ns).map_or(&[][..], Vec::as_slice);
         let requests: Vec<CapRequest> = asked.iter().map(|(_, r)| r.clone()).collect();
         let verdicts = store.reserve_sends(&ns, caps, &requests, now).await?;
         for ((i, req), v) in asked.into_iter().zip(verdicts) {

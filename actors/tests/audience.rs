@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sojourn_actors::{Config, Engine, StartRequest};
 use sojourn_persistence::prelude::*;
 use sojourn_persistence::{DeliveryQuery, FrequencyCap, OnCap, ProfilePatch, Suppression};
+use sojourn_runtime::caps::{CapSettings, CapSpec};
 use sojourn_runtime::{ExecutionId, Status, Workflow};
 use sojourn_testkit::{PrivateKafka, Sink, pg_store, wait_for};
 
@@ -152,6 +153,7 @@ async fn preferences_suppressions_and_caps_hold_at_send_time_across_two_workers(
                 ("ann".into(), email("ann@x.org")),
                 ("bob".into(), bob),
                 ("cy".into(), email("Cy <CY@x.org>")),
+                ("gus".into(), email("gus@x.org")),
                 ("eve".into(), email("old@x.org")),
                 (
                     "fay".into(),
@@ -227,6 +229,43 @@ async fn preferences_suppressions_and_caps_hold_at_send_time_across_two_workers(
     let receipt = start(&engine, "news", "ann", "transactional").await;
     assert_eq!(outcome(&engine, &receipt).await.0, "sent");
 
+    // A workflow's own caps: one exempt from the namespace's sends to ann
+    // anyway; one with a tighter cap holds gus to one a day, while the
+    // namespace's journeys still have their three.
+    let mut exempt = journey("exempt", None);
+    exempt.settings.frequency_caps = Some(CapSettings {
+        inherit: false,
+        caps: Vec::new(),
+    });
+    engine.deploy(&exempt).await.expect("deploy");
+    let vip = start(&engine, "exempt", "ann", "promo").await;
+    assert_eq!(outcome(&engine, &vip).await.0, "sent");
+    let mut tight = journey("tight", None);
+    tight.settings.frequency_caps = Some(CapSettings {
+        inherit: true,
+        caps: vec![CapSpec {
+            channel: "email".into(),
+            category: "*".into(),
+            max_sends: 1,
+            window: "1d".into(),
+            on_cap: OnCap::Skip,
+        }],
+    });
+    engine.deploy(&tight).await.expect("deploy");
+    let gus_first = start(&engine, "tight", "gus", "promo").await;
+    assert_eq!(outcome(&engine, &gus_first).await.0, "sent");
+    let gus_again = start(&engine, "tight", "gus", "promo").await;
+    let (o, node) = outcome(&engine, &gus_again).await;
+    assert_eq!(o, "skipped", "{node}");
+    assert!(
+        node["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("at most 1 email messages per day")),
+        "{node}"
+    );
+    let gus_news = start(&engine, "news", "gus", "promo").await;
+    assert_eq!(outcome(&engine, &gus_news).await.0, "sent");
+
     // Preferences: bob turned "digest" off; a transactional message still goes.
     let digest = start(&engine, "news", "bob", "digest").await;
     let (o, node) = outcome(&engine, &digest).await;
@@ -265,7 +304,8 @@ async fn preferences_suppressions_and_caps_hold_at_send_time_across_two_workers(
     assert_eq!(outcome(&engine, &eve).await.0, "sent");
 
     let to = sent_to(&sink);
-    assert_eq!(to.iter().filter(|t| *t == "ann@x.org").count(), 4, "{to:?}");
+    assert_eq!(to.iter().filter(|t| *t == "ann@x.org").count(), 5, "{to:?}");
+    assert_eq!(to.iter().filter(|t| *t == "gus@x.org").count(), 2, "{to:?}");
     assert_eq!(to.iter().filter(|t| *t == "bob@x.org").count(), 1, "{to:?}");
     assert!(
         !to.iter().any(|t| t.contains("cy") || t == "old@x.org"),
@@ -298,15 +338,15 @@ async fn preferences_suppressions_and_caps_hold_at_send_time_across_two_workers(
         .await
         .expect("deliveries");
     let count = |status: &str| log.iter().filter(|d| d.status == status).count();
-    assert_eq!(count("capped"), 7);
+    assert_eq!(count("capped"), 8);
     assert_eq!(count("unsubscribed"), 1);
     assert_eq!(count("suppressed"), 1);
     assert_eq!(count("no_address"), 1);
     assert!(count("deferred") >= 1);
     assert!(
-        log.iter()
-            .filter(|d| d.status == "capped")
-            .all(|d| d.provider == "-" && d.recipient == "ann@x.org")
+        log.iter().filter(|d| d.status == "capped").all(
+            |d| d.provider == "-" && ["ann@x.org", "gus@x.org"].contains(&d.recipient.as_str())
+        )
     );
 
     stop.cancel();

@@ -55,6 +55,7 @@ async fn send(
         idempotency_key: key.into(),
         inputs: inputs.clone(),
         timeout_ms: 5_000,
+        frequency_caps: None,
     };
     let http = HttpProvider::new(EgressPolicy::allowing_loopback(), 1 << 20);
     let channel = Channel::of_action(action).expect("a channel action");

@@ -284,6 +284,7 @@ async fn main() {
                     "to": if to_subject { "subject".to_owned() } else { format!("p{i}@example.com") },
                     "subject": "Hi", "text": "Hello", "category": "news"}),
                 timeout_ms: 30_000,
+                frequency_caps: None,
             })
             .collect()
     };

@@ -3849,6 +3849,21 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
         Some("caps[0].window"),
     );
     let r = app
+        .call(Method::PUT, "/v1/frequency-caps", Some(&k), Some(json!({"caps": [{"channel": "email", "category": "*", "max_sends": 3, "window": "7d"}, {"channel": "sms", "category": "transactional", "max_sends": 1, "window": "1d"}]})))
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("caps[1].category"),
+    );
+    let r = app.get("/v1/frequency-caps", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["caps"],
+        json!([]),
+        "a refused list changes nothing"
+    );
+    let r = app
         .call(Method::PUT, "/v1/frequency-caps", Some(&k), Some(json!({"caps": [{"channel": "email", "category": "*", "max_sends": 3, "window": "7d"}]})))
         .await;
     assert_eq!(r.ok(StatusCode::OK)["caps"][0]["window"], "7d");

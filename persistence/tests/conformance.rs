@@ -156,6 +156,7 @@ conformance!(
     profiles_merge_replace_list_and_erase,
     the_audience_of_a_batch_is_read_at_once_and_bounces_suppress,
     caps_count_each_send_once_and_never_let_two_writers_past,
+    a_workflows_own_caps_decide_its_sends_and_keep_what_they_count,
     segments_backfill_then_follow_profile_writes_and_record_each_change,
 );
 
@@ -3363,6 +3364,7 @@ async fn caps_count_each_send_once_and_never_let_two_writers_past<S: Store>(stor
         key: key.into(),
         channel: "email".into(),
         category: category.into(),
+        caps: None,
     };
     // Eight writers at once for one subject: two pass.
     let tries: Vec<_> = (0..8)
@@ -3432,6 +3434,102 @@ async fn caps_count_each_send_once_and_never_let_two_writers_past<S: Store>(stor
         .await
         .expect("later");
     assert_eq!(later, [CapVerdict::Allowed]);
+}
+
+async fn a_workflows_own_caps_decide_its_sends_and_keep_what_they_count<S: Store>(store: &S) {
+    // The namespace: one email an hour.
+    let hourly = [FrequencyCap {
+        channel: "email".into(),
+        category: "*".into(),
+        max_sends: 1,
+        window_seconds: 3_600,
+        on_cap: OnCap::Skip,
+    }];
+    // A workflow of its own: two emails a week, deferred.
+    let weekly = FrequencyCap {
+        channel: "email".into(),
+        category: "*".into(),
+        max_sends: 2,
+        window_seconds: 7 * 86_400,
+        on_cap: OnCap::Defer,
+    };
+    let req = |key: &str, caps: Option<Vec<FrequencyCap>>| CapRequest {
+        subject: "bea".into(),
+        key: key.into(),
+        channel: "email".into(),
+        category: "news".into(),
+        caps,
+    };
+    // Publishing the workflow makes the namespace keep a week of sends.
+    let f = fixture_keyed(store, "capped").await;
+    let mut own = reference_workflow();
+    own.settings.frequency_caps = Some(sojourn_runtime::caps::CapSettings {
+        inherit: false,
+        caps: vec![sojourn_runtime::caps::CapSpec {
+            channel: "email".into(),
+            category: "*".into(),
+            max_sends: 2,
+            window: "7d".into(),
+            on_cap: OnCap::Defer,
+        }],
+    });
+    assert_eq!(own.cap_horizon(), Some(7 * 86_400));
+    store
+        .publish(&f.workflow_id, &own, t0())
+        .await
+        .expect("publish");
+    let at = |h: i64| t0() + Duration::hours(h);
+    let one = store
+        .reserve_sends("default", &hourly, &[req("a/mail/1", None)], at(0))
+        .await
+        .expect("first");
+    assert_eq!(one, [CapVerdict::Allowed]);
+    // Exempt (a workflow with no caps of its own): passes the hourly cap,
+    // and still counts.
+    let exempt = store
+        .reserve_sends(
+            "default",
+            &hourly,
+            &[req("b/mail/1", Some(Vec::new()))],
+            at(0),
+        )
+        .await
+        .expect("exempt");
+    assert_eq!(exempt, [CapVerdict::Allowed]);
+    let counted = store
+        .reserve_sends("default", &hourly, &[req("c/mail/1", None)], at(0))
+        .await
+        .expect("counted");
+    assert!(
+        matches!(counted[0], CapVerdict::Capped { .. }),
+        "{counted:?}"
+    );
+    // Two hours on, the namespace's cap allows one more; its batch does not
+    // forget the sends the weekly cap still counts.
+    let later = store
+        .reserve_sends("default", &hourly, &[req("d/mail/1", None)], at(2))
+        .await
+        .expect("later");
+    assert_eq!(later, [CapVerdict::Allowed]);
+    let weekly_says = store
+        .reserve_sends(
+            "default",
+            &hourly,
+            &[req("e/mail/1", Some(vec![weekly.clone()]))],
+            at(3),
+        )
+        .await
+        .expect("weekly");
+    match &weekly_says[0] {
+        CapVerdict::Capped { until, on_cap, cap } => {
+            assert_eq!(*on_cap, OnCap::Defer);
+            // Three sends in the week: the place frees when the second
+            // newest (the exempt one at hour 0) leaves it.
+            assert_eq!(*until, at(0) + Duration::days(7), "{cap}");
+            assert_eq!(cap, "at most 2 email messages per 7 days");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 async fn segments_backfill_then_follow_profile_writes_and_record_each_change<S: Store>(store: &S) {

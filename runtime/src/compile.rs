@@ -187,6 +187,8 @@ pub(crate) struct CompiledSettings {
     pub(crate) exit_criteria: Vec<CompiledExit>,
     pub(crate) quiet_hours: Option<DailyWindow>,
     pub(crate) max_entries_per_subject: Option<u32>,
+    /// Carried by each of the workflow's messaging dispatches.
+    pub(crate) frequency_caps: Option<crate::caps::WorkflowCaps>,
 }
 
 #[derive(Debug)]
@@ -673,12 +675,26 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
             "must be at least 1".into(),
         );
     }
+    let frequency_caps =
+        s.frequency_caps
+            .as_ref()
+            .and_then(|f| match crate::caps::check_caps(&f.caps) {
+                Ok(caps) => Some(crate::caps::WorkflowCaps {
+                    inherit: f.inherit,
+                    caps,
+                }),
+                Err((field, message)) => {
+                    doc_error(c, format!("settings.frequency_caps.caps{field}"), message);
+                    None
+                }
+            });
     CompiledSettings {
         timezone,
         subject,
         exit_criteria,
         quiet_hours,
         max_entries_per_subject: s.max_entries_per_subject,
+        frequency_caps,
     }
 }
 
@@ -828,6 +844,7 @@ mod tests {
                 "exit_criteria": [{"event": "", "condition": "event.payload.x >"}],
                 "quiet_hours": {"start": "21:00", "end": "21:00"},
                 "max_entries_per_subject": 0,
+                "frequency_caps": {"caps": [{"channel": "email", "category": "*", "max_sends": 2, "window": "2y"}]},
             },
             "nodes": [{"id": "start", "type": "start"}, {"id": "end", "type": "exit"}],
             "edges": [{"from": "start", "to": "end"}],
@@ -841,6 +858,7 @@ mod tests {
                 ":settings.exit_criteria[0].condition",
                 ":settings.quiet_hours.end",
                 ":settings.max_entries_per_subject",
+                ":settings.frequency_caps.caps[0].window",
             ]
         );
     }

@@ -140,6 +140,9 @@ pub struct Dispatch {
     /// The rendered inputs.
     pub inputs: Value,
     pub timeout_ms: u64,
+    /// The workflow's own frequency caps (messaging actions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_caps: Option<crate::caps::WorkflowCaps>,
 }
 
 /// What the world must do after a transition commits.

@@ -19,6 +19,7 @@
 //! - [`simulate`] runs a workflow on a virtual clock: the preview button.
 //! - [`schema`] is the JSON Schema of the document.
 
+pub mod caps;
 pub mod compile;
 pub mod error;
 pub mod expr;

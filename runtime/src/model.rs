@@ -304,6 +304,10 @@ pub struct Settings {
     /// execution is started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_entries_per_subject: Option<u32>,
+    /// Frequency caps for this workflow's messages, over or instead of the
+    /// namespace's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_caps: Option<crate::caps::CapSettings>,
 }
 
 /// An event that ends the journey.
@@ -331,6 +335,19 @@ pub struct QuietHours {
 }
 
 impl Workflow {
+    /// The longest window of the workflow's own frequency caps, if it has
+    /// any (how long its subjects' sends must be kept).
+    pub fn cap_horizon(&self) -> Option<u64> {
+        self.settings
+            .frequency_caps
+            .as_ref()?
+            .caps
+            .iter()
+            .filter_map(|c| crate::time::parse_duration(&c.window).ok())
+            .filter_map(|d| u64::try_from(d.num_seconds()).ok())
+            .max()
+    }
+
     /// Parses a workflow document. Structural problems (unknown node type,
     /// missing or misspelt field) come back as validation errors naming the
     /// node and the field.

@@ -14,9 +14,10 @@ use serde_json::{Map, Value};
 use sojourn_actors::channels::Channel;
 use sojourn_actors::channels::message::check_address;
 use sojourn_persistence::{
-    FrequencyCap, OnCap, ProfilePatch, ProfileRecord, Store, Suppression, normalize_address,
+    OnCap, ProfilePatch, ProfileRecord, Store, Suppression, normalize_address,
 };
 use sojourn_runtime::Input;
+use sojourn_runtime::caps::{CapSpec, check_caps};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -542,56 +543,29 @@ pub(crate) async fn put_caps<S: Store>(
     Extension(caller): Extension<Caller>,
     Body(body): Body<Caps>,
 ) -> ApiResult<axum::Json<Caps>> {
-    if body.caps.len() > 50 {
-        return Err(ApiError::invalid("caps", "at most 50"));
-    }
-    let mut caps = Vec::with_capacity(body.caps.len());
+    let mut specs = Vec::with_capacity(body.caps.len());
     for (n, c) in body.caps.iter().enumerate() {
-        let f = |x: &str| format!("caps[{n}].{x}");
-        if c.channel != "*" {
-            channel_of(&f("channel"), &c.channel)?;
-        }
-        if c.category != "*" {
-            crate::routes::valid_key(&f("category"), &c.category)?;
-        }
-        if !(1..=10_000).contains(&c.max_sends) {
-            return Err(ApiError::invalid(&f("max_sends"), "must be 1 to 10000"));
-        }
-        let w = sojourn_runtime::time::parse_duration(&c.window)
-            .map_err(|e| ApiError::invalid(&f("window"), e))?;
-        if w < chrono::Duration::minutes(1) || w > chrono::Duration::days(366) {
-            return Err(ApiError::invalid(
-                &f("window"),
-                "must be 1 minute to 366 days",
-            ));
-        }
         let on_cap = match c.on_cap.as_str() {
             "skip" => OnCap::Skip,
             "defer" => OnCap::Defer,
             other => {
                 return Err(ApiError::invalid(
-                    &f("on_cap"),
+                    &format!("caps[{n}].on_cap"),
                     format!("{other:?} is not skip or defer"),
                 ));
             }
         };
-        let window_seconds = w.num_seconds().unsigned_abs();
-        if caps.iter().any(|x: &FrequencyCap| {
-            x.channel == c.channel && x.category == c.category && x.window_seconds == window_seconds
-        }) {
-            return Err(ApiError::invalid(
-                &f("window"),
-                "another cap has this channel, category and window",
-            ));
-        }
-        caps.push(FrequencyCap {
+        specs.push(CapSpec {
             channel: c.channel.clone(),
             category: c.category.clone(),
             max_sends: c.max_sends,
-            window_seconds,
+            window: c.window.clone(),
             on_cap,
         });
     }
+    // The checks a workflow's own caps get too.
+    let caps = check_caps(&specs)
+        .map_err(|(field, message)| ApiError::invalid(&format!("caps{field}"), message))?;
     app.engine
         .store()
         .put_frequency_caps(&caller.namespace, &caps)

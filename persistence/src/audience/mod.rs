@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::{Executor, QueryBuilder};
 
+pub use sojourn_runtime::caps::{FrequencyCap, OnCap};
+
 use crate::Result;
 use crate::sql::{Bind, Doc, Instant, Read, Sql, SqlStore, at};
 
@@ -186,43 +188,6 @@ pub struct Suppression {
     pub created_at: DateTime<Utc>,
 }
 
-/// What happens to a send a cap refuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnCap {
-    /// Not sent: the node's `skipped` branch.
-    Skip,
-    /// Sent when the cap allows it (a durable timer).
-    Defer,
-}
-
-impl OnCap {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnCap::Skip => "skip",
-            OnCap::Defer => "defer",
-        }
-    }
-}
-
-/// "At most `max_sends` messages of `channel` and `category` per
-/// `window_seconds`" for each subject; `*` matches any.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FrequencyCap {
-    pub channel: String,
-    pub category: String,
-    pub max_sends: u32,
-    pub window_seconds: u64,
-    pub on_cap: OnCap,
-}
-
-impl FrequencyCap {
-    fn counts(&self, channel: &str, category: &str) -> bool {
-        (self.channel == "*" || self.channel == channel)
-            && (self.category == "*" || self.category == category)
-    }
-}
-
 #[derive(Debug, sqlx::FromRow)]
 #[doc(hidden)]
 pub struct NamespacedCap {
@@ -260,6 +225,15 @@ pub struct CapRequest {
     pub key: String,
     pub channel: String,
     pub category: String,
+    /// The caps that decide this send when its workflow overrides the
+    /// namespace's (see `WorkflowCaps::over`); `None`: the namespace's.
+    pub caps: Option<Vec<FrequencyCap>>,
+}
+
+impl CapRequest {
+    fn decided_by<'a>(&'a self, namespace: &'a [FrequencyCap]) -> &'a [FrequencyCap] {
+        self.caps.as_deref().unwrap_or(namespace)
+    }
 }
 
 /// What the caps say of a send.
@@ -445,6 +419,7 @@ where
     (String, String, Option<String>): Read<DB>,
     (String, String, sqlx::types::Json<Vec<Counted>>): Read<DB>,
     (String, Option<String>, i32): Read<DB>,
+    (i64,): Read<DB>,
     for<'q> bool: Bind<'q, DB>,
 {
     async fn write_profiles(
@@ -876,16 +851,27 @@ where
         now: DateTime<Utc>,
     ) -> Result<Vec<CapVerdict>> {
         let mut verdicts = vec![CapVerdict::Allowed; requests.len()];
+        // A send counts if the namespace's caps or its own count it: a
+        // workflow exempt from a cap still adds to the others' counts.
         let counted: Vec<usize> = requests
             .iter()
             .enumerate()
-            .filter(|(_, r)| caps.iter().any(|c| c.counts(&r.channel, &r.category)))
+            .filter(|(_, r)| {
+                caps.iter()
+                    .chain(r.caps.iter().flatten())
+                    .any(|c| c.counts(&r.channel, &r.category))
+            })
             .map(|(i, _)| i)
             .collect();
         if counted.is_empty() {
             return Ok(verdicts);
         }
-        let longest = caps.iter().map(|c| c.window_seconds).max().unwrap_or(0);
+        let mut longest = caps
+            .iter()
+            .chain(requests.iter().flat_map(|r| r.caps.iter().flatten()))
+            .map(|c| c.window_seconds)
+            .max()
+            .unwrap_or(0);
         let mut subjects: Vec<&str> = counted
             .iter()
             .map(|&i| requests[i].subject.as_str())
@@ -895,6 +881,18 @@ where
         subjects.sort_unstable();
         subjects.dedup();
         let mut tx = self.pool.begin().await?;
+        // Sends are kept as long as the namespace's workflows' own caps
+        // look back, not only this batch's.
+        let kept: Option<i64> =
+            sqlx::query_scalar("SELECT window_seconds FROM cap_horizons WHERE namespace = $1")
+                .bind(namespace)
+                .fetch_optional(&mut *tx)
+                .await?;
+        longest = longest.max(
+            u64::try_from(kept.unwrap_or(0))
+                .unwrap_or(0)
+                .min(sojourn_runtime::caps::MAX_WINDOW_SECONDS),
+        );
         let mut rows: HashMap<String, Vec<Counted>> = HashMap::new();
         for chunk in subjects.chunks(CHUNK) {
             let mut q = QueryBuilder::<DB>::new(
@@ -935,7 +933,7 @@ where
             };
             // A retry of a node already counted replaces its entry.
             sends.retain(|c| c.key != r.key);
-            if let Some(v) = over_cap(caps, sends, r, now) {
+            if let Some(v) = over_cap(r.decided_by(caps), sends, r, now) {
                 verdicts[i] = v;
                 continue;
             }
@@ -1133,23 +1131,13 @@ fn over_cap(
                     } else {
                         format!("{} messages", cap.channel)
                     },
-                    describe_window(cap.window_seconds)
+                    sojourn_runtime::caps::describe_window(cap.window_seconds)
                 )
                 .replace("  ", " "),
             });
         }
     }
     worst
-}
-
-fn describe_window(s: u64) -> String {
-    match s {
-        s if s.is_multiple_of(86_400) && s / 86_400 == 1 => "day".into(),
-        s if s.is_multiple_of(86_400) => format!("{} days", s / 86_400),
-        s if s.is_multiple_of(3_600) && s / 3_600 == 1 => "hour".into(),
-        s if s.is_multiple_of(3_600) => format!("{} hours", s / 3_600),
-        s => format!("{s} s"),
-    }
 }
 
 #[cfg(test)]
@@ -1181,6 +1169,7 @@ mod tests {
             key: "k".into(),
             channel: "email".into(),
             category: "marketing".into(),
+            caps: None,
         };
         // Two inside the day: capped until the older leaves it.
         let sends = [sent("a", 5, "marketing"), sent("b", 2, "marketing")];

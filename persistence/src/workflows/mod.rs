@@ -344,6 +344,7 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'a> &'a str: Bind<'a, DB>,
     for<'q> i32: Bind<'q, DB>,
+    for<'q> i64: Bind<'q, DB>,
     for<'q> Instant: Bind<'q, DB>,
     for<'q> Doc: Bind<'q, DB>,
     WorkflowVersion: Read<DB>,
@@ -360,6 +361,20 @@ where
     let Some(version) = version else {
         return Err(not_found("workflow", workflow_id));
     };
+    // A workflow whose own caps look further back than any before it in
+    // the namespace: subjects' sends are kept that long from now on.
+    if let Some(window) = definition.cap_horizon() {
+        sqlx::query(
+            "INSERT INTO cap_horizons (namespace, window_seconds)
+             SELECT namespace, $2 FROM workflows WHERE id = $1
+             ON CONFLICT (namespace) DO UPDATE SET window_seconds = excluded.window_seconds
+             WHERE cap_horizons.window_seconds < excluded.window_seconds",
+        )
+        .bind(workflow_id)
+        .bind(i64::try_from(window).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO workflow_versions (workflow_id, version, definition, published_at)
          VALUES ($1, $2, $3, $4) RETURNING {VERSION_COLUMNS}"

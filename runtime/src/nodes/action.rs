@@ -96,6 +96,8 @@ pub(crate) struct Compiled {
     multiplier: f64,
     timeout_ms: u64,
     pub(crate) respect_quiet_hours: bool,
+    /// Sends to a person: frequency caps apply.
+    messaging: bool,
 }
 
 pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>) -> Compiled {
@@ -195,6 +197,7 @@ pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>
         multiplier: retry.multiplier,
         timeout_ms,
         respect_quiet_hours: config.respect_quiet_hours.unwrap_or(messaging),
+        messaging,
     }
 }
 
@@ -261,6 +264,11 @@ fn dispatch<'w>(
         idempotency_key,
         inputs,
         timeout_ms: c.timeout_ms,
+        frequency_caps: if c.messaging {
+            m.wf.settings.frequency_caps.clone()
+        } else {
+            None
+        },
     }));
     m.snap.wait = Some(Wait::Action {
         node: node.id.clone(),
