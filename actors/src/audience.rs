@@ -11,8 +11,9 @@
 //! - a marketing message (any category but `transactional`) to a subject
 //!   who opted out of it, its channel or all marketing: `unsubscribed`;
 //! - the caps that count it are reserved atomically across the cluster
-//!   ([`AudienceStore::reserve_sends`]); over one: `capped` (skipped), or
-//!   deferred to when the cap allows it.
+//!   ([`AudienceStore::reserve_sends`]): its workflow's own caps
+//!   (`Dispatch::frequency_caps`) over the namespace's; over one: `capped`
+//!   (skipped), or deferred to when the cap allows it.
 //!
 //! A message not sent gets a delivery row saying why and the outcome
 //! [`ActionOutcome::Skipped`] (the node's `skipped` branch) or
@@ -21,6 +22,7 @@
 //! signed link as `{{ unsubscribe_url }}`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,8 +34,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Map;
 use serde_json::{Value, json};
 use sojourn_persistence::{
-    AudienceStore, CapRequest, CapVerdict, OnCap, ProfilePatch, addresses_of, normalize_address,
+    AudienceStore, CapRequest, CapVerdict, FrequencyCap, OnCap, ProfilePatch, addresses_of,
+    normalize_address,
 };
+use sojourn_runtime::caps::WorkflowCaps;
 use sojourn_runtime::{ActionOutcome, Dispatch};
 
 use crate::channels::message::check_address;
@@ -458,7 +462,10 @@ pub async fn plan<S: AudienceStore>(
     let facts = store.audience_of(channel.as_str(), &ids, &literal).await?;
     let mut plans: Vec<Option<Plan>> = Vec::with_capacity(jobs.len());
     // (namespace) → (job index, request)
-    let mut caps_asked: HashMap<String, Vec<(usize, CapRequest)>> = HashMap::new();
+    let mut caps_asked: HashMap<String, (Vec<usize>, Vec<CapRequest>)> = HashMap::new();
+    // A workflow's caps over its namespace's, made once per batch and
+    // shared by its requests.
+    let mut own_caps: HashMap<(&str, &WorkflowCaps), Arc<[FrequencyCap]>> = HashMap::new();
     let mut targets: Vec<Option<Target>> = Vec::with_capacity(jobs.len());
     for (i, (job, r)) in jobs.iter().zip(&reads).enumerate() {
         let d = job.dispatch;
@@ -545,36 +552,50 @@ pub async fn plan<S: AudienceStore>(
             continue;
         }
         let namespace_caps = facts.caps.get(ns).map_or(&[][..], Vec::as_slice);
+        let own = d.frequency_caps.as_deref().map(|w| {
+            own_caps
+                .entry((ns.as_str(), w))
+                .or_insert_with(|| w.over(namespace_caps).into())
+                .clone()
+        });
+        let scopes = facts.scopes.get(ns).map_or(&[][..], Vec::as_slice);
+        let ch = channel.as_str();
+        let counted_by_some = namespace_caps.iter().any(|c| c.counts(ch, &r.category))
+            || own
+                .iter()
+                .flat_map(|c| c.iter())
+                .any(|c| c.counts(ch, &r.category))
+            || scopes
+                .iter()
+                .any(|c| sojourn_runtime::caps::matches(&c.channel, &c.category, ch, &r.category));
         if r.category != TRANSACTIONAL
             && let Some(s) = subject
-            && (!namespace_caps.is_empty()
-                || d.frequency_caps
-                    .as_ref()
-                    .is_some_and(|w| !w.caps.is_empty()))
+            && counted_by_some
         {
-            caps_asked.entry(ns.clone()).or_default().push((
-                i,
-                CapRequest {
-                    subject: s.clone(),
-                    // The attempt's key: each pass of a node through a loop
-                    // counts; a retry follows a release, so counts once.
-                    key: d.idempotency_key.clone(),
-                    channel: channel.as_str().to_owned(),
-                    category: r.category.clone(),
-                    // The workflow's own caps decide its sends.
-                    caps: d.frequency_caps.as_ref().map(|w| w.over(namespace_caps)),
-                },
-            ));
+            let (at, requests) = caps_asked.entry(ns.clone()).or_default();
+            at.push(i);
+            requests.push(CapRequest {
+                subject: s.clone(),
+                // The attempt's key: each pass of a node through a loop
+                // counts; a retry follows a release, so counts once.
+                key: d.idempotency_key.clone(),
+                channel: ch.to_owned(),
+                category: r.category.clone(),
+                // The workflow's own caps decide its sends.
+                caps: own,
+            });
         }
         plans.push(None);
         targets.push(Some((ns.clone(), subject.clone(), address, replaced)));
     }
     let mut counted: HashMap<usize, (String, String, String)> = HashMap::new();
-    for (ns, asked) in caps_asked {
+    for (ns, (at, requests)) in caps_asked {
         let caps = facts.caps.get(&ns).map_or(&[][..], Vec::as_slice);
-        let requests: Vec<CapRequest> = asked.iter().map(|(_, r)| r.clone()).collect();
-        let verdicts = store.reserve_sends(&ns, caps, &requests, now).await?;
-        for ((i, req), v) in asked.into_iter().zip(verdicts) {
+        let scopes = facts.scopes.get(&ns).map_or(&[][..], Vec::as_slice);
+        let verdicts = store
+            .reserve_sends(&ns, caps, scopes, &requests, now)
+            .await?;
+        for ((i, req), v) in at.into_iter().zip(requests).zip(verdicts) {
             match v {
                 CapVerdict::Allowed => {
                     counted.insert(i, (ns.clone(), req.subject, req.key));

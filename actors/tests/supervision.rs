@@ -426,10 +426,11 @@ impl sojourn_persistence::AudienceStore for Flaky {
         &self,
         ns: &str,
         caps: &[sojourn_persistence::FrequencyCap],
+        scopes: &[sojourn_persistence::CapScope],
         requests: &[sojourn_persistence::CapRequest],
         now: DateTime<Utc>,
     ) -> Result<Vec<sojourn_persistence::CapVerdict>, Error> {
-        self.0.reserve_sends(ns, caps, requests, now).await
+        self.0.reserve_sends(ns, caps, scopes, requests, now).await
     }
     async fn release_sends(&self, ns: &str, sends: &[(String, String)]) -> Result<(), Error> {
         self.0.release_sends(ns, sends).await

@@ -473,7 +473,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
             .scope(Write)
             .body::<audience::Caps>()
             .returns::<audience::Caps>(200)
-            .describe("Per subject, across all journeys: at most `max_sends` of a channel and category per window. Enforced by the workers at send time, atomically across the cluster."),
+            .describe("Per subject, across all journeys: at most `max_sends` of a channel and category per window. Enforced by the workers at send time, atomically across the cluster. A workflow may replace them for its own sends (`settings.frequency_caps`)."),
         audience::put_caps::<S>,
     );
     r.add(

@@ -78,9 +78,9 @@ mod types;
 mod workflows;
 
 pub use audience::{
-    Addresses, AudienceFacts, AudienceStore, CapRequest, CapVerdict, Erased, FrequencyCap, OnCap,
-    Preferences, Profile, ProfilePatch, ProfileRecord, Suppression, addresses_of,
-    normalize_address,
+    Addresses, AudienceFacts, AudienceStore, CapRequest, CapScope, CapVerdict, Erased,
+    FrequencyCap, OnCap, Preferences, Profile, ProfilePatch, ProfileRecord, Suppression,
+    addresses_of, normalize_address,
 };
 pub use deliveries::DeliveryStore;
 pub use error::Error;

@@ -3,6 +3,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and against SQLite (a fresh
 //! file each). Both stores must behave the same.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use sojourn_persistence::{
@@ -11,8 +13,8 @@ use sojourn_persistence::{
     SqliteStore, Store, WorkflowQuery, WorkflowVersion, ids,
 };
 use sojourn_persistence::{
-    CapRequest, CapVerdict, DeliveryQuery, FrequencyCap, NewDelivery, OnCap, ProfilePatch,
-    SegmentDef, Suppression,
+    CapRequest, CapScope, CapVerdict, DeliveryQuery, FrequencyCap, NewDelivery, OnCap,
+    ProfilePatch, SegmentDef, Suppression,
 };
 use sojourn_runtime::triggers::{Move, TriggerConfig, TriggerKind, TriggerState};
 use sojourn_runtime::{
@@ -3373,7 +3375,7 @@ async fn caps_count_each_send_once_and_never_let_two_writers_past<S: Store>(stor
             let caps = &caps;
             async move {
                 store
-                    .reserve_sends("default", caps, &r, t0())
+                    .reserve_sends("default", caps, &[], &r, t0())
                     .await
                     .expect("reserve")
             }
@@ -3400,7 +3402,13 @@ async fn caps_count_each_send_once_and_never_let_two_writers_past<S: Store>(stor
         })
         .expect("one allowed");
     let again = store
-        .reserve_sends("default", &caps, &[req(&allowed_key, "marketing")], t0())
+        .reserve_sends(
+            "default",
+            &caps,
+            &[],
+            &[req(&allowed_key, "marketing")],
+            t0(),
+        )
         .await
         .expect("again");
     assert_eq!(again, [CapVerdict::Allowed]);
@@ -3413,6 +3421,7 @@ async fn caps_count_each_send_once_and_never_let_two_writers_past<S: Store>(stor
         .reserve_sends(
             "default",
             &caps,
+            &[],
             &[
                 req("exe_x/mail", "marketing"),
                 req("exe_y/mail", "marketing"),
@@ -3428,6 +3437,7 @@ async fn caps_count_each_send_once_and_never_let_two_writers_past<S: Store>(stor
         .reserve_sends(
             "default",
             &caps,
+            &[],
             &[req("exe_z/mail", "marketing")],
             t0() + Duration::hours(2),
         )
@@ -3437,30 +3447,32 @@ async fn caps_count_each_send_once_and_never_let_two_writers_past<S: Store>(stor
 }
 
 async fn a_workflows_own_caps_decide_its_sends_and_keep_what_they_count<S: Store>(store: &S) {
-    // The namespace: one email an hour.
+    // The namespace caps marketing email only: one an hour.
     let hourly = [FrequencyCap {
         channel: "email".into(),
-        category: "*".into(),
+        category: "marketing".into(),
         max_sends: 1,
         window_seconds: 3_600,
         on_cap: OnCap::Skip,
     }];
-    // A workflow of its own: two emails a week, deferred.
-    let weekly = FrequencyCap {
+    // A workflow of its own: three emails of any category a week, deferred.
+    let weekly: Arc<[FrequencyCap]> = Arc::from(vec![FrequencyCap {
         channel: "email".into(),
         category: "*".into(),
-        max_sends: 2,
+        max_sends: 3,
         window_seconds: 7 * 86_400,
         on_cap: OnCap::Defer,
-    };
-    let req = |key: &str, caps: Option<Vec<FrequencyCap>>| CapRequest {
+    }]);
+    let exempt: Arc<[FrequencyCap]> = Arc::from(Vec::new());
+    let req = |key: &str, category: &str, caps: Option<&Arc<[FrequencyCap]>>| CapRequest {
         subject: "bea".into(),
         key: key.into(),
         channel: "email".into(),
-        category: "news".into(),
-        caps,
+        category: category.into(),
+        caps: caps.cloned(),
     };
-    // Publishing the workflow makes the namespace keep a week of sends.
+    // Publishing the workflow makes its namespace count and keep a week of
+    // every journey's emails.
     let f = fixture_keyed(store, "capped").await;
     let mut own = reference_workflow();
     own.settings.frequency_caps = Some(sojourn_runtime::caps::CapSettings {
@@ -3468,68 +3480,80 @@ async fn a_workflows_own_caps_decide_its_sends_and_keep_what_they_count<S: Store
         caps: vec![sojourn_runtime::caps::CapSpec {
             channel: "email".into(),
             category: "*".into(),
-            max_sends: 2,
+            max_sends: 3,
             window: "7d".into(),
             on_cap: OnCap::Defer,
         }],
     });
-    assert_eq!(own.cap_horizon(), Some(7 * 86_400));
     store
         .publish(&f.workflow_id, &own, t0())
         .await
         .expect("publish");
-    let at = |h: i64| t0() + Duration::hours(h);
-    let one = store
-        .reserve_sends("default", &hourly, &[req("a/mail/1", None)], at(0))
+    store
+        .put_frequency_caps("default", &hourly)
         .await
-        .expect("first");
-    assert_eq!(one, [CapVerdict::Allowed]);
-    // Exempt (a workflow with no caps of its own): passes the hourly cap,
-    // and still counts.
-    let exempt = store
-        .reserve_sends(
-            "default",
-            &hourly,
-            &[req("b/mail/1", Some(Vec::new()))],
-            at(0),
-        )
+        .expect("caps");
+    let bea = start(store, &f, Some("bea"), None).await;
+    let facts = store
+        .audience_of("email", &[bea.id.as_str()], &[])
         .await
-        .expect("exempt");
-    assert_eq!(exempt, [CapVerdict::Allowed]);
-    let counted = store
-        .reserve_sends("default", &hourly, &[req("c/mail/1", None)], at(0))
-        .await
-        .expect("counted");
-    assert!(
-        matches!(counted[0], CapVerdict::Capped { .. }),
-        "{counted:?}"
+        .expect("facts");
+    assert_eq!(facts.caps["default"], hourly);
+    let scopes = facts.scopes["default"].clone();
+    assert_eq!(
+        scopes,
+        [CapScope {
+            channel: "email".into(),
+            category: "*".into(),
+            window_seconds: 7 * 86_400,
+        }]
     );
-    // Two hours on, the namespace's cap allows one more; its batch does not
-    // forget the sends the weekly cap still counts.
-    let later = store
-        .reserve_sends("default", &hourly, &[req("d/mail/1", None)], at(2))
-        .await
-        .expect("later");
-    assert_eq!(later, [CapVerdict::Allowed]);
-    let weekly_says = store
-        .reserve_sends(
-            "default",
-            &hourly,
-            &[req("e/mail/1", Some(vec![weekly.clone()]))],
-            at(3),
-        )
-        .await
-        .expect("weekly");
-    match &weekly_says[0] {
+    let at = |h: i64| t0() + Duration::hours(h);
+    let (hourly, scopes) = (&hourly, &scopes);
+    let reserve = |r: CapRequest, h: i64| async move {
+        store
+            .reserve_sends("default", hourly, scopes, &[r], at(h))
+            .await
+            .expect("reserve")
+            .remove(0)
+    };
+    // A newsletter no namespace cap counts: counted for the weekly cap.
+    assert_eq!(
+        reserve(req("a/mail/1", "news", None), 0).await,
+        CapVerdict::Allowed
+    );
+    // Exempt from the namespace's caps (a workflow with none of its own):
+    // passes the hourly cap, and still counts.
+    assert_eq!(
+        reserve(req("b/mail/1", "marketing", Some(&exempt)), 0).await,
+        CapVerdict::Allowed
+    );
+    assert!(matches!(
+        reserve(req("c/mail/1", "marketing", None), 0).await,
+        CapVerdict::Capped { .. }
+    ));
+    // Two hours on, the namespace's cap allows one more; its batch keeps
+    // the sends the weekly cap still counts.
+    assert_eq!(
+        reserve(req("d/mail/1", "marketing", None), 2).await,
+        CapVerdict::Allowed
+    );
+    match reserve(req("e/mail/1", "news", Some(&weekly)), 3).await {
         CapVerdict::Capped { until, on_cap, cap } => {
-            assert_eq!(*on_cap, OnCap::Defer);
-            // Three sends in the week: the place frees when the second
-            // newest (the exempt one at hour 0) leaves it.
-            assert_eq!(*until, at(0) + Duration::days(7), "{cap}");
-            assert_eq!(cap, "at most 2 email messages per 7 days");
+            assert_eq!(on_cap, OnCap::Defer);
+            // Three sends in the week (the newsletter no namespace cap
+            // counts, the exempt one, the one at hour 2, all kept): the
+            // place frees when the oldest leaves the window.
+            assert_eq!(until, at(0) + Duration::days(7), "{cap}");
+            assert_eq!(cap, "at most 3 email messages per 7 days");
         }
         other => panic!("{other:?}"),
     }
+    // A week on, the first two have left the window (and the row).
+    assert_eq!(
+        reserve(req("f/mail/1", "news", Some(&weekly)), 7 * 24 + 1).await,
+        CapVerdict::Allowed
+    );
 }
 
 async fn segments_backfill_then_follow_profile_writes_and_record_each_change<S: Store>(store: &S) {

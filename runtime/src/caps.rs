@@ -16,7 +16,7 @@ pub const MAX_WINDOW_SECONDS: u64 = 366 * 86_400;
 pub const MAX_CAPS: usize = 50;
 
 /// What happens to a send a cap refuses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnCap {
     /// Not sent: the node's `skipped` branch.
@@ -37,7 +37,7 @@ impl OnCap {
 
 /// A checked cap: at most `max_sends` messages of `channel` and `category`
 /// per `window_seconds` for each subject; `*` matches any.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FrequencyCap {
     pub channel: String,
     pub category: String,
@@ -49,9 +49,15 @@ pub struct FrequencyCap {
 impl FrequencyCap {
     /// Whether a send of `channel` and `category` counts against this cap.
     pub fn counts(&self, channel: &str, category: &str) -> bool {
-        (self.channel == "*" || self.channel == channel)
-            && (self.category == "*" || self.category == category)
+        matches(&self.channel, &self.category, channel, category)
     }
+}
+
+/// Whether a cap of `cap_channel` and `cap_category` (`*`: any) counts a
+/// send of `channel` and `category`.
+pub fn matches(cap_channel: &str, cap_category: &str, channel: &str, category: &str) -> bool {
+    (cap_channel == "*" || cap_channel == channel)
+        && (cap_category == "*" || cap_category == category)
 }
 
 /// A cap as people write it (the API's body, a workflow's setting).
@@ -93,13 +99,25 @@ fn yes() -> bool {
 }
 
 /// A workflow's caps, checked: what a dispatch carries to the worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WorkflowCaps {
     pub inherit: bool,
     pub caps: Vec<FrequencyCap>,
 }
 
 impl WorkflowCaps {
+    /// Checks a workflow's setting; `None` when it changes nothing (the
+    /// namespace's caps, inherited, none of its own).
+    pub fn of(setting: &CapSettings) -> Result<Option<WorkflowCaps>, (String, String)> {
+        let caps = check_caps(&setting.caps)?;
+        Ok(
+            (!setting.inherit || !caps.is_empty()).then_some(WorkflowCaps {
+                inherit: setting.inherit,
+                caps,
+            }),
+        )
+    }
+
     /// The caps that decide this workflow's sends, given the namespace's.
     pub fn over(&self, namespace: &[FrequencyCap]) -> Vec<FrequencyCap> {
         let mut out: Vec<FrequencyCap> = if self.inherit {
@@ -118,16 +136,6 @@ impl WorkflowCaps {
         };
         out.extend(self.caps.iter().cloned());
         out
-    }
-
-    /// The longest window of its own caps (how far back a subject's sends
-    /// must be kept for them).
-    pub fn longest(&self) -> u64 {
-        self.caps
-            .iter()
-            .map(|c| c.window_seconds)
-            .max()
-            .unwrap_or(0)
     }
 }
 
@@ -267,6 +275,31 @@ mod tests {
             caps: Vec::new(),
         };
         assert!(exempt.over(&ns).is_empty());
-        assert_eq!(w.longest(), 7 * 86_400);
+        let noop = CapSettings {
+            inherit: true,
+            caps: Vec::new(),
+        };
+        assert_eq!(WorkflowCaps::of(&noop), Ok(None));
+    }
+}
+
+/// Serializes a shared value as the value itself: a dispatch's caps are one
+/// `Arc` per published version in memory, plain JSON on the wire.
+pub mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        v: &Option<Arc<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_deref().serialize(s)
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Arc<T>>, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.map(Arc::new))
     }
 }

@@ -188,7 +188,7 @@ pub(crate) struct CompiledSettings {
     pub(crate) quiet_hours: Option<DailyWindow>,
     pub(crate) max_entries_per_subject: Option<u32>,
     /// Carried by each of the workflow's messaging dispatches.
-    pub(crate) frequency_caps: Option<crate::caps::WorkflowCaps>,
+    pub(crate) frequency_caps: Option<std::sync::Arc<crate::caps::WorkflowCaps>>,
 }
 
 #[derive(Debug)]
@@ -678,11 +678,8 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
     let frequency_caps =
         s.frequency_caps
             .as_ref()
-            .and_then(|f| match crate::caps::check_caps(&f.caps) {
-                Ok(caps) => Some(crate::caps::WorkflowCaps {
-                    inherit: f.inherit,
-                    caps,
-                }),
+            .and_then(|f| match crate::caps::WorkflowCaps::of(f) {
+                Ok(caps) => caps.map(std::sync::Arc::new),
                 Err((field, message)) => {
                     doc_error(c, format!("settings.frequency_caps.caps{field}"), message);
                     None

@@ -141,8 +141,12 @@ pub struct Dispatch {
     pub inputs: Value,
     pub timeout_ms: u64,
     /// The workflow's own frequency caps (messaging actions only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frequency_caps: Option<crate::caps::WorkflowCaps>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::caps::shared"
+    )]
+    pub frequency_caps: Option<std::sync::Arc<crate::caps::WorkflowCaps>>,
 }
 
 /// What the world must do after a transition commits.

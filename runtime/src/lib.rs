@@ -18,6 +18,8 @@
 //!   [`Transition`]: the new snapshot, [`JournalEntry`]s and [`Effect`]s.
 //! - [`simulate`] runs a workflow on a virtual clock: the preview button.
 //! - [`schema`] is the JSON Schema of the document.
+//! - [`caps`]: frequency caps, their checks (the API's and a workflow's)
+//!   and how a workflow's own caps replace its namespace's.
 
 pub mod caps;
 pub mod compile;

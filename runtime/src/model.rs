@@ -335,17 +335,14 @@ pub struct QuietHours {
 }
 
 impl Workflow {
-    /// The longest window of the workflow's own frequency caps, if it has
-    /// any (how long its subjects' sends must be kept).
-    pub fn cap_horizon(&self) -> Option<u64> {
+    /// The workflow's own frequency caps, checked (none if they do not
+    /// check: then it does not validate either).
+    pub fn own_caps(&self) -> Vec<crate::caps::FrequencyCap> {
         self.settings
             .frequency_caps
-            .as_ref()?
-            .caps
-            .iter()
-            .filter_map(|c| crate::time::parse_duration(&c.window).ok())
-            .filter_map(|d| u64::try_from(d.num_seconds()).ok())
-            .max()
+            .as_ref()
+            .and_then(|f| crate::caps::check_caps(&f.caps).ok())
+            .unwrap_or_default()
     }
 
     /// Parses a workflow document. Structural problems (unknown node type,

@@ -1,5 +1,6 @@
 //! The audience (`profiles`, `suppressions`, `frequency_caps`,
-//! `frequency_counts`): who a journey is about, how to reach them, what
+//! `frequency_counts`, and `cap_scopes`, which a workflow's publication
+//! fills): who a journey is about, how to reach them, what
 //! they agreed to receive, and how often they may be messaged. The channel
 //! workers read it for a whole batch of sends at once ([`AudienceStore::
 //! audience_of`]) and reserve the sends a frequency cap counts in one
@@ -8,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -227,7 +229,41 @@ pub struct CapRequest {
     pub category: String,
     /// The caps that decide this send when its workflow overrides the
     /// namespace's (see `WorkflowCaps::over`); `None`: the namespace's.
-    pub caps: Option<Vec<FrequencyCap>>,
+    pub caps: Option<Arc<[FrequencyCap]>>,
+}
+
+/// Sends of `channel` and `category` (`*`: any) that a workflow's own caps
+/// count: counted and kept `window_seconds` in the namespace, whichever
+/// journey makes them and whatever the namespace's caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapScope {
+    pub channel: String,
+    pub category: String,
+    pub window_seconds: u64,
+}
+
+/// What counts a send and how long: a cap or a scope.
+trait Counts: Sync {
+    fn counts(&self, channel: &str, category: &str) -> bool;
+    fn window_seconds(&self) -> u64;
+}
+
+impl Counts for FrequencyCap {
+    fn counts(&self, channel: &str, category: &str) -> bool {
+        FrequencyCap::counts(self, channel, category)
+    }
+    fn window_seconds(&self) -> u64 {
+        self.window_seconds
+    }
+}
+
+impl Counts for CapScope {
+    fn counts(&self, channel: &str, category: &str) -> bool {
+        sojourn_runtime::caps::matches(&self.channel, &self.category, channel, category)
+    }
+    fn window_seconds(&self) -> u64 {
+        self.window_seconds
+    }
 }
 
 impl CapRequest {
@@ -261,6 +297,8 @@ pub struct AudienceFacts {
     pub suppressed: HashMap<(String, String), String>,
     /// By namespace (only namespaces that have some).
     pub caps: HashMap<String, Vec<FrequencyCap>>,
+    /// By namespace: the sends its workflows' own caps count.
+    pub scopes: HashMap<String, Vec<CapScope>>,
 }
 
 /// What an erasure removed.
@@ -361,7 +399,7 @@ pub trait AudienceStore: Send + Sync {
     /// What a batch of sends on `channel` needs: each execution's namespace
     /// and subject, the subjects' profiles, which of `addresses` (and the
     /// profiles' addresses for the channel) are suppressed, the namespaces'
-    /// caps. Four reads, whatever the batch's size.
+    /// caps and cap scopes. Four reads, whatever the batch's size.
     fn audience_of(
         &self,
         channel: &str,
@@ -369,14 +407,18 @@ pub trait AudienceStore: Send + Sync {
         addresses: &[String],
     ) -> impl Future<Output = Result<AudienceFacts>> + Send;
 
-    /// Counts sends against a namespace's caps, atomically: each subject's
-    /// row is locked while its sends are counted, so two workers sending
-    /// for one person take turns and never pass a cap together. A send
-    /// over a cap is not counted.
+    /// Counts sends against caps, atomically: each subject's row is locked
+    /// while its sends are counted, so two workers sending for one person
+    /// take turns and never pass a cap together. A send is decided by its
+    /// own caps (`CapRequest::caps`) or the namespace's `caps`; it is
+    /// counted if those, the namespace's caps or a `scopes` entry count it,
+    /// unless a cap refuses it; a counted send is kept as long as something
+    /// that counts it looks back.
     fn reserve_sends(
         &self,
         namespace: &str,
         caps: &[FrequencyCap],
+        scopes: &[CapScope],
         requests: &[CapRequest],
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<CapVerdict>>> + Send;
@@ -815,8 +857,18 @@ where
                 .collect();
             return Ok(facts);
         }
+        // The caps and the scopes of the workflows' own caps, in one read
+        // (a scope is a row with `on_cap` = 'scope').
         let mut q = QueryBuilder::<DB>::new(
             "SELECT namespace, channel, category, max_sends, window_seconds, on_cap FROM frequency_caps
+             WHERE namespace IN (",
+        );
+        let mut sep = q.separated(", ");
+        for ns in by_namespace.keys() {
+            sep.push_bind(*ns);
+        }
+        q.push(
+            ") UNION ALL SELECT namespace, channel, category, 1, window_seconds, 'scope' FROM cap_scopes
              WHERE namespace IN (",
         );
         let mut sep = q.separated(", ");
@@ -830,11 +882,21 @@ where
             .fetch_all(&self.pool)
             .await?;
         for r in caps {
-            facts
-                .caps
-                .entry(r.namespace)
-                .or_default()
-                .push(cap_of(r.cap));
+            if r.cap.on_cap == "scope" {
+                facts.scopes.entry(r.namespace).or_default().push(CapScope {
+                    channel: r.cap.channel,
+                    category: r.cap.category,
+                    window_seconds: u64::try_from(r.cap.window_seconds)
+                        .unwrap_or(0)
+                        .min(sojourn_runtime::caps::MAX_WINDOW_SECONDS),
+                });
+            } else {
+                facts
+                    .caps
+                    .entry(r.namespace)
+                    .or_default()
+                    .push(cap_of(r.cap));
+            }
         }
         facts.executions = rows
             .into_iter()
@@ -847,31 +909,33 @@ where
         &self,
         namespace: &str,
         caps: &[FrequencyCap],
+        scopes: &[CapScope],
         requests: &[CapRequest],
         now: DateTime<Utc>,
     ) -> Result<Vec<CapVerdict>> {
         let mut verdicts = vec![CapVerdict::Allowed; requests.len()];
-        // A send counts if the namespace's caps or its own count it: a
-        // workflow exempt from a cap still adds to the others' counts.
+        // Everything that counts some send: a workflow exempt from a cap
+        // still adds to the others' counts.
+        let mut counters: Vec<&dyn Counts> = Vec::new();
+        counters.extend(caps.iter().map(|c| c as &dyn Counts));
+        counters.extend(scopes.iter().map(|c| c as &dyn Counts));
+        // The requests of one workflow share their caps (one `Arc`).
+        let mut own: Vec<&Arc<[FrequencyCap]>> = Vec::new();
+        for c in requests.iter().filter_map(|r| r.caps.as_ref()) {
+            if !own.iter().any(|o| Arc::ptr_eq(o, c)) {
+                own.push(c);
+            }
+        }
+        counters.extend(own.iter().flat_map(|c| c.iter()).map(|c| c as &dyn Counts));
         let counted: Vec<usize> = requests
             .iter()
             .enumerate()
-            .filter(|(_, r)| {
-                caps.iter()
-                    .chain(r.caps.iter().flatten())
-                    .any(|c| c.counts(&r.channel, &r.category))
-            })
+            .filter(|(_, r)| counters.iter().any(|c| c.counts(&r.channel, &r.category)))
             .map(|(i, _)| i)
             .collect();
         if counted.is_empty() {
             return Ok(verdicts);
         }
-        let mut longest = caps
-            .iter()
-            .chain(requests.iter().flat_map(|r| r.caps.iter().flatten()))
-            .map(|c| c.window_seconds)
-            .max()
-            .unwrap_or(0);
         let mut subjects: Vec<&str> = counted
             .iter()
             .map(|&i| requests[i].subject.as_str())
@@ -881,18 +945,6 @@ where
         subjects.sort_unstable();
         subjects.dedup();
         let mut tx = self.pool.begin().await?;
-        // Sends are kept as long as the namespace's workflows' own caps
-        // look back, not only this batch's.
-        let kept: Option<i64> =
-            sqlx::query_scalar("SELECT window_seconds FROM cap_horizons WHERE namespace = $1")
-                .bind(namespace)
-                .fetch_optional(&mut *tx)
-                .await?;
-        longest = longest.max(
-            u64::try_from(kept.unwrap_or(0))
-                .unwrap_or(0)
-                .min(sojourn_runtime::caps::MAX_WINDOW_SECONDS),
-        );
         let mut rows: HashMap<String, Vec<Counted>> = HashMap::new();
         for chunk in subjects.chunks(CHUNK) {
             let mut q = QueryBuilder::<DB>::new(
@@ -922,9 +974,13 @@ where
                 .await?;
             rows.extend(got.into_iter().map(|(_, s, j)| (s, j.0)));
         }
-        let horizon = now - Duration::seconds(i64::try_from(longest).unwrap_or(i64::MAX / 1000));
+        // A send is kept while something that counts it looks back that far.
         for sends in rows.values_mut() {
-            sends.retain(|c| c.at > horizon);
+            sends.retain(|c| {
+                counters.iter().any(|k| {
+                    k.counts(&c.channel, &c.category) && c.at > now - window(k.window_seconds())
+                })
+            });
         }
         for &i in &counted {
             let r = &requests[i];
@@ -1086,6 +1142,13 @@ pub fn addresses_of(a: &Addresses, channel: &str) -> Vec<String> {
     }
 }
 
+/// A window as a duration, at most the longest a cap may have.
+fn window(seconds: u64) -> Duration {
+    Duration::seconds(
+        i64::try_from(seconds.min(sojourn_runtime::caps::MAX_WINDOW_SECONDS)).unwrap_or(0),
+    )
+}
+
 /// The first cap `r` would pass, with when it allows the next send.
 fn over_cap(
     caps: &[FrequencyCap],
@@ -1095,20 +1158,22 @@ fn over_cap(
 ) -> Option<CapVerdict> {
     let mut worst: Option<CapVerdict> = None;
     for cap in caps.iter().filter(|c| c.counts(&r.channel, &r.category)) {
-        let window =
-            Duration::seconds(i64::try_from(cap.window_seconds).unwrap_or(i64::MAX / 1000));
+        let window = window(cap.window_seconds);
+        // Within the bounds the checks allow (a cap that came from
+        // elsewhere cannot make the arithmetic below fail).
+        let max_sends = cap.max_sends.max(1);
         let mut inside: Vec<DateTime<Utc>> = sends
             .iter()
             .filter(|c| cap.counts(&c.channel, &c.category) && c.at > now - window)
             .map(|c| c.at)
             .collect();
-        if inside.len() < cap.max_sends as usize {
+        if inside.len() < max_sends as usize {
             continue;
         }
         // The send that frees a place is the one that leaves the window
         // first among those that keep it full.
         inside.sort_unstable();
-        let freeing = inside[inside.len() - cap.max_sends.max(1) as usize];
+        let freeing = inside[inside.len() - max_sends as usize];
         let until = freeing + window;
         let later = match &worst {
             Some(CapVerdict::Capped { until: u, .. }) => until > *u,

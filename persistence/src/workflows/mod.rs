@@ -361,17 +361,21 @@ where
     let Some(version) = version else {
         return Err(not_found("workflow", workflow_id));
     };
-    // A workflow whose own caps look further back than any before it in
-    // the namespace: subjects' sends are kept that long from now on.
-    if let Some(window) = definition.cap_horizon() {
+    // The sends the workflow's own caps count are counted and kept in its
+    // namespace from now on, whichever journey makes them. (The `WHERE` of
+    // the `SELECT` also keeps SQLite from reading `ON` as a join's.)
+    for cap in definition.own_caps() {
         sqlx::query(
-            "INSERT INTO cap_horizons (namespace, window_seconds)
-             SELECT namespace, $2 FROM workflows WHERE id = $1
-             ON CONFLICT (namespace) DO UPDATE SET window_seconds = excluded.window_seconds
-             WHERE cap_horizons.window_seconds < excluded.window_seconds",
+            "INSERT INTO cap_scopes (namespace, channel, category, window_seconds)
+             SELECT namespace, $2, $3, $4 FROM workflows WHERE id = $1
+             ON CONFLICT (namespace, channel, category) DO UPDATE
+             SET window_seconds = excluded.window_seconds
+             WHERE cap_scopes.window_seconds < excluded.window_seconds",
         )
         .bind(workflow_id)
-        .bind(i64::try_from(window).unwrap_or(i64::MAX))
+        .bind(cap.channel.as_str())
+        .bind(cap.category.as_str())
+        .bind(i64::try_from(cap.window_seconds).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?;
     }
