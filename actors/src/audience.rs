@@ -139,6 +139,17 @@ impl Audience {
         }
     }
 
+    /// The marketing categories this node names by default (a channel's
+    /// configured one, and `marketing`).
+    pub fn categories(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.config.default_categories.values().cloned().collect();
+        all.push("marketing".to_owned());
+        all.retain(|c| c != TRANSACTIONAL);
+        all.sort();
+        all.dedup();
+        all
+    }
+
     fn mac(&self) -> Option<HmacSha256> {
         let key = self.config.unsubscribe_key.as_ref()?;
         HmacSha256::new_from_slice(key.expose_secret().as_bytes()).ok()

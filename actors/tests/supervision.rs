@@ -392,6 +392,9 @@ impl sojourn_persistence::AudienceStore for Flaky {
     ) -> Result<bool, Error> {
         self.0.remove_suppression(ns, channel, address).await
     }
+    async fn resubscribe(&self, ns: &str, channel: &str, address: &str) -> Result<bool, Error> {
+        self.0.resubscribe(ns, channel, address).await
+    }
     async fn list_suppressions(
         &self,
         ns: &str,

@@ -480,14 +480,14 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         M::GET,
         "/v1/unsubscribe/{token}",
         Spec::new("audience", "A recipient's unsubscribe page")
-            .describe("The page an unsubscribe link opens (no API key: the signed token is the credential). Reading it changes nothing."),
+            .describe("The preference page an unsubscribe link opens (no API key: the signed token is the credential): one-click buttons, and for a subject with a profile its marketing, channel and topic preferences as a form. Reading it changes nothing."),
         audience::page::<S>,
     );
     r.add(
         M::POST,
         "/v1/unsubscribe/{token}",
         Spec::new("audience", "Unsubscribe (one-click, RFC 8058)")
-            .describe("`List-Unsubscribe=One-Click` (or the page's `scope=category`) opts the recipient out of the link's category; `scope=all` out of all marketing. Changes only that recipient."),
+            .describe("`List-Unsubscribe=One-Click` (or the page's `scope=category`) opts the recipient out of the link's category; `scope=all` out of all marketing; `scope=preferences` saves the page's form (the ticked `receive`, `channel` and `category` boxes: re-subscribing included); `scope=resubscribe` undoes an address's own opt-out (never a bounce, a complaint or an operator's entry). Changes only that recipient."),
         audience::unsubscribe::<S>,
     );
 

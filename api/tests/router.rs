@@ -3961,7 +3961,7 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
             expires: None,
         })
         .expect("signed");
-    let one_click = |token: String| {
+    let form = |token: String, body: &'static str| {
         let app = &app;
         async move {
             app.send(
@@ -3969,12 +3969,13 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
                     .method(Method::POST)
                     .uri(format!("/v1/unsubscribe/{token}"))
                     .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from("List-Unsubscribe=One-Click"))
+                    .body(Body::from(body))
                     .expect("request"),
             )
             .await
         }
     };
+    let one_click = |token: String| form(token, "List-Unsubscribe=One-Click");
     assert_eq!(one_click(bobs).await.status, StatusCode::OK);
     let r = app.get("/v1/profiles/bob", &k).await;
     assert_eq!(
@@ -3984,7 +3985,7 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
     let r = app.get("/v1/profiles/ann", &k).await;
     assert_eq!(r.ok(StatusCode::OK)["preferences"]["categories"], json!({}));
     // Ann's own one-click: her next "news" email is not sent.
-    assert_eq!(one_click(token).await.status, StatusCode::OK);
+    assert_eq!(one_click(token.clone()).await.status, StatusCode::OK);
     let r = app.get("/v1/profiles/ann", &k).await;
     assert_eq!(
         r.ok(StatusCode::OK)["preferences"]["categories"],
@@ -3997,6 +3998,103 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
     assert_eq!(
         r.ok(StatusCode::OK)["items"][0]["recipient"],
         "a***@example.com"
+    );
+
+    // Her page shows her preferences; saving it changes them ("news" back
+    // on, SMS off).
+    let r = app
+        .call(Method::GET, &format!("/v1/unsubscribe/{token}"), None, None)
+        .await;
+    let page = r.text();
+    assert!(
+        page.contains(r#"name="category" value="news">"#),
+        "news is off: {page}"
+    );
+    assert!(
+        page.contains(r#"name="channel" value="sms" checked>"#),
+        "{page}"
+    );
+    let r = form(
+        token.clone(),
+        "scope=preferences&receive=marketing&channel=email&channel=push&channel=chat&category=news&category=marketing",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = app.get("/v1/profiles/ann", &k).await;
+    let prefs = r.ok(StatusCode::OK)["preferences"].clone();
+    assert_eq!(prefs["opted_out"], false, "{prefs}");
+    assert_eq!(
+        prefs["categories"],
+        json!({"marketing": true, "news": true})
+    );
+    assert_eq!(
+        prefs["channels"],
+        json!({"chat": true, "email": true, "push": true, "sms": false})
+    );
+    let r = form(token.clone(), "scope=everything").await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("scope"),
+    );
+    // An address alone: a link's opt-out can be undone, a bounce cannot.
+    let zed = |address: &str| {
+        app.engine
+            .audience()
+            .sign(&sojourn_actors::audience::Unsubscribe {
+                namespace: "shop".into(),
+                subject: None,
+                channel: "email".into(),
+                category: "news".into(),
+                address: address.into(),
+                expires: None,
+            })
+            .expect("signed")
+    };
+    assert_eq!(
+        form(zed("zed@example.com"), "scope=all").await.status,
+        StatusCode::OK
+    );
+    let r = app.get("/v1/suppressions?channel=email", &k).await;
+    assert!(
+        r.ok(StatusCode::OK)["items"]
+            .to_string()
+            .contains("zed@example.com")
+    );
+    assert_eq!(
+        form(zed("zed@example.com"), "scope=resubscribe")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = app.get("/v1/suppressions?channel=email", &k).await;
+    assert!(
+        !r.ok(StatusCode::OK)["items"]
+            .to_string()
+            .contains("zed@example.com")
+    );
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/suppressions",
+            Some(&k),
+            Some(json!({"channel": "email", "address": "yan@example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        form(zed("yan@example.com"), "scope=resubscribe")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = app.get("/v1/suppressions?channel=email", &k).await;
+    assert!(
+        r.ok(StatusCode::OK)["items"]
+            .to_string()
+            .contains("yan@example.com"),
+        "an operator's entry stays"
     );
 
     // Erasure.

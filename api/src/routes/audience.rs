@@ -17,7 +17,7 @@ use sojourn_persistence::{
     OnCap, ProfilePatch, ProfileRecord, Store, Suppression, normalize_address,
 };
 use sojourn_runtime::Input;
-use sojourn_runtime::caps::{CapSpec, check_caps};
+use sojourn_runtime::caps::{CapSpec, TRANSACTIONAL, check_caps};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -593,69 +593,199 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// `GET /v1/unsubscribe/{token}`: the recipient's page (a link in a
-/// message). Reading it changes nothing (mail scanners follow links).
+const CHANNELS: [&str; 4] = ["email", "sms", "push", "chat"];
+
+/// The categories a recipient's page offers: the configured defaults, the
+/// link's, and any the profile has a preference for.
+fn page_categories(
+    app_categories: Vec<String>,
+    link: &str,
+    prefs: Option<&sojourn_persistence::Preferences>,
+) -> Vec<String> {
+    let mut all = app_categories;
+    all.push(link.to_owned());
+    if let Some(p) = prefs {
+        all.extend(p.categories.keys().cloned());
+    }
+    all.retain(|c| c != TRANSACTIONAL);
+    all.sort();
+    all.dedup();
+    all
+}
+
+fn html_page(title: &str, body: &str) -> Response {
+    Html(format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><meta name="robots" content="noindex"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;color:#222;line-height:1.45}}button{{font-size:1rem;padding:.55rem 1rem;margin:.3rem 0;cursor:pointer}}fieldset{{border:1px solid #ccc;border-radius:.4rem;margin:1rem 0}}label{{display:block;margin:.25rem 0}}</style></head>
+<body>{body}</body></html>"#
+    ))
+    .into_response()
+}
+
+fn checkbox(name: &str, value: &str, label: &str, checked: bool) -> String {
+    format!(
+        r#"<label><input type="checkbox" name="{name}" value="{}"{}> {}</label>"#,
+        escape(value),
+        if checked { " checked" } else { "" },
+        escape(label)
+    )
+}
+
+/// `GET /v1/unsubscribe/{token}`: the recipient's preference page (a link
+/// in a message). Reading it changes nothing (mail scanners follow links).
 pub(crate) async fn page<S: Store>(
     State(app): State<AppState<S>>,
     Path(token): Path<String>,
 ) -> ApiResult<Response> {
-    let u = app
-        .engine
-        .audience()
-        .verify(&token, Utc::now())
-        .map_err(link_error)?;
+    let audience = app.engine.audience();
+    let u = audience.verify(&token, Utc::now()).map_err(link_error)?;
     let what = escape(&u.category);
     let channel = escape(&u.channel);
-    let body = format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>Unsubscribe</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;color:#222}}button{{font-size:1rem;padding:.6rem 1rem;margin:.3rem 0;cursor:pointer}}</style></head>
-<body><h1>Your preferences</h1>
-<p>Choose what you no longer want to receive by {channel}.</p>
-<form method="post"><input type="hidden" name="scope" value="category"><button type="submit">Unsubscribe from “{what}”</button></form>
-<form method="post"><input type="hidden" name="scope" value="all"><button type="submit">Unsubscribe from all marketing messages</button></form>
-<p><small>Messages you need (receipts, security notices) still reach you.</small></p>
-</body></html>"#
+    let quick = format!(
+        r#"<form method="post"><input type="hidden" name="scope" value="category"><button type="submit">Unsubscribe from “{what}”</button></form>
+<form method="post"><input type="hidden" name="scope" value="all"><button type="submit">Unsubscribe from all marketing messages</button></form>"#
     );
-    Ok(Html(body).into_response())
+    let profile = match &u.subject {
+        Some(s) => app.engine.store().get_profile(&u.namespace, s).await?,
+        None => None,
+    };
+    let Some(profile) = profile else {
+        // An address without a profile: it receives marketing on this
+        // channel or not; a link's own opt-out can be undone.
+        return Ok(html_page(
+            "Your preferences",
+            &format!(
+                r#"<h1>Your preferences</h1>
+<p>Choose what you no longer want to receive by {channel}.</p>
+{quick}
+<form method="post"><input type="hidden" name="scope" value="resubscribe"><button type="submit">Receive marketing messages by {channel} again</button></form>
+<p><small>Messages you need (receipts, security notices) still reach you.</small></p>"#
+            ),
+        ));
+    };
+    let p = &profile.preferences;
+    let mut channels = String::new();
+    for c in CHANNELS {
+        channels.push_str(&checkbox(
+            "channel",
+            c,
+            c,
+            p.channels.get(c) != Some(&false),
+        ));
+    }
+    let mut categories = String::new();
+    for c in page_categories(audience.categories(), &u.category, Some(p)) {
+        let on = p.categories.get(&c) != Some(&false);
+        categories.push_str(&checkbox("category", &c, &c, on));
+    }
+    Ok(html_page(
+        "Your preferences",
+        &format!(
+            r#"<h1>Your preferences</h1>
+{quick}
+<form method="post"><input type="hidden" name="scope" value="preferences">
+<fieldset><legend>Marketing messages</legend>{all}</fieldset>
+<fieldset><legend>By channel</legend>{channels}</fieldset>
+<fieldset><legend>By topic</legend>{categories}</fieldset>
+<button type="submit">Save my preferences</button></form>
+<p><small>Messages you need (receipts, security notices) still reach you.</small></p>"#,
+            all = checkbox(
+                "receive",
+                "marketing",
+                "Send me marketing messages",
+                !p.opted_out
+            ),
+        ),
+    ))
 }
 
 /// `POST /v1/unsubscribe/{token}`: one-click (RFC 8058,
-/// `List-Unsubscribe=One-Click`) or the page's form (`scope=category|all`).
+/// `List-Unsubscribe=One-Click`, or the page's `scope=category`), `scope=all`,
+/// the page's preferences (`scope=preferences` with the `receive`,
+/// `channel` and `category` boxes ticked) or, for an address alone,
+/// `scope=resubscribe` (undoes a link's own opt-out: never a bounce's).
 pub(crate) async fn unsubscribe<S: Store>(
     State(app): State<AppState<S>>,
     Path(token): Path<String>,
     crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> ApiResult<Response> {
     let now = Utc::now();
-    let u = app
-        .engine
-        .audience()
-        .verify(&token, now)
-        .map_err(link_error)?;
-    let mut all = false;
+    let audience = app.engine.audience();
+    let u = audience.verify(&token, now).map_err(link_error)?;
+    let mut scope = "category".to_owned();
+    let mut ticked: Vec<(String, String)> = Vec::new();
     for (k, v) in url::form_urlencoded::parse(&body) {
-        if k == "scope" && v == "all" {
-            all = true;
+        match k.as_ref() {
+            "scope" => scope = v.into_owned(),
+            "receive" | "channel" | "category" => ticked.push((k.into_owned(), v.into_owned())),
+            _ => {}
         }
     }
+    let is = |k: &str, v: &str| ticked.iter().any(|(a, b)| a == k && b == v);
     let store = app.engine.store();
-    match &u.subject {
-        // The subject's preference, while it has a profile (an old link of
-        // an erased subject does not make the profile again).
-        Some(subject) if store.get_profile(&u.namespace, subject).await?.is_some() => {
+    // The subject's preferences, while it has a profile (an old link of an
+    // erased subject does not make the profile again).
+    let profile = match &u.subject {
+        Some(subject) => store.get_profile(&u.namespace, subject).await?,
+        None => None,
+    };
+    let done = match (scope.as_str(), &profile) {
+        ("preferences", Some(profile)) => {
+            let mut patch = ProfilePatch {
+                opted_out: Some(!is("receive", "marketing")),
+                ..ProfilePatch::default()
+            };
+            for c in CHANNELS {
+                patch.channels.insert(c.to_owned(), is("channel", c));
+            }
+            for c in page_categories(
+                audience.categories(),
+                &u.category,
+                Some(&profile.preferences),
+            ) {
+                let on = is("category", &c);
+                patch.categories.insert(c, on);
+            }
+            store
+                .write_profiles(
+                    &u.namespace,
+                    &[(profile.subject.clone(), patch)],
+                    false,
+                    now,
+                )
+                .await?;
+            "Your preferences are saved.".to_owned()
+        }
+        ("all" | "category", Some(profile)) => {
             let mut patch = ProfilePatch::default();
-            if all {
+            if scope == "all" {
                 patch.opted_out = Some(true);
             } else {
                 patch.categories.insert(u.category.clone(), false);
             }
             store
-                .write_profiles(&u.namespace, &[(subject.clone(), patch)], false, now)
+                .write_profiles(
+                    &u.namespace,
+                    &[(profile.subject.clone(), patch)],
+                    false,
+                    now,
+                )
                 .await?;
+            unsubscribed_from(&scope, &u)
         }
-        // No subject (or no profile any more): the address stops receiving
-        // marketing on this channel (transactional messages still go).
-        _ => {
+        ("resubscribe", _) => {
+            store
+                .resubscribe(&u.namespace, &u.channel, &u.address)
+                .await?;
+            format!(
+                "You will receive marketing messages by {} again.",
+                escape(&u.channel)
+            )
+        }
+        ("all" | "category", None) => {
+            // No subject (or no profile any more): the address stops
+            // receiving marketing on this channel (transactional messages
+            // still go).
             store
                 .add_suppressions(&[Suppression {
                     namespace: u.namespace.clone(),
@@ -666,19 +796,31 @@ pub(crate) async fn unsubscribe<S: Store>(
                     created_at: now,
                 }])
                 .await?;
+            unsubscribed_from(&scope, &u)
         }
-    }
-    tracing::info!(channel = %u.channel, category = %u.category, all, "a recipient unsubscribed");
-    let what = if all {
+        (other, _) => {
+            return Err(ApiError::invalid(
+                "scope",
+                format!(
+                    "{other:?} is not category, all, preferences (with a profile) or resubscribe"
+                ),
+            ));
+        }
+    };
+    tracing::info!(channel = %u.channel, category = %u.category, scope, "a recipient changed their preferences");
+    Ok(html_page("Saved", &format!("<h1>Done</h1><p>{done}</p>")))
+}
+
+fn unsubscribed_from(scope: &str, u: &sojourn_actors::audience::Unsubscribe) -> String {
+    let what = if scope == "all" {
         "all marketing messages".to_owned()
     } else {
         format!("“{}”", escape(&u.category))
     };
-    Ok(Html(format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Unsubscribed</title></head><body style="font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto"><h1>Done</h1><p>You will no longer receive {what} by {}.</p></body></html>"#,
+    format!(
+        "You will no longer receive {what} by {}.",
         escape(&u.channel)
-    ))
-    .into_response())
+    )
 }
 
 // ---- segments ------------------------------------------------------------------

@@ -374,6 +374,16 @@ pub trait AudienceStore: Send + Sync {
         address: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Undoes an unsubscribe link's own opt-out of an address (reason
+    /// `unsubscribed`); a bounce, a complaint or an operator's entry stays.
+    /// Whether one was removed.
+    fn resubscribe(
+        &self,
+        namespace: &str,
+        channel: &str,
+        address: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// A namespace's suppressions (of one channel, if given), by channel
     /// and address, after `after` (`channel/address`).
     fn list_suppressions(
@@ -685,6 +695,20 @@ where
     ) -> Result<bool> {
         let gone: Option<(String,)> = sqlx::query_as(
             "DELETE FROM suppressions WHERE namespace = $1 AND channel = $2 AND address = $3
+             RETURNING address",
+        )
+        .bind(namespace)
+        .bind(channel)
+        .bind(address)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(gone.is_some())
+    }
+
+    async fn resubscribe(&self, namespace: &str, channel: &str, address: &str) -> Result<bool> {
+        let gone: Option<(String,)> = sqlx::query_as(
+            "DELETE FROM suppressions
+             WHERE namespace = $1 AND channel = $2 AND address = $3 AND reason = 'unsubscribed'
              RETURNING address",
         )
         .bind(namespace)
