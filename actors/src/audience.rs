@@ -24,6 +24,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit as _, OsRng};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -120,6 +123,9 @@ pub struct Audience {
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
+/// XChaCha20-Poly1305's nonce, in bytes.
+const NONCE_LEN: usize = 24;
+
 impl Audience {
     pub fn new(config: AudienceConfig) -> Audience {
         Audience { config }
@@ -155,13 +161,26 @@ impl Audience {
         HmacSha256::new_from_slice(key.expose_secret().as_bytes()).ok()
     }
 
-    /// A signed token for `u`.
-    pub fn sign(&self, u: &Unsubscribe) -> Option<String> {
+    /// The key that seals tokens, derived from the unsubscribe key (an
+    /// HMAC of a fixed label: one secret to configure, a key per use).
+    fn cipher(&self) -> Option<XChaCha20Poly1305> {
         let mut mac = self.mac()?;
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(u).ok()?);
-        mac.update(body.as_bytes());
-        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        Some(format!("{body}.{sig}"))
+        mac.update(b"sojourn unsubscribe token v2");
+        XChaCha20Poly1305::new_from_slice(mac.finalize().into_bytes().as_slice()).ok()
+    }
+
+    /// A token for `u`: sealed (XChaCha20-Poly1305, a random 192-bit nonce),
+    /// so the link neither shows the subject and address nor can be
+    /// altered. `base64url(nonce ‖ ciphertext)`.
+    pub fn sign(&self, u: &Unsubscribe) -> Option<String> {
+        let cipher = self.cipher()?;
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = cipher
+            .encrypt(&nonce, serde_json::to_vec(u).ok()?.as_slice())
+            .ok()?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Some(URL_SAFE_NO_PAD.encode(out))
     }
 
     /// The link for `u`, where recipients reach the cluster.
@@ -170,16 +189,35 @@ impl Audience {
         Some(format!("{base}/v1/unsubscribe/{}", self.sign(u)?))
     }
 
-    /// Reads a token: what it names, if we signed it and it has not expired.
+    /// Reads a token: what it names, if we made it and it has not expired.
+    /// Links sent before tokens were sealed (`body.signature`, HMAC-SHA256)
+    /// still work.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Unsubscribe, LinkError> {
-        let mut mac = self.mac().ok_or(LinkError::NotConfigured)?;
-        let (body, sig) = token.split_once('.').ok_or(LinkError::Forged)?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| LinkError::Forged)?;
-        mac.update(body.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| LinkError::Forged)?;
-        let json = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| LinkError::Forged)?;
+        let json = match token.split_once('.') {
+            Some((body, sig)) => {
+                let mut mac = self.mac().ok_or(LinkError::NotConfigured)?;
+                let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| LinkError::Forged)?;
+                mac.update(body.as_bytes());
+                mac.verify_slice(&sig).map_err(|_| LinkError::Forged)?;
+                URL_SAFE_NO_PAD
+                    .decode(body)
+                    .map_err(|_| LinkError::Forged)?
+            }
+            None => {
+                let cipher = self.cipher().ok_or(LinkError::NotConfigured)?;
+                let raw = URL_SAFE_NO_PAD
+                    .decode(token)
+                    .map_err(|_| LinkError::Forged)?;
+                if raw.len() < NONCE_LEN {
+                    return Err(LinkError::Forged);
+                }
+                let (nonce, sealed) = raw.split_at(NONCE_LEN);
+                let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| LinkError::Forged)?;
+                cipher
+                    .decrypt(&XNonce::from(nonce), sealed)
+                    .map_err(|_| LinkError::Forged)?
+            }
+        };
         let u: Unsubscribe = serde_json::from_slice(&json).map_err(|_| LinkError::Forged)?;
         if u.expires.is_some_and(|x| x < now.timestamp()) {
             return Err(LinkError::Expired);
@@ -816,17 +854,39 @@ mod tests {
         assert!(link.starts_with("https://s.example/v1/unsubscribe/"));
         let token = link.rsplit('/').next().expect("test value");
         assert_eq!(a.verify(token, Utc::now()), Ok(u()));
-        // Another recipient's body under this signature.
-        let other = Unsubscribe {
+        // Sealed: the link shows neither the subject nor the address.
+        let raw = URL_SAFE_NO_PAD.decode(token).expect("base64url");
+        let shown = String::from_utf8_lossy(&raw);
+        assert!(!shown.contains("a@b.c") && !shown.contains("u1"), "{shown}");
+        assert_ne!(a.sign(&u()), a.sign(&u()), "a fresh nonce each time");
+        // Any bit changed is refused.
+        for i in [0, NONCE_LEN, raw.len() - 1] {
+            let mut bent = raw.clone();
+            bent[i] ^= 1;
+            let bent = URL_SAFE_NO_PAD.encode(bent);
+            assert_eq!(
+                a.verify(&bent, Utc::now()),
+                Err(LinkError::Forged),
+                "byte {i}"
+            );
+        }
+        assert_eq!(a.verify(&token[..20], Utc::now()), Err(LinkError::Forged));
+        // A link signed before tokens were sealed (`body.signature`) works;
+        // another recipient's body under its signature does not.
+        let signed = |u: &Unsubscribe| {
+            let mut mac = a.mac().expect("key");
+            let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(u).expect("json"));
+            mac.update(body.as_bytes());
+            let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+            (body, sig)
+        };
+        let (body, sig) = signed(&u());
+        assert_eq!(a.verify(&format!("{body}.{sig}"), Utc::now()), Ok(u()));
+        let (other_body, _) = signed(&Unsubscribe {
             subject: Some("u2".into()),
             ..u()
-        };
-        let other_body = a.sign(&other).expect("test value");
-        let forged = format!(
-            "{}.{}",
-            other_body.split('.').next().expect("test value"),
-            token.split('.').nth(1).expect("test value")
-        );
+        });
+        let forged = format!("{other_body}.{sig}");
         assert_eq!(a.verify(&forged, Utc::now()), Err(LinkError::Forged));
         // Another key.
         let b = Audience::new(AudienceConfig {
