@@ -139,7 +139,7 @@ pub(crate) struct HttpSettings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct AudienceSettings {
-    /// Signs unsubscribe links: at least 32 characters, the same on every
+    /// Seals unsubscribe links: at least 32 characters, the same on every
     /// node and worker of a cluster. `sojourn dev` makes one in its data
     /// directory. Unset (serve): no links, and email goes without
     /// `List-Unsubscribe`.

@@ -600,39 +600,40 @@ pub async fn plan<S: AudienceStore>(
             targets.push(None);
             continue;
         }
-        let namespace_caps = facts.caps.get(ns).map_or(&[][..], Vec::as_slice);
-        let own = d.frequency_caps.as_deref().map(|w| {
-            own_caps
-                .entry((ns.as_str(), w))
-                .or_insert_with(|| w.over(namespace_caps).into())
-                .clone()
-        });
-        let scopes = facts.scopes.get(ns).map_or(&[][..], Vec::as_slice);
-        let ch = channel.as_str();
-        let counted_by_some = namespace_caps.iter().any(|c| c.counts(ch, &r.category))
-            || own
-                .iter()
-                .flat_map(|c| c.iter())
-                .any(|c| c.counts(ch, &r.category))
-            || scopes
-                .iter()
-                .any(|c| sojourn_runtime::caps::matches(&c.channel, &c.category, ch, &r.category));
         if r.category != TRANSACTIONAL
             && let Some(s) = subject
-            && counted_by_some
         {
-            let (at, requests) = caps_asked.entry(ns.clone()).or_default();
-            at.push(i);
-            requests.push(CapRequest {
-                subject: s.clone(),
-                // The attempt's key: each pass of a node through a loop
-                // counts; a retry follows a release, so counts once.
-                key: d.idempotency_key.clone(),
-                channel: ch.to_owned(),
-                category: r.category.clone(),
-                // The workflow's own caps decide its sends.
-                caps: own,
+            let namespace_caps = facts.caps.get(ns).map_or(&[][..], Vec::as_slice);
+            let own = d.frequency_caps.as_deref().map(|w| {
+                own_caps
+                    .entry((ns.as_str(), w))
+                    .or_insert_with(|| w.over(namespace_caps).into())
+                    .clone()
             });
+            let scopes = facts.scopes.get(ns).map_or(&[][..], Vec::as_slice);
+            let ch = channel.as_str();
+            let counted = namespace_caps.iter().any(|c| c.counts(ch, &r.category))
+                || own
+                    .iter()
+                    .flat_map(|c| c.iter())
+                    .any(|c| c.counts(ch, &r.category))
+                || scopes.iter().any(|c| {
+                    sojourn_runtime::caps::matches(&c.channel, &c.category, ch, &r.category)
+                });
+            if counted {
+                let (at, requests) = caps_asked.entry(ns.clone()).or_default();
+                at.push(i);
+                requests.push(CapRequest {
+                    subject: s.clone(),
+                    // The attempt's key: each pass of a node through a loop
+                    // counts; a retry follows a release, so counts once.
+                    key: d.idempotency_key.clone(),
+                    channel: ch.to_owned(),
+                    category: r.category.clone(),
+                    // The workflow's own caps decide its sends.
+                    caps: own,
+                });
+            }
         }
         plans.push(None);
         targets.push(Some((ns.clone(), subject.clone(), address, replaced)));
@@ -857,7 +858,10 @@ mod tests {
         // Sealed: the link shows neither the subject nor the address.
         let raw = URL_SAFE_NO_PAD.decode(token).expect("base64url");
         let shown = String::from_utf8_lossy(&raw);
-        assert!(!shown.contains("a@b.c") && !shown.contains("u1"), "{shown}");
+        assert!(
+            !shown.contains("a@b.c") && !shown.contains("\"s\":\"u1\""),
+            "{shown}"
+        );
         assert_ne!(a.sign(&u()), a.sign(&u()), "a fresh nonce each time");
         // Any bit changed is refused.
         for i in [0, NONCE_LEN, raw.len() - 1] {

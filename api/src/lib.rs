@@ -480,7 +480,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         M::GET,
         "/v1/unsubscribe/{token}",
         Spec::new("audience", "A recipient's unsubscribe page")
-            .describe("The preference page an unsubscribe link opens (no API key: the signed token is the credential): one-click buttons, and for a subject with a profile its marketing, channel and topic preferences as a form. Reading it changes nothing."),
+            .describe("The preference page an unsubscribe link opens (no API key: the sealed token is the credential): one-click buttons, and for a subject with a profile its marketing, channel and topic preferences as a form. Reading it changes nothing."),
         audience::page::<S>,
     );
     r.add(

@@ -4038,6 +4038,40 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
         "invalid_request",
         Some("scope"),
     );
+    let r = form(token.clone(), "scope=resubscribe").await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("scope"),
+    );
+    // A link to an address the profile no longer has (forwarded, recycled)
+    // can opt out, never back in.
+    let stale = app
+        .engine
+        .audience()
+        .sign(&sojourn_actors::audience::Unsubscribe {
+            namespace: "shop".into(),
+            subject: Some("ann".into()),
+            channel: "email".into(),
+            category: "news".into(),
+            address: "ann@old.example".into(),
+            expires: None,
+        })
+        .expect("signed");
+    let r = form(
+        stale.clone(),
+        "scope=preferences&channel=email&channel=push&channel=chat&category=marketing",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = form(stale, "scope=preferences&receive=marketing&channel=email&channel=sms&channel=push&channel=chat&category=news&category=marketing").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = app.get("/v1/profiles/ann", &k).await;
+    let prefs = r.ok(StatusCode::OK)["preferences"].clone();
+    assert_eq!(prefs["opted_out"], true, "opting out went through: {prefs}");
+    assert_eq!(prefs["categories"]["news"], false, "{prefs}");
+    assert_eq!(prefs["channels"]["email"], true, "{prefs}");
     // An address alone: a link's opt-out can be undone, a bounce cannot.
     let zed = |address: &str| {
         app.engine
@@ -4096,6 +4130,33 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
             .contains("yan@example.com"),
         "an operator's entry stays"
     );
+    // An operator's entry made after a link's opt-out replaces it, so the
+    // link cannot undo it.
+    assert_eq!(
+        form(zed("xi@example.com"), "scope=all").await.status,
+        StatusCode::OK
+    );
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/suppressions",
+            Some(&k),
+            Some(json!({"channel": "email", "address": "xi@example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = form(zed("xi@example.com"), "scope=resubscribe").await;
+    assert!(r.text().contains("no unsubscribe of yours"), "{}", r.text());
+    let r = app.get("/v1/suppressions?channel=email", &k).await;
+    let items = r.ok(StatusCode::OK)["items"].clone();
+    let xi = items
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["address"] == "xi@example.com")
+        .cloned()
+        .expect("xi stays");
+    assert_eq!(xi["reason"], "manual", "{xi}");
 
     // Erasure.
     let r = app

@@ -1,7 +1,7 @@
 //! The audience: profiles (`/v1/profiles`), the suppression list
 //! (`/v1/suppressions`), frequency caps (`/v1/frequency-caps`) and the
 //! recipients' own unsubscribe links and page (`/v1/unsubscribe/{token}`,
-//! no API key: the signed token is the credential).
+//! no API key: the sealed token is the credential).
 
 use axum::Extension;
 use axum::extract::State;
@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use sojourn_actors::channels::Channel;
 use sojourn_actors::channels::message::check_address;
 use sojourn_persistence::{
-    OnCap, ProfilePatch, ProfileRecord, Store, Suppression, normalize_address,
+    OnCap, ProfilePatch, ProfileRecord, Store, Suppression, addresses_of, normalize_address,
 };
 use sojourn_runtime::Input;
 use sojourn_runtime::caps::{CapSpec, TRANSACTIONAL, check_caps};
@@ -731,20 +731,29 @@ pub(crate) async fn unsubscribe<S: Store>(
     };
     let done = match (scope.as_str(), &profile) {
         ("preferences", Some(profile)) => {
-            let mut patch = ProfilePatch {
-                opted_out: Some(!is("receive", "marketing")),
-                ..ProfilePatch::default()
-            };
-            for c in CHANNELS {
-                patch.channels.insert(c.to_owned(), is("channel", c));
+            // Opting in again is for the person the link reaches now: a
+            // link whose address the profile no longer has (a forwarded
+            // message, a recycled address) can only opt out.
+            let owns = addresses_of(&profile.addresses, &u.channel)
+                .iter()
+                .any(|a| normalize_address(&u.channel, a) == u.address);
+            let p = &profile.preferences;
+            let mut patch = ProfilePatch::default();
+            let receive = is("receive", "marketing");
+            if owns || !receive {
+                patch.opted_out = Some(!receive);
             }
-            for c in page_categories(
-                audience.categories(),
-                &u.category,
-                Some(&profile.preferences),
-            ) {
+            for c in CHANNELS {
+                let on = is("channel", c);
+                if owns || !on || p.channels.get(c) != Some(&false) {
+                    patch.channels.insert(c.to_owned(), on);
+                }
+            }
+            for c in page_categories(audience.categories(), &u.category, Some(p)) {
                 let on = is("category", &c);
-                patch.categories.insert(c, on);
+                if owns || !on || p.categories.get(&c) != Some(&false) {
+                    patch.categories.insert(c, on);
+                }
             }
             store
                 .write_profiles(
@@ -773,14 +782,24 @@ pub(crate) async fn unsubscribe<S: Store>(
                 .await?;
             unsubscribed_from(&scope, &u)
         }
-        ("resubscribe", _) => {
-            store
+        ("resubscribe", None) => {
+            if store
                 .resubscribe(&u.namespace, &u.channel, &u.address)
-                .await?;
-            format!(
-                "You will receive marketing messages by {} again.",
-                escape(&u.channel)
-            )
+                .await?
+            {
+                format!(
+                    "You will receive marketing messages by {} again.",
+                    escape(&u.channel)
+                )
+            } else {
+                "There was no unsubscribe of yours to undo.".to_owned()
+            }
+        }
+        ("resubscribe", Some(_)) => {
+            return Err(ApiError::invalid(
+                "scope",
+                "resubscribe is for an address without a profile: save the page's preferences instead",
+            ));
         }
         ("all" | "category", None) => {
             // No subject (or no profile any more): the address stops

@@ -409,7 +409,8 @@ pub trait AudienceStore: Send + Sync {
     /// What a batch of sends on `channel` needs: each execution's namespace
     /// and subject, the subjects' profiles, which of `addresses` (and the
     /// profiles' addresses for the channel) are suppressed, the namespaces'
-    /// caps and cap scopes. Four reads, whatever the batch's size.
+    /// caps and cap scopes of the channel (or `*`). Four reads, whatever
+    /// the batch's size.
     fn audience_of(
         &self,
         channel: &str,
@@ -885,16 +886,18 @@ where
         // (a scope is a row with `on_cap` = 'scope').
         let mut q = QueryBuilder::<DB>::new(
             "SELECT namespace, channel, category, max_sends, window_seconds, on_cap FROM frequency_caps
-             WHERE namespace IN (",
+             WHERE channel IN (",
         );
+        q.push_bind(channel).push(", '*') AND namespace IN (");
         let mut sep = q.separated(", ");
         for ns in by_namespace.keys() {
             sep.push_bind(*ns);
         }
         q.push(
             ") UNION ALL SELECT namespace, channel, category, 1, window_seconds, 'scope' FROM cap_scopes
-             WHERE namespace IN (",
+             WHERE channel IN (",
         );
+        q.push_bind(channel).push(", '*') AND namespace IN (");
         let mut sep = q.separated(", ");
         for ns in by_namespace.keys() {
             sep.push_bind(*ns);
@@ -950,7 +953,12 @@ where
                 own.push(c);
             }
         }
-        counters.extend(own.iter().flat_map(|c| c.iter()).map(|c| c as &dyn Counts));
+        counters.extend(
+            own.iter()
+                .flat_map(|c| c.iter())
+                .filter(|c| !caps.contains(c))
+                .map(|c| c as &dyn Counts),
+        );
         let counted: Vec<usize> = requests
             .iter()
             .enumerate()
@@ -999,11 +1007,15 @@ where
             rows.extend(got.into_iter().map(|(_, s, j)| (s, j.0)));
         }
         // A send is kept while something that counts it looks back that far.
+        let cutoffs: Vec<(&dyn Counts, DateTime<Utc>)> = counters
+            .iter()
+            .map(|k| (*k, now - window(k.window_seconds())))
+            .collect();
         for sends in rows.values_mut() {
             sends.retain(|c| {
-                counters.iter().any(|k| {
-                    k.counts(&c.channel, &c.category) && c.at > now - window(k.window_seconds())
-                })
+                cutoffs
+                    .iter()
+                    .any(|(k, cutoff)| c.at > *cutoff && k.counts(&c.channel, &c.category))
             });
         }
         for &i in &counted {
@@ -1115,7 +1127,14 @@ where
                 .push_bind(s.detail.as_deref())
                 .push_bind(at(s.created_at));
         });
-        q.push(" ON CONFLICT (namespace, channel, address) DO NOTHING");
+        // One row per address, the first reason kept, except that a
+        // bounce, a complaint or an operator's entry replaces a link's own
+        // opt-out (which holds back marketing only, and can be undone).
+        q.push(
+            " ON CONFLICT (namespace, channel, address) DO UPDATE SET
+                reason = excluded.reason, detail = excluded.detail, created_at = excluded.created_at
+              WHERE suppressions.reason = 'unsubscribed' AND excluded.reason <> 'unsubscribed'",
+        );
         q.build().persistent(false).execute(&mut *conn).await?;
     }
     Ok(())
