@@ -119,6 +119,22 @@ pub enum LinkError {
 #[derive(Debug, Clone, Default)]
 pub struct Audience {
     config: AudienceConfig,
+    /// Made once from the unsubscribe key (a token is made per message).
+    keys: Option<Keys>,
+}
+
+/// The keyed HMAC (links signed before tokens were sealed) and the sealing
+/// key derived from the same secret.
+#[derive(Clone)]
+struct Keys {
+    mac: HmacSha256,
+    sealer: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[keys]")
+    }
 }
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -128,7 +144,18 @@ const NONCE_LEN: usize = 24;
 
 impl Audience {
     pub fn new(config: AudienceConfig) -> Audience {
-        Audience { config }
+        let keys = config.unsubscribe_key.as_ref().and_then(|key| {
+            let mac = HmacSha256::new_from_slice(key.expose_secret().as_bytes()).ok()?;
+            // The sealing key: an HMAC of a fixed label (one secret to
+            // configure, a key per use).
+            let mut derive = mac.clone();
+            derive.update(b"sojourn unsubscribe token v2");
+            let sealer =
+                XChaCha20Poly1305::new_from_slice(derive.finalize().into_bytes().as_slice())
+                    .ok()?;
+            Some(Keys { mac, sealer })
+        });
+        Audience { config, keys }
     }
 
     /// The category of a message: its `category` input, else the channel's
@@ -157,16 +184,11 @@ impl Audience {
     }
 
     fn mac(&self) -> Option<HmacSha256> {
-        let key = self.config.unsubscribe_key.as_ref()?;
-        HmacSha256::new_from_slice(key.expose_secret().as_bytes()).ok()
+        self.keys.as_ref().map(|k| k.mac.clone())
     }
 
-    /// The key that seals tokens, derived from the unsubscribe key (an
-    /// HMAC of a fixed label: one secret to configure, a key per use).
-    fn cipher(&self) -> Option<XChaCha20Poly1305> {
-        let mut mac = self.mac()?;
-        mac.update(b"sojourn unsubscribe token v2");
-        XChaCha20Poly1305::new_from_slice(mac.finalize().into_bytes().as_slice()).ok()
+    fn cipher(&self) -> Option<&XChaCha20Poly1305> {
+        self.keys.as_ref().map(|k| &k.sealer)
     }
 
     /// A token for `u`: sealed (XChaCha20-Poly1305, a random 192-bit nonce),
