@@ -3549,7 +3549,7 @@ async fn a_workflows_own_caps_decide_its_sends_and_keep_what_they_count<S: Store
         }
         other => panic!("{other:?}"),
     }
-    // A week on, the first two have left the window (and the row).
+    // A week on, the first two have left the window.
     assert_eq!(
         reserve(req("f/mail/1", "news", Some(&weekly)), 7 * 24 + 1).await,
         CapVerdict::Allowed
