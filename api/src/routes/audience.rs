@@ -593,20 +593,16 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-const CHANNELS: [&str; 4] = ["email", "sms", "push", "chat"];
-
 /// The categories a recipient's page offers: the configured defaults, the
 /// link's, and any the profile has a preference for.
 fn page_categories(
     app_categories: Vec<String>,
     link: &str,
-    prefs: Option<&sojourn_persistence::Preferences>,
+    prefs: &sojourn_persistence::Preferences,
 ) -> Vec<String> {
     let mut all = app_categories;
     all.push(link.to_owned());
-    if let Some(p) = prefs {
-        all.extend(p.categories.keys().cloned());
-    }
+    all.extend(prefs.categories.keys().cloned());
     all.retain(|c| c != TRANSACTIONAL);
     all.sort();
     all.dedup();
@@ -665,7 +661,7 @@ pub(crate) async fn page<S: Store>(
     };
     let p = &profile.preferences;
     let mut channels = String::new();
-    for c in CHANNELS {
+    for c in Channel::ALL.map(Channel::as_str) {
         channels.push_str(&checkbox(
             "channel",
             c,
@@ -674,7 +670,7 @@ pub(crate) async fn page<S: Store>(
         ));
     }
     let mut categories = String::new();
-    for c in page_categories(audience.categories(), &u.category, Some(p)) {
+    for c in page_categories(audience.categories(), &u.category, p) {
         let on = p.categories.get(&c) != Some(&false);
         categories.push_str(&checkbox("category", &c, &c, on));
     }
@@ -730,44 +726,33 @@ pub(crate) async fn unsubscribe<S: Store>(
         None => None,
     };
     let done = match (scope.as_str(), &profile) {
-        ("preferences", Some(profile)) => {
-            // Opting in again is for the person the link reaches now: a
-            // link whose address the profile no longer has (a forwarded
-            // message, a recycled address) can only opt out.
-            let owns = addresses_of(&profile.addresses, &u.channel)
-                .iter()
-                .any(|a| normalize_address(&u.channel, a) == u.address);
-            let p = &profile.preferences;
+        ("preferences" | "all" | "category", Some(profile)) => {
             let mut patch = ProfilePatch::default();
-            let receive = is("receive", "marketing");
-            if owns || !receive {
-                patch.opted_out = Some(!receive);
-            }
-            for c in CHANNELS {
-                let on = is("channel", c);
-                if owns || !on || p.channels.get(c) != Some(&false) {
-                    patch.channels.insert(c.to_owned(), on);
+            if scope == "preferences" {
+                // Opting in again is for the person the link reaches now: a
+                // link whose address the profile no longer has (a forwarded
+                // message, a recycled address) can only opt out.
+                let owns = addresses_of(&profile.addresses, &u.channel)
+                    .iter()
+                    .any(|a| normalize_address(&u.channel, a) == u.address);
+                let p = &profile.preferences;
+                let receive = is("receive", "marketing");
+                if owns || !receive {
+                    patch.opted_out = Some(!receive);
                 }
-            }
-            for c in page_categories(audience.categories(), &u.category, Some(p)) {
-                let on = is("category", &c);
-                if owns || !on || p.categories.get(&c) != Some(&false) {
-                    patch.categories.insert(c, on);
+                for c in Channel::ALL.map(Channel::as_str) {
+                    let on = is("channel", c);
+                    if owns || !on || p.channels.get(c) != Some(&false) {
+                        patch.channels.insert(c.to_owned(), on);
+                    }
                 }
-            }
-            store
-                .write_profiles(
-                    &u.namespace,
-                    &[(profile.subject.clone(), patch)],
-                    false,
-                    now,
-                )
-                .await?;
-            "Your preferences are saved.".to_owned()
-        }
-        ("all" | "category", Some(profile)) => {
-            let mut patch = ProfilePatch::default();
-            if scope == "all" {
+                for c in page_categories(audience.categories(), &u.category, p) {
+                    let on = is("category", &c);
+                    if owns || !on || p.categories.get(&c) != Some(&false) {
+                        patch.categories.insert(c, on);
+                    }
+                }
+            } else if scope == "all" {
                 patch.opted_out = Some(true);
             } else {
                 patch.categories.insert(u.category.clone(), false);
@@ -780,7 +765,11 @@ pub(crate) async fn unsubscribe<S: Store>(
                     now,
                 )
                 .await?;
-            unsubscribed_from(&scope, &u)
+            if scope == "preferences" {
+                "Your preferences are saved.".to_owned()
+            } else {
+                unsubscribed_from(&scope, &u)
+            }
         }
         ("resubscribe", None) => {
             if store

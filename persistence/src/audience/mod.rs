@@ -694,30 +694,11 @@ where
         channel: &str,
         address: &str,
     ) -> Result<bool> {
-        let gone: Option<(String,)> = sqlx::query_as(
-            "DELETE FROM suppressions WHERE namespace = $1 AND channel = $2 AND address = $3
-             RETURNING address",
-        )
-        .bind(namespace)
-        .bind(channel)
-        .bind(address)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(gone.is_some())
+        delete_suppression(&self.pool, namespace, channel, address, false).await
     }
 
     async fn resubscribe(&self, namespace: &str, channel: &str, address: &str) -> Result<bool> {
-        let gone: Option<(String,)> = sqlx::query_as(
-            "DELETE FROM suppressions
-             WHERE namespace = $1 AND channel = $2 AND address = $3 AND reason = 'unsubscribed'
-             RETURNING address",
-        )
-        .bind(namespace)
-        .bind(channel)
-        .bind(address)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(gone.is_some())
+        delete_suppression(&self.pool, namespace, channel, address, true).await
     }
 
     async fn list_suppressions(
@@ -1138,6 +1119,38 @@ where
         q.build().persistent(false).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Deletes an address from the suppression list (only a link's own
+/// opt-out when `unsubscribed_only`); whether it was there.
+async fn delete_suppression<DB>(
+    pool: &sqlx::Pool<DB>,
+    namespace: &str,
+    channel: &str,
+    address: &str,
+    unsubscribed_only: bool,
+) -> Result<bool>
+where
+    DB: Sql,
+    for<'c> &'c sqlx::Pool<DB>: Executor<'c, Database = DB>,
+    for<'a> &'a str: Bind<'a, DB>,
+    (String,): Read<DB>,
+{
+    let only = if unsubscribed_only {
+        " AND reason = 'unsubscribed'"
+    } else {
+        ""
+    };
+    let gone: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM suppressions WHERE namespace = $1 AND channel = $2 AND address = $3{only}
+         RETURNING address"
+    )))
+    .bind(namespace)
+    .bind(channel)
+    .bind(address)
+    .fetch_optional(pool)
+    .await?;
+    Ok(gone.is_some())
 }
 
 fn set(rec: &mut ProfileRecord, p: Profile) {
