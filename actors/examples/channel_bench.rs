@@ -68,6 +68,7 @@ fn dispatch(action: &str, n: u64, inputs: &Value) -> Dispatch {
         inputs: inputs.clone(),
         timeout_ms: 30_000,
         frequency_caps: None,
+        via: None,
     }
 }
 

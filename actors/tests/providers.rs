@@ -56,6 +56,7 @@ async fn send(
         inputs: inputs.clone(),
         timeout_ms: 5_000,
         frequency_caps: None,
+        via: None,
     };
     let http = HttpProvider::new(EgressPolicy::allowing_loopback(), 1 << 20);
     let channel = Channel::of_action(action).expect("a channel action");

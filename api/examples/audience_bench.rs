@@ -285,6 +285,7 @@ async fn main() {
                     "subject": "Hi", "text": "Hello", "category": "news"}),
                 timeout_ms: 30_000,
                 frequency_caps: None,
+        via: None,
             })
             .collect()
     };

@@ -212,6 +212,18 @@ pub struct CompiledWorkflow {
 }
 
 impl CompiledWorkflow {
+    /// The custom actions this workflow uses, each with the registry
+    /// version it was compiled against (what a published version pins).
+    pub fn pins(&self) -> std::collections::BTreeMap<String, i32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match &n.kind {
+                CompiledKind::Action(a) => a.pin.clone(),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Validates and compiles. Every problem is returned, not just the first.
     pub fn compile(
         workflow: &Workflow,

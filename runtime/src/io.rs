@@ -92,6 +92,9 @@ pub enum ActionOutcome {
         #[serde(default, skip_serializing_if = "Value::is_null")]
         output: Value,
     },
+    /// Not sent, and the execution pauses until an operator retries it:
+    /// the action is disabled in the registry. No try is spent.
+    Held { reason: String },
     /// Not sent yet: a frequency cap allows it at `until`. The node sends
     /// again then (a durable timer), without spending one of its tries.
     Deferred {
@@ -147,6 +150,19 @@ pub struct Dispatch {
         with = "crate::caps::shared"
     )]
     pub frequency_caps: Option<std::sync::Arc<crate::caps::WorkflowCaps>>,
+    /// A custom action is sent as this built-in one (`http.request`,
+    /// `kafka.publish`), `inputs` being that one's: its registry
+    /// definition's `run`, rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+impl Dispatch {
+    /// The action that sends it: the built-in one a custom action goes
+    /// through, else its own.
+    pub fn sent_as(&self) -> &str {
+        self.via.as_deref().unwrap_or(&self.action)
+    }
 }
 
 /// What the world must do after a transition commits.

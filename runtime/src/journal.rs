@@ -83,6 +83,13 @@ pub enum JournalEvent {
         attempt: u32,
         reason: String,
     },
+    /// Not sent: the action is disabled in the registry; the execution
+    /// pauses until an operator retries it.
+    ActionHeld {
+        node: NodeId,
+        attempt: u32,
+        reason: String,
+    },
     /// Held until a frequency cap allows it.
     ActionDeferred {
         node: NodeId,
@@ -155,6 +162,7 @@ impl JournalEvent {
             JournalEvent::RetryScheduled { .. } => "retry_scheduled",
             JournalEvent::QuietHoursDeferred { .. } => "quiet_hours_deferred",
             JournalEvent::ActionSkipped { .. } => "action_skipped",
+            JournalEvent::ActionHeld { .. } => "action_held",
             JournalEvent::ActionDeferred { .. } => "action_deferred",
             JournalEvent::DelayStarted { .. } => "delay_started",
             JournalEvent::DelayElapsed { .. } => "delay_elapsed",
@@ -231,6 +239,11 @@ impl fmt::Display for JournalEvent {
                 write!(f, "{node} held for quiet hours until {}", ts(until))
             }
             JournalEvent::ActionSkipped {
+                node,
+                attempt,
+                reason,
+            } => write!(f, "{node} attempt {attempt} not sent: {reason}"),
+            JournalEvent::ActionHeld {
                 node,
                 attempt,
                 reason,

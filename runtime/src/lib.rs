@@ -50,5 +50,5 @@ pub use interpreter::{MAX_NODES_PER_STEP, check as check_input};
 pub use io::{ActionOutcome, Dispatch, Effect, EventInput, Input, Transition};
 pub use journal::{JournalEntry, JournalEvent};
 pub use model::{Edge, ExitCriterion, Node, NodeKind, QuietHours, Settings, Workflow};
-pub use registry::{ActionSpec, Channel, Registry};
+pub use registry::{ActionSpec, Channel, Definition, Kind, Registry, Run};
 pub use snapshot::{ExecutionError, Pause, SNAPSHOT_FORMAT, Snapshot, Status, Wait};

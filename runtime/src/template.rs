@@ -28,6 +28,8 @@ pub struct Templates {
     /// Templates are named by a counter: names built from field paths could
     /// collide (`{"a.b": …}` and `{"a": {"b": …}}`).
     count: usize,
+    /// The names a template being added may refer to.
+    roots: &'static [&'static str],
 }
 
 impl Default for Templates {
@@ -56,7 +58,26 @@ impl Templates {
         // the worker at send time.
         env.add_global("unsubscribe_url", crate::secrets::unsubscribe_url());
         env.set_formatter(crate::secrets::formatter);
-        Templates { env, count: 0 }
+        Templates {
+            env,
+            count: 0,
+            roots: &ROOTS,
+        }
+    }
+
+    /// Templates over other names than a workflow's (a registry
+    /// definition's `run`, over `inputs`).
+    pub fn with_roots(roots: &'static [&'static str]) -> Templates {
+        Templates {
+            roots,
+            ..Templates::new()
+        }
+    }
+
+    /// Sets the names templates added from now on may refer to; returns
+    /// the ones before.
+    pub(crate) fn set_roots(&mut self, roots: &'static [&'static str]) -> &'static [&'static str] {
+        std::mem::replace(&mut self.roots, roots)
     }
 
     /// Compiles `source` under `name` and checks its free variables.
@@ -72,14 +93,14 @@ impl Templates {
         let mut unknown: Vec<String> = template
             .undeclared_variables(false)
             .into_iter()
-            .filter(|v| !ROOTS.contains(&v.as_str()) && !globals.contains(v))
+            .filter(|v| !self.roots.contains(&v.as_str()) && !globals.contains(v))
             .collect();
         unknown.sort();
         if let Some(first) = unknown.first() {
             self.env.remove_template(name);
             return Err(format!(
                 "template {source:?} refers to unknown variable {first:?} (known: {}, secrets)",
-                ROOTS.join(", ")
+                self.roots.join(", ")
             ));
         }
         let mut bad_secret = None;
@@ -237,6 +258,35 @@ impl Templated {
             cel: None,
         };
         self.render_with(templates, &mut ctx)
+    }
+
+    /// Renders templates over a plain context (a registry definition's
+    /// `run` over `{inputs}`); there are no expressions in those.
+    pub fn render_in(
+        &self,
+        templates: &Templates,
+        context: &minijinja::Value,
+    ) -> Result<Value, String> {
+        Ok(match self {
+            Templated::Literal(v) => v.clone(),
+            Templated::Template(name) => Value::String(templates.render(name, context)?),
+            Templated::Expr(_) => {
+                return Err("an expression where only templates are allowed".into());
+            }
+            Templated::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|v| v.render_in(templates, context))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Templated::Object(fields) => {
+                let mut map = Map::with_capacity(fields.len());
+                for (k, v) in fields {
+                    map.insert(k.clone(), v.render_in(templates, context)?);
+                }
+                Value::Object(map)
+            }
+        })
     }
 
     fn render_with(

@@ -98,43 +98,56 @@ pub(crate) struct Compiled {
     pub(crate) respect_quiet_hours: bool,
     /// Sends to a person: frequency caps apply.
     messaging: bool,
+    /// A custom action: how it is sent.
+    via: Option<Via>,
+    /// A custom action: its name and the registry version it was compiled
+    /// against.
+    pub(crate) pin: Option<(String, i32)>,
 }
 
 pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>) -> Compiled {
-    let spec = c.registry.get(&config.action).cloned();
+    let spec = c.registry.get(&config.action);
     if spec.is_none() {
-        let known: Vec<&str> = c.registry.names().collect();
-        c.error(
-            node,
-            "config.action",
+        let message = if c.registry.is_disabled(&config.action) {
+            format!(
+                "action type {:?} is disabled in the registry (enable it, or use another)",
+                config.action
+            )
+        } else {
+            let known: Vec<&str> = c.registry.names().collect();
             format!(
                 "unknown action type {:?} (known: {})",
                 config.action,
                 known.join(", ")
-            ),
-        );
+            )
+        };
+        c.error(node, "config.action", message);
     }
-    if let Some(spec) = &spec {
-        for required in &spec.required {
-            if !config.inputs.contains_key(required) {
-                c.error(
-                    node,
-                    format!("config.inputs.{required}"),
-                    format!("{} needs input {required:?}", spec.name),
-                );
-            }
+    // Inputs the node leaves out take the definition's defaults.
+    let mut inputs = config.inputs.clone();
+    if let Some(spec) = spec {
+        for (k, v) in &spec.defaults {
+            inputs.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        for group in &spec.one_of {
-            if !group.iter().any(|k| config.inputs.contains_key(k)) {
-                c.error(
-                    node,
-                    "config.inputs",
-                    format!("{} needs one of {}", spec.name, group.join(", ")),
-                );
-            }
+    }
+    let spec = spec.map(|s| {
+        (
+            s.name.clone(),
+            s.channel,
+            s.version,
+            s.default_timeout_ms,
+            s.run.clone(),
+            s.input_problems(&inputs),
+        )
+    });
+    let mut via = None;
+    let mut pin = None;
+    if let Some((name, _, version, _, run, problems)) = &spec {
+        for (field, message) in problems {
+            c.error(node, format!("config.inputs{field}"), message.clone());
         }
-        if spec.name == "http.request"
-            && let Some(Value::String(method)) = config.inputs.get("method")
+        if name == "http.request"
+            && let Some(Value::String(method)) = inputs.get("method")
             && !crate::template::is_template(method)
             && !HTTP_METHODS.contains(&method.to_ascii_uppercase().as_str())
         {
@@ -147,8 +160,12 @@ pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>
                 ),
             );
         }
+        if let Some(run) = run {
+            via = Some(c.run(node, run));
+        }
+        pin = version.map(|v| (name.clone(), v));
     }
-    let inputs = c.templated(node, "config.inputs", &Value::Object(config.inputs.clone()));
+    let inputs = c.templated(node, "config.inputs", &Value::Object(inputs));
 
     let retry = &config.retry;
     if !(1..=100).contains(&retry.max_attempts) {
@@ -185,9 +202,9 @@ pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>
             Some(d) => d.num_milliseconds().unsigned_abs(),
             None => 0,
         },
-        None => spec.as_ref().map_or(30_000, |s| s.default_timeout_ms),
+        None => spec.as_ref().map_or(30_000, |s| s.3),
     };
-    let messaging = spec.as_ref().is_some_and(|s| s.channel.is_messaging());
+    let messaging = spec.as_ref().is_some_and(|s| s.1.is_messaging());
     Compiled {
         action: config.action.clone(),
         inputs,
@@ -198,6 +215,47 @@ pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>
         timeout_ms,
         respect_quiet_hours: config.respect_quiet_hours.unwrap_or(messaging),
         messaging,
+        via,
+        pin,
+    }
+}
+
+/// How a custom action is sent: as `action`, with its definition's `run`
+/// rendered over the node's inputs.
+#[derive(Debug)]
+pub(crate) struct Via {
+    action: &'static str,
+    template: Templated,
+    /// Where the node's inputs go in the sent ones (`body`, `value`).
+    inputs_into: Option<&'static str>,
+}
+
+impl Compiler<'_> {
+    /// Compiles a custom action's `run` (checked when it was stored; what
+    /// is wrong with it now is the node's `config.action`).
+    fn run(&mut self, node: &NodeId, run: &crate::registry::Run) -> Via {
+        let before = self.templates.set_roots(&crate::registry::RUN_ROOTS);
+        let mut errors = Vec::new();
+        let template = Templated::compile(
+            &run.template(),
+            "run",
+            node.as_str(),
+            &mut self.templates,
+            &mut errors,
+        );
+        self.templates.set_roots(before);
+        for (field, message) in errors {
+            self.error(
+                node,
+                "config.action",
+                format!("the action's {field}: {message}"),
+            );
+        }
+        Via {
+            action: run.via(),
+            template,
+            inputs_into: run.inputs_into(),
+        }
     }
 }
 
@@ -246,6 +304,17 @@ fn dispatch<'w>(
     try_number: u32,
 ) -> Result<Flow<'w>, String> {
     let inputs = c.inputs.render(&m.wf.templates, &m.snap.scope(m.now))?;
+    let sent = match &c.via {
+        None => None,
+        Some(via) => {
+            let context = minijinja::context! { inputs => minijinja::Value::from(minijinja::value::Serde(&inputs)) };
+            let mut sent = via.template.render_in(&m.wf.templates, &context)?;
+            if let (Some(key), Value::Object(map)) = (via.inputs_into, &mut sent) {
+                map.insert(key.to_owned(), inputs.clone());
+            }
+            Some(sent)
+        }
+    };
     let counter = m.snap.attempts.entry(node.id.clone()).or_insert(0);
     *counter += 1;
     let attempt = *counter;
@@ -262,13 +331,14 @@ fn dispatch<'w>(
         action: c.action.clone(),
         attempt,
         idempotency_key,
-        inputs,
+        inputs: sent.unwrap_or(inputs),
         timeout_ms: c.timeout_ms,
         frequency_caps: if c.messaging {
             m.wf.settings.frequency_caps.clone()
         } else {
             None
         },
+        via: c.via.as_ref().map(|v| v.action.to_owned()),
     }));
     m.snap.wait = Some(Wait::Action {
         node: node.id.clone(),
@@ -318,6 +388,26 @@ pub(crate) fn on_result<'w>(
                 return Ok(Flow::Next(Some("skipped")));
             }
             Ok(Flow::Next(Some("success")))
+        }
+        ActionOutcome::Held { reason } => {
+            m.journal(JournalEvent::ActionHeld {
+                node: node.id.clone(),
+                attempt,
+                reason: reason.clone(),
+            });
+            // A retry by an operator (once the action is enabled again)
+            // sends it anew; the failure branch is not for this.
+            m.snap.pause = Some(Pause::ActionFailed {
+                node: node.id.clone(),
+                error: reason.clone(),
+            });
+            m.snap.status = Status::Paused;
+            let reason = format!("node {}: {reason}", node.id);
+            m.journal(JournalEvent::Paused {
+                reason: reason.clone(),
+            });
+            m.effect(Effect::Pause { reason });
+            Ok(Flow::Suspend)
         }
         ActionOutcome::Deferred { until, reason } => {
             m.journal(JournalEvent::ActionDeferred {
@@ -449,6 +539,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::CompiledWorkflow;
     use crate::nodes::testing::{Harness, compile, errors_of, linear, utc};
     use crate::{Input, Status};
 
@@ -667,6 +758,128 @@ mod tests {
         h.fire_due_timer();
         assert_eq!(h.last_dispatch().node.as_str(), "mail");
         assert_eq!(h.now, utc("2026-06-02T06:00:00Z"));
+    }
+
+    fn crm_registry(enabled: bool) -> crate::Registry {
+        let def: crate::Definition = serde_json::from_value(json!({
+            "kind": "action",
+            "title": "Update a CRM contact",
+            "inputs": {"type": "object", "required": ["id", "plan"],
+                "properties": {"id": {"type": "string"}, "plan": {"enum": ["free", "pro"]}, "tier": {"type": "integer"}}},
+            "defaults": {"tier": 1},
+            "timeout": "5s",
+            "run": {"http": {"method": "PATCH", "url": "https://crm.example.com/contacts/{{ inputs.id }}",
+                "headers": {"Authorization": "Bearer {{ secrets.CRM_TOKEN }}"}}},
+        }))
+        .expect("definition");
+        assert!(def.problems("crm.update_contact").is_empty());
+        let mut r = crate::Registry::builtin();
+        r.add("crm.update_contact", 4, &def).expect("adds");
+        if !enabled {
+            r.disable("crm.update_contact");
+        }
+        r
+    }
+
+    fn crm_workflow(inputs: Value) -> crate::Workflow {
+        crate::Workflow::from_value(linear(
+            json!({"type": "start"}),
+            vec![json!({"id": "crm", "type": "action", "config": {"action": "crm.update_contact", "inputs": inputs}})],
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn a_custom_action_is_sent_as_its_definition_says_and_pins_its_version() {
+        let wf = crm_workflow(json!({"id": "{{ input.user }}", "plan": "pro"}));
+        let wf = CompiledWorkflow::compile(&wf, &crm_registry(true)).expect("compiles");
+        assert_eq!(
+            wf.pins(),
+            [("crm.update_contact".to_owned(), 4)].into_iter().collect()
+        );
+        let mut h = Harness::start(&wf, json!({"user": "u/1"}));
+        let d = h.last_dispatch();
+        assert_eq!(d.action, "crm.update_contact");
+        assert_eq!(d.via.as_deref(), Some("http.request"));
+        assert_eq!(d.sent_as(), "http.request");
+        assert_eq!(d.timeout_ms, 5_000);
+        assert_eq!(d.inputs["method"], "PATCH");
+        assert_eq!(d.inputs["url"], "https://crm.example.com/contacts/u/1");
+        // The secret is a reference, resolved by the sender.
+        assert_eq!(
+            d.inputs["headers"]["Authorization"],
+            format!("Bearer {}", crate::secrets::marker("CRM_TOKEN"))
+        );
+        // No body in the definition: the inputs, defaults included, are it.
+        assert_eq!(
+            d.inputs["body"],
+            json!({"id": "u/1", "plan": "pro", "tier": 1})
+        );
+        h.succeed("crm", 1, json!({"status": 200}));
+        assert_eq!(h.snapshot.status, Status::Completed);
+    }
+
+    #[test]
+    fn a_custom_actions_inputs_are_checked_against_its_schema() {
+        let errors = |inputs: Value, enabled: bool| -> Vec<String> {
+            match CompiledWorkflow::compile(&crm_workflow(inputs), &crm_registry(enabled)) {
+                Ok(_) => Vec::new(),
+                Err(e) => e
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect(),
+            }
+        };
+        assert_eq!(
+            errors(json!({"id": 7, "plan": "gold"}), true),
+            [
+                "config.inputs.id: 7 is not of type \"string\"",
+                "config.inputs.plan: \"gold\" is not one of \"free\" or \"pro\"",
+            ]
+        );
+        assert_eq!(
+            errors(json!({"plan": "{{ input.plan }}"}), true),
+            ["config.inputs.id: crm.update_contact needs input \"id\""]
+        );
+        assert!(
+            errors(
+                json!({"id": {"$expr": "input.id"}, "plan": "{{ input.plan }}"}),
+                true
+            )
+            .is_empty()
+        );
+        let disabled = errors(json!({"id": "a", "plan": "pro"}), false);
+        assert_eq!(disabled.len(), 1);
+        assert!(
+            disabled[0]
+                .starts_with("config.action: action type \"crm.update_contact\" is disabled"),
+            "{disabled:?}"
+        );
+    }
+
+    #[test]
+    fn a_held_action_pauses_the_execution_until_it_is_retried() {
+        let wf = CompiledWorkflow::compile(
+            &crm_workflow(json!({"id": "a", "plan": "pro"})),
+            &crm_registry(true),
+        )
+        .expect("compiles");
+        let mut h = Harness::start(&wf, json!({}));
+        h.step(Input::ActionResult {
+            node: NodeId::from("crm"),
+            attempt: 1,
+            outcome: ActionOutcome::Held {
+                reason: "action crm.update_contact is disabled".into(),
+            },
+        });
+        assert_eq!(h.snapshot.status, Status::Paused);
+        assert!(
+            matches!(&h.snapshot.pause, Some(Pause::ActionFailed { error, .. }) if error.contains("disabled"))
+        );
+        h.step(Input::Retry);
+        assert_eq!(h.last_dispatch().attempt, 2);
+        h.succeed("crm", 2, json!({}));
+        assert_eq!(h.snapshot.status, Status::Completed);
     }
 
     #[test]
