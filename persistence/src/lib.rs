@@ -27,6 +27,7 @@
 //! | `outbox/` | [`OutboxStore`] | `outbox`, `inbox`, attempts in `node_executions` |
 //! | `triggers/` | [`TriggerStore`] | `triggers` |
 //! | `keys/` | [`KeyStore`] | `api_keys` |
+//! | `registry/` | [`RegistryStore`] | `registry_entries`, `registry_versions` |
 //!
 //! An area's `mod.rs` holds its trait and implements it once for every
 //! [`SqlStore<DB>`] (`PgStore` is `SqlStore<Postgres>`, `SqliteStore` is
@@ -68,6 +69,7 @@ pub mod ids;
 mod keys;
 mod outbox;
 mod postgres;
+mod registry;
 mod segments;
 mod sql;
 mod sqlite;
@@ -88,6 +90,7 @@ pub use executions::ExecutionStore;
 pub use keys::KeyStore;
 pub use outbox::OutboxStore;
 pub use postgres::PgStore;
+pub use registry::RegistryStore;
 /// Most subjects of a static segment.
 pub fn segments_max_static() -> usize {
     segments::MAX_STATIC
@@ -110,7 +113,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// (`use sojourn_persistence::prelude::*;`).
 pub mod prelude {
     pub use crate::{
-        AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, SegmentStore, Store,
-        TimerStore, TriggerStore, WorkflowStore,
+        AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, RegistryStore,
+        SegmentStore, Store, TimerStore, TriggerStore, WorkflowStore,
     };
 }

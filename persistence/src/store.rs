@@ -8,8 +8,8 @@ use std::future::Future;
 
 use crate::Result;
 use crate::{
-    AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, SegmentStore, TimerStore,
-    TriggerStore, WorkflowStore,
+    AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, RegistryStore,
+    SegmentStore, TimerStore, TriggerStore, WorkflowStore,
 };
 
 /// One store: PostgreSQL or SQLite, the same behaviour (the conformance
@@ -24,6 +24,7 @@ pub trait Store:
     + DeliveryStore
     + AudienceStore
     + SegmentStore
+    + RegistryStore
     + 'static
 {
     /// Whether the database answers (readiness): one indexed lookup.
@@ -42,6 +43,7 @@ impl<S> Store for S where
         + DeliveryStore
         + AudienceStore
         + SegmentStore
+        + RegistryStore
         + 'static
 {
 }

@@ -49,6 +49,48 @@ pub struct WorkflowVersion {
     pub definition: Workflow,
     #[sqlx(try_from = "Instant")]
     pub published_at: DateTime<Utc>,
+    /// The registry versions of the custom actions it uses, as validated
+    /// when published: it runs with those.
+    #[sqlx(try_from = "MaybeDoc")]
+    pub registry: Pins,
+}
+
+/// Custom action name → registry version.
+pub type Pins = std::collections::BTreeMap<String, i32>;
+
+impl TryFrom<MaybeDoc> for Pins {
+    type Error = serde_json::Error;
+    fn try_from(d: MaybeDoc) -> Result<Self, Self::Error> {
+        match d.0 {
+            None | Some(Value::Null) => Ok(Pins::new()),
+            Some(v) => serde_json::from_value(v),
+        }
+    }
+}
+
+/// A registry definition at one of its versions, with its entry's state.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct RegistryEntry {
+    pub namespace: String,
+    pub name: String,
+    pub enabled: bool,
+    pub version: i32,
+    /// The highest version.
+    pub latest_version: i32,
+    #[sqlx(json)]
+    pub definition: sojourn_runtime::Definition,
+    #[sqlx(try_from = "Instant")]
+    pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "Instant")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One version of a registry definition.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct RegistryVersion {
+    pub version: i32,
+    #[sqlx(try_from = "Instant")]
+    pub created_at: DateTime<Utc>,
 }
 
 /// A workflow to create.

@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use sojourn_persistence::{
     AttemptBegin, AttemptRef, Claim, Commit, CommitResult, Created, Error, ExecutionQuery,
-    FinishedAttempt, LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, PgStore,
+    FinishedAttempt, LeaseEpoch, NewApiKey, NewExecution, NewTrigger, NewWorkflow, PgStore, Pins,
     SqliteStore, Store, WorkflowQuery, WorkflowVersion, ids,
 };
 use sojourn_persistence::{
@@ -127,6 +127,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    the_registry_versions_definitions_and_published_versions_pin_them,
     workflows_and_immutable_versions,
     json_numbers_at_the_edges_of_f64_read_back_as_written,
     executions_are_idempotent_per_key,
@@ -225,7 +226,7 @@ async fn fixture_keyed<S: Store>(store: &S, key: &str) -> Fixture {
         .await
         .expect("create workflow");
     let v = store
-        .publish(&rec.id, &workflow, t0())
+        .publish(&rec.id, &workflow, &Pins::new(), t0())
         .await
         .expect("publish");
     Fixture {
@@ -434,7 +435,12 @@ async fn workflows_and_immutable_versions<S: Store>(store: &S) {
     let mut changed = reference_workflow();
     changed.name = Some("second version".into());
     let v2 = store
-        .publish(&f.workflow_id, &changed, t0() + Duration::hours(1))
+        .publish(
+            &f.workflow_id,
+            &changed,
+            &Pins::new(),
+            t0() + Duration::hours(1),
+        )
         .await
         .expect("publish");
     assert_eq!(v2.version, 2);
@@ -456,7 +462,9 @@ async fn workflows_and_immutable_versions<S: Store>(store: &S) {
     assert_eq!(latest.version, 2);
     assert_eq!(latest.definition.name.as_deref(), Some("second version"));
     assert!(matches!(
-        store.publish("wf_missing", &changed, t0()).await,
+        store
+            .publish("wf_missing", &changed, &Pins::new(), t0())
+            .await,
         Err(Error::NotFound { .. })
     ));
 }
@@ -1524,6 +1532,7 @@ async fn versions_are_listed_oldest_first<S: Store>(store: &S) {
             .publish(
                 &f.workflow_id,
                 &reference_workflow(),
+                &Pins::new(),
                 t0() + Duration::hours(h),
             )
             .await
@@ -2616,7 +2625,7 @@ async fn an_unchanged_document_is_published_once<S: Store>(store: &S) {
     let f = fixture(store).await;
     let same = reference_workflow();
     let (v, new) = store
-        .publish_if_changed(&f.workflow_id, &same, t0())
+        .publish_if_changed(&f.workflow_id, &same, &Pins::new(), t0())
         .await
         .expect("publish");
     assert_eq!(
@@ -2627,8 +2636,9 @@ async fn an_unchanged_document_is_published_once<S: Store>(store: &S) {
     let mut changed = reference_workflow();
     changed.name = Some("changed".into());
     // Publishes racing with one new document make one version.
+    let no_pins = Pins::new();
     let racers: Vec<_> = (0..8)
-        .map(|_| store.publish_if_changed(&f.workflow_id, &changed, t0()))
+        .map(|_| store.publish_if_changed(&f.workflow_id, &changed, &no_pins, t0()))
         .collect();
     let results: Vec<(WorkflowVersion, bool)> = join_all(racers)
         .await
@@ -2646,7 +2656,9 @@ async fn an_unchanged_document_is_published_once<S: Store>(store: &S) {
         Some(2)
     );
     assert!(matches!(
-        store.publish_if_changed("wf_missing", &changed, t0()).await,
+        store
+            .publish_if_changed("wf_missing", &changed, &Pins::new(), t0())
+            .await,
         Err(Error::NotFound { .. })
     ));
     store
@@ -2656,7 +2668,9 @@ async fn an_unchanged_document_is_published_once<S: Store>(store: &S) {
     let mut third = reference_workflow();
     third.name = Some("third".into());
     assert!(matches!(
-        store.publish_if_changed(&f.workflow_id, &third, t0()).await,
+        store
+            .publish_if_changed(&f.workflow_id, &third, &Pins::new(), t0())
+            .await,
         Err(Error::Invalid(_))
     ));
 }
@@ -3032,7 +3046,7 @@ async fn latest_versions_span_namespaces_and_leave_archived_workflows_out<S: Sto
     let a = fixture_keyed(store, "lv-a").await;
     let b = fixture_keyed(store, "lv-b").await;
     store
-        .publish(&b.workflow_id, &reference_workflow(), t0())
+        .publish(&b.workflow_id, &reference_workflow(), &Pins::new(), t0())
         .await
         .expect("v2");
     store
@@ -3486,7 +3500,7 @@ async fn a_workflows_own_caps_decide_its_sends_and_keep_what_they_count<S: Store
         }],
     });
     store
-        .publish(&f.workflow_id, &own, t0())
+        .publish(&f.workflow_id, &own, &Pins::new(), t0())
         .await
         .expect("publish");
     store
@@ -3812,4 +3826,206 @@ async fn segments_backfill_then_follow_profile_writes_and_record_each_change<S: 
             .expect("get")
             .is_none()
     );
+}
+
+async fn the_registry_versions_definitions_and_published_versions_pin_them<S: Store>(store: &S) {
+    use sojourn_runtime::{Definition, Kind};
+    let def = |topic: &str| -> Definition {
+        serde_json::from_value(json!({
+            "kind": "action", "title": "Sync", "run": {"kafka": {"topic": topic}},
+        }))
+        .expect("definition")
+    };
+    let (v1, new) = store
+        .put_definition("default", "crm.sync", &def("a"), t0())
+        .await
+        .expect("put");
+    assert!(new);
+    assert_eq!((v1.version, v1.latest_version, v1.enabled), (1, 1, true));
+    let (same, new) = store
+        .put_definition("default", "crm.sync", &def("a"), t0())
+        .await
+        .expect("put");
+    assert!(!new, "an unchanged definition makes no version");
+    assert_eq!(same.version, 1);
+    let (v2, new) = store
+        .put_definition("default", "crm.sync", &def("b"), t0() + Duration::hours(1))
+        .await
+        .expect("put");
+    assert!(new);
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.definition, def("b"));
+    assert_eq!(v2.created_at, t0(), "the entry keeps its creation time");
+
+    let got = |ns: &'static str, v: Option<i32>| store.get_definition(ns, "crm.sync", v);
+    assert_eq!(
+        got("default", None).await.expect("get").map(|e| e.version),
+        Some(2)
+    );
+    assert_eq!(
+        got("default", Some(1))
+            .await
+            .expect("get")
+            .map(|e| e.definition),
+        Some(def("a"))
+    );
+    assert!(got("default", Some(3)).await.expect("get").is_none());
+    assert!(
+        got("other", None).await.expect("get").is_none(),
+        "namespaces are apart"
+    );
+    let listed = store.list_definitions("default").await.expect("list");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|e| (e.name.as_str(), e.version))
+            .collect::<Vec<_>>(),
+        [("crm.sync", 2)]
+    );
+    let versions = store
+        .list_definition_versions("default", "crm.sync")
+        .await
+        .expect("versions");
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+
+    // Disabling, an own definition and a built-in one.
+    store
+        .set_enabled("default", "crm.sync", None, false, t0())
+        .await
+        .expect("disable");
+    store
+        .set_enabled("default", "email.send", Some(Kind::Action), false, t0())
+        .await
+        .expect("disable a built-in");
+    store
+        .set_enabled("other", "sms.send", Some(Kind::Action), false, t0())
+        .await
+        .expect("disable elsewhere");
+    assert!(matches!(
+        store
+            .set_enabled("default", "crm.nope", None, false, t0())
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(
+        store
+            .disabled_definitions(Some("default"))
+            .await
+            .expect("disabled"),
+        [
+            ("default".to_owned(), "crm.sync".to_owned()),
+            ("default".to_owned(), "email.send".to_owned())
+        ]
+    );
+    assert_eq!(
+        store
+            .disabled_definitions(None)
+            .await
+            .expect("disabled")
+            .len(),
+        3
+    );
+    assert!(
+        !got("default", None)
+            .await
+            .expect("get")
+            .expect("entry")
+            .enabled
+    );
+    assert!(
+        matches!(
+            store
+                .put_definition("default", "email.send", &def("x"), t0())
+                .await,
+            Err(Error::Invalid(_))
+        ),
+        "a built-in is not stored as an own definition"
+    );
+    store
+        .set_enabled("default", "email.send", Some(Kind::Action), true, t0())
+        .await
+        .expect("enable a built-in");
+    assert_eq!(
+        store
+            .disabled_definitions(Some("default"))
+            .await
+            .expect("disabled")
+            .len(),
+        1
+    );
+    assert!(
+        store.list_definitions("default").await.expect("list").len() == 1,
+        "a built-in's row is not an own definition"
+    );
+
+    // A published version pins what it was validated against.
+    let f = fixture_keyed(store, "pinned").await;
+    let pins: Pins = [("crm.sync".to_owned(), 1)].into_iter().collect();
+    let (p, new) = store
+        .publish_if_changed(&f.workflow_id, &reference_workflow(), &pins, t0())
+        .await
+        .expect("publish");
+    assert!(new, "the same document with other pins is a new version");
+    assert_eq!(p.registry, pins);
+    let read = store
+        .get_version(&f.workflow_id, Some(p.version))
+        .await
+        .expect("read")
+        .expect("version");
+    assert_eq!(read.registry, pins);
+    let (_, new) = store
+        .publish_if_changed(&f.workflow_id, &reference_workflow(), &pins, t0())
+        .await
+        .expect("publish");
+    assert!(!new);
+    let before = store
+        .get_version(&f.workflow_id, Some(f.version))
+        .await
+        .expect("read")
+        .expect("version");
+    assert!(before.registry.is_empty());
+
+    // Deleting keeps what pins it.
+    store
+        .delete_definition("default", "crm.sync", t0())
+        .await
+        .expect("delete");
+    assert!(got("default", None).await.expect("get").is_none());
+    assert!(
+        store
+            .list_definitions("default")
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store
+            .disabled_definitions(Some("default"))
+            .await
+            .expect("disabled")
+            .is_empty()
+    );
+    assert!(matches!(
+        store.delete_definition("default", "crm.sync", t0()).await,
+        Err(Error::NotFound { .. })
+    ));
+    let pinned = store
+        .pinned_definitions(&f.workflow_id, &pins)
+        .await
+        .expect("pinned");
+    assert_eq!(pinned, [("crm.sync".to_owned(), 1, def("a"))]);
+    let missing: Pins = [("crm.sync".to_owned(), 9)].into_iter().collect();
+    assert!(matches!(
+        store.pinned_definitions(&f.workflow_id, &missing).await,
+        Err(Error::NotFound { .. })
+    ));
+    // Stored again, it goes on from its last version, enabled.
+    let (v3, _) = store
+        .put_definition("default", "crm.sync", &def("a"), t0())
+        .await
+        .expect("put again");
+    assert_eq!((v3.version, v3.enabled), (3, true));
 }

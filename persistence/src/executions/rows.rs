@@ -250,6 +250,7 @@ pub(crate) fn outcome_columns(
         ActionOutcome::Skipped { reason, output } => {
             ("skipped", Some(output.clone()), Some(reason.clone()))
         }
+        ActionOutcome::Held { reason } => ("held", None, Some(reason.clone())),
         ActionOutcome::Deferred { until, reason } => (
             "deferred",
             Some(serde_json::json!({ "until": until })),

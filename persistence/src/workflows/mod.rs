@@ -14,7 +14,9 @@ use sqlx::Executor;
 use crate::Result;
 use crate::error::Error;
 use crate::sql::{Bind, Doc, Instant, Read, Sql, SqlStore, at, conflict, not_found};
-use crate::types::{NewWorkflow, VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowVersion};
+use crate::types::{
+    NewWorkflow, Pins, VersionSummary, WorkflowQuery, WorkflowRecord, WorkflowVersion,
+};
 
 /// Workflows and their versions.
 pub trait WorkflowStore: Send + Sync {
@@ -32,15 +34,18 @@ pub trait WorkflowStore: Send + Sync {
         id_or_key: &str,
     ) -> impl Future<Output = Result<Option<WorkflowRecord>>> + Send;
 
-    /// Publishes `definition` as the next version (1, 2, …), atomically.
+    /// Publishes `definition` as the next version (1, 2, …), atomically,
+    /// pinning the registry versions it was validated against.
     fn publish(
         &self,
         workflow_id: &str,
         definition: &Workflow,
+        pins: &Pins,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<WorkflowVersion>> + Send;
 
-    /// Publishes `definition` unless it equals the latest version, which is
+    /// Publishes `definition` unless it equals the latest version (the
+    /// document and its pins), which is
     /// then returned with `false`; one transaction holding the workflow row,
     /// so concurrent publishes of one document make one version. An archived
     /// workflow is [`crate::Error::Invalid`].
@@ -48,6 +53,7 @@ pub trait WorkflowStore: Send + Sync {
         &self,
         workflow_id: &str,
         definition: &Workflow,
+        pins: &Pins,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(WorkflowVersion, bool)>> + Send;
 
@@ -105,7 +111,7 @@ pub trait WorkflowStore: Send + Sync {
 const COLUMNS: &str =
     "id, namespace, key, name, draft, latest_version, created_at, updated_at, archived_at";
 
-const VERSION_COLUMNS: &str = "workflow_id, version, definition, published_at";
+const VERSION_COLUMNS: &str = "workflow_id, version, definition, published_at, registry";
 
 impl<DB> WorkflowStore for SqlStore<DB>
 where
@@ -119,6 +125,7 @@ where
     for<'q> bool: Bind<'q, DB>,
     for<'q> Instant: Bind<'q, DB>,
     for<'q> Doc: Bind<'q, DB>,
+    for<'q> Option<Doc>: Bind<'q, DB>,
     WorkflowRecord: Read<DB>,
     WorkflowVersion: Read<DB>,
     VersionSummary: Read<DB>,
@@ -162,10 +169,11 @@ where
         &self,
         workflow_id: &str,
         definition: &Workflow,
+        pins: &Pins,
         now: DateTime<Utc>,
     ) -> Result<WorkflowVersion> {
         let mut tx = self.pool.begin().await?;
-        let v = next_version(&mut tx, workflow_id, definition, now).await?;
+        let v = next_version(&mut tx, workflow_id, definition, pins, now).await?;
         tx.commit().await?;
         Ok(v)
     }
@@ -174,6 +182,7 @@ where
         &self,
         workflow_id: &str,
         definition: &Workflow,
+        pins: &Pins,
         now: DateTime<Utc>,
     ) -> Result<(WorkflowVersion, bool)> {
         let mut tx = self.pool.begin().await?;
@@ -204,12 +213,12 @@ where
             .bind(latest)
             .fetch_one(&mut *tx)
             .await?;
-            if v.definition == *definition {
+            if v.definition == *definition && v.registry == *pins {
                 tx.commit().await?;
                 return Ok((v, false));
             }
         }
-        let v = next_version(&mut tx, workflow_id, definition, now).await?;
+        let v = next_version(&mut tx, workflow_id, definition, pins, now).await?;
         tx.commit().await?;
         Ok((v, true))
     }
@@ -337,6 +346,7 @@ async fn next_version<DB>(
     tx: &mut DB::Connection,
     workflow_id: &str,
     definition: &Workflow,
+    pins: &Pins,
     now: DateTime<Utc>,
 ) -> Result<WorkflowVersion>
 where
@@ -347,6 +357,7 @@ where
     for<'q> i64: Bind<'q, DB>,
     for<'q> Instant: Bind<'q, DB>,
     for<'q> Doc: Bind<'q, DB>,
+    for<'q> Option<Doc>: Bind<'q, DB>,
     WorkflowVersion: Read<DB>,
     (i32,): Read<DB>,
 {
@@ -380,13 +391,17 @@ where
         .await?;
     }
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO workflow_versions (workflow_id, version, definition, published_at)
-         VALUES ($1, $2, $3, $4) RETURNING {VERSION_COLUMNS}"
+        "INSERT INTO workflow_versions (workflow_id, version, definition, published_at, registry)
+         VALUES ($1, $2, $3, $4, $5) RETURNING {VERSION_COLUMNS}"
     )))
     .bind(workflow_id)
     .bind(version)
     .bind(Doc::of("workflow definition", definition)?)
     .bind(at(now))
+    .bind(match pins.is_empty() {
+        true => None,
+        false => Some(Doc::of("registry pins", pins)?),
+    })
     .fetch_one(&mut *tx)
     .await?)
 }
