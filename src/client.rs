@@ -813,3 +813,126 @@ fn csv_value(v: &str) -> Value {
     }
     Value::String(v.to_owned())
 }
+
+/// One line per definition: name, kind, version, state, title.
+fn registry_line(d: &Value) -> String {
+    let name = d["name"].as_str().unwrap_or("");
+    let kind = d["definition"]["kind"].as_str().unwrap_or("");
+    let version = match d["version"].as_i64() {
+        Some(v) => format!("v{v}"),
+        None => "built-in".into(),
+    };
+    let state = if d["enabled"].as_bool() == Some(false) {
+        "disabled"
+    } else {
+        "enabled"
+    };
+    let title = d["definition"]["title"].as_str().unwrap_or("");
+    format!("{name:<28} {kind:<8} {version:<9} {state:<9} {title}")
+}
+
+/// `sojourn registry ls [--kind K]`.
+pub(crate) async fn registry_list(c: &Client, kind: Option<String>) -> Result<(), Failure> {
+    let path = match &kind {
+        Some(k) => format!("/v1/registry?kind={}", seg(k)),
+        None => "/v1/registry".to_owned(),
+    };
+    let v = c.get(&path).await?;
+    if c.print_json(&v)? {
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<8} {:<9} {:<9} TITLE",
+        "NAME", "KIND", "VERSION", "STATE"
+    );
+    for d in v.as_array().into_iter().flatten() {
+        println!("{}", registry_line(d));
+    }
+    Ok(())
+}
+
+/// `sojourn registry get NAME [--version N]`.
+pub(crate) async fn registry_get(
+    c: &Client,
+    name: &str,
+    version: Option<i32>,
+) -> Result<(), Failure> {
+    let path = match version {
+        Some(v) => format!("/v1/registry/{}?version={v}", seg(name)),
+        None => format!("/v1/registry/{}", seg(name)),
+    };
+    let v = c.get(&path).await?;
+    if c.print_json(&v)? {
+        return Ok(());
+    }
+    println!("{}", registry_line(&v));
+    if let Some(versions) = v["versions"].as_array() {
+        let list: Vec<String> = versions
+            .iter()
+            .filter_map(|x| x["version"].as_i64().map(|n| format!("v{n}")))
+            .collect();
+        println!("versions   {}", list.join(", "));
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&v["definition"]).context("printing")?
+    );
+    Ok(())
+}
+
+/// `sojourn registry apply NAME -f FILE`.
+pub(crate) async fn registry_apply(c: &Client, name: &str, file: &Path) -> Result<(), Failure> {
+    let def = read_json(file)?;
+    let (_, v) = c
+        .call(
+            Method::PUT,
+            &format!("/v1/registry/{}", seg(name)),
+            Some(&def),
+            &[],
+            false,
+        )
+        .await?
+        .ok_or_else(|| Failure::Invalid(format!("{name}: not found")))?;
+    if c.print_json(&v)? {
+        return Ok(());
+    }
+    let version = v["version"].as_i64().unwrap_or(0);
+    if v["new"].as_bool() == Some(true) {
+        println!("{name}: version {version}");
+    } else {
+        println!("{name}: unchanged (version {version})");
+    }
+    Ok(())
+}
+
+/// `sojourn registry enable|disable NAME`.
+pub(crate) async fn registry_switch(c: &Client, name: &str, action: &str) -> Result<(), Failure> {
+    let (_, v) = c
+        .post(
+            &format!("/v1/registry/{}/{action}", seg(name)),
+            &Value::Null,
+        )
+        .await?;
+    if !c.print_json(&v)? {
+        println!("{}", registry_line(&v));
+    }
+    Ok(())
+}
+
+/// `sojourn registry rm NAME`.
+pub(crate) async fn registry_delete(c: &Client, name: &str) -> Result<(), Failure> {
+    let (_, v) = c
+        .call(
+            Method::DELETE,
+            &format!("/v1/registry/{}", seg(name)),
+            None,
+            &[],
+            false,
+        )
+        .await?
+        .ok_or_else(|| Failure::Invalid(format!("{name}: not found")))?;
+    if !c.print_json(&v)? {
+        println!("{name}: deleted");
+    }
+    Ok(())
+}

@@ -167,6 +167,11 @@ enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// The registry's trigger and action definitions (client).
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
     /// The audience's profiles (client).
     Profiles {
         #[command(subcommand)]
@@ -352,6 +357,54 @@ enum ClusterCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum RegistryCommand {
+    /// List the definitions, built-in ones first.
+    Ls {
+        /// Only `action` or `trigger` definitions.
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Show a definition (a version: `--version N`), with its versions.
+    Get {
+        name: String,
+        #[arg(long)]
+        version: Option<i32>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Create or edit a definition from a JSON file (`-`: standard input);
+    /// an edit makes a new version.
+    Apply {
+        name: String,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Enable a definition.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Disable a definition: new versions that use it are refused, and
+    /// executions that reach it pause until it is enabled and retried.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Delete a definition (published versions keep the one they pinned).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Create an API key and print its secret (shown once).
     Create {
@@ -503,6 +556,36 @@ fn main() -> ExitCode {
             )
             .await
         }),
+        Command::Registry { command } => match command {
+            RegistryCommand::Ls { kind, conn } => {
+                with_client(
+                    conn,
+                    |c| async move { client::registry_list(&c, kind).await },
+                )
+            }
+            RegistryCommand::Get {
+                name,
+                version,
+                conn,
+            } => with_client(conn, |c| async move {
+                client::registry_get(&c, &name, version).await
+            }),
+            RegistryCommand::Apply { name, file, conn } => with_client(conn, |c| async move {
+                client::registry_apply(&c, &name, &file).await
+            }),
+            RegistryCommand::Enable { name, conn } => with_client(conn, |c| async move {
+                client::registry_switch(&c, &name, "enable").await
+            }),
+            RegistryCommand::Disable { name, conn } => with_client(conn, |c| async move {
+                client::registry_switch(&c, &name, "disable").await
+            }),
+            RegistryCommand::Rm { name, conn } => {
+                with_client(
+                    conn,
+                    |c| async move { client::registry_delete(&c, &name).await },
+                )
+            }
+        },
         Command::Profiles {
             command:
                 ProfilesCommand::Import {

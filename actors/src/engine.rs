@@ -41,6 +41,8 @@ pub(crate) struct Context<S: Store> {
     pub(crate) starter: Starter,
     pub(crate) activator: Activator,
     pub(crate) workflows: WorkflowCache,
+    /// Disabled actions, for the outbox relay.
+    pub(crate) gate: Arc<crate::registry::Gate>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) timer_wake: Arc<TimerWake>,
     /// Kafka or the in-process queue: channel actions, `kafka.publish`,
@@ -229,6 +231,7 @@ impl<S: Store> Engine<S> {
             starter,
             activator,
             workflows: WorkflowCache::default(),
+            gate: Arc::default(),
             stats: stats.clone(),
             timer_wake: Arc::new(TimerWake::new(&config)),
             bus: bus.clone(),
@@ -323,6 +326,7 @@ impl<S: Store> Engine<S> {
                     channels.clone(),
                     shutdown.clone(),
                 ),
+                gate: ctx.gate.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -441,13 +445,16 @@ impl<S: Store> Engine<S> {
     /// Creates the workflow (by its `key`) if it does not exist and publishes
     /// the document as its next version. Returns `(workflow id, version)`.
     pub async fn deploy(&self, workflow: &Workflow) -> Result<(String, i32), Error> {
-        check(workflow)?;
+        let store = &self.ctx.store;
+        let ns = &self.ctx.config.namespace;
+        let pins = check(
+            workflow,
+            &crate::registry::namespace_registry(&**store, ns).await?,
+        )?;
         let key = workflow
             .key
             .clone()
             .ok_or_else(|| Error::Validation("key: a deployed workflow needs a key".into()))?;
-        let store = &self.ctx.store;
-        let ns = &self.ctx.config.namespace;
         let now = Utc::now();
         let record = match store.get_workflow(ns, &key).await? {
             Some(r) => r,
@@ -475,7 +482,9 @@ impl<S: Store> Engine<S> {
             }
         };
         // Deploying the same document again publishes nothing new.
-        let (v, new) = store.publish_if_changed(&record.id, workflow, now).await?;
+        let (v, new) = store
+            .publish_if_changed(&record.id, workflow, &pins, now)
+            .await?;
         if new {
             self.ctx.workflows.forget_keys();
         }
@@ -625,7 +634,8 @@ impl<S: Store> Engine<S> {
     }
 
     /// Publishes `workflow` as the next version of a stored workflow, after
-    /// validating it. Starts by key see the new version at once on this
+    /// validating it against `registry` (its namespace's; the custom actions it
+    /// uses are pinned at their versions there). Starts by key see the new version at once on this
     /// node. Returns the version and whether it is new: a document equal to the
     /// latest version publishes nothing (atomically, so concurrent publishes
     /// of one document make one version).
@@ -633,17 +643,30 @@ impl<S: Store> Engine<S> {
         &self,
         workflow_id: &str,
         workflow: &Workflow,
+        registry: &Registry,
     ) -> Result<(sojourn_persistence::WorkflowVersion, bool), Error> {
-        check(workflow)?;
+        let pins = check(workflow, registry)?;
         let (v, new) = self
             .ctx
             .store
-            .publish_if_changed(workflow_id, workflow, Utc::now())
+            .publish_if_changed(workflow_id, workflow, &pins, Utc::now())
             .await?;
         if new {
             self.ctx.workflows.forget_keys();
         }
         Ok((v, new))
+    }
+
+    /// What a namespace's new versions are validated against: the built-in
+    /// actions and its own, less what it disabled.
+    pub async fn registry(&self, namespace: &str) -> Result<Registry, Error> {
+        crate::registry::namespace_registry(&*self.ctx.store, namespace).await
+    }
+
+    /// Reads the disabled actions again now (after a change through this
+    /// node; other nodes see it within [`crate::registry::GATE_REFRESH`]).
+    pub async fn registry_changed(&self) {
+        self.ctx.gate.refresh(&*self.ctx.store).await;
     }
 
     /// Forgets cached workflow lookups (after an archive through this node).
@@ -990,10 +1013,11 @@ async fn drain_node<S: Store>(router: &Router<S>, supervisor: &ActorRef<Supervis
     info!("drained: every execution passivated, leases released");
 }
 
-/// Validates a document against the built-in registry.
-fn check(workflow: &Workflow) -> Result<(), Error> {
-    CompiledWorkflow::compile(workflow, &Registry::builtin())
-        .map(drop)
+/// Validates a document against a namespace's registry; returns the
+/// registry versions it uses.
+fn check(workflow: &Workflow, registry: &Registry) -> Result<sojourn_persistence::Pins, Error> {
+    CompiledWorkflow::compile(workflow, registry)
+        .map(|wf| wf.pins())
         .map_err(|errors| {
             Error::Validation(
                 errors

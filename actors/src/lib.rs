@@ -40,6 +40,7 @@ pub mod metrics;
 mod outbox;
 pub mod providers;
 mod recovery;
+pub mod registry;
 mod results;
 mod router;
 pub mod schedules;

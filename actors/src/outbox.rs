@@ -18,6 +18,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::config::Config;
 use crate::execution::{Delivery, LocalResult};
 use crate::providers::{self, Providers};
+use crate::registry::Gate;
 use crate::router::Router;
 use crate::stats::Stats;
 use crate::supervisor::SupervisorMsg;
@@ -49,6 +50,8 @@ pub(crate) struct OutboxRelay<S: Store> {
     /// Joins each send to its execution's trace.
     pub(crate) traces: Arc<Traces>,
     pub(crate) providers: Providers,
+    /// Holds sends of actions disabled in their namespace.
+    pub(crate) gate: Arc<Gate>,
 }
 
 impl<S: Store> OutboxRelay<S> {
@@ -64,9 +67,10 @@ impl<S: Store> OutboxRelay<S> {
             stats,
             traces,
             providers,
+            gate,
         } = self;
         run(
-            store, config, wake, handed, router, stats, traces, providers, shutdown,
+            store, config, wake, handed, router, stats, traces, providers, gate, shutdown,
         )
         .await;
     }
@@ -82,6 +86,7 @@ async fn run<S: Store>(
     stats: Arc<Stats>,
     traces: Arc<Traces>,
     http: Providers,
+    gate: Arc<Gate>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_in_flight_actions));
@@ -98,6 +103,7 @@ async fn run<S: Store>(
     let mut last_claim: Option<std::time::Instant> = None;
     let mut woken = true;
     while !shutdown.is_cancelled() {
+        gate.refresh_if_stale(&*store).await;
         // Handed over in memory: sent first, each as a slot frees; at most a
         // batch per turn, so the table's poll still gets its turn.
         for _ in 0..MAX_HANDED_PER_TURN {
@@ -107,7 +113,7 @@ async fn run<S: Store>(
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };
-            send(&http, slot, &done_tx, &stats, &traces, m);
+            send_or_hold(&*store, &gate, &http, slot, &done_tx, &stats, &traces, m).await;
         }
         let free = slots.available_permits().min(512) as u32;
         let mut claimed = 0;
@@ -124,8 +130,10 @@ async fn run<S: Store>(
             {
                 Ok(messages) => {
                     claimed = messages.len();
-                    if let Err(e) =
-                        dispatch(&*store, &http, &slots, &done_tx, &stats, &traces, messages).await
+                    if let Err(e) = dispatch(
+                        &*store, &http, &gate, &slots, &done_tx, &stats, &traces, messages,
+                    )
+                    .await
                     {
                         warn!(error = %e, "recording attempts failed; the outbox will redeliver");
                     }
@@ -141,7 +149,7 @@ async fn run<S: Store>(
                     if let Some(m) = m
                         && let Ok(slot) = slots.clone().acquire_owned().await
                     {
-                        send(&http, slot, &done_tx, &stats, &traces, m);
+                        send_or_hold(&*store, &gate, &http, slot, &done_tx, &stats, &traces, m).await;
                     }
                 }
                 _ = shutdown.cancelled() => {}
@@ -155,9 +163,11 @@ async fn run<S: Store>(
 }
 
 /// Records a batch of attempts, then sends the ones to send.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch<S: Store>(
     store: &S,
     http: &Providers,
+    gate: &Gate,
     slots: &Arc<Semaphore>,
     done: &mpsc::Sender<Sent>,
     stats: &Arc<Stats>,
@@ -188,7 +198,7 @@ async fn dispatch<S: Store>(
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                send(http, slot, done, stats, traces, m);
+                send_or_hold(store, gate, http, slot, done, stats, traces, m).await;
             }
         }
     }
@@ -196,6 +206,33 @@ async fn dispatch<S: Store>(
         store.ack_outbox(&drop_ids).await?;
     }
     Ok(())
+}
+
+/// Sends one attempt, unless its action is disabled in its namespace: then
+/// the finisher gets [`ActionOutcome::Held`] at once, nothing sent.
+#[allow(clippy::too_many_arguments)]
+async fn send_or_hold<S: Store>(
+    store: &S,
+    gate: &Gate,
+    http: &Providers,
+    slot: OwnedSemaphorePermit,
+    done: &mpsc::Sender<Sent>,
+    stats: &Arc<Stats>,
+    traces: &Traces,
+    m: OutboxMessage,
+) {
+    match gate.held(store, &m).await {
+        None => send(http, slot, done, stats, traces, m),
+        Some(outcome) => {
+            let _ = done
+                .send(Sent {
+                    message: m,
+                    outcome,
+                    _slot: slot,
+                })
+                .await;
+        }
+    }
 }
 
 /// Sends one attempt (already recorded as begun) in a task of its own,

@@ -517,7 +517,7 @@ pub(crate) fn strip_nul(v: &mut Value) {
 }
 
 async fn send_action(providers: &Providers, d: &Dispatch, inputs: &Value) -> ActionOutcome {
-    match d.action.as_str() {
+    match d.sent_as() {
         "http.request" => providers.http.send(d, inputs).await,
         "kafka.publish" => kafka_publish(&providers.bus, &providers.stop, d, inputs).await,
         other => failure(

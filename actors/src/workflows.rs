@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sojourn_persistence::Store;
-use sojourn_runtime::{CompiledWorkflow, Registry};
+use sojourn_runtime::CompiledWorkflow;
 
 use crate::Error;
 
@@ -76,18 +76,18 @@ impl WorkflowCache {
             .get_version(workflow_id, Some(version))
             .await?
             .ok_or_else(|| Error::WorkflowNotFound(format!("{workflow_id} v{version}")))?;
-        let wf =
-            CompiledWorkflow::compile(&v.definition, &Registry::builtin()).map_err(|errors| {
-                Error::InvalidWorkflow {
-                    workflow: workflow_id.to_owned(),
-                    version,
-                    message: errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                }
-            })?;
+        let registry = crate::registry::pinned_registry(store, workflow_id, &v.registry).await?;
+        let wf = CompiledWorkflow::compile(&v.definition, &registry).map_err(|errors| {
+            Error::InvalidWorkflow {
+                workflow: workflow_id.to_owned(),
+                version,
+                message: errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        })?;
         let wf = Arc::new(wf);
         if let Ok(mut m) = self.compiled.write() {
             m.insert(key, wf.clone());

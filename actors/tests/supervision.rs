@@ -42,17 +42,19 @@ impl WorkflowStore for Flaky {
         &self,
         id: &str,
         wf: &Workflow,
+        pins: &sojourn_persistence::Pins,
         now: DateTime<Utc>,
     ) -> Result<WorkflowVersion, Error> {
-        self.0.publish(id, wf, now).await
+        self.0.publish(id, wf, pins, now).await
     }
     async fn publish_if_changed(
         &self,
         id: &str,
         wf: &Workflow,
+        pins: &sojourn_persistence::Pins,
         now: DateTime<Utc>,
     ) -> Result<(WorkflowVersion, bool), Error> {
-        self.0.publish_if_changed(id, wf, now).await
+        self.0.publish_if_changed(id, wf, pins, now).await
     }
     async fn get_version(
         &self,
@@ -322,6 +324,67 @@ impl KeyStore for Flaky {
         now: DateTime<Utc>,
     ) -> Result<ApiKeyRecord, Error> {
         self.0.revoke_api_key(ns, id, now).await
+    }
+}
+
+impl sojourn_persistence::RegistryStore for Flaky {
+    async fn put_definition(
+        &self,
+        ns: &str,
+        name: &str,
+        def: &sojourn_runtime::Definition,
+        now: DateTime<Utc>,
+    ) -> Result<(sojourn_persistence::RegistryEntry, bool), Error> {
+        self.0.put_definition(ns, name, def, now).await
+    }
+    async fn get_definition(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<i32>,
+    ) -> Result<Option<sojourn_persistence::RegistryEntry>, Error> {
+        self.0.get_definition(ns, name, version).await
+    }
+    async fn list_definitions(
+        &self,
+        ns: &str,
+    ) -> Result<Vec<sojourn_persistence::RegistryEntry>, Error> {
+        self.0.list_definitions(ns).await
+    }
+    async fn list_definition_versions(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Vec<sojourn_persistence::RegistryVersion>, Error> {
+        self.0.list_definition_versions(ns, name).await
+    }
+    async fn delete_definition(
+        &self,
+        ns: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.0.delete_definition(ns, name, now).await
+    }
+    async fn set_enabled(
+        &self,
+        ns: &str,
+        name: &str,
+        builtin: Option<sojourn_runtime::Kind>,
+        enabled: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.0.set_enabled(ns, name, builtin, enabled, now).await
+    }
+    async fn disabled_definitions(&self, ns: Option<&str>) -> Result<Vec<(String, String)>, Error> {
+        self.0.disabled_definitions(ns).await
+    }
+    async fn pinned_definitions(
+        &self,
+        workflow_id: &str,
+        pins: &sojourn_persistence::Pins,
+    ) -> Result<Vec<(String, i32, sojourn_runtime::Definition)>, Error> {
+        self.0.pinned_definitions(workflow_id, pins).await
     }
 }
 

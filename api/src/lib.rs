@@ -39,7 +39,7 @@ pub use state::AppState;
 use crate::auth::Scope::{Admin, Read, Write};
 use crate::docs::{Routes, Spec};
 use crate::routes::{
-    audience, cluster, deliveries, events, executions, keys, system, triggers, workflows,
+    audience, cluster, deliveries, events, executions, keys, registry, system, triggers, workflows,
 };
 
 /// The built API: its router, its OpenAPI document and its route table.
@@ -177,6 +177,69 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
             .body::<triggers::CreateTrigger>()
             .returns::<triggers::TriggerOut>(201),
         triggers::create::<S>,
+    );
+
+    // ---- registry ----------------------------------------------------------
+    r.add(
+        M::GET,
+        "/v1/registry",
+        Spec::new("registry", "List trigger and action definitions")
+            .scope(Read)
+            .query::<registry::ListDefinitions>()
+            .returns::<Vec<registry::DefinitionOut>>(200)
+            .describe("The built-in definitions, then the namespace's own at their latest versions: what the builder's palette and property forms are made from."),
+        registry::list::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/registry/{name}",
+        Spec::new("registry", "Get a definition (with its versions)")
+            .scope(Read)
+            .param("name", registry::name_param)
+            .query::<registry::GetDefinition>()
+            .returns::<registry::DefinitionOut>(200),
+        registry::get::<S>,
+    );
+    r.add(
+        M::PUT,
+        "/v1/registry/{name}",
+        Spec::new("registry", "Create or edit a definition")
+            .scope(Write)
+            .param("name", registry::name_param)
+            .body::<sojourn_runtime::Definition>()
+            .returns::<registry::DefinitionOut>(200)
+            .also::<registry::DefinitionOut>(201, "created (version 1)")
+            .describe("An edit makes a new version (an unchanged definition makes none: `new` is false). Published workflow versions keep running with the version they were validated against; new versions are validated against the latest. A custom action needs `run`: `{\"http\": {method, url, headers, body}}` (templates over `inputs`, `{{ secrets.NAME }}` resolved at send time) or `{\"kafka\": {topic, key}}`."),
+        registry::put::<S>,
+    );
+    r.add(
+        M::DELETE,
+        "/v1/registry/{name}",
+        Spec::new("registry", "Delete a definition")
+            .scope(Write)
+            .param("name", registry::name_param)
+            .returns::<registry::Deleted>(200)
+            .describe("New workflow versions can no longer use it; published versions that use it keep running with the version they pinned."),
+        registry::delete::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/registry/{name}/enable",
+        Spec::new("registry", "Enable a definition")
+            .scope(Write)
+            .param("name", registry::name_param)
+            .returns::<registry::DefinitionOut>(200),
+        registry::enable::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/registry/{name}/disable",
+        Spec::new("registry", "Disable a definition")
+            .scope(Write)
+            .param("name", registry::name_param)
+            .returns::<registry::DefinitionOut>(200)
+            .describe("New workflow versions that use it are refused, naming the node; an execution that reaches it pauses (with the reason) until it is enabled again and the execution retried. Built-in definitions can be disabled too."),
+        registry::disable::<S>,
     );
 
     // ---- executions --------------------------------------------------------

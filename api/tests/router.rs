@@ -47,7 +47,11 @@ struct App<S: Store> {
 }
 
 async fn app_over<S: Store>(store: S, place: String) -> App<S> {
-    let engine = Arc::new(Engine::start(store, config()).await.expect("engine starts"));
+    app_with(store, place, config()).await
+}
+
+async fn app_with<S: Store>(store: S, place: String, config: Config) -> App<S> {
+    let engine = Arc::new(Engine::start(store, config).await.expect("engine starts"));
     let api = sojourn_api::build(AppState::new(engine.clone(), AuthMode::Required));
     App { api, engine, place }
 }
@@ -2152,6 +2156,313 @@ async fn triggers_on_sqlite() {
 async fn triggers_on_postgres() {
     let app = pg_app(4).await;
     triggers(&app).await;
+    app.finish().await;
+}
+
+// ---- the registry -------------------------------------------------------------
+
+/// A config whose secrets hold the CRM's token.
+fn crm_config(token: &str) -> Config {
+    let secrets = [(
+        "CRM_TOKEN".to_owned(),
+        secrecy::SecretString::from(token.to_owned()),
+    )]
+    .into_iter()
+    .collect();
+    Config {
+        secrets: sojourn_actors::Secrets::new(secrets),
+        ..config()
+    }
+}
+
+/// start → one `crm.update_contact` with these inputs → exit.
+fn crm_journey(inputs: Value) -> Value {
+    json!({
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "crm", "type": "action", "config": {
+                "action": "crm.update_contact", "inputs": inputs, "retry": {"max_attempts": 1}}},
+            {"id": "done", "type": "exit", "config": {"outcome": "synced"}}
+        ],
+        "edges": [
+            {"from": "start", "to": "crm"},
+            {"from": "crm", "to": "done", "branch": "success"}
+        ]
+    })
+}
+
+async fn registry<S: Store>(app: &App<S>, crm: &sojourn_testkit::fakes::Fake) {
+    let k = app.key("reg", &["write"]).await;
+    let put = |name: &str, body: Value| {
+        let uri = format!("/v1/registry/{name}");
+        let k = k.clone();
+        async move { app.call(Method::PUT, &uri, Some(&k), Some(body)).await }
+    };
+
+    // The built-ins are there, with their schemas, triggers included.
+    let r = app.get("/v1/registry", &k).await;
+    let all = r.ok(StatusCode::OK).as_array().expect("list").clone();
+    let email = all
+        .iter()
+        .find(|d| d["name"] == "email.send")
+        .expect("email.send is listed");
+    assert_eq!(email["builtin"], json!(true));
+    assert_eq!(email["enabled"], json!(true));
+    assert_eq!(
+        email["definition"]["inputs"]["required"],
+        json!(["to", "subject"])
+    );
+    let r = app.get("/v1/registry?kind=trigger", &k).await;
+    let triggers = r.ok(StatusCode::OK).as_array().expect("list").clone();
+    assert_eq!(
+        triggers
+            .iter()
+            .map(|d| d["name"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        [
+            "trigger.api",
+            "trigger.schedule",
+            "trigger.event",
+            "trigger.segment"
+        ]
+    );
+    assert!(triggers[1]["definition"]["inputs"]["properties"]["cron"].is_object());
+
+    // A bad definition is refused field by field, and nothing is stored.
+    let r = put(
+        "crm.update_contact",
+        json!({"kind": "action", "inputs": {"type": "object", "properties": {"id": {"type": "nope"}}},
+            "run": {"http": {"url": "ftp://crm.example.com/"}}}),
+    )
+    .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("inputs"),
+    );
+    assert_eq!(r.json["error"]["details"].as_array().map(Vec::len), Some(2));
+    assert_eq!(r.json["error"]["details"][1]["field"], "run.http.url");
+    let r = app.get("/v1/registry/crm.update_contact", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let r = put("Crm", json!({"kind": "action"})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("name"));
+    let r = put(
+        "email.send",
+        json!({"kind": "action", "run": {"kafka": {"topic": "t"}}}),
+    )
+    .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("name"));
+
+    // Created, unchanged, edited.
+    let v1 = json!({
+        "kind": "action", "title": "Update a contact", "category": "crm", "icon": "users",
+        "inputs": {"type": "object", "required": ["id", "plan"], "properties": {
+            "id": {"type": "string"}, "plan": {"enum": ["free", "pro"]}}},
+        "run": {"http": {"method": "PATCH", "url": format!("{}/contacts/{{{{ inputs.id }}}}", crm.url()),
+            "headers": {"Authorization": "Bearer {{ secrets.CRM_TOKEN }}"}}},
+    });
+    let r = put("crm.update_contact", v1.clone()).await;
+    let created = r.ok(StatusCode::CREATED);
+    assert_eq!(
+        (created["version"].clone(), created["new"].clone()),
+        (json!(1), json!(true))
+    );
+    let r = put("crm.update_contact", v1.clone()).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["new"],
+        json!(false),
+        "unchanged: no version"
+    );
+
+    // Workflows are validated against it: the node and the field are named.
+    let r = app
+        .post(
+            "/v1/workflows",
+            &k,
+            json!({"key": "crm-bad", "definition": crm_journey(json!({"id": 7, "plan": "gold"})), "publish": true}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_workflow",
+        Some("definition.nodes[crm].config.inputs.id"),
+    );
+    assert_eq!(r.json["error"]["details"].as_array().map(Vec::len), Some(2));
+    let r = app.get("/v1/workflows/crm-bad", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Published, it pins version 1, and runs as that version says.
+    let journey = crm_journey(json!({"id": "{{ input.user }}", "plan": "pro"}));
+    app.workflow(&k, "crm", journey.clone()).await;
+    let r = app.get("/v1/workflows/crm/versions/1", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["registry"],
+        json!({"crm.update_contact": 1})
+    );
+    let e = app.start(&k, "crm", json!({"user": "u-1"})).await;
+    let done = app.wait_status(&k, &e, "completed").await;
+    assert_eq!(done["outcome"], "synced");
+    let sent = crm.accepted();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].method.as_str(), sent[0].path.as_str()),
+        ("PATCH", "/contacts/u-1")
+    );
+    assert_eq!(sent[0].body, json!({"id": "u-1", "plan": "pro"}));
+    assert_eq!(sent[0].header("idempotency-key"), format!("{e}/crm/1"));
+    // The secret went to the CRM, and nowhere the API shows.
+    let r = app.get(&format!("/v1/executions/{e}/journal"), &k).await;
+    assert!(!r.ok(StatusCode::OK).to_string().contains("crm-secret"));
+
+    // Version 2 changes how it runs; the published version keeps version 1.
+    let mut v2 = v1.clone();
+    v2["run"]["http"]["method"] = json!("PUT");
+    v2["run"]["http"]["body"] = json!({"contact": "{{ inputs.id }}", "tier": "{{ inputs.plan }}"});
+    let r = put("crm.update_contact", v2).await;
+    assert_eq!(r.ok(StatusCode::OK)["version"], json!(2));
+    let r = app.get("/v1/registry/crm.update_contact", &k).await;
+    let got = r.ok(StatusCode::OK);
+    assert_eq!(got["versions"].as_array().map(Vec::len), Some(2));
+    let r = app
+        .get("/v1/registry/crm.update_contact?version=1", &k)
+        .await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["definition"]["run"]["http"]["method"],
+        "PATCH"
+    );
+    let e = app.start(&k, "crm", json!({"user": "u-2"})).await;
+    app.wait_status(&k, &e, "completed").await;
+    assert_eq!(crm.accepted()[1].method, "PATCH", "the pinned version runs");
+    // Publishing the same document again pins version 2: a new version.
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/workflows/crm",
+            Some(&k),
+            Some(json!({"definition": journey, "publish": true})),
+        )
+        .await;
+    assert_eq!(
+        r.ok(StatusCode::OK)["published"]["registry"],
+        json!({"crm.update_contact": 2})
+    );
+    let e = app.start(&k, "crm", json!({"user": "u-3"})).await;
+    app.wait_status(&k, &e, "completed").await;
+    let third = &crm.accepted()[2];
+    assert_eq!(third.method, "PUT");
+    assert_eq!(third.body, json!({"contact": "u-3", "tier": "pro"}));
+
+    // Disabled: new versions are refused, and an execution that reaches it
+    // pauses with the reason, sending nothing, until enabled and retried.
+    let r = app
+        .post_empty("/v1/registry/crm.update_contact/disable", &k)
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["enabled"], json!(false));
+    let r = app
+        .post(
+            "/v1/workflows",
+            &k,
+            json!({"key": "crm-new", "definition": crm_journey(json!({"id": "a", "plan": "pro"})), "publish": true}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_workflow",
+        Some("definition.nodes[crm].config.action"),
+    );
+    assert!(r.str("/error/message").contains("disabled"), "{}", r.text());
+    let e = app.start(&k, "crm", json!({"user": "u-4"})).await;
+    let paused = app.wait_status(&k, &e, "paused").await;
+    assert!(
+        paused["pause"]["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("disabled in the registry")),
+        "{paused:#}"
+    );
+    assert_eq!(crm.accepted().len(), 3, "nothing was sent");
+    let r = app
+        .post_empty("/v1/registry/crm.update_contact/enable", &k)
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["enabled"], json!(true));
+    app.post_empty(&format!("/v1/executions/{e}/retry"), &k)
+        .await
+        .ok(StatusCode::ACCEPTED);
+    app.wait_status(&k, &e, "completed").await;
+    assert_eq!(crm.accepted().len(), 4);
+
+    // A built-in can be disabled (and is listed so); not edited or deleted.
+    let r = app.post_empty("/v1/registry/email.send/disable", &k).await;
+    assert_eq!(r.ok(StatusCode::OK)["builtin"], json!(true));
+    let r = app.get("/v1/registry?kind=action", &k).await;
+    let email = r
+        .ok(StatusCode::OK)
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|d| d["name"] == "email.send")
+        .cloned();
+    assert_eq!(email.map(|e| e["enabled"].clone()), Some(json!(false)));
+    let r = app
+        .call(Method::DELETE, "/v1/registry/email.send", Some(&k), None)
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("name"));
+
+    // Another namespace sees none of it.
+    let other = app.key("reg-other", &["write"]).await;
+    let r = app.get("/v1/registry/crm.update_contact", &other).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let r = app.get("/v1/registry?kind=action", &other).await;
+    assert!(
+        r.ok(StatusCode::OK)
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|d| d["enabled"] == json!(true))
+    );
+
+    // Deleted: gone from the registry; the published version still runs.
+    let r = app
+        .call(
+            Method::DELETE,
+            "/v1/registry/crm.update_contact",
+            Some(&k),
+            None,
+        )
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["deleted"], json!(true));
+    let r = app.get("/v1/registry/crm.update_contact", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let e = app.start(&k, "crm", json!({"user": "u-5"})).await;
+    app.wait_status(&k, &e, "completed").await;
+    assert_eq!(crm.accepted().len(), 5);
+    assert!(crm.refused().is_empty(), "{:?}", crm.refused());
+}
+
+#[tokio::test]
+async fn the_registry_on_sqlite() {
+    let crm = sojourn_testkit::fakes::Fake::json_api("crm-secret").await;
+    let path = std::env::temp_dir().join(format!(
+        "sojourn-api-test-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let store = SqliteStore::open(&path).await.expect("open sqlite");
+    let app = app_with(store, path.display().to_string(), crm_config("crm-secret")).await;
+    registry(&app, &crm).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_registry_on_postgres() {
+    let crm = sojourn_testkit::fakes::Fake::json_api("crm-secret").await;
+    let schema = format!("{PG_PREFIX}{}", uuid::Uuid::now_v7().simple());
+    let store = PgStore::connect_creating_schema(&database_url(), &schema, 8)
+        .await
+        .expect("PostgreSQL answers");
+    let app = app_with(store, schema, crm_config("crm-secret")).await;
+    registry(&app, &crm).await;
     app.finish().await;
 }
 

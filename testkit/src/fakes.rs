@@ -213,6 +213,14 @@ impl Fake {
         Fake::start(key_and_secret, sns).await
     }
 
+    /// A JSON API of one's own (a CRM, a webhook receiver), accepting any
+    /// path with `Bearer <token>` and a JSON body (GET and HEAD without
+    /// one): 200 `{"ok": true, "id": N}`; 401 for another token, 415 for a
+    /// body that is not JSON.
+    pub async fn json_api(token: &str) -> Fake {
+        Fake::start(token, json_api).await
+    }
+
     /// The number of OAuth2 tokens this fake issued.
     pub fn tokens_issued(&self) -> u64 {
         self.lock()
@@ -361,6 +369,29 @@ fn next_id(inner: &mut Inner, prefix: &str) -> String {
 
 /// SendGrid: `POST /v3/mail/send`, `Authorization: Bearer <key>`, JSON.
 /// Errors are `{"errors": [{"message", "field", "help"}]}`.
+fn json_api(token: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
+    if r.header("authorization") != format!("Bearer {token}") {
+        return Err(Answer::new(
+            401,
+            json!({"error": "unauthorized"}).to_string(),
+        ));
+    }
+    if r.method != "GET"
+        && r.method != "HEAD"
+        && !r.header("content-type").starts_with("application/json")
+    {
+        return Err(Answer::new(
+            415,
+            json!({"error": "expected JSON"}).to_string(),
+        ));
+    }
+    inner.counter += 1;
+    Ok(
+        Answer::new(200, json!({"ok": true, "id": inner.counter}).to_string())
+            .header("content-type", "application/json"),
+    )
+}
+
 fn sendgrid(key: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
     let error = |status: u16, message: &str, field: Option<&str>| {
         Answer::new(

@@ -11,6 +11,7 @@ pub(crate) mod deliveries;
 pub(crate) mod events;
 pub(crate) mod executions;
 pub(crate) mod keys;
+pub(crate) mod registry;
 pub(crate) mod system;
 pub(crate) mod triggers;
 pub(crate) mod workflows;

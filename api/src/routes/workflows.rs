@@ -95,6 +95,10 @@ pub struct VersionOut {
     pub new: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub definition: Option<Value>,
+    /// The registry versions of the custom actions it uses: it runs with
+    /// those, whatever is edited later.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub registry: std::collections::BTreeMap<String, i32>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -169,10 +173,11 @@ pub struct ListWorkflows {
 /// providers (a channel with none, a `provider` not configured).
 pub(crate) fn check_definition(
     channels: &sojourn_actors::channels::Channels,
+    registry: &Registry,
     definition: &Value,
 ) -> Result<Workflow, Vec<ValidationError>> {
     let wf = Workflow::from_value(definition.clone())?;
-    CompiledWorkflow::compile(&wf, &Registry::builtin())?;
+    CompiledWorkflow::compile(&wf, registry)?;
     let errors = channels.check_workflow(&wf);
     if !errors.is_empty() {
         return Err(errors);
@@ -247,12 +252,14 @@ async fn publish_document<S: Store>(
             ),
         ));
     }
-    let mut wf = check_definition(app.engine.channels(), definition).map_err(invalid_workflow)?;
+    let registry = app.engine.registry(&record.namespace).await?;
+    let mut wf =
+        check_definition(app.engine.channels(), &registry, definition).map_err(invalid_workflow)?;
     // The stored version carries the workflow's key.
     wf.key = Some(record.key.clone());
     let (v, new) = app
         .engine
-        .publish(&record.id, &wf)
+        .publish(&record.id, &wf, &registry)
         .await
         .map_err(|e| match e {
             // Archived meanwhile.
@@ -268,6 +275,7 @@ async fn publish_document<S: Store>(
             published_at: v.published_at,
             new,
             definition: None,
+            registry: v.registry,
         },
         new,
     ))
@@ -282,7 +290,12 @@ pub(crate) async fn create<S: Store>(
     check_document("definition", &req.definition)?;
     if req.publish {
         // Refuse an invalid document before anything is written.
-        check_definition(app.engine.channels(), &req.definition).map_err(invalid_workflow)?;
+        check_definition(
+            app.engine.channels(),
+            &app.engine.registry(&caller.namespace).await?,
+            &req.definition,
+        )
+        .map_err(invalid_workflow)?;
     }
     let record = app
         .engine
@@ -345,7 +358,12 @@ pub(crate) async fn update<S: Store>(
 ) -> ApiResult<axum::Json<WorkflowOut>> {
     check_document("definition", &req.definition)?;
     if req.publish {
-        check_definition(app.engine.channels(), &req.definition).map_err(invalid_workflow)?;
+        check_definition(
+            app.engine.channels(),
+            &app.engine.registry(&caller.namespace).await?,
+            &req.definition,
+        )
+        .map_err(invalid_workflow)?;
     }
     let record = find(&app, &caller, &id).await?;
     if record.archived_at.is_some() {
@@ -385,7 +403,11 @@ pub(crate) async fn validate<S: Store>(
 ) -> ApiResult<axum::Json<ValidationOut>> {
     let record = find(&app, &caller, &id).await?;
     let doc = req.definition.unwrap_or(record.draft);
-    let errors = match check_definition(app.engine.channels(), &doc) {
+    let errors = match check_definition(
+        app.engine.channels(),
+        &app.engine.registry(&caller.namespace).await?,
+        &doc,
+    ) {
         Ok(_) => Vec::new(),
         Err(errors) => errors,
     };
@@ -441,6 +463,7 @@ pub(crate) async fn version<S: Store>(
         published_at: v.published_at,
         new: false,
         definition: serde_json::to_value(&v.definition).ok(),
+        registry: v.registry,
     }))
 }
 
