@@ -103,7 +103,7 @@ async fn run<S: Store>(
     let mut last_claim: Option<std::time::Instant> = None;
     let mut woken = true;
     while !shutdown.is_cancelled() {
-        gate.refresh_if_stale(&*store).await;
+        gate.refresh_if_stale(&store);
         // Handed over in memory: sent first, each as a slot frees; at most a
         // batch per turn, so the table's poll still gets its turn.
         for _ in 0..MAX_HANDED_PER_TURN {
@@ -113,7 +113,7 @@ async fn run<S: Store>(
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };
-            send_or_hold(&*store, &gate, &http, slot, &done_tx, &stats, &traces, m).await;
+            send_or_hold(&store, &gate, &http, slot, &done_tx, &stats, &traces, m);
         }
         let free = slots.available_permits().min(512) as u32;
         let mut claimed = 0;
@@ -131,7 +131,7 @@ async fn run<S: Store>(
                 Ok(messages) => {
                     claimed = messages.len();
                     if let Err(e) = dispatch(
-                        &*store, &http, &gate, &slots, &done_tx, &stats, &traces, messages,
+                        &store, &http, &gate, &slots, &done_tx, &stats, &traces, messages,
                     )
                     .await
                     {
@@ -149,7 +149,7 @@ async fn run<S: Store>(
                     if let Some(m) = m
                         && let Ok(slot) = slots.clone().acquire_owned().await
                     {
-                        send_or_hold(&*store, &gate, &http, slot, &done_tx, &stats, &traces, m).await;
+                        send_or_hold(&store, &gate, &http, slot, &done_tx, &stats, &traces, m);
                     }
                 }
                 _ = shutdown.cancelled() => {}
@@ -165,13 +165,13 @@ async fn run<S: Store>(
 /// Records a batch of attempts, then sends the ones to send.
 #[allow(clippy::too_many_arguments)]
 async fn dispatch<S: Store>(
-    store: &S,
+    store: &Arc<S>,
     http: &Providers,
-    gate: &Gate,
+    gate: &Arc<Gate>,
     slots: &Arc<Semaphore>,
     done: &mpsc::Sender<Sent>,
     stats: &Arc<Stats>,
-    traces: &Traces,
+    traces: &Arc<Traces>,
     messages: Vec<OutboxMessage>,
 ) -> Result<(), sojourn_persistence::Error> {
     if messages.is_empty() {
@@ -198,7 +198,7 @@ async fn dispatch<S: Store>(
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                send_or_hold(store, gate, http, slot, done, stats, traces, m).await;
+                send_or_hold(store, gate, http, slot, done, stats, traces, m);
             }
         }
     }
@@ -209,30 +209,44 @@ async fn dispatch<S: Store>(
 }
 
 /// Sends one attempt, unless its action is disabled in its namespace: then
-/// the finisher gets [`ActionOutcome::Held`] at once, nothing sent.
+/// the finisher gets [`ActionOutcome::Held`], nothing sent. Only a message
+/// whose action is disabled somewhere waits on a read (in its own task).
 #[allow(clippy::too_many_arguments)]
-async fn send_or_hold<S: Store>(
-    store: &S,
-    gate: &Gate,
+fn send_or_hold<S: Store>(
+    store: &Arc<S>,
+    gate: &Arc<Gate>,
     http: &Providers,
     slot: OwnedSemaphorePermit,
     done: &mpsc::Sender<Sent>,
     stats: &Arc<Stats>,
-    traces: &Traces,
+    traces: &Arc<Traces>,
     m: OutboxMessage,
 ) {
-    match gate.held(store, &m).await {
-        None => send(http, slot, done, stats, traces, m),
-        Some(outcome) => {
-            let _ = done
-                .send(Sent {
-                    message: m,
-                    outcome,
-                    _slot: slot,
-                })
-                .await;
-        }
+    if !gate.may_hold(&m) {
+        return send(http, slot, done, stats, traces, m);
     }
+    let (store, gate, http, done, stats, traces) = (
+        store.clone(),
+        gate.clone(),
+        http.clone(),
+        done.clone(),
+        stats.clone(),
+        traces.clone(),
+    );
+    tokio::spawn(async move {
+        match gate.held(&*store, &m).await {
+            None => send(&http, slot, &done, &stats, &traces, m),
+            Some(outcome) => {
+                let _ = done
+                    .send(Sent {
+                        message: m,
+                        outcome,
+                        _slot: slot,
+                    })
+                    .await;
+            }
+        }
+    });
 }
 
 /// Sends one attempt (already recorded as begun) in a task of its own,

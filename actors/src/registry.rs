@@ -4,6 +4,7 @@
 //! holds a send of an action disabled since ([`Gate`]).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,64 +61,86 @@ pub(crate) async fn pinned_registry<S: Store>(
 #[derive(Debug, Default)]
 pub struct Gate {
     state: RwLock<GateState>,
+    /// A read is under way (in a task of its own).
+    reading: AtomicBool,
 }
 
 #[derive(Debug, Default)]
 struct GateState {
     read_at: Option<Instant>,
-    disabled: Arc<HashMap<String, HashSet<String>>>,
+    disabled: HashMap<String, HashSet<String>>,
 }
 
 impl Gate {
-    /// Reads the disabled actions again if what it knows is older than
-    /// [`GATE_REFRESH`] (one indexed query; nothing when fresh).
-    pub(crate) async fn refresh_if_stale<S: Store>(&self, store: &S) {
+    /// Reads the disabled actions again, in a task of its own, if what it
+    /// knows is older than [`GATE_REFRESH`]: the relay never waits on it
+    /// (nor on a database that does not answer).
+    pub(crate) fn refresh_if_stale<S: Store>(self: &Arc<Self>, store: &Arc<S>) {
         let fresh = self
             .state
             .read()
             .ok()
             .and_then(|s| s.read_at)
             .is_some_and(|t| t.elapsed() < GATE_REFRESH);
-        if !fresh {
-            self.refresh(store).await;
+        if fresh || self.reading.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let (gate, store) = (self.clone(), store.clone());
+        tokio::spawn(async move {
+            gate.refresh(&*store).await;
+            gate.reading.store(false, Ordering::Release);
+        });
     }
 
     /// Reads the disabled actions now (after a change through this node).
+    /// A failed read keeps what was known, and is tried again after
+    /// [`GATE_REFRESH`].
     pub async fn refresh<S: Store>(&self, store: &S) {
-        match store.disabled_definitions(None).await {
+        let read = store.disabled_definitions(None).await;
+        let Ok(mut s) = self.state.write() else {
+            return;
+        };
+        s.read_at = Some(Instant::now());
+        match read {
             Ok(rows) => {
                 let mut disabled: HashMap<String, HashSet<String>> = HashMap::new();
                 for (namespace, name) in rows {
                     disabled.entry(name).or_default().insert(namespace);
                 }
-                if let Ok(mut s) = self.state.write() {
-                    s.read_at = Some(Instant::now());
-                    s.disabled = Arc::new(disabled);
-                }
+                s.disabled = disabled;
             }
-            // Kept as it was: a database outage holds nothing new.
             Err(e) => warn!(error = %e, "reading the disabled registry actions failed"),
         }
     }
 
-    /// Whether `action` is disabled in some namespace (no lock held after).
-    fn namespaces(&self, action: &str) -> Option<HashSet<String>> {
-        let s = self.state.read().ok()?;
-        s.disabled.get(action).cloned()
+    /// Whether a message might be held: its action, or the built-in it is
+    /// sent through, is disabled in some namespace. One hash lookup (two
+    /// for a custom action) under a read lock.
+    pub(crate) fn may_hold(&self, m: &OutboxMessage) -> bool {
+        let Ok(s) = self.state.read() else {
+            return false;
+        };
+        if s.disabled.is_empty() {
+            return false;
+        }
+        s.disabled.contains_key(&m.dispatch.action)
+            || m.dispatch
+                .via
+                .as_deref()
+                .is_some_and(|via| s.disabled.contains_key(via))
     }
 
-    /// Why a message may not be sent, if it may not: its action is disabled
-    /// in its execution's namespace. The common case (nothing disabled
-    /// under that name) costs one hash lookup.
+    /// Why a message may not be sent, if it may not: its action (or what
+    /// it is sent through) is disabled in its execution's namespace. Reads
+    /// the namespace (one indexed lookup): call it only when
+    /// [`Gate::may_hold`].
     pub(crate) async fn held<S: Store>(
         &self,
         store: &S,
         m: &OutboxMessage,
     ) -> Option<ActionOutcome> {
-        let namespaces = self.namespaces(&m.dispatch.action)?;
-        let namespace = match store.load_execution(&m.execution_id).await {
-            Ok(Some(record)) => record.namespace,
+        let namespace = match store.execution_namespace(m.execution_id.as_str()).await {
+            Ok(Some(namespace)) => namespace,
             // Sent as usual; the record is not there to say otherwise.
             Ok(None) => return None,
             Err(e) => {
@@ -125,10 +148,19 @@ impl Gate {
                 return None;
             }
         };
-        namespaces.contains(&namespace).then(|| ActionOutcome::Held {
+        let s = self.state.read().ok()?;
+        let disabled = |name: &str| {
+            s.disabled
+                .get(name)
+                .is_some_and(|ns| ns.contains(&namespace))
+        };
+        let name = [Some(m.dispatch.action.as_str()), m.dispatch.via.as_deref()]
+            .into_iter()
+            .flatten()
+            .find(|n| disabled(n))?;
+        Some(ActionOutcome::Held {
             reason: format!(
-                "action {} is disabled in the registry of namespace {namespace:?}: enable it, then retry the execution",
-                m.dispatch.action
+                "action {name} is disabled in the registry of namespace {namespace:?}: enable it, then retry the execution"
             ),
         })
     }

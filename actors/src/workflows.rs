@@ -76,7 +76,9 @@ impl WorkflowCache {
             .get_version(workflow_id, Some(version))
             .await?
             .ok_or_else(|| Error::WorkflowNotFound(format!("{workflow_id} v{version}")))?;
-        let registry = crate::registry::pinned_registry(store, workflow_id, &v.registry).await?;
+        let registry = crate::registry::pinned_registry(store, workflow_id, &v.registry)
+            .await?
+            .to_run();
         let wf = CompiledWorkflow::compile(&v.definition, &registry).map_err(|errors| {
             Error::InvalidWorkflow {
                 workflow: workflow_id.to_owned(),

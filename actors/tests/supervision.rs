@@ -379,6 +379,9 @@ impl sojourn_persistence::RegistryStore for Flaky {
     async fn disabled_definitions(&self, ns: Option<&str>) -> Result<Vec<(String, String)>, Error> {
         self.0.disabled_definitions(ns).await
     }
+    async fn execution_namespace(&self, id: &str) -> Result<Option<String>, Error> {
+        self.0.execution_namespace(id).await
+    }
     async fn pinned_definitions(
         &self,
         workflow_id: &str,

@@ -2313,8 +2313,14 @@ async fn registry<S: Store>(app: &App<S>, crm: &sojourn_testkit::fakes::Fake) {
     assert_eq!(sent[0].body, json!({"id": "u-1", "plan": "pro"}));
     assert_eq!(sent[0].header("idempotency-key"), format!("{e}/crm/1"));
     // The secret went to the CRM, and nowhere the API shows.
-    let r = app.get(&format!("/v1/executions/{e}/journal"), &k).await;
-    assert!(!r.ok(StatusCode::OK).to_string().contains("crm-secret"));
+    assert_eq!(sent[0].header("authorization"), "Bearer crm-secret");
+    for path in ["", "/journal", "/nodes"] {
+        let r = app.get(&format!("/v1/executions/{e}{path}"), &k).await;
+        assert!(
+            !r.ok(StatusCode::OK).to_string().contains("crm-secret"),
+            "{path}"
+        );
+    }
 
     // Version 2 changes how it runs; the published version keeps version 1.
     let mut v2 = v1.clone();
@@ -2410,8 +2416,94 @@ async fn registry<S: Store>(app: &App<S>, crm: &sojourn_testkit::fakes::Fake) {
         .await;
     assert_error(&r, StatusCode::CONFLICT, "conflict", Some("name"));
 
-    // Another namespace sees none of it.
+    // Disabling the built-in a custom action is sent through holds both,
+    // in this namespace only.
     let other = app.key("reg-other", &["write"]).await;
+    let hook = |user: &str| {
+        json!({
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "call", "type": "action", "config": {"action": "http.request", "inputs": {
+                    "url": format!("{}/hooks/{user}", crm.url()),
+                    "headers": {"Authorization": "Bearer {{ secrets.CRM_TOKEN }}"},
+                    "body": {"user": user}}}},
+                {"id": "done", "type": "exit"}
+            ],
+            "edges": [{"from": "start", "to": "call"}, {"from": "call", "to": "done", "branch": "success"}]
+        })
+    };
+    app.workflow(&k, "hook", hook("mine")).await;
+    app.workflow(&other, "hook", hook("theirs")).await;
+    let r = app
+        .post_empty("/v1/registry/http.request/disable", &k)
+        .await;
+    assert_eq!(r.ok(StatusCode::OK)["enabled"], json!(false));
+    let before = crm.accepted().len();
+    let mine = app.start(&k, "hook", json!({})).await;
+    let crm_held = app.start(&k, "crm", json!({"user": "u-6"})).await;
+    let theirs = app.start(&other, "hook", json!({})).await;
+    app.wait_status(&other, &theirs, "completed").await;
+    for e in [&mine, &crm_held] {
+        let paused = app.wait_status(&k, e, "paused").await;
+        assert!(
+            paused["pause"]["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("action http.request is disabled")),
+            "{paused:#}"
+        );
+    }
+    assert_eq!(
+        crm.accepted().len(),
+        before + 1,
+        "only the other namespace's call"
+    );
+    assert_eq!(crm.accepted()[before].path, "/hooks/theirs");
+    let r = app
+        .post(
+            "/v1/workflows",
+            &k,
+            json!({"key": "crm-via", "definition": crm_journey(json!({"id": "a", "plan": "pro"})), "publish": true}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_workflow",
+        Some("definition.nodes[crm].config.action"),
+    );
+    app.post_empty("/v1/registry/http.request/enable", &k)
+        .await
+        .ok(StatusCode::OK);
+    for e in [&mine, &crm_held] {
+        app.post_empty(&format!("/v1/executions/{e}/retry"), &k)
+            .await
+            .ok(StatusCode::ACCEPTED);
+        app.wait_status(&k, e, "completed").await;
+    }
+    assert_eq!(crm.accepted().len(), before + 3);
+
+    // A disabled trigger kind makes no new trigger instances.
+    app.post_empty("/v1/registry/trigger.schedule/disable", &k)
+        .await
+        .ok(StatusCode::OK);
+    let r = app
+        .post(
+            "/v1/workflows/crm/triggers",
+            &k,
+            json!({"kind": "schedule", "config": {"cron": "0 9 * * *"}}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("kind"));
+    let r = app
+        .post(
+            "/v1/workflows/hook/triggers",
+            &other,
+            json!({"kind": "schedule", "config": {"cron": "0 9 * * *"}}),
+        )
+        .await;
+    r.ok(StatusCode::CREATED);
+
+    // Another namespace sees none of it.
     let r = app.get("/v1/registry/crm.update_contact", &other).await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
     let r = app.get("/v1/registry?kind=action", &other).await;
@@ -2437,7 +2529,7 @@ async fn registry<S: Store>(app: &App<S>, crm: &sojourn_testkit::fakes::Fake) {
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
     let e = app.start(&k, "crm", json!({"user": "u-5"})).await;
     app.wait_status(&k, &e, "completed").await;
-    assert_eq!(crm.accepted().len(), 5);
+    assert_eq!(crm.accepted().len(), 8);
     assert!(crm.refused().is_empty(), "{:?}", crm.refused());
 }
 

@@ -3935,15 +3935,15 @@ async fn the_registry_versions_definitions_and_published_versions_pin_them<S: St
             .expect("entry")
             .enabled
     );
-    assert!(
-        matches!(
-            store
-                .put_definition("default", "email.send", &def("x"), t0())
-                .await,
-            Err(Error::Invalid(_))
-        ),
-        "a built-in is not stored as an own definition"
-    );
+    for name in ["email.send", "sms.send", "email.digest"] {
+        assert!(
+            matches!(
+                store.put_definition("default", name, &def("x"), t0()).await,
+                Err(Error::Invalid(_))
+            ),
+            "{name}: a built-in or reserved name is not stored as an own definition"
+        );
+    }
     store
         .set_enabled("default", "email.send", Some(Kind::Action), true, t0())
         .await
@@ -4001,13 +4001,22 @@ async fn the_registry_versions_definitions_and_published_versions_pin_them<S: St
             .expect("list")
             .is_empty()
     );
-    assert!(
+    assert_eq!(
         store
             .disabled_definitions(Some("default"))
             .await
-            .expect("disabled")
-            .is_empty()
+            .expect("disabled"),
+        [("default".to_owned(), "crm.sync".to_owned())],
+        "a deleted definition stays disabled: what pins it stays held"
     );
+    store
+        .set_enabled("default", "crm.sync", None, true, t0())
+        .await
+        .expect("a deleted definition can be enabled");
+    store
+        .set_enabled("default", "crm.sync", None, false, t0())
+        .await
+        .expect("and disabled again");
     assert!(matches!(
         store.delete_definition("default", "crm.sync", t0()).await,
         Err(Error::NotFound { .. })
@@ -4022,10 +4031,14 @@ async fn the_registry_versions_definitions_and_published_versions_pin_them<S: St
         store.pinned_definitions(&f.workflow_id, &missing).await,
         Err(Error::NotFound { .. })
     ));
-    // Stored again, it goes on from its last version, enabled.
+    // Stored again, it goes on from its last version, still disabled.
     let (v3, _) = store
         .put_definition("default", "crm.sync", &def("a"), t0())
         .await
         .expect("put again");
-    assert_eq!((v3.version, v3.enabled), (3, true));
+    assert_eq!((v3.version, v3.enabled), (3, false));
+    assert_eq!(
+        store.execution_namespace("exe_nope").await.expect("read"),
+        None
+    );
 }

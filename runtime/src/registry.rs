@@ -167,6 +167,18 @@ pub fn is_valid_name(name: &str) -> bool {
         })
 }
 
+/// First parts of names kept for built-in definitions, today's and
+/// tomorrow's: a custom action can never shadow one.
+pub const RESERVED_PREFIXES: [&str; 8] = [
+    "http.", "kafka.", "email.", "sms.", "push.", "chat.", "trigger.", "sojourn.",
+];
+
+/// Whether a name is a built-in's, or kept for built-ins.
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+        || builtin_definitions().iter().any(|(n, _)| *n == name)
+}
+
 /// A problem with a definition: the field (`inputs`, `run.http.url`) and
 /// what is wrong.
 pub type Problem = (String, String);
@@ -184,8 +196,14 @@ impl Definition {
                 ),
             );
         }
-        if builtin_definitions().iter().any(|(n, _)| *n == name) || name.starts_with("sojourn.") {
-            problem("name", format!("{name:?} is a built-in name"));
+        if is_reserved(name) {
+            problem(
+                "name",
+                format!(
+                    "{name:?}: names starting with {} are the built-ins'",
+                    RESERVED_PREFIXES.join(", ")
+                ),
+            );
         }
         for (field, text, max) in [
             ("title", self.title.as_str(), 200),
@@ -208,7 +226,7 @@ impl Definition {
                 } else {
                     // Defaults are checked as values of their properties: a
                     // missing required input is not a default's problem.
-                    for (path, message) in check_value(&v, &Value::Object(self.defaults.clone())) {
+                    for (path, message) in check_defaults(&v, &self.defaults) {
                         problem(&format!("defaults{path}"), message);
                     }
                 }
@@ -316,15 +334,25 @@ impl Run {
                 }
                 if url.trim().is_empty() {
                     problems.push(("run.http.url".into(), "must not be empty".into()));
-                } else if !(url.starts_with("http://") || url.starts_with("https://")) {
+                } else if !has_literal_origin(url) {
                     problems.push((
                         "run.http.url".into(),
-                        format!("{url:?}: must start with http:// or https:// (the host is the definition's, not an input's)"),
+                        format!("{url:?}: must start with http:// or https:// and a host, then /, before any template (the host is the definition's, never an input's)"),
                     ));
                 }
                 for (k, v) in headers {
-                    if !v.is_string() {
-                        problems.push((format!("run.http.headers.{k}"), "must be a string".into()));
+                    let field = format!("run.http.headers.{k}");
+                    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                        problems.push((field, "is not a header name".into()));
+                    } else if !v.is_string() {
+                        problems.push((field, "must be a string".into()));
+                    } else if crate::secrets::is_sensitive_header(k)
+                        && !v.as_str().is_some_and(|s| s.contains("secrets."))
+                    {
+                        problems.push((
+                            field,
+                            "a credential is referenced by name ({{ secrets.NAME }}), never written into a definition".into(),
+                        ));
                     }
                 }
                 "run.http"
@@ -332,6 +360,11 @@ impl Run {
             Run::Kafka { topic, .. } => {
                 if topic.trim().is_empty() {
                     problems.push(("run.kafka.topic".into(), "must not be empty".into()));
+                } else if topic.starts_with("sojourn.") || topic.starts_with("__") {
+                    problems.push((
+                        "run.kafka.topic".into(),
+                        format!("{topic:?}: topics sojourn.* and __* are the system's"),
+                    ));
                 }
                 "run.kafka"
             }
@@ -349,6 +382,26 @@ impl Run {
         Templated::compile(&template, prefix, "run", &mut templates, &mut errors);
         problems.extend(errors);
         problems
+    }
+}
+
+/// Whether a URL template's scheme, host and the `/` after it are literal
+/// text, before any template.
+fn has_literal_origin(url: &str) -> bool {
+    let literal = match url.find("{{").into_iter().chain(url.find("{%")).min() {
+        Some(i) => &url[..i],
+        None => url,
+    };
+    let Some(rest) = literal
+        .strip_prefix("https://")
+        .or_else(|| literal.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    match rest.find('/') {
+        Some(slash) => slash > 0,
+        // No template at all: a URL without a path is fine.
+        None => !rest.is_empty() && literal.len() == url.len(),
     }
 }
 
@@ -372,20 +425,36 @@ fn schema_validator(schema: &Value) -> Result<jsonschema::Validator, String> {
         .map_err(|e| format!("not a valid JSON Schema: {e}"))
 }
 
-/// The problems of `value` against a validator, as (path below the value,
-/// message); missing required properties and alternatives are left out.
-fn check_value(v: &jsonschema::Validator, value: &Value) -> Vec<(String, String)> {
-    v.iter_errors(value)
-        .filter(|e| {
-            !matches!(
-                e.kind(),
-                ValidationErrorKind::Required { .. }
-                    | ValidationErrorKind::AnyOf { .. }
-                    | ValidationErrorKind::OneOfNotValid { .. }
-            )
-        })
+/// The problems of defaults against an input schema, as (path below
+/// `defaults`, message): a missing required input is not a default's
+/// problem, and a template is only known at send time.
+fn check_defaults(
+    v: &jsonschema::Validator,
+    defaults: &Map<String, Value>,
+) -> Vec<(String, String)> {
+    let value = Value::Object(defaults.clone());
+    v.iter_errors(&value)
+        .filter(|e| !matches!(e.kind(), ValidationErrorKind::Required { .. }))
+        // An alternative of required inputs (`one of text, html`) is the
+        // node's to satisfy, not the defaults'.
+        .filter(|e| !only_required(e))
+        .filter(|e| !excused(&value, e))
         .map(|e| (dotted(e.instance_path()), e.to_string()))
         .collect()
+}
+
+/// An `anyOf`/`oneOf` whose every branch failed only on required keys.
+fn only_required(e: &jsonschema::ValidationError<'_>) -> bool {
+    match e.kind() {
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            context.iter().all(|branch| {
+                branch
+                    .iter()
+                    .all(|e| matches!(e.kind(), ValidationErrorKind::Required { .. }))
+            })
+        }
+        _ => false,
+    }
 }
 
 /// A JSON pointer as the fields of our error messages: `.a.b[2]`.
@@ -469,11 +538,7 @@ impl ActionSpec {
             }
             ValidationErrorKind::AnyOf { context }
             | ValidationErrorKind::OneOfNotValid { context }
-                if context.iter().all(|branch| {
-                    branch
-                        .iter()
-                        .all(|e| matches!(e.kind(), ValidationErrorKind::Required { .. }))
-                }) =>
+                if only_required(e) =>
             {
                 let names: Vec<String> = context
                     .iter()
@@ -543,6 +608,10 @@ pub struct Registry {
     actions: BTreeMap<String, Arc<ActionSpec>>,
     /// Disabled in this namespace: refused with that reason.
     disabled: BTreeSet<String>,
+    /// Inputs are not checked against the schemas: a version published
+    /// before is compiled to run, not judged again (a schema may have
+    /// grown stricter since).
+    pub(crate) lenient: bool,
 }
 
 impl Default for Registry {
@@ -573,6 +642,7 @@ static BUILTIN: LazyLock<Registry> = LazyLock::new(|| {
     Registry {
         actions,
         disabled: BTreeSet::new(),
+        lenient: false,
     }
 });
 
@@ -582,11 +652,21 @@ impl Registry {
         BUILTIN.clone()
     }
 
+    /// The same action types, for compiling a version that was validated
+    /// when it was published: its inputs are not checked again.
+    pub fn to_run(mut self) -> Registry {
+        self.lenient = true;
+        self
+    }
+
     /// Adds a custom action at `version`. The definition was checked when
     /// it was stored; what is wrong with it now is the error.
     pub fn add(&mut self, name: &str, version: i32, def: &Definition) -> Result<(), String> {
         if def.kind != Kind::Action || def.run.is_none() {
             return Err(format!("{name} is not a custom action"));
+        }
+        if is_reserved(name) {
+            return Err(format!("{name} is a built-in name"));
         }
         let spec = ActionSpec::new(name, Channel::Custom, Some(version), def)
             .map_err(|e| format!("{name} v{version}: {e}"))?;
@@ -652,7 +732,9 @@ fn trigger(title: &str, icon: &str, description: &str, inputs: Value) -> Definit
 
 fn builtins() -> Vec<(&'static str, Definition)> {
     let text = json!({"type": "string"});
-    let strings = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    // Header name to value; values that are not strings are left out by
+    // the senders, so they are not refused here.
+    let strings = json!({"type": "object"});
     let provider = json!({"description": "A configured provider's name, or a list in failover order",
         "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
     let category = json!({"type": "string", "description": "The message category (marketing, transactional, or a topic); preferences and caps read it"});
@@ -677,7 +759,8 @@ fn builtins() -> Vec<(&'static str, Definition)> {
         "integrations",
         "Publish a record to a Kafka topic: topic, key, value, headers.",
         json!({"type": "object", "required": ["topic", "value"], "properties": {
-            "topic": text, "key": text, "value": {"description": "Any JSON"}, "headers": strings,
+            "topic": text, "key": {"description": "A string (other values are sent as their JSON text)"},
+            "value": {"description": "Any JSON"}, "headers": strings,
         }}),
     );
     let email = action(
@@ -715,7 +798,7 @@ fn builtins() -> Vec<(&'static str, Definition)> {
         "properties": {
             "to": text, "token": text, "subscription": {"type": "object"},
             "title": text, "body": text, "data": {"type": "object"},
-            "badge": {"type": "integer"}, "sound": text, "provider": provider, "category": category,
+            "badge": {"anyOf": [{"type": "integer"}, {"type": "string"}]}, "sound": text, "provider": provider, "category": category,
         }}),
     );
     let chat = action(
@@ -827,13 +910,13 @@ mod tests {
                 .input_problems(inputs.as_object().expect("object"))
                 .is_empty()
         );
-        let inputs = json!({"to": 42, "subject": "s", "text": "t", "headers": {"X-A": 1}});
+        let inputs = json!({"to": 42, "subject": "s", "text": "t", "attachments": "a.pdf"});
         let fields: Vec<String> = email
             .input_problems(inputs.as_object().expect("object"))
             .into_iter()
             .map(|(f, _)| f)
             .collect();
-        assert_eq!(fields, [".headers.X-A", ".to"]);
+        assert_eq!(fields, [".attachments", ".to"]);
     }
 
     #[test]
@@ -884,6 +967,67 @@ mod tests {
         bad.defaults.insert("n".into(), json!(1));
         bad.inputs = json!({"type": "object", "properties": {"n": {"type": "string"}}});
         assert_eq!(fields(&bad, "crm.x"), ["defaults.n", "timeout", "run"]);
+    }
+
+    #[test]
+    fn names_urls_headers_and_topics_that_could_do_harm_are_refused() {
+        let http = |url: &str, headers: Value| {
+            custom(
+                json!({"http": {"url": url, "headers": headers}}),
+                json!({"type": "object"}),
+            )
+        };
+        let fields = |d: &Definition, name: &str| -> Vec<String> {
+            d.problems(name).into_iter().map(|(f, _)| f).collect()
+        };
+        let ok = http("https://crm.example.com/v1/{{ inputs.id }}", json!({}));
+        assert!(fields(&ok, "crm.sync").is_empty());
+        assert!(fields(&http("https://crm.example.com", json!({})), "crm.sync").is_empty());
+        // Names kept for built-ins, today's and tomorrow's.
+        for name in ["email.send", "email.digest", "trigger.webhook", "http.get"] {
+            assert_eq!(fields(&ok, name), ["name"], "{name}");
+        }
+        // The host is never an input's.
+        for url in [
+            "https://{{ inputs.host }}/x",
+            "https://crm.example.com{{ inputs.path }}",
+            "http://",
+            "{{ inputs.url }}",
+        ] {
+            assert_eq!(
+                fields(&http(url, json!({})), "crm.sync"),
+                ["run.http.url"],
+                "{url}"
+            );
+        }
+        // A credential is a reference, never a value in the definition.
+        let literal = http(
+            "https://crm.example.com/",
+            json!({"Authorization": "Bearer abc123"}),
+        );
+        assert_eq!(
+            fields(&literal, "crm.sync"),
+            ["run.http.headers.Authorization"]
+        );
+        let bad_name = http("https://crm.example.com/", json!({"X Y": "1"}));
+        assert_eq!(fields(&bad_name, "crm.sync"), ["run.http.headers.X Y"]);
+        let system = custom(
+            json!({"kafka": {"topic": "sojourn.actions.email"}}),
+            json!({"type": "object"}),
+        );
+        assert_eq!(fields(&system, "crm.sync"), ["run.kafka.topic"]);
+        let mut r = Registry::builtin();
+        assert!(
+            r.add("email.digest", 1, &ok).is_err(),
+            "a reserved name never shadows"
+        );
+        // Defaults: a template is only known when sent.
+        let mut d = custom(
+            json!({"kafka": {"topic": "crm"}}),
+            json!({"type": "object", "properties": {"tier": {"type": "integer"}}}),
+        );
+        d.defaults.insert("tier".into(), json!("{{ input.tier }}"));
+        assert!(fields(&d, "crm.sync").is_empty());
     }
 
     #[test]

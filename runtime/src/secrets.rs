@@ -217,7 +217,7 @@ pub fn scrub_str(s: &mut String, values: &[&str]) {
 
 /// Header names whose values are credentials (compared without
 /// allocating: this runs for every dispatch that has headers).
-fn is_sensitive_header(name: &str) -> bool {
+pub fn is_sensitive_header(name: &str) -> bool {
     let contains = |needle: &str| {
         name.as_bytes()
             .windows(needle.len())

@@ -367,8 +367,7 @@ fn next_id(inner: &mut Inner, prefix: &str) -> String {
     format!("{prefix}{:032x}", inner.counter)
 }
 
-/// SendGrid: `POST /v3/mail/send`, `Authorization: Bearer <key>`, JSON.
-/// Errors are `{"errors": [{"message", "field", "help"}]}`.
+/// A JSON API of one's own: `Bearer <token>`, JSON bodies.
 fn json_api(token: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
     if r.header("authorization") != format!("Bearer {token}") {
         return Err(Answer::new(
@@ -392,6 +391,8 @@ fn json_api(token: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answ
     )
 }
 
+/// SendGrid: `POST /v3/mail/send`, `Authorization: Bearer <key>`, JSON.
+/// Errors are `{"errors": [{"message", "field", "help"}]}`.
 fn sendgrid(key: &str, r: &Received, inner: &mut Inner) -> Result<Answer, Answer> {
     let error = |status: u16, message: &str, field: Option<&str>| {
         Answer::new(

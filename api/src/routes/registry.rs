@@ -162,10 +162,11 @@ pub(crate) async fn get<S: Store>(
     check_name(&name)?;
     let store = app.engine.store();
     if let Some(def) = builtin_named(&name) {
-        if q.version.is_some() {
-            return Err(ApiError::invalid(
-                "version",
-                "a built-in definition has no versions",
+        if let Some(v) = q.version {
+            // A built-in has no versions.
+            return Err(ApiError::not_found(
+                "registry definition version",
+                &format!("{name} v{v}"),
             ));
         }
         let disabled = store.disabled_definitions(Some(&caller.namespace)).await?;

@@ -128,6 +128,24 @@ pub(crate) async fn create<S: Store>(
     let config = req.config.unwrap_or_else(|| Value::Object(Map::new()));
     let config = validate(req.kind, &req.path, &config)?;
     let wf = crate::routes::workflows::find(&app, &caller, &workflow).await?;
+    // A trigger kind the namespace disabled in its registry makes no new
+    // instances (the ones made before stay, to be paused or stopped).
+    let definition = format!("trigger.{}", req.kind.as_str());
+    if app
+        .engine
+        .store()
+        .disabled_definitions(Some(&caller.namespace))
+        .await?
+        .iter()
+        .any(|(_, name)| *name == definition)
+    {
+        return Err(ApiError::conflict(
+            Some("kind"),
+            format!(
+                "kind: {definition} is disabled in the registry; enable it to make such triggers"
+            ),
+        ));
+    }
     if let TriggerConfig::Api(ApiTrigger { version: Some(v) }) = config
         && app
             .engine

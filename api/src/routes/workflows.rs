@@ -97,7 +97,7 @@ pub struct VersionOut {
     pub definition: Option<Value>,
     /// The registry versions of the custom actions it uses: it runs with
     /// those, whatever is edited later.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub registry: std::collections::BTreeMap<String, i32>,
 }
 

@@ -19,8 +19,10 @@ use crate::types::{Pins, RegistryEntry, RegistryVersion};
 pub trait RegistryStore: Send + Sync {
     /// Stores `definition` as the next version of `name` (1, 2, …), unless
     /// it equals the latest one, which is then returned with `false`. A
-    /// deleted name comes back, its numbering going on. A built-in name is
-    /// [`crate::Error::Invalid`] (the caller checks names first).
+    /// deleted name comes back, its numbering going on, enabled or disabled
+    /// as it was. A built-in or reserved name
+    /// ([`sojourn_runtime::registry::is_reserved`]) is
+    /// [`crate::Error::Invalid`].
     fn put_definition(
         &self,
         namespace: &str,
@@ -61,9 +63,10 @@ pub trait RegistryStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Enables or disables a definition. A built-in one (`builtin` is its
-    /// kind) gets a row of its own the first time;
-    /// [`crate::Error::NotFound`] for an own name that is not stored.
+    /// Enables or disables a definition, a deleted one included (published
+    /// versions may still pin it). A built-in one (`builtin` is its kind)
+    /// gets a row of its own the first time; [`crate::Error::NotFound`] for
+    /// an own name that was never stored.
     fn set_enabled(
         &self,
         namespace: &str,
@@ -74,11 +77,18 @@ pub trait RegistryStore: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// The disabled definitions, as `(namespace, name)`: of one namespace,
-    /// or of all (`None`, what a relay checks sends against).
+    /// or of all (`None`, what a relay checks sends against). Deleted ones
+    /// count: what pins them stays held.
     fn disabled_definitions(
         &self,
         namespace: Option<&str>,
     ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+
+    /// An execution's namespace (what a relay's gate reads, rarely).
+    fn execution_namespace(
+        &self,
+        execution_id: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
 
     /// The definitions a published version of `workflow_id` pins, from its
     /// namespace, deleted ones included; a pin that is not stored is
@@ -127,6 +137,9 @@ where
         definition: &Definition,
         now: DateTime<Utc>,
     ) -> Result<(RegistryEntry, bool)> {
+        if sojourn_runtime::registry::is_reserved(name) {
+            return Err(Error::Invalid(format!("{name} is a built-in name")));
+        }
         let mut tx = self.pool.begin().await?;
         // The entry's row is the lock: two edits of one name take turns.
         let row: Option<(i32, bool, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -166,7 +179,6 @@ where
              ON CONFLICT (namespace, name) DO UPDATE
              SET latest_version = registry_entries.latest_version + 1,
                  kind = excluded.kind,
-                 enabled = registry_entries.enabled OR registry_entries.deleted_at IS NOT NULL,
                  updated_at = excluded.updated_at,
                  deleted_at = NULL
              RETURNING latest_version",
@@ -294,7 +306,7 @@ where
             None => {
                 sqlx::query_as(
                     "UPDATE registry_entries SET enabled = $3, updated_at = $4
-                     WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL AND NOT builtin
+                     WHERE namespace = $1 AND name = $2 AND NOT builtin
                      RETURNING name",
                 )
                 .bind(namespace)
@@ -314,12 +326,21 @@ where
     async fn disabled_definitions(&self, namespace: Option<&str>) -> Result<Vec<(String, String)>> {
         Ok(sqlx::query_as(
             "SELECT namespace, name FROM registry_entries
-             WHERE NOT enabled AND deleted_at IS NULL AND ($1 IS NULL OR namespace = $1)
+             WHERE NOT enabled AND ($1 IS NULL OR namespace = $1)
              ORDER BY namespace, name",
         )
         .bind(namespace)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn execution_namespace(&self, execution_id: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT namespace FROM executions WHERE id = $1")
+                .bind(execution_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(ns,)| ns))
     }
 
     async fn pinned_definitions(

@@ -137,7 +137,11 @@ pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>
             s.version,
             s.default_timeout_ms,
             s.run.clone(),
-            s.input_problems(&inputs),
+            if c.registry.lenient {
+                Vec::new()
+            } else {
+                s.input_problems(&inputs)
+            },
         )
     });
     let mut via = None;
@@ -161,6 +165,16 @@ pub(crate) fn compile(config: &ActionConfig, node: &NodeId, c: &mut Compiler<'_>
             );
         }
         if let Some(run) = run {
+            if c.registry.is_disabled(run.via()) {
+                c.error(
+                    node,
+                    "config.action",
+                    format!(
+                        "{name} is sent through {}, which is disabled in the registry",
+                        run.via()
+                    ),
+                );
+            }
             via = Some(c.run(node, run));
         }
         pin = version.map(|v| (name.clone(), v));
@@ -304,17 +318,6 @@ fn dispatch<'w>(
     try_number: u32,
 ) -> Result<Flow<'w>, String> {
     let inputs = c.inputs.render(&m.wf.templates, &m.snap.scope(m.now))?;
-    let sent = match &c.via {
-        None => None,
-        Some(via) => {
-            let context = minijinja::context! { inputs => minijinja::Value::from(minijinja::value::Serde(&inputs)) };
-            let mut sent = via.template.render_in(&m.wf.templates, &context)?;
-            if let (Some(key), Value::Object(map)) = (via.inputs_into, &mut sent) {
-                map.insert(key.to_owned(), inputs.clone());
-            }
-            Some(sent)
-        }
-    };
     let counter = m.snap.attempts.entry(node.id.clone()).or_insert(0);
     *counter += 1;
     let attempt = *counter;
@@ -326,12 +329,27 @@ fn dispatch<'w>(
         idempotency_key: idempotency_key.clone(),
         inputs: crate::secrets::redact_for_storage(&inputs).into_owned(),
     });
+    // A custom action: its definition's `run`, rendered over the inputs
+    // (which go in as its body or value unless it says otherwise).
+    let inputs = match &c.via {
+        None => inputs,
+        Some(via) => {
+            let context = minijinja::context! {
+                inputs => minijinja::Value::from(minijinja::value::Serde(&inputs))
+            };
+            let mut sent = via.template.render_in(&m.wf.templates, &context)?;
+            if let (Some(key), Value::Object(map)) = (via.inputs_into, &mut sent) {
+                map.insert(key.to_owned(), inputs);
+            }
+            sent
+        }
+    };
     m.effect(Effect::Dispatch(Dispatch {
         node: node.id.clone(),
         action: c.action.clone(),
         attempt,
         idempotency_key,
-        inputs: sent.unwrap_or(inputs),
+        inputs,
         timeout_ms: c.timeout_ms,
         frequency_caps: if c.messaging {
             m.wf.settings.frequency_caps.clone()
@@ -854,6 +872,28 @@ mod tests {
             disabled[0]
                 .starts_with("config.action: action type \"crm.update_contact\" is disabled"),
             "{disabled:?}"
+        );
+    }
+
+    #[test]
+    fn a_version_is_run_as_published_and_a_custom_action_needs_its_carrier() {
+        // Inputs a newer schema would refuse still compile to run.
+        let wf = crm_workflow(json!({"id": 7, "plan": "gold"}));
+        assert!(CompiledWorkflow::compile(&wf, &crm_registry(true)).is_err());
+        assert!(CompiledWorkflow::compile(&wf, &crm_registry(true).to_run()).is_ok());
+        // Disabling http.request disables what is sent through it.
+        let mut r = crm_registry(true);
+        r.disable("http.request");
+        let Err(errors) =
+            CompiledWorkflow::compile(&crm_workflow(json!({"id": "a", "plan": "pro"})), &r)
+        else {
+            panic!("compiled with its carrier disabled")
+        };
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].message.contains("sent through http.request"),
+            "{}",
+            errors[0].message
         );
     }
 
