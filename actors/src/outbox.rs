@@ -102,6 +102,8 @@ async fn run<S: Store>(
         .unwrap_or(chrono::Duration::seconds(60));
     let mut last_claim: Option<std::time::Instant> = None;
     let mut woken = true;
+    // What is disabled is known before anything is sent.
+    gate.refresh(&*store).await;
     while !shutdown.is_cancelled() {
         gate.refresh_if_stale(&store);
         // Handed over in memory: sent first, each as a slot frees; at most a
@@ -233,20 +235,24 @@ fn send_or_hold<S: Store>(
         stats.clone(),
         traces.clone(),
     );
-    tokio::spawn(async move {
-        match gate.held(&*store, &m).await {
-            None => send(&http, slot, &done, &stats, &traces, m),
-            Some(outcome) => {
-                let _ = done
-                    .send(Sent {
-                        message: m,
-                        outcome,
-                        _slot: slot,
-                    })
-                    .await;
+    let span = info_span!("hold", execution.id = %m.execution_id, node = %m.dispatch.node, attempt = m.dispatch.attempt);
+    tokio::spawn(
+        async move {
+            match gate.held(&*store, &m).await {
+                None => send(&http, slot, &done, &stats, &traces, m),
+                Some(outcome) => {
+                    let _ = done
+                        .send(Sent {
+                            message: m,
+                            outcome,
+                            _slot: slot,
+                        })
+                        .await;
+                }
             }
         }
-    });
+        .instrument(span),
+    );
 }
 
 /// Sends one attempt (already recorded as begun) in a task of its own,

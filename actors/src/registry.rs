@@ -4,7 +4,7 @@
 //! holds a send of an action disabled since ([`Gate`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -57,18 +57,35 @@ pub(crate) async fn pinned_registry<S: Store>(
     Ok(registry)
 }
 
+/// How long one read of the disabled actions may take.
+const GATE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Disabled actions as a relay knows them: action name → namespaces.
 #[derive(Debug, Default)]
 pub struct Gate {
     state: RwLock<GateState>,
-    /// A read is under way (in a task of its own).
+    /// A background read is under way.
     reading: AtomicBool,
+    /// Reads are numbered as they start: one that started earlier never
+    /// replaces what a later one read.
+    reads: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct GateState {
+    /// When the read that is applied started, and its number.
     read_at: Option<Instant>,
+    read: u64,
     disabled: HashMap<String, HashSet<String>>,
+}
+
+/// Clears the `reading` flag however the read ends (a panic included).
+struct Reading<'g>(&'g AtomicBool);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Gate {
@@ -87,32 +104,38 @@ impl Gate {
         }
         let (gate, store) = (self.clone(), store.clone());
         tokio::spawn(async move {
+            let _reading = Reading(&gate.reading);
             gate.refresh(&*store).await;
-            gate.reading.store(false, Ordering::Release);
         });
     }
 
-    /// Reads the disabled actions now (after a change through this node).
-    /// A failed read keeps what was known, and is tried again after
-    /// [`GATE_REFRESH`].
+    /// Reads the disabled actions now (at start, and after a change
+    /// through this node). A failed or slow read keeps what was known,
+    /// and is tried again after [`GATE_REFRESH`].
     pub async fn refresh<S: Store>(&self, store: &S) {
-        let read = store.disabled_definitions(None).await;
+        let number = self.reads.fetch_add(1, Ordering::AcqRel) + 1;
+        let started = Instant::now();
+        let read = tokio::time::timeout(GATE_READ_TIMEOUT, store.disabled_definitions(None)).await;
         let Ok(mut s) = self.state.write() else {
             return;
         };
-        s.read_at = Some(Instant::now());
+        if number < s.read {
+            return;
+        }
+        s.read = number;
+        s.read_at = Some(started);
         match read {
-            Ok(rows) => {
+            Ok(Ok(rows)) => {
                 let mut disabled: HashMap<String, HashSet<String>> = HashMap::new();
                 for (namespace, name) in rows {
                     disabled.entry(name).or_default().insert(namespace);
                 }
                 s.disabled = disabled;
             }
-            Err(e) => warn!(error = %e, "reading the disabled registry actions failed"),
+            Ok(Err(e)) => warn!(error = %e, "reading the disabled registry actions failed"),
+            Err(_) => warn!("reading the disabled registry actions timed out"),
         }
     }
-
     /// Whether a message might be held: its action, or the built-in it is
     /// sent through, is disabled in some namespace. One hash lookup (two
     /// for a custom action) under a read lock.

@@ -373,7 +373,7 @@ impl sojourn_persistence::RegistryStore for Flaky {
         builtin: Option<sojourn_runtime::Kind>,
         enabled: bool,
         now: DateTime<Utc>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<sojourn_persistence::RegistryEntry>, Error> {
         self.0.set_enabled(ns, name, builtin, enabled, now).await
     }
     async fn disabled_definitions(&self, ns: Option<&str>) -> Result<Vec<(String, String)>, Error> {

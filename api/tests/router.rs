@@ -2253,6 +2253,12 @@ async fn registry<S: Store>(app: &App<S>, crm: &sojourn_testkit::fakes::Fake) {
     )
     .await;
     assert_error(&r, StatusCode::CONFLICT, "conflict", Some("name"));
+    let r = put(
+        "email.digest",
+        json!({"kind": "action", "run": {"kafka": {"topic": "t"}}}),
+    )
+    .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("name"));
 
     // Created, unchanged, edited.
     let v1 = json!({
@@ -2471,6 +2477,12 @@ async fn registry<S: Store>(app: &App<S>, crm: &sojourn_testkit::fakes::Fake) {
         "invalid_workflow",
         Some("definition.nodes[crm].config.action"),
     );
+    assert!(
+        r.str("/error/message")
+            .contains("sent through http.request"),
+        "{}",
+        r.text()
+    );
     app.post_empty("/v1/registry/http.request/enable", &k)
         .await
         .ok(StatusCode::OK);
@@ -2530,6 +2542,25 @@ async fn registry<S: Store>(app: &App<S>, crm: &sojourn_testkit::fakes::Fake) {
     let e = app.start(&k, "crm", json!({"user": "u-5"})).await;
     app.wait_status(&k, &e, "completed").await;
     assert_eq!(crm.accepted().len(), 8);
+    // Deleted, it can still be disabled: what pins it is held.
+    let r = app
+        .post_empty("/v1/registry/crm.update_contact/disable", &k)
+        .await;
+    let off = r.ok(StatusCode::OK);
+    assert_eq!(
+        (off["enabled"].clone(), off["deleted"].clone()),
+        (json!(false), json!(true))
+    );
+    let e = app.start(&k, "crm", json!({"user": "u-7"})).await;
+    app.wait_status(&k, &e, "paused").await;
+    app.post_empty("/v1/registry/crm.update_contact/enable", &k)
+        .await
+        .ok(StatusCode::OK);
+    app.post_empty(&format!("/v1/executions/{e}/retry"), &k)
+        .await
+        .ok(StatusCode::ACCEPTED);
+    app.wait_status(&k, &e, "completed").await;
+    assert_eq!(crm.accepted().len(), 9);
     assert!(crm.refused().is_empty(), "{:?}", crm.refused());
 }
 

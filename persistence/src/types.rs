@@ -74,6 +74,9 @@ pub struct RegistryEntry {
     pub namespace: String,
     pub name: String,
     pub enabled: bool,
+    /// Deleted: new versions can no longer use it (what pins it still runs
+    /// with it, and stays held while it is disabled).
+    pub deleted: bool,
     pub version: i32,
     /// The highest version.
     pub latest_version: i32,

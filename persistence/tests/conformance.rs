@@ -4009,10 +4009,15 @@ async fn the_registry_versions_definitions_and_published_versions_pin_them<S: St
         [("default".to_owned(), "crm.sync".to_owned())],
         "a deleted definition stays disabled: what pins it stays held"
     );
-    store
+    let entry = store
         .set_enabled("default", "crm.sync", None, true, t0())
         .await
-        .expect("a deleted definition can be enabled");
+        .expect("a deleted definition can be enabled")
+        .expect("an own definition is answered");
+    assert_eq!(
+        (entry.version, entry.enabled, entry.deleted),
+        (2, true, true)
+    );
     store
         .set_enabled("default", "crm.sync", None, false, t0())
         .await

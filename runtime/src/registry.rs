@@ -342,12 +342,14 @@ impl Run {
                 }
                 for (k, v) in headers {
                     let field = format!("run.http.headers.{k}");
-                    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                    if !is_header_name(k) {
                         problems.push((field, "is not a header name".into()));
                     } else if !v.is_string() {
                         problems.push((field, "must be a string".into()));
                     } else if crate::secrets::is_sensitive_header(k)
-                        && !v.as_str().is_some_and(|s| s.contains("secrets."))
+                        && !v
+                            .as_str()
+                            .is_some_and(|s| s.contains("{{") && s.contains("secrets."))
                     {
                         problems.push((
                             field,
@@ -385,10 +387,19 @@ impl Run {
     }
 }
 
+/// An HTTP header name: one or more of RFC 9110's token characters.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Whether a URL template's scheme, host and the `/` after it are literal
 /// text, before any template.
 fn has_literal_origin(url: &str) -> bool {
-    let literal = match url.find("{{").into_iter().chain(url.find("{%")).min() {
+    // Up to the first brace: `{{ }}`, `{% %}` and `{# #}` all start so.
+    let literal = match url.find('{') {
         Some(i) => &url[..i],
         None => url,
     };
@@ -732,9 +743,9 @@ fn trigger(title: &str, icon: &str, description: &str, inputs: Value) -> Definit
 
 fn builtins() -> Vec<(&'static str, Definition)> {
     let text = json!({"type": "string"});
-    // Header name to value; values that are not strings are left out by
-    // the senders, so they are not refused here.
-    let strings = json!({"type": "object"});
+    let strings = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    // `http.request` leaves out header values that are not strings.
+    let any_headers = json!({"type": "object", "description": "Header name to value (a string)"});
     let provider = json!({"description": "A configured provider's name, or a list in failover order",
         "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
     let category = json!({"type": "string", "description": "The message category (marketing, transactional, or a topic); preferences and caps read it"});
@@ -747,7 +758,7 @@ fn builtins() -> Vec<(&'static str, Definition)> {
         json!({"type": "object", "required": ["url"], "properties": {
             "url": {"type": "string", "description": "http:// or https://"},
             "method": {"type": "string", "default": "POST", "description": "GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS"},
-            "headers": strings,
+            "headers": any_headers,
             "body": {"description": "Any JSON, sent as JSON"},
         }}),
     );
@@ -798,7 +809,7 @@ fn builtins() -> Vec<(&'static str, Definition)> {
         "properties": {
             "to": text, "token": text, "subscription": {"type": "object"},
             "title": text, "body": text, "data": {"type": "object"},
-            "badge": {"anyOf": [{"type": "integer"}, {"type": "string"}]}, "sound": text, "provider": provider, "category": category,
+            "badge": {"type": "integer", "minimum": 0}, "sound": text, "provider": provider, "category": category,
         }}),
     );
     let chat = action(
@@ -910,13 +921,13 @@ mod tests {
                 .input_problems(inputs.as_object().expect("object"))
                 .is_empty()
         );
-        let inputs = json!({"to": 42, "subject": "s", "text": "t", "attachments": "a.pdf"});
+        let inputs = json!({"to": 42, "subject": "s", "text": "t", "attachments": "a.pdf", "headers": {"X-A": 1}});
         let fields: Vec<String> = email
             .input_problems(inputs.as_object().expect("object"))
             .into_iter()
             .map(|(f, _)| f)
             .collect();
-        assert_eq!(fields, [".attachments", ".to"]);
+        assert_eq!(fields, [".attachments", ".headers.X-A", ".to"]);
     }
 
     #[test]
@@ -991,6 +1002,8 @@ mod tests {
         for url in [
             "https://{{ inputs.host }}/x",
             "https://crm.example.com{{ inputs.path }}",
+            "https://{#/#}{{ inputs.host }}/x",
+            "https://crm.example.com?x={{ inputs.x }}",
             "http://",
             "{{ inputs.url }}",
         ] {
@@ -1009,8 +1022,22 @@ mod tests {
             fields(&literal, "crm.sync"),
             ["run.http.headers.Authorization"]
         );
-        let bad_name = http("https://crm.example.com/", json!({"X Y": "1"}));
-        assert_eq!(fields(&bad_name, "crm.sync"), ["run.http.headers.X Y"]);
+        for name in ["X Y", "X(1)", "a/b", ""] {
+            let bad_name = http("https://crm.example.com/", json!({name: "1"}));
+            assert_eq!(
+                fields(&bad_name, "crm.sync"),
+                [format!("run.http.headers.{name}")],
+                "{name:?}"
+            );
+        }
+        let spelled = http(
+            "https://crm.example.com/",
+            json!({"Authorization": "secrets.CRM"}),
+        );
+        assert_eq!(
+            fields(&spelled, "crm.sync"),
+            ["run.http.headers.Authorization"]
+        );
         let system = custom(
             json!({"kafka": {"topic": "sojourn.actions.email"}}),
             json!({"type": "object"}),

@@ -29,6 +29,10 @@ pub struct DefinitionOut {
     /// Disabled: new workflow versions may not use it, and an execution
     /// that reaches it pauses until it is enabled and retried.
     pub enabled: bool,
+    /// Deleted (shown only by enable and disable): new versions can no
+    /// longer use it; what pins it still runs with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
     /// The version shown (none for a built-in).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<i32>,
@@ -60,6 +64,7 @@ impl From<RegistryEntry> for DefinitionOut {
             name: e.name,
             builtin: false,
             enabled: e.enabled,
+            deleted: e.deleted,
             version: Some(e.version),
             latest_version: Some(e.latest_version),
             definition: e.definition,
@@ -76,6 +81,7 @@ fn builtin(name: &str, def: &Definition, enabled: bool) -> DefinitionOut {
         name: name.to_owned(),
         builtin: true,
         enabled,
+        deleted: false,
         version: None,
         latest_version: None,
         definition: def.clone(),
@@ -278,7 +284,7 @@ async fn set_enabled<S: Store>(
     check_name(&name)?;
     let store = app.engine.store();
     let builtin_def = builtin_named(&name);
-    store
+    let entry = store
         .set_enabled(
             &caller.namespace,
             &name,
@@ -288,13 +294,10 @@ async fn set_enabled<S: Store>(
         )
         .await?;
     app.engine.registry_changed().await;
-    Ok(axum::Json(match builtin_def {
-        Some(def) => builtin(&name, def, enabled),
-        None => store
-            .get_definition(&caller.namespace, &name, None)
-            .await?
-            .map(DefinitionOut::from)
-            .ok_or_else(|| ApiError::not_found("registry definition", &name))?,
+    Ok(axum::Json(match (builtin_def, entry) {
+        (Some(def), _) => builtin(&name, def, enabled),
+        (None, Some(entry)) => DefinitionOut::from(entry),
+        (None, None) => return Err(ApiError::not_found("registry definition", &name)),
     }))
 }
 

@@ -66,7 +66,8 @@ pub trait RegistryStore: Send + Sync {
     /// Enables or disables a definition, a deleted one included (published
     /// versions may still pin it). A built-in one (`builtin` is its kind)
     /// gets a row of its own the first time; [`crate::Error::NotFound`] for
-    /// an own name that was never stored.
+    /// an own name that was never stored. Returns an own definition at its
+    /// latest version, deleted or not.
     fn set_enabled(
         &self,
         namespace: &str,
@@ -74,7 +75,7 @@ pub trait RegistryStore: Send + Sync {
         builtin: Option<Kind>,
         enabled: bool,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<Option<RegistryEntry>>> + Send;
 
     /// The disabled definitions, as `(namespace, name)`: of one namespace,
     /// or of all (`None`, what a relay checks sends against). Deleted ones
@@ -100,7 +101,8 @@ pub trait RegistryStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<(String, i32, Definition)>>> + Send;
 }
 
-const ENTRY: &str = "SELECT e.namespace, e.name, e.enabled, v.version, e.latest_version,
+const ENTRY: &str = "SELECT e.namespace, e.name, e.enabled, e.deleted_at IS NOT NULL AS deleted,
+        v.version, e.latest_version,
         v.definition, e.created_at, e.updated_at
     FROM registry_entries e
     JOIN registry_versions v ON v.namespace = e.namespace AND v.name = e.name";
@@ -284,7 +286,7 @@ where
         builtin: Option<Kind>,
         enabled: bool,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<Option<RegistryEntry>> {
         let done: Option<(String,)> = match builtin {
             Some(kind) => {
                 sqlx::query_as(
@@ -320,7 +322,16 @@ where
         if done.is_none() {
             return Err(not_found("registry definition", name));
         }
-        Ok(())
+        if builtin.is_some() {
+            return Ok(None);
+        }
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{ENTRY} WHERE e.namespace = $1 AND e.name = $2 AND v.version = e.latest_version"
+        )))
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn disabled_definitions(&self, namespace: Option<&str>) -> Result<Vec<(String, String)>> {

@@ -318,6 +318,17 @@ fn dispatch<'w>(
     try_number: u32,
 ) -> Result<Flow<'w>, String> {
     let inputs = c.inputs.render(&m.wf.templates, &m.snap.scope(m.now))?;
+    // A custom action: its definition's `run`, rendered over the inputs
+    // before anything is recorded (a render that fails sends nothing).
+    let run = match &c.via {
+        None => None,
+        Some(via) => {
+            let context = minijinja::context! {
+                inputs => minijinja::Value::from(minijinja::value::Serde(&inputs))
+            };
+            Some((via, via.template.render_in(&m.wf.templates, &context)?))
+        }
+    };
     let counter = m.snap.attempts.entry(node.id.clone()).or_insert(0);
     *counter += 1;
     let attempt = *counter;
@@ -329,15 +340,11 @@ fn dispatch<'w>(
         idempotency_key: idempotency_key.clone(),
         inputs: crate::secrets::redact_for_storage(&inputs).into_owned(),
     });
-    // A custom action: its definition's `run`, rendered over the inputs
-    // (which go in as its body or value unless it says otherwise).
-    let inputs = match &c.via {
+    // The node's inputs go in as the run's body or value, unless it says
+    // otherwise.
+    let inputs = match run {
         None => inputs,
-        Some(via) => {
-            let context = minijinja::context! {
-                inputs => minijinja::Value::from(minijinja::value::Serde(&inputs))
-            };
-            let mut sent = via.template.render_in(&m.wf.templates, &context)?;
+        Some((via, mut sent)) => {
             if let (Some(key), Value::Object(map)) = (via.inputs_into, &mut sent) {
                 map.insert(key.to_owned(), inputs);
             }
