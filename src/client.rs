@@ -936,3 +936,69 @@ pub(crate) async fn registry_delete(c: &Client, name: &str) -> Result<(), Failur
     }
     Ok(())
 }
+
+/// `sojourn analytics export WORKFLOW [--from D] [--to D] [--version N]
+/// [-o FILE]`: the rolled-up counts as CSV, copied as they arrive (never
+/// held whole in memory).
+pub(crate) async fn export_analytics(
+    c: &Client,
+    workflow: &str,
+    query: Vec<(&str, Option<String>)>,
+    out: Option<&Path>,
+) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut url = format!(
+        "{}/v1/analytics/workflows/{}/export",
+        c.conn.url.trim_end_matches('/'),
+        seg(workflow)
+    );
+    let pairs: Vec<String> = query
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", seg(&v))))
+        .collect();
+    if !pairs.is_empty() {
+        url = format!("{url}?{}", pairs.join("&"));
+    }
+    // A long export may take longer than the client's usual timeout.
+    let mut req = c
+        .http
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(3600));
+    if let Some(key) = c.conn.api_key.as_deref().filter(|k| !k.trim().is_empty()) {
+        req = req.bearer_auth(key);
+    }
+    let mut resp = req.send().await.map_err(|e| {
+        Failure::Runtime(anyhow::anyhow!(
+            "cannot reach {} ({e}); is a node running? (sojourn dev, or set SOJOURN_URL)",
+            c.conn.url
+        ))
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let message = value
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string());
+        let text = format!("GET {url}: {status}: {message}");
+        return Err(if status.is_client_error() {
+            Failure::Invalid(text)
+        } else {
+            Failure::Runtime(anyhow::anyhow!(text))
+        });
+    }
+    let mut sink: Box<dyn Write> = match out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| Failure::Invalid(format!("{}: {e}", path.display())))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    while let Some(chunk) = resp.chunk().await.context("reading the export")? {
+        sink.write_all(&chunk).context("writing the export")?;
+    }
+    sink.flush().context("writing the export")?;
+    Ok(())
+}

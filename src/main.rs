@@ -167,6 +167,11 @@ enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Analytics of a workflow (client).
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
+    },
     /// The registry's trigger and action definitions (client).
     Registry {
         #[command(subcommand)]
@@ -351,6 +356,31 @@ enum ClusterCommand {
         /// Drain it even if it is the last node that takes work.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AnalyticsCommand {
+    /// The rolled-up counts as CSV (day, hour in UTC, workflow, version,
+    /// node, branch, channel, provider, metric, value), to standard output
+    /// or a file.
+    Export {
+        /// The workflow's key or id.
+        workflow: String,
+        /// The first day (YYYY-MM-DD, UTC); 29 days before --to by default.
+        #[arg(long)]
+        from: Option<String>,
+        /// The last day (YYYY-MM-DD, UTC); today by default.
+        #[arg(long)]
+        to: Option<String>,
+        /// One published version (all by default).
+        #[arg(long)]
+        version: Option<i32>,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
         #[command(flatten)]
         conn: client::Conn,
     },
@@ -553,6 +583,29 @@ fn main() -> ExitCode {
                     ("limit", limit.map(|l| l.to_string())),
                     ("cursor", cursor),
                 ],
+            )
+            .await
+        }),
+        Command::Analytics {
+            command:
+                AnalyticsCommand::Export {
+                    workflow,
+                    from,
+                    to,
+                    version,
+                    output,
+                    conn,
+                },
+        } => with_client(conn, |c| async move {
+            client::export_analytics(
+                &c,
+                &workflow,
+                vec![
+                    ("from", from),
+                    ("to", to),
+                    ("version", version.map(|v| v.to_string())),
+                ],
+                output.as_deref(),
             )
             .await
         }),

@@ -56,6 +56,12 @@ pub struct Config {
     /// How often the schedule runner looks for due schedules, and the
     /// event consumers for triggers activated, paused or stopped.
     pub schedule_poll: Duration,
+    /// How often a node rolls the journal up into the analytics (one node
+    /// at a time does).
+    pub analytics_rollup: Duration,
+    /// How old a journal row must be before it is counted (PostgreSQL
+    /// makes a row visible at commit, after rows with higher ids).
+    pub analytics_settle: Duration,
     /// Kafka brokers (`host:port`): event triggers with a topic consume
     /// from them. None: no event trigger consumes.
     pub kafka_brokers: Vec<String>,
@@ -141,6 +147,8 @@ impl Default for Config {
             timer_poll: Duration::from_millis(500),
             timer_batch: 2_000,
             schedule_poll: Duration::from_secs(1),
+            analytics_rollup: Duration::from_secs(10),
+            analytics_settle: Duration::from_secs(10),
             kafka_brokers: Vec::new(),
             kafka_topic_partitions: 6,
             worker_channels: crate::providers::CHANNELS.map(String::from).to_vec(),

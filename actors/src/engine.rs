@@ -301,6 +301,14 @@ impl<S: Store> Engine<S> {
             }
             .run(shutdown.clone()),
         );
+        let rollup = tokio::spawn(
+            crate::analytics::RollupJob {
+                store: store.clone(),
+                every: config.analytics_rollup,
+                settle: config.analytics_settle,
+            }
+            .run(shutdown.clone()),
+        );
         let timers = tokio::spawn(
             crate::timers::TimerService {
                 store: store.clone(),
@@ -394,6 +402,7 @@ impl<S: Store> Engine<S> {
             draining,
             tasks: std::sync::Mutex::new(vec![
                 timers, outbox, recovery, renewal, listener, schedules, segments, events, workers,
+                rollup,
             ]),
             announcer: std::sync::Mutex::new(announcer),
             announcer_stop,

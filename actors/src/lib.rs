@@ -23,6 +23,7 @@
 //! with a stopping actor is found again on its next activation.
 
 mod activator;
+pub mod analytics;
 pub mod audience;
 mod batch;
 pub mod bus;

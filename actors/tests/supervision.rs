@@ -391,6 +391,36 @@ impl sojourn_persistence::RegistryStore for Flaky {
     }
 }
 
+impl sojourn_persistence::AnalyticsStore for Flaky {
+    async fn rollup_journal(
+        &self,
+        settled_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Option<u64>, Error> {
+        self.0.rollup_journal(settled_before, limit).await
+    }
+    async fn analytics_counts(
+        &self,
+        ns: &str,
+        workflow_id: &str,
+        version: Option<i32>,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<sojourn_persistence::AnalyticsRow>, Error> {
+        self.0
+            .analytics_counts(ns, workflow_id, version, from_day, to_day)
+            .await
+    }
+    async fn current_positions(
+        &self,
+        ns: &str,
+        workflow_id: &str,
+        version: Option<i32>,
+    ) -> Result<Vec<(Option<String>, String, i64)>, Error> {
+        self.0.current_positions(ns, workflow_id, version).await
+    }
+}
+
 impl DeliveryStore for Flaky {
     async fn add_deliveries(&self, batch: &[NewDelivery]) -> Result<(), Error> {
         self.0.add_deliveries(batch).await

@@ -39,7 +39,8 @@ pub use state::AppState;
 use crate::auth::Scope::{Admin, Read, Write};
 use crate::docs::{Routes, Spec};
 use crate::routes::{
-    audience, cluster, deliveries, events, executions, keys, registry, system, triggers, workflows,
+    analytics, audience, cluster, deliveries, events, executions, keys, registry, system, triggers,
+    workflows,
 };
 
 /// The built API: its router, its OpenAPI document and its route table.
@@ -240,6 +241,37 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
             .returns::<registry::DefinitionOut>(200)
             .describe("New workflow versions that use it are refused, naming the node; an execution that reaches it pauses (with the reason) until it is enabled again and the execution retried. Built-in definitions can be disabled too."),
         registry::disable::<S>,
+    );
+
+    // ---- analytics ---------------------------------------------------------
+    r.add(
+        M::GET,
+        "/v1/analytics/workflows/{workflow}/funnel",
+        Spec::new("analytics", "A workflow's funnel")
+            .scope(Read)
+            .query::<analytics::FunnelQuery>()
+            .returns::<analytics::Funnel>(200)
+            .describe("Over a range of UTC days (at most 366): executions that entered, how they ended (completed by outcome, failed, cancelled, exited by event), and per node the entries, the branches taken, failed tries, skipped messages, and the unfinished executions there now. Counted by the rollup job from the journal, about 20 s behind."),
+        analytics::funnel::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/analytics/workflows/{workflow}/series",
+        Spec::new("analytics", "A daily series of one metric")
+            .scope(Read)
+            .query::<analytics::SeriesQuery>()
+            .returns::<analytics::Series>(200)
+            .describe("One value per day of the range in `timezone` (rolled up by UTC hour: a zone whose offset is not whole hours is approximated to the hour), zeros included."),
+        analytics::series::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/analytics/workflows/{workflow}/export",
+        Spec::new("analytics", "The rolled-up counts as CSV")
+            .scope(Read)
+            .query::<analytics::FunnelQuery>()
+            .describe("`text/csv`: day, hour (UTC), workflow_id, version, node, branch, channel, provider, metric, value; streamed a day at a time."),
+        analytics::export::<S>,
     );
 
     // ---- executions --------------------------------------------------------

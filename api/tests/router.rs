@@ -35,6 +35,8 @@ fn config() -> Config {
         outbox_poll: Duration::from_millis(50),
         recovery_poll: Duration::from_millis(300),
         egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
+        analytics_rollup: Duration::from_millis(100),
+        analytics_settle: Duration::ZERO,
         ..Config::default()
     }
 }
@@ -2562,6 +2564,168 @@ async fn registry<S: Store>(app: &App<S>, crm: &sojourn_testkit::fakes::Fake) {
     app.wait_status(&k, &e, "completed").await;
     assert_eq!(crm.accepted().len(), 9);
     assert!(crm.refused().is_empty(), "{:?}", crm.refused());
+}
+
+// ---- analytics ----------------------------------------------------------------
+
+async fn analytics<S: Store>(app: &App<S>) {
+    let k = app.key("stats", &["write"]).await;
+    let branching = json!({
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "check", "type": "condition", "config": {"expression": "input.vip"}},
+            {"id": "vip", "type": "exit", "config": {"outcome": "vip"}},
+            {"id": "plain", "type": "exit", "config": {"outcome": "plain"}}
+        ],
+        "edges": [
+            {"from": "start", "to": "check"},
+            {"from": "check", "to": "vip", "branch": "true"},
+            {"from": "check", "to": "plain", "branch": "false"}
+        ]
+    });
+    app.workflow(&k, "split", branching).await;
+    for vip in [true, true, false, true, false] {
+        let e = app.start(&k, "split", json!({"vip": vip})).await;
+        app.wait_status(&k, &e, "completed").await;
+    }
+    // The rollup job counts them within its period.
+    let mut funnel = Value::Null;
+    for _ in 0..200 {
+        let r = app.get("/v1/analytics/workflows/split/funnel", &k).await;
+        funnel = r.ok(StatusCode::OK).clone();
+        if funnel["completed"] == json!(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(funnel["entered"], json!(5), "{funnel:#}");
+    assert_eq!(funnel["completed"], json!(5), "{funnel:#}");
+    assert_eq!(funnel["outcomes"], json!({"vip": 3, "plain": 2}));
+    let nodes = funnel["nodes"].as_array().expect("nodes");
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|n| n["node"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["start", "check", "vip", "plain"],
+        "in the workflow's order"
+    );
+    assert_eq!(nodes[1]["entered"], json!(5));
+    assert_eq!(nodes[1]["branches"], json!({"true": 3, "false": 2}));
+    assert_eq!(
+        (nodes[2]["entered"].clone(), nodes[3]["entered"].clone()),
+        (json!(3), json!(2))
+    );
+
+    // A daily series, in a time zone: every day of the range, zeros included.
+    let today = chrono::Utc::now().date_naive();
+    let from = (today - chrono::Days::new(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let to = (today + chrono::Days::new(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    for tz in ["UTC", "Pacific/Kiritimati", "America/Adak"] {
+        let r = app
+            .get(
+                &format!("/v1/analytics/workflows/split/series?metric=completed&from={from}&to={to}&timezone={tz}"),
+                &k,
+            )
+            .await;
+        let s = r.ok(StatusCode::OK);
+        let days = s["days"].as_array().expect("days");
+        assert_eq!(days.len(), 5, "{s:#}");
+        let total: i64 = days.iter().map(|d| d["value"].as_i64().unwrap_or(0)).sum();
+        assert_eq!(total, 5, "{tz}: {s:#}");
+        assert_eq!(s["timezone"], tz);
+    }
+    let r = app
+        .get(
+            &format!(
+                "/v1/analytics/workflows/split/series?metric=entered&node=check&from={from}&to={to}"
+            ),
+            &k,
+        )
+        .await;
+    let total: i64 = r.ok(StatusCode::OK)["days"]
+        .as_array()
+        .expect("days")
+        .iter()
+        .map(|d| d["value"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, 5);
+
+    // Bad input names its field.
+    for (uri, field) in [
+        (
+            "/v1/analytics/workflows/split/series?metric=clicks",
+            "metric",
+        ),
+        (
+            "/v1/analytics/workflows/split/series?metric=entered&timezone=Mars/Olympus",
+            "timezone",
+        ),
+        (
+            "/v1/analytics/workflows/split/funnel?from=2026-02-30",
+            "from",
+        ),
+        (
+            "/v1/analytics/workflows/split/funnel?from=2026-03-02&to=2026-03-01",
+            "from",
+        ),
+        (
+            "/v1/analytics/workflows/split/funnel?from=2020-01-01&to=2026-01-01",
+            "from",
+        ),
+    ] {
+        let r = app.get(uri, &k).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some(field));
+    }
+    let other = app.key("stats-other", &["read"]).await;
+    let r = app
+        .get("/v1/analytics/workflows/split/funnel", &other)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // The export: CSV, a header and one line per rolled-up row.
+    let r = app
+        .get(
+            &format!("/v1/analytics/workflows/split/export?from={from}&to={to}"),
+            &k,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        Some("text/csv; charset=utf-8")
+    );
+    let text = r.text();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("day,hour,workflow_id,version,node,branch,channel,provider,metric,value")
+    );
+    let completed: i64 = lines
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.get(8) == Some(&"completed")).then(|| f[9].parse::<i64>().unwrap_or(0))
+        })
+        .sum();
+    assert_eq!(completed, 5, "{text}");
+}
+
+#[tokio::test]
+async fn analytics_on_sqlite() {
+    let app = sqlite_app().await;
+    analytics(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn analytics_on_postgres() {
+    let app = pg_app(8).await;
+    analytics(&app).await;
+    app.finish().await;
 }
 
 #[tokio::test]

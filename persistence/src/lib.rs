@@ -28,6 +28,7 @@
 //! | `triggers/` | [`TriggerStore`] | `triggers` |
 //! | `keys/` | [`KeyStore`] | `api_keys` |
 //! | `registry/` | [`RegistryStore`] | `registry_entries`, `registry_versions` |
+//! | `analytics/` | [`AnalyticsStore`] | `analytics_daily`, `analytics_cursors` |
 //!
 //! An area's `mod.rs` holds its trait and implements it once for every
 //! [`SqlStore<DB>`] (`PgStore` is `SqlStore<Postgres>`, `SqliteStore` is
@@ -61,6 +62,7 @@
 //! A table that joins an existing area (the way `inbox` sits with the
 //! outbox) is steps 1, 2 and 4 and methods in that area's module.
 
+mod analytics;
 mod audience;
 mod deliveries;
 mod error;
@@ -79,6 +81,7 @@ mod triggers;
 mod types;
 mod workflows;
 
+pub use analytics::{AnalyticsRow, AnalyticsStore, RollupKey, rollup_key};
 pub use audience::{
     Addresses, AudienceFacts, AudienceStore, CapRequest, CapScope, CapVerdict, Erased,
     FrequencyCap, OnCap, Preferences, Profile, ProfilePatch, ProfileRecord, Suppression,
@@ -113,7 +116,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// (`use sojourn_persistence::prelude::*;`).
 pub mod prelude {
     pub use crate::{
-        AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, RegistryStore,
-        SegmentStore, Store, TimerStore, TriggerStore, WorkflowStore,
+        AnalyticsStore, AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore,
+        RegistryStore, SegmentStore, Store, TimerStore, TriggerStore, WorkflowStore,
     };
 }

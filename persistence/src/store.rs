@@ -8,8 +8,8 @@ use std::future::Future;
 
 use crate::Result;
 use crate::{
-    AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore, RegistryStore,
-    SegmentStore, TimerStore, TriggerStore, WorkflowStore,
+    AnalyticsStore, AudienceStore, DeliveryStore, ExecutionStore, KeyStore, OutboxStore,
+    RegistryStore, SegmentStore, TimerStore, TriggerStore, WorkflowStore,
 };
 
 /// One store: PostgreSQL or SQLite, the same behaviour (the conformance
@@ -25,6 +25,7 @@ pub trait Store:
     + AudienceStore
     + SegmentStore
     + RegistryStore
+    + AnalyticsStore
     + 'static
 {
     /// Whether the database answers (readiness): one indexed lookup.
@@ -44,6 +45,7 @@ impl<S> Store for S where
         + AudienceStore
         + SegmentStore
         + RegistryStore
+        + AnalyticsStore
         + 'static
 {
 }

@@ -127,6 +127,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    the_journal_rolls_up_to_a_direct_count_killed_mid_run_or_not,
     the_registry_versions_definitions_and_published_versions_pin_them,
     workflows_and_immutable_versions,
     json_numbers_at_the_edges_of_f64_read_back_as_written,
@@ -4046,4 +4047,204 @@ async fn the_registry_versions_definitions_and_published_versions_pin_them<S: St
         store.execution_namespace("exe_nope").await.expect("read"),
         None
     );
+}
+
+async fn the_journal_rolls_up_to_a_direct_count_killed_mid_run_or_not<S: Store>(store: &S) {
+    use sojourn_persistence::{RollupKey, rollup_key};
+    use sojourn_runtime::{JournalEntry, JournalEvent, NodeId};
+    use std::collections::HashMap;
+
+    let a = fixture_keyed(store, "rollup-a").await;
+    let b = fixture_keyed(store, "rollup-b").await;
+    // A fixed-seed xorshift: the same data on both databases, every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rand = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let nodes = ["start", "welcome", "check", "nudge"];
+    let branches = ["true", "false", "variant_b"];
+    let mut expected: HashMap<RollupKey, i64> = HashMap::new();
+    // Commits one execution's start with a generated journal (what the
+    // store is given is what it counts; entries at `base` plus up to 3
+    // days).
+    let mut commit_generated =
+        async |f: &Fixture,
+               entries: usize,
+               base: DateTime<Utc>,
+               expected: &mut HashMap<RollupKey, i64>| {
+            let mut e = start(store, f, None, None).await;
+            let mut t = f.wf.step(&e.snap, Input::Start, t0()).expect("step");
+            t.journal.clear();
+            for i in 0..entries {
+                let node = NodeId::from(nodes[rand(4) as usize]);
+                let event = match rand(10) {
+                    0..=2 => JournalEvent::NodeEntered {
+                        node,
+                        node_type: "action".into(),
+                    },
+                    3 | 4 => JournalEvent::BranchTaken {
+                        node,
+                        branch: branches[rand(3) as usize].into(),
+                        to: NodeId::from("next"),
+                    },
+                    5 => JournalEvent::ActionFailed {
+                        node,
+                        attempt: 1,
+                        error: "503".into(),
+                        retryable: true,
+                    },
+                    6 => JournalEvent::ActionSkipped {
+                        node,
+                        attempt: 1,
+                        reason: "capped".into(),
+                    },
+                    7 => match rand(4) {
+                        0 => JournalEvent::Completed {
+                            outcome: Some("bought".into()),
+                        },
+                        1 => JournalEvent::Completed { outcome: None },
+                        2 => JournalEvent::Failed {
+                            node: Some(node),
+                            error: "boom".into(),
+                        },
+                        _ => JournalEvent::Cancelled { reason: None },
+                    },
+                    8 => JournalEvent::ExitCriteriaMet {
+                        event: "unsubscribed".into(),
+                    },
+                    // Not counted.
+                    _ => JournalEvent::DelayElapsed { node },
+                };
+                let at =
+                    base + Duration::hours(rand(72) as i64) + Duration::seconds(rand(3600) as i64);
+                let entry = JournalEntry {
+                    seq: i as u64 + 1,
+                    at,
+                    event,
+                };
+                let doc = serde_json::to_value(&entry).expect("json");
+                if let Some(key) = rollup_key(
+                    "default",
+                    &f.workflow_id,
+                    f.version,
+                    entry.event.kind(),
+                    &doc,
+                    at,
+                ) {
+                    *expected.entry(key).or_insert(0) += 1;
+                }
+                t.journal.push(entry);
+            }
+            let results = store
+                .commit(&[Commit {
+                    execution_id: &e.id,
+                    epoch: e.epoch,
+                    transition: &t,
+                    fired_timer: None,
+                    consumed_input: None,
+                    claim: None,
+                    consumed_outbox: None,
+                }])
+                .await
+                .expect("commit");
+            assert_eq!(results[0], CommitResult::Committed);
+            e.snap = t.snapshot;
+        };
+    for i in 0..18 {
+        let f = if i % 3 == 0 { &b } else { &a };
+        commit_generated(f, 1 + (i * 7) % 25, t0(), &mut expected).await;
+    }
+    let counted = async |store: &S| -> HashMap<RollupKey, i64> {
+        let mut out = HashMap::new();
+        for f in [&a, &b] {
+            for r in store
+                .analytics_counts("default", &f.workflow_id, None, "2000-01-01", "2999-12-31")
+                .await
+                .expect("counts")
+            {
+                assert_eq!((r.channel.as_str(), r.provider.as_str()), ("", ""));
+                let metric = [
+                    "entered",
+                    "branch",
+                    "action_failed",
+                    "skipped",
+                    "completed",
+                    "failed",
+                    "cancelled",
+                    "exited",
+                ]
+                .into_iter()
+                .find(|m| *m == r.metric)
+                .expect("a known metric");
+                out.insert(
+                    RollupKey {
+                        namespace: "default".into(),
+                        workflow_id: f.workflow_id.clone(),
+                        day: r.day,
+                        hour: r.hour,
+                        version: r.version,
+                        node: r.node,
+                        branch: r.branch,
+                        metric,
+                    },
+                    r.value,
+                );
+            }
+        }
+        out
+    };
+    let far = t0() + Duration::days(3650);
+
+    // Killed mid-batch, again and again (a dropped future rolls its
+    // transaction back), in batches of 7 rows; then to the end.
+    for i in 0..40 {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_micros(200 + (i * 97) % 3000),
+            store.rollup_journal(far, 7),
+        )
+        .await;
+    }
+    let mut turns = 0;
+    while store.rollup_journal(far, 7).await.expect("rollup") != Some(0) {
+        turns += 1;
+        assert!(turns < 1000, "the rollup never caught up");
+    }
+    assert!(!expected.is_empty());
+    assert_eq!(
+        counted(store).await,
+        expected,
+        "the rollup equals a direct count"
+    );
+    // Idempotent: done again, nothing changes.
+    assert_eq!(
+        store.rollup_journal(far, 1000).await.expect("rollup"),
+        Some(0)
+    );
+    assert_eq!(counted(store).await, expected);
+
+    // Rows written after the settling point wait for it.
+    let late = t0() + Duration::days(30);
+    let before = expected.clone();
+    commit_generated(&a, 20, late, &mut expected).await;
+    assert_eq!(
+        store.rollup_journal(late, 1000).await.expect("rollup"),
+        Some(0)
+    );
+    assert_eq!(counted(store).await, before, "not settled yet: not counted");
+    assert_eq!(
+        store.rollup_journal(far, 1000).await.expect("rollup"),
+        Some(20)
+    );
+    assert_eq!(counted(store).await, expected);
+
+    // Where the unfinished executions are now.
+    let positions = store
+        .current_positions("default", &a.workflow_id, None)
+        .await
+        .expect("positions");
+    let total: i64 = positions.iter().map(|(_, _, n)| n).sum();
+    assert_eq!(total, 13, "{positions:?}");
 }

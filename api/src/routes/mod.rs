@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::error::{ApiError, ApiResult};
 
+pub(crate) mod analytics;
 pub(crate) mod audience;
 pub(crate) mod cluster;
 pub(crate) mod deliveries;

@@ -1,0 +1,56 @@
+//! The analytics rollup job: every node runs it, the cursor's row lock lets
+//! one at a time roll up (`AnalyticsStore::rollup_journal`). It reads what
+//! the engine already wrote, a batch per transaction, off every
+//! execution's path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sojourn_persistence::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Journal rows per transaction.
+pub const BATCH: u32 = 5_000;
+
+pub(crate) struct RollupJob<S: Store> {
+    pub(crate) store: Arc<S>,
+    /// How often (`analytics_rollup`), and how long a row settles first
+    /// (`analytics_settle`).
+    pub(crate) every: Duration,
+    pub(crate) settle: Duration,
+}
+
+impl<S: Store> RollupJob<S> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            catch_up(&*self.store, self.settle, &shutdown).await;
+        }
+    }
+}
+
+/// Rolls up batch after batch until caught up, another node holds the
+/// cursor, the store fails, or the node stops. Returns the rows counted.
+pub async fn catch_up<S: Store>(store: &S, settle: Duration, shutdown: &CancellationToken) -> u64 {
+    let mut total = 0;
+    while !shutdown.is_cancelled() {
+        let settled = Utc::now() - chrono::Duration::from_std(settle).unwrap_or_default();
+        match store.rollup_journal(settled, BATCH).await {
+            Ok(Some(n)) if n > 0 => total += n,
+            Ok(_) => break,
+            Err(e) => {
+                warn!(error = %e, "the analytics rollup failed; it goes on at the next turn");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        debug!(rows = total, "journal rows rolled up");
+    }
+    total
+}
