@@ -989,16 +989,37 @@ pub(crate) async fn export_analytics(
             Failure::Runtime(anyhow::anyhow!(text))
         });
     }
-    let mut sink: Box<dyn Write> = match out {
+    // To a file: written beside it first, renamed when complete, so a cut
+    // answer never leaves a file that looks whole.
+    let part = out.map(|p| {
+        let mut name = p.as_os_str().to_owned();
+        name.push(".part");
+        std::path::PathBuf::from(name)
+    });
+    let mut sink: Box<dyn Write> = match &part {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .map_err(|e| Failure::Invalid(format!("{}: {e}", path.display())))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    while let Some(chunk) = resp.chunk().await.context("reading the export")? {
-        sink.write_all(&chunk).context("writing the export")?;
+    let copied: Result<(), Failure> = async {
+        while let Some(chunk) = resp.chunk().await.context("reading the export")? {
+            sink.write_all(&chunk).context("writing the export")?;
+        }
+        sink.flush().context("writing the export")?;
+        Ok(())
     }
-    sink.flush().context("writing the export")?;
-    Ok(())
+    .await;
+    drop(sink);
+    match (copied, part, out) {
+        (Err(e), Some(part), _) => {
+            let _ = std::fs::remove_file(part);
+            Err(e)
+        }
+        (Err(e), None, _) => Err(e),
+        (Ok(()), Some(part), Some(out)) => std::fs::rename(&part, out)
+            .map_err(|e| Failure::Invalid(format!("{}: {e}", out.display()))),
+        (Ok(()), _, _) => Ok(()),
+    }
 }

@@ -105,7 +105,6 @@ pub(crate) struct EngineSettings {
     pub(crate) schedule_poll_ms: u64,
     pub(crate) schedule_claim_ttl_ms: u64,
     pub(crate) analytics_rollup_ms: u64,
-    pub(crate) analytics_settle_ms: u64,
     pub(crate) timer_fire_rate: u32,
     pub(crate) outbox_claim_ttl_ms: u64,
     pub(crate) outbox_poll_ms: u64,
@@ -189,7 +188,6 @@ impl Settings {
                 timer_batch: engine.timer_batch,
                 schedule_poll_ms: ms(engine.schedule_poll),
                 analytics_rollup_ms: ms(engine.analytics_rollup),
-                analytics_settle_ms: ms(engine.analytics_settle),
                 worker_channels: engine.worker_channels.clone(),
                 channel_webhook: None,
                 schedule_claim_ttl_ms: ms(engine.schedule_claim_ttl),
@@ -590,7 +588,6 @@ impl Settings {
             timer_batch: e.timer_batch,
             schedule_poll: d(e.schedule_poll_ms),
             analytics_rollup: d(e.analytics_rollup_ms),
-            analytics_settle: d(e.analytics_settle_ms),
             worker_channels: e.worker_channels.clone(),
             channel_webhook: e
                 .channel_webhook

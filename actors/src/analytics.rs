@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use sojourn_persistence::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -16,10 +15,8 @@ pub const BATCH: u32 = 5_000;
 
 pub(crate) struct RollupJob<S: Store> {
     pub(crate) store: Arc<S>,
-    /// How often (`analytics_rollup`), and how long a row settles first
-    /// (`analytics_settle`).
+    /// How often (`analytics_rollup`).
     pub(crate) every: Duration,
-    pub(crate) settle: Duration,
 }
 
 impl<S: Store> RollupJob<S> {
@@ -29,19 +26,25 @@ impl<S: Store> RollupJob<S> {
                 _ = tokio::time::sleep(self.every) => {}
                 _ = shutdown.cancelled() => return,
             }
-            catch_up(&*self.store, self.settle, &shutdown).await;
+            catch_up(&*self.store, &shutdown).await;
         }
     }
 }
 
 /// Rolls up batch after batch until caught up, another node holds the
 /// cursor, the store fails, or the node stops. Returns the rows counted.
-pub async fn catch_up<S: Store>(store: &S, settle: Duration, shutdown: &CancellationToken) -> u64 {
+/// (On PostgreSQL a run may only record a watermark for a later run to
+/// prove; a second run right after usually proves it.)
+pub async fn catch_up<S: Store>(store: &S, shutdown: &CancellationToken) -> u64 {
     let mut total = 0;
+    let mut idle = 0;
     while !shutdown.is_cancelled() {
-        let settled = Utc::now() - chrono::Duration::from_std(settle).unwrap_or_default();
-        match store.rollup_journal(settled, BATCH).await {
-            Ok(Some(n)) if n > 0 => total += n,
+        match store.rollup_journal(BATCH).await {
+            Ok(Some(n)) if n > 0 => {
+                total += n;
+                idle = 0;
+            }
+            Ok(Some(_)) if idle == 0 => idle += 1,
             Ok(_) => break,
             Err(e) => {
                 warn!(error = %e, "the analytics rollup failed; it goes on at the next turn");

@@ -59,9 +59,6 @@ pub struct Config {
     /// How often a node rolls the journal up into the analytics (one node
     /// at a time does).
     pub analytics_rollup: Duration,
-    /// How old a journal row must be before it is counted (PostgreSQL
-    /// makes a row visible at commit, after rows with higher ids).
-    pub analytics_settle: Duration,
     /// Kafka brokers (`host:port`): event triggers with a topic consume
     /// from them. None: no event trigger consumes.
     pub kafka_brokers: Vec<String>,
@@ -148,7 +145,6 @@ impl Default for Config {
             timer_batch: 2_000,
             schedule_poll: Duration::from_secs(1),
             analytics_rollup: Duration::from_secs(10),
-            analytics_settle: Duration::from_secs(10),
             kafka_brokers: Vec::new(),
             kafka_topic_partitions: 6,
             worker_channels: crate::providers::CHANNELS.map(String::from).to_vec(),

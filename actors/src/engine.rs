@@ -305,7 +305,6 @@ impl<S: Store> Engine<S> {
             crate::analytics::RollupJob {
                 store: store.clone(),
                 every: config.analytics_rollup,
-                settle: config.analytics_settle,
             }
             .run(shutdown.clone()),
         );

@@ -392,12 +392,8 @@ impl sojourn_persistence::RegistryStore for Flaky {
 }
 
 impl sojourn_persistence::AnalyticsStore for Flaky {
-    async fn rollup_journal(
-        &self,
-        settled_before: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Option<u64>, Error> {
-        self.0.rollup_journal(settled_before, limit).await
+    async fn rollup_journal(&self, limit: u32) -> Result<Option<u64>, Error> {
+        self.0.rollup_journal(limit).await
     }
     async fn analytics_counts(
         &self,
@@ -409,6 +405,18 @@ impl sojourn_persistence::AnalyticsStore for Flaky {
     ) -> Result<Vec<sojourn_persistence::AnalyticsRow>, Error> {
         self.0
             .analytics_counts(ns, workflow_id, version, from_day, to_day)
+            .await
+    }
+    async fn analytics_totals(
+        &self,
+        ns: &str,
+        workflow_id: &str,
+        version: Option<i32>,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<sojourn_persistence::AnalyticsRow>, Error> {
+        self.0
+            .analytics_totals(ns, workflow_id, version, from_day, to_day)
             .await
     }
     async fn current_positions(

@@ -251,7 +251,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
             .scope(Read)
             .query::<analytics::FunnelQuery>()
             .returns::<analytics::Funnel>(200)
-            .describe("Over a range of UTC days (at most 366): executions that entered, how they ended (completed by outcome, failed, cancelled, exited by event), and per node the entries, the branches taken, failed tries, skipped messages, and the unfinished executions there now. Counted by the rollup job from the journal, about 20 s behind."),
+            .describe("Over a range of UTC days (at most 366): executions that entered, how they ended (completed by outcome, failed, cancelled, exited by event), and per node the entries, the branches taken, failed tries, skipped messages, and the unfinished executions there now. Counted by the rollup job from the journal, 10 to 20 s behind. Endings are counted per event; exits by criterion are among the completed."),
         analytics::funnel::<S>,
     );
     r.add(

@@ -36,7 +36,6 @@ fn config() -> Config {
         recovery_poll: Duration::from_millis(300),
         egress: sojourn_actors::egress::EgressPolicy::allowing_loopback(),
         analytics_rollup: Duration::from_millis(100),
-        analytics_settle: Duration::ZERO,
         ..Config::default()
     }
 }
@@ -2677,6 +2676,12 @@ async fn analytics<S: Store>(app: &App<S>) {
             "/v1/analytics/workflows/split/funnel?from=2020-01-01&to=2026-01-01",
             "from",
         ),
+        ("/v1/analytics/workflows/split/funnel?from=2026-1-1", "from"),
+        (
+            "/v1/analytics/workflows/split/series?metric=entered&version=0",
+            "version",
+        ),
+        ("/v1/analytics/workflows/split/export?version=-1", "version"),
     ] {
         let r = app.get(uri, &k).await;
         assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some(field));

@@ -80,6 +80,11 @@ pub trait Sql:
     /// older than every one still running (PostgreSQL hands out ids before
     /// commit; SQLite commits one writer at a time, in id order).
     const SETTLED_CHANGES: &'static str;
+    /// `SELECT xmin, xmax` of the current snapshot (the oldest transaction
+    /// still running, the next to start), as `bigint`s; `None` where ids
+    /// are handed out in commit order (SQLite's one writer), so that what
+    /// is visible is settled.
+    const SNAPSHOT_HORIZON: Option<&'static str>;
 }
 
 impl Sql for Postgres {
@@ -87,6 +92,10 @@ impl Sql for Postgres {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const FOR_SHARE: &'static str = " FOR SHARE";
     const SETTLED_CHANGES: &'static str = " AND tx < pg_snapshot_xmin(pg_current_snapshot())";
+    const SNAPSHOT_HORIZON: Option<&'static str> = Some(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+                pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+    );
 }
 
 impl Sql for Sqlite {
@@ -94,6 +103,7 @@ impl Sql for Sqlite {
     const SKIP_LOCKED: &'static str = "";
     const FOR_SHARE: &'static str = "";
     const SETTLED_CHANGES: &'static str = "";
+    const SNAPSHOT_HORIZON: Option<&'static str> = None;
 }
 
 /// A value a shared statement binds on `DB`, in a query that lives for

@@ -63,12 +63,16 @@ pub struct Funnel {
     pub version: Option<i32>,
     pub from: String,
     pub to: String,
-    /// Executions that entered (their start node), and how they ended.
+    /// Executions that entered (their start node), and how they ended,
+    /// counted per event: an execution retried after failing may count as
+    /// failed and as completed.
     pub entered: i64,
+    /// Completed executions, those ended by an exit criterion included.
     pub completed: i64,
     pub failed: i64,
     pub cancelled: i64,
-    /// Ended by an exit criterion, by event.
+    /// Ended by an exit criterion, by event (these are among `completed`,
+    /// under their outcome).
     pub exited: BTreeMap<String, i64>,
     /// Completed executions by outcome (`""`: none).
     pub outcomes: BTreeMap<String, i64>,
@@ -100,14 +104,32 @@ fn node<'n>(nodes: &'n mut BTreeMap<String, FunnelNode>, id: &str) -> &'n mut Fu
 }
 
 /// Reads and checks a range: `(from, to)`, both included.
-fn range(from: Option<&str>, to: Option<&str>) -> ApiResult<(NaiveDate, NaiveDate)> {
+fn range(
+    from: Option<&str>,
+    to: Option<&str>,
+    version: Option<i32>,
+    today: NaiveDate,
+) -> ApiResult<(NaiveDate, NaiveDate)> {
+    if version.is_some_and(|v| v < 1) {
+        return Err(ApiError::invalid("version", "must be 1 or more"));
+    }
     let day = |field: &str, text: &str| {
-        NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .map_err(|_| ApiError::invalid(field, format!("{text:?} is not a day (YYYY-MM-DD)")))
+        let shaped = text.len() == 10
+            && text.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        shaped
+            .then(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
+            .flatten()
+            .ok_or_else(|| ApiError::invalid(field, format!("{text:?} is not a day (YYYY-MM-DD)")))
     };
     let to = match to {
         Some(t) => day("to", t)?,
-        None => Utc::now().date_naive(),
+        None => today,
     };
     let from = match from {
         Some(f) => day("from", f)?,
@@ -161,16 +183,23 @@ pub(crate) async fn funnel<S: Store>(
     Path(workflow): Path<String>,
     Q(q): Q<FunnelQuery>,
 ) -> ApiResult<axum::Json<Funnel>> {
-    let (from, to) = range(q.from.as_deref(), q.to.as_deref())?;
+    let (from, to) = range(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.version,
+        Utc::now().date_naive(),
+    )?;
     let wf = crate::routes::workflows::find(&app, &caller, &workflow).await?;
     let (order, mut starts) = layout(&app, &wf, q.version).await?;
     let store = app.engine.store();
     let rows = store
-        .analytics_counts(&caller.namespace, &wf.id, q.version, &ymd(from), &ymd(to))
+        .analytics_totals(&caller.namespace, &wf.id, q.version, &ymd(from), &ymd(to))
         .await?;
-    // The start node of every version counted.
+    // The start node of every version counted (each version read once).
+    let mut read = std::collections::HashSet::new();
     for r in &rows {
         if !starts.contains_key(&r.version)
+            && read.insert(r.version)
             && let Some(v) = store.get_version(&wf.id, Some(r.version)).await?
             && let Some(n) = v
                 .definition
@@ -251,7 +280,7 @@ pub struct SeriesQuery {
     /// cancelled or exited.
     #[schemars(extend("enum" = ["entered", "branch", "action_failed", "skipped", "completed", "failed", "cancelled", "exited"]))]
     pub metric: String,
-    /// Only this node (for entered, branch, action_failed, skipped).
+    /// Only this node (for entered, branch, action_failed, skipped, failed).
     #[serde(default)]
     pub node: Option<String>,
     /// Only this branch, outcome or exit event.
@@ -305,7 +334,8 @@ pub(crate) async fn series<S: Store>(
             .map_err(|e| ApiError::invalid("timezone", e))?,
         None => chrono_tz::UTC,
     };
-    let (from, to) = range(q.from.as_deref(), q.to.as_deref())?;
+    let today = Utc::now().with_timezone(&tz).date_naive();
+    let (from, to) = range(q.from.as_deref(), q.to.as_deref(), q.version, today)?;
     let wf = crate::routes::workflows::find(&app, &caller, &workflow).await?;
     // A local day spans at most the UTC days either side of it.
     let utc_from = from.checked_sub_days(Days::new(1)).unwrap_or(from);
@@ -368,7 +398,12 @@ pub(crate) async fn export<S: Store>(
     Path(workflow): Path<String>,
     Q(q): Q<FunnelQuery>,
 ) -> ApiResult<Response> {
-    let (from, to) = range(q.from.as_deref(), q.to.as_deref())?;
+    let (from, to) = range(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.version,
+        Utc::now().date_naive(),
+    )?;
     let wf = crate::routes::workflows::find(&app, &caller, &workflow).await?;
     let header_line = "day,hour,workflow_id,version,node,branch,channel,provider,metric,value\n";
     let state = (
@@ -389,7 +424,11 @@ pub(crate) async fn export<S: Store>(
             .await;
         let chunk: Result<Vec<u8>, std::io::Error> = match rows {
             Ok(rows) => Ok(csv_lines(&wf, &rows)),
-            Err(e) => Err(std::io::Error::other(e.to_string())),
+            Err(e) => {
+                // The answer is cut short: the client sees a broken body.
+                tracing::warn!(error = %e, workflow = %wf, day = %d, "the analytics export failed");
+                Err(std::io::Error::other(e.to_string()))
+            }
         };
         Some((chunk, (app, ns, wf, version, next, to)))
     });
@@ -408,6 +447,16 @@ pub(crate) async fn export<S: Store>(
         .into_response())
 }
 
+/// A text cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, a
+/// tab or a carriage return first) gets a `'` before it (OWASP's advice):
+/// branch labels, outcomes and event names are written by workflow authors.
+fn cell(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{text}").into(),
+        _ => text.into(),
+    }
+}
+
 /// Rows as CSV lines (fields quoted when they need it).
 fn csv_lines(workflow_id: &str, rows: &[AnalyticsRow]) -> Vec<u8> {
     let mut w = csv::WriterBuilder::new()
@@ -419,10 +468,10 @@ fn csv_lines(workflow_id: &str, rows: &[AnalyticsRow]) -> Vec<u8> {
             &r.hour.to_string(),
             workflow_id,
             &r.version.to_string(),
-            &r.node,
-            &r.branch,
-            &r.channel,
-            &r.provider,
+            &cell(&r.node),
+            &cell(&r.branch),
+            &cell(&r.channel),
+            &cell(&r.provider),
             &r.metric,
             &r.value.to_string(),
         ]);

@@ -10,11 +10,15 @@
 //! pass (`SKIP LOCKED`; SQLite has one writer).
 //!
 //! PostgreSQL hands out journal ids before commit, so a row may become
-//! visible after a row with a higher id. The rollup takes only rows
-//! written (`at`) before `settled_before` and stops at the first row that
-//! is not: a journal row is missed only if its transaction stays open
-//! longer than the settling time after its step (group commits last
-//! milliseconds; the job settles for 10 s).
+//! visible after a row with a higher id. The rollup counts an id only once
+//! every transaction that could still write a lower one has ended: each run
+//! records the highest id it sees with its snapshot's xmax, and a later run
+//! that finds the oldest running transaction past that xmax may count up
+//! to that id (nothing below it is still to come). No clock is read, so a
+//! slow commit or a node's clock cannot lose a row; a transaction left open
+//! only delays the rollup. SQLite's one writer commits in id order: what it
+//! sees is settled. (A transaction has its id before it takes a journal
+//! id: the commit updates the executions' rows first.)
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,18 +48,25 @@ const UPSERT_CHUNK: usize = 500;
 
 /// Analytics rollups and what reports read.
 pub trait AnalyticsStore: Send + Sync {
-    /// Rolls up at most `limit` journal rows past the cursor, written before
-    /// `settled_before`, in one transaction. `None`: another node holds the
-    /// cursor now. `Some(n)`: the cursor moved past `n` rows (0: caught up).
-    fn rollup_journal(
-        &self,
-        settled_before: DateTime<Utc>,
-        limit: u32,
-    ) -> impl Future<Output = Result<Option<u64>>> + Send;
+    /// Rolls up at most `limit` settled journal rows past the cursor, in one
+    /// transaction. `None`: another node holds the cursor now. `Some(n)`:
+    /// the cursor moved past `n` rows (0: nothing settled to count).
+    fn rollup_journal(&self, limit: u32) -> impl Future<Output = Result<Option<u64>>> + Send;
 
     /// The rolled-up counts of one workflow, UTC days `from_day` to
     /// `to_day` (`YYYY-MM-DD`, both included), of one version or all.
     fn analytics_counts(
+        &self,
+        namespace: &str,
+        workflow_id: &str,
+        version: Option<i32>,
+        from_day: &str,
+        to_day: &str,
+    ) -> impl Future<Output = Result<Vec<AnalyticsRow>>> + Send;
+
+    /// The same counts summed over the range (`day` empty, `hour` 0): what
+    /// a funnel reads.
+    fn analytics_totals(
         &self,
         namespace: &str,
         workflow_id: &str,
@@ -86,6 +97,15 @@ pub struct AnalyticsRow {
     pub provider: String,
     pub metric: String,
     pub value: i64,
+}
+
+/// The cursor's row.
+#[derive(sqlx::FromRow)]
+struct Cursor {
+    position: i64,
+    safe_upto: i64,
+    pending_upto: Option<i64>,
+    pending_xmax: Option<i64>,
 }
 
 /// A counted journal row, with its execution's workflow.
@@ -161,99 +181,145 @@ where
     for<'q> i32: Bind<'q, DB>,
     for<'q> i64: Bind<'q, DB>,
     for<'q> Instant: Bind<'q, DB>,
+    for<'q> Option<i64>: Bind<'q, DB>,
     Fact: Read<DB>,
+    Cursor: Read<DB>,
     AnalyticsRow: Read<DB>,
     (i64,): Read<DB>,
-    (i64, Instant): Read<DB>,
+    (Option<i64>,): Read<DB>,
+    (i64, i64): Read<DB>,
     (Option<String>, String, i64): Read<DB>,
 {
-    async fn rollup_journal(
-        &self,
-        settled_before: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Option<u64>> {
+    async fn rollup_journal(&self, limit: u32) -> Result<Option<u64>> {
         let mut tx = self.pool.begin().await?;
-        let cursor: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT position FROM analytics_cursors WHERE source = 'journal'{}",
+        // The row exists from the migration on; made again if someone
+        // deleted it, rather than stopping the job for good.
+        sqlx::query(
+            "INSERT INTO analytics_cursors (source, position, safe_upto, updated_at)
+             VALUES ('journal', 0, 0, $1) ON CONFLICT (source) DO NOTHING",
+        )
+        .bind(at(Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        let cursor: Option<Cursor> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT position, safe_upto, pending_upto, pending_xmax FROM analytics_cursors
+             WHERE source = 'journal'{}",
             DB::SKIP_LOCKED
         )))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((from,)) = cursor else {
+        let Some(mut c) = cursor else {
             return Ok(None);
         };
-        // How far this batch goes: up to the first row not yet settled.
-        let ids: Vec<(i64, Instant)> =
-            sqlx::query_as("SELECT id, at FROM journal WHERE id > $1 ORDER BY id LIMIT $2")
-                .bind(from)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await?;
-        let settled = ids.iter().take_while(|(_, t)| t.0 < settled_before).count();
-        let Some(&(upto, _)) = ids[..settled].last() else {
-            return Ok(Some(0));
-        };
-        let kinds = COUNTED
-            .iter()
-            .map(|(k, _)| format!("'{k}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let facts: Vec<Fact> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT j.kind, j.entry, j.at, e.namespace, e.workflow_id, e.version
-             FROM journal j JOIN executions e ON e.id = j.execution_id
-             WHERE j.id > $1 AND j.id <= $2 AND j.kind IN ({kinds})"
-        )))
-        .bind(from)
-        .bind(upto)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut counts: HashMap<RollupKey, i64> = HashMap::new();
-        for f in &facts {
-            if let Some(key) = rollup_key(
-                &f.namespace,
-                &f.workflow_id,
-                f.version,
-                &f.kind,
-                &f.entry,
-                f.at,
-            ) {
-                *counts.entry(key).or_insert(0) += 1;
+        let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM journal")
+            .fetch_one(&mut *tx)
+            .await?;
+        let newest = newest.unwrap_or(0);
+        match DB::SNAPSHOT_HORIZON {
+            None => c.safe_upto = newest,
+            Some(horizon) => {
+                let (xmin, xmax): (i64, i64) = sqlx::query_as(horizon).fetch_one(&mut *tx).await?;
+                let proven = match (c.pending_upto, c.pending_xmax) {
+                    (Some(upto), Some(x)) if xmin >= x => {
+                        c.safe_upto = c.safe_upto.max(upto);
+                        true
+                    }
+                    (Some(_), Some(_)) => false,
+                    _ => true,
+                };
+                // A new watermark to prove, once the last one is.
+                if proven && newest > c.safe_upto {
+                    c.pending_upto = Some(newest);
+                    c.pending_xmax = Some(xmax);
+                } else if proven {
+                    c.pending_upto = None;
+                    c.pending_xmax = None;
+                }
             }
         }
-        let counts: Vec<(RollupKey, i64)> = counts.into_iter().collect();
-        for chunk in counts.chunks(UPSERT_CHUNK) {
-            let mut q = QueryBuilder::<DB>::new(
-                "INSERT INTO analytics_daily (namespace, workflow_id, day, hour, version, node, \
-                 branch, channel, provider, metric, value) ",
-            );
-            q.push_values(chunk, |mut b, (k, n)| {
-                b.push_bind(k.namespace.as_str())
-                    .push_bind(k.workflow_id.as_str())
-                    .push_bind(k.day.as_str())
-                    .push_bind(k.hour)
-                    .push_bind(k.version)
-                    .push_bind(k.node.as_str())
-                    .push_bind(k.branch.as_str())
-                    .push_bind("")
-                    .push_bind("")
-                    .push_bind(k.metric)
-                    .push_bind(*n);
-            });
-            q.push(
-                " ON CONFLICT (namespace, workflow_id, day, hour, version, node, branch, channel, \
-                 provider, metric) DO UPDATE SET value = analytics_daily.value + excluded.value",
-            );
-            q.build().persistent(false).execute(&mut *tx).await?;
+        let ids: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM journal WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+        )
+        .bind(c.position)
+        .bind(c.safe_upto)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let from = c.position;
+        // Everything up to `safe_upto` is visible: a short batch ends there.
+        let upto = match ids.last() {
+            Some(&(last,)) if ids.len() as u64 >= u64::from(limit) => last,
+            _ => c.safe_upto.max(from),
+        };
+        let taken = ids.len() as u64;
+        if upto > from {
+            let kinds = COUNTED
+                .iter()
+                .map(|(k, _)| format!("'{k}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let facts: Vec<Fact> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT j.kind, j.entry, j.at, e.namespace, e.workflow_id, e.version
+                 FROM journal j JOIN executions e ON e.id = j.execution_id
+                 WHERE j.id > $1 AND j.id <= $2 AND j.kind IN ({kinds})"
+            )))
+            .bind(from)
+            .bind(upto)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut counts: HashMap<RollupKey, i64> = HashMap::new();
+            for f in &facts {
+                if let Some(key) = rollup_key(
+                    &f.namespace,
+                    &f.workflow_id,
+                    f.version,
+                    &f.kind,
+                    &f.entry,
+                    f.at,
+                ) {
+                    *counts.entry(key).or_insert(0) += 1;
+                }
+            }
+            let counts: Vec<(RollupKey, i64)> = counts.into_iter().collect();
+            for chunk in counts.chunks(UPSERT_CHUNK) {
+                let mut q = QueryBuilder::<DB>::new(
+                    "INSERT INTO analytics_daily (namespace, workflow_id, day, hour, version, node, \
+                     branch, channel, provider, metric, value) ",
+                );
+                q.push_values(chunk, |mut b, (k, n)| {
+                    b.push_bind(k.namespace.as_str())
+                        .push_bind(k.workflow_id.as_str())
+                        .push_bind(k.day.as_str())
+                        .push_bind(k.hour)
+                        .push_bind(k.version)
+                        .push_bind(k.node.as_str())
+                        .push_bind(k.branch.as_str())
+                        .push_bind("")
+                        .push_bind("")
+                        .push_bind(k.metric)
+                        .push_bind(*n);
+                });
+                q.push(
+                    " ON CONFLICT (namespace, workflow_id, day, hour, version, node, branch, channel, \
+                     provider, metric) DO UPDATE SET value = analytics_daily.value + excluded.value",
+                );
+                q.build().persistent(false).execute(&mut *tx).await?;
+            }
         }
         sqlx::query(
-            "UPDATE analytics_cursors SET position = $1, updated_at = $2 WHERE source = 'journal'",
+            "UPDATE analytics_cursors
+             SET position = $1, safe_upto = $2, pending_upto = $3, pending_xmax = $4, updated_at = $5
+             WHERE source = 'journal'",
         )
         .bind(upto)
+        .bind(c.safe_upto)
+        .bind(c.pending_upto)
+        .bind(c.pending_xmax)
         .bind(at(Utc::now()))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(settled as u64))
+        Ok(Some(taken))
     }
 
     async fn analytics_counts(
@@ -270,6 +336,32 @@ where
              WHERE namespace = $1 AND workflow_id = $2 AND day >= $3 AND day <= $4
                AND ($5 IS NULL OR version = $5)
              ORDER BY day, hour, version, node, branch, metric",
+        )
+        .bind(namespace)
+        .bind(workflow_id)
+        .bind(from_day)
+        .bind(to_day)
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn analytics_totals(
+        &self,
+        namespace: &str,
+        workflow_id: &str,
+        version: Option<i32>,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<AnalyticsRow>> {
+        Ok(sqlx::query_as(
+            "SELECT '' AS day, 0 AS hour, version, node, branch, channel, provider, metric,
+                    CAST(SUM(value) AS BIGINT) AS value
+             FROM analytics_daily
+             WHERE namespace = $1 AND workflow_id = $2 AND day >= $3 AND day <= $4
+               AND ($5 IS NULL OR version = $5)
+             GROUP BY version, node, branch, channel, provider, metric
+             ORDER BY version, node, branch, metric",
         )
         .bind(namespace)
         .bind(workflow_id)
