@@ -2589,7 +2589,7 @@ async fn analytics<S: Store>(app: &App<S>) {
     }
     // The rollup job counts them within its period.
     let mut funnel = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..600 {
         let r = app.get("/v1/analytics/workflows/split/funnel", &k).await;
         funnel = r.ok(StatusCode::OK).clone();
         if funnel["completed"] == json!(5) {

@@ -4277,17 +4277,20 @@ async fn the_journal_rolls_up_to_a_direct_count_killed_mid_run_or_not<S: Store>(
     assert_eq!(total, 13, "{positions:?}");
 }
 
-/// Rolls up until nothing is left (on PostgreSQL a watermark is proven by
-/// a later run: a few turns with nothing in a row); returns the rows.
+/// Rolls up until nothing is left; returns the rows. (On PostgreSQL a
+/// watermark is proven by a later run, once every transaction of the
+/// server running when it was recorded has ended, other tests' included:
+/// it waits up to 5 s of turns with nothing.)
 async fn roll_all<S: Store>(store: &S, limit: u32) -> u64 {
     let (mut total, mut idle) = (0, 0);
     for _ in 0..10_000 {
         match store.rollup_journal(limit).await.expect("rollup") {
             Some(0) => {
                 idle += 1;
-                if idle == 3 {
+                if idle == 250 {
                     return total;
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             Some(n) => {
                 total += n;
