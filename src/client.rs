@@ -989,18 +989,27 @@ pub(crate) async fn export_analytics(
             Failure::Runtime(anyhow::anyhow!(text))
         });
     }
-    // To a file: written beside it first, renamed when complete, so a cut
-    // answer never leaves a file that looks whole.
-    let part = out.map(|p| {
-        let mut name = p.as_os_str().to_owned();
-        name.push(".part");
-        std::path::PathBuf::from(name)
-    });
-    let mut sink: Box<dyn Write> = match &part {
-        Some(path) => Box::new(std::io::BufWriter::new(
+    // To a regular file: written beside it first (a name of this process's
+    // own), synced and renamed when complete, so a cut answer never leaves a
+    // file that looks whole. A device or a pipe (`-o /dev/stdout`) is
+    // written as it is.
+    let part = out
+        .filter(|p| std::fs::metadata(p).map_or(true, |m| m.is_file()))
+        .map(|p| {
+            let mut name = p.as_os_str().to_owned();
+            name.push(format!(".{}.part", std::process::id()));
+            std::path::PathBuf::from(name)
+        });
+    let target = part.as_deref().or(out);
+    let file = match target {
+        Some(path) => Some(
             std::fs::File::create(path)
                 .map_err(|e| Failure::Invalid(format!("{}: {e}", path.display())))?,
-        )),
+        ),
+        None => None,
+    };
+    let mut sink: Box<dyn Write> = match &file {
+        Some(f) => Box::new(std::io::BufWriter::new(f)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let copied: Result<(), Failure> = async {
@@ -1012,14 +1021,23 @@ pub(crate) async fn export_analytics(
     }
     .await;
     drop(sink);
+    let copied = match (copied, &file, &part) {
+        (Ok(()), Some(f), Some(_)) => f
+            .sync_all()
+            .context("writing the export")
+            .map_err(Failure::from),
+        (other, _, _) => other,
+    };
     match (copied, part, out) {
         (Err(e), Some(part), _) => {
             let _ = std::fs::remove_file(part);
             Err(e)
         }
         (Err(e), None, _) => Err(e),
-        (Ok(()), Some(part), Some(out)) => std::fs::rename(&part, out)
-            .map_err(|e| Failure::Invalid(format!("{}: {e}", out.display()))),
+        (Ok(()), Some(part), Some(out)) => std::fs::rename(&part, out).map_err(|e| {
+            let _ = std::fs::remove_file(&part);
+            Failure::Runtime(anyhow::anyhow!("{}: {e}", out.display()))
+        }),
         (Ok(()), _, _) => Ok(()),
     }
 }

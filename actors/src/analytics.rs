@@ -31,21 +31,27 @@ impl<S: Store> RollupJob<S> {
     }
 }
 
-/// Rolls up batch after batch until caught up, another node holds the
-/// cursor, the store fails, or the node stops. Returns the rows counted.
-/// (On PostgreSQL a run may only record a watermark for a later run to
-/// prove; a second run right after usually proves it.)
+/// Rolls up batch after batch until caught up (a batch shorter than
+/// [`BATCH`]), another node holds the cursor, the store fails, or the node
+/// stops. Returns the rows counted. (On PostgreSQL a run may only record a
+/// watermark for a later run to prove: a turn that counted nothing tries
+/// once more.)
 pub async fn catch_up<S: Store>(store: &S, shutdown: &CancellationToken) -> u64 {
     let mut total = 0;
-    let mut idle = 0;
+    let mut tries = 0;
     while !shutdown.is_cancelled() {
         match store.rollup_journal(BATCH).await {
-            Ok(Some(n)) if n > 0 => {
+            Ok(Some(n)) => {
                 total += n;
-                idle = 0;
+                tries += 1;
+                if n >= u64::from(BATCH) {
+                    continue;
+                }
+                if n > 0 || tries > 1 {
+                    break;
+                }
             }
-            Ok(Some(_)) if idle == 0 => idle += 1,
-            Ok(_) => break,
+            Ok(None) => break,
             Err(e) => {
                 warn!(error = %e, "the analytics rollup failed; it goes on at the next turn");
                 break;

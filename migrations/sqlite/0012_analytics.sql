@@ -22,9 +22,9 @@ CREATE TABLE analytics_daily (
 -- How far each source has been rolled up: `position`, the last journal id
 -- counted. PostgreSQL hands out ids before commit, so an id is counted only
 -- once every transaction that could still write a lower one has ended: a
--- run records the highest id it sees and the snapshot's xmax
--- (`pending_upto`, `pending_xmax`); once the oldest running transaction is
--- past that xmax, everything up to `pending_upto` is committed or gone
+-- run reads the highest id it sees, then takes an xid of its own
+-- (`pending_upto`, `pending_xid`); once the oldest running transaction is
+-- past that xid, everything up to `pending_upto` is committed or gone
 -- (`safe_upto`). SQLite has one writer: what it sees is settled. The row is
 -- also the job's claim: a node rolls up while it holds the row's lock.
 CREATE TABLE analytics_cursors (
@@ -32,7 +32,7 @@ CREATE TABLE analytics_cursors (
     position     INTEGER NOT NULL,
     safe_upto    INTEGER NOT NULL,
     pending_upto INTEGER,
-    pending_xmax INTEGER,
+    pending_xid INTEGER,
     updated_at   INTEGER NOT NULL
 );
 INSERT INTO analytics_cursors (source, position, safe_upto, updated_at) VALUES ('journal', 0, 0, 0);

@@ -80,10 +80,11 @@ pub trait Sql:
     /// older than every one still running (PostgreSQL hands out ids before
     /// commit; SQLite commits one writer at a time, in id order).
     const SETTLED_CHANGES: &'static str;
-    /// `SELECT xmin, xmax` of the current snapshot (the oldest transaction
-    /// still running, the next to start), as `bigint`s; `None` where ids
-    /// are handed out in commit order (SQLite's one writer), so that what
-    /// is visible is settled.
+    /// `SELECT` the oldest transaction still running and this
+    /// transaction's own id (given one if it has none), as `bigint`s (see
+    /// `analytics::rollup_journal`); `None` where ids are handed out in
+    /// commit order (SQLite's one writer), so that what is visible is
+    /// settled.
     const SNAPSHOT_HORIZON: Option<&'static str>;
 }
 
@@ -94,7 +95,7 @@ impl Sql for Postgres {
     const SETTLED_CHANGES: &'static str = " AND tx < pg_snapshot_xmin(pg_current_snapshot())";
     const SNAPSHOT_HORIZON: Option<&'static str> = Some(
         "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-                pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+                pg_current_xact_id()::text::bigint",
     );
 }
 

@@ -4239,33 +4239,35 @@ async fn the_journal_rolls_up_to_a_direct_count_killed_mid_run_or_not<S: Store>(
         out
     };
     // Killed mid-batch, again and again (a dropped future rolls its
-    // transaction back), in batches of 7 rows; then to the end.
+    // transaction back), after 1 to 40 polls, in batches of 7 rows; then to
+    // the end.
     let mut cut = 0;
-    for i in 0..40 {
-        if tokio::time::timeout(
-            std::time::Duration::from_micros(200 + (i * 97) % 3000),
-            store.rollup_journal(7),
-        )
-        .await
-        .is_err()
-        {
+    for polls in 1..=40 {
+        if cut_after(store.rollup_journal(7), polls).await {
             cut += 1;
         }
     }
     assert!(cut > 0, "some rollups were cut short");
-    roll_all(store, 7).await;
+    // Then to the end (a rollup cut short after its commit went out has
+    // counted its batch: the cursor says how far).
     assert!(!expected.is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while counted(store).await != expected && std::time::Instant::now() < deadline {
+        if store.rollup_journal(7).await.expect("rollup") != Some(7) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     assert_eq!(
         counted(store).await,
         expected,
         "the rollup equals a direct count"
     );
     // Idempotent: done again, nothing changes.
-    assert_eq!(roll_all(store, 1000).await, 0);
+    assert_eq!(roll_until(store, 1000, 0).await, 0);
     assert_eq!(counted(store).await, expected);
     // More rows later: only they are added.
     commit_generated(&a, 20, t0() + Duration::days(30), &mut expected).await;
-    assert_eq!(roll_all(store, 1000).await, 20);
+    assert_eq!(roll_until(store, 1000, 20).await, 20);
     assert_eq!(counted(store).await, expected);
 
     // Where the unfinished executions are now.
@@ -4277,29 +4279,45 @@ async fn the_journal_rolls_up_to_a_direct_count_killed_mid_run_or_not<S: Store>(
     assert_eq!(total, 13, "{positions:?}");
 }
 
-/// Rolls up until nothing is left; returns the rows. (On PostgreSQL a
-/// watermark is proven by a later run, once every transaction of the
-/// server running when it was recorded has ended, other tests' included:
-/// it waits up to 5 s of turns with nothing.)
-async fn roll_all<S: Store>(store: &S, limit: u32) -> u64 {
-    let (mut total, mut idle) = (0, 0);
-    for _ in 0..10_000 {
+/// Rolls up until `want` rows were counted (30 s at most: on PostgreSQL a
+/// watermark waits for every transaction of the server, other tests'
+/// included), then a few turns more; returns the rows counted.
+async fn roll_until<S: Store>(store: &S, limit: u32, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut total = 0;
+    while total < want && std::time::Instant::now() < deadline {
         match store.rollup_journal(limit).await.expect("rollup") {
-            Some(0) => {
-                idle += 1;
-                if idle == 250 {
-                    return total;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Some(n) => {
-                total += n;
-                idle = 0;
-            }
-            None => panic!("nothing else holds the cursor"),
+            Some(n) if n > 0 => total += n,
+            // Nothing settled yet, or the cursor still held by a rollup
+            // cut short whose rollback is on its way.
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
         }
     }
-    panic!("the rollup never caught up")
+    for _ in 0..3 {
+        total += store
+            .rollup_journal(limit)
+            .await
+            .expect("rollup")
+            .unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    total
+}
+
+/// Polls a rollup `polls` times, letting other tasks run between, then
+/// drops it if it has not finished: true if it was cut short.
+async fn cut_after<F: std::future::Future>(fut: F, polls: usize) -> bool {
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..polls {
+        let done =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx).is_ready()))
+                .await;
+        if done {
+            return false;
+        }
+        tokio::task::yield_now().await;
+    }
+    true
 }
 
 /// PostgreSQL hands out journal ids before commit: a row of a transaction
@@ -4355,7 +4373,61 @@ async fn a_journal_row_committed_after_higher_ids_is_counted_on_postgres() {
         "nothing is counted past an open transaction"
     );
     open.commit().await.expect("commit");
-    assert_eq!(roll_all(store, 100).await, 2);
+    assert_eq!(roll_until(store, 100, 2).await, 2);
     assert_eq!(entered(store).await, 2, "both rows, once each");
+    db.drop_schema().await;
+}
+
+/// The interleaving a snapshot's xmax would get wrong: a commit that took
+/// its transaction id *after* another one that finished, and a journal id
+/// *before* it. Nothing is counted past its row while it is open.
+#[tokio::test]
+async fn a_journal_row_of_a_younger_open_transaction_is_waited_for_on_postgres() {
+    use sojourn_persistence::AnalyticsStore;
+    let db = pg().await;
+    let store = &db.store;
+    let f = fixture(store).await;
+    let e = start(store, &f, None, None).await;
+    let row = |node: &str| json!({"seq": 1, "at": t0(), "type": "node_entered", "node": node, "node_type": "action"});
+    let touch = "UPDATE executions SET updated_at = updated_at WHERE id = $1";
+    let insert = "INSERT INTO journal (execution_id, seq, at, kind, entry) VALUES ($1, 1, $2, 'node_entered', $3)";
+    // N takes the older transaction id, T the younger one.
+    let mut n = store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *n)
+        .await
+        .expect("xid");
+    let mut t = store.pool().begin().await.expect("begin");
+    sqlx::query(touch)
+        .bind(e.id.as_str())
+        .execute(&mut *t)
+        .await
+        .expect("update");
+    // T takes the lower journal id and stays open; N takes a higher one
+    // and commits.
+    sqlx::query(insert)
+        .bind(e.id.as_str())
+        .bind(t0())
+        .bind(row("t"))
+        .execute(&mut *t)
+        .await
+        .expect("insert");
+    sqlx::query(insert)
+        .bind(e.id.as_str())
+        .bind(t0())
+        .bind(row("n"))
+        .execute(&mut *n)
+        .await
+        .expect("insert");
+    n.commit().await.expect("commit");
+    for _ in 0..5 {
+        assert_eq!(
+            store.rollup_journal(100).await.expect("rollup"),
+            Some(0),
+            "nothing is counted past the open transaction's row"
+        );
+    }
+    t.commit().await.expect("commit");
+    assert_eq!(roll_until(store, 100, 2).await, 2);
     db.drop_schema().await;
 }

@@ -12,13 +12,17 @@
 //! PostgreSQL hands out journal ids before commit, so a row may become
 //! visible after a row with a higher id. The rollup counts an id only once
 //! every transaction that could still write a lower one has ended: each run
-//! records the highest id it sees with its snapshot's xmax, and a later run
-//! that finds the oldest running transaction past that xmax may count up
-//! to that id (nothing below it is still to come). No clock is read, so a
-//! slow commit or a node's clock cannot lose a row; a transaction left open
-//! only delays the rollup. SQLite's one writer commits in id order: what it
-//! sees is settled. (A transaction has its id before it takes a journal
-//! id: the commit updates the executions' rows first.)
+//! reads the highest id it sees first, then takes an xid of its own
+//! (necessarily higher than the xid of any transaction holding an id up to
+//! that one: a commit has its xid before it takes a journal id, since it
+//! writes its executions' rows first); a later run that finds the oldest
+//! running transaction past that xid may count up to that id. (Not the
+//! snapshot's xmax: that is one past the newest *finished* xid, and a
+//! running transaction may be above it.) No clock is read, so a slow commit
+//! or a node's clock cannot lose a row; a transaction left open anywhere on
+//! the server only delays the rollup. SQLite's one writer commits in id
+//! order: what it sees is settled. Journal ids come from a sequence with
+//! the default cache of 1, so they are handed out in order.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -99,13 +103,26 @@ pub struct AnalyticsRow {
     pub value: i64,
 }
 
+/// The highest journal id this transaction sees (0: none).
+async fn newest_id<DB>(tx: &mut DB::Connection) -> Result<i64>
+where
+    DB: Sql,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    (Option<i64>,): Read<DB>,
+{
+    let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM journal")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(newest.unwrap_or(0))
+}
+
 /// The cursor's row.
 #[derive(sqlx::FromRow)]
 struct Cursor {
     position: i64,
     safe_upto: i64,
     pending_upto: Option<i64>,
-    pending_xmax: Option<i64>,
+    pending_xid: Option<i64>,
 }
 
 /// A counted journal row, with its execution's workflow.
@@ -191,7 +208,15 @@ where
     (Option<String>, String, i64): Read<DB>,
 {
     async fn rollup_journal(&self, limit: u32) -> Result<Option<u64>> {
+        let limit = limit.max(1);
         let mut tx = self.pool.begin().await?;
+        // PostgreSQL: the newest visible id is read first, before this
+        // transaction writes or locks anything, so before it has an xid of
+        // its own (see the watermark below).
+        let newest_first = match DB::SNAPSHOT_HORIZON {
+            Some(_) => Some(newest_id(&mut tx).await?),
+            None => None,
+        };
         // The row exists from the migration on; made again if someone
         // deleted it, rather than stopping the job for good.
         sqlx::query(
@@ -202,7 +227,7 @@ where
         .execute(&mut *tx)
         .await?;
         let cursor: Option<Cursor> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT position, safe_upto, pending_upto, pending_xmax FROM analytics_cursors
+            "SELECT position, safe_upto, pending_upto, pending_xid FROM analytics_cursors
              WHERE source = 'journal'{}",
             DB::SKIP_LOCKED
         )))
@@ -211,16 +236,20 @@ where
         let Some(mut c) = cursor else {
             return Ok(None);
         };
-        let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM journal")
-            .fetch_one(&mut *tx)
-            .await?;
-        let newest = newest.unwrap_or(0);
-        match DB::SNAPSHOT_HORIZON {
-            None => c.safe_upto = newest,
-            Some(horizon) => {
-                let (xmin, xmax): (i64, i64) = sqlx::query_as(horizon).fetch_one(&mut *tx).await?;
-                let proven = match (c.pending_upto, c.pending_xmax) {
-                    (Some(upto), Some(x)) if xmin >= x => {
+        match (DB::SNAPSHOT_HORIZON, newest_first) {
+            (Some(horizon), Some(newest)) => {
+                // `own`: this transaction's xid, handed out after `newest`
+                // was read. A transaction that holds an id up to `newest`
+                // took it before that read, and had its xid before its id
+                // (a commit writes its executions' rows first), so its xid
+                // is lower than `own`. Once the oldest running transaction
+                // is past `own`, every id up to `newest` is settled.
+                let (xmin, own): (i64, i64) = sqlx::query_as(horizon).fetch_one(&mut *tx).await?;
+                let proven = match (c.pending_upto, c.pending_xid) {
+                    // A bound from another cluster's xids (a restored
+                    // dump): dropped, and a new one recorded.
+                    (Some(_), Some(bound)) if bound > own => true,
+                    (Some(upto), Some(bound)) if xmin >= bound => {
                         c.safe_upto = c.safe_upto.max(upto);
                         true
                     }
@@ -230,12 +259,14 @@ where
                 // A new watermark to prove, once the last one is.
                 if proven && newest > c.safe_upto {
                     c.pending_upto = Some(newest);
-                    c.pending_xmax = Some(xmax);
+                    c.pending_xid = Some(own);
                 } else if proven {
                     c.pending_upto = None;
-                    c.pending_xmax = None;
+                    c.pending_xid = None;
                 }
             }
+            // One writer, committing in id order: what is seen is settled.
+            _ => c.safe_upto = newest_id(&mut tx).await?,
         }
         let ids: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM journal WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
@@ -308,13 +339,13 @@ where
         }
         sqlx::query(
             "UPDATE analytics_cursors
-             SET position = $1, safe_upto = $2, pending_upto = $3, pending_xmax = $4, updated_at = $5
+             SET position = $1, safe_upto = $2, pending_upto = $3, pending_xid = $4, updated_at = $5
              WHERE source = 'journal'",
         )
         .bind(upto)
         .bind(c.safe_upto)
         .bind(c.pending_upto)
-        .bind(c.pending_xmax)
+        .bind(c.pending_xid)
         .bind(at(Utc::now()))
         .execute(&mut *tx)
         .await?;
