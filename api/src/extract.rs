@@ -90,9 +90,15 @@ pub(crate) fn refuse_nul(field: &str, text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// JSON's whitespace (RFC 8259: space, tab, line feed, carriage return;
+/// not a form feed, which `u8::is_ascii_whitespace` also counts).
+fn json_whitespace(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 /// Parses a JSON object (or an empty body), naming the field at fault.
 fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+    match bytes.iter().find(|b| !json_whitespace(b)) {
         None | Some(b'{') => parse_json(bytes),
         Some(_) => Err(ApiError::invalid("body", "must be a JSON object")),
     }
@@ -106,7 +112,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "contains a NUL character (\\u0000), which cannot be stored",
         ));
     }
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+    let bytes: &[u8] = if bytes.iter().all(json_whitespace) {
         b"{}"
     } else {
         bytes

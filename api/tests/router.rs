@@ -3612,6 +3612,8 @@ async fn malformed_bodies_are_refused_and_write_nothing() {
             b"{\"name\": \"\xff\xfe\xfd\", \"key\": \"\xc3\x28\"}".to_vec(),
         ),
         ("invalid UTF-8 bare", b"\xff\xfe{}".to_vec()),
+        // Not JSON's whitespace (an empty body is), though ASCII's.
+        ("form feed", b"\x0c".to_vec()),
         ("trailing garbage", b"{} {}".to_vec()),
     ];
     let big = format!(r#"{{"name": "{}"}}"#, "a".repeat(2 * 1024 * 1024)).into_bytes();
