@@ -25,17 +25,9 @@ use sojourn_actors::channels::{Channel, ChannelConfig, Channels, Context, Provid
 use sojourn_actors::egress::EgressPolicy;
 use sojourn_actors::providers::HttpProvider;
 use sojourn_runtime::{ActionOutcome, Dispatch, NodeId};
+use sojourn_testkit::bench_arg as arg;
 use sojourn_testkit::fakes::{self, Fake};
 use sojourn_testkit::smtp::SmtpSink;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -22,16 +22,8 @@ use sojourn_persistence::PgStore;
 use sojourn_persistence::prelude::*;
 use sojourn_runtime::Workflow;
 use sojourn_runtime::triggers::{Move, TriggerKind};
+use sojourn_testkit::bench_arg as arg;
 use sojourn_testkit::{PrivateKafka, Sink, pg_store};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

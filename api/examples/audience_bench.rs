@@ -26,26 +26,7 @@ use sojourn_api::{AppState, AuthMode};
 use sojourn_persistence::prelude::*;
 use sojourn_persistence::{FrequencyCap, OnCap, ProfilePatch, SegmentDef};
 use sojourn_runtime::{Dispatch, NodeId, Workflow};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+use sojourn_testkit::{bench_arg as arg, peak_rss_mib};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

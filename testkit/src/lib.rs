@@ -537,3 +537,30 @@ pub fn wait_healthy(url: &str) {
     }
     panic!("{url} never became healthy");
 }
+
+/// A benchmark's `--name N` argument, or `default`; anything but a number
+/// stops the benchmark, naming the flag.
+pub fn bench_arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}: {v:?} is not a number"))
+        })
+        .unwrap_or(default)
+}
+
+/// This process's peak resident memory (`VmHWM`), in MiB (0 where
+/// `/proc` has none).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

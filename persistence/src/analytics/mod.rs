@@ -47,6 +47,21 @@ const COUNTED: [(&str, &str); 8] = [
     ("exit_criteria_met", "exited"),
 ];
 
+/// The rows of one workflow over a range of days, of one version or all
+/// (binds: namespace, workflow, first day, last day, version).
+const IN_RANGE: &str = "FROM analytics_daily
+     WHERE namespace = $1 AND workflow_id = $2 AND day >= $3 AND day <= $4
+       AND ($5 IS NULL OR version = $5)";
+
+/// `'node_entered', 'branch_taken', …`: the counted kinds, for SQL.
+static COUNTED_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    COUNTED
+        .iter()
+        .map(|(k, _)| format!("'{k}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
+
 /// Rows of `analytics_daily` written per statement.
 const UPSERT_CHUNK: usize = 500;
 
@@ -284,11 +299,7 @@ where
         };
         let taken = ids.len() as u64;
         if upto > from {
-            let kinds = COUNTED
-                .iter()
-                .map(|(k, _)| format!("'{k}'"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let kinds = COUNTED_SQL.as_str();
             let facts: Vec<Fact> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT j.kind, j.entry, j.at, e.namespace, e.workflow_id, e.version
                  FROM journal j JOIN executions e ON e.id = j.execution_id
@@ -361,13 +372,10 @@ where
         from_day: &str,
         to_day: &str,
     ) -> Result<Vec<AnalyticsRow>> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT day, hour, version, node, branch, channel, provider, metric, value
-             FROM analytics_daily
-             WHERE namespace = $1 AND workflow_id = $2 AND day >= $3 AND day <= $4
-               AND ($5 IS NULL OR version = $5)
-             ORDER BY day, hour, version, node, branch, metric",
-        )
+             {IN_RANGE} ORDER BY day, hour, version, node, branch, metric"
+        )))
         .bind(namespace)
         .bind(workflow_id)
         .bind(from_day)
@@ -385,15 +393,13 @@ where
         from_day: &str,
         to_day: &str,
     ) -> Result<Vec<AnalyticsRow>> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT '' AS day, 0 AS hour, version, node, branch, channel, provider, metric,
                     CAST(SUM(value) AS BIGINT) AS value
-             FROM analytics_daily
-             WHERE namespace = $1 AND workflow_id = $2 AND day >= $3 AND day <= $4
-               AND ($5 IS NULL OR version = $5)
+             {IN_RANGE}
              GROUP BY version, node, branch, channel, provider, metric
-             ORDER BY version, node, branch, metric",
-        )
+             ORDER BY version, node, branch, metric"
+        )))
         .bind(namespace)
         .bind(workflow_id)
         .bind(from_day)
