@@ -105,6 +105,7 @@ pub(crate) struct EngineSettings {
     pub(crate) schedule_poll_ms: u64,
     pub(crate) schedule_claim_ttl_ms: u64,
     pub(crate) analytics_rollup_ms: u64,
+    pub(crate) retention_sweep_ms: u64,
     pub(crate) timer_fire_rate: u32,
     pub(crate) outbox_claim_ttl_ms: u64,
     pub(crate) outbox_poll_ms: u64,
@@ -188,6 +189,7 @@ impl Settings {
                 timer_batch: engine.timer_batch,
                 schedule_poll_ms: ms(engine.schedule_poll),
                 analytics_rollup_ms: ms(engine.analytics_rollup),
+                retention_sweep_ms: ms(engine.retention_sweep),
                 worker_channels: engine.worker_channels.clone(),
                 channel_webhook: None,
                 schedule_claim_ttl_ms: ms(engine.schedule_claim_ttl),
@@ -451,6 +453,7 @@ fn check(s: &Settings) -> Result<(), Failure> {
         ("engine.schedule_poll_ms", e.schedule_poll_ms),
         ("engine.schedule_claim_ttl_ms", e.schedule_claim_ttl_ms),
         ("engine.analytics_rollup_ms", e.analytics_rollup_ms),
+        ("engine.retention_sweep_ms", e.retention_sweep_ms),
         ("engine.outbox_claim_ttl_ms", e.outbox_claim_ttl_ms),
         ("engine.idle_timeout_ms", e.idle_timeout_ms),
         ("engine.start_wait_ms", e.start_wait_ms),
@@ -588,6 +591,7 @@ impl Settings {
             timer_batch: e.timer_batch,
             schedule_poll: d(e.schedule_poll_ms),
             analytics_rollup: d(e.analytics_rollup_ms),
+            retention_sweep: d(e.retention_sweep_ms),
             worker_channels: e.worker_channels.clone(),
             channel_webhook: e
                 .channel_webhook

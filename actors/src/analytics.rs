@@ -31,35 +31,51 @@ impl<S: Store> RollupJob<S> {
     }
 }
 
-/// Rolls up batch after batch until caught up (a batch shorter than
-/// [`BATCH`]), another node holds the cursor, the store fails, or the node
-/// stops. Returns the rows counted. (On PostgreSQL a run may only record a
-/// watermark for a later run to prove: a turn that counted nothing tries
-/// once more.)
+/// Rolls up the journal, then deliveries and conversions, batch after
+/// batch until caught up (a batch shorter than [`BATCH`]), another node
+/// holds the source, the store fails, or the node stops. Returns the rows
+/// counted. (On PostgreSQL a journal run may only record a watermark for a
+/// later run to prove: a turn that counted nothing tries once more.)
 pub async fn catch_up<S: Store>(store: &S, shutdown: &CancellationToken) -> u64 {
+    let journal = drain("journal", 2, shutdown, || store.rollup_journal(BATCH)).await;
+    let deliveries = drain("deliveries", 1, shutdown, || store.rollup_deliveries(BATCH)).await;
+    let conversions = drain("conversions", 1, shutdown, || {
+        store.rollup_conversions(BATCH)
+    })
+    .await;
+    if journal + deliveries + conversions > 0 {
+        debug!(journal, deliveries, conversions, "rolled up");
+    }
+    journal + deliveries + conversions
+}
+
+/// Runs one source's batches until a short one (after at least `tries`
+/// batches when none counted anything).
+async fn drain<F, Fut>(source: &str, tries: u32, shutdown: &CancellationToken, mut batch: F) -> u64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<u64>, sojourn_persistence::Error>>,
+{
     let mut total = 0;
-    let mut tries = 0;
+    let mut ran = 0;
     while !shutdown.is_cancelled() {
-        match store.rollup_journal(BATCH).await {
+        match batch().await {
             Ok(Some(n)) => {
                 total += n;
-                tries += 1;
+                ran += 1;
                 if n >= u64::from(BATCH) {
                     continue;
                 }
-                if n > 0 || tries > 1 {
+                if n > 0 || ran >= tries {
                     break;
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                warn!(error = %e, "the analytics rollup failed; it goes on at the next turn");
+                warn!(source, error = %e, "the analytics rollup failed; it goes on at the next turn");
                 break;
             }
         }
-    }
-    if total > 0 {
-        debug!(rows = total, "journal rows rolled up");
     }
     total
 }

@@ -59,6 +59,9 @@ pub struct Config {
     /// How often a node rolls the journal up into the analytics (one node
     /// at a time does).
     pub analytics_rollup: Duration,
+    /// How often a node sweeps what the namespaces' retention lets go
+    /// (one node at a time does).
+    pub retention_sweep: Duration,
     /// Kafka brokers (`host:port`): event triggers with a topic consume
     /// from them. None: no event trigger consumes.
     pub kafka_brokers: Vec<String>,
@@ -145,6 +148,7 @@ impl Default for Config {
             timer_batch: 2_000,
             schedule_poll: Duration::from_secs(1),
             analytics_rollup: Duration::from_secs(10),
+            retention_sweep: Duration::from_secs(60),
             kafka_brokers: Vec::new(),
             kafka_topic_partitions: 6,
             worker_channels: crate::providers::CHANNELS.map(String::from).to_vec(),

@@ -308,6 +308,13 @@ impl<S: Store> Engine<S> {
             }
             .run(shutdown.clone()),
         );
+        let sweeper = tokio::spawn(
+            crate::retention::Sweeper {
+                store: store.clone(),
+                every: config.retention_sweep,
+            }
+            .run(shutdown.clone()),
+        );
         let timers = tokio::spawn(
             crate::timers::TimerService {
                 store: store.clone(),
@@ -401,7 +408,7 @@ impl<S: Store> Engine<S> {
             draining,
             tasks: std::sync::Mutex::new(vec![
                 timers, outbox, recovery, renewal, listener, schedules, segments, events, workers,
-                rollup,
+                rollup, sweeper,
             ]),
             announcer: std::sync::Mutex::new(announcer),
             announcer_stop,
@@ -835,6 +842,11 @@ impl<S: Store> Launcher<S> {
         payload: Value,
     ) -> Result<usize, Error> {
         let store = &self.ctx.store;
+        // Conversions first: an execution the event ends (an exit
+        // criterion) has converted too.
+        store
+            .record_conversions(namespace, name, key, Utc::now())
+            .await?;
         let ids = store.subscribers(namespace, name, key).await?;
         let input = Input::Event(EventInput {
             name: name.into(),

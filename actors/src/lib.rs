@@ -43,6 +43,7 @@ pub mod providers;
 mod recovery;
 pub mod registry;
 mod results;
+pub mod retention;
 mod router;
 pub mod schedules;
 pub mod segments;

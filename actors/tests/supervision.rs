@@ -395,6 +395,65 @@ impl sojourn_persistence::AnalyticsStore for Flaky {
     async fn rollup_journal(&self, limit: u32) -> Result<Option<u64>, Error> {
         self.0.rollup_journal(limit).await
     }
+    async fn record_conversions(
+        &self,
+        ns: &str,
+        event: &str,
+        key: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, Error> {
+        self.0.record_conversions(ns, event, key, at).await
+    }
+    async fn rollup_conversions(&self, limit: u32) -> Result<Option<u64>, Error> {
+        self.0.rollup_conversions(limit).await
+    }
+    async fn retention(
+        &self,
+        ns: &str,
+    ) -> Result<Option<sojourn_persistence::RetentionPolicy>, Error> {
+        self.0.retention(ns).await
+    }
+    async fn set_retention(
+        &self,
+        ns: &str,
+        policy: &sojourn_persistence::RetentionPolicy,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), Error> {
+        self.0.set_retention(ns, policy, now).await
+    }
+    async fn sweep_retention(
+        &self,
+        batch: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Option<sojourn_persistence::Swept>>, Error> {
+        self.0.sweep_retention(batch, now).await
+    }
+    async fn rollup_deliveries(&self, limit: u32) -> Result<Option<u64>, Error> {
+        self.0.rollup_deliveries(limit).await
+    }
+    async fn delivery_totals(
+        &self,
+        ns: &str,
+        workflow_id: Option<&str>,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<sojourn_persistence::DeliveryTotal>, Error> {
+        self.0
+            .delivery_totals(ns, workflow_id, from_day, to_day)
+            .await
+    }
+    async fn failing_nodes(
+        &self,
+        ns: &str,
+        workflow_id: Option<&str>,
+        from_day: &str,
+        to_day: &str,
+        limit: u32,
+    ) -> Result<Vec<sojourn_persistence::FailingNode>, Error> {
+        self.0
+            .failing_nodes(ns, workflow_id, from_day, to_day, limit)
+            .await
+    }
     async fn analytics_counts(
         &self,
         ns: &str,

@@ -274,6 +274,58 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         analytics::export::<S>,
     );
 
+    r.add(
+        M::GET,
+        "/v1/analytics/workflows/{workflow}/conversions",
+        Spec::new("analytics", "A workflow's conversions, against its holdout and per branch")
+            .scope(Read)
+            .query::<analytics::FunnelQuery>()
+            .returns::<analytics::Conversions>(200)
+            .describe("Over a range of UTC days: entrants who walked the journey and those held out (`settings.holdout`), how many of each reached the goal (`settings.goal`: its event, sent with the subject as key, within the window after entry), the rates with 95 % Wilson intervals and the lift; per branch taken, the executions that took it and those of them that converted. Entries count on the day of entry, conversions on the day of the event."),
+        analytics::conversions::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/retention",
+        Spec::new(
+            "analytics",
+            "How long the namespace keeps finished executions' records",
+        )
+        .scope(Read)
+        .returns::<analytics::Retention>(200),
+        analytics::get_retention::<S>,
+    );
+    r.add(
+        M::PUT,
+        "/v1/retention",
+        Spec::new("analytics", "Set how long the namespace keeps finished executions' records")
+            .scope(Admin)
+            .body::<analytics::Retention>()
+            .returns::<analytics::Retention>(200)
+            .describe("In days, per kind of record (null: for good): the journal, node executions and the delivery log of executions finished that long ago are deleted by the sweeper, in small batches, once the analytics have counted them. Executions themselves and the analytics are kept."),
+        analytics::put_retention::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/analytics/deliveries",
+        Spec::new("analytics", "Delivery rates per channel and provider")
+            .scope(Read)
+            .query::<analytics::NamespaceQuery>()
+            .returns::<analytics::DeliveryRates>(200)
+            .describe("Over a range of UTC days (at most 366), of the namespace or one workflow: messages sent, delivered, opened, clicked, bounced, complained, undelivered, failed to send and not sent on purpose (by reason), with the rates, per channel and per channel and provider. A delivery counts on the day its status moved (a message opened counts as sent and delivered too). Rolled up from the delivery log, 10 to 20 s behind."),
+        analytics::deliveries::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/analytics/failing-nodes",
+        Spec::new("analytics", "The nodes that failed most")
+            .scope(Read)
+            .query::<analytics::NamespaceQuery>()
+            .returns::<analytics::FailingNodes>(200)
+            .describe("Over a range of UTC days, of the namespace or one workflow, at most `limit` nodes (20): executions failed there first, then failed tries of its action, failed sends, and bounced or undelivered messages."),
+        analytics::failing_nodes::<S>,
+    );
+
     // ---- executions --------------------------------------------------------
     r.add(M::POST, "/v1/executions", Spec::new("executions", "Start an execution").scope(Write).query::<executions::WaitQuery>().body::<executions::StartExecution>().returns::<executions::Started>(201).also::<executions::StartAnswer>(200, "without `wait`: the execution this Idempotency-Key started before (`Started`); with `wait`: the execution finished, its state (as `GET /v1/executions/{execution}`)").also::<executions::ExecutionOut>(202, "with `wait`: the execution had not finished when the wait ran out; its state then").describe("Honours the Idempotency-Key header: the same key returns the same execution (200) instead of starting another. 409 when the subject has the workflow's maximum entries. With `wait` (at most 60s) it answers when the execution finishes, 200 with its state, or when the wait runs out, 202 with its state then; a start under a used Idempotency-Key waits for that execution the same way."), executions::start::<S>);
     r.add(

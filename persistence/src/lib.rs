@@ -81,7 +81,10 @@ mod triggers;
 mod types;
 mod workflows;
 
-pub use analytics::{AnalyticsRow, AnalyticsStore, RollupKey, rollup_key};
+pub use analytics::{
+    AnalyticsRow, AnalyticsStore, DeliveryTotal, FailingNode, RetentionPolicy, RollupKey, Swept,
+    delivery_delta, delivery_metrics, rollup_key,
+};
 pub use audience::{
     Addresses, AudienceFacts, AudienceStore, CapRequest, CapScope, CapVerdict, Erased,
     FrequencyCap, OnCap, Preferences, Profile, ProfilePatch, ProfileRecord, Suppression,

@@ -4136,6 +4136,8 @@ async fn the_journal_rolls_up_to_a_direct_count_killed_mid_run_or_not<S: Store>(
                     version: f.version,
                     node: node.into(),
                     branch: branch.into(),
+                    channel: String::new(),
+                    provider: String::new(),
                     metric,
                 };
                 let key = match &entry.event {
@@ -4230,6 +4232,8 @@ async fn the_journal_rolls_up_to_a_direct_count_killed_mid_run_or_not<S: Store>(
                         version: r.version,
                         node: r.node,
                         branch: r.branch,
+                        channel: r.channel,
+                        provider: r.provider,
                         metric,
                     },
                     r.value,

@@ -189,6 +189,10 @@ pub(crate) struct CompiledSettings {
     pub(crate) max_entries_per_subject: Option<u32>,
     /// Carried by each of the workflow's messaging dispatches.
     pub(crate) frequency_caps: Option<std::sync::Arc<crate::caps::WorkflowCaps>>,
+    /// The goal's event and window.
+    pub(crate) goal: Option<(String, Duration)>,
+    /// Held out: entrants whose bucket (of 10,000) is below this.
+    pub(crate) holdout_below: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -499,6 +503,27 @@ impl CompiledWorkflow {
         self.settings.timezone
     }
 
+    /// The conversion goal: its event and how long after entry it counts.
+    pub fn goal(&self) -> Option<(&str, Duration)> {
+        self.settings.goal.as_ref().map(|(e, d)| (e.as_str(), *d))
+    }
+
+    /// Whether an execution of this workflow with this subject (or, without
+    /// one, this execution id) is held out: a stable hash of the
+    /// workflow's key and it, in 10,000 buckets.
+    pub fn held_out(&self, subject_or_id: &str) -> bool {
+        self.holdout_below().is_some_and(|below| {
+            let key = self.workflow.key.as_deref().unwrap_or_default();
+            crate::hash::holdout_bucket(key, subject_or_id) < below
+        })
+    }
+
+    /// Held out: entrants whose [`crate::hash::holdout_bucket`] is below
+    /// this.
+    pub fn holdout_below(&self) -> Option<u64> {
+        self.settings.holdout_below
+    }
+
     /// The maximum number of executions per subject, if the workflow limits it.
     pub fn max_entries_per_subject(&self) -> Option<u32> {
         self.settings.max_entries_per_subject
@@ -697,6 +722,46 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
                     None
                 }
             });
+    let goal = s.goal.as_ref().and_then(|g| {
+        if g.event.trim().is_empty() {
+            doc_error(c, "settings.goal.event".into(), "must not be empty".into());
+        }
+        let within = match crate::time::parse_duration(&g.within) {
+            Ok(d) if d <= Duration::zero() => {
+                doc_error(
+                    c,
+                    "settings.goal.within".into(),
+                    "must be longer than zero".into(),
+                );
+                None
+            }
+            Ok(d) if d > Duration::days(365) => {
+                doc_error(
+                    c,
+                    "settings.goal.within".into(),
+                    "must be at most 365d".into(),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                doc_error(c, "settings.goal.within".into(), e);
+                None
+            }
+        };
+        within.map(|d| (g.event.clone(), d))
+    });
+    let holdout_below = s.holdout.as_ref().and_then(|h| {
+        let below = h.below();
+        if below.is_none() {
+            doc_error(
+                c,
+                "settings.holdout.percent".into(),
+                "must be above 0 and below 100".into(),
+            );
+        }
+        below
+    });
     CompiledSettings {
         timezone,
         subject,
@@ -704,6 +769,8 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
         quiet_hours,
         max_entries_per_subject: s.max_entries_per_subject,
         frequency_caps,
+        goal,
+        holdout_below,
     }
 }
 

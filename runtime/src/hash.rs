@@ -20,6 +20,13 @@ pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     splitmix64(h)
 }
 
+/// An entrant's holdout bucket in `0..10_000`: a stable hash of the
+/// workflow's key and the subject (or, without one, the execution's id),
+/// so the same person is always in or out of a workflow's holdout.
+pub fn holdout_bucket(workflow_key: &str, who: &str) -> u64 {
+    stable_hash(&[b"holdout", workflow_key.as_bytes(), who.as_bytes()]) % 10_000
+}
+
 fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -23,6 +23,9 @@ use crate::snapshot::{ExecutionError, Pause, Snapshot, Status, Wait};
 /// rejects loops that never wait; this is a second line of defence.
 pub const MAX_NODES_PER_STEP: u32 = 1_000;
 
+/// The outcome of an execution held out of its journey (`settings.holdout`).
+pub const HOLDOUT_OUTCOME: &str = "holdout";
+
 /// What a node tells the walker to do next.
 #[derive(Debug)]
 pub(crate) enum Flow<'w> {
@@ -172,6 +175,24 @@ impl<'w> Machine<'w> {
             Input::Start => {
                 self.snap.started_at = Some(self.now);
                 self.snap.status = Status::Running;
+                let who = self
+                    .snap
+                    .subject
+                    .as_deref()
+                    .unwrap_or(self.snap.execution_id.as_str());
+                if self.wf.held_out(who) {
+                    // The holdout: counted, and ended at entry (no message,
+                    // no call, no branch), to compare the others against.
+                    self.journal(JournalEvent::HeldOut);
+                    let outcome = Some(HOLDOUT_OUTCOME.to_owned());
+                    self.snap.outcome = outcome.clone();
+                    self.journal(JournalEvent::Completed {
+                        outcome: outcome.clone(),
+                    });
+                    self.finish(Status::Completed);
+                    self.effect(Effect::Complete { outcome });
+                    return;
+                }
                 self.subscribe_exit_criteria();
                 self.run(self.wf.start);
             }

@@ -123,6 +123,9 @@ pub enum JournalEvent {
     ExitCriteriaMet {
         event: String,
     },
+    /// In the workflow's holdout: the execution ends at entry, with the
+    /// outcome `holdout`.
+    HeldOut,
     Paused {
         reason: String,
     },
@@ -170,6 +173,7 @@ impl JournalEvent {
             JournalEvent::EventMatched { .. } => "event_matched",
             JournalEvent::EventTimedOut { .. } => "event_timed_out",
             JournalEvent::ExitCriteriaMet { .. } => "exit_criteria_met",
+            JournalEvent::HeldOut => "held_out",
             JournalEvent::Paused { .. } => "paused",
             JournalEvent::Resumed => "resumed",
             JournalEvent::Retried { .. } => "retried",
@@ -284,6 +288,7 @@ impl fmt::Display for JournalEvent {
             JournalEvent::ExitCriteriaMet { event } => {
                 write!(f, "exit criteria met by event {event:?}")
             }
+            JournalEvent::HeldOut => f.write_str("in the holdout: ends at entry"),
             JournalEvent::Paused { reason } => write!(f, "paused: {reason}"),
             JournalEvent::Resumed => f.write_str("resumed"),
             JournalEvent::Retried { node } => write!(f, "operator retried {node}"),

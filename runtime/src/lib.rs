@@ -46,9 +46,11 @@ pub mod triggers;
 pub use compile::{CompiledWorkflow, validate};
 pub use error::{Error, ValidationError};
 pub use ids::{ExecutionId, NodeId, SubscriptionId, TimerId};
-pub use interpreter::{MAX_NODES_PER_STEP, check as check_input};
+pub use interpreter::{HOLDOUT_OUTCOME, MAX_NODES_PER_STEP, check as check_input};
 pub use io::{ActionOutcome, Dispatch, Effect, EventInput, Input, Transition};
 pub use journal::{JournalEntry, JournalEvent};
-pub use model::{Edge, ExitCriterion, Node, NodeKind, QuietHours, Settings, Workflow};
+pub use model::{
+    Edge, ExitCriterion, Goal, Holdout, Node, NodeKind, QuietHours, Settings, Workflow,
+};
 pub use registry::{ActionSpec, Channel, Definition, Kind, Registry, Run};
 pub use snapshot::{ExecutionError, Pause, SNAPSHOT_FORMAT, Snapshot, Status, Wait};

@@ -308,6 +308,44 @@ pub struct Settings {
     /// namespace's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_caps: Option<crate::caps::CapSettings>,
+    /// A conversion goal: an event for the execution's subject within a
+    /// window after it entered. Reports count conversions per branch and
+    /// against the holdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<Goal>,
+    /// A share of entrants held out: they end at entry (outcome
+    /// `holdout`), receiving nothing, to measure what the journey changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<Holdout>,
+}
+
+/// A conversion goal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Goal {
+    /// The event that counts as converting (sent with the subject as its
+    /// key), e.g. `"order_placed"`.
+    pub event: String,
+    /// How long after entering it counts, e.g. `"7d"` (at most 365 days).
+    pub within: String,
+}
+
+/// The holdout group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Holdout {
+    /// The share of entrants held out, in percent (above 0, below 100).
+    /// Chosen by a stable hash of the workflow's key and the subject (the
+    /// execution's id without one): the same person is always in or out.
+    pub percent: f64,
+}
+
+impl Holdout {
+    /// Entrants whose holdout bucket (of 10,000) is below this are held
+    /// out; `None` when the percent is not above 0 and below 100.
+    pub fn below(&self) -> Option<u64> {
+        (self.percent > 0.0 && self.percent < 100.0).then(|| (self.percent * 100.0).round() as u64)
+    }
 }
 
 /// An event that ends the journey.

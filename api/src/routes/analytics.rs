@@ -26,8 +26,8 @@ use crate::state::AppState;
 /// The longest range a report covers.
 const MAX_DAYS: u64 = 366;
 
-/// The metrics the rollup counts.
-pub(crate) const METRICS: [&str; 8] = [
+/// The metrics the rollup counts: from the journal, then from deliveries.
+pub(crate) const METRICS: [&str; 17] = [
     "entered",
     "branch",
     "action_failed",
@@ -36,6 +36,28 @@ pub(crate) const METRICS: [&str; 8] = [
     "failed",
     "cancelled",
     "exited",
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "bounced",
+    "complained",
+    "undelivered",
+    "send_failed",
+    "unsent",
+];
+
+/// The metrics counted from deliveries (per channel and provider).
+const DELIVERY_METRICS: [&str; 9] = [
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "bounced",
+    "complained",
+    "undelivered",
+    "send_failed",
+    "unsent",
 ];
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -93,6 +115,10 @@ pub struct FunnelNode {
     pub skipped: i64,
     /// Unfinished executions there now, by status.
     pub now: BTreeMap<String, i64>,
+    /// Its messages, by delivery metric (sent, delivered, opened, clicked,
+    /// bounced, complained, undelivered, send_failed, unsent).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub deliveries: BTreeMap<String, i64>,
 }
 
 /// A node's entry of the funnel, made when first met.
@@ -247,6 +273,12 @@ pub(crate) async fn funnel<S: Store>(
             "failed" => out.failed += r.value,
             "cancelled" => out.cancelled += r.value,
             "exited" => *out.exited.entry(r.branch).or_insert(0) += r.value,
+            m if DELIVERY_METRICS.contains(&m) => {
+                *node(&mut nodes, &r.node)
+                    .deliveries
+                    .entry(r.metric)
+                    .or_insert(0) += r.value
+            }
             _ => {}
         }
     }
@@ -277,9 +309,17 @@ pub(crate) async fn funnel<S: Store>(
 #[serde(deny_unknown_fields)]
 pub struct SeriesQuery {
     /// entered, branch, action_failed, skipped, completed, failed,
-    /// cancelled or exited.
-    #[schemars(extend("enum" = ["entered", "branch", "action_failed", "skipped", "completed", "failed", "cancelled", "exited"]))]
+    /// cancelled or exited (from the journal); sent, delivered, opened,
+    /// clicked, bounced, complained, undelivered, send_failed or unsent
+    /// (from deliveries).
+    #[schemars(extend("enum" = ["entered", "branch", "action_failed", "skipped", "completed", "failed", "cancelled", "exited", "sent", "delivered", "opened", "clicked", "bounced", "complained", "undelivered", "send_failed", "unsent"]))]
     pub metric: String,
+    /// Only this channel (delivery metrics).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Only this provider (delivery metrics).
+    #[serde(default)]
+    pub provider: Option<String>,
     /// Only this node (for entered, branch, action_failed, skipped, failed).
     #[serde(default)]
     pub node: Option<String>,
@@ -382,6 +422,233 @@ fn wanted(r: &AnalyticsRow, q: &SeriesQuery) -> bool {
     r.metric == q.metric
         && q.node.as_deref().is_none_or(|n| n == r.node)
         && q.branch.as_deref().is_none_or(|b| b == r.branch)
+        && q.channel.as_deref().is_none_or(|c| c == r.channel)
+        && q.provider.as_deref().is_none_or(|p| p == r.provider)
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceQuery {
+    /// Only this workflow (its key or id); all of the namespace when absent.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// The first day (`YYYY-MM-DD`, UTC), 29 days before `to` when absent.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^\d{4}-\d{2}-\d{2}$"))]
+    pub from: Option<String>,
+    /// The last day (`YYYY-MM-DD`, UTC), today when absent.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^\d{4}-\d{2}-\d{2}$"))]
+    pub to: Option<String>,
+    /// How many nodes (top failing nodes), 20 when absent.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 200))]
+    pub limit: Option<u32>,
+}
+
+/// Delivery rates per channel and provider.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeliveryRates {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    pub from: String,
+    pub to: String,
+    /// One per channel, all its providers summed (`provider` absent).
+    pub channels: Vec<Rates>,
+    /// One per channel and provider.
+    pub providers: Vec<Rates>,
+}
+
+/// Counts and rates of one channel (and provider). A rate is absent when
+/// what it divides by is zero.
+#[derive(Debug, Default, Clone, Serialize, JsonSchema)]
+pub struct Rates {
+    pub channel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Accepted by the provider.
+    pub sent: i64,
+    pub delivered: i64,
+    pub opened: i64,
+    pub clicked: i64,
+    pub bounced: i64,
+    pub complained: i64,
+    pub undelivered: i64,
+    /// Sends that failed (the provider refused, timed out, …).
+    pub send_failed: i64,
+    /// Not sent on purpose, by reason (unsubscribed, suppressed,
+    /// no_address, capped).
+    pub unsent: BTreeMap<String, i64>,
+    /// delivered / sent.
+    pub delivery_rate: Option<f64>,
+    /// opened / delivered.
+    pub open_rate: Option<f64>,
+    /// clicked / delivered.
+    pub click_rate: Option<f64>,
+    /// (bounced + undelivered) / sent.
+    pub bounce_rate: Option<f64>,
+    /// send_failed / (sent + send_failed).
+    pub failure_rate: Option<f64>,
+}
+
+impl Rates {
+    fn add(&mut self, metric: &str, branch: &str, n: i64) {
+        match metric {
+            "sent" => self.sent += n,
+            "delivered" => self.delivered += n,
+            "opened" => self.opened += n,
+            "clicked" => self.clicked += n,
+            "bounced" => self.bounced += n,
+            "complained" => self.complained += n,
+            "undelivered" => self.undelivered += n,
+            "send_failed" => self.send_failed += n,
+            "unsent" => *self.unsent.entry(branch.to_owned()).or_insert(0) += n,
+            _ => {}
+        }
+    }
+
+    fn with_rates(mut self) -> Rates {
+        let ratio = |a: i64, b: i64| (b > 0).then(|| a as f64 / b as f64);
+        self.delivery_rate = ratio(self.delivered, self.sent);
+        self.open_rate = ratio(self.opened, self.delivered);
+        self.click_rate = ratio(self.clicked, self.delivered);
+        self.bounce_rate = ratio(self.bounced + self.undelivered, self.sent);
+        self.failure_rate = ratio(self.send_failed, self.sent + self.send_failed);
+        self
+    }
+}
+
+/// The workflow a namespace report is narrowed to, if any.
+async fn narrowed<S: Store>(
+    app: &AppState<S>,
+    caller: &Caller,
+    workflow: Option<&str>,
+) -> ApiResult<Option<String>> {
+    Ok(match workflow {
+        Some(w) => Some(crate::routes::workflows::find(app, caller, w).await?.id),
+        None => None,
+    })
+}
+
+pub(crate) async fn deliveries<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Q(q): Q<NamespaceQuery>,
+) -> ApiResult<axum::Json<DeliveryRates>> {
+    let (from, to) = range(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        None,
+        Utc::now().date_naive(),
+    )?;
+    let workflow_id = narrowed(&app, &caller, q.workflow.as_deref()).await?;
+    let rows = app
+        .engine
+        .store()
+        .delivery_totals(
+            &caller.namespace,
+            workflow_id.as_deref(),
+            &ymd(from),
+            &ymd(to),
+        )
+        .await?;
+    let mut channels: BTreeMap<String, Rates> = BTreeMap::new();
+    let mut providers: BTreeMap<(String, String), Rates> = BTreeMap::new();
+    for r in rows {
+        channels
+            .entry(r.channel.clone())
+            .or_insert_with(|| Rates {
+                channel: r.channel.clone(),
+                ..Rates::default()
+            })
+            .add(&r.metric, &r.branch, r.value);
+        providers
+            .entry((r.channel.clone(), r.provider.clone()))
+            .or_insert_with(|| Rates {
+                channel: r.channel.clone(),
+                provider: Some(r.provider.clone()),
+                ..Rates::default()
+            })
+            .add(&r.metric, &r.branch, r.value);
+    }
+    Ok(axum::Json(DeliveryRates {
+        workflow_id,
+        from: ymd(from),
+        to: ymd(to),
+        channels: channels.into_values().map(Rates::with_rates).collect(),
+        providers: providers.into_values().map(Rates::with_rates).collect(),
+    }))
+}
+
+/// The nodes that failed most.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FailingNodes {
+    pub from: String,
+    pub to: String,
+    /// Most failed executions first, then failed tries, failed sends,
+    /// bounces.
+    pub nodes: Vec<FailingNodeOut>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FailingNodeOut {
+    pub workflow_id: String,
+    /// The workflow's key.
+    pub workflow: String,
+    pub node: String,
+    /// Executions that failed at this node.
+    pub failed: i64,
+    /// Failed tries of its action (retried or not).
+    pub action_failed: i64,
+    /// Its messages whose send failed.
+    pub delivery_failed: i64,
+    /// Its messages bounced or undelivered.
+    pub bounced: i64,
+}
+
+pub(crate) async fn failing_nodes<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Q(q): Q<NamespaceQuery>,
+) -> ApiResult<axum::Json<FailingNodes>> {
+    let (from, to) = range(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        None,
+        Utc::now().date_naive(),
+    )?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be 1 to 200"));
+    }
+    let workflow_id = narrowed(&app, &caller, q.workflow.as_deref()).await?;
+    let rows = app
+        .engine
+        .store()
+        .failing_nodes(
+            &caller.namespace,
+            workflow_id.as_deref(),
+            &ymd(from),
+            &ymd(to),
+            limit,
+        )
+        .await?;
+    Ok(axum::Json(FailingNodes {
+        from: ymd(from),
+        to: ymd(to),
+        nodes: rows
+            .into_iter()
+            .map(|n| FailingNodeOut {
+                workflow_id: n.workflow_id,
+                workflow: n.workflow,
+                node: n.node,
+                failed: n.failed,
+                action_failed: n.action_failed,
+                delivery_failed: n.delivery_failed,
+                bounced: n.bounced,
+            })
+            .collect(),
+    }))
 }
 
 /// The day in `tz` of a rolled-up UTC hour.
@@ -477,4 +744,233 @@ fn csv_lines(workflow_id: &str, rows: &[AnalyticsRow]) -> Vec<u8> {
         ]);
     }
     w.into_inner().unwrap_or_default()
+}
+
+/// A group's conversion: how many entered, how many converted, the rate
+/// and its 95 % Wilson score interval.
+#[derive(Debug, Default, Clone, Serialize, JsonSchema)]
+pub struct Conversion {
+    pub entered: i64,
+    pub converted: i64,
+    /// converted / entered (absent when none entered).
+    pub rate: Option<f64>,
+    /// The 95 % confidence interval of the rate (Wilson score).
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+}
+
+impl Conversion {
+    fn of(entered: i64, converted: i64) -> Conversion {
+        let (low, high) = match wilson(converted, entered) {
+            Some((l, h)) => (Some(l), Some(h)),
+            None => (None, None),
+        };
+        Conversion {
+            entered,
+            converted,
+            rate: (entered > 0).then(|| converted.min(entered) as f64 / entered as f64),
+            low,
+            high,
+        }
+    }
+}
+
+/// The 95 % Wilson score interval of `x` successes in `n` tries (`x` is
+/// held to `n`: entries and conversions of a range may be of different
+/// cohorts). Written out: it is one formula, and the statistics crates
+/// that have it bring far more than it.
+pub(crate) fn wilson(x: i64, n: i64) -> Option<(f64, f64)> {
+    if n <= 0 {
+        return None;
+    }
+    const Z: f64 = 1.959_963_984_540_054;
+    let n = n as f64;
+    let p = x.clamp(0, n as i64) as f64 / n;
+    let z2 = Z * Z;
+    let denominator = 1.0 + z2 / n;
+    let centre = (p + z2 / (2.0 * n)) / denominator;
+    let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denominator;
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
+/// A workflow's conversions over a range of days.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Conversions {
+    pub workflow_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i32>,
+    pub from: String,
+    pub to: String,
+    /// The goal of the version asked for (or the latest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goal: Option<sojourn_runtime::Goal>,
+    /// The holdout's share, in percent, of that version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holdout_percent: Option<f64>,
+    /// Entrants who walked the journey.
+    pub journey: Conversion,
+    /// Entrants held out (absent without a holdout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<Conversion>,
+    /// journey.rate − holdout.rate: what the journey adds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lift: Option<f64>,
+    /// Per branch taken (a split's variants, a condition's branches):
+    /// executions that took it, and those of them that converted after.
+    pub branches: Vec<BranchConversion>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BranchConversion {
+    pub node: String,
+    pub branch: String,
+    #[serde(flatten)]
+    pub conversion: Conversion,
+}
+
+pub(crate) async fn conversions<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(workflow): Path<String>,
+    Q(q): Q<FunnelQuery>,
+) -> ApiResult<axum::Json<Conversions>> {
+    let (from, to) = range(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.version,
+        Utc::now().date_naive(),
+    )?;
+    let wf = crate::routes::workflows::find(&app, &caller, &workflow).await?;
+    let store = app.engine.store();
+    let (mut goal, mut holdout_percent) = (None, None);
+    if let Some(v) = q.version.or(wf.latest_version) {
+        let def = store
+            .get_version(&wf.id, Some(v))
+            .await?
+            .ok_or_else(|| ApiError::not_found("version", &v.to_string()))?;
+        goal = def.definition.settings.goal.clone();
+        holdout_percent = def.definition.settings.holdout.as_ref().map(|h| h.percent);
+    }
+    let (_, mut starts) = layout(&app, &wf, q.version).await?;
+    let rows = store
+        .analytics_totals(&caller.namespace, &wf.id, q.version, &ymd(from), &ymd(to))
+        .await?;
+    for r in &rows {
+        if r.metric == "entered"
+            && !starts.contains_key(&r.version)
+            && let Some(v) = store.get_version(&wf.id, Some(r.version)).await?
+            && let Some(n) = v
+                .definition
+                .nodes
+                .iter()
+                .find(|n| matches!(n.kind, NodeKind::Start(_)))
+        {
+            starts.insert(r.version, n.id.to_string());
+        }
+    }
+    let (mut entered, mut held_out, mut converted, mut converted_held_out) = (0, 0, 0, 0);
+    let mut branches: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for r in rows {
+        match (r.metric.as_str(), r.node.is_empty()) {
+            ("entered", _) if starts.get(&r.version) == Some(&r.node) => entered += r.value,
+            ("held_out", _) => held_out += r.value,
+            ("converted", true) if r.branch == "holdout" => converted_held_out += r.value,
+            ("converted", true) => converted += r.value,
+            ("converted", false) => branches.entry((r.node, r.branch)).or_default().1 += r.value,
+            ("branch", false) => branches.entry((r.node, r.branch)).or_default().0 += r.value,
+            _ => {}
+        }
+    }
+    let journey = Conversion::of(entered, converted);
+    let holdout = (held_out > 0 || holdout_percent.is_some())
+        .then(|| Conversion::of(held_out, converted_held_out));
+    let lift = match (&holdout, journey.rate) {
+        (Some(h), Some(j)) => h.rate.map(|h| j - h),
+        _ => None,
+    };
+    Ok(axum::Json(Conversions {
+        workflow_id: wf.id,
+        version: q.version,
+        from: ymd(from),
+        to: ymd(to),
+        goal,
+        holdout_percent,
+        journey,
+        holdout,
+        lift,
+        branches: branches
+            .into_iter()
+            .map(|((node, branch), (n, x))| BranchConversion {
+                node,
+                branch,
+                conversion: Conversion::of(n, x),
+            })
+            .collect(),
+    }))
+}
+
+/// How long the namespace keeps the records of finished executions, in
+/// days (absent or null: for good). Analytics rollups are always kept.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// The journal.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 3650))]
+    pub journal_days: Option<i32>,
+    /// Node executions (attempts with their inputs and outputs).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 3650))]
+    pub node_executions_days: Option<i32>,
+    /// The delivery log.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 3650))]
+    pub deliveries_days: Option<i32>,
+}
+
+impl From<sojourn_persistence::RetentionPolicy> for Retention {
+    fn from(p: sojourn_persistence::RetentionPolicy) -> Self {
+        Retention {
+            journal_days: p.journal_days,
+            node_executions_days: p.node_executions_days,
+            deliveries_days: p.deliveries_days,
+        }
+    }
+}
+
+pub(crate) async fn get_retention<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<axum::Json<Retention>> {
+    let policy = app.engine.store().retention(&caller.namespace).await?;
+    Ok(axum::Json(policy.map(Retention::from).unwrap_or_default()))
+}
+
+pub(crate) async fn put_retention<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    crate::extract::Body(req): crate::extract::Body<Retention>,
+) -> ApiResult<axum::Json<Retention>> {
+    for (field, days) in [
+        ("journal_days", req.journal_days),
+        ("node_executions_days", req.node_executions_days),
+        ("deliveries_days", req.deliveries_days),
+    ] {
+        if days.is_some_and(|d| !(1..=3650).contains(&d)) {
+            return Err(ApiError::invalid(
+                field,
+                "must be 1 to 3650 days, or null to keep",
+            ));
+        }
+    }
+    let policy = sojourn_persistence::RetentionPolicy {
+        journal_days: req.journal_days,
+        node_executions_days: req.node_executions_days,
+        deliveries_days: req.deliveries_days,
+    };
+    app.engine
+        .store()
+        .set_retention(&caller.namespace, &policy, Utc::now())
+        .await?;
+    Ok(axum::Json(policy.into()))
 }

@@ -33,11 +33,16 @@ use serde_json::Value;
 use sqlx::{Executor, QueryBuilder};
 
 use crate::Result;
-use crate::sql::{Bind, Instant, Read, Sql, SqlStore, at};
+use crate::sql::{Bind, Doc, Instant, Read, Sql, SqlStore, at};
+
+mod retention;
+use retention::PolicyRow;
+pub use retention::{RetentionPolicy, Swept};
 
 /// The journal kinds the rollup counts, and the metric each becomes.
-const COUNTED: [(&str, &str); 8] = [
+const COUNTED: [(&str, &str); 9] = [
     ("node_entered", "entered"),
+    ("held_out", "held_out"),
     ("branch_taken", "branch"),
     ("action_failed", "action_failed"),
     ("action_skipped", "skipped"),
@@ -71,6 +76,75 @@ pub trait AnalyticsStore: Send + Sync {
     /// transaction. `None`: another node holds the cursor now. `Some(n)`:
     /// the cursor moved past `n` rows (0: nothing settled to count).
     fn rollup_journal(&self, limit: u32) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// Counts at most `limit` deliveries whose status moved since they
+    /// were last counted (sent, delivered, opened, … per channel and
+    /// provider), in one transaction. `None`: another node is at it now.
+    /// `Some(n)`: `n` deliveries counted.
+    fn rollup_deliveries(&self, limit: u32) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// Records the conversions an event makes: every execution of a
+    /// workflow whose version has this event as its goal, with the event's
+    /// key as its subject, that entered at most the goal's window before
+    /// `at` and has not converted yet. Returns how many converted (none,
+    /// in one indexed read, when no goal of the namespace names the event).
+    fn record_conversions(
+        &self,
+        namespace: &str,
+        event: &str,
+        key: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Counts at most `limit` conversions not counted yet, in one
+    /// transaction (`None`: another node is at it now).
+    fn rollup_conversions(&self, limit: u32) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// A namespace's retention (`None`: everything is kept).
+    fn retention(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Option<RetentionPolicy>>> + Send;
+
+    /// Sets a namespace's retention.
+    fn set_retention(
+        &self,
+        namespace: &str,
+        policy: &RetentionPolicy,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes one batch of what retention lets go: the rows of at most
+    /// `batch` finished executions, of the first namespace and target
+    /// with some, in one transaction. `None`: another node is sweeping;
+    /// `Some(None)`: nothing to sweep now.
+    fn sweep_retention(
+        &self,
+        batch: u32,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<Option<Swept>>>> + Send;
+
+    /// Delivery counts of a namespace (of one workflow, or all) over UTC
+    /// days `from_day` to `to_day`, per channel, provider and metric.
+    fn delivery_totals(
+        &self,
+        namespace: &str,
+        workflow_id: Option<&str>,
+        from_day: &str,
+        to_day: &str,
+    ) -> impl Future<Output = Result<Vec<DeliveryTotal>>> + Send;
+
+    /// The nodes of a namespace (of one workflow, or all) that failed most
+    /// over UTC days `from_day` to `to_day`: executions failed there first,
+    /// then failed tries, then failed and bounced deliveries.
+    fn failing_nodes(
+        &self,
+        namespace: &str,
+        workflow_id: Option<&str>,
+        from_day: &str,
+        to_day: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<FailingNode>>> + Send;
 
     /// The rolled-up counts of one workflow, UTC days `from_day` to
     /// `to_day` (`YYYY-MM-DD`, both included), of one version or all.
@@ -163,6 +237,8 @@ pub struct RollupKey {
     pub version: i32,
     pub node: String,
     pub branch: String,
+    pub channel: String,
+    pub provider: String,
     pub metric: &'static str,
 }
 
@@ -189,19 +265,230 @@ pub fn rollup_key(
         "branch_taken" => (text("node"), text("branch")),
         "completed" => (String::new(), text("outcome")),
         "exit_criteria_met" => (String::new(), text("event")),
-        "cancelled" => (String::new(), String::new()),
+        "cancelled" | "held_out" => (String::new(), String::new()),
         _ => (text("node"), String::new()),
     };
+    let (day, hour) = day_hour(at);
     Some(RollupKey {
         namespace: namespace.to_owned(),
         workflow_id: workflow_id.to_owned(),
-        day: format!("{:04}-{:02}-{:02}", at.year(), at.month(), at.day()),
-        hour: at.hour() as i32,
+        day,
+        hour,
         version,
         node,
         branch,
+        channel: String::new(),
+        provider: String::new(),
         metric,
     })
+}
+
+/// `YYYY-MM-DD` and hour of an instant, UTC.
+fn day_hour(at: DateTime<Utc>) -> (String, i32) {
+    (
+        format!("{:04}-{:02}-{:02}", at.year(), at.month(), at.day()),
+        at.hour() as i32,
+    )
+}
+
+/// What a delivery in `status` has counted, as (metric, branch): a message
+/// that was opened was sent and delivered too. A delivery moving from one
+/// status to another adds what the new one counts and the old one did not
+/// (a status never moves down). A message not sent on purpose is `unsent`,
+/// with the reason as its branch; one deferred by a cap counts nothing yet
+/// (it is sent later, or not).
+pub fn delivery_metrics(status: &str) -> &'static [(&'static str, &'static str)] {
+    match status {
+        "queued" | "sent" => &[("sent", "")],
+        "delivered" => &[("sent", ""), ("delivered", "")],
+        "opened" => &[("sent", ""), ("delivered", ""), ("opened", "")],
+        "clicked" => &[
+            ("sent", ""),
+            ("delivered", ""),
+            ("opened", ""),
+            ("clicked", ""),
+        ],
+        "bounced" => &[("sent", ""), ("bounced", "")],
+        "complained" => &[("sent", ""), ("delivered", ""), ("complained", "")],
+        "undelivered" => &[("sent", ""), ("undelivered", "")],
+        "failed" => &[("send_failed", "")],
+        "unsubscribed" => &[("unsent", "unsubscribed")],
+        "suppressed" => &[("unsent", "suppressed")],
+        "no_address" => &[("unsent", "no_address")],
+        "capped" => &[("unsent", "capped")],
+        _ => &[],
+    }
+}
+
+/// The counts a delivery adds when it moves from `rolled` (what was
+/// counted of it, if anything) to `status`.
+pub fn delivery_delta(
+    rolled: Option<&str>,
+    status: &str,
+) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let before = rolled.map_or(&[][..], delivery_metrics);
+    delivery_metrics(status)
+        .iter()
+        .copied()
+        .filter(move |m| !before.contains(m))
+}
+
+/// A delivery still to count (`rolled` is not its status).
+#[derive(sqlx::FromRow)]
+struct DeliveryFact {
+    id: String,
+    namespace: String,
+    workflow_id: String,
+    execution_id: String,
+    node: String,
+    channel: String,
+    provider: String,
+    status: String,
+    rolled: Option<String>,
+    #[sqlx(try_from = "Instant")]
+    updated_at: DateTime<Utc>,
+}
+
+/// An execution converting now.
+struct Conversion {
+    execution_id: String,
+    workflow_id: String,
+    version: i32,
+    entered_at: DateTime<Utc>,
+    holdout: bool,
+    path: Vec<(String, String)>,
+}
+
+/// A conversion still to count.
+#[derive(sqlx::FromRow)]
+struct ConversionFact {
+    execution_id: String,
+    namespace: String,
+    workflow_id: String,
+    version: i32,
+    holdout: bool,
+    #[sqlx(json)]
+    path: Vec<(String, String)>,
+    #[sqlx(try_from = "Instant")]
+    converted_at: DateTime<Utc>,
+}
+
+/// Delivery counts of a namespace summed per channel, provider and metric
+/// (`branch`: the reason of an `unsent` one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct DeliveryTotal {
+    pub channel: String,
+    pub provider: String,
+    pub metric: String,
+    pub branch: String,
+    pub value: i64,
+}
+
+/// How often a node failed, summed over a range: executions that failed
+/// there (`failed`), failed tries (`action_failed`), sends that failed
+/// (`delivery_failed`), messages bounced or undelivered (`bounced`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct FailingNode {
+    pub workflow_id: String,
+    pub workflow: String,
+    pub node: String,
+    pub failed: i64,
+    pub action_failed: i64,
+    pub delivery_failed: i64,
+    pub bounced: i64,
+}
+
+/// Takes the claim of one rollup source for this transaction: `false` when
+/// another node holds it. (The row is made again if someone deleted it,
+/// rather than stopping the job for good.)
+async fn claim<DB>(tx: &mut DB::Connection, source: &str) -> Result<bool>
+where
+    DB: Sql,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: Bind<'a, DB>,
+    for<'q> Instant: Bind<'q, DB>,
+    (i64,): Read<DB>,
+{
+    sqlx::query(
+        "INSERT INTO analytics_cursors (source, position, safe_upto, updated_at)
+         VALUES ($1, 0, 0, $2) ON CONFLICT (source) DO NOTHING",
+    )
+    .bind(source)
+    .bind(at(Utc::now()))
+    .execute(&mut *tx)
+    .await?;
+    let held: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT position FROM analytics_cursors WHERE source = $1{}",
+        DB::SKIP_LOCKED
+    )))
+    .bind(source)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(held.is_some())
+}
+
+/// Adds counts to `analytics_daily`, in a consistent order (two writers
+/// adding to the same rows lock them in the same order).
+async fn add_counts<DB>(tx: &mut DB::Connection, counts: HashMap<RollupKey, i64>) -> Result<()>
+where
+    DB: Sql,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: Bind<'a, DB>,
+    for<'q> i32: Bind<'q, DB>,
+    for<'q> i64: Bind<'q, DB>,
+{
+    let mut counts: Vec<(RollupKey, i64)> = counts.into_iter().collect();
+    counts.sort_by(|(a, _), (b, _)| {
+        (
+            &a.namespace,
+            &a.workflow_id,
+            &a.day,
+            a.hour,
+            a.version,
+            &a.node,
+        )
+            .cmp(&(
+                &b.namespace,
+                &b.workflow_id,
+                &b.day,
+                b.hour,
+                b.version,
+                &b.node,
+            ))
+            .then_with(|| {
+                (&a.branch, &a.channel, &a.provider, a.metric).cmp(&(
+                    &b.branch,
+                    &b.channel,
+                    &b.provider,
+                    b.metric,
+                ))
+            })
+    });
+    for chunk in counts.chunks(UPSERT_CHUNK) {
+        let mut q = QueryBuilder::<DB>::new(
+            "INSERT INTO analytics_daily (namespace, workflow_id, day, hour, version, node, \
+             branch, channel, provider, metric, value) ",
+        );
+        q.push_values(chunk, |mut b, (k, n)| {
+            b.push_bind(k.namespace.as_str())
+                .push_bind(k.workflow_id.as_str())
+                .push_bind(k.day.as_str())
+                .push_bind(k.hour)
+                .push_bind(k.version)
+                .push_bind(k.node.as_str())
+                .push_bind(k.branch.as_str())
+                .push_bind(k.channel.as_str())
+                .push_bind(k.provider.as_str())
+                .push_bind(k.metric)
+                .push_bind(*n);
+        });
+        q.push(
+            " ON CONFLICT (namespace, workflow_id, day, hour, version, node, branch, channel, \
+             provider, metric) DO UPDATE SET value = analytics_daily.value + excluded.value",
+        );
+        q.build().persistent(false).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 impl<DB> AnalyticsStore for SqlStore<DB>
@@ -220,7 +507,23 @@ where
     (i64,): Read<DB>,
     (Option<i64>,): Read<DB>,
     (i64, i64): Read<DB>,
+    (String, i32): Read<DB>,
     (Option<String>, String, i64): Read<DB>,
+    for<'a> Option<&'a str>: Bind<'a, DB>,
+    DeliveryFact: Read<DB>,
+    ConversionFact: Read<DB>,
+    for<'q> bool: Bind<'q, DB>,
+    for<'q> Doc: Bind<'q, DB>,
+    (String, i32, i64, String, Option<i64>): Read<DB>,
+    (String, i32, Instant): Read<DB>,
+    (String, sqlx::types::Json<Value>): Read<DB>,
+    DeliveryTotal: Read<DB>,
+    FailingNode: Read<DB>,
+    RetentionPolicy: Read<DB>,
+    PolicyRow: Read<DB>,
+    (String, Instant): Read<DB>,
+    (Instant, String): Read<DB>,
+    (String,): Read<DB>,
 {
     async fn rollup_journal(&self, limit: u32) -> Result<Option<u64>> {
         let limit = limit.max(1);
@@ -322,31 +625,7 @@ where
                     *counts.entry(key).or_insert(0) += 1;
                 }
             }
-            let counts: Vec<(RollupKey, i64)> = counts.into_iter().collect();
-            for chunk in counts.chunks(UPSERT_CHUNK) {
-                let mut q = QueryBuilder::<DB>::new(
-                    "INSERT INTO analytics_daily (namespace, workflow_id, day, hour, version, node, \
-                     branch, channel, provider, metric, value) ",
-                );
-                q.push_values(chunk, |mut b, (k, n)| {
-                    b.push_bind(k.namespace.as_str())
-                        .push_bind(k.workflow_id.as_str())
-                        .push_bind(k.day.as_str())
-                        .push_bind(k.hour)
-                        .push_bind(k.version)
-                        .push_bind(k.node.as_str())
-                        .push_bind(k.branch.as_str())
-                        .push_bind("")
-                        .push_bind("")
-                        .push_bind(k.metric)
-                        .push_bind(*n);
-                });
-                q.push(
-                    " ON CONFLICT (namespace, workflow_id, day, hour, version, node, branch, channel, \
-                     provider, metric) DO UPDATE SET value = analytics_daily.value + excluded.value",
-                );
-                q.build().persistent(false).execute(&mut *tx).await?;
-            }
+            add_counts::<DB>(&mut tx, counts).await?;
         }
         sqlx::query(
             "UPDATE analytics_cursors
@@ -362,6 +641,336 @@ where
         .await?;
         tx.commit().await?;
         Ok(Some(taken))
+    }
+
+    async fn rollup_deliveries(&self, limit: u32) -> Result<Option<u64>> {
+        let limit = limit.max(1);
+        let mut tx = self.pool.begin().await?;
+        if !claim::<DB>(&mut tx, "deliveries").await? {
+            return Ok(None);
+        }
+        // Rows a provider's report is moving now are passed over (PostgreSQL
+        // locks the ones read until the commit, so the status counted is
+        // the status marked).
+        let facts: Vec<DeliveryFact> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, namespace, workflow_id, execution_id, node, channel, provider, status,
+                    rolled, updated_at
+             FROM deliveries WHERE rolled IS NULL OR rolled <> status
+             ORDER BY id LIMIT $1{}",
+            DB::SKIP_LOCKED
+        )))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if facts.is_empty() {
+            return Ok(Some(0));
+        }
+        // The executions' versions (not joined above: the lock is the
+        // deliveries' alone).
+        let mut versions: HashMap<String, i32> = HashMap::with_capacity(facts.len());
+        let mut ids: Vec<&str> = facts.iter().map(|f| f.execution_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(UPSERT_CHUNK) {
+            let mut q = QueryBuilder::<DB>::new("SELECT id, version FROM executions WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            let rows: Vec<(String, i32)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            versions.extend(rows);
+        }
+        let mut counts: HashMap<RollupKey, i64> = HashMap::new();
+        for f in &facts {
+            let (day, hour) = day_hour(f.updated_at);
+            let version = versions.get(f.execution_id.as_str()).copied().unwrap_or(0);
+            for (metric, branch) in delivery_delta(f.rolled.as_deref(), &f.status) {
+                let key = RollupKey {
+                    namespace: f.namespace.clone(),
+                    workflow_id: f.workflow_id.clone(),
+                    day: day.clone(),
+                    hour,
+                    version,
+                    node: f.node.clone(),
+                    branch: branch.to_owned(),
+                    channel: f.channel.clone(),
+                    provider: f.provider.clone(),
+                    metric,
+                };
+                *counts.entry(key).or_insert(0) += 1;
+            }
+        }
+        add_counts::<DB>(&mut tx, counts).await?;
+        for chunk in facts.chunks(UPSERT_CHUNK) {
+            let mut q =
+                QueryBuilder::<DB>::new("UPDATE deliveries SET rolled = status WHERE id IN (");
+            let mut list = q.separated(", ");
+            for f in chunk {
+                list.push_bind(f.id.as_str());
+            }
+            q.push(")");
+            q.build().persistent(false).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(facts.len() as u64))
+    }
+
+    async fn record_conversions(
+        &self,
+        namespace: &str,
+        event: &str,
+        key: &str,
+        at_time: DateTime<Utc>,
+    ) -> Result<u64> {
+        let goals: Vec<(String, i32, i64, String, Option<i64>)> = sqlx::query_as(
+            "SELECT workflow_id, version, within_seconds, workflow_key, holdout_below
+             FROM workflow_goals WHERE namespace = $1 AND event = $2",
+        )
+        .bind(namespace)
+        .bind(event)
+        .fetch_all(&self.pool)
+        .await?;
+        if goals.is_empty() {
+            return Ok(0);
+        }
+        // Per version: its window, and whether the subject is held out.
+        let mut versions: HashMap<(String, i32), (i64, bool)> = HashMap::new();
+        let mut longest: HashMap<String, i64> = HashMap::new();
+        for (w, v, secs, workflow_key, below) in goals {
+            let l = longest.entry(w.clone()).or_insert(0);
+            *l = (*l).max(secs);
+            let held_out = below.is_some_and(|b| {
+                sojourn_runtime::hash::holdout_bucket(&workflow_key, key) < b.max(0) as u64
+            });
+            versions.insert((w, v), (secs, held_out));
+        }
+        let mut converted: Vec<Conversion> = Vec::new();
+        for (workflow_id, secs) in &longest {
+            let since = at_time - chrono::Duration::seconds(*secs);
+            let found: Vec<(String, i32, Instant)> = sqlx::query_as(
+                "SELECT e.id, e.version, e.created_at FROM executions e
+                 WHERE e.workflow_id = $1 AND e.subject = $2 AND e.namespace = $3
+                   AND e.created_at >= $4 AND e.created_at <= $5
+                   AND NOT EXISTS (SELECT 1 FROM conversions c WHERE c.execution_id = e.id)",
+            )
+            .bind(workflow_id.as_str())
+            .bind(key)
+            .bind(namespace)
+            .bind(at(since))
+            .bind(at(at_time))
+            .fetch_all(&self.pool)
+            .await?;
+            for (id, version, Instant(entered_at)) in found {
+                // Each version's own window.
+                let Some(&(secs, holdout)) = versions.get(&(workflow_id.clone(), version)) else {
+                    continue;
+                };
+                if entered_at < at_time - chrono::Duration::seconds(secs) {
+                    continue;
+                }
+                converted.push(Conversion {
+                    execution_id: id,
+                    workflow_id: workflow_id.clone(),
+                    version,
+                    entered_at,
+                    holdout,
+                    path: Vec::new(),
+                });
+            }
+        }
+        if converted.is_empty() {
+            return Ok(0);
+        }
+        // The branches each had taken by now (the holdout takes none).
+        for chunk in converted.chunks_mut(UPSERT_CHUNK) {
+            let mut q = QueryBuilder::<DB>::new(
+                "SELECT execution_id, entry FROM journal WHERE kind = 'branch_taken' \
+                 AND execution_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for c in chunk.iter() {
+                list.push_bind(c.execution_id.as_str());
+            }
+            q.push(") ORDER BY id");
+            let rows: Vec<(String, sqlx::types::Json<Value>)> =
+                q.build_query_as().fetch_all(&self.pool).await?;
+            for (id, entry) in rows {
+                let Some(c) = chunk.iter_mut().find(|c| c.execution_id == id) else {
+                    continue;
+                };
+                let text = |f: &str| entry.get(f).and_then(Value::as_str).map(str::to_owned);
+                if let (Some(node), Some(branch)) = (text("node"), text("branch")) {
+                    c.path.push((node, branch));
+                }
+            }
+        }
+        let mut q = QueryBuilder::<DB>::new(
+            "INSERT INTO conversions (execution_id, namespace, workflow_id, version, event, \
+             holdout, path, entered_at, converted_at) ",
+        );
+        let mut docs = Vec::with_capacity(converted.len());
+        for c in &converted {
+            docs.push(Doc::of("conversion path", &c.path)?);
+        }
+        q.push_values(converted.iter().zip(docs), |mut b, (c, path)| {
+            b.push_bind(c.execution_id.as_str())
+                .push_bind(namespace)
+                .push_bind(c.workflow_id.as_str())
+                .push_bind(c.version)
+                .push_bind(event)
+                .push_bind(c.holdout)
+                .push_bind(path)
+                .push_bind(at(c.entered_at))
+                .push_bind(at(at_time));
+        });
+        q.push(" ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id");
+        let done: Vec<(String,)> = q
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(done.len() as u64)
+    }
+
+    async fn rollup_conversions(&self, limit: u32) -> Result<Option<u64>> {
+        let limit = limit.max(1);
+        let mut tx = self.pool.begin().await?;
+        if !claim::<DB>(&mut tx, "conversions").await? {
+            return Ok(None);
+        }
+        let rows: Vec<ConversionFact> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT execution_id, namespace, workflow_id, version, holdout, path, converted_at
+             FROM conversions WHERE NOT rolled ORDER BY execution_id LIMIT $1{}",
+            DB::SKIP_LOCKED
+        )))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(Some(0));
+        }
+        let mut counts: HashMap<RollupKey, i64> = HashMap::new();
+        for r in &rows {
+            let (day, hour) = day_hour(r.converted_at);
+            let mut add = |node: &str, branch: &str| {
+                let key = RollupKey {
+                    namespace: r.namespace.clone(),
+                    workflow_id: r.workflow_id.clone(),
+                    day: day.clone(),
+                    hour,
+                    version: r.version,
+                    node: node.to_owned(),
+                    branch: branch.to_owned(),
+                    channel: String::new(),
+                    provider: String::new(),
+                    metric: "converted",
+                };
+                *counts.entry(key).or_insert(0) += 1;
+            };
+            add("", if r.holdout { "holdout" } else { "" });
+            // Each branch once, however often it was taken.
+            let mut seen = std::collections::HashSet::new();
+            for (node, branch) in r.path.iter() {
+                if seen.insert((node, branch)) {
+                    add(node, branch);
+                }
+            }
+        }
+        add_counts::<DB>(&mut tx, counts).await?;
+        for chunk in rows.chunks(UPSERT_CHUNK) {
+            let mut q = QueryBuilder::<DB>::new(
+                "UPDATE conversions SET rolled = TRUE WHERE execution_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for r in chunk {
+                list.push_bind(r.execution_id.as_str());
+            }
+            q.push(")");
+            q.build().persistent(false).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(rows.len() as u64))
+    }
+
+    async fn retention(&self, namespace: &str) -> Result<Option<RetentionPolicy>> {
+        self.read_retention(namespace).await
+    }
+
+    async fn set_retention(
+        &self,
+        namespace: &str,
+        policy: &RetentionPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.write_retention(namespace, policy, now).await
+    }
+
+    async fn sweep_retention(
+        &self,
+        batch: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Option<Swept>>> {
+        self.sweep(batch, now).await
+    }
+
+    async fn delivery_totals(
+        &self,
+        namespace: &str,
+        workflow_id: Option<&str>,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<DeliveryTotal>> {
+        Ok(sqlx::query_as(
+            "SELECT channel, provider, metric, branch, CAST(SUM(value) AS BIGINT) AS value
+             FROM analytics_daily
+             WHERE namespace = $1 AND ($2 IS NULL OR workflow_id = $2)
+               AND day >= $3 AND day <= $4 AND channel <> ''
+             GROUP BY channel, provider, metric, branch
+             ORDER BY channel, provider, metric, branch",
+        )
+        .bind(namespace)
+        .bind(workflow_id)
+        .bind(from_day)
+        .bind(to_day)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn failing_nodes(
+        &self,
+        namespace: &str,
+        workflow_id: Option<&str>,
+        from_day: &str,
+        to_day: &str,
+        limit: u32,
+    ) -> Result<Vec<FailingNode>> {
+        Ok(sqlx::query_as(
+            "SELECT a.workflow_id, COALESCE(MAX(w.key), a.workflow_id) AS workflow, a.node,
+                    CAST(SUM(CASE WHEN a.metric = 'failed' AND a.channel = '' THEN a.value ELSE 0 END)
+                        AS BIGINT) AS failed,
+                    CAST(SUM(CASE WHEN a.metric = 'action_failed' THEN a.value ELSE 0 END) AS BIGINT)
+                        AS action_failed,
+                    CAST(SUM(CASE WHEN a.metric = 'send_failed' THEN a.value ELSE 0 END) AS BIGINT)
+                        AS delivery_failed,
+                    CAST(SUM(CASE WHEN a.metric IN ('bounced', 'undelivered') THEN a.value ELSE 0 END)
+                        AS BIGINT) AS bounced
+             FROM analytics_daily a LEFT JOIN workflows w ON w.id = a.workflow_id
+             WHERE a.namespace = $1 AND ($2 IS NULL OR a.workflow_id = $2)
+               AND a.day >= $3 AND a.day <= $4 AND a.node <> ''
+               AND a.metric IN ('failed', 'action_failed', 'send_failed', 'bounced', 'undelivered')
+             GROUP BY a.workflow_id, a.node
+             ORDER BY failed DESC, action_failed DESC, delivery_failed DESC, bounced DESC,
+                      a.workflow_id, a.node
+             LIMIT $5",
+        )
+        .bind(namespace)
+        .bind(workflow_id)
+        .bind(from_day)
+        .bind(to_day)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn analytics_counts(

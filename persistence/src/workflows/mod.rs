@@ -358,6 +358,8 @@ where
     for<'q> Instant: Bind<'q, DB>,
     for<'q> Doc: Bind<'q, DB>,
     for<'q> Option<Doc>: Bind<'q, DB>,
+    for<'a> Option<&'a str>: Bind<'a, DB>,
+    for<'q> Option<i32>: Bind<'q, DB>,
     WorkflowVersion: Read<DB>,
     (i32,): Read<DB>,
 {
@@ -387,6 +389,26 @@ where
         .bind(cap.channel.as_str())
         .bind(cap.category.as_str())
         .bind(i64::try_from(cap.window_seconds).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    // The version's conversion goal, for the events that arrive (a goal
+    // whose window does not read was refused before publishing).
+    if let Some(goal) = &definition.settings.goal
+        && let Ok(within) = sojourn_runtime::time::parse_duration(&goal.within)
+    {
+        let below = definition.settings.holdout.as_ref().and_then(|h| h.below());
+        sqlx::query(
+            "INSERT INTO workflow_goals (workflow_id, version, namespace, event, within_seconds,
+                                         workflow_key, holdout_below)
+             SELECT id, $2, namespace, $3, $4, COALESCE($5, key), $6 FROM workflows WHERE id = $1",
+        )
+        .bind(workflow_id)
+        .bind(version)
+        .bind(goal.event.as_str())
+        .bind(within.num_seconds())
+        .bind(definition.key.as_deref())
+        .bind(below.and_then(|b| i32::try_from(b).ok()))
         .execute(&mut *tx)
         .await?;
     }
