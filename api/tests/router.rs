@@ -2717,6 +2717,190 @@ async fn analytics<S: Store>(app: &App<S>) {
         })
         .sum();
     assert_eq!(completed, 5, "{text}");
+
+    // The node that fails most: an execution whose condition cannot be
+    // judged fails there.
+    let e = app.start(&k, "split", json!({})).await;
+    app.wait_status(&k, &e, "failed").await;
+    let mut failing = Value::Null;
+    for _ in 0..600 {
+        let r = app
+            .get("/v1/analytics/failing-nodes?workflow=split", &k)
+            .await;
+        failing = r.ok(StatusCode::OK).clone();
+        if failing["nodes"][0]["failed"] == json!(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(failing["nodes"][0]["node"], json!("check"), "{failing:#}");
+    assert_eq!(
+        failing["nodes"][0]["workflow"],
+        json!("split"),
+        "{failing:#}"
+    );
+    // No message was sent: no delivery rates, and nothing is made up.
+    let r = app.get("/v1/analytics/deliveries", &k).await;
+    let d = r.ok(StatusCode::OK);
+    assert_eq!(
+        (d["channels"].clone(), d["providers"].clone()),
+        (json!([]), json!([]))
+    );
+
+    // A goal, a holdout and an A/B split: conversions per group and
+    // variant.
+    let goals = json!({
+        "settings": {
+            "subject": "input.user_id",
+            "goal": {"event": "purchase", "within": "7d"},
+            "holdout": {"percent": 30}
+        },
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "ab", "type": "split", "config": {"variants": [
+                {"branch": "a", "percent": 50}, {"branch": "b", "percent": 50}]}},
+            {"id": "va", "type": "exit", "config": {"outcome": "a"}},
+            {"id": "vb", "type": "exit", "config": {"outcome": "b"}}
+        ],
+        "edges": [
+            {"from": "start", "to": "ab"},
+            {"from": "ab", "to": "va", "branch": "a"},
+            {"from": "ab", "to": "vb", "branch": "b"}
+        ]
+    });
+    let mut keyed = goals.clone();
+    keyed["key"] = json!("goals");
+    let compiled = sojourn_runtime::CompiledWorkflow::compile(
+        &sojourn_runtime::Workflow::from_value(keyed).expect("parses"),
+        &sojourn_runtime::Registry::builtin(),
+    )
+    .expect("compiles");
+    app.workflow(&k, "goals", goals).await;
+    let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    for u in &users {
+        let e = app.start(&k, "goals", json!({"user_id": u})).await;
+        app.wait_status(&k, &e, "completed").await;
+    }
+    let held = users.iter().filter(|u| compiled.held_out(u)).count() as i64;
+    let converters: Vec<&String> = users.iter().step_by(3).collect();
+    let held_converters = converters.iter().filter(|u| compiled.held_out(u)).count() as i64;
+    for u in &converters {
+        let r = app
+            .post("/v1/events", &k, json!({"name": "purchase", "key": u}))
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+    }
+    // Again: an execution converts once.
+    app.post(
+        "/v1/events",
+        &k,
+        json!({"name": "purchase", "key": converters[0]}),
+    )
+    .await;
+    let mut c = Value::Null;
+    for _ in 0..600 {
+        let r = app
+            .get("/v1/analytics/workflows/goals/conversions", &k)
+            .await;
+        c = r.ok(StatusCode::OK).clone();
+        let total = c["journey"]["converted"].as_i64().unwrap_or(0)
+            + c["holdout"]["converted"].as_i64().unwrap_or(0);
+        let entered = c["journey"]["entered"].as_i64().unwrap_or(0)
+            + c["holdout"]["entered"].as_i64().unwrap_or(0);
+        if total == converters.len() as i64 && entered == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        c["goal"],
+        json!({"event": "purchase", "within": "7d"}),
+        "{c:#}"
+    );
+    assert_eq!(c["holdout_percent"], json!(30.0), "{c:#}");
+    assert_eq!(c["holdout"]["entered"], json!(held), "{c:#}");
+    assert_eq!(c["journey"]["entered"], json!(20 - held), "{c:#}");
+    assert_eq!(c["holdout"]["converted"], json!(held_converters), "{c:#}");
+    assert_eq!(
+        c["journey"]["converted"],
+        json!(converters.len() as i64 - held_converters),
+        "{c:#}"
+    );
+    for group in [&c["journey"], &c["holdout"]] {
+        let (low, high) = (group["low"].as_f64(), group["high"].as_f64());
+        if let (Some(rate), Some(low), Some(high)) = (group["rate"].as_f64(), low, high) {
+            assert!(low <= rate && rate <= high && high <= 1.0, "{group}");
+        }
+    }
+    // The variants share the journey's entrants and its converters.
+    let branches = c["branches"].as_array().expect("branches");
+    let sum = |field: &str| {
+        branches
+            .iter()
+            .filter(|b| b["node"] == json!("ab"))
+            .map(|b| b[field].as_i64().unwrap_or(0))
+            .sum::<i64>()
+    };
+    assert_eq!(sum("entered"), 20 - held, "{c:#}");
+    assert_eq!(
+        sum("converted"),
+        converters.len() as i64 - held_converters,
+        "{c:#}"
+    );
+
+    // Retention: an admin's to set, checked field by field.
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/retention",
+            Some(&k),
+            Some(json!({"journal_days": 30})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let admin = app.key("stats", &["admin"]).await;
+    for (body, field) in [
+        (json!({"journal_days": 0}), "journal_days"),
+        (json!({"deliveries_days": 5000}), "deliveries_days"),
+        (json!({"journal_days": "30"}), "journal_days"),
+    ] {
+        let r = app
+            .call(Method::PUT, "/v1/retention", Some(&admin), Some(body))
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some(field));
+    }
+    let r = app.get("/v1/retention", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK).clone(),
+        json!({"journal_days": null, "node_executions_days": null, "deliveries_days": null})
+    );
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/retention",
+            Some(&admin),
+            Some(json!({"journal_days": 30, "deliveries_days": 90})),
+        )
+        .await;
+    r.ok(StatusCode::OK);
+    let r = app.get("/v1/retention", &k).await;
+    assert_eq!(
+        r.ok(StatusCode::OK).clone(),
+        json!({"journal_days": 30, "node_executions_days": null, "deliveries_days": 90})
+    );
+    for (uri, field) in [
+        ("/v1/analytics/failing-nodes?limit=0", "limit"),
+        ("/v1/analytics/deliveries?to=2026-13-01", "to"),
+        (
+            "/v1/analytics/workflows/goals/conversions?version=0",
+            "version",
+        ),
+    ] {
+        let r = app.get(uri, &k).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some(field));
+    }
+    let r = app.get("/v1/analytics/deliveries?workflow=nope", &k).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
 }
 
 #[tokio::test]

@@ -128,6 +128,9 @@ macro_rules! conformance {
 
 conformance!(
     the_journal_rolls_up_to_a_direct_count_killed_mid_run_or_not,
+    deliveries_roll_up_per_channel_and_provider_as_their_status_moves,
+    conversions_count_once_within_the_goal_window_with_the_holdout_apart,
+    retention_deletes_only_old_counted_records_of_finished_executions,
     the_registry_versions_definitions_and_published_versions_pin_them,
     workflows_and_immutable_versions,
     json_numbers_at_the_edges_of_f64_read_back_as_written,
@@ -206,6 +209,7 @@ struct Fixture {
     wf: CompiledWorkflow,
     workflow_id: String,
     version: i32,
+    namespace: String,
 }
 
 async fn fixture<S: Store>(store: &S) -> Fixture {
@@ -214,11 +218,20 @@ async fn fixture<S: Store>(store: &S) -> Fixture {
 
 /// The reference workflow, published under another key.
 async fn fixture_keyed<S: Store>(store: &S, key: &str) -> Fixture {
-    let workflow = reference_workflow();
+    fixture_of(store, "default", key, reference_workflow()).await
+}
+
+/// `workflow`, published under `key` in `namespace`.
+async fn fixture_of<S: Store>(
+    store: &S,
+    namespace: &str,
+    key: &str,
+    workflow: Workflow,
+) -> Fixture {
     let rec = store
         .create_workflow(NewWorkflow {
             id: ids::new_workflow_id(),
-            namespace: "default".into(),
+            namespace: namespace.into(),
             key: key.into(),
             name: None,
             draft: serde_json::to_value(&workflow).expect("json"),
@@ -234,6 +247,7 @@ async fn fixture_keyed<S: Store>(store: &S, key: &str) -> Fixture {
         wf: CompiledWorkflow::compile(&workflow, &Registry::builtin()).expect("compiles"),
         workflow_id: rec.id,
         version: v.version,
+        namespace: namespace.into(),
     }
 }
 
@@ -268,7 +282,7 @@ async fn start_at<S: Store>(
         .expect("new execution");
     let created = store
         .create_execution(NewExecution {
-            namespace: "default".into(),
+            namespace: f.namespace.clone(),
             workflow_id: f.workflow_id.clone(),
             version: f.version,
             idempotency_key: key.map(Into::into),
@@ -4434,4 +4448,405 @@ async fn a_journal_row_of_a_younger_open_transaction_is_waited_for_on_postgres()
     t.commit().await.expect("commit");
     assert_eq!(roll_until(store, 100, 2).await, 2);
     db.drop_schema().await;
+}
+
+// ---- analytics: deliveries, conversions, retention -------------------------------
+
+/// start → call (http.request) → done, with `settings`.
+fn short_workflow(key: &str, settings: Value) -> Workflow {
+    Workflow::from_value(json!({
+        "key": key,
+        "settings": settings,
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "call", "type": "action", "config": {"action": "http.request",
+                "inputs": {"url": "http://127.0.0.1:1/x"}}},
+            {"id": "done", "type": "exit", "config": {"outcome": "done"}},
+        ],
+        "edges": [
+            {"from": "start", "to": "call"},
+            {"from": "call", "to": "done", "branch": "success"},
+        ]
+    }))
+    .expect("parses")
+}
+
+/// Starts an execution of `f` for `subject` at `at` and, unless it is held
+/// out, runs it to its end (`call` succeeds) at `end`.
+async fn run_short<S: Store>(
+    store: &S,
+    f: &Fixture,
+    subject: Option<&str>,
+    at: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Exec {
+    let mut e = start_at(store, f, subject, None, at).await;
+    step(store, f, &mut e, Input::Start, at).await;
+    if e.snap.status == Status::Running {
+        let done = Input::ActionResult {
+            node: "call".into(),
+            attempt: 1,
+            outcome: ActionOutcome::Success {
+                output: json!({"status": 200}),
+            },
+        };
+        step(store, f, &mut e, done, end).await;
+    }
+    e
+}
+
+/// Every counted delivery row of a namespace: (channel, provider, metric,
+/// branch) → value.
+async fn delivery_counts<S: Store>(
+    store: &S,
+    workflow: Option<&str>,
+) -> std::collections::BTreeMap<(String, String, String, String), i64> {
+    store
+        .delivery_totals("default", workflow, "2026-11-01", "2026-12-31")
+        .await
+        .expect("totals")
+        .into_iter()
+        .map(|t| ((t.channel, t.provider, t.metric, t.branch), t.value))
+        .collect()
+}
+
+/// Rolls deliveries up until a batch is empty (30 s at most).
+async fn roll_deliveries<S: Store>(store: &S, limit: u32) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut total = 0;
+    while std::time::Instant::now() < deadline {
+        match store.rollup_deliveries(limit).await.expect("rollup") {
+            Some(0) => break,
+            Some(n) => total += n,
+            // Held by a rollup cut short whose rollback is on its way.
+            None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    total
+}
+
+async fn deliveries_roll_up_per_channel_and_provider_as_their_status_moves<S: Store>(store: &S) {
+    let f = fixture(store).await;
+    let a = start(store, &f, None, None).await;
+    let b = start(store, &f, None, None).await;
+    let t1 = t0() + Duration::hours(1);
+    let mut suppressed = delivery(&a.id, "second", "-", "suppressed", t0());
+    suppressed.idempotency_key = format!("{}/second/1", a.id);
+    store
+        .add_deliveries(&[
+            delivery(&a.id, "first", "sg", "sent", t0()),
+            delivery(&b.id, "first", "smtp", "failed", t0()),
+            suppressed,
+            delivery(&b.id, "second", "sg", "deferred", t0()),
+        ])
+        .await
+        .expect("add");
+    // Idempotent, and never more than asked for a batch.
+    assert_eq!(store.rollup_deliveries(2).await.expect("rollup"), Some(2));
+    assert_eq!(roll_deliveries(store, 100).await, 2);
+    assert_eq!(store.rollup_deliveries(100).await.expect("rollup"), Some(0));
+    let key = |c: &str, p: &str, m: &str, b: &str| (c.into(), p.into(), m.into(), b.into());
+    let mut want = std::collections::BTreeMap::from([
+        (key("email", "sg", "sent", ""), 1),
+        (key("email", "smtp", "send_failed", ""), 1),
+        (key("email", "-", "unsent", "suppressed"), 1),
+    ]);
+    assert_eq!(delivery_counts(store, None).await, want);
+    // A report moves a delivery on: what the move adds is counted once.
+    let opened = [("msg-first-sg".to_owned(), "opened".to_owned())];
+    store
+        .apply_delivery_report("sg", "sg", "r1", &opened, t1)
+        .await
+        .expect("report");
+    // A cut rollup counts nothing; the next counts it once.
+    let mut cut = 0;
+    for polls in 1..200 {
+        if !cut_after(store.rollup_deliveries(100), polls).await {
+            break;
+        }
+        cut += 1;
+    }
+    roll_deliveries(store, 100).await;
+    assert!(cut > 0, "no rollup was cut short");
+    want.insert(key("email", "sg", "delivered", ""), 1);
+    want.insert(key("email", "sg", "opened", ""), 1);
+    assert_eq!(delivery_counts(store, None).await, want);
+    // Clicked next (opened and delivered are not counted again); the
+    // failed send is sent again after a crash and goes.
+    let clicked = [("msg-first-sg".to_owned(), "clicked".to_owned())];
+    store
+        .apply_delivery_report("sg", "sg", "r2", &clicked, t1)
+        .await
+        .expect("report");
+    store
+        .add_deliveries(&[delivery(&b.id, "first", "smtp", "sent", t1)])
+        .await
+        .expect("re-send");
+    assert_eq!(roll_deliveries(store, 100).await, 2);
+    want.insert(key("email", "sg", "clicked", ""), 1);
+    want.insert(key("email", "smtp", "sent", ""), 1);
+    assert_eq!(delivery_counts(store, None).await, want);
+    assert_eq!(delivery_counts(store, Some(&f.workflow_id)).await, want);
+    assert!(delivery_counts(store, Some("wf_none")).await.is_empty());
+    // The counts are kept per node and day too: the failing node first.
+    let failing = store
+        .failing_nodes("default", None, "2026-11-01", "2026-12-31", 10)
+        .await
+        .expect("failing");
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert_eq!(
+        (failing[0].node.as_str(), failing[0].workflow.as_str()),
+        ("first", "reference")
+    );
+    assert_eq!(
+        (
+            failing[0].failed,
+            failing[0].action_failed,
+            failing[0].delivery_failed
+        ),
+        (0, 0, 1)
+    );
+    let rows = store
+        .analytics_counts("default", &f.workflow_id, None, "2026-11-22", "2026-11-22")
+        .await
+        .expect("counts");
+    let opened_row = rows
+        .iter()
+        .find(|r| r.metric == "opened")
+        .expect("opened row");
+    assert_eq!(
+        (
+            opened_row.hour,
+            opened_row.node.as_str(),
+            opened_row.version
+        ),
+        (11, "first", f.version)
+    );
+    // Nothing in another namespace.
+    assert!(
+        store
+            .delivery_totals("other", None, "2026-11-01", "2026-12-31")
+            .await
+            .expect("totals")
+            .is_empty()
+    );
+}
+
+async fn conversions_count_once_within_the_goal_window_with_the_holdout_apart<S: Store>(store: &S) {
+    let settings = json!({
+        "goal": {"event": "purchase", "within": "2d"},
+        "holdout": {"percent": 30},
+    });
+    let f = fixture_of(store, "default", "shop", short_workflow("shop", settings)).await;
+    let subjects: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+    let mut held = Vec::new();
+    for s in &subjects {
+        let e = run_short(store, &f, Some(s), t0(), t0() + Duration::minutes(1)).await;
+        // The holdout ends at entry; the others walk the journey.
+        let held_out = f.wf.held_out(s);
+        assert_eq!(e.snap.status, Status::Completed);
+        let outcome = e.snap.outcome.as_deref();
+        assert_eq!(outcome, Some(if held_out { "holdout" } else { "done" }));
+        if held_out {
+            held.push(s.clone());
+        }
+    }
+    // 30 % of 40, give or take, the same each time.
+    assert!((6..=20).contains(&held.len()), "{held:?}");
+    assert_eq!(
+        held,
+        subjects
+            .iter()
+            .filter(|s| f.wf.held_out(s))
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    let treated: Vec<&String> = subjects.iter().filter(|s| !held.contains(s)).collect();
+    let convert = |key: &str, at: DateTime<Utc>| {
+        let key = key.to_owned();
+        async move {
+            store
+                .record_conversions("default", "purchase", &key, at)
+                .await
+                .expect("record")
+        }
+    };
+    let t1 = t0() + Duration::hours(5);
+    // Within the window, once per execution.
+    assert_eq!(convert(treated[0], t1).await, 1);
+    assert_eq!(convert(treated[0], t1).await, 0);
+    assert_eq!(convert(treated[1], t1).await, 1);
+    assert_eq!(convert(&held[0], t1).await, 1);
+    // After the window, before entry, another event, another namespace,
+    // a subject with no execution: nothing.
+    assert_eq!(convert(treated[2], t0() + Duration::days(3)).await, 0);
+    assert_eq!(convert(treated[3], t0() - Duration::hours(1)).await, 0);
+    assert_eq!(
+        store
+            .record_conversions("default", "signup", treated[4], t1)
+            .await
+            .expect("record"),
+        0
+    );
+    assert_eq!(
+        store
+            .record_conversions("other", "purchase", treated[4], t1)
+            .await
+            .expect("record"),
+        0
+    );
+    assert_eq!(convert("nobody", t1).await, 0);
+    // Rolled up once: per group, and per branch taken before converting.
+    let mut rolled = 0;
+    for _ in 0..100 {
+        match store.rollup_conversions(2).await.expect("rollup") {
+            Some(0) => break,
+            Some(n) => rolled += n,
+            None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(rolled, 3);
+    assert_eq!(store.rollup_conversions(10).await.expect("rollup"), Some(0));
+    let totals = store
+        .analytics_totals("default", &f.workflow_id, None, "2026-11-01", "2026-11-30")
+        .await
+        .expect("totals");
+    let value = |metric: &str, node: &str, branch: &str| {
+        totals
+            .iter()
+            .filter(|r| r.metric == metric && r.node == node && r.branch == branch)
+            .map(|r| r.value)
+            .sum::<i64>()
+    };
+    assert_eq!(value("converted", "", ""), 2);
+    assert_eq!(value("converted", "", "holdout"), 1);
+    assert_eq!(value("converted", "call", "success"), 2);
+    // Not rolled up yet: the journal's own counts (the rollup job does).
+    assert_eq!(value("held_out", "", ""), 0);
+    roll_until(store, 5000, 1).await;
+    let totals = store
+        .analytics_totals("default", &f.workflow_id, None, "2026-11-01", "2026-11-30")
+        .await
+        .expect("totals");
+    let held_out: i64 = totals
+        .iter()
+        .filter(|r| r.metric == "held_out")
+        .map(|r| r.value)
+        .sum();
+    assert_eq!(held_out, held.len() as i64);
+}
+
+async fn retention_deletes_only_old_counted_records_of_finished_executions<S: Store>(store: &S) {
+    let f = fixture_of(
+        store,
+        "default",
+        "short",
+        short_workflow("short", json!({})),
+    )
+    .await;
+    let g = fixture_of(store, "other", "short", short_workflow("short", json!({}))).await;
+    let now = t0() + Duration::days(40);
+    // Old and finished (its records go), old and unfinished, recently
+    // finished, and old and finished in a namespace without retention.
+    let old = run_short(store, &f, None, t0(), t0() + Duration::minutes(1)).await;
+    let mut open = start_at(store, &f, None, None, t0()).await;
+    step(store, &f, &mut open, Input::Start, t0()).await;
+    let recent = run_short(store, &f, None, t0(), now - Duration::days(5)).await;
+    let elsewhere = run_short(store, &g, None, t0(), t0() + Duration::minutes(1)).await;
+    for e in [&old, &recent, &elsewhere] {
+        store
+            .add_deliveries(&[delivery(&e.id, "call", "sg", "sent", t0())])
+            .await
+            .expect("add");
+    }
+    let policy = sojourn_persistence::RetentionPolicy {
+        journal_days: Some(30),
+        node_executions_days: Some(30),
+        deliveries_days: Some(30),
+    };
+    assert_eq!(store.retention("default").await.expect("read"), None);
+    store
+        .set_retention("default", &policy, t0())
+        .await
+        .expect("set");
+    assert_eq!(
+        store.retention("default").await.expect("read"),
+        Some(policy.clone())
+    );
+    let sweep_all = async || {
+        let mut rows = 0;
+        for _ in 0..50 {
+            match store.sweep_retention(1, now).await.expect("sweep") {
+                Some(Some(s)) => rows += s.rows,
+                Some(None) => break,
+                None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+        rows
+    };
+    let journal = async |e: &Exec| store.journal(&e.id, 0, 1000).await.expect("journal").len();
+    let nodes = async |e: &Exec| store.node_executions(&e.id).await.expect("nodes").len();
+    let deliveries = async |e: &Exec| {
+        let q = DeliveryQuery {
+            namespace: if e.id == elsewhere.id {
+                "other"
+            } else {
+                "default"
+            }
+            .into(),
+            execution_id: Some(e.id.to_string()),
+            workflow_id: None,
+            channel: None,
+            provider: None,
+            status: None,
+            created_after: None,
+            created_before: None,
+            before_id: None,
+            limit: 10,
+        };
+        store.list_deliveries(&q).await.expect("deliveries").len()
+    };
+    let before = [
+        journal(&old).await,
+        journal(&open).await,
+        journal(&recent).await,
+        journal(&elsewhere).await,
+    ];
+    assert!(before.iter().all(|n| *n > 0), "{before:?}");
+    assert_eq!(nodes(&old).await, 1);
+    // Nothing counted yet: only node executions go.
+    assert_eq!(sweep_all().await, 1);
+    assert_eq!(nodes(&old).await, 0);
+    assert_eq!(journal(&old).await, before[0]);
+    assert_eq!(deliveries(&old).await, 1);
+    // Counted: the old finished execution's journal and delivery go too.
+    roll_until(store, 5000, 1).await;
+    roll_deliveries(store, 100).await;
+    let counted = store
+        .analytics_totals("default", &f.workflow_id, None, "2026-11-01", "2026-12-31")
+        .await
+        .expect("totals");
+    assert_eq!(sweep_all().await, before[0] as u64 + 1);
+    assert_eq!(journal(&old).await, 0);
+    assert_eq!(deliveries(&old).await, 0);
+    // The rest is kept: unfinished, recent, another namespace; and the
+    // analytics.
+    assert_eq!(journal(&open).await, before[1]);
+    assert_eq!(nodes(&open).await, 1);
+    assert_eq!(journal(&recent).await, before[2]);
+    assert_eq!((nodes(&recent).await, deliveries(&recent).await), (1, 1));
+    assert_eq!(journal(&elsewhere).await, before[3]);
+    assert_eq!(
+        (nodes(&elsewhere).await, deliveries(&elsewhere).await),
+        (1, 1)
+    );
+    assert_eq!(
+        store
+            .analytics_totals("default", &f.workflow_id, None, "2026-11-01", "2026-12-31")
+            .await
+            .expect("totals"),
+        counted
+    );
+    // Swept is swept: nothing more to do.
+    assert_eq!(sweep_all().await, 0);
 }

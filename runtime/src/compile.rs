@@ -937,6 +937,74 @@ mod tests {
                 ":settings.frequency_caps.caps[0].window",
             ]
         );
+        for (goal, holdout, field) in [
+            (
+                json!({"event": "buy", "within": "0s"}),
+                10.0,
+                ":settings.goal.within",
+            ),
+            (
+                json!({"event": "buy", "within": "400d"}),
+                10.0,
+                ":settings.goal.within",
+            ),
+            (
+                json!({"event": "buy", "within": "soon"}),
+                10.0,
+                ":settings.goal.within",
+            ),
+            (
+                json!({"event": " ", "within": "1d"}),
+                10.0,
+                ":settings.goal.event",
+            ),
+            (
+                json!({"event": "buy", "within": "1d"}),
+                0.0,
+                ":settings.holdout.percent",
+            ),
+            (
+                json!({"event": "buy", "within": "1d"}),
+                100.0,
+                ":settings.holdout.percent",
+            ),
+        ] {
+            let doc = json!({
+                "settings": {"goal": goal, "holdout": {"percent": holdout}},
+                "nodes": [{"id": "start", "type": "start"}, {"id": "end", "type": "exit"}],
+                "edges": [{"from": "start", "to": "end"}],
+            });
+            assert_eq!(errors_of(&doc), [field], "{goal} {holdout}");
+        }
+    }
+
+    #[test]
+    fn the_holdout_is_its_share_of_subjects_and_the_same_every_time() {
+        let doc = |key: &str, percent: f64| {
+            let wf = Workflow::from_value(json!({
+                "key": key,
+                "settings": {"holdout": {"percent": percent}, "goal": {"event": "buy", "within": "7d"}},
+                "nodes": [{"id": "start", "type": "start"}, {"id": "end", "type": "exit"}],
+                "edges": [{"from": "start", "to": "end"}],
+            }))
+            .expect("parses");
+            CompiledWorkflow::compile(&wf, &Registry::builtin()).expect("compiles")
+        };
+        let ten = doc("welcome", 10.0);
+        let subjects: Vec<String> = (0..20_000).map(|i| format!("user-{i}")).collect();
+        let held: Vec<&String> = subjects.iter().filter(|s| ten.held_out(s)).collect();
+        // 10 % of 20,000 is 2,000; three standard deviations are 127.
+        assert!((1_873..=2_127).contains(&held.len()), "{}", held.len());
+        // The same people, compiled again; others in another workflow.
+        let again = doc("welcome", 10.0);
+        assert!(held.iter().all(|s| again.held_out(s)));
+        let other = doc("winback", 10.0);
+        let both = held.iter().filter(|s| other.held_out(s)).count();
+        assert!(both < 400, "{both}");
+        // A larger share keeps everyone a smaller one held out.
+        let twenty = doc("welcome", 20.0);
+        assert!(held.iter().all(|s| twenty.held_out(s)));
+        assert_eq!(ten.goal().map(|(e, d)| (e, d.num_days())), Some(("buy", 7)));
     }
 
     #[test]

@@ -661,6 +661,40 @@ mod tests {
     }
 
     #[test]
+    fn the_holdout_ends_at_entry_and_the_others_walk_the_journey() {
+        let mut doc = journey();
+        doc["key"] = json!("welcome");
+        doc["settings"]["holdout"] = json!({"percent": 50});
+        let wf = compile(&doc);
+        let (mut held, mut walked) = (0, 0);
+        for i in 0..40 {
+            let subject = format!("u{i}");
+            let h = Harness::start_with_subject(&wf, json!({}), &subject);
+            let kinds: Vec<&str> = h.journal.iter().map(|j| j.event.kind()).collect();
+            if wf.held_out(&subject) {
+                held += 1;
+                assert_eq!(h.snapshot.status, Status::Completed);
+                assert_eq!(h.snapshot.outcome.as_deref(), Some(HOLDOUT_OUTCOME));
+                assert_eq!(kinds, ["input_received", "held_out", "completed"]);
+                // Nothing sent, nothing subscribed, nothing waited for.
+                assert!(
+                    h.effects
+                        .iter()
+                        .all(|e| matches!(e, Effect::Complete { .. } | Effect::Unsubscribe { .. })),
+                    "{:?}",
+                    h.effects
+                );
+            } else {
+                walked += 1;
+                assert_eq!(h.snapshot.status, Status::Running);
+                assert!(!kinds.contains(&"held_out"));
+                assert_eq!(h.last_dispatch().node.as_str(), "hello");
+            }
+        }
+        assert!(held > 5 && walked > 5, "{held} held out, {walked} walked");
+    }
+
+    #[test]
     fn inputs_while_paused_are_deferred_and_replayed_on_resume() {
         let wf = compile(&journey());
         let mut h = Harness::start(&wf, json!({}));

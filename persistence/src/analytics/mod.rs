@@ -514,7 +514,7 @@ where
     ConversionFact: Read<DB>,
     for<'q> bool: Bind<'q, DB>,
     for<'q> Doc: Bind<'q, DB>,
-    (String, i32, i64, String, Option<i64>): Read<DB>,
+    (String, i32, i64, String, Option<i32>): Read<DB>,
     (String, i32, Instant): Read<DB>,
     (String, sqlx::types::Json<Value>): Read<DB>,
     DeliveryTotal: Read<DB>,
@@ -723,7 +723,7 @@ where
         key: &str,
         at_time: DateTime<Utc>,
     ) -> Result<u64> {
-        let goals: Vec<(String, i32, i64, String, Option<i64>)> = sqlx::query_as(
+        let goals: Vec<(String, i32, i64, String, Option<i32>)> = sqlx::query_as(
             "SELECT workflow_id, version, within_seconds, workflow_key, holdout_below
              FROM workflow_goals WHERE namespace = $1 AND event = $2",
         )
@@ -741,7 +741,8 @@ where
             let l = longest.entry(w.clone()).or_insert(0);
             *l = (*l).max(secs);
             let held_out = below.is_some_and(|b| {
-                sojourn_runtime::hash::holdout_bucket(&workflow_key, key) < b.max(0) as u64
+                sojourn_runtime::hash::holdout_bucket(&workflow_key, key)
+                    < u64::try_from(b).unwrap_or(0)
             });
             versions.insert((w, v), (secs, held_out));
         }

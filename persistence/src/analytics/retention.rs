@@ -167,7 +167,7 @@ where
                     "DELETE FROM {target} WHERE {counted} AND execution_id IN ("
                 ));
                 in_list(&mut q);
-                q.push(" RETURNING 1");
+                q.push(" RETURNING CAST(1 AS BIGINT)");
                 let deleted: Vec<(i64,)> = q.build_query_as().fetch_all(&mut *tx).await?;
                 let rows = deleted.len() as u64;
                 // What could not go yet (not counted): the cursor stops
