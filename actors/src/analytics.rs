@@ -31,51 +31,45 @@ impl<S: Store> RollupJob<S> {
     }
 }
 
-/// Rolls up the journal, then deliveries and conversions, batch after
-/// batch until caught up (a batch shorter than [`BATCH`]), another node
-/// holds the source, the store fails, or the node stops. Returns the rows
-/// counted. (On PostgreSQL a journal run may only record a watermark for a
-/// later run to prove: a turn that counted nothing tries once more.)
+/// Rolls up the journal, deliveries and conversions, a batch of each in
+/// turn (none waits for another's backlog), until each is caught up (a
+/// batch shorter than [`BATCH`]), another node holds it, the store fails,
+/// or the node stops. Returns the rows counted. (On PostgreSQL a journal
+/// run may only record a watermark for a later run to prove: a turn whose
+/// first journal batch counted nothing tries once more.)
 pub async fn catch_up<S: Store>(store: &S, shutdown: &CancellationToken) -> u64 {
-    let journal = drain("journal", 2, shutdown, || store.rollup_journal(BATCH)).await;
-    let deliveries = drain("deliveries", 1, shutdown, || store.rollup_deliveries(BATCH)).await;
-    let conversions = drain("conversions", 1, shutdown, || {
-        store.rollup_conversions(BATCH)
-    })
-    .await;
+    const SOURCES: [&str; 3] = ["journal", "deliveries", "conversions"];
+    let mut counted = [0u64; 3];
+    let mut done = [false; 3];
+    let mut round = 0;
+    while !shutdown.is_cancelled() && done.contains(&false) {
+        round += 1;
+        for (i, source) in SOURCES.iter().enumerate() {
+            if done[i] || shutdown.is_cancelled() {
+                continue;
+            }
+            let batch = match i {
+                0 => store.rollup_journal(BATCH).await,
+                1 => store.rollup_deliveries(BATCH).await,
+                _ => store.rollup_conversions(BATCH).await,
+            };
+            match batch {
+                Ok(Some(n)) => {
+                    counted[i] += n;
+                    let watermark_only = i == 0 && n == 0 && round == 1;
+                    done[i] = n < u64::from(BATCH) && !watermark_only;
+                }
+                Ok(None) => done[i] = true,
+                Err(e) => {
+                    warn!(source, error = %e, "the analytics rollup failed; it goes on at the next turn");
+                    done[i] = true;
+                }
+            }
+        }
+    }
+    let [journal, deliveries, conversions] = counted;
     if journal + deliveries + conversions > 0 {
         debug!(journal, deliveries, conversions, "rolled up");
     }
     journal + deliveries + conversions
-}
-
-/// Runs one source's batches until a short one (after at least `tries`
-/// batches when none counted anything).
-async fn drain<F, Fut>(source: &str, tries: u32, shutdown: &CancellationToken, mut batch: F) -> u64
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<u64>, sojourn_persistence::Error>>,
-{
-    let mut total = 0;
-    let mut ran = 0;
-    while !shutdown.is_cancelled() {
-        match batch().await {
-            Ok(Some(n)) => {
-                total += n;
-                ran += 1;
-                if n >= u64::from(BATCH) {
-                    continue;
-                }
-                if n > 0 || ran >= tries {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                warn!(source, error = %e, "the analytics rollup failed; it goes on at the next turn");
-                break;
-            }
-        }
-    }
-    total
 }

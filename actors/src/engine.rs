@@ -842,11 +842,6 @@ impl<S: Store> Launcher<S> {
         payload: Value,
     ) -> Result<usize, Error> {
         let store = &self.ctx.store;
-        // Conversions first: an execution the event ends (an exit
-        // criterion) has converted too.
-        store
-            .record_conversions(namespace, name, key, Utc::now())
-            .await?;
         let ids = store.subscribers(namespace, name, key).await?;
         let input = Input::Event(EventInput {
             name: name.into(),
@@ -866,6 +861,14 @@ impl<S: Store> Launcher<S> {
             ));
         }
         self.ctx.router.route(items).await;
+        // The executions whose goal this is convert (finished ones too).
+        // Analytics never hold an event back: a failure is logged.
+        if let Err(e) = store
+            .record_conversions(namespace, name, key, Utc::now())
+            .await
+        {
+            warn!(error = %e, event = name, "conversions of an event were not recorded");
+        }
         Ok(ids.len())
     }
 

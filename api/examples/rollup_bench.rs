@@ -6,7 +6,11 @@
 //! from an empty cursor. Prints the load time, the rollup time and rate, the
 //! process's peak RSS, and checks the rolled-up total against the rows.
 //!
-//! `cargo run --release -p sojourn-api --example rollup_bench -- [--executions N] [--nodes K]`
+//! Then `--deliveries` deliveries (default: one per execution) rolled up the
+//! same way and checked against a direct count, and `--sweep-batches`
+//! batches of the retention sweeper (default 300) timed.
+//!
+//! `cargo run --release -p sojourn-api --example rollup_bench -- [--executions N] [--nodes K] [--deliveries D] [--sweep-batches B]`
 
 use std::time::Instant;
 
@@ -115,6 +119,113 @@ async fn main() {
     println!(
         "a turn with nothing new: {again} rows in {:.1} ms",
         t.elapsed().as_secs_f64() * 1e3
+    );
+
+    // Deliveries: one per execution (a tenth failed, the others sent, then
+    // delivered, opened, clicked or bounced), rolled up by the same job.
+    let deliveries = arg("--deliveries", executions as u64) as i64;
+    let t = Instant::now();
+    sqlx::query(
+        "INSERT INTO deliveries (id, namespace, workflow_id, execution_id, node, attempt, idempotency_key,
+                                 channel, provider, recipient, status, created_at, duration_ms, updated_at)
+         SELECT 'dlv_' || lpad(g::text, 9, '0'), 'default', 'wf_bench', 'exe_' || lpad(g::text, 9, '0'),
+                'n1', 1, 'exe_' || g || '/n1/1', CASE WHEN g % 3 = 0 THEN 'sms' ELSE 'email' END,
+                CASE WHEN g % 2 = 0 THEN 'sendgrid' ELSE 'smtp' END, 'someone@example.com',
+                (ARRAY['failed', 'sent', 'delivered', 'delivered', 'opened', 'opened', 'clicked', 'bounced', 'delivered', 'sent'])[g % 10 + 1],
+                now() - interval '2 days' + g * interval '150 ms', 40,
+                now() - interval '2 days' + g * interval '150 ms' + interval '1 s'
+         FROM generate_series(1, $1) g",
+    )
+    .bind(deliveries)
+    .execute(pool)
+    .await
+    .expect("deliveries");
+    sqlx::query("ANALYZE deliveries")
+        .execute(pool)
+        .await
+        .expect("analyze");
+    println!(
+        "loaded {deliveries} deliveries in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let before: (i64,) =
+        sqlx::query_as("SELECT COALESCE(SUM(value), 0)::bigint FROM analytics_daily")
+            .fetch_one(pool)
+            .await
+            .expect("total");
+    let t = Instant::now();
+    let counted = sojourn_actors::analytics::catch_up(&store, &CancellationToken::new()).await;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "rolled up {counted} deliveries in {secs:.1} s ({:.0} deliveries/s); peak RSS {:.0} MiB",
+        counted as f64 / secs,
+        peak_rss_mib()
+    );
+    assert_eq!(counted, deliveries as u64, "each delivery counted once");
+    let after: (i64,) =
+        sqlx::query_as("SELECT COALESCE(SUM(value), 0)::bigint FROM analytics_daily")
+            .fetch_one(pool)
+            .await
+            .expect("total");
+    // What each status adds, counted directly.
+    let (direct,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(SUM(CASE status WHEN 'failed' THEN 1 WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2
+                                WHEN 'opened' THEN 3 WHEN 'clicked' THEN 4 WHEN 'bounced' THEN 2 END), 0)::bigint
+         FROM deliveries",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("direct");
+    assert_eq!(
+        after.0 - before.0,
+        direct,
+        "the delivery counts equal a direct count"
+    );
+
+    // Retention: the journal, node executions and deliveries of finished
+    // executions, `--sweep-batches` batches of the sweeper (100 executions
+    // each) timed.
+    let batches = arg("--sweep-batches", 300) as u32;
+    sqlx::query("UPDATE executions SET finished_at = created_at + interval '1 s'")
+        .execute(pool)
+        .await
+        .expect("finish");
+    sqlx::query("ANALYZE executions")
+        .execute(pool)
+        .await
+        .expect("analyze");
+    let policy = sojourn_persistence::RetentionPolicy {
+        journal_days: Some(1),
+        node_executions_days: Some(1),
+        deliveries_days: Some(1),
+    };
+    store
+        .set_retention("default", &policy, Utc::now())
+        .await
+        .expect("retention");
+    let later = Utc::now() + chrono::Duration::days(3);
+    let t = Instant::now();
+    let (mut swept, mut rows, mut slowest) = (0u32, 0u64, 0f64);
+    while swept < batches {
+        let b = Instant::now();
+        match store
+            .sweep_retention(sojourn_actors::retention::BATCH, later)
+            .await
+        {
+            Ok(Some(Some(s))) => rows += s.rows,
+            other => panic!("the sweep stopped early: {other:?}"),
+        }
+        slowest = slowest.max(b.elapsed().as_secs_f64());
+        swept += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "retention: {swept} batches of {} finished executions deleted {rows} rows in {secs:.1} s \
+         ({:.0} rows/s, {:.1} ms a batch on average, {:.1} ms the slowest)",
+        sojourn_actors::retention::BATCH,
+        rows as f64 / secs,
+        secs * 1e3 / f64::from(swept),
+        slowest * 1e3
     );
     fresh.cleanup(Some(&store)).await;
 }

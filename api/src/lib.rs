@@ -320,7 +320,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         "/v1/analytics/failing-nodes",
         Spec::new("analytics", "The nodes that failed most")
             .scope(Read)
-            .query::<analytics::NamespaceQuery>()
+            .query::<analytics::FailingQuery>()
             .returns::<analytics::FailingNodes>(200)
             .describe("Over a range of UTC days, of the namespace or one workflow, at most `limit` nodes (20): executions failed there first, then failed tries of its action, failed sends, and bounced or undelivered messages."),
         analytics::failing_nodes::<S>,

@@ -2848,6 +2848,20 @@ async fn analytics<S: Store>(app: &App<S>) {
         "{c:#}"
     );
 
+    // The funnel keeps the holdout apart from the journey's ends.
+    let r = app.get("/v1/analytics/workflows/goals/funnel", &k).await;
+    let f = r.ok(StatusCode::OK);
+    assert_eq!(
+        (
+            f["entered"].clone(),
+            f["completed"].clone(),
+            f["held_out"].clone()
+        ),
+        (json!(20 - held), json!(20 - held), json!(held)),
+        "{f:#}"
+    );
+    assert!(f["outcomes"].get("holdout").is_none(), "{f:#}");
+
     // Retention: an admin's to set, checked field by field.
     let r = app
         .call(
@@ -2890,6 +2904,7 @@ async fn analytics<S: Store>(app: &App<S>) {
     );
     for (uri, field) in [
         ("/v1/analytics/failing-nodes?limit=0", "limit"),
+        ("/v1/analytics/deliveries?limit=5", "limit"),
         ("/v1/analytics/deliveries?to=2026-13-01", "to"),
         (
             "/v1/analytics/workflows/goals/conversions?version=0",

@@ -1,11 +1,13 @@
 -- Analytics, second part: deliveries rolled up, conversion goals and
 -- retention. Append-only: never edit once landed.
 
--- The status of a delivery the rollup last counted (NULL: not yet): the
--- rollup adds what a move from that status to the current one means
--- (sent, delivered, opened, …) and sets it. Only rows still to count are
--- in the index, so it stays small; a delivery's own writes are unchanged.
+-- The status of a delivery the rollup last counted (NULL: not yet), and
+-- the metrics counted of it (`sent,delivered`): the rollup adds what the
+-- current status means that is not counted yet, each metric once per
+-- delivery. Only rows still to count are in the index, so it stays small
+-- (a status update now touches the indexes: no longer a HOT update).
 ALTER TABLE deliveries ADD COLUMN rolled TEXT;
+ALTER TABLE deliveries ADD COLUMN counted TEXT;
 CREATE INDEX deliveries_to_roll ON deliveries (id) WHERE rolled IS NULL OR rolled <> status;
 
 -- A published version's conversion goal: an event (by the subject's key)
@@ -25,7 +27,7 @@ CREATE INDEX workflow_goals_by_event ON workflow_goals (namespace, event);
 
 -- An execution that reached its goal (once), with what it had done by
 -- then: whether it was in the holdout, the branches it had taken
--- (["node:branch", …]). `rolled`: counted into analytics_daily.
+-- ([["node", "branch"], …]). `rolled`: counted into analytics_daily.
 CREATE TABLE conversions (
     execution_id TEXT PRIMARY KEY,
     namespace    TEXT NOT NULL,
@@ -61,4 +63,7 @@ CREATE TABLE retention_cursors (
 -- Finished executions of a namespace in the order they finished.
 CREATE INDEX executions_finished ON executions (namespace, finished_at, id)
     WHERE finished_at IS NOT NULL;
-INSERT INTO analytics_cursors (source, position, safe_upto, updated_at) VALUES ('retention', 0, 0, now());
+-- The claims of the other rollups and of the sweep (made here, so that
+-- the first claims skip a held row rather than wait on an insert).
+INSERT INTO analytics_cursors (source, position, safe_upto, updated_at)
+VALUES ('deliveries', 0, 0, now()), ('conversions', 0, 0, now()), ('retention', 0, 0, now());

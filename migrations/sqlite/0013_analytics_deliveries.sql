@@ -1,5 +1,6 @@
 -- See migrations/postgres/0013_analytics_deliveries.sql.
 ALTER TABLE deliveries ADD COLUMN rolled TEXT;
+ALTER TABLE deliveries ADD COLUMN counted TEXT;
 CREATE INDEX deliveries_to_roll ON deliveries (id) WHERE rolled IS NULL OR rolled <> status;
 
 CREATE TABLE workflow_goals (
@@ -44,4 +45,5 @@ CREATE TABLE retention_cursors (
 );
 CREATE INDEX executions_finished ON executions (namespace, finished_at, id)
     WHERE finished_at IS NOT NULL;
-INSERT INTO analytics_cursors (source, position, safe_upto, updated_at) VALUES ('retention', 0, 0, 0);
+INSERT INTO analytics_cursors (source, position, safe_upto, updated_at)
+VALUES ('deliveries', 0, 0, 0), ('conversions', 0, 0, 0), ('retention', 0, 0, 0);

@@ -28,7 +28,7 @@
 //! | `triggers/` | [`TriggerStore`] | `triggers` |
 //! | `keys/` | [`KeyStore`] | `api_keys` |
 //! | `registry/` | [`RegistryStore`] | `registry_entries`, `registry_versions` |
-//! | `analytics/` | [`AnalyticsStore`] | `analytics_daily`, `analytics_cursors` |
+//! | `analytics/` | [`AnalyticsStore`] | `analytics_daily`, `analytics_cursors`, `workflow_goals`, `conversions`, `retention_policies`, `retention_cursors` |
 //!
 //! An area's `mod.rs` holds its trait and implements it once for every
 //! [`SqlStore<DB>`] (`PgStore` is `SqlStore<Postgres>`, `SqliteStore` is

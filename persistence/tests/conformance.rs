@@ -4586,6 +4586,18 @@ async fn deliveries_roll_up_per_channel_and_provider_as_their_status_moves<S: St
     want.insert(key("email", "sg", "clicked", ""), 1);
     want.insert(key("email", "smtp", "sent", ""), 1);
     assert_eq!(delivery_counts(store, None).await, want);
+    // A final status stays: a bounce then a complaint moves it once.
+    for (receipt, status) in [("r3", "bounced"), ("r4", "complained"), ("r5", "bounced")] {
+        let report = [("msg-first-sg".to_owned(), status.to_owned())];
+        let moved = store
+            .apply_delivery_report("sg", "sg", receipt, &report, t1)
+            .await
+            .expect("report");
+        assert_eq!(moved, Some(u64::from(receipt == "r3")), "{receipt}");
+        roll_deliveries(store, 100).await;
+    }
+    want.insert(key("email", "sg", "bounced", ""), 1);
+    assert_eq!(delivery_counts(store, None).await, want);
     assert_eq!(delivery_counts(store, Some(&f.workflow_id)).await, want);
     assert!(delivery_counts(store, Some("wf_none")).await.is_empty());
     // The counts are kept per node and day too: the failing node first.

@@ -757,7 +757,7 @@ fn compile_settings(workflow: &Workflow, c: &mut Compiler<'_>) -> CompiledSettin
             doc_error(
                 c,
                 "settings.holdout.percent".into(),
-                "must be above 0 and below 100".into(),
+                "must be above 0 and below 100 (two decimals at most count)".into(),
             );
         }
         below
@@ -966,6 +966,16 @@ mod tests {
             (
                 json!({"event": "buy", "within": "1d"}),
                 100.0,
+                ":settings.holdout.percent",
+            ),
+            (
+                json!({"event": "buy", "within": "1d"}),
+                0.004,
+                ":settings.holdout.percent",
+            ),
+            (
+                json!({"event": "buy", "within": "1d"}),
+                99.996,
                 ":settings.holdout.percent",
             ),
         ] {

@@ -342,9 +342,11 @@ pub struct Holdout {
 
 impl Holdout {
     /// Entrants whose holdout bucket (of 10,000) is below this are held
-    /// out; `None` when the percent is not above 0 and below 100.
+    /// out; `None` when the percent, to two decimals, is not above 0 and
+    /// below 100.
     pub fn below(&self) -> Option<u64> {
-        (self.percent > 0.0 && self.percent < 100.0).then(|| (self.percent * 100.0).round() as u64)
+        let below = (self.percent * 100.0).round();
+        (self.percent.is_finite() && (1.0..10_000.0).contains(&below)).then_some(below as u64)
     }
 }
 

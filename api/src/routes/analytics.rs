@@ -26,8 +26,9 @@ use crate::state::AppState;
 /// The longest range a report covers.
 const MAX_DAYS: u64 = 366;
 
-/// The metrics the rollup counts: from the journal, then from deliveries.
-pub(crate) const METRICS: [&str; 17] = [
+/// The metrics the rollup counts: from the journal, conversions, then
+/// deliveries.
+pub(crate) const METRICS: [&str; 19] = [
     "entered",
     "branch",
     "action_failed",
@@ -36,6 +37,8 @@ pub(crate) const METRICS: [&str; 17] = [
     "failed",
     "cancelled",
     "exited",
+    "held_out",
+    "converted",
     "sent",
     "delivered",
     "opened",
@@ -89,8 +92,12 @@ pub struct Funnel {
     /// counted per event: an execution retried after failing may count as
     /// failed and as completed.
     pub entered: i64,
-    /// Completed executions, those ended by an exit criterion included.
+    /// Completed executions, those ended by an exit criterion included
+    /// (not the holdout's).
     pub completed: i64,
+    /// Entrants held out (`settings.holdout`): they ended at entry, with
+    /// the outcome `holdout`, and are not among `entered` nor `completed`.
+    pub held_out: i64,
     pub failed: i64,
     pub cancelled: i64,
     /// Ended by an exit criterion, by event (these are among `completed`,
@@ -243,6 +250,7 @@ pub(crate) async fn funnel<S: Store>(
         to: ymd(to),
         entered: 0,
         completed: 0,
+        held_out: 0,
         failed: 0,
         cancelled: 0,
         exited: BTreeMap::new(),
@@ -266,10 +274,12 @@ pub(crate) async fn funnel<S: Store>(
             }
             "action_failed" => node(&mut nodes, &r.node).action_failed += r.value,
             "skipped" => node(&mut nodes, &r.node).skipped += r.value,
+            "completed" if r.branch == sojourn_runtime::HOLDOUT_OUTCOME => {}
             "completed" => {
                 out.completed += r.value;
                 *out.outcomes.entry(r.branch).or_insert(0) += r.value;
             }
+            "held_out" => out.held_out += r.value,
             "failed" => out.failed += r.value,
             "cancelled" => out.cancelled += r.value,
             "exited" => *out.exited.entry(r.branch).or_insert(0) += r.value,
@@ -309,10 +319,10 @@ pub(crate) async fn funnel<S: Store>(
 #[serde(deny_unknown_fields)]
 pub struct SeriesQuery {
     /// entered, branch, action_failed, skipped, completed, failed,
-    /// cancelled or exited (from the journal); sent, delivered, opened,
-    /// clicked, bounced, complained, undelivered, send_failed or unsent
-    /// (from deliveries).
-    #[schemars(extend("enum" = ["entered", "branch", "action_failed", "skipped", "completed", "failed", "cancelled", "exited", "sent", "delivered", "opened", "clicked", "bounced", "complained", "undelivered", "send_failed", "unsent"]))]
+    /// cancelled, exited or held_out (from the journal); converted (from
+    /// conversions); sent, delivered, opened, clicked, bounced, complained,
+    /// undelivered, send_failed or unsent (from deliveries).
+    #[schemars(extend("enum" = ["entered", "branch", "action_failed", "skipped", "completed", "failed", "cancelled", "exited", "held_out", "converted", "sent", "delivered", "opened", "clicked", "bounced", "complained", "undelivered", "send_failed", "unsent"]))]
     pub metric: String,
     /// Only this channel (delivery metrics).
     #[serde(default)]
@@ -440,7 +450,23 @@ pub struct NamespaceQuery {
     #[serde(default)]
     #[schemars(regex(pattern = r"^\d{4}-\d{2}-\d{2}$"))]
     pub to: Option<String>,
-    /// How many nodes (top failing nodes), 20 when absent.
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailingQuery {
+    /// Only this workflow (its key or id); all of the namespace when absent.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// The first day (`YYYY-MM-DD`, UTC), 29 days before `to` when absent.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^\d{4}-\d{2}-\d{2}$"))]
+    pub from: Option<String>,
+    /// The last day (`YYYY-MM-DD`, UTC), today when absent.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^\d{4}-\d{2}-\d{2}$"))]
+    pub to: Option<String>,
+    /// How many nodes, 20 when absent.
     #[serde(default)]
     #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u32>,
@@ -609,7 +635,7 @@ pub struct FailingNodeOut {
 pub(crate) async fn failing_nodes<S: Store>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
-    Q(q): Q<NamespaceQuery>,
+    Q(q): Q<FailingQuery>,
 ) -> ApiResult<axum::Json<FailingNodes>> {
     let (from, to) = range(
         q.from.as_deref(),

@@ -1,6 +1,7 @@
 //! Analytics (`analytics_daily`, `analytics_cursors`): counts rolled up
-//! from what the engine already writes, never by a second write on an
-//! execution's path.
+//! from what the engine already writes (the journal, the delivery log,
+//! conversions recorded when a goal's event arrives), never by a second
+//! write on an execution's path.
 //!
 //! The rollup reads the journal past its cursor, a batch at a time, and in
 //! one transaction adds the batch's counts to `analytics_daily` and moves
@@ -79,7 +80,7 @@ pub trait AnalyticsStore: Send + Sync {
 
     /// Counts at most `limit` deliveries whose status moved since they
     /// were last counted (sent, delivered, opened, … per channel and
-    /// provider), in one transaction. `None`: another node is at it now.
+    /// provider; each metric once per delivery), in one transaction. `None`: another node is at it now.
     /// `Some(n)`: `n` deliveries counted.
     fn rollup_deliveries(&self, limit: u32) -> impl Future<Output = Result<Option<u64>>> + Send;
 
@@ -291,12 +292,10 @@ fn day_hour(at: DateTime<Utc>) -> (String, i32) {
     )
 }
 
-/// What a delivery in `status` has counted, as (metric, branch): a message
-/// that was opened was sent and delivered too. A delivery moving from one
-/// status to another adds what the new one counts and the old one did not
-/// (a status never moves down). A message not sent on purpose is `unsent`,
-/// with the reason as its branch; one deferred by a cap counts nothing yet
-/// (it is sent later, or not).
+/// What a delivery in `status` counts, as (metric, branch): a message that
+/// was opened was sent and delivered too. A message not sent on purpose is
+/// `unsent`, with the reason as its branch; one deferred by a cap counts
+/// nothing yet (it is sent later, or not).
 pub fn delivery_metrics(status: &str) -> &'static [(&'static str, &'static str)] {
     match status {
         "queued" | "sent" => &[("sent", "")],
@@ -320,17 +319,35 @@ pub fn delivery_metrics(status: &str) -> &'static [(&'static str, &'static str)]
     }
 }
 
-/// The counts a delivery adds when it moves from `rolled` (what was
-/// counted of it, if anything) to `status`.
+/// What a delivery now in `status` adds, given what was counted of it
+/// before (`counted`: `sent,delivered,unsent:capped`, as kept on its row),
+/// and what is counted of it after. Each metric counts at most once per
+/// delivery, whatever order its statuses came in (a re-send after a failed
+/// send counts `send_failed` and then `sent`).
 pub fn delivery_delta(
-    rolled: Option<&str>,
+    counted: Option<&str>,
     status: &str,
-) -> impl Iterator<Item = (&'static str, &'static str)> {
-    let before = rolled.map_or(&[][..], delivery_metrics);
-    delivery_metrics(status)
-        .iter()
-        .copied()
-        .filter(move |m| !before.contains(m))
+) -> (Vec<(&'static str, &'static str)>, String) {
+    let token = |(m, b): &(&str, &str)| match b.is_empty() {
+        true => (*m).to_owned(),
+        false => format!("{m}:{b}"),
+    };
+    let mut have: Vec<String> = counted
+        .unwrap_or_default()
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut new = Vec::new();
+    for m in delivery_metrics(status) {
+        let t = token(m);
+        if !have.contains(&t) {
+            have.push(t);
+            new.push(*m);
+        }
+    }
+    have.sort_unstable();
+    (new, have.join(","))
 }
 
 /// A delivery still to count (`rolled` is not its status).
@@ -344,7 +361,7 @@ struct DeliveryFact {
     channel: String,
     provider: String,
     status: String,
-    rolled: Option<String>,
+    counted: Option<String>,
     #[sqlx(try_from = "Instant")]
     updated_at: DateTime<Utc>,
 }
@@ -654,7 +671,7 @@ where
         // the status marked).
         let facts: Vec<DeliveryFact> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, namespace, workflow_id, execution_id, node, channel, provider, status,
-                    rolled, updated_at
+                    counted, updated_at
              FROM deliveries WHERE rolled IS NULL OR rolled <> status
              ORDER BY id LIMIT $1{}",
             DB::SKIP_LOCKED
@@ -663,6 +680,8 @@ where
         .fetch_all(&mut *tx)
         .await?;
         if facts.is_empty() {
+            // Ended now, not when dropped: the claim is free at once.
+            tx.commit().await?;
             return Ok(Some(0));
         }
         // The executions' versions (not joined above: the lock is the
@@ -682,10 +701,14 @@ where
             versions.extend(rows);
         }
         let mut counts: HashMap<RollupKey, i64> = HashMap::new();
+        // The rows to mark, by what is counted of them after.
+        let mut marks: HashMap<String, Vec<&str>> = HashMap::new();
         for f in &facts {
             let (day, hour) = day_hour(f.updated_at);
             let version = versions.get(f.execution_id.as_str()).copied().unwrap_or(0);
-            for (metric, branch) in delivery_delta(f.rolled.as_deref(), &f.status) {
+            let (new, after) = delivery_delta(f.counted.as_deref(), &f.status);
+            marks.entry(after).or_default().push(f.id.as_str());
+            for (metric, branch) in new {
                 let key = RollupKey {
                     namespace: f.namespace.clone(),
                     workflow_id: f.workflow_id.clone(),
@@ -702,15 +725,18 @@ where
             }
         }
         add_counts::<DB>(&mut tx, counts).await?;
-        for chunk in facts.chunks(UPSERT_CHUNK) {
-            let mut q =
-                QueryBuilder::<DB>::new("UPDATE deliveries SET rolled = status WHERE id IN (");
-            let mut list = q.separated(", ");
-            for f in chunk {
-                list.push_bind(f.id.as_str());
+        for (after, ids) in &marks {
+            for chunk in ids.chunks(UPSERT_CHUNK) {
+                let mut q =
+                    QueryBuilder::<DB>::new("UPDATE deliveries SET rolled = status, counted = ");
+                q.push_bind(after.as_str()).push(" WHERE id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                q.push(")");
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
-            q.push(")");
-            q.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(Some(facts.len() as u64))
@@ -849,6 +875,8 @@ where
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
+            // Ended now, not when dropped: the claim is free at once.
+            tx.commit().await?;
             return Ok(Some(0));
         }
         let mut counts: HashMap<RollupKey, i64> = HashMap::new();
@@ -1036,5 +1064,39 @@ where
         .bind(version)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delivery_delta;
+
+    #[test]
+    fn each_delivery_metric_counts_once_whatever_order_the_statuses_come_in() {
+        let (new, after) = delivery_delta(None, "sent");
+        assert_eq!((new, after.as_str()), (vec![("sent", "")], "sent"));
+        let (new, after) = delivery_delta(Some("sent"), "clicked");
+        assert_eq!(new, [("delivered", ""), ("opened", ""), ("clicked", "")]);
+        assert_eq!(after, "clicked,delivered,opened,sent");
+        // Back and forth counts nothing again.
+        let (new, _) = delivery_delta(Some(&after), "delivered");
+        assert!(new.is_empty());
+        // A failed send sent again: both count, once.
+        let (new, after) = delivery_delta(Some("send_failed"), "sent");
+        assert_eq!(
+            (new, after.as_str()),
+            (vec![("sent", "")], "send_failed,sent")
+        );
+        let (new, after) = delivery_delta(Some(&after), "failed");
+        assert!(new.is_empty(), "{after}");
+        // Not sent on purpose: the reason is the branch.
+        let (new, after) = delivery_delta(None, "capped");
+        assert_eq!(
+            (new, after.as_str()),
+            (vec![("unsent", "capped")], "unsent:capped")
+        );
+        // Deferred counts nothing yet; unknown statuses nothing at all.
+        assert_eq!(delivery_delta(None, "deferred"), (vec![], String::new()));
+        assert_eq!(delivery_delta(None, "mystery"), (vec![], String::new()));
     }
 }

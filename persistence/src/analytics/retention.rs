@@ -139,20 +139,25 @@ where
                 .await?;
                 let (from_at, from_id) =
                     cursor.unwrap_or((Instant(DateTime::<Utc>::UNIX_EPOCH), String::new()));
-                let finished: Vec<(String, Instant)> = sqlx::query_as(
-                    "SELECT id, finished_at FROM executions
+                // Share-locked until the batch commits: an operator's retry
+                // of one of them (its row updated) waits for the sweep
+                // rather than have its new records swept.
+                let finished: Vec<(String, Instant)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT id, finished_at FROM executions
                      WHERE namespace = $1 AND finished_at IS NOT NULL AND finished_at < $2
                        AND (finished_at > $3 OR (finished_at = $3 AND id > $4))
                        AND status IN ('completed', 'failed', 'cancelled')
-                     ORDER BY finished_at, id LIMIT $5",
-                )
-                .bind(p.namespace.as_str())
-                .bind(at(cutoff))
-                .bind(from_at)
-                .bind(from_id.as_str())
-                .bind(i64::from(batch.max(1)))
-                .fetch_all(&mut *tx)
-                .await?;
+                     ORDER BY finished_at, id LIMIT $5{}",
+                        DB::FOR_SHARE
+                    )))
+                    .bind(p.namespace.as_str())
+                    .bind(at(cutoff))
+                    .bind(from_at)
+                    .bind(from_id.as_str())
+                    .bind(i64::from(batch.max(1)))
+                    .fetch_all(&mut *tx)
+                    .await?;
                 if finished.is_empty() {
                     continue;
                 }

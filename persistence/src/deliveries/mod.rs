@@ -32,9 +32,9 @@ pub trait DeliveryStore: Send + Sync {
     /// and each delivery the provider knows by a message id moves
     /// to its status, in one transaction. A status never moves back down
     /// (queued < sent < delivered < opened < clicked < the final ones:
-    /// bounced, complained, undelivered, failed). `None` when the receipt
-    /// was seen before (a replay: nothing changes); else how many
-    /// deliveries moved.
+    /// bounced, complained, undelivered, failed), and a final one stays.
+    /// `None` when the receipt was seen before (a replay: nothing
+    /// changes); else how many deliveries moved.
     fn apply_delivery_report(
         &self,
         provider: &str,
@@ -253,10 +253,11 @@ where
         let mut moved = 0u64;
         let sql = format!(
             "UPDATE deliveries SET status = $1, updated_at = $2
-             WHERE provider = $3 AND provider_message_id = $4 AND {} <= {}
+             WHERE provider = $3 AND provider_message_id = $4 AND {} <= {} AND {} < 5
              RETURNING namespace, channel, recipient",
             rank("status"),
-            rank("$1")
+            rank("$1"),
+            rank("status")
         );
         let mut suppress: Vec<Suppression> = Vec::new();
         for (message_id, status) in updates {

@@ -358,7 +358,6 @@ where
     for<'q> Instant: Bind<'q, DB>,
     for<'q> Doc: Bind<'q, DB>,
     for<'q> Option<Doc>: Bind<'q, DB>,
-    for<'a> Option<&'a str>: Bind<'a, DB>,
     for<'q> Option<i32>: Bind<'q, DB>,
     WorkflowVersion: Read<DB>,
     (i32,): Read<DB>,
@@ -401,13 +400,14 @@ where
         sqlx::query(
             "INSERT INTO workflow_goals (workflow_id, version, namespace, event, within_seconds,
                                          workflow_key, holdout_below)
-             SELECT id, $2, namespace, $3, $4, COALESCE($5, key), $6 FROM workflows WHERE id = $1",
+             SELECT id, $2, namespace, $3, $4, $5, $6 FROM workflows WHERE id = $1",
         )
         .bind(workflow_id)
         .bind(version)
         .bind(goal.event.as_str())
         .bind(within.num_seconds())
-        .bind(definition.key.as_deref())
+        // The key the interpreter hashes with (`CompiledWorkflow::held_out`).
+        .bind(definition.key.as_deref().unwrap_or_default())
         .bind(below.and_then(|b| i32::try_from(b).ok()))
         .execute(&mut *tx)
         .await?;
