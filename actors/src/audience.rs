@@ -102,6 +102,10 @@ pub struct Unsubscribe {
     /// Expiry, seconds since the epoch.
     #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<i64>,
+    /// The message it came in (its idempotency key): an unsubscribe is
+    /// counted against its delivery (links made before had none).
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Why a link was refused.
@@ -739,6 +743,7 @@ pub async fn plan<S: AudienceStore>(
                         category: r.category.clone(),
                         address,
                         expires: audience.expiry(now),
+                        message: Some(job.dispatch.idempotency_key.clone()),
                     })
                 })
                 .flatten();
@@ -867,6 +872,7 @@ mod tests {
             category: "marketing".into(),
             address: "a@b.c".into(),
             expires: None,
+            message: None,
         }
     }
 
@@ -925,6 +931,7 @@ mod tests {
         let old = a
             .sign(&Unsubscribe {
                 expires: Some(Utc::now().timestamp() - 1),
+                message: None,
                 ..u()
             })
             .expect("test value");

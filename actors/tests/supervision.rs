@@ -507,6 +507,14 @@ impl DeliveryStore for Flaky {
             .apply_delivery_report(provider, scope, receipt, updates, at)
             .await
     }
+    async fn mark_unsubscribed(
+        &self,
+        ns: &str,
+        idempotency_key: &str,
+        at: DateTime<Utc>,
+    ) -> Result<u64, Error> {
+        self.0.mark_unsubscribed(ns, idempotency_key, at).await
+    }
 }
 
 impl sojourn_persistence::AudienceStore for Flaky {

@@ -4763,6 +4763,7 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
             category: "news".into(),
             address: "bob@example.com".into(),
             expires: None,
+            message: None,
         })
         .expect("signed");
     let form = |token: String, body: &'static str| {
@@ -4802,6 +4803,40 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
     assert_eq!(
         r.ok(StatusCode::OK)["items"][0]["recipient"],
         "a***@example.com"
+    );
+    // The analytics: the first sent and unsubscribed from through its link,
+    // the second not sent (she had unsubscribed).
+    let mut rates = Value::Null;
+    for _ in 0..600 {
+        let r = app.get("/v1/analytics/deliveries?workflow=news", &k).await;
+        rates = r.ok(StatusCode::OK).clone();
+        if rates["channels"][0]["unsubscribed"] == json!(1)
+            && rates["channels"][0]["unsent"]["unsubscribed"] == json!(1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mail = &rates["providers"]
+        .as_array()
+        .expect("providers")
+        .iter()
+        .find(|p| p["provider"] == json!("mail"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            mail["sent"].clone(),
+            mail["unsubscribed"].clone(),
+            mail["unsubscribe_rate"].clone()
+        ),
+        (json!(1), json!(1), Value::Null),
+        "nothing reported delivered: no rate over it. {rates:#}"
+    );
+    assert_eq!(
+        rates["channels"][0]["unsent"],
+        json!({"unsubscribed": 1}),
+        "{rates:#}"
     );
 
     // Her page shows her preferences; saving it changes them ("news" back
@@ -4861,6 +4896,7 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
             category: "news".into(),
             address: "ann@old.example".into(),
             expires: None,
+            message: None,
         })
         .expect("signed");
     let r = form(
@@ -4887,6 +4923,7 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
                 category: "news".into(),
                 address: address.into(),
                 expires: None,
+                message: None,
             })
             .expect("signed")
     };

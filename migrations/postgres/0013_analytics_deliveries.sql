@@ -8,6 +8,9 @@
 -- (a status update now touches the indexes: no longer a HOT update).
 ALTER TABLE deliveries ADD COLUMN rolled TEXT;
 ALTER TABLE deliveries ADD COLUMN counted TEXT;
+-- When the recipient unsubscribed through the message's link (it sets
+-- `rolled` back to NULL, for the rollup to count it).
+ALTER TABLE deliveries ADD COLUMN unsubscribed_at TIMESTAMPTZ;
 CREATE INDEX deliveries_to_roll ON deliveries (id) WHERE rolled IS NULL OR rolled <> status;
 
 -- A published version's conversion goal: an event (by the subject's key)

@@ -1,6 +1,7 @@
 -- See migrations/postgres/0013_analytics_deliveries.sql.
 ALTER TABLE deliveries ADD COLUMN rolled TEXT;
 ALTER TABLE deliveries ADD COLUMN counted TEXT;
+ALTER TABLE deliveries ADD COLUMN unsubscribed_at INTEGER;
 CREATE INDEX deliveries_to_roll ON deliveries (id) WHERE rolled IS NULL OR rolled <> status;
 
 CREATE TABLE workflow_goals (

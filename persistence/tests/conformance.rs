@@ -4598,6 +4598,26 @@ async fn deliveries_roll_up_per_channel_and_provider_as_their_status_moves<S: St
     }
     want.insert(key("email", "sg", "bounced", ""), 1);
     assert_eq!(delivery_counts(store, None).await, want);
+    // The recipient unsubscribes through the message's link: counted once.
+    let message = format!("{}/first/1", a.id);
+    let mark = async || {
+        store
+            .mark_unsubscribed("default", &message, t1)
+            .await
+            .expect("mark")
+    };
+    assert_eq!(mark().await, 1);
+    assert_eq!(mark().await, 0);
+    assert_eq!(
+        store
+            .mark_unsubscribed("other", &message, t1)
+            .await
+            .expect("mark"),
+        0
+    );
+    assert_eq!(roll_deliveries(store, 100).await, 1);
+    want.insert(key("email", "sg", "unsubscribed", ""), 1);
+    assert_eq!(delivery_counts(store, None).await, want);
     assert_eq!(delivery_counts(store, Some(&f.workflow_id)).await, want);
     assert!(delivery_counts(store, Some("wf_none")).await.is_empty());
     // The counts are kept per node and day too: the failing node first.

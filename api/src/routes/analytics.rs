@@ -28,7 +28,7 @@ const MAX_DAYS: u64 = 366;
 
 /// The metrics the rollup counts: from the journal, conversions, then
 /// deliveries.
-pub(crate) const METRICS: [&str; 19] = [
+pub(crate) const METRICS: [&str; 20] = [
     "entered",
     "branch",
     "action_failed",
@@ -48,10 +48,11 @@ pub(crate) const METRICS: [&str; 19] = [
     "undelivered",
     "send_failed",
     "unsent",
+    "unsubscribed",
 ];
 
 /// The metrics counted from deliveries (per channel and provider).
-const DELIVERY_METRICS: [&str; 9] = [
+const DELIVERY_METRICS: [&str; 10] = [
     "sent",
     "delivered",
     "opened",
@@ -61,6 +62,7 @@ const DELIVERY_METRICS: [&str; 9] = [
     "undelivered",
     "send_failed",
     "unsent",
+    "unsubscribed",
 ];
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -321,8 +323,8 @@ pub struct SeriesQuery {
     /// entered, branch, action_failed, skipped, completed, failed,
     /// cancelled, exited or held_out (from the journal); converted (from
     /// conversions); sent, delivered, opened, clicked, bounced, complained,
-    /// undelivered, send_failed or unsent (from deliveries).
-    #[schemars(extend("enum" = ["entered", "branch", "action_failed", "skipped", "completed", "failed", "cancelled", "exited", "held_out", "converted", "sent", "delivered", "opened", "clicked", "bounced", "complained", "undelivered", "send_failed", "unsent"]))]
+    /// undelivered, send_failed, unsent or unsubscribed (from deliveries).
+    #[schemars(extend("enum" = ["entered", "branch", "action_failed", "skipped", "completed", "failed", "cancelled", "exited", "held_out", "converted", "sent", "delivered", "opened", "clicked", "bounced", "complained", "undelivered", "send_failed", "unsent", "unsubscribed"]))]
     pub metric: String,
     /// Only this channel (delivery metrics).
     #[serde(default)]
@@ -505,6 +507,8 @@ pub struct Rates {
     /// Not sent on purpose, by reason (unsubscribed, suppressed,
     /// no_address, capped).
     pub unsent: BTreeMap<String, i64>,
+    /// Recipients who unsubscribed through the message's link.
+    pub unsubscribed: i64,
     /// delivered / sent.
     pub delivery_rate: Option<f64>,
     /// opened / delivered.
@@ -515,6 +519,8 @@ pub struct Rates {
     pub bounce_rate: Option<f64>,
     /// send_failed / (sent + send_failed).
     pub failure_rate: Option<f64>,
+    /// unsubscribed / delivered.
+    pub unsubscribe_rate: Option<f64>,
 }
 
 impl Rates {
@@ -529,6 +535,7 @@ impl Rates {
             "undelivered" => self.undelivered += n,
             "send_failed" => self.send_failed += n,
             "unsent" => *self.unsent.entry(branch.to_owned()).or_insert(0) += n,
+            "unsubscribed" => self.unsubscribed += n,
             _ => {}
         }
     }
@@ -540,6 +547,7 @@ impl Rates {
         self.click_rate = ratio(self.clicked, self.delivered);
         self.bounce_rate = ratio(self.bounced + self.undelivered, self.sent);
         self.failure_rate = ratio(self.send_failed, self.sent + self.send_failed);
+        self.unsubscribe_rate = ratio(self.unsubscribed, self.delivered);
         self
     }
 }

@@ -815,6 +815,19 @@ pub(crate) async fn unsubscribe<S: Store>(
             ));
         }
     };
+    // An opt-out through a message's link counts against that message
+    // (its workflow, node, channel and provider), never holding the page.
+    let opted_out = match scope.as_str() {
+        "all" | "category" => true,
+        "preferences" => !is("receive", "marketing") || !is("category", &u.category),
+        _ => false,
+    };
+    if opted_out
+        && let Some(message) = &u.message
+        && let Err(e) = store.mark_unsubscribed(&u.namespace, message, now).await
+    {
+        tracing::warn!(error = %e, "an unsubscribe was not counted against its message");
+    }
     tracing::info!(channel = %u.channel, category = %u.category, scope, "a recipient changed their preferences");
     Ok(html_page("Saved", &format!("<h1>Done</h1><p>{done}</p>")))
 }

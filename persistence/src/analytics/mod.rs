@@ -327,6 +327,7 @@ pub fn delivery_metrics(status: &str) -> &'static [(&'static str, &'static str)]
 pub fn delivery_delta(
     counted: Option<&str>,
     status: &str,
+    unsubscribed: bool,
 ) -> (Vec<(&'static str, &'static str)>, String) {
     let token = |(m, b): &(&str, &str)| match b.is_empty() {
         true => (*m).to_owned(),
@@ -339,7 +340,11 @@ pub fn delivery_delta(
         .map(str::to_owned)
         .collect();
     let mut new = Vec::new();
-    for m in delivery_metrics(status) {
+    let link: &[(&str, &str)] = match unsubscribed {
+        true => &[("unsubscribed", "")],
+        false => &[],
+    };
+    for m in delivery_metrics(status).iter().chain(link) {
         let t = token(m);
         if !have.contains(&t) {
             have.push(t);
@@ -362,6 +367,8 @@ struct DeliveryFact {
     provider: String,
     status: String,
     counted: Option<String>,
+    /// 1: the recipient unsubscribed through it.
+    unsubscribed: i64,
     #[sqlx(try_from = "Instant")]
     updated_at: DateTime<Utc>,
 }
@@ -671,7 +678,8 @@ where
         // the status marked).
         let facts: Vec<DeliveryFact> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, namespace, workflow_id, execution_id, node, channel, provider, status,
-                    counted, updated_at
+                    counted, CAST(CASE WHEN unsubscribed_at IS NULL THEN 0 ELSE 1 END AS BIGINT)
+                        AS unsubscribed, updated_at
              FROM deliveries WHERE rolled IS NULL OR rolled <> status
              ORDER BY id LIMIT $1{}",
             DB::SKIP_LOCKED
@@ -706,7 +714,7 @@ where
         for f in &facts {
             let (day, hour) = day_hour(f.updated_at);
             let version = versions.get(f.execution_id.as_str()).copied().unwrap_or(0);
-            let (new, after) = delivery_delta(f.counted.as_deref(), &f.status);
+            let (new, after) = delivery_delta(f.counted.as_deref(), &f.status, f.unsubscribed == 1);
             marks.entry(after).or_default().push(f.id.as_str());
             for (metric, branch) in new {
                 let key = RollupKey {
@@ -1073,30 +1081,41 @@ mod tests {
 
     #[test]
     fn each_delivery_metric_counts_once_whatever_order_the_statuses_come_in() {
-        let (new, after) = delivery_delta(None, "sent");
+        let (new, after) = delivery_delta(None, "sent", false);
         assert_eq!((new, after.as_str()), (vec![("sent", "")], "sent"));
-        let (new, after) = delivery_delta(Some("sent"), "clicked");
+        let (new, after) = delivery_delta(Some("sent"), "clicked", false);
         assert_eq!(new, [("delivered", ""), ("opened", ""), ("clicked", "")]);
         assert_eq!(after, "clicked,delivered,opened,sent");
         // Back and forth counts nothing again.
-        let (new, _) = delivery_delta(Some(&after), "delivered");
+        let (new, _) = delivery_delta(Some(&after), "delivered", false);
         assert!(new.is_empty());
         // A failed send sent again: both count, once.
-        let (new, after) = delivery_delta(Some("send_failed"), "sent");
+        let (new, after) = delivery_delta(Some("send_failed"), "sent", false);
         assert_eq!(
             (new, after.as_str()),
             (vec![("sent", "")], "send_failed,sent")
         );
-        let (new, after) = delivery_delta(Some(&after), "failed");
+        let (new, after) = delivery_delta(Some(&after), "failed", false);
         assert!(new.is_empty(), "{after}");
         // Not sent on purpose: the reason is the branch.
-        let (new, after) = delivery_delta(None, "capped");
+        let (new, after) = delivery_delta(None, "capped", false);
         assert_eq!(
             (new, after.as_str()),
             (vec![("unsent", "capped")], "unsent:capped")
         );
+        // Unsubscribed through its link: once, with what the status adds.
+        let (new, after) = delivery_delta(Some("delivered,sent"), "opened", true);
+        assert_eq!(new, [("opened", ""), ("unsubscribed", "")]);
+        let (new, _) = delivery_delta(Some(&after), "clicked", true);
+        assert_eq!(new, [("clicked", "")]);
         // Deferred counts nothing yet; unknown statuses nothing at all.
-        assert_eq!(delivery_delta(None, "deferred"), (vec![], String::new()));
-        assert_eq!(delivery_delta(None, "mystery"), (vec![], String::new()));
+        assert_eq!(
+            delivery_delta(None, "deferred", false),
+            (vec![], String::new())
+        );
+        assert_eq!(
+            delivery_delta(None, "mystery", false),
+            (vec![], String::new())
+        );
     }
 }

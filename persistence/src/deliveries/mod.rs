@@ -35,6 +35,16 @@ pub trait DeliveryStore: Send + Sync {
     /// bounced, complained, undelivered, failed), and a final one stays.
     /// `None` when the receipt was seen before (a replay: nothing
     /// changes); else how many deliveries moved.
+    /// Marks the message (by its idempotency key) the recipient
+    /// unsubscribed through, for the analytics, once: the deliveries of it
+    /// that went. Returns how many were marked.
+    fn mark_unsubscribed(
+        &self,
+        namespace: &str,
+        idempotency_key: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
     fn apply_delivery_report(
         &self,
         provider: &str,
@@ -93,6 +103,27 @@ where
 
     async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliveryRecord>> {
         self.select_deliveries(q).await
+    }
+
+    async fn mark_unsubscribed(
+        &self,
+        namespace: &str,
+        idempotency_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        // `rolled` back to NULL: the rollup counts the unsubscribe.
+        let marked: Vec<(String,)> = sqlx::query_as(
+            "UPDATE deliveries SET unsubscribed_at = $3, updated_at = $3, rolled = NULL
+             WHERE namespace = $1 AND idempotency_key = $2 AND error_class IS NULL
+               AND provider <> '-' AND unsubscribed_at IS NULL
+             RETURNING id",
+        )
+        .bind(namespace)
+        .bind(idempotency_key)
+        .bind(at(now))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(marked.len() as u64)
     }
 
     async fn apply_delivery_report(
