@@ -842,6 +842,8 @@ impl<S: Store> Launcher<S> {
         payload: Value,
     ) -> Result<usize, Error> {
         let store = &self.ctx.store;
+        // The event's time: what a conversion credits was done before it.
+        let arrived = Utc::now();
         let ids = store.subscribers(namespace, name, key).await?;
         let input = Input::Event(EventInput {
             name: name.into(),
@@ -864,7 +866,7 @@ impl<S: Store> Launcher<S> {
         // The executions whose goal this is convert (finished ones too).
         // Analytics never hold an event back: a failure is logged.
         if let Err(e) = store
-            .record_conversions(namespace, name, key, Utc::now())
+            .record_conversions(namespace, name, key, arrived)
             .await
         {
             warn!(error = %e, event = name, "conversions of an event were not recorded");

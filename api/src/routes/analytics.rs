@@ -125,7 +125,8 @@ pub struct FunnelNode {
     /// Unfinished executions there now, by status.
     pub now: BTreeMap<String, i64>,
     /// Its messages, by delivery metric (sent, delivered, opened, clicked,
-    /// bounced, complained, undelivered, send_failed, unsent).
+    /// bounced, complained, undelivered, send_failed, unsent,
+    /// unsubscribed).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub deliveries: BTreeMap<String, i64>,
 }
@@ -276,7 +277,6 @@ pub(crate) async fn funnel<S: Store>(
             }
             "action_failed" => node(&mut nodes, &r.node).action_failed += r.value,
             "skipped" => node(&mut nodes, &r.node).skipped += r.value,
-            "completed" if r.branch == sojourn_runtime::HOLDOUT_OUTCOME => {}
             "completed" => {
                 out.completed += r.value;
                 *out.outcomes.entry(r.branch).or_insert(0) += r.value;
@@ -292,6 +292,23 @@ pub(crate) async fn funnel<S: Store>(
                     .or_insert(0) += r.value
             }
             _ => {}
+        }
+    }
+    // The holdout's ends are not the journey's (an exit may still name its
+    // outcome `holdout`: those stay).
+    if out.held_out > 0 {
+        out.completed -= out.held_out;
+        let left = out
+            .outcomes
+            .get(sojourn_runtime::HOLDOUT_OUTCOME)
+            .copied()
+            .unwrap_or(0)
+            - out.held_out;
+        if left > 0 {
+            out.outcomes
+                .insert(sojourn_runtime::HOLDOUT_OUTCOME.to_owned(), left);
+        } else {
+            out.outcomes.remove(sojourn_runtime::HOLDOUT_OUTCOME);
         }
     }
     for (current, status, n) in store
@@ -332,7 +349,8 @@ pub struct SeriesQuery {
     /// Only this provider (delivery metrics).
     #[serde(default)]
     pub provider: Option<String>,
-    /// Only this node (for entered, branch, action_failed, skipped, failed).
+    /// Only this node (for entered, branch, action_failed, skipped, failed,
+    /// converted (the branches taken) and the delivery metrics).
     #[serde(default)]
     pub node: Option<String>,
     /// Only this branch, outcome or exit event.
@@ -519,7 +537,7 @@ pub struct Rates {
     pub bounce_rate: Option<f64>,
     /// send_failed / (sent + send_failed).
     pub failure_rate: Option<f64>,
-    /// unsubscribed / delivered.
+    /// unsubscribed / sent (many providers report no delivery).
     pub unsubscribe_rate: Option<f64>,
 }
 
@@ -547,7 +565,7 @@ impl Rates {
         self.click_rate = ratio(self.clicked, self.delivered);
         self.bounce_rate = ratio(self.bounced + self.undelivered, self.sent);
         self.failure_rate = ratio(self.send_failed, self.sent + self.send_failed);
-        self.unsubscribe_rate = ratio(self.unsubscribed, self.delivered);
+        self.unsubscribe_rate = ratio(self.unsubscribed, self.sent);
         self
     }
 }

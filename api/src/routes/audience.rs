@@ -819,7 +819,11 @@ pub(crate) async fn unsubscribe<S: Store>(
     // (its workflow, node, channel and provider), never holding the page.
     let opted_out = match scope.as_str() {
         "all" | "category" => true,
-        "preferences" => !is("receive", "marketing") || !is("category", &u.category),
+        "preferences" => {
+            !is("receive", "marketing")
+                || !is("category", &u.category)
+                || !is("channel", &u.channel)
+        }
         _ => false,
     };
     if opted_out

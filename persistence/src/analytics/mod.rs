@@ -78,16 +78,18 @@ pub trait AnalyticsStore: Send + Sync {
     /// the cursor moved past `n` rows (0: nothing settled to count).
     fn rollup_journal(&self, limit: u32) -> impl Future<Output = Result<Option<u64>>> + Send;
 
-    /// Counts at most `limit` deliveries whose status moved since they
-    /// were last counted (sent, delivered, opened, … per channel and
-    /// provider; each metric once per delivery), in one transaction. `None`: another node is at it now.
+    /// Counts at most `limit` deliveries whose status moved, or whose
+    /// recipient unsubscribed through them, since they were last counted
+    /// (sent, delivered, opened, …, unsubscribed per channel and provider;
+    /// each metric once per delivery), in one transaction. `None`: another node is at it now.
     /// `Some(n)`: `n` deliveries counted.
     fn rollup_deliveries(&self, limit: u32) -> impl Future<Output = Result<Option<u64>>> + Send;
 
     /// Records the conversions an event makes: every execution of a
     /// workflow whose version has this event as its goal, with the event's
     /// key as its subject, that entered at most the goal's window before
-    /// `at` and has not converted yet. Returns how many converted (none,
+    /// `at` and has not converted yet, with the branches it had taken by
+    /// `at` (not those the event itself may have led to). Returns how many converted (none,
     /// in one indexed read, when no goal of the namespace names the event).
     fn record_conversions(
         &self,
@@ -820,9 +822,9 @@ where
         // The branches each had taken by now (the holdout takes none).
         for chunk in converted.chunks_mut(UPSERT_CHUNK) {
             let mut q = QueryBuilder::<DB>::new(
-                "SELECT execution_id, entry FROM journal WHERE kind = 'branch_taken' \
-                 AND execution_id IN (",
+                "SELECT execution_id, entry FROM journal WHERE kind = 'branch_taken' AND at <= ",
             );
+            q.push_bind(at(at_time)).push(" AND execution_id IN (");
             let mut list = q.separated(", ");
             for c in chunk.iter() {
                 list.push_bind(c.execution_id.as_str());

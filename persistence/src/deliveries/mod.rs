@@ -27,6 +27,17 @@ pub trait DeliveryStore: Send + Sync {
         query: &DeliveryQuery,
     ) -> impl Future<Output = Result<Vec<DeliveryRecord>>> + Send;
 
+    /// Marks the message (by its idempotency key) the recipient
+    /// unsubscribed through, for the analytics, once: its newest delivery
+    /// that went (a message failed over to a second provider is one
+    /// message). Returns how many were marked (0 or 1).
+    fn mark_unsubscribed(
+        &self,
+        namespace: &str,
+        idempotency_key: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
     /// Applies a provider's verified status report, once: its receipt is
     /// recorded (under `scope`: the provider, or the key that signed it)
     /// and each delivery the provider knows by a message id moves
@@ -35,16 +46,6 @@ pub trait DeliveryStore: Send + Sync {
     /// bounced, complained, undelivered, failed), and a final one stays.
     /// `None` when the receipt was seen before (a replay: nothing
     /// changes); else how many deliveries moved.
-    /// Marks the message (by its idempotency key) the recipient
-    /// unsubscribed through, for the analytics, once: the deliveries of it
-    /// that went. Returns how many were marked.
-    fn mark_unsubscribed(
-        &self,
-        namespace: &str,
-        idempotency_key: &str,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<u64>> + Send;
-
     fn apply_delivery_report(
         &self,
         provider: &str,
@@ -114,8 +115,10 @@ where
         // `rolled` back to NULL: the rollup counts the unsubscribe.
         let marked: Vec<(String,)> = sqlx::query_as(
             "UPDATE deliveries SET unsubscribed_at = $3, updated_at = $3, rolled = NULL
-             WHERE namespace = $1 AND idempotency_key = $2 AND error_class IS NULL
-               AND provider <> '-' AND unsubscribed_at IS NULL
+             WHERE id = (SELECT MAX(id) FROM deliveries
+                         WHERE namespace = $1 AND idempotency_key = $2 AND error_class IS NULL
+                           AND provider <> '-')
+               AND unsubscribed_at IS NULL
              RETURNING id",
         )
         .bind(namespace)
