@@ -86,6 +86,10 @@ pub trait Sql:
     /// commit order (SQLite's one writer), so that what is visible is
     /// settled.
     const SNAPSHOT_HORIZON: Option<&'static str>;
+
+    /// A text field of a JSON object column, in SQL (NULL when absent).
+    /// `field` is a literal of ours, never input.
+    fn json_text(column: &str, field: &str) -> String;
 }
 
 impl Sql for Postgres {
@@ -97,6 +101,10 @@ impl Sql for Postgres {
         "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
                 pg_current_xact_id()::text::bigint",
     );
+
+    fn json_text(column: &str, field: &str) -> String {
+        format!("({column}->>'{field}')")
+    }
 }
 
 impl Sql for Sqlite {
@@ -105,6 +113,10 @@ impl Sql for Sqlite {
     const FOR_SHARE: &'static str = "";
     const SETTLED_CHANGES: &'static str = "";
     const SNAPSHOT_HORIZON: Option<&'static str> = None;
+
+    fn json_text(column: &str, field: &str) -> String {
+        format!("json_extract({column}, '$.{field}')")
+    }
 }
 
 /// A value a shared statement binds on `DB`, in a query that lives for

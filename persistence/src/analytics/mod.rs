@@ -68,6 +68,51 @@ static COUNTED_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         .join(", ")
 });
 
+/// The counted journal rows of an id range (binds: after, up to), with the
+/// node and branch each counts under, as [`rollup_key`] maps them.
+struct FactsSql {
+    postgres: std::sync::OnceLock<String>,
+    sqlite: std::sync::OnceLock<String>,
+}
+
+impl FactsSql {
+    fn get<DB: Sql>(&'static self) -> &'static str {
+        let cell = match DB::SNAPSHOT_HORIZON {
+            Some(_) => &self.postgres,
+            None => &self.sqlite,
+        };
+        cell.get_or_init(|| {
+            let text = |field: &str| format!("COALESCE({}, '')", DB::json_text("j.entry", field));
+            format!(
+                "SELECT j.kind,
+                        CASE WHEN j.kind IN ('completed', 'exit_criteria_met', 'cancelled', 'held_out')
+                             THEN '' ELSE {node} END AS node,
+                        CASE j.kind WHEN 'branch_taken' THEN {branch}
+                                    WHEN 'completed' THEN {outcome}
+                                    WHEN 'exit_criteria_met' THEN {event}
+                                    ELSE '' END AS branch,
+                        j.at, e.namespace, e.workflow_id, e.version
+                 FROM journal j JOIN executions e ON e.id = j.execution_id
+                 WHERE j.id > $1 AND j.id <= $2 AND j.kind IN ({kinds})",
+                node = text("node"),
+                branch = text("branch"),
+                outcome = text("outcome"),
+                event = text("event"),
+                kinds = COUNTED_SQL.as_str(),
+            )
+        })
+    }
+}
+
+static FACTS: FactsSql = FactsSql {
+    postgres: std::sync::OnceLock::new(),
+    sqlite: std::sync::OnceLock::new(),
+};
+
+/// A journal count by reference: namespace, workflow, hour since the epoch,
+/// version, node, branch, metric.
+type Tally<'a> = (&'a str, &'a str, i64, i32, &'a str, &'a str, &'static str);
+
 /// Rows of `analytics_daily` written per statement.
 const UPSERT_CHUNK: usize = 500;
 
@@ -217,12 +262,14 @@ struct Cursor {
     pending_xid: Option<i64>,
 }
 
-/// A counted journal row, with its execution's workflow.
+/// A counted journal row, with its execution's workflow, and the node and
+/// branch it counts under (read out of the entry by the database, as
+/// [`rollup_key`] does).
 #[derive(sqlx::FromRow)]
 struct Fact {
     kind: String,
-    #[sqlx(json)]
-    entry: Value,
+    node: String,
+    branch: String,
     #[sqlx(try_from = "Instant")]
     at: DateTime<Utc>,
     namespace: String,
@@ -628,28 +675,47 @@ where
         };
         let taken = ids.len() as u64;
         if upto > from {
-            let kinds = COUNTED_SQL.as_str();
-            let facts: Vec<Fact> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT j.kind, j.entry, j.at, e.namespace, e.workflow_id, e.version
-                 FROM journal j JOIN executions e ON e.id = j.execution_id
-                 WHERE j.id > $1 AND j.id <= $2 AND j.kind IN ({kinds})"
-            )))
-            .bind(from)
-            .bind(upto)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut counts: HashMap<RollupKey, i64> = HashMap::new();
+            let facts: Vec<Fact> = sqlx::query_as(sqlx::AssertSqlSafe(FACTS.get::<DB>()))
+                .bind(from)
+                .bind(upto)
+                .fetch_all(&mut *tx)
+                .await?;
+            // Counted by reference first (no allocation a row), then made
+            // keys of once each.
+            let mut tally: HashMap<Tally<'_>, i64> = HashMap::new();
             for f in &facts {
-                if let Some(key) = rollup_key(
-                    &f.namespace,
-                    &f.workflow_id,
+                let Some(&(_, metric)) = COUNTED.iter().find(|(k, _)| *k == f.kind) else {
+                    continue;
+                };
+                let hour = f.at.timestamp().div_euclid(3600);
+                let key = (
+                    f.namespace.as_str(),
+                    f.workflow_id.as_str(),
+                    hour,
                     f.version,
-                    &f.kind,
-                    &f.entry,
-                    f.at,
-                ) {
-                    *counts.entry(key).or_insert(0) += 1;
-                }
+                    f.node.as_str(),
+                    f.branch.as_str(),
+                    metric,
+                );
+                *tally.entry(key).or_insert(0) += 1;
+            }
+            let mut counts: HashMap<RollupKey, i64> = HashMap::with_capacity(tally.len());
+            for ((namespace, workflow_id, hour, version, node, branch, metric), n) in tally {
+                let at = DateTime::<Utc>::from_timestamp(hour * 3600, 0).unwrap_or_default();
+                let (day, hour) = day_hour(at);
+                let key = RollupKey {
+                    namespace: namespace.to_owned(),
+                    workflow_id: workflow_id.to_owned(),
+                    day,
+                    hour,
+                    version,
+                    node: node.to_owned(),
+                    branch: branch.to_owned(),
+                    channel: String::new(),
+                    provider: String::new(),
+                    metric,
+                };
+                *counts.entry(key).or_insert(0) += n;
             }
             add_counts::<DB>(&mut tx, counts).await?;
         }
