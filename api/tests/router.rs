@@ -4830,8 +4830,13 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
             mail["unsubscribed"].clone(),
             mail["unsubscribe_rate"].clone()
         ),
-        (json!(1), json!(1), Value::Null),
-        "nothing reported delivered: no rate over it. {rates:#}"
+        (json!(1), json!(1), json!(1.0)),
+        "one sent, one unsubscribed from: {rates:#}"
+    );
+    assert_eq!(
+        mail["delivery_rate"],
+        json!(0.0),
+        "nothing reported delivered"
     );
     assert_eq!(
         rates["channels"][0]["unsent"],
