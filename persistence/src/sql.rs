@@ -87,8 +87,9 @@ pub trait Sql:
     /// settled.
     const SNAPSHOT_HORIZON: Option<&'static str>;
 
-    /// A text field of a JSON object column, in SQL (NULL when absent).
-    /// `field` is a literal of ours, never input.
+    /// A string field of a JSON object column, in SQL: NULL when absent or
+    /// not a string (as `Value::as_str`). `field` is a literal of ours,
+    /// never input.
     fn json_text(column: &str, field: &str) -> String;
 }
 
@@ -103,7 +104,9 @@ impl Sql for Postgres {
     );
 
     fn json_text(column: &str, field: &str) -> String {
-        format!("({column}->>'{field}')")
+        format!(
+            "(CASE WHEN jsonb_typeof({column}->'{field}') = 'string' THEN {column}->>'{field}' END)"
+        )
     }
 }
 
@@ -115,7 +118,10 @@ impl Sql for Sqlite {
     const SNAPSHOT_HORIZON: Option<&'static str> = None;
 
     fn json_text(column: &str, field: &str) -> String {
-        format!("json_extract({column}, '$.{field}')")
+        format!(
+            "(CASE WHEN json_type({column}, '$.{field}') = 'text' \
+             THEN json_extract({column}, '$.{field}') END)"
+        )
     }
 }
 

@@ -4882,3 +4882,105 @@ async fn retention_deletes_only_old_counted_records_of_finished_executions<S: St
     // Swept is swept: nothing more to do.
     assert_eq!(sweep_all().await, 0);
 }
+
+/// Journal entries the engine does not write (a number, null, an object
+/// where a string goes; fields missing) are counted as `rollup_key` maps
+/// them: under '' — on both databases, and without stopping the rollup.
+async fn odd_entries_roll_up_as_the_mapping_says<S: Store>(
+    store: &S,
+    insert: impl AsyncFn(&str, i64, &str, Value),
+) {
+    let f = fixture(store).await;
+    let e = start(store, &f, None, None).await;
+    let entries = [
+        ("completed", json!({"type": "completed", "outcome": 5})),
+        ("completed", json!({"type": "completed", "outcome": null})),
+        (
+            "completed",
+            json!({"type": "completed", "outcome": {"a": 1}}),
+        ),
+        (
+            "branch_taken",
+            json!({"type": "branch_taken", "node": 7, "branch": true}),
+        ),
+        (
+            "node_entered",
+            json!({"type": "node_entered", "node": "n\"1é"}),
+        ),
+        ("failed", json!({"type": "failed", "error": "x"})),
+    ];
+    for (seq, (kind, entry)) in entries.iter().enumerate() {
+        insert(e.id.as_str(), seq as i64 + 1, kind, entry.clone()).await;
+    }
+    assert_eq!(
+        roll_until(store, 100, entries.len() as u64).await,
+        entries.len() as u64
+    );
+    let mut got: Vec<(String, String, String, i64)> = store
+        .analytics_totals("default", &f.workflow_id, None, "2000-01-01", "2999-12-31")
+        .await
+        .expect("totals")
+        .into_iter()
+        .map(|r| (r.metric, r.node, r.branch, r.value))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String, String, i64)> = Vec::new();
+    for (kind, entry) in &entries {
+        let k = sojourn_persistence::rollup_key(
+            "default",
+            &f.workflow_id,
+            f.version,
+            kind,
+            entry,
+            t0(),
+        )
+        .expect("counted");
+        match want.iter_mut().find(|w| {
+            (w.0.as_str(), w.1.as_str(), w.2.as_str()) == (k.metric, &*k.node, &*k.branch)
+        }) {
+            Some(w) => w.3 += 1,
+            None => want.push((k.metric.to_owned(), k.node, k.branch, 1)),
+        }
+    }
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn odd_journal_entries_roll_up_as_the_mapping_says_on_postgres() {
+    let db = pg().await;
+    let pool = db.store.pool().clone();
+    odd_entries_roll_up_as_the_mapping_says(&db.store, async |id: &str, seq: i64, kind: &str, entry: Value| {
+        sqlx::query("INSERT INTO journal (execution_id, seq, at, kind, entry) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(seq)
+            .bind(t0())
+            .bind(kind)
+            .bind(entry)
+            .execute(&pool)
+            .await
+            .expect("insert");
+    })
+    .await;
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn odd_journal_entries_roll_up_as_the_mapping_says_on_sqlite() {
+    let (store, path) = sqlite().await;
+    let pool = store.pool().clone();
+    odd_entries_roll_up_as_the_mapping_says(&store, async |id: &str, seq: i64, kind: &str, entry: Value| {
+        sqlx::query("INSERT INTO journal (execution_id, seq, at, kind, entry) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(seq)
+            .bind(t0().timestamp_millis())
+            .bind(kind)
+            .bind(entry.to_string())
+            .execute(&pool)
+            .await
+            .expect("insert");
+    })
+    .await;
+    store.pool().close().await;
+    remove_sqlite(&path);
+}
