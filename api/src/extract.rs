@@ -92,7 +92,7 @@ pub(crate) fn refuse_nul(field: &str, text: &str) -> Result<(), ApiError> {
 
 /// JSON's whitespace (RFC 8259: space, tab, line feed, carriage return;
 /// not a form feed, which `u8::is_ascii_whitespace` also counts).
-fn json_whitespace(b: &u8) -> bool {
+pub(crate) fn json_whitespace(b: &u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 

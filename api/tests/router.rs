@@ -2877,12 +2877,17 @@ async fn analytics<S: Store>(app: &App<S>) {
         (json!({"journal_days": 0}), "journal_days"),
         (json!({"deliveries_days": 5000}), "deliveries_days"),
         (json!({"journal_days": "30"}), "journal_days"),
+        (json!([30]), "body"),
     ] {
         let r = app
             .call(Method::PUT, "/v1/retention", Some(&admin), Some(body))
             .await;
         assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some(field));
     }
+    let r = app
+        .call(Method::PUT, "/v1/retention", Some(&admin), None)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request", Some("body"));
     let r = app.get("/v1/retention", &k).await;
     assert_eq!(
         r.ok(StatusCode::OK).clone(),

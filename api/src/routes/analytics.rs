@@ -1001,8 +1001,20 @@ pub(crate) async fn get_retention<S: Store>(
 pub(crate) async fn put_retention<S: Store>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
-    crate::extract::Body(req): crate::extract::Body<Retention>,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> ApiResult<axum::Json<Retention>> {
+    // A PUT replaces the whole policy: an empty body is refused rather
+    // than read as "keep everything for good".
+    if body.iter().all(crate::extract::json_whitespace) {
+        return Err(ApiError::invalid(
+            "body",
+            "required: a JSON object (journal_days, node_executions_days, deliveries_days; null keeps for good)",
+        ));
+    }
+    if body.iter().find(|b| !crate::extract::json_whitespace(b)) != Some(&b'{') {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
+    let req: Retention = crate::extract::parse_json(&body)?;
     for (field, days) in [
         ("journal_days", req.journal_days),
         ("node_executions_days", req.node_executions_days),
