@@ -187,6 +187,35 @@ fn ymd(d: NaiveDate) -> String {
     d.format("%Y-%m-%d").to_string()
 }
 
+/// The start node of a definition.
+fn start_of(def: &sojourn_runtime::Workflow) -> Option<String> {
+    def.nodes
+        .iter()
+        .find(|n| matches!(n.kind, NodeKind::Start(_)))
+        .map(|n| n.id.to_string())
+}
+
+/// Adds the start node of every version the rows count that `starts` does
+/// not have yet (each version read once): where executions entered.
+async fn add_starts<S: Store>(
+    store: &S,
+    workflow_id: &str,
+    rows: &[AnalyticsRow],
+    starts: &mut HashMap<i32, String>,
+) -> ApiResult<()> {
+    let mut read = std::collections::HashSet::new();
+    for r in rows {
+        if !starts.contains_key(&r.version)
+            && read.insert(r.version)
+            && let Some(v) = store.get_version(workflow_id, Some(r.version)).await?
+            && let Some(start) = start_of(&v.definition)
+        {
+            starts.insert(r.version, start);
+        }
+    }
+    Ok(())
+}
+
 /// The node ids of a workflow's version, in its order, and its start node.
 async fn layout<S: Store>(
     app: &AppState<S>,
@@ -203,11 +232,9 @@ async fn layout<S: Store>(
             .get_version(&wf.id, Some(v))
             .await?
             .ok_or_else(|| ApiError::not_found("version", &v.to_string()))?;
-        for n in &def.definition.nodes {
-            order.push(n.id.to_string());
-            if matches!(n.kind, NodeKind::Start(_)) {
-                starts.insert(v, n.id.to_string());
-            }
+        order.extend(def.definition.nodes.iter().map(|n| n.id.to_string()));
+        if let Some(start) = start_of(&def.definition) {
+            starts.insert(v, start);
         }
     }
     Ok((order, starts))
@@ -231,21 +258,7 @@ pub(crate) async fn funnel<S: Store>(
     let rows = store
         .analytics_totals(&caller.namespace, &wf.id, q.version, &ymd(from), &ymd(to))
         .await?;
-    // The start node of every version counted (each version read once).
-    let mut read = std::collections::HashSet::new();
-    for r in &rows {
-        if !starts.contains_key(&r.version)
-            && read.insert(r.version)
-            && let Some(v) = store.get_version(&wf.id, Some(r.version)).await?
-            && let Some(n) = v
-                .definition
-                .nodes
-                .iter()
-                .find(|n| matches!(n.kind, NodeKind::Start(_)))
-        {
-            starts.insert(r.version, n.id.to_string());
-        }
-    }
+    add_starts(store, &wf.id, &rows, &mut starts).await?;
     let mut out = Funnel {
         workflow_id: wf.id.clone(),
         version: q.version,
@@ -895,6 +908,7 @@ pub(crate) async fn conversions<S: Store>(
     let wf = crate::routes::workflows::find(&app, &caller, &workflow).await?;
     let store = app.engine.store();
     let (mut goal, mut holdout_percent) = (None, None);
+    let mut starts = HashMap::new();
     if let Some(v) = q.version.or(wf.latest_version) {
         let def = store
             .get_version(&wf.id, Some(v))
@@ -902,24 +916,14 @@ pub(crate) async fn conversions<S: Store>(
             .ok_or_else(|| ApiError::not_found("version", &v.to_string()))?;
         goal = def.definition.settings.goal.clone();
         holdout_percent = def.definition.settings.holdout.as_ref().map(|h| h.percent);
+        if let Some(start) = start_of(&def.definition) {
+            starts.insert(v, start);
+        }
     }
-    let (_, mut starts) = layout(&app, &wf, q.version).await?;
     let rows = store
         .analytics_totals(&caller.namespace, &wf.id, q.version, &ymd(from), &ymd(to))
         .await?;
-    for r in &rows {
-        if r.metric == "entered"
-            && !starts.contains_key(&r.version)
-            && let Some(v) = store.get_version(&wf.id, Some(r.version)).await?
-            && let Some(n) = v
-                .definition
-                .nodes
-                .iter()
-                .find(|n| matches!(n.kind, NodeKind::Start(_)))
-        {
-            starts.insert(r.version, n.id.to_string());
-        }
-    }
+    add_starts(store, &wf.id, &rows, &mut starts).await?;
     let (mut entered, mut held_out, mut converted, mut converted_held_out) = (0, 0, 0, 0);
     let mut branches: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for r in rows {
