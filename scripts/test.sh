@@ -3,8 +3,10 @@
 # the tests use answer (PostgreSQL on 127.0.0.1:5432 with trust auth, Redis
 # on 127.0.0.1:6379, and the redis-server binary the cluster tests start
 # privately), installing and starting them from Debian's packages when they
-# do not, then builds once and runs every test of the workspace, then fuzzes
-# the HTTP API from its OpenAPI document (scripts/fuzz-api.sh).
+# do not, then builds the web console (Node.js, npm) and runs its unit tests,
+# builds once and runs every test of the workspace, drives the console in
+# Chromium, then fuzzes the HTTP API from its OpenAPI document
+# (scripts/fuzz-api.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -101,11 +103,53 @@ ensure_tansu() {
     cargo install tansu --version "$TANSU_VERSION" --locked --features libsql
 }
 
+# Node.js (20.19 or newer: Vite and Playwright need it) and Debian's
+# Chromium, for the console's build, its tests and its end-to-end run.
+node_ok() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 &&
+        node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'
+}
+
+ensure_node() {
+    if node_ok; then return; fi
+    echo "Node.js 20.19+ not found: installing Debian's nodejs and npm" >&2
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+    if ! node_ok; then
+        echo "the console needs Node.js 20.19 or newer (found $(node --version 2>/dev/null || echo none)): install it (https://nodejs.org) and run this again" >&2
+        exit 1
+    fi
+}
+
+ensure_chromium() {
+    if [ -n "${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1; then return; fi
+    echo "chromium not found: installing Debian's (the console's end-to-end test drives it)" >&2
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+}
+
 ensure_tools
 ensure_postgres
 ensure_redis
 ensure_tansu
+ensure_node
+ensure_chromium
+# The console from source: its packages, lint, types, unit tests, then its
+# build into console/dist, which the binary embeds (built next).
+(
+    cd console
+    npm ci --no-audit --no-fund --loglevel=error
+    npm run lint
+    npm run typecheck
+    npm test
+    npm run build
+)
 cargo test --workspace --locked "$@"
+# The console in Chromium against a real `sojourn dev` (the binary the
+# tests built): screenshots in console/e2e/out.
+if [ "$#" -eq 0 ]; then
+    (cd console && SOJOURN_BIN="$PWD/../target/debug/sojourn" node e2e/run.mjs)
+fi
 # The API against its own OpenAPI document (schemathesis; about 90 s).
 if [ "$#" -eq 0 ]; then
     bash scripts/fuzz-api.sh

@@ -100,6 +100,13 @@ impl ExecutionStore for Flaky {
     async fn list_executions(&self, q: &ExecutionQuery) -> Result<Vec<ExecutionSummary>, Error> {
         self.0.list_executions(q).await
     }
+    async fn execution_counts(
+        &self,
+        namespace: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, i64)>, Error> {
+        self.0.execution_counts(namespace, since).await
+    }
     async fn create_executions(&self, batch: &[NewExecution]) -> Result<Vec<Created>, Error> {
         self.0.create_executions(batch).await
     }

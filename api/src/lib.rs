@@ -25,6 +25,7 @@ use sojourn_persistence::Store;
 use tracing::Instrument;
 
 pub mod auth;
+mod console;
 mod docs;
 pub mod error;
 pub mod extract;
@@ -140,6 +141,35 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
             .returns::<workflows::ValidationOut>(200)
             .describe("Returns every validation problem, each naming its node and field."),
         workflows::validate::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/analytics/executions",
+        Spec::new("analytics", "Executions by status")
+            .scope(Read)
+            .query::<executions::CountsQuery>()
+            .returns::<executions::CountsOut>(200)
+            .describe("Every unfinished execution of the namespace by status (pending, running, waiting, paused), and those that completed, failed or were cancelled since `since`: the console's dashboard."),
+        executions::counts::<S>,
+    );
+    r.add(
+        M::GET,
+        "/v1/schema/workflow",
+        Spec::new("workflows", "The JSON Schema of a workflow document")
+            .scope(Read)
+            .returns::<serde_json::Value>(200)
+            .describe("Draft 2020-12, as `sojourn schema` prints it: what editors and the console's builder generate their forms from (each node type's `config` is a `$defs` entry)."),
+        workflows::schema::<S>,
+    );
+    r.add(
+        M::POST,
+        "/v1/workflows/{workflow}/simulate",
+        Spec::new("workflows", "Preview the draft or a given document")
+            .scope(Read)
+            .body::<workflows::SimulateRequest>()
+            .returns::<workflows::SimulationOut>(200)
+            .describe("Runs the journey on a virtual clock, with scripted events and action outcomes, and sends nothing: what happened at each node and when, and every message with its rendered content. An invalid document is a 422 naming every problem, as on publish."),
+        workflows::simulate::<S>,
     );
     r.add(M::POST, "/v1/workflows/{workflow}/publish", Spec::new("workflows", "Publish the draft as a new immutable version").scope(Write).returns::<workflows::VersionOut>(201).describe("201 with a new version; 200 with the latest when the draft equals it; 422 with every problem when the draft is invalid."), workflows::publish::<S>);
     r.add(
@@ -746,7 +776,14 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
     }
 }
 
-async fn not_found(req: Request) -> ApiError {
+/// The console's files and pages (`console::serves`), else a JSON 404.
+async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
+    if console::serves(req.method(), path)
+        && let Some(page) = console::respond(path, req.headers())
+    {
+        return page;
+    }
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -756,6 +793,7 @@ async fn not_found(req: Request) -> ApiError {
             req.uri().path()
         ),
     )
+    .into_response()
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {

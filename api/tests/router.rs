@@ -5018,3 +5018,374 @@ async fn profiles_suppressions_caps_and_unsubscribe_links() {
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
     app.finish().await;
 }
+
+// ---- the console's API ------------------------------------------------------
+
+async fn console_api<S: Store>(app: &App<S>) {
+    let k = app.key("console", &["write"]).await;
+    let reader = app.key("console", &["read"]).await;
+    let doc = json!({
+        "settings": {"subject": "input.user"},
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "nap", "type": "delay", "config": {"duration": "2d"}},
+            {"id": "wait", "type": "wait_for_event", "config": {"event": "paid", "timeout": "1d"}},
+            {"id": "mail", "type": "action", "config": {"action": "email.send", "inputs": {
+                "to": "{{ input.email }}", "subject": "Hi {{ input.name }}", "text": "Thanks for {{ event.payload.total }}"}}},
+            {"id": "end", "type": "exit", "config": {"outcome": "paid"}},
+            {"id": "lost", "type": "exit", "config": {"outcome": "lost"}},
+        ],
+        "edges": [
+            {"from": "start", "to": "nap"},
+            {"from": "nap", "to": "wait"},
+            {"from": "wait", "to": "mail", "branch": "event"},
+            {"from": "wait", "to": "lost", "branch": "timeout"},
+            {"from": "mail", "to": "end", "branch": "success"},
+        ]
+    });
+    // A draft only: a preview needs no published version.
+    let r = app
+        .post(
+            "/v1/workflows",
+            &k,
+            json!({"key": "preview", "definition": doc}),
+        )
+        .await;
+    r.ok(StatusCode::CREATED);
+
+    // The draft, with an event 2 days 3 hours in: days of journey time, no
+    // time spent, the message rendered, nothing sent.
+    let r = app
+        .post(
+            "/v1/workflows/preview/simulate",
+            &reader,
+            json!({
+                "input": {"user": "u-1", "email": "ada@example.com", "name": "Ada"},
+                "start": "2026-03-01T09:00:00Z",
+                "events": [{"after": "51h", "name": "paid", "payload": {"total": 12}}],
+            }),
+        )
+        .await;
+    let sim = r.ok(StatusCode::OK);
+    assert_eq!(sim["stop"], json!("finished"), "{sim:#}");
+    assert_eq!(sim["status"], json!("completed"), "{sim:#}");
+    assert_eq!(sim["outcome"], json!("paid"), "{sim:#}");
+    let steps = sim["steps"].as_array().expect("steps");
+    let entered: Vec<&str> = steps
+        .iter()
+        .filter(|s| s["type"] == json!("node_entered"))
+        .filter_map(|s| s["node"].as_str())
+        .collect();
+    assert_eq!(entered, ["start", "nap", "wait", "mail", "end"], "{sim:#}");
+    let mail = steps
+        .iter()
+        .find(|s| s["type"] == json!("node_entered") && s["node"] == json!("mail"))
+        .expect("mail entered");
+    assert_eq!(mail["offset_ms"], json!(51 * 3_600_000), "{mail:#}");
+    assert!(
+        mail["text"].as_str().is_some_and(|t| t.contains("mail")),
+        "{mail:#}"
+    );
+    let dispatches = sim["dispatches"].as_array().expect("dispatches");
+    assert_eq!(dispatches.len(), 1, "{sim:#}");
+    assert_eq!(dispatches[0]["node"], json!("mail"));
+    assert_eq!(dispatches[0]["inputs"]["subject"], json!("Hi Ada"));
+    assert_eq!(dispatches[0]["inputs"]["text"], json!("Thanks for 12"));
+    // Nothing ran for real.
+    let r = app.get("/v1/executions?workflow=preview", &reader).await;
+    assert_eq!(r.ok(StatusCode::OK)["items"], json!([]));
+    let r = app.get("/v1/deliveries?workflow=preview", &reader).await;
+    assert_eq!(r.ok(StatusCode::OK)["items"], json!([]));
+
+    // Without the event: the timeout branch, 3 days in.
+    let r = app
+        .post(
+            "/v1/workflows/preview/simulate",
+            &reader,
+            json!({"input": {"user": "u-1", "email": "a@example.com", "name": "A"}}),
+        )
+        .await;
+    let sim = r.ok(StatusCode::OK);
+    assert_eq!(sim["outcome"], json!("lost"), "{sim:#}");
+    assert_eq!(sim["dispatches"], json!([]));
+
+    // A document given instead of the draft; its problems, each named.
+    let mut broken = doc.clone();
+    broken["nodes"][3]["config"]["inputs"] = json!({"subject": "Hi"});
+    let r = app
+        .post(
+            "/v1/workflows/preview/simulate",
+            &reader,
+            json!({"definition": broken, "input": {}}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_workflow",
+        None,
+    );
+    let details = r.json["error"]["details"].as_array().expect("details");
+    assert!(
+        details
+            .iter()
+            .any(|d| d["node"] == json!("mail") && d["field"] == json!("config.inputs.to")),
+        "{details:#?}"
+    );
+    // A bad script names its field.
+    let r = app
+        .post(
+            "/v1/workflows/preview/simulate",
+            &reader,
+            json!({"input": {"user": "u"}, "events": [{"after": "soon", "name": "paid"}]}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("events[0].after"),
+    );
+    let r = app
+        .post(
+            "/v1/workflows/preview/simulate",
+            &reader,
+            json!({"input": {}, "actions": {"nope": [{"ok": {}}]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_error_format(&r);
+    assert!(r.text().contains("nope"), "{}", r.text());
+    let r = app
+        .post(
+            "/v1/workflows/preview/simulate",
+            &reader,
+            json!({"inputs": {}}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "unknown field: {}",
+        r.text()
+    );
+    let r = app
+        .post("/v1/workflows/nope/simulate", &reader, json!({}))
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    // Another namespace does not see it.
+    let other = app.key("elsewhere", &["read"]).await;
+    let r = app
+        .post("/v1/workflows/preview/simulate", &other, json!({}))
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
+    // The workflow schema the builder's forms come from.
+    let r = app.get("/v1/schema/workflow", &reader).await;
+    let schema = r.ok(StatusCode::OK);
+    for def in [
+        "ActionConfig",
+        "DelayConfig",
+        "WaitForEventConfig",
+        "SplitConfig",
+    ] {
+        assert!(schema["$defs"][def].is_object(), "$defs.{def}");
+    }
+
+    // Executions by status: unfinished ones always, finished ones since.
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    app.workflow(
+        &k,
+        "counted",
+        json!({
+            "nodes": [
+                {"id": "start", "type": "start"},
+                {"id": "hold", "type": "wait_for_event", "config": {"event": "go"}},
+                {"id": "end", "type": "exit"},
+            ],
+            "edges": [
+                {"from": "start", "to": "hold"},
+                {"from": "hold", "to": "end", "branch": "event"},
+            ]
+        }),
+    )
+    .await;
+    let waiting = app.start(&k, "counted", json!({})).await;
+    let done = app.start(&k, "counted", json!({})).await;
+    let cancelled = app.start(&k, "counted", json!({})).await;
+    for id in [&waiting, &done, &cancelled] {
+        app.wait_status(&k, id, "waiting").await;
+    }
+    let r = app
+        .post(
+            &format!("/v1/executions/{done}/events"),
+            &k,
+            json!({"name": "go"}),
+        )
+        .await;
+    r.ok(StatusCode::ACCEPTED);
+    app.wait_status(&k, &done, "completed").await;
+    let r = app
+        .post(&format!("/v1/executions/{cancelled}/cancel"), &k, json!({}))
+        .await;
+    r.ok(StatusCode::ACCEPTED);
+    app.wait_status(&k, &cancelled, "cancelled").await;
+    let since = before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let r = app
+        .get(
+            &format!(
+                "/v1/analytics/executions?since={}",
+                since.replace('+', "%2B")
+            ),
+            &reader,
+        )
+        .await;
+    let c = r.ok(StatusCode::OK);
+    assert_eq!(
+        (
+            c["waiting"].clone(),
+            c["completed"].clone(),
+            c["cancelled"].clone(),
+            c["failed"].clone()
+        ),
+        (json!(1), json!(1), json!(1), json!(0)),
+        "{c:#}"
+    );
+    // Finished before `since`: not counted; the waiting one still is.
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let r = app
+        .get(&format!("/v1/analytics/executions?since={later}"), &reader)
+        .await;
+    let c = r.ok(StatusCode::OK);
+    assert_eq!(
+        (
+            c["waiting"].clone(),
+            c["completed"].clone(),
+            c["cancelled"].clone()
+        ),
+        (json!(1), json!(0), json!(0)),
+        "{c:#}"
+    );
+    // Another namespace counts nothing of these.
+    let r = app.get("/v1/analytics/executions", &other).await;
+    let c = r.ok(StatusCode::OK);
+    assert_eq!(
+        (c["waiting"].clone(), c["completed"].clone()),
+        (json!(0), json!(0))
+    );
+    let r = app
+        .get("/v1/analytics/executions?since=yesterday", &reader)
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("since"),
+    );
+}
+
+#[tokio::test]
+async fn console_api_on_sqlite() {
+    let app = sqlite_app().await;
+    console_api(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn console_api_on_postgres() {
+    let app = pg_app(4).await;
+    console_api(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_console_is_served_at_the_root_and_routes_in_the_browser() {
+    let app = sqlite_app().await;
+    // No key: the console's files hold no data (its API calls need one).
+    let page = app.call(Method::GET, "/", None, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    let html = page.text();
+    assert!(html.contains("<div id=\"root\">"), "{html}");
+    let header = |r: &Resp, h: &str| {
+        r.headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(header(&page, "content-type").starts_with("text/html"));
+    assert_eq!(header(&page, "cache-control"), "no-cache");
+    assert!(header(&page, "content-security-policy").contains("default-src 'self'"));
+    // A page of the console is the same document (it routes in the browser).
+    for path in ["/workflows/welcome", "/executions/exe_1", "/nodes"] {
+        let r = app.call(Method::GET, path, None, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.text(), html, "{path}");
+    }
+    // Its scripts, cached for good (their names change with their content).
+    let script = html
+        .split("src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("index.html loads a script");
+    assert!(script.starts_with("/assets/"), "{script}");
+    let r = app.call(Method::GET, script, None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        header(&r, "content-type").contains("javascript"),
+        "{:?}",
+        r.headers
+    );
+    assert!(header(&r, "cache-control").contains("immutable"));
+    let etag = header(&r, "etag");
+    let again = app
+        .send(
+            Request::builder()
+                .uri(script)
+                .header("if-none-match", &etag)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    // A missing file, an unknown API route and a write are the API's 404s,
+    // never the page.
+    for (method, path) in [
+        (Method::GET, "/assets/missing.js"),
+        (Method::GET, "/v1/nothing-here"),
+        (Method::GET, "/cluster/nothing"),
+        (Method::POST, "/workflows"),
+    ] {
+        let r = app.call(method.clone(), path, None, None).await;
+        assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    }
+    // The API's own routes keep their answers.
+    let r = app.call(Method::GET, "/v1/workflows", None, None).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized", None);
+    let r = app.call(Method::GET, "/cluster", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    app.finish().await;
+}
+
+/// The console's TypeScript types are generated from `console/openapi.json`
+/// (`npm run api-types`): that copy must be the API's document.
+/// `SOJOURN_UPDATE_OPENAPI=1 cargo test -p sojourn-api --test router
+/// the_consoles_copy` rewrites it.
+#[tokio::test]
+async fn the_consoles_copy_of_the_openapi_document_is_current() {
+    let app = sqlite_app().await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../console/openapi.json");
+    let current = serde_json::to_string_pretty(&app.api.openapi).expect("json") + "\n";
+    if std::env::var_os("SOJOURN_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &current).expect("write console/openapi.json");
+    }
+    let copy = std::fs::read_to_string(&path).unwrap_or_default();
+    app.finish().await;
+    assert!(
+        copy == current,
+        "console/openapi.json is not the API's document: run \
+         SOJOURN_UPDATE_OPENAPI=1 cargo test -p sojourn-api --test router the_consoles_copy, \
+         then `npm run api-types` in console/"
+    );
+}

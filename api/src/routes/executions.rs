@@ -660,3 +660,68 @@ pub(crate) async fn retry<S: Store>(
 ) -> ApiResult<Response> {
     send(&app, &caller, &id, Input::Retry).await
 }
+
+/// Which finished executions to count.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CountsQuery {
+    /// Count executions that finished at or after this instant (RFC 3339;
+    /// default: 24 hours ago). The console passes the viewer's midnight.
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// How many executions are in each status: every unfinished one, and those
+/// that finished since `since`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CountsOut {
+    pub since: DateTime<Utc>,
+    pub pending: i64,
+    /// Work in flight (an action dispatched).
+    pub running: i64,
+    /// Asleep on a delay or an event (passivated: no memory held).
+    pub waiting: i64,
+    pub paused: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+}
+
+pub(crate) async fn counts<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Q(q): Q<CountsQuery>,
+) -> ApiResult<axum::Json<CountsOut>> {
+    let since = q
+        .since
+        .unwrap_or_else(|| Utc::now() - chrono::Duration::hours(24));
+    let rows = app
+        .engine
+        .store()
+        .execution_counts(&caller.namespace, since)
+        .await?;
+    let mut out = CountsOut {
+        since,
+        pending: 0,
+        running: 0,
+        waiting: 0,
+        paused: 0,
+        completed: 0,
+        failed: 0,
+        cancelled: 0,
+    };
+    for (status, n) in rows {
+        let slot = match status.as_str() {
+            "pending" => &mut out.pending,
+            "running" => &mut out.running,
+            "waiting" => &mut out.waiting,
+            "paused" => &mut out.paused,
+            "completed" => &mut out.completed,
+            "failed" => &mut out.failed,
+            "cancelled" => &mut out.cancelled,
+            _ => continue,
+        };
+        *slot += n;
+    }
+    Ok(axum::Json(out))
+}

@@ -481,3 +481,187 @@ pub(crate) async fn archive<S: Store>(
     app.engine.forget_workflow_keys();
     Ok(axum::Json(record.into()))
 }
+
+/// A preview: the draft (or a given document) run on a virtual clock, with
+/// nothing sent (the builder's "preview").
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateRequest {
+    /// The document to run instead of the stored draft.
+    #[serde(default)]
+    pub definition: Option<Value>,
+    /// The execution's input.
+    #[serde(default)]
+    pub input: Option<Value>,
+    /// The subject (otherwise from `settings.subject`).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// An IANA zone for the execution (otherwise the workflow's).
+    #[serde(default)]
+    #[schemars(schema_with = "crate::docs::optional_time_zone")]
+    pub timezone: Option<String>,
+    /// When the journey starts (default: now).
+    #[serde(default)]
+    pub start: Option<DateTime<Utc>>,
+    /// Events that arrive: `[{"after": "2h", "name": "order_completed",
+    /// "payload": {…}}]` (`after` from the start, or `at`; `key` defaults
+    /// to the subject).
+    #[serde(default)]
+    pub events: Vec<SimulatedEvent>,
+    /// Per action node, the outcomes of its successive attempts, as in
+    /// `sojourn simulate --events` (otherwise every attempt succeeds).
+    #[serde(default)]
+    #[schemars(schema_with = "crate::docs::optional_json_object")]
+    pub actions: Option<Value>,
+}
+
+/// An event in a preview's script.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedEvent {
+    /// `"2h"`, `"3d"` after the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// An instant, instead of `after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub payload: Value,
+}
+
+/// What a preview did.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SimulationOut {
+    pub started_at: DateTime<Utc>,
+    /// `finished`, `paused_for_operator`, `waiting_forever` or `step_limit`.
+    pub stop: String,
+    /// The execution's status at the end.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// The node it ended on (or waits at).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_node: Option<String>,
+    /// What happened, in order.
+    pub steps: Vec<SimulatedStep>,
+    /// The messages and calls it would have sent, with their rendered
+    /// inputs.
+    pub dispatches: Vec<SimulatedDispatch>,
+}
+
+/// One thing that happened in a preview.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SimulatedStep {
+    pub at: DateTime<Utc>,
+    /// Milliseconds of journey time since the start.
+    pub offset_ms: i64,
+    /// The node it happened at, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The journal entry's type (`node_entered`, `branch_taken`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The entry in words.
+    pub text: String,
+    /// The journal entry as stored.
+    #[schemars(schema_with = "crate::docs::json_object")]
+    pub entry: Value,
+}
+
+/// A message or call a preview would have sent.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SimulatedDispatch {
+    pub node: String,
+    pub action: String,
+    pub attempt: u32,
+    /// The rendered inputs (secrets stay `{{ secrets.NAME }}`).
+    #[schemars(schema_with = "crate::docs::json_object")]
+    pub inputs: Value,
+}
+
+pub(crate) async fn simulate<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(req): Body<SimulateRequest>,
+) -> ApiResult<axum::Json<SimulationOut>> {
+    use sojourn_runtime::simulate::{Limits, Script, new_simulated_execution};
+
+    let record = find(&app, &caller, &id).await?;
+    let doc = req.definition.unwrap_or(record.draft);
+    check_document("definition", &doc)?;
+    let registry = app.engine.registry(&caller.namespace).await?;
+    let wf = check_definition(app.engine.channels(), &registry, &doc).map_err(invalid_workflow)?;
+    let compiled = CompiledWorkflow::compile(&wf, &registry).map_err(invalid_workflow)?;
+    let script = serde_json::json!({
+        "events": req.events,
+        "actions": req.actions.unwrap_or_else(|| Value::Object(Default::default())),
+    });
+    let script: Script = serde_path_to_error::deserialize(script).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::invalid(&path, format!("{path}: {}", e.inner()))
+    })?;
+    let start = req.start.unwrap_or_else(Utc::now);
+    let snapshot = new_simulated_execution(
+        &compiled,
+        req.input.unwrap_or(Value::Null),
+        req.subject,
+        req.timezone.as_deref(),
+        start,
+    )
+    .map_err(|e| ApiError::invalid("input", e.to_string()))?;
+    // Bounded: a journey that loops through delays stops at the step limit.
+    let sim = sojourn_runtime::simulate::simulate(&compiled, snapshot, &script, Limits::default())
+        .map_err(|e| {
+            let field = e.split(':').next().unwrap_or("events").to_owned();
+            ApiError::invalid(&field, e)
+        })?;
+    let steps = sim
+        .timeline
+        .iter()
+        .map(|entry| {
+            let value = serde_json::to_value(entry).unwrap_or(Value::Null);
+            SimulatedStep {
+                at: entry.at,
+                offset_ms: (entry.at - sim.started_at).num_milliseconds(),
+                node: value.get("node").and_then(Value::as_str).map(str::to_owned),
+                kind: value
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                text: entry.event.to_string(),
+                entry: value,
+            }
+        })
+        .collect();
+    let stop = serde_json::to_value(sim.stop)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Ok(axum::Json(SimulationOut {
+        started_at: sim.started_at,
+        stop,
+        status: sim.snapshot.status.to_string(),
+        outcome: sim.snapshot.outcome.clone(),
+        current_node: sim.snapshot.current.as_ref().map(|n| n.to_string()),
+        steps,
+        dispatches: sim
+            .dispatches
+            .into_iter()
+            .map(|d| SimulatedDispatch {
+                node: d.node.to_string(),
+                action: d.action,
+                attempt: d.attempt,
+                inputs: d.inputs,
+            })
+            .collect(),
+    }))
+}
+
+pub(crate) async fn schema<S: Store>(State(_app): State<AppState<S>>) -> axum::Json<Value> {
+    axum::Json(sojourn_runtime::schema::workflow_schema())
+}

@@ -39,6 +39,15 @@ pub trait ExecutionStore: Send + Sync {
         query: &ExecutionQuery,
     ) -> impl Future<Output = Result<Vec<ExecutionSummary>>> + Send;
 
+    /// How many executions of a namespace are in each status: every
+    /// unfinished one, and the finished ones that finished at or after
+    /// `finished_since` (the console's "today"). `(status, count)`.
+    fn execution_counts(
+        &self,
+        namespace: &str,
+        finished_since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+
     /// Creates an execution, or returns the one created before with the same
     /// idempotency key. A new execution starts at lease epoch 1: its
     /// creator holds the first activation and may start it without
@@ -195,6 +204,7 @@ where
     JournalRow: Read<DB>,
     NodeExecutionRow: Read<DB>,
     (String,): Read<DB>,
+    (String, i64): Read<DB>,
 {
     async fn list_executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionSummary>> {
         // Only the filters asked for, so the planner sees which indexes fit.
@@ -225,6 +235,28 @@ where
         sql.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(query.limit));
         Ok(sql.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    async fn execution_counts(
+        &self,
+        namespace: &str,
+        finished_since: DateTime<Utc>,
+    ) -> Result<Vec<(String, i64)>> {
+        // Two index reads: the unfinished ones through `executions_by_workflow`
+        // (namespace first), the finished ones through `executions_finished`.
+        Ok(sqlx::query_as(
+            "SELECT status, COUNT(*) FROM executions
+             WHERE namespace = $1 AND status IN ('pending', 'running', 'waiting', 'paused')
+             GROUP BY status
+             UNION ALL
+             SELECT status, COUNT(*) FROM executions
+             WHERE namespace = $1 AND finished_at IS NOT NULL AND finished_at >= $2
+             GROUP BY status",
+        )
+        .bind(namespace)
+        .bind(at(finished_since))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn create_executions(&self, batch: &[NewExecution]) -> Result<Vec<Created>> {

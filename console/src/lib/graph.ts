@@ -1,0 +1,365 @@
+// The builder's model: a workflow document, the graph the canvas draws of
+// it, and the edits made to it. Pure functions, tested without a browser.
+
+export interface Position {
+  x: number;
+  y: number;
+}
+
+export interface WfNode {
+  id: string;
+  type: string;
+  name?: string;
+  position?: Position;
+  config?: Record<string, unknown>;
+}
+
+export interface WfEdge {
+  from: string;
+  to: string;
+  branch?: string;
+}
+
+export interface WfDoc {
+  key?: string;
+  name?: string;
+  description?: string;
+  settings?: Record<string, unknown>;
+  nodes: WfNode[];
+  edges: WfEdge[];
+  [other: string]: unknown;
+}
+
+/** A problem the server found, as `/validate` and publish answer it. */
+export interface Problem {
+  node?: string | null;
+  edge?: number | null;
+  field: string;
+  message: string;
+}
+
+/** The structural node types, in palette order. */
+export const NODE_TYPES = [
+  "start",
+  "action",
+  "delay",
+  "wait_for_event",
+  "condition",
+  "split",
+  "function",
+  "exit",
+] as const;
+
+export const NODE_TITLES: Record<string, string> = {
+  start: "Start",
+  action: "Action",
+  delay: "Delay",
+  wait_for_event: "Wait for event",
+  condition: "Condition",
+  split: "Split",
+  function: "Set variables",
+  exit: "Exit",
+};
+
+/**
+ * A node's exits, as the engine compiles them (`runtime/src/compile.rs`):
+ * `[null]` for one unlabelled exit, `[]` for an exit node, else the labels.
+ */
+export function branchesOf(node: WfNode): (string | null)[] {
+  const c = (node.config ?? {}) as Record<string, unknown>;
+  switch (node.type) {
+    case "start":
+    case "delay":
+    case "function":
+      return [null];
+    case "action":
+      return ["success", "failure", "skipped"];
+    case "wait_for_event":
+      return c.timeout ? ["event", "timeout"] : ["event"];
+    case "condition":
+      return ["true", "false"];
+    case "split": {
+      const rules = Array.isArray(c.rules) ? (c.rules as { branch?: unknown }[]) : [];
+      const variants = Array.isArray(c.variants) ? (c.variants as { branch?: unknown }[]) : [];
+      if (rules.length > 0) {
+        return [...rules.map((r) => String(r.branch ?? "")).filter(Boolean), "default"];
+      }
+      return variants.map((v) => String(v.branch ?? "")).filter(Boolean);
+    }
+    case "exit":
+      return [];
+    default:
+      return [null];
+  }
+}
+
+/** The exits the engine requires to be connected. */
+export function requiredBranches(node: WfNode): (string | null)[] {
+  if (node.type === "action") return ["success"];
+  return branchesOf(node);
+}
+
+/** A fresh id for a node of `type`, unused in `doc`: `delay`, `delay_2`, … */
+export function freshId(doc: WfDoc, base: string): string {
+  const taken = new Set(doc.nodes.map((n) => n.id));
+  const stem = base.replace(/[^a-z0-9_]/gi, "_").toLowerCase() || "node";
+  if (!taken.has(stem)) return stem;
+  for (let i = 2; ; i++) {
+    const id = `${stem}_${i}`;
+    if (!taken.has(id)) return id;
+  }
+}
+
+/** The configuration a new node starts with (valid where it can be). */
+export function defaultConfig(type: string, action?: string): Record<string, unknown> {
+  switch (type) {
+    case "start":
+      return { triggers: [{ kind: "api" }] };
+    case "action":
+      return { action: action ?? "http.request", inputs: {} };
+    case "delay":
+      return { duration: "1h" };
+    case "wait_for_event":
+      return { event: "", timeout: "1d" };
+    case "condition":
+      return { expression: "" };
+    case "split":
+      return {
+        variants: [
+          { branch: "a", percent: 50 },
+          { branch: "b", percent: 50 },
+        ],
+      };
+    case "function":
+      return { assign: [] };
+    case "exit":
+      return { outcome: "done" };
+    default:
+      return {};
+  }
+}
+
+// ---- edits ---------------------------------------------------------------
+
+export function addNode(doc: WfDoc, node: WfNode): WfDoc {
+  return { ...doc, nodes: [...doc.nodes, node] };
+}
+
+export function moveNodes(doc: WfDoc, moves: Map<string, Position>): WfDoc {
+  return {
+    ...doc,
+    nodes: doc.nodes.map((n) => {
+      const p = moves.get(n.id);
+      return p ? { ...n, position: { x: Math.round(p.x), y: Math.round(p.y) } } : n;
+    }),
+  };
+}
+
+/** Removes nodes and every edge that touches them. */
+export function removeNodes(doc: WfDoc, ids: Set<string>): WfDoc {
+  return {
+    ...doc,
+    nodes: doc.nodes.filter((n) => !ids.has(n.id)),
+    edges: doc.edges.filter((e) => !ids.has(e.from) && !ids.has(e.to)),
+  };
+}
+
+export function removeEdges(doc: WfDoc, indexes: Set<number>): WfDoc {
+  return { ...doc, edges: doc.edges.filter((_, i) => !indexes.has(i)) };
+}
+
+/**
+ * Connects `from`'s exit `branch` to `to`. An exit leads to one node: a
+ * connection from an exit already used replaces the old one.
+ */
+export function connect(doc: WfDoc, from: string, to: string, branch: string | null): WfDoc {
+  if (from === to) return doc;
+  const edges = doc.edges.filter((e) => !(e.from === from && (e.branch ?? null) === branch));
+  const edge: WfEdge = branch ? { from, to, branch } : { from, to };
+  return { ...doc, edges: [...edges, edge] };
+}
+
+/** Replaces a node (its config, name); a new id renames its edges too. */
+export function updateNode(doc: WfDoc, id: string, next: WfNode): WfDoc {
+  const renamed = next.id !== id;
+  return {
+    ...doc,
+    nodes: doc.nodes.map((n) => (n.id === id ? next : n)),
+    edges: renamed
+      ? doc.edges.map((e) => ({
+          ...e,
+          from: e.from === id ? next.id : e.from,
+          to: e.to === id ? next.id : e.to,
+        }))
+      : doc.edges,
+  };
+}
+
+// ---- layout --------------------------------------------------------------
+
+export const NODE_WIDTH = 200;
+export const NODE_GAP_X = 60;
+export const NODE_GAP_Y = 110;
+
+/**
+ * Positions for nodes that have none: layered from the start node by the
+ * longest path (a breadth-first walk that pushes a node below every node
+ * that leads to it), placed left to right in each layer. Nodes with a
+ * position keep it.
+ */
+export function layout(doc: WfDoc): Map<string, Position> {
+  const out = new Map<string, Position>();
+  const missing = doc.nodes.filter((n) => !n.position);
+  for (const n of doc.nodes) if (n.position) out.set(n.id, n.position);
+  if (missing.length === 0) return out;
+  const next = new Map<string, string[]>();
+  const indegree = new Map<string, number>();
+  for (const n of doc.nodes) {
+    next.set(n.id, []);
+    indegree.set(n.id, 0);
+  }
+  for (const e of doc.edges) {
+    if (!next.has(e.from) || !next.has(e.to)) continue;
+    next.get(e.from)!.push(e.to);
+    indegree.set(e.to, (indegree.get(e.to) ?? 0) + 1);
+  }
+  // Longest-path layering on the acyclic part (Kahn's order); nodes on a
+  // cycle or unreachable go to the layer after their deepest parent seen.
+  const depth = new Map<string, number>();
+  const queue = doc.nodes.filter((n) => indegree.get(n.id) === 0).map((n) => n.id);
+  for (const id of queue) depth.set(id, 0);
+  const remaining = new Map(indegree);
+  for (let i = 0; i < queue.length; i++) {
+    const id = queue[i];
+    for (const to of next.get(id)!) {
+      depth.set(to, Math.max(depth.get(to) ?? 0, (depth.get(id) ?? 0) + 1));
+      const r = remaining.get(to)! - 1;
+      remaining.set(to, r);
+      if (r === 0) queue.push(to);
+    }
+  }
+  const layers = new Map<number, string[]>();
+  for (const n of doc.nodes) {
+    const d = depth.get(n.id) ?? 0;
+    if (!layers.has(d)) layers.set(d, []);
+    layers.get(d)!.push(n.id);
+  }
+  for (const [d, ids] of layers) {
+    const width = ids.length * (NODE_WIDTH + NODE_GAP_X) - NODE_GAP_X;
+    ids.forEach((id, i) => {
+      if (!out.has(id)) {
+        out.set(id, { x: i * (NODE_WIDTH + NODE_GAP_X) - width / 2, y: d * NODE_GAP_Y });
+      }
+    });
+  }
+  return out;
+}
+
+// ---- problems ------------------------------------------------------------
+
+/** The server's problems, by node, by edge and for the whole document. */
+export function problemsByPlace(problems: Problem[]): {
+  nodes: Map<string, Problem[]>;
+  edges: Map<number, Problem[]>;
+  document: Problem[];
+} {
+  const nodes = new Map<string, Problem[]>();
+  const edges = new Map<number, Problem[]>();
+  const document: Problem[] = [];
+  for (const p of problems) {
+    if (p.node) {
+      if (!nodes.has(p.node)) nodes.set(p.node, []);
+      nodes.get(p.node)!.push(p);
+    } else if (p.edge !== undefined && p.edge !== null) {
+      if (!edges.has(p.edge)) edges.set(p.edge, []);
+      edges.get(p.edge)!.push(p);
+    } else {
+      document.push(p);
+    }
+  }
+  return { nodes, edges, document };
+}
+
+/**
+ * A node's problems as an error tree for its form: `config.inputs.to` →
+ * `{inputs: {to: {__errors: [message]}}}` (the form edits `config`).
+ */
+export function formErrors(problems: Problem[]): Record<string, unknown> {
+  const root: Record<string, unknown> = {};
+  for (const p of problems) {
+    const path = p.field
+      .replace(/\[(\d+)\]/g, ".$1")
+      .split(".")
+      .filter(Boolean);
+    if (path[0] === "config") path.shift();
+    else continue;
+    let at = root;
+    for (const part of path) {
+      at[part] = (at[part] as Record<string, unknown>) ?? {};
+      at = at[part] as Record<string, unknown>;
+    }
+    const list = (at.__errors as string[]) ?? [];
+    list.push(p.message);
+    at.__errors = list;
+  }
+  return root;
+}
+
+// ---- undo and redo -------------------------------------------------------
+
+/** The edit history: every document the builder showed, and where it is. */
+export interface History {
+  past: WfDoc[];
+  present: WfDoc;
+  future: WfDoc[];
+}
+
+const HISTORY_LIMIT = 200;
+
+export function historyOf(doc: WfDoc): History {
+  return { past: [], present: doc, future: [] };
+}
+
+/** Records an edit (nothing when it changed nothing). */
+export function record(h: History, next: WfDoc): History {
+  if (next === h.present) return h;
+  const past = [...h.past, h.present];
+  if (past.length > HISTORY_LIMIT) past.shift();
+  return { past, present: next, future: [] };
+}
+
+export function undo(h: History): History {
+  if (h.past.length === 0) return h;
+  const present = h.past[h.past.length - 1];
+  return { past: h.past.slice(0, -1), present, future: [h.present, ...h.future] };
+}
+
+export function redo(h: History): History {
+  if (h.future.length === 0) return h;
+  const [present, ...future] = h.future;
+  return { past: [...h.past, h.present], present, future };
+}
+
+// ---- diff ----------------------------------------------------------------
+
+/** JSON with sorted keys, so two documents compare line by line. */
+export function stableJson(v: unknown): string {
+  return JSON.stringify(sortKeys(v), null, 2);
+}
+
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === "object") {
+    return Object.fromEntries(
+      Object.keys(v as object)
+        .sort()
+        .map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]),
+    );
+  }
+  return v;
+}
+
+/** The document without what only the builder uses (positions). */
+export function withoutLayout(doc: WfDoc): WfDoc {
+  return { ...doc, nodes: doc.nodes.map(({ position: _p, ...n }) => n) };
+}
