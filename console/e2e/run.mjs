@@ -88,6 +88,16 @@ async function drag(page, from, to) {
   await page.mouse.up();
 }
 
+/** Drags an element by (dx, dy) pixels. */
+async function dragBy(page, what, dx, dy) {
+  const a = await what.boundingBox();
+  check(a, "dragBy: the element is not on screen");
+  await page.mouse.move(a.x + a.width / 2, a.y + a.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(a.x + a.width / 2 + dx, a.y + a.height / 2 + dy, { steps: 10 });
+  await page.mouse.up();
+}
+
 const node = await startNode();
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
@@ -129,7 +139,12 @@ try {
   await page.getByTestId("validity").getByText("valid").waitFor();
 
   step = "drag nodes from the palette";
-  await page.locator('[data-palette="delay"]').dragTo(canvas, { targetPosition: { x: 420, y: 90 } });
+  // Dropped below the start node, the exit pushed further down.
+  const canvasBox = await canvas.boundingBox();
+  const startBox = await canvas.locator('.react-flow__node[data-id="start"]').boundingBox();
+  const below = (dy) => ({ x: startBox.x - canvasBox.x + startBox.width / 2, y: startBox.y - canvasBox.y + dy });
+  await dragBy(page, canvas.locator('.react-flow__node[data-id="done"]'), 0, 230);
+  await page.locator('[data-palette="delay"]').dragTo(canvas, { targetPosition: below(110) });
   await canvas.locator('.react-flow__node[data-id="delay"]').waitFor();
   // Undo takes the drop back; redo brings it again.
   await canvas.click({ position: { x: 20, y: 20 } });
@@ -137,7 +152,7 @@ try {
   await canvas.locator('.react-flow__node[data-id="delay"]').waitFor({ state: "detached" });
   await page.keyboard.press("Control+Shift+z");
   await canvas.locator('.react-flow__node[data-id="delay"]').waitFor();
-  await page.locator('[data-palette="email.send"]').dragTo(canvas, { targetPosition: { x: 520, y: 520 } });
+  await page.locator('[data-palette="email.send"]').dragTo(canvas, { targetPosition: below(220) });
   const send = canvas.locator('.react-flow__node[data-id="send"]');
   await send.waitFor();
 
@@ -296,21 +311,25 @@ try {
 
   step = "200 nodes";
   await page.evaluate(() => sessionStorage.clear());
+  // 201 nodes: a tree of 99 A/B splits whose 100 leaves wait a minute and
+  // end at one exit.
   const big = { key: "e2e-big", nodes: [], edges: [] };
+  const child = (j) => (j <= 99 ? `s${j}` : `d${j}`);
   big.nodes.push({ id: "start", type: "start", config: { triggers: [{ kind: "api" }] } });
-  for (let i = 1; i < 199; i++) big.nodes.push({ id: `d${i}`, type: "delay", config: { duration: "1m" } });
+  big.edges.push({ from: "start", to: "s1" });
+  for (let i = 1; i <= 99; i++) {
+    big.nodes.push({ id: `s${i}`, type: "split", config: { variants: [{ branch: "a", percent: 50 }, { branch: "b", percent: 50 }] } });
+    big.edges.push({ from: `s${i}`, to: child(2 * i), branch: "a" }, { from: `s${i}`, to: child(2 * i + 1), branch: "b" });
+  }
+  for (let j = 100; j <= 199; j++) {
+    big.nodes.push({ id: `d${j}`, type: "delay", config: { duration: "1m" } });
+    big.edges.push({ from: `d${j}`, to: "end" });
+  }
   big.nodes.push({ id: "end", type: "exit", config: { outcome: "done" } });
-  // A binary tree of delays, every leaf to the exit.
-  for (let i = 1; i < 199; i++) big.edges.push({ from: i === 1 ? "start" : `d${Math.floor(i / 2)}`, to: `d${i}` });
-  big.edges = big.edges.filter((e, i) => i === 0 || e.from !== "start");
-  for (let i = 1; i < 199; i++) if (2 * i >= 199) big.edges.push({ from: `d${i}`, to: "end" });
-  // A delay has one exit: keep each node's first edge only.
-  const seen = new Set();
-  big.edges = big.edges.filter((e) => (seen.has(e.from) ? false : (seen.add(e.from), true)));
   await api(node.url, "POST", "/v1/workflows", { key: "e2e-big", definition: big });
   const t0 = Date.now();
   await page.goto(`${node.url}/workflows/e2e-big`);
-  await page.getByTestId("validity").waitFor();
+  await page.getByTestId("validity").getByText("valid", { exact: true }).waitFor();
   await page.locator(".react-flow__node").first().waitFor();
   figures.time_to_interactive_ms = Date.now() - t0;
   figures.nodes_drawn = await page.locator(".react-flow__node").count();

@@ -96,7 +96,8 @@ export function Dashboard() {
           {health.data && (
             <>
               <p>
-                Node <code>{health.data.node}</code>: <Badge value={health.data.status} kind={health.data.status === "ok" ? "ok" : "bad"} />
+                Node <code>{health.data.node}</code>:{" "}
+                <Badge value={health.data.status} kind={health.data.checks.every((c) => c.ok) ? "ok" : "bad"} />
               </p>
               <ul>
                 {health.data.checks.map((c) => (
