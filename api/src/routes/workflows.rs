@@ -489,6 +489,7 @@ pub(crate) async fn archive<S: Store>(
 pub struct SimulateRequest {
     /// The document to run instead of the stored draft.
     #[serde(default)]
+    #[schemars(schema_with = "crate::docs::optional_json_object")]
     pub definition: Option<Value>,
     /// The execution's input.
     #[serde(default)]

@@ -2253,7 +2253,7 @@ export interface components {
              * @description The document to run instead of the stored draft.
              * @default null
              */
-            definition?: unknown;
+            definition?: Record<string, unknown> | null;
             /**
              * @description Events that arrive: `[{"after": "2h", "name": "order_completed",
              *     "payload": {…}}]` (`after` from the start, or `at`; `key` defaults
