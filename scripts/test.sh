@@ -122,10 +122,12 @@ ensure_node() {
 }
 
 ensure_chromium() {
-    if [ -n "${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1; then return; fi
-    echo "chromium not found: installing Debian's (the console's end-to-end test drives it)" >&2
-    as_root apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+    if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+        echo "chromium not found: installing Debian's (the console's end-to-end test drives it)" >&2
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+    fi
+    export CHROMIUM="${CHROMIUM:-$(command -v chromium)}"
 }
 
 ensure_tools
@@ -139,6 +141,9 @@ ensure_chromium
 (
     cd console
     npm ci --no-audit --no-fund --loglevel=error
+    # Its API types, from console/openapi.json (a Rust test keeps that
+    # the API's document; CI checks both are committed as generated).
+    npm run api-types --silent
     npm run lint
     npm run typecheck
     npm test
@@ -148,7 +153,7 @@ cargo test --workspace --locked "$@"
 # The console in Chromium against a real `sojourn dev` (the binary the
 # tests built): screenshots in console/e2e/out.
 if [ "$#" -eq 0 ]; then
-    (cd console && SOJOURN_BIN="$PWD/../target/debug/sojourn" node e2e/run.mjs)
+    SOJOURN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/sojourn" node console/e2e/run.mjs
 fi
 # The API against its own OpenAPI document (schemathesis; about 90 s).
 if [ "$#" -eq 0 ]; then

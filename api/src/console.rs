@@ -3,9 +3,10 @@
 //! binary at compile time so every node serves the console at `/` with
 //! nothing to fetch or install at run time.
 //!
-//! `assets/` names carry a content hash and are cached for a year; every
-//! other path that is not a file is a page of the console (client-side
-//! routing) and gets `index.html`, which is never cached.
+//! `assets/` names carry a content hash and are cached for a year. The
+//! console's own pages (`/workflows/…`, client-side routing) get
+//! `index.html`, never cached; any other path is the API's 404, so a
+//! mistyped probe (`/readyz/`, `/health`) fails as it should.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -16,29 +17,36 @@ use rust_embed::RustEmbed;
 #[folder = "../console/dist"]
 struct Files;
 
-/// Paths that belong to the API: an unknown one there is a JSON 404, never
-/// the console's page.
-const API_PREFIXES: [&str; 4] = ["/v1/", "/cluster/", "/trigger/", "/internal/"];
+/// The console's pages (`console/src/App.tsx`): each, and everything under
+/// it, is `index.html`. None is a path of the API.
+const PAGES: [&str; 7] = [
+    "/workflows",
+    "/executions",
+    "/triggers",
+    "/analytics",
+    "/registry",
+    "/audience",
+    "/nodes",
+];
 
-/// Whether `path` is the console's to answer (a GET or HEAD outside the
-/// API's prefixes).
-pub(crate) fn serves(method: &Method, path: &str) -> bool {
-    (method == Method::GET || method == Method::HEAD)
-        && !API_PREFIXES.iter().any(|p| path.starts_with(p))
-        && path != "/v1"
+/// Whether the console answers `method path` (a GET or HEAD).
+pub(crate) fn serves(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
 }
 
-/// The file for `path`, or the console's page for a client-side route.
+/// A built file, or the console's page for one of its routes (a workflow
+/// key may hold dots: `/workflows/welcome.v2` is a page, not a file).
 pub(crate) fn respond(path: &str, headers: &HeaderMap) -> Option<Response> {
     let rel = path.trim_start_matches('/');
-    let (file, name, immutable) = match Files::get(rel) {
-        Some(f) if !rel.is_empty() => (f, rel, rel.starts_with("assets/")),
-        // A route of the console (`/workflows/x`), not a missing file
-        // (`/missing.js`): the page, which routes in the browser.
-        _ if !rel.rsplit('/').next().unwrap_or("").contains('.') => {
-            (Files::get("index.html")?, "index.html", false)
-        }
-        _ => return None,
+    let page = path == "/"
+        || PAGES.iter().any(|p| {
+            path.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        });
+    let (file, name, immutable) = if page {
+        (Files::get("index.html")?, "index.html", false)
+    } else {
+        (Files::get(rel)?, rel, rel.starts_with("assets/"))
     };
     let hash = file.metadata.sha256_hash();
     let etag = format!("\"{}\"", hex::encode(&hash[..16]));

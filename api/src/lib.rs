@@ -779,7 +779,7 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
 /// The console's files and pages (`console::serves`), else a JSON 404.
 async fn not_found(req: Request) -> Response {
     let path = req.uri().path();
-    if console::serves(req.method(), path)
+    if console::serves(req.method())
         && let Some(page) = console::respond(path, req.headers())
     {
         return page;

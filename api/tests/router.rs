@@ -5132,7 +5132,47 @@ async fn console_api<S: Store>(app: &App<S>) {
             .any(|d| d["node"] == json!("mail") && d["field"] == json!("config.inputs.to")),
         "{details:#?}"
     );
-    // A bad script names its field.
+    // Validation answers the document as publishing would store it.
+    let r = app
+        .post(
+            "/v1/workflows/preview/validate",
+            &reader,
+            json!({"definition": doc}),
+        )
+        .await;
+    let v = r.ok(StatusCode::OK);
+    assert_eq!(v["valid"], json!(true), "{v:#}");
+    assert_eq!(v["normalized"]["key"], json!("preview"), "{v:#}");
+    assert_eq!(
+        v["normalized"]["nodes"][3]["config"]["action"],
+        json!("email.send")
+    );
+    let r = app
+        .post(
+            "/v1/workflows/preview/validate",
+            &reader,
+            json!({"definition": broken}),
+        )
+        .await;
+    assert!(
+        r.ok(StatusCode::OK).get("normalized").is_none(),
+        "{}",
+        r.text()
+    );
+    // A bad script or start names its field.
+    let r = app
+        .post(
+            "/v1/workflows/preview/simulate",
+            &reader,
+            json!({"input": {"user": "u"}, "timezone": "Mars/Olympus"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("timezone"),
+    );
     let r = app
         .post(
             "/v1/workflows/preview/simulate",
@@ -5318,7 +5358,14 @@ async fn the_console_is_served_at_the_root_and_routes_in_the_browser() {
     assert_eq!(header(&page, "cache-control"), "no-cache");
     assert!(header(&page, "content-security-policy").contains("default-src 'self'"));
     // A page of the console is the same document (it routes in the browser).
-    for path in ["/workflows/welcome", "/executions/exe_1", "/nodes"] {
+    for path in [
+        "/workflows/welcome",
+        "/workflows/welcome.v2",
+        "/analytics/welcome.v2",
+        "/executions/exe_1",
+        "/nodes",
+        "/index.html",
+    ] {
         let r = app.call(Method::GET, path, None, None).await;
         assert_eq!(r.status, StatusCode::OK, "{path}");
         assert_eq!(r.text(), html, "{path}");
@@ -5355,6 +5402,9 @@ async fn the_console_is_served_at_the_root_and_routes_in_the_browser() {
         (Method::GET, "/assets/missing.js"),
         (Method::GET, "/v1/nothing-here"),
         (Method::GET, "/cluster/nothing"),
+        (Method::GET, "/readyz/"),
+        (Method::GET, "/health"),
+        (Method::GET, "/workflowsx"),
         (Method::POST, "/workflows"),
     ] {
         let r = app.call(method.clone(), path, None, None).await;

@@ -191,6 +191,8 @@ try {
   await cond.click();
   await page.keyboard.press("Delete");
   await cond.waitFor({ state: "detached" });
+  // The canvas followed the new node; show the whole journey again.
+  await canvas.locator(".react-flow__controls-fitview").click();
 
   step = "preview";
   await page.getByLabel("Preview input").fill('{"email": "ada@example.com", "name": "Ada"}');
@@ -345,10 +347,13 @@ try {
     };
     window.__raf = requestAnimationFrame(tick);
   });
-  await page.mouse.move(box.x + box.width / 2, box.y + 10);
+  // At the zoom that fits 201 nodes a node is small: grab its middle.
+  const cx = box.x + box.width / 2;
+  const cy = box.y + box.height / 2;
+  await page.mouse.move(cx, cy);
   await page.mouse.down();
   for (let i = 0; i < 60; i++) {
-    await page.mouse.move(box.x + box.width / 2 + i * 4, box.y + 10 + i * 2);
+    await page.mouse.move(cx + i * 4, cy + i * 2);
   }
   await page.mouse.up();
   const frames = await page.evaluate(() => {
@@ -360,7 +365,16 @@ try {
   figures.drag_frame_median_ms = Math.round(frames[Math.floor(frames.length / 2)] * 10) / 10;
   figures.drag_frame_p95_ms = Math.round(frames[Math.floor(frames.length * 0.95)] * 10) / 10;
   figures.drag_frame_max_ms = Math.round(frames[frames.length - 1] * 10) / 10;
-  // An edit on the big journey: the node moved is saved.
+  // The move is the draft's, on the server, once saved.
+  const moved = await target.getAttribute("data-id");
+  const before = big.nodes.find((n) => n.id === moved);
+  for (let i = 0; ; i++) {
+    const draft = (await api(node.url, "GET", "/v1/workflows/e2e-big")).draft;
+    const now = draft.nodes.find((n) => n.id === moved);
+    if (now.position && JSON.stringify(now.position) !== JSON.stringify(before.position)) break;
+    check(i < 50, `the drag of ${moved} was not saved`);
+    await page.waitForTimeout(100);
+  }
   await page.getByText("draft saved").waitFor();
   await shot("14-builder-200-nodes");
 

@@ -1,5 +1,6 @@
 import { lazy, Suspense, useEffect, useState } from "react";
-import { NavLink, Route, Routes } from "react-router";
+import { NavLink, Route, Routes, useLocation } from "react-router";
+import { ErrorBoundary } from "./components/ErrorBoundary";
 import { useQueryClient } from "@tanstack/react-query";
 import { apiKey, onUnauthorized } from "./api/client";
 import { Login } from "./pages/Login";
@@ -32,6 +33,7 @@ const NAV = [
 export function App() {
   const queries = useQueryClient();
   const [locked, setLocked] = useState(false);
+  const location = useLocation();
   useEffect(
     () =>
       onUnauthorized(() => {
@@ -65,6 +67,8 @@ export function App() {
               className="link"
               onClick={() => {
                 apiKey.clear();
+                // Nothing read with the key stays on screen.
+                queries.clear();
                 setLocked(true);
               }}
             >
@@ -74,6 +78,7 @@ export function App() {
         </div>
       </nav>
       <main className="content">
+        <ErrorBoundary resetKey={location.pathname}>
         <Suspense fallback={<p className="muted">Loading…</p>}>
           <Routes>
             <Route path="/" element={<Dashboard />} />
@@ -91,6 +96,7 @@ export function App() {
             <Route path="*" element={<p>No such page. Pick a section on the left.</p>} />
           </Routes>
         </Suspense>
+        </ErrorBoundary>
       </main>
     </div>
   );

@@ -122,6 +122,11 @@ pub struct ValidationOut {
     pub valid: bool,
     /// Every problem, each naming its node and field.
     pub errors: Vec<Problem>,
+    /// A valid document as publishing would store it (defaults written
+    /// out): what the console compares with the latest version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::docs::optional_json_object")]
+    pub normalized: Option<Value>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -403,17 +408,22 @@ pub(crate) async fn validate<S: Store>(
 ) -> ApiResult<axum::Json<ValidationOut>> {
     let record = find(&app, &caller, &id).await?;
     let doc = req.definition.unwrap_or(record.draft);
-    let errors = match check_definition(
+    let (errors, normalized) = match check_definition(
         app.engine.channels(),
         &app.engine.registry(&caller.namespace).await?,
         &doc,
     ) {
-        Ok(_) => Vec::new(),
-        Err(errors) => errors,
+        Ok(mut wf) => {
+            // As publishing would store it.
+            wf.key = Some(record.key.clone());
+            (Vec::new(), serde_json::to_value(&wf).ok())
+        }
+        Err(errors) => (errors, None),
     };
     Ok(axum::Json(ValidationOut {
         valid: errors.is_empty(),
         errors: errors.into_iter().map(Problem::from).collect(),
+        normalized,
     }))
 }
 
@@ -583,6 +593,11 @@ pub struct SimulatedDispatch {
     pub inputs: Value,
 }
 
+/// A preview's budget: steps (a journey's whole walk, its loops included)
+/// and time.
+const PREVIEW_MAX_STEPS: usize = 2_000;
+const PREVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) async fn simulate<S: Store>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -601,10 +616,8 @@ pub(crate) async fn simulate<S: Store>(
         "events": req.events,
         "actions": req.actions.unwrap_or_else(|| Value::Object(Default::default())),
     });
-    let script: Script = serde_path_to_error::deserialize(script).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::invalid(&path, format!("{path}: {}", e.inner()))
-    })?;
+    let script: Script = serde_path_to_error::deserialize(script)
+        .map_err(|e| ApiError::invalid(&e.path().to_string(), e.inner()))?;
     let start = req.start.unwrap_or_else(Utc::now);
     let snapshot = new_simulated_execution(
         &compiled,
@@ -613,13 +626,39 @@ pub(crate) async fn simulate<S: Store>(
         req.timezone.as_deref(),
         start,
     )
-    .map_err(|e| ApiError::invalid("input", e.to_string()))?;
-    // Bounded: a journey that loops through delays stops at the step limit.
-    let sim = sojourn_runtime::simulate::simulate(&compiled, snapshot, &script, Limits::default())
-        .map_err(|e| {
-            let field = e.split(':').next().unwrap_or("events").to_owned();
-            ApiError::invalid(&field, e)
-        })?;
+    .map_err(|e| match e {
+        sojourn_runtime::Error::InvalidStart { field, message } => {
+            ApiError::invalid(field, message)
+        }
+        other => ApiError::invalid("input", other.to_string()),
+    })?;
+    // Off the async workers, and bounded: a journey that loops through
+    // delays stops at the step limit, and a preview that takes too long is
+    // abandoned (its thread finishes the steps it has left, then stops).
+    let run = tokio::task::spawn_blocking(move || {
+        let limits = Limits {
+            max_steps: PREVIEW_MAX_STEPS,
+        };
+        sojourn_runtime::simulate::simulate(&compiled, snapshot, &script, limits)
+    });
+    let sim = match tokio::time::timeout(PREVIEW_TIMEOUT, run).await {
+        Ok(Ok(Ok(sim))) => sim,
+        // The simulator's errors start with the field they are about.
+        Ok(Ok(Err(e))) => {
+            let (field, message) = e.split_once(": ").unwrap_or(("events", e.as_str()));
+            return Err(ApiError::invalid(field, message));
+        }
+        Ok(Err(join)) => return Err(ApiError::internal(format!("a preview's thread: {join}"))),
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "definition",
+                format!(
+                    "the preview took longer than {} s; shorten the journey or its loops",
+                    PREVIEW_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+    };
     let steps = sim
         .timeline
         .iter()

@@ -2460,6 +2460,11 @@ export interface components {
         ValidationOut: {
             /** @description Every problem, each naming its node and field. */
             errors: components["schemas"]["Problem"][];
+            /**
+             * @description A valid document as publishing would store it (defaults written
+             *     out): what the console compares with the latest version.
+             */
+            normalized: Record<string, unknown> | null;
             valid: boolean;
         };
         VersionItem: {

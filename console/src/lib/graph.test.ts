@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
+  asDoc,
   branchesOf,
   connect,
   formErrors,
@@ -70,6 +71,33 @@ describe("edits", () => {
     expect(d.edges).toEqual([]);
   });
 
+  it("an exit that goes away takes its edge with it", () => {
+    // The timeout cleared: the timeout edge cannot be drawn nor reached.
+    let d = connect(doc(), "wait", "start", "timeout");
+    d = updateNode(d, "wait", { id: "wait", type: "wait_for_event", config: { event: "paid" } });
+    expect(d.edges).toEqual([
+      { from: "start", to: "wait" },
+      { from: "wait", to: "done", branch: "event" },
+    ]);
+    // A label the node never had (a draft from elsewhere) is left for the
+    // server's validation to name.
+    const odd = { ...doc(), edges: [...doc().edges, { from: "wait", to: "done", branch: "weird" }] };
+    expect(updateNode(odd, "wait", { id: "wait", type: "wait_for_event", config: { event: "x", timeout: "1h" } }).edges).toHaveLength(3);
+  });
+
+  it("a stored draft is read leniently", () => {
+    const d = asDoc({
+      nodes: [null, { id: "a", type: "delay", position: { x: "1" }, config: 3 }, { id: 2, type: "exit" }, { id: "b", type: "exit" }],
+      edges: [null, { from: "a" }, { from: "a", to: "b", branch: 4 }, { from: "a", to: "b" }],
+    });
+    expect(d.nodes).toEqual([
+      { id: "a", type: "delay", position: undefined, config: undefined },
+      { id: "b", type: "exit" },
+    ]);
+    expect(d.edges).toEqual([{ from: "a", to: "b" }]);
+    expect(asDoc("nonsense")).toEqual({ nodes: [], edges: [] });
+  });
+
   it("renaming a node renames its edges", () => {
     const d = updateNode(doc(), "wait", { id: "wait_paid", type: "wait_for_event", config: { event: "paid" } });
     expect(d.edges).toEqual([
@@ -114,16 +142,31 @@ describe("layout", () => {
     expect(p.get("wait")!.y).toBeLessThan(p.get("done")!.y);
   });
 
-  it("keeps given positions and copes with a cycle", () => {
+  it("keeps given positions", () => {
     const d = doc();
     d.nodes[0].position = { x: 7, y: 9 };
-    d.edges.push({ from: "done", to: "start" });
     const p = layout(d);
     expect(p.get("start")).toEqual({ x: 7, y: 9 });
-    expect(p.size).toBe(3);
+    expect(p.get("wait")!.y).toBeGreaterThan(0);
   });
 
-  it("lays out 200 nodes quickly and without overlap in a layer", () => {
+  it("puts a loop and what follows it below the node that leads into it", () => {
+    const d: WfDoc = {
+      nodes: ["start", "a", "b", "c"].map((id) => ({ id, type: "delay" })),
+      edges: [
+        { from: "start", to: "a" },
+        { from: "a", to: "b" },
+        { from: "b", to: "a" },
+        { from: "b", to: "c" },
+      ],
+    };
+    const y = (id: string) => layout(d).get(id)!.y;
+    expect(y("start")).toBeLessThan(y("a"));
+    expect(y("a")).toBeLessThan(y("b"));
+    expect(y("b")).toBeLessThan(y("c"));
+  });
+
+  it("gives 200 nodes each a place of their own", () => {
     const nodes = Array.from({ length: 200 }, (_, i) => ({ id: `n${i}`, type: "delay" }));
     const edges = nodes.slice(1).map((n, i) => ({ from: `n${Math.floor(i / 2)}`, to: n.id }));
     const p = layout({ nodes, edges });

@@ -179,20 +179,55 @@ export function connect(doc: WfDoc, from: string, to: string, branch: string | n
   return { ...doc, edges: [...edges, edge] };
 }
 
-/** Replaces a node (its config, name); a new id renames its edges too. */
+/**
+ * Replaces a node (its config, name); a new id renames its edges too, and
+ * edges leaving by an exit the node no longer has (a timeout cleared, a
+ * variant renamed) go: the canvas could not draw them, nor the user reach
+ * them (undo brings them back).
+ */
 export function updateNode(doc: WfDoc, id: string, next: WfNode): WfDoc {
   const renamed = next.id !== id;
+  const before = doc.nodes.find((n) => n.id === id);
+  const exits = new Set(branchesOf(next));
+  const hadExits = before ? new Set(branchesOf(before)) : exits;
+  const edges = doc.edges
+    .filter((e) => e.from !== id || exits.has(e.branch ?? null) || !hadExits.has(e.branch ?? null))
+    .map((e) =>
+      renamed
+        ? {
+            ...e,
+            from: e.from === id ? next.id : e.from,
+            to: e.to === id ? next.id : e.to,
+          }
+        : e,
+    );
   return {
     ...doc,
     nodes: doc.nodes.map((n) => (n.id === id ? next : n)),
-    edges: renamed
-      ? doc.edges.map((e) => ({
-          ...e,
-          from: e.from === id ? next.id : e.from,
-          to: e.to === id ? next.id : e.to,
-        }))
-      : doc.edges,
+    edges: edges.length === doc.edges.length && !renamed ? doc.edges : edges,
   };
+}
+
+/**
+ * A stored draft as the builder can edit it: nodes without an id or a type
+ * and edges without both ends are left out (a draft is any JSON object to
+ * the API; the server's validation names what is wrong with the rest).
+ */
+export function asDoc(v: unknown): WfDoc {
+  const d = (v && typeof v === "object" && !Array.isArray(v) ? v : {}) as WfDoc;
+  const obj = (x: unknown): x is Record<string, unknown> => Boolean(x) && typeof x === "object" && !Array.isArray(x);
+  const nodes = (Array.isArray(d.nodes) ? d.nodes : [])
+    .filter((n): n is WfNode => obj(n) && typeof n.id === "string" && typeof n.type === "string")
+    .map((n) => {
+      const p = n.position as unknown;
+      const placed = obj(p) && Number.isFinite(p.x) && Number.isFinite(p.y);
+      const config = obj(n.config) ? n.config : undefined;
+      return placed && (config || n.config === undefined) ? n : { ...n, position: placed ? n.position : undefined, config };
+    });
+  const edges = (Array.isArray(d.edges) ? d.edges : []).filter(
+    (e): e is WfEdge => obj(e) && typeof e.from === "string" && typeof e.to === "string" && (e.branch === undefined || typeof e.branch === "string"),
+  );
+  return { ...d, nodes, edges };
 }
 
 // ---- layout --------------------------------------------------------------
@@ -236,6 +271,18 @@ export function layout(doc: WfDoc): Map<string, Position> {
       const r = remaining.get(to)! - 1;
       remaining.set(to, r);
       if (r === 0) queue.push(to);
+    }
+  }
+  // What Kahn's order could not reach (a loop, and what follows it): one
+  // layer below the node it is first reached from.
+  const queued = new Set(queue);
+  const bfs = [...queue];
+  for (let i = 0; i < bfs.length; i++) {
+    for (const to of next.get(bfs[i])!) {
+      if (queued.has(to)) continue;
+      queued.add(to);
+      depth.set(to, Math.max(depth.get(to) ?? 0, (depth.get(bfs[i]) ?? 0) + 1));
+      bfs.push(to);
     }
   }
   const layers = new Map<number, string[]>();

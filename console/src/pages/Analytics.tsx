@@ -18,9 +18,9 @@ type Metric = paths["/v1/analytics/workflows/{workflow}/series"]["get"]["paramet
 
 const METRICS: Metric[] = ["entered", "completed", "failed", "converted", "sent", "delivered", "opened", "clicked", "bounced", "unsubscribed"];
 
-/** `YYYY-MM-DD` of a date in the viewer's zone. */
+/** `YYYY-MM-DD` of an instant's UTC day (what the reports count in). */
 function day(d: Date): string {
-  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+  return d.toISOString().slice(0, 10);
 }
 
 export default function Analytics() {
@@ -89,7 +89,10 @@ export default function Analytics() {
           <Export workflow={id} from={from} to={to} />
         </div>
       </div>
-      <Journey workflow={id} from={from} to={to} zone={zone} />
+      <p className="hint">
+        Funnel, conversions, delivery rates and the export count UTC days ({from} to {to}); the chart counts days in its time zone.
+      </p>
+      <Journey key={id} workflow={id} from={from} to={to} zone={zone} />
       <div className="grid" style={{ gridTemplateColumns: "1fr 1fr", alignItems: "start", marginTop: 12 }}>
         <Conversions workflow={id} from={from} to={to} />
       </div>
@@ -305,7 +308,12 @@ function Conversions({ workflow, from, to }: { workflow: string; from: string; t
                   ))}
                 </tbody>
               </table>
-              {c.lift !== null && c.lift !== undefined && <p>Lift over the holdout: {percent(c.lift)}</p>}
+              {c.lift !== null && c.lift !== undefined && (
+                <p>
+                  Lift over the holdout: {c.lift >= 0 ? "+" : ""}
+                  {(c.lift * 100).toFixed(1)} percentage points
+                </p>
+              )}
             </div>
           )
         }

@@ -14,6 +14,7 @@ import {
   useReactFlow,
   type Connection,
   type Edge,
+  type EdgeChange,
   type NodeChange,
 } from "@xyflow/react";
 import type { ErrorSchema, RJSFSchema } from "@rjsf/utils";
@@ -23,6 +24,7 @@ import {
   NODE_TITLES,
   NODE_TYPES,
   addNode,
+  asDoc,
   branchesOf,
   connect,
   defaultConfig,
@@ -66,12 +68,6 @@ function reducer(h: History, a: Action): History {
   }
 }
 
-/** A document as stored: nodes and edges always there. */
-function asDoc(v: unknown): WfDoc {
-  const d = (v && typeof v === "object" ? v : {}) as WfDoc;
-  return { ...d, nodes: Array.isArray(d.nodes) ? d.nodes : [], edges: Array.isArray(d.edges) ? d.edges : [] };
-}
-
 /** Gives every node a position, so the canvas and the document agree. */
 function placed(doc: WfDoc): WfDoc {
   if (doc.nodes.every((n) => n.position)) return doc;
@@ -90,29 +86,44 @@ function useSettled<T>(value: T, ms: number): T {
 
 export default function BuilderPage() {
   const { id = "" } = useParams();
+  // Read afresh each time the builder opens (another tab, the API or the
+  // CLI may have changed the draft); kept up to date by its own saves.
   const wf = useQuery({
     queryKey: ["workflow", id],
     queryFn: () => unwrap(client.GET("/v1/workflows/{workflow}", { params: { path: { workflow: id } } })),
     staleTime: Infinity,
+    gcTime: 0,
+    refetchOnMount: "always",
     refetchOnWindowFocus: false,
   });
   if (wf.error) return <ErrorNote error={wf.error} />;
-  if (!wf.data) return <Loading what="the workflow" />;
+  if (!wf.data || wf.isFetchedAfterMount === false) return <Loading what="the workflow" />;
   return (
     <ReactFlowProvider>
-      <Builder key={wf.data.id} workflow={wf.data} />
+      <Builder key={wf.data.id} workflow={wf.data} queryKey={["workflow", id]} />
     </ReactFlowProvider>
   );
 }
 
-function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
+/** Edits of one selection: the nodes and edges chosen on the canvas. */
+interface Selection {
+  nodes: Set<string>;
+  edges: Set<string>;
+}
+
+const NOTHING: Selection = { nodes: new Set(), edges: new Set() };
+
+function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; queryKey: unknown[] }) {
   const key = workflow.key;
   const queries = useQueryClient();
   const navigate = useNavigate();
   const [history, dispatch] = useReducer(reducer, undefined, () => historyOf(placed(asDoc(workflow.draft))));
   const doc = history.present;
   const edit = useCallback((next: WfDoc) => dispatch({ kind: "edit", doc: next }), []);
-  const [selected, setSelected] = useState<string | null>(null);
+  const [selection, setSelection] = useState<Selection>(NOTHING);
+  // The node whose properties show: the one node selected.
+  const selected = selection.nodes.size === 1 && selection.edges.size === 0 ? [...selection.nodes][0] : null;
+  const setSelected = useCallback((id: string | null) => setSelection(id ? { nodes: new Set([id]), edges: new Set() } : NOTHING), []);
   const [preview, setPreview] = useState<PreviewResult | null>(null);
   const [publishing, setPublishing] = useState(false);
   const flow = useReactFlow();
@@ -130,22 +141,60 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
   const placedProblems = useMemo(() => problemsByPlace(problems), [problems]);
 
   // The draft is saved as it settles (every edit is kept on the server).
+  // Saves (and a publish) of this workflow run one at a time, in order
+  // (one mutation scope), so an older draft never lands after a newer one.
   const [saved, setSaved] = useState<WfDoc>(doc);
   const save = useMutation({
+    scope: { id: `draft:${workflow.id}` },
     mutationFn: (d: WfDoc) =>
       unwrap(client.PUT("/v1/workflows/{workflow}", { params: { path: { workflow: key } }, body: { definition: d } })),
-    onSuccess: (_w, d) => setSaved(d),
+    onSuccess: (w, d) => {
+      setSaved((s) => (lastSent.current === d ? d : s));
+      queries.setQueryData(queryKey, w);
+    },
   });
   const saveDraft = save.mutate;
   const toSave = useSettled(doc, 800);
   const lastSent = useRef<WfDoc>(doc);
+  const latest = useRef<WfDoc>(doc);
+  useEffect(() => {
+    latest.current = doc;
+  }, [doc]);
   useEffect(() => {
     if (toSave !== lastSent.current) {
       lastSent.current = toSave;
       saveDraft(toSave);
     }
   }, [toSave, saveDraft]);
+  // Leaving the page: what the last 800 ms changed is saved too; closing
+  // the tab with changes unsaved asks first.
+  useEffect(
+    () => () => {
+      if (latest.current !== lastSent.current) {
+        lastSent.current = latest.current;
+        saveDraft(latest.current);
+      }
+    },
+    [saveDraft],
+  );
   const dirty = doc !== saved || save.isPending;
+  const onPublished = useCallback(
+    (w: Schemas["WorkflowOut"], d: WfDoc) => {
+      // Publishing saved this document as the draft too (the autosave may
+      // send it once more: the same document, no harm).
+      setSaved(d);
+      queries.setQueryData(queryKey, w);
+      queries.invalidateQueries({ queryKey: ["workflows"] });
+      queries.invalidateQueries({ queryKey: ["versions", key] });
+    },
+    [queries, queryKey, key],
+  );
+  useEffect(() => {
+    if (!dirty) return;
+    const warn = (e: BeforeUnloadEvent) => e.preventDefault();
+    window.addEventListener("beforeunload", warn);
+    return () => window.removeEventListener("beforeunload", warn);
+  }, [dirty]);
 
   // ---- canvas ------------------------------------------------------------
   const decorations = useMemo(() => {
@@ -162,7 +211,7 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
   // keeps its object, so only changed nodes render again (a 200-node
   // journey stays quick); sizes the canvas measured are kept.
   const buildNodes = useCallback(
-    (d: WfDoc, sel: string | null, old: JourneyFlowNode[]): JourneyFlowNode[] => {
+    (d: WfDoc, sel: Set<string>, old: JourneyFlowNode[]): JourneyFlowNode[] => {
       const before = new Map(old.map((n) => [n.id, n]));
       return d.nodes.map((n) => {
         const problems = placedProblems.nodes.get(n.id)?.map((p) => (p.field ? `${p.field}: ${p.message}` : p.message));
@@ -178,7 +227,7 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
         const same =
           o &&
           o.data.node === n &&
-          o.selected === (n.id === sel) &&
+          o.selected === sel.has(n.id) &&
           (o.data.problems ?? []).join("\n") === (problems ?? []).join("\n") &&
           o.data.visited === data.visited &&
           o.data.current === data.current &&
@@ -188,7 +237,7 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
           id: n.id,
           type: "journey" as const,
           position: n.position ?? { x: 0, y: 0 },
-          selected: n.id === sel,
+          selected: sel.has(n.id),
           measured: o?.measured,
           data,
         };
@@ -196,10 +245,11 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
     },
     [placedProblems, decorations, preview],
   );
-  const [canvas, setCanvas] = useState(() => ({ doc, selected, buildNodes, nodes: buildNodes(doc, selected, []) }));
-  if (canvas.doc !== doc || canvas.selected !== selected || canvas.buildNodes !== buildNodes) {
+  const selectedNodes = selection.nodes;
+  const [canvas, setCanvas] = useState(() => ({ doc, selectedNodes, buildNodes, nodes: buildNodes(doc, selectedNodes, []) }));
+  if (canvas.doc !== doc || canvas.selectedNodes !== selectedNodes || canvas.buildNodes !== buildNodes) {
     // Derived during render (React's pattern for state that follows props).
-    setCanvas({ doc, selected, buildNodes, nodes: buildNodes(doc, selected, canvas.nodes) });
+    setCanvas({ doc, selectedNodes, buildNodes, nodes: buildNodes(doc, selectedNodes, canvas.nodes) });
   }
   const nodes = canvas.nodes;
   const setNodes = useCallback(
@@ -214,11 +264,28 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
         target: e.to,
         sourceHandle: e.branch ?? "next",
         targetHandle: "in",
-        label: e.branch,
-        style: placedProblems.edges.has(i) ? { stroke: "#c62828" } : undefined,
+        label: placedProblems.edges.has(i) ? `⚠ ${e.branch ?? ""}` : e.branch,
+        selected: selection.edges.has(`e${i}`),
+        style: placedProblems.edges.has(i) ? { stroke: "#c62828", strokeDasharray: "6 3" } : undefined,
         ariaLabel: `${e.from} ${e.branch ?? ""} to ${e.to}`,
       })),
-    [doc.edges, placedProblems],
+    [doc.edges, placedProblems, selection.edges],
+  );
+  /** Selection changes from the canvas (a click, a box, shift-click). */
+  const select = useCallback((kind: "nodes" | "edges", changes: { id: string; selected: boolean }[]) => {
+    if (changes.length === 0) return;
+    setSelection((sel) => {
+      const next = new Set(sel[kind]);
+      for (const c of changes) {
+        if (c.selected) next.add(c.id);
+        else next.delete(c.id);
+      }
+      return { ...sel, [kind]: next };
+    });
+  }, []);
+  const onEdgesChange = useCallback(
+    (changes: EdgeChange[]) => select("edges", changes.flatMap((c) => (c.type === "select" ? [{ id: c.id, selected: c.selected }] : []))),
+    [select],
   );
 
   const onNodesChange = useCallback(
@@ -232,11 +299,9 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
         const moves = new Map(ended.map((c) => [(c as { id: string }).id, (c as { position: { x: number; y: number } }).position]));
         edit(moveNodes(doc, moves));
       }
-      for (const c of changes) {
-        if (c.type === "select" && c.selected) setSelected(c.id);
-      }
+      select("nodes", changes.flatMap((c) => (c.type === "select" ? [{ id: c.id, selected: c.selected }] : [])));
     },
-    [doc, edit, setNodes],
+    [doc, edit, setNodes, select],
   );
   const onConnect = useCallback(
     (c: Connection) => {
@@ -250,10 +315,10 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
       let next = doc;
       if (es.length > 0) next = removeEdges(next, new Set(es.map((e) => Number(e.id.slice(1)))));
       if (ns.length > 0) next = removeNodes(next, new Set(ns.map((n) => n.id)));
-      if (ns.some((n) => n.id === selected)) setSelected(null);
+      setSelection(NOTHING);
       edit(next);
     },
-    [doc, edit, selected],
+    [doc, edit],
   );
 
   // Undo and redo from the keyboard (not while typing in a field).
@@ -286,7 +351,7 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
       edit(addNode(doc, { id, type, position, config: defaultConfig(type, action) }));
       setSelected(id);
     },
-    [doc, edit],
+    [doc, edit, setSelected],
   );
   const onDrop = useCallback(
     (e: React.DragEvent) => {
@@ -303,6 +368,7 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
     // Below the lowest node, so it does not land on another.
     const y = Math.max(0, ...doc.nodes.map((n) => (n.position?.y ?? 0) + 110));
     addAt(type, action, { x: 0, y });
+    flow.setCenter(100, y + 30, { duration: 200, zoom: flow.getZoom() });
   };
 
   const selectedNode = doc.nodes.find((n) => n.id === selected) ?? null;
@@ -353,6 +419,7 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
           edges={edges}
           nodeTypes={nodeTypes}
           onNodesChange={onNodesChange}
+          onEdgesChange={onEdgesChange}
           onConnect={onConnect}
           onDelete={onDelete}
           onPaneClick={() => setSelected(null)}
@@ -376,6 +443,25 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
                 {p.message}
               </div>
             ))}
+          </div>
+        )}
+        {placedProblems.edges.size > 0 && (
+          <div className="alert" aria-label="Problems with connections">
+            {[...placedProblems.edges].map(([i, ps]) => {
+              const e = doc.edges[i];
+              return (
+                <div key={i} className="spread">
+                  <span>
+                    {e ? `${e.from} ${e.branch ? `(${e.branch}) ` : ""}→ ${e.to}` : `edge ${i}`}: {ps.map((p) => p.message).join("; ")}
+                  </span>
+                  {e && (
+                    <button className="link" onClick={() => edit(removeEdges(doc, new Set([i])))}>
+                      remove
+                    </button>
+                  )}
+                </div>
+              );
+            })}
           </div>
         )}
         {validation.error && <ErrorNote error={validation.error} />}
@@ -411,15 +497,11 @@ function Builder({ workflow }: { workflow: Schemas["WorkflowOut"] }) {
       {publishing && (
         <PublishDialog
           workflow={key}
+          scope={`draft:${workflow.id}`}
           doc={doc}
           latest={workflow.latest_version ?? null}
           onClose={() => setPublishing(false)}
-          onPublished={() => {
-            setSaved(doc);
-            queries.invalidateQueries({ queryKey: ["workflow", key] });
-            queries.invalidateQueries({ queryKey: ["workflows"] });
-            queries.invalidateQueries({ queryKey: ["versions", key] });
-          }}
+          onPublished={onPublished}
         />
       )}
     </div>

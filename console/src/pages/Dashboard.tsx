@@ -10,11 +10,13 @@ export function Dashboard() {
   const counts = useQuery({
     queryKey: ["counts", since],
     queryFn: () => unwrap(client.GET("/v1/analytics/executions", { params: { query: { since } } })),
-    refetchInterval: 10_000,
+    refetchInterval: 30_000,
   });
+  // The delivery report counts UTC days.
+  const utcToday = new Date().toISOString().slice(0, 10);
   const rates = useQuery({
-    queryKey: ["rates", "today", since],
-    queryFn: () => unwrap(client.GET("/v1/analytics/deliveries", { params: { query: { from: since.slice(0, 10) } } })),
+    queryKey: ["rates", "today", utcToday],
+    queryFn: () => unwrap(client.GET("/v1/analytics/deliveries", { params: { query: { from: utcToday, to: utcToday } } })),
     refetchInterval: 30_000,
   });
   const health = useQuery({
@@ -50,7 +52,9 @@ export function Dashboard() {
           </div>
         )}
       </Query>
-      <h2>Deliveries today</h2>
+      <h2>
+        Deliveries today <span className="hint">(the UTC day {utcToday})</span>
+      </h2>
       <Query q={rates} what="deliveries">
         {(r) =>
           r.channels.length === 0 ? (

@@ -1,4 +1,4 @@
-import { useState } from "react";
+import { Fragment, useState } from "react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { client, unwrap } from "../api/client";
 import { useRegistry } from "../api/hooks";
@@ -41,8 +41,8 @@ export function Registry() {
               </thead>
               <tbody>
                 {defs.map((d) => (
-                  <>
-                    <tr key={d.name}>
+                  <Fragment key={d.name}>
+                    <tr>
                       <td>
                         <button className="link mono" onClick={() => setOpen(open === d.name ? null : d.name)} aria-expanded={open === d.name}>
                           {d.name}
@@ -62,13 +62,13 @@ export function Registry() {
                       </td>
                     </tr>
                     {open === d.name && (
-                      <tr key={d.name + "/detail"}>
+                      <tr>
                         <td colSpan={6}>
                           <Detail name={d.name} />
                         </td>
                       </tr>
                     )}
-                  </>
+                  </Fragment>
                 ))}
               </tbody>
             </table>

@@ -10,7 +10,7 @@ type Kind = Schemas["TriggerKind"];
 const EXAMPLES: Record<Kind, string> = {
   api: "{}",
   schedule: '{"cron": "0 0 9 * * Mon-Fri", "timezone": "Europe/Paris", "input": {}}',
-  event: '{"event": "signed_up", "subject": "event.key", "input": {"user_id": "event.key"}}',
+  event: '{"event": "signed_up", "input": {"source": "signup"}}',
   segment: '{"segment": "vip"}',
 };
 
@@ -67,8 +67,10 @@ export function Triggers() {
 function TriggerRow({ t, workflow, open, onToggle }: { t: Trigger; workflow: string; open: boolean; onToggle: () => void }) {
   const queries = useQueryClient();
   const move = useMutation({
-    mutationFn: (m: "activate" | "pause" | "resume" | "stop") =>
-      unwrap(client.POST(`/v1/triggers/{trigger}/${m}`, { params: { path: { trigger: t.id } } })),
+    mutationFn: (m: "activate" | "pause" | "resume" | "stop" | "delete") =>
+      m === "delete"
+        ? unwrap(client.DELETE("/v1/triggers/{trigger}", { params: { path: { trigger: t.id } } }))
+        : unwrap(client.POST(`/v1/triggers/{trigger}/${m}`, { params: { path: { trigger: t.id } } })),
     onSuccess: () => queries.invalidateQueries({ queryKey: ["triggers"] }),
   });
   const config = (t.config ?? {}) as Record<string, unknown>;
@@ -118,6 +120,11 @@ function TriggerRow({ t, workflow, open, onToggle }: { t: Trigger; workflow: str
           <Time at={t.last_fired_at} />
         </td>
         <td className="row">
+          {t.state === "stopped" && (
+            <button className="danger" onClick={() => move.mutate("delete")} disabled={move.isPending} title="Gone from the list; its API path is free again">
+              Delete
+            </button>
+          )}
           {(MOVES[t.state] ?? []).map((m) => (
             <button key={m} onClick={() => move.mutate(m)} disabled={move.isPending} className={m === "stop" ? "danger" : ""}>
               {m[0].toUpperCase() + m.slice(1)}

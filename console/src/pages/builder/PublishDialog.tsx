@@ -1,24 +1,29 @@
-// Publishing: the draft against the latest version, line by line, then a
-// new immutable version (or the answer that nothing changed).
+// Publishing: the draft as the server would store it against the latest
+// version, line by line, then a new immutable version (or the answer that
+// nothing changed).
 import { useMemo } from "react";
 import { useMutation, useQuery } from "@tanstack/react-query";
 import { diffLines } from "diff";
-import { ApiProblem, client, unwrap } from "../../api/client";
+import { ApiProblem, client, unwrap, type Schemas } from "../../api/client";
 import { stableJson, withoutLayout, type WfDoc } from "../../lib/graph";
 import { ErrorNote, Loading } from "../../components/ui";
+import { Modal } from "../../components/Modal";
 
 export function PublishDialog({
   workflow,
+  scope,
   doc,
   latest,
   onClose,
   onPublished,
 }: {
   workflow: string;
+  /** The mutation scope of the draft's saves: publishing waits for them. */
+  scope: string;
   doc: WfDoc;
   latest: number | null;
   onClose: () => void;
-  onPublished: () => void;
+  onPublished: (w: Schemas["WorkflowOut"], published: WfDoc) => void;
 }) {
   const previous = useQuery({
     queryKey: ["version", workflow, latest],
@@ -26,89 +31,97 @@ export function PublishDialog({
     queryFn: () => unwrap(client.GET("/v1/workflows/{workflow}/versions/{version}", { params: { path: { workflow, version: latest! } } })),
     staleTime: Infinity,
   });
+  // The draft as publishing would store it (defaults written out), so the
+  // diff shows what changes, not how it is spelled. The builder asked the
+  // same question of a settled draft: usually answered already.
+  const normalized = useQuery({
+    queryKey: ["validate", workflow, doc],
+    queryFn: () => unwrap(client.POST("/v1/workflows/{workflow}/validate", { params: { path: { workflow } }, body: { definition: doc } })),
+    staleTime: Infinity,
+  });
   const diff = useMemo(() => {
+    if (!normalized.data?.normalized) return null;
     const before = latest === null ? "" : previous.data ? stableJson(withoutLayout(previous.data.definition as WfDoc)) : null;
     if (before === null) return null;
-    // The stored version carries the key; the draft may not.
-    const after = stableJson(withoutLayout({ ...doc, key: (previous.data?.definition as WfDoc | undefined)?.key ?? doc.key }));
-    return diffLines(before, after);
-  }, [doc, latest, previous.data]);
+    return diffLines(before, stableJson(withoutLayout(normalized.data.normalized as WfDoc)));
+  }, [latest, previous.data, normalized.data]);
   const publish = useMutation({
-    mutationFn: async () => {
-      // Publish what is on screen: save it as the draft first.
-      await unwrap(client.PUT("/v1/workflows/{workflow}", { params: { path: { workflow } }, body: { definition: doc } }));
-      return unwrap(client.POST("/v1/workflows/{workflow}/publish", { params: { path: { workflow } } }));
-    },
-    onSuccess: onPublished,
+    scope: { id: scope },
+    // One request: the draft saved and published together, after the
+    // saves before it (same scope).
+    mutationFn: () => unwrap(client.PUT("/v1/workflows/{workflow}", { params: { path: { workflow } }, body: { definition: doc, publish: true } })),
+    onSuccess: (w) => onPublished(w, doc),
   });
   const changed = diff?.some((p) => p.added || p.removed) ?? true;
-  const problems = publish.error instanceof ApiProblem && Array.isArray(publish.error.details) ? (publish.error.details as { node?: string; field: string; message: string }[]) : [];
+  const problems =
+    publish.error instanceof ApiProblem && Array.isArray(publish.error.details)
+      ? (publish.error.details as { node?: string; field: string; message: string }[])
+      : ((normalized.data?.errors ?? []) as { node?: string | null; field: string; message: string }[]);
+  const done = publish.data?.published;
   return (
-    <div className="modal-back" onClick={onClose}>
-      <div className="modal" role="dialog" aria-label="Publish" onClick={(e) => e.stopPropagation()}>
-        <h2 style={{ marginTop: 0 }}>{latest === null ? "Publish version 1" : `Publish over version ${latest}`}</h2>
-        {publish.data ? (
-          <div role="status">
-            <p>
-              {publish.data.new ? (
-                <>
-                  Published <b>version {publish.data.version}</b>. New executions run it; running ones keep theirs.
-                </>
-              ) : (
-                <>Nothing changed: version {publish.data.version} is the latest.</>
-              )}
-            </p>
-            <button className="primary" onClick={onClose}>
-              Close
-            </button>
-          </div>
-        ) : (
-          <>
-            {latest !== null && previous.isPending && <Loading what={`version ${latest}`} />}
-            <ErrorNote error={previous.error} />
-            {diff && (
+    <Modal label="Publish" onClose={onClose}>
+      <h2 style={{ marginTop: 0 }}>{latest === null ? "Publish version 1" : `Publish over version ${latest}`}</h2>
+      {done ? (
+        <div role="status">
+          <p>
+            {done.new ? (
               <>
-                <p className="muted">Changes since version {latest ?? "—"} (positions on the canvas left out):</p>
-                <pre className="diff" data-testid="publish-diff">
-                  {diff.map((part, i) => (
-                    <span key={i} className={part.added ? "add" : part.removed ? "del" : ""}>
-                      {part.added || part.removed
-                        ? part.value
-                            .replace(/\n$/, "")
-                            .split("\n")
-                            .map((l) => (part.added ? "+ " : "- ") + l)
-                            .join("\n") + "\n"
-                        : part.value.split("\n").length > 6
-                          ? "  …\n"
-                          : part.value.replace(/^/gm, "  ")}
-                    </span>
-                  ))}
-                </pre>
+                Published <b>version {done.version}</b>. New executions run it; running ones keep theirs.
               </>
+            ) : (
+              <>Nothing changed: version {done.version} is the latest.</>
             )}
-            {latest === null && <p>This is the first version. Executions can start once it is published.</p>}
-            {!changed && <p className="muted">The draft equals version {latest}: publishing makes no new version.</p>}
-            <ErrorNote error={publish.error} />
-            {problems.length > 0 && (
-              <ul className="error">
-                {problems.map((p) => (
-                  <li key={(p.node ?? "") + p.field + p.message}>
-                    {p.node ? `${p.node}: ` : ""}
-                    {p.field ? `${p.field}: ` : ""}
-                    {p.message}
-                  </li>
+          </p>
+          <button className="primary" onClick={onClose}>
+            Close
+          </button>
+        </div>
+      ) : (
+        <>
+          {(normalized.isPending || (latest !== null && previous.isPending)) && <Loading what="the changes" />}
+          <ErrorNote error={previous.error ?? normalized.error} />
+          {diff && latest !== null && (
+            <>
+              <p className="muted">Changes since version {latest} (positions on the canvas left out):</p>
+              <pre className="diff" data-testid="publish-diff">
+                {diff.map((part, i) => (
+                  <span key={i} className={part.added ? "add" : part.removed ? "del" : ""}>
+                    {part.added || part.removed
+                      ? part.value
+                          .replace(/\n$/, "")
+                          .split("\n")
+                          .map((l) => (part.added ? "+ " : "- ") + l)
+                          .join("\n") + "\n"
+                      : part.value.split("\n").length > 6
+                        ? "  …\n"
+                        : part.value.replace(/^/gm, "  ")}
+                  </span>
                 ))}
-              </ul>
-            )}
-            <div className="row">
-              <button className="primary" onClick={() => publish.mutate()} disabled={publish.isPending}>
-                {publish.isPending ? "Publishing…" : "Publish"}
-              </button>
-              <button onClick={onClose}>Cancel</button>
-            </div>
-          </>
-        )}
-      </div>
-    </div>
+              </pre>
+            </>
+          )}
+          {latest === null && <p>This is the first version. Executions can start once it is published.</p>}
+          {diff && !changed && <p className="muted">The draft equals version {latest}: publishing makes no new version.</p>}
+          <ErrorNote error={publish.error} />
+          {problems.length > 0 && (
+            <ul className="error" aria-label="Problems">
+              {problems.map((p) => (
+                <li key={(p.node ?? "") + p.field + p.message}>
+                  {p.node ? `${p.node}: ` : ""}
+                  {p.field ? `${p.field}: ` : ""}
+                  {p.message}
+                </li>
+              ))}
+            </ul>
+          )}
+          <div className="row">
+            <button className="primary" onClick={() => publish.mutate()} disabled={publish.isPending}>
+              {publish.isPending ? "Publishing…" : "Publish"}
+            </button>
+            <button onClick={onClose}>Cancel</button>
+          </div>
+        </>
+      )}
+    </Modal>
   );
 }

@@ -1,6 +1,7 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useMutation } from "@tanstack/react-query";
-import { useState } from "react";
+import { useCallback, useState } from "react";
+import { Modal } from "../../components/Modal";
 import { client, unwrap } from "../../api/client";
 import { ErrorNote, Time } from "../../components/ui";
 
@@ -42,6 +43,7 @@ export function StartButton({ workflow, published, onStarted }: { workflow: stri
   const [input, setInput] = useState("{}");
   const [subject, setSubject] = useState("");
   const queries = useQueryClient();
+  const close = useCallback(() => setOpen(false), []);
   const start = useMutation({
     mutationFn: async () => {
       let parsed: Record<string, unknown>;
@@ -69,8 +71,7 @@ export function StartButton({ workflow, published, onStarted }: { workflow: stri
     );
   }
   return (
-    <div className="modal-back" onClick={() => setOpen(false)}>
-      <div className="modal" role="dialog" aria-label="Start an execution" onClick={(e) => e.stopPropagation()}>
+    <Modal label="Start an execution" onClose={close}>
         <h2 style={{ marginTop: 0 }}>Start an execution of {workflow}</h2>
         <label>
           Input (JSON)
@@ -85,9 +86,8 @@ export function StartButton({ workflow, published, onStarted }: { workflow: stri
           <button className="primary" onClick={() => start.mutate()} disabled={start.isPending}>
             {start.isPending ? "Starting…" : "Start"}
           </button>
-          <button onClick={() => setOpen(false)}>Cancel</button>
+          <button onClick={close}>Cancel</button>
         </div>
-      </div>
-    </div>
+    </Modal>
   );
 }
