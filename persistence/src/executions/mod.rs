@@ -242,15 +242,13 @@ where
         namespace: &str,
         finished_since: DateTime<Utc>,
     ) -> Result<Vec<(String, i64)>> {
-        // The unfinished ones: an index-only read of the namespace's part of
-        // `executions_by_workflow` (namespace first, status in it), so it
-        // grows with the namespace's executions (measured in the README);
-        // the finished ones: the range of `executions_finished` since then.
-        // No index of its own: every step of every execution would pay for
-        // it, and only the dashboard reads this, every 30 s.
+        // The unfinished ones: an index-only read of `executions_live`
+        // (migration 0014); the finished ones: the range of
+        // `executions_finished` since then.
         Ok(sqlx::query_as(
             "SELECT status, COUNT(*) FROM executions
-             WHERE namespace = $1 AND status IN ('pending', 'running', 'waiting', 'paused')
+             WHERE namespace = $1 AND finished_at IS NULL
+               AND status IN ('pending', 'running', 'waiting', 'paused')
              GROUP BY status
              UNION ALL
              SELECT status, COUNT(*) FROM executions
