@@ -718,7 +718,9 @@ async fn workflows<S: Store>(app: &App<S>) {
             json!({"definition": waiter()}),
         )
         .await;
-    assert_eq!(r.ok(StatusCode::OK), &json!({"valid": true, "errors": []}));
+    let v = r.ok(StatusCode::OK);
+    assert_eq!((&v["valid"], &v["errors"]), (&json!(true), &json!([])));
+    assert_eq!(v["normalized"]["key"], json!("w1"), "as it would be stored");
     let r = app.post_empty("/v1/workflows/nope/validate", &k).await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
 
@@ -5159,6 +5161,21 @@ async fn console_api<S: Store>(app: &App<S>) {
         "{}",
         r.text()
     );
+    // What the console compares with the latest version is what publishing
+    // stores: saved and published in one request, then read back.
+    let normalized = v["normalized"].clone();
+    let r = app
+        .call(
+            Method::PUT,
+            "/v1/workflows/preview",
+            Some(&k),
+            Some(json!({"definition": doc, "publish": true})),
+        )
+        .await;
+    let w = r.ok(StatusCode::OK);
+    assert_eq!(w["published"]["version"], json!(1), "{w:#}");
+    let r = app.get("/v1/workflows/preview/versions/1", &reader).await;
+    assert_eq!(r.ok(StatusCode::OK)["definition"], normalized);
     // A bad script or start names its field.
     let r = app
         .post(
@@ -5409,6 +5426,25 @@ async fn the_console_is_served_at_the_root_and_routes_in_the_browser() {
     ] {
         let r = app.call(method.clone(), path, None, None).await;
         assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    }
+    // Every page the console routes to is the page on a reload or a link
+    // (its routes, read from its source).
+    let app_tsx = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../console/src/App.tsx"),
+    )
+    .expect("console/src/App.tsx");
+    let routes: Vec<&str> = app_tsx
+        .split("<Route path=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .filter(|p| p.starts_with('/'))
+        .collect();
+    assert!(routes.len() >= 8, "{routes:?}");
+    for route in routes {
+        let path = route.replace(":id", "some.key");
+        let r = app.call(Method::GET, &path, None, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        assert_eq!(r.text(), html, "{path}");
     }
     // The API's own routes keep their answers.
     let r = app.call(Method::GET, "/v1/workflows", None, None).await;

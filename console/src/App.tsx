@@ -41,18 +41,19 @@ export function App() {
       }),
     [],
   );
-  if (locked) {
-    return (
-      <Login
-        onDone={() => {
-          setLocked(false);
-          queries.invalidateQueries();
-        }}
-      />
-    );
-  }
   return (
     <div className="shell">
+      {/* Over the pages, not instead of them: an open builder keeps its edits. */}
+      {locked && (
+        <div className="modal-back login-over">
+          <Login
+            onDone={() => {
+              setLocked(false);
+              queries.invalidateQueries();
+            }}
+          />
+        </div>
+      )}
       <nav className="sidebar" aria-label="Sections">
         <div className="brand">Sojourn</div>
         {NAV.map(([to, label]) => (

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sojourn_persistence::{NewWorkflow, Store, VersionSummary, WorkflowQuery, WorkflowRecord, ids};
 use sojourn_runtime::{CompiledWorkflow, Registry, ValidationError, Workflow};
 
@@ -500,7 +500,7 @@ pub struct SimulateRequest {
     /// The document to run instead of the stored draft.
     #[serde(default)]
     #[schemars(schema_with = "crate::docs::optional_json_object")]
-    pub definition: Option<Value>,
+    pub definition: Option<Map<String, Value>>,
     /// The execution's input.
     #[serde(default)]
     pub input: Option<Value>,
@@ -523,7 +523,7 @@ pub struct SimulateRequest {
     /// `sojourn simulate --events` (otherwise every attempt succeeds).
     #[serde(default)]
     #[schemars(schema_with = "crate::docs::optional_json_object")]
-    pub actions: Option<Value>,
+    pub actions: Option<Map<String, Value>>,
 }
 
 /// An event in a preview's script.
@@ -594,9 +594,18 @@ pub struct SimulatedDispatch {
 }
 
 /// A preview's budget: steps (a journey's whole walk, its loops included)
-/// and time.
+/// and time; and how many previews run at once on a node (each holds a
+/// blocking thread: the rest are refused with 429 rather than queued).
 const PREVIEW_MAX_STEPS: usize = 2_000;
 const PREVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+static PREVIEWS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// `events[0].after`, `actions.send`: a field path, not a sentence.
+fn is_field_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'))
+}
 
 pub(crate) async fn simulate<S: Store>(
     State(app): State<AppState<S>>,
@@ -607,14 +616,14 @@ pub(crate) async fn simulate<S: Store>(
     use sojourn_runtime::simulate::{Limits, Script, new_simulated_execution};
 
     let record = find(&app, &caller, &id).await?;
-    let doc = req.definition.unwrap_or(record.draft);
+    let doc = req.definition.map(Value::Object).unwrap_or(record.draft);
     check_document("definition", &doc)?;
     let registry = app.engine.registry(&caller.namespace).await?;
     let wf = check_definition(app.engine.channels(), &registry, &doc).map_err(invalid_workflow)?;
     let compiled = CompiledWorkflow::compile(&wf, &registry).map_err(invalid_workflow)?;
     let script = serde_json::json!({
         "events": req.events,
-        "actions": req.actions.unwrap_or_else(|| Value::Object(Default::default())),
+        "actions": req.actions.unwrap_or_default(),
     });
     let script: Script = serde_path_to_error::deserialize(script)
         .map_err(|e| ApiError::invalid(&e.path().to_string(), e.inner()))?;
@@ -634,8 +643,17 @@ pub(crate) async fn simulate<S: Store>(
     })?;
     // Off the async workers, and bounded: a journey that loops through
     // delays stops at the step limit, and a preview that takes too long is
-    // abandoned (its thread finishes the steps it has left, then stops).
+    // answered 400 (its thread finishes the steps it has left, holding its
+    // place among the previews until then).
+    let permit = PREVIEWS.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "previews: this node is running as many as it runs at once; try again in a moment",
+        )
+    })?;
     let run = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let limits = Limits {
             max_steps: PREVIEW_MAX_STEPS,
         };
@@ -643,10 +661,14 @@ pub(crate) async fn simulate<S: Store>(
     });
     let sim = match tokio::time::timeout(PREVIEW_TIMEOUT, run).await {
         Ok(Ok(Ok(sim))) => sim,
-        // The simulator's errors start with the field they are about.
+        // The script's errors start with the field they are about
+        // (`events[0].after: …`); a step's (a failure the journey cannot
+        // take) is about the document.
         Ok(Ok(Err(e))) => {
-            let (field, message) = e.split_once(": ").unwrap_or(("events", e.as_str()));
-            return Err(ApiError::invalid(field, message));
+            return Err(match e.split_once(": ") {
+                Some((field, message)) if is_field_path(field) => ApiError::invalid(field, message),
+                _ => ApiError::invalid("definition", e),
+            });
         }
         Ok(Err(join)) => return Err(ApiError::internal(format!("a preview's thread: {join}"))),
         Err(_) => {

@@ -1,4 +1,4 @@
-import { useEffect, useRef, type ReactNode } from "react";
+import { useEffect, useLayoutEffect, useRef, type ReactNode } from "react";
 
 /**
  * A dialog over the page: Escape or a click outside closes it, focus moves
@@ -7,6 +7,11 @@ import { useEffect, useRef, type ReactNode } from "react";
  */
 export function Modal({ label, onClose, children }: { label: string; onClose: () => void; children: ReactNode }) {
   const box = useRef<HTMLDivElement>(null);
+  // The latest `onClose`, so the page re-rendering does not move focus.
+  const close = useRef(onClose);
+  useLayoutEffect(() => {
+    close.current = onClose;
+  });
   useEffect(() => {
     const before = document.activeElement as HTMLElement | null;
     const focusable = () =>
@@ -15,7 +20,7 @@ export function Modal({ label, onClose, children }: { label: string; onClose: ()
     const onKey = (e: KeyboardEvent) => {
       if (e.key === "Escape") {
         e.preventDefault();
-        onClose();
+        close.current();
       } else if (e.key === "Tab") {
         const all = focusable();
         if (all.length === 0) return;
@@ -35,7 +40,7 @@ export function Modal({ label, onClose, children }: { label: string; onClose: ()
       window.removeEventListener("keydown", onKey);
       before?.focus?.();
     };
-  }, [onClose]);
+  }, []);
   return (
     <div className="modal-back" onClick={onClose}>
       <div className="modal" role="dialog" aria-modal="true" aria-label={label} ref={box} onClick={(e) => e.stopPropagation()}>

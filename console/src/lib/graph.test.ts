@@ -1,21 +1,24 @@
 import { describe, expect, it } from "vitest";
 import {
-  asDoc,
   branchesOf,
   connect,
   formErrors,
   freshId,
   historyOf,
   layout,
+  orphanEdges,
   problemsByPlace,
+  readDraft,
   record,
   redo,
   removeNodes,
   stableJson,
   undo,
   updateNode,
+  withAside,
   withoutLayout,
   type WfDoc,
+  type WfNode,
 } from "./graph";
 import { isCelField, syntaxHelp } from "./syntax";
 
@@ -71,31 +74,56 @@ describe("edits", () => {
     expect(d.edges).toEqual([]);
   });
 
-  it("an exit that goes away takes its edge with it", () => {
-    // The timeout cleared: the timeout edge cannot be drawn nor reached.
+  it("an exit that goes away leaves its edge listed as an orphan", () => {
+    // The timeout cleared (as while typing a new one): the edge stays, listed.
     let d = connect(doc(), "wait", "start", "timeout");
     d = updateNode(d, "wait", { id: "wait", type: "wait_for_event", config: { event: "paid" } });
-    expect(d.edges).toEqual([
-      { from: "start", to: "wait" },
-      { from: "wait", to: "done", branch: "event" },
-    ]);
-    // A label the node never had (a draft from elsewhere) is left for the
-    // server's validation to name.
-    const odd = { ...doc(), edges: [...doc().edges, { from: "wait", to: "done", branch: "weird" }] };
-    expect(updateNode(odd, "wait", { id: "wait", type: "wait_for_event", config: { event: "x", timeout: "1h" } }).edges).toHaveLength(3);
+    expect(d.edges).toHaveLength(3);
+    expect([...orphanEdges(d)].map((i) => d.edges[i])).toEqual([{ from: "wait", to: "start", branch: "timeout" }]);
+    // Typed again: the same edge, no longer an orphan.
+    d = updateNode(d, "wait", { id: "wait", type: "wait_for_event", config: { event: "paid", timeout: "2d" } });
+    expect(orphanEdges(d).size).toBe(0);
   });
 
-  it("a stored draft is read leniently", () => {
-    const d = asDoc({
-      nodes: [null, { id: "a", type: "delay", position: { x: "1" }, config: 3 }, { id: 2, type: "exit" }, { id: "b", type: "exit" }],
-      edges: [null, { from: "a" }, { from: "a", to: "b", branch: 4 }, { from: "a", to: "b" }],
+  it("a renamed split branch keeps its edge", () => {
+    const split = (names: string[], key: "variants" | "rules" = "variants"): WfNode => ({
+      id: "s",
+      type: "split",
+      config: { [key]: names.map((b) => (key === "variants" ? { branch: b, percent: 100 / names.length } : { branch: b, expression: "true" })) },
     });
+    let d: WfDoc = {
+      nodes: [split(["a", "b"]), { id: "x", type: "exit" }, { id: "y", type: "exit" }],
+      edges: [
+        { from: "s", to: "x", branch: "a" },
+        { from: "s", to: "y", branch: "b" },
+      ],
+    };
+    d = updateNode(d, "s", split(["ab", "b"]));
+    expect(d.edges[0]).toEqual({ from: "s", to: "x", branch: "ab" });
+    d = updateNode(d, "s", split(["ab", "b", "c"]));
+    expect(d.edges.map((e) => e.branch)).toEqual(["ab", "b"]);
+    // Rules instead: named in order, then `default`.
+    d = updateNode(d, "s", split(["vip", "b"], "rules"));
+    expect(d.edges.map((e) => e.branch)).toEqual(["ab", "b"]);
+    expect([...orphanEdges(d)]).toEqual([0]);
+  });
+
+  it("a stored draft is read leniently, and what cannot be drawn is kept aside", () => {
+    const raw = {
+      nodes: [null, { id: "a", type: "delay", position: { x: "1" } }, { id: 2, type: "exit" }, { id: "b", type: "exit" }],
+      edges: [null, { from: "a" }, { from: "a", to: "b", branch: 4 }, { from: "a", to: "b", branch: null }],
+    };
+    const { doc: d, aside } = readDraft(raw);
     expect(d.nodes).toEqual([
-      { id: "a", type: "delay", position: undefined, config: undefined },
+      { id: "a", type: "delay", position: undefined },
       { id: "b", type: "exit" },
     ]);
     expect(d.edges).toEqual([{ from: "a", to: "b" }]);
-    expect(asDoc("nonsense")).toEqual({ nodes: [], edges: [] });
+    expect(aside).toEqual({ nodes: [null, { id: 2, type: "exit" }], edges: [null, { from: "a" }, { from: "a", to: "b", branch: 4 }] });
+    // Written back with the builder's document.
+    expect(withAside(d, aside).nodes).toHaveLength(4);
+    expect(withAside(d, aside).edges).toHaveLength(4);
+    expect(readDraft("nonsense").doc).toEqual({ nodes: [], edges: [] });
   });
 
   it("renaming a node renames its edges", () => {

@@ -180,54 +180,105 @@ export function connect(doc: WfDoc, from: string, to: string, branch: string | n
 }
 
 /**
- * Replaces a node (its config, name); a new id renames its edges too, and
- * edges leaving by an exit the node no longer has (a timeout cleared, a
- * variant renamed) go: the canvas could not draw them, nor the user reach
- * them (undo brings them back).
+ * Replaces a node (its config, name). A new id renames its edges too; a
+ * split whose rules or variants keep their number but change names carries
+ * each edge over to the renamed branch (`a` → `ab` keeps its edge while
+ * typed). Edges of exits that went away stay: they are listed as orphans
+ * (`orphanEdges`) for the user to remove, and undo needs nothing special.
  */
 export function updateNode(doc: WfDoc, id: string, next: WfNode): WfDoc {
   const renamed = next.id !== id;
   const before = doc.nodes.find((n) => n.id === id);
-  const exits = new Set(branchesOf(next));
-  const hadExits = before ? new Set(branchesOf(before)) : exits;
-  const edges = doc.edges
-    .filter((e) => e.from !== id || exits.has(e.branch ?? null) || !hadExits.has(e.branch ?? null))
-    .map((e) =>
-      renamed
-        ? {
-            ...e,
-            from: e.from === id ? next.id : e.from,
-            to: e.to === id ? next.id : e.to,
-          }
-        : e,
-    );
+  const branchRename = new Map<string, string>();
+  if (before && before.type === "split" && next.type === "split") {
+    const a = splitBranches(before);
+    const b = splitBranches(next);
+    if (a.length === b.length) a.forEach((x, i) => x !== b[i] && x && b[i] && branchRename.set(x, b[i]));
+  }
+  if (!renamed && branchRename.size === 0) {
+    return { ...doc, nodes: doc.nodes.map((n) => (n.id === id ? next : n)) };
+  }
   return {
     ...doc,
     nodes: doc.nodes.map((n) => (n.id === id ? next : n)),
-    edges: edges.length === doc.edges.length && !renamed ? doc.edges : edges,
+    edges: doc.edges.map((e) => {
+      const out = { ...e };
+      if (e.from === id) {
+        if (renamed) out.from = next.id;
+        if (e.branch && branchRename.has(e.branch)) out.branch = branchRename.get(e.branch);
+      }
+      if (renamed && e.to === id) out.to = next.id;
+      return out;
+    }),
   };
 }
 
+/** A split's named branches in order (its rules' or its variants'). */
+function splitBranches(n: WfNode): string[] {
+  const c = (n.config ?? {}) as { rules?: unknown; variants?: unknown };
+  const list = Array.isArray(c.rules) && c.rules.length > 0 ? c.rules : Array.isArray(c.variants) ? c.variants : [];
+  return list.map((x) => String((x as { branch?: unknown } | null)?.branch ?? ""));
+}
+
+/** An edge's identity: its node and exit (each exit leads to one node). */
+export function edgeKey(e: WfEdge): string {
+  return `${e.from}|${e.branch ?? ""}|${e.to}`;
+}
+
+/** Edges leaving by an exit their node does not have (or from no node). */
+export function orphanEdges(doc: WfDoc): Set<number> {
+  const exits = new Map(doc.nodes.map((n) => [n.id, new Set(branchesOf(n))]));
+  const out = new Set<number>();
+  doc.edges.forEach((e, i) => {
+    const has = exits.get(e.from);
+    if (!has || !has.has(e.branch ?? null) || !exits.has(e.to)) out.add(i);
+  });
+  return out;
+}
+
+/** What of a stored draft the builder cannot draw, kept to be written back. */
+export interface Aside {
+  nodes: unknown[];
+  edges: unknown[];
+}
+
 /**
- * A stored draft as the builder can edit it: nodes without an id or a type
- * and edges without both ends are left out (a draft is any JSON object to
- * the API; the server's validation names what is wrong with the rest).
+ * A stored draft as the builder can edit it: nodes without a string id and
+ * type, and edges without both ends, are set aside (a draft is any JSON
+ * object to the API) and written back with every save, so nothing of the
+ * stored draft is lost and the server's validation still names them.
  */
-export function asDoc(v: unknown): WfDoc {
+export function readDraft(v: unknown): { doc: WfDoc; aside: Aside } {
   const d = (v && typeof v === "object" && !Array.isArray(v) ? v : {}) as WfDoc;
   const obj = (x: unknown): x is Record<string, unknown> => Boolean(x) && typeof x === "object" && !Array.isArray(x);
-  const nodes = (Array.isArray(d.nodes) ? d.nodes : [])
-    .filter((n): n is WfNode => obj(n) && typeof n.id === "string" && typeof n.type === "string")
-    .map((n) => {
-      const p = n.position as unknown;
-      const placed = obj(p) && Number.isFinite(p.x) && Number.isFinite(p.y);
-      const config = obj(n.config) ? n.config : undefined;
-      return placed && (config || n.config === undefined) ? n : { ...n, position: placed ? n.position : undefined, config };
-    });
-  const edges = (Array.isArray(d.edges) ? d.edges : []).filter(
-    (e): e is WfEdge => obj(e) && typeof e.from === "string" && typeof e.to === "string" && (e.branch === undefined || typeof e.branch === "string"),
-  );
-  return { ...d, nodes, edges };
+  const aside: Aside = { nodes: [], edges: [] };
+  const nodes: WfNode[] = [];
+  for (const n of Array.isArray(d.nodes) ? d.nodes : []) {
+    if (!(obj(n) && typeof n.id === "string" && typeof n.type === "string")) {
+      aside.nodes.push(n);
+      continue;
+    }
+    const p = n.position as unknown;
+    const placed = obj(p) && Number.isFinite(p.x) && Number.isFinite(p.y);
+    nodes.push(placed || n.position === undefined ? n : { ...n, position: undefined });
+  }
+  const edges: WfEdge[] = [];
+  for (const e of Array.isArray(d.edges) ? d.edges : []) {
+    const branch = (e as { branch?: unknown } | null)?.branch;
+    if (!(obj(e) && typeof e.from === "string" && typeof e.to === "string" && (branch === undefined || branch === null || typeof branch === "string"))) {
+      aside.edges.push(e);
+      continue;
+    }
+    // `"branch": null` is no branch, as the server reads it.
+    edges.push(branch === null ? { from: e.from, to: e.to } : e);
+  }
+  return { doc: { ...d, nodes, edges }, aside };
+}
+
+/** The document to send: the builder's, with what it set aside. */
+export function withAside(doc: WfDoc, aside: Aside): WfDoc {
+  if (aside.nodes.length === 0 && aside.edges.length === 0) return doc;
+  return { ...doc, nodes: [...doc.nodes, ...(aside.nodes as WfNode[])], edges: [...doc.edges, ...(aside.edges as WfEdge[])] };
 }
 
 // ---- layout --------------------------------------------------------------

@@ -3,7 +3,7 @@
 // redo, a preview on the simulator, publishing with a diff, the versions.
 import { useCallback, useEffect, useMemo, useReducer, useRef, useState } from "react";
 import { useNavigate, useParams } from "react-router";
-import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { useMutation, useQuery, useQueryClient, type QueryClient } from "@tanstack/react-query";
 import {
   Background,
   Controls,
@@ -24,22 +24,26 @@ import {
   NODE_TITLES,
   NODE_TYPES,
   addNode,
-  asDoc,
   branchesOf,
   connect,
   defaultConfig,
+  edgeKey,
   formErrors,
   freshId,
   historyOf,
   layout,
   moveNodes,
+  orphanEdges,
   problemsByPlace,
+  readDraft,
   record,
   redo,
   removeEdges,
   removeNodes,
   undo,
   updateNode,
+  withAside,
+  type Aside,
   type History,
   type Problem,
   type WfDoc,
@@ -88,9 +92,14 @@ export default function BuilderPage() {
   const { id = "" } = useParams();
   // Read afresh each time the builder opens (another tab, the API or the
   // CLI may have changed the draft); kept up to date by its own saves.
+  const queries = useQueryClient();
   const wf = useQuery({
     queryKey: ["workflow", id],
-    queryFn: () => unwrap(client.GET("/v1/workflows/{workflow}", { params: { path: { workflow: id } } })),
+    queryFn: async () => {
+      // After the saves of a builder just left, so the draft read is theirs.
+      await settledScope(queries, draftScope(id));
+      return unwrap(client.GET("/v1/workflows/{workflow}", { params: { path: { workflow: id } } }));
+    },
     staleTime: Infinity,
     gcTime: 0,
     refetchOnMount: "always",
@@ -105,6 +114,43 @@ export default function BuilderPage() {
   );
 }
 
+/**
+ * The canvas's edge ids, from each edge's identity (its node, exit and
+ * target), so a selection follows its edge when others are removed; a
+ * repeated edge (a draft written elsewhere) gets a suffix.
+ */
+function edgeIdsOf(doc: WfDoc): { ids: string[]; index: Map<string, number> } {
+  const ids: string[] = [];
+  const index = new Map<string, number>();
+  doc.edges.forEach((e, i) => {
+    let id = edgeKey(e);
+    for (let n = 2; index.has(id); n++) id = `${edgeKey(e)}#${n}`;
+    ids.push(id);
+    index.set(id, i);
+  });
+  return { ids, index };
+}
+
+/** The mutation scope of a workflow's draft saves (and its publish). */
+function draftScope(key: string): string {
+  return `draft:${key}`;
+}
+
+/** Resolves once no mutation of `scope` is pending. */
+function settledScope(queries: QueryClient, scope: string): Promise<void> {
+  const cache = queries.getMutationCache();
+  const pending = () => cache.findAll({ predicate: (m) => m.options.scope?.id === scope && m.state.status === "pending" }).length > 0;
+  if (!pending()) return Promise.resolve();
+  return new Promise((resolve) => {
+    const stop = cache.subscribe(() => {
+      if (!pending()) {
+        stop();
+        resolve();
+      }
+    });
+  });
+}
+
 /** Edits of one selection: the nodes and edges chosen on the canvas. */
 interface Selection {
   nodes: Set<string>;
@@ -117,10 +163,21 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
   const key = workflow.key;
   const queries = useQueryClient();
   const navigate = useNavigate();
-  const [history, dispatch] = useReducer(reducer, undefined, () => historyOf(placed(asDoc(workflow.draft))));
+  const [initial] = useState(() => readDraft(workflow.draft));
+  // What of the stored draft cannot be drawn: written back with every save.
+  const [aside, setAside] = useState<Aside>(initial.aside);
+  const [history, dispatch] = useReducer(reducer, undefined, () => historyOf(placed(initial.doc)));
   const doc = history.present;
   const edit = useCallback((next: WfDoc) => dispatch({ kind: "edit", doc: next }), []);
-  const [selection, setSelection] = useState<Selection>(NOTHING);
+  const [chosen, setSelection] = useState<Selection>(NOTHING);
+  // What is selected and still there (undo, a rename or a restore may take
+  // a chosen node or edge away).
+  const edgeIds = useMemo(() => edgeIdsOf(doc), [doc]);
+  const selection = useMemo(() => {
+    const nodes = new Set([...chosen.nodes].filter((id) => doc.nodes.some((n) => n.id === id)));
+    const edges = new Set([...chosen.edges].filter((id) => edgeIds.index.has(id)));
+    return nodes.size === chosen.nodes.size && edges.size === chosen.edges.size ? chosen : { nodes, edges };
+  }, [chosen, doc.nodes, edgeIds]);
   // The node whose properties show: the one node selected.
   const selected = selection.nodes.size === 1 && selection.edges.size === 0 ? [...selection.nodes][0] : null;
   const setSelected = useCallback((id: string | null) => setSelection(id ? { nodes: new Set([id]), edges: new Set() } : NOTHING), []);
@@ -131,24 +188,42 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
   // ---- the server's view of the draft ------------------------------------
   const settled = useSettled(doc, 400);
   const validation = useQuery({
-    queryKey: ["validate", key, settled],
+    queryKey: ["validate", key, settled, aside],
     queryFn: () =>
-      unwrap(client.POST("/v1/workflows/{workflow}/validate", { params: { path: { workflow: key } }, body: { definition: settled } })),
+      unwrap(client.POST("/v1/workflows/{workflow}/validate", { params: { path: { workflow: key } }, body: { definition: withAside(settled, aside) } })),
     placeholderData: (prev) => prev,
     staleTime: Infinity,
   });
   const problems: Problem[] = useMemo(() => (validation.data?.errors ?? []) as Problem[], [validation.data]);
-  const placedProblems = useMemo(() => problemsByPlace(problems), [problems]);
+  // Problems on edges name an index of the document validated (which may be
+  // older than the one shown): carried over by the edge's identity.
+  const validated = validation.data && !validation.isPlaceholderData ? settled : null;
+  const placedProblems = useMemo(() => {
+    const placed = problemsByPlace(problems);
+    const byKey = new Map<string, Problem[]>();
+    if (validated) {
+      for (const [i, ps] of placed.edges) {
+        const e = validated.edges[i];
+        if (e) byKey.set(edgeKey(e), ps);
+        else placed.document.push(...ps);
+      }
+    }
+    return { ...placed, edgeKeys: byKey };
+  }, [problems, validated]);
+  const orphans = useMemo(() => orphanEdges(doc), [doc]);
 
   // The draft is saved as it settles (every edit is kept on the server).
   // Saves (and a publish) of this workflow run one at a time, in order
   // (one mutation scope), so an older draft never lands after a newer one.
   const [saved, setSaved] = useState<WfDoc>(doc);
+  // The last document the server took (a failed save is not one).
+  const confirmed = useRef<WfDoc>(doc);
   const save = useMutation({
-    scope: { id: `draft:${workflow.id}` },
+    scope: { id: draftScope(key) },
     mutationFn: (d: WfDoc) =>
-      unwrap(client.PUT("/v1/workflows/{workflow}", { params: { path: { workflow: key } }, body: { definition: d } })),
+      unwrap(client.PUT("/v1/workflows/{workflow}", { params: { path: { workflow: key } }, body: { definition: withAside(d, aside) } })),
     onSuccess: (w, d) => {
+      confirmed.current = d;
       setSaved((s) => (lastSent.current === d ? d : s));
       queries.setQueryData(queryKey, w);
     },
@@ -166,14 +241,12 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
       saveDraft(toSave);
     }
   }, [toSave, saveDraft]);
-  // Leaving the page: what the last 800 ms changed is saved too; closing
-  // the tab with changes unsaved asks first.
+  // Leaving the page: what the server has not taken yet (the last 800 ms,
+  // or a save that failed) is sent once more; closing the tab with changes
+  // unsaved asks first.
   useEffect(
     () => () => {
-      if (latest.current !== lastSent.current) {
-        lastSent.current = latest.current;
-        saveDraft(latest.current);
-      }
+      if (latest.current !== confirmed.current) saveDraft(latest.current);
     },
     [saveDraft],
   );
@@ -258,18 +331,26 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
   );
   const edges: Edge[] = useMemo(
     () =>
-      doc.edges.map((e, i) => ({
-        id: `e${i}`,
-        source: e.from,
-        target: e.to,
-        sourceHandle: e.branch ?? "next",
-        targetHandle: "in",
-        label: placedProblems.edges.has(i) ? `⚠ ${e.branch ?? ""}` : e.branch,
-        selected: selection.edges.has(`e${i}`),
-        style: placedProblems.edges.has(i) ? { stroke: "#c62828", strokeDasharray: "6 3" } : undefined,
-        ariaLabel: `${e.from} ${e.branch ?? ""} to ${e.to}`,
-      })),
-    [doc.edges, placedProblems, selection.edges],
+      doc.edges.flatMap((e, i) => {
+        // An exit the node no longer has cannot be drawn: listed instead.
+        if (orphans.has(i)) return [];
+        const id = edgeIds.ids[i];
+        const bad = placedProblems.edgeKeys.has(edgeKey(e));
+        return [
+          {
+            id,
+            source: e.from,
+            target: e.to,
+            sourceHandle: e.branch ?? "next",
+            targetHandle: "in",
+            label: bad ? `⚠ ${e.branch ?? ""}` : e.branch,
+            selected: selection.edges.has(id),
+            style: bad ? { stroke: "#c62828", strokeDasharray: "6 3" } : undefined,
+            ariaLabel: `${e.from} ${e.branch ?? ""} to ${e.to}`,
+          },
+        ];
+      }),
+    [doc.edges, placedProblems, selection.edges, orphans, edgeIds],
   );
   /** Selection changes from the canvas (a click, a box, shift-click). */
   const select = useCallback((kind: "nodes" | "edges", changes: { id: string; selected: boolean }[]) => {
@@ -313,12 +394,12 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
   const onDelete = useCallback(
     ({ nodes: ns, edges: es }: { nodes: JourneyFlowNode[]; edges: Edge[] }) => {
       let next = doc;
-      if (es.length > 0) next = removeEdges(next, new Set(es.map((e) => Number(e.id.slice(1)))));
+      if (es.length > 0) next = removeEdges(next, new Set(es.flatMap((e) => edgeIds.index.get(e.id) ?? [])));
       if (ns.length > 0) next = removeNodes(next, new Set(ns.map((n) => n.id)));
       setSelection(NOTHING);
       edit(next);
     },
-    [doc, edit],
+    [doc, edit, edgeIds],
   );
 
   // Undo and redo from the keyboard (not while typing in a field).
@@ -445,20 +526,29 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
             ))}
           </div>
         )}
-        {placedProblems.edges.size > 0 && (
+        {aside.nodes.length + aside.edges.length > 0 && (
+          <div className="alert" role="status">
+            {aside.nodes.length} node(s) and {aside.edges.length} edge(s) of the stored draft cannot be drawn (no id, type or ends): they are kept as they
+            are and saved with the draft; the problems below name them.{" "}
+            <button className="link" onClick={() => setAside({ nodes: [], edges: [] })}>
+              drop them
+            </button>
+          </div>
+        )}
+        {(placedProblems.edgeKeys.size > 0 || orphans.size > 0) && (
           <div className="alert" aria-label="Problems with connections">
-            {[...placedProblems.edges].map(([i, ps]) => {
-              const e = doc.edges[i];
+            {doc.edges.map((e, i) => {
+              const ps = placedProblems.edgeKeys.get(edgeKey(e));
+              if (!ps && !orphans.has(i)) return null;
               return (
-                <div key={i} className="spread">
+                <div key={edgeIds.ids[i]} className="spread">
                   <span>
-                    {e ? `${e.from} ${e.branch ? `(${e.branch}) ` : ""}→ ${e.to}` : `edge ${i}`}: {ps.map((p) => p.message).join("; ")}
+                    {e.from} {e.branch ? `(${e.branch}) ` : ""}→ {e.to}:{" "}
+                    {ps ? ps.map((p) => p.message).join("; ") : `${e.from} has no exit ${e.branch ? `“${e.branch}”` : "without a label"} now`}
                   </span>
-                  {e && (
-                    <button className="link" onClick={() => edit(removeEdges(doc, new Set([i])))}>
-                      remove
-                    </button>
-                  )}
+                  <button className="link" onClick={() => edit(removeEdges(doc, new Set([i])))}>
+                    remove
+                  </button>
                 </div>
               );
             })}
@@ -491,13 +581,21 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
             </p>
           </div>
         )}
-        <Preview workflow={key} doc={doc} result={preview} onResult={setPreview} />
-        <Versions workflow={key} onRestore={(d) => edit(placed(asDoc(d)))} />
+        <Preview workflow={key} doc={withAside(doc, aside)} result={preview} onResult={setPreview} />
+        <Versions
+          workflow={key}
+          onRestore={(d) => {
+            const restored = readDraft(d);
+            setAside(restored.aside);
+            edit(placed(restored.doc));
+          }}
+        />
       </aside>
       {publishing && (
         <PublishDialog
           workflow={key}
-          scope={`draft:${workflow.id}`}
+          scope={draftScope(key)}
+          aside={aside}
           doc={doc}
           latest={workflow.latest_version ?? null}
           onClose={() => setPublishing(false)}

@@ -5,14 +5,15 @@ import { useMemo } from "react";
 import { useMutation, useQuery } from "@tanstack/react-query";
 import { diffLines } from "diff";
 import { ApiProblem, client, unwrap, type Schemas } from "../../api/client";
-import { stableJson, withoutLayout, type WfDoc } from "../../lib/graph";
+import { stableJson, withAside, withoutLayout, type Aside, type WfDoc } from "../../lib/graph";
 import { ErrorNote, Loading } from "../../components/ui";
 import { Modal } from "../../components/Modal";
 
 export function PublishDialog({
   workflow,
   scope,
-  doc,
+  aside,
+  doc: shown,
   latest,
   onClose,
   onPublished,
@@ -20,11 +21,14 @@ export function PublishDialog({
   workflow: string;
   /** The mutation scope of the draft's saves: publishing waits for them. */
   scope: string;
+  /** What of the stored draft the builder could not draw (sent with it). */
+  aside: Aside;
   doc: WfDoc;
   latest: number | null;
   onClose: () => void;
   onPublished: (w: Schemas["WorkflowOut"], published: WfDoc) => void;
 }) {
+  const doc = useMemo(() => withAside(shown, aside), [shown, aside]);
   const previous = useQuery({
     queryKey: ["version", workflow, latest],
     enabled: latest !== null,
@@ -50,9 +54,15 @@ export function PublishDialog({
     // One request: the draft saved and published together, after the
     // saves before it (same scope).
     mutationFn: () => unwrap(client.PUT("/v1/workflows/{workflow}", { params: { path: { workflow } }, body: { definition: doc, publish: true } })),
-    onSuccess: (w) => onPublished(w, doc),
+    onSuccess: (w) => onPublished(w, shown),
   });
   const changed = diff?.some((p) => p.added || p.removed) ?? true;
+  // Publishing compares whole documents, positions included.
+  const moved =
+    !changed &&
+    previous.data !== undefined &&
+    normalized.data?.normalized !== undefined &&
+    stableJson(previous.data.definition) !== stableJson(normalized.data.normalized);
   const problems =
     publish.error instanceof ApiProblem && Array.isArray(publish.error.details)
       ? (publish.error.details as { node?: string; field: string; message: string }[])
@@ -101,7 +111,8 @@ export function PublishDialog({
             </>
           )}
           {latest === null && <p>This is the first version. Executions can start once it is published.</p>}
-          {diff && !changed && <p className="muted">The draft equals version {latest}: publishing makes no new version.</p>}
+          {diff && !changed && !moved && <p className="muted">The draft equals version {latest}: publishing makes no new version.</p>}
+          {moved && <p className="muted">Only positions on the canvas changed: publishing makes a version with the new layout.</p>}
           <ErrorNote error={publish.error} />
           {problems.length > 0 && (
             <ul className="error" aria-label="Problems">
