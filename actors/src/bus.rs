@@ -115,6 +115,20 @@ impl KafkaBus {
     }
 }
 
+/// How far a consumer group is behind on one partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// The group's committed offset (the next message it will read); none
+    /// when it has committed nothing yet.
+    pub committed: Option<i64>,
+    /// The partition's end (the offset the next message will get).
+    pub end: i64,
+    /// Messages not consumed yet: `end − committed`, or everything the
+    /// partition keeps when nothing is committed.
+    pub lag: i64,
+}
+
 /// Where a new consumer group starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum From {
@@ -293,6 +307,72 @@ impl Bus {
             }
         }
         Err(format!("creating topics: {}", failed.join(", ")))
+    }
+
+    /// How far consumer group `group` is behind on `topic`, per partition
+    /// (`None` on the in-process queue, which keeps no offsets). Reads the
+    /// group's committed offsets and the partitions' ends; joins nothing.
+    pub async fn lag(
+        &self,
+        group: &str,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Option<Vec<PartitionLag>>, String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Offset, TopicPartitionList};
+        let Kind::Kafka(k) = &self.0 else {
+            return Ok(None);
+        };
+        let (k, group, topic) = (k.clone(), group.to_owned(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &k.brokers)
+                .set("group.id", &group)
+                .set("client.id", &k.client_id)
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(|e| format!("creating a Kafka consumer: {e}"))?;
+            let md = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|e| format!("Kafka at {}: {e}", k.brokers))?;
+            let t = md
+                .topics()
+                .first()
+                .ok_or_else(|| format!("{topic}: no metadata"))?;
+            if let Some(e) = t.error() {
+                return Err(format!("{topic}: {e:?}"));
+            }
+            let mut asked = TopicPartitionList::new();
+            for p in t.partitions() {
+                asked.add_partition(&topic, p.id());
+            }
+            let committed = consumer
+                .committed_offsets(asked, timeout)
+                .map_err(|e| format!("{group}'s offsets on {topic}: {e}"))?;
+            let mut out = Vec::with_capacity(t.partitions().len());
+            for p in t.partitions() {
+                let (low, end) = consumer
+                    .fetch_watermarks(&topic, p.id(), timeout)
+                    .map_err(|e| format!("{topic}[{}]: {e}", p.id()))?;
+                let done =
+                    committed
+                        .find_partition(&topic, p.id())
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(n) => Some(n),
+                            _ => None,
+                        });
+                out.push(PartitionLag {
+                    partition: p.id(),
+                    committed: done,
+                    end,
+                    lag: (end - done.unwrap_or(low)).max(0),
+                });
+            }
+            out.sort_by_key(|p| p.partition);
+            Ok(Some(out))
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// Whether the brokers answer (readiness): one topic's metadata within

@@ -427,6 +427,20 @@ impl<S: Store> Engine<S> {
         })
     }
 
+    /// How far event trigger `trigger`'s consumer group is behind on
+    /// `topic`, per partition: `None` on the in-process queue.
+    pub async fn trigger_lag(
+        &self,
+        trigger: &str,
+        topic: &str,
+    ) -> Result<Option<Vec<crate::bus::PartitionLag>>, String> {
+        let group = crate::events::group_of(trigger);
+        self.ctx
+            .bus
+            .lag(&group, topic, std::time::Duration::from_secs(5))
+            .await
+    }
+
     /// Whether Kafka answers (readiness): `None` on the in-process queue.
     pub async fn kafka_ready(&self) -> Option<Result<(), String>> {
         let bus = &self.ctx.bus;

@@ -209,7 +209,7 @@ impl<S: Store> TriggerConsumer<S> {
             StartFrom::Latest => From::Latest,
             StartFrom::Earliest => From::Earliest,
         };
-        let group = format!("sojourn.trigger.{}", self.trigger.id);
+        let group = group_of(&self.trigger.id);
         let Some(mut consumer) = self
             .bus
             .join(&group, &self.trigger.topic, from, &stop)
@@ -576,4 +576,10 @@ struct Read {
     idempotency: Option<String>,
     /// The profile expression's value (`action: profile`).
     profile: Option<Value>,
+}
+
+/// The consumer group of an event trigger: every node's consumer of it
+/// joins this one, so the topic's partitions are shared among them.
+pub(crate) fn group_of(trigger: &str) -> String {
+    format!("sojourn.trigger.{trigger}")
 }

@@ -226,6 +226,34 @@ async fn messages_start_one_execution_each_even_redelivered_and_bad_ones_become_
     }
     assert!(reasons_on_topic.iter().any(|r| r.contains("not JSON")));
     drop(dlq);
+    // Its lag: none once the commits land (every message was used or
+    // dead-lettered); a group that never read the topic lags by all 24.
+    wait_until("the trigger's lag to reach zero", || async {
+        engine
+            .trigger_lag(&trigger, "signups")
+            .await
+            .expect("lag")
+            .expect("Kafka")
+            .iter()
+            .all(|p| p.lag == 0 && p.committed == Some(p.end))
+    })
+    .await;
+    let lag = engine
+        .trigger_lag(&trigger, "signups")
+        .await
+        .expect("lag")
+        .expect("Kafka");
+    assert_eq!(
+        lag.iter().map(|p| (p.partition, p.end)).collect::<Vec<_>>(),
+        [(0, 12), (1, 12)]
+    );
+    let never = engine
+        .trigger_lag("trg_never_ran", "signups")
+        .await
+        .expect("lag")
+        .expect("Kafka");
+    assert_eq!(never.iter().map(|p| p.lag).sum::<i64>(), 24, "{never:?}");
+    assert!(never.iter().all(|p| p.committed.is_none()), "{never:?}");
     // The input: the payload, the trigger's input, and the event.
     let one = store
         .list_executions(&ExecutionQuery {

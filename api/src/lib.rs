@@ -505,6 +505,15 @@ pub fn build<S: Store>(state: AppState<S>) -> Api {
         triggers::dead_letters::<S>,
     );
     r.add(
+        M::GET,
+        "/v1/triggers/{trigger}/lag",
+        Spec::new("triggers", "An event trigger's lag on its topic")
+            .scope(Read)
+            .returns::<triggers::LagOut>(200)
+            .describe("Per partition of the trigger's Kafka topic: its committed offset, the partition's end and the messages between them, with the total; 409 for a trigger that reads no topic. Without Kafka (the in-process queue of `sojourn dev`) `kafka` is false and there are no figures. 503 when Kafka does not answer."),
+        triggers::lag::<S>,
+    );
+    r.add(
         M::POST,
         "/v1/triggers/{trigger}/activate",
         Spec::new("triggers", "Activate a trigger (init to active)")

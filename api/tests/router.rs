@@ -5237,6 +5237,48 @@ async fn console_api<S: Store>(app: &App<S>) {
         .await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
 
+    // A trigger's lag: figures only from Kafka (this engine has none); a
+    // trigger that reads no topic has none to give.
+    let r = app
+        .post(
+            "/v1/workflows/preview/triggers",
+            &k,
+            json!({"kind": "event", "config": {"event": "paid", "topic": "payments"}}),
+        )
+        .await;
+    let event_trigger = r.ok(StatusCode::CREATED)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let r = app
+        .get(&format!("/v1/triggers/{event_trigger}/lag"), &reader)
+        .await;
+    assert_eq!(
+        r.ok(StatusCode::OK),
+        &json!({"topic": "payments", "kafka": false, "partitions": []})
+    );
+    let r = app
+        .post(
+            "/v1/workflows/preview/triggers",
+            &k,
+            json!({"kind": "api", "path": "previewed"}),
+        )
+        .await;
+    let api_trigger = r.ok(StatusCode::CREATED)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let r = app
+        .get(&format!("/v1/triggers/{api_trigger}/lag"), &reader)
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", Some("trigger"));
+    let r = app.get("/v1/triggers/trg_nope/lag", &reader).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+    let r = app
+        .get(&format!("/v1/triggers/{event_trigger}/lag"), &other)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
+
     // The workflow schema the builder's forms come from.
     let r = app.get("/v1/schema/workflow", &reader).await;
     let schema = r.ok(StatusCode::OK);

@@ -45,9 +45,12 @@ async function freePort() {
 async function startNode() {
   const port = await freePort();
   const data = mkdtempSync(join(tmpdir(), "sojourn-e2e-"));
+  // The node reads every SOJOURN_* variable as a setting: this script's own
+  // (SOJOURN_BIN) is not one.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== "SOJOURN_BIN"));
   const child = spawn(bin, ["dev", "--listen", `127.0.0.1:${port}`, "--data", data], {
     // The rollup every 300 ms, so analytics show this run's execution.
-    env: { ...process.env, SOJOURN_ENGINE__ANALYTICS_ROLLUP_MS: "300", RUST_LOG: "warn" },
+    env: { ...env, SOJOURN_ENGINE__ANALYTICS_ROLLUP_MS: "300", RUST_LOG: "warn" },
     stdio: ["ignore", "ignore", "pipe"],
   });
   let log = "";
@@ -227,6 +230,7 @@ try {
   step = "start an execution and follow it";
   await page.getByRole("button", { name: "Start…" }).click();
   await page.getByLabel("Execution input").fill('{"email": "grace@example.com", "name": "Grace"}');
+  await page.getByLabel("Execution subject").fill("u-1");
   await page.getByRole("dialog", { name: "Start an execution" }).getByRole("button", { name: "Start", exact: true }).click();
   await page.waitForURL(/\/executions\/exe_/);
   const executionId = page.url().split("/").pop();
@@ -287,6 +291,8 @@ try {
   await page.getByLabel("Profile subject").fill("u-1");
   await page.getByRole("button", { name: "Find" }).click();
   await page.getByText('"plan": "pro"').waitFor();
+  // The journey's email to u-1, among the subject's messages.
+  await page.getByRole("table", { name: "Messages to this subject" }).getByText("send").waitFor();
   await shot("11-audience");
   await page.getByRole("link", { name: "Cluster" }).click();
   await page.getByText("taking work").waitFor();

@@ -515,6 +515,8 @@ pub struct DeliveryRecord {
 pub struct DeliveryQuery {
     pub namespace: String,
     pub execution_id: Option<String>,
+    /// Only deliveries of this subject's executions (a person's messages).
+    pub subject: Option<String>,
     pub workflow_id: Option<String>,
     pub channel: Option<String>,
     pub provider: Option<String>,

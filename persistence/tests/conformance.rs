@@ -2856,8 +2856,8 @@ async fn deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filte
     store: &S,
 ) {
     let f = fixture(store).await;
-    let a = start(store, &f, None, None).await;
-    let b = start(store, &f, None, None).await;
+    let a = start(store, &f, Some("ann"), None).await;
+    let b = start(store, &f, Some("bob"), None).await;
     let t1 = t0() + chrono::Duration::seconds(1);
     store
         .add_deliveries(&[
@@ -2911,6 +2911,33 @@ async fn deliveries_are_logged_once_per_attempt_and_provider_and_listed_by_filte
             ("sg".into(), "failed".into(), None)
         ]
     );
+    // A person's messages: their executions' deliveries.
+    let of_bob = store
+        .list_deliveries(&q(&|q| q.subject = Some("bob".into())))
+        .await
+        .expect("list");
+    assert_eq!(
+        of_bob
+            .iter()
+            .map(|d| d.execution_id.as_str())
+            .collect::<Vec<_>>(),
+        [b.id.as_str()]
+    );
+    let of_nobody = store
+        .list_deliveries(&q(&|q| q.subject = Some("carl".into())))
+        .await
+        .expect("list");
+    assert!(of_nobody.is_empty());
+    let elsewhere = store
+        .list_deliveries(&DeliveryQuery {
+            namespace: "other".into(),
+            subject: Some("bob".into()),
+            limit: 10,
+            ..DeliveryQuery::default()
+        })
+        .await
+        .expect("list");
+    assert!(elsewhere.is_empty(), "another namespace's subject");
     let failed = store
         .list_deliveries(&q(&|q| q.status = Some("failed".into())))
         .await
@@ -4827,6 +4854,7 @@ async fn retention_deletes_only_old_counted_records_of_finished_executions<S: St
             }
             .into(),
             execution_id: Some(e.id.to_string()),
+            subject: None,
             workflow_id: None,
             channel: None,
             provider: None,

@@ -41,6 +41,9 @@ pub struct ListDeliveries {
     /// A workflow key or id.
     #[serde(default)]
     pub workflow: Option<String>,
+    /// Only the deliveries of this subject's executions.
+    #[serde(default)]
+    pub subject: Option<String>,
     #[serde(default)]
     #[schemars(extend("enum" = ["email", "sms", "push", "chat"]))]
     pub channel: Option<String>,
@@ -185,6 +188,7 @@ pub(crate) async fn list<S: Store>(
         .list_deliveries(&DeliveryQuery {
             namespace: caller.namespace.clone(),
             execution_id: q.execution,
+            subject: q.subject,
             workflow_id,
             channel: q.channel,
             provider: q.provider,

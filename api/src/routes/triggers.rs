@@ -430,3 +430,82 @@ pub(crate) async fn fire<S: Store>(
     )
     .await
 }
+
+/// How far an event trigger is behind on its Kafka topic.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LagOut {
+    pub topic: String,
+    /// Whether the node reads topics from Kafka (`sojourn dev` without
+    /// brokers uses an in-process queue, which keeps no offsets: no
+    /// figures then).
+    pub kafka: bool,
+    /// Per partition, in order.
+    pub partitions: Vec<PartitionLagOut>,
+    /// Messages not consumed yet, all partitions together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PartitionLagOut {
+    pub partition: i32,
+    /// The trigger's committed offset (the next message it reads); absent
+    /// before its first commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub committed: Option<i64>,
+    /// The partition's end offset.
+    pub end: i64,
+    pub lag: i64,
+}
+
+pub(crate) async fn lag<S: Store>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<LagOut>> {
+    let record = app
+        .engine
+        .store()
+        .get_trigger(&caller.namespace, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("trigger", &id))?;
+    let topic = match (
+        record.kind,
+        record.config.get("topic").and_then(Value::as_str),
+    ) {
+        (TriggerKind::Event, Some(topic)) => topic.to_owned(),
+        _ => {
+            return Err(ApiError::conflict(
+                Some("trigger"),
+                format!("trigger: {id:?} is not an event trigger that reads a topic"),
+            ));
+        }
+    };
+    let partitions = app
+        .engine
+        .trigger_lag(&record.id, &topic)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("Kafka: {e}")))?;
+    Ok(axum::Json(match partitions {
+        None => LagOut {
+            topic,
+            kafka: false,
+            partitions: Vec::new(),
+            total: None,
+        },
+        Some(ps) => LagOut {
+            topic,
+            kafka: true,
+            total: Some(ps.iter().map(|p| p.lag).sum()),
+            partitions: ps
+                .into_iter()
+                .map(|p| PartitionLagOut {
+                    partition: p.partition,
+                    committed: p.committed,
+                    end: p.end,
+                    lag: p.lag,
+                })
+                .collect(),
+        },
+    }))
+}

@@ -124,7 +124,7 @@ pub struct ValidationOut {
     pub errors: Vec<Problem>,
     /// A valid document as publishing would store it (defaults written
     /// out): what the console compares with the latest version.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::docs::optional_json_object")]
     pub normalized: Option<Value>,
 }

@@ -907,6 +907,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/triggers/{trigger}/lag": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * An event trigger's lag on its topic
+         * @description Per partition of the trigger's Kafka topic: its committed offset, the partition's end and the messages between them, with the total; 409 for a trigger that reads no topic. Without Kafka (the in-process queue of `sojourn dev`) `kafka` is false and there are no figures. 503 when Kafka does not answer.
+         */
+        get: operations["anEventTriggersLagOnItsTopic"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/triggers/{trigger}/pause": {
         parameters: {
             query?: never;
@@ -1838,6 +1858,23 @@ export interface components {
          * @enum {string}
          */
         Kind: "action" | "trigger";
+        /** @description How far an event trigger is behind on its Kafka topic. */
+        LagOut: {
+            /**
+             * @description Whether the node reads topics from Kafka (`sojourn dev` without
+             *     brokers uses an in-process queue, which keeps no offsets: no
+             *     figures then).
+             */
+            kafka: boolean;
+            /** @description Per partition, in order. */
+            partitions: components["schemas"]["PartitionLagOut"][];
+            topic: string;
+            /**
+             * Format: int64
+             * @description Messages not consumed yet, all partitions together.
+             */
+            total?: number | null;
+        };
         /** @description One attempt of one action node. */
         NodeExecutionOut: {
             action: string;
@@ -1915,6 +1952,23 @@ export interface components {
             items: string[];
             /** @description Pass as `cursor` for the next page; absent on the last page. */
             next_cursor?: string | null;
+        };
+        PartitionLagOut: {
+            /**
+             * Format: int64
+             * @description The trigger's committed offset (the next message it reads); absent
+             *     before its first commit.
+             */
+            committed?: number | null;
+            /**
+             * Format: int64
+             * @description The partition's end offset.
+             */
+            end: number;
+            /** Format: int64 */
+            lag: number;
+            /** Format: int32 */
+            partition: number;
         };
         Point: {
             day: string;
@@ -2464,7 +2518,7 @@ export interface components {
              * @description A valid document as publishing would store it (defaults written
              *     out): what the console compares with the latest version.
              */
-            normalized: Record<string, unknown> | null;
+            normalized?: Record<string, unknown> | null;
             valid: boolean;
         };
         VersionItem: {
@@ -3083,6 +3137,8 @@ export interface operations {
                 /** @description A provider's configured name. */
                 provider?: string | null;
                 status?: "queued" | "sent" | "failed" | "delivered" | "bounced" | "complained" | "opened" | "clicked" | "undelivered" | "unsubscribed" | "suppressed" | "no_address" | "capped" | "deferred" | null;
+                /** @description Only the deliveries of this subject's executions. */
+                subject?: string | null;
                 /** @description A workflow key or id. */
                 workflow?: string | null;
             };
@@ -4612,6 +4668,37 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["DeadLetterOut"][];
+                };
+            };
+            /** @description an error: {"error": {"code", "message", "field"}} */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    anEventTriggersLagOnItsTopic: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                trigger: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LagOut"];
                 };
             };
             /** @description an error: {"error": {"code", "message", "field"}} */

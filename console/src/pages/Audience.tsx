@@ -94,9 +94,13 @@ function Profile({ subject }: { subject: string }) {
     queryKey: ["profile", subject],
     queryFn: () => unwrap(client.GET("/v1/profiles/{subject}", { params: { path: { subject } } })),
   });
-  const deliveries = useQuery({
+  const executions = useQuery({
     queryKey: ["profile-executions", subject],
     queryFn: () => unwrap(client.GET("/v1/executions", { params: { query: { subject, limit: 20 } } })),
+  });
+  const deliveries = useQuery({
+    queryKey: ["profile-deliveries", subject],
+    queryFn: () => unwrap(client.GET("/v1/deliveries", { params: { query: { subject, limit: 50 } } })),
   });
   return (
     <section className="card" style={{ marginBottom: 12 }}>
@@ -140,8 +144,48 @@ function Profile({ subject }: { subject: string }) {
           </div>
         )}
       </Query>
+      <h3>Messages to this subject</h3>
+      <Query q={deliveries} what="deliveries">
+        {(page) =>
+          page.items.length === 0 ? (
+            <p className="muted">No message was sent to this subject.</p>
+          ) : (
+            <table aria-label="Messages to this subject">
+              <thead>
+                <tr>
+                  <th>At</th>
+                  <th>Channel</th>
+                  <th>To</th>
+                  <th>Node</th>
+                  <th>Status</th>
+                </tr>
+              </thead>
+              <tbody>
+                {page.items.map((d) => (
+                  <tr key={d.id}>
+                    <td>
+                      <Time at={d.created_at} />
+                    </td>
+                    <td>
+                      {d.channel} <span className="muted">{d.provider}</span>
+                    </td>
+                    <td>{d.recipient}</td>
+                    <td>
+                      <Link to={`/executions/${d.execution_id}`}>{d.node}</Link>
+                    </td>
+                    <td>
+                      <Badge value={d.status} />
+                      {d.error && <div className="error">{d.error}</div>}
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          )
+        }
+      </Query>
       <h3>Journeys of this subject</h3>
-      <Query q={deliveries} what="executions">
+      <Query q={executions} what="executions">
         {(page) =>
           page.items.length === 0 ? (
             <p className="muted">No execution has this subject.</p>

@@ -109,7 +109,7 @@ function TriggerRow({ t, workflow, open, onToggle }: { t: Trigger; workflow: str
               {config.topic ? (
                 <>
                   {" "}
-                  from topic <code>{String(config.topic)}</code>
+                  from topic <code>{String(config.topic)}</code> <Lag id={t.id} />
                 </>
               ) : null}
             </span>
@@ -139,13 +139,55 @@ function TriggerRow({ t, workflow, open, onToggle }: { t: Trigger; workflow: str
             {open && (
               <>
                 <pre>{JSON.stringify(t.config, null, 2)}</pre>
-                {t.kind === "event" && Boolean(config.topic) && <DeadLetters id={t.id} />}
+                {t.kind === "event" && Boolean(config.topic) && (
+                  <>
+                    <Lag id={t.id} detail />
+                    <DeadLetters id={t.id} />
+                  </>
+                )}
               </>
             )}
           </td>
         </tr>
       )}
     </>
+  );
+}
+
+/** How far an event trigger is behind on its topic (total, or per partition). */
+function Lag({ id, detail = false }: { id: string; detail?: boolean }) {
+  const q = useQuery({
+    queryKey: ["lag", id],
+    queryFn: () => unwrap(client.GET("/v1/triggers/{trigger}/lag", { params: { path: { trigger: id } } })),
+    refetchInterval: 10_000,
+  });
+  if (q.error) return detail ? <ErrorNote error={q.error} /> : <span className="error">lag unknown</span>;
+  if (!q.data) return null;
+  if (!q.data.kafka) return detail ? <p className="muted">No Kafka on this node: the in-process queue keeps no offsets, so no lag to show.</p> : null;
+  if (!detail) {
+    return <Badge value={`lag ${q.data.total ?? 0}`} kind={(q.data.total ?? 0) > 0 ? "warn" : "ok"} />;
+  }
+  return (
+    <table aria-label="Lag per partition" style={{ marginBottom: 8 }}>
+      <thead>
+        <tr>
+          <th>Partition</th>
+          <th>Committed</th>
+          <th>End</th>
+          <th>Lag</th>
+        </tr>
+      </thead>
+      <tbody>
+        {q.data.partitions.map((p) => (
+          <tr key={p.partition}>
+            <td>{p.partition}</td>
+            <td>{p.committed ?? "nothing yet"}</td>
+            <td>{p.end}</td>
+            <td>{p.lag}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
   );
 }
 

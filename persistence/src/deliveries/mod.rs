@@ -230,6 +230,15 @@ where
         if let Some(v) = &q.execution_id {
             sql.push(" AND execution_id = ").push_bind(v.as_str());
         }
+        if let Some(v) = &q.subject {
+            // The subject's executions (`executions_by_namespace_subject`),
+            // then theirs (`deliveries_by_execution`).
+            sql.push(" AND execution_id IN (SELECT id FROM executions WHERE namespace = ")
+                .push_bind(q.namespace.as_str())
+                .push(" AND subject = ")
+                .push_bind(v.as_str())
+                .push(")");
+        }
         if let Some(v) = &q.workflow_id {
             sql.push(" AND workflow_id = ").push_bind(v.as_str());
         }
