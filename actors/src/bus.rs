@@ -124,9 +124,19 @@ pub struct PartitionLag {
     pub committed: Option<i64>,
     /// The partition's end (the offset the next message will get).
     pub end: i64,
-    /// Messages not consumed yet: `end − committed`, or everything the
-    /// partition keeps when nothing is committed.
-    pub lag: i64,
+    /// Messages kept and not consumed yet (`end − committed`); unknown
+    /// before the group's first commit (where it starts depends on the
+    /// trigger's `from`).
+    pub lag: Option<i64>,
+}
+
+/// Why a lag could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LagError {
+    /// The topic does not exist (yet).
+    NoTopic,
+    /// Kafka did not answer in time, or failed (the detail is for the log).
+    Unavailable(String),
 }
 
 /// Where a new consumer group starts reading.
@@ -312,48 +322,65 @@ impl Bus {
     /// How far consumer group `group` is behind on `topic`, per partition
     /// (`None` on the in-process queue, which keeps no offsets). Reads the
     /// group's committed offsets and the partitions' ends; joins nothing.
+    ///
+    /// Everything shares one deadline of `timeout`; at most two run at once
+    /// on a node (each holds a client and a blocking thread for that long):
+    /// a third is told Kafka is busy.
     pub async fn lag(
         &self,
         group: &str,
         topic: &str,
         timeout: Duration,
-    ) -> Result<Option<Vec<PartitionLag>>, String> {
+    ) -> Result<Option<Vec<PartitionLag>>, LagError> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
         use rdkafka::{Offset, TopicPartitionList};
+        static LAGS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
         let Kind::Kafka(k) = &self.0 else {
             return Ok(None);
         };
+        let permit = LAGS
+            .try_acquire()
+            .map_err(|_| LagError::Unavailable("two lag reads already running".into()))?;
         let (k, group, topic) = (k.clone(), group.to_owned(), topic.to_owned());
-        tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + timeout;
+        let left = move || deadline.saturating_duration_since(std::time::Instant::now());
+        let read = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let unavailable =
+                |what: &str, e: KafkaError| LagError::Unavailable(format!("{what}: {e}"));
             let consumer: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &k.brokers)
                 .set("group.id", &group)
                 .set("client.id", &k.client_id)
                 .set("enable.auto.commit", "false")
                 .create()
-                .map_err(|e| format!("creating a Kafka consumer: {e}"))?;
+                .map_err(|e| unavailable("creating a consumer", e))?;
             let md = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(|e| format!("Kafka at {}: {e}", k.brokers))?;
+                .fetch_metadata(Some(&topic), left())
+                .map_err(|e| unavailable("metadata", e))?;
             let t = md
                 .topics()
                 .first()
-                .ok_or_else(|| format!("{topic}: no metadata"))?;
-            if let Some(e) = t.error() {
-                return Err(format!("{topic}: {e:?}"));
+                .ok_or_else(|| LagError::Unavailable(format!("{topic}: no metadata")))?;
+            match t.error().map(RDKafkaErrorCode::from) {
+                None => {}
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Err(LagError::NoTopic),
+                Some(e) => return Err(LagError::Unavailable(format!("{topic}: {e:?}"))),
             }
             let mut asked = TopicPartitionList::new();
             for p in t.partitions() {
                 asked.add_partition(&topic, p.id());
             }
             let committed = consumer
-                .committed_offsets(asked, timeout)
-                .map_err(|e| format!("{group}'s offsets on {topic}: {e}"))?;
+                .committed_offsets(asked, left())
+                .map_err(|e| unavailable("committed offsets", e))?;
             let mut out = Vec::with_capacity(t.partitions().len());
             for p in t.partitions() {
                 let (low, end) = consumer
-                    .fetch_watermarks(&topic, p.id(), timeout)
-                    .map_err(|e| format!("{topic}[{}]: {e}", p.id()))?;
+                    .fetch_watermarks(&topic, p.id(), left())
+                    .map_err(|e| unavailable(&format!("{topic}[{}]", p.id()), e))?;
                 let done =
                     committed
                         .find_partition(&topic, p.id())
@@ -365,14 +392,18 @@ impl Bus {
                     partition: p.id(),
                     committed: done,
                     end,
-                    lag: (end - done.unwrap_or(low)).max(0),
+                    // Messages below `low` are gone: they are not behind.
+                    lag: done.map(|c| (end - c.max(low)).max(0)),
                 });
             }
             out.sort_by_key(|p| p.partition);
             Ok(Some(out))
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        });
+        match tokio::time::timeout(timeout + Duration::from_secs(1), read).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(join)) => Err(LagError::Unavailable(join.to_string())),
+            Err(_) => Err(LagError::Unavailable("no answer in time".into())),
+        }
     }
 
     /// Whether the brokers answer (readiness): one topic's metadata within

@@ -433,7 +433,7 @@ impl<S: Store> Engine<S> {
         &self,
         trigger: &str,
         topic: &str,
-    ) -> Result<Option<Vec<crate::bus::PartitionLag>>, String> {
+    ) -> Result<Option<Vec<crate::bus::PartitionLag>>, crate::bus::LagError> {
         let group = crate::events::group_of(trigger);
         self.ctx
             .bus

@@ -236,21 +236,64 @@ impl<S: Store> TriggerConsumer<S> {
             while !pending.is_empty() {
                 let mut set = JoinSet::new();
                 let mut tasks = HashMap::with_capacity(pending.len());
-                for &i in &pending {
-                    let (this, msg) = (self.clone_parts(), batch[i].clone());
-                    let task = set.spawn(async move { (i, this.handle(&msg).await) });
-                    tasks.insert(task.id(), i);
+                // Starts are idempotent and order-free: each message is its
+                // own task. Profile updates and deliveries are not: a
+                // partition's messages (a key's, in order) go one after the
+                // other, and a partition stops at its first message to retry.
+                let ordered = !matches!(self.trigger.config.action, EventAction::Start);
+                let lanes: Vec<Vec<usize>> = if ordered {
+                    let mut by_partition: std::collections::BTreeMap<i32, Vec<usize>> =
+                        Default::default();
+                    for &i in &pending {
+                        by_partition.entry(batch[i].partition).or_default().push(i);
+                    }
+                    by_partition.into_values().collect()
+                } else {
+                    pending.iter().map(|&i| vec![i]).collect()
+                };
+                for lane in lanes {
+                    let this = self.clone_parts();
+                    let msgs: Vec<(usize, Arc<BusMessage>)> =
+                        lane.iter().map(|&i| (i, batch[i].clone())).collect();
+                    let task = set.spawn(async move {
+                        let mut out = Vec::with_capacity(msgs.len());
+                        let mut blocked = false;
+                        for (i, msg) in msgs {
+                            if blocked {
+                                // After one to retry: not tried, retried with it.
+                                out.push((i, None));
+                                continue;
+                            }
+                            let outcome = this.handle(&msg).await;
+                            blocked = matches!(outcome, Outcome::Retry(_));
+                            out.push((i, Some(outcome)));
+                        }
+                        out
+                    });
+                    tasks.insert(task.id(), lane);
                 }
                 let mut retry = Vec::new();
+                let mut outcomes = Vec::with_capacity(pending.len());
                 while let Some(joined) = set.join_next_with_id().await {
-                    let (i, outcome) = match joined {
-                        Ok((_, done)) => done,
-                        // A handler that panicked: its message can never be
-                        // used; it must not be acknowledged as handled.
-                        Err(e) => match tasks.get(&e.id()) {
-                            Some(&i) => (i, Outcome::Dead(format!("handling it panicked: {e}"))),
-                            None => continue,
-                        },
+                    match joined {
+                        Ok((_, done)) => outcomes.extend(done),
+                        // A handler that panicked: its messages can never be
+                        // used; they must not be acknowledged as handled.
+                        Err(e) => {
+                            if let Some(lane) = tasks.get(&e.id()) {
+                                let reason = format!("handling it panicked: {e}");
+                                outcomes.extend(
+                                    lane.iter()
+                                        .map(|&i| (i, Some(Outcome::Dead(reason.clone())))),
+                                );
+                            }
+                        }
+                    }
+                }
+                for (i, outcome) in outcomes {
+                    let Some(outcome) = outcome else {
+                        retry.push(i);
+                        continue;
                     };
                     match outcome {
                         Outcome::Done => {}

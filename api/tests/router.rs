@@ -5255,7 +5255,7 @@ async fn console_api<S: Store>(app: &App<S>) {
         .await;
     assert_eq!(
         r.ok(StatusCode::OK),
-        &json!({"topic": "payments", "kafka": false, "partitions": []})
+        &json!({"topic": "payments", "kafka": false, "topic_exists": true, "partitions": []})
     );
     let r = app
         .post(

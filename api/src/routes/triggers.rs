@@ -439,9 +439,11 @@ pub struct LagOut {
     /// brokers uses an in-process queue, which keeps no offsets: no
     /// figures then).
     pub kafka: bool,
+    /// Whether the topic exists (a trigger may be made before its topic).
+    pub topic_exists: bool,
     /// Per partition, in order.
     pub partitions: Vec<PartitionLagOut>,
-    /// Messages not consumed yet, all partitions together.
+    /// Messages not consumed yet, over the partitions whose lag is known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<i64>,
 }
@@ -455,7 +457,10 @@ pub struct PartitionLagOut {
     pub committed: Option<i64>,
     /// The partition's end offset.
     pub end: i64,
-    pub lag: i64,
+    /// `end − committed`; absent before the trigger's first commit (where
+    /// it starts reading depends on its `from`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
 }
 
 pub(crate) async fn lag<S: Store>(
@@ -481,22 +486,36 @@ pub(crate) async fn lag<S: Store>(
             ));
         }
     };
-    let partitions = app
-        .engine
-        .trigger_lag(&record.id, &topic)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("Kafka: {e}")))?;
+    let partitions = match app.engine.trigger_lag(&record.id, &topic).await {
+        Ok(ps) => ps,
+        Err(sojourn_actors::bus::LagError::NoTopic) => {
+            return Ok(axum::Json(LagOut {
+                topic,
+                kafka: true,
+                topic_exists: false,
+                partitions: Vec::new(),
+                total: None,
+            }));
+        }
+        Err(sojourn_actors::bus::LagError::Unavailable(detail)) => {
+            // The detail (broker addresses) is for the log, as /readyz does.
+            tracing::warn!(trigger = %record.id, %topic, error = %detail, "reading a trigger's lag");
+            return Err(ApiError::unavailable("Kafka did not answer; try again"));
+        }
+    };
     Ok(axum::Json(match partitions {
         None => LagOut {
             topic,
             kafka: false,
+            topic_exists: true,
             partitions: Vec::new(),
             total: None,
         },
         Some(ps) => LagOut {
             topic,
             kafka: true,
-            total: Some(ps.iter().map(|p| p.lag).sum()),
+            topic_exists: true,
+            total: ps.iter().filter_map(|p| p.lag).reduce(|a, b| a + b),
             partitions: ps
                 .into_iter()
                 .map(|p| PartitionLagOut {

@@ -1869,9 +1869,11 @@ export interface components {
             /** @description Per partition, in order. */
             partitions: components["schemas"]["PartitionLagOut"][];
             topic: string;
+            /** @description Whether the topic exists (a trigger may be made before its topic). */
+            topic_exists: boolean;
             /**
              * Format: int64
-             * @description Messages not consumed yet, all partitions together.
+             * @description Messages not consumed yet, over the partitions whose lag is known.
              */
             total?: number | null;
         };
@@ -1965,8 +1967,12 @@ export interface components {
              * @description The partition's end offset.
              */
             end: number;
-            /** Format: int64 */
-            lag: number;
+            /**
+             * Format: int64
+             * @description `end − committed`; absent before the trigger's first commit (where
+             *     it starts reading depends on its `from`).
+             */
+            lag?: number | null;
             /** Format: int32 */
             partition: number;
         };

@@ -48,7 +48,8 @@ export function SchemaForm({
 }: {
   schema: RJSFSchema;
   value: Record<string, unknown>;
-  onChange: (v: Record<string, unknown>) => void;
+  /** `byUser` false: the form filled in its schema's defaults itself. */
+  onChange: (v: Record<string, unknown>, byUser: boolean) => void;
   /** The server's problems, as a tree (`formErrors`). */
   errors: ErrorSchema;
   suggestionsId?: string;
@@ -67,7 +68,7 @@ export function SchemaForm({
       showErrorList={false}
       noHtml5Validate
       liveValidate={false}
-      onChange={(e) => onChange((e.formData ?? {}) as Record<string, unknown>)}
+      onChange={(e, id) => onChange((e.formData ?? {}) as Record<string, unknown>, id !== undefined)}
     />
   );
 }

@@ -100,6 +100,12 @@ describe("edits", () => {
     };
     d = updateNode(d, "s", split(["ab", "b"]));
     expect(d.edges[0]).toEqual({ from: "s", to: "x", branch: "ab" });
+    // Reordered: each branch keeps where it leads.
+    d = updateNode(d, "s", split(["b", "ab"]));
+    expect(d.edges).toEqual([
+      { from: "s", to: "x", branch: "ab" },
+      { from: "s", to: "y", branch: "b" },
+    ]);
     d = updateNode(d, "s", split(["ab", "b", "c"]));
     expect(d.edges.map((e) => e.branch)).toEqual(["ab", "b"]);
     // Rules instead: named in order, then `default`.

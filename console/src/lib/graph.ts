@@ -193,7 +193,11 @@ export function updateNode(doc: WfDoc, id: string, next: WfNode): WfDoc {
   if (before && before.type === "split" && next.type === "split") {
     const a = splitBranches(before);
     const b = splitBranches(next);
-    if (a.length === b.length) a.forEach((x, i) => x !== b[i] && x && b[i] && branchRename.set(x, b[i]));
+    // A rename is a name that went at a place where a new one came: a
+    // reorder (both names still there) moves nothing.
+    const was = new Set(a);
+    const is = new Set(b);
+    if (a.length === b.length) a.forEach((x, i) => x && b[i] && !is.has(x) && !was.has(b[i]) && branchRename.set(x, b[i]));
   }
   if (!renamed && branchRename.size === 0) {
     return { ...doc, nodes: doc.nodes.map((n) => (n.id === id ? next : n)) };

@@ -150,6 +150,8 @@ function Profile({ subject }: { subject: string }) {
           page.items.length === 0 ? (
             <p className="muted">No message was sent to this subject.</p>
           ) : (
+            <>
+            {page.next_cursor && <p className="hint">The newest {page.items.length}; the execution pages show the rest.</p>}
             <table aria-label="Messages to this subject">
               <thead>
                 <tr>
@@ -181,6 +183,7 @@ function Profile({ subject }: { subject: string }) {
                 ))}
               </tbody>
             </table>
+            </>
           )
         }
       </Query>

@@ -57,12 +57,20 @@ import { PublishDialog } from "./builder/PublishDialog";
 import { StartButton, Versions } from "./builder/Versions";
 import { formatOffset } from "../lib/time";
 
-type Action = { kind: "edit"; doc: WfDoc } | { kind: "undo" } | { kind: "redo" } | { kind: "reset"; doc: WfDoc };
+type Action =
+  | { kind: "edit"; doc: WfDoc }
+  // The form's own fill-in of schema defaults: no undo step of its own.
+  | { kind: "amend"; doc: WfDoc }
+  | { kind: "undo" }
+  | { kind: "redo" }
+  | { kind: "reset"; doc: WfDoc };
 
 function reducer(h: History, a: Action): History {
   switch (a.kind) {
     case "edit":
       return record(h, a.doc);
+    case "amend":
+      return { ...h, present: a.doc };
     case "undo":
       return undo(h);
     case "redo":
@@ -166,6 +174,8 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
   const [initial] = useState(() => readDraft(workflow.draft));
   // What of the stored draft cannot be drawn: written back with every save.
   const [aside, setAside] = useState<Aside>(initial.aside);
+  // What the next save writes back (kept in step with `aside`).
+  const asideNow = useRef<Aside>(initial.aside);
   const [history, dispatch] = useReducer(reducer, undefined, () => historyOf(placed(initial.doc)));
   const doc = history.present;
   const edit = useCallback((next: WfDoc) => dispatch({ kind: "edit", doc: next }), []);
@@ -221,7 +231,7 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
   const save = useMutation({
     scope: { id: draftScope(key) },
     mutationFn: (d: WfDoc) =>
-      unwrap(client.PUT("/v1/workflows/{workflow}", { params: { path: { workflow: key } }, body: { definition: withAside(d, aside) } })),
+      unwrap(client.PUT("/v1/workflows/{workflow}", { params: { path: { workflow: key } }, body: { definition: withAside(d, asideNow.current) } })),
     onSuccess: (w, d) => {
       confirmed.current = d;
       setSaved((s) => (lastSent.current === d ? d : s));
@@ -530,7 +540,15 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
           <div className="alert" role="status">
             {aside.nodes.length} node(s) and {aside.edges.length} edge(s) of the stored draft cannot be drawn (no id, type or ends): they are kept as they
             are and saved with the draft; the problems below name them.{" "}
-            <button className="link" onClick={() => setAside({ nodes: [], edges: [] })}>
+            <button
+              className="link"
+              onClick={() => {
+                // Dropped for good: saved now, not at the next edit.
+                asideNow.current = { nodes: [], edges: [] };
+                setAside(asideNow.current);
+                saveDraft(latest.current);
+              }}
+            >
               drop them
             </button>
           </div>
@@ -562,8 +580,10 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
             node={selectedNode}
             doc={doc}
             problems={placedProblems.nodes.get(selectedNode.id) ?? []}
-            onChange={(n) => {
-              edit(updateNode(doc, selectedNode.id, n));
+            onChange={(n, byUser = true) => {
+              const next = updateNode(doc, selectedNode.id, n);
+              if (byUser) edit(next);
+              else dispatch({ kind: "amend", doc: next });
               if (n.id !== selectedNode.id) setSelected(n.id);
             }}
             onDoc={edit}
@@ -586,6 +606,7 @@ function Builder({ workflow, queryKey }: { workflow: Schemas["WorkflowOut"]; que
           workflow={key}
           onRestore={(d) => {
             const restored = readDraft(d);
+            asideNow.current = restored.aside;
             setAside(restored.aside);
             edit(placed(restored.doc));
           }}
@@ -652,7 +673,7 @@ function NodeEditor({
   node: WfNode;
   doc: WfDoc;
   problems: Problem[];
-  onChange: (n: WfNode) => void;
+  onChange: (n: WfNode, byUser?: boolean) => void;
   /** An edit of the document (the node's exits). */
   onDoc: (d: WfDoc) => void;
   onDelete: () => void;
@@ -741,7 +762,7 @@ function NodeEditor({
         <SchemaForm
           schema={formSchema}
           value={node.type === "action" ? Object.fromEntries(Object.entries(config).filter(([k]) => k !== "action")) : config}
-          onChange={(v) => onChange({ ...node, config: node.type === "action" ? { ...v, action: actionName } : v })}
+          onChange={(v, byUser) => onChange({ ...node, config: node.type === "action" ? { ...v, action: actionName } : v }, byUser)}
           errors={errors}
           suggestionsId="cel-suggestions"
         />

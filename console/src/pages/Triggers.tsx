@@ -109,7 +109,7 @@ function TriggerRow({ t, workflow, open, onToggle }: { t: Trigger; workflow: str
               {config.topic ? (
                 <>
                   {" "}
-                  from topic <code>{String(config.topic)}</code> <Lag id={t.id} />
+                  from topic <code>{String(config.topic)}</code> {(t.state === "active" || t.state === "paused") && <Lag id={t.id} />}
                 </>
               ) : null}
             </span>
@@ -159,13 +159,15 @@ function Lag({ id, detail = false }: { id: string; detail?: boolean }) {
   const q = useQuery({
     queryKey: ["lag", id],
     queryFn: () => unwrap(client.GET("/v1/triggers/{trigger}/lag", { params: { path: { trigger: id } } })),
-    refetchInterval: 10_000,
+    refetchInterval: 30_000,
   });
   if (q.error) return detail ? <ErrorNote error={q.error} /> : <span className="error">lag unknown</span>;
   if (!q.data) return null;
   if (!q.data.kafka) return detail ? <p className="muted">No Kafka on this node: the in-process queue keeps no offsets, so no lag to show.</p> : null;
+  if (!q.data.topic_exists) return detail ? <p className="muted">The topic does not exist yet.</p> : <Badge value="no topic yet" kind="warn" />;
   if (!detail) {
-    return <Badge value={`lag ${q.data.total ?? 0}`} kind={(q.data.total ?? 0) > 0 ? "warn" : "ok"} />;
+    if (q.data.total === undefined || q.data.total === null) return <Badge value="nothing read yet" />;
+    return <Badge value={`lag ${q.data.total}`} kind={q.data.total > 0 ? "warn" : "ok"} />;
   }
   return (
     <table aria-label="Lag per partition" style={{ marginBottom: 8 }}>
@@ -183,7 +185,7 @@ function Lag({ id, detail = false }: { id: string; detail?: boolean }) {
             <td>{p.partition}</td>
             <td>{p.committed ?? "nothing yet"}</td>
             <td>{p.end}</td>
-            <td>{p.lag}</td>
+            <td>{p.lag ?? "—"}</td>
           </tr>
         ))}
       </tbody>
