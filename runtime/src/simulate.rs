@@ -31,7 +31,7 @@ pub struct Script {
 }
 
 /// An event in a script.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptedEvent {
     /// When, after the start: `"2h"`, `"3d"`.

@@ -518,29 +518,12 @@ pub struct SimulateRequest {
     /// "payload": {…}}]` (`after` from the start, or `at`; `key` defaults
     /// to the subject).
     #[serde(default)]
-    pub events: Vec<SimulatedEvent>,
+    pub events: Vec<sojourn_runtime::simulate::ScriptedEvent>,
     /// Per action node, the outcomes of its successive attempts, as in
     /// `sojourn simulate --events` (otherwise every attempt succeeds).
     #[serde(default)]
     #[schemars(schema_with = "crate::docs::optional_json_object")]
     pub actions: Option<Map<String, Value>>,
-}
-
-/// An event in a preview's script.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SimulatedEvent {
-    /// `"2h"`, `"3d"` after the start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<String>,
-    /// An instant, instead of `after`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at: Option<DateTime<Utc>>,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub payload: Value,
 }
 
 /// What a preview did.
@@ -621,12 +604,13 @@ pub(crate) async fn simulate<S: Store>(
     let registry = app.engine.registry(&caller.namespace).await?;
     let wf = check_definition(app.engine.channels(), &registry, &doc).map_err(invalid_workflow)?;
     let compiled = CompiledWorkflow::compile(&wf, &registry).map_err(invalid_workflow)?;
-    let script = serde_json::json!({
-        "events": req.events,
-        "actions": req.actions.unwrap_or_default(),
-    });
-    let script: Script = serde_path_to_error::deserialize(script)
-        .map_err(|e| ApiError::invalid(&e.path().to_string(), e.inner()))?;
+    // The events come typed; the actions' outcomes are read as the CLI's
+    // script reads them (errors named `actions.<node>…`).
+    let mut script: Script = serde_path_to_error::deserialize(
+        serde_json::json!({ "actions": req.actions.unwrap_or_default() }),
+    )
+    .map_err(|e| ApiError::invalid(&e.path().to_string(), e.inner()))?;
+    script.events = req.events;
     let start = req.start.unwrap_or_else(Utc::now);
     let snapshot = new_simulated_execution(
         &compiled,

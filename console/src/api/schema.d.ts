@@ -2241,6 +2241,21 @@ export interface components {
                 topic: string;
             };
         };
+        /** @description An event in a script. */
+        ScriptedEvent: {
+            /** @description When, after the start: `"2h"`, `"3d"`. */
+            after?: string | null;
+            /**
+             * Format: date-time
+             * @description When, as an instant (instead of `after`).
+             */
+            at?: string | null;
+            /** @description The correlation key; defaults to the execution's subject. */
+            key?: string | null;
+            name: string;
+            /** @default null */
+            payload?: unknown;
+        };
         /**
          * @description A segment: a CEL expression over a profile's `attributes` (and its
          *     `subject`), or a static list of subjects. Give exactly one.
@@ -2320,7 +2335,7 @@ export interface components {
              *     to the subject).
              * @default []
              */
-            events?: components["schemas"]["SimulatedEvent"][];
+            events?: components["schemas"]["ScriptedEvent"][];
             /**
              * @description The execution's input.
              * @default null
@@ -2352,20 +2367,6 @@ export interface components {
             /** @description The rendered inputs (secrets stay `{{ secrets.NAME }}`). */
             inputs: Record<string, unknown>;
             node: string;
-        };
-        /** @description An event in a preview's script. */
-        SimulatedEvent: {
-            /** @description `"2h"`, `"3d"` after the start. */
-            after?: string | null;
-            /**
-             * Format: date-time
-             * @description An instant, instead of `after`.
-             */
-            at?: string | null;
-            key?: string | null;
-            name: string;
-            /** @default null */
-            payload?: unknown;
         };
         /** @description One thing that happened in a preview. */
         SimulatedStep: {

@@ -7,7 +7,8 @@ export function viewerZone(): string {
   return zone;
 }
 
-const full = new Intl.DateTimeFormat(undefined, {
+/** A date and time to the second, its zone named. */
+const WITH_ZONE: Intl.DateTimeFormatOptions = {
   year: "numeric",
   month: "short",
   day: "numeric",
@@ -15,7 +16,9 @@ const full = new Intl.DateTimeFormat(undefined, {
   minute: "2-digit",
   second: "2-digit",
   timeZoneName: "short",
-});
+};
+
+const full = new Intl.DateTimeFormat(undefined, WITH_ZONE);
 
 /** `7 Dec 2026, 14:03:12 CET` in the viewer's zone, or `—`. */
 export function formatTime(iso: string | null | undefined, tz?: string): string {
@@ -23,16 +26,7 @@ export function formatTime(iso: string | null | undefined, tz?: string): string 
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
   if (tz) {
-    return new Intl.DateTimeFormat(undefined, {
-      year: "numeric",
-      month: "short",
-      day: "numeric",
-      hour: "2-digit",
-      minute: "2-digit",
-      second: "2-digit",
-      timeZone: tz,
-      timeZoneName: "short",
-    }).format(d);
+    return new Intl.DateTimeFormat(undefined, { ...WITH_ZONE, timeZone: tz }).format(d);
   }
   return full.format(d);
 }

@@ -8,6 +8,7 @@ import { CartesianGrid, Line, LineChart, ResponsiveContainer, Tooltip, XAxis, YA
 import { client, fetchText, unwrap, type Schemas } from "../api/client";
 import { useWorkflows } from "../api/hooks";
 import { JourneyGraph } from "../components/JourneyGraph";
+import { WorkflowSelect } from "../components/pickers";
 import { Empty, ErrorNote, Query, percent } from "../components/ui";
 import type { WfDoc } from "../lib/graph";
 import { viewerZone } from "../lib/time";
@@ -59,16 +60,7 @@ export default function Analytics() {
       <div className="spread">
         <h1>Analytics: {id}</h1>
         <div className="filters" style={{ margin: 0 }}>
-          <label>
-            Workflow
-            <select value={id} onChange={(e) => navigate(`/analytics/${encodeURIComponent(e.target.value)}`)} aria-label="Analytics workflow">
-              {(workflows.data ?? []).map((w) => (
-                <option key={w.id} value={w.key}>
-                  {w.key}
-                </option>
-              ))}
-            </select>
-          </label>
+          <WorkflowSelect value={id} onChange={(k) => navigate(`/analytics/${encodeURIComponent(k)}`)} label="Analytics workflow" archived />
           <label>
             From
             <input type="date" value={from} onChange={(e) => setFrom(e.target.value)} aria-label="From" />

@@ -3,6 +3,7 @@ import { Link } from "react-router";
 import { useInfiniteQuery, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { client, unwrap, type Schemas } from "../api/client";
 import { Badge, Empty, ErrorNote, Query, Time } from "../components/ui";
+import { DeliveriesTable } from "../components/pickers";
 
 export function Audience() {
   const [tab, setTab] = useState<"profiles" | "segments" | "suppressions">("profiles");
@@ -150,40 +151,11 @@ function Profile({ subject }: { subject: string }) {
           page.items.length === 0 ? (
             <p className="muted">No message was sent to this subject.</p>
           ) : (
-            <>
-            {page.next_cursor && <p className="hint">The newest {page.items.length}; the execution pages show the rest.</p>}
-            <table aria-label="Messages to this subject">
-              <thead>
-                <tr>
-                  <th>At</th>
-                  <th>Channel</th>
-                  <th>To</th>
-                  <th>Node</th>
-                  <th>Status</th>
-                </tr>
-              </thead>
-              <tbody>
-                {page.items.map((d) => (
-                  <tr key={d.id}>
-                    <td>
-                      <Time at={d.created_at} />
-                    </td>
-                    <td>
-                      {d.channel} <span className="muted">{d.provider}</span>
-                    </td>
-                    <td>{d.recipient}</td>
-                    <td>
-                      <Link to={`/executions/${d.execution_id}`}>{d.node}</Link>
-                    </td>
-                    <td>
-                      <Badge value={d.status} />
-                      {d.error && <div className="error">{d.error}</div>}
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-            </>
+            <DeliveriesTable
+              items={page.items}
+              label="Messages to this subject"
+              extra={page.next_cursor && <p className="hint">The newest {page.items.length}; the execution pages show the rest.</p>}
+            />
           )
         }
       </Query>

@@ -2,7 +2,8 @@ import { useState } from "react";
 import { Link, useSearchParams } from "react-router";
 import { useInfiniteQuery } from "@tanstack/react-query";
 import { client, unwrap } from "../api/client";
-import { useWorkflowNames, useWorkflows } from "../api/hooks";
+import { useWorkflowNames } from "../api/hooks";
+import { WorkflowSelect } from "../components/pickers";
 import { Badge, Empty, ErrorNote, Loading, Time } from "../components/ui";
 
 const STATUSES = ["pending", "running", "waiting", "paused", "completed", "failed", "cancelled"] as const;
@@ -24,7 +25,6 @@ export function Executions() {
     before: params.get("before") ?? "",
   };
   const [search, setSearch] = useState("");
-  const workflows = useWorkflows(true);
   const names = useWorkflowNames();
   const set = (k: string, v: string) => {
     const next = new URLSearchParams(params);
@@ -63,17 +63,7 @@ export function Executions() {
     <div>
       <h1>Executions</h1>
       <div className="filters card" role="search">
-        <label>
-          Workflow
-          <select value={filters.workflow} onChange={(e) => set("workflow", e.target.value)} aria-label="Workflow">
-            <option value="">any</option>
-            {(workflows.data ?? []).map((w) => (
-              <option key={w.id} value={w.key}>
-                {w.key}
-              </option>
-            ))}
-          </select>
-        </label>
+        <WorkflowSelect value={filters.workflow} onChange={(k) => set("workflow", k)} label="Workflow" empty="any" archived />
         <label>
           Status
           <select value={filters.status} onChange={(e) => set("status", e.target.value)} aria-label="Status">

@@ -7,6 +7,7 @@ import { useInfiniteQuery, useMutation, useQuery, useQueryClient } from "@tansta
 import { client, unwrap } from "../api/client";
 import { useWorkflowNames } from "../api/hooks";
 import { JourneyGraph } from "../components/JourneyGraph";
+import { DeliveriesTable } from "../components/pickers";
 import { Badge, Empty, ErrorNote, Loading, Query, Time } from "../components/ui";
 import type { WfDoc } from "../lib/graph";
 import { formatTime, viewerZone } from "../lib/time";
@@ -230,31 +231,7 @@ export default function Inspector() {
                 page.items.length === 0 ? (
                   <p className="muted">No message sent.</p>
                 ) : (
-                  <table>
-                    <thead>
-                      <tr>
-                        <th>Node</th>
-                        <th>Channel</th>
-                        <th>To</th>
-                        <th>Status</th>
-                      </tr>
-                    </thead>
-                    <tbody>
-                      {page.items.map((d) => (
-                        <tr key={d.id}>
-                          <td>{d.node}</td>
-                          <td>
-                            {d.channel} <span className="muted">{d.provider}</span>
-                          </td>
-                          <td>{d.recipient}</td>
-                          <td>
-                            <Badge value={d.status} />
-                            {d.error && <div className="error">{d.error}</div>}
-                          </td>
-                        </tr>
-                      ))}
-                    </tbody>
-                  </table>
+                  <DeliveriesTable items={page.items} label="Deliveries" />
                 )
               }
             </Query>

@@ -1,7 +1,8 @@
 import { useState } from "react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { client, unwrap, type Schemas } from "../api/client";
-import { useWorkflowNames, useWorkflows } from "../api/hooks";
+import { useWorkflowNames } from "../api/hooks";
+import { WorkflowSelect } from "../components/pickers";
 import { Badge, Empty, ErrorNote, Query, Time } from "../components/ui";
 
 type Trigger = Schemas["TriggerOut"];
@@ -237,7 +238,6 @@ function DeadLetters({ id }: { id: string }) {
 }
 
 function CreateTrigger() {
-  const workflows = useWorkflows();
   const queries = useQueryClient();
   const [workflow, setWorkflow] = useState("");
   const [kind, setKind] = useState<Kind>("api");
@@ -272,17 +272,7 @@ function CreateTrigger() {
       }}
     >
       <div className="filters" style={{ marginBottom: 0 }}>
-        <label>
-          Workflow
-          <select value={workflow} onChange={(e) => setWorkflow(e.target.value)} required aria-label="Trigger workflow">
-            <option value="">choose…</option>
-            {(workflows.data ?? []).map((w) => (
-              <option key={w.id} value={w.key}>
-                {w.key}
-              </option>
-            ))}
-          </select>
-        </label>
+        <WorkflowSelect value={workflow} onChange={setWorkflow} label="Trigger workflow" empty="choose…" required />
         <label>
           Kind
           <select

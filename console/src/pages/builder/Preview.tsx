@@ -6,6 +6,7 @@ import { ApiProblem, client, unwrap, type Schemas } from "../../api/client";
 import type { WfDoc } from "../../lib/graph";
 import { formatOffset, formatTime } from "../../lib/time";
 import { Badge, ErrorNote } from "../../components/ui";
+import { ProblemList } from "../../components/pickers";
 
 export type PreviewResult = Schemas["SimulationOut"];
 
@@ -36,7 +37,7 @@ export function Preview({
       const body = {
         definition: doc,
         input: parse("input", input, {}) as Record<string, unknown>,
-        events: parse("events", events, []) as Schemas["SimulatedEvent"][],
+        events: parse("events", events, []) as Schemas["ScriptedEvent"][],
       };
       return unwrap(client.POST("/v1/workflows/{workflow}/simulate", { params: { path: { workflow } }, body }));
     },
@@ -67,17 +68,7 @@ export function Preview({
         )}
       </div>
       <ErrorNote error={run.error} />
-      {details.length > 0 && (
-        <ul className="error">
-          {details.map((d) => (
-            <li key={(d.node ?? "") + d.field + d.message}>
-              {d.node ? `${d.node}: ` : ""}
-              {d.field ? `${d.field}: ` : ""}
-              {d.message}
-            </li>
-          ))}
-        </ul>
-      )}
+      <ProblemList problems={details} />
       {result && (
         <div data-testid="preview-result">
           <p>

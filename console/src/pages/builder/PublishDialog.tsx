@@ -6,6 +6,7 @@ import { useMutation, useQuery } from "@tanstack/react-query";
 import { diffLines } from "diff";
 import { ApiProblem, client, unwrap, type Schemas } from "../../api/client";
 import { stableJson, withAside, withoutLayout, type Aside, type WfDoc } from "../../lib/graph";
+import { ProblemList } from "../../components/pickers";
 import { ErrorNote, Loading } from "../../components/ui";
 import { Modal } from "../../components/Modal";
 
@@ -114,17 +115,7 @@ export function PublishDialog({
           {diff && !changed && !moved && <p className="muted">The draft equals version {latest}: publishing makes no new version.</p>}
           {moved && <p className="muted">Only positions on the canvas changed: publishing makes a version with the new layout.</p>}
           <ErrorNote error={publish.error} />
-          {problems.length > 0 && (
-            <ul className="error" aria-label="Problems">
-              {problems.map((p) => (
-                <li key={(p.node ?? "") + p.field + p.message}>
-                  {p.node ? `${p.node}: ` : ""}
-                  {p.field ? `${p.field}: ` : ""}
-                  {p.message}
-                </li>
-              ))}
-            </ul>
-          )}
+          <ProblemList problems={problems} />
           <div className="row">
             <button className="primary" onClick={() => publish.mutate()} disabled={publish.isPending}>
               {publish.isPending ? "Publishing…" : "Publish"}
