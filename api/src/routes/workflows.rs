@@ -173,21 +173,22 @@ pub struct ListWorkflows {
     pub limit: Option<u32>,
 }
 
-/// Every problem with a document, or the workflow it describes: the
-/// document itself, then its channel actions against this node's
-/// providers (a channel with none, a `provider` not configured).
+/// Every problem with a document, or the workflow it describes (and its
+/// compiled form, for a caller that runs it): the document itself, then
+/// its channel actions against this node's providers (a channel with none,
+/// a `provider` not configured).
 pub(crate) fn check_definition(
     channels: &sojourn_actors::channels::Channels,
     registry: &Registry,
     definition: &Value,
-) -> Result<Workflow, Vec<ValidationError>> {
+) -> Result<(Workflow, CompiledWorkflow), Vec<ValidationError>> {
     let wf = Workflow::from_value(definition.clone())?;
-    CompiledWorkflow::compile(&wf, registry)?;
+    let compiled = CompiledWorkflow::compile(&wf, registry)?;
     let errors = channels.check_workflow(&wf);
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(wf)
+    Ok((wf, compiled))
 }
 
 fn invalid_workflow(errors: Vec<ValidationError>) -> ApiError {
@@ -258,7 +259,7 @@ async fn publish_document<S: Store>(
         ));
     }
     let registry = app.engine.registry(&record.namespace).await?;
-    let mut wf =
+    let (mut wf, _) =
         check_definition(app.engine.channels(), &registry, definition).map_err(invalid_workflow)?;
     // The stored version carries the workflow's key.
     wf.key = Some(record.key.clone());
@@ -413,7 +414,7 @@ pub(crate) async fn validate<S: Store>(
         &app.engine.registry(&caller.namespace).await?,
         &doc,
     ) {
-        Ok(mut wf) => {
+        Ok((mut wf, _)) => {
             // As publishing would store it.
             wf.key = Some(record.key.clone());
             (Vec::new(), serde_json::to_value(&wf).ok())
@@ -602,8 +603,8 @@ pub(crate) async fn simulate<S: Store>(
     let doc = req.definition.map(Value::Object).unwrap_or(record.draft);
     check_document("definition", &doc)?;
     let registry = app.engine.registry(&caller.namespace).await?;
-    let wf = check_definition(app.engine.channels(), &registry, &doc).map_err(invalid_workflow)?;
-    let compiled = CompiledWorkflow::compile(&wf, &registry).map_err(invalid_workflow)?;
+    let (_, compiled) =
+        check_definition(app.engine.channels(), &registry, &doc).map_err(invalid_workflow)?;
     // The events come typed; the actions' outcomes are read as the CLI's
     // script reads them (errors named `actions.<node>…`).
     let mut script: Script = serde_path_to_error::deserialize(
