@@ -56,12 +56,16 @@ wait_ready() {
 }
 
 # fuzz LOCATION [ST ARGS…]: LOCATION is the document's URL or file.
+# One worker: with two, hypothesis describes its filters with `ast.parse`
+# from two threads at once, which CPython 3.11 can fail with "AST
+# constructor recursion depth mismatch" (seen once in CI, on an operation
+# this project had not changed): a flake of the tool, not of the API.
 fuzz() {
     local location=$1
     shift
     "$venv/bin/st" --config-file scripts/schemathesis.toml run "$location" \
         --checks all --exclude-path-regex '/drain$' --generation-allow-x00 false \
-        --seed 1 --max-time "$budget" --workers 2 --suppress-health-check all \
+        --seed 1 --max-time "$budget" --workers 1 --suppress-health-check all \
         --warnings off "$@"
 }
 
